@@ -1,0 +1,1 @@
+"""XDP/TC programs (C sources beside this file) and their bcc loader."""

@@ -1,0 +1,1 @@
+"""Textual console: a client of the gateway's control API only."""
