@@ -1,0 +1,33 @@
+"""The engine's error types (RFC 7296 words).
+
+- DecodeError: the bytes are not a well-formed IKE message. The only exception the codec
+  raises; the engine drops and counts such datagrams and never answers them.
+- ProtocolError: a well-formed message the peer should not have sent. Carries the NOTIFY
+  type that the engine turns into a NOTIFY at exactly one place (the request boundary).
+- LocalError: our caller's misuse (unknown connection, bad proposal string...).
+"""
+
+from __future__ import annotations
+
+from ike.constants import NotifyType
+
+
+class DecodeError(Exception):
+    """Malformed IKE message. `critical_payload` is set for an unknown critical payload."""
+
+    def __init__(self, message: str, *, critical_payload: int | None = None) -> None:
+        super().__init__(message)
+        self.critical_payload = critical_payload
+
+
+class ProtocolError(Exception):
+    """The peer violated the protocol; answer (if it was a request) with `notify`."""
+
+    def __init__(self, notify: NotifyType, message: str = "", data: bytes = b"") -> None:
+        super().__init__(message or notify.name)
+        self.notify = notify
+        self.data = data
+
+
+class LocalError(Exception):
+    """Our caller asked for something impossible (bad config, unknown connection/SA)."""
