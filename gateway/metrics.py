@@ -1,0 +1,600 @@
+"""Prometheus exporter: every `ipsec_*` series, read from the gateway at scrape time.
+
+Theory of operation
+-------------------
+The daemon owns the state; this module owns only its presentation. A `MetricsSource`
+hands over one immutable `MetricsSnapshot` per scrape (IKE/Child SAs in the control
+API's list-sas shape, XDP verdict counters, MSS clamp counts, kernel xfrm_stat errors,
+handshake-duration histogram, event totals). `GatewayCollector` turns a snapshot into
+metric families; `start_exporter(source)` serves them over HTTP and returns a closable
+handle. Nothing is cached between scrapes except what counter semantics require:
+
+* Child SA counters are labelled by connection, child and direction, never by SPI
+  (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the SAs of that
+  connection+child. When an SA disappears (rekeyed, deleted) its last seen counts move
+  into a per connection+child base, so the exported counter never goes backwards.
+  Traffic between the last scrape and the deletion is the only thing not counted.
+* SPIs, algorithms, offload and mode go into the `ipsec_child_sa_info` series (value 1).
+
+Every series name, type and label set is documented in docs/metrics.md; tests check the
+exposition with `promtool check metrics` and against a real Prometheus server.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import math
+import platform
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+from gateway import __version__
+from gateway.errors import GatewayError
+
+PREFIX = "ipsec_"
+DEFAULT_LISTEN = "127.0.0.1:9810"
+
+IKE_SA_STATES: tuple[str, ...] = ("CONNECTING", "ESTABLISHED", "REKEYING", "DELETING")
+CHILD_SA_STATES: tuple[str, ...] = ("INSTALLED", "REKEYING", "DELETING")
+
+# IKE_SA_INIT + IKE_AUTH over a WAN: tens of ms to a few seconds (EAP, retransmits).
+HANDSHAKE_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+class MetricsError(GatewayError):
+    """The exporter cannot be started as asked (bad listen address, port in use...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class XdpCounter:
+    """One XDP verdict counter: packets that got `action` for `reason` on `interface`."""
+
+    interface: str
+    action: str
+    reason: str
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramCounts:
+    """A cumulative histogram: `counts[i]` observations <= `bounds[i]`, then +Inf."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]  # cumulative, len(bounds) + 1 (the last one is +Inf == count)
+    total: float  # sum of the observed values
+
+    @property
+    def count(self) -> int:
+        return self.counts[-1] if self.counts else 0
+
+
+class DurationHistogram:
+    """Thread-safe accumulator the daemon observes handshake durations into.
+
+    `snapshot()` gives the immutable `HistogramCounts` a `MetricsSnapshot` carries.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_lock", "_sum")
+
+    def __init__(self, bounds: Sequence[float] = HANDSHAKE_BUCKETS) -> None:
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError("histogram bounds must be strictly increasing and non-empty")
+        self._bounds = tuple(float(b) for b in bounds)
+        self._buckets = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        if seconds < 0 or math.isnan(seconds):
+            raise ValueError(f"a duration cannot be {seconds!r}")
+        with self._lock:
+            self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> HistogramCounts:
+        with self._lock:
+            running, cumulative = 0, []
+            for n in self._buckets:
+                running += n
+                cumulative.append(running)
+            return HistogramCounts(self._bounds, tuple(cumulative), self._sum)
+
+
+def empty_histogram(bounds: Sequence[float] = HANDSHAKE_BUCKETS) -> HistogramCounts:
+    return HistogramCounts(tuple(bounds), (0,) * (len(bounds) + 1), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Everything one scrape exports, read in one go so the numbers agree with each other.
+
+    `ike_sas` uses the control API's list-sas shape (see the team brief): dicts with
+    connection, state, children[{name, state, spi_in, spi_out, mode, esp_proposal,
+    offload, bytes_in, bytes_out, packets_in, packets_out}, ...]. Other keys are ignored.
+    """
+
+    ike_sas: Sequence[Mapping[str, Any]] = ()
+    xdp: Sequence[XdpCounter] = ()
+    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # interface -> packets
+    xfrm_errors: Mapping[str, int] = field(default_factory=dict)  # xfrm_stat name -> count
+    handshake_durations: HistogramCounts = field(default_factory=empty_histogram)
+    rekeys: int = 0  # Child SA rekeys completed
+    ike_rekeys: int = 0
+    dpd_failures: int = 0
+    auth_failures: int = 0
+    start_time: float | None = None  # unix time the daemon started
+
+
+class MetricsSource(Protocol):
+    """What the exporter reads. Called from the HTTP server's thread at every scrape:
+    return a snapshot that is safe to read while the daemon keeps running (a copy, or
+    objects the daemon replaces rather than mutates). Raise `OSError` or `GatewayError`
+    when the data cannot be read; the scrape then reports `ipsec_source_up 0`."""
+
+    def metrics_snapshot(self) -> MetricsSnapshot: ...
+
+
+@dataclass(slots=True)
+class _Totals:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+class GatewayCollector(Collector):
+    """Custom collector turning a `MetricsSource` snapshot into the `ipsec_*` families.
+
+    aggregate_per_connection: for very large deployments, export the traffic counters per
+    connection (`ipsec_connection_*`) instead of per connection+child, and no
+    `ipsec_child_sa_info` series (whose cardinality is one per Child SA).
+    """
+
+    def __init__(self, source: MetricsSource, *, aggregate_per_connection: bool = False) -> None:
+        self._source = source
+        self._aggregate = aggregate_per_connection
+        self._lock = threading.Lock()
+        # (connection, child, spi_in, spi_out) -> last counts of a live SA
+        self._live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
+        # (connection, child) -> counts of SAs that are gone (rekeyed or deleted)
+        self._retired: dict[tuple[str, str], _Totals] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        # Registration must not scrape the source (the daemon may not be up yet).
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        yield _build_info()
+        try:
+            snap = self._source.metrics_snapshot()
+        except (OSError, GatewayError):
+            yield _gauge("source_up", "Whether the last scrape could read the gateway", 0)
+            return
+        yield _gauge("source_up", "Whether the last scrape could read the gateway", 1)
+        with self._lock:
+            yield from self._collect(snap)
+
+    def _collect(self, snap: MetricsSnapshot) -> Iterator[Metric]:
+        if snap.start_time is not None:
+            yield _gauge("start_time_seconds", "Unix time the gateway daemon started",
+                         snap.start_time)
+        ike_states = dict.fromkeys(IKE_SA_STATES, 0)
+        child_states = dict.fromkeys(CHILD_SA_STATES, 0)
+        per_child: dict[tuple[str, str], _Totals] = {}
+        info_rows: list[tuple[tuple[str, ...], int]] = []
+        live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
+        add_info = info_rows.append
+        for ike in snap.ike_sas:
+            state = str(ike.get("state", "UNKNOWN"))
+            ike_states[state] = ike_states.get(state, 0) + 1
+            conn = str(ike.get("connection", ""))
+            for child in ike.get("children") or ():
+                name = str(child.get("name", ""))
+                cstate = str(child.get("state", "UNKNOWN"))
+                child_states[cstate] = child_states.get(cstate, 0) + 1
+                spi_in, spi_out = str(child.get("spi_in", "")), str(child.get("spi_out", ""))
+                counts = (
+                    _count(child.get("bytes_in")), _count(child.get("bytes_out")),
+                    _count(child.get("packets_in")), _count(child.get("packets_out")),
+                )
+                live[(conn, name, spi_in, spi_out)] = counts
+                key = (conn, name)
+                t = per_child.get(key)
+                if t is None:
+                    t = per_child[key] = _Totals()
+                t.bytes_in += counts[0]
+                t.bytes_out += counts[1]
+                t.packets_in += counts[2]
+                t.packets_out += counts[3]
+                if not self._aggregate:
+                    add_info(((conn, name, spi_in, spi_out, str(child.get("esp_proposal", "")),
+                               str(child.get("offload", "none")), str(child.get("mode", ""))),
+                              1))
+        self._retire(live)
+        yield _labelled_gauge("ike_sas", "IKE SAs by state", "state", ike_states)
+        yield _labelled_gauge("child_sas", "Child SAs by state", "state", child_states)
+        yield from self._traffic(per_child)
+        if not self._aggregate:
+            yield RowsFamily(
+                PREFIX + "child_sa_info",
+                "Child SA identity and algorithms (value 1); SPIs change at every rekey",
+                "gauge",
+                ("connection", "child", "spi_in", "spi_out", "esp_proposal", "offload", "mode"),
+                info_rows,
+            )
+        yield _handshakes(snap.handshake_durations)
+        yield _counter("child_sa_rekeys_total", "Child SA rekeys completed", snap.rekeys)
+        yield _counter("ike_sa_rekeys_total", "IKE SA rekeys completed", snap.ike_rekeys)
+        yield _counter("dpd_failures_total",
+                       "IKE SAs declared dead by dead peer detection", snap.dpd_failures)
+        yield _counter("auth_failures_total",
+                       "IKE_AUTH exchanges that failed authentication", snap.auth_failures)
+        xdp = CounterMetricFamily(
+            PREFIX + "xdp_packets",
+            "Packets seen by the XDP program, by verdict (action) and reason",
+            labels=("interface", "action", "reason"),
+        )
+        for c in snap.xdp:
+            xdp.add_metric([c.interface, c.action, c.reason], _count(c.packets))
+        yield xdp
+        mss = CounterMetricFamily(PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped",
+                                  labels=("interface",))
+        for ifname, n in sorted(snap.mss_clamped.items()):
+            mss.add_metric([ifname], _count(n))
+        yield mss
+        xfrm = CounterMetricFamily(
+            PREFIX + "xfrm_errors",
+            "Kernel XFRM errors from /proc/net/xfrm_stat, by counter name",
+            labels=("error",),
+        )
+        for name, n in sorted(snap.xfrm_errors.items()):
+            xfrm.add_metric([name], _count(n))
+        yield xfrm
+
+    def _retire(self, live: dict[tuple[str, str, str, str], tuple[int, int, int, int]]) -> None:
+        """Move the last counts of SAs that vanished since the last scrape into the base."""
+        for key, counts in self._live.items():
+            if key not in live:
+                base = self._retired.get(key[:2])
+                if base is None:
+                    base = self._retired[key[:2]] = _Totals()
+                base.bytes_in += counts[0]
+                base.bytes_out += counts[1]
+                base.packets_in += counts[2]
+                base.packets_out += counts[3]
+        self._live = live
+
+    def _traffic(self, per_child: dict[tuple[str, str], _Totals]) -> Iterator[Metric]:
+        retired = self._retired
+        if self._aggregate:
+            labels: tuple[str, ...] = ("connection", "direction")
+            name_b, name_p = "connection_bytes", "connection_packets"
+            merged: dict[tuple[str, ...], _Totals] = {}
+            for (conn, _child), ct in _merged_items(per_child, retired):
+                m = merged.get((conn,))
+                merged[(conn,)] = ct if m is None else _sum(m, ct)
+            rows: Iterable[tuple[tuple[str, ...], _Totals]] = merged.items()
+            what = "connection"
+        else:
+            labels = ("connection", "child", "direction")
+            name_b, name_p = "child_sa_bytes", "child_sa_packets"
+            rows = _merged_items(per_child, retired)
+            what = "connection and child, summed over its SAs (survives rekeys)"
+        byte_rows: list[tuple[tuple[str, ...], int]] = []
+        packet_rows: list[tuple[tuple[str, ...], int]] = []
+        add_b, add_p = byte_rows.append, packet_rows.append
+        for key, t in rows:
+            add_b(((*key, "in"), t.bytes_in))
+            add_b(((*key, "out"), t.bytes_out))
+            add_p(((*key, "in"), t.packets_in))
+            add_p(((*key, "out"), t.packets_out))
+        yield RowsFamily(PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels,
+                         byte_rows)
+        yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels,
+                         packet_rows)
+
+
+def _merged_items(
+    live: dict[tuple[str, str], _Totals], retired: dict[tuple[str, str], _Totals]
+) -> Iterator[tuple[tuple[str, str], _Totals]]:
+    """(connection, child) -> live + retired totals: live ones in order, then retired-only."""
+    for key, t in live.items():
+        yield key, _sum(t, retired.get(key))
+    for key, t in retired.items():
+        if key not in live:
+            yield key, t
+
+
+class RowsFamily(Metric):
+    """A counter or gauge family held as rows of (label values, value).
+
+    Generic consumers (prometheus_client's generate_latest, the registry API) see the usual
+    `samples`, built on demand; `render_text` writes the rows straight to text, which is
+    what keeps a scrape of 10,000 Child SAs cheap."""
+
+    def __init__(self, name: str, documentation: str, typ: str, labelnames: Sequence[str],
+                 rows: list[tuple[tuple[str, ...], int]]) -> None:
+        super().__init__(name, documentation, typ)
+        self.labelnames = tuple(labelnames)
+        self.rows = rows
+
+    @property  # type: ignore[override]
+    def samples(self) -> list[Sample]:
+        name = self.name + "_total" if self.type == "counter" else self.name
+        names = self.labelnames
+        return [Sample(name, dict(zip(names, values, strict=True)), value)
+                for values, value in self.rows]
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        """Metric.__init__ assigns an empty list; the rows are the samples."""
+
+    def text_lines(self) -> Iterator[str]:
+        name = self.name + "_total" if self.type == "counter" else self.name
+        order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
+        fmt = name + "{{" + ",".join(
+            f'{escape_label_name(self.labelnames[i])}="{{{i}}}"' for i in order
+        ) + "}} {v}\n"
+        fmt_ = fmt.format
+        escaped: dict[str, str] = {}
+        for values, value in self.rows:
+            esc = []
+            for v in values:
+                e = escaped.get(v)
+                if e is None:
+                    e = escaped[v] = _escape_value(v)
+                esc.append(e)
+            yield fmt_(*esc, v=_go_float(value))
+
+
+def _escape_value(v: str) -> str:
+    if "\\" in v or "\n" in v or '"' in v:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return v
+
+
+def _sum(a: _Totals | None, b: _Totals | None) -> _Totals:
+    if a is None:
+        return b or _Totals()
+    if b is None:
+        return a
+    return _Totals(a.bytes_in + b.bytes_in, a.bytes_out + b.bytes_out,
+                   a.packets_in + b.packets_in, a.packets_out + b.packets_out)
+
+
+def _count(value: object) -> int:
+    """A counter value from the source; anything not a non-negative int counts as 0."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name.removesuffix("_total"), doc, value=_count(value))
+
+
+def _labelled_gauge(name: str, doc: str, label: str, values: Mapping[str, int]) -> Metric:
+    g = GaugeMetricFamily(PREFIX + name, doc, labels=(label,))
+    for key, n in values.items():
+        g.add_metric([key], n)
+    return g
+
+
+def _handshakes(h: HistogramCounts) -> Metric:
+    buckets = [(_le(b), c) for b, c in zip(h.bounds, h.counts, strict=False)]
+    buckets.append(("+Inf", h.count))
+    return HistogramMetricFamily(
+        PREFIX + "ike_handshake_duration_seconds",
+        "Time from the first IKE_SA_INIT to an established IKE SA",
+        buckets=buckets, sum_value=h.total,
+    )
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _build_info() -> Metric:
+    g = GaugeMetricFamily(PREFIX + "build_info", "Gateway version (value 1)",
+                          labels=("version", "python"))
+    g.add_metric([__version__, platform.python_version()], 1)
+    return g
+
+
+def make_registry(source: MetricsSource, *, aggregate_per_connection: bool = False,
+                  registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """Register a `GatewayCollector` on `registry` (a fresh one by default)."""
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(source, aggregate_per_connection=aggregate_per_connection))
+    return registry
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9810', '[::1]:9810' or ':9810' (loopback) -> (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise MetricsError(f"metrics listen address {listen!r} is not HOST:PORT")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    return host, int(port_text)
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PROM_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
+               "unknown": "untyped"}
+
+
+def render_text(registry: Collector) -> bytes:
+    """The Prometheus text format 0.0.4 of `registry`, byte for byte what
+    `prometheus_client.generate_latest` writes, about three times faster at 10,000 Child SAs.
+
+    generate_latest validates and escapes every label name of every sample; here each
+    distinct label-name tuple is escaped once, label values get the same backslash
+    escaping, and integral sample values skip the float round trip.
+    """
+    out: list[str] = []
+    append = out.append
+    label_prefixes: dict[tuple[str, ...], tuple[tuple[str, ...], list[str]]] = {}
+    for metric in registry.collect():
+        mname, mtype = metric.name, metric.type
+        if mtype == "counter":
+            mname += "_total"
+        elif mtype == "info":
+            mname += "_info"
+        mtype = _PROM_TYPES.get(mtype, mtype)
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        append(f"# HELP {escape_metric_name(mname)} {doc}\n")
+        append(f"# TYPE {escape_metric_name(mname)} {mtype}\n")
+        trailing: dict[str, list[str]] = {}
+        names_cache: dict[str, str] = {}
+        if isinstance(metric, RowsFamily):
+            out.extend(metric.text_lines())
+            continue
+        for s in metric.samples:
+            name = names_cache.get(s.name)
+            if name is None:
+                name = names_cache[s.name] = escape_metric_name(s.name)
+            labels = s.labels
+            if labels:
+                keys = tuple(labels)
+                cached = label_prefixes.get(keys)
+                if cached is None:
+                    order = tuple(sorted(keys))
+                    cached = label_prefixes[keys] = (
+                        order, [f'{escape_label_name(k)}="' for k in order])
+                order, prefixes = cached
+                parts = []
+                for k, prefix in zip(order, prefixes, strict=True):
+                    parts.append(prefix + _escape_value(labels[k]) + '"')
+                line = f"{name}{{{','.join(parts)}}} {_go_float(s.value)}"
+            else:
+                line = f"{name} {_go_float(s.value)}"
+            if s.timestamp is not None:
+                line += f" {int(float(s.timestamp) * 1000):d}"
+            suffix = s.name[len(metric.name):]
+            if suffix in ("_created", "_gsum", "_gcount") and s.name.startswith(metric.name):
+                trailing.setdefault(suffix, []).append(line + "\n")
+            else:
+                append(line + "\n")
+        for suffix, lines in sorted(trailing.items()):
+            append(f"# HELP {escape_metric_name(metric.name + suffix)} {doc}\n")
+            append(f"# TYPE {escape_metric_name(metric.name + suffix)} gauge\n")
+            out.extend(lines)
+    return "".join(out).encode("utf-8")
+
+
+def _go_float(value: float) -> str:
+    # repr(float(n)) is "n.0" for integral n below 1e6, which is what floatToGoString gives.
+    if type(value) is int and 0 <= value < 1_000_000:
+        return f"{value}.0"
+    return str(floatToGoString(value))
+
+
+class _SilentHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
+        """Scrapes are not worth a log line each."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _DualStackServer(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+def metrics_app(registry: Collector) -> Callable[..., list[bytes]]:
+    """WSGI app: GET /metrics (gzip when asked) -> text format 0.0.4 of `registry`."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b"use GET\n"]
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ipsec gateway exporter: see /metrics\n"]
+        if path != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: see /metrics\n"]
+        body = render_text(registry)
+        headers = [("Content-Type", CONTENT_TYPE)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body] if method == "GET" else []
+
+    return app
+
+
+class Exporter:
+    """A running /metrics HTTP server. `close()` stops it; also a context manager."""
+
+    def __init__(self, server: WSGIServer, registry: CollectorRegistry) -> None:
+        self._server = server
+        self.registry = registry
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics-exporter",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_exporter(source: MetricsSource, listen: str = DEFAULT_LISTEN, *,
+                   aggregate_per_connection: bool = False,
+                   registry: CollectorRegistry | None = None) -> Exporter:
+    """Serve `ipsec_*` metrics read from `source` on http://LISTEN/metrics (port 0: any).
+
+    Returns the running `Exporter`; `close()` it on shutdown."""
+    host, port = parse_listen(listen)
+    reg = make_registry(source, aggregate_per_connection=aggregate_per_connection,
+                        registry=registry)
+    server_class = _DualStackServer if ":" in host else _ThreadingServer
+    try:
+        server = make_server(host, port, metrics_app(reg), server_class=server_class,
+                             handler_class=_SilentHandler)
+    except OSError as exc:
+        raise MetricsError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+    return Exporter(server, reg)
