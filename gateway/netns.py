@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from gateway.errors import GatewayError
 
 _counter = itertools.count()
+# Namespaces this process created and has not removed yet (checked by the test session).
+LIVE: set[str] = set()
 
 
 class NetnsError(GatewayError):
@@ -110,11 +112,13 @@ class Netns:
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.05)
         _ip("netns", "del", self.name, check=False)
+        LIVE.discard(self.name)
 
 
 def create(prefix: str = "gwt") -> Netns:
     name = unique_name(prefix)
     _ip("netns", "add", name)
+    LIVE.add(name)
     ns = Netns(name)
     ns.ip("link", "set", "lo", "up")
     return ns
