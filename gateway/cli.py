@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.doctor",
     "gateway.check_config",
+    "gateway.ctl",
 )
 
 

@@ -42,6 +42,9 @@ FRAGMENTATION_MODES: Final = ("yes", "no", "accept", "force")
 ANY_ADDR: Final = "%any"
 DYNAMIC_TS: Final = "dynamic"
 MIN_PSK_LENGTH: Final = 16
+# What "default" (or no setting) stands for: the suites every peer here must speak.
+DEFAULT_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
+DEFAULT_ESP_PROPOSALS: Final = ("aes256gcm16", "aes128-sha256")
 
 
 # --------------------------------------------------------------------------- errors
@@ -123,7 +126,7 @@ class ChildConfig:
     name: str
     local_ts: tuple[str, ...] = (DYNAMIC_TS,)
     remote_ts: tuple[str, ...] = (DYNAMIC_TS,)
-    esp_proposals: tuple[str, ...] = ("default",)
+    esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
     mode: str = "tunnel"
     start_action: str = "none"
     dpd_action: str = "clear"
@@ -149,7 +152,7 @@ class ConnectionConfig:
     local: AuthConfig = AuthConfig()
     remote: AuthConfig = AuthConfig()
     psk: Secret | None = None
-    ike_proposals: tuple[str, ...] = ("default",)
+    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
     dpd_delay: float = 0.0
     dpd_timeout: float = 0.0
     rekey_time: float = 14400.0
@@ -265,23 +268,30 @@ def parse_proposal(value: str, *, esp: bool) -> str:
     return text
 
 
+def expand_default(proposals: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace the keyword "default" by the default proposals, keeping order, no repeats."""
+    out: list[str] = []
+    for text in proposals:
+        for item in default if text == "default" else (text,):
+            if item not in out:
+                out.append(item)
+    return tuple(out)
+
+
 def _proposal_checker(esp: bool) -> Callable[[str], object] | None:
     """The engine's own proposal parser, so the config accepts exactly what IKE can do."""
     try:
-        from ike import proposals as ike_proposals  # type: ignore[attr-defined]
-    except ImportError:
+        from ike.constants import ProtocolId
+        from ike.errors import LocalError
+        from ike.proposals import parse_proposal as ike_parse_proposal
+    except ImportError:  # config checks stay usable without the engine
         return None
-    name = "parse_esp_proposal" if esp else "parse_ike_proposal"
-    func = getattr(ike_proposals, name, None)
-    if func is None:
-        return None
+    protocol = ProtocolId.ESP if esp else ProtocolId.IKE
 
     def check(text: str) -> object:
         try:
-            return func(text)
-        except ValueError:
-            raise
-        except Exception as exc:  # the engine's own error type: report its message
+            return ike_parse_proposal(text, protocol)
+        except LocalError as exc:
             raise ValueError(str(exc)) from None
 
     return check
@@ -738,8 +748,9 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         name=name,
         local_ts=table.strings("local_ts", d.local_ts, parse_ts),
         remote_ts=table.strings("remote_ts", d.remote_ts, parse_ts),
-        esp_proposals=table.strings(
-            "esp_proposals", d.esp_proposals, lambda v: parse_proposal(v, esp=True)
+        esp_proposals=expand_default(
+            table.strings("esp_proposals", d.esp_proposals, lambda v: parse_proposal(v, esp=True)),
+            DEFAULT_ESP_PROPOSALS,
         ),
         mode=table.string("mode", d.mode, MODES),
         start_action=table.string("start_action", d.start_action, START_ACTIONS),
@@ -816,8 +827,9 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
         local=local,
         remote=remote,
         psk=psk,
-        ike_proposals=conn.strings(
-            "ike_proposals", d.ike_proposals, lambda v: parse_proposal(v, esp=False)
+        ike_proposals=expand_default(
+            conn.strings("ike_proposals", d.ike_proposals, lambda v: parse_proposal(v, esp=False)),
+            DEFAULT_IKE_PROPOSALS,
         ),
         dpd_delay=conn.duration("dpd_delay", d.dpd_delay),
         dpd_timeout=conn.duration("dpd_timeout", d.dpd_timeout),

@@ -128,6 +128,21 @@ def test_bad_durations(bad: object) -> None:
         parse_duration(bad)
 
 
+def test_proposals_checked_by_the_engine_and_default_expanded() -> None:
+    c = parse_config(conn('ike_proposals = ["default", "aes128-sha256-ecp256"]')).connections[0]
+    assert c.ike_proposals == ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
+    c = parse_config(conn("", 'esp_proposals = ["chacha20poly1305", "default"]')).connections[0]
+    assert c.children[0].esp_proposals == ("chacha20poly1305", "aes256gcm16", "aes128-sha256")
+    ((path, _, message),) = errors_of(conn('ike_proposals = ["aes256gcm16-prfsha384-x99"]'))
+    assert path == "connections.c.ike_proposals[0]"
+    assert message == (
+        "IKE proposal 'aes256gcm16-prfsha384-x99': unknown or unsupported algorithm 'x99'"
+    )
+    ((path, _, message),) = errors_of(conn("", 'esp_proposals = "aes256gcm16-sha256"'))
+    assert path == "connections.c.children.k.esp_proposals"
+    assert "AEAD encryption takes no integrity algorithm" in message
+
+
 def test_sizes() -> None:
     assert parse_size("500k") == 500 * 1024 and parse_size("2G") == 2 << 30
     assert parse_size(1000) == 1000

@@ -1,0 +1,462 @@
+"""The control API: newline-delimited JSON over a unix stream socket (mode 0600).
+
+Protocol (the team's shared contract; extend it, don't change it):
+
+    request  {"id": <int>, "cmd": "<name>", "args": {...}}
+    reply    {"id": <same>, "ok": true, "result": <any>}
+             {"id": <same>, "ok": false, "error": {"code": "<kebab-case>", "message": "..."}}
+    event    {"event": {"type": "<kebab>", "time": <unix float>, ...}}   (after `subscribe`)
+
+`ControlServer` serves a `ControlBackend` (the daemon's state, or a fake in tests). Every
+request gets exactly one reply; a malformed request gets a `bad-request` error and the
+connection (and the server) carry on. Requests on one connection are answered in order;
+connections are independent. `ControlClient` is the asyncio client used by `gateway ctl`
+and the TUI: it matches replies to requests by id and hands pushed events to `events()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.control")
+
+MAX_LINE: Final = 1 << 16  # bytes per request line; longer requests are refused
+SUBSCRIBER_QUEUE: Final = 4096  # events buffered per slow subscriber before it is dropped
+NAME_COMMANDS: Final = ("initiate", "terminate", "rekey")
+PLAIN_COMMANDS: Final = ("list-conns", "list-sas", "reload", "stats", "subscribe")
+COMMANDS: Final = PLAIN_COMMANDS + NAME_COMMANDS
+
+# Error codes of the contract.
+BAD_REQUEST: Final = "bad-request"
+UNKNOWN_COMMAND: Final = "unknown-command"
+UNKNOWN_CONNECTION: Final = "unknown-connection"
+UNKNOWN_SA: Final = "unknown-sa"
+FAILED: Final = "failed"
+
+
+class ControlError(GatewayError):
+    """A request the server refused; `code` is the contract's kebab-case code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ControlConnectionError(GatewayError):
+    """The control socket cannot be reached, or the daemon went away mid-conversation."""
+
+
+class ControlBackend(Protocol):
+    """What the server serves. Raise ControlError for refusals the user should see."""
+
+    def list_conns(self) -> list[dict[str, Any]]: ...
+
+    def list_sas(self) -> list[dict[str, Any]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def initiate(self, name: str, timeout: float) -> Any: ...
+
+    async def terminate(self, name: str, timeout: float) -> Any: ...
+
+    async def rekey(self, name: str, timeout: float) -> Any: ...
+
+    async def reload(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    cmd: str
+    args: dict[str, Any]
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode and check one request line; ControlError(bad-request|unknown-command)."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlError(BAD_REQUEST, f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ControlError(BAD_REQUEST, "a request is a JSON object")
+    req_id = data.get("id")
+    if isinstance(req_id, bool) or not isinstance(req_id, int):
+        raise ControlError(BAD_REQUEST, "'id' must be an integer")
+    cmd = data.get("cmd")
+    args = data.get("args", {})
+    extra = sorted(set(data) - {"id", "cmd", "args"})
+    if extra:
+        raise _with_id(req_id, BAD_REQUEST, f"unknown request field(s): {', '.join(extra)}")
+    if not isinstance(cmd, str):
+        raise _with_id(req_id, BAD_REQUEST, "'cmd' must be a string")
+    if cmd not in COMMANDS:
+        raise _with_id(
+            req_id, UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}"
+        )
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise _with_id(req_id, BAD_REQUEST, "'args' must be an object")
+    allowed = {"name", "timeout"} if cmd in NAME_COMMANDS else set()
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise _with_id(req_id, BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}")
+    if cmd in NAME_COMMANDS:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise _with_id(req_id, BAD_REQUEST, f'{cmd} needs "name": "connection[.child]"')
+        timeout = args.get("timeout", 30.0)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout <= 3600)
+        ):
+            raise _with_id(req_id, BAD_REQUEST, "'timeout' must be seconds in (0, 3600]")
+    return Request(req_id, cmd, args)
+
+
+class _RequestError(ControlError):
+    def __init__(self, req_id: int, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.req_id = req_id
+
+
+def _with_id(req_id: int, code: str, message: str) -> _RequestError:
+    return _RequestError(req_id, code, message)
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def error_reply(req_id: int | None, code: str, message: str) -> dict[str, Any]:
+    return {"id": req_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def make_event(event_type: str, **fields: Any) -> dict[str, Any]:
+    return {"event": {"type": event_type, "time": time.time(), **fields}}
+
+
+class _Subscriber:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.task: asyncio.Task[None] | None = None
+
+    async def pump(self) -> None:
+        while True:
+            event = await self.queue.get()
+            self.writer.write(_encode(event))
+            await self.writer.drain()
+
+
+class ControlServer:
+    """Serve `backend` on a unix socket at `path` (mode 0600, parent made 0700 if missing)."""
+
+    def __init__(self, backend: ControlBackend, path: str | os.PathLike[str]) -> None:
+        self.backend = backend
+        self.path = Path(path)
+        self._server: asyncio.Server | None = None
+        self._closing = False
+        self._subscribers: set[_Subscriber] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.requests = 0
+        self.bad_requests = 0
+
+    async def start(self) -> None:
+        self._closing = False
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_stale_socket(self.path)
+        # The socket is created 0600 (umask), so no other user can race to connect.
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_LINE
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+            for sub in list(self._subscribers):
+                sub.writer.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def publish(self, event_type: str, **fields: Any) -> None:
+        """Push an event to every subscriber; one that cannot keep up is disconnected."""
+        event = make_event(event_type, **fields)
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("event=control-subscriber-dropped reason=queue-full")
+                self._subscribers.discard(sub)
+                sub.writer.close()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or self._closing:  # accepted just as we were closing
+            writer.close()
+            return
+        self._handlers.add(task)
+        sub: _Subscriber | None = None
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    # The peer half-closed after a last line without "\n": answer it too.
+                    if exc.partial.strip():
+                        reply, _ = await self._handle_line(exc.partial)
+                        await self._reply(writer, reply)
+                    break
+                except asyncio.LimitOverrunError:
+                    self.bad_requests += 1
+                    reply = error_reply(None, BAD_REQUEST, f"request longer than {MAX_LINE} bytes")
+                    await self._reply(writer, reply)
+                    break  # cannot find the next request boundary reliably: hang up
+                if not line.strip():
+                    continue
+                reply, subscribe = await self._handle_line(line)
+                if subscribe and sub is None:
+                    sub = _Subscriber(writer)
+                    self._subscribers.add(sub)
+                    await self._reply(writer, reply)
+                    sub.task = asyncio.create_task(sub.pump())
+                    continue
+                await self._reply(writer, reply)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if sub is not None:
+                self._subscribers.discard(sub)
+                if sub.task is not None:
+                    sub.task.cancel()
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+            self._handlers.discard(task)
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+        writer.write(_encode(reply))
+        await writer.drain()
+
+    async def _handle_line(self, line: bytes) -> tuple[dict[str, Any], bool]:
+        self.requests += 1
+        try:
+            req = parse_request(line)
+        except _RequestError as exc:
+            self.bad_requests += 1
+            return error_reply(exc.req_id, exc.code, exc.message), False
+        except ControlError as exc:
+            self.bad_requests += 1
+            return error_reply(None, exc.code, exc.message), False
+        try:
+            result = await self._dispatch(req)
+        except ControlError as exc:
+            return error_reply(req.id, exc.code, exc.message), False
+        except GatewayError as exc:
+            return error_reply(req.id, FAILED, str(exc)), False
+        except Exception as exc:  # the one boundary that keeps a backend bug from killing us
+            log.exception("event=control-error cmd=%s error=%s", req.cmd, type(exc).__name__)
+            return error_reply(req.id, FAILED, f"internal error ({type(exc).__name__})"), False
+        return {"id": req.id, "ok": True, "result": result}, req.cmd == "subscribe"
+
+    async def _dispatch(self, req: Request) -> Any:
+        b = self.backend
+        if req.cmd == "subscribe":
+            return {"subscribed": True}
+        sync: dict[str, Callable[[], Any]] = {
+            "list-conns": b.list_conns,
+            "list-sas": b.list_sas,
+            "stats": b.stats,
+        }
+        if req.cmd in sync:
+            return sync[req.cmd]()
+        if req.cmd == "reload":
+            return await b.reload()
+        actions: dict[str, Callable[[str, float], Awaitable[Any]]] = {
+            "initiate": b.initiate,
+            "terminate": b.terminate,
+            "rekey": b.rekey,
+        }
+        return await actions[req.cmd](req.args["name"], float(req.args.get("timeout", 30.0)))
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a dead daemon; refuse to steal a live daemon's socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise GatewayError(f"control socket {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise GatewayError(f"control socket {path}: {exc.strerror}") from None
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise GatewayError(f"control socket {path} is in use (is another gateway running?)")
+
+
+# --------------------------------------------------------------------------- client
+
+_EOF: Final[dict[str, Any]] = {}
+
+
+class ControlClient:
+    """Async client: `async with await ControlClient.connect(path) as c: await c.list_sas()`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._closed: BaseException | None = None
+        self._task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> ControlClient:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(path), limit=1 << 26), timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or "timed out"
+            raise ControlConnectionError(
+                f"cannot connect to control socket {path}: {reason} (is the gateway running?)"
+            ) from None
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _read_loop(self) -> None:
+        reason: BaseException = ControlConnectionError("the gateway closed the control connection")
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    reason = ControlConnectionError("the gateway sent a line that is not JSON")
+                    break
+                if isinstance(msg, dict) and "event" in msg:
+                    self._events.put_nowait(msg["event"])
+                    continue
+                reply_id = msg.get("id") if isinstance(msg, dict) else None
+                fut = self._pending.pop(reply_id, None) if isinstance(reply_id, int) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (ConnectionError, ValueError) as exc:
+            reason = ControlConnectionError(f"control connection lost: {exc}")
+        finally:
+            self._closed = reason
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(reason)
+            self._pending.clear()
+            self._events.put_nowait(_EOF)
+
+    async def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Send a request, wait for its reply; ControlError if the server refused it."""
+        if self._closed is not None:
+            raise self._closed
+        req_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        request: dict[str, Any] = {"id": req_id, "cmd": cmd}
+        if args:
+            request["args"] = args
+        try:
+            self._writer.write(_encode(request))
+            await self._writer.drain()
+        except ConnectionError as exc:
+            self._pending.pop(req_id, None)
+            raise ControlConnectionError(f"control connection lost: {exc}") from None
+        reply = await fut
+        if reply.get("ok"):
+            return reply.get("result")
+        error = reply.get("error") or {}
+        raise ControlError(str(error.get("code", FAILED)), str(error.get("message", "failed")))
+
+    async def list_conns(self) -> list[dict[str, Any]]:
+        return list(await self.call("list-conns"))
+
+    async def list_sas(self) -> list[dict[str, Any]]:
+        return list(await self.call("list-sas"))
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.call("stats"))
+
+    async def initiate(self, name: str, timeout: float = 30.0) -> Any:
+        return await self.call("initiate", {"name": name, "timeout": timeout})
+
+    async def terminate(self, name: str, timeout: float = 30.0) -> Any:
+        return await self.call("terminate", {"name": name, "timeout": timeout})
+
+    async def rekey(self, name: str, timeout: float = 30.0) -> Any:
+        return await self.call("rekey", {"name": name, "timeout": timeout})
+
+    async def reload(self) -> Any:
+        return await self.call("reload")
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe and yield events until the connection closes."""
+        await self.call("subscribe")
+        return self.events()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            event = await self._events.get()
+            if event is _EOF:
+                return
+            yield event
