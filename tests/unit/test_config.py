@@ -129,7 +129,6 @@ def test_bad_durations(bad: object) -> None:
 
 
 def test_proposals_checked_by_the_engine_and_default_expanded() -> None:
-    pytest.importorskip("ike.proposals")  # lands with the engine (issue 3)
     c = parse_config(conn('ike_proposals = ["default", "aes128-sha256-ecp256"]')).connections[0]
     assert c.ike_proposals == ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
     c = parse_config(conn("", 'esp_proposals = ["chacha20poly1305", "default"]')).connections[0]
