@@ -12,7 +12,7 @@ setup:
 # Every layer in one pytest session: one summary; kernel tests run in a VM when the
 # host kernel has no ESP (tests/vmplugin.py).
 test: setup
-	$(PYTEST) tests
+	$(PYTEST) tests/unit tests/host tests/kernel
 
 test-unit: setup
 	$(PYTEST) tests/unit
