@@ -1,0 +1,123 @@
+/* Shared ABI of the data-plane programs: map key/value structs, reason codes, config.
+ *
+ * bpf/abi.py mirrors every struct and enum here with ctypes; tests/unit/test_bpf_abi.py
+ * parses this file and fails when the two drift apart. Change both together.
+ */
+#ifndef GATEWAY_DATAPLANE_H
+#define GATEWAY_DATAPLANE_H
+
+/* Sizes can be overridden with -D by the loader. */
+#ifndef SLOT_BITS
+#define SLOT_BITS 16
+#endif
+#define MAX_SLOTS (1u << SLOT_BITS)
+#define SLOT_MASK (MAX_SLOTS - 1u)
+
+#ifndef MAX_OUT_SPIS
+#define MAX_OUT_SPIS 65536
+#endif
+#ifndef MAX_IN_SPI_FALLBACK
+#define MAX_IN_SPI_FALLBACK 16384
+#endif
+#ifndef MAX_CLAMP_PREFIXES
+#define MAX_CLAMP_PREFIXES 16384
+#endif
+#ifndef IKE_SOURCES
+#define IKE_SOURCES 65536
+#endif
+#define MAX_STEER_CPUS 64
+
+/* What each program decided, one code per packet (the packet's final reason). The
+ * verdict map is indexed by reason * VERDICT_ACTIONS + action (XDP action numbers;
+ * the TC programs record TC_ACT_OK as XDP_PASS and TC_ACT_SHOT as XDP_DROP). */
+enum dp_reason {
+    /* WAN ingress (XDP) */
+    R_WAN_NON_IP = 1,          /* not IPv4/IPv6 (ARP, LLDP...): pass */
+    R_WAN_MALFORMED_L2 = 2,    /* truncated Ethernet/VLAN header: drop */
+    R_WAN_MALFORMED_IP = 3,    /* truncated/inconsistent IPv4/IPv6/extension header: drop */
+    R_WAN_FRAGMENT = 4,        /* non-first fragment, transport header not visible: pass */
+    R_WAN_OTHER = 5,           /* any other protocol or port, or too many ext headers: pass */
+    R_WAN_ESP = 6,             /* ESP (or ESP-in-UDP) for an SPI we own: pass or redirect */
+    R_WAN_ESP_UNKNOWN_SPI = 7, /* ESP for an SPI we do not own: pass, or drop if configured */
+    R_WAN_ESP_MALFORMED = 8,   /* ESP/UDP header truncated or lengths inconsistent: drop */
+    R_WAN_NATT_KEEPALIVE = 9,  /* RFC 3948 2.3 one-octet 0xFF on port 4500: pass */
+    R_WAN_IKE = 10,            /* IKE on 500, or on 4500 after the non-ESP marker: pass */
+    R_WAN_IKE_RATE_LIMITED = 11, /* IKE_SA_INIT request over the per-source budget: drop */
+    R_WAN_IKE_MALFORMED = 12,  /* shorter than the IKE header (RFC 7296 3.1): drop */
+    /* WAN egress (TC) */
+    R_OUT_ESP = 13,            /* outbound ESP for an SPI the daemon registered: pass */
+    R_OUT_ESP_UNKNOWN_SPI = 14,/* outbound ESP with an SPI not registered: pass */
+    R_OUT_OTHER = 15,          /* everything else leaving the WAN: pass */
+    /* LAN ingress (TC), cleartext about to enter a tunnel */
+    R_LAN_NO_TUNNEL = 16,      /* destination matches no tunnel prefix (or not IP): pass */
+    R_LAN_TUNNEL = 17,         /* destination in a tunnel prefix, counted per slot: pass */
+    R_LAN_MSS_CLAMPED = 18,    /* SYN/SYN-ACK whose MSS was lowered: pass */
+    R_LAN_MSS_UNCHANGED = 19,  /* SYN/SYN-ACK already at or below the clamp, or no MSS: pass */
+    R_LAN_MSS_MALFORMED = 20,  /* TCP options malformed: left alone, pass */
+    R_LAN_MSS_ODD_OFFSET = 21, /* MSS value at an odd offset: left alone, pass */
+    R_LAN_MALFORMED = 22,      /* truncated/inconsistent IP or TCP header: drop */
+    R_MAX = 23,
+};
+
+#define VERDICT_ACTIONS 8
+
+/* Per-slot counters: one per-CPU array entry per Child SA slot. Each program writes
+ * its own pair of fields. Bytes are IP bytes (outer IP header included, link layer
+ * excluded) as given by the IP header's length field. */
+struct slot_stats {
+    __u64 esp_in_packets;
+    __u64 esp_in_bytes;
+    __u64 esp_out_packets;
+    __u64 esp_out_bytes;
+    __u64 clear_packets;
+    __u64 clear_bytes;
+};
+
+#define SLOT_F_OFFLOADED 1u /* the NIC decrypts this SA: never steer (metadata would be lost) */
+
+/* Inbound SPIs of a slot: during a rekey the old and the new Child SA share the slot,
+ * so two SPIs (host byte order; 0 = unused). Each one's low SLOT_BITS equal the slot. */
+struct slot_entry {
+    __u32 spi[2];
+    __u32 flags;
+};
+
+/* LPM key for the MSS clamp: IPv4 is stored as ::ffff:a.b.c.d with prefixlen + 96. */
+struct clamp_key {
+    __u32 prefixlen;
+    __u8 addr[16];
+};
+
+struct clamp_value {
+    __u32 slot;
+    __u16 mtu;  /* tunnel MTU for this prefix; 0 = count only, never clamp */
+    __u16 pad;
+};
+
+/* IKE_SA_INIT flood shield key: IPv4 as ::ffff:a.b.c.d, IPv6 by its /64 prefix. */
+struct src_key {
+    __u8 addr[16];
+};
+
+/* Token bucket in nanoseconds of credit: every request costs ike_cost_ns, credit
+ * accrues with time and is capped at ike_burst_ns. Updates race between CPUs on the
+ * same source; the bucket is approximate by design (cheap, no locks). */
+struct ike_bucket {
+    __u64 credit_ns;
+    __u64 last_ns;
+};
+
+#define CFG_DROP_UNKNOWN_SPI 1u
+#define CFG_IKE_RATE_LIMIT 2u
+#define CFG_STEER 4u
+#define CFG_NIC_DECRYPTS 8u /* the WAN NIC has ESP offload on: never steer anything */
+#define CFG_MSS_CLAMP 16u
+
+struct dp_config {
+    __u32 flags;
+    __u32 steer_count;  /* entries used in steer_cpus */
+    __u64 ike_cost_ns;
+    __u64 ike_burst_ns;
+};
+
+#endif

@@ -1,0 +1,686 @@
+"""Compile, attach and drive the data-plane programs (bpf/dataplane.c) with bcc.
+
+Two layers:
+
+- `Programs`: the compiled object (one bcc compile per start), the loaded program fds
+  and typed access to every map. Nothing attached; tests run it with BPF_PROG_TEST_RUN.
+- `Dataplane`: a context manager that attaches `xdp_wan` (XDP) and `tc_wan_egress`
+  (TC egress) to the WAN interface and `tc_lan_ingress` (TC ingress) to the LAN
+  interface, and detaches all of it on exit, on exceptions and on SIGTERM/SIGHUP.
+  The daemon drives it through its methods (see docs/bpf.md).
+
+Map writes go through ctypes mirrors (bpf/abi.py) of the C structs; per-CPU maps are
+read as one value per possible CPU and summed here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
+
+from bpf import abi
+from bpf.abi import Reason, XdpAction
+from bpf.mtu import MIN_MTU_IPV4, MIN_MTU_IPV6
+from bpf.spi import slot_mask
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parent
+SOURCE = BPF_DIR / "dataplane.c"
+BASELINE_SOURCE = BPF_DIR / "baseline.c"
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+TC_PRIO = 0xC1  # our filters' priority on clsact, so we delete only our own
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+_CLONE_NEWNET = 0x40000000
+
+XdpMode = Literal["auto", "native", "generic"]
+
+
+class DataplaneError(GatewayError):
+    """The data plane cannot be set up or changed as asked (message is for the user)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the length of every per-CPU map value array."""
+    from bcc.utils import get_possible_cpus
+
+    return len(get_possible_cpus())
+
+
+def _bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise DataplaneError(
+            "bcc is not importable (Debian package python3-bpfcc; scripts/setup.sh links it)"
+        ) from e
+    return bcc
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise DataplaneError(f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body with this thread inside network namespace `name` (None: stay).
+
+    BPF programs and maps are not per namespace; only the attachment (which interface)
+    is, so the loader enters the namespace just to attach and detach.
+    """
+    if name is None:
+        yield
+        return
+    try:
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    except OSError as e:
+        raise DataplaneError(f"network namespace {name!r}: {e.strerror}") from e
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(orig)
+    finally:
+        os.close(target)
+        os.close(orig)
+
+
+def _ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise DataplaneError(f"interface {ifname!r} does not exist") from None
+
+
+def _ip_key(prefix: str) -> tuple[abi.ClampKey, bool]:
+    """LPM key for a CIDR prefix; IPv4 maps to ::ffff:0:0/96 (as in the C program)."""
+    try:
+        net = ipaddress.ip_network(prefix, strict=False)
+    except ValueError as e:
+        raise DataplaneError(f"bad prefix {prefix!r}: {e}") from None
+    key = abi.ClampKey()
+    if isinstance(net, ipaddress.IPv4Network):
+        raw = ipaddress.IPv6Address("::ffff:" + str(net.network_address)).packed
+        key.prefixlen = 96 + net.prefixlen
+        v6 = False
+    else:
+        raw = net.network_address.packed
+        key.prefixlen = net.prefixlen
+        v6 = True
+    ctypes.memmove(key.addr, raw, 16)
+    return key, v6
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCounters:
+    """Per-slot counters summed over CPUs. Bytes are IP bytes (outer header included)."""
+
+    esp_in_packets: int = 0
+    esp_in_bytes: int = 0
+    esp_out_packets: int = 0
+    esp_out_bytes: int = 0
+    clear_packets: int = 0
+    clear_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictCount:
+    """Packets a program ended with `reason` and `action`, summed over CPUs."""
+
+    reason: Reason
+    action: XdpAction
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class IkeShield:
+    """IKE_SA_INIT per-source token bucket: `rate` requests/s sustained, `burst` at once.
+    IPv4 sources count per address, IPv6 per /64."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.burst < 1:
+            raise DataplaneError("IKE_SA_INIT limit needs rate > 0 and burst >= 1")
+
+    @property
+    def cost_ns(self) -> int:
+        return max(1, round(1e9 / self.rate))
+
+
+# --------------------------------------------------------------------------- programs
+
+
+class Programs:
+    """The compiled and loaded programs and their maps; nothing attached."""
+
+    PROGRAM_TYPES = {"xdp_wan": "XDP", "tc_wan_egress": "SCHED_CLS", "tc_lan_ingress": "SCHED_CLS"}
+
+    def __init__(self, *, slot_bits: int = abi.SLOT_BITS_DEFAULT) -> None:
+        if not 1 <= slot_bits <= 20:
+            raise DataplaneError(f"slot_bits must be 1..20, not {slot_bits}")
+        bcc = _bcc()
+        self.slot_bits = slot_bits
+        self.ncpus = possible_cpus()
+        cflags = [f"-I{BPF_DIR}", f"-DSLOT_BITS={slot_bits}", f"-DCPUMAP_SIZE={self.ncpus}"]
+        try:
+            self.bpf = bcc.BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception for compile errors
+            raise DataplaneError(f"compiling {SOURCE.name} failed: {e}") from e
+        self.fds: dict[str, int] = {}
+        try:
+            for name, kind in self.PROGRAM_TYPES.items():
+                fn = self.bpf.load_func(name.encode(), getattr(bcc.BPF, kind))
+                self.fds[name] = fn.fd
+        except Exception as e:  # bcc: verifier rejection is a bare Exception too
+            self.bpf.cleanup()
+            raise DataplaneError(f"loading {SOURCE.name} failed: {e}") from e
+        self._lib = bcc.libbcc.lib
+        self._closed = False
+
+    # map plumbing ------------------------------------------------------------------
+
+    def map_fd(self, name: str) -> int:
+        return int(self.bpf[name.encode()].map_fd)
+
+    def update(self, name: str, key: ctypes._CData, value: ctypes._CData) -> None:
+        rc = self._lib.bpf_update_elem(self.map_fd(name), ctypes.byref(key), ctypes.byref(value), 0)
+        if rc < 0:
+            err = ctypes.get_errno() or -rc
+            raise DataplaneError(f"map {name}: update failed: {os.strerror(err)}")
+
+    def delete(self, name: str, key: ctypes._CData) -> bool:
+        return bool(self._lib.bpf_delete_elem(self.map_fd(name), ctypes.byref(key)) == 0)
+
+    def lookup(self, name: str, key: ctypes._CData, value: ctypes._CData) -> bool:
+        fd = self.map_fd(name)
+        return bool(self._lib.bpf_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) == 0)
+
+    def percpu(self, name: str, key: ctypes._CData, value_type: type[Any]) -> list[Any]:
+        """One value per possible CPU (a per-CPU map's lookup)."""
+        values = (value_type * self.ncpus)()
+        if not self.lookup(name, key, values):
+            return []
+        return list(values)
+
+    # typed views ---------------------------------------------------------------------
+
+    def set_config(self, config: abi.DpConfig) -> None:
+        self.update("config", ctypes.c_uint32(0), config)
+
+    def get_config(self) -> abi.DpConfig:
+        cfg = abi.DpConfig()
+        self.lookup("config", ctypes.c_uint32(0), cfg)
+        return cfg
+
+    def slot_counters(self, slot: int) -> SlotCounters:
+        per_cpu = self.percpu("slot_stats", ctypes.c_uint32(slot), abi.SlotStats)
+        fields = [f[0] for f in abi.SlotStats._fields_]
+        sums = {f: sum(getattr(v, f) for v in per_cpu) for f in fields}
+        return SlotCounters(**sums)
+
+    def reset_slot_counters(self, slot: int) -> None:
+        zero = (abi.SlotStats * self.ncpus)()
+        self.update("slot_stats", ctypes.c_uint32(slot), zero)
+
+    def verdict_counts(self) -> list[VerdictCount]:
+        """Every non-zero (reason, action) counter."""
+        out = []
+        for reason in Reason:
+            for action in XdpAction:
+                idx = reason * abi.VERDICT_ACTIONS + action
+                n = sum(self.percpu("verdicts", ctypes.c_uint32(idx), ctypes.c_uint64))
+                if n:
+                    out.append(VerdictCount(reason, action, n))
+        return out
+
+    def reset_verdicts(self) -> None:
+        zero = (ctypes.c_uint64 * self.ncpus)()
+        for idx in range(abi.R_MAX * abi.VERDICT_ACTIONS):
+            self.update("verdicts", ctypes.c_uint32(idx), zero)
+
+    def reset_ike_buckets(self) -> None:
+        """Forget every source's IKE_SA_INIT token bucket."""
+        self.bpf[b"ike_buckets"].clear()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.bpf.cleanup()
+
+
+# --------------------------------------------------------------------------- attachments
+
+
+@dataclass(slots=True)
+class _Attachment:
+    kind: Literal["xdp", "tc"]
+    ifname: str
+    flags: int = 0  # xdp: mode flags used
+    parent: str = ""  # tc: ingress/egress
+    made_clsact: bool = False
+
+
+def _attach_xdp(bcc: Any, fd_fn: Any, ifname: str, mode: XdpMode) -> _Attachment:
+    modes = {
+        "native": [XDP_FLAGS_DRV_MODE],
+        "generic": [XDP_FLAGS_SKB_MODE],
+        "auto": [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE],
+    }[mode]
+    _ifindex(ifname)
+    last: Exception | None = None
+    for m in modes:
+        try:
+            bcc.BPF.attach_xdp(ifname, fd_fn, XDP_FLAGS_UPDATE_IF_NOEXIST | m)
+        except Exception as e:  # bcc raises bare Exception with the netlink error text
+            last = e
+            continue
+        return _Attachment("xdp", ifname, flags=m)
+    raise DataplaneError(f"attaching XDP to {ifname} failed: {last}")
+
+
+def _detach_xdp(bcc: Any, att: _Attachment) -> None:
+    bcc.BPF.remove_xdp(att.ifname, att.flags)
+
+
+def _attach_tc(fd: int, name: str, ifname: str, parent: str) -> _Attachment:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    idx = _ifindex(ifname)
+    with IPRoute() as ipr:
+        made = False
+        try:
+            ipr.tc("add", "clsact", idx)
+            made = True
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise DataplaneError(f"adding clsact to {ifname}: {e}") from None
+        try:
+            ipr.tc(
+                "add-filter",
+                "bpf",
+                idx,
+                ":1",
+                fd=fd,
+                name=name,
+                parent=parent,
+                prio=TC_PRIO,
+                classid=1,
+                direct_action=True,
+            )
+        except NetlinkError as e:
+            if made:
+                with suppress(NetlinkError):
+                    ipr.tc("del", "clsact", idx)
+            raise DataplaneError(f"attaching {name} to {ifname}: {e}") from None
+    return _Attachment("tc", ifname, parent=parent, made_clsact=made)
+
+
+def _detach_tc(att: _Attachment) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        idx = _ifindex(att.ifname)
+    except DataplaneError:
+        return  # interface gone: its qdiscs and filters went with it
+    with IPRoute() as ipr:
+        if att.made_clsact:
+            ipr.tc("del", "clsact", idx)
+            return
+        try:
+            ipr.tc("del-filter", "bpf", idx, ":1", parent=att.parent, prio=TC_PRIO)
+        except NetlinkError as e:
+            if e.code != errno.ENOENT:
+                raise
+
+
+# --------------------------------------------------------------------------- dataplane
+
+
+class Dataplane:
+    """The gateway's data plane on one WAN and (optionally) one LAN interface.
+
+    Use as a context manager; everything it attached is removed on exit, also when the
+    body raises and when SIGTERM/SIGHUP arrive (their default handlers are replaced by
+    ones raising SystemExit for the duration, when we are in the main thread).
+    With neither interface given nothing is attached: the maps are still managed, which
+    is how tests and benchmarks drive the programs through BPF_PROG_TEST_RUN.
+    """
+
+    def __init__(
+        self,
+        wan_if: str | None,
+        lan_if: str | None = None,
+        *,
+        mss_clamp: bool | int = True,
+        drop_unknown_spi: bool = False,
+        ike_shield: IkeShield | None = None,
+        steer_cpus: Sequence[int] = (),
+        nic_decrypts: bool = False,
+        netns: str | None = None,
+        xdp_mode: XdpMode = "auto",
+        slot_bits: int = abi.SLOT_BITS_DEFAULT,
+        programs: Programs | None = None,
+    ) -> None:
+        if not isinstance(mss_clamp, bool) and not 536 <= mss_clamp <= 65495:
+            raise DataplaneError(f"MSS clamp {mss_clamp} is out of range 536..65495")
+        if len(steer_cpus) > abi.MAX_STEER_CPUS:
+            raise DataplaneError(f"at most {abi.MAX_STEER_CPUS} CPUs can be steered to")
+        self.wan_if = wan_if
+        self.lan_if = lan_if
+        self.mss_clamp = mss_clamp
+        self.drop_unknown_spi = drop_unknown_spi
+        self.ike_shield = ike_shield
+        self.steer_cpus = tuple(steer_cpus)
+        self.nic_decrypts = nic_decrypts
+        self.netns = netns
+        self.xdp_mode = xdp_mode
+        self._slot_bits = slot_bits
+        self._given_programs = programs
+        self.programs: Programs | None = None
+        self._attached: list[_Attachment] = []
+        self._slots: dict[int, abi.SlotEntry] = {}
+        self._fallback_in: dict[int, int] = {}
+        self._out_spis: dict[int, int] = {}
+        self._prefixes: dict[str, int] = {}
+        self._old_handlers: dict[int, Any] = {}
+
+    # lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> Dataplane:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.programs = self._given_programs or Programs(slot_bits=self._slot_bits)
+        try:
+            self._install_signal_handlers()
+            self._write_config()
+            self._write_steering()
+            self._attach_all()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach_all(self) -> None:
+        bcc = _bcc()
+        progs = self._progs
+        with in_netns(self.netns):
+            if self.wan_if is not None:
+                fn = progs.bpf.funcs[b"xdp_wan"]
+                self._attached.append(_attach_xdp(bcc, fn, self.wan_if, self.xdp_mode))
+                self._attached.append(
+                    _attach_tc(progs.fds["tc_wan_egress"], "tc_wan_egress", self.wan_if, TC_EGRESS)
+                )
+            if self.lan_if is not None:
+                self._attached.append(
+                    _attach_tc(
+                        progs.fds["tc_lan_ingress"], "tc_lan_ingress", self.lan_if, TC_INGRESS
+                    )
+                )
+
+    @property
+    def xdp_flags(self) -> int | None:
+        """The XDP mode flag in use on the WAN (4 native, 2 generic), None if not attached."""
+        for att in self._attached:
+            if att.kind == "xdp":
+                return att.flags
+        return None
+
+    def close(self) -> None:
+        """Detach everything (each attachment tried even when another fails)."""
+        errors: list[str] = []
+        bcc = _bcc()
+        with in_netns(self.netns):
+            while self._attached:
+                att = self._attached.pop()
+                try:
+                    if att.kind == "xdp":
+                        _detach_xdp(bcc, att)
+                    else:
+                        _detach_tc(att)
+                except Exception as e:  # keep detaching the rest; report all at the end
+                    errors.append(f"{att.kind} on {att.ifname}: {e}")
+        self._restore_signal_handlers()
+        if self.programs is not None and self._given_programs is None:
+            self.programs.close()
+        self.programs = None
+        if errors:
+            raise DataplaneError("detaching failed: " + "; ".join(errors))
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                self._old_handlers[signum] = signal.signal(signum, _raise_exit)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers.clear()
+
+    @property
+    def _progs(self) -> Programs:
+        if self.programs is None:
+            raise DataplaneError("the data plane is not open")
+        return self.programs
+
+    # settings ------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        cfg = abi.DpConfig()
+        if self.drop_unknown_spi:
+            cfg.flags |= abi.CFG_DROP_UNKNOWN_SPI
+        if self.ike_shield is not None:
+            cfg.flags |= abi.CFG_IKE_RATE_LIMIT
+            cfg.ike_cost_ns = self.ike_shield.cost_ns
+            cfg.ike_burst_ns = self.ike_shield.cost_ns * self.ike_shield.burst
+        if self.steer_cpus:
+            cfg.flags |= abi.CFG_STEER
+            cfg.steer_count = len(self.steer_cpus)
+        if self.nic_decrypts:
+            cfg.flags |= abi.CFG_NIC_DECRYPTS
+        if self.mss_clamp is not False:
+            cfg.flags |= abi.CFG_MSS_CLAMP
+        self._progs.set_config(cfg)
+
+    def _write_steering(self) -> None:
+        progs = self._progs
+        for i, cpu in enumerate(self.steer_cpus):
+            if not 0 <= cpu < progs.ncpus:
+                raise DataplaneError(f"CPU {cpu} does not exist (possible: 0..{progs.ncpus - 1})")
+            # cpumap value: queue size (bpf_cpumap_val.qsize); the kernel starts a kthread.
+            progs.update("cpumap", ctypes.c_uint32(cpu), ctypes.c_uint32(2048))
+            progs.update("steer_cpus", ctypes.c_uint32(i), ctypes.c_uint32(cpu))
+
+    def update_settings(
+        self,
+        *,
+        drop_unknown_spi: bool | None = None,
+        ike_shield: IkeShield | None | Literal[False] = False,
+    ) -> None:
+        """Change settings at run time (config reload). ike_shield=None switches it off;
+        leaving it False keeps the current one."""
+        if drop_unknown_spi is not None:
+            self.drop_unknown_spi = drop_unknown_spi
+        if ike_shield is not False:
+            self.ike_shield = ike_shield
+        self._write_config()
+
+    # Child SA slots --------------------------------------------------------------------
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot <= slot_mask(self._progs.slot_bits):
+            raise DataplaneError(f"slot {slot} is outside 0..{slot_mask(self._progs.slot_bits)}")
+
+    def _write_slot(self, slot: int) -> None:
+        self._progs.update("slot_table", ctypes.c_uint32(slot), self._slots[slot])
+
+    def add_inbound_spi(self, slot: int, spi: int) -> None:
+        """Count ESP with inbound `spi` in `slot`. SPIs made by bpf.spi.make_inbound_spi()
+        take the direct path (two per slot: old and new during a rekey); any other SPI
+        goes through the fallback hash map."""
+        self._check_slot(slot)
+        if not 256 <= spi <= 0xFFFFFFFF:
+            raise DataplaneError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
+        entry = self._slots.setdefault(slot, abi.SlotEntry())
+        if spi & slot_mask(self._progs.slot_bits) == slot and spi not in tuple(entry.spi):
+            for i in range(2):
+                if entry.spi[i] == 0:
+                    entry.spi[i] = spi
+                    self._write_slot(slot)
+                    return
+        self._progs.update("in_spi_fallback", ctypes.c_uint32(spi), ctypes.c_uint32(slot))
+        self._fallback_in[spi] = slot
+        self._write_slot(slot)  # so the fallback path finds the slot's flags
+
+    def remove_inbound_spi(self, spi: int) -> None:
+        slot = self._fallback_in.pop(spi, None)
+        if slot is not None:
+            self._progs.delete("in_spi_fallback", ctypes.c_uint32(spi))
+            return
+        slot = spi & slot_mask(self._progs.slot_bits)
+        entry = self._slots.get(slot)
+        if entry is None or spi not in tuple(entry.spi):
+            raise DataplaneError(f"inbound SPI {spi:#010x} is not registered")
+        entry.spi[tuple(entry.spi).index(spi)] = 0
+        self._write_slot(slot)
+
+    def set_slot_offloaded(self, slot: int, offloaded: bool) -> None:
+        """Mark a slot whose SAs the NIC decrypts: its packets are never steered."""
+        self._check_slot(slot)
+        entry = self._slots.setdefault(slot, abi.SlotEntry())
+        entry.flags = (
+            (entry.flags | abi.SLOT_F_OFFLOADED)
+            if offloaded
+            else (entry.flags & ~abi.SLOT_F_OFFLOADED)
+        )
+        self._write_slot(slot)
+
+    def add_outbound_spi(self, slot: int, spi: int) -> None:
+        """Count outbound ESP with `spi` (the peer's choice) in `slot`."""
+        self._check_slot(slot)
+        if not 256 <= spi <= 0xFFFFFFFF:
+            raise DataplaneError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
+        self._progs.update("out_spi", ctypes.c_uint32(spi), ctypes.c_uint32(slot))
+        self._out_spis[spi] = slot
+
+    def remove_outbound_spi(self, spi: int) -> None:
+        if self._out_spis.pop(spi, None) is None:
+            raise DataplaneError(f"outbound SPI {spi:#010x} is not registered")
+        self._progs.delete("out_spi", ctypes.c_uint32(spi))
+
+    def release_slot(self, slot: int) -> None:
+        """Forget a slot for good: its inbound SPIs and counters (ready for reuse)."""
+        self._check_slot(slot)
+        for spi, s in list(self._fallback_in.items()):
+            if s == slot:
+                self.remove_inbound_spi(spi)
+        self._slots.pop(slot, None)
+        self._progs.update("slot_table", ctypes.c_uint32(slot), abi.SlotEntry())
+        self._progs.reset_slot_counters(slot)
+
+    # MSS clamp prefixes --------------------------------------------------------------
+
+    def set_clamp_prefix(self, prefix: str, slot: int, mtu: int) -> None:
+        """LAN traffic to `prefix` enters the tunnel of `slot` whose MTU is `mtu`: count
+        it per slot and clamp SYN/SYN-ACK MSS to mtu - 40 (IPv4) / mtu - 60 (IPv6).
+        With mss_clamp=<int> the MSS is additionally capped at that value."""
+        self._check_slot(slot)
+        key, v6 = _ip_key(prefix)
+        low = MIN_MTU_IPV6 if v6 else MIN_MTU_IPV4
+        if not low <= mtu <= 65535:
+            raise DataplaneError(f"MTU {mtu} for {prefix} is out of range {low}..65535")
+        if not isinstance(self.mss_clamp, bool):
+            mtu = min(mtu, self.mss_clamp + (60 if v6 else 40))
+        value = abi.ClampValue(slot=slot, mtu=mtu)
+        self._progs.update("clamp_prefixes", key, value)
+        self._prefixes[_normal(prefix)] = slot
+
+    def remove_clamp_prefix(self, prefix: str) -> None:
+        key, _ = _ip_key(prefix)
+        if self._prefixes.pop(_normal(prefix), None) is None:
+            raise DataplaneError(f"clamp prefix {prefix} is not set")
+        self._progs.delete("clamp_prefixes", key)
+
+    def clear(self) -> None:
+        """Remove every SPI, slot and prefix this object registered; zero their counters."""
+        slots = set(self._slots) | set(self._fallback_in.values())
+        slots |= set(self._out_spis.values()) | set(self._prefixes.values())
+        for spi in list(self._out_spis):
+            self.remove_outbound_spi(spi)
+        for prefix in list(self._prefixes):
+            self.remove_clamp_prefix(prefix)
+        for slot in slots:
+            self.release_slot(slot)
+
+    # counters ------------------------------------------------------------------------
+
+    def slot_counters(self, slot: int) -> SlotCounters:
+        self._check_slot(slot)
+        return self._progs.slot_counters(slot)
+
+    def verdicts(self) -> list[tuple[str, str, str, int]]:
+        """(interface, action, reason, packets) rows for ipsec_xdp_packets_total."""
+        rows = []
+        for vc in self._progs.verdict_counts():
+            ifname = self.lan_if if vc.reason.side == "lan" else self.wan_if
+            if ifname is not None:
+                rows.append((ifname, vc.action.label, vc.reason.label, vc.packets))
+        return rows
+
+    def mss_clamped(self) -> dict[str, int]:
+        """Packets whose MSS was clamped, per LAN interface (ipsec_mss_clamped_total)."""
+        if self.lan_if is None:
+            return {}
+        n = sum(
+            vc.packets for vc in self._progs.verdict_counts() if vc.reason == Reason.LAN_MSS_CLAMPED
+        )
+        return {self.lan_if: n}
+
+
+def _normal(prefix: str) -> str:
+    return str(ipaddress.ip_network(prefix, strict=False))
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

@@ -1,0 +1,101 @@
+"""Inbound SPI layout: the SPI carries its counter slot in its low bits.
+
+We choose our own inbound SPIs (RFC 7296 §3.3.1: the recipient picks the SPI it will
+receive with), so the XDP program can find a Child SA's counters by masking the SPI
+instead of a hash lookup:
+
+    bit 31 ............ SLOT_BITS | SLOT_BITS-1 ........ 0
+        random, never all zero    |  slot (stable per Child SA)
+
+The non-zero high part keeps every SPI >= 2**slot_bits > 255, outside the range
+RFC 4303 §2.1 reserves (0 and 1..255). The old and the new Child SA of a rekey share the
+slot (counters survive the rekey) and differ in the random part. SPIs not made here
+(e.g. chosen by another IKE daemon) still work through the loader's fallback hash map.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from bpf.abi import SLOT_BITS_DEFAULT
+
+RandomSource = Callable[[int], bytes]
+
+
+class SpiError(ValueError):
+    """A slot or SPI outside the layout."""
+
+
+def slot_mask(slot_bits: int = SLOT_BITS_DEFAULT) -> int:
+    return (1 << slot_bits) - 1
+
+
+def slot_of_spi(spi: int, slot_bits: int = SLOT_BITS_DEFAULT) -> int:
+    """The slot an inbound SPI made by make_inbound_spi() belongs to."""
+    if not 0 <= spi <= 0xFFFFFFFF:
+        raise SpiError(f"SPI {spi:#x} is not a 32-bit value")
+    return spi & slot_mask(slot_bits)
+
+
+def make_inbound_spi(
+    slot: int,
+    *,
+    slot_bits: int = SLOT_BITS_DEFAULT,
+    random: RandomSource = os.urandom,
+    avoid: Iterable[int] = (),
+) -> int:
+    """A fresh inbound SPI for `slot`: random non-zero high part, slot in the low bits.
+
+    `avoid` lists SPIs that must not be returned (the slot's current SPIs during a
+    rekey), so the new SPI differs from the old one in the shared slot.
+    """
+    if not 1 <= slot_bits <= 24:
+        raise SpiError(f"slot_bits must be 1..24, not {slot_bits}")
+    if not 0 <= slot <= slot_mask(slot_bits):
+        raise SpiError(f"slot {slot} does not fit in {slot_bits} bits")
+    taken = set(avoid)
+    high_bits = 32 - slot_bits
+    for _ in range(64):
+        high = int.from_bytes(random(4), "big") >> (32 - high_bits)
+        if high == 0:
+            continue
+        spi = (high << slot_bits) | slot
+        if spi not in taken:
+            return spi
+    raise SpiError("random source keeps returning unusable SPIs")
+
+
+@dataclass(slots=True)
+class SlotAllocator:
+    """Hands out stable per-Child-SA slots (0 .. 2**slot_bits - 1), reusing freed ones first.
+
+    The daemon keeps one slot per Child SA across rekeys and frees it when the Child SA
+    is deleted for good.
+    """
+
+    slot_bits: int = SLOT_BITS_DEFAULT
+    _free: list[int] = field(default_factory=list)
+    _next: int = 0
+    _used: set[int] = field(default_factory=set)
+
+    def allocate(self) -> int:
+        if self._free:
+            slot = self._free.pop()
+        elif self._next <= slot_mask(self.slot_bits):
+            slot = self._next
+            self._next += 1
+        else:
+            raise SpiError(f"all {1 << self.slot_bits} slots are in use")
+        self._used.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot not in self._used:
+            raise SpiError(f"slot {slot} is not allocated")
+        self._used.remove(slot)
+        self._free.append(slot)
+
+    def __len__(self) -> int:
+        return len(self._used)
