@@ -13,8 +13,10 @@ handed to `on_datagram(data, local, remote)` as bytes plus (ip, port) tuples:
   IP_PKTINFO/IPV6_PKTINFO and answer from that same address.
 
 `send(data, local, remote)` picks the socket bound to `local` (adding the marker on the
-NAT-T socket). With `esp_in_udp=True` the NAT-T socket gets UDP_ENCAP_ESPINUDP so the
-kernel decapsulates ESP itself, as it must for the XFRM data plane.
+NAT-T socket). With `keep_marker=True` the marker is left to the caller both ways (the IKE
+engine adds and strips it itself, by port number). With `esp_in_udp=True` the NAT-T
+socket gets UDP_ENCAP_ESPINUDP so the kernel decapsulates ESP itself, as it must for the
+XFRM data plane.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class UdpTransport:
         *,
         esp_in_udp: bool = False,
         reuse_port: bool = False,
+        keep_marker: bool = False,
     ) -> None:
         self.listen = tuple(listen)
         self.port = port
@@ -94,6 +97,7 @@ class UdpTransport:
         self.on_datagram = on_datagram
         self.esp_in_udp = esp_in_udp
         self.reuse_port = reuse_port
+        self.keep_marker = keep_marker
         self.counters = TransportCounters()
         self._sockets: list[_Socket] = []
         self._by_local: dict[Addr, _Socket] = {}
@@ -193,8 +197,12 @@ class UdpTransport:
             if data[:4] != NON_ESP_MARKER:
                 self.counters.esp_dropped += 1
                 return
-            data = data[4:]
-        if len(data) < IKE_HEADER_LEN:
+            if len(data) < IKE_HEADER_LEN + 4:
+                self.counters.malformed += 1
+                return
+            if not self.keep_marker:
+                data = data[4:]
+        elif len(data) < IKE_HEADER_LEN:
             self.counters.malformed += 1
             return
         self.counters.received += 1
@@ -216,7 +224,7 @@ class UdpTransport:
             self.counters.send_errors += 1
             log.warning("event=transport-no-socket local=%s:%d", local[0], local[1])
             return False
-        payload = NON_ESP_MARKER + data if entry.nat_t else data
+        payload = NON_ESP_MARKER + data if entry.nat_t and not self.keep_marker else data
         try:
             if entry.wildcard and local[0] != entry.address:
                 entry.sock.sendmsg([payload], [_pktinfo_cmsg(entry.family, local[0])], 0, remote)

@@ -70,6 +70,31 @@ async def test_ike_and_nat_t_ports() -> None:
         t.close()
 
 
+async def test_keep_marker_leaves_the_marker_to_the_engine() -> None:
+    got: Received = []
+    t = UdpTransport(
+        ["127.0.0.1"], 0, 0, lambda d, lo, re: got.append((d, lo, re)), keep_marker=True
+    )
+    t.start()
+    try:
+        nat_t = t.local_ports()["nat_t"]
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.sendto(NON_ESP_MARKER + IKE, ("127.0.0.1", nat_t))
+        peer.sendto(b"\xff", ("127.0.0.1", nat_t))
+        await settle(got, 1)
+        assert got[0][0] == NON_ESP_MARKER + IKE
+        me = ("127.0.0.1", peer.getsockname()[1])
+        assert t.send(NON_ESP_MARKER + b"reply", ("127.0.0.1", nat_t), me)
+        peer.settimeout(2)
+        assert peer.recvfrom(100)[0] == NON_ESP_MARKER + b"reply"
+        await asyncio.sleep(0.05)
+        assert t.counters.keepalives == 1
+        peer.close()
+    finally:
+        t.close()
+
+
 @pytest.mark.parametrize(
     ("wildcard", "family", "addr"),
     [

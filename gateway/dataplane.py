@@ -1,0 +1,257 @@
+"""Data planes: where the daemon puts the Child SAs the IKE engine negotiated.
+
+`Dataplane` is the Protocol the daemon talks to; two implementations:
+
+- `XfrmDataplane` (`dataplane = "xfrm"`, the default): installs each Child SA in the
+  kernel through gateway/xfrm (two states + policies, all or nothing), replaces it
+  make-before-break on rekey, removes it on delete, reads its counters, and at start
+  removes leftovers of a previous run (objects in our reqid range only).
+- `NoneDataplane` (`dataplane = "none"`): control plane only. SAs are negotiated and
+  recorded (they appear in list-sas as INSTALLED with offload "none" and zero counters)
+  but nothing is installed, like strongSwan's load-tester plugin faking its kernel
+  interface. For benchmarking the IKE side and for hosts without kernel ESP.
+
+Keys reach the data plane inside `ChildSaEstablished` and go no further than the kernel
+message; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.config import ChildConfig
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from ike.events import ChildSaEstablished
+
+log = logging.getLogger("gateway.dataplane")
+
+
+class DataplaneError(GatewayError):
+    """Installing or removing an SA failed; the message names the operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    bytes_in: int = 0
+    packets_in: int = 0
+    bytes_out: int = 0
+    packets_out: int = 0
+
+
+@dataclass(slots=True)
+class Installed:
+    """A Child SA as the data plane holds it. `handle` is the implementation's own."""
+
+    spi_in: int
+    spi_out: int
+    offload: str = "none"  # "none" | "crypto" | "packet"
+    handle: Any = field(default=None, repr=False)
+
+
+class Dataplane(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Prepare (e.g. remove our leftovers of a crashed run)."""
+
+    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed: ...
+
+    def replace(
+        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
+    ) -> Installed: ...
+
+    def remove(self, installed: Installed) -> None: ...
+
+    def counters(self, installed: Installed) -> Counters: ...
+
+    def errors(self) -> dict[str, int]:
+        """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""
+
+    def close(self) -> None:
+        """Release resources; SAs must have been removed by the daemon before."""
+
+
+class NoneDataplane:
+    """Records SAs and installs nothing (strongSwan load-tester style)."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self.installed: dict[int, Installed] = {}  # by inbound SPI
+
+    def start(self) -> None:
+        pass
+
+    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
+        sa = Installed(child.spi_in, child.spi_out)
+        self.installed[child.spi_in] = sa
+        return sa
+
+    def replace(
+        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
+    ) -> Installed:
+        self.installed.pop(old.spi_in, None)
+        return self.install(child, config)
+
+    def remove(self, installed: Installed) -> None:
+        self.installed.pop(installed.spi_in, None)
+
+    def counters(self, installed: Installed) -> Counters:
+        return Counters()
+
+    def errors(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self.installed.clear()
+
+
+class XfrmDataplane:
+    """The kernel data plane (gateway/xfrm): one ChildSaSpec per negotiated Child SA."""
+
+    name = "xfrm"
+
+    def __init__(self, *, offload_dev: str | None = None, netns: str | None = None) -> None:
+        from gateway.xfrm import XfrmError, XfrmManager
+
+        self._error_type = XfrmError
+        try:
+            self.manager = XfrmManager(netns=netns)
+        except (XfrmError, OSError) as exc:
+            raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
+        self.offload_dev = offload_dev
+
+    def start(self) -> None:
+        try:
+            report = self.manager.flush()
+        except self._error_type as exc:
+            raise DataplaneError(f"removing leftovers of a previous run: {exc}") from None
+        if report.removed_states or report.removed_policies:
+            log.info(
+                "event=xfrm-leftovers-removed states=%d policies=%d",
+                report.removed_states,
+                report.removed_policies,
+            )
+
+    def _spec(self, child: ChildSaEstablished, config: ChildConfig | None, reqid: int) -> Any:
+        from gateway.xfrm import (
+            DEFAULT_REPLAY_WINDOW,
+            ChildSaSpec,
+            EspTransform,
+            Lifetime,
+            SaKeys,
+            TrafficSelector,
+            UdpEncap,
+        )
+        from gateway.xfrm.netlink import XFRM_INF
+
+        if child.integ_alg is None:
+            esp = EspTransform(aead=child.encr_alg, icv_bits=child.icv_bits)
+        else:
+            esp = EspTransform(
+                crypt=child.encr_alg, integ=child.integ_alg, trunc_bits=child.integ_trunc_bits
+            )
+        lifetime = Lifetime()
+        replay_window = DEFAULT_REPLAY_WINDOW
+        offload = "no"
+        if config is not None:
+            lifetime = Lifetime(
+                soft_bytes=config.rekey_bytes or XFRM_INF,
+                hard_bytes=config.life_bytes or XFRM_INF,
+                soft_packets=config.rekey_packets or XFRM_INF,
+                hard_packets=config.life_packets or XFRM_INF,
+                # time: the engine rekeys; the kernel's hard limit is the safety net
+                hard_seconds=int(config.life_time) if config.life_time else 0,
+            )
+            if config.replay_window is not None:
+                replay_window = config.replay_window
+            offload = config.offload if self.offload_dev else "no"
+        try:
+            return ChildSaSpec(
+                local=ipaddress.ip_address(child.local_addr),
+                remote=ipaddress.ip_address(child.remote_addr),
+                spi_in=child.spi_in,
+                spi_out=child.spi_out,
+                reqid=reqid,
+                esp=esp,
+                keys_in=SaKeys(child.encr_key_in, child.integ_key_in),
+                keys_out=SaKeys(child.encr_key_out, child.integ_key_out),
+                local_ts=_all_selectors(child.local_ts, TrafficSelector),
+                remote_ts=_all_selectors(child.remote_ts, TrafficSelector),
+                mode="transport" if child.mode == "transport" else "tunnel",
+                encap=UdpEncap(*child.encap) if child.encap else None,
+                lifetime=lifetime,
+                esn=child.esn,
+                offload=offload,  # type: ignore[arg-type]
+                offload_dev=self.offload_dev if offload != "no" else None,
+                replay_window=replay_window,
+            )
+        except ValueError as exc:
+            raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
+
+    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
+        reqid = self.manager.allocate_reqid()
+        spec = self._spec(child, config, reqid)
+        try:
+            result = self.manager.install(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def replace(
+        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
+    ) -> Installed:
+        spec = self._spec(child, config, old.handle.spec.reqid)
+        try:
+            result = self.manager.replace(old.handle, spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def remove(self, installed: Installed) -> None:
+        try:
+            self.manager.delete(installed.handle)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+
+    def counters(self, installed: Installed) -> Counters:
+        try:
+            c = self.manager.counters(installed.handle)
+        except self._error_type:
+            return Counters()  # gone (hard expiry) between listing and reading
+        return Counters(c.bytes_in, c.packets_in, c.bytes_out, c.packets_out)
+
+    def errors(self) -> dict[str, int]:
+        return self.manager.xfrm_stat()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _all_selectors(selectors: Any, make: Any) -> tuple[Any, ...]:
+    return tuple(sel for ts in selectors for sel in _selectors(ts, make))
+
+
+def _selectors(ts: Any, make: Any) -> list[Any]:
+    """An IKE traffic selector (address range, protocol, port range) as XFRM selectors."""
+    nets = ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)
+    if (ts.start_port, ts.end_port) == (0, 65535):
+        port = None
+    elif ts.start_port == ts.end_port:
+        port = ts.start_port
+    else:
+        raise ValueError(f"port range {ts.start_port}-{ts.end_port} cannot be an XFRM selector")
+    return [make(net, ts.ip_protocol, port) for net in nets]
+
+
+def make_dataplane(kind: str, *, offload_dev: str | None = None) -> Dataplane:
+    if kind == "none":
+        return NoneDataplane()
+    if kind == "xfrm":
+        return XfrmDataplane(offload_dev=offload_dev)
+    raise DataplaneError(f"unknown data plane {kind!r}")
