@@ -110,14 +110,15 @@ def test_dh_groups_agree_and_check_public_values(gid: int) -> None:
     assert a.exchange(b.public) == b.exchange(a.public)
     with pytest.raises(ProtocolError):
         a.exchange(b.public[:-1])
-    bad = {
+    bad_values: dict[int, bytes] = {
         DhGroup.MODP_2048: (1).to_bytes(256, "big"),
         DhGroup.ECP_256: bytes(64),
         DhGroup.ECP_384: b"\x01" * 96,
         DhGroup.ECP_521: b"\x01" * 132,
         DhGroup.CURVE25519: bytes(32),  # the zero point gives an all-zero secret
         DhGroup.CURVE448: bytes(56),
-    }[gid]
+    }
+    bad = bad_values[gid]
     with pytest.raises(ProtocolError) as info:
         a.exchange(bad)
     assert info.value.notify == NotifyType.INVALID_SYNTAX

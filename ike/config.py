@@ -1,0 +1,204 @@
+"""Connection configuration for the engine (the daemon converts its TOML into these).
+
+Everything is a frozen dataclass; the PSK is hidden from repr. `compile_connection`
+validates a connection and precomputes what the engine needs (parsed proposals, IDs,
+traffic selectors); it raises LocalError with the connection and key that is wrong, so
+the daemon can report config errors before starting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ike.constants import IdType, ProtocolId
+from ike.errors import LocalError
+from ike.proposals import ProposalSpec, parse_proposals
+from ike.ts import TrafficSelector, ts_from_text
+
+ANY_ID = ("", "%any")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    """One Child SA. Empty `local_ts`/`remote_ts` mean "dynamic" (the IKE SA's address)."""
+
+    name: str
+    local_ts: tuple[str, ...] = ()
+    remote_ts: tuple[str, ...] = ()
+    esp_proposals: tuple[str, ...] = ("aes256gcm16",)
+    mode: str = "tunnel"  # or "transport"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """One IKE connection (strongSwan's `connections.<name>` in swanctl.conf words).
+
+    IDs use strongSwan's syntax: an IP address, ``@fqdn``, ``user@fqdn``, a plain name
+    (FQDN), or ``@#hex`` (key ID). An empty local_id means the local address; an empty
+    remote_id or ``%any`` accepts any peer ID.
+    """
+
+    name: str
+    local_addrs: tuple[str, ...] = ()
+    remote_addrs: tuple[str, ...] = ()
+    local_id: str = ""
+    remote_id: str = ""
+    psk: bytes = field(default=b"", repr=False)
+    ike_proposals: tuple[str, ...] = ("aes256gcm16-prfsha384-x25519",)
+    children: tuple[ChildConfig, ...] = ()
+    local_port: int = 500
+    remote_port: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Engine-wide knobs (defaults follow strongSwan's charon settings)."""
+
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
+    half_open_timeout: float = 30.0
+    # Demand a COOKIE (RFC 7296 §2.6) once this many responder SAs are half-open.
+    cookie_threshold: int = 100
+    nat_t_port: int = 4500
+    nonce_size: int = 32
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def parse_identity(text: str) -> tuple[int, bytes]:
+    """strongSwan-style ID string -> (ID type, ID data) (RFC 7296 §3.5)."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        kind = IdType.ID_IPV4_ADDR if addr.version == 4 else IdType.ID_IPV6_ADDR
+        return kind, addr.packed
+    if text.startswith("@#"):
+        try:
+            return IdType.ID_KEY_ID, bytes.fromhex(text[2:])
+        except ValueError:
+            raise LocalError(f"identity {text!r}: key ID is not hex") from None
+    if text.startswith("@"):
+        return IdType.ID_FQDN, text[1:].encode()
+    if "=" in text:
+        raise LocalError(
+            f"identity {text!r}: distinguished names need certificates (not supported)"
+        )
+    if "@" in text:
+        return IdType.ID_RFC822_ADDR, text.encode()
+    if not text:
+        raise LocalError("empty identity")
+    return IdType.ID_FQDN, text.encode()
+
+
+def format_identity(id_type: int, data: bytes) -> str:
+    """An ID for humans (and the control API)."""
+    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and len(data) in (4, 16):
+        return str(ipaddress.ip_address(data))
+    if id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+        return data.decode("utf-8", "replace")
+    if id_type == IdType.ID_KEY_ID:
+        return "@#" + data.hex()
+    return f"{id_type}:{data.hex()}"
+
+
+# --------------------------------------------------------------------------- compiled form
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledChild:
+    config: ChildConfig
+    local_ts: tuple[TrafficSelector, ...]  # empty: dynamic
+    remote_ts: tuple[TrafficSelector, ...]
+    esp: tuple[ProposalSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def transport(self) -> bool:
+        return self.config.mode == "transport"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledConnection:
+    config: ConnectionConfig
+    ike: tuple[ProposalSpec, ...]
+    local_id: tuple[int, bytes] | None  # None: the local address
+    remote_id: tuple[int, bytes] | None  # None: any
+    local_addrs: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    remote_addrs: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    children: tuple[CompiledChild, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def child(self, name: str | None) -> CompiledChild:
+        if not self.children:
+            raise LocalError(f"connection {self.name!r} has no children")
+        if name is None:
+            return self.children[0]
+        for c in self.children:
+            if c.name == name:
+                return c
+        raise LocalError(f"connection {self.name!r} has no child {name!r}")
+
+
+def _addrs(conn: str, key: str, values: tuple[str, ...]) -> tuple:  # type: ignore[type-arg]
+    out = []
+    for v in values:
+        if v in ("%any", "0.0.0.0", "::"):
+            continue
+        try:
+            out.append(ipaddress.ip_address(v))
+        except ValueError:
+            raise LocalError(f"connection {conn!r}: {key}: {v!r} is not an IP address") from None
+    return tuple(out)
+
+
+def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
+    name = conf.name
+    if not name:
+        raise LocalError("connection without a name")
+    try:
+        ike = parse_proposals(conf.ike_proposals, ProtocolId.IKE)
+    except LocalError as exc:
+        raise LocalError(f"connection {name!r}: ike_proposals: {exc}") from None
+    if not conf.psk:
+        raise LocalError(f"connection {name!r}: psk: a pre-shared key is required")
+    try:
+        local_id = parse_identity(conf.local_id) if conf.local_id else None
+        remote_id = None if conf.remote_id in ANY_ID else parse_identity(conf.remote_id)
+    except LocalError as exc:
+        raise LocalError(f"connection {name!r}: {exc}") from None
+    children = []
+    seen = set()
+    for ch in conf.children:
+        where = f"connection {name!r} child {ch.name!r}"
+        if not ch.name or ch.name in seen:
+            raise LocalError(f"{where}: child names must be unique and non-empty")
+        seen.add(ch.name)
+        if ch.mode not in ("tunnel", "transport"):
+            raise LocalError(f"{where}: mode: {ch.mode!r} is not tunnel or transport")
+        try:
+            esp = parse_proposals(ch.esp_proposals, ProtocolId.ESP)
+            lts = tuple(ts_from_text(t) for t in ch.local_ts if t != "dynamic")
+            rts = tuple(ts_from_text(t) for t in ch.remote_ts if t != "dynamic")
+        except LocalError as exc:
+            raise LocalError(f"{where}: {exc}") from None
+        children.append(CompiledChild(ch, lts, rts, esp))
+    return CompiledConnection(
+        conf,
+        ike,
+        local_id,
+        remote_id,
+        _addrs(name, "local_addrs", conf.local_addrs),
+        _addrs(name, "remote_addrs", conf.remote_addrs),
+        tuple(children),
+    )

@@ -1,0 +1,1492 @@
+"""The IKEv2 engine: IKE SA and Child SA state machines (RFC 7296), sans-IO.
+
+Theory of operation
+-------------------
+The engine owns every IKE SA of one process. It never does I/O and never reads a clock:
+
+* inputs: ``receive_datagram(data, (local, remote), now)`` for each UDP payload received
+  on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
+  ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``;
+* outputs, pulled by the caller after every input: ``datagrams_to_send()``,
+  ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).
+
+Datagrams go through one pipeline: strip the non-ESP marker on the NAT-T port, decode
+the header, find the SA by *our* SPI (responder SPI if the peer set the I flag), then
+
+* responses must answer our one outstanding request (window size 1, RFC 7296 §2.3);
+  anything else is dropped and counted;
+* requests must carry the next expected message ID; the previous ID is answered from
+  the response cache without reprocessing (§2.1); other IDs are dropped;
+* everything after IKE_SA_INIT must decrypt and verify (SK payload) before it is looked at.
+
+A request is dispatched through ``_REQUEST_HANDLERS`` keyed by (SA state, exchange type).
+A handler returns the response payloads or raises ProtocolError; that exception is turned
+into a NOTIFY in exactly one place (``_handle_request``). A response is dispatched to the
+callback stored with the request that it answers. Malformed input raises DecodeError
+inside the codec and is dropped and counted in ``receive_datagram``; nothing else escapes.
+
+Requests are retransmitted with exponential back-off (timeout * base**n, strongSwan's
+defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmissions.
+Timers are one heap for the whole engine with lazy invalidation (an SA's entry is live
+only while it equals ``sa.timer_at``).
+
+SA states (``State``), with who moves them:
+
+    initiator:  INIT_SENT --IKE_SA_INIT resp--> AUTH_SENT --IKE_AUTH resp--> ESTABLISHED
+    responder:  (IKE_SA_INIT req) AUTH_WAIT --IKE_AUTH req--> ESTABLISHED
+    both:       ESTABLISHED --delete_ike_sa()--> DELETING --resp/give-up--> (gone)
+                ESTABLISHED --peer Delete(IKE)--> CLOSED (lingers to answer retransmits)
+
+Room for part 2 (CREATE_CHILD_SA, rekey, MOBIKE, fragmentation, certificates): new
+exchanges add rows to ``_REQUEST_HANDLERS`` and new request callbacks; keys, SPIs and
+suites already live per SA / per Child SA objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import hmac
+import ipaddress
+import itertools
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ike import codec
+from ike.codec import (
+    Authentication,
+    Delete,
+    Encrypted,
+    Identification,
+    KeyExchange,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    SecurityAssociation,
+    TrafficSelectors,
+)
+from ike.config import (
+    CompiledChild,
+    CompiledConnection,
+    ConnectionConfig,
+    EngineSettings,
+    compile_connection,
+    format_identity,
+)
+from ike.constants import (
+    ERROR_NOTIFY_MAX,
+    NON_ESP_MARKER,
+    AuthMethod,
+    ExchangeType,
+    IdType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    name_of,
+)
+from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
+from ike.errors import DecodeError, LocalError, ProtocolError
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Datagram,
+    Endpoint,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from ike.keys import IkeSaKeys, derive_child_sa_keys, derive_ike_sa_keys, psk_auth, skeyseed
+from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
+from ike.sk import IntegrityError, SkCipher
+from ike.ts import TrafficSelector, covered, narrow, ts_for_address
+
+__all__ = ["IkeEngine", "EngineStats", "IkeSaInfo", "ChildSaInfo", "State"]
+
+ZERO_SPI = bytes(8)
+Addr = tuple[Endpoint, Endpoint]  # (local, remote)
+
+_CHILD_ERRORS = frozenset(
+    {
+        NotifyType.NO_PROPOSAL_CHOSEN,
+        NotifyType.TS_UNACCEPTABLE,
+        NotifyType.SINGLE_PAIR_REQUIRED,
+        NotifyType.INTERNAL_ADDRESS_FAILURE,
+        NotifyType.FAILED_CP_REQUIRED,
+        NotifyType.INVALID_SELECTORS,
+        NotifyType.NO_ADDITIONAL_SAS,
+    }
+)
+_MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
+
+
+class State(enum.Enum):
+    INIT_SENT = enum.auto()
+    AUTH_SENT = enum.auto()
+    AUTH_WAIT = enum.auto()
+    ESTABLISHED = enum.auto()
+    DELETING = enum.auto()
+    CLOSED = enum.auto()
+
+    @property
+    def public(self) -> str:
+        """The control API's state name (list-sas)."""
+        return _PUBLIC_STATE[self]
+
+
+_PUBLIC_STATE = {
+    State.INIT_SENT: "CONNECTING",
+    State.AUTH_SENT: "CONNECTING",
+    State.AUTH_WAIT: "CONNECTING",
+    State.ESTABLISHED: "ESTABLISHED",
+    State.DELETING: "DELETING",
+    State.CLOSED: "DELETING",
+}
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters for metrics (never contain secrets)."""
+
+    datagrams_received: int = 0
+    datagrams_sent: int = 0
+    malformed: int = 0
+    integrity_failures: int = 0
+    unknown_spi: int = 0
+    unexpected: int = 0
+    retransmits: int = 0
+    duplicates_answered: int = 0
+    keepalives: int = 0
+    cookies_sent: int = 0
+    handshakes: int = 0
+    auth_failures: int = 0
+    dead_peers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaInfo:
+    name: str
+    spi_in: int
+    spi_out: int
+    mode: str
+    encap: bool
+    proposal: str
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    installed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaInfo:
+    ike_sa: int
+    connection: str | None
+    state: str
+    initiator: bool
+    local: Endpoint
+    remote: Endpoint
+    local_id: str
+    remote_id: str
+    spi_i: bytes
+    spi_r: bytes
+    proposal: str | None
+    established_at: float | None
+    children: tuple[ChildSaInfo, ...]
+
+
+class _ChildSa:
+    __slots__ = (
+        "config",
+        "spi_in",
+        "spi_out",
+        "suite",
+        "transport",
+        "local_ts",
+        "remote_ts",
+        "installed_at",
+        "deleting",
+    )
+
+    def __init__(
+        self,
+        config: CompiledChild,
+        spi_in: int,
+        spi_out: int,
+        suite: EspSuite,
+        transport: bool,
+        local_ts: tuple[TrafficSelector, ...],
+        remote_ts: tuple[TrafficSelector, ...],
+        now: float,
+    ) -> None:
+        self.config = config
+        self.spi_in = spi_in
+        self.spi_out = spi_out
+        self.suite = suite
+        self.transport = transport
+        self.local_ts = local_ts
+        self.remote_ts = remote_ts
+        self.installed_at = now
+        self.deleting = False
+
+
+class _PendingChild:
+    __slots__ = ("config", "spi_in", "tsi", "tsr")
+
+    def __init__(
+        self,
+        config: CompiledChild,
+        spi_in: int,
+        tsi: tuple[TrafficSelector, ...],
+        tsr: tuple[TrafficSelector, ...],
+    ) -> None:
+        self.config = config
+        self.spi_in = spi_in
+        self.tsi = tsi
+        self.tsr = tsr
+
+
+ResponseHandler = Callable[
+    ["IkeEngine", "_IkeSa", Message, tuple[Payload, ...], bytes, float], None
+]
+
+
+class _Request:
+    __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline")
+
+    def __init__(
+        self,
+        exchange: int,
+        message_id: int,
+        data: bytes,
+        on_response: ResponseHandler,
+        deadline: float,
+    ) -> None:
+        self.exchange = exchange
+        self.message_id = message_id
+        self.data = data
+        self.on_response = on_response
+        self.tries = 0
+        self.deadline = deadline
+
+
+class _IkeSa:
+    """One IKE SA. Mutable on purpose (lives for hours, changes on every exchange)."""
+
+    __slots__ = (
+        "uid",
+        "initiator",
+        "state",
+        "conn",
+        "candidates",
+        "spi_i",
+        "spi_r",
+        "local",
+        "remote",
+        "suite",
+        "dh",
+        "ni",
+        "nr",
+        "keys",
+        "sk",
+        "init_request",
+        "init_response",
+        "my_next_id",
+        "peer_next_id",
+        "outstanding",
+        "queue",
+        "last_response",
+        "nat",
+        "children",
+        "pending_child",
+        "cookie",
+        "init_retries",
+        "timer_at",
+        "expire_at",
+        "established_at",
+        "local_id",
+        "remote_id",
+        "half_open_key",
+    )
+
+    def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
+        self.uid = uid
+        self.initiator = initiator
+        self.state = State.INIT_SENT if initiator else State.AUTH_WAIT
+        self.conn: CompiledConnection | None = None
+        self.candidates: tuple[CompiledConnection, ...] = ()
+        self.spi_i = ZERO_SPI
+        self.spi_r = ZERO_SPI
+        self.local = local
+        self.remote = remote
+        self.suite: IkeSuite | None = None
+        self.dh: DhPrivate | None = None
+        self.ni = b""
+        self.nr = b""
+        self.keys: IkeSaKeys | None = None
+        self.sk: SkCipher | None = None
+        self.init_request = b""
+        self.init_response = b""
+        self.my_next_id = 0
+        self.peer_next_id = 0
+        self.outstanding: _Request | None = None
+        self.queue: deque[tuple[int, list[Payload], ResponseHandler]] = deque()
+        self.last_response: tuple[int, bytes] | None = None
+        self.nat = False
+        self.children: dict[int, _ChildSa] = {}
+        self.pending_child: _PendingChild | None = None
+        self.cookie = b""
+        self.init_retries = 0
+        self.timer_at: float | None = None
+        self.expire_at: float | None = None
+        self.established_at: float | None = None
+        self.local_id: tuple[int, bytes] = (0, b"")
+        self.remote_id: tuple[int, bytes] = (0, b"")
+        self.half_open_key: tuple[bytes, Endpoint] | None = None
+
+    def __repr__(self) -> str:
+        return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def name(self) -> str:
+        return self.conn.name if self.conn else ""
+
+
+def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
+    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
+    ip = ipaddress.ip_address(ep[0]).packed
+    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
+
+
+def _id_for_address(ip: str) -> tuple[int, bytes]:
+    a = ipaddress.ip_address(ip)
+    return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
+
+
+def _notifies(payloads: Sequence[Payload]) -> list[Notify]:
+    return [p for p in payloads if type(p) is Notify]
+
+
+def _first(payloads: Sequence[Payload], cls: type, kind: int | None = None) -> Payload | None:
+    for p in payloads:
+        if type(p) is cls and (kind is None or p.payload_type == kind):
+            return p
+    return None
+
+
+def _error_notify(payloads: Sequence[Payload]) -> Notify | None:
+    return next((n for n in _notifies(payloads) if n.type <= ERROR_NOTIFY_MAX), None)
+
+
+class IkeEngine:
+    """Sans-IO IKEv2 endpoint: see the module docstring and docs/ike.md."""
+
+    def __init__(
+        self,
+        connections: Sequence[ConnectionConfig] = (),
+        settings: EngineSettings | None = None,
+        *,
+        random: RandomSource = os.urandom,
+    ) -> None:
+        self.settings = settings or EngineSettings()
+        self._random = random
+        self._conns: dict[str, CompiledConnection] = {}
+        self.set_connections(connections)
+        self._sas: dict[bytes, _IkeSa] = {}
+        self._by_uid: dict[int, _IkeSa] = {}
+        self._half_open: dict[tuple[bytes, Endpoint], _IkeSa] = {}
+        self._child_spis: set[int] = set()
+        self._out: list[Datagram] = []
+        self._events: deque[Event] = deque()
+        self._timers: list[tuple[float, int, int]] = []
+        self._seq = itertools.count()
+        self._uids = itertools.count(1)
+        self._cookie_secret = random(32)
+        self.stats = EngineStats()
+
+    def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
+        """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
+        table. Existing IKE SAs keep the compiled connection they were made with."""
+        table: dict[str, CompiledConnection] = {}
+        for c in connections:
+            if c.name in table:
+                raise LocalError(f"connection {c.name!r} is defined twice")
+            table[c.name] = compile_connection(c)
+        self._conns = table
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def next_timer(self) -> float | None:
+        timers = self._timers
+        while timers:
+            at, _, uid = timers[0]
+            sa = self._by_uid.get(uid)
+            if sa is not None and sa.timer_at == at:
+                return at
+            heapq.heappop(timers)
+        return None
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def connections(self) -> tuple[str, ...]:
+        return tuple(self._conns)
+
+    def ike_sas(self) -> list[IkeSaInfo]:
+        """Snapshots of every IKE SA (for list-sas); no keys."""
+        out = []
+        for sa in self._by_uid.values():
+            enc = sa.nat
+            children = tuple(
+                ChildSaInfo(
+                    c.config.name,
+                    c.spi_in,
+                    c.spi_out,
+                    "transport" if c.transport else "tunnel",
+                    enc,
+                    c.suite.name,
+                    c.local_ts,
+                    c.remote_ts,
+                    c.installed_at,
+                )
+                for c in sa.children.values()
+            )
+            out.append(
+                IkeSaInfo(
+                    sa.uid,
+                    sa.conn.name if sa.conn else None,
+                    sa.state.public,
+                    sa.initiator,
+                    sa.local,
+                    sa.remote,
+                    format_identity(*sa.local_id) if sa.local_id[0] else "",
+                    format_identity(*sa.remote_id) if sa.remote_id[0] else "",
+                    sa.spi_i,
+                    sa.spi_r,
+                    sa.suite.name if sa.suite else None,
+                    sa.established_at,
+                    children,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ API calls
+
+    def initiate(self, connection: str, child: str | None = None, now: float = 0.0) -> int:
+        """Start IKE_SA_INIT for `connection` (first Child: `child` or the first one).
+
+        Returns the new IKE SA handle. LocalError for an unknown connection/child or one
+        without local and remote addresses.
+        """
+        conn = self._conns.get(connection)
+        if conn is None:
+            raise LocalError(f"unknown connection {connection!r}")
+        ch = conn.child(child)
+        if not conn.local_addrs or not conn.remote_addrs:
+            raise LocalError(
+                f"connection {connection!r} needs local_addrs and remote_addrs to initiate"
+            )
+        local = (str(conn.local_addrs[0]), conn.config.local_port)
+        remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
+        sa = _IkeSa(next(self._uids), True, local, remote)
+        sa.conn = conn
+        sa.spi_i = self._new_ike_spi()
+        self._sas[sa.spi_i] = sa
+        self._by_uid[sa.uid] = sa
+        sa.pending_child = _PendingChild(ch, 0, (), ())
+        sa.ni = self._random(self.settings.nonce_size)
+        sa.dh = conn.ike[0].dh[0].generate(self._random)
+        self._send_init(sa, now)
+        return sa.uid
+
+    def delete_ike_sa(self, ike_sa: int, now: float) -> None:
+        """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
+        sa = self._sa_by_uid(ike_sa)
+        if sa.state is State.ESTABLISHED:
+            sa.state = State.DELETING
+            self._send_request(
+                sa,
+                ExchangeType.INFORMATIONAL,
+                [Delete(ProtocolId.IKE, 0, ())],
+                IkeEngine._on_delete_ike_response,
+                now,
+            )
+        elif sa.state is not State.DELETING:
+            self._fail(sa, "cancelled", now)
+
+    def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
+        """INFORMATIONAL Delete(ESP, spi_in); ChildSaDeleted follows the peer's answer."""
+        sa = self._sa_by_uid(ike_sa)
+        child = sa.children.get(spi_in)
+        if child is None or sa.state is not State.ESTABLISHED:
+            raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
+        if child.deleting:
+            return
+        child.deleting = True
+        self._send_request(
+            sa,
+            ExchangeType.INFORMATIONAL,
+            [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
+            IkeEngine._on_delete_child_response,
+            now,
+        )
+
+    def check_liveness(self, ike_sa: int, now: float) -> None:
+        """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
+        sa = self._sa_by_uid(ike_sa)
+        if sa.state is not State.ESTABLISHED:
+            raise LocalError(f"IKE SA {ike_sa} is not established")
+        self._send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
+
+    def _sa_by_uid(self, uid: int) -> _IkeSa:
+        sa = self._by_uid.get(uid)
+        if sa is None:
+            raise LocalError(f"unknown IKE SA {uid}")
+        return sa
+
+    # ------------------------------------------------------------------ input: datagrams
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """One UDP payload as received on `addr` = ((local ip, port), (remote ip, port))."""
+        self.stats.datagrams_received += 1
+        try:
+            self._receive(data, addr, now)
+        except IntegrityError:
+            self.stats.integrity_failures += 1
+        except DecodeError:
+            self.stats.malformed += 1
+        except ProtocolError:
+            # a peer error on a path that cannot answer (e.g. in a response): drop it
+            self.stats.unexpected += 1
+
+    def _receive(self, data: bytes, addr: Addr, now: float) -> None:
+        local, remote = addr
+        nat_t = self.settings.nat_t_port
+        if local[1] == nat_t or remote[1] == nat_t:
+            if data == b"\xff":  # NAT-keepalive (RFC 3948 §2.3)
+                self.stats.keepalives += 1
+                return
+            if data[:4] != NON_ESP_MARKER:
+                raise DecodeError("no non-ESP marker on the NAT-T port")
+            data = data[4:]
+        hdr = codec.decode_header(data)
+        if hdr.exchange_type == ExchangeType.IKE_SA_INIT and not hdr.is_response:
+            if hdr.spi_r != ZERO_SPI or hdr.message_id != 0 or not hdr.is_initiator:
+                raise DecodeError("IKE_SA_INIT request with a responder SPI or message ID")
+            self._on_init_request(data, local, remote, now)
+            return
+        our_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
+        sa = self._sas.get(our_spi)
+        if sa is None:
+            self.stats.unknown_spi += 1
+            return
+        if sa.initiator == hdr.is_initiator:
+            raise DecodeError("I flag does not match our role")
+        if hdr.is_response:
+            self._handle_response(sa, hdr, data, addr, now)
+        else:
+            self._handle_request(sa, hdr, data, addr, now)
+
+    def _handle_response(
+        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+    ) -> None:
+        req = sa.outstanding
+        if req is None or req.message_id != hdr.message_id or req.exchange != hdr.exchange_type:
+            self.stats.unexpected += 1
+            return
+        msg = codec.decode_message(data)
+        if hdr.exchange_type == ExchangeType.IKE_SA_INIT:
+            payloads = msg.payloads
+        else:
+            if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
+                raise DecodeError("SPIs do not match the IKE SA")
+            payloads = self._unprotect(sa, msg, data)
+            self._update_path(sa, addr)
+        sa.outstanding = None
+        sa.timer_at = None
+        self._reschedule(sa)
+        try:
+            req.on_response(self, sa, msg, payloads, data, now)
+        except ProtocolError as exc:
+            if sa.state in (State.INIT_SENT, State.AUTH_SENT):
+                self._fail(sa, exc.notify.name, now)
+            else:
+                self.stats.unexpected += 1
+        if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
+            exchange, payloads2, handler = sa.queue.popleft()
+            self._send_request(sa, exchange, payloads2, handler, now)
+
+    def _handle_request(
+        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+    ) -> None:
+        if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
+            raise DecodeError("SPIs do not match the IKE SA")
+        cached = sa.last_response
+        if cached is not None and hdr.message_id == cached[0]:
+            self.stats.duplicates_answered += 1
+            self._emit(sa.local, sa.remote, cached[1])
+            return
+        if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
+            self.stats.unexpected += 1
+            return
+        msg = codec.decode_message(data)
+        handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
+        try:
+            payloads = self._unprotect(sa, msg, data)
+        except DecodeError as exc:
+            if exc.critical_payload is None:
+                raise
+            # authenticated, but holds a critical payload we do not know (§2.5)
+            handler = None
+            payloads = ()
+            error: ProtocolError | None = ProtocolError(
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, data=bytes((exc.critical_payload,))
+            )
+        else:
+            error = None
+        self._update_path(sa, addr)
+        sa.peer_next_id += 1
+        response: list[Payload] = []
+        if error is None:
+            if handler is None:
+                if hdr.exchange_type == ExchangeType.CREATE_CHILD_SA:
+                    error = ProtocolError(NotifyType.NO_ADDITIONAL_SAS)
+                else:
+                    error = ProtocolError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
+            else:
+                try:
+                    response = handler(self, sa, msg, payloads, data, now)
+                except ProtocolError as exc:
+                    error = exc
+        if error is not None:
+            response = [Notify(error.notify, error.data)]
+        assert sa.sk is not None
+        out = sa.sk.protect(
+            sa.spi_i,
+            sa.spi_r,
+            hdr.exchange_type,
+            is_initiator=sa.initiator,
+            is_response=True,
+            message_id=hdr.message_id,
+            payloads=response,
+        )
+        sa.last_response = (hdr.message_id, out)
+        self._emit(sa.local, sa.remote, out)
+        if sa.state is State.CLOSED:
+            # linger to answer a retransmitted request whose response got lost
+            self._set_expiry(sa, now + self.settings.half_open_timeout)
+
+    def _unprotect(self, sa: _IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...]:
+        sk = msg.payloads[-1] if msg.payloads else None
+        if type(sk) is not Encrypted or sa.sk is None:
+            raise DecodeError("message without an Encrypted payload")
+        return sa.sk.unprotect(data, sk)
+
+    def _update_path(self, sa: _IkeSa, addr: Addr) -> None:
+        """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23)."""
+        if addr != (sa.local, sa.remote):
+            sa.local, sa.remote = addr
+
+    # ------------------------------------------------------------------ input: timers
+
+    def handle_timer(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, uid = heapq.heappop(timers)
+            sa = self._by_uid.get(uid)
+            if sa is None or sa.timer_at != at:
+                continue
+            sa.timer_at = None
+            req = sa.outstanding
+            if req is not None and req.deadline <= now:
+                s = self.settings
+                if req.tries >= s.retransmit_tries:
+                    self._give_up(sa, now)
+                    continue
+                req.tries += 1
+                req.deadline = now + s.retransmit_timeout * s.retransmit_base**req.tries
+                self.stats.retransmits += 1
+                self._emit(sa.local, sa.remote, req.data)
+            if sa.expire_at is not None and sa.expire_at <= now:
+                if sa.state is State.CLOSED:
+                    self._remove(sa)
+                else:
+                    self._fail(sa, "half-open timeout", now)
+                continue
+            self._reschedule(sa)
+
+    def _reschedule(self, sa: _IkeSa) -> None:
+        at = sa.outstanding.deadline if sa.outstanding else None
+        if sa.expire_at is not None and (at is None or sa.expire_at < at):
+            at = sa.expire_at
+        if at is not None and at != sa.timer_at:
+            sa.timer_at = at
+            heapq.heappush(self._timers, (at, next(self._seq), sa.uid))
+        elif at is None:
+            sa.timer_at = None
+
+    def _set_expiry(self, sa: _IkeSa, at: float | None) -> None:
+        sa.expire_at = at
+        self._reschedule(sa)
+
+    def _give_up(self, sa: _IkeSa, now: float) -> None:
+        if sa.state is State.ESTABLISHED:
+            self.stats.dead_peers += 1
+            self._close(sa, "dead peer", now)
+        elif sa.state is State.DELETING:
+            self._close(sa, "deleted", now)
+        else:
+            self._fail(sa, "peer not responding", now)
+
+    # ------------------------------------------------------------------ sending
+
+    def _emit(self, local: Endpoint, remote: Endpoint, data: bytes) -> None:
+        nat_t = self.settings.nat_t_port
+        if local[1] == nat_t or remote[1] == nat_t:
+            data = NON_ESP_MARKER + data
+        self.stats.datagrams_sent += 1
+        self._out.append(Datagram(data, local, remote))
+
+    def _send_request(
+        self,
+        sa: _IkeSa,
+        exchange: int,
+        payloads: list[Payload],
+        on_response: ResponseHandler,
+        now: float,
+    ) -> None:
+        if sa.outstanding is not None:
+            sa.queue.append((exchange, payloads, on_response))
+            return
+        assert sa.sk is not None
+        mid = sa.my_next_id
+        sa.my_next_id += 1
+        data = sa.sk.protect(
+            sa.spi_i,
+            sa.spi_r,
+            exchange,
+            is_initiator=sa.initiator,
+            is_response=False,
+            message_id=mid,
+            payloads=payloads,
+        )
+        sa.outstanding = _Request(
+            exchange, mid, data, on_response, now + self.settings.retransmit_timeout
+        )
+        self._reschedule(sa)
+        self._emit(sa.local, sa.remote, data)
+
+    def _send_init(self, sa: _IkeSa, now: float) -> None:
+        assert sa.conn is not None and sa.dh is not None
+        payloads: list[Payload] = []
+        if sa.cookie:
+            payloads.append(Notify(NotifyType.COOKIE, sa.cookie))  # first payload (§2.6)
+        payloads += [
+            SecurityAssociation(
+                tuple(s.to_proposal(i + 1, b"") for i, s in enumerate(sa.conn.ike))
+            ),
+            KeyExchange(sa.dh.group.id, sa.dh.public),
+            Nonce(sa.ni),
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.local)),
+            Notify(
+                NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.remote)
+            ),
+        ]
+        data = codec.encode_message(
+            Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
+        )
+        sa.init_request = data
+        sa.my_next_id = 1
+        sa.outstanding = _Request(
+            ExchangeType.IKE_SA_INIT,
+            0,
+            data,
+            IkeEngine._on_init_response,
+            now + self.settings.retransmit_timeout,
+        )
+        self._reschedule(sa)
+        self._emit(sa.local, sa.remote, data)
+
+    def _send_init_error(
+        self, hdr: codec.Header, notify: Notify, local: Endpoint, remote: Endpoint
+    ) -> None:
+        """Stateless unprotected IKE_SA_INIT answer (COOKIE, INVALID_KE_PAYLOAD, errors)."""
+        data = codec.encode_message(
+            Message(hdr.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, False, True, 0, (notify,))
+        )
+        self._emit(local, remote, data)
+
+    # ------------------------------------------------------------------ SA bookkeeping
+
+    def _new_ike_spi(self) -> bytes:
+        while True:
+            spi = self._random(8)
+            if spi != ZERO_SPI and spi not in self._sas:
+                return spi
+
+    def _new_child_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self._random(4), "big")
+            if spi >= 256 and spi not in self._child_spis:  # 1..255 are reserved (RFC 4303)
+                self._child_spis.add(spi)
+                return spi
+
+    def _remove(self, sa: _IkeSa) -> None:
+        if self._sas.get(sa.our_spi) is sa:
+            del self._sas[sa.our_spi]
+        self._by_uid.pop(sa.uid, None)
+        self._drop_half_open(sa)
+        for spi in sa.children:
+            self._child_spis.discard(spi)
+        if sa.pending_child is not None:
+            self._child_spis.discard(sa.pending_child.spi_in)
+        sa.timer_at = None
+
+    def _drop_half_open(self, sa: _IkeSa) -> None:
+        if sa.half_open_key is not None:
+            self._half_open.pop(sa.half_open_key, None)
+            sa.half_open_key = None
+
+    def _fail(self, sa: _IkeSa, reason: str, now: float) -> None:
+        """An IKE SA that never got established is gone."""
+        self._events.append(
+            IkeSaFailed(sa.uid, sa.conn.name if sa.conn else None, sa.remote, reason, now)
+        )
+        self._remove(sa)
+
+    def _close(self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False) -> None:
+        """An established IKE SA ends: its children first, then the SA."""
+        for child in list(sa.children.values()):
+            self._child_deleted(sa, child, reason, now)
+        self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
+        if linger:
+            sa.state = State.CLOSED
+            sa.outstanding = None
+            sa.queue.clear()
+        else:
+            self._remove(sa)
+
+    def _child_deleted(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
+        sa.children.pop(child.spi_in, None)
+        self._child_spis.discard(child.spi_in)
+        self._events.append(
+            ChildSaDeleted(
+                sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now
+            )
+        )
+
+    # ------------------------------------------------------------------ IKE_SA_INIT
+
+    def _cookie_for(self, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
+        ip = ipaddress.ip_address(remote[0]).packed
+        return b"\x01" + hmac.digest(self._cookie_secret, ni + ip + spi_i, "sha256")[:16]
+
+    def _candidates(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
+        lip, rip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+        return tuple(
+            c
+            for c in self._conns.values()
+            if (not c.local_addrs or lip in c.local_addrs)
+            and (not c.remote_addrs or rip in c.remote_addrs)
+        )
+
+    def _on_init_request(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
+        hdr = codec.decode_header(data)
+        old = self._half_open.get((hdr.spi_i, remote))
+        if old is not None:
+            # retransmitted IKE_SA_INIT: answer from the cache, do not create a second SA
+            if old.init_request == data and old.last_response is not None:
+                self.stats.duplicates_answered += 1
+                self._emit(local, remote, old.last_response[1])
+            else:
+                self.stats.unexpected += 1
+            return
+        try:
+            msg = codec.decode_message(data)
+        except DecodeError as exc:
+            if exc.critical_payload is None:
+                raise
+            self._send_init_error(
+                hdr,
+                Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((exc.critical_payload,))),
+                local,
+                remote,
+            )
+            return
+        p = msg.payloads
+        sa_p, ke, nonce = _first(p, SecurityAssociation), _first(p, KeyExchange), _first(p, Nonce)
+        if not (
+            isinstance(sa_p, SecurityAssociation)
+            and isinstance(ke, KeyExchange)
+            and isinstance(nonce, Nonce)
+        ):
+            raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
+        # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
+        if len(self._half_open) >= self.settings.cookie_threshold:
+            want = self._cookie_for(nonce.data, remote, hdr.spi_i)
+            first = p[0]
+            if not (
+                type(first) is Notify
+                and first.type == NotifyType.COOKIE
+                and hmac.compare_digest(first.data, want)
+            ):
+                self.stats.cookies_sent += 1
+                self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
+                return
+        candidates = self._candidates(local, remote)
+        try:
+            answer, suite = select_ike([s for c in candidates for s in c.ike], sa_p.proposals)
+        except ProtocolError as exc:
+            self._send_init_error(hdr, Notify(exc.notify), local, remote)
+            return
+        if ke.group != suite.dh.id:
+            self._send_init_error(
+                hdr,
+                Notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh.id)),
+                local,
+                remote,
+            )
+            return
+        sa = _IkeSa(next(self._uids), False, local, remote)
+        dh = suite.dh.generate(self._random)
+        try:
+            g_ir = dh.exchange(ke.data)
+        except ProtocolError as exc:
+            self._send_init_error(hdr, Notify(exc.notify), local, remote)
+            return
+        sa.candidates = tuple(c for c in candidates if _accepts(c, answer))
+        sa.spi_i = hdr.spi_i
+        sa.spi_r = self._new_ike_spi()
+        sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
+        sa.nr = self._random(self.settings.nonce_size)
+        sa.nat = self._detect_nat(sa, p)
+        out: list[Payload] = [
+            SecurityAssociation((answer,)),
+            KeyExchange(suite.dh.id, dh.public),
+            Nonce(sa.nr),
+        ]
+        if _first_notify(p, NotifyType.NAT_DETECTION_SOURCE_IP) is not None:
+            out += [
+                Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
+                Notify(
+                    NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)
+                ),
+            ]
+        resp = codec.encode_message(
+            Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, False, True, 0, tuple(out))
+        )
+        sa.init_request, sa.init_response = data, resp
+        sa.last_response = (0, resp)
+        sa.peer_next_id = 1
+        self._derive_ike_keys(sa, g_ir)
+        self._sas[sa.spi_r] = sa
+        self._by_uid[sa.uid] = sa
+        sa.half_open_key = (sa.spi_i, remote)
+        self._half_open[sa.half_open_key] = sa
+        self._set_expiry(sa, now + self.settings.half_open_timeout)
+        self._emit(local, remote, resp)
+
+    def _detect_nat(self, sa: _IkeSa, payloads: Sequence[Payload]) -> bool:
+        """True if either side is behind a NAT (§2.23); the peer's view comes from its hashes."""
+        src = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
+        dst = [
+            n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP
+        ]
+        if not src or not dst:
+            return False
+        # the initiator's request carries SPIr = 0 in its hashes
+        spi_r = sa.spi_r if sa.initiator else ZERO_SPI
+        remote_ok = _nat_hash(sa.spi_i, spi_r, sa.remote) in src
+        local_ok = _nat_hash(sa.spi_i, spi_r, sa.local) in dst
+        return not (remote_ok and local_ok)
+
+    def _derive_ike_keys(self, sa: _IkeSa, g_ir: bytes) -> None:
+        assert sa.suite is not None
+        seed = skeyseed(sa.suite.prf, sa.ni, sa.nr, g_ir)
+        sa.keys = derive_ike_sa_keys(sa.suite, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r)
+        sa.sk = SkCipher(sa.suite, sa.keys, initiator=sa.initiator, random=self._random)
+        sa.dh = None  # the private value is no longer needed
+
+    def _on_init_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        assert sa.conn is not None
+        cookie = _first_notify(payloads, NotifyType.COOKIE)
+        if cookie is not None:
+            if sa.init_retries >= _MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
+                raise ProtocolError(NotifyType.COOKIE, "responder keeps demanding a cookie")
+            sa.init_retries += 1
+            sa.cookie = cookie.data
+            self._send_init(sa, now)
+            return
+        invalid_ke = _first_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None:
+            group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
+            ours = {g.id for s in sa.conn.ike for g in s.dh}
+            assert sa.dh is not None
+            if group not in ours or group == sa.dh.group.id or sa.init_retries >= _MAX_INIT_RETRIES:
+                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "no common DH group")
+            sa.init_retries += 1
+            sa.dh = DH_GROUPS[group].generate(self._random)
+            self._send_init(sa, now)
+            return
+        err = _error_notify(payloads)
+        if err is not None:
+            raise ProtocolError(
+                _notify_type(err.type), f"responder answered {name_of(NotifyType, err.type)}"
+            )
+        sa_p, ke, nonce = (
+            _first(payloads, SecurityAssociation),
+            _first(payloads, KeyExchange),
+            _first(payloads, Nonce),
+        )
+        if (
+            not (
+                isinstance(sa_p, SecurityAssociation)
+                and isinstance(ke, KeyExchange)
+                and isinstance(nonce, Nonce)
+            )
+            or msg.spi_r == ZERO_SPI
+        ):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE_SA_INIT response incomplete")
+        suite = accept_ike(sa.conn.ike, sa_p)
+        assert sa.dh is not None
+        if ke.group != suite.dh.id or ke.group != sa.dh.group.id:
+            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KE group differs from the proposal")
+        g_ir = sa.dh.exchange(ke.data)
+        # the responder SPI is now known: index the SA under our SPI only (unchanged)
+        sa.spi_r = msg.spi_r
+        sa.suite = suite
+        sa.nr = nonce.data
+        sa.init_response = data
+        sa.nat = self._detect_nat(sa, payloads)
+        self._derive_ike_keys(sa, g_ir)
+        nat_t = self.settings.nat_t_port
+        if sa.nat:  # float to port 4500 (RFC 7296 §2.23, RFC 3948)
+            sa.local = (sa.local[0], nat_t)
+            sa.remote = (sa.remote[0], nat_t)
+        sa.state = State.AUTH_SENT
+        self._send_auth(sa, now)
+
+    # ------------------------------------------------------------------ IKE_AUTH
+
+    def _send_auth(self, sa: _IkeSa, now: float) -> None:
+        conn = sa.conn
+        assert conn is not None and sa.keys is not None and sa.suite is not None
+        assert sa.pending_child is not None
+        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
+        idi = Identification(PayloadType.IDi, *sa.local_id)
+        payloads: list[Payload] = [idi]
+        if conn.remote_id is not None:
+            payloads.append(Identification(PayloadType.IDr, *conn.remote_id))
+        auth = psk_auth(
+            sa.suite.prf, conn.config.psk, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body
+        )
+        payloads.append(Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, auth))
+        ch = sa.pending_child.config
+        spi_in = self._new_child_spi()
+        tsi = ch.local_ts or (ts_for_address(ipaddress.ip_address(sa.local[0])),)
+        tsr = ch.remote_ts or (ts_for_address(ipaddress.ip_address(sa.remote[0])),)
+        sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
+        if ch.transport:
+            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
+        spi = spi_in.to_bytes(4, "big")
+        payloads += [
+            SecurityAssociation(
+                tuple(s.to_proposal(i + 1, spi, with_dh=False) for i, s in enumerate(ch.esp))
+            ),
+            TrafficSelectors(PayloadType.TSi, tsi),
+            TrafficSelectors(PayloadType.TSr, tsr),
+        ]
+        self._send_request(sa, ExchangeType.IKE_AUTH, payloads, IkeEngine._on_auth_response, now)
+
+    def _on_auth_request(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> list[Payload]:
+        assert sa.suite is not None and sa.keys is not None
+        idi = _first(payloads, Identification, PayloadType.IDi)
+        idr = _first(payloads, Identification, PayloadType.IDr)
+        auth = _first(payloads, Authentication)
+        if not isinstance(idi, Identification) or not isinstance(auth, Authentication):
+            return self._auth_failed(sa, "IKE_AUTH without IDi or AUTH", now)
+        if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
+            return self._auth_failed(sa, "peer does not use PSK authentication", now)
+        peer_id = (idi.id_type, idi.data)
+        # IDr is a hint (§2.5 / strongSwan): prefer a connection with that local ID,
+        # else any connection that accepts the peer's ID.
+        by_idi = [c for c in sa.candidates if c.remote_id is None or c.remote_id == peer_id]
+        conn = None
+        if isinstance(idr, Identification):
+            wanted = (idr.id_type, idr.data)
+            conn = next(
+                (c for c in by_idi if (c.local_id or _id_for_address(sa.local[0])) == wanted),
+                None,
+            )
+        if conn is None and by_idi:
+            conn = by_idi[0]
+        if conn is None:
+            return self._auth_failed(sa, "no connection matches the peer's identity", now)
+        want = psk_auth(
+            sa.suite.prf, conn.config.psk, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body
+        )
+        if not hmac.compare_digest(want, auth.data):
+            return self._auth_failed(sa, "AUTHENTICATION_FAILED", now, conn)
+        sa.conn = conn
+        sa.remote_id = peer_id
+        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
+        my_id = Identification(PayloadType.IDr, *sa.local_id)
+        my_auth = psk_auth(
+            sa.suite.prf, conn.config.psk, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body
+        )
+        out: list[Payload] = [
+            my_id,
+            Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, my_auth),
+        ]
+        self._established(sa, now)
+        sa_p = _first(payloads, SecurityAssociation)
+        if isinstance(sa_p, SecurityAssociation):
+            try:
+                out += self._respond_child(sa, conn, sa_p, payloads, now)
+            except ProtocolError as exc:
+                self._events.append(ChildSaFailed(sa.uid, conn.name, "", exc.notify.name, now))
+                out.append(Notify(exc.notify, exc.data))
+        return out
+
+    def _auth_failed(
+        self, sa: _IkeSa, why: str, now: float, conn: CompiledConnection | None = None
+    ) -> list[Payload]:
+        self.stats.auth_failures += 1
+        self._events.append(
+            IkeSaFailed(
+                sa.uid, conn.name if conn else None, sa.remote, "AUTHENTICATION_FAILED", now
+            )
+        )
+        sa.state = State.CLOSED  # answered, then lingers for retransmits and goes
+        self._drop_half_open(sa)
+        raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, why)
+
+    def _established(self, sa: _IkeSa, now: float) -> None:
+        assert sa.conn is not None and sa.suite is not None
+        sa.state = State.ESTABLISHED
+        sa.established_at = now
+        self._drop_half_open(sa)
+        self._set_expiry(sa, None)
+        self.stats.handshakes += 1
+        self._events.append(
+            IkeSaEstablished(
+                sa.uid,
+                sa.conn.name,
+                sa.initiator,
+                sa.spi_i,
+                sa.spi_r,
+                sa.local,
+                sa.remote,
+                format_identity(*sa.local_id),
+                format_identity(*sa.remote_id),
+                sa.suite.name,
+                sa.nat,
+                now,
+            )
+        )
+
+    def _respond_child(
+        self,
+        sa: _IkeSa,
+        conn: CompiledConnection,
+        sa_p: SecurityAssociation,
+        payloads: Sequence[Payload],
+        now: float,
+    ) -> list[Payload]:
+        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
+        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
+        if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
+            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
+        want_transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
+        local_addr = ipaddress.ip_address(sa.local[0])
+        remote_addr = ipaddress.ip_address(sa.remote[0])
+        ts_matched = False
+        for ch in conn.children:
+            if ch.transport and not want_transport:
+                continue
+            ni = narrow(tsi.selectors, ch.remote_ts or (ts_for_address(remote_addr),))
+            nr = narrow(tsr.selectors, ch.local_ts or (ts_for_address(local_addr),))
+            if not ni or not nr:
+                continue
+            ts_matched = True
+            spi_in = self._new_child_spi()
+            try:
+                answer, suite, peer_spi = select_esp(
+                    ch.esp, sa_p.proposals, spi_in.to_bytes(4, "big")
+                )
+            except ProtocolError:
+                self._child_spis.discard(spi_in)
+                continue
+            transport = want_transport and ch.transport
+            self._install_child(
+                sa,
+                ch,
+                spi_in,
+                int.from_bytes(peer_spi, "big"),
+                suite,
+                transport,
+                local_ts=nr,
+                remote_ts=ni,
+                now=now,
+            )
+            out: list[Payload] = [Notify(NotifyType.USE_TRANSPORT_MODE)] if transport else []
+            return out + [
+                SecurityAssociation((answer,)),
+                TrafficSelectors(PayloadType.TSi, ni),
+                TrafficSelectors(PayloadType.TSr, nr),
+            ]
+        if not ts_matched:
+            raise ProtocolError(NotifyType.TS_UNACCEPTABLE)
+        raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN)
+
+    def _install_child(
+        self,
+        sa: _IkeSa,
+        ch: CompiledChild,
+        spi_in: int,
+        spi_out: int,
+        suite: EspSuite,
+        transport: bool,
+        *,
+        local_ts: tuple[TrafficSelector, ...],
+        remote_ts: tuple[TrafficSelector, ...],
+        now: float,
+    ) -> None:
+        assert sa.suite is not None and sa.keys is not None and sa.conn is not None
+        k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, sa.ni, sa.nr)
+        if sa.initiator:
+            e_out, a_out, e_in, a_in = k.encr_i, k.integ_i, k.encr_r, k.integ_r
+        else:
+            e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
+        child = _ChildSa(ch, spi_in, spi_out, suite, transport, local_ts, remote_ts, now)
+        sa.children[spi_in] = child
+        encr, integ = suite.encr, suite.integ
+        self._events.append(
+            ChildSaEstablished(
+                ike_sa=sa.uid,
+                connection=sa.conn.name,
+                child=ch.name,
+                initiator=sa.initiator,
+                spi_in=spi_in,
+                spi_out=spi_out,
+                mode="transport" if transport else "tunnel",
+                local_addr=sa.local[0],
+                remote_addr=sa.remote[0],
+                encap=(sa.local[1], sa.remote[1]) if sa.nat else None,
+                local_ts=local_ts,
+                remote_ts=remote_ts,
+                proposal=suite.name,
+                encr_alg=encr.kernel_name,
+                icv_bits=encr.icv_size * 8,
+                integ_alg=integ.kernel_name if integ else None,
+                integ_trunc_bits=integ.icv_size * 8 if integ else 0,
+                esn=suite.esn,
+                encr_key_in=e_in,
+                encr_key_out=e_out,
+                integ_key_in=a_in,
+                integ_key_out=a_out,
+                time=now,
+            )
+        )
+
+    def _on_auth_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        conn = sa.conn
+        assert conn is not None and sa.suite is not None and sa.keys is not None
+        idr = _first(payloads, Identification, PayloadType.IDr)
+        auth = _first(payloads, Authentication)
+        if not isinstance(auth, Authentication) or not isinstance(idr, Identification):
+            err = _error_notify(payloads)
+            if err is not None and err.type == NotifyType.AUTHENTICATION_FAILED:
+                self.stats.auth_failures += 1
+            raise ProtocolError(
+                _notify_type(err.type) if err else NotifyType.INVALID_SYNTAX,
+                "IKE_AUTH response without IDr/AUTH",
+            )
+        peer_id = (idr.id_type, idr.data)
+        want = psk_auth(
+            sa.suite.prf, conn.config.psk, sa.init_response, sa.ni, sa.keys.sk_pr, idr.body
+        )
+        if (conn.remote_id is not None and conn.remote_id != peer_id) or not hmac.compare_digest(
+            want, auth.data
+        ):
+            # §2.21.2: tell the peer, then forget the SA
+            self.stats.auth_failures += 1
+            self._send_request(
+                sa,
+                ExchangeType.INFORMATIONAL,
+                [Notify(NotifyType.AUTHENTICATION_FAILED)],
+                IkeEngine._on_ignored_response,
+                now,
+            )
+            raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, "responder's AUTH is invalid")
+        sa.remote_id = peer_id
+        self._established(sa, now)
+        pending = sa.pending_child
+        sa.pending_child = None
+        assert pending is not None
+        err = _error_notify(payloads)
+        if err is not None:
+            self._child_spis.discard(pending.spi_in)
+            self._events.append(
+                ChildSaFailed(
+                    sa.uid, conn.name, pending.config.name, name_of(NotifyType, err.type), now
+                )
+            )
+            return
+        try:
+            self._accept_child(sa, pending, payloads, now)
+        except ProtocolError as exc:
+            self._child_spis.discard(pending.spi_in)
+            self._events.append(
+                ChildSaFailed(sa.uid, conn.name, pending.config.name, exc.notify.name, now)
+            )
+            # the responder installed it: delete it there (§1.4.1)
+            self._send_request(
+                sa,
+                ExchangeType.INFORMATIONAL,
+                [Delete(ProtocolId.ESP, 4, (pending.spi_in.to_bytes(4, "big"),))],
+                IkeEngine._on_ignored_response,
+                now,
+            )
+
+    def _accept_child(
+        self, sa: _IkeSa, pending: _PendingChild, payloads: Sequence[Payload], now: float
+    ) -> None:
+        sa_p = _first(payloads, SecurityAssociation)
+        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
+        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
+        if not (
+            isinstance(sa_p, SecurityAssociation)
+            and isinstance(tsi, TrafficSelectors)
+            and isinstance(tsr, TrafficSelectors)
+        ):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "Child SA answer incomplete")
+        suite, peer_spi = accept_esp(pending.config.esp, sa_p)
+        if (
+            not tsi.selectors
+            or not tsr.selectors
+            or not all(covered(t, pending.tsi) for t in tsi.selectors)
+            or not all(covered(t, pending.tsr) for t in tsr.selectors)
+        ):
+            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
+        transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
+        if transport != pending.config.transport:
+            raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
+        self._install_child(
+            sa,
+            pending.config,
+            pending.spi_in,
+            int.from_bytes(peer_spi, "big"),
+            suite,
+            transport,
+            local_ts=tsi.selectors,
+            remote_ts=tsr.selectors,
+            now=now,
+        )
+
+    # ------------------------------------------------------------------ INFORMATIONAL
+
+    def _on_informational_request(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> list[Payload]:
+        out: list[Payload] = []
+        deleted_spis: list[bytes] = []
+        delete_ike = False
+        for p in payloads:
+            if type(p) is Delete:
+                if p.protocol == ProtocolId.IKE:
+                    delete_ike = True
+                elif p.protocol == ProtocolId.ESP and p.spi_size == 4:
+                    for spi in p.spis:
+                        out_spi = int.from_bytes(spi, "big")
+                        child = next(
+                            (c for c in sa.children.values() if c.spi_out == out_spi), None
+                        )
+                        if child is not None:
+                            deleted_spis.append(child.spi_in.to_bytes(4, "big"))
+                            self._child_deleted(sa, child, "deleted by peer", now)
+            elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
+                self.stats.auth_failures += 1
+                self._close(sa, "AUTHENTICATION_FAILED", now, linger=True)
+                return []
+        if delete_ike:
+            self._close(sa, "deleted by peer", now, linger=True)
+            return []
+        if deleted_spis:
+            out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
+        return out
+
+    def _on_delete_ike_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        self._close(sa, "deleted", now)
+
+    def _on_delete_child_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        # Whatever the peer answers, our request named the SA: it is gone on our side.
+        for child in [c for c in sa.children.values() if c.deleting]:
+            self._child_deleted(sa, child, "deleted", now)
+
+    def _on_liveness_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        return None
+
+    def _on_ignored_response(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> None:
+        return None
+
+
+RequestHandler = Callable[
+    [IkeEngine, _IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
+]
+
+# The responder side of the state machine as data: (SA state, exchange) -> handler.
+_REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
+    (State.AUTH_WAIT, ExchangeType.IKE_AUTH): IkeEngine._on_auth_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
+    (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
+}
+
+
+def _first_notify(payloads: Sequence[Payload], ntype: int) -> Notify | None:
+    return next((n for n in _notifies(payloads) if n.type == ntype), None)
+
+
+def _notify_type(value: int) -> NotifyType:
+    try:
+        return NotifyType(value)
+    except ValueError:
+        return NotifyType.INVALID_SYNTAX
+
+
+def _accepts(conn: CompiledConnection, answer: codec.Proposal) -> bool:
+    """Would this connection's IKE proposals have produced `answer`?"""
+    try:
+        accept_ike(conn.ike, SecurityAssociation((answer,)))
+    except ProtocolError:
+        return False
+    return True

@@ -1,0 +1,130 @@
+"""Events the engine hands to its caller (pulled with `IkeEngine.next_event()`).
+
+All frozen and slotted; key fields are excluded from repr so an event can be logged as
+is. `ike_sa` is the engine's handle of an IKE SA (an int, stable for the SA's life).
+Algorithm names are the Linux XFRM names (`ip xfrm state ... aead 'rfc4106(gcm(aes))'`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ike.codec import TrafficSelector
+
+Endpoint = tuple[str, int]  # (IP address, UDP port)
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A UDP payload to send from `local` to `remote` (non-ESP marker already added)."""
+
+    data: bytes
+    local: Endpoint
+    remote: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaEstablished:
+    ike_sa: int
+    connection: str
+    initiator: bool
+    spi_i: bytes
+    spi_r: bytes
+    local: Endpoint
+    remote: Endpoint
+    local_id: str
+    remote_id: str
+    proposal: str
+    nat_detected: bool
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaEstablished:
+    """Everything the daemon needs to install both kernel SAs and the policies.
+
+    Inbound SA: dst = local_addr, SPI spi_in, keys *_in. Outbound: dst = remote_addr,
+    SPI spi_out, keys *_out. For AEAD, `encr_alg` is the AEAD name, the keys include the
+    4-byte salt and `icv_bits` is the tag length; `integ_alg` is then None. With NAT,
+    `encap` is (local port, remote port) for UDP encapsulation (RFC 3948), else None.
+    """
+
+    ike_sa: int
+    connection: str
+    child: str
+    initiator: bool
+    spi_in: int
+    spi_out: int
+    mode: str  # "tunnel" | "transport"
+    local_addr: str
+    remote_addr: str
+    encap: tuple[int, int] | None
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    proposal: str
+    encr_alg: str
+    icv_bits: int
+    integ_alg: str | None
+    integ_trunc_bits: int
+    esn: bool
+    encr_key_in: bytes = field(repr=False)
+    encr_key_out: bytes = field(repr=False)
+    integ_key_in: bytes = field(repr=False)
+    integ_key_out: bytes = field(repr=False)
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaFailed:
+    """A Child SA could not be created; the IKE SA (if established) lives on."""
+
+    ike_sa: int
+    connection: str
+    child: str
+    reason: str  # a NOTIFY name such as TS_UNACCEPTABLE, or a short text
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted:
+    ike_sa: int
+    connection: str
+    child: str
+    spi_in: int
+    spi_out: int
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDeleted:
+    """An established IKE SA is gone (its ChildSaDeleted events come first)."""
+
+    ike_sa: int
+    connection: str
+    spi_i: bytes
+    spi_r: bytes
+    reason: str  # "deleted", "deleted by peer", "dead peer", "AUTHENTICATION_FAILED", ...
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaFailed:
+    """An IKE SA failed before it was established. `connection` is None when a responder
+    SA fails before the peer was matched to a connection."""
+
+    ike_sa: int
+    connection: str | None
+    remote: Endpoint
+    reason: str
+    time: float
+
+
+Event = (
+    IkeSaEstablished
+    | ChildSaEstablished
+    | ChildSaFailed
+    | ChildSaDeleted
+    | IkeSaDeleted
+    | IkeSaFailed
+)

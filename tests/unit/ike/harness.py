@@ -1,0 +1,128 @@
+"""Two engines in memory with a fake clock: deliver, drop, duplicate, NAT-rewrite."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ike.config import ChildConfig, ConnectionConfig, EngineSettings
+from ike.engine import IkeEngine
+from ike.events import Datagram, Endpoint, Event
+
+A_IP, B_IP, NAT_IP = "192.0.2.1", "192.0.2.2", "198.51.100.7"
+PSK = b"correct horse battery staple"
+
+
+def conn(
+    name: str,
+    local: str,
+    remote: str,
+    *,
+    ike: tuple[str, ...] = ("aes256gcm16-prfsha384-x25519",),
+    esp: tuple[str, ...] = ("aes256gcm16",),
+    local_ts: tuple[str, ...] = ("10.1.0.0/16",),
+    remote_ts: tuple[str, ...] = ("10.2.0.0/16",),
+    mode: str = "tunnel",
+    psk: bytes = PSK,
+    local_id: str = "",
+    remote_id: str = "",
+) -> ConnectionConfig:
+    return ConnectionConfig(
+        name=name,
+        local_addrs=(local,),
+        remote_addrs=(remote,),
+        local_id=local_id,
+        remote_id=remote_id,
+        psk=psk,
+        ike_proposals=ike,
+        children=(ChildConfig("net", local_ts, remote_ts, esp, mode),),
+    )
+
+
+def pair_confs(**kw: object) -> tuple[ConnectionConfig, ConnectionConfig]:
+    """Matching configs for a (192.0.2.1, 10.1/16) and b (192.0.2.2, 10.2/16)."""
+    a_kw = {k[2:]: v for k, v in kw.items() if k.startswith("a_")}
+    b_kw = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
+    both = {k: v for k, v in kw.items() if not k.startswith(("a_", "b_"))}
+    a = conn("a2b", A_IP, B_IP, **{**both, **a_kw})  # type: ignore[arg-type]
+    b_defaults = {"local_ts": ("10.2.0.0/16",), "remote_ts": ("10.1.0.0/16",)}
+    b = conn("b2a", B_IP, A_IP, **{**b_defaults, **both, **b_kw})  # type: ignore[arg-type]
+    return a, b
+
+
+Filter = Callable[[int, Datagram], int]  # (index, datagram) -> copies to deliver (0 = drop)
+
+
+@dataclass
+class Net:
+    a: IkeEngine
+    b: IkeEngine
+    now: float = 1000.0
+    nat: bool = False  # a sits behind a NAT that maps its address/port to NAT_IP
+    log: list[tuple[str, Datagram]] = field(default_factory=list)
+    events: dict[str, list[Event]] = field(default_factory=lambda: {"a": [], "b": []})
+
+    @classmethod
+    def make(
+        cls,
+        a_conf: ConnectionConfig,
+        b_conf: ConnectionConfig,
+        a_settings: EngineSettings | None = None,
+        b_settings: EngineSettings | None = None,
+        seed: int = 1,
+        **kw: object,
+    ) -> Net:
+        ra, rb = random.Random(seed), random.Random(seed + 1000)
+        a = IkeEngine([a_conf], a_settings, random=ra.randbytes)
+        b = IkeEngine([b_conf], b_settings, random=rb.randbytes)
+        return cls(a, b, **kw)  # type: ignore[arg-type]
+
+    def _nat_out(self, ep: Endpoint) -> Endpoint:
+        return (NAT_IP, ep[1] + 10000) if self.nat and ep[0] == A_IP else ep
+
+    def _nat_in(self, ep: Endpoint) -> Endpoint:
+        return (A_IP, ep[1] - 10000) if self.nat and ep[0] == NAT_IP else ep
+
+    def pump(self, filt: Filter | None = None, limit: int = 200) -> int:
+        """Deliver until quiet; returns the number of datagrams seen."""
+        n = 0
+        while n < limit:
+            batch = [("a", d) for d in self.a.datagrams_to_send()]
+            batch += [("b", d) for d in self.b.datagrams_to_send()]
+            if not batch:
+                break
+            for src, d in batch:
+                self.log.append((src, d))
+                copies = filt(n, d) if filt else 1
+                n += 1
+                dst = self.b if src == "a" else self.a
+                for _ in range(copies):
+                    if src == "a":
+                        dst.receive_datagram(d.data, (d.remote, self._nat_out(d.local)), self.now)
+                    else:
+                        dst.receive_datagram(d.data, (self._nat_in(d.remote), d.local), self.now)
+        self.collect()
+        return n
+
+    def collect(self) -> None:
+        for name, eng in (("a", self.a), ("b", self.b)):
+            while (ev := eng.next_event()) is not None:
+                self.events[name].append(ev)
+
+    def advance(self, seconds: float, filt: Filter | None = None) -> None:
+        """Run the clock forward, firing timers and delivering what they send."""
+        end = self.now + seconds
+        while True:
+            due = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
+            if not due or min(due) > end:
+                break
+            self.now = max(self.now, min(due))
+            self.a.handle_timer(self.now)
+            self.b.handle_timer(self.now)
+            self.pump(filt)
+        self.now = end
+        self.collect()
+
+    def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]
+        return [e for e in self.events[side] if isinstance(e, cls)]

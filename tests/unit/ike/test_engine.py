@@ -1,0 +1,490 @@
+"""Two engines negotiate in memory with a fake clock: suites, errors, loss, duplication."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ike.config import ConnectionConfig, EngineSettings
+from ike.constants import NotifyType
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Datagram,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
+
+IKE_SUITES = [
+    "aes256gcm16-prfsha384-x25519",
+    "aes128-sha256-ecp256",
+    "aes128gcm16-prfsha256-ecp384",
+    "chacha20poly1305-prfsha512-x448",
+    "aes256-sha384-ecp521",
+    "aes192-sha512-modp2048",
+]
+ESP_SUITES = {
+    "aes256gcm16": ("rfc4106(gcm(aes))", None, 36, 0),
+    "aes128gcm16": ("rfc4106(gcm(aes))", None, 20, 0),
+    "chacha20poly1305": ("rfc7539esp(chacha20,poly1305)", None, 36, 0),
+    "aes128-sha256": ("cbc(aes)", "hmac(sha256)", 16, 32),
+    "aes256-sha384-esn": ("cbc(aes)", "hmac(sha384)", 32, 48),
+    "aes192-sha512": ("cbc(aes)", "hmac(sha512)", 24, 64),
+}
+
+
+def established(net: Net) -> tuple[ChildSaEstablished, ChildSaEstablished]:
+    for side in "ab":
+        assert len(net.of(side, IkeSaEstablished)) == 1, net.events[side]
+        assert len(net.of(side, ChildSaEstablished)) == 1, net.events[side]
+    ca, cb = net.of("a", ChildSaEstablished)[0], net.of("b", ChildSaEstablished)[0]
+    # the two ends agree: one's outbound SA is the other's inbound SA
+    assert (ca.spi_out, ca.encr_key_out, ca.integ_key_out) == (
+        cb.spi_in,
+        cb.encr_key_in,
+        cb.integ_key_in,
+    )
+    assert (cb.spi_out, cb.encr_key_out, cb.integ_key_out) == (
+        ca.spi_in,
+        ca.encr_key_in,
+        ca.integ_key_in,
+    )
+    assert ca.encr_key_in != ca.encr_key_out
+    return ca, cb
+
+
+def start(net: Net, child: str | None = None) -> int:
+    uid = net.a.initiate("a2b", child, net.now)
+    net.pump()
+    return uid
+
+
+@pytest.mark.parametrize("ike", IKE_SUITES)
+@pytest.mark.parametrize("esp", list(ESP_SUITES))
+def test_suites_negotiate(ike: str, esp: str) -> None:
+    net = Net.make(*pair_confs(ike=(ike,), esp=(esp,)))
+    start(net)
+    ca, cb = established(net)
+    encr, integ, ekey, akey = ESP_SUITES[esp]
+    for c in (ca, cb):
+        assert c.encr_alg == encr and c.integ_alg == integ
+        assert len(c.encr_key_in) == ekey and len(c.integ_key_in) == akey
+        assert c.icv_bits == (128 if integ is None else 0)
+        assert c.esn == esp.endswith("-esn")
+        assert c.mode == "tunnel" and c.encap is None
+    ia, ib = net.of("a", IkeSaEstablished)[0], net.of("b", IkeSaEstablished)[0]
+    assert ia.proposal == ib.proposal and ia.initiator and not ib.initiator
+    assert (ia.spi_i, ia.spi_r) == (ib.spi_i, ib.spi_r)
+    assert ia.local_id == A_IP and ia.remote_id == B_IP
+    assert [str(t.start_addr) for t in ca.local_ts] == ["10.1.0.0"]
+    assert [str(t.start_addr) for t in cb.local_ts] == ["10.2.0.0"]
+    assert len(net.log) == 4  # IKE_SA_INIT + IKE_AUTH, nothing else
+
+
+def test_roles_swapped_and_transport_mode() -> None:
+    a, b = pair_confs(mode="transport", local_ts=(), remote_ts=())
+    net = Net.make(a, b)
+    net.b.initiate("b2a", None, net.now)
+    net.pump()
+    ca, cb = established(net)
+    assert ca.mode == cb.mode == "transport"
+    assert not ca.initiator and cb.initiator
+    assert [str(t.start_addr) for t in ca.local_ts] == [A_IP]  # dynamic selectors
+
+
+def test_ts_narrowing_by_responder() -> None:
+    net = Net.make(
+        *pair_confs(
+            a_local_ts=("10.1.0.0/16",),
+            a_remote_ts=("10.0.0.0/8",),
+            b_local_ts=("10.2.3.0/24",),
+            b_remote_ts=("10.1.0.0/17",),
+        )
+    )
+    start(net)
+    ca, cb = established(net)
+    assert [str(t.end_addr) for t in ca.local_ts] == ["10.1.127.255"]
+    assert [str(t.end_addr) for t in ca.remote_ts] == ["10.2.3.255"]
+
+
+def test_no_proposal_chosen_for_ike() -> None:
+    net = Net.make(
+        *pair_confs(a_ike=("aes128-sha256-ecp256",), b_ike=("aes256gcm16-prfsha384-x25519",))
+    )
+    start(net)
+    [fail] = net.of("a", IkeSaFailed)
+    assert fail.reason == "NO_PROPOSAL_CHOSEN" and fail.connection == "a2b"
+    assert net.b.ike_sas() == [] and net.a.ike_sas() == []
+    assert net.events["b"] == []
+
+
+@pytest.mark.parametrize(
+    "kw,reason",
+    [
+        ({"a_esp": ("aes128-sha256",), "b_esp": ("aes256gcm16",)}, "NO_PROPOSAL_CHOSEN"),
+        ({"b_remote_ts": ("10.9.0.0/16",)}, "TS_UNACCEPTABLE"),
+        ({"a_mode": "transport", "a_local_ts": (), "a_remote_ts": ()}, "TS_UNACCEPTABLE"),
+    ],
+)
+def test_child_errors_keep_the_ike_sa(kw: dict, reason: str) -> None:  # type: ignore[type-arg]
+    net = Net.make(*pair_confs(**kw))
+    start(net)
+    for side in "ab":
+        assert len(net.of(side, IkeSaEstablished)) == 1
+        assert net.of(side, ChildSaEstablished) == []
+        [fail] = net.of(side, ChildSaFailed)
+        assert fail.reason == reason
+    assert net.a.ike_sas()[0].state == "ESTABLISHED" and net.a.ike_sas()[0].children == ()
+
+
+def test_wrong_psk_is_authentication_failed_on_both_sides() -> None:
+    net = Net.make(*pair_confs(b_psk=b"another secret"))
+    start(net)
+    assert [e.reason for e in net.of("a", IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+    assert [e.reason for e in net.of("b", IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+    assert net.a.stats.auth_failures == 1 and net.b.stats.auth_failures == 1
+    assert not net.of("a", IkeSaEstablished) and not net.of("b", IkeSaEstablished)
+    net.advance(60)
+    assert net.a.ike_sas() == [] and net.b.ike_sas() == []
+
+
+def test_initiator_rejects_unexpected_responder_identity() -> None:
+    net = Net.make(*pair_confs(a_remote_id="@moon.example", b_local_id="@sun.example"))
+    start(net)
+    assert [e.reason for e in net.of("a", IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+    # the responder had established; the initiator's INFORMATIONAL tells it to drop the SA
+    assert [e.reason for e in net.of("b", IkeSaDeleted)] == ["AUTHENTICATION_FAILED"]
+    assert net.a.ike_sas() == []
+
+
+def test_identities_are_checked_by_the_responder() -> None:
+    net = Net.make(*pair_confs(a_local_id="@carol", b_remote_id="@dave"))
+    start(net)
+    assert [e.reason for e in net.of("b", IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+    ok = Net.make(*pair_confs(a_local_id="carol@example.org", b_remote_id="carol@example.org"))
+    start(ok)
+    assert ok.of("b", IkeSaEstablished)[0].remote_id == "carol@example.org"
+
+
+def test_invalid_ke_payload_retry_with_the_peers_group() -> None:
+    net = Net.make(
+        *pair_confs(
+            a_ike=("aes256gcm16-prfsha384-x25519-ecp256",), b_ike=("aes256gcm16-prfsha384-ecp256",)
+        )
+    )
+    start(net)
+    established(net)
+    assert len(net.log) == 6  # INIT, INVALID_KE, INIT again, INIT resp, AUTH req/resp
+    assert net.of("a", IkeSaEstablished)[0].proposal == "aes256gcm16-prfsha384-ecp256"
+
+
+def test_invalid_ke_without_common_group_fails() -> None:
+    net = Net.make(
+        *pair_confs(
+            a_ike=("aes256gcm16-prfsha384-x25519",), b_ike=("aes256gcm16-prfsha384-x25519-ecp256",)
+        )
+    )
+    # the responder prefers ecp256 but x25519 is also acceptable: no retry needed
+    start(net)
+    established(net)
+
+
+def test_cookie_round_trip_under_load() -> None:
+    net = Net.make(*pair_confs(), b_settings=EngineSettings(cookie_threshold=0))
+    start(net)
+    established(net)
+    assert net.b.stats.cookies_sent == 1
+    assert len(net.log) == 6
+
+
+def test_cookie_that_does_not_verify_is_asked_again() -> None:
+    net = Net.make(*pair_confs(), b_settings=EngineSettings(cookie_threshold=0))
+    net.a.initiate("a2b", None, net.now)
+
+    def corrupt_cookie(i: int, d: Datagram) -> int:
+        if d.remote[0] == A_IP and len(d.data) < 80:  # a COOKIE notify: corrupt it for a
+            net.a.receive_datagram(
+                d.data[:-1] + bytes([d.data[-1] ^ 1]), (d.remote, d.local), net.now
+            )
+            return 0
+        return 1
+
+    net.pump(corrupt_cookie)
+    assert net.b.stats.cookies_sent == 4
+    # a retries a bounded number of times, then gives up
+    assert [e.reason for e in net.of("a", IkeSaFailed)] == ["COOKIE"]
+
+
+@pytest.mark.parametrize("lost", [0, 1, 2, 3])
+def test_each_message_lost_once_is_retransmitted(lost: int) -> None:
+    net = Net.make(*pair_confs())
+    net.a.initiate("a2b", None, net.now)
+    net.pump(lambda i, d: 0 if i == lost else 1)
+    assert not net.of("a", IkeSaEstablished)
+    net.advance(5)  # first retransmission after 4 s
+    established(net)
+    assert net.a.stats.retransmits == 1
+    if lost in (1, 3):  # a response was lost: the responder answered from its cache
+        assert net.b.stats.duplicates_answered == 1
+
+
+@pytest.mark.parametrize("dup", [0, 1, 2, 3])
+def test_each_message_duplicated(dup: int) -> None:
+    net = Net.make(*pair_confs())
+    net.a.initiate("a2b", None, net.now)
+    net.pump(lambda i, d: 2 if i == dup else 1)
+    established(net)
+    assert len(net.b.ike_sas()) == 1 and len(net.a.ike_sas()) == 1
+    if dup in (0, 2):
+        assert net.b.stats.duplicates_answered == 1
+        assert net.a.stats.unexpected == 1  # the second copy of the answer
+    else:
+        assert net.a.stats.unexpected == 1
+
+
+def test_retransmission_backoff_and_give_up() -> None:
+    net = Net.make(*pair_confs())
+    net.a.initiate("a2b", None, net.now)
+    t0 = net.now
+    sent: list[float] = []
+
+    def drop_all(i: int, d: Datagram) -> int:
+        sent.append(net.now - t0)
+        return 0
+
+    net.pump(drop_all)
+    net.advance(400, drop_all)
+    expect = [0.0]
+    for n in range(1, 6):
+        expect.append(expect[-1] + 4.0 * 1.8 ** (n - 1))
+    assert sent == pytest.approx(expect)
+    [fail] = net.of("a", IkeSaFailed)
+    assert fail.reason == "peer not responding"
+    assert fail.time - t0 == pytest.approx(expect[-1] + 4.0 * 1.8**5)
+    assert net.a.next_timer() is None and net.a.ike_sas() == []
+
+
+def test_responder_half_open_timeout() -> None:
+    net = Net.make(*pair_confs())
+    net.a.initiate("a2b", None, net.now)
+    net.pump(lambda i, d: 1 if i == 0 else 0)  # only the first request gets through
+    assert net.b.ike_sas()[0].state == "CONNECTING"
+    net.advance(31, lambda i, d: 0)
+    assert [e.reason for e in net.of("b", IkeSaFailed)] == ["half-open timeout"]
+    assert net.b.ike_sas() == []
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_delete_child_then_ike_from_either_side(who: str) -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, cb = established(net)
+    eng, child = (net.a, ca) if who == "a" else (net.b, cb)
+    eng.delete_child_sa(child.ike_sa, child.spi_in, net.now)
+    net.pump()
+    for side, c in (("a", ca), ("b", cb)):
+        [d] = net.of(side, ChildSaDeleted)
+        assert (d.spi_in, d.spi_out) == (c.spi_in, c.spi_out)
+        assert d.reason == ("deleted" if side == who else "deleted by peer")
+    eng.delete_ike_sa(child.ike_sa, net.now)
+    net.pump()
+    for side in "ab":
+        [d2] = net.of(side, IkeSaDeleted)
+        assert d2.reason == ("deleted" if side == who else "deleted by peer")
+    net.advance(60)
+    assert net.a.ike_sas() == [] and net.b.ike_sas() == []
+
+
+def test_delete_ike_reports_children_first() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, _ = established(net)
+    net.a.delete_ike_sa(ca.ike_sa, net.now)
+    net.pump()
+    kinds = [type(e).__name__ for e in net.events["b"]][-2:]
+    assert kinds == ["ChildSaDeleted", "IkeSaDeleted"]
+
+
+def test_lost_delete_response_is_answered_from_cache() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, _ = established(net)
+    net.a.delete_ike_sa(ca.ike_sa, net.now)
+    net.pump(lambda i, d: 0 if i == 1 else 1)
+    assert net.of("b", IkeSaDeleted) and not net.of("a", IkeSaDeleted)
+    net.advance(5)
+    assert [e.reason for e in net.of("a", IkeSaDeleted)] == ["deleted"]
+    assert net.b.stats.duplicates_answered == 1
+
+
+def test_liveness_check_and_dead_peer() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, _ = established(net)
+    net.a.check_liveness(ca.ike_sa, net.now)
+    assert net.pump() == 2
+    assert not net.of("a", IkeSaDeleted)
+    net.a.check_liveness(ca.ike_sa, net.now)
+    net.pump(lambda i, d: 0)
+    net.advance(200, lambda i, d: 0)
+    [d] = net.of("a", IkeSaDeleted)
+    assert d.reason == "dead peer" and net.a.stats.dead_peers == 1
+    assert [type(e).__name__ for e in net.events["a"]][-2:] == ["ChildSaDeleted", "IkeSaDeleted"]
+
+
+def test_requests_queue_behind_the_outstanding_one() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, _ = established(net)
+    net.a.check_liveness(ca.ike_sa, net.now)
+    net.a.delete_child_sa(ca.ike_sa, ca.spi_in, net.now)
+    assert len(net.a.datagrams_to_send()) == 1  # window of one (re-sent below by timer)
+    net.advance(5)
+    assert net.of("a", ChildSaDeleted) and net.of("b", ChildSaDeleted)
+
+
+def test_nat_detected_floats_to_4500_with_marker() -> None:
+    a, b = pair_confs()
+    net = Net.make(a, dataclasses.replace(b, remote_addrs=()), nat=True)  # b accepts any peer
+    start(net)
+    ca, cb = established(net)
+    assert ca.encap == (4500, 4500) and cb.encap == (4500, 14500)
+    assert net.of("a", IkeSaEstablished)[0].nat_detected
+    auth = [d for _, d in net.log[2:]]
+    assert all(d.data[:4] == b"\0\0\0\0" for d in auth)
+    assert all(4500 in (d.local[1], d.remote[1]) for d in auth)
+    # b talks to the NAT's mapping
+    assert net.b.ike_sas()[0].remote == ("198.51.100.7", 14500)
+    # keepalives and ESP on the NAT-T port are not IKE: counted, not crashing
+    net.b.receive_datagram(b"\xff", (("192.0.2.2", 4500), ("198.51.100.7", 14500)), net.now)
+    net.b.receive_datagram(
+        b"\x01\x02\x03\x04" + bytes(40), (("192.0.2.2", 4500), ("198.51.100.7", 14500)), net.now
+    )
+    assert net.b.stats.keepalives == 1 and net.b.stats.malformed == 1
+
+
+def test_out_of_window_and_forged_messages_are_dropped() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    established(net)
+    sa_b = net.b.ike_sas()[0]
+    # a random message with b's SPIs and an unexpected message ID
+    from ike.codec import Encrypted, Message, encode_message
+    from ike.constants import ExchangeType, PayloadType
+
+    forged = encode_message(
+        Message(
+            sa_b.spi_i,
+            sa_b.spi_r,
+            ExchangeType.INFORMATIONAL,
+            True,
+            False,
+            7,
+            (Encrypted(PayloadType.NONE, bytes(40)),),
+        )
+    )
+    net.b.receive_datagram(forged, ((B_IP, 500), (A_IP, 500)), net.now)
+    assert net.b.stats.unexpected == 1
+    forged2 = forged[:20] + (2).to_bytes(4, "big") + forged[24:]
+    net.b.receive_datagram(forged2, ((B_IP, 500), (A_IP, 500)), net.now)
+    assert net.b.stats.integrity_failures == 1
+    assert net.b.datagrams_to_send() == []
+
+
+def test_unsupported_critical_payload_is_answered() -> None:
+    from ike.codec import UnknownPayload, decode_message
+    from ike.constants import ExchangeType
+
+    net = Net.make(*pair_confs())
+    start(net)
+    established(net)
+    sa = next(iter(net.a._by_uid.values()))  # test reaches in to forge an authentic request
+    assert sa.sk is not None
+    data = sa.sk.protect(
+        sa.spi_i,
+        sa.spi_r,
+        ExchangeType.INFORMATIONAL,
+        is_initiator=True,
+        is_response=False,
+        message_id=sa.my_next_id,
+        payloads=[UnknownPayload(222, True, b"x")],
+    )
+    net.b.receive_datagram(data, ((B_IP, 500), (A_IP, 500)), net.now)
+    [resp] = net.b.datagrams_to_send()
+    msg = decode_message(resp.data)
+    inner = sa.sk.unprotect(resp.data, msg.payloads[-1])  # type: ignore[arg-type]
+    assert inner[0].type == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD  # type: ignore[union-attr]
+    assert inner[0].data == bytes([222])  # type: ignore[union-attr]
+
+
+def test_create_child_sa_is_refused_for_now() -> None:
+    from ike.codec import decode_message
+    from ike.constants import ExchangeType
+
+    net = Net.make(*pair_confs())
+    start(net)
+    sa = next(iter(net.a._by_uid.values()))
+    assert sa.sk is not None
+    data = sa.sk.protect(
+        sa.spi_i,
+        sa.spi_r,
+        ExchangeType.CREATE_CHILD_SA,
+        is_initiator=True,
+        is_response=False,
+        message_id=sa.my_next_id,
+        payloads=[],
+    )
+    net.b.receive_datagram(data, ((B_IP, 500), (A_IP, 500)), net.now)
+    [resp] = net.b.datagrams_to_send()
+    inner = sa.sk.unprotect(resp.data, decode_message(resp.data).payloads[-1])  # type: ignore[arg-type]
+    assert inner[0].type == NotifyType.NO_ADDITIONAL_SAS  # type: ignore[union-attr]
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    a, b = pair_confs()
+    assert b"correct horse" not in repr(a).encode() and "correct horse" not in repr(a)
+    net = Net.make(a, b)
+    start(net)
+    ca, _ = established(net)
+    text = repr(net.events["a"]) + repr(net.a.ike_sas()) + repr(net.a._by_uid)
+    for secret in (ca.encr_key_in, ca.encr_key_out):
+        assert secret.hex() not in text and repr(secret) not in text
+
+
+def test_config_errors_are_local_errors() -> None:
+    from ike.engine import IkeEngine
+    from ike.errors import LocalError
+
+    a, _ = pair_confs()
+    with pytest.raises(LocalError, match="unknown or unsupported algorithm 'des'"):
+        IkeEngine([ConnectionConfig("x", psk=b"k", ike_proposals=("des-sha1-modp1024",))])
+    with pytest.raises(LocalError, match="psk"):
+        IkeEngine([ConnectionConfig("x")])
+    eng = IkeEngine([a])
+    with pytest.raises(LocalError, match="unknown connection"):
+        eng.initiate("nope", None, 0.0)
+    with pytest.raises(LocalError, match="no child"):
+        eng.initiate("a2b", "nope", 0.0)
+    with pytest.raises(LocalError, match="unknown IKE SA"):
+        eng.delete_ike_sa(99, 0.0)
+
+
+def test_set_connections_is_all_or_nothing_and_keeps_sas() -> None:
+    from ike.errors import LocalError
+
+    a, b = pair_confs()
+    net = Net.make(a, b)
+    start(net)
+    established(net)
+    with pytest.raises(LocalError, match="twice"):
+        net.a.set_connections([a, a])
+    assert net.a.connections == ("a2b",)
+    net.a.set_connections([dataclasses.replace(a, name="other")])
+    assert net.a.connections == ("other",)
+    assert net.a.ike_sas()[0].connection == "a2b"
+    net.a.check_liveness(net.a.ike_sas()[0].ike_sa, net.now)
+    assert net.pump() == 2
