@@ -199,39 +199,17 @@ class IkeSaInfo:
     children: tuple[ChildSaInfo, ...]
 
 
+@dataclass(slots=True)
 class _ChildSa:
-    __slots__ = (
-        "config",
-        "spi_in",
-        "spi_out",
-        "suite",
-        "transport",
-        "local_ts",
-        "remote_ts",
-        "installed_at",
-        "deleting",
-    )
-
-    def __init__(
-        self,
-        config: CompiledChild,
-        spi_in: int,
-        spi_out: int,
-        suite: EspSuite,
-        transport: bool,
-        local_ts: tuple[TrafficSelector, ...],
-        remote_ts: tuple[TrafficSelector, ...],
-        now: float,
-    ) -> None:
-        self.config = config
-        self.spi_in = spi_in
-        self.spi_out = spi_out
-        self.suite = suite
-        self.transport = transport
-        self.local_ts = local_ts
-        self.remote_ts = remote_ts
-        self.installed_at = now
-        self.deleting = False
+    config: CompiledChild
+    spi_in: int
+    spi_out: int
+    suite: EspSuite
+    transport: bool
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    installed_at: float
+    deleting: bool = False
 
 
 class _PendingChild:
@@ -1237,17 +1215,8 @@ class IkeEngine:
                 self._child_spis.discard(spi_in)
                 continue
             transport = want_transport and ch.transport
-            self._install_child(
-                sa,
-                ch,
-                spi_in,
-                int.from_bytes(peer_spi, "big"),
-                suite,
-                transport,
-                local_ts=nr,
-                remote_ts=ni,
-                now=now,
-            )
+            peer = int.from_bytes(peer_spi, "big")
+            self._install_child(sa, _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now))
             out: list[Payload] = [Notify(NotifyType.USE_TRANSPORT_MODE)] if transport else []
             return out + [
                 SecurityAssociation((answer,)),
@@ -1258,26 +1227,15 @@ class IkeEngine:
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE)
         raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN)
 
-    def _install_child(
-        self,
-        sa: _IkeSa,
-        ch: CompiledChild,
-        spi_in: int,
-        spi_out: int,
-        suite: EspSuite,
-        transport: bool,
-        *,
-        local_ts: tuple[TrafficSelector, ...],
-        remote_ts: tuple[TrafficSelector, ...],
-        now: float,
-    ) -> None:
+    def _install_child(self, sa: _IkeSa, child: _ChildSa) -> None:
         assert sa.suite is not None and sa.keys is not None and sa.conn is not None
+        suite, ch, transport = child.suite, child.config, child.transport
+        spi_in, spi_out, now = child.spi_in, child.spi_out, child.installed_at
         k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, sa.ni, sa.nr)
         if sa.initiator:
             e_out, a_out, e_in, a_in = k.encr_i, k.integ_i, k.encr_r, k.integ_r
         else:
             e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
-        child = _ChildSa(ch, spi_in, spi_out, suite, transport, local_ts, remote_ts, now)
         sa.children[spi_in] = child
         encr, integ = suite.encr, suite.integ
         self._events.append(
@@ -1292,8 +1250,8 @@ class IkeEngine:
                 local_addr=sa.local[0],
                 remote_addr=sa.remote[0],
                 encap=(sa.local[1], sa.remote[1]) if sa.nat else None,
-                local_ts=local_ts,
-                remote_ts=remote_ts,
+                local_ts=child.local_ts,
+                remote_ts=child.remote_ts,
                 proposal=suite.name,
                 encr_alg=encr.kernel_name,
                 icv_bits=encr.icv_size * 8,
@@ -1393,17 +1351,18 @@ class IkeEngine:
         transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
         if transport != pending.config.transport:
             raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
-        self._install_child(
-            sa,
+        peer = int.from_bytes(peer_spi, "big")
+        child = _ChildSa(
             pending.config,
             pending.spi_in,
-            int.from_bytes(peer_spi, "big"),
+            peer,
             suite,
             transport,
-            local_ts=tsi.selectors,
-            remote_ts=tsr.selectors,
-            now=now,
+            tsi.selectors,
+            tsr.selectors,
+            now,
         )
+        self._install_child(sa, child)
 
     # ------------------------------------------------------------------ INFORMATIONAL
 
