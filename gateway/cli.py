@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.doctor",
     "gateway.check_config",
     "gateway.ctl",
+    "gateway.daemon",
 )
 
 

@@ -1,0 +1,1103 @@
+"""`gateway run -c FILE`: the asyncio daemon, the one place where the parts meet.
+
+Theory of operation
+-------------------
+One event loop, one IKE engine (sans-IO, ike/), one UDP transport, one data plane, one
+control server, optionally one metrics exporter. Three kinds of input reach the engine:
+datagrams (transport callback), its timer (one `call_later` handle for the engine's
+`next_timer()`, re-armed after every input) and API calls (control requests, start-up,
+reload, shutdown). After each input `_pump()` sends what the engine queued, handles the
+events it produced and re-arms the timer, so the engine's outputs are never left waiting.
+
+Engine events drive everything else:
+
+    IkeSaEstablished   -> record (list-sas), log, event `ike-established`
+    ChildSaEstablished -> data plane install, record, log, event `child-established`
+    ChildSaDeleted     -> data plane remove, record gone, event `child-deleted`
+    IkeSaDeleted       -> record gone, event `ike-deleted` (`dpd-failed` for a dead peer)
+    IkeSaFailed        -> event `ike-failed` (auth failures counted)
+
+Control requests that wait (initiate/terminate) register a waiter that the matching event
+resolves. Signals: SIGTERM/SIGINT stop gracefully (delete every IKE SA, telling the peer,
+wait briefly for the answers, remove whatever is still installed); SIGHUP reloads the file
+and applies only the connections that were added, removed or changed.
+
+Logs are one line per event, `event=NAME key=value ...`; keys and PSKs never appear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from gateway import __version__
+from gateway.config import (
+    ChildConfig,
+    ConfigError,
+    ConnectionConfig,
+    GatewayConfig,
+    load_config,
+)
+from gateway.control import (
+    FAILED,
+    UNKNOWN_CONNECTION,
+    UNKNOWN_SA,
+    ControlError,
+    ControlServer,
+)
+from gateway.dataplane import Dataplane, DataplaneError, Installed, make_dataplane
+from gateway.errors import GatewayError
+from gateway.transport import UdpTransport
+from ike import config as ike_config
+from ike import events as ev
+from ike.errors import LocalError
+from ike.ts import to_cidrs
+
+log = logging.getLogger("gateway.daemon")
+T = TypeVar("T")
+
+SHUTDOWN_GRACE = 3.0  # seconds to wait for peers to answer our deletes at shutdown
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    name: str
+    state: str
+    spi_in: int
+    spi_out: int
+    mode: str
+    encap: bool
+    esp_proposal: str
+    local_ts: list[str]
+    remote_ts: list[str]
+    installed_at: float
+    rekey_at: float | None = None
+    expire_at: float | None = None
+    installed: Installed | None = None
+
+
+@dataclass(slots=True)
+class IkeRecord:
+    ike_sa: int
+    connection: str
+    state: str
+    initiator: bool
+    started_at: float
+    local: tuple[str, int] | None = None
+    remote: tuple[str, int] | None = None
+    local_id: str | None = None
+    remote_id: str | None = None
+    spi_i: bytes = b""
+    spi_r: bytes = b""
+    proposal: str | None = None
+    established_at: float | None = None
+    rekey_at: float | None = None
+    expire_at: float | None = None
+    children: list[ChildRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A control request waiting for an engine event."""
+
+    match: Callable[[Any], str | None]  # event -> None (not mine) | "" (done) | error text
+    future: asyncio.Future[str]
+
+
+@dataclass(slots=True)
+class Totals:
+    handshakes: int = 0
+    auth_failures: int = 0
+    dpd_failures: int = 0
+    rekeys: int = 0
+    ike_rekeys: int = 0
+    install_failures: int = 0
+    # counters of SAs that are gone, so gateway-wide totals never go backwards
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Engine(Protocol):
+    """What the daemon uses of the sans-IO IKE engine (ike/, docs/ike.md)."""
+
+    def receive_datagram(
+        self, data: bytes, addr: tuple[tuple[str, int], tuple[str, int]], now: float
+    ) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def initiate(self, connection: str, child: str | None, now: float) -> int: ...
+
+    def delete_ike_sa(self, ike_sa: int, now: float) -> None: ...
+
+    def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None: ...
+
+    def check_liveness(self, ike_sa: int, now: float) -> None: ...
+
+    def datagrams_to_send(self) -> Iterable[ev.Datagram]: ...
+
+    def next_timer(self) -> float | None: ...
+
+    def next_event(self) -> ev.Event | None: ...
+
+
+def make_engine(config: GatewayConfig) -> Engine:
+    from ike.engine import IkeEngine
+
+    return IkeEngine(  # type: ignore[no-any-return]
+        [engine_connection(c) for c in config.connections],
+        settings=ike_config.EngineSettings(nat_t_port=config.gateway.port_nat_t),
+    )
+
+
+def set_engine_connections(engine: Any, connections: Sequence[ike_config.ConnectionConfig]) -> None:
+    """Give a running engine a new connection table (reload).
+
+    Uses the engine's `set_connections` when it has one. The part-1 engine has none yet:
+    its table is `_conns`, name -> CompiledConnection, and each IKE SA keeps a reference
+    to its own compiled connection, so swapping the table leaves existing SAs untouched.
+    """
+    setter = getattr(engine, "set_connections", None)
+    if setter is not None:
+        setter(connections)
+        return
+    engine._conns = {c.name: ike_config.compile_connection(c) for c in connections}
+
+
+# --------------------------------------------------------------------------- config -> engine
+
+
+def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
+    """Our TOML connection as the engine's connection config."""
+    children = tuple(
+        ike_config.ChildConfig(
+            name=c.name,
+            local_ts=tuple(ts for ts in c.local_ts if ts != "dynamic"),
+            remote_ts=tuple(ts for ts in c.remote_ts if ts != "dynamic"),
+            esp_proposals=c.esp_proposals,
+            mode=c.mode,
+        )
+        for c in conn.children
+    )
+    return ike_config.ConnectionConfig(
+        name=conn.name,
+        local_addrs=tuple(a for a in conn.local_addrs if "/" not in a),
+        remote_addrs=tuple(a for a in conn.remote_addrs if "/" not in a),
+        local_id=conn.local.id or "",
+        remote_id=conn.remote.id or "",
+        psk=conn.psk.value if conn.psk else b"",
+        ike_proposals=conn.ike_proposals,
+        children=children,
+        local_port=conn.local_port,
+        remote_port=conn.remote_port,
+    )
+
+
+def check_engine_config(config: GatewayConfig) -> None:
+    """Config the TOML checks accept but the engine cannot run yet: a clear error now."""
+    issues: list[str] = []
+    for conn in config.connections:
+        try:
+            ike_config.compile_connection(engine_connection(conn))
+        except LocalError as exc:
+            issues.append(str(exc))
+    if issues:
+        raise GatewayError("; ".join(issues))
+
+
+def _hex(data: bytes) -> str:
+    return data.hex()
+
+
+def _spi(value: int) -> str:
+    return f"{value:08x}"
+
+
+def _fmt_addr(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "-"
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    """The running gateway: engine + transport + data plane + control API (+ metrics)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        config_path: str | None = None,
+        dataplane: Dataplane | None = None,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.dataplane = dataplane or make_dataplane(config.gateway.dataplane)
+        self.engine = engine or make_engine(config)
+        self.transport = UdpTransport(
+            config.gateway.listen,
+            config.gateway.port,
+            config.gateway.port_nat_t,
+            self._on_datagram,
+            esp_in_udp=self.dataplane.name == "xfrm",
+            keep_marker=True,  # the engine adds/strips the non-ESP marker itself
+        )
+        self.control = ControlServer(self, config.gateway.control_socket)
+        self.sas: dict[int, IkeRecord] = {}
+        self.totals = Totals()
+        self.started_at = clock()
+        self._waiters: list[_Waiter] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._dpd: list[tuple[float, int]] = []  # heap of (due, ike_sa) liveness checks
+        self._dpd_timer: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+        self._exporter: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._histogram: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.dataplane.start()
+        self.transport.start(self._loop)
+        try:
+            await self.control.start()
+            self._start_metrics()
+        except GatewayError:
+            self.transport.close()
+            raise
+        ports = self.transport.local_ports()
+        log.info(
+            "event=daemon-started version=%s dataplane=%s ike_port=%d nat_t_port=%d "
+            "connections=%d control=%s",
+            __version__,
+            self.dataplane.name,
+            ports.get("ike", 0),
+            ports.get("nat_t", 0),
+            len(self.config.connections),
+            self.config.gateway.control_socket,
+        )
+        for conn in self.config.connections:
+            self._start_actions(conn)
+        self._pump()
+
+    def _start_metrics(self) -> None:
+        listen = self.config.gateway.metrics_listen
+        if listen is None:
+            return
+        from gateway import metrics
+
+        self._histogram = metrics.DurationHistogram()
+        host, port = listen
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._exporter = metrics.start_exporter(self, listen=text)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (or request_stop), shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+            installed.append(sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        installed.append(signal.SIGHUP)
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Delete our IKE SAs (telling the peers), remove what is installed, close all."""
+        log.info("event=daemon-stopping ike_sas=%d", len(self.sas))
+        established = [r for r in self.sas.values() if r.state != "CONNECTING"]
+        for record in established:
+            self._engine_call(self.engine.delete_ike_sa, record.ike_sa)
+        self._pump()
+        deadline = self.clock() + SHUTDOWN_GRACE
+        while any(r.state != "CONNECTING" for r in self.sas.values()) and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+        for record in list(self.sas.values()):
+            for child in list(record.children):
+                self._remove_child(record, child, "shutdown")
+        self.sas.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._dpd_timer is not None:
+            self._dpd_timer.cancel()
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_result("the gateway is shutting down")
+        self.transport.close()
+        await self.control.close()
+        if self._exporter is not None:
+            self._exporter.close()
+        self.dataplane.close()
+        log.info("event=daemon-stopped")
+
+    # ------------------------------------------------------------------ engine plumbing
+
+    def _on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.engine.receive_datagram(data, (local, remote), self.clock())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self.clock())
+        self._pump()
+
+    def _engine_call(self, method: Callable[..., T], *args: Any) -> T:
+        """An API call into the engine (now appended); LocalError becomes a ControlError."""
+        try:
+            return method(*args, self.clock())
+        except LocalError as exc:
+            raise ControlError(FAILED, str(exc)) from None
+
+    def _pump(self) -> None:
+        for _ in range(1000):  # events may trigger calls that queue more output
+            sent = False
+            for dgram in self.engine.datagrams_to_send():
+                self.transport.send(dgram.data, dgram.local, dgram.remote)
+                sent = True
+            event = self.engine.next_event()
+            handled = event is not None
+            while event is not None:
+                self._handle_event(event)
+                event = self.engine.next_event()
+            if not sent and not handled:
+                break
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        when = self.engine.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
+
+    # ------------------------------------------------------------------ dead peer detection
+
+    def _arm_dpd(self) -> None:
+        if self._dpd_timer is not None:
+            self._dpd_timer.cancel()
+            self._dpd_timer = None
+        if self._dpd and self._loop is not None:
+            delay = max(0.0, self._dpd[0][0] - self.clock())
+            self._dpd_timer = self._loop.call_later(delay, self._on_dpd_timer)
+
+    def _on_dpd_timer(self) -> None:
+        """Liveness checks every dpd_delay (RFC 7296 §2.4); the engine declares the peer
+        dead after its retransmissions fail (IkeSaDeleted 'dead peer')."""
+        self._dpd_timer = None
+        now = self.clock()
+        while self._dpd and self._dpd[0][0] <= now:
+            _, ike_sa = heapq.heappop(self._dpd)
+            record = self.sas.get(ike_sa)
+            if record is None or record.state != "ESTABLISHED":
+                continue  # gone or going: no more checks
+            conn = self.config.connection(record.connection)
+            with contextlib.suppress(ControlError):
+                self._engine_call(self.engine.check_liveness, ike_sa)
+            if conn is not None and conn.dpd_delay > 0:
+                heapq.heappush(self._dpd, (now + conn.dpd_delay, ike_sa))
+        self._pump()
+        self._arm_dpd()
+
+    # ------------------------------------------------------------------ events
+
+    def _handle_event(self, event: Any) -> None:
+        handlers: dict[type, Callable[[Any], Any]] = {
+            ev.IkeSaEstablished: self._on_ike_established,
+            ev.ChildSaEstablished: self._on_child_established,
+            ev.ChildSaFailed: self._on_child_failed,
+            ev.ChildSaDeleted: self._on_child_deleted,
+            ev.IkeSaDeleted: self._on_ike_deleted,
+            ev.IkeSaFailed: self._on_ike_failed,
+        }
+        handler = handlers.get(type(event))
+        if handler is None:
+            log.debug("event=engine-event-ignored type=%s", type(event).__name__)
+            return
+        # A handler may report that the event did not take effect (e.g. an install that
+        # failed): waiters then see that replacement instead.
+        event = handler(event) or event
+        for waiter in list(self._waiters):
+            outcome = waiter.match(event)
+            if outcome is not None and not waiter.future.done():
+                waiter.future.set_result(outcome)
+                self._waiters.remove(waiter)
+
+    def _record(self, ike_sa: int, connection: str, initiator: bool) -> IkeRecord:
+        record = self.sas.get(ike_sa)
+        if record is None:
+            record = IkeRecord(ike_sa, connection, "CONNECTING", initiator, self.clock())
+            self.sas[ike_sa] = record
+        return record
+
+    def _on_ike_established(self, e: ev.IkeSaEstablished) -> None:
+        r = self._record(e.ike_sa, e.connection, e.initiator)
+        r.state = "ESTABLISHED"
+        r.local, r.remote = e.local, e.remote
+        r.local_id, r.remote_id = e.local_id, e.remote_id
+        r.spi_i, r.spi_r = e.spi_i, e.spi_r
+        r.proposal = e.proposal
+        r.established_at = e.time
+        self.totals.handshakes += 1
+        conn = self.config.connection(e.connection)
+        if conn is not None and conn.dpd_delay > 0:
+            heapq.heappush(self._dpd, (self.clock() + conn.dpd_delay, e.ike_sa))
+            self._arm_dpd()
+        if self._histogram is not None and r.initiator:
+            self._histogram.observe(max(0.0, e.time - r.started_at))
+        log.info(
+            "event=ike-established connection=%s ike_sa=%d role=%s local=%s remote=%s "
+            "local_id=%s remote_id=%s spi_i=%s spi_r=%s proposal=%s nat=%s",
+            e.connection,
+            e.ike_sa,
+            "initiator" if e.initiator else "responder",
+            _fmt_addr(e.local),
+            _fmt_addr(e.remote),
+            e.local_id,
+            e.remote_id,
+            _hex(e.spi_i),
+            _hex(e.spi_r),
+            e.proposal,
+            "yes" if e.nat_detected else "no",
+        )
+        self.control.publish(
+            "ike-established",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            local_addr=e.local[0],
+            remote_addr=e.remote[0],
+            remote_id=e.remote_id,
+            spi_i=_hex(e.spi_i),
+            spi_r=_hex(e.spi_r),
+        )
+
+    def _child_config(self, connection: str, child: str) -> ChildConfig | None:
+        conn = self.config.connection(connection)
+        return conn.child(child) if conn else None
+
+    def _on_child_established(self, e: ev.ChildSaEstablished) -> ev.ChildSaFailed | None:
+        r = self._record(e.ike_sa, e.connection, e.initiator)
+        config = self._child_config(e.connection, e.child)
+        try:
+            installed = self.dataplane.install(e, config)
+        except DataplaneError as exc:
+            self.totals.install_failures += 1
+            log.error(
+                "event=child-install-failed connection=%s child=%s spi_in=%s error=%s",
+                e.connection,
+                e.child,
+                _spi(e.spi_in),
+                exc,
+            )
+            self.control.publish(
+                "error", connection=e.connection, child=e.child, message=f"install failed: {exc}"
+            )
+            # An SA we cannot install must not stay negotiated: tell the peer.
+            with contextlib.suppress(ControlError):
+                self._engine_call(self.engine.delete_child_sa, e.ike_sa, e.spi_in)
+            return ev.ChildSaFailed(
+                e.ike_sa, e.connection, e.child, f"install failed: {exc}", e.time
+            )
+        now = e.time or self.clock()
+        child = ChildRecord(
+            name=e.child,
+            state="INSTALLED",
+            spi_in=e.spi_in,
+            spi_out=e.spi_out,
+            mode=e.mode,
+            encap=e.encap is not None,
+            esp_proposal=e.proposal,
+            local_ts=[c for ts in e.local_ts for c in to_cidrs(ts)],
+            remote_ts=[c for ts in e.remote_ts for c in to_cidrs(ts)],
+            installed_at=now,
+            expire_at=(now + config.life_time)
+            if config and config.life_time and (self.dataplane.name == "xfrm")
+            else None,
+            installed=installed,
+        )
+        r.children.append(child)
+        log.info(
+            "event=child-established connection=%s child=%s ike_sa=%d mode=%s spi_in=%s "
+            "spi_out=%s proposal=%s encap=%s offload=%s local_ts=%s remote_ts=%s",
+            e.connection,
+            e.child,
+            e.ike_sa,
+            e.mode,
+            _spi(e.spi_in),
+            _spi(e.spi_out),
+            e.proposal,
+            "yes" if e.encap else "no",
+            installed.offload,
+            ",".join(child.local_ts),
+            ",".join(child.remote_ts),
+        )
+        self.control.publish(
+            "child-established",
+            connection=e.connection,
+            child=e.child,
+            spi_in=_spi(e.spi_in),
+            spi_out=_spi(e.spi_out),
+        )
+        return None
+
+    def _on_child_failed(self, e: ev.ChildSaFailed) -> None:
+        log.warning(
+            "event=child-failed connection=%s child=%s ike_sa=%d reason=%s",
+            e.connection,
+            e.child,
+            e.ike_sa,
+            e.reason,
+        )
+        self.control.publish(
+            "child-failed", connection=e.connection, child=e.child, reason=e.reason
+        )
+
+    def _remove_child(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
+        if child in record.children:
+            record.children.remove(child)
+        if child.installed is not None:
+            counters = self.dataplane.counters(child.installed)
+            self.totals.bytes_in += counters.bytes_in
+            self.totals.bytes_out += counters.bytes_out
+            self.totals.packets_in += counters.packets_in
+            self.totals.packets_out += counters.packets_out
+            try:
+                self.dataplane.remove(child.installed)
+            except DataplaneError as exc:
+                log.error(
+                    "event=child-remove-failed connection=%s child=%s spi_in=%s error=%s",
+                    record.connection,
+                    child.name,
+                    _spi(child.spi_in),
+                    exc,
+                )
+            child.installed = None
+
+    def _on_child_deleted(self, e: ev.ChildSaDeleted) -> None:
+        record = self.sas.get(e.ike_sa)
+        if record is not None:
+            for child in list(record.children):
+                if child.spi_in == e.spi_in:
+                    self._remove_child(record, child, e.reason)
+        log.info(
+            "event=child-deleted connection=%s child=%s ike_sa=%d spi_in=%s spi_out=%s reason=%s",
+            e.connection,
+            e.child,
+            e.ike_sa,
+            _spi(e.spi_in),
+            _spi(e.spi_out),
+            e.reason,
+        )
+        self.control.publish(
+            "child-deleted",
+            connection=e.connection,
+            child=e.child,
+            spi_in=_spi(e.spi_in),
+            spi_out=_spi(e.spi_out),
+            reason=e.reason,
+        )
+
+    def _on_ike_deleted(self, e: ev.IkeSaDeleted) -> None:
+        record = self.sas.pop(e.ike_sa, None)
+        if record is not None:
+            for child in list(record.children):  # normally already gone via ChildSaDeleted
+                self._remove_child(record, child, e.reason)
+        dead = e.reason == "dead peer"
+        if dead:
+            self.totals.dpd_failures += 1
+        log.info(
+            "event=ike-deleted connection=%s ike_sa=%d spi_i=%s spi_r=%s reason=%s",
+            e.connection,
+            e.ike_sa,
+            _hex(e.spi_i),
+            _hex(e.spi_r),
+            e.reason,
+        )
+        if dead:
+            self.control.publish("dpd-failed", connection=e.connection, ike_sa=e.ike_sa)
+        self.control.publish(
+            "ike-deleted", connection=e.connection, ike_sa=e.ike_sa, reason=e.reason
+        )
+        conn = self.config.connection(e.connection)
+        if dead and conn is not None:
+            self._dpd_action(conn)
+
+    def _dpd_action(self, conn: ConnectionConfig) -> None:
+        restart = [c for c in conn.children if c.dpd_action == "restart"]
+        for child in restart:
+            log.info("event=dpd-restart connection=%s child=%s", conn.name, child.name)
+            with contextlib.suppress(ControlError):
+                self._initiate(conn, child.name)
+
+    def _on_ike_failed(self, e: ev.IkeSaFailed) -> None:
+        self.sas.pop(e.ike_sa, None)
+        if "AUTHENTICATION_FAILED" in e.reason:
+            self.totals.auth_failures += 1
+        log.warning(
+            "event=ike-failed connection=%s ike_sa=%d remote=%s reason=%s",
+            e.connection or "-",
+            e.ike_sa,
+            _fmt_addr(e.remote),
+            e.reason,
+        )
+        self.control.publish(
+            "ike-failed",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            remote_addr=e.remote[0],
+            reason=e.reason,
+        )
+
+    # ------------------------------------------------------------------ actions
+
+    def _start_actions(self, conn: ConnectionConfig) -> None:
+        started = False
+        for child in conn.children:
+            if child.start_action == "start" and not started:
+                # One IKE SA per connection; its first Child rides in IKE_AUTH.
+                try:
+                    self._initiate(conn, child.name)
+                    started = True
+                except ControlError as exc:
+                    log.error(
+                        "event=start-action-failed connection=%s child=%s error=%s",
+                        conn.name,
+                        child.name,
+                        exc,
+                    )
+            elif child.start_action == "trap":
+                log.warning(
+                    "event=trap-not-supported connection=%s child=%s "
+                    "detail=trap policies need ACQUIRE handling (not yet); use start or none",
+                    conn.name,
+                    child.name,
+                )
+
+    def _initiate(self, conn: ConnectionConfig, child: str | None) -> int:
+        ike_sa = self._engine_call(self.engine.initiate, conn.name, child)
+        self._record(ike_sa, conn.name, True)
+        log.info("event=initiate connection=%s child=%s ike_sa=%d", conn.name, child or "-", ike_sa)
+        return int(ike_sa)
+
+    def _resolve(self, name: str) -> tuple[ConnectionConfig, str | None]:
+        conn_name, _, child_name = name.partition(".")
+        conn = self.config.connection(conn_name)
+        if conn is None:
+            raise ControlError(UNKNOWN_CONNECTION, f"no connection named {conn_name!r}")
+        if child_name and conn.child(child_name) is None:
+            raise ControlError(
+                UNKNOWN_CONNECTION, f"connection {conn_name!r} has no child {child_name!r}"
+            )
+        return conn, child_name or None
+
+    def _wait(self, match: Callable[[Any], str | None]) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(match, future))
+        return future
+
+    async def _await(self, future: asyncio.Future[str], timeout: float, what: str) -> None:
+        try:
+            outcome = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ControlError(FAILED, f"{what}: no outcome within {timeout:g}s") from None
+        finally:
+            self._waiters = [w for w in self._waiters if w.future is not future]
+        if outcome:
+            raise ControlError(FAILED, f"{what}: {outcome}")
+
+    # ------------------------------------------------------------------ ControlBackend
+
+    def list_conns(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c.name,
+                "local_addrs": list(c.local_addrs),
+                "remote_addrs": list(c.remote_addrs),
+                "local_id": c.local.id,
+                "remote_id": c.remote.id,
+                "local_auth": c.local.auth,
+                "remote_auth": c.remote.auth,
+                "ike_proposals": list(c.ike_proposals),
+                "start_action": _conn_start_action(c),
+                "dpd_delay": c.dpd_delay,
+                "rekey_time": c.rekey_time,
+                "children": [
+                    {
+                        "name": ch.name,
+                        "local_ts": list(ch.local_ts),
+                        "remote_ts": list(ch.remote_ts),
+                        "esp_proposals": list(ch.esp_proposals),
+                        "mode": ch.mode,
+                        "start_action": ch.start_action,
+                        "rekey_time": ch.rekey_time,
+                        "life_time": ch.life_time,
+                    }
+                    for ch in c.children
+                ],
+            }
+            for c in self.config.connections
+        ]
+
+    def list_sas(self) -> list[dict[str, Any]]:
+        return [self._sa_dict(r) for r in self.sas.values()]
+
+    def _sa_dict(self, r: IkeRecord) -> dict[str, Any]:
+        return {
+            "connection": r.connection,
+            "ike_sa": r.ike_sa,
+            "state": r.state,
+            "initiator": r.initiator,
+            "local_addr": r.local[0] if r.local else None,
+            "local_port": r.local[1] if r.local else None,
+            "remote_addr": r.remote[0] if r.remote else None,
+            "remote_port": r.remote[1] if r.remote else None,
+            "local_id": r.local_id,
+            "remote_id": r.remote_id,
+            "spi_i": _hex(r.spi_i),
+            "spi_r": _hex(r.spi_r),
+            "ike_proposal": r.proposal,
+            "established_at": r.established_at,
+            "rekey_at": r.rekey_at,
+            "expire_at": r.expire_at,
+            "children": [self._child_dict(c) for c in r.children],
+        }
+
+    def _child_dict(self, c: ChildRecord) -> dict[str, Any]:
+        counters = self.dataplane.counters(c.installed) if c.installed else None
+        return {
+            "name": c.name,
+            "state": c.state,
+            "spi_in": _spi(c.spi_in),
+            "spi_out": _spi(c.spi_out),
+            "mode": c.mode,
+            "encap": c.encap,
+            "esp_proposal": c.esp_proposal,
+            "offload": c.installed.offload if c.installed else "none",
+            "bytes_in": counters.bytes_in if counters else 0,
+            "bytes_out": counters.bytes_out if counters else 0,
+            "packets_in": counters.packets_in if counters else 0,
+            "packets_out": counters.packets_out if counters else 0,
+            "local_ts": c.local_ts,
+            "remote_ts": c.remote_ts,
+            "installed_at": c.installed_at,
+            "rekey_at": c.rekey_at,
+            "expire_at": c.expire_at,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats(self.list_sas())
+
+    def _stats(self, sas: list[dict[str, Any]]) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for sa in sas:
+            by_state[sa["state"]] = by_state.get(sa["state"], 0) + 1
+        children = [c for sa in sas for c in sa["children"]]
+        t = self.totals
+        return {
+            "uptime": self.clock() - self.started_at,
+            "version": __version__,
+            "dataplane": self.dataplane.name,
+            "ike_sas": by_state,
+            "child_sas": len(children),
+            "bytes_in": t.bytes_in + sum(c["bytes_in"] for c in children),
+            "bytes_out": t.bytes_out + sum(c["bytes_out"] for c in children),
+            "packets_in": t.packets_in + sum(c["packets_in"] for c in children),
+            "packets_out": t.packets_out + sum(c["packets_out"] for c in children),
+            "xdp": [],
+            "xfrm_errors": self.dataplane.errors(),
+            "handshakes": t.handshakes,
+            "auth_failures": t.auth_failures,
+            "dpd_failures": t.dpd_failures,
+            "rekeys": t.rekeys,
+            "install_failures": t.install_failures,
+            "transport": self.transport.counters.as_dict(),
+            "engine": _engine_stats(self.engine),
+            "control": {
+                "requests": self.control.requests,
+                "bad_requests": self.control.bad_requests,
+            },
+        }
+
+    async def initiate(self, name: str, timeout: float) -> Any:
+        conn, child = self._resolve(name)
+        ike_sa = self._initiate(conn, child)
+        want_child = child or (conn.children[0].name if conn.children else None)
+
+        def match(event: Any) -> str | None:
+            if isinstance(event, ev.IkeSaFailed) and event.ike_sa == ike_sa:
+                return event.reason
+            if getattr(event, "ike_sa", None) != ike_sa:
+                return None
+            if isinstance(event, ev.ChildSaEstablished) and event.child == want_child:
+                return ""
+            if isinstance(event, ev.ChildSaFailed) and event.child == want_child:
+                return f"Child SA {event.child} failed: {event.reason}"
+            if isinstance(event, ev.IkeSaEstablished) and want_child is None:
+                return ""
+            if isinstance(event, ev.IkeSaDeleted):
+                return event.reason
+            return None
+
+        future = self._wait(match)
+        self._pump()
+        await self._await(future, timeout, f"initiate {name}")
+        record = self.sas.get(ike_sa)
+        return {
+            "message": f"initiate {name}: established",
+            "sa": self._sa_dict(record) if record else None,
+        }
+
+    async def terminate(self, name: str, timeout: float) -> Any:
+        conn, child = self._resolve(name)
+        records = [r for r in self.sas.values() if r.connection == conn.name]
+        if child is None:
+            if not records:
+                raise ControlError(UNKNOWN_SA, f"connection {conn.name!r} has no IKE SA")
+            targets = {r.ike_sa for r in records}
+            pending = set(targets)
+
+            def match(event: Any) -> str | None:
+                if isinstance(event, ev.IkeSaDeleted | ev.IkeSaFailed):
+                    pending.discard(event.ike_sa)
+                    return "" if not pending else None
+                return None
+
+            future = self._wait(match)
+            for record in records:
+                self._engine_call(self.engine.delete_ike_sa, record.ike_sa)
+                record.state = "DELETING"
+            self._pump()
+            await self._await(future, timeout, f"terminate {name}")
+            return {"message": f"terminate {name}: {len(targets)} IKE SA(s) deleted"}
+        children = [(r, c) for r in records for c in r.children if c.name == child]
+        if not children:
+            raise ControlError(UNKNOWN_SA, f"{name} has no installed Child SA")
+        spis = {c.spi_in for _, c in children}
+
+        def match_child(event: Any) -> str | None:
+            if isinstance(event, ev.ChildSaDeleted):
+                spis.discard(event.spi_in)
+                return "" if not spis else None
+            return None
+
+        future = self._wait(match_child)
+        for record, c in children:
+            c.state = "DELETING"
+            self._engine_call(self.engine.delete_child_sa, record.ike_sa, c.spi_in)
+        self._pump()
+        await self._await(future, timeout, f"terminate {name}")
+        return {"message": f"terminate {name}: {len(children)} Child SA(s) deleted"}
+
+    async def rekey(self, name: str, timeout: float) -> Any:
+        self._resolve(name)
+        if not hasattr(self.engine, "rekey_child_sa"):
+            raise ControlError(FAILED, "rekey: the IKE engine does not support rekeying yet")
+        raise ControlError(FAILED, "rekey: not wired in this daemon version")
+
+    async def reload(self) -> Any:
+        if self.config_path is None:
+            raise ControlError(FAILED, "reload: the daemon was started without a config file")
+        try:
+            new = load_config(self.config_path)
+            check_engine_config(new)
+        except ConfigError as exc:
+            log.error("event=config-reload-failed errors=%d", len(exc.issues))
+            for issue in exc.issues:
+                log.error("event=config-error %s", issue.format(exc.source))
+            self.control.publish("error", message=f"reload refused: {exc}")
+            raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
+        except GatewayError as exc:
+            self.control.publish("error", message=f"reload refused: {exc}")
+            raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
+        return self.apply_config(new)
+
+    def apply_config(self, new: GatewayConfig) -> dict[str, list[str]]:
+        """Apply a new configuration: only added, removed and changed connections move."""
+        old_by_name = {c.name: c for c in self.config.connections}
+        new_by_name = {c.name: c for c in new.connections}
+        added = [n for n in new_by_name if n not in old_by_name]
+        removed = [n for n in old_by_name if n not in new_by_name]
+        changed = [n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n]]
+        unchanged = [n for n in new_by_name if n in old_by_name and n not in changed]
+        restart_needed = new.gateway != self.config.gateway
+        # Tear down SAs of removed and changed connections (telling the peers).
+        for record in list(self.sas.values()):
+            if record.connection in removed or record.connection in changed:
+                with contextlib.suppress(ControlError):
+                    self._engine_call(self.engine.delete_ike_sa, record.ike_sa)
+                record.state = "DELETING"
+        self._pump()
+        set_engine_connections(self.engine, [engine_connection(c) for c in new.connections])
+        self.config = GatewayConfig(self.config.gateway, new.connections, new.source)
+        for name in added + changed:
+            self._start_actions(new_by_name[name])
+        self._pump()
+        log.info(
+            "event=config-reloaded added=%s removed=%s changed=%s unchanged=%d",
+            ",".join(added) or "-",
+            ",".join(removed) or "-",
+            ",".join(changed) or "-",
+            len(unchanged),
+        )
+        if restart_needed:
+            log.warning("event=config-gateway-changed detail=[gateway] changes need a restart")
+        result = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+        self.control.publish("config-reloaded", **result, restart_needed=restart_needed)
+        return result | {"restart_needed": restart_needed}  # type: ignore[return-value]
+
+    def _on_sighup(self) -> None:
+        log.info("event=sighup action=reload")
+        task = asyncio.get_running_loop().create_task(self._reload_quietly())
+        self._background = task
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ControlError):
+            await self.reload()
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics_snapshot(self) -> Any:
+        """Called from the exporter's thread: build the snapshot on the loop's thread."""
+        from gateway import metrics
+
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise GatewayError("the daemon is not running")
+
+        def build() -> Any:
+            sas = self.list_sas()
+            t = self.totals
+            return metrics.MetricsSnapshot(
+                ike_sas=sas,
+                xfrm_errors=self.dataplane.errors(),
+                handshake_durations=self._histogram.snapshot()
+                if self._histogram is not None
+                else metrics.empty_histogram(),
+                rekeys=t.rekeys,
+                ike_rekeys=t.ike_rekeys,
+                dpd_failures=t.dpd_failures,
+                auth_failures=t.auth_failures,
+                start_time=self.started_at,
+            )
+
+        future = asyncio.run_coroutine_threadsafe(_call(build), loop)
+        try:
+            return future.result(timeout=5)
+        except TimeoutError:
+            future.cancel()
+            raise GatewayError("the daemon did not answer the scrape in time") from None
+
+
+def _engine_stats(engine: Any) -> dict[str, int]:
+    stats = getattr(engine, "stats", None)
+    if stats is None or not hasattr(stats, "__slots__"):
+        return {}
+    return {name: int(getattr(stats, name)) for name in stats.__slots__}
+
+
+async def _call(func: Callable[[], Any]) -> Any:
+    return func()
+
+
+def _conn_start_action(conn: ConnectionConfig) -> str:
+    actions = {c.start_action for c in conn.children}
+    for action in ("start", "trap"):
+        if action in actions:
+            return action
+    return "none"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger("gateway")
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    check_engine_config(config)
+    if args.dataplane:
+        config = GatewayConfig(
+            _replace_dataplane(config, args.dataplane), config.connections, config.source
+        )
+    setup_logging(args.log_level or config.gateway.log_level)
+    try:
+        asyncio.run(_main(config, os.path.abspath(args.config)))
+    except GatewayError as exc:
+        log.error("event=daemon-failed error=%s", exc)
+        raise
+    return 0
+
+
+def _replace_dataplane(config: GatewayConfig, kind: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(config.gateway, dataplane=kind)
+
+
+async def _main(config: GatewayConfig, path: str) -> None:
+    daemon = Daemon(config, config_path=path)
+    await daemon.run()
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the gateway daemon in the foreground",
+        description="Run the IKE daemon until SIGTERM/SIGINT; SIGHUP reloads the config.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
+    parser.add_argument(
+        "--dataplane", choices=("xfrm", "none"), help="override [gateway] dataplane"
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="override log_level"
+    )
+    parser.set_defaults(func=run)

@@ -1,0 +1,178 @@
+"""Running our daemon in a test's namespace and asking it things with `gateway ctl`.
+
+Used by tests/host/test_daemon*.py and tests/kernel/test_daemon*.py. Every process is
+started through the namespace's popen (so the fixture stops it) and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.netns import Netns
+
+REPO = Path(__file__).resolve().parent.parent
+PSK = "lab-secret-123456"
+
+
+def gateway_config(
+    *,
+    socket: Path,
+    listen: list[str],
+    conns: list[dict[str, Any]],
+    dataplane: str = "none",
+    metrics: str = "off",
+    extra: str = "",
+) -> str:
+    """A TOML config; each conn: name, local, remote, local_id, remote_id, local_ts,
+    remote_ts and optionally start_action, child, ike, esp, dpd_delay, mode, psk."""
+    lines = [
+        "[gateway]",
+        f"listen = {json.dumps(listen)}",
+        f'control_socket = "{socket}"',
+        f'metrics_listen = "{metrics}"',
+        f'dataplane = "{dataplane}"',
+        extra,
+    ]
+    for c in conns:
+        name = c["name"]
+        lines += [
+            "",
+            f"[connections.{name}]",
+            f'local_addrs = ["{c["local"]}"]',
+            f'remote_addrs = ["{c["remote"]}"]',
+            f"ike_proposals = {json.dumps(c.get('ike', ['aes256gcm16-prfsha384-x25519']))}",
+            f'local = {{ auth = "psk", id = "{c["local_id"]}" }}',
+            f'remote = {{ auth = "psk", id = "{c["remote_id"]}" }}',
+            f'psk = "{c.get("psk", PSK)}"',
+            f'dpd_delay = "{c.get("dpd_delay", "0s")}"',
+            "",
+            f"[connections.{name}.children.{c.get('child', 'net')}]",
+            f"local_ts = {json.dumps(c['local_ts'])}",
+            f"remote_ts = {json.dumps(c['remote_ts'])}",
+            f"esp_proposals = {json.dumps(c.get('esp', ['aes256gcm16']))}",
+            f'mode = "{c.get("mode", "tunnel")}"',
+            f'start_action = "{c.get("start_action", "none")}"',
+            f'dpd_action = "{c.get("dpd_action", "clear")}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def ctl(socket: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "ctl", "--socket", str(socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gateway ctl {' '.join(args)}: {proc.returncode} {proc.stderr}")
+    return proc
+
+
+def ctl_json(socket: Path, *args: str) -> Any:
+    return json.loads(ctl(socket, *args, "--json").stdout)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Gateway:
+    """One `gateway run` process inside a namespace."""
+
+    ns: Netns
+    config: Path
+    socket: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, ns: Netns, workdir: Path, name: str, config_text: str) -> Gateway:
+        config = workdir / f"{name}.toml"
+        config.write_text(config_text)
+        log = workdir / f"{name}.log"
+        socket = _socket_of(config_text)
+        with open(log, "wb") as out:
+            proc = ns.popen(
+                sys.executable,
+                "-m",
+                "gateway",
+                "run",
+                "-c",
+                str(config),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(REPO),
+            )
+        gw = cls(ns, config, socket, log, proc)
+        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), 60)
+        if gw.dead():
+            raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
+        return gw
+
+    def dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def sas(self) -> list[dict[str, Any]]:
+        return list(ctl_json(self.socket, "list-sas"))
+
+    def installed(self, connection: str, count: int = 1) -> list[dict[str, Any]]:
+        """Wait until `connection` has `count` ESTABLISHED IKE SAs with INSTALLED children."""
+
+        def probe() -> list[dict[str, Any]] | None:
+            sas = [
+                s
+                for s in self.sas()
+                if s["connection"] == connection
+                and s["state"] == "ESTABLISHED"
+                and s["children"]
+                and all(c["state"] == "INSTALLED" for c in s["children"])
+            ]
+            return sas if len(sas) == count else None
+
+        try:
+            return list(wait_for(f"{connection} installed", probe))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlist-sas: {self.sas()}\n{self.log_text()}") from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait: the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"did not stop on SIGTERM:\n{self.log.read_text()}") from None
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def _socket_of(config_text: str) -> Path:
+    for line in config_text.splitlines():
+        if line.startswith("control_socket"):
+            return Path(line.split("=", 1)[1].strip().strip('"'))
+    raise ValueError("config without control_socket")

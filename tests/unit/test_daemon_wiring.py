@@ -1,0 +1,483 @@
+"""gateway/daemon.py wiring, with a scripted stand-in for the IKE engine (FakeEngine) and the
+`none` data plane: engine events become list-sas records, data plane installs/removals and
+control events; initiate/terminate wait for their outcome; reload applies only what
+changed; shutdown deletes every SA and tells the peer. The real engine against real peers
+is tested in tests/host/test_daemon*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.control import ControlClient, ControlError
+from gateway.daemon import Daemon, engine_connection
+from gateway.dataplane import DataplaneError, Installed, NoneDataplane
+from ike import config as ike_config
+from ike import events as ev
+from ike.ts import ts_from_text
+
+SECRET = "lab-secret-123456"
+
+
+def config_text(
+    socket: Path, extra: str = "", rekey: str = "1h", conn_extra: str = "", child_extra: str = ""
+) -> str:
+    return f"""
+[gateway]
+listen = ["127.0.0.1"]
+port = 0
+control_socket = "{socket}"
+metrics_listen = "off"
+dataplane = "none"
+
+[connections.east]
+local_addrs = ["127.0.0.1"]
+remote_addrs = ["127.0.0.2"]
+local = {{ auth = "psk", id = "gw-west" }}
+remote = {{ auth = "psk", id = "gw-east" }}
+psk = "{SECRET}"
+{conn_extra}
+
+[connections.east.children.net]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+start_action = "start"
+rekey_time = "{rekey}"
+{child_extra}
+{extra}
+"""
+
+
+class FakeEngine:
+    """Scripted engine: an initiation completes at its next timer; deletes complete at once.
+
+    Connections named `bad*` fail authentication. It records every call it receives."""
+
+    def __init__(self, connections: Sequence[ike_config.ConnectionConfig]) -> None:
+        self.connections = {c.name: c for c in connections}
+        self.calls: list[tuple[Any, ...]] = []
+        self.out: list[ev.Datagram] = []
+        self.events: list[ev.Event] = []
+        self.pending: list[tuple[int, str, str | None]] = []
+        self.children: dict[int, list[ev.ChildSaEstablished]] = {}
+        self.next_id = 1
+        self.timer: float | None = None
+        self.next_spi = 0xC0000001
+        self.names: dict[int, str] = {}
+        self.peer_dead = False
+
+    def receive_datagram(
+        self, data: bytes, addr: tuple[tuple[str, int], tuple[str, int]], now: float
+    ) -> None:
+        self.calls.append(("receive", data, addr))
+
+    def check_liveness(self, ike_sa: int, now: float) -> None:
+        self.calls.append(("liveness", ike_sa))
+        if self.peer_dead:  # as if every retransmission went unanswered
+            self._gone(ike_sa, "dead peer", now)
+
+    def handle_timer(self, now: float) -> None:
+        self.timer = None
+        for ike_sa, name, child in self.pending:
+            conn = self.connections[name]
+            if name.startswith("bad"):
+                self.events.append(
+                    ev.IkeSaFailed(ike_sa, name, ("127.0.0.2", 500), "AUTHENTICATION_FAILED", now)
+                )
+                continue
+            local, remote = ("127.0.0.1", 500), (conn.remote_addrs[0], 500)
+            self.events.append(
+                ev.IkeSaEstablished(
+                    ike_sa,
+                    name,
+                    True,
+                    b"\x11" * 8,
+                    b"\x22" * 8,
+                    local,
+                    remote,
+                    conn.local_id,
+                    conn.remote_id,
+                    "aes256gcm16-prfsha384-x25519",
+                    False,
+                    now,
+                )
+            )
+            self.children[ike_sa] = []
+            for c in conn.children:
+                if child is None or c.name == child:
+                    self._child(ike_sa, name, c, now)
+                    break
+        self.pending.clear()
+
+    def _child(self, ike_sa: int, name: str, c: ike_config.ChildConfig, now: float) -> None:
+        spi_in, spi_out = self.next_spi, self.next_spi + 1
+        self.next_spi += 2
+        child = ev.ChildSaEstablished(
+            ike_sa,
+            name,
+            c.name,
+            True,
+            spi_in,
+            spi_out,
+            c.mode,
+            "127.0.0.1",
+            "127.0.0.2",
+            None,
+            tuple(ts_from_text(t) for t in c.local_ts),
+            tuple(ts_from_text(t) for t in c.remote_ts),
+            "aes256gcm16",
+            "rfc4106(gcm(aes))",
+            128,
+            None,
+            0,
+            False,
+            b"k" * 36,
+            b"K" * 36,
+            b"",
+            b"",
+            now,
+        )
+        self.children[ike_sa].append(child)
+        self.events.append(child)
+
+    def initiate(self, connection: str, child: str | None, now: float) -> int:
+        self.calls.append(("initiate", connection, child))
+        ike_sa = self.next_id
+        self.next_id += 1
+        self.names[ike_sa] = connection
+        conn = self.connections[connection]
+        self.out.append(
+            ev.Datagram(b"IKE_SA_INIT", ("127.0.0.1", 500), (conn.remote_addrs[0], 500))
+        )
+        self.pending.append((ike_sa, connection, child))
+        self.timer = now + 0.01
+        return ike_sa
+
+    def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
+        self.calls.append(("delete_child", ike_sa, spi_in))
+        for child in list(self.children.get(ike_sa, [])):
+            if child.spi_in == spi_in:
+                self.children[ike_sa].remove(child)
+                self.events.append(
+                    ev.ChildSaDeleted(
+                        ike_sa, child.connection, child.child, spi_in, child.spi_out, "deleted", now
+                    )
+                )
+
+    def delete_ike_sa(self, ike_sa: int, now: float) -> None:
+        self.calls.append(("delete_ike", ike_sa))
+        self.out.append(
+            ev.Datagram(b"INFORMATIONAL-DELETE", ("127.0.0.1", 500), ("127.0.0.2", 500))
+        )
+        self._gone(ike_sa, "deleted", now)
+
+    def _gone(self, ike_sa: int, reason: str, now: float) -> None:
+        """The IKE SA ends: its Child SAs first, then itself (as the engine reports it)."""
+        for c in self.children.pop(ike_sa, []):
+            self.events.append(
+                ev.ChildSaDeleted(ike_sa, c.connection, c.child, c.spi_in, c.spi_out, reason, now)
+            )
+        spis = (b"\x11" * 8, b"\x22" * 8)
+        self.events.append(ev.IkeSaDeleted(ike_sa, self.names[ike_sa], *spis, reason, now))
+
+    def set_connections(self, connections: Sequence[ike_config.ConnectionConfig]) -> None:
+        self.calls.append(("set_connections", tuple(c.name for c in connections)))
+        self.connections = {c.name: c for c in connections}
+
+    def datagrams_to_send(self) -> Iterable[ev.Datagram]:
+        out, self.out = self.out, []
+        return out
+
+    def next_timer(self) -> float | None:
+        return self.timer
+
+    def next_event(self) -> ev.Event | None:
+        return self.events.pop(0) if self.events else None
+
+
+class RecordingDataplane(NoneDataplane):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+        self.removed: list[int] = []
+
+    def install(self, child: Any, config: Any) -> Installed:
+        if self.fail_next:
+            self.fail_next = False
+            raise DataplaneError("NEWSA: Requested AEAD algorithm not found")
+        return super().install(child, config)
+
+    def remove(self, installed: Installed) -> None:
+        self.removed.append(installed.spi_in)
+        super().remove(installed)
+
+
+def _capture(into: list[Any], item: Any) -> bool:
+    into.append(item)
+    return True
+
+
+@dataclasses.dataclass
+class Running:
+    daemon: Daemon
+    engine: FakeEngine
+    dataplane: RecordingDataplane
+    client: ControlClient
+    path: Path
+    sent: list[tuple[bytes, Any]]
+
+
+@pytest.fixture
+async def r(tmp_path: Path) -> AsyncIterator[Running]:
+    """A daemon on FakeEngine + RecordingDataplane, its datagrams captured, and a client."""
+    path = tmp_path / "gw.toml"
+    sock = tmp_path / "control.sock"
+    path.write_text(config_text(sock))
+    config = parse_config(path.read_text(), str(path), tmp_path)
+
+    engine = FakeEngine([engine_connection(c) for c in config.connections])
+    dataplane = RecordingDataplane()
+    daemon = Daemon(config, config_path=str(path), dataplane=dataplane, engine=engine)
+    sent: list[tuple[bytes, Any]] = []
+    daemon.transport.send = lambda data, local, remote: _capture(sent, (data, remote))  # type: ignore[method-assign]
+    await daemon.start()
+    client = await ControlClient.connect(sock)
+    try:
+        yield Running(daemon, engine, dataplane, client, path, sent)
+    finally:
+        await client.close()
+        await daemon.shutdown()
+
+
+async def established(r: Running, n: int = 1) -> list[dict[str, Any]]:
+    for _ in range(200):
+        sas = await r.client.list_sas()
+        if len([s for s in sas if s["state"] == "ESTABLISHED" and s["children"]]) >= n:
+            return sas
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not established: {sas}")
+
+
+async def test_start_action_establishes_and_list_sas_has_the_contract_fields(r: Running) -> None:
+    sas = await established(r)
+    (sa,) = sas
+    assert sa["connection"] == "east" and sa["state"] == "ESTABLISHED"
+    assert (sa["local_addr"], sa["remote_addr"]) == ("127.0.0.1", "127.0.0.2")
+    assert (sa["local_id"], sa["remote_id"]) == ("gw-west", "gw-east")
+    assert (sa["spi_i"], sa["spi_r"]) == ("11" * 8, "22" * 8)
+    assert sa["ike_proposal"] == "aes256gcm16-prfsha384-x25519"
+    assert isinstance(sa["established_at"], float)
+    assert "rekey_at" in sa and "expire_at" in sa
+    (child,) = sa["children"]
+    assert child["name"] == "net" and child["state"] == "INSTALLED"
+    assert (child["spi_in"], child["spi_out"]) == ("c0000001", "c0000002")
+    assert (child["mode"], child["encap"], child["esp_proposal"]) == (
+        "tunnel",
+        False,
+        "aes256gcm16",
+    )
+    assert child["offload"] == "none"
+    for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
+        assert child[key] == 0
+    assert (child["local_ts"], child["remote_ts"]) == (["10.1.0.0/24"], ["10.2.0.0/24"])
+    assert isinstance(child["installed_at"], float)
+    # the engine's datagram went out through the transport; the SA is in the data plane
+    assert r.sent[0] == (b"IKE_SA_INIT", ("127.0.0.2", 500))
+    assert list(r.dataplane.installed) == [0xC0000001]
+    stats = await r.client.stats()
+    assert stats["ike_sas"] == {"ESTABLISHED": 1} and stats["child_sas"] == 1
+    assert stats["handshakes"] == 1 and stats["dataplane"] == "none"
+
+
+async def test_list_conns(r: Running) -> None:
+    (conn,) = await r.client.list_conns()
+    assert conn["name"] == "east" and conn["start_action"] == "start"
+    assert (
+        conn["local_id"] == "gw-west" and conn["ike_proposals"][0] == "aes256gcm16-prfsha384-x25519"
+    )
+    assert conn["children"][0]["local_ts"] == ["10.1.0.0/24"]
+    assert SECRET not in repr(conn)
+
+
+async def test_initiate_waits_for_the_outcome_and_refuses_unknown_names(r: Running) -> None:
+    await established(r)
+    result = await r.client.initiate("east.net", timeout=5)
+    assert result["message"] == "initiate east.net: established"
+    assert result["sa"]["children"][0]["state"] == "INSTALLED"
+    assert len(await r.client.list_sas()) == 2
+    with pytest.raises(ControlError) as info:
+        await r.client.initiate("west")
+    assert (info.value.code, info.value.message) == (
+        "unknown-connection",
+        "no connection named 'west'",
+    )
+    with pytest.raises(ControlError, match="has no child 'nope'"):
+        await r.client.initiate("east.nope")
+
+
+async def test_terminate_child_then_ike(r: Running) -> None:
+    await established(r)
+    events = await r.client.subscribe()
+    result = await r.client.terminate("east.net", timeout=5)
+    assert result["message"] == "terminate east.net: 1 Child SA(s) deleted"
+    assert r.dataplane.removed == [0xC0000001] and not r.dataplane.installed
+    (sa,) = await r.client.list_sas()
+    assert sa["children"] == []
+    with pytest.raises(ControlError) as info:
+        await r.client.terminate("east.net")
+    assert info.value.code == "unknown-sa"
+    result = await r.client.terminate("east", timeout=5)
+    assert await r.client.list_sas() == []
+    with pytest.raises(ControlError) as info:
+        await r.client.terminate("east")
+    assert info.value.code == "unknown-sa"
+    types = []
+    async for event in events:
+        types.append(event["type"])
+        if event["type"] == "ike-deleted":
+            break
+    assert types == ["child-deleted", "ike-deleted"]
+
+
+async def test_install_failure_deletes_the_child_and_reports(r: Running) -> None:
+    await established(r)
+    events = await r.client.subscribe()
+    r.dataplane.fail_next = True
+    with pytest.raises(ControlError) as info:  # the Child never becomes INSTALLED
+        await r.client.initiate("east.net", timeout=5)
+    assert info.value.message == (
+        "initiate east.net: Child SA net failed: install failed: "
+        "NEWSA: Requested AEAD algorithm not found"
+    )
+    assert ("delete_child", 2, 0xC0000003) in r.engine.calls
+    event = await asyncio.wait_for(anext(events), 5)
+    assert event["type"] == "ike-established"
+    event = await asyncio.wait_for(anext(events), 5)
+    assert event["type"] == "error" and "Requested AEAD algorithm not found" in event["message"]
+    assert (await r.client.stats())["install_failures"] == 1
+
+
+async def test_failed_authentication_is_a_failed_initiate(r: Running, tmp_path: Path) -> None:
+    await established(r)
+    r.path.write_text(
+        config_text(Path(r.daemon.config.gateway.control_socket))
+        + '\n[connections.bad]\nremote_addrs = ["127.0.0.3"]\n'
+        'local = { auth = "psk" }\nremote = { auth = "psk" }\n'
+        f'psk = "{SECRET}"\n[connections.bad.children.c]\n'
+    )
+    assert (await r.client.reload())["added"] == ["bad"]
+    with pytest.raises(ControlError) as info:
+        await r.client.initiate("bad", timeout=5)
+    assert info.value.message == "initiate bad: AUTHENTICATION_FAILED"
+    assert (await r.client.stats())["auth_failures"] == 1
+
+
+async def test_reload_applies_only_changes(r: Running) -> None:
+    (before,) = await established(r)
+    sock = r.daemon.config.gateway.control_socket
+    r.path.write_text(
+        config_text(Path(sock)) + '\n[connections.south]\nremote_addrs = ["127.0.0.4"]\n'
+        'local = { auth = "psk" }\nremote = { auth = "psk" }\n'
+        f'psk = "{SECRET}"\n[connections.south.children.s]\nstart_action = "start"\n'
+    )
+    result = await r.client.reload()
+    assert result == {
+        "added": ["south"],
+        "removed": [],
+        "changed": [],
+        "unchanged": ["east"],
+        "restart_needed": False,
+    }
+    sas = await established(r, 2)
+    assert [s["ike_sa"] for s in sas if s["connection"] == "east"] == [before["ike_sa"]]
+
+    # change east (rekey_time), drop south: east's SA is replaced, south's deleted
+    r.path.write_text(config_text(Path(sock), rekey="2h"))
+    result = await r.client.reload()
+    assert (result["changed"], result["removed"], result["added"]) == (["east"], ["south"], [])
+    sas = await established(r, 1)
+    assert [s["connection"] for s in sas] == ["east"] and sas[0]["ike_sa"] != before["ike_sa"]
+    assert ("set_connections", ("east",)) in r.engine.calls
+
+
+async def test_bad_reload_keeps_the_running_config(r: Running) -> None:
+    await established(r)
+    r.path.write_text('[gateway]\ndataplane = "dpdk"\n')
+    with pytest.raises(ControlError) as info:
+        await r.client.reload()
+    assert info.value.code == "failed"
+    assert "reload refused, configuration unchanged" in info.value.message
+    assert "gateway.dataplane" in info.value.message
+    assert [c["name"] for c in await r.client.list_conns()] == ["east"]
+    assert len(await r.client.list_sas()) == 1
+
+
+async def test_rekey_is_refused_clearly_until_the_engine_supports_it(r: Running) -> None:
+    await established(r)
+    with pytest.raises(ControlError) as info:
+        await r.client.rekey("east.net")
+    assert info.value.code == "failed" and "rekey" in info.value.message
+    with pytest.raises(ControlError) as info:
+        await r.client.rekey("nowhere")
+    assert info.value.code == "unknown-connection"
+
+
+async def start_daemon(
+    tmp_path: Path, **kwargs: str
+) -> tuple[Daemon, FakeEngine, RecordingDataplane, list[Any]]:
+    config = parse_config(config_text(tmp_path / "c.sock", **kwargs))
+
+    engine = FakeEngine([engine_connection(c) for c in config.connections])
+    dataplane = RecordingDataplane()
+    daemon = Daemon(config, dataplane=dataplane, engine=engine)
+    sent: list[Any] = []
+    daemon.transport.send = lambda data, local, remote: _capture(sent, data)  # type: ignore[method-assign]
+    await daemon.start()
+    for _ in range(100):
+        if dataplane.installed:
+            break
+        await asyncio.sleep(0.01)
+    return daemon, engine, dataplane, sent
+
+
+@pytest.mark.parametrize("action", ["clear", "restart"])
+async def test_dead_peer_detection(tmp_path: Path, action: str) -> None:
+    daemon, engine, dataplane, _ = await start_daemon(
+        tmp_path, conn_extra='dpd_delay = "0.1s"', child_extra=f'dpd_action = "{action}"'
+    )
+    try:
+        client = await ControlClient.connect(tmp_path / "c.sock")
+        events = await client.subscribe()
+        await asyncio.sleep(0.35)
+        checks = [c for c in engine.calls if c[0] == "liveness"]
+        assert 2 <= len(checks) <= 4 and all(c == ("liveness", 1) for c in checks)
+        engine.peer_dead = True
+        seen = []
+        async for event in events:
+            seen.append(event["type"])
+            if event["type"] == "ike-deleted":
+                break
+        assert seen == ["child-deleted", "dpd-failed", "ike-deleted"]
+        assert dataplane.removed == [0xC0000001]
+        assert (await client.stats())["dpd_failures"] == 1
+        restarted = [c for c in engine.calls if c[0] == "initiate"]
+        assert restarted == [("initiate", "east", "net")] * (2 if action == "restart" else 1)
+        await client.close()
+    finally:
+        await daemon.shutdown()
+
+
+async def test_shutdown_deletes_sas_and_tells_the_peer(tmp_path: Path) -> None:
+    daemon, engine, dataplane, sent = await start_daemon(tmp_path)
+    assert (tmp_path / "c.sock").exists() and dataplane.installed
+    await daemon.shutdown()
+    assert ("delete_ike", 1) in engine.calls
+    assert sent == [b"IKE_SA_INIT", b"INFORMATIONAL-DELETE"]
+    assert dataplane.removed == [0xC0000001] and not dataplane.installed
+    assert not (tmp_path / "c.sock").exists() and daemon.sas == {}
