@@ -217,7 +217,7 @@ static __always_inline int parse_l3(struct pkt *p)
 /* The slot of an inbound SPI: the SPI's low SLOT_BITS name the slot, which must list
  * this SPI (no hash lookup on the fast path). SPIs the daemon could not choose go
  * through the fallback hash. Returns 1 and sets slot/flags when we own the SPI. */
-static __always_inline int inbound_slot(u32 spi, u32 *slot, u32 *flags)
+static __always_inline int inbound_slot(struct dp_config *cfg, u32 spi, u32 *slot, u32 *flags)
 {
     u32 s = spi & SLOT_MASK;
     struct slot_entry *e = slot_table.lookup(&s);
@@ -226,6 +226,9 @@ static __always_inline int inbound_slot(u32 spi, u32 *slot, u32 *flags)
         *flags = e->flags;
         return 1;
     }
+    /* Skip the hash when it is empty: unknown-SPI floods then cost one array lookup. */
+    if (!(cfg->flags & CFG_IN_FALLBACK))
+        return 0;
     u32 *fs = in_spi_fallback.lookup(&spi);
     if (!fs)
         return 0;
@@ -240,7 +243,7 @@ static __always_inline int wan_esp(struct xdp_md *ctx, struct dp_config *cfg, st
                                    u32 spi)
 {
     u32 slot = 0, flags = 0;
-    if (!inbound_slot(spi, &slot, &flags)) {
+    if (!inbound_slot(cfg, spi, &slot, &flags)) {
         if (cfg->flags & CFG_DROP_UNKNOWN_SPI)
             return verdict(R_WAN_ESP_UNKNOWN_SPI, XDP_DROP);
         return verdict(R_WAN_ESP_UNKNOWN_SPI, XDP_PASS);

@@ -112,6 +112,7 @@ struct ike_bucket {
 #define CFG_STEER 4u
 #define CFG_NIC_DECRYPTS 8u /* the WAN NIC has ESP offload on: never steer anything */
 #define CFG_MSS_CLAMP 16u
+#define CFG_IN_FALLBACK 32u /* in_spi_fallback has entries: look SPIs up there too */
 
 struct dp_config {
     __u32 flags;

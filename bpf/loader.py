@@ -521,6 +521,8 @@ class Dataplane:
             cfg.flags |= abi.CFG_NIC_DECRYPTS
         if self.mss_clamp is not False:
             cfg.flags |= abi.CFG_MSS_CLAMP
+        if self._fallback_in:
+            cfg.flags |= abi.CFG_IN_FALLBACK
         self._progs.set_config(cfg)
 
     def _write_steering(self) -> None:
@@ -572,11 +574,15 @@ class Dataplane:
         self._progs.update("in_spi_fallback", ctypes.c_uint32(spi), ctypes.c_uint32(slot))
         self._fallback_in[spi] = slot
         self._write_slot(slot)  # so the fallback path finds the slot's flags
+        if len(self._fallback_in) == 1:
+            self._write_config()
 
     def remove_inbound_spi(self, spi: int) -> None:
         slot = self._fallback_in.pop(spi, None)
         if slot is not None:
             self._progs.delete("in_spi_fallback", ctypes.c_uint32(spi))
+            if not self._fallback_in:
+                self._write_config()
             return
         slot = spi & slot_mask(self._progs.slot_bits)
         entry = self._slots.get(slot)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bpf import abi
 from bpf import packets as pk
 from bpf.abi import Reason, TcAction, XdpAction
 from bpf.loader import Dataplane, DataplaneError, IkeShield, Programs, SlotCounters
@@ -238,11 +239,15 @@ def test_rekey_keeps_both_spis_in_one_slot(programs: Programs, dp: Dataplane) ->
 
 def test_foreign_spi_uses_the_fallback_map(programs: Programs, dp: Dataplane) -> None:
     foreign = 0xC0FFEE01  # low bits name slot 0xEE01, not ours: goes to the hash map
+    assert not programs.get_config().flags & abi.CFG_IN_FALLBACK  # hash skipped while empty
     dp.add_inbound_spi(SLOT, foreign)
+    assert programs.get_config().flags & abi.CFG_IN_FALLBACK
     xdp(programs, pk.esp4(foreign), Reason.WAN_ESP, PASS)
+    xdp(programs, pk.esp4(foreign + 1), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
     assert dp.slot_counters(SLOT).esp_in_packets == 1
     assert dp.slot_counters(0xEE01).esp_in_packets == 0
     dp.remove_inbound_spi(foreign)
+    assert not programs.get_config().flags & abi.CFG_IN_FALLBACK
     xdp(programs, pk.esp4(foreign), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
 
 

@@ -75,6 +75,7 @@ def test_constants_match() -> None:
         "CFG_STEER",
         "CFG_NIC_DECRYPTS",
         "CFG_MSS_CLAMP",
+        "CFG_IN_FALLBACK",
     ):
         assert d[name] == getattr(abi, name), name
     assert d["SLOT_BITS"] == abi.SLOT_BITS_DEFAULT
