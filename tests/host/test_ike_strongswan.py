@@ -1,0 +1,181 @@
+"""Our engine against a real strongSwan (charon-systemd, kernel-libipsec) in namespaces.
+
+a (192.0.2.1) runs our engine behind a thin UDP driver; b (192.0.2.2) runs charon. Each
+suite is negotiated with us as initiator and as responder; strongSwan's own view
+(`swanctl --list-sas`) must show the IKE SA ESTABLISHED and the Child INSTALLED, with the
+same SPIs and algorithms as our events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.netns import Netns
+from ike.config import ChildConfig, ConnectionConfig
+from ike.engine import IkeEngine
+from ike.events import (
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from tests.support.ike_udp import UdpDriver
+from tests.support.strongswan import StrongSwan
+
+PSK = "interop-test-psk-0123456789"
+OURS, THEIRS = "192.0.2.1", "192.0.2.2"
+
+SUITES = [
+    pytest.param("aes256gcm16-prfsha384-x25519", "aes256gcm16", id="gcm256-x25519"),
+    pytest.param("aes128-sha256-ecp256", "aes128-sha256", id="cbc128-ecp256"),
+    pytest.param("chacha20poly1305-prfsha256-modp2048", "aes128gcm16", id="chacha-modp2048"),
+]
+# strongSwan's names for what we negotiated
+SWAN_NAMES = {
+    "aes256gcm16": ("AES_GCM_16", "256", None),
+    "aes128gcm16": ("AES_GCM_16", "128", None),
+    "aes128-sha256": ("AES_CBC", "128", "HMAC_SHA2_256_128"),
+}
+
+
+def swanctl_conf(ike: str, esp: str, *, initiator: bool) -> str:
+    return f"""connections {{
+  eng {{
+    version = 2
+    local_addrs = {THEIRS}
+    remote_addrs = {OURS}
+    proposals = {ike}
+    local {{
+      auth = psk
+      id = {THEIRS}
+    }}
+    remote {{
+      auth = psk
+      id = {OURS}
+    }}
+    children {{
+      net {{
+        local_ts = 10.2.0.0/16
+        remote_ts = 10.1.0.0/16
+        esp_proposals = {esp}
+        start_action = none
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-eng {{
+    id-a = {OURS}
+    id-b = {THEIRS}
+    secret = "{PSK}"
+  }}
+}}
+"""
+
+
+def our_engine(ike: str, esp: str) -> IkeEngine:
+    conn = ConnectionConfig(
+        name="swan",
+        local_addrs=(OURS,),
+        remote_addrs=(THEIRS,),
+        psk=PSK.encode(),
+        ike_proposals=(ike,),
+        children=(ChildConfig("net", ("10.1.0.0/16",), ("10.2.0.0/16",), (esp,)),),
+    )
+    return IkeEngine([conn])
+
+
+@pytest.fixture
+def lab(netns_pair: tuple[Netns, Netns]) -> Iterator[tuple[Netns, StrongSwan]]:
+    a, b = netns_pair
+    # kernel-libipsec routes the tunnel via ipsec0 and needs a local address inside its
+    # local_ts, else it answers TS_UNACCEPTABLE ("error installing route")
+    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")
+    sw = StrongSwan(b)
+    try:
+        yield a, sw
+    finally:
+        sw.close()
+
+
+def _of(events: list[Event], cls: type) -> list:  # type: ignore[type-arg]
+    return [e for e in events if isinstance(e, cls)]
+
+
+def _settled(events: list[Event]) -> bool:
+    return any(isinstance(e, (ChildSaEstablished, ChildSaFailed, IkeSaFailed)) for e in events)
+
+
+def _outcome(events: list[Event], logs: str) -> tuple[IkeSaEstablished, ChildSaEstablished]:
+    ests, children = _of(events, IkeSaEstablished), _of(events, ChildSaEstablished)
+    assert len(ests) == 1 and len(children) == 1, (events, logs[-4000:])
+    return ests[0], children[0]
+
+
+def check_strongswan_view(
+    sw: StrongSwan, child: ChildSaEstablished, ike_name: str, esp: str, ike_est: IkeSaEstablished
+) -> None:
+    sas = sw.list_sas()
+    assert len(sas) == 1, sas
+    sa = sas[0]
+    assert sa["name"] == "eng" and sa["state"] == "ESTABLISHED", sa
+    assert sa["initiator-spi"] == ike_est.spi_i.hex() and sa["responder-spi"] == ike_est.spi_r.hex()
+    children = list(sa["child-sas"].values())
+    assert len(children) == 1, children
+    c = children[0]
+    assert c["name"] == "net" and c["state"] == "INSTALLED", c
+    # strongSwan's inbound SA is our outbound one and vice versa
+    assert int(c["spi-in"], 16) == child.spi_out and int(c["spi-out"], 16) == child.spi_in
+    encr, keysize, integ = SWAN_NAMES[esp]
+    assert c["encr-alg"] == encr and c["encr-keysize"] == keysize
+    assert c.get("integ-alg") == integ
+    assert c["local-ts"] == ["10.2.0.0/16"] and c["remote-ts"] == ["10.1.0.0/16"]
+
+
+@pytest.mark.parametrize("ike,esp", SUITES)
+def test_engine_initiates_to_strongswan(lab: tuple[Netns, StrongSwan], ike: str, esp: str) -> None:
+    a, sw = lab
+    sw.start(swanctl_conf(ike, esp, initiator=False))
+    engine = our_engine(ike, esp)
+    with UdpDriver(engine, a.name, OURS) as drv:
+        uid = engine.initiate("swan", None, drv.now())
+        drv.run_until(_settled, 20)
+        ike_est, child = _outcome(drv.events, sw.logs())
+        check_strongswan_view(sw, child, "eng", esp, ike_est)
+        # delete from our side: strongSwan answers and forgets the SA
+        engine.delete_ike_sa(uid, drv.now())
+        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
+        assert _of(drv.events, IkeSaDeleted)[0].reason == "deleted"
+    assert sw.list_sas() == []
+
+
+@pytest.mark.parametrize("ike,esp", SUITES)
+def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str, esp: str) -> None:
+    a, sw = lab
+    sw.start(swanctl_conf(ike, esp, initiator=True))
+    engine = our_engine(ike, esp)
+    with UdpDriver(engine, a.name, OURS) as drv:
+        proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "20")
+        try:
+            drv.run_until(_settled, 25)
+            drv.run_until(lambda evs: proc.poll() is not None, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0]
+        assert proc.returncode == 0, out
+        ike_est, child = _outcome(drv.events, out + sw.logs())
+        assert not ike_est.initiator
+        check_strongswan_view(sw, child, "eng", esp, ike_est)
+        # strongSwan deletes: our engine reports the Child, then the IKE SA, as deleted by peer
+        term = sw.swanctl_popen("--terminate", "--ike", "eng", "--timeout", "10")
+        try:
+            assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 15)
+        finally:
+            term.communicate(timeout=15)
+        assert _of(drv.events, IkeSaDeleted)[0].reason == "deleted by peer"
+    assert sw.list_sas() == []

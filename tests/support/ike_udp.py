@@ -1,0 +1,91 @@
+"""A thin UDP driver for the sans-IO engine inside a test namespace (until the daemon).
+
+Sockets are made inside the namespace (setns for this thread only, then back), so the
+test process itself stays in the host namespace. Time is time.monotonic().
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from pyroute2.netns import popns, pushns
+
+from ike.engine import IkeEngine
+from ike.events import Event
+
+
+class UdpDriver:
+    def __init__(self, engine: IkeEngine, netns: str, ip: str, ports: Sequence[int] = (500, 4500)):
+        self.engine = engine
+        self.ip = ip
+        self.events: list[Event] = []
+        self.poll_interval = 0.05
+        self.socks: dict[int, socket.socket] = {}
+        pushns(netns)
+        try:
+            for port in ports:
+                s = socket.socket(
+                    socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM
+                )
+                s.bind((ip, port))
+                s.setblocking(False)
+                self.socks[port] = s
+        except OSError:
+            self.close()
+            raise
+        finally:
+            popns()
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.socks.clear()
+
+    def __enter__(self) -> UdpDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def _flush(self) -> None:
+        for d in self.engine.datagrams_to_send():
+            self.socks[d.local[1]].sendto(d.data, d.remote)
+        while (ev := self.engine.next_event()) is not None:
+            self.events.append(ev)
+
+    def run_until(self, done: Callable[[list[Event]], bool], timeout: float) -> bool:
+        """Pump the engine until done(events) or the timeout; returns done's last value."""
+        deadline = time.monotonic() + timeout
+        by_fd = {s.fileno(): (port, s) for port, s in self.socks.items()}
+        while True:
+            self._flush()
+            if done(self.events):
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            wake = min(deadline, now + self.poll_interval)  # done() may watch the outside
+            t = self.engine.next_timer()
+            if t is not None:
+                wake = min(wake, t)
+            ready, _, _ = select.select(list(by_fd), [], [], max(0.0, wake - now))
+            for fd in ready:
+                port, s = by_fd[fd]
+                while True:
+                    try:
+                        data, src = s.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    self.engine.receive_datagram(
+                        data, ((self.ip, port), (src[0], src[1])), time.monotonic()
+                    )
+            t = self.engine.next_timer()
+            if t is not None and t <= time.monotonic():
+                self.engine.handle_timer(time.monotonic())
