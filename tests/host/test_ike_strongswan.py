@@ -3,7 +3,9 @@
 a (192.0.2.1) runs our engine behind a thin UDP driver; b (192.0.2.2) runs charon. Each
 suite is negotiated with us as initiator and as responder; strongSwan's own view
 (`swanctl --list-sas`) must show the IKE SA ESTABLISHED and the Child INSTALLED, with the
-same SPIs and algorithms as our events.
+same SPIs and algorithms as our events. Then an ICMP echo sealed in ESP with the Child
+keys from our event goes to strongSwan's userspace ESP (libipsec) and the echo reply it
+sends back opens with our inbound keys: the keys are right in both directions.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
+from tests.support import esp as esp_packet
 from tests.support.ike_udp import UdpDriver
 from tests.support.strongswan import StrongSwan
 
@@ -116,6 +119,24 @@ def _outcome(events: list[Event], logs: str) -> tuple[IkeSaEstablished, ChildSaE
     return ests[0], children[0]
 
 
+def ping_through_tunnel(drv: UdpDriver, child: ChildSaEstablished, sw: StrongSwan) -> None:
+    """ESP sealed with our outbound keys reaches strongSwan's libipsec, which decrypts it,
+    answers the ping and encrypts the reply with its keys, which our inbound keys open."""
+    assert child.encap is not None  # kernel-libipsec forces UDP encapsulation
+    request = esp_packet.icmp_echo("10.1.0.1", "10.2.0.1", 0x4242, 1, b"engine-derived keys")
+    drv.socks[child.encap[0]].sendto(
+        esp_packet.seal(child, 1, request), (child.remote_addr, child.encap[1])
+    )
+    assert drv.run_until(lambda evs: bool(drv.esp_received), 5), sw.logs()[-3000:]
+    seq, reply = esp_packet.open_(child, drv.esp_received[0][0])
+    assert seq == 1
+    assert reply[9] == 1 and reply[12:16] == bytes([10, 2, 0, 1])  # ICMP from 10.2.0.1
+    assert reply[16:20] == bytes([10, 1, 0, 1]) and reply[20] == 0  # echo reply to us
+    assert reply.endswith(b"engine-derived keys")
+    c = next(iter(sw.list_sas()[0]["child-sas"].values()))
+    assert int(c["packets-in"]) == 1 and int(c["packets-out"]) == 1
+
+
 def check_strongswan_view(
     sw: StrongSwan, child: ChildSaEstablished, ike_name: str, esp: str, ike_est: IkeSaEstablished
 ) -> None:
@@ -146,6 +167,7 @@ def test_engine_initiates_to_strongswan(lab: tuple[Netns, StrongSwan], ike: str,
         drv.run_until(_settled, 20)
         ike_est, child = _outcome(drv.events, sw.logs())
         check_strongswan_view(sw, child, "eng", esp, ike_est)
+        ping_through_tunnel(drv, child, sw)
         # delete from our side: strongSwan answers and forgets the SA
         engine.delete_ike_sa(uid, drv.now())
         assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
@@ -171,6 +193,7 @@ def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str,
         ike_est, child = _outcome(drv.events, out + sw.logs())
         assert not ike_est.initiator
         check_strongswan_view(sw, child, "eng", esp, ike_est)
+        ping_through_tunnel(drv, child, sw)
         # strongSwan deletes: our engine reports the Child, then the IKE SA, as deleted by peer
         term = sw.swanctl_popen("--terminate", "--ike", "eng", "--timeout", "10")
         try:

@@ -23,6 +23,9 @@ class UdpDriver:
         self.ip = ip
         self.events: list[Event] = []
         self.poll_interval = 0.05
+        # ESP-in-UDP (RFC 3948) arriving on the NAT-T port: kept here, not given to the engine
+        self.esp_received: list[tuple[bytes, tuple[str, int]]] = []
+        self.nat_t_port = engine.settings.nat_t_port
         self.socks: dict[int, socket.socket] = {}
         pushns(netns)
         try:
@@ -83,6 +86,9 @@ class UdpDriver:
                         data, src = s.recvfrom(65535)
                     except BlockingIOError:
                         break
+                    if port == self.nat_t_port and len(data) > 8 and data[:4] != bytes(4):
+                        self.esp_received.append((data, (src[0], src[1])))
+                        continue
                     self.engine.receive_datagram(
                         data, ((self.ip, port), (src[0], src[1])), time.monotonic()
                     )
