@@ -51,6 +51,7 @@ TC_EGRESS = "ffff:fff3"
 _CLONE_NEWNET = 0x40000000
 
 XdpMode = Literal["auto", "native", "generic"]
+_MODE_NAMES = {XDP_FLAGS_DRV_MODE: "native", XDP_FLAGS_SKB_MODE: "generic"}
 
 
 class DataplaneError(GatewayError):
@@ -156,6 +157,16 @@ class VerdictCount:
 
     reason: Reason
     action: XdpAction
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class XdpVerdict:
+    """One row of ipsec_xdp_packets_total (same fields as gateway.metrics.XdpCounter)."""
+
+    interface: str
+    action: str
+    reason: str
     packets: int
 
 
@@ -303,6 +314,7 @@ def _attach_xdp(bcc: Any, fd_fn: Any, ifname: str, mode: XdpMode) -> _Attachment
         except Exception as e:  # bcc raises bare Exception with the netlink error text
             last = e
             continue
+        log.info("xdp_wan attached to %s (%s mode)", ifname, _MODE_NAMES[m])
         return _Attachment("xdp", ifname, flags=m)
     raise DataplaneError(f"attaching XDP to {ifname} failed: {last}")
 
@@ -665,13 +677,13 @@ class Dataplane:
         self._check_slot(slot)
         return self._progs.slot_counters(slot)
 
-    def verdicts(self) -> list[tuple[str, str, str, int]]:
-        """(interface, action, reason, packets) rows for ipsec_xdp_packets_total."""
+    def verdicts(self) -> list[XdpVerdict]:
+        """Non-zero rows for ipsec_xdp_packets_total{interface,action,reason}."""
         rows = []
         for vc in self._progs.verdict_counts():
             ifname = self.lan_if if vc.reason.side == "lan" else self.wan_if
             if ifname is not None:
-                rows.append((ifname, vc.action.label, vc.reason.label, vc.packets))
+                rows.append(XdpVerdict(ifname, vc.action.label, vc.reason.label, vc.packets))
         return rows
 
     def mss_clamped(self) -> dict[str, int]:

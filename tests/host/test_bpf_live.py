@@ -109,6 +109,10 @@ def dataplane(topo: Topology, programs: Programs) -> Iterator[Dataplane]:
     assert_clean(topo)
 
 
+def rows_of(dp: Dataplane) -> dict[tuple[str, str, str], int]:
+    return {(v.interface, v.action, v.reason): v.packets for v in dp.verdicts()}
+
+
 def saved_syn_mss(conn: socket.socket) -> int:
     """MSS option of the SYN the kernel saved for an accepted connection (TCP_SAVE_SYN)."""
     syn = conn.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, 512)
@@ -185,18 +189,10 @@ def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -
     dataplane.add_inbound_spi(SLOT, SPI)
     dataplane.add_outbound_spi(SLOT, OUT_SPI)
     dataplane.set_clamp_prefix("192.0.2.2/32", SLOT, 1400)
-    gw_mac = json.loads(topo.gw.run("ip", "-j", "link", "show", "wan0").stdout)[0]["address"]
-
     # R -> G: 25 ESP packets for our SPI, 7 for an unknown one (dropped), over AF_PACKET.
     known = pk.esp4(SPI, size=300, src="192.0.2.2", dst="192.0.2.1")
     unknown = pk.esp4(SPI + (1 << 16), size=300, src="192.0.2.2", dst="192.0.2.1")
-    dst = bytes.fromhex(gw_mac.replace(":", ""))
-    with in_netns(topo.remote.name):
-        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    with raw:
-        raw.bind(("eth0", 0))
-        for frame in [known] * 25 + [unknown] * 7:
-            raw.send(dst + frame[6:])
+    send_to_wan(topo, [known] * 25 + [unknown] * 7)
 
     # G -> R: 11 ESP packets through a raw IP socket: TC egress counts them.
     with in_netns(topo.gw.name):
@@ -222,7 +218,7 @@ def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -
     assert (c.esp_in_packets, c.esp_in_bytes) == (25, 25 * (len(known) - 14))
     assert (c.esp_out_packets, c.esp_out_bytes) == (11, 11 * (20 + len(body)))
     assert (c.clear_packets, c.clear_bytes) == (9, 9 * (20 + 8 + 100))
-    rows = {(i, a, r): n for i, a, r, n in dataplane.verdicts()}
+    rows = rows_of(dataplane)
     assert rows[("wan0", "pass", "esp")] == 25
     assert rows[("wan0", "drop", "esp_unknown_spi")] == 7
     assert rows[("wan0", "pass", "out_esp")] == 11
@@ -247,7 +243,7 @@ def test_ike_sa_init_flood_is_cut_before_the_socket(topo: Topology, dataplane: D
                 listener.recv(2048)
                 received += 1
     assert received == 3  # the burst; rate 0.1/s adds none within the test
-    rows = {(i, a, r): n for i, a, r, n in dataplane.verdicts()}
+    rows = rows_of(dataplane)
     assert rows[("wan0", "pass", "ike")] == 3
     assert rows[("wan0", "drop", "ike_rate_limited")] == 7
 
@@ -302,6 +298,43 @@ def test_sigterm_detaches_everything(topo: Topology) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert_clean(topo)
+
+
+def send_to_wan(topo: Topology, frames: list[bytes]) -> None:
+    """Send Ethernet frames from R's eth0 to G's wan0 over AF_PACKET (fixing the MAC)."""
+    gw_mac = json.loads(topo.gw.run("ip", "-j", "link", "show", "wan0").stdout)[0]["address"]
+    dst = bytes.fromhex(gw_mac.replace(":", ""))
+    with in_netns(topo.remote.name):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with raw:
+        raw.bind(("eth0", 0))
+        for frame in frames:
+            raw.send(dst + frame[6:])
+
+
+def ip_in_unknown_protos(ns: netns_mod.Netns) -> int:
+    """Ip InUnknownProtos of /proc/net/snmp inside `ns` (ESP reaching a kernel without ESP)."""
+    lines = [ln.split() for ln in ns.run("cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Ip:"][:2]
+    return int(values[names.index("InUnknownProtos")])
+
+
+def test_steered_esp_reaches_the_stack_on_another_cpu(topo: Topology, programs: Programs) -> None:
+    programs.reset_verdicts()
+    with Dataplane("wan0", None, netns=topo.gw.name, steer_cpus=[0, 1], programs=programs) as dp:
+        try:
+            dp.add_inbound_spi(SLOT, SPI)
+            before = ip_in_unknown_protos(topo.gw)
+            frame = pk.esp4(SPI, size=300, src="192.0.2.2", dst="192.0.2.1")
+            send_to_wan(topo, [frame] * 20)
+            _wait(lambda: ip_in_unknown_protos(topo.gw) - before >= 20)
+            # All 20 went through the cpumap into G's stack (which has no ESP: "unknown").
+            assert ip_in_unknown_protos(topo.gw) - before == 20
+            assert rows_of(dp)[("wan0", "redirect", "esp")] == 20
+            assert dp.slot_counters(SLOT).esp_in_packets == 20
+        finally:
+            dp.clear()
     assert_clean(topo)
 
 
