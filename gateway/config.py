@@ -108,6 +108,10 @@ class GatewaySettings:
     workers: int = 1
     log_level: str = "info"
     xdp: XdpConfig | None = None
+    # strongswan.conf charon.retransmit_*: timeout * base**n, give up after `tries`
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +569,11 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
     dataplane = table.string("dataplane", defaults.dataplane, DATAPLANES)
     workers = table.integer("workers", defaults.workers, 1, 64)
     log_level = table.string("log_level", defaults.log_level, ("debug", "info", "warning", "error"))
+    retransmit_timeout = table.duration("retransmit_timeout", defaults.retransmit_timeout)
+    if "retransmit_timeout" in table.data and retransmit_timeout <= 0:
+        table.error("retransmit_timeout", "must be more than 0")
+    retransmit_base = table.get("retransmit_base", defaults.retransmit_base, _retransmit_base)
+    retransmit_tries = table.integer("retransmit_tries", defaults.retransmit_tries, 0, 30)
     xdp = None
     xdp_table = table.table("xdp")
     if xdp_table is not None:
@@ -587,7 +596,18 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         workers=workers,
         log_level=log_level,
         xdp=xdp,
+        retransmit_timeout=retransmit_timeout,
+        retransmit_base=retransmit_base,
+        retransmit_tries=retransmit_tries,
     )
+
+
+def _retransmit_base(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {_type_name(value)}")
+    if not 1.0 <= value <= 10.0:
+        raise ValueError(f"{value} is out of range 1.0..10.0")
+    return float(value)
 
 
 def _ip_address(value: str) -> str:

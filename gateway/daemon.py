@@ -164,7 +164,12 @@ def make_engine(config: GatewayConfig) -> Engine:
 
     return IkeEngine(  # type: ignore[no-any-return]
         [engine_connection(c) for c in config.connections],
-        settings=ike_config.EngineSettings(nat_t_port=config.gateway.port_nat_t),
+        settings=ike_config.EngineSettings(
+            nat_t_port=config.gateway.port_nat_t,
+            retransmit_timeout=config.gateway.retransmit_timeout,
+            retransmit_base=config.gateway.retransmit_base,
+            retransmit_tries=config.gateway.retransmit_tries,
+        ),
     )
 
 

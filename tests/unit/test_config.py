@@ -99,6 +99,15 @@ def test_config_is_frozen_and_comparable() -> None:
     assert changed.connections[0] != a.connections[0]
 
 
+def test_retransmission_settings() -> None:
+    g = parse_config(
+        '[gateway]\nretransmit_timeout = "1s"\nretransmit_base = 2\nretransmit_tries = 2\n'
+    ).gateway
+    assert (g.retransmit_timeout, g.retransmit_base, g.retransmit_tries) == (1.0, 2.0, 2)
+    g = parse_config('[gateway]\nretransmit_timeout = "0.5"\n').gateway
+    assert g.retransmit_timeout == 0.5
+
+
 def test_defaults_for_an_empty_file() -> None:
     config = parse_config("")
     assert config.connections == ()
@@ -235,6 +244,9 @@ def test_toml_syntax_error_has_line() -> None:
         ("port = 70000", "gateway.port", "70000 is out of range 0..65535"),
         ("port = 4500", "gateway.port", "port and port_nat_t must differ (both 4500)"),
         ("workers = 0", "gateway.workers", "0 is out of range 1..64"),
+        ('retransmit_timeout = "0s"', "gateway.retransmit_timeout", "must be more than 0"),
+        ("retransmit_base = 0.5", "gateway.retransmit_base", "0.5 is out of range 1.0..10.0"),
+        ("retransmit_tries = 99", "gateway.retransmit_tries", "99 is out of range 0..30"),
         ('workers = "2"', "gateway.workers", "expected an integer, got a string"),
         ('control_socket = ""', "gateway.control_socket", "must not be empty"),
         ('log_level = "loud"', "gateway.log_level", None),
