@@ -1,0 +1,166 @@
+"""Our daemon (`gateway run`, data plane `none`) against strongSwan (charon, kernel-libipsec)
+in namespaces: we initiate (start_action) and strongSwan agrees on SPIs, algorithms and
+selectors; we terminate with `gateway ctl` and strongSwan forgets the SA; strongSwan
+initiates and terminates and our list-sas follows; killing charon is detected by DPD
+(event stream: dpd-failed) and our SA is removed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.netns import Netns
+from tests.daemon_helpers import REPO, Gateway, ctl, gateway_config, wait_for
+from tests.support.strongswan import StrongSwan
+
+OURS, THEIRS = "192.0.2.1", "192.0.2.2"
+PSK = "interop-daemon-psk-0123456789"
+IKE, ESP = "aes256gcm16-prfsha384-x25519", "aes256gcm16"
+
+SWANCTL = f"""connections {{
+  gw {{
+    version = 2
+    local_addrs = {THEIRS}
+    remote_addrs = {OURS}
+    proposals = {IKE}
+    local {{
+      auth = psk
+      id = gw-east
+    }}
+    remote {{
+      auth = psk
+      id = gw-west
+    }}
+    children {{
+      net {{
+        local_ts = 10.2.0.0/16
+        remote_ts = 10.1.0.0/16
+        esp_proposals = {ESP}
+        start_action = none
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-gw {{
+    id-a = gw-west
+    id-b = gw-east
+    secret = "{PSK}"
+  }}
+}}
+"""
+
+
+def our_config(sock: Path) -> str:
+    return gateway_config(
+        socket=sock,
+        listen=[OURS],
+        extra='retransmit_timeout = "0.5s"\nretransmit_tries = 2',
+        conns=[
+            {
+                "name": "swan",
+                "local": OURS,
+                "remote": THEIRS,
+                "local_id": "gw-west",
+                "remote_id": "gw-east",
+                "local_ts": ["10.1.0.0/16"],
+                "remote_ts": ["10.2.0.0/16"],
+                "ike": [IKE],
+                "esp": [ESP],
+                "psk": PSK,
+                "start_action": "start",
+                "dpd_delay": "1s",
+            },
+        ],
+    )
+
+
+def swan_sa(sw: StrongSwan) -> dict[str, object] | None:
+    sas = sw.list_sas()
+    if len(sas) == 1 and sas[0]["state"] == "ESTABLISHED":
+        children = list(sas[0]["child-sas"].values())  # type: ignore[attr-defined]
+        if children and children[0]["state"] == "INSTALLED":
+            return sas[0]
+    return None
+
+
+def assert_same_view(ours: dict, theirs: dict) -> None:  # type: ignore[type-arg]
+    assert (ours["spi_i"], ours["spi_r"]) == (theirs["initiator-spi"], theirs["responder-spi"])
+    (child,) = ours["children"]
+    (swan_child,) = theirs["child-sas"].values()
+    assert child["state"] == "INSTALLED" and swan_child["state"] == "INSTALLED"
+    assert (int(swan_child["spi-in"], 16), int(swan_child["spi-out"], 16)) == (
+        int(child["spi_out"], 16),
+        int(child["spi_in"], 16),
+    )
+    assert swan_child["encr-alg"] == "AES_GCM_16" and swan_child["encr-keysize"] == "256"
+    assert child["esp_proposal"] == ESP
+    assert swan_child["local-ts"] == child["remote_ts"] == ["10.2.0.0/16"]
+    assert swan_child["remote-ts"] == child["local_ts"] == ["10.1.0.0/16"]
+    assert (ours["local_id"], ours["remote_id"]) == ("gw-west", "gw-east")
+
+
+def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
+    a, b = netns_pair
+    # kernel-libipsec needs a local address inside its local_ts (PLATFORM.md)
+    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")
+    with StrongSwan(b) as sw:
+        sw.start(SWANCTL)
+        gw = Gateway.start(a, tmp_path, "west", our_config(tmp_path / "west.sock"))
+        events = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "ctl",
+                "--socket",
+                str(gw.socket),
+                "events",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        try:
+            # 1. we initiate (start_action = start)
+            (ours,) = gw.installed("swan")
+            theirs = wait_for("strongSwan's SA", lambda: swan_sa(sw))
+            assert ours["initiator"] is True
+            assert_same_view(ours, theirs)
+
+            # 2. we terminate; strongSwan forgets it
+            ctl(gw.socket, "terminate", "swan")
+            wait_for("strongSwan SA gone", lambda: sw.list_sas() == [])
+            assert gw.sas() == []
+
+            # 3. strongSwan initiates, we answer
+            sw.initiate("net")
+            (ours,) = gw.installed("swan")
+            assert ours["initiator"] is False
+            assert_same_view(ours, swan_sa(sw))  # type: ignore[arg-type]
+
+            # 4. strongSwan terminates; our SA goes with it
+            sw.terminate_ike("gw")
+            wait_for("our SA gone", lambda: gw.sas() == [])
+
+            # 5. DPD: charon is killed while an SA is up; we notice and clean up
+            ctl(gw.socket, "initiate", "swan")
+            gw.installed("swan")
+            assert sw.proc is not None
+            sw.proc.kill()  # SIGKILL: no goodbye (SIGTERM would make charon send a Delete)
+            sw.proc.wait(10)
+            wait_for("dead peer removed", lambda: gw.sas() == [], timeout=30)
+            stats = json.loads(ctl(gw.socket, "stats", "--json").stdout)
+            assert stats["dpd_failures"] == 1
+        finally:
+            gw.stop()
+            events.terminate()
+            out = events.communicate(timeout=10)[0]
+        types = [json.loads(line)["type"] for line in out.splitlines()]
+        # (the stream may start after the first SA came up: it raced our start_action)
+        assert types.count("ike-established") >= 2 and types.count("child-established") >= 2
+        assert types[-3:] == ["child-deleted", "dpd-failed", "ike-deleted"]
+        assert PSK not in gw.log_text()
