@@ -48,6 +48,13 @@ class Reason(enum.IntEnum):
     LAN_MSS_MALFORMED = 20
     LAN_MSS_ODD_OFFSET = 21
     LAN_MALFORMED = 22
+    LAN_OUT_NO_TUNNEL = 23
+    LAN_OUT_TUNNEL = 24
+    LAN_OUT_MSS_CLAMPED = 25
+    LAN_OUT_MSS_UNCHANGED = 26
+    LAN_OUT_MSS_MALFORMED = 27
+    LAN_OUT_MSS_ODD_OFFSET = 28
+    LAN_OUT_MALFORMED = 29
 
     @property
     def side(self) -> str:
@@ -62,7 +69,8 @@ class Reason(enum.IntEnum):
         return (self.name if prefix == "OUT" else rest).lower()
 
 
-R_MAX = 23
+R_MAX = 30
+LAN_OUT = Reason.LAN_OUT_NO_TUNNEL - Reason.LAN_NO_TUNNEL
 
 
 class XdpAction(enum.IntEnum):
@@ -92,8 +100,10 @@ class SlotStats(ctypes.Structure):
         ("esp_in_bytes", ctypes.c_uint64),
         ("esp_out_packets", ctypes.c_uint64),
         ("esp_out_bytes", ctypes.c_uint64),
-        ("clear_packets", ctypes.c_uint64),
-        ("clear_bytes", ctypes.c_uint64),
+        ("clear_to_tunnel_packets", ctypes.c_uint64),
+        ("clear_to_tunnel_bytes", ctypes.c_uint64),
+        ("clear_from_tunnel_packets", ctypes.c_uint64),
+        ("clear_from_tunnel_bytes", ctypes.c_uint64),
     ]
 
 

@@ -6,6 +6,8 @@
  *   tc_wan_egress   TC clsact egress on the WAN: count outbound ESP per slot.
  *   tc_lan_ingress  TC clsact ingress on the LAN: count cleartext per slot (destination
  *                   prefix -> slot through an LPM trie) and clamp the MSS of SYN/SYN-ACK.
+ *   tc_lan_egress   TC clsact egress on the LAN: the same for cleartext leaving a tunnel
+ *                   (source prefix -> slot), so the remote side's MSS is clamped too.
  *
  * Every packet ends in exactly one reason code (dataplane.h) counted with its action in
  * the `verdicts` map, so the sum over reasons equals the packets a program saw.
@@ -395,6 +397,14 @@ int xdp_wan(struct xdp_md *ctx)
     return wan_esp(ctx, cfg, &p, bpf_ntohl(marker));
 }
 
+/* Packets in an skb: a GRO/GSO skb stands for gso_segs of them. Bytes are counted from
+ * the (merged) IP header's length, so the merged segments' own headers are not in it. */
+static __always_inline u32 skb_packets(struct __sk_buff *skb)
+{
+    u32 segs = skb->gso_segs;
+    return segs > 1 ? segs : 1;
+}
+
 static __always_inline void tc_pull(struct __sk_buff *skb)
 {
     u32 want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
@@ -436,7 +446,7 @@ int tc_wan_egress(struct __sk_buff *skb)
     u32 s = *slot & SLOT_MASK;
     struct slot_stats *st = slot_stats.lookup(&s);
     if (st) {
-        st->esp_out_packets += 1;
+        st->esp_out_packets += skb_packets(skb);
         st->esp_out_bytes += p.ip_len;
     }
     return tc_verdict(R_OUT_ESP, XDP_PASS);
@@ -446,23 +456,23 @@ int tc_wan_egress(struct __sk_buff *skb)
  * raise it. Options are walked within MAX_TCP_OPTIONS bytes; malformed options and an
  * MSS value at an odd offset (its incremental checksum update would straddle 16-bit
  * words) are left alone and counted. */
-static __always_inline int lan_clamp(struct __sk_buff *skb, struct pkt *p, u16 clamp)
+static __always_inline int lan_clamp(struct __sk_buff *skb, struct pkt *p, u16 clamp, u32 out)
 {
     void *data_end = p->data_end;
     struct tcphdr *tcp = pkt_at(p, p->l4_off);
     if (!tcp)
-        return tc_verdict(R_LAN_TUNNEL, XDP_PASS);
+        return tc_verdict(R_LAN_TUNNEL + out, XDP_PASS);
     if ((void *)(tcp + 1) > data_end)
-        return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
+        return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
     if (!tcp->syn)
-        return tc_verdict(R_LAN_TUNNEL, XDP_PASS);
+        return tc_verdict(R_LAN_TUNNEL + out, XDP_PASS);
     u32 doff = tcp->doff * 4;
     if (doff < sizeof(*tcp))
-        return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
+        return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
     u32 optlen = doff - sizeof(*tcp);
     u8 *opts = (u8 *)(tcp + 1);
     if ((void *)opts + optlen > data_end)
-        return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
+        return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
 
     u32 off = 0;
     /* No induction variable besides `off`: the verifier then prunes loop states by
@@ -470,48 +480,52 @@ static __always_inline int lan_clamp(struct __sk_buff *skb, struct pkt *p, u16 c
 #pragma clang loop unroll(disable)
     while (off < MAX_TCP_OPTIONS) {
         if (off >= optlen)
-            return tc_verdict(R_LAN_MSS_UNCHANGED, XDP_PASS); /* no MSS option */
+            return tc_verdict(R_LAN_MSS_UNCHANGED + out, XDP_PASS); /* no MSS option */
         u8 *o = opts + off;
         if ((void *)(o + 1) > data_end)
-            return tc_verdict(R_LAN_MSS_MALFORMED, XDP_PASS);
+            return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
         u8 kind = o[0];
         if (kind == 0) /* end of option list */
-            return tc_verdict(R_LAN_MSS_UNCHANGED, XDP_PASS);
+            return tc_verdict(R_LAN_MSS_UNCHANGED + out, XDP_PASS);
         if (kind == 1) { /* no-operation */
             off += 1;
             continue;
         }
         if ((void *)(o + 2) > data_end)
-            return tc_verdict(R_LAN_MSS_MALFORMED, XDP_PASS);
+            return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
         u8 len = o[1];
         if (len < 2 || off + len > optlen)
-            return tc_verdict(R_LAN_MSS_MALFORMED, XDP_PASS);
+            return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
         if (kind == 2)
             break;
         off += len;
     }
     if (off >= optlen) /* every iteration advanced: ran out of options */
-        return tc_verdict(R_LAN_MSS_UNCHANGED, XDP_PASS);
+        return tc_verdict(R_LAN_MSS_UNCHANGED + out, XDP_PASS);
     /* Here o[0] == 2 (MSS) and off + len <= optlen <= 40. */
     if (off > MAX_TCP_OPTIONS - 4)
-        return tc_verdict(R_LAN_MSS_MALFORMED, XDP_PASS);
+        return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
     u8 *mss = opts + off;
     if ((void *)(mss + 4) > data_end || mss[1] != 4)
-        return tc_verdict(R_LAN_MSS_MALFORMED, XDP_PASS);
+        return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
     if (off & 1)
-        return tc_verdict(R_LAN_MSS_ODD_OFFSET, XDP_PASS);
+        return tc_verdict(R_LAN_MSS_ODD_OFFSET + out, XDP_PASS);
     __be16 *value = (__be16 *)(mss + 2);
     __be16 old = *value;
     if (bpf_ntohs(old) <= clamp)
-        return tc_verdict(R_LAN_MSS_UNCHANGED, XDP_PASS);
+        return tc_verdict(R_LAN_MSS_UNCHANGED + out, XDP_PASS);
     __be16 new = bpf_htons(clamp);
     *value = new;
     bpf_l4_csum_replace(skb, p->l4_off + offsetof(struct tcphdr, check), old, new,
                         sizeof(new));
-    return tc_verdict(R_LAN_MSS_CLAMPED, XDP_PASS);
+    return tc_verdict(R_LAN_MSS_CLAMPED + out, XDP_PASS);
 }
 
-int tc_lan_ingress(struct __sk_buff *skb)
+/* Both LAN directions. Ingress (out = 0): cleartext from the LAN about to enter a
+ * tunnel, looked up by destination. Egress (out = LAN_OUT): cleartext that came out of
+ * a tunnel on its way to the LAN, looked up by source, so the MSS the remote end offers
+ * is clamped too and LAN hosts never send segments the tunnel cannot carry. */
+static __always_inline int lan_prog(struct __sk_buff *skb, u32 out)
 {
     tc_pull(skb);
     u32 zero = 0;
@@ -524,44 +538,58 @@ int tc_lan_ingress(struct __sk_buff *skb)
     p.pkt_len = skb->len;
     int res = parse_l3(&p);
     if (res == P_NON_IP || res == P_BAD_L2)
-        return tc_verdict(R_LAN_NO_TUNNEL, XDP_PASS);
+        return tc_verdict(R_LAN_NO_TUNNEL + out, XDP_PASS);
     if (res == P_BAD_IP)
-        return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
+        return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
 
     struct clamp_key key = {};
     void *l3 = pkt_at(&p, p.l3_off);
     if (!l3)
-        return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
+        return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
+    key.prefixlen = 128;
     if (p.is_v6) {
         struct ipv6hdr *ip6 = l3;
         if ((void *)(ip6 + 1) > p.data_end)
-            return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
-        key.prefixlen = 128;
-        __builtin_memcpy(key.addr, &ip6->daddr, 16);
+            return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
+        __builtin_memcpy(key.addr, out ? (void *)&ip6->saddr : (void *)&ip6->daddr, 16);
     } else {
         struct iphdr *ip = l3;
         if ((void *)(ip + 1) > p.data_end)
-            return tc_verdict(R_LAN_MALFORMED, XDP_DROP);
-        key.prefixlen = 128;
+            return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
         key.addr[10] = 0xff;
         key.addr[11] = 0xff;
-        __builtin_memcpy(&key.addr[12], &ip->daddr, 4);
+        __builtin_memcpy(&key.addr[12], out ? (void *)&ip->saddr : (void *)&ip->daddr, 4);
     }
     struct clamp_value *v = clamp_prefixes.lookup(&key);
     if (!v)
-        return tc_verdict(R_LAN_NO_TUNNEL, XDP_PASS);
+        return tc_verdict(R_LAN_NO_TUNNEL + out, XDP_PASS);
     u32 slot = v->slot & SLOT_MASK;
     u32 mtu = v->mtu;
     struct slot_stats *st = slot_stats.lookup(&slot);
     if (st) {
-        st->clear_packets += 1;
-        st->clear_bytes += p.ip_len;
+        if (out) {
+            st->clear_from_tunnel_packets += skb_packets(skb);
+            st->clear_from_tunnel_bytes += p.ip_len;
+        } else {
+            st->clear_to_tunnel_packets += skb_packets(skb);
+            st->clear_to_tunnel_bytes += p.ip_len;
+        }
     }
     if (res != P_OK || p.l4_proto != IPPROTO_TCP || !(cfg->flags & CFG_MSS_CLAMP))
-        return tc_verdict(R_LAN_TUNNEL, XDP_PASS);
+        return tc_verdict(R_LAN_TUNNEL + out, XDP_PASS);
     /* MSS = MTU - IP header - TCP header (RFC 9293 3.7.1; RFC 8200 for 40-octet IPv6). */
     u32 overhead = p.is_v6 ? 60 : 40;
     if (mtu <= overhead)
-        return tc_verdict(R_LAN_TUNNEL, XDP_PASS);
-    return lan_clamp(skb, &p, (u16)(mtu - overhead));
+        return tc_verdict(R_LAN_TUNNEL + out, XDP_PASS);
+    return lan_clamp(skb, &p, (u16)(mtu - overhead), out);
+}
+
+int tc_lan_ingress(struct __sk_buff *skb)
+{
+    return lan_prog(skb, 0);
+}
+
+int tc_lan_egress(struct __sk_buff *skb)
+{
+    return lan_prog(skb, LAN_OUT);
 }

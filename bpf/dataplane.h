@@ -56,21 +56,35 @@ enum dp_reason {
     R_LAN_MSS_MALFORMED = 20,  /* TCP options malformed: left alone, pass */
     R_LAN_MSS_ODD_OFFSET = 21, /* MSS value at an odd offset: left alone, pass */
     R_LAN_MALFORMED = 22,      /* truncated/inconsistent IP or TCP header: drop */
-    R_MAX = 23,
+    /* LAN egress (TC), cleartext out of a tunnel to the LAN: the same reasons in the same
+     * order, looked up by source address. Each is its ingress cousin + LAN_OUT. */
+    R_LAN_OUT_NO_TUNNEL = 23,
+    R_LAN_OUT_TUNNEL = 24,
+    R_LAN_OUT_MSS_CLAMPED = 25,
+    R_LAN_OUT_MSS_UNCHANGED = 26,
+    R_LAN_OUT_MSS_MALFORMED = 27,
+    R_LAN_OUT_MSS_ODD_OFFSET = 28,
+    R_LAN_OUT_MALFORMED = 29,
+    R_MAX = 30,
 };
+
+#define LAN_OUT (R_LAN_OUT_NO_TUNNEL - R_LAN_NO_TUNNEL)
 
 #define VERDICT_ACTIONS 8
 
 /* Per-slot counters: one per-CPU array entry per Child SA slot. Each program writes
  * its own pair of fields. Bytes are IP bytes (outer IP header included, link layer
- * excluded) as given by the IP header's length field. */
+ * excluded) as given by the IP header's length field. The TC programs count a GSO/GRO
+ * skb as gso_segs packets. */
 struct slot_stats {
-    __u64 esp_in_packets;
+    __u64 esp_in_packets;            /* xdp_wan */
     __u64 esp_in_bytes;
-    __u64 esp_out_packets;
+    __u64 esp_out_packets;           /* tc_wan_egress */
     __u64 esp_out_bytes;
-    __u64 clear_packets;
-    __u64 clear_bytes;
+    __u64 clear_to_tunnel_packets;   /* tc_lan_ingress */
+    __u64 clear_to_tunnel_bytes;
+    __u64 clear_from_tunnel_packets; /* tc_lan_egress */
+    __u64 clear_from_tunnel_bytes;
 };
 
 #define SLOT_F_OFFLOADED 1u /* the NIC decrypts this SA: never steer (metadata would be lost) */

@@ -5,8 +5,8 @@ Two layers:
 - `Programs`: the compiled object (one bcc compile per start), the loaded program fds
   and typed access to every map. Nothing attached; tests run it with BPF_PROG_TEST_RUN.
 - `Dataplane`: a context manager that attaches `xdp_wan` (XDP) and `tc_wan_egress`
-  (TC egress) to the WAN interface and `tc_lan_ingress` (TC ingress) to the LAN
-  interface, and detaches all of it on exit, on exceptions and on SIGTERM/SIGHUP.
+  (TC egress) to the WAN interface and `tc_lan_ingress` / `tc_lan_egress` (TC) to the
+  LAN interface, and detaches all of it on exit, on exceptions and on SIGTERM/SIGHUP.
   The daemon drives it through its methods (see docs/bpf.md).
 
 Map writes go through ctypes mirrors (bpf/abi.py) of the C structs; per-CPU maps are
@@ -147,8 +147,10 @@ class SlotCounters:
     esp_in_bytes: int = 0
     esp_out_packets: int = 0
     esp_out_bytes: int = 0
-    clear_packets: int = 0
-    clear_bytes: int = 0
+    clear_to_tunnel_packets: int = 0
+    clear_to_tunnel_bytes: int = 0
+    clear_from_tunnel_packets: int = 0
+    clear_from_tunnel_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,12 @@ class IkeShield:
 class Programs:
     """The compiled and loaded programs and their maps; nothing attached."""
 
-    PROGRAM_TYPES = {"xdp_wan": "XDP", "tc_wan_egress": "SCHED_CLS", "tc_lan_ingress": "SCHED_CLS"}
+    PROGRAM_TYPES = {
+        "xdp_wan": "XDP",
+        "tc_wan_egress": "SCHED_CLS",
+        "tc_lan_ingress": "SCHED_CLS",
+        "tc_lan_egress": "SCHED_CLS",
+    }
 
     def __init__(self, *, slot_bits: int = abi.SLOT_BITS_DEFAULT) -> None:
         if not 1 <= slot_bits <= 20:
@@ -463,11 +470,8 @@ class Dataplane:
                     _attach_tc(progs.fds["tc_wan_egress"], "tc_wan_egress", self.wan_if, TC_EGRESS)
                 )
             if self.lan_if is not None:
-                self._attached.append(
-                    _attach_tc(
-                        progs.fds["tc_lan_ingress"], "tc_lan_ingress", self.lan_if, TC_INGRESS
-                    )
-                )
+                for name, parent in (("tc_lan_ingress", TC_INGRESS), ("tc_lan_egress", TC_EGRESS)):
+                    self._attached.append(_attach_tc(progs.fds[name], name, self.lan_if, parent))
 
     @property
     def xdp_flags(self) -> int | None:
@@ -690,9 +694,8 @@ class Dataplane:
         """Packets whose MSS was clamped, per LAN interface (ipsec_mss_clamped_total)."""
         if self.lan_if is None:
             return {}
-        n = sum(
-            vc.packets for vc in self._progs.verdict_counts() if vc.reason == Reason.LAN_MSS_CLAMPED
-        )
+        clamped = (Reason.LAN_MSS_CLAMPED, Reason.LAN_OUT_MSS_CLAMPED)
+        n = sum(vc.packets for vc in self._progs.verdict_counts() if vc.reason in clamped)
         return {self.lan_if: n}
 
 

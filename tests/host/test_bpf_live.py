@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ def dataplane(topo: Topology, programs: Programs) -> Iterator[Dataplane]:
     ) as dp:
         wan = attachments(topo.gw, "wan0")
         assert wan["xdp"] is not None and wan["clsact"] and wan["filters"] == 1
-        assert attachments(topo.gw, "lan0") == {"xdp": None, "clsact": True, "filters": 1}
+        assert attachments(topo.gw, "lan0") == {"xdp": None, "clsact": True, "filters": 2}
         try:
             yield dp
         finally:
@@ -131,13 +132,14 @@ def saved_syn_mss(conn: socket.socket) -> int:
     raise AssertionError("SYN without MSS")
 
 
-def tcp_exchange(topo: Topology, payload: bytes) -> tuple[int, bytes]:
-    """Connect L -> R:5001, send `payload`; return (MSS of the SYN R got, bytes R read)."""
+def tcp_exchange(topo: Topology, payload: bytes) -> tuple[int, int, bytes]:
+    """Connect L -> R:5001, send `payload`; return (MSS of the SYN R got, L's send MSS
+    after the handshake (from R's SYN-ACK), bytes R read)."""
     with in_netns(topo.remote.name):
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with in_netns(topo.lan.name):
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
 
     def serve() -> None:
         conn, _ = server.accept()
@@ -157,11 +159,12 @@ def tcp_exchange(topo: Topology, payload: bytes) -> tuple[int, bytes]:
         t.start()
         client.settimeout(20)
         client.connect(("192.0.2.2", 5001))
+        client_mss = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
         client.sendall(payload)
         client.shutdown(socket.SHUT_WR)
         t.join(20)
     assert not t.is_alive(), "server did not finish"
-    return int(result["mss"]), bytes(result["data"])  # type: ignore[call-overload, arg-type]
+    return int(result["mss"]), client_mss, bytes(result["data"])
 
 
 @pytest.mark.parametrize("offload", [True, False], ids=["csum-offload", "full-csum"])
@@ -174,15 +177,18 @@ def test_tcp_through_the_lan_program_gets_the_clamped_mss(
         topo.lan.run("ethtool", "-K", "eth0", "tx", "off")
         topo.gw.run("ethtool", "-K", "lan0", "rx", "off")
         topo.remote.run("ethtool", "-K", "eth0", "rx", "off")
+    # Without timestamps L's TCP_MAXSEG is exactly the MSS R's SYN-ACK offered.
+    topo.lan.run("sysctl", "-qw", "net.ipv4.tcp_timestamps=0")
     payload = bytes(range(256)) * 800
-    mss, _ = tcp_exchange(topo, b"")
-    assert mss == 1460  # no clamp prefix yet: L's own MSS for a 1500 MTU
+    assert tcp_exchange(topo, b"")[:2] == (1460, 1460)  # no prefix yet: 1500-byte MTU
     dataplane.set_clamp_prefix("192.0.2.2/32", SLOT, 1400)
-    mss, got = tcp_exchange(topo, payload)
-    assert mss == 1360
+    server_mss, client_mss, got = tcp_exchange(topo, payload)
+    assert server_mss == 1360  # L's SYN, clamped on lan0 ingress
+    assert client_mss == 1360  # R's SYN-ACK, clamped on lan0 egress
     assert got == payload
-    assert dataplane.mss_clamped() == {"lan0": 1}
-    assert dataplane.slot_counters(SLOT).clear_packets > 1
+    assert dataplane.mss_clamped() == {"lan0": 2}
+    c = dataplane.slot_counters(SLOT)
+    assert c.clear_to_tunnel_packets > 1 and c.clear_from_tunnel_packets > 1
 
 
 def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -> None:
@@ -211,13 +217,13 @@ def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -
 
     def settled() -> bool:
         c = dataplane.slot_counters(SLOT)
-        return c.esp_in_packets >= 25 and c.esp_out_packets >= 11 and c.clear_packets >= 9
+        return c.esp_in_packets >= 25 and c.esp_out_packets >= 11 and c.clear_to_tunnel_packets >= 9
 
     _wait(settled)
     c = dataplane.slot_counters(SLOT)
     assert (c.esp_in_packets, c.esp_in_bytes) == (25, 25 * (len(known) - 14))
     assert (c.esp_out_packets, c.esp_out_bytes) == (11, 11 * (20 + len(body)))
-    assert (c.clear_packets, c.clear_bytes) == (9, 9 * (20 + 8 + 100))
+    assert (c.clear_to_tunnel_packets, c.clear_to_tunnel_bytes) == (9, 9 * (20 + 8 + 100))
     rows = rows_of(dataplane)
     assert rows[("wan0", "pass", "esp")] == 25
     assert rows[("wan0", "drop", "esp_unknown_spi")] == 7

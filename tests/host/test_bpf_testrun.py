@@ -399,12 +399,14 @@ def lan(dp: Dataplane) -> Dataplane:
     return dp
 
 
-def clamp(programs: Programs, frame: bytes, expect_mss: int | None, reason: Reason) -> bytes:
-    out = tc(programs, LAN, frame, reason, PASS)
+def clamp(
+    programs: Programs, frame: bytes, expect_mss: int | None, reason: Reason, prog: str = LAN
+) -> bytes:
+    out = tc(programs, prog, frame, reason, PASS)
     assert len(out) == len(frame)
     assert pk.tcp_mss(out) == expect_mss
     assert pk.tcp_checksum_ok(out)
-    if reason != Reason.LAN_MSS_CLAMPED:
+    if reason not in (Reason.LAN_MSS_CLAMPED, Reason.LAN_OUT_MSS_CLAMPED):
         assert out == frame
     return out
 
@@ -497,11 +499,35 @@ def test_lan_counts_per_slot_and_longest_prefix(programs: Programs, lan: Datapla
     ack = pk.frame(pk.ip4(pk.TCP(flags="A")))
     tc(programs, LAN, ack, Reason.LAN_TUNNEL, PASS)
     assert lan.slot_counters(SLOT) == SlotCounters(
-        clear_packets=2, clear_bytes=len(udp) - 14 + len(ack) - 14
+        clear_to_tunnel_packets=2, clear_to_tunnel_bytes=len(udp) - 14 + len(ack) - 14
     )
-    assert lan.slot_counters(9).clear_packets == 1
+    assert lan.slot_counters(9).clear_to_tunnel_packets == 1
     lan.remove_clamp_prefix("203.0.113.128/25")
     clamp(programs, pk.syn(dst="203.0.113.200"), 1360, Reason.LAN_MSS_CLAMPED)
+
+
+def test_lan_egress_clamps_what_comes_out_of_the_tunnel(programs: Programs, lan: Dataplane) -> None:
+    """Traffic from a tunnel prefix to the LAN: looked up by source, counted separately."""
+    out = "tc_lan_egress"
+    syn_ack = pk.syn(flags="SA", src="203.0.113.9", dst="10.0.0.2")
+    clamp(programs, syn_ack, 1360, Reason.LAN_OUT_MSS_CLAMPED, prog=out)
+    syn6 = pk.syn(v6=True, src="2001:db8:2::9", dst="2001:db8:99::2")
+    clamp(programs, syn6, 1340, Reason.LAN_OUT_MSS_CLAMPED, prog=out)
+    clamp(programs, pk.syn(mss=1000, src="203.0.113.9"), 1000, Reason.LAN_OUT_MSS_UNCHANGED, out)
+    odd = pk.syn(options=[("NOP", None), ("MSS", 1460)], src="203.0.113.9")
+    clamp(programs, odd, 1460, Reason.LAN_OUT_MSS_ODD_OFFSET, prog=out)
+    # The same SYN-ACK seen on LAN ingress: its destination is in no tunnel prefix.
+    tc(programs, LAN, syn_ack, Reason.LAN_NO_TUNNEL, PASS)
+    tc(programs, out, pk.syn(src="192.0.2.1"), Reason.LAN_OUT_NO_TUNNEL, PASS)
+    data = pk.frame(pk.ip4(pk.TCP(flags="A") / bytes(500), src="203.0.113.9", dst="10.0.0.2"))
+    tc(programs, out, data, Reason.LAN_OUT_TUNNEL, PASS)
+    tc(programs, out, data[: 14 + 20 + 10], Reason.LAN_OUT_MALFORMED, DROP)
+    c = lan.slot_counters(SLOT)
+    assert (c.clear_from_tunnel_packets, c.clear_to_tunnel_packets) == (5, 0)
+    assert c.clear_from_tunnel_bytes == sum(
+        len(f) - 14 for f in (syn_ack, syn6, pk.syn(mss=1000, src="203.0.113.9"), odd, data)
+    )
+    assert lan.mss_clamped() == {}  # no LAN interface attached in this fixture
 
 
 def test_lan_malformed_and_non_ip(programs: Programs, lan: Dataplane) -> None:
@@ -526,7 +552,7 @@ def test_clamp_switched_off(programs: Programs) -> None:
         dp.set_clamp_prefix("203.0.113.0/24", SLOT, 1400)
         frame = pk.syn(mss=1460)
         assert tc(programs, LAN, frame, Reason.LAN_TUNNEL, PASS) == frame
-        assert dp.slot_counters(SLOT).clear_packets == 1
+        assert dp.slot_counters(SLOT).clear_to_tunnel_packets == 1
     finally:
         dp.clear()
         dp.close()
@@ -583,7 +609,7 @@ def test_every_packet_ends_in_exactly_one_reason(
     for pos, val in flips:
         if pos < len(data):
             data[pos] = val
-    for prog in ("xdp_wan", "tc_wan_egress", "tc_lan_ingress"):
+    for prog in ("xdp_wan", "tc_wan_egress", "tc_lan_ingress", "tc_lan_egress"):
         programs.reset_verdicts()
         try:
             res = prog_test_run(programs.fds[prog], bytes(data))

@@ -82,9 +82,19 @@ def test_constants_match() -> None:
     assert max(abi.XdpAction) < abi.VERDICT_ACTIONS
 
 
+def test_lan_egress_reasons_mirror_ingress_at_a_fixed_offset() -> None:
+    """dataplane.c computes an egress reason as its ingress cousin + LAN_OUT."""
+    lan_in = [r for r in abi.Reason if r.name.startswith("LAN_") and "_OUT_" not in r.name]
+    for r in lan_in:
+        twin = abi.Reason[r.name.replace("LAN_", "LAN_OUT_", 1)]
+        assert twin == r + abi.LAN_OUT
+    assert "#define LAN_OUT (R_LAN_OUT_NO_TUNNEL - R_LAN_NO_TUNNEL)" in HEADER
+
+
 def test_reason_labels_are_unique_per_interface() -> None:
     labels = [(r.side, r.label) for r in abi.Reason]
     assert len(labels) == len(set(labels))
     assert abi.Reason.WAN_ESP.label == "esp"
     assert abi.Reason.OUT_ESP.label == "out_esp"
     assert abi.Reason.LAN_MSS_CLAMPED.side == "lan"
+    assert abi.Reason.LAN_OUT_MSS_CLAMPED.label == "out_mss_clamped"
