@@ -141,6 +141,11 @@ def main() -> int:
                 lan,
                 pk.syn(options=[("NOP", None)] * 36 + [("MSS", 1460)]),
             ),
+            (
+                "LAN egress SYN-ACK from tunnel prefix",
+                progs.fds["tc_lan_egress"],
+                pk.syn(flags="SA", src="203.0.113.9", dst="10.0.0.2"),
+            ),
         ]
 
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -150,7 +155,7 @@ def main() -> int:
         )
         for title, cases, base_fd in (
             ("XDP programs (xdp_wan), baseline XDP_PASS", xdp_cases, xdp_pass),
-            ("TC programs (tc_wan_egress, tc_lan_ingress), baseline XDP_PASS", tc_cases, xdp_pass),
+            ("TC programs (tc_wan_egress, tc_lan_*), baseline XDP_PASS", tc_cases, xdp_pass),
         ):
             print(f"\n## {title}")
             print(

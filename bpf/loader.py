@@ -232,7 +232,8 @@ class Programs:
     def update(self, name: str, key: ctypes._CData, value: ctypes._CData) -> None:
         rc = self._lib.bpf_update_elem(self.map_fd(name), ctypes.byref(key), ctypes.byref(value), 0)
         if rc < 0:
-            err = ctypes.get_errno() or -rc
+            # libbpf returns -errno; bcc's library does not share ctypes' errno copy.
+            err = -rc if rc < -1 else (ctypes.get_errno() or errno.EIO)
             raise DataplaneError(f"map {name}: update failed: {os.strerror(err)}")
 
     def delete(self, name: str, key: ctypes._CData) -> bool:
