@@ -11,6 +11,7 @@ inner chain is decoded with ``decode_payloads(first_payload, plaintext)``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -454,6 +455,11 @@ def _pull_vendor(_t: int, body: bytes) -> VendorId:
 _TS_ADDR_LEN = {TsType.TS_IPV4_ADDR_RANGE: 4, TsType.TS_IPV6_ADDR_RANGE: 16}
 
 
+@functools.lru_cache(maxsize=4096)
+def _address(packed: bytes) -> IPAddress:
+    return ipaddress.ip_address(packed)
+
+
 def _pull_ts(t: int, body: bytes) -> TrafficSelectors:
     _need(body, 4, "TS")
     count = body[0]
@@ -468,8 +474,8 @@ def _pull_ts(t: int, body: bytes) -> TrafficSelectors:
             raise DecodeError(f"unsupported traffic selector type {ts_type}")
         if slen != 8 + 2 * alen or off + slen > len(body):
             raise DecodeError(f"bad traffic selector length {slen}")
-        start = ipaddress.ip_address(body[off + 8 : off + 8 + alen])
-        end = ipaddress.ip_address(body[off + 8 + alen : off + 8 + 2 * alen])
+        start = _address(body[off + 8 : off + 8 + alen])
+        end = _address(body[off + 8 + alen : off + 8 + 2 * alen])
         selectors.append(TrafficSelector(ts_type, proto, sport, eport, start, end))
         off += slen
     if off != len(body):
@@ -529,7 +535,9 @@ _PULLERS: dict[int, Callable[[int, bytes], Payload]] = {
 # --------------------------------------------------------------------------- encoding
 
 
+@functools.lru_cache(maxsize=1024)
 def _push_transform(t: Transform, last: bool) -> bytes:
+    """Cached: a gateway sends the same few transforms over and over."""
     attrs = b""
     if t.key_length is not None:
         attrs += _ATTR_TV.pack(_AF_BIT | ATTR_KEY_LENGTH, t.key_length)

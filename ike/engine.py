@@ -45,6 +45,7 @@ suites already live per SA / per Child SA objects.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import heapq
 import hmac
@@ -338,14 +339,24 @@ class _IkeSa:
         return self.conn.name if self.conn else ""
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parsed addresses, cached: peers' address strings repeat for every message."""
+    return ipaddress.ip_address(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_port(ep: Endpoint) -> bytes:
+    return _ip(ep[0]).packed + struct.pack("!H", ep[1])
+
+
 def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    ip = ipaddress.ip_address(ep[0]).packed
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
+    return hashlib.sha1(spi_i + spi_r + _ip_port(ep)).digest()
 
 
 def _id_for_address(ip: str) -> tuple[int, bytes]:
-    a = ipaddress.ip_address(ip)
+    a = _ip(ip)
     return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
 
 
@@ -871,11 +882,11 @@ class IkeEngine:
     # ------------------------------------------------------------------ IKE_SA_INIT
 
     def _cookie_for(self, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
-        ip = ipaddress.ip_address(remote[0]).packed
+        ip = _ip(remote[0]).packed
         return b"\x01" + hmac.digest(self._cookie_secret, ni + ip + spi_i, "sha256")[:16]
 
     def _candidates(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
-        lip, rip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+        lip, rip = _ip(local[0]), _ip(remote[0])
         return tuple(
             c
             for c in self._conns.values()
@@ -947,7 +958,9 @@ class IkeEngine:
         except ProtocolError as exc:
             self._send_init_error(hdr, Notify(exc.notify), local, remote)
             return
-        sa.candidates = tuple(c for c in candidates if _accepts(c, answer))
+        if len(candidates) > 1:
+            candidates = tuple(c for c in candidates if _accepts(c, answer))
+        sa.candidates = candidates
         sa.spi_i = hdr.spi_i
         sa.spi_r = self._new_ike_spi()
         sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
@@ -1078,8 +1091,8 @@ class IkeEngine:
         payloads.append(Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, auth))
         ch = sa.pending_child.config
         spi_in = self._new_child_spi()
-        tsi = ch.local_ts or (ts_for_address(ipaddress.ip_address(sa.local[0])),)
-        tsr = ch.remote_ts or (ts_for_address(ipaddress.ip_address(sa.remote[0])),)
+        tsi = ch.local_ts or (ts_for_address(_ip(sa.local[0])),)
+        tsr = ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),)
         sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
         if ch.transport:
             payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
@@ -1195,8 +1208,8 @@ class IkeEngine:
         if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
         want_transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        local_addr = ipaddress.ip_address(sa.local[0])
-        remote_addr = ipaddress.ip_address(sa.remote[0])
+        local_addr = _ip(sa.local[0])
+        remote_addr = _ip(sa.remote[0])
         ts_matched = False
         for ch in conn.children:
             if ch.transport and not want_transport:

@@ -65,6 +65,8 @@ def ts_from_text(text: str) -> TrafficSelector:
 
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
+    if a == b:  # the common case (peers configured alike): no new object
+        return a
     if a.ts_type != b.ts_type:
         return None
     if a.ip_protocol and b.ip_protocol and a.ip_protocol != b.ip_protocol:
