@@ -32,8 +32,10 @@ from typing import Any, Literal
 
 from bpf import abi
 from bpf.abi import Reason, XdpAction
+from bpf.links import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BPF_XDP, link_create
 from bpf.mtu import MIN_MTU_IPV4, MIN_MTU_IPV6
 from bpf.spi import slot_mask
+from bpf.syscall import BpfSyscallError
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ TC_EGRESS = "ffff:fff3"
 _CLONE_NEWNET = 0x40000000
 
 XdpMode = Literal["auto", "native", "generic"]
+AttachMethod = Literal["auto", "link", "netlink"]
 _MODE_NAMES = {XDP_FLAGS_DRV_MODE: "native", XDP_FLAGS_SKB_MODE: "generic"}
 
 
@@ -306,36 +309,62 @@ class _Attachment:
     flags: int = 0  # xdp: mode flags used
     parent: str = ""  # tc: ingress/egress
     made_clsact: bool = False
+    link_fd: int | None = None  # a BPF link: closing it detaches
 
 
-def _attach_xdp(bcc: Any, fd_fn: Any, ifname: str, mode: XdpMode) -> _Attachment:
+def _attach_xdp(bcc: Any, fn: Any, ifname: str, mode: XdpMode, method: AttachMethod) -> _Attachment:
     modes = {
         "native": [XDP_FLAGS_DRV_MODE],
         "generic": [XDP_FLAGS_SKB_MODE],
         "auto": [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE],
     }[mode]
-    _ifindex(ifname)
-    last: Exception | None = None
+    idx = _ifindex(ifname)
+    errors: list[str] = []
     for m in modes:
-        try:
-            bcc.BPF.attach_xdp(ifname, fd_fn, XDP_FLAGS_UPDATE_IF_NOEXIST | m)
-        except Exception as e:  # bcc raises bare Exception with the netlink error text
-            last = e
-            continue
-        log.info("xdp_wan attached to %s (%s mode)", ifname, _MODE_NAMES[m])
-        return _Attachment("xdp", ifname, flags=m)
-    raise DataplaneError(f"attaching XDP to {ifname} failed: {last}")
+        if method != "netlink":
+            try:
+                fd = link_create(fn.fd, idx, BPF_XDP, m)
+            except BpfSyscallError as e:
+                if e.errno == errno.EBUSY:
+                    raise DataplaneError(
+                        f"attaching XDP to {ifname} failed: another program is attached"
+                    ) from None
+                errors.append(f"{_MODE_NAMES[m]} link: {e.strerror}")
+            else:
+                log.info("xdp_wan linked to %s (%s mode)", ifname, _MODE_NAMES[m])
+                return _Attachment("xdp", ifname, flags=m, link_fd=fd)
+        if method != "link":
+            try:
+                bcc.BPF.attach_xdp(ifname, fn, XDP_FLAGS_UPDATE_IF_NOEXIST | m)
+            except Exception as e:  # bcc raises bare Exception with the netlink error text
+                errors.append(f"{_MODE_NAMES[m]} netlink: {e}")
+            else:
+                log.info("xdp_wan attached to %s (%s mode, netlink)", ifname, _MODE_NAMES[m])
+                return _Attachment("xdp", ifname, flags=m)
+    raise DataplaneError(f"attaching XDP to {ifname} failed: {'; '.join(errors)}")
 
 
 def _detach_xdp(bcc: Any, att: _Attachment) -> None:
-    bcc.BPF.remove_xdp(att.ifname, att.flags)
+    if att.link_fd is not None:
+        os.close(att.link_fd)
+    else:
+        bcc.BPF.remove_xdp(att.ifname, att.flags)
 
 
-def _attach_tc(fd: int, name: str, ifname: str, parent: str) -> _Attachment:
+def _attach_tc(fd: int, name: str, ifname: str, parent: str, method: AttachMethod) -> _Attachment:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     idx = _ifindex(ifname)
+    if method != "netlink":
+        hook = BPF_TCX_INGRESS if parent == TC_INGRESS else BPF_TCX_EGRESS
+        try:
+            return _Attachment("tc", ifname, parent=parent, link_fd=link_create(fd, idx, hook))
+        except BpfSyscallError as e:
+            # Kernels before 6.6 have no tcx: EINVAL for the unknown attach type.
+            if method == "link" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise DataplaneError(f"attaching {name} to {ifname}: {e.strerror}") from None
+            log.info("no tcx links (%s): %s attached with a clsact filter", e.strerror, name)
     with IPRoute() as ipr:
         made = False
         try:
@@ -369,6 +398,9 @@ def _detach_tc(att: _Attachment) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
+    if att.link_fd is not None:
+        os.close(att.link_fd)
+        return
     try:
         idx = _ifindex(att.ifname)
     except DataplaneError:
@@ -409,6 +441,7 @@ class Dataplane:
         nic_decrypts: bool = False,
         netns: str | None = None,
         xdp_mode: XdpMode = "auto",
+        attach: AttachMethod = "auto",
         slot_bits: int = abi.SLOT_BITS_DEFAULT,
         programs: Programs | None = None,
     ) -> None:
@@ -425,6 +458,7 @@ class Dataplane:
         self.nic_decrypts = nic_decrypts
         self.netns = netns
         self.xdp_mode = xdp_mode
+        self.attach_method = attach
         self._slot_bits = slot_bits
         self._given_programs = programs
         self.programs: Programs | None = None
@@ -463,16 +497,24 @@ class Dataplane:
     def _attach_all(self) -> None:
         bcc = _bcc()
         progs = self._progs
+        how = self.attach_method
         with in_netns(self.netns):
             if self.wan_if is not None:
                 fn = progs.bpf.funcs[b"xdp_wan"]
-                self._attached.append(_attach_xdp(bcc, fn, self.wan_if, self.xdp_mode))
-                self._attached.append(
-                    _attach_tc(progs.fds["tc_wan_egress"], "tc_wan_egress", self.wan_if, TC_EGRESS)
-                )
+                self._attached.append(_attach_xdp(bcc, fn, self.wan_if, self.xdp_mode, how))
+                fd = progs.fds["tc_wan_egress"]
+                self._attached.append(_attach_tc(fd, "tc_wan_egress", self.wan_if, TC_EGRESS, how))
             if self.lan_if is not None:
                 for name, parent in (("tc_lan_ingress", TC_INGRESS), ("tc_lan_egress", TC_EGRESS)):
-                    self._attached.append(_attach_tc(progs.fds[name], name, self.lan_if, parent))
+                    fd = progs.fds[name]
+                    self._attached.append(_attach_tc(fd, name, self.lan_if, parent, how))
+
+    def attachments(self) -> list[tuple[str, str, str]]:
+        """(kind "xdp"/"tc", interface, "link"/"netlink") for everything attached."""
+        return [
+            (a.kind, a.ifname, "link" if a.link_fd is not None else "netlink")
+            for a in self._attached
+        ]
 
     @property
     def xdp_flags(self) -> int | None:

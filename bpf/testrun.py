@@ -8,15 +8,12 @@ and TC (sched_cls) programs; the program does not need to be attached anywhere.
 from __future__ import annotations
 
 import ctypes
-import os
-import platform
 from dataclasses import dataclass
 
-BPF_PROG_TEST_RUN = 10  # enum bpf_cmd, uapi/linux/bpf.h
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+from bpf.syscall import BPF_PROG_TEST_RUN, BpfSyscallError, sys_bpf
 
 
-class TestRunError(OSError):
+class TestRunError(BpfSyscallError):
     """The kernel refused the test run (errno set)."""
 
     __test__ = False  # not a pytest test class
@@ -53,16 +50,8 @@ class TestRunResult:
     __test__ = False
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1) -> TestRunResult:
     """Run the program once (or `repeat` times) on `data`."""
-    try:
-        nr = _SYS_BPF[platform.machine()]
-    except KeyError:
-        raise TestRunError(0, f"bpf(2) number unknown for {platform.machine()}") from None
     if repeat < 1 or repeat > 0xFFFFFFFF:
         raise ValueError(f"repeat must be 1..2**32-1, not {repeat}")
     buf_in = ctypes.create_string_buffer(bytes(data), len(data))
@@ -76,9 +65,8 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1) -> TestRunResul
     attr.data_in = ctypes.addressof(buf_in)
     attr.data_out = ctypes.addressof(buf_out)
     attr.repeat = repeat
-    # The kernel reads sizeof(union bpf_attr) bytes at most; pass our struct's size.
-    rc = _libc.syscall(nr, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise TestRunError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    try:
+        sys_bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
+    except BpfSyscallError as e:
+        raise TestRunError(e.errno, str(e.strerror)) from None
     return TestRunResult(attr.retval, buf_out.raw[: attr.data_size_out], attr.duration)

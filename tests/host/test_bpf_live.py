@@ -25,7 +25,15 @@ from typing import Any
 import pytest
 
 from bpf import packets as pk
-from bpf.loader import Dataplane, DataplaneError, IkeShield, Programs, in_netns
+from bpf.links import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
+from bpf.loader import (
+    AttachMethod,
+    Dataplane,
+    DataplaneError,
+    IkeShield,
+    Programs,
+    in_netns,
+)
 from gateway import netns as netns_mod
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +66,15 @@ def topo(make_netns: Callable[[str], netns_mod.Netns]) -> Topology:
     return Topology(lan, gw, remote)
 
 
+def tcx_count(ns: netns_mod.Netns, ifname: str) -> int:
+    """Programs on the tcx ingress + egress hooks of `ifname` (BPF_PROG_QUERY)."""
+    with in_netns(ns.name):
+        idx = socket.if_nametoindex(ifname)
+        return sum(len(tcx_prog_ids(idx, hook)) for hook in (BPF_TCX_INGRESS, BPF_TCX_EGRESS))
+
+
 def attachments(ns: netns_mod.Netns, ifname: str) -> dict[str, object]:
-    """What is attached to `ifname`: XDP program id, clsact qdisc, TC filters."""
+    """What is attached to `ifname`: XDP program id, clsact qdisc, TC filters, tcx links."""
     link = json.loads(ns.run("ip", "-j", "-d", "link", "show", ifname).stdout)[0]
     qdiscs = json.loads(ns.run("tc", "-j", "qdisc", "show", "dev", ifname).stdout)
     filters = []
@@ -70,12 +85,16 @@ def attachments(ns: netns_mod.Netns, ifname: str) -> dict[str, object]:
         "xdp": link.get("xdp", {}).get("prog", {}).get("id"),
         "clsact": any(q["kind"] == "clsact" for q in qdiscs),
         "filters": len(filters),
+        "tcx": tcx_count(ns, ifname),
     }
 
 
 def assert_clean(topo: Topology) -> None:
     for ifname in ("wan0", "lan0"):
-        assert attachments(topo.gw, ifname) == {"xdp": None, "clsact": False, "filters": 0}
+        assert attachments(topo.gw, ifname) == CLEAN
+
+
+CLEAN = {"xdp": None, "clsact": False, "filters": 0, "tcx": 0}
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +119,11 @@ def dataplane(topo: Topology, programs: Programs) -> Iterator[Dataplane]:
         ike_shield=IkeShield(rate=0.1, burst=3),
         programs=programs,
     ) as dp:
+        # This kernel has XDP and tcx links: nothing survives the process.
+        assert {a[2] for a in dp.attachments()} == {"link"}
         wan = attachments(topo.gw, "wan0")
-        assert wan["xdp"] is not None and wan["clsact"] and wan["filters"] == 1
-        assert attachments(topo.gw, "lan0") == {"xdp": None, "clsact": True, "filters": 2}
+        assert wan["xdp"] is not None and wan["tcx"] == 1 and not wan["clsact"]
+        assert attachments(topo.gw, "lan0") == CLEAN | {"tcx": 2}
         try:
             yield dp
         finally:
@@ -254,19 +275,36 @@ def test_ike_sa_init_flood_is_cut_before_the_socket(topo: Topology, dataplane: D
     assert rows[("wan0", "drop", "ike_rate_limited")] == 7
 
 
-def test_everything_detached_when_the_body_raises(topo: Topology, programs: Programs) -> None:
+@pytest.mark.parametrize("method", ["link", "netlink"])
+def test_everything_detached_when_the_body_raises(
+    topo: Topology, programs: Programs, method: AttachMethod
+) -> None:
     with pytest.raises(RuntimeError, match="boom"):
-        with Dataplane("wan0", "lan0", netns=topo.gw.name, programs=programs):
-            assert attachments(topo.gw, "lan0")["clsact"]
+        with Dataplane("wan0", "lan0", netns=topo.gw.name, programs=programs, attach=method):
+            lan = attachments(topo.gw, "lan0")
+            if method == "link":
+                assert lan == CLEAN | {"tcx": 2}
+            else:  # the fallback for kernels without tcx: a clsact qdisc with 2 filters
+                assert lan == CLEAN | {"clsact": True, "filters": 2}
+            assert attachments(topo.gw, "wan0")["xdp"] is not None
             raise RuntimeError("boom")
     assert_clean(topo)
 
 
-def test_an_existing_xdp_program_is_never_replaced(topo: Topology, programs: Programs) -> None:
-    with Dataplane("wan0", None, netns=topo.gw.name, xdp_mode="native") as first:
+@pytest.mark.parametrize(
+    "first_method, second_method", [("link", "auto"), ("netlink", "auto"), ("link", "netlink")]
+)
+def test_an_existing_xdp_program_is_never_replaced(
+    topo: Topology, programs: Programs, first_method: AttachMethod, second_method: AttachMethod
+) -> None:
+    with Dataplane(
+        "wan0", None, netns=topo.gw.name, xdp_mode="native", attach=first_method, programs=programs
+    ) as first:
         before = attachments(topo.gw, "wan0")
         with pytest.raises(DataplaneError, match="attaching XDP to wan0"):
-            with Dataplane("wan0", None, netns=topo.gw.name, programs=programs):
+            with Dataplane(
+                "wan0", None, netns=topo.gw.name, programs=programs, attach=second_method
+            ):
                 pass
         assert attachments(topo.gw, "wan0") == before
         assert first.xdp_flags == 4  # native mode on veth
@@ -283,21 +321,47 @@ def test_missing_interface_is_a_clear_error_and_leaves_nothing(
         Dataplane("wan0", netns="no-such-netns-here", programs=programs).open()
 
 
-def test_sigterm_detaches_everything(topo: Topology) -> None:
+def test_sigkill_leaves_nothing_attached(topo: Topology) -> None:
+    """With BPF links the kernel detaches when the process dies, even by SIGKILL."""
+    proc = start_attached(topo)
+    try:
+        assert attachments(topo.gw, "lan0")["tcx"] == 2
+        proc.kill()
+        assert proc.wait(20) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _wait(lambda: attachments(topo.gw, "wan0")["xdp"] is None)  # fds close as it exits
+    assert_clean(topo)
+
+
+def start_attached(topo: Topology, method: AttachMethod = "auto") -> subprocess.Popen[str]:
+    """A separate Python process that attaches everything in G and waits."""
     script = (
         "import sys, time\n"
         "from bpf.loader import Dataplane\n"
-        f"with Dataplane('wan0', 'lan0', netns={topo.gw.name!r}):\n"
+        f"with Dataplane('wan0', 'lan0', netns={topo.gw.name!r}, attach={method!r}):\n"
         "    print('ready', flush=True)\n"
         "    time.sleep(60)\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the attaching process did not get ready")
+    return proc
+
+
+def test_sigterm_detaches_everything(topo: Topology) -> None:
+    """Netlink attachments outlive a process: SIGTERM must unwind the `with` to remove
+    them (the loader turns it into SystemExit while the handler is the default)."""
+    proc = start_attached(topo, "netlink")
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        assert attachments(topo.gw, "wan0")["xdp"] is not None
+        assert attachments(topo.gw, "lan0")["filters"] == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 128 + signal.SIGTERM
     finally:
