@@ -23,9 +23,10 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal
@@ -684,6 +685,58 @@ class Dataplane:
         self._progs.update("slot_table", ctypes.c_uint32(slot), abi.SlotEntry())
         self._progs.reset_slot_counters(slot)
 
+    # Child SAs as the daemon sees them --------------------------------------------------
+
+    def install_child_sa(
+        self,
+        slot: int,
+        *,
+        spi_in: int,
+        spi_out: int,
+        remote_ts: Sequence[str],
+        mtu: int,
+        offloaded: bool = False,
+    ) -> None:
+        """Everything one Child SA needs, all or nothing: its inbound and outbound SPI, a
+        clamp/count prefix per remote traffic selector (CIDR) with the tunnel MTU, and
+        the offload mark. A rekey calls it again with the new SPIs and the same slot, then
+        remove_child_sa_spis() with the old ones once the old SA is gone. When two
+        Child SAs claim the same remote prefix, the later one gets its LAN traffic."""
+        done: list[Callable[[], None]] = []
+        try:
+            self.add_inbound_spi(slot, spi_in)
+            done.append(partial(self.remove_inbound_spi, spi_in))
+            self.add_outbound_spi(slot, spi_out)
+            done.append(partial(self.remove_outbound_spi, spi_out))
+            for prefix in remote_ts:
+                had = self._prefixes.get(_normal_or_raw(prefix))
+                self.set_clamp_prefix(prefix, slot, mtu)
+                if had is None:
+                    done.append(partial(self.remove_clamp_prefix, prefix))
+            self.set_slot_offloaded(slot, offloaded)
+        except DataplaneError:
+            for undo in reversed(done):
+                with suppress(DataplaneError):
+                    undo()
+            raise
+
+    def remove_child_sa_spis(self, *, spi_in: int, spi_out: int) -> None:
+        """Forget the SPIs of a Child SA that was rekeyed away (its slot stays)."""
+        self.remove_inbound_spi(spi_in)
+        self.remove_outbound_spi(spi_out)
+
+    def remove_child_sa(
+        self, slot: int, *, spi_in: int, spi_out: int, remote_ts: Sequence[str]
+    ) -> None:
+        """A Child SA deleted for good: its SPIs and prefixes go, its slot is released
+        (counters zeroed for the slot's next user)."""
+        with suppress(DataplaneError):
+            self.remove_child_sa_spis(spi_in=spi_in, spi_out=spi_out)
+        for prefix in remote_ts:
+            if self._prefixes.get(_normal_or_raw(prefix)) == slot:
+                self.remove_clamp_prefix(prefix)
+        self.release_slot(slot)
+
     # MSS clamp prefixes --------------------------------------------------------------
 
     def set_clamp_prefix(self, prefix: str, slot: int, mtu: int) -> None:
@@ -744,6 +797,13 @@ class Dataplane:
 
 def _normal(prefix: str) -> str:
     return str(ipaddress.ip_network(prefix, strict=False))
+
+
+def _normal_or_raw(prefix: str) -> str:
+    try:
+        return _normal(prefix)
+    except ValueError:
+        return prefix
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:

@@ -625,3 +625,47 @@ def test_every_packet_ends_in_exactly_one_reason(
             assert res.retval == action and action in (PASS, DROP)
         else:
             assert res.retval == (TcAction.SHOT if action == DROP else TcAction.OK)
+
+
+# --------------------------------------------------------------------------- Child SA API
+
+
+def test_child_sa_install_rekey_and_delete(programs: Programs, dp: Dataplane) -> None:
+    old_in = make_inbound_spi(SLOT)
+    dp.install_child_sa(
+        SLOT, spi_in=old_in, spi_out=0x11110001, remote_ts=["203.0.113.0/24"], mtu=1400
+    )
+    xdp(programs, pk.esp4(old_in), Reason.WAN_ESP, PASS)
+    tc(programs, "tc_wan_egress", pk.esp4(0x11110001), Reason.OUT_ESP, PASS)
+    clamp(programs, pk.syn(mss=1460), 1360, Reason.LAN_MSS_CLAMPED)
+    # Rekey: new SPIs in the same slot, then the old ones go; counters carry on.
+    new_in = make_inbound_spi(SLOT, avoid=[old_in])
+    dp.install_child_sa(
+        SLOT, spi_in=new_in, spi_out=0x22220002, remote_ts=["203.0.113.0/24"], mtu=1400
+    )
+    dp.remove_child_sa_spis(spi_in=old_in, spi_out=0x11110001)
+    xdp(programs, pk.esp4(old_in), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
+    xdp(programs, pk.esp4(new_in), Reason.WAN_ESP, PASS)
+    tc(programs, "tc_wan_egress", pk.esp4(0x11110001), Reason.OUT_ESP_UNKNOWN_SPI, PASS)
+    tc(programs, "tc_wan_egress", pk.esp4(0x22220002), Reason.OUT_ESP, PASS)
+    c = dp.slot_counters(SLOT)
+    assert (c.esp_in_packets, c.esp_out_packets, c.clear_to_tunnel_packets) == (2, 2, 1)
+    dp.remove_child_sa(SLOT, spi_in=new_in, spi_out=0x22220002, remote_ts=["203.0.113.0/24"])
+    xdp(programs, pk.esp4(new_in), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
+    tc(programs, LAN, pk.syn(mss=1460), Reason.LAN_NO_TUNNEL, PASS)
+    assert dp.slot_counters(SLOT) == SlotCounters()
+
+
+def test_child_sa_install_is_all_or_nothing(programs: Programs, dp: Dataplane) -> None:
+    spi_in = make_inbound_spi(SLOT)
+    with pytest.raises(DataplaneError, match="bad prefix"):
+        dp.install_child_sa(
+            SLOT,
+            spi_in=spi_in,
+            spi_out=0x33330003,
+            remote_ts=["203.0.113.0/24", "not-a-prefix"],
+            mtu=1400,
+        )
+    xdp(programs, pk.esp4(spi_in), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
+    tc(programs, "tc_wan_egress", pk.esp4(0x33330003), Reason.OUT_ESP_UNKNOWN_SPI, PASS)
+    tc(programs, LAN, pk.syn(), Reason.LAN_NO_TUNNEL, PASS)
