@@ -70,7 +70,8 @@ struct pkt {
     u32 ip_len;   /* IP bytes per the IP header */
     u8 l4_proto;
     u8 is_v6;
-    u8 pad[2];
+    u8 first_fragment; /* offset 0, more fragments: L4 lengths exceed this packet */
+    u8 gso;            /* TC: a GSO/GRO skb (BIG TCP may leave the IP length 0) */
 };
 
 struct vlan_tag {
@@ -154,6 +155,8 @@ static __always_inline int parse_l3(struct pkt *p)
             return P_BAD_IP;
         u32 hl = ip->ihl * 4;
         u32 tot = bpf_ntohs(ip->tot_len);
+        if (tot == 0 && p->gso)
+            tot = p->pkt_len - p->l3_off;
         if (tot < hl || p->l3_off + tot > p->pkt_len)
             return P_BAD_IP;
         p->ip_len = tot;
@@ -162,6 +165,7 @@ static __always_inline int parse_l3(struct pkt *p)
         p->is_v6 = 0;
         if (ip->frag_off & bpf_htons(0x1fff))
             return P_FRAGMENT;
+        p->first_fragment = (ip->frag_off & bpf_htons(0x2000)) != 0;
         return P_OK;
     }
     if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -171,6 +175,8 @@ static __always_inline int parse_l3(struct pkt *p)
         if (ip6->version != 6)
             return P_BAD_IP;
         u32 tot = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+        if (tot == sizeof(*ip6) && p->gso)
+            tot = p->pkt_len - p->l3_off;
         if (p->l3_off + tot > p->pkt_len)
             return P_BAD_IP;
         p->ip_len = tot;
@@ -196,6 +202,7 @@ static __always_inline int parse_l3(struct pkt *p)
                     p->l4_off = cur - data;
                     return P_FRAGMENT;
                 }
+                p->first_fragment = (fh->frag_off & bpf_htons(1)) != 0;
             } else {
                 break;
             }
@@ -371,7 +378,9 @@ int xdp_wan(struct xdp_md *ctx)
     if ((void *)(udp + 1) > data_end)
         return verdict(R_WAN_MALFORMED_IP, XDP_DROP);
     u32 ulen = bpf_ntohs(udp->len);
-    if (ulen < sizeof(*udp) || p.l4_off + ulen > p.l3_off + p.ip_len)
+    /* A first fragment carries the whole datagram's UDP length (large IKE_AUTH messages
+     * with certificates are often fragmented): only whole datagrams must agree. */
+    if (ulen < sizeof(*udp) || (!p.first_fragment && p.l4_off + ulen > p.l3_off + p.ip_len))
         return verdict(R_WAN_MALFORMED_IP, XDP_DROP);
     void *payload = udp + 1;
     u32 plen = ulen - sizeof(*udp);
@@ -419,6 +428,7 @@ int tc_wan_egress(struct __sk_buff *skb)
     p.data = (void *)(long)skb->data;
     p.data_end = (void *)(long)skb->data_end;
     p.pkt_len = skb->len;
+    p.gso = skb->gso_segs > 1;
     if (parse_l3(&p) != P_OK)
         return tc_verdict(R_OUT_OTHER, XDP_PASS);
 
@@ -536,6 +546,7 @@ static __always_inline int lan_prog(struct __sk_buff *skb, u32 out)
     p.data = (void *)(long)skb->data;
     p.data_end = (void *)(long)skb->data_end;
     p.pkt_len = skb->len;
+    p.gso = skb->gso_segs > 1;
     int res = parse_l3(&p);
     if (res == P_NON_IP || res == P_BAD_L2)
         return tc_verdict(R_LAN_NO_TUNNEL + out, XDP_PASS);

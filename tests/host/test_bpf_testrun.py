@@ -669,3 +669,23 @@ def test_child_sa_install_is_all_or_nothing(programs: Programs, dp: Dataplane) -
     xdp(programs, pk.esp4(spi_in), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
     tc(programs, "tc_wan_egress", pk.esp4(0x33330003), Reason.OUT_ESP_UNKNOWN_SPI, PASS)
     tc(programs, LAN, pk.syn(), Reason.LAN_NO_TUNNEL, PASS)
+
+
+def test_first_fragment_of_a_large_ike_message_passes(programs: Programs, dp: Dataplane) -> None:
+    """IKE_AUTH with certificates is often fragmented: the first fragment carries the
+    whole datagram's UDP length, which must not count as malformed."""
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment
+
+    big = pk.ike_header(pk.IKE_AUTH, spi_r=b"\x22" * 8, body=bytes(3000))
+    frags = fragment(pk.ip4(pk.UDP(sport=500, dport=500) / big), fragsize=1400)
+    xdp(programs, pk.frame(frags[0]), Reason.WAN_IKE, PASS)
+    xdp(programs, pk.frame(frags[1]), Reason.WAN_FRAGMENT, PASS)
+    natt = fragment(pk.ip4(pk.UDP(sport=4500, dport=4500) / (bytes(4) + big)), fragsize=1400)
+    xdp(programs, pk.frame(natt[0]), Reason.WAN_IKE, PASS)
+    udp6 = bytes(pk.UDP(sport=500, dport=500, len=8 + len(big)) / big[:1200])
+    first6 = pk.ip6(IPv6ExtHdrFragment(offset=0, m=1, nh=17) / pk.Raw(udp6))
+    xdp(programs, pk.frame(first6), Reason.WAN_IKE, PASS)
+    # Not a fragment: the same UDP length is a lie.
+    whole6 = pk.ip6(pk.Raw(udp6), nh=17)
+    xdp(programs, pk.frame(whole6), Reason.WAN_MALFORMED_IP, DROP)
