@@ -485,6 +485,8 @@ class Dataplane:
         self.close()
 
     def open(self) -> None:
+        if self.programs is not None:
+            raise DataplaneError("the data plane is already open")
         self.programs = self._given_programs or Programs(slot_bits=self._slot_bits)
         try:
             self._install_signal_handlers()
@@ -526,25 +528,48 @@ class Dataplane:
         return None
 
     def close(self) -> None:
-        """Detach everything (each attachment tried even when another fails)."""
+        """Detach everything (each attachment tried even when another fails). SIGTERM and
+        SIGHUP arriving meanwhile are held back until it is done."""
         errors: list[str] = []
-        bcc = _bcc()
-        with in_netns(self.netns):
-            while self._attached:
-                att = self._attached.pop()
-                try:
-                    if att.kind == "xdp":
-                        _detach_xdp(bcc, att)
-                    else:
-                        _detach_tc(att)
-                except Exception as e:  # keep detaching the rest; report all at the end
-                    errors.append(f"{att.kind} on {att.ifname}: {e}")
-        self._restore_signal_handlers()
+        held = self._hold_signals()
+        try:
+            try:
+                with in_netns(self.netns):
+                    self._detach_all(errors)
+            except DataplaneError:
+                # The namespace is gone, and its interfaces with it: only our link fds
+                # are left to close.
+                self._detach_all(errors, links_only=True)
+        finally:
+            self._restore_signal_handlers()
         if self.programs is not None and self._given_programs is None:
             self.programs.close()
         self.programs = None
         if errors:
             raise DataplaneError("detaching failed: " + "; ".join(errors))
+        if held:
+            raise SystemExit(128 + held[0])
+
+    def _detach_all(self, errors: list[str], *, links_only: bool = False) -> None:
+        bcc = _bcc() if any(a.link_fd is None for a in self._attached) else None
+        while self._attached:
+            att = self._attached.pop()
+            if links_only and att.link_fd is None:
+                continue
+            try:
+                if att.kind == "xdp":
+                    _detach_xdp(bcc, att)
+                else:
+                    _detach_tc(att)
+            except Exception as e:  # keep detaching the rest; report all at the end
+                errors.append(f"{att.kind} on {att.ifname}: {e}")
+
+    def _hold_signals(self) -> list[int]:
+        """Replace our SystemExit handlers by ones that only note the signal."""
+        held: list[int] = []
+        for signum in self._old_handlers:
+            signal.signal(signum, lambda n, _f: held.append(n))
+        return held
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -414,3 +414,22 @@ def _wait(cond: Callable[[], bool], timeout: float = 5) -> None:
         if time.monotonic() > deadline:
             return
         time.sleep(0.05)
+
+
+def test_close_after_the_namespace_is_gone(topo: Topology, programs: Programs) -> None:
+    """Teardown order must not matter: links are closed, nothing raises."""
+    dp = Dataplane("wan0", "lan0", netns=topo.gw.name, programs=programs)
+    dp.open()
+    assert len(dp.attachments()) == 4
+    topo.gw.close()  # the fixture's own close later is a no-op
+    dp.close()
+    assert dp.attachments() == []
+    with pytest.raises(DataplaneError, match="not open"):
+        dp.slot_counters(0)
+
+
+def test_open_twice_is_refused(topo: Topology, programs: Programs) -> None:
+    with Dataplane(None, "lan0", netns=topo.gw.name, programs=programs) as dp:
+        with pytest.raises(DataplaneError, match="already open"):
+            dp.open()
+    assert_clean(topo)
