@@ -181,7 +181,10 @@ class ControlServer:
 
     async def start(self) -> None:
         self._closing = False
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GatewayError(f"control socket {self.path}: {exc.strerror}") from None
         _remove_stale_socket(self.path)
         # The socket is created 0600 (umask), so no other user can race to connect.
         old = os.umask(0o177)
@@ -189,6 +192,10 @@ class ControlServer:
             self._server = await asyncio.start_unix_server(
                 self._serve, path=str(self.path), limit=MAX_LINE
             )
+        except OSError as exc:
+            raise GatewayError(
+                f"cannot create control socket {self.path}: {exc.strerror}"
+            ) from None
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)

@@ -7,11 +7,15 @@ started through the namespace's popen (so the fixture stops it) and stopped by i
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,18 @@ def gateway_config(
             f'dpd_action = "{c.get("dpd_action", "clear")}"',
         ]
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def socket_dir() -> Iterator[Path]:
+    """A private directory for control sockets on a local file system (/run): inside the
+    VM, unix sockets cannot live on the shared 9p folders that hold pytest's tmp_path."""
+    base = "/run" if os.access("/run", os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="gwt-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def ctl(socket: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

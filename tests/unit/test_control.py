@@ -334,6 +334,13 @@ async def test_stale_socket_replaced_live_socket_refused(tmp_path: Path) -> None
         await ControlServer(FakeState(), path).start()
 
 
+async def test_unusable_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(GatewayError, match="control socket .*file/c.sock"):
+        await ControlServer(FakeState(), blocker / "c.sock").start()
+
+
 async def test_client_errors(tmp_path: Path, served: Any) -> None:
     with pytest.raises(ControlConnectionError, match="is the gateway running"):
         await ControlClient.connect(tmp_path / "nothing.sock")
