@@ -752,7 +752,7 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
     rand_time = table.duration("rand_time", life_time - rekey_time)
     if rekey_time and life_time and life_time <= rekey_time and "life_time" in data:
         table.error("life_time", f"must be longer than rekey_time ({rekey_time:g}s)")
-    if rekey_time and rand_time >= rekey_time:
+    if rekey_time and "rand_time" in data and rand_time >= rekey_time:
         table.error("rand_time", f"must be shorter than rekey_time ({rekey_time:g}s)")
     rekey_bytes = table.size("rekey_bytes", 0)
     life_bytes = table.size("life_bytes", int(rekey_bytes * 1.1))
@@ -825,7 +825,7 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
             conn.error("jitter", "set either rand_time or jitter (same setting), not both")
         rand_time = conn.duration("jitter", rand_time)
     conn.seen.add("jitter")
-    if rekey_time and rand_time >= rekey_time:
+    if rekey_time and {"rand_time", "jitter"} & data.keys() and rand_time >= rekey_time:
         conn.error("rand_time", f"must be shorter than rekey_time ({rekey_time:g}s)")
     offload = conn.string("offload", "no", OFFLOAD_MODES)
     children_raw = conn.raw("children")
@@ -881,12 +881,13 @@ def _fragmentation(value: Any) -> str:
 def _check_connection(conn: _Table, c: ConnectionConfig) -> None:
     """Checks that span several keys of one connection."""
     concrete_remote = [a for a in c.remote_addrs if a != ANY_ADDR and "/" not in a]
+    concrete_local = [a for a in c.local_addrs if a != ANY_ADDR and "/" not in a]
     for child in c.children:
+        where = conn.path + ("children", child.name, "start_action")
         if child.start_action == "start" and not concrete_remote:
-            conn.ctx.error(
-                conn.path + ("children", child.name, "start_action"),
-                "start needs a concrete address in remote_addrs to initiate to",
-            )
+            conn.ctx.error(where, "start needs a concrete address in remote_addrs to initiate to")
+        elif child.start_action == "start" and not concrete_local:
+            conn.ctx.error(where, "start needs a concrete address in local_addrs to initiate from")
     families = {ipaddress.ip_address(a).version for a in c.local_addrs if _is_ip(a)}
     remote_families = {ipaddress.ip_address(a).version for a in concrete_remote if _is_ip(a)}
     if families and remote_families and not families & remote_families:

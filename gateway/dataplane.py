@@ -138,65 +138,9 @@ class XfrmDataplane:
                 report.removed_policies,
             )
 
-    def _spec(self, child: ChildSaEstablished, config: ChildConfig | None, reqid: int) -> Any:
-        from gateway.xfrm import (
-            DEFAULT_REPLAY_WINDOW,
-            ChildSaSpec,
-            EspTransform,
-            Lifetime,
-            SaKeys,
-            TrafficSelector,
-            UdpEncap,
-        )
-        from gateway.xfrm.netlink import XFRM_INF
-
-        if child.integ_alg is None:
-            esp = EspTransform(aead=child.encr_alg, icv_bits=child.icv_bits)
-        else:
-            esp = EspTransform(
-                crypt=child.encr_alg, integ=child.integ_alg, trunc_bits=child.integ_trunc_bits
-            )
-        lifetime = Lifetime()
-        replay_window = DEFAULT_REPLAY_WINDOW
-        offload = "no"
-        if config is not None:
-            lifetime = Lifetime(
-                soft_bytes=config.rekey_bytes or XFRM_INF,
-                hard_bytes=config.life_bytes or XFRM_INF,
-                soft_packets=config.rekey_packets or XFRM_INF,
-                hard_packets=config.life_packets or XFRM_INF,
-                # time: the engine rekeys; the kernel's hard limit is the safety net
-                hard_seconds=int(config.life_time) if config.life_time else 0,
-            )
-            if config.replay_window is not None:
-                replay_window = config.replay_window
-            offload = config.offload if self.offload_dev else "no"
-        try:
-            return ChildSaSpec(
-                local=ipaddress.ip_address(child.local_addr),
-                remote=ipaddress.ip_address(child.remote_addr),
-                spi_in=child.spi_in,
-                spi_out=child.spi_out,
-                reqid=reqid,
-                esp=esp,
-                keys_in=SaKeys(child.encr_key_in, child.integ_key_in),
-                keys_out=SaKeys(child.encr_key_out, child.integ_key_out),
-                local_ts=_all_selectors(child.local_ts, TrafficSelector),
-                remote_ts=_all_selectors(child.remote_ts, TrafficSelector),
-                mode="transport" if child.mode == "transport" else "tunnel",
-                encap=UdpEncap(*child.encap) if child.encap else None,
-                lifetime=lifetime,
-                esn=child.esn,
-                offload=offload,  # type: ignore[arg-type]
-                offload_dev=self.offload_dev if offload != "no" else None,
-                replay_window=replay_window,
-            )
-        except ValueError as exc:
-            raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
-
     def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
         reqid = self.manager.allocate_reqid()
-        spec = self._spec(child, config, reqid)
+        spec = child_sa_spec(child, config, reqid, self.offload_dev)
         try:
             result = self.manager.install(spec)
         except self._error_type as exc:
@@ -206,7 +150,7 @@ class XfrmDataplane:
     def replace(
         self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
     ) -> Installed:
-        spec = self._spec(child, config, old.handle.spec.reqid)
+        spec = child_sa_spec(child, config, old.handle.spec.reqid, self.offload_dev)
         try:
             result = self.manager.replace(old.handle, spec)
         except self._error_type as exc:
@@ -231,6 +175,70 @@ class XfrmDataplane:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def child_sa_spec(
+    child: ChildSaEstablished, config: ChildConfig | None, reqid: int, offload_dev: str | None
+) -> Any:
+    """The XFRM backend's ChildSaSpec for a negotiated Child SA (a pure function).
+
+    Byte/packet limits come from the child's config (0: none); time limits are the
+    engine's business, the kernel only gets `life_time` as a hard safety net. Offload is
+    requested only when an offload device is known ([gateway.xdp] wan_interface)."""
+    from gateway.xfrm import (
+        DEFAULT_REPLAY_WINDOW,
+        ChildSaSpec,
+        EspTransform,
+        Lifetime,
+        SaKeys,
+        TrafficSelector,
+        UdpEncap,
+    )
+    from gateway.xfrm.netlink import XFRM_INF
+
+    if child.integ_alg is None:
+        esp = EspTransform(aead=child.encr_alg, icv_bits=child.icv_bits)
+    else:
+        esp = EspTransform(
+            crypt=child.encr_alg, integ=child.integ_alg, trunc_bits=child.integ_trunc_bits
+        )
+    lifetime = Lifetime()
+    replay_window = DEFAULT_REPLAY_WINDOW
+    offload = "no"
+    if config is not None:
+        lifetime = Lifetime(
+            soft_bytes=config.rekey_bytes or XFRM_INF,
+            hard_bytes=config.life_bytes or XFRM_INF,
+            soft_packets=config.rekey_packets or XFRM_INF,
+            hard_packets=config.life_packets or XFRM_INF,
+            # time: the engine rekeys; the kernel's hard limit is the safety net
+            hard_seconds=int(config.life_time) if config.life_time else 0,
+        )
+        if config.replay_window is not None:
+            replay_window = config.replay_window
+        offload = config.offload if offload_dev else "no"
+    try:
+        return ChildSaSpec(
+            local=ipaddress.ip_address(child.local_addr),
+            remote=ipaddress.ip_address(child.remote_addr),
+            spi_in=child.spi_in,
+            spi_out=child.spi_out,
+            reqid=reqid,
+            esp=esp,
+            keys_in=SaKeys(child.encr_key_in, child.integ_key_in),
+            keys_out=SaKeys(child.encr_key_out, child.integ_key_out),
+            local_ts=_all_selectors(child.local_ts, TrafficSelector),
+            remote_ts=_all_selectors(child.remote_ts, TrafficSelector),
+            mode="transport" if child.mode == "transport" else "tunnel",
+            encap=UdpEncap(*child.encap) if child.encap else None,
+            lifetime=lifetime,
+            esn=child.esn,
+            offload=offload,  # type: ignore[arg-type]
+            offload_dev=offload_dev if offload != "no" else None,
+            replay_window=replay_window,
+        )
+    except ValueError as exc:
+        raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
 
 
 def _all_selectors(selectors: Any, make: Any) -> tuple[Any, ...]:

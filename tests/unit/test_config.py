@@ -286,6 +286,7 @@ def conn(body: str, child: str = "") -> str:
     text = (
         "[connections.c]\n"
         + ("" if "remote_addrs" in body else 'remote_addrs = ["192.0.2.2"]\n')
+        + ("" if "local_addrs" in body else 'local_addrs = ["192.0.2.1"]\n')
         + 'local = { auth = "psk", id = "a" }\n'
         'remote = { auth = "psk", id = "b" }\n'
         f'psk = "{SECRET}"\n' + textwrap.dedent(body)
@@ -358,6 +359,12 @@ def test_child_inherits_connection_offload_and_accepts_good_values() -> None:
     assert k.life_bytes == int((1 << 30) * 1.1)
 
 
+def test_default_jitter_follows_life_time() -> None:
+    # swanctl.conf: rand_time defaults to life_time - rekey_time, however large
+    k = parse_config(conn("", 'life_time = "2h"\n')).connections[0].children[0]
+    assert (k.rekey_time, k.life_time, k.rand_time) == (3600, 7200, 3600)
+
+
 def test_missing_auth_and_psk() -> None:
     assert paths_of('[connections.c]\nremote_addrs = "192.0.2.2"\n') == [
         "connections.c.local",
@@ -375,6 +382,9 @@ def test_missing_auth_and_psk() -> None:
 def test_start_needs_concrete_remote() -> None:
     text = conn("", 'start_action = "start"').replace('["192.0.2.2"]', '["%any"]')
     assert paths_of(text) == ["connections.c.children.k.start_action"]
+    text = conn('local_addrs = ["192.0.2.0/24"]\n', 'start_action = "start"')
+    ((path, _, message),) = errors_of(text)
+    assert message == "start needs a concrete address in local_addrs to initiate from"
     text = conn("", 'start_action = "trap"').replace('["192.0.2.2"]', '["%any"]')
     assert parse_config(text).connections[0].children[0].start_action == "trap"
 
@@ -394,7 +404,7 @@ def test_psk_file(tmp_path: Path) -> None:
 
     psk.chmod(0o644)
     ((path, line, message),) = errors_of(text, tmp_path)
-    assert (path, line) == ("connections.c.psk_file", 5)
+    assert (path, line) == ("connections.c.psk_file", 6)
     assert "accessible by group/others (mode 0644)" in message and SECRET not in message
 
     assert paths_of(text.replace("east.psk", "missing.psk"), tmp_path) == ["connections.c.psk_file"]
