@@ -286,8 +286,9 @@ def decode_header(data: bytes) -> Header:
     return Header(spi_i, spi_r, nxt, version, xchg, flags, msg_id, length)
 
 
-def decode_message(data: bytes) -> Message:
-    h = decode_header(data)
+def decode_message(data: bytes, header: Header | None = None) -> Message:
+    """The whole message; pass `header` if decode_header(data) was already called."""
+    h = header or decode_header(data)
     payloads = decode_payloads(h.next_payload, data, IKE_HEADER_LEN)
     return Message(
         h.spi_i, h.spi_r, h.exchange_type, h.is_initiator, h.is_response, h.message_id, payloads
@@ -375,7 +376,9 @@ def _pull_transforms(data: bytes, count: int) -> tuple[Transform, ...]:
     return tuple(transforms)
 
 
+@functools.lru_cache(maxsize=1024)
 def _pull_sa(_t: int, body: bytes) -> SecurityAssociation:
+    """Cached by body: peers of one gateway send the same few proposals over and over."""
     proposals: list[Proposal] = []
     off = 0
     while True:
@@ -460,6 +463,7 @@ def _address(packed: bytes) -> IPAddress:
     return ipaddress.ip_address(packed)
 
 
+@functools.lru_cache(maxsize=4096)
 def _pull_ts(t: int, body: bytes) -> TrafficSelectors:
     _need(body, 4, "TS")
     count = body[0]
@@ -549,22 +553,23 @@ def _push_transform(t: Transform, last: bool) -> bytes:
     return _TRANSFORM.pack(0 if last else 3, 0, 8 + len(attrs), t.type, 0, t.id) + attrs
 
 
+@functools.lru_cache(maxsize=1024)
+def _proposal_parts(
+    number: int, protocol: int, spi_size: int, transforms: tuple[Transform, ...], last: bool
+) -> tuple[bytes, bytes]:
+    """(proposal header, transforms) of a proposal; the SPI goes between them. Cached."""
+    n = len(transforms)
+    ts = b"".join(_push_transform(t, j == n - 1) for j, t in enumerate(transforms))
+    hdr = _PROPOSAL.pack(0 if last else 2, 0, 8 + spi_size + len(ts), number, protocol, spi_size, n)
+    return hdr, ts
+
+
 def _push_sa(p: SecurityAssociation) -> bytes:
     out = []
     n = len(p.proposals)
     for i, prop in enumerate(p.proposals):
-        ts = b"".join(
-            _push_transform(t, j == len(prop.transforms) - 1) for j, t in enumerate(prop.transforms)
-        )
-        plen = 8 + len(prop.spi) + len(ts)
-        hdr = _PROPOSAL.pack(
-            0 if i == n - 1 else 2,
-            0,
-            plen,
-            prop.number,
-            prop.protocol,
-            len(prop.spi),
-            len(prop.transforms),
+        hdr, ts = _proposal_parts(
+            prop.number, prop.protocol, len(prop.spi), prop.transforms, i == n - 1
         )
         out.append(hdr + prop.spi + ts)
     return b"".join(out)

@@ -8,6 +8,7 @@ the daemon can report config errors before starting.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -95,6 +96,7 @@ def parse_identity(text: str) -> tuple[int, bytes]:
     return IdType.ID_FQDN, text.encode()
 
 
+@functools.lru_cache(maxsize=4096)
 def format_identity(id_type: int, data: bytes) -> str:
     """An ID for humans (and the control API)."""
     if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and len(data) in (4, 16):

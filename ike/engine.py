@@ -577,7 +577,7 @@ class IkeEngine:
         if hdr.exchange_type == ExchangeType.IKE_SA_INIT and not hdr.is_response:
             if hdr.spi_r != ZERO_SPI or hdr.message_id != 0 or not hdr.is_initiator:
                 raise DecodeError("IKE_SA_INIT request with a responder SPI or message ID")
-            self._on_init_request(data, local, remote, now)
+            self._on_init_request(data, hdr, local, remote, now)
             return
         our_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
         sa = self._sas.get(our_spi)
@@ -598,7 +598,7 @@ class IkeEngine:
         if req is None or req.message_id != hdr.message_id or req.exchange != hdr.exchange_type:
             self.stats.unexpected += 1
             return
-        msg = codec.decode_message(data)
+        msg = codec.decode_message(data, hdr)
         if hdr.exchange_type == ExchangeType.IKE_SA_INIT:
             payloads = msg.payloads
         else:
@@ -633,7 +633,7 @@ class IkeEngine:
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
             return
-        msg = codec.decode_message(data)
+        msg = codec.decode_message(data, hdr)
         handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
         try:
             payloads = self._unprotect(sa, msg, data)
@@ -894,8 +894,9 @@ class IkeEngine:
             and (not c.remote_addrs or rip in c.remote_addrs)
         )
 
-    def _on_init_request(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        hdr = codec.decode_header(data)
+    def _on_init_request(
+        self, data: bytes, hdr: codec.Header, local: Endpoint, remote: Endpoint, now: float
+    ) -> None:
         old = self._half_open.get((hdr.spi_i, remote))
         if old is not None:
             # retransmitted IKE_SA_INIT: answer from the cache, do not create a second SA
@@ -906,7 +907,7 @@ class IkeEngine:
                 self.stats.unexpected += 1
             return
         try:
-            msg = codec.decode_message(data)
+            msg = codec.decode_message(data, hdr)
         except DecodeError as exc:
             if exc.critical_payload is None:
                 raise

@@ -86,4 +86,18 @@ def psk_auth(
 
     SignedOctets = RealMessage | peer's Nonce | prf(SK_p, ID payload body).
     """
-    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
+    return prf(_padded_key(prf, psk), real_message + nonce + prf(sk_p, id_body))
+
+
+_PAD_CACHE: dict[tuple[str, bytes], bytes] = {}
+
+
+def _padded_key(prf: Prf, psk: bytes) -> bytes:
+    """prf(Shared Secret, "Key Pad for IKEv2"): the same for every SA of a connection."""
+    k = (prf.hash, psk)
+    v = _PAD_CACHE.get(k)
+    if v is None:
+        if len(_PAD_CACHE) > 1024:
+            _PAD_CACHE.clear()
+        v = _PAD_CACHE[k] = prf(psk, KEY_PAD)
+    return v
