@@ -289,6 +289,7 @@ class Daemon:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.dataplane.start()
+        self.dataplane.watch(self._on_expire)
         self.transport.start(self._loop)
         try:
             await self.control.start()
@@ -442,6 +443,38 @@ class Daemon:
                 heapq.heappush(self._dpd, (now + conn.dpd_delay, ike_sa))
         self._pump()
         self._arm_dpd()
+
+    # ------------------------------------------------------------------ kernel expiry
+
+    def _on_expire(self, spi: int, hard: bool) -> None:
+        """A kernel lifetime (bytes/packets/life_time) ran out for one of our states."""
+        for record in self.sas.values():
+            for child in record.children:
+                if spi in (child.spi_in, child.spi_out):
+                    self._child_expired(record, child, spi, hard)
+                    return
+
+    def _child_expired(self, record: IkeRecord, child: ChildRecord, spi: int, hard: bool) -> None:
+        log.info(
+            "event=child-expired connection=%s child=%s spi=%s limit=%s",
+            record.connection,
+            child.name,
+            _spi(spi),
+            "hard" if hard else "soft",
+        )
+        if not hard:
+            # soft limit: time to rekey; CREATE_CHILD_SA is engine part 2, so the Child
+            # lives on until its hard limit
+            self.control.publish(
+                "child-expiring", connection=record.connection, child=child.name, spi=_spi(spi)
+            )
+            return
+        # hard limit: the kernel removed the state; delete the Child with the peer too
+        if child.state != "DELETING":
+            child.state = "DELETING"
+            with contextlib.suppress(ControlError):
+                self._engine_call(self.engine.delete_child_sa, record.ike_sa, child.spi_in)
+            self._pump()
 
     # ------------------------------------------------------------------ events
 

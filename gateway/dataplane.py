@@ -17,8 +17,10 @@ message; nothing here logs them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from ike.events import ChildSaEstablished
 
 log = logging.getLogger("gateway.dataplane")
+ExpireHandler = Callable[[int, bool], None]  # (SPI of the expired state, hard?)
 
 
 class DataplaneError(GatewayError):
@@ -72,6 +75,10 @@ class Dataplane(Protocol):
     def errors(self) -> dict[str, int]:
         """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""
 
+    def watch(self, on_expire: ExpireHandler) -> None:
+        """Report kernel lifetime expiries of our SAs: on_expire(spi, hard). From the
+        running event loop; a data plane without a kernel never calls it."""
+
     def close(self) -> None:
         """Release resources; SAs must have been removed by the daemon before."""
 
@@ -107,6 +114,9 @@ class NoneDataplane:
     def errors(self) -> dict[str, int]:
         return {}
 
+    def watch(self, on_expire: ExpireHandler) -> None:
+        pass
+
     def close(self) -> None:
         self.installed.clear()
 
@@ -125,6 +135,7 @@ class XfrmDataplane:
         except (XfrmError, OSError) as exc:
             raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
         self.offload_dev = offload_dev
+        self._watcher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         try:
@@ -173,7 +184,30 @@ class XfrmDataplane:
     def errors(self) -> dict[str, int]:
         return self.manager.xfrm_stat()
 
+    def watch(self, on_expire: ExpireHandler) -> None:
+        from gateway.xfrm import EventsLost, SaExpired, XfrmEventReader
+
+        reader = XfrmEventReader(self.manager.netns)
+        owned = self.manager.owned
+
+        async def pump() -> None:
+            try:
+                async for event in reader:
+                    if isinstance(event, SaExpired) and event.sa.reqid in owned:
+                        on_expire(event.sa.spi, event.hard)
+                    elif isinstance(event, EventsLost):
+                        log.warning("event=xfrm-events-lost detail=netlink socket overflowed")
+            except OSError as exc:
+                log.error("event=xfrm-events-failed error=%s", exc.strerror or exc)
+            finally:
+                reader.close()
+
+        self._watcher = asyncio.get_running_loop().create_task(pump())
+
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         self.manager.close()
 
 

@@ -382,7 +382,8 @@ async def test_reload_applies_only_changes(r: Running) -> None:
     (before,) = await established(r)
     sock = r.daemon.config.gateway.control_socket
     r.path.write_text(
-        config_text(Path(sock)) + '\n[connections.south]\nremote_addrs = ["127.0.0.4"]\n'
+        config_text(Path(sock))
+        + '\n[connections.south]\nremote_addrs = ["127.0.0.4"]\nlocal_addrs = ["127.0.0.1"]\n'
         'local = { auth = "psk" }\nremote = { auth = "psk" }\n'
         f'psk = "{SECRET}"\n[connections.south.children.s]\nstart_action = "start"\n'
     )
@@ -481,3 +482,19 @@ async def test_shutdown_deletes_sas_and_tells_the_peer(tmp_path: Path) -> None:
     assert sent == [b"IKE_SA_INIT", b"INFORMATIONAL-DELETE"]
     assert dataplane.removed == [0xC0000001] and not dataplane.installed
     assert not (tmp_path / "c.sock").exists() and daemon.sas == {}
+
+
+async def test_kernel_expiry(r: Running) -> None:
+    await established(r)
+    events = await r.client.subscribe()
+    r.daemon._on_expire(0xC0000002, hard=False)  # soft limit on the outbound state
+    event = await asyncio.wait_for(anext(events), 5)
+    assert (event["type"], event["spi"]) == ("child-expiring", "c0000002")
+    assert ("delete_child", 1, 0xC0000001) not in r.engine.calls
+    r.daemon._on_expire(0x12345678, hard=True)  # not ours: ignored
+    r.daemon._on_expire(0xC0000001, hard=True)  # hard: deleted with the peer, removed here
+    event = await asyncio.wait_for(anext(events), 5)
+    assert (event["type"], event["spi_in"]) == ("child-deleted", "c0000001")
+    assert ("delete_child", 1, 0xC0000001) in r.engine.calls
+    (sa,) = await r.client.list_sas()
+    assert sa["children"] == [] and r.dataplane.removed == [0xC0000001]
