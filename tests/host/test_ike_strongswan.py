@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.netns import Netns
-from ike.config import ChildConfig, ConnectionConfig
+from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
 from ike.events import (
+    ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
     Event,
@@ -45,7 +46,7 @@ SWAN_NAMES = {
 }
 
 
-def swanctl_conf(ike: str, esp: str, *, initiator: bool) -> str:
+def swanctl_conf(ike: str, esp: str, *, initiator: bool, psk: str = PSK) -> str:
     return f"""connections {{
   eng {{
     version = 2
@@ -74,22 +75,28 @@ secrets {{
   ike-eng {{
     id-a = {OURS}
     id-b = {THEIRS}
-    secret = "{PSK}"
+    secret = "{psk}"
   }}
 }}
 """
 
 
-def our_engine(ike: str, esp: str) -> IkeEngine:
+def our_engine(
+    ike: str,
+    esp: str,
+    *,
+    remote_ts: tuple[str, ...] = ("10.2.0.0/16",),
+    settings: EngineSettings | None = None,
+) -> IkeEngine:
     conn = ConnectionConfig(
         name="swan",
         local_addrs=(OURS,),
         remote_addrs=(THEIRS,),
         psk=PSK.encode(),
         ike_proposals=(ike,),
-        children=(ChildConfig("net", ("10.1.0.0/16",), ("10.2.0.0/16",), (esp,)),),
+        children=(ChildConfig("net", ("10.1.0.0/16",), remote_ts, (esp,)),),
     )
-    return IkeEngine([conn])
+    return IkeEngine([conn], settings)
 
 
 @pytest.fixture
@@ -202,3 +209,121 @@ def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str,
             term.communicate(timeout=15)
         assert _of(drv.events, IkeSaDeleted)[0].reason == "deleted by peer"
     assert sw.list_sas() == []
+
+
+# --------------------------------------------------------------------------- error paths
+
+GCM_X = "aes256gcm16-prfsha384-x25519"
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,reason",
+    [
+        (GCM_X, GCM_X, "AUTHENTICATION_FAILED"),  # strongSwan has another PSK
+        ("aes128-sha256-ecp256", GCM_X, "NO_PROPOSAL_CHOSEN"),
+    ],
+    ids=["wrong-psk", "no-proposal"],
+)
+def test_engine_initiator_failures(
+    lab: tuple[Netns, StrongSwan], ours: str, theirs: str, reason: str
+) -> None:
+    a, sw = lab
+    psk = "not-the-same-psk" if reason == "AUTHENTICATION_FAILED" else PSK
+    sw.start(swanctl_conf(theirs, "aes256gcm16", initiator=False, psk=psk))
+    engine = our_engine(ours, "aes256gcm16")
+    with UdpDriver(engine, a.name, OURS) as drv:
+        engine.initiate("swan", None, drv.now())
+        assert drv.run_until(_settled, 15)
+    assert [e.reason for e in _of(drv.events, IkeSaFailed)] == [reason], drv.events
+    assert sw.list_sas() == []
+
+
+def test_invalid_ke_retry_both_ways(lab: tuple[Netns, StrongSwan]) -> None:
+    """Each side first offers a group the other does not take, then agrees on ecp256."""
+    a, sw = lab
+    sw.start(swanctl_conf("aes256gcm16-prfsha384-x448-ecp256", "aes256gcm16", initiator=True))
+    # our initiator leads with x25519, strongSwan only takes x448/ecp256: INVALID_KE -> ecp256
+    engine = our_engine("aes256gcm16-prfsha384-x25519-ecp256", "aes256gcm16")
+    with UdpDriver(engine, a.name, OURS) as drv:
+        uid = engine.initiate("swan", None, drv.now())
+        drv.run_until(_settled, 15)
+        ike_est, child = _outcome(drv.events, sw.logs())
+        assert ike_est.proposal == "aes256gcm16-prfsha384-ecp256"
+        assert sw.list_sas()[0]["dh-group"] == "ECP_256"
+        engine.delete_ike_sa(uid, drv.now())
+        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
+    # strongSwan leads with x448 (its first group), our responder takes only ecp256
+    engine = our_engine("aes256gcm16-prfsha384-ecp256", "aes256gcm16")
+    with UdpDriver(engine, a.name, OURS) as drv:
+        proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
+        try:
+            drv.run_until(_settled, 20)
+            drv.run_until(lambda evs: proc.poll() is not None, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0]
+        ike_est, child = _outcome(drv.events, out)
+        assert ike_est.proposal == "aes256gcm16-prfsha384-ecp256"
+        assert "N(INVAL_KE)" in sw.logs() and "it requested ECP_256" in sw.logs()
+
+
+def test_responder_wrong_psk_and_cookie(lab: tuple[Netns, StrongSwan]) -> None:
+    """strongSwan with the wrong PSK gets AUTHENTICATION_FAILED from us; with the right
+    one it passes our COOKIE challenge (cookie_threshold 0: every request needs one)."""
+    a, sw = lab
+    sw.start(swanctl_conf(GCM_X, "aes256gcm16", initiator=True, psk="not-the-same-psk"))
+    engine = our_engine(GCM_X, "aes256gcm16", settings=EngineSettings(cookie_threshold=0))
+    with UdpDriver(engine, a.name, OURS) as drv:
+        proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "10")
+        try:
+            drv.run_until(_settled, 15)
+            drv.run_until(lambda evs: proc.poll() is not None, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0]
+        assert proc.returncode != 0
+        assert [e.reason for e in _of(drv.events, IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+        assert "AUTHENTICATION_FAILED" in out + sw.logs()
+        assert engine.stats.cookies_sent >= 1
+        sw.write_config(swanctl_conf(GCM_X, "aes256gcm16", initiator=True))
+        sw.load()
+        drv.events.clear()
+        proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "10")
+        try:
+            drv.run_until(_settled, 15)
+            drv.run_until(lambda evs: proc.poll() is not None, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0]
+        assert proc.returncode == 0, out
+        _outcome(drv.events, out)
+        assert engine.stats.cookies_sent >= 2
+
+
+def test_ts_unacceptable_keeps_ike_sa_and_liveness(lab: tuple[Netns, StrongSwan]) -> None:
+    a, sw = lab
+    sw.start(swanctl_conf(GCM_X, "aes256gcm16", initiator=False))
+    fast = EngineSettings(retransmit_timeout=0.3, retransmit_tries=2)
+    engine = our_engine(GCM_X, "aes256gcm16", remote_ts=("10.9.0.0/16",), settings=fast)
+    with UdpDriver(engine, a.name, OURS) as drv:
+        uid = engine.initiate("swan", None, drv.now())
+        drv.run_until(_settled, 15)
+        assert [e.reason for e in _of(drv.events, ChildSaFailed)] == ["TS_UNACCEPTABLE"]
+        [ike_est] = _of(drv.events, IkeSaEstablished)
+        sas = sw.list_sas()
+        assert sas[0]["state"] == "ESTABLISHED" and not sas[0].get("child-sas")
+        # liveness: strongSwan answers an empty INFORMATIONAL
+        sent = engine.stats.datagrams_sent
+        engine.check_liveness(uid, drv.now())
+        drv.run_until(lambda evs: engine.stats.datagrams_received >= 3, 5)
+        assert engine.stats.datagrams_sent == sent + 1 and not _of(drv.events, IkeSaDeleted)
+        # kill strongSwan (no Delete sent): the next liveness check ends in "dead peer"
+        sw.kill()
+        engine.check_liveness(uid, drv.now())
+        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
+        assert _of(drv.events, IkeSaDeleted)[0].reason == "dead peer"
+        assert not _of(drv.events, ChildSaDeleted)
+        assert ike_est.ike_sa == uid

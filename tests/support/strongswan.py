@@ -124,6 +124,13 @@ class StrongSwan:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL: the peer vanishes without sending Deletes (a dead peer)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.stop()
+
     def close(self) -> None:
         self.stop()
         if self._own_dir:
