@@ -1,0 +1,250 @@
+"""One netlink socket to the XFRM family, with batched requests.
+
+pyroute2's own `NetlinkSocket` runs a private asyncio loop for every call, which cannot
+run inside the daemon's loop ("This event loop is already running"), and its batch path
+asks for one ACK per message. This channel is a plain AF_NETLINK socket that sends many
+messages per sendmsg(): only the last message of each chunk asks for an ACK, and the
+kernel reports errors of the others anyway (netlink_rcv_skb acks every failed message),
+so one ACK per chunk proves the whole chunk was processed. Replies and dumps are decoded
+with the pyroute2 classes of gateway.xfrm.netlink.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.xfrm.errors import XfrmError
+from gateway.xfrm.netlink import MSG_NAMES, NETLINK_XFRM, MarshalXfrm
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+CLONE_NEWNET = 0x40000000
+
+HEADER = struct.Struct("=IHHII")
+CHUNK_BYTES = 128 * 1024  # per sendmsg(); well below the send buffer
+RECV_BYTES = 1 << 20
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body with the calling thread in network namespace `name` (None: stay).
+
+    Sockets keep the namespace they were created in, so a socket made inside the body
+    works there after the thread has switched back.
+    """
+    if name is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        raise
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:  # pragma: no cover - cannot fail back
+                raise OSError(ctypes.get_errno(), "setns back to the original namespace")
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def open_xfrm_socket(netns: str | None = None, groups: tuple[int, ...] = ()) -> socket.socket:
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+    try:
+        # Room for the replies of a whole chunk (root may exceed rmem_max; others get
+        # what the sysctl allows).
+        for force, plain, size in (
+            (SO_RCVBUFFORCE, socket.SO_RCVBUF, 32 << 20),
+            (SO_SNDBUFFORCE, socket.SO_SNDBUF, 4 << 20),
+        ):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        sock.bind((0, 0))
+        for group in groups:
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One rejected message of a batch."""
+
+    seq: int
+    errno: int
+    reason: str
+
+
+def parse_error(data: bytes | memoryview, offset: int, length: int, flags: int) -> tuple[int, str]:
+    """errno and extended-ack text of an NLMSG_ERROR (the socket uses NETLINK_CAP_ACK)."""
+    (error,) = struct.unpack_from("=i", data, offset + 16)
+    reason = ""
+    if flags & NLM_F_ACK_TLVS:
+        pos = offset + 16 + 4 + 16  # error code, then the original header only (CAP_ACK)
+        end = offset + length
+        while pos + 4 <= end:
+            alen, atype = struct.unpack_from("=HH", data, pos)
+            if alen < 4:
+                break
+            if atype == NLMSGERR_ATTR_MSG:
+                reason = bytes(data[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
+            pos += (alen + 3) & ~3
+    return -error, reason
+
+
+def describe(msg_type: int) -> str:
+    return MSG_NAMES.get(msg_type, f"type {msg_type}")
+
+
+class XfrmChannel:
+    """Request/response access to XFRM: batches, single requests and dumps."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.sock = open_xfrm_socket(netns)
+        self._seq = 0
+        self._buf = bytearray(RECV_BYTES)
+        self.marshal = MarshalXfrm()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> XfrmChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def reserve_seqs(self, count: int) -> int:
+        """First of `count` consecutive sequence numbers (for builders that number messages)."""
+        if self._seq + count >= 0xFFFFFFFF:
+            self._seq = 0
+        first = self._seq + 1
+        self._seq += count
+        return first
+
+    # -- batches ---------------------------------------------------------------------
+
+    def send_batch(self, messages: list[bytes]) -> list[Failure]:
+        """Send encoded requests (flags without NLM_F_ACK), many per sendmsg().
+
+        Returns the failures; an empty list means the kernel accepted every message.
+        """
+        failures: list[Failure] = []
+        i, n = 0, len(messages)
+        while i < n:
+            size, j = 0, i
+            while j < n and (j == i or size + len(messages[j]) <= CHUNK_BYTES):
+                size += len(messages[j])
+                j += 1
+            last = bytearray(messages[j - 1])
+            flags, seq = struct.unpack_from("=HI", last, 6)
+            struct.pack_into("=H", last, 6, flags | NLM_F_ACK)
+            self.sock.send(b"".join(messages[i : j - 1]) + bytes(last))
+            failures.extend(self._collect(seq))
+            i = j
+        return failures
+
+    def _collect(self, last_seq: int) -> list[Failure]:
+        failures: list[Failure] = []
+        while True:
+            n = self.sock.recv_into(self._buf)
+            view = memoryview(self._buf)[:n]
+            offset = 0
+            while offset + 16 <= n:
+                length, mtype, flags, seq, _pid = HEADER.unpack_from(view, offset)
+                if length < 16:
+                    break
+                if mtype == NLMSG_ERROR:
+                    err, reason = parse_error(view, offset, length, flags)
+                    if err:
+                        failures.append(Failure(seq, err, reason))
+                    if seq == last_seq:
+                        return failures
+                offset += (length + 3) & ~3
+
+    # -- single requests and dumps ----------------------------------------------------
+
+    def _replies(self, seq: int) -> Iterator[tuple[int, int, bytes, int, int]]:
+        """(type, flags, data, offset, length) of every message answering `seq`."""
+        while True:
+            n = self.sock.recv_into(self._buf)
+            data = bytes(self._buf[:n])
+            offset = 0
+            while offset + 16 <= n:
+                length, mtype, flags, rseq, _pid = HEADER.unpack_from(data, offset)
+                if length < 16:
+                    break
+                if rseq == seq:
+                    yield mtype, flags, data, offset, length
+                offset += (length + 3) & ~3
+
+    def _send(self, msg_type: int, flags: int, payload: bytes) -> int:
+        seq = self.next_seq()
+        self.sock.send(HEADER.pack(16 + len(payload), msg_type, flags, seq, 0) + payload)
+        return seq
+
+    def request(self, msg_type: int, payload: bytes, operation: str) -> Any | None:
+        """Send one request; return its decoded reply (None for a bare ACK)."""
+        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_ACK, payload)
+        reply = None
+        for mtype, flags, data, offset, length in self._replies(seq):
+            if mtype == NLMSG_ERROR:
+                err, reason = parse_error(data, offset, length, flags)
+                if err:
+                    raise XfrmError(operation, err, reason)
+                break
+            reply = next(iter(self.marshal.parse(data[offset : offset + length])))
+        return reply
+
+    def dump(self, msg_type: int, payload: bytes = b"") -> list[Any]:
+        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, payload)
+        out: list[Any] = []
+        for mtype, flags, data, offset, length in self._replies(seq):
+            if mtype == NLMSG_DONE:
+                break
+            if mtype == NLMSG_ERROR:
+                err, reason = parse_error(data, offset, length, flags)
+                if err:
+                    raise XfrmError(f"dump {describe(msg_type)}", err, reason)
+                break
+            out.extend(self.marshal.parse(data[offset : offset + length]))
+        return out

@@ -1,0 +1,667 @@
+"""The XFRM manager: Child SAs in, kernel objects out, nothing half-installed.
+
+Theory of operation
+-------------------
+A Child SA is 2 states (inbound, outbound) and, per selector pair, an out, an in and
+(tunnel mode) a fwd policy. Every object carries the Child's reqid, and reqids come
+from a range we own (OwnedRange): that is how start-up reconcile tells our leftovers
+from other software's SAs, which it never touches.
+
+install() encodes all messages of a Child, sends them in one batch (one sendmsg, one
+ACK) and, if the kernel refused any of them, deletes the ones it accepted before
+raising XfrmError for the first refusal. install_many() does the same for thousands of
+Childs in batches of ~128 KiB, rolling back only the Childs that had a failure.
+
+Rekey (RFC 7296 §2.8) is make-before-break: replace() adds the new pair of states under
+the same reqid, updates the policies, then removes the old outbound state (the kernel
+then picks the new one for output) and, unless asked to keep it for in-flight packets,
+the old inbound state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+from gateway.xfrm import netlink as nl
+from gateway.xfrm import wire
+from gateway.xfrm.channel import NLM_F_REQUEST, XfrmChannel, in_netns
+from gateway.xfrm.errors import XfrmError
+from gateway.xfrm.model import PolicyInfo, SaInfo, addr_bytes
+from gateway.xfrm.spec import ChildSaSpec, IPAddress, OffloadResult, TrafficSelector, UdpEncap
+
+NLM_F_CREATE = 0x400
+NLM_F_EXCL = 0x200
+ESP = nl.IPPROTO_ESP
+POLICY_PRIORITY_BASE = 200_000  # lower value = preferred; more specific selectors go lower
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedRange:
+    """reqids [first, first + size) are ours; nothing else is touched by reconcile."""
+
+    first: int = 0x4E_47_00_00  # "NG" in the high bytes: easy to spot in `ip xfrm`
+    size: int = 1 << 16
+
+    def __contains__(self, reqid: object) -> bool:
+        return isinstance(reqid, int) and self.first <= reqid < self.first + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledChildSa:
+    spec: ChildSaSpec
+    offload_in: OffloadResult = "none"
+    offload_out: OffloadResult = "none"
+
+    @property
+    def offload(self) -> OffloadResult:
+        """What the Child really runs with (the weaker of both directions)."""
+        order = ("none", "crypto", "packet")
+        return min(self.offload_in, self.offload_out, key=order.index)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaCounters:
+    bytes_in: int
+    packets_in: int
+    bytes_out: int
+    packets_out: int
+    replay_errors: int
+    integrity_failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    adopted_states: int = 0
+    adopted_policies: int = 0
+    removed_states: int = 0
+    removed_policies: int = 0
+
+
+class _Op(NamedTuple):
+    """One request of a batch and the request that undoes it (a tuple: built 50k times
+    per 10k Childs, so cheap to make). `what` is formatted only when reporting."""
+
+    what: Callable[[], str]
+    msg_type: int
+    body: bytes
+    undo_type: int
+    undo_body: bytes
+
+
+# -- building blocks ------------------------------------------------------------------
+
+
+def _ts_selector(src: TrafficSelector, dst: TrafficSelector) -> wire.Selector:
+    family = 2 if src.net.version == 4 else 10
+    return (
+        addr_bytes(dst.net.network_address), addr_bytes(src.net.network_address),
+        dst.port or 0, 0xFFFF if dst.port else 0,
+        src.port or 0, 0xFFFF if src.port else 0,
+        family, dst.net.prefixlen, src.net.prefixlen, src.proto or dst.proto, 0, 0,
+    )
+
+
+def _priority(spec: ChildSaSpec, lt: TrafficSelector, rt: TrafficSelector) -> int:
+    if spec.priority is not None:
+        return spec.priority
+    specificity = (lt.net.prefixlen + rt.net.prefixlen) * 4
+    specificity += 2 if (lt.proto or rt.proto) else 0
+    specificity += 1 if (lt.port or rt.port) else 0
+    return POLICY_PRIORITY_BASE - specificity
+
+
+def _common_attrs(spec: ChildSaSpec) -> bytes:
+    out = b""
+    if spec.mark is not None:
+        out += wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask))
+    if spec.if_id is not None:
+        out += wire.nla(31, wire.u32(spec.if_id))
+    return out
+
+
+def _lifetime(spec: ChildSaSpec) -> tuple[int, ...]:
+    lt = spec.lifetime
+    return (lt.soft_bytes, lt.hard_bytes, lt.soft_packets, lt.hard_packets,
+            lt.soft_seconds, lt.hard_seconds, 0, 0)
+
+
+class _StateKey:
+    """(daddr, spi) of one direction, plus its undo/lookup body."""
+
+    __slots__ = ("src", "dst", "spi", "inbound")
+
+    def __init__(self, spec: ChildSaSpec, inbound: bool) -> None:
+        self.inbound = inbound
+        self.src, self.dst = (spec.remote, spec.local) if inbound else (spec.local, spec.remote)
+        self.spi = spec.spi_in if inbound else spec.spi_out
+
+    def id_body(self, spec: ChildSaSpec) -> bytes:
+        return wire.usersa_id(addr_bytes(self.dst), self.spi, spec.family, ESP) + (
+            wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask)) if spec.mark else b""
+        )
+
+    def describe(self) -> str:
+        d = "in" if self.inbound else "out"
+        return f"SA {d} spi={self.spi:#010x} {self.src}->{self.dst}"
+
+
+def state_body(
+    spec: ChildSaSpec,
+    inbound: bool,
+    *,
+    offload: tuple[int, int] | None = None,
+    replay: bytes | None = None,
+    replay_legacy: bytes | None = None,
+    curlft: bytes | None = None,
+) -> bytes:
+    """usersa_info + attributes of one direction (NEWSA/UPDSA payload)."""
+    key = _StateKey(spec, inbound)
+    keys = spec.keys_in if inbound else spec.keys_out
+    esp = spec.esp
+    attrs = []
+    if esp.aead:
+        attrs.append(wire.nla(18, wire.algo_aead(esp.aead, keys.encr, esp.icv_bits)))
+    else:
+        assert esp.crypt is not None  # checked by EspTransform
+        attrs.append(wire.nla(2, wire.algo(esp.crypt, keys.encr)))
+        if esp.integ:
+            attrs.append(wire.nla(20, wire.algo_auth(esp.integ, keys.integ, esp.trunc_bits)))
+    if spec.encap is not None:
+        sport, dport = (
+            (spec.encap.remote_port, spec.encap.local_port) if inbound
+            else (spec.encap.local_port, spec.encap.remote_port)
+        )
+        attrs.append(wire.nla(4, wire.encap_tmpl(nl.UDP_ENCAP_ESPINUDP, sport, dport)))
+    if replay is not None:
+        attrs.append(wire.nla(23, replay))
+    elif replay_legacy is not None:
+        attrs.append(wire.nla(10, replay_legacy))
+    elif spec.replay_window:
+        attrs.append(wire.nla(23, wire.replay_esn(spec.replay_window)))
+    if curlft is not None:
+        attrs.append(wire.nla(9, curlft))
+    if offload is not None:
+        attrs.append(wire.nla(28, wire.user_offload(*offload)))
+    if spec.set_mark is not None and not inbound:
+        attrs.append(wire.nla(29, wire.u32(spec.set_mark)))
+    attrs.append(_common_attrs(spec))
+    body = wire.usersa_info(
+        sel=wire.ANY_SELECTOR,
+        daddr=addr_bytes(key.dst),
+        spi=key.spi,
+        proto=ESP,
+        saddr=addr_bytes(key.src),
+        lifetime=_lifetime(spec),
+        reqid=spec.reqid,
+        family=spec.family,
+        mode=nl.XFRM_MODE_TUNNEL if spec.mode == "tunnel" else nl.XFRM_MODE_TRANSPORT,
+        replay_window=0,
+        flags=nl.XFRM_STATE_ESN if spec.esn else 0,
+    )
+    return body + b"".join(attrs)
+
+
+def _policy_what(name: str, lt: TrafficSelector, rt: TrafficSelector, reqid: int) -> str:
+    return f"policy {name} {lt}<->{rt} reqid={reqid:#x}"
+
+
+def policy_bodies(
+    spec: ChildSaSpec, *, trap_only: bool = False
+) -> list[tuple[Callable[[], str], bytes, bytes]]:
+    """(description, NEWPOLICY payload, DELPOLICY payload) for every policy of a Child."""
+    out: list[tuple[Callable[[], str], bytes, bytes]] = []
+    tunnel = spec.mode == "tunnel"
+    mode = nl.XFRM_MODE_TUNNEL if tunnel else nl.XFRM_MODE_TRANSPORT
+    common = _common_attrs(spec)
+    local = addr_bytes(spec.local) if tunnel else b""
+    remote = addr_bytes(spec.remote) if tunnel else b""
+    tmpl_out = wire.nla(5, wire.user_tmpl(daddr=remote, spi=0, proto=ESP, family=spec.family,
+                                          saddr=local, reqid=spec.reqid, mode=mode))
+    tmpl_in = wire.nla(5, wire.user_tmpl(daddr=local, spi=0, proto=ESP, family=spec.family,
+                                         saddr=remote, reqid=spec.reqid, mode=mode))
+    dirs = [(nl.XFRM_POLICY_OUT, "out")]
+    if not trap_only:
+        dirs.insert(0, (nl.XFRM_POLICY_IN, "in"))
+        if spec.installs_fwd:
+            dirs.insert(1, (nl.XFRM_POLICY_FWD, "fwd"))
+    for lt, rt in spec.selectors:
+        prio = _priority(spec, lt, rt)
+        sel_out, sel_in = _ts_selector(lt, rt), _ts_selector(rt, lt)
+        for direction, name in dirs:
+            outbound = direction == nl.XFRM_POLICY_OUT
+            sel = sel_out if outbound else sel_in
+            new = wire.userpolicy_info(sel=sel, priority=prio, index=0, direction=direction)
+            new += (tmpl_out if outbound else tmpl_in) + common
+            delete = wire.userpolicy_id(sel, 0, direction) + common
+            out.append((partial(_policy_what, name, lt, rt, spec.reqid), new, delete))
+    return out
+
+
+class XfrmManager:
+    """Installs, replaces, migrates and removes Child SAs; reads counters; reconciles."""
+
+    def __init__(
+        self,
+        channel: XfrmChannel | None = None,
+        *,
+        netns: str | None = None,
+        owned: OwnedRange = OwnedRange(),
+    ) -> None:
+        self.channel = channel or XfrmChannel(netns)
+        self.netns = self.channel.netns
+        self.owned = owned
+        self._next_reqid = owned.first
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> XfrmManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def allocate_reqid(self, in_use: Iterable[int] = ()) -> int:
+        used = set(in_use)
+        for _ in range(self.owned.size):
+            reqid = self._next_reqid
+            self._next_reqid += 1
+            if self._next_reqid >= self.owned.first + self.owned.size:
+                self._next_reqid = self.owned.first
+            if reqid not in used:
+                return reqid
+        raise XfrmError("allocate reqid", errno.ENOSPC, "owned reqid range exhausted")
+
+    # -- install -----------------------------------------------------------------------
+
+    def _check_owned(self, spec: ChildSaSpec) -> None:
+        if spec.reqid not in self.owned:
+            raise ValueError(f"reqid {spec.reqid:#x} is outside the owned range")
+
+    def _ifindex(self, name: str) -> int:
+        with in_netns(self.netns):
+            try:
+                return socket.if_nametoindex(name)
+            except OSError as exc:
+                raise XfrmError(f"offload device {name}", errno.ENODEV,
+                                f"no such interface: {name}") from exc
+
+    def _state_ops(
+        self, spec: ChildSaSpec, offload: int | None, msg_type: int = nl.XFRM_MSG_NEWSA
+    ) -> list[_Op]:
+        ops = []
+        for inbound in (True, False):
+            key = _StateKey(spec, inbound)
+            off = None
+            if offload is not None:
+                assert spec.offload_dev is not None
+                flags = offload | (nl.XFRM_OFFLOAD_INBOUND if inbound else 0)
+                off = (self._ifindex(spec.offload_dev), flags)
+            body = state_body(spec, inbound, offload=off)
+            ops.append(_Op(key.describe, msg_type, body, nl.XFRM_MSG_DELSA,
+                           key.id_body(spec)))
+        return ops
+
+    def _policy_ops(
+        self, spec: ChildSaSpec, msg_type: int = nl.XFRM_MSG_NEWPOLICY, trap_only: bool = False
+    ) -> list[_Op]:
+        return [
+            _Op(what, msg_type, new, nl.XFRM_MSG_DELPOLICY, delete)
+            for what, new, delete in policy_bodies(spec, trap_only=trap_only)
+        ]
+
+    def _run_groups(
+        self, groups: Sequence[list[_Op]], *, rollback: bool = True
+    ) -> list[XfrmError | None]:
+        """Send every op; roll back each group that had a failure. One result per group."""
+        seq = self.channel.reserve_seqs(sum(len(g) for g in groups))
+        messages: list[bytes] = []
+        owner: dict[int, tuple[int, _Op]] = {}
+        for gi, group in enumerate(groups):
+            for op in group:
+                flags = NLM_F_REQUEST
+                if op.msg_type in (nl.XFRM_MSG_NEWSA, nl.XFRM_MSG_NEWPOLICY):
+                    flags |= NLM_F_CREATE | NLM_F_EXCL
+                messages.append(wire.message(op.msg_type, flags, seq, op.body))
+                owner[seq] = (gi, op)
+                seq += 1
+        failures = self.channel.send_batch(messages)
+        results: list[XfrmError | None] = [None] * len(groups)
+        failed_seqs: set[int] = set()
+        for f in failures:
+            gi, op = owner[f.seq]
+            failed_seqs.add(f.seq)
+            if results[gi] is None:
+                results[gi] = XfrmError(f"{nl.MSG_NAMES[op.msg_type]} {op.what()}", f.errno,
+                                        f.reason)
+        if failures and rollback:
+            undo = [
+                op for s, (gi, op) in owner.items()
+                if results[gi] is not None and s not in failed_seqs
+            ]
+            self._undo(reversed(undo))
+        return results
+
+    def _undo(self, ops: Iterable[_Op]) -> None:
+        first = None
+        batch = list(ops)
+        if not batch:
+            return
+        seq = self.channel.reserve_seqs(len(batch))
+        msgs = [wire.message(op.undo_type, NLM_F_REQUEST, seq + i, op.undo_body)
+                for i, op in enumerate(batch)]
+        for f in self.channel.send_batch(msgs):
+            if f.errno not in (errno.ENOENT, errno.ESRCH) and first is None:
+                first = f
+        if first is not None:
+            op = batch[first.seq - seq]
+            raise XfrmError(f"rollback {nl.MSG_NAMES[op.undo_type]} {op.what()}", first.errno,
+                            first.reason)
+
+    def install(self, spec: ChildSaSpec) -> InstalledChildSa:
+        """Install both states and all policies of a Child SA, or nothing at all."""
+        self._check_owned(spec)
+        if spec.offload in ("no",):
+            return self._install_plain(spec)
+        want = nl.XFRM_OFFLOAD_PACKET if spec.offload == "packet" else 0
+        try:
+            installed = self._install_with(spec, want)
+        except XfrmError:
+            if spec.offload != "auto":
+                raise
+            # auto: the device refused crypto offload outright; run in software.
+            return self._install_plain(spec)
+        required = {"crypto": ("crypto", "packet"), "packet": ("packet",)}.get(spec.offload)
+        if required and (installed.offload_in not in required
+                         or installed.offload_out not in required):
+            self.delete(installed)
+            raise XfrmError(
+                f"offload {spec.offload} on {spec.offload_dev}", errno.EOPNOTSUPP,
+                f"the kernel installed the SA with offload in={installed.offload_in} "
+                f"out={installed.offload_out} (device lacks {spec.offload} offload)",
+            )
+        return installed
+
+    def _install_plain(self, spec: ChildSaSpec) -> InstalledChildSa:
+        (err,) = self._run_groups([self._state_ops(spec, None) + self._policy_ops(spec)])
+        if err is not None:
+            raise err
+        return InstalledChildSa(spec)
+
+    def _install_with(self, spec: ChildSaSpec, offload_flags: int) -> InstalledChildSa:
+        ops = self._state_ops(spec, offload_flags)
+        if offload_flags & nl.XFRM_OFFLOAD_PACKET:
+            assert spec.offload_dev is not None
+            ifindex = self._ifindex(spec.offload_dev)
+            ops += [
+                op._replace(
+                    body=op.body + wire.nla(28, wire.user_offload(ifindex, offload_flags))
+                )
+                for op in self._policy_ops(spec)
+            ]
+        else:
+            ops += self._policy_ops(spec)
+        (err,) = self._run_groups([ops])
+        if err is not None:
+            raise err
+        sa_in, sa_out = self.read_states(spec)
+        return InstalledChildSa(spec, sa_in.offload, sa_out.offload)
+
+    def install_many(self, specs: Sequence[ChildSaSpec]) -> list[InstalledChildSa | XfrmError]:
+        """Install many software Childs with few syscalls; each one all-or-nothing."""
+        for spec in specs:
+            self._check_owned(spec)
+            if spec.offload != "no":
+                raise ValueError("install_many() is for offload='no'; use install()")
+        groups = [self._state_ops(s, None) + self._policy_ops(s) for s in specs]
+        results = self._run_groups(groups)
+        return [err if err is not None else InstalledChildSa(s)
+                for s, err in zip(specs, results, strict=True)]
+
+    def install_trap(self, spec: ChildSaSpec) -> None:
+        """Out policies only: matching traffic makes the kernel send ACQUIRE (on demand)."""
+        self._check_owned(spec)
+        (err,) = self._run_groups([self._policy_ops(spec, trap_only=True)])
+        if err is not None:
+            raise err
+
+    def remove_trap(self, spec: ChildSaSpec) -> None:
+        self._undo(self._policy_ops(spec, trap_only=True))
+
+    # -- delete / replace / migrate ---------------------------------------------------
+
+    def delete(self, child: InstalledChildSa | ChildSaSpec) -> None:
+        """Remove both states and all policies; objects already gone are fine."""
+        spec = child.spec if isinstance(child, InstalledChildSa) else child
+        self._undo(self._policy_ops(spec) + self._state_ops(spec, None))
+
+    def delete_state(self, spec: ChildSaSpec, *, inbound: bool) -> None:
+        sa_in, sa_out = self._state_ops(spec, None)
+        self._undo([sa_in if inbound else sa_out])
+
+    def replace(
+        self, old: InstalledChildSa, new: ChildSaSpec, *, keep_old_inbound: bool = False
+    ) -> InstalledChildSa:
+        """Make-before-break rekey: new states first, then policies, then old states go."""
+        self._check_owned(new)
+        if new.reqid != old.spec.reqid:
+            raise ValueError("a rekeyed Child SA keeps its reqid")
+        if {new.spi_in, new.spi_out} & {old.spec.spi_in, old.spec.spi_out}:
+            raise ValueError("a rekeyed Child SA needs new SPIs")
+        if new.offload == "no":
+            (err,) = self._run_groups([self._state_ops(new, None)])
+            if err is not None:
+                raise err
+            installed = InstalledChildSa(new)
+        else:
+            installed = self._install_states_offload(new)
+        self._update_policies(old.spec, new)
+        self.delete_state(old.spec, inbound=False)
+        if not keep_old_inbound:
+            self.delete_state(old.spec, inbound=True)
+        return installed
+
+    def _install_states_offload(self, spec: ChildSaSpec) -> InstalledChildSa:
+        want = nl.XFRM_OFFLOAD_PACKET if spec.offload == "packet" else 0
+        (err,) = self._run_groups([self._state_ops(spec, want)])
+        if err is not None:
+            if spec.offload != "auto":
+                raise err
+            (err,) = self._run_groups([self._state_ops(spec, None)])
+            if err is not None:
+                raise err
+            return InstalledChildSa(spec)
+        sa_in, sa_out = self.read_states(spec)
+        return InstalledChildSa(spec, sa_in.offload, sa_out.offload)
+
+    def _update_policies(self, old: ChildSaSpec, new: ChildSaSpec) -> None:
+        new_ops = self._policy_ops(new, nl.XFRM_MSG_UPDPOLICY)
+        new_deletes = {op.undo_body for op in new_ops}
+        stale = [op for op in self._policy_ops(old) if op.undo_body not in new_deletes]
+        (err,) = self._run_groups([new_ops])
+        if err is not None:
+            raise err
+        self._undo(stale)
+
+    def migrate(
+        self,
+        child: InstalledChildSa,
+        local: IPAddress,
+        remote: IPAddress,
+        encap: UdpEncap | None | bool = True,
+    ) -> InstalledChildSa:
+        """Move a Child to new outer addresses (MOBIKE, RFC 4555) keeping SPIs, keys,
+        sequence numbers and byte counters. encap=True keeps the current encapsulation."""
+        old = child.spec
+        new = dataclasses.replace(
+            old, local=local, remote=remote,
+            encap=old.encap if encap is True else (encap or None),
+            local_ts=old.local_ts if old.mode == "tunnel" else (),
+            remote_ts=old.remote_ts if old.mode == "tunnel" else (),
+        )
+        saved = [self._get_state_msg(old, inbound) for inbound in (True, False)]
+        ops: list[_Op] = []
+        for inbound, msg in zip((True, False), saved, strict=True):
+            replay, legacy, curlft = _carry_over(msg)
+            key = _StateKey(new, inbound)
+            old_key = _StateKey(old, inbound)
+            body = state_body(new, inbound, replay=replay, replay_legacy=legacy, curlft=curlft)
+            ops.append(_Op(old_key.describe, nl.XFRM_MSG_DELSA, old_key.id_body(old),
+                           nl.XFRM_MSG_DELSA, b""))
+            ops.append(_Op(key.describe, nl.XFRM_MSG_NEWSA, body, nl.XFRM_MSG_DELSA,
+                           key.id_body(new)))
+        (err,) = self._run_groups([ops], rollback=False)
+        if err is not None:
+            self._restore(old, new, saved)
+            raise err
+        self._update_policies(old, new)
+        return InstalledChildSa(new, child.offload_in, child.offload_out)
+
+    def _restore(self, old: ChildSaSpec, new: ChildSaSpec, saved: list[Any]) -> None:
+        """Undo a failed migration: drop the new states, put the old ones back."""
+        self._undo([op for op in self._state_ops(new, None)])
+        seq = self.channel.reserve_seqs(2)
+        msgs = []
+        for i, (inbound, msg) in enumerate(zip((True, False), saved, strict=True)):
+            replay, legacy, curlft = _carry_over(msg)
+            body = state_body(old, inbound, replay=replay, replay_legacy=legacy, curlft=curlft)
+            msgs.append(wire.message(nl.XFRM_MSG_NEWSA, NLM_F_REQUEST | NLM_F_CREATE, seq + i,
+                                     body))
+        self.channel.send_batch(msgs)
+
+    # -- read back ----------------------------------------------------------------------
+
+    def _get_state_msg(self, spec: ChildSaSpec, inbound: bool) -> Any:
+        key = _StateKey(spec, inbound)
+        msg = self.channel.request(nl.XFRM_MSG_GETSA, key.id_body(spec),
+                                   f"GETSA {key.describe()}")
+        if msg is None:
+            raise XfrmError(f"GETSA {key.describe()}", errno.ENOENT, "no reply")
+        return msg
+
+    def read_states(self, spec: ChildSaSpec) -> tuple[SaInfo, SaInfo]:
+        """(inbound, outbound) as the kernel has them."""
+        sa_in = SaInfo.from_msg(self._get_state_msg(spec, True))
+        sa_out = SaInfo.from_msg(self._get_state_msg(spec, False))
+        return sa_in, sa_out
+
+    def counters(self, child: InstalledChildSa | ChildSaSpec) -> ChildSaCounters:
+        spec = child.spec if isinstance(child, InstalledChildSa) else child
+        sa_in, sa_out = self.read_states(spec)
+        return ChildSaCounters(
+            bytes_in=sa_in.cur_bytes, packets_in=sa_in.cur_packets,
+            bytes_out=sa_out.cur_bytes, packets_out=sa_out.cur_packets,
+            replay_errors=sa_in.replay_errors,
+            integrity_failed=sa_in.integrity_failed,
+        )
+
+    def states(self, *, ours_only: bool = True, larval: bool = False) -> list[SaInfo]:
+        """Installed states. Larval states (SPI 0) are the kernel's placeholders for an
+        ACQUIRE in progress: not installed by anyone, they expire by themselves."""
+        infos = [SaInfo.from_msg(m) for m in self.channel.dump(nl.XFRM_MSG_GETSA)
+                 if m["header"]["type"] == nl.XFRM_MSG_NEWSA]
+        if not larval:
+            infos = [s for s in infos if s.spi != 0]
+        return [s for s in infos if s.reqid in self.owned] if ours_only else infos
+
+    def policies(self, *, ours_only: bool = True) -> list[PolicyInfo]:
+        infos = [PolicyInfo.from_msg(m) for m in self.channel.dump(nl.XFRM_MSG_GETPOLICY)
+                 if m["header"]["type"] == nl.XFRM_MSG_NEWPOLICY]
+        if not ours_only:
+            return infos
+        return [p for p in infos if p.reqids and all(r in self.owned for r in p.reqids)]
+
+    def xfrm_stat(self) -> dict[str, int]:
+        """The kernel's XFRM error counters (/proc/net/xfrm_stat) of our namespace."""
+        with in_netns(self.netns):
+            try:
+                with open("/proc/thread-self/net/xfrm_stat") as f:
+                    text = f.read()
+            except FileNotFoundError:  # CONFIG_XFRM_STATISTICS off
+                return {}
+        return parse_xfrm_stat(text)
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def reconcile(self, keep_reqids: Iterable[int] = ()) -> ReconcileReport:
+        """After a restart: adopt our objects whose reqid is in keep_reqids, remove the
+        rest of ours, and leave every object outside the owned range alone."""
+        keep = set(keep_reqids)
+        states = self.states(larval=True)
+        policies = self.policies()
+        drop: list[_Op] = []
+        for p in policies:
+            if not p.reqids <= keep:
+                body = wire.userpolicy_id(wire.ANY_SELECTOR, p.index, p.direction)
+                body += _mark_attrs(p.mark, p.if_id)
+                drop.append(_Op(partial(str, f"policy index={p.index}"), 0, b"",
+                                nl.XFRM_MSG_DELPOLICY, body))
+        n_policies = len(drop)
+        larval = 0
+        for s in states:
+            if s.spi == 0:  # an ACQUIRE placeholder: the kernel expires it by itself
+                larval += 1
+                continue
+            if s.reqid not in keep:
+                body = wire.usersa_id(addr_bytes(s.dst), s.spi, s.family, s.proto)
+                body += _mark_attrs(s.mark, None)
+                drop.append(_Op(partial(str, f"SA spi={s.spi:#010x}"), 0, b"",
+                                nl.XFRM_MSG_DELSA, body))
+        self._undo(drop)
+        return ReconcileReport(
+            adopted_states=sum(1 for s in states if s.reqid in keep),
+            adopted_policies=len(policies) - n_policies,
+            removed_states=len(drop) - n_policies,
+            removed_policies=n_policies,
+        )
+
+    def flush(self) -> ReconcileReport:
+        """Remove all of our objects (never the kernel-wide XFRM_MSG_FLUSHSA)."""
+        return self.reconcile(())
+
+
+def _mark_attrs(mark: tuple[int, int] | None, if_id: int | None) -> bytes:
+    out = wire.nla(21, wire.mark(*mark)) if mark else b""
+    if if_id is not None:
+        out += wire.nla(31, wire.u32(if_id))
+    return out
+
+
+def _carry_over(msg: Any) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """Replay state and current lifetime of a state, re-encoded for its successor."""
+    replay = legacy = curlft = None
+    esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
+    if esn is not None:
+        replay = wire.replay_esn(
+            esn["replay_window"], esn["oseq"], esn["seq"], esn["oseq_hi"], esn["seq_hi"],
+            tuple(esn["bmp"]),
+        )
+    else:
+        rv = msg.get_attr("XFRMA_REPLAY_VAL")
+        if rv is not None:
+            legacy = nl.pack_fields(nl.REPLAY_STATE, rv)
+    curlft = nl.pack_fields(
+        nl.xfrm_lifetime_cur(""),
+        {n: msg["curlft_" + n] for n in nl.LIFETIME_CUR_NAMES},
+    )
+    return replay, legacy, curlft
+
+
+def parse_xfrm_stat(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
