@@ -1176,6 +1176,9 @@ class IkeEngine:
         assert sa.conn is not None and sa.suite is not None
         sa.state = State.ESTABLISHED
         sa.established_at = now
+        # only IKE_AUTH needed these (RealMessage1/2, connection choice): free the memory
+        sa.init_request = sa.init_response = b""
+        sa.candidates = ()
         self._drop_half_open(sa)
         self._set_expiry(sa, None)
         self.stats.handshakes += 1
