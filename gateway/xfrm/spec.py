@@ -25,8 +25,8 @@ OffloadResult = Literal["none", "crypto", "packet"]
 # reordered in flight, i.e. rate x reordering time / packet size. For a 10 Gbit/s path
 # with 1 ms of reordering (multipath backbones, RSS spreading over CPUs) and 1500-byte
 # packets: 10e9 * 1e-3 / (8 * 1500) = 833 packets, rounded up to a multiple of 32 and
-# to a power of two: 1024. The kernel's bitmap allows at most 4096 (XFRMA_REPLAY_ESN_MAX
-# bytes / 4 bytes per word / 8... = 128 words of 32 bits).
+# to a power of two: 1024. The kernel's bitmap allows at most 4096 packets
+# (bmp_len <= XFRMA_REPLAY_ESN_MAX / sizeof(u32) / 8 = 128 words of 32 bits).
 REPLAY_WINDOW_MAX = 4096
 
 
@@ -163,6 +163,8 @@ class ChildSaSpec:
             raise ValueError(f"offload {self.offload!r} needs offload_dev")
         if self.mode not in ("tunnel", "transport"):
             raise ValueError(f"unknown mode {self.mode!r}")
+        if self.mode == "tunnel" and not (self.local_ts and self.remote_ts):
+            raise ValueError("a tunnel-mode Child SA needs local_ts and remote_ts")
         for ts in (*self.local_ts, *self.remote_ts):
             if ts.port is not None and ts.proto == 0:
                 raise ValueError("a selector port needs a protocol")

@@ -5,6 +5,7 @@ Policies, ACQUIRE and reconcile need no ESP; what needs ESP is in tests/kernel.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -96,3 +97,21 @@ def test_bypass_socket_and_offload_capabilities(netns_pair: tuple[Netns, Netns])
     assert "esp-hw-offload" in caps.features
     assert caps.crypto is False  # veth: "esp-hw-offload: off [fixed]"
     assert caps.summary.startswith("none")
+
+
+async def test_event_reader_in_asyncio(netns_pair: tuple[Netns, Netns]) -> None:
+    """The daemon's way: `async for` over the reader while the loop does other work."""
+    a, _b = netns_pair
+    with XfrmManager(netns=a.name) as mgr:
+        trap, _ = spec_pair(V4_TRANSPORT, mgr.allocate_reqid(), mode="transport", encap=False)
+        mgr.install_trap(trap)
+        async with XfrmEventReader(netns=a.name) as reader:
+            ping = await asyncio.create_subprocess_exec(
+                *a.argv(["ping", "-c", "1", "-W", "1", "192.0.2.2"]),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                event = await asyncio.wait_for(anext(aiter(reader)), timeout=10)
+            finally:
+                await ping.wait()
+        assert isinstance(event, Acquire) and event.reqid == trap.reqid
+        mgr.flush()
