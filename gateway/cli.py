@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.check_config",
     "gateway.ctl",
     "gateway.daemon",
+    "gateway.tui",
     "gateway.decode",
 )
 

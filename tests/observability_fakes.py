@@ -67,3 +67,155 @@ def synthetic_ike_sas(child_sas: int, *, children_per_ike: int = 2, tick: int = 
         ]
         sas.append(ike_sa(f"conn-{i}", i, kids, now=now))
     return sas
+
+
+class FakeGateway:
+    """An in-memory gateway behind the ui.source.GatewaySource Protocol.
+
+    `connector()` is the ui Connector; `stop()` makes every call and new connection fail
+    like a stopped daemon, `start()` brings it back (a restart). Commands mutate the state
+    the next poll shows, and every call is recorded in `calls`."""
+
+    def __init__(self, ike_sas: list[dict[str, Any]] | None = None,
+                 conns: list[dict[str, Any]] | None = None, *, now: float = 1_700_000_000.0):
+        self.ike_sas = ike_sas if ike_sas is not None else []
+        self.conns = conns if conns is not None else [
+            {"name": s["connection"], "remote_addrs": [s["remote_addr"]],
+             "remote_id": s["remote_id"], "ike_proposals": [IKE_PROPOSAL], "children": []}
+            for s in self.ike_sas
+        ]
+        self.now = now
+        self.up = True
+        self.connections = 0
+        self.calls: list[tuple[str, str | None]] = []
+        self.extra_stats: dict[str, Any] = {}
+        self.events: Any = None  # asyncio.Queue once subscribed
+        self._next = 1000
+
+    # -- control of the fake -------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.up = False
+        if self.events is not None:
+            self.events.put_nowait(None)
+
+    def start(self) -> None:
+        self.up = True
+
+    def push_event(self, **event: Any) -> None:
+        assert self.events is not None, "nobody subscribed"
+        self.events.put_nowait(event)
+
+    async def connector(self) -> FakeGateway:
+        from ui.source import SourceDisconnected
+
+        if not self.up:
+            raise SourceDisconnected("cannot connect to control socket: Connection refused")
+        self.connections += 1
+        return self
+
+    # -- GatewaySource -------------------------------------------------------------------
+
+    def _check(self) -> None:
+        from ui.source import SourceDisconnected
+
+        if not self.up:
+            raise SourceDisconnected("control connection lost")
+
+    async def list_conns(self) -> list[dict[str, Any]]:
+        self._check()
+        return self.conns
+
+    async def list_sas(self) -> list[dict[str, Any]]:
+        self._check()
+        return self.ike_sas
+
+    async def stats(self) -> dict[str, Any]:
+        self._check()
+        children = sum(len(s["children"]) for s in self.ike_sas)
+        states: dict[str, int] = {}
+        for s in self.ike_sas:
+            states[s["state"]] = states.get(s["state"], 0) + 1
+        base = {
+            "uptime": 3725, "version": "0.1.0", "ike_sas": states, "child_sas": children,
+            "bytes_in": sum(c["bytes_in"] for s in self.ike_sas for c in s["children"]),
+            "bytes_out": sum(c["bytes_out"] for s in self.ike_sas for c in s["children"]),
+            "packets_in": 0, "packets_out": 0,
+            "xdp": [{"interface": "eth0", "action": "drop", "reason": "bad-spi", "packets": 7},
+                    {"interface": "eth0", "action": "pass", "reason": "esp", "packets": 99}],
+            "xfrm_errors": {"XfrmInNoStates": 2}, "handshakes": 12, "auth_failures": 1,
+            "dpd_failures": 0, "rekeys": 3,
+        }
+        return base | self.extra_stats
+
+    def _find(self, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        from ui.source import SourceRefused
+
+        conn, _, child = name.partition(".")
+        for ike in self.ike_sas:
+            if ike["connection"] != conn:
+                continue
+            if not child:
+                return ike, None
+            for c in ike["children"]:
+                if c["name"] == child:
+                    return ike, c
+        raise SourceRefused("unknown-sa", f"no SA named {name}")
+
+    async def initiate(self, name: str) -> Any:
+        from ui.source import SourceRefused
+
+        self._check()
+        self.calls.append(("initiate", name))
+        conn, _, child = name.partition(".")
+        if conn not in {c["name"] for c in self.conns}:
+            raise SourceRefused("unknown-connection", f"no connection named {conn}")
+        self._next += 1
+        self.ike_sas.append(ike_sa(conn, self._next, [child_sa(child or "net", self._next)],
+                                   now=self.now))
+        return {"initiated": name}
+
+    async def terminate(self, name: str) -> Any:
+        self._check()
+        self.calls.append(("terminate", name))
+        ike, child = self._find(name)
+        if child is None:
+            self.ike_sas.remove(ike)
+        else:
+            ike["children"].remove(child)
+        return None
+
+    async def rekey(self, name: str) -> Any:
+        self._check()
+        self.calls.append(("rekey", name))
+        ike, child = self._find(name)
+        if child is not None:
+            self._next += 1
+            child["spi_in"], child["spi_out"] = f"e{self._next:07x}", f"f{self._next:07x}"
+            child["bytes_in"] = child["bytes_out"] = 0
+        return None
+
+    async def reload(self) -> Any:
+        self._check()
+        self.calls.append(("reload", None))
+        return None
+
+    async def subscribe(self) -> Any:
+        import asyncio
+
+        self._check()
+        self.events = asyncio.Queue()
+        queue = self.events
+
+        async def events() -> Any:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+
+        return events()
+
+    async def close(self) -> None:
+        if self.events is not None:
+            self.events.put_nowait(None)

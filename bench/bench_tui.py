@@ -1,0 +1,77 @@
+"""Refresh-tick cost of the console at scale: N Child SAs polled into the running app.
+
+Run: .venv/bin/python bench/bench_tui.py [--child-sas N] [--ticks T]
+Runs the Textual app headless (200x50) against an in-memory source and prints, per tick:
+- apply: the model update (rates from counter deltas, rows updated in place), filter,
+  sort, table/summary/detail refresh (`GatewayApp.apply`);
+- frame: CPU time of apply plus Textual repainting the screen until the app is idle
+  again (process time, so the idle wait for the next refresh slot is not counted);
+- decode: json.loads of the list-sas reply, which a real control connection adds.
+Results are recorded in docs/benchmarks/observability.md. Goal: a tick under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.observability_fakes import FakeGateway, synthetic_ike_sas  # noqa: E402
+from ui.app import GatewayApp  # noqa: E402
+
+
+def ms(values: list[float]) -> str:
+    return f"median {statistics.median(values) * 1e3:6.1f} ms  max {max(values) * 1e3:6.1f} ms"
+
+
+async def run(child_sas: int, ticks: int, sort_key: str) -> None:
+    polls = [synthetic_ike_sas(child_sas, tick=t) for t in range(ticks + 1)]
+    gw = FakeGateway(polls[0])
+    stats = await gw.stats()
+    now = [1_700_000_000.0]
+    app = GatewayApp(gw.connector, label="bench", poll=False, clock=lambda: now[0])
+    async with app.run_test(size=(200, 50)) as pilot:
+        await app.tick()  # connect, first poll (creates every row)
+        app.sort_by(sort_key)
+        await pilot.pause()
+        apply_t, frame_t = [], []
+        for t in range(1, ticks + 1):
+            now[0] += 1.0
+            c0, t0 = time.process_time(), time.perf_counter()
+            app.apply(polls[t], stats, now[0])
+            t1 = time.perf_counter()
+            await pilot.pause()
+            apply_t.append(t1 - t0)
+            frame_t.append(time.process_time() - c0)
+        assert len(app.model.view) == child_sas
+    print(
+        f"tui child_sas={child_sas} sort={sort_key:10s} apply: {ms(apply_t)}   frame: {ms(frame_t)}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child-sas", type=int, default=10_000)
+    p.add_argument("--ticks", type=int, default=10)
+    a = p.parse_args()
+    blob = json.dumps(synthetic_ike_sas(a.child_sas, tick=1)).encode()
+    decode = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        json.loads(blob)
+        decode.append(time.perf_counter() - t0)
+    print(
+        f"tui child_sas={a.child_sas} list-sas reply {len(blob) / 1e6:.1f} MB decode: {ms(decode)}"
+    )
+    for key in ("connection", "bps_in"):
+        asyncio.run(run(a.child_sas, a.ticks, key))
+
+
+if __name__ == "__main__":
+    main()

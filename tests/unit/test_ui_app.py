@@ -1,0 +1,307 @@
+"""The console driven by Textual's Pilot against an in-memory gateway (FakeGateway):
+state after key presses, actions and confirmations, disconnect/reconnect, events, and
+text snapshots of the main screens (tests/unit/snapshots/*.txt; UPDATE_SNAPSHOTS=1 to
+rewrite them after an intended change, then review the diff)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.binding import Binding
+from textual.pilot import Pilot
+from textual.widgets import Sparkline, Static
+
+from tests.observability_fakes import FakeGateway, synthetic_ike_sas
+from ui.app import ConfirmScreen, GatewayApp, HelpScreen
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+NOW = 1_700_000_000.0
+SIZE = (170, 40)
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_app(gw: FakeGateway, clock: Clock | None = None, **kw: object) -> GatewayApp:
+    return GatewayApp(gw.connector, label="fake.sock", poll=False,
+                      clock=clock or Clock(), **kw)  # type: ignore[arg-type]
+
+
+def gateway(child_sas: int = 6, tick: int = 1) -> FakeGateway:
+    gw = FakeGateway(synthetic_ike_sas(child_sas, tick=tick))
+    gw.conns.append({"name": "idle", "remote_addrs": ["203.0.113.9"], "remote_id": "idle.example",
+                     "ike_proposals": ["AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"]})
+    return gw
+
+
+def widgets_text(app: GatewayApp) -> str:
+    """The console's own content, region by region: summary, visible table, detail pane,
+    event log. Snapshots compare this rather than the whole composited screen so that a
+    Textual upgrade changing scrollbar or border glyphs does not break them."""
+    detail = app.query_one("#detail-text", Static).render()
+    parts = [
+        "[summary]", app.summary_text().plain,
+        "[table]", *(line.rstrip() for line in app.table.visible_text()),
+        "[detail]", str(detail).rstrip(),
+        "[sparklines]", f"in {app.query_one('#spark-in', Sparkline).data}",
+        f"out {app.query_one('#spark-out', Sparkline).data}",
+        "[events]", *app.event_log.lines,
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def screen_text(app: GatewayApp) -> str:
+    # The compositor's strips are what the terminal would show (Textual has no public
+    # plain-text export; its SVG export is the same content with styling).
+    strips = app.screen._compositor.render_strips()
+    return "\n".join(s.text.rstrip() for s in strips) + "\n"
+
+
+def check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / f"{name}.txt"
+    if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
+        if not os.environ.get("UPDATE_SNAPSHOTS"):
+            pytest.fail(f"no snapshot {path.name}; run with UPDATE_SNAPSHOTS=1 and review it")
+        path.write_text(text)
+    assert text == path.read_text(), f"screen differs from {path.name}"
+
+
+async def commands_done(app: GatewayApp) -> None:
+    """Wait for the control commands started by key presses (not the event pump)."""
+    # (not wait_for_complete: given an empty list it waits for every worker)
+    await asyncio.gather(*(w.wait() for w in list(app.workers) if w.group == "commands"))
+
+
+async def two_polls(app: GatewayApp, gw: FakeGateway, clock: Clock, pilot: Pilot[None]) -> None:
+    await app.tick()
+    gw.ike_sas[:] = synthetic_ike_sas(6, tick=11)
+    clock.now += 10
+    await app.tick()
+    await pilot.pause()
+
+
+async def test_main_screen_snapshot_and_header_totals() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        text = screen_text(app)
+        assert "● connected fake.sock  gateway 0.1.0  up 1h02m" in text
+        assert "XDP drops 7 (bad-spi 7)" in text and "XFRM errors 2" in text
+        assert "Child SAs 6" in text
+        assert len(app.model.view) == 7  # 6 Child SAs + the idle connection
+        assert app.table.selected is not None and app.table.selected.name == "conn-0.net-0"
+        check_snapshot("tui_main", widgets_text(app))
+
+
+async def test_cursor_moves_and_detail_follows() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("down", "down", "down")
+        await pilot.pause()
+        row = app.table.selected
+        assert row is not None and row.name == "conn-1.net-1"
+        detail = str(app.query_one("#detail-text").render())
+        assert "conn-1.net-1" in detail and "c0000003 / d0000003" in detail
+        assert "rekey in 49m53s" in detail  # rekey_at now+3000+3, 10 s later
+        assert app.query_one("#spark-in", Sparkline).data == [pytest.approx(1300 * 8)]
+        await pilot.press("end")
+        assert app.table.selected is not None and app.table.selected.name == "idle"
+        await pilot.press("home")
+        assert app.table.cursor == 0
+
+
+async def test_filter_and_sort_keys() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("slash", *"conn-2")
+        assert [r.name for r in app.model.view] == ["conn-2.net-0", "conn-2.net-1"]
+        await pilot.press("enter")  # keeps the filter, back to the table
+        assert app.focused is app.table and app.model.filter == "conn-2"
+        await pilot.press("escape")
+        assert len(app.model.view) == 7
+        await pilot.press("s")
+        assert app.model.sort_key == "child"
+        await pilot.press("s", "s", "s", "s", "s")  # child->state->peer->esp->offload->bps_in
+        assert app.model.sort_key == "bps_in"
+        await pilot.press("S")
+        assert app.model.sort_reverse is True
+        assert app.model.view[0].name == "conn-2.net-1"  # highest inbound rate
+        assert "▼In bit/s" in app.table.header_text()
+
+
+async def test_click_on_a_column_title_sorts() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.click("#sas", offset=(32, 0))  # the State column
+        assert app.model.sort_key == "state"
+
+
+async def test_initiate_terminate_rekey_reload_with_confirmation() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("end", "i")  # the idle connection
+        await commands_done(app)
+        assert gw.calls[-1] == ("initiate", "idle")
+        await pilot.press("home", "r")
+        await commands_done(app)
+        assert gw.calls[-1] == ("rekey", "conn-0.net-0")
+
+        await pilot.press("t")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert ("terminate", "conn-0.net-0") not in gw.calls
+        await pilot.press("t", "y")
+        await commands_done(app)
+        assert gw.calls[-1] == ("terminate", "conn-0.net-0")
+        await app.tick()
+        assert "conn-0.net-0" not in [r.name for r in app.model.view]
+
+        await pilot.press("T", "y")
+        await commands_done(app)
+        assert gw.calls[-1] == ("terminate", "conn-0")
+        await pilot.press("R")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await commands_done(app)
+        assert gw.calls[-1] == ("reload", None)
+        assert "reload: ok" in app.event_log.lines
+
+
+async def test_refused_command_is_shown_not_raised() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        gw.ike_sas[0]["children"].clear()  # gone on the gateway, still on screen
+        await pilot.press("r")
+        await commands_done(app)
+        assert any("rekey conn-0.net-0 failed: no SA named conn-0.net-0 (unknown-sa)" in line
+                   for line in app.event_log.lines)
+        assert any(n.severity == "error" for n in app._notifications)
+
+
+async def test_survives_daemon_restart() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        gw.stop()
+        await app.tick()
+        await pilot.pause()
+        assert app.status == "disconnected" and app.source is None
+        assert app.query_one("#summary").has_class("disconnected")
+        check_snapshot("tui_disconnected", widgets_text(app))
+        await pilot.press("i")  # an action while disconnected: a message, no crash
+        await commands_done(app)
+        await app.tick()  # still down: stays disconnected, connector retried
+        assert app.status == "disconnected"
+        gw.start()
+        await app.tick()
+        assert app.status == "connected" and gw.connections == 2
+        assert "DISCONNECTED" not in str(app.summary_text())
+        assert len(app.model.view) == 7
+
+
+async def test_poll_loop_reconnects_by_itself() -> None:
+    gw = gateway()
+    app = GatewayApp(gw.connector, label="fake.sock", interval=0.05, retry_interval=0.05)
+
+    async def until(cond: object, what: str) -> None:
+        for _ in range(200):
+            if callable(cond) and cond():
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail(f"timed out waiting for {what}")
+
+    async with app.run_test(size=SIZE):
+        await until(lambda: len(app.model.view) == 7, "first poll")
+        gw.stop()
+        await until(lambda: app.status == "disconnected", "disconnected")
+        gw.start()
+        await until(lambda: app.status == "connected" and gw.connections == 2, "reconnect")
+
+
+async def test_events_are_logged_without_secrets() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        gw.push_event(type="child-rekeyed", time=NOW, connection="conn-0", child="net-0",
+                      encr_key_in="deadbeef", psk="hunter2")
+        gw.push_event(type="dpd-failed", time=NOW + 1, connection="conn-1")
+        await pilot.pause(0.05)
+        assert "22:13:20 child-rekeyed conn-0 child=net-0" in app.event_log.lines
+        assert "22:13:21 dpd-failed conn-1" in app.event_log.lines
+        text = screen_text(app)
+        assert "deadbeef" not in text and "hunter2" not in text
+
+
+async def test_secrets_in_list_sas_never_reach_the_screen() -> None:
+    gw, clock = gateway(), Clock()
+    gw.ike_sas[0]["children"][0]["encr_key_in"] = "deadbeefcafe"
+    gw.ike_sas[0]["sk_d"] = "0badc0de"
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        text = screen_text(app)
+        assert "deadbeef" not in text and "0badc0de" not in text
+
+
+async def test_help_screen_snapshot() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for binding in GatewayApp.BINDINGS:
+            assert isinstance(binding, Binding)
+            key = binding.key.split(",")[0]
+            shown = {"question_mark": "?", "slash": "/", "escape": "escape"}.get(key, key)
+            assert f"  {shown} " in text, f"help does not explain {key}"
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_command_palette_initiates_a_connection_by_name() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Initiate idle")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        await commands_done(app)
+        assert gw.calls[-1] == ("initiate", "idle")
