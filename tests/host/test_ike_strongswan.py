@@ -327,3 +327,48 @@ def test_ts_unacceptable_keeps_ike_sa_and_liveness(lab: tuple[Netns, StrongSwan]
         assert _of(drv.events, IkeSaDeleted)[0].reason == "dead peer"
         assert not _of(drv.events, ChildSaDeleted)
         assert ike_est.ike_sa == uid
+
+
+def test_ipv6_outer_and_inner(lab: tuple[Netns, StrongSwan]) -> None:
+    """IKE over IPv6 with IPv6 selectors, strongSwan initiating; ESP works both ways."""
+    a, sw = lab
+    sw.ns.ip("addr", "add", "2001:db8:2::1/128", "dev", "lo")
+    conf = (
+        swanctl_conf(GCM_X, "aes256gcm16", initiator=True)
+        .replace(THEIRS, "2001:db8::2")
+        .replace(OURS, "2001:db8::1")
+        .replace("10.2.0.0/16", "2001:db8:2::/48")
+        .replace("10.1.0.0/16", "2001:db8:1::/48")
+    )
+    sw.start(conf)
+    engine = IkeEngine(
+        [
+            ConnectionConfig(
+                name="swan6",
+                local_addrs=("2001:db8::1",),
+                remote_addrs=("2001:db8::2",),
+                psk=PSK.encode(),
+                ike_proposals=(GCM_X,),
+                children=(
+                    ChildConfig(
+                        "net", ("2001:db8:1::/48",), ("2001:db8:2::/48",), ("aes256gcm16",)
+                    ),
+                ),
+            )
+        ]
+    )
+    with UdpDriver(engine, a.name, "2001:db8::1") as drv:
+        proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
+        try:
+            drv.run_until(_settled, 20)
+            drv.run_until(lambda evs: proc.poll() is not None, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out = proc.communicate()[0]
+        ike_est, child = _outcome(drv.events, out + sw.logs())
+        assert ike_est.local_id == "2001:db8::1" and ike_est.remote_id == "2001:db8::2"
+        c = next(iter(sw.list_sas()[0]["child-sas"].values()))
+        assert c["state"] == "INSTALLED" and c["local-ts"] == ["2001:db8:2::/48"]
+        assert int(c["spi-in"], 16) == child.spi_out
+        assert [str(t.start_addr) for t in child.remote_ts] == ["2001:db8:2::"]
