@@ -940,7 +940,9 @@ class IkeEngine:
                 return
         candidates = self._candidates(local, remote)
         try:
-            answer, suite = select_ike([s for c in candidates for s in c.ike], sa_p.proposals)
+            answer, suite = select_ike(
+                [s for c in candidates for s in c.ike], sa_p.proposals, ke.group
+            )
         except ProtocolError as exc:
             self._send_init_error(hdr, Notify(exc.notify), local, remote)
             return

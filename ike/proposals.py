@@ -161,45 +161,40 @@ def _offered(p: codec.Proposal) -> dict[int, list[tuple[int, int | None]]] | Non
     return by_type
 
 
-def _pick_ike(
-    spec: ProposalSpec, offer: dict[int, list[tuple[int, int | None]]]
-) -> IkeSuite | None:
+_Offer = dict[int, list[tuple[int, int | None]]]
+
+
+def _pick_encr_integ(spec: ProposalSpec, offer: _Offer) -> tuple[Encr, Integ | None] | None:
     encr = next((e for e in spec.encr if (e.id, e.key_bits) in offer.get(1, ())), None)
     if encr is None:
         return None
-    integ: Integ | None = None
     peer_integ = [i for i, _ in offer.get(TransformType.INTEG, ()) if i != IntegId.NONE]
     if encr.aead:
-        if peer_integ:
-            return None
-    else:
-        integ = next((i for i in spec.integ if i.id in peer_integ), None)
-        if integ is None:
-            return None
+        return None if peer_integ else (encr, None)
+    integ = next((i for i in spec.integ if i.id in peer_integ), None)
+    return None if integ is None else (encr, integ)
+
+
+def _pick_ike(spec: ProposalSpec, offer: _Offer, ke_group: int | None = None) -> IkeSuite | None:
+    pair = _pick_encr_integ(spec, offer)
+    if pair is None:
+        return None
     peer_prf = [i for i, _ in offer.get(TransformType.PRF, ())]
     prf = next((p for p in spec.prf if p.id in peer_prf), None)
     peer_dh = [i for i, _ in offer.get(TransformType.DH, ())]
-    dh = next((g for g in spec.dh if g.id in peer_dh), None)
+    # the group of the peer's KE payload if acceptable: spares an INVALID_KE_PAYLOAD round
+    dh = next((g for g in spec.dh if g.id == ke_group and g.id in peer_dh), None) or next(
+        (g for g in spec.dh if g.id in peer_dh), None
+    )
     if prf is None or dh is None:
         return None
-    return IkeSuite(encr, integ, prf, dh)
+    return IkeSuite(pair[0], pair[1], prf, dh)
 
 
-def _pick_esp(
-    spec: ProposalSpec, offer: dict[int, list[tuple[int, int | None]]], with_dh: bool
-) -> EspSuite | None:
-    encr = next((e for e in spec.encr if (e.id, e.key_bits) in offer.get(1, ())), None)
-    if encr is None:
+def _pick_esp(spec: ProposalSpec, offer: _Offer, with_dh: bool) -> EspSuite | None:
+    pair = _pick_encr_integ(spec, offer)
+    if pair is None:
         return None
-    integ: Integ | None = None
-    peer_integ = [i for i, _ in offer.get(TransformType.INTEG, ()) if i != IntegId.NONE]
-    if encr.aead:
-        if peer_integ:
-            return None
-    else:
-        integ = next((i for i in spec.integ if i.id in peer_integ), None)
-        if integ is None:
-            return None
     peer_esn = [i for i, _ in offer.get(TransformType.ESN, ())] or [EsnId.NO_ESN]
     esn = next((e for e in spec.esn if e in peer_esn), None)
     if esn is None:
@@ -211,7 +206,7 @@ def _pick_esp(
             dh = next((g for g in spec.dh if g.id in peer_dh), None)
             if dh is None:
                 return None
-    return EspSuite(encr, integ, esn == EsnId.ESN, dh)
+    return EspSuite(pair[0], pair[1], esn == EsnId.ESN, dh)
 
 
 def suite_transforms(suite: IkeSuite | EspSuite) -> tuple[codec.Transform, ...]:
@@ -228,15 +223,16 @@ def suite_transforms(suite: IkeSuite | EspSuite) -> tuple[codec.Transform, ...]:
 
 
 def select_ike(
-    ours: Sequence[ProposalSpec], theirs: Sequence[codec.Proposal]
+    ours: Sequence[ProposalSpec], theirs: Sequence[codec.Proposal], ke_group: int | None = None
 ) -> tuple[codec.Proposal, IkeSuite]:
-    """Responder: choose; returns (the proposal to answer with, the suite)."""
+    """Responder: choose; returns (the proposal to answer with, the suite). Within a
+    matching proposal the group of the peer's KE payload (`ke_group`) is preferred."""
     offers = [(p, _offered(p)) for p in theirs if p.protocol == ProtocolId.IKE]
     for spec in ours:
         for p, offer in offers:
             if offer is None:
                 continue
-            suite = _pick_ike(spec, offer)
+            suite = _pick_ike(spec, offer, ke_group)
             if suite is not None:
                 return codec.Proposal(p.number, p.protocol, b"", suite_transforms(suite)), suite
     raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal")

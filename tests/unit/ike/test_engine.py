@@ -182,15 +182,29 @@ def test_invalid_ke_payload_retry_with_the_peers_group() -> None:
     assert net.of("a", IkeSaEstablished)[0].proposal == "aes256gcm16-prfsha384-ecp256"
 
 
+def test_responder_takes_the_ke_group_sent_when_acceptable() -> None:
+    net = Net.make(
+        *pair_confs(
+            a_ike=("aes256gcm16-prfsha384-x25519-ecp256",),
+            b_ike=("aes256gcm16-prfsha384-ecp256-x25519",),
+        )
+    )
+    # the responder prefers ecp256, but x25519 (the KE sent) is acceptable: no retry
+    start(net)
+    established(net)
+    assert len(net.log) == 4
+    assert net.of("b", IkeSaEstablished)[0].proposal == "aes256gcm16-prfsha384-x25519"
+
+
 def test_invalid_ke_without_common_group_fails() -> None:
     net = Net.make(
         *pair_confs(
-            a_ike=("aes256gcm16-prfsha384-x25519",), b_ike=("aes256gcm16-prfsha384-x25519-ecp256",)
+            a_ike=("aes256gcm16-prfsha384-x25519-ecp384",),
+            b_ike=("aes256gcm16-prfsha384-ecp256-x448",),
         )
     )
-    # the responder prefers ecp256 but x25519 is also acceptable: no retry needed
     start(net)
-    established(net)
+    assert [e.reason for e in net.of("a", IkeSaFailed)] == ["NO_PROPOSAL_CHOSEN"]
 
 
 def test_cookie_round_trip_under_load() -> None:
