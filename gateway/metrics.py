@@ -431,8 +431,13 @@ def make_registry(source: MetricsSource, *, aggregate_per_connection: bool = Fal
     return registry
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9810', '[::1]:9810' or ':9810' (loopback) -> (host, port)."""
+def parse_listen(listen: str | tuple[str, int]) -> tuple[str, int]:
+    """'127.0.0.1:9810', '[::1]:9810', ':9810' (loopback) or ("::1", 9810) -> (host, port)."""
+    if isinstance(listen, tuple):
+        host, port = listen
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise MetricsError(f"metrics listen port {port!r} is not a port number")
+        return host or "127.0.0.1", port
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise MetricsError(f"metrics listen address {listen!r} is not HOST:PORT")
@@ -582,7 +587,7 @@ class Exporter:
         self.close()
 
 
-def start_exporter(source: MetricsSource, listen: str = DEFAULT_LISTEN, *,
+def start_exporter(source: MetricsSource, listen: str | tuple[str, int] = DEFAULT_LISTEN, *,
                    aggregate_per_connection: bool = False,
                    registry: CollectorRegistry | None = None) -> Exporter:
     """Serve `ipsec_*` metrics read from `source` on http://LISTEN/metrics (port 0: any).

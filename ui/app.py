@@ -328,6 +328,9 @@ class GatewayApp(App[None]):
         if self.status == "disconnected":
             head.append(f"  {self.last_error} (retrying every {self.retry_interval:g}s;"
                         " data below is stale)")
+        if self.model.filter:
+            head.append(f"  filter {self.model.filter!r}: {len(self.model.view)} of "
+                        f"{len(self.model.rows)} rows", style="bold")
         ike = _mapping(s.get("ike_sas"))
         ike_text = ", ".join(
             f"{_int(n)} {str(k).lower()}" for k, n in sorted(ike.items()) if _int(n)) or "0"
@@ -378,6 +381,7 @@ class GatewayApp(App[None]):
         if event.input.id == "filter":
             self.model.set_filter(event.value)
             self.table.data_changed()
+            self.update_summary()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
@@ -391,6 +395,7 @@ class GatewayApp(App[None]):
         box.remove_class("visible")
         self.model.set_filter("")
         self.table.data_changed()
+        self.update_summary()
         self.table.focus()
 
     def action_sort_next(self) -> None:

@@ -220,6 +220,9 @@ def test_parse_listen() -> None:
     assert parse_listen("127.0.0.1:9810") == ("127.0.0.1", 9810)
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":9810") == ("127.0.0.1", 9810)
+    assert parse_listen(("::1", 9810)) == ("::1", 9810)  # the config's (host, port)
+    with pytest.raises(MetricsError):
+        parse_listen(("::1", 70000))
     for bad in ("9810", "host:", "host:http", "h:70000"):
         with pytest.raises(MetricsError):
             parse_listen(bad)

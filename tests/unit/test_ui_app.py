@@ -141,8 +141,10 @@ async def test_filter_and_sort_keys() -> None:
         assert [r.name for r in app.model.view] == ["conn-2.net-0", "conn-2.net-1"]
         await pilot.press("enter")  # keeps the filter, back to the table
         assert app.focused is app.table and app.model.filter == "conn-2"
+        assert "filter 'conn-2': 2 of 7 rows" in app.summary_text().plain
         await pilot.press("escape")
         assert len(app.model.view) == 7
+        assert "filter" not in app.summary_text().plain
         await pilot.press("s")
         assert app.model.sort_key == "child"
         await pilot.press("s", "s", "s", "s", "s")  # child->state->peer->esp->offload->bps_in
