@@ -66,6 +66,12 @@ def exporter() -> Iterator[Exporter]:
         yield exp
 
 
+@pytest.fixture
+def aggregated_exporter() -> Iterator[Exporter]:
+    with start_exporter(TickingSource(), "127.0.0.1:0", aggregate_per_connection=True) as exp:
+        yield exp
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,14 +84,17 @@ def get_json(url: str) -> Any:
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run scripts/setup.sh")
-def test_promtool_check_metrics_is_clean(exporter: Exporter) -> None:
-    with urllib.request.urlopen(exporter.url, timeout=5) as resp:
-        body = resp.read()
+def test_promtool_check_metrics_is_clean(exporter: Exporter,
+                                         aggregated_exporter: Exporter) -> None:
     assert PROMTOOL is not None
-    done = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
-                          timeout=60, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout == b"" and done.stderr == b""  # not even lint warnings
+    for exp in (exporter, aggregated_exporter):
+        with urllib.request.urlopen(exp.url, timeout=5) as resp:
+            body = resp.read()
+        done = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout == b"" and done.stderr == b""  # not even lint warnings
+    assert b"ipsec_connection_bytes_total" in body
 
 
 @pytest.fixture
@@ -161,7 +170,8 @@ def test_prometheus_scrapes_every_contract_series(prometheus: str) -> None:
         {"__name__", "instance", "job", "connection", "child", "spi_in", "spi_out",
          "esp_proposal", "offload", "mode"})}
     assert len(info) == 4
-    p50 = wait_for(prometheus, "histogram_quantile(0.5, ipsec_ike_handshake_duration_seconds_bucket)")
+    p50 = wait_for(prometheus,
+                   "histogram_quantile(0.5, ipsec_ike_handshake_duration_seconds_bucket)")
     assert 0.025 <= float(p50[0]["value"][1]) <= 0.05
     drops = wait_for(prometheus, "ipsec_xdp_packets_total{action='drop',reason='bad-spi'}")
     assert drops[0]["metric"]["interface"] == "eth0"
