@@ -75,6 +75,23 @@ class XdpCounter:
     packets: int
 
 
+class VerdictCounter(Protocol):
+    """What `MetricsSnapshot.xdp` holds: `XdpCounter`, or the BPF loader's `XdpVerdict`
+    (bpf.loader.Dataplane.verdicts()), which has the same fields."""
+
+    @property
+    def interface(self) -> str: ...
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def packets(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HistogramCounts:
     """A cumulative histogram: `counts[i]` observations <= `bounds[i]`, then +Inf."""
@@ -134,8 +151,8 @@ class MetricsSnapshot:
     """
 
     ike_sas: Sequence[Mapping[str, Any]] = ()
-    xdp: Sequence[XdpCounter] = ()
-    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # interface -> packets
+    xdp: Sequence[VerdictCounter] = ()  # e.g. Dataplane.verdicts()
+    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # Dataplane.mss_clamped()
     xfrm_errors: Mapping[str, int] = field(default_factory=dict)  # xfrm_stat name -> count
     handshake_durations: HistogramCounts = field(default_factory=empty_histogram)
     rekeys: int = 0  # Child SA rekeys completed
