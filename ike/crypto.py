@@ -11,6 +11,7 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
@@ -274,26 +275,25 @@ class DhGroupImpl:
         gid = self.id
         try:
             if gid == DhGroup.CURVE25519:
-                assert isinstance(key, x25519.X25519PrivateKey)
-                shared = key.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+                k25 = cast(x25519.X25519PrivateKey, key)
+                shared = k25.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
             elif gid == DhGroup.CURVE448:
-                assert isinstance(key, x448.X448PrivateKey)
-                shared = key.exchange(x448.X448PublicKey.from_public_bytes(peer))
+                k448 = cast(x448.X448PrivateKey, key)
+                shared = k448.exchange(x448.X448PublicKey.from_public_bytes(peer))
             elif gid in _CURVES:
-                assert isinstance(key, ec.EllipticCurvePrivateKey)
+                kec = cast(ec.EllipticCurvePrivateKey, key)
                 # from_encoded_point checks that the point is on the curve (RFC 5903 §7)
-                pub = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, b"\x04" + peer)
-                shared = key.exchange(ec.ECDH(), pub)
+                pub = ec.EllipticCurvePublicKey.from_encoded_point(kec.curve, b"\x04" + peer)
+                shared = kec.exchange(ec.ECDH(), pub)
             else:
-                assert isinstance(key, int)
                 y = int.from_bytes(peer, "big")
                 if not 1 < y < MODP_2048_P - 1:  # RFC 6989 §2.1
                     raise _bad_ke("MODP value out of range")
-                return pow(y, key, MODP_2048_P).to_bytes(self.ke_size, "big")
+                return pow(y, cast(int, key), MODP_2048_P).to_bytes(self.ke_size, "big")
         except ValueError as exc:
             raise _bad_ke(str(exc)) from None
         # RFC 8031 §2.2 / RFC 7748 §6: an all-zero X25519/X448 result means a bad point
-        if not any(shared):
+        if shared.count(0) == len(shared):
             raise _bad_ke("all-zero shared secret")
         return shared
 

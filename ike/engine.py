@@ -968,13 +968,14 @@ class IkeEngine:
         sa.spi_r = self._new_ike_spi()
         sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
         sa.nr = self._random(self.settings.nonce_size)
-        sa.nat = self._detect_nat(sa, p)
+        nat = self._detect_nat(sa, p)
+        sa.nat = bool(nat)
         out: list[Payload] = [
             SecurityAssociation((answer,)),
             KeyExchange(suite.dh.id, dh.public),
             Nonce(sa.nr),
         ]
-        if _first_notify(p, NotifyType.NAT_DETECTION_SOURCE_IP) is not None:
+        if nat is not None:  # the peer does NAT-T: answer with our hashes
             out += [
                 Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
                 Notify(
@@ -995,14 +996,19 @@ class IkeEngine:
         self._set_expiry(sa, now + self.settings.half_open_timeout)
         self._emit(local, remote, resp)
 
-    def _detect_nat(self, sa: _IkeSa, payloads: Sequence[Payload]) -> bool:
-        """True if either side is behind a NAT (§2.23); the peer's view comes from its hashes."""
-        src = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-        dst = [
-            n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP
-        ]
+    def _detect_nat(self, sa: _IkeSa, payloads: Sequence[Payload]) -> bool | None:
+        """True if either side is behind a NAT (§2.23), False if not, None if the peer sent
+        no NAT_DETECTION_* notifies. The peer's view comes from its hashes."""
+        src: list[bytes] = []
+        dst: list[bytes] = []
+        for p in payloads:
+            if type(p) is Notify:
+                if p.type == NotifyType.NAT_DETECTION_SOURCE_IP:
+                    src.append(p.data)
+                elif p.type == NotifyType.NAT_DETECTION_DESTINATION_IP:
+                    dst.append(p.data)
         if not src or not dst:
-            return False
+            return None
         # the initiator's request carries SPIr = 0 in its hashes
         spi_r = sa.spi_r if sa.initiator else ZERO_SPI
         remote_ok = _nat_hash(sa.spi_i, spi_r, sa.remote) in src
@@ -1068,7 +1074,7 @@ class IkeEngine:
         sa.suite = suite
         sa.nr = nonce.data
         sa.init_response = data
-        sa.nat = self._detect_nat(sa, payloads)
+        sa.nat = bool(self._detect_nat(sa, payloads))
         self._derive_ike_keys(sa, g_ir)
         nat_t = self.settings.nat_t_port
         if sa.nat:  # float to port 4500 (RFC 7296 §2.23, RFC 3948)
