@@ -502,3 +502,43 @@ def test_set_connections_is_all_or_nothing_and_keeps_sas() -> None:
     assert net.a.ike_sas()[0].connection == "a2b"
     net.a.check_liveness(net.a.ike_sas()[0].ike_sa, net.now)
     assert net.pump() == 2
+
+
+def test_crossing_deletes_end_with_one_event_per_side() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    ca, cb = established(net)
+    # both delete the Child at the same moment: each answers the other's request
+    net.a.delete_child_sa(ca.ike_sa, ca.spi_in, net.now)
+    net.b.delete_child_sa(cb.ike_sa, cb.spi_in, net.now)
+    net.pump()
+    for side in "ab":
+        assert len(net.of(side, ChildSaDeleted)) == 1
+    # then both delete the IKE SA at the same moment
+    net.a.delete_ike_sa(ca.ike_sa, net.now)
+    net.b.delete_ike_sa(cb.ike_sa, net.now)
+    net.pump()
+    net.advance(300)
+    for side in "ab":
+        assert len(net.of(side, IkeSaDeleted)) == 1, net.events[side]
+    assert net.a.ike_sas() == [] and net.b.ike_sas() == []
+    assert net.a.next_timer() is None and net.b.next_timer() is None
+
+
+def test_ike_sas_snapshot_for_list_sas() -> None:
+    net = Net.make(*pair_confs(a_local_id="@moon.example"))
+    uid = net.a.initiate("a2b", None, net.now)
+    [info] = net.a.ike_sas()
+    assert info.state == "CONNECTING" and info.ike_sa == uid and info.proposal is None
+    net.pump()
+    [info] = net.a.ike_sas()
+    assert info.state == "ESTABLISHED" and info.connection == "a2b" and info.initiator
+    assert info.local_id == "moon.example" and info.remote_id == B_IP
+    assert info.established_at == net.now and info.proposal == "aes256gcm16-prfsha384-x25519"
+    [child] = info.children
+    assert child.name == "net" and child.mode == "tunnel" and not child.encap
+    [binfo] = net.b.ike_sas()
+    assert binfo.remote_id == "moon.example" and not binfo.initiator
+    assert binfo.children[0].spi_in == child.spi_out
+    net.a.delete_ike_sa(uid, net.now)
+    assert net.a.ike_sas()[0].state == "DELETING"
