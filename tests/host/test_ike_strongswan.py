@@ -372,3 +372,30 @@ def test_ipv6_outer_and_inner(lab: tuple[Netns, StrongSwan]) -> None:
         assert c["state"] == "INSTALLED" and c["local-ts"] == ["2001:db8:2::/48"]
         assert int(c["spi-in"], 16) == child.spi_out
         assert [str(t.start_addr) for t in child.remote_ts] == ["2001:db8:2::"]
+
+
+@pytest.mark.parametrize("ours_initiate", [True, False], ids=["we-initiate", "they-initiate"])
+def test_strongswan_default_proposals(lab: tuple[Netns, StrongSwan], ours_initiate: bool) -> None:
+    """strongSwan's `default` proposals (many algorithms, groups we do not implement) meet
+    our one-suite configuration."""
+    a, sw = lab
+    conf = swanctl_conf("default", "default", initiator=not ours_initiate)
+    sw.start(conf)
+    engine = our_engine(GCM_X, "aes256gcm16")
+    with UdpDriver(engine, a.name, OURS) as drv:
+        if ours_initiate:
+            engine.initiate("swan", None, drv.now())
+            drv.run_until(_settled, 15)
+            out = ""
+        else:
+            proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
+            try:
+                drv.run_until(_settled, 20)
+                drv.run_until(lambda evs: proc.poll() is not None, 10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                out = proc.communicate()[0]
+        ike_est, child = _outcome(drv.events, out + sw.logs())
+        assert ike_est.proposal == GCM_X and child.proposal == "aes256gcm16"
+        ping_through_tunnel(drv, child, sw)
