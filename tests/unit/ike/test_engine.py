@@ -542,3 +542,21 @@ def test_ike_sas_snapshot_for_list_sas() -> None:
     assert binfo.children[0].spi_in == child.spi_out
     net.a.delete_ike_sa(uid, net.now)
     assert net.a.ike_sas()[0].state == "DELETING"
+
+
+def test_cookie_threshold_caps_half_open_state_under_a_flood() -> None:
+    from ike.engine import IkeEngine
+
+    a, b = pair_confs()
+    b = dataclasses.replace(b, remote_addrs=())
+    responder = IkeEngine([b], EngineSettings(cookie_threshold=10))
+    sources = [IkeEngine([dataclasses.replace(a, name=f"a{i}")]) for i in range(40)]
+    for i, src in enumerate(sources):
+        src.initiate(f"a{i}", None, 0.0)
+        [d] = src.datagrams_to_send()
+        responder.receive_datagram(d.data, ((B_IP, 500), (f"198.18.0.{i}", 500)), 0.0)
+    assert len(responder.ike_sas()) == 10
+    assert responder.stats.cookies_sent == 30
+    # half-open SAs expire; then new peers get state again without a cookie
+    responder.handle_timer(31.0)
+    assert responder.ike_sas() == []
