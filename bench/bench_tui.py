@@ -6,7 +6,9 @@ Runs the Textual app headless (200x50) against an in-memory source and prints, p
   sort, table/summary/detail refresh (`GatewayApp.apply`);
 - frame: CPU time of apply plus Textual repainting the screen until the app is idle
   again (process time, so the idle wait for the next refresh slot is not counted);
-- decode: json.loads of the list-sas reply, which a real control connection adds.
+- decode: json.loads of the list-sas reply, which a real control connection adds;
+- socket: a whole `tick()` through a real ControlServer/ControlClient on a unix socket
+  (server-side JSON encoding, transfer, decoding, apply), wall time.
 Results are recorded in docs/benchmarks/observability.md. Goal: a tick under 100 ms.
 """
 
@@ -55,6 +57,58 @@ async def run(child_sas: int, ticks: int, sort_key: str) -> None:
     )
 
 
+class Backend:
+    """A control API backend serving synthetic list-sas replies whose counters move."""
+
+    def __init__(self, child_sas: int, ticks: int) -> None:
+        self.polls = [synthetic_ike_sas(child_sas, tick=t) for t in range(ticks + 2)]
+        self.n = 0
+
+    def list_conns(self) -> list[dict[str, object]]:
+        return []
+
+    def list_sas(self) -> list[dict[str, object]]:
+        self.n += 1
+        return self.polls[self.n % len(self.polls)]
+
+    def stats(self) -> dict[str, object]:
+        return {"uptime": 1, "version": "bench", "child_sas": len(self.polls[0]) * 2}
+
+    async def initiate(self, name: str, timeout: float) -> None: ...
+
+    async def terminate(self, name: str, timeout: float) -> None: ...
+
+    async def rekey(self, name: str, timeout: float) -> None: ...
+
+    async def reload(self) -> None: ...
+
+
+async def run_socket(child_sas: int, ticks: int) -> None:
+    import tempfile
+
+    from gateway.control import ControlServer
+    from ui.control_source import socket_connector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ctl.sock"
+        server = ControlServer(Backend(child_sas, ticks), path)
+        await server.start()
+        try:
+            app = GatewayApp(socket_connector(path), label="bench", poll=False)
+            async with app.run_test(size=(200, 50)) as pilot:
+                await app.tick()
+                times = []
+                for _ in range(ticks):
+                    t0 = time.perf_counter()
+                    await app.tick()
+                    await pilot.pause()
+                    times.append(time.perf_counter() - t0)
+                assert len(app.model.view) == child_sas
+        finally:
+            await server.close()
+    print(f"tui child_sas={child_sas} tick through the control socket: {ms(times)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child-sas", type=int, default=10_000)
@@ -71,6 +125,7 @@ def main() -> None:
     )
     for key in ("connection", "bps_in"):
         asyncio.run(run(a.child_sas, a.ticks, key))
+    asyncio.run(run_socket(a.child_sas, a.ticks))
 
 
 if __name__ == "__main__":

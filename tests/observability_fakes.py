@@ -89,6 +89,7 @@ class FakeGateway:
         self.connections = 0
         self.calls: list[tuple[str, str | None]] = []
         self.extra_stats: dict[str, Any] = {}
+        self.refuse_stats = False  # stats answers with an error (e.g. a malformed reply)
         self.events: Any = None  # asyncio.Queue once subscribed
         self._next = 1000
 
@@ -131,7 +132,11 @@ class FakeGateway:
         return self.ike_sas
 
     async def stats(self) -> dict[str, Any]:
+        from ui.source import SourceRefused
+
         self._check()
+        if self.refuse_stats:
+            raise SourceRefused("bad-reply", "unexpected reply from the gateway")
         children = sum(len(s["children"]) for s in self.ike_sas)
         states: dict[str, int] = {}
         for s in self.ike_sas:

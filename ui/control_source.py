@@ -19,6 +19,8 @@ async def _translated(call: Awaitable[T]) -> T:
         raise SourceRefused(exc.code, exc.message) from None
     except (ControlConnectionError, ConnectionError) as exc:
         raise SourceDisconnected(str(exc) or "control connection lost") from None
+    except (TypeError, ValueError) as exc:  # a reply of the wrong shape (e.g. stats not an object)
+        raise SourceRefused("bad-reply", f"unexpected reply from the gateway: {exc}") from None
 
 
 class ControlSource:

@@ -211,6 +211,23 @@ async def test_refused_command_is_shown_not_raised() -> None:
         assert any(n.severity == "error" for n in app._notifications)
 
 
+async def test_a_refused_poll_is_logged_and_the_next_one_recovers() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        gw.refuse_stats = True
+        await app.tick()
+        assert "poll failed: unexpected reply from the gateway" in app.event_log.lines
+        assert app.status == "connected" and len(app.model.view) == 7  # last data kept
+        gw.refuse_stats = False
+        gw.ike_sas.pop()
+        await app.tick()
+        # conn-2's IKE SA is gone: its two Child SA rows become one idle connection row
+        assert {r.name: r.state for r in app.model.view}["conn-2"] == "down"
+        assert len(app.model.view) == 6
+
+
 async def test_survives_daemon_restart() -> None:
     gw, clock = gateway(), Clock()
     app = make_app(gw, clock)

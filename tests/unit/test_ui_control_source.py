@@ -82,3 +82,22 @@ async def test_adapter_over_the_real_control_socket(tmp_path: Path) -> None:
         await server.close()
     with pytest.raises(SourceDisconnected, match="cannot connect"):
         await socket_connector(tmp_path / "ctl.sock", timeout=2)()
+
+
+class OddBackend(Backend):
+    def stats(self) -> Any:
+        return ["not", "an", "object"]
+
+
+async def test_a_reply_of_the_wrong_shape_is_refused_not_raised(tmp_path: Path) -> None:
+    server = ControlServer(OddBackend(), tmp_path / "ctl.sock")
+    await server.start()
+    try:
+        source = await socket_connector(tmp_path / "ctl.sock")()
+        with pytest.raises(SourceRefused) as refused:
+            await source.stats()
+        assert refused.value.code == "bad-reply"
+        assert len(await source.list_sas()) == 1  # the connection is still usable
+        await source.close()
+    finally:
+        await server.close()
