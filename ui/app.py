@@ -87,8 +87,9 @@ HELP_TEXT = """\
   t                              terminate the selected SA (asks first)
   T                              terminate the whole connection (asks first)
   r                              rekey the selected SA
+  K                              rekey the IKE SA of the selected row's connection
   R                              reload the configuration (asks first)
-  ctrl+p                         command palette: every action, plus initiate and
+  ctrl+p                         command palette: every action, plus initiate, rekey and
                                  terminate of any configured connection by name
 
 [b]Other[/b]
@@ -140,6 +141,7 @@ class GatewayApp(App[None]):
         Binding("t", "terminate", "Terminate"),
         Binding("T", "terminate_connection", "Term. conn", show=False),
         Binding("r", "rekey", "Rekey"),
+        Binding("K", "rekey_connection", "Rekey IKE", show=False),
         Binding("R", "reload", "Reload"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -432,6 +434,15 @@ class GatewayApp(App[None]):
         if name is not None:
             self.run_command("rekey", name)
 
+    def action_rekey_connection(self) -> None:
+        row = self.table.selected
+        if row is not None and row.kind == "conn":
+            self.notify(f"{row.connection} has no SA to rekey", severity="warning")
+            return
+        name = self._selected_name(connection=True)
+        if name is not None:
+            self.run_command("rekey", name)
+
     def action_terminate(self) -> None:
         name = self._selected_name()
         if name is not None:
@@ -501,6 +512,8 @@ class GatewayApp(App[None]):
         for conn in sorted(str(c.get("name", "")) for c in self.conns or ()):
             yield SystemCommand(f"Initiate {conn}", "Initiate this connection",
                                 _bind(self.run_command, "initiate", conn), discover=False)
+            yield SystemCommand(f"Rekey {conn}", "Rekey this connection's IKE SA",
+                                _bind(self.run_command, "rekey", conn), discover=False)
             yield SystemCommand(
                 f"Terminate {conn}", "Terminate this connection (asks first)",
                 _bind(self.confirm, f"Terminate every SA of connection {conn}?",

@@ -175,6 +175,9 @@ async def test_initiate_terminate_rekey_reload_with_confirmation() -> None:
         await pilot.press("home", "r")
         await commands_done(app)
         assert gw.calls[-1] == ("rekey", "conn-0.net-0")
+        await pilot.press("K")  # the IKE SA of the selected row's connection
+        await commands_done(app)
+        assert gw.calls[-1] == ("rekey", "conn-0")
 
         await pilot.press("t")
         assert isinstance(app.screen, ConfirmScreen)
