@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from textual.binding import Binding
+from textual.command import CommandList
 from textual.pilot import Pilot
 from textual.widgets import Sparkline, Static
 
@@ -83,6 +84,16 @@ def check_snapshot(name: str, text: str) -> None:
             pytest.fail(f"no snapshot {path.name}; run with UPDATE_SNAPSHOTS=1 and review it")
         path.write_text(text)
     assert text == path.read_text(), f"screen differs from {path.name}"
+
+
+async def eventually(pilot: Pilot[None], what: str, cond: Callable[[], bool],
+                     timeout: float = 20) -> None:
+    """Let the app run until `cond` holds (generous: the CI machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
 
 
 async def commands_done(app: GatewayApp) -> None:
@@ -257,19 +268,13 @@ async def test_poll_loop_reconnects_by_itself() -> None:
     gw = gateway()
     app = GatewayApp(gw.connector, label="fake.sock", interval=0.05, retry_interval=0.05)
 
-    async def until(cond: object, what: str) -> None:
-        for _ in range(200):
-            if callable(cond) and cond():
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"timed out waiting for {what}")
-
-    async with app.run_test(size=SIZE):
-        await until(lambda: len(app.model.view) == 7, "first poll")
+    async with app.run_test(size=SIZE) as pilot:
+        await eventually(pilot, "first poll", lambda: len(app.model.view) == 7)
         gw.stop()
-        await until(lambda: app.status == "disconnected", "disconnected")
+        await eventually(pilot, "disconnected", lambda: app.status == "disconnected")
         gw.start()
-        await until(lambda: app.status == "connected" and gw.connections == 2, "reconnect")
+        await eventually(pilot, "reconnect",
+                         lambda: app.status == "connected" and gw.connections == 2)
 
 
 async def test_events_are_logged_without_secrets() -> None:
@@ -280,7 +285,8 @@ async def test_events_are_logged_without_secrets() -> None:
         gw.push_event(type="child-rekeyed", time=NOW, connection="conn-0", child="net-0",
                       encr_key_in="deadbeef", psk="hunter2")
         gw.push_event(type="dpd-failed", time=NOW + 1, connection="conn-1")
-        await pilot.pause(0.05)
+        await eventually(pilot, "the events in the log",
+                         lambda: any("dpd-failed" in line for line in app.event_log.lines))
         assert "22:13:20 child-rekeyed conn-0 child=net-0" in app.event_log.lines
         assert "22:13:21 dpd-failed conn-1" in app.event_log.lines
         text = screen_text(app)
@@ -322,8 +328,12 @@ async def test_command_palette_initiates_a_connection_by_name() -> None:
         await two_polls(app, gw, clock, pilot)
         await pilot.press("ctrl+p")
         await pilot.press(*"Initiate idle")
-        await pilot.pause(0.3)
+
+        def found() -> bool:
+            lists = app.screen.query(CommandList)
+            return bool(lists) and lists.first().option_count > 0
+
+        await eventually(pilot, "the palette's match", found)
         await pilot.press("enter")
-        await pilot.pause()
-        await commands_done(app)
-        assert gw.calls[-1] == ("initiate", "idle")
+        await eventually(pilot, "the initiate command",
+                         lambda: gw.calls[-1:] == [("initiate", "idle")])
