@@ -205,10 +205,15 @@ class GatewayApp(App[None]):
     # -- polling -------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             await self.tick()
             self._wake.clear()
-            wait = self.interval if self.source is not None else self.retry_interval
+            # A poll that takes long (a huge list-sas over a slow link) stretches the
+            # interval so the console stays responsive: at most a quarter of the time polling.
+            busy = 3 * (loop.time() - started)
+            wait = max(self.interval, busy) if self.source is not None else self.retry_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
