@@ -55,7 +55,8 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ike import codec
 from ike.codec import (
@@ -91,7 +92,7 @@ from ike.constants import (
     name_of,
 )
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError
+from ike.errors import DecodeError, LocalError, ProtocolError, SpiExhausted
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -350,6 +351,42 @@ def _ip_port(ep: Endpoint) -> bytes:
     return _ip(ep[0]).packed + struct.pack("!H", ep[1])
 
 
+class InboundSpiAllocator(Protocol):
+    """Chooses the SPIs we receive ESP with (RFC 7296 §3.3.1: the recipient picks them).
+
+    The daemon may inject one that encodes a counter slot in the SPI (bpf/spi.py).
+    `allocate` returns a 32-bit SPI >= 256 not in use, or raises ike.errors.SpiExhausted;
+    `release` is called exactly once for every allocated SPI when it is no longer used.
+    """
+
+    def allocate(self) -> int: ...
+
+    def release(self, spi: int) -> None: ...
+
+
+class RandomSpis:
+    """The default allocator: random SPIs, unique among the live ones."""
+
+    __slots__ = ("_random", "_used")
+
+    def __init__(self, random: RandomSource) -> None:
+        self._random = random
+        self._used: set[int] = set()
+
+    def allocate(self) -> int:
+        while True:
+            spi = int.from_bytes(self._random(4), "big")
+            if spi >= 256 and spi not in self._used:  # 1..255 are reserved (RFC 4303 §2.1)
+                self._used.add(spi)
+                return spi
+
+    def release(self, spi: int) -> None:
+        self._used.discard(spi)
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+
 def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
     return hashlib.sha1(spi_i + spi_r + _ip_port(ep)).digest()
@@ -384,6 +421,7 @@ class IkeEngine:
         settings: EngineSettings | None = None,
         *,
         random: RandomSource = os.urandom,
+        spis: InboundSpiAllocator | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
         self._random = random
@@ -392,7 +430,7 @@ class IkeEngine:
         self._sas: dict[bytes, _IkeSa] = {}
         self._by_uid: dict[int, _IkeSa] = {}
         self._half_open: dict[tuple[bytes, Endpoint], _IkeSa] = {}
-        self._child_spis: set[int] = set()
+        self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
         self._timers: list[tuple[float, int, int]] = []
@@ -828,12 +866,11 @@ class IkeEngine:
             if spi != ZERO_SPI and spi not in self._sas:
                 return spi
 
-    def _new_child_spi(self) -> int:
-        while True:
-            spi = int.from_bytes(self._random(4), "big")
-            if spi >= 256 and spi not in self._child_spis:  # 1..255 are reserved (RFC 4303)
-                self._child_spis.add(spi)
-                return spi
+    def _release_pending(self, sa: _IkeSa) -> None:
+        pending = sa.pending_child
+        if pending is not None and pending.spi_in:
+            self._spis.release(pending.spi_in)
+        sa.pending_child = None
 
     def _remove(self, sa: _IkeSa) -> None:
         if self._sas.get(sa.our_spi) is sa:
@@ -841,9 +878,9 @@ class IkeEngine:
         self._by_uid.pop(sa.uid, None)
         self._drop_half_open(sa)
         for spi in sa.children:
-            self._child_spis.discard(spi)
-        if sa.pending_child is not None:
-            self._child_spis.discard(sa.pending_child.spi_in)
+            self._spis.release(spi)
+        sa.children.clear()
+        self._release_pending(sa)
         sa.timer_at = None
 
     def _drop_half_open(self, sa: _IkeSa) -> None:
@@ -872,7 +909,7 @@ class IkeEngine:
 
     def _child_deleted(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
         sa.children.pop(child.spi_in, None)
-        self._child_spis.discard(child.spi_in)
+        self._spis.release(child.spi_in)
         self._events.append(
             ChildSaDeleted(
                 sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now
@@ -1099,7 +1136,10 @@ class IkeEngine:
         )
         payloads.append(Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, auth))
         ch = sa.pending_child.config
-        spi_in = self._new_child_spi()
+        try:
+            spi_in = self._spis.allocate()
+        except SpiExhausted:
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "no inbound SPI left") from None
         tsi = ch.local_ts or (ts_for_address(_ip(sa.local[0])),)
         tsr = ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),)
         sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
@@ -1231,14 +1271,15 @@ class IkeEngine:
             if not ni or not nr:
                 continue
             ts_matched = True
-            spi_in = self._new_child_spi()
             try:
-                answer, suite, peer_spi = select_esp(
-                    ch.esp, sa_p.proposals, spi_in.to_bytes(4, "big")
-                )
+                answer, suite, peer_spi = select_esp(ch.esp, sa_p.proposals, bytes(4))
             except ProtocolError:
-                self._child_spis.discard(spi_in)
                 continue
+            try:
+                spi_in = self._spis.allocate()
+            except SpiExhausted:
+                raise ProtocolError(NotifyType.NO_ADDITIONAL_SAS, "no inbound SPI left") from None
+            answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
             transport = want_transport and ch.transport
             peer = int.from_bytes(peer_spi, "big")
             self._install_child(sa, _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now))
@@ -1330,7 +1371,7 @@ class IkeEngine:
         assert pending is not None
         err = _error_notify(payloads)
         if err is not None:
-            self._child_spis.discard(pending.spi_in)
+            self._spis.release(pending.spi_in)
             self._events.append(
                 ChildSaFailed(
                     sa.uid, conn.name, pending.config.name, name_of(NotifyType, err.type), now
@@ -1340,7 +1381,7 @@ class IkeEngine:
         try:
             self._accept_child(sa, pending, payloads, now)
         except ProtocolError as exc:
-            self._child_spis.discard(pending.spi_in)
+            self._spis.release(pending.spi_in)
             self._events.append(
                 ChildSaFailed(sa.uid, conn.name, pending.config.name, exc.notify.name, now)
             )

@@ -31,3 +31,7 @@ class ProtocolError(Exception):
 
 class LocalError(Exception):
     """Our caller asked for something impossible (bad config, unknown connection/SA)."""
+
+
+class SpiExhausted(Exception):
+    """An inbound SPI allocator has no SPI left (e.g. all counter slots are in use)."""

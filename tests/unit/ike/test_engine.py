@@ -560,3 +560,76 @@ def test_cookie_threshold_caps_half_open_state_under_a_flood() -> None:
     # half-open SAs expire; then new peers get state again without a cookie
     responder.handle_timer(31.0)
     assert responder.ike_sas() == []
+
+
+class CountingSpis:
+    """An injected allocator that checks the engine's bookkeeping: every SPI handed out is
+    released exactly once, never twice, never one we did not hand out."""
+
+    def __init__(self, capacity: int = 1000, base: int = 0x1000) -> None:
+        self.free = [base + i for i in range(capacity)]
+        self.live: set[int] = set()
+        self.allocated = 0
+
+    def allocate(self) -> int:
+        from ike.errors import SpiExhausted
+
+        if not self.free:
+            raise SpiExhausted("no slots")
+        spi = self.free.pop(0)
+        self.live.add(spi)
+        self.allocated += 1
+        return spi
+
+    def release(self, spi: int) -> None:
+        assert spi in self.live, f"release of {spi:#x} that is not live"
+        self.live.remove(spi)
+        self.free.append(spi)
+
+
+def _net_with_spis(sa: CountingSpis, sb: CountingSpis, **kw: object) -> Net:
+    import random
+
+    from ike.engine import IkeEngine
+
+    a_conf, b_conf = pair_confs(**kw)
+    net = Net.make(a_conf, b_conf)
+    net.a = IkeEngine([a_conf], random=random.Random(3).randbytes, spis=sa)
+    net.b = IkeEngine([b_conf], random=random.Random(4).randbytes, spis=sb)
+    return net
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"b_remote_ts": ("10.9.0.0/16",)}, {"b_psk": b"other"}, {"a_esp": ("aes128-sha256",)}],
+    ids=["ok", "ts-unacceptable", "auth-failed", "no-proposal"],
+)
+def test_injected_spi_allocator_never_leaks(kw: dict) -> None:  # type: ignore[type-arg]
+    sa, sb = CountingSpis(), CountingSpis(base=0x2000)
+    net = _net_with_spis(sa, sb, **kw)
+    uid = net.a.initiate("a2b", None, net.now)
+    net.pump()
+    children = net.of("a", ChildSaEstablished)
+    if children:
+        assert children[0].spi_in in sa.live and children[0].spi_out in sb.live
+    if net.a.ike_sas():
+        net.a.delete_ike_sa(uid, net.now)
+        net.pump()
+    net.advance(300)
+    assert sa.live == set() and sb.live == set()
+    assert net.a.ike_sas() == [] and net.b.ike_sas() == []
+
+
+def test_spi_exhaustion_fails_the_child_not_the_engine() -> None:
+    sa, sb = CountingSpis(), CountingSpis(capacity=0)
+    net = _net_with_spis(sa, sb)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    assert [e.reason for e in net.of("b", ChildSaFailed)] == ["NO_ADDITIONAL_SAS"]
+    assert [e.reason for e in net.of("a", ChildSaFailed)] == ["NO_ADDITIONAL_SAS"]
+    assert len(net.of("a", IkeSaEstablished)) == 1 and sa.live == set()
+    # and on the initiator: no SPI for the Child, so no IKE_AUTH
+    net2 = _net_with_spis(CountingSpis(capacity=0), CountingSpis())
+    net2.a.initiate("a2b", None, net2.now)
+    net2.pump()
+    assert [e.reason for e in net2.of("a", IkeSaFailed)] == ["TEMPORARY_FAILURE"]
