@@ -10,6 +10,7 @@ each) between two engines, aes256gcm16-prfsha384-x25519 / aes256gcm16, and print
     recorded on the real path and replayed alone) and the Python around it,
   - the responder handling many peers back to back (all IKE_SA_INIT, then all IKE_AUTH),
     as a gateway does, without the initiator's work in between,
+  - the memory an established responder IKE SA with its Child SA holds (tracemalloc),
   - optionally (--profile) the top functions by own time on the responder.
 
 Usage: .venv/bin/python bench/bench_ike_handshake.py [-n 2000] [--profile]
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hmac
+import os
 import pstats
 import sys
 import time
@@ -200,6 +202,44 @@ def run_batched(n: int) -> tuple[float, float]:
     return t1 - t0, t3 - t2
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_per_sa(n: int) -> tuple[float, float]:
+    """Bytes held per established responder IKE SA (with its one Child SA), after the
+    initiator engine is gone: (Python heap by tracemalloc, process RSS growth). RSS also
+    counts OpenSSL's AEAD contexts, which tracemalloc cannot see."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    rss0 = _rss()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    a, b = engines()
+    for _ in range(n):
+        a.initiate("a", None, 0.0)
+    for d in a.datagrams_to_send():
+        b.receive_datagram(d.data, (d.remote, d.local), 0.0)
+    for d in b.datagrams_to_send():
+        a.receive_datagram(d.data, (d.remote, d.local), 0.0)
+    for d in a.datagrams_to_send():
+        b.receive_datagram(d.data, (d.remote, d.local), 0.0)
+    b.datagrams_to_send()
+    while b.next_event() is not None:
+        pass
+    del a
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    rss = _rss() - rss0
+    if len(b.ike_sas()) != n:
+        raise SystemExit("memory run: not all SAs established")
+    return held / n, rss / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=2000, help="handshakes (default 2000)")
@@ -238,6 +278,11 @@ def main() -> None:
         f"responder, many peers in a row  : {1 / batched:8.0f} handshakes/s "
         f"({batched * 1e6:.0f} us: IKE_SA_INIT {p1 / args.n * 1e6:.0f} + "
         f"IKE_AUTH {p2 / args.n * 1e6:.0f}; Python {(batched - crypto) * 1e6:.0f} us)"
+    )
+    heap, rss = memory_per_sa(args.n)
+    print(
+        f"memory per responder IKE SA     : {heap / 1024:8.1f} KiB Python heap, "
+        f"{rss / 1024:.1f} KiB RSS growth (established, one Child SA)"
     )
     if args.profile:
         prof = cProfile.Profile()
