@@ -332,6 +332,8 @@ class GatewayApp(App[None]):
             head.append(f"  gateway {s['version']}")
         if isinstance(s.get("uptime"), int | float):
             head.append(f"  up {duration(s['uptime'])}")
+        if s.get("dataplane"):
+            head.append(f"  data plane {s['dataplane']}")
         if self.status == "disconnected":
             head.append(f"  {self.last_error} (retrying every {self.retry_interval:g}s;"
                         " data below is stale)")

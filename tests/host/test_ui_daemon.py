@@ -55,7 +55,9 @@ async def test_console_drives_a_real_daemon(netns_pair: tuple[Netns, Netns],
         row = app.table.selected
         assert row is not None and row.name == "east.net"
         assert (row.peer, row.remote_id) == ("192.0.2.2", "gw-east")
-        assert app.status == "connected" and "IKE SAs 1 established" in app.summary_text().plain
+        summary = app.summary_text().plain
+        assert app.status == "connected" and "IKE SAs 1 established" in summary
+        assert "data plane none" in summary
         old_spi = row.spi_in
 
         def rekey_answers() -> list[str]:
