@@ -62,6 +62,7 @@ class EngineSettings:
     half_open_timeout: float = 30.0
     # Demand a COOKIE (RFC 7296 §2.6) once this many responder SAs are half-open.
     cookie_threshold: int = 100
+    cookie_secret_lifetime: float = 300.0  # a new COOKIE secret this often (old one kept)
     nat_t_port: int = 4500
     nonce_size: int = 32
 

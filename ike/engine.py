@@ -436,7 +436,11 @@ class IkeEngine:
         self._timers: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
         self._uids = itertools.count(1)
-        self._cookie_secret = random(32)
+        # COOKIE secrets (§2.6): version byte -> secret; a new one every
+        # cookie_secret_lifetime, the previous one still accepted
+        self._cookie_version = 0
+        self._cookie_secrets: dict[int, bytes] = {0: random(32)}
+        self._cookie_secret_at: float | None = None
         self.stats = EngineStats()
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
@@ -918,9 +922,29 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ IKE_SA_INIT
 
-    def _cookie_for(self, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
+    def _cookie_for(self, version: int, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
+        """<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (RFC 7296 §2.6)."""
         ip = _ip(remote[0]).packed
-        return b"\x01" + hmac.digest(self._cookie_secret, ni + ip + spi_i, "sha256")[:16]
+        mac = hmac.digest(self._cookie_secrets[version], ni + ip + spi_i, "sha256")[:16]
+        return bytes((version,)) + mac
+
+    def _rotate_cookie_secret(self, now: float) -> None:
+        if self._cookie_secret_at is None:
+            self._cookie_secret_at = now
+        elif now - self._cookie_secret_at >= self.settings.cookie_secret_lifetime:
+            self._cookie_secret_at = now
+            self._cookie_version = (self._cookie_version + 1) % 256
+            self._cookie_secrets = {
+                self._cookie_version: self._random(32),
+                (self._cookie_version - 1) % 256: self._cookie_secrets[
+                    (self._cookie_version - 1) % 256
+                ],
+            }
+
+    def _cookie_ok(self, cookie: bytes, ni: bytes, remote: Endpoint, spi_i: bytes) -> bool:
+        if len(cookie) != 17 or cookie[0] not in self._cookie_secrets:
+            return False
+        return hmac.compare_digest(cookie, self._cookie_for(cookie[0], ni, remote, spi_i))
 
     def _candidates(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
         lip, rip = _ip(local[0]), _ip(remote[0])
@@ -965,14 +989,15 @@ class IkeEngine:
             raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
         # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
         if len(self._half_open) >= self.settings.cookie_threshold:
-            want = self._cookie_for(nonce.data, remote, hdr.spi_i)
+            self._rotate_cookie_secret(now)
             first = p[0]
             if not (
                 type(first) is Notify
                 and first.type == NotifyType.COOKIE
-                and hmac.compare_digest(first.data, want)
+                and self._cookie_ok(first.data, nonce.data, remote, hdr.spi_i)
             ):
                 self.stats.cookies_sent += 1
+                want = self._cookie_for(self._cookie_version, nonce.data, remote, hdr.spi_i)
                 self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
                 return
         candidates = self._candidates(local, remote)

@@ -633,3 +633,25 @@ def test_spi_exhaustion_fails_the_child_not_the_engine() -> None:
     net2.a.initiate("a2b", None, net2.now)
     net2.pump()
     assert [e.reason for e in net2.of("a", IkeSaFailed)] == ["TEMPORARY_FAILURE"]
+
+
+def test_cookie_secret_rotates_and_the_previous_one_stays_valid() -> None:
+    net = Net.make(*pair_confs(), b_settings=EngineSettings(cookie_threshold=0))
+    net.a.initiate("a2b", None, net.now)
+    # b answers the first request with a COOKIE; a's request with the cookie is held back
+    net.pump(lambda i, d: 1 if i < 2 else 0)
+    assert net.b.stats.cookies_sent == 1
+    with_cookie = net.log[2][1]
+    addr = (with_cookie.remote, with_cookie.local)
+    # one secret lifetime later the secret rotates; the cookie made with the previous
+    # secret is still accepted
+    net.now += 301
+    net.b.receive_datagram(with_cookie.data, addr, net.now)
+    assert len(net.b.ike_sas()) == 1 and net.b.stats.cookies_sent == 1
+    net.now += 31
+    net.b.handle_timer(net.now)  # that half-open SA expires
+    assert net.b.ike_sas() == []
+    # after the next rotation the first secret is gone: the same cookie is refused
+    net.now += 301
+    net.b.receive_datagram(with_cookie.data, addr, net.now)
+    assert net.b.ike_sas() == [] and net.b.stats.cookies_sent == 2
