@@ -77,6 +77,17 @@ class ChildSaCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayState:
+    """GETAE: sequence numbers and lifetime counters of one SA (for HA sync, MOBIKE)."""
+
+    oseq: int
+    seq: int
+    replay_window: int
+    bytes: int
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcileReport:
     adopted_states: int = 0
     adopted_policies: int = 0
@@ -101,7 +112,7 @@ class _Op(NamedTuple):
 def _ts_selector(src: TrafficSelector, dst: TrafficSelector) -> wire.Selector:
     family = 2 if src.net.version == 4 else 10
     return (
-        addr_bytes(dst.net.network_address), addr_bytes(src.net.network_address),
+        dst.packed, src.packed,
         dst.port or 0, 0xFFFF if dst.port else 0,
         src.port or 0, 0xFFFF if src.port else 0,
         family, dst.net.prefixlen, src.net.prefixlen, src.proto or dst.proto, 0, 0,
@@ -135,15 +146,20 @@ def _lifetime(spec: ChildSaSpec) -> tuple[int, ...]:
 class _StateKey:
     """(daddr, spi) of one direction, plus its undo/lookup body."""
 
-    __slots__ = ("src", "dst", "spi", "inbound")
+    __slots__ = ("src", "dst", "src_packed", "dst_packed", "spi", "inbound")
 
     def __init__(self, spec: ChildSaSpec, inbound: bool) -> None:
         self.inbound = inbound
-        self.src, self.dst = (spec.remote, spec.local) if inbound else (spec.local, spec.remote)
+        if inbound:
+            self.src, self.dst = spec.remote, spec.local
+            self.src_packed, self.dst_packed = spec.remote_packed, spec.local_packed
+        else:
+            self.src, self.dst = spec.local, spec.remote
+            self.src_packed, self.dst_packed = spec.local_packed, spec.remote_packed
         self.spi = spec.spi_in if inbound else spec.spi_out
 
     def id_body(self, spec: ChildSaSpec) -> bytes:
-        return wire.usersa_id(addr_bytes(self.dst), self.spi, spec.family, ESP) + (
+        return wire.usersa_id(self.dst_packed, self.spi, spec.family, ESP) + (
             wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask)) if spec.mark else b""
         )
 
@@ -194,10 +210,10 @@ def state_body(
     attrs.append(_common_attrs(spec))
     body = wire.usersa_info(
         sel=wire.ANY_SELECTOR,
-        daddr=addr_bytes(key.dst),
+        daddr=key.dst_packed,
         spi=key.spi,
         proto=ESP,
-        saddr=addr_bytes(key.src),
+        saddr=key.src_packed,
         lifetime=_lifetime(spec),
         reqid=spec.reqid,
         family=spec.family,
@@ -220,8 +236,8 @@ def policy_bodies(
     tunnel = spec.mode == "tunnel"
     mode = nl.XFRM_MODE_TUNNEL if tunnel else nl.XFRM_MODE_TRANSPORT
     common = _common_attrs(spec)
-    local = addr_bytes(spec.local) if tunnel else b""
-    remote = addr_bytes(spec.remote) if tunnel else b""
+    local = spec.local_packed if tunnel else b""
+    remote = spec.remote_packed if tunnel else b""
     tmpl_out = wire.nla(5, wire.user_tmpl(daddr=remote, spi=0, proto=ESP, family=spec.family,
                                           saddr=local, reqid=spec.reqid, mode=mode))
     tmpl_in = wire.nla(5, wire.user_tmpl(daddr=local, spi=0, proto=ESP, family=spec.family,
@@ -551,6 +567,27 @@ class XfrmManager:
         sa_in = SaInfo.from_msg(self._get_state_msg(spec, True))
         sa_out = SaInfo.from_msg(self._get_state_msg(spec, False))
         return sa_in, sa_out
+
+    def read_replay(self, spec: ChildSaSpec, *, inbound: bool) -> ReplayState:
+        """XFRM_MSG_GETAE of one direction: replay state and current lifetime."""
+        key = _StateKey(spec, inbound)
+        body = wire.aevent_id(key.dst_packed, key.spi, spec.family, ESP, key.src_packed,
+                              nl.XFRM_AE_RVAL | nl.XFRM_AE_LVAL, spec.reqid)
+        if spec.mark is not None:
+            body += wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask))
+        msg = self.channel.request(nl.XFRM_MSG_GETAE, body, f"GETAE {key.describe()}")
+        if msg is None:
+            raise XfrmError(f"GETAE {key.describe()}", errno.ENOENT, "no reply")
+        esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
+        legacy = msg.get_attr("XFRMA_REPLAY_VAL")
+        lt = msg.get_attr("XFRMA_LTIME_VAL") or {"bytes": 0, "packets": 0}
+        if esn is not None:
+            oseq = esn["oseq"] | esn["oseq_hi"] << 32
+            seq = esn["seq"] | esn["seq_hi"] << 32
+            window = esn["replay_window"]
+        else:
+            oseq, seq, window = (legacy["oseq"], legacy["seq"], 0) if legacy else (0, 0, 0)
+        return ReplayState(oseq, seq, window, lt["bytes"], lt["packets"])
 
     def counters(self, child: InstalledChildSa | ChildSaSpec) -> ChildSaCounters:
         spec = child.spec if isinstance(child, InstalledChildSa) else child

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from gateway.xfrm import netlink as nl
@@ -14,9 +13,8 @@ AF_INET = 2
 AF_INET6 = 10
 
 
-@lru_cache(maxsize=65536)
 def addr_bytes(addr: IPAddress) -> bytes:
-    """xfrm_address_t bytes of an address (cached: installs repeat the same few)."""
+    """xfrm_address_t bytes of an address."""
     return addr.packed.ljust(16, b"\0")
 
 

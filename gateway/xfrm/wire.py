@@ -29,6 +29,7 @@ USERSA_INFO = struct.Struct(
     + "3I" + "IIHBBB7x"
 )
 USERSA_ID = struct.Struct("=16sIHBx")
+AEVENT_ID = struct.Struct("=16sIHBx16sII")
 USERPOLICY_INFO = struct.Struct(
     "=" + SELECTOR_FMT + LIFETIME_CFG_FMT + LIFETIME_CUR_FMT + "IIBBBB4x"
 )
@@ -65,8 +66,9 @@ def header(length: int, msg_type: int, flags: int, seq: int) -> bytes:
 
 def selector_values(sel: Selector) -> tuple[object, ...]:
     d, s, dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user = sel
-    return (d, s, _htons(dport), _htons(dmask), _htons(sport), _htons(smask), fam, pd, ps,
-            proto, ifindex, user)
+    if dport or dmask or sport or smask:
+        dport, dmask, sport, smask = _htons(dport), _htons(dmask), _htons(sport), _htons(smask)
+    return (d, s, dport, dmask, sport, smask, fam, pd, ps, proto, ifindex, user)
 
 
 def message(msg_type: int, flags: int, seq: int, body: bytes, attrs: bytes = b"") -> bytes:
@@ -100,6 +102,11 @@ def usersa_info(
 
 def usersa_id(daddr: bytes, spi: int, family: int, proto: int) -> bytes:
     return USERSA_ID.pack(daddr, _htonl(spi), family, proto)
+
+
+def aevent_id(daddr: bytes, spi: int, family: int, proto: int, saddr: bytes, flags: int,
+              reqid: int) -> bytes:
+    return AEVENT_ID.pack(daddr, _htonl(spi), family, proto, saddr, flags, reqid)
 
 
 def userpolicy_info(

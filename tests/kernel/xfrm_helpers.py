@@ -158,4 +158,6 @@ def tcp_roundtrip(a: Netns, b: Netns, src: str, dst: str, size: int = 200_000) -
 def ip_xfrm_blocks(ns: Netns, what: str) -> list[str]:
     """`ip xfrm state|policy` output, one text block per object."""
     out = ns.ip("xfrm", what, "list").stdout
-    return [b for b in re.split(r"\n(?=src )", out.strip()) if b.strip()]
+    blocks = [b for b in re.split(r"\n(?=src )", out.strip()) if b.strip()]
+    # Per-socket policies (the IKE sockets' bypass) are listed too; they are not SPD entries.
+    return [b for b in blocks if "\tsocket " not in b]

@@ -69,6 +69,7 @@ LAYOUTS = {
 FAST = {
     "xfrm_usersa_info": wire.USERSA_INFO,
     "xfrm_usersa_id": wire.USERSA_ID,
+    "xfrm_aevent_id": wire.AEVENT_ID,
     "xfrm_userpolicy_info": wire.USERPOLICY_INFO,
     "xfrm_userpolicy_id": wire.USERPOLICY_ID,
     "xfrm_user_tmpl": wire.USER_TMPL,
