@@ -94,7 +94,9 @@ class Secret:
 class XdpConfig:
     wan_interface: str | None = None
     lan_interface: str | None = None
-    mss_clamp: int | None = None  # clamp TCP MSS to this value; None: no clamping
+    # True (the default): clamp TCP MSS to what the tunnel MTU allows (derived from the
+    # negotiated suite, docs/bpf.md); an int: clamp to that MSS; None (`false`): no clamping.
+    mss_clamp: int | bool | None = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,7 +582,7 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         xdp = XdpConfig(
             wan_interface=xdp_table.get("wan_interface", None, _ifname),
             lan_interface=xdp_table.get("lan_interface", None, _ifname),
-            mss_clamp=xdp_table.get("mss_clamp", None, _mss),
+            mss_clamp=xdp_table.get("mss_clamp", True, _mss),
         )
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
@@ -631,11 +633,16 @@ def _ifname(value: Any) -> str:
     return value
 
 
-def _mss(value: Any) -> int | None:
+def _mss(value: Any) -> int | bool | None:
     if value is False:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an MSS in bytes (536-9000) or false, got {value!r}")
+    if value is True:
+        return True
+    if not isinstance(value, int):
+        raise ValueError(
+            f"expected true (derive from the tunnel MTU), an MSS in bytes (536-9000) "
+            f"or false, got {value!r}"
+        )
     if not 536 <= value <= 9000:
         raise ValueError(f"{value} is out of range 536..9000")
     return value

@@ -272,6 +272,7 @@ def test_xdp_section() -> None:
     )
     assert config.gateway.xdp is not None
     assert (config.gateway.xdp.wan_interface, config.gateway.xdp.mss_clamp) == ("eth0", 1360)
+
     assert paths_of('[gateway.xdp]\nwan_interface = "a-very-long-interface-name"\n') == [
         "gateway.xdp.wan_interface"
     ]
@@ -280,6 +281,18 @@ def test_xdp_section() -> None:
     ]
     assert paths_of("[gateway.xdp]\nmss_clamp = 1300\n") == ["gateway.xdp"]
     assert paths_of('[gateway]\nxdp = "eth0"\n') == ["gateway.xdp"]
+
+
+def test_xdp_mss_clamp_is_true_by_default_and_false_turns_it_off() -> None:
+    # issue 6 contract: `mss_clamp = true` (the default) derives the MSS from the tunnel MTU
+    base = '[gateway.xdp]\nwan_interface = "eth1"\nlan_interface = "eth2"\n'
+    for extra, expected in (
+        ("", True),
+        ("mss_clamp = true\n", True),
+        ("mss_clamp = false\n", None),
+    ):
+        xdp = parse_config(base + extra).gateway.xdp
+        assert xdp is not None and xdp.mss_clamp == expected
 
 
 def conn(body: str, child: str = "") -> str:
