@@ -315,7 +315,8 @@ class _IkeSa:
         self.peer_next_id = 0
         self.outstanding: _Request | None = None
         self.queue: deque[tuple[int, list[Payload], ResponseHandler]] = deque()
-        self.last_response: tuple[int, bytes] | None = None
+        # (message ID, exchange type, bytes) of our last response, for retransmitted requests
+        self.last_response: tuple[int, int, bytes] | None = None
         self.nat = False
         self.children: dict[int, _ChildSa] = {}
         self.pending_child: _PendingChild | None = None
@@ -668,9 +669,9 @@ class IkeEngine:
         if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
             raise DecodeError("SPIs do not match the IKE SA")
         cached = sa.last_response
-        if cached is not None and hdr.message_id == cached[0]:
+        if cached is not None and (hdr.message_id, hdr.exchange_type) == cached[:2]:
             self.stats.duplicates_answered += 1
-            self._emit(sa.local, sa.remote, cached[1])
+            self._emit(sa.local, sa.remote, cached[2])
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
@@ -716,7 +717,7 @@ class IkeEngine:
             message_id=hdr.message_id,
             payloads=response,
         )
-        sa.last_response = (hdr.message_id, out)
+        sa.last_response = (hdr.message_id, hdr.exchange_type, out)
         self._emit(sa.local, sa.remote, out)
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
@@ -963,7 +964,7 @@ class IkeEngine:
             # retransmitted IKE_SA_INIT: answer from the cache, do not create a second SA
             if old.init_request == data and old.last_response is not None:
                 self.stats.duplicates_answered += 1
-                self._emit(local, remote, old.last_response[1])
+                self._emit(local, remote, old.last_response[2])
             else:
                 self.stats.unexpected += 1
             return
@@ -1048,7 +1049,7 @@ class IkeEngine:
             Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, False, True, 0, tuple(out))
         )
         sa.init_request, sa.init_response = data, resp
-        sa.last_response = (0, resp)
+        sa.last_response = (0, ExchangeType.IKE_SA_INIT, resp)
         sa.peer_next_id = 1
         self._derive_ike_keys(sa, g_ir)
         self._sas[sa.spi_r] = sa
