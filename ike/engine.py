@@ -290,7 +290,7 @@ class _IkeSa:
         "established_at",
         "local_id",
         "remote_id",
-        "half_open_key",
+        "half_open",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -327,7 +327,7 @@ class _IkeSa:
         self.established_at: float | None = None
         self.local_id: tuple[int, bytes] = (0, b"")
         self.remote_id: tuple[int, bytes] = (0, b"")
-        self.half_open_key: tuple[bytes, Endpoint] | None = None
+        self.half_open = False  # a responder SA counted against cookie_threshold
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -430,7 +430,10 @@ class IkeEngine:
         self.set_connections(connections)
         self._sas: dict[bytes, _IkeSa] = {}
         self._by_uid: dict[int, _IkeSa] = {}
-        self._half_open: dict[tuple[bytes, Endpoint], _IkeSa] = {}
+        # responder SAs by the initiator's SPI: spots retransmitted (or late duplicate)
+        # IKE_SA_INIT requests, also after the SA is established
+        self._by_spi_i: dict[bytes, _IkeSa] = {}
+        self._half_open = 0
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -882,6 +885,8 @@ class IkeEngine:
             del self._sas[sa.our_spi]
         self._by_uid.pop(sa.uid, None)
         self._drop_half_open(sa)
+        if not sa.initiator and self._by_spi_i.get(sa.spi_i) is sa:
+            del self._by_spi_i[sa.spi_i]
         for spi in sa.children:
             self._spis.release(spi)
         sa.children.clear()
@@ -889,9 +894,9 @@ class IkeEngine:
         sa.timer_at = None
 
     def _drop_half_open(self, sa: _IkeSa) -> None:
-        if sa.half_open_key is not None:
-            self._half_open.pop(sa.half_open_key, None)
-            sa.half_open_key = None
+        if sa.half_open:
+            sa.half_open = False
+            self._half_open -= 1
 
     def _fail(self, sa: _IkeSa, reason: str, now: float) -> None:
         """An IKE SA that never got established is gone."""
@@ -959,12 +964,14 @@ class IkeEngine:
     def _on_init_request(
         self, data: bytes, hdr: codec.Header, local: Endpoint, remote: Endpoint, now: float
     ) -> None:
-        old = self._half_open.get((hdr.spi_i, remote))
+        old = self._by_spi_i.get(hdr.spi_i)
         if old is not None:
-            # retransmitted IKE_SA_INIT: answer from the cache, do not create a second SA
-            if old.init_request == data and old.last_response is not None:
+            # retransmitted IKE_SA_INIT: answer from the cache, never make a second SA (a
+            # late duplicate after IKE_AUTH, or another peer reusing the SPI, is dropped)
+            cached = old.last_response
+            if old.state is State.AUTH_WAIT and old.init_request == data and cached is not None:
                 self.stats.duplicates_answered += 1
-                self._emit(local, remote, old.last_response[2])
+                self._emit(local, remote, cached[2])
             else:
                 self.stats.unexpected += 1
             return
@@ -989,7 +996,7 @@ class IkeEngine:
         ):
             raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
         # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
-        if len(self._half_open) >= self.settings.cookie_threshold:
+        if self._half_open >= self.settings.cookie_threshold:
             self._rotate_cookie_secret(now)
             first = p[0]
             if not (
@@ -1054,8 +1061,9 @@ class IkeEngine:
         self._derive_ike_keys(sa, g_ir)
         self._sas[sa.spi_r] = sa
         self._by_uid[sa.uid] = sa
-        sa.half_open_key = (sa.spi_i, remote)
-        self._half_open[sa.half_open_key] = sa
+        self._by_spi_i[sa.spi_i] = sa
+        sa.half_open = True
+        self._half_open += 1
         self._set_expiry(sa, now + self.settings.half_open_timeout)
         self._emit(local, remote, resp)
 

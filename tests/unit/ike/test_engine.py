@@ -655,3 +655,20 @@ def test_cookie_secret_rotates_and_the_previous_one_stays_valid() -> None:
     net.now += 301
     net.b.receive_datagram(with_cookie.data, addr, net.now)
     assert net.b.ike_sas() == [] and net.b.stats.cookies_sent == 2
+
+
+def test_late_duplicate_ike_sa_init_after_establishment_is_dropped() -> None:
+    net = Net.make(*pair_confs())
+    start(net)
+    established(net)
+    first = net.log[0][1]
+    net.b.receive_datagram(first.data, (first.remote, first.local), net.now)
+    assert net.b.datagrams_to_send() == [] and len(net.b.ike_sas()) == 1
+    assert net.b.stats.unexpected == 1
+    # once the SA is gone, the SPI is free again
+    net.a.delete_ike_sa(net.a.ike_sas()[0].ike_sa, net.now)
+    net.pump()
+    net.advance(60)
+    assert net.b.ike_sas() == []
+    net.b.receive_datagram(first.data, (first.remote, first.local), net.now)
+    assert len(net.b.ike_sas()) == 1
