@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 3600:
         raise CommandError(f"--interval {args.interval:g} is out of range (0.05 to 3600 s)")
     path = socket_path(args)
-    from ui.app import GatewayApp
+    from ui.app import GatewayApp, tune_gc
     from ui.control_source import socket_connector
 
     app = GatewayApp(socket_connector(path), label=path, interval=args.interval)
+    tune_gc()
     app.run()
     return 0
