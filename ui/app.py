@@ -46,8 +46,8 @@ def tune_gc() -> None:
     Decoding a list-sas reply of 10,000 Child SAs allocates ~100k containers; with the
     default thresholds that sets off full collections of 0.2-0.4 s in the middle of a
     refresh (measured, docs/benchmarks/observability.md). Everything loaded so far is
-    moved out of the collector's sight and young collections run less often; the
-    console's data is acyclic, so nothing piles up."""
+    moved out of the collector's sight and collections run less often (cycles are still
+    collected, later)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
