@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.decode import describe
 from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
@@ -200,6 +201,13 @@ def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str,
         ike_est, child = _outcome(drv.events, out + sw.logs())
         assert not ike_est.initiator
         check_strongswan_view(sw, child, "eng", esp, ike_est)
+        # `gateway decode` reads strongSwan's own messages (here its IKE_SA_INIT request)
+        first, port, _ = drv.ike_received[0]
+        d = describe(first)
+        assert d["exchange"] == "IKE_SA_INIT" and not d["response"] and port == 500
+        kinds = [p["payload"] for p in d["payloads"]]
+        assert kinds[:3] == ["SA", "KE", "NONCE"]
+        assert any(p.get("type") == "IKEV2_FRAGMENTATION_SUPPORTED" for p in d["payloads"])
         ping_through_tunnel(drv, child, sw)
         # strongSwan deletes: our engine reports the Child, then the IKE SA, as deleted by peer
         term = sw.swanctl_popen("--terminate", "--ike", "eng", "--timeout", "10")

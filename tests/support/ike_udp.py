@@ -25,6 +25,8 @@ class UdpDriver:
         self.poll_interval = 0.05
         # ESP-in-UDP (RFC 3948) arriving on the NAT-T port: kept here, not given to the engine
         self.esp_received: list[tuple[bytes, tuple[str, int]]] = []
+        # every IKE datagram handed to the engine: (data, local port, source)
+        self.ike_received: list[tuple[bytes, int, tuple[str, int]]] = []
         self.nat_t_port = engine.settings.nat_t_port
         self.socks: dict[int, socket.socket] = {}
         pushns(netns)
@@ -89,6 +91,7 @@ class UdpDriver:
                     if port == self.nat_t_port and len(data) > 8 and data[:4] != bytes(4):
                         self.esp_received.append((data, (src[0], src[1])))
                         continue
+                    self.ike_received.append((data, port, (src[0], src[1])))
                     self.engine.receive_datagram(
                         data, ((self.ip, port), (src[0], src[1])), time.monotonic()
                     )
