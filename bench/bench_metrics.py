@@ -53,8 +53,10 @@ def run(child_sas: int, repeat: int, aggregate: bool) -> None:
         size = len(body)
     mode = "per-connection" if aggregate else "per-child"
     median, worst = statistics.median(times) * 1e3, max(times) * 1e3
-    print(f"metrics {mode:15s} child_sas={child_sas:6d} scrape median={median:7.1f} ms"
-          f" max={worst:7.1f} ms body={size / 1024:7.0f} KiB")
+    print(
+        f"metrics {mode:15s} child_sas={child_sas:6d} scrape median={median:7.1f} ms"
+        f" max={worst:7.1f} ms body={size / 1024:7.0f} KiB"
+    )
 
 
 def main() -> None:

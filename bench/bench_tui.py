@@ -104,8 +104,18 @@ async def run_socket(child_sas: int, ticks: int, tuned: bool) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ctl.sock"
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(path),
-                                   "--child-sas", str(child_sas), "--ticks", str(ticks)])
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(path),
+                "--child-sas",
+                str(child_sas),
+                "--ticks",
+                str(ticks),
+            ]
+        )
         try:
             while not path.exists():
                 if server.poll() is not None:
@@ -129,8 +139,10 @@ async def run_socket(child_sas: int, ticks: int, tuned: bool) -> None:
             server.wait(10)
     gc.unfreeze()
     gc.set_threshold(*DEFAULT_GC)
-    print(f"tui child_sas={child_sas} tick through the control socket, "
-          f"{'tuned' if tuned else 'default'} gc: wall {ms(times)}   console cpu {ms(cpu)}")
+    print(
+        f"tui child_sas={child_sas} tick through the control socket, "
+        f"{'tuned' if tuned else 'default'} gc: wall {ms(times)}   console cpu {ms(cpu)}"
+    )
 
 
 def main() -> None:

@@ -57,7 +57,18 @@ CHILD_SA_STATES: tuple[str, ...] = ("INSTALLED", "REKEYING", "DELETING")
 
 # IKE_SA_INIT + IKE_AUTH over a WAN: tens of ms to a few seconds (EAP, retransmits).
 HANDSHAKE_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -213,8 +224,9 @@ class GatewayCollector(Collector):
 
     def _collect(self, snap: MetricsSnapshot) -> Iterator[Metric]:
         if snap.start_time is not None:
-            yield _gauge("start_time_seconds", "Unix time the gateway daemon started",
-                         snap.start_time)
+            yield _gauge(
+                "start_time_seconds", "Unix time the gateway daemon started", snap.start_time
+            )
         ike_states = dict.fromkeys(IKE_SA_STATES, 0)
         child_states = dict.fromkeys(CHILD_SA_STATES, 0)
         per_child: dict[tuple[str, str], _Totals] = {}
@@ -231,8 +243,10 @@ class GatewayCollector(Collector):
                 child_states[cstate] = child_states.get(cstate, 0) + 1
                 spi_in, spi_out = str(child.get("spi_in", "")), str(child.get("spi_out", ""))
                 counts = (
-                    _count(child.get("bytes_in")), _count(child.get("bytes_out")),
-                    _count(child.get("packets_in")), _count(child.get("packets_out")),
+                    _count(child.get("bytes_in")),
+                    _count(child.get("bytes_out")),
+                    _count(child.get("packets_in")),
+                    _count(child.get("packets_out")),
                 )
                 live[(conn, name, spi_in, spi_out)] = counts
                 key = (conn, name)
@@ -244,9 +258,20 @@ class GatewayCollector(Collector):
                 t.packets_in += counts[2]
                 t.packets_out += counts[3]
                 if not self._aggregate:
-                    add_info(((conn, name, spi_in, spi_out, str(child.get("esp_proposal", "")),
-                               str(child.get("offload", "none")), str(child.get("mode", ""))),
-                              1))
+                    add_info(
+                        (
+                            (
+                                conn,
+                                name,
+                                spi_in,
+                                spi_out,
+                                str(child.get("esp_proposal", "")),
+                                str(child.get("offload", "none")),
+                                str(child.get("mode", "")),
+                            ),
+                            1,
+                        )
+                    )
         self._retire(live)
         yield _labelled_gauge("ike_sas", "IKE SAs by state", "state", ike_states)
         yield _labelled_gauge("child_sas", "Child SAs by state", "state", child_states)
@@ -262,10 +287,14 @@ class GatewayCollector(Collector):
         yield _handshakes(snap.handshake_durations)
         yield _counter("child_sa_rekeys_total", "Child SA rekeys completed", snap.rekeys)
         yield _counter("ike_sa_rekeys_total", "IKE SA rekeys completed", snap.ike_rekeys)
-        yield _counter("dpd_failures_total",
-                       "IKE SAs declared dead by dead peer detection", snap.dpd_failures)
-        yield _counter("auth_failures_total",
-                       "IKE_AUTH exchanges that failed authentication", snap.auth_failures)
+        yield _counter(
+            "dpd_failures_total", "IKE SAs declared dead by dead peer detection", snap.dpd_failures
+        )
+        yield _counter(
+            "auth_failures_total",
+            "IKE_AUTH exchanges that failed authentication",
+            snap.auth_failures,
+        )
         xdp = CounterMetricFamily(
             PREFIX + "xdp_packets",
             "Packets seen by the XDP program, by verdict (action) and reason",
@@ -274,8 +303,9 @@ class GatewayCollector(Collector):
         for c in snap.xdp:
             xdp.add_metric([c.interface, c.action, c.reason], _count(c.packets))
         yield xdp
-        mss = CounterMetricFamily(PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped",
-                                  labels=("interface",))
+        mss = CounterMetricFamily(
+            PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped", labels=("interface",)
+        )
         for ifname, n in sorted(snap.mss_clamped.items()):
             mss.add_metric([ifname], _count(n))
         yield mss
@@ -325,10 +355,10 @@ class GatewayCollector(Collector):
             add_b(((*key, "out"), t.bytes_out))
             add_p(((*key, "in"), t.packets_in))
             add_p(((*key, "out"), t.packets_out))
-        yield RowsFamily(PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels,
-                         byte_rows)
-        yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels,
-                         packet_rows)
+        yield RowsFamily(
+            PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels, byte_rows
+        )
+        yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels, packet_rows)
 
 
 def _merged_items(
@@ -349,8 +379,14 @@ class RowsFamily(Metric):
     `samples`, built on demand; `render_text` writes the rows straight to text, which is
     what keeps a scrape of 10,000 Child SAs cheap."""
 
-    def __init__(self, name: str, documentation: str, typ: str, labelnames: Sequence[str],
-                 rows: list[tuple[tuple[str, ...], int]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        typ: str,
+        labelnames: Sequence[str],
+        rows: list[tuple[tuple[str, ...], int]],
+    ) -> None:
         super().__init__(name, documentation, typ)
         self.labelnames = tuple(labelnames)
         self.rows = rows
@@ -359,8 +395,10 @@ class RowsFamily(Metric):
     def samples(self) -> list[Sample]:
         name = self.name + "_total" if self.type == "counter" else self.name
         names = self.labelnames
-        return [Sample(name, dict(zip(names, values, strict=True)), value)
-                for values, value in self.rows]
+        return [
+            Sample(name, dict(zip(names, values, strict=True)), value)
+            for values, value in self.rows
+        ]
 
     @samples.setter
     def samples(self, value: list[Sample]) -> None:
@@ -369,9 +407,12 @@ class RowsFamily(Metric):
     def text_lines(self) -> Iterator[str]:
         name = self.name + "_total" if self.type == "counter" else self.name
         order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
-        fmt = name + "{{" + ",".join(
-            f'{escape_label_name(self.labelnames[i])}="{{{i}}}"' for i in order
-        ) + "}} {v}\n"
+        fmt = (
+            name
+            + "{{"
+            + ",".join(f'{escape_label_name(self.labelnames[i])}="{{{i}}}"' for i in order)
+            + "}} {v}\n"
+        )
         fmt_ = fmt.format
         escaped: dict[str, str] = {}
         for values, value in self.rows:
@@ -386,7 +427,7 @@ class RowsFamily(Metric):
 
 def _escape_value(v: str) -> str:
     if "\\" in v or "\n" in v or '"' in v:
-        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return v
 
 
@@ -395,8 +436,12 @@ def _sum(a: _Totals | None, b: _Totals | None) -> _Totals:
         return b or _Totals()
     if b is None:
         return a
-    return _Totals(a.bytes_in + b.bytes_in, a.bytes_out + b.bytes_out,
-                   a.packets_in + b.packets_in, a.packets_out + b.packets_out)
+    return _Totals(
+        a.bytes_in + b.bytes_in,
+        a.bytes_out + b.bytes_out,
+        a.packets_in + b.packets_in,
+        a.packets_out + b.packets_out,
+    )
 
 
 def _count(value: object) -> int:
@@ -425,7 +470,8 @@ def _handshakes(h: HistogramCounts) -> Metric:
     return HistogramMetricFamily(
         PREFIX + "ike_handshake_duration_seconds",
         "Time from the first IKE_SA_INIT to an established IKE SA",
-        buckets=buckets, sum_value=h.total,
+        buckets=buckets,
+        sum_value=h.total,
     )
 
 
@@ -434,14 +480,19 @@ def _le(bound: float) -> str:
 
 
 def _build_info() -> Metric:
-    g = GaugeMetricFamily(PREFIX + "build_info", "Gateway version (value 1)",
-                          labels=("version", "python"))
+    g = GaugeMetricFamily(
+        PREFIX + "build_info", "Gateway version (value 1)", labels=("version", "python")
+    )
     g.add_metric([__version__, platform.python_version()], 1)
     return g
 
 
-def make_registry(source: MetricsSource, *, aggregate_per_connection: bool = False,
-                  registry: CollectorRegistry | None = None) -> CollectorRegistry:
+def make_registry(
+    source: MetricsSource,
+    *,
+    aggregate_per_connection: bool = False,
+    registry: CollectorRegistry | None = None,
+) -> CollectorRegistry:
     """Register a `GatewayCollector` on `registry` (a fresh one by default)."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(source, aggregate_per_connection=aggregate_per_connection))
@@ -463,8 +514,12 @@ def parse_listen(listen: str | tuple[str, int]) -> tuple[str, int]:
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_PROM_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
-               "unknown": "untyped"}
+_PROM_TYPES = {
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+    "unknown": "untyped",
+}
 
 
 def render_text(registry: Collector) -> bytes:
@@ -504,7 +559,9 @@ def render_text(registry: Collector) -> bytes:
                 if cached is None:
                     order = tuple(sorted(keys))
                     cached = label_prefixes[keys] = (
-                        order, [f'{escape_label_name(k)}="' for k in order])
+                        order,
+                        [f'{escape_label_name(k)}="' for k in order],
+                    )
                 order, prefixes = cached
                 parts = []
                 for k, prefix in zip(order, prefixes, strict=True):
@@ -514,7 +571,7 @@ def render_text(registry: Collector) -> bytes:
                 line = f"{name} {_go_float(s.value)}"
             if s.timestamp is not None:
                 line += f" {int(float(s.timestamp) * 1000):d}"
-            suffix = s.name[len(metric.name):]
+            suffix = s.name[len(metric.name) :]
             if suffix in ("_created", "_gsum", "_gcount") and s.name.startswith(metric.name):
                 trailing.setdefault(suffix, []).append(line + "\n")
             else:
@@ -578,8 +635,9 @@ class Exporter:
     def __init__(self, server: WSGIServer, registry: CollectorRegistry) -> None:
         self._server = server
         self.registry = registry
-        self._thread = threading.Thread(target=server.serve_forever, name="metrics-exporter",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="metrics-exporter", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -604,19 +662,25 @@ class Exporter:
         self.close()
 
 
-def start_exporter(source: MetricsSource, listen: str | tuple[str, int] = DEFAULT_LISTEN, *,
-                   aggregate_per_connection: bool = False,
-                   registry: CollectorRegistry | None = None) -> Exporter:
+def start_exporter(
+    source: MetricsSource,
+    listen: str | tuple[str, int] = DEFAULT_LISTEN,
+    *,
+    aggregate_per_connection: bool = False,
+    registry: CollectorRegistry | None = None,
+) -> Exporter:
     """Serve `ipsec_*` metrics read from `source` on http://LISTEN/metrics (port 0: any).
 
     Returns the running `Exporter`; `close()` it on shutdown."""
     host, port = parse_listen(listen)
-    reg = make_registry(source, aggregate_per_connection=aggregate_per_connection,
-                        registry=registry)
+    reg = make_registry(
+        source, aggregate_per_connection=aggregate_per_connection, registry=registry
+    )
     server_class = _DualStackServer if ":" in host else _ThreadingServer
     try:
-        server = make_server(host, port, metrics_app(reg), server_class=server_class,
-                             handler_class=_SilentHandler)
+        server = make_server(
+            host, port, metrics_app(reg), server_class=server_class, handler_class=_SilentHandler
+        )
     except OSError as exc:
         raise MetricsError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
     return Exporter(server, reg)

@@ -11,16 +11,24 @@ from gateway.errors import CommandError
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "tui", help="live console: SAs, rates, events, actions (over the control socket)",
+        "tui",
+        help="live console: SAs, rates, events, actions (over the control socket)",
         description="Interactive console of a running gateway. Press ? inside for help.",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--socket", help="control socket of the daemon (default: "
-                       f"$GATEWAY_CONTROL_SOCKET or {DEFAULT_CONTROL_SOCKET})")
-    where.add_argument("-c", "--config", help="take the control socket from this "
-                       "configuration file ([gateway] control_socket)")
-    p.add_argument("--interval", type=float, default=1.0,
-                   help="seconds between polls (default: %(default)s)")
+    where.add_argument(
+        "--socket",
+        help="control socket of the daemon (default: "
+        f"$GATEWAY_CONTROL_SOCKET or {DEFAULT_CONTROL_SOCKET})",
+    )
+    where.add_argument(
+        "-c",
+        "--config",
+        help="take the control socket from this configuration file ([gateway] control_socket)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between polls (default: %(default)s)"
+    )
     p.set_defaults(func=run)
 
 

@@ -10,8 +10,15 @@ ESP_PROPOSAL = "AES_GCM_16_256"
 IKE_PROPOSAL = "AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"
 
 
-def child_sa(name: str, index: int, *, tick: int = 0, now: float = 1_700_000_000.0,
-             state: str = "INSTALLED", offload: str = "none") -> dict[str, Any]:
+def child_sa(
+    name: str,
+    index: int,
+    *,
+    tick: int = 0,
+    now: float = 1_700_000_000.0,
+    state: str = "INSTALLED",
+    offload: str = "none",
+) -> dict[str, Any]:
     """One Child SA dict; its counters grow with `tick` at an index-dependent rate."""
     rate = 1000 + (index % 97) * 100  # bytes per tick
     return {
@@ -35,8 +42,14 @@ def child_sa(name: str, index: int, *, tick: int = 0, now: float = 1_700_000_000
     }
 
 
-def ike_sa(connection: str, index: int, children: list[dict[str, Any]], *,
-           now: float = 1_700_000_000.0, state: str = "ESTABLISHED") -> dict[str, Any]:
+def ike_sa(
+    connection: str,
+    index: int,
+    children: list[dict[str, Any]],
+    *,
+    now: float = 1_700_000_000.0,
+    state: str = "ESTABLISHED",
+) -> dict[str, Any]:
     return {
         "connection": connection,
         "state": state,
@@ -54,8 +67,9 @@ def ike_sa(connection: str, index: int, children: list[dict[str, Any]], *,
     }
 
 
-def synthetic_ike_sas(child_sas: int, *, children_per_ike: int = 2, tick: int = 0,
-                      now: float = 1_700_000_000.0) -> list[dict[str, Any]]:
+def synthetic_ike_sas(
+    child_sas: int, *, children_per_ike: int = 2, tick: int = 0, now: float = 1_700_000_000.0
+) -> list[dict[str, Any]]:
     """`child_sas` Child SAs spread over IKE SAs of `children_per_ike` each, one IKE SA per
     connection named conn-N, children named net-K."""
     sas = []
@@ -76,14 +90,28 @@ class FakeGateway:
     like a stopped daemon, `start()` brings it back (a restart). Commands mutate the state
     the next poll shows, and every call is recorded in `calls`."""
 
-    def __init__(self, ike_sas: list[dict[str, Any]] | None = None,
-                 conns: list[dict[str, Any]] | None = None, *, now: float = 1_700_000_000.0):
+    def __init__(
+        self,
+        ike_sas: list[dict[str, Any]] | None = None,
+        conns: list[dict[str, Any]] | None = None,
+        *,
+        now: float = 1_700_000_000.0,
+    ):
         self.ike_sas = ike_sas if ike_sas is not None else []
-        self.conns = conns if conns is not None else [
-            {"name": s["connection"], "remote_addrs": [s["remote_addr"]],
-             "remote_id": s["remote_id"], "ike_proposals": [IKE_PROPOSAL], "children": []}
-            for s in self.ike_sas
-        ]
+        self.conns = (
+            conns
+            if conns is not None
+            else [
+                {
+                    "name": s["connection"],
+                    "remote_addrs": [s["remote_addr"]],
+                    "remote_id": s["remote_id"],
+                    "ike_proposals": [IKE_PROPOSAL],
+                    "children": [],
+                }
+                for s in self.ike_sas
+            ]
+        )
         self.now = now
         self.up = True
         self.connections = 0
@@ -142,14 +170,23 @@ class FakeGateway:
         for s in self.ike_sas:
             states[s["state"]] = states.get(s["state"], 0) + 1
         base = {
-            "uptime": 3725, "version": "0.1.0", "ike_sas": states, "child_sas": children,
+            "uptime": 3725,
+            "version": "0.1.0",
+            "ike_sas": states,
+            "child_sas": children,
             "bytes_in": sum(c["bytes_in"] for s in self.ike_sas for c in s["children"]),
             "bytes_out": sum(c["bytes_out"] for s in self.ike_sas for c in s["children"]),
-            "packets_in": 0, "packets_out": 0,
-            "xdp": [{"interface": "eth0", "action": "drop", "reason": "bad-spi", "packets": 7},
-                    {"interface": "eth0", "action": "pass", "reason": "esp", "packets": 99}],
-            "xfrm_errors": {"XfrmInNoStates": 2}, "handshakes": 12, "auth_failures": 1,
-            "dpd_failures": 0, "rekeys": 3,
+            "packets_in": 0,
+            "packets_out": 0,
+            "xdp": [
+                {"interface": "eth0", "action": "drop", "reason": "bad-spi", "packets": 7},
+                {"interface": "eth0", "action": "pass", "reason": "esp", "packets": 99},
+            ],
+            "xfrm_errors": {"XfrmInNoStates": 2},
+            "handshakes": 12,
+            "auth_failures": 1,
+            "dpd_failures": 0,
+            "rekeys": 3,
         }
         return base | self.extra_stats
 
@@ -176,8 +213,9 @@ class FakeGateway:
         if conn not in {c["name"] for c in self.conns}:
             raise SourceRefused("unknown-connection", f"no connection named {conn}")
         self._next += 1
-        self.ike_sas.append(ike_sa(conn, self._next, [child_sa(child or "net", self._next)],
-                                   now=self.now))
+        self.ike_sas.append(
+            ike_sa(conn, self._next, [child_sa(child or "net", self._next)], now=self.now)
+        )
         return {"initiated": name}
 
     async def terminate(self, name: str) -> Any:

@@ -159,9 +159,16 @@ class GatewayApp(App[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self, connector: Connector, *, label: str = "gateway",
-                 interval: float = 1.0, retry_interval: float = 2.0,
-                 clock: Callable[[], float] = time.time, poll: bool = True) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        label: str = "gateway",
+        interval: float = 1.0,
+        retry_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        poll: bool = True,
+    ) -> None:
         super().__init__()
         self.connector = connector
         self.label = label
@@ -194,8 +201,9 @@ class GatewayApp(App[None]):
                 yield Sparkline([], id="spark-out")
                 yield Static("no SA selected", id="detail-text")
         yield Log(id="events", max_lines=2000)
-        yield Input(placeholder="filter: connection, child, peer, id, state (esc clears)",
-                    id="filter")
+        yield Input(
+            placeholder="filter: connection, child, peer, id, state (esc clears)", id="filter"
+        )
         yield Footer()
 
     @property
@@ -263,8 +271,10 @@ class GatewayApp(App[None]):
         b_in, b_out = _int(self.stats.get("bytes_in")), _int(self.stats.get("bytes_out"))
         if self._prev_stats is not None and now > self._prev_stats[0]:
             dt = now - self._prev_stats[0]
-            self._rates = (max(b_in - self._prev_stats[1], 0) * 8 / dt,
-                           max(b_out - self._prev_stats[2], 0) * 8 / dt)
+            self._rates = (
+                max(b_in - self._prev_stats[1], 0) * 8 / dt,
+                max(b_out - self._prev_stats[2], 0) * 8 / dt,
+            )
         self._prev_stats = (now, b_in, b_out)
         self.table.data_changed()
         self.update_summary()
@@ -284,8 +294,7 @@ class GatewayApp(App[None]):
         self.last_error = ""
         self.log_line(f"connected to {self.label}")
         self.update_summary()
-        self.run_worker(self._pump_events(source), name="events", group="events",
-                        exclusive=True)
+        self.run_worker(self._pump_events(source), name="events", group="events", exclusive=True)
         return True
 
     async def _pump_events(self, source: GatewaySource) -> None:
@@ -348,31 +357,46 @@ class GatewayApp(App[None]):
         if s.get("dataplane"):
             head.append(f"  data plane {s['dataplane']}")
         if self.status == "disconnected":
-            head.append(f"  {self.last_error} (retrying every {self.retry_interval:g}s;"
-                        " data below is stale)")
+            head.append(
+                f"  {self.last_error} (retrying every {self.retry_interval:g}s;"
+                " data below is stale)"
+            )
         if self.model.filter:
-            head.append(f"  filter {self.model.filter!r}: {len(self.model.view)} of "
-                        f"{len(self.model.rows)} rows", style="bold")
+            head.append(
+                f"  filter {self.model.filter!r}: {len(self.model.view)} of "
+                f"{len(self.model.rows)} rows",
+                style="bold",
+            )
         ike = _mapping(s.get("ike_sas"))
-        ike_text = ", ".join(
-            f"{_int(n)} {str(k).lower()}" for k, n in sorted(ike.items()) if _int(n)) or "0"
-        line2 = (f"IKE SAs {ike_text}   Child SAs {_int(s.get('child_sas'))}   "
-                 f"in {human(self._rates[0], 'b/s')} ({human_bytes(_int(s.get('bytes_in')))})"
-                 f"   out {human(self._rates[1], 'b/s')} "
-                 f"({human_bytes(_int(s.get('bytes_out')))})")
+        ike_text = (
+            ", ".join(f"{_int(n)} {str(k).lower()}" for k, n in sorted(ike.items()) if _int(n))
+            or "0"
+        )
+        line2 = (
+            f"IKE SAs {ike_text}   Child SAs {_int(s.get('child_sas'))}   "
+            f"in {human(self._rates[0], 'b/s')} ({human_bytes(_int(s.get('bytes_in')))})"
+            f"   out {human(self._rates[1], 'b/s')} "
+            f"({human_bytes(_int(s.get('bytes_out')))})"
+        )
         drops: dict[str, int] = {}
         for c in s.get("xdp") or ():
             if isinstance(c, Mapping) and c.get("action") == "drop":
                 reason = str(c.get("reason", "?"))
                 drops[reason] = drops.get(reason, 0) + _int(c.get("packets"))
-        drop_text = (f"{sum(drops.values())} ("
-                     + ", ".join(f"{r} {n}" for r, n in sorted(drops.items())) + ")"
-                     if drops else "0")
+        drop_text = (
+            f"{sum(drops.values())} ("
+            + ", ".join(f"{r} {n}" for r, n in sorted(drops.items()))
+            + ")"
+            if drops
+            else "0"
+        )
         xfrm = _mapping(s.get("xfrm_errors"))
-        line3 = (f"XDP drops {drop_text}   XFRM errors {sum(_int(v) for v in xfrm.values())}"
-                 f"   handshakes {_int(s.get('handshakes'))}   rekeys {_int(s.get('rekeys'))}"
-                 f"   auth failures {_int(s.get('auth_failures'))}"
-                 f"   DPD failures {_int(s.get('dpd_failures'))}")
+        line3 = (
+            f"XDP drops {drop_text}   XFRM errors {sum(_int(v) for v in xfrm.values())}"
+            f"   handshakes {_int(s.get('handshakes'))}   rekeys {_int(s.get('rekeys'))}"
+            f"   auth failures {_int(s.get('auth_failures'))}"
+            f"   DPD failures {_int(s.get('dpd_failures'))}"
+        )
         return Text.assemble(head, "\n", line2, "\n", line3)
 
     def on_sa_table_highlighted(self, message: SaTable.Highlighted) -> None:
@@ -474,8 +498,7 @@ class GatewayApp(App[None]):
             self.confirm(f"Terminate every SA of connection {name}?", "terminate", name)
 
     def action_reload(self) -> None:
-        self.confirm("Reload the configuration? Removed connections are torn down.",
-                     "reload", None)
+        self.confirm("Reload the configuration? Removed connections are torn down.", "reload", None)
 
     def confirm(self, question: str, command: str, name: str | None) -> None:
         def answered(yes: bool | None) -> None:
@@ -518,27 +541,43 @@ class GatewayApp(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Initiate selected", "Initiate the selected SA or connection",
-                            self.action_initiate)
-        yield SystemCommand("Terminate selected", "Terminate the selected SA (asks first)",
-                            self.action_terminate)
+        yield SystemCommand(
+            "Initiate selected", "Initiate the selected SA or connection", self.action_initiate
+        )
+        yield SystemCommand(
+            "Terminate selected", "Terminate the selected SA (asks first)", self.action_terminate
+        )
         yield SystemCommand("Rekey selected", "Rekey the selected SA", self.action_rekey)
-        yield SystemCommand("Reload configuration", "Reload the gateway configuration",
-                            self.action_reload)
+        yield SystemCommand(
+            "Reload configuration", "Reload the gateway configuration", self.action_reload
+        )
         yield SystemCommand("Filter", "Filter the SA table", self.action_filter)
         for column in COLUMNS:
-            yield SystemCommand(f"Sort by {column.title}", "Sort the SA table",
-                                _bind(self.sort_by, column.key), discover=False)
-        for conn in sorted(str(c.get("name", "")) for c in self.conns or ()):
-            yield SystemCommand(f"Initiate {conn}", "Initiate this connection",
-                                _bind(self.run_command, "initiate", conn), discover=False)
-            yield SystemCommand(f"Rekey {conn}", "Rekey this connection's IKE SA",
-                                _bind(self.run_command, "rekey", conn), discover=False)
             yield SystemCommand(
-                f"Terminate {conn}", "Terminate this connection (asks first)",
-                _bind(self.confirm, f"Terminate every SA of connection {conn}?",
-                      "terminate", conn),
-                discover=False)
+                f"Sort by {column.title}",
+                "Sort the SA table",
+                _bind(self.sort_by, column.key),
+                discover=False,
+            )
+        for conn in sorted(str(c.get("name", "")) for c in self.conns or ()):
+            yield SystemCommand(
+                f"Initiate {conn}",
+                "Initiate this connection",
+                _bind(self.run_command, "initiate", conn),
+                discover=False,
+            )
+            yield SystemCommand(
+                f"Rekey {conn}",
+                "Rekey this connection's IKE SA",
+                _bind(self.run_command, "rekey", conn),
+                discover=False,
+            )
+            yield SystemCommand(
+                f"Terminate {conn}",
+                "Terminate this connection (asks first)",
+                _bind(self.confirm, f"Terminate every SA of connection {conn}?", "terminate", conn),
+                discover=False,
+            )
 
 
 def _bind(func: Callable[..., Any], *args: Any) -> Callable[[], Any]:
@@ -567,8 +606,7 @@ def detail_text(row: Row | None, now: float) -> Text:
     t.append(f"{row.name}\n", style="bold")
     fields: dict[str, str] = {"state": row.state}
     if row.kind == "conn":
-        fields |= {"peer": row.peer, "remote id": row.remote_id,
-                   "IKE proposals": row.ike_proposal}
+        fields |= {"peer": row.peer, "remote id": row.remote_id, "IKE proposals": row.ike_proposal}
     else:
         fields |= {
             "IKE state": row.ike_state,

@@ -28,12 +28,44 @@ class Row:
     """One line of the SA table. Mutable: updated in place at every poll."""
 
     __slots__ = (
-        "key", "kind", "connection", "child", "state", "ike_state", "local_addr", "peer",
-        "local_id", "remote_id", "ike_proposal", "esp_proposal", "offload", "mode", "encap",
-        "spi_in", "spi_out", "spi_i", "spi_r", "local_ts", "remote_ts", "bytes_in",
-        "bytes_out", "packets_in", "packets_out", "bps_in", "bps_out", "pps_in", "pps_out",
-        "rekey_at", "expire_at", "installed_at", "established_at", "sampled_at",
-        "history_in", "history_out", "search", "seen",
+        "key",
+        "kind",
+        "connection",
+        "child",
+        "state",
+        "ike_state",
+        "local_addr",
+        "peer",
+        "local_id",
+        "remote_id",
+        "ike_proposal",
+        "esp_proposal",
+        "offload",
+        "mode",
+        "encap",
+        "spi_in",
+        "spi_out",
+        "spi_i",
+        "spi_r",
+        "local_ts",
+        "remote_ts",
+        "bytes_in",
+        "bytes_out",
+        "packets_in",
+        "packets_out",
+        "bps_in",
+        "bps_out",
+        "pps_in",
+        "pps_out",
+        "rekey_at",
+        "expire_at",
+        "installed_at",
+        "established_at",
+        "sampled_at",
+        "history_in",
+        "history_out",
+        "search",
+        "seen",
     )
 
     def __init__(self, key: RowKey, kind: str, connection: str, child: str) -> None:
@@ -133,8 +165,9 @@ class SaModel:
 
     # -- updating ------------------------------------------------------------------------
 
-    def update(self, ike_sas: Sequence[Mapping[str, Any]], conns: Sequence[Mapping[str, Any]],
-               now: float) -> None:
+    def update(
+        self, ike_sas: Sequence[Mapping[str, Any]], conns: Sequence[Mapping[str, Any]], now: float
+    ) -> None:
         """Apply one poll of list-sas (and the last list-conns) taken at `now`."""
         self._generation += 1
         gen = self._generation
@@ -173,8 +206,10 @@ class SaModel:
                     row = rows[key] = Row(key, "child", conn, name)
                     self._fill_ike(row, ike)
                     self._fill_child(row, child)
-                    row.search = (f"{conn} {name} {row.peer} {row.remote_id} "
-                                  f"{row.esp_proposal} {' '.join(row.remote_ts)}").lower()
+                    row.search = (
+                        f"{conn} {name} {row.peer} {row.remote_id} "
+                        f"{row.esp_proposal} {' '.join(row.remote_ts)}"
+                    ).lower()
                     self._reshaped = True
                 row.seen = gen
                 v = g("state", "")
@@ -275,8 +310,9 @@ class SaModel:
         """Sort (only when rows came or went, or the sort column's values move), filter."""
         column = COLUMNS[COLUMN_KEYS.index(self.sort_key)]
         if self._reshaped or not column.static:
-            self._sorted = sorted(self.rows.values(), key=column.sort_key,
-                                  reverse=self.sort_reverse)
+            self._sorted = sorted(
+                self.rows.values(), key=column.sort_key, reverse=self.sort_reverse
+            )
             self._reshaped = False
         q = self.filter
         if q:
@@ -305,8 +341,14 @@ def human(value: float, unit: str = "", base: float = 1000.0) -> str:
 
 
 def human_bytes(value: float) -> str:
-    return human(value, "B", 1024.0).replace("kB", "KiB").replace("MB", "MiB") \
-        .replace("GB", "GiB").replace("TB", "TiB").replace("PB", "PiB")
+    return (
+        human(value, "B", 1024.0)
+        .replace("kB", "KiB")
+        .replace("MB", "MiB")
+        .replace("GB", "GiB")
+        .replace("TB", "TiB")
+        .replace("PB", "PiB")
+    )
 
 
 def duration(seconds: float | None) -> str:
@@ -358,10 +400,22 @@ def cell(row: Row, key: str, now: float) -> str:
     raise KeyError(key)
 
 
-_SECRET_WORDS = frozenset((
-    "key", "keys", "privkey", "psk", "secret", "secrets", "password", "passphrase", "token",
-    "sk", "keymat", "nonce",
-))
+_SECRET_WORDS = frozenset(
+    (
+        "key",
+        "keys",
+        "privkey",
+        "psk",
+        "secret",
+        "secrets",
+        "password",
+        "passphrase",
+        "token",
+        "sk",
+        "keymat",
+        "nonce",
+    )
+)
 
 
 def is_secret_field(name: str) -> bool:

@@ -57,8 +57,9 @@ class SaTable(ScrollView, can_focus=True):
             super().__init__()
             self.row = row
 
-    def __init__(self, model: SaModel, clock: Callable[[], float] = time.time,
-                 *, id: str | None = None) -> None:  # noqa: A002 (Textual's name)
+    def __init__(
+        self, model: SaModel, clock: Callable[[], float] = time.time, *, id: str | None = None
+    ) -> None:  # noqa: A002 (Textual's name)
         super().__init__(id=id)
         self.model = model
         self.clock = clock
@@ -171,8 +172,10 @@ class SaTable(ScrollView, can_focus=True):
         row_style = base
         if index == self.cursor:
             row_style = base + self.get_component_rich_style("satable--cursor")
-        segments = [Segment(text, row_style + style if style else row_style)
-                    for text, style in self.row_text(view[index], self.clock())]
+        segments = [
+            Segment(text, row_style + style if style else row_style)
+            for text, style in self.row_text(view[index], self.clock())
+        ]
         strip = Strip(segments, self._width)
         return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width, row_style)
 
@@ -181,7 +184,7 @@ class SaTable(ScrollView, can_focus=True):
         now = self.clock()
         top = self.scroll_offset.y
         lines = [self.header_text()]
-        for row in self.model.view[top: top + max(self.size.height - 1, 0)]:
+        for row in self.model.view[top : top + max(self.size.height - 1, 0)]:
             lines.append("".join(t for t, _ in self.row_text(row, now)))
         return lines
 

@@ -51,12 +51,17 @@ class TickingSource:
         sas.append(ike_sa("roadwarrior", 50, [], state="CONNECTING"))
         return MetricsSnapshot(
             ike_sas=sas,
-            xdp=[XdpCounter("eth0", "pass", "esp", 10 * tick),
-                 XdpCounter("eth0", "drop", "bad-spi", tick)],
+            xdp=[
+                XdpCounter("eth0", "pass", "esp", 10 * tick),
+                XdpCounter("eth0", "drop", "bad-spi", tick),
+            ],
             mss_clamped={"eth0": 2 * tick},
             xfrm_errors={"XfrmInNoStates": 1},
             handshake_durations=self.hist.snapshot(),
-            rekeys=tick, dpd_failures=1, auth_failures=2, start_time=time.time() - 10,
+            rekeys=tick,
+            dpd_failures=1,
+            auth_failures=2,
+            start_time=time.time() - 10,
         )
 
 
@@ -84,14 +89,14 @@ def get_json(url: str) -> Any:
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run scripts/setup.sh")
-def test_promtool_check_metrics_is_clean(exporter: Exporter,
-                                         aggregated_exporter: Exporter) -> None:
+def test_promtool_check_metrics_is_clean(exporter: Exporter, aggregated_exporter: Exporter) -> None:
     assert PROMTOOL is not None
     for exp in (exporter, aggregated_exporter):
         with urllib.request.urlopen(exp.url, timeout=5) as resp:
             body = resp.read()
-        done = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout == b"" and done.stderr == b""  # not even lint warnings
     assert b"ipsec_connection_bytes_total" in body
@@ -109,9 +114,15 @@ def prometheus(tmp_path: Path, exporter: Exporter) -> Iterator[str]:
     )
     web = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address={web}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address={web}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + 60
@@ -123,8 +134,9 @@ def prometheus(tmp_path: Path, exporter: Exporter) -> Iterator[str]:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prometheus did not start: "
-                            + (tmp_path / "prometheus.log").read_text()[-2000:])
+                pytest.fail(
+                    "prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:]
+                )
             time.sleep(0.3)
         yield f"http://{web}"
     finally:
@@ -157,29 +169,55 @@ def wait_for(base: str, promql: str, timeout: float = 45) -> list[dict[str, Any]
 def test_prometheus_scrapes_every_contract_series(prometheus: str) -> None:
     up = wait_for(prometheus, 'up{job="ipsec"} == 1')
     assert up
-    ike = {r["metric"]["state"]: float(r["value"][1])
-           for r in wait_for(prometheus, "ipsec_ike_sas")}
+    ike = {
+        r["metric"]["state"]: float(r["value"][1]) for r in wait_for(prometheus, "ipsec_ike_sas")
+    }
     assert ike == {"CONNECTING": 1, "ESTABLISHED": 2, "REKEYING": 0, "DELETING": 0}
     for direction in ("in", "out"):
-        got = wait_for(prometheus, "ipsec_child_sa_bytes_total{connection='conn-1',"
-                                   f"child='net-0',direction='{direction}'}}")
+        got = wait_for(
+            prometheus,
+            "ipsec_child_sa_bytes_total{connection='conn-1',"
+            f"child='net-0',direction='{direction}'}}",
+        )
         assert len(got) == 1 and float(got[0]["value"][1]) > 0
         assert wait_for(prometheus, f"ipsec_child_sa_packets_total{{direction='{direction}'}}")
     info = wait_for(prometheus, "ipsec_child_sa_info")
-    assert {frozenset(r["metric"]) for r in info} == {frozenset(
-        {"__name__", "instance", "job", "connection", "child", "spi_in", "spi_out",
-         "esp_proposal", "offload", "mode"})}
+    assert {frozenset(r["metric"]) for r in info} == {
+        frozenset(
+            {
+                "__name__",
+                "instance",
+                "job",
+                "connection",
+                "child",
+                "spi_in",
+                "spi_out",
+                "esp_proposal",
+                "offload",
+                "mode",
+            }
+        )
+    }
     assert len(info) == 4
-    p50 = wait_for(prometheus,
-                   "histogram_quantile(0.5, ipsec_ike_handshake_duration_seconds_bucket)")
+    p50 = wait_for(
+        prometheus, "histogram_quantile(0.5, ipsec_ike_handshake_duration_seconds_bucket)"
+    )
     assert 0.025 <= float(p50[0]["value"][1]) <= 0.05
     drops = wait_for(prometheus, "ipsec_xdp_packets_total{action='drop',reason='bad-spi'}")
     assert drops[0]["metric"]["interface"] == "eth0"
     assert wait_for(prometheus, "ipsec_mss_clamped_total{interface='eth0'}")
-    for name in ("ipsec_child_sa_rekeys_total", "ipsec_dpd_failures_total",
-                 "ipsec_auth_failures_total", "ipsec_xfrm_errors_total", "ipsec_build_info"):
+    for name in (
+        "ipsec_child_sa_rekeys_total",
+        "ipsec_dpd_failures_total",
+        "ipsec_auth_failures_total",
+        "ipsec_xfrm_errors_total",
+        "ipsec_build_info",
+    ):
         assert wait_for(prometheus, name), name
     # counters grow between scrapes: Prometheus computes a positive rate
-    rate = wait_for(prometheus, "rate(ipsec_child_sa_bytes_total{connection='conn-0',"
-                                "child='net-0',direction='in'}[5s]) > 0")
+    rate = wait_for(
+        prometheus,
+        "rate(ipsec_child_sa_bytes_total{connection='conn-0',"
+        "child='net-0',direction='in'}[5s]) > 0",
+    )
     assert float(rate[0]["value"][1]) > 0

@@ -37,8 +37,9 @@ def ns_get(ns: Netns, url: str) -> str:
 
 
 def query(ns: Netns, promql: str) -> list[dict[str, Any]]:
-    body = ns_get(ns, f"http://{PROM_WEB}/api/v1/query?"
-                      + urllib.parse.urlencode({"query": promql}))
+    body = ns_get(
+        ns, f"http://{PROM_WEB}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    )
     if not body:
         return []
     reply = json.loads(body)
@@ -46,29 +47,67 @@ def query(ns: Netns, promql: str) -> list[dict[str, Any]]:
     return list(reply["data"]["result"])
 
 
-@pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None,
-                    reason="prometheus missing: run scripts/setup.sh")
-def test_prometheus_scrapes_a_running_daemon(netns_pair: tuple[Netns, Netns],
-                                             tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    PROMETHEUS is None or PROMTOOL is None, reason="prometheus missing: run scripts/setup.sh"
+)
+def test_prometheus_scrapes_a_running_daemon(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path
+) -> None:
     a, b = netns_pair
-    Gateway.start(b, tmp_path, "east", gateway_config(
-        socket=tmp_path / "east.sock", listen=["192.0.2.2"],
-        conns=[{"name": "west", "local": "192.0.2.2", "remote": "192.0.2.1",
-                "local_id": "gw-east", "remote_id": "gw-west",
-                "local_ts": TS["remote_ts"], "remote_ts": TS["local_ts"]}]))
-    west = Gateway.start(a, tmp_path, "west", gateway_config(
-        socket=tmp_path / "west.sock", listen=["192.0.2.1"], metrics=METRICS,
-        conns=[{"name": "east", "local": "192.0.2.1", "remote": "192.0.2.2",
-                "local_id": "gw-west", "remote_id": "gw-east", "start_action": "start",
-                **TS}]))
+    Gateway.start(
+        b,
+        tmp_path,
+        "east",
+        gateway_config(
+            socket=tmp_path / "east.sock",
+            listen=["192.0.2.2"],
+            conns=[
+                {
+                    "name": "west",
+                    "local": "192.0.2.2",
+                    "remote": "192.0.2.1",
+                    "local_id": "gw-east",
+                    "remote_id": "gw-west",
+                    "local_ts": TS["remote_ts"],
+                    "remote_ts": TS["local_ts"],
+                }
+            ],
+        ),
+    )
+    west = Gateway.start(
+        a,
+        tmp_path,
+        "west",
+        gateway_config(
+            socket=tmp_path / "west.sock",
+            listen=["192.0.2.1"],
+            metrics=METRICS,
+            conns=[
+                {
+                    "name": "east",
+                    "local": "192.0.2.1",
+                    "remote": "192.0.2.2",
+                    "local_id": "gw-west",
+                    "remote_id": "gw-east",
+                    "start_action": "start",
+                    **TS,
+                }
+            ],
+        ),
+    )
     (sa,) = west.installed("east")
     (child,) = sa["children"]
 
     # the exporter itself: promtool finds nothing to complain about
     body = wait_for("the daemon's /metrics", lambda: ns_get(a, f"http://{METRICS}/metrics"))
     assert PROMTOOL is not None and PROMETHEUS is not None
-    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=body.encode(),
-                          capture_output=True, timeout=60, check=False)
+    lint = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=body.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert lint.returncode == 0 and not lint.stdout and not lint.stderr, lint
     assert "psk" not in body.lower() and "lab-secret" not in body
 
@@ -79,10 +118,17 @@ def test_prometheus_scrapes_a_running_daemon(netns_pair: tuple[Netns, Netns],
         f"      - targets: ['{METRICS}']\n"
     )
     log = (tmp_path / "prometheus.log").open("wb")
-    prom = a.popen(PROMETHEUS, f"--config.file={config}",
-                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={PROM_WEB}",
-                   "--log.level=warn", stdout=subprocess.DEVNULL, stderr=log)
+    prom = a.popen(
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address={PROM_WEB}",
+        "--log.level=warn",
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
+
         def series(promql: str) -> list[dict[str, Any]]:
             return wait_for(promql, lambda: query(a, promql), timeout=60)  # type: ignore[no-any-return]
 
@@ -95,15 +141,24 @@ def test_prometheus_scrapes_a_running_daemon(netns_pair: tuple[Netns, Netns],
         assert labels["esp_proposal"] == child["esp_proposal"]
         assert (labels["mode"], labels["offload"]) == (child["mode"], child["offload"])
         for direction in ("in", "out"):
-            assert series(f'ipsec_child_sa_bytes_total{{connection="east",child="net",'
-                          f'direction="{direction}"}}')
-            assert series(f'ipsec_child_sa_packets_total{{connection="east",child="net",'
-                          f'direction="{direction}"}}')
+            assert series(
+                f'ipsec_child_sa_bytes_total{{connection="east",child="net",'
+                f'direction="{direction}"}}'
+            )
+            assert series(
+                f'ipsec_child_sa_packets_total{{connection="east",child="net",'
+                f'direction="{direction}"}}'
+            )
         (count,) = series("ipsec_ike_handshake_duration_seconds_count")
         assert float(count["value"][1]) >= 1  # west initiated the IKE SA
         assert series("ipsec_ike_handshake_duration_seconds_bucket")
-        for name in ("ipsec_build_info", "ipsec_source_up", "ipsec_child_sa_rekeys_total",
-                     "ipsec_dpd_failures_total", "ipsec_auth_failures_total"):
+        for name in (
+            "ipsec_build_info",
+            "ipsec_source_up",
+            "ipsec_child_sa_rekeys_total",
+            "ipsec_dpd_failures_total",
+            "ipsec_auth_failures_total",
+        ):
             assert series(name), name
     finally:
         a.stop(prom, timeout=15)

@@ -45,12 +45,18 @@ def send_frames(src: Netns, dst: Netns, frames: list[bytes]) -> None:
 def scrape(url: str) -> dict[tuple[str, str, str], float]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
-    lint = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
-                          capture_output=True, timeout=60, check=False)
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert lint.returncode == 0 and not lint.stdout and not lint.stderr, lint
     return {
         (s.labels["interface"], s.labels["action"], s.labels["reason"]): s.value
-        for fam in text_string_to_metric_families(text) if fam.name == "ipsec_xdp_packets"
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "ipsec_xdp_packets"
         for s in fam.samples
     }
 
@@ -72,6 +78,5 @@ def test_xdp_verdicts_reach_prometheus(netns_pair: tuple[Netns, Netns], tmp_path
                 rows = scrape(exp.url)
             assert rows[("eth0", "pass", "esp")] == 5
             assert rows[("eth0", "drop", "esp_unknown_spi")] == 3
-            assert rows == {(v.interface, v.action, v.reason): v.packets
-                            for v in dp.verdicts()}
+            assert rows == {(v.interface, v.action, v.reason): v.packets for v in dp.verdicts()}
         dp.clear()

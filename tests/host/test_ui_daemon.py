@@ -24,28 +24,56 @@ async def until(app: GatewayApp, what: str, cond: Callable[[], bool], timeout: f
         if cond():
             return
         await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; rows "
-                         f"{[(r.name, r.state, r.spi_in) for r in app.model.view]}, log "
-                         f"{list(app.event_log.lines)}")
+    raise AssertionError(
+        f"timed out waiting for {what}; rows "
+        f"{[(r.name, r.state, r.spi_in) for r in app.model.view]}, log "
+        f"{list(app.event_log.lines)}"
+    )
 
 
 def names(app: GatewayApp) -> dict[str, str]:
     return {r.name: r.state for r in app.model.view}
 
 
-async def test_console_drives_a_real_daemon(netns_pair: tuple[Netns, Netns],
-                                            tmp_path: Path) -> None:
+async def test_console_drives_a_real_daemon(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path
+) -> None:
     a, b = netns_pair
-    Gateway.start(b, tmp_path, "east", gateway_config(
-        socket=tmp_path / "east.sock", listen=["192.0.2.2"],
-        conns=[{"name": "west", "local": "192.0.2.2", "remote": "192.0.2.1",
-                "local_id": "gw-east", "remote_id": "gw-west",
-                "local_ts": TS["remote_ts"], "remote_ts": TS["local_ts"]}]))
+    Gateway.start(
+        b,
+        tmp_path,
+        "east",
+        gateway_config(
+            socket=tmp_path / "east.sock",
+            listen=["192.0.2.2"],
+            conns=[
+                {
+                    "name": "west",
+                    "local": "192.0.2.2",
+                    "remote": "192.0.2.1",
+                    "local_id": "gw-east",
+                    "remote_id": "gw-west",
+                    "local_ts": TS["remote_ts"],
+                    "remote_ts": TS["local_ts"],
+                }
+            ],
+        ),
+    )
     west_config = gateway_config(
-        socket=tmp_path / "west.sock", listen=["192.0.2.1"],
-        conns=[{"name": "east", "local": "192.0.2.1", "remote": "192.0.2.2",
-                "local_id": "gw-west", "remote_id": "gw-east", "start_action": "start",
-                **TS}])
+        socket=tmp_path / "west.sock",
+        listen=["192.0.2.1"],
+        conns=[
+            {
+                "name": "east",
+                "local": "192.0.2.1",
+                "remote": "192.0.2.2",
+                "local_id": "gw-west",
+                "remote_id": "gw-east",
+                "start_action": "start",
+                **TS,
+            }
+        ],
+    )
     west = Gateway.start(a, tmp_path, "west", west_config)
     west.installed("east")
 
@@ -66,9 +94,14 @@ async def test_console_drives_a_real_daemon(netns_pair: tuple[Netns, Netns],
         await pilot.press("r")
         await until(app, "the answer to rekey", lambda: bool(rekey_answers()))
         if rekey_answers() == ["rekey east.net: ok"]:  # a new inbound SPI replaces the old
-            await until(app, "the rekeyed Child SA",
-                        lambda: any(r.name == "east.net" and r.spi_in != old_spi
-                                    and r.state == "INSTALLED" for r in app.model.view))
+            await until(
+                app,
+                "the rekeyed Child SA",
+                lambda: any(
+                    r.name == "east.net" and r.spi_in != old_spi and r.state == "INSTALLED"
+                    for r in app.model.view
+                ),
+            )
         else:  # a daemon that refuses: its answer is shown, the console carries on
             (answer,) = rekey_answers()
             assert answer.startswith("rekey east.net failed: ") and answer.endswith(")")
@@ -76,8 +109,11 @@ async def test_console_drives_a_real_daemon(netns_pair: tuple[Netns, Netns],
 
         await pilot.press("T", "y")  # terminate the connection, confirmed
         await until(app, "the connection down", lambda: names(app) == {"east": "down"})
-        await until(app, "an ike-deleted event",
-                    lambda: any("ike-deleted" in line for line in app.event_log.lines))
+        await until(
+            app,
+            "an ike-deleted event",
+            lambda: any("ike-deleted" in line for line in app.event_log.lines),
+        )
 
         await pilot.press("i")  # the idle connection row: initiate it again
         await until(app, "the SA back", lambda: names(app).get("east.net") == "INSTALLED")
@@ -87,7 +123,10 @@ async def test_console_drives_a_real_daemon(netns_pair: tuple[Netns, Netns],
         await until(app, "disconnected", lambda: app.status == "disconnected")
         assert "DISCONNECTED" in app.summary_text().plain
         west = Gateway.start(a, tmp_path, "west", west_config)
-        await until(app, "reconnected with the SA",
-                    lambda: app.status == "connected"
-                    and names(app).get("east.net") == "INSTALLED", timeout=60)
+        await until(
+            app,
+            "reconnected with the SA",
+            lambda: app.status == "connected" and names(app).get("east.net") == "INSTALLED",
+            timeout=60,
+        )
     assert west.stop() == 0

@@ -67,7 +67,11 @@ def full_snapshot() -> MetricsSnapshot:
         mss_clamped={"eth1": 12},
         xfrm_errors={"XfrmInNoStates": 3, "XfrmInStateProtoError": 0},
         handshake_durations=hist.snapshot(),
-        rekeys=5, ike_rekeys=1, dpd_failures=2, auth_failures=4, start_time=1_700_000_000.0,
+        rekeys=5,
+        ike_rekeys=1,
+        dpd_failures=2,
+        auth_failures=4,
+        start_time=1_700_000_000.0,
     )
 
 
@@ -81,8 +85,13 @@ def test_contract_series_have_their_types_and_labels() -> None:
     assert t["ipsec_ike_handshake_duration_seconds"] == "histogram"
     assert t["ipsec_xdp_packets"] == "counter"
     assert t["ipsec_mss_clamped"] == "counter"
-    for name in ("ipsec_child_sa_rekeys", "ipsec_ike_sa_rekeys", "ipsec_dpd_failures",
-                 "ipsec_auth_failures", "ipsec_xfrm_errors"):
+    for name in (
+        "ipsec_child_sa_rekeys",
+        "ipsec_ike_sa_rekeys",
+        "ipsec_dpd_failures",
+        "ipsec_auth_failures",
+        "ipsec_xfrm_errors",
+    ):
         assert t[name] == "counter", name
     assert t["ipsec_build_info"] == "gauge"
 
@@ -90,17 +99,40 @@ def test_contract_series_have_their_types_and_labels() -> None:
     assert value(reg, "ipsec_ike_sas", state="CONNECTING") == 1
     assert value(reg, "ipsec_ike_sas", state="DELETING") == 0  # every state always present
     # child_sa(index=1, tick=10): rate 1100 bytes/tick in, half of it out
-    assert value(reg, "ipsec_child_sa_bytes_total", connection="conn-0", child="net-1",
-                 direction="in") == 11_000
-    assert value(reg, "ipsec_child_sa_bytes_total", connection="conn-0", child="net-1",
-                 direction="out") == 5_500
-    assert value(reg, "ipsec_child_sa_packets_total", connection="conn-0", child="net-1",
-                 direction="in") == 11
-    assert value(reg, "ipsec_child_sa_info", connection="conn-1", child="net-0",
-                 spi_in="c0000002", spi_out="d0000002", esp_proposal="AES_GCM_16_256",
-                 offload="none", mode="tunnel") == 1
-    assert value(reg, "ipsec_xdp_packets_total", interface="eth0", action="drop",
-                 reason="bad-spi") == 7
+    assert (
+        value(reg, "ipsec_child_sa_bytes_total", connection="conn-0", child="net-1", direction="in")
+        == 11_000
+    )
+    assert (
+        value(
+            reg, "ipsec_child_sa_bytes_total", connection="conn-0", child="net-1", direction="out"
+        )
+        == 5_500
+    )
+    assert (
+        value(
+            reg, "ipsec_child_sa_packets_total", connection="conn-0", child="net-1", direction="in"
+        )
+        == 11
+    )
+    assert (
+        value(
+            reg,
+            "ipsec_child_sa_info",
+            connection="conn-1",
+            child="net-0",
+            spi_in="c0000002",
+            spi_out="d0000002",
+            esp_proposal="AES_GCM_16_256",
+            offload="none",
+            mode="tunnel",
+        )
+        == 1
+    )
+    assert (
+        value(reg, "ipsec_xdp_packets_total", interface="eth0", action="drop", reason="bad-spi")
+        == 7
+    )
     assert value(reg, "ipsec_mss_clamped_total", interface="eth1") == 12
     assert value(reg, "ipsec_xfrm_errors_total", error="XfrmInNoStates") == 3
     assert value(reg, "ipsec_child_sa_rekeys_total") == 5
@@ -169,11 +201,9 @@ def test_aggregate_per_connection() -> None:
     assert "ipsec_child_sa_info" not in names
     assert "ipsec_child_sa_bytes_total" not in names
     # conn-0 holds children of index 0 and 1: (1000 + 1100) * 10
-    assert value(reg, "ipsec_connection_bytes_total", connection="conn-0",
-                 direction="in") == 21_000
+    assert value(reg, "ipsec_connection_bytes_total", connection="conn-0", direction="in") == 21_000
     # conn-1 holds index 2 and 3: 12_000 // 2000 + 13_000 // 2000 packets out
-    assert value(reg, "ipsec_connection_packets_total", connection="conn-1",
-                 direction="out") == 12
+    assert value(reg, "ipsec_connection_packets_total", connection="conn-1", direction="out") == 12
 
 
 def test_fast_renderer_matches_prometheus_client() -> None:
@@ -198,11 +228,12 @@ def test_source_failure_is_reported_not_raised() -> None:
 
 def test_malformed_source_values_count_as_zero() -> None:
     child: dict[str, Any] = {"name": "x", "bytes_in": -5, "bytes_out": "12", "packets_in": None}
-    sas: list[dict[str, Any]] = [{"connection": "c", "state": "WEIRD", "children": [child]},
-                                 {"children": None}]
+    sas: list[dict[str, Any]] = [
+        {"connection": "c", "state": "WEIRD", "children": [child]},
+        {"children": None},
+    ]
     reg = make_registry(FakeSource(MetricsSnapshot(ike_sas=sas, mss_clamped={"e": -1})))
-    assert value(reg, "ipsec_child_sa_bytes_total", connection="c", child="x",
-                 direction="in") == 0
+    assert value(reg, "ipsec_child_sa_bytes_total", connection="c", child="x", direction="in") == 0
     assert value(reg, "ipsec_ike_sas", state="WEIRD") == 1
     assert value(reg, "ipsec_mss_clamped_total", interface="e") == 0
 

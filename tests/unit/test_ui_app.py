@@ -43,14 +43,19 @@ class Clock:
 
 
 def make_app(gw: FakeGateway, clock: Clock | None = None, **kw: object) -> GatewayApp:
-    return GatewayApp(gw.connector, label="fake.sock", poll=False,
-                      clock=clock or Clock(), **kw)  # type: ignore[arg-type]
+    return GatewayApp(gw.connector, label="fake.sock", poll=False, clock=clock or Clock(), **kw)  # type: ignore[arg-type]
 
 
 def gateway(child_sas: int = 6, tick: int = 1) -> FakeGateway:
     gw = FakeGateway(synthetic_ike_sas(child_sas, tick=tick))
-    gw.conns.append({"name": "idle", "remote_addrs": ["203.0.113.9"], "remote_id": "idle.example",
-                     "ike_proposals": ["AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"]})
+    gw.conns.append(
+        {
+            "name": "idle",
+            "remote_addrs": ["203.0.113.9"],
+            "remote_id": "idle.example",
+            "ike_proposals": ["AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519"],
+        }
+    )
     return gw
 
 
@@ -60,12 +65,17 @@ def widgets_text(app: GatewayApp) -> str:
     Textual upgrade changing scrollbar or border glyphs does not break them."""
     detail = app.query_one("#detail-text", Static).render()
     parts = [
-        "[summary]", app.summary_text().plain,
-        "[table]", *(line.rstrip() for line in app.table.visible_text()),
-        "[detail]", str(detail).rstrip(),
-        "[sparklines]", f"in {app.query_one('#spark-in', Sparkline).data}",
+        "[summary]",
+        app.summary_text().plain,
+        "[table]",
+        *(line.rstrip() for line in app.table.visible_text()),
+        "[detail]",
+        str(detail).rstrip(),
+        "[sparklines]",
+        f"in {app.query_one('#spark-in', Sparkline).data}",
         f"out {app.query_one('#spark-out', Sparkline).data}",
-        "[events]", *app.event_log.lines,
+        "[events]",
+        *app.event_log.lines,
     ]
     return "\n".join(parts) + "\n"
 
@@ -86,8 +96,9 @@ def check_snapshot(name: str, text: str) -> None:
     assert text == path.read_text(), f"screen differs from {path.name}"
 
 
-async def eventually(pilot: Pilot[None], what: str, cond: Callable[[], bool],
-                     timeout: float = 20) -> None:
+async def eventually(
+    pilot: Pilot[None], what: str, cond: Callable[[], bool], timeout: float = 20
+) -> None:
     """Let the app run until `cond` holds (generous: the CI machine may be loaded)."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -220,8 +231,10 @@ async def test_refused_command_is_shown_not_raised() -> None:
         gw.ike_sas[0]["children"].clear()  # gone on the gateway, still on screen
         await pilot.press("r")
         await commands_done(app)
-        assert any("rekey conn-0.net-0 failed: no SA named conn-0.net-0 (unknown-sa)" in line
-                   for line in app.event_log.lines)
+        assert any(
+            "rekey conn-0.net-0 failed: no SA named conn-0.net-0 (unknown-sa)" in line
+            for line in app.event_log.lines
+        )
         assert any(n.severity == "error" for n in app._notifications)
 
 
@@ -273,8 +286,9 @@ async def test_poll_loop_reconnects_by_itself() -> None:
         gw.stop()
         await eventually(pilot, "disconnected", lambda: app.status == "disconnected")
         gw.start()
-        await eventually(pilot, "reconnect",
-                         lambda: app.status == "connected" and gw.connections == 2)
+        await eventually(
+            pilot, "reconnect", lambda: app.status == "connected" and gw.connections == 2
+        )
 
 
 async def test_events_are_logged_without_secrets() -> None:
@@ -282,11 +296,20 @@ async def test_events_are_logged_without_secrets() -> None:
     app = make_app(gw, clock)
     async with app.run_test(size=SIZE) as pilot:
         await two_polls(app, gw, clock, pilot)
-        gw.push_event(type="child-rekeyed", time=NOW, connection="conn-0", child="net-0",
-                      encr_key_in="deadbeef", psk="hunter2")
+        gw.push_event(
+            type="child-rekeyed",
+            time=NOW,
+            connection="conn-0",
+            child="net-0",
+            encr_key_in="deadbeef",
+            psk="hunter2",
+        )
         gw.push_event(type="dpd-failed", time=NOW + 1, connection="conn-1")
-        await eventually(pilot, "the events in the log",
-                         lambda: any("dpd-failed" in line for line in app.event_log.lines))
+        await eventually(
+            pilot,
+            "the events in the log",
+            lambda: any("dpd-failed" in line for line in app.event_log.lines),
+        )
         assert "22:13:20 child-rekeyed conn-0 child=net-0" in app.event_log.lines
         assert "22:13:21 dpd-failed conn-1" in app.event_log.lines
         text = screen_text(app)
@@ -335,5 +358,6 @@ async def test_command_palette_initiates_a_connection_by_name() -> None:
 
         await eventually(pilot, "the palette's match", found)
         await pilot.press("enter")
-        await eventually(pilot, "the initiate command",
-                         lambda: gw.calls[-1:] == [("initiate", "idle")])
+        await eventually(
+            pilot, "the initiate command", lambda: gw.calls[-1:] == [("initiate", "idle")]
+        )

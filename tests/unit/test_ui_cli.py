@@ -36,8 +36,9 @@ def test_tui_bad_interval_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert err == "gateway tui: --interval 0 is out of range (0.05 to 3600 s)\n"
 
 
-def test_tui_unreadable_config_is_a_user_error(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_tui_unreadable_config_is_a_user_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["tui", "-c", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err  # the config's own error report, no traceback
     assert err.startswith("gateway tui: ") and "cannot read" in err and "Traceback" not in err

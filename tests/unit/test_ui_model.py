@@ -20,8 +20,10 @@ def names(model: SaModel) -> list[str]:
 def test_rows_for_children_bare_ike_sas_and_idle_connections() -> None:
     sas = synthetic_ike_sas(3)
     sas.append(ike_sa("rw", 9, [], state="CONNECTING"))
-    conns: list[dict[str, Any]] = [{"name": "conn-0"},
-                                   {"name": "idle", "remote_addrs": ["203.0.113.9"]}]
+    conns: list[dict[str, Any]] = [
+        {"name": "conn-0"},
+        {"name": "idle", "remote_addrs": ["203.0.113.9"]},
+    ]
     m = SaModel()
     m.update(sas, conns, NOW)
     assert names(m) == ["conn-0.net-0", "conn-0.net-1", "conn-1.net-0", "idle", "rw"]
@@ -120,8 +122,17 @@ def test_event_lines_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
-    line = format_event({"type": "child-established", "time": 0.0, "connection": "c",
-                         "child": "net", "encr_key": "00ff", "psk": "hunter2",
-                         "SK_ei": "aa", "rekey_at": 5})
+    line = format_event(
+        {
+            "type": "child-established",
+            "time": 0.0,
+            "connection": "c",
+            "child": "net",
+            "encr_key": "00ff",
+            "psk": "hunter2",
+            "SK_ei": "aa",
+            "rekey_at": 5,
+        }
+    )
     assert line == "00:00:00 child-established c child=net rekey_at=5"
     assert redact({"nonce_i": 1, "private_key": 2, "peer": 3}) == {"peer": 3}
