@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, gateway_config, wait_for
+from tests.daemon_helpers import wait_for
+from tests.observability_pair import start_pair
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 METRICS = "127.0.0.1:9810"
 PROM_WEB = "127.0.0.1:9090"
-TS = {"local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"]}
 
 GET = (
     "import sys, urllib.request\n"
@@ -54,47 +54,7 @@ def test_prometheus_scrapes_a_running_daemon(
     netns_pair: tuple[Netns, Netns], tmp_path: Path
 ) -> None:
     a, b = netns_pair
-    Gateway.start(
-        b,
-        tmp_path,
-        "east",
-        gateway_config(
-            socket=tmp_path / "east.sock",
-            listen=["192.0.2.2"],
-            conns=[
-                {
-                    "name": "west",
-                    "local": "192.0.2.2",
-                    "remote": "192.0.2.1",
-                    "local_id": "gw-east",
-                    "remote_id": "gw-west",
-                    "local_ts": TS["remote_ts"],
-                    "remote_ts": TS["local_ts"],
-                }
-            ],
-        ),
-    )
-    west = Gateway.start(
-        a,
-        tmp_path,
-        "west",
-        gateway_config(
-            socket=tmp_path / "west.sock",
-            listen=["192.0.2.1"],
-            metrics=METRICS,
-            conns=[
-                {
-                    "name": "east",
-                    "local": "192.0.2.1",
-                    "remote": "192.0.2.2",
-                    "local_id": "gw-west",
-                    "remote_id": "gw-east",
-                    "start_action": "start",
-                    **TS,
-                }
-            ],
-        ),
-    )
+    west, _ = start_pair(a, b, tmp_path, metrics=METRICS)
     (sa,) = west.installed("east")
     (child,) = sa["children"]
 

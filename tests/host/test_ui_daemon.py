@@ -9,11 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, gateway_config
+from tests.daemon_helpers import Gateway
+from tests.observability_pair import start_pair, west_config
 from ui.app import GatewayApp
 from ui.control_source import socket_connector
-
-TS = {"local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"]}
 
 
 async def until(app: GatewayApp, what: str, cond: Callable[[], bool], timeout: float = 30) -> None:
@@ -39,43 +38,7 @@ async def test_console_drives_a_real_daemon(
     netns_pair: tuple[Netns, Netns], tmp_path: Path
 ) -> None:
     a, b = netns_pair
-    Gateway.start(
-        b,
-        tmp_path,
-        "east",
-        gateway_config(
-            socket=tmp_path / "east.sock",
-            listen=["192.0.2.2"],
-            conns=[
-                {
-                    "name": "west",
-                    "local": "192.0.2.2",
-                    "remote": "192.0.2.1",
-                    "local_id": "gw-east",
-                    "remote_id": "gw-west",
-                    "local_ts": TS["remote_ts"],
-                    "remote_ts": TS["local_ts"],
-                }
-            ],
-        ),
-    )
-    west_config = gateway_config(
-        socket=tmp_path / "west.sock",
-        listen=["192.0.2.1"],
-        conns=[
-            {
-                "name": "east",
-                "local": "192.0.2.1",
-                "remote": "192.0.2.2",
-                "local_id": "gw-west",
-                "remote_id": "gw-east",
-                "start_action": "start",
-                **TS,
-            }
-        ],
-    )
-    west = Gateway.start(a, tmp_path, "west", west_config)
-    west.installed("east")
+    west, _ = start_pair(a, b, tmp_path)
 
     app = GatewayApp(socket_connector(west.socket), label=str(west.socket), poll=False)
     async with app.run_test(size=(170, 40)) as pilot:
@@ -122,7 +85,7 @@ async def test_console_drives_a_real_daemon(
         assert west.stop() == 0
         await until(app, "disconnected", lambda: app.status == "disconnected")
         assert "DISCONNECTED" in app.summary_text().plain
-        west = Gateway.start(a, tmp_path, "west", west_config)
+        west = Gateway.start(a, tmp_path, "west", west_config(tmp_path))
         await until(
             app,
             "reconnected with the SA",
