@@ -234,10 +234,14 @@ class GatewayCollector(Collector):
         live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
         add_info = info_rows.append
         for ike in snap.ike_sas:
+            if not isinstance(ike, Mapping):
+                continue
             state = str(ike.get("state", "UNKNOWN"))
             ike_states[state] = ike_states.get(state, 0) + 1
             conn = str(ike.get("connection", ""))
             for child in ike.get("children") or ():
+                if not isinstance(child, Mapping):
+                    continue
                 name = str(child.get("name", ""))
                 cstate = str(child.get("state", "UNKNOWN"))
                 child_states[cstate] = child_states.get(cstate, 0) + 1
@@ -300,8 +304,12 @@ class GatewayCollector(Collector):
             "Packets seen by the XDP program, by verdict (action) and reason",
             labels=("interface", "action", "reason"),
         )
-        for c in snap.xdp:
-            xdp.add_metric([c.interface, c.action, c.reason], _count(c.packets))
+        verdicts: dict[tuple[str, str, str], int] = {}
+        for c in snap.xdp:  # rows with the same labels are summed: one series each
+            vkey = (str(c.interface), str(c.action), str(c.reason))
+            verdicts[vkey] = verdicts.get(vkey, 0) + _count(c.packets)
+        for labels, n in sorted(verdicts.items()):
+            xdp.add_metric(list(labels), n)
         yield xdp
         mss = CounterMetricFamily(
             PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped", labels=("interface",)

@@ -228,14 +228,20 @@ def test_source_failure_is_reported_not_raised() -> None:
 
 def test_malformed_source_values_count_as_zero() -> None:
     child: dict[str, Any] = {"name": "x", "bytes_in": -5, "bytes_out": "12", "packets_in": None}
-    sas: list[dict[str, Any]] = [
-        {"connection": "c", "state": "WEIRD", "children": [child]},
+    sas: list[Any] = [
+        {"connection": "c", "state": "WEIRD", "children": [child, None, "x"]},
         {"children": None},
+        None,
+        "garbage",
     ]
-    reg = make_registry(FakeSource(MetricsSnapshot(ike_sas=sas, mss_clamped={"e": -1})))
+    twice = [XdpCounter("eth0", "drop", "x", 2), XdpCounter("eth0", "drop", "x", 3)]
+    snap = MetricsSnapshot(ike_sas=sas, mss_clamped={"e": -1}, xdp=twice)
+    reg = make_registry(FakeSource(snap))
     assert value(reg, "ipsec_child_sa_bytes_total", connection="c", child="x", direction="in") == 0
     assert value(reg, "ipsec_ike_sas", state="WEIRD") == 1
     assert value(reg, "ipsec_mss_clamped_total", interface="e") == 0
+    # the same labels twice would be a duplicate series (Prometheus rejects the scrape)
+    assert value(reg, "ipsec_xdp_packets_total", interface="eth0", action="drop", reason="x") == 5
 
 
 def test_key_material_in_the_source_is_never_exported() -> None:
