@@ -559,7 +559,8 @@ class GatewayApp(App[None]):
                 _bind(self.sort_by, column.key),
                 discover=False,
             )
-        for conn in sorted(str(c.get("name", "")) for c in self.conns or ()):
+        names = {str(c.get("name", "")) for c in self.conns or () if isinstance(c, Mapping)}
+        for conn in sorted(names - {""}):
             yield SystemCommand(
                 f"Initiate {conn}",
                 "Initiate this connection",
