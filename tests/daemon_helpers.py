@@ -36,7 +36,8 @@ def gateway_config(
     extra: str = "",
 ) -> str:
     """A TOML config; each conn: name, local, remote, local_id, remote_id, local_ts,
-    remote_ts and optionally start_action, child, ike, esp, dpd_delay, mode, psk."""
+    remote_ts and optionally start_action, child, ike, esp, dpd_delay, mode, psk,
+    dpd_action and child_extra (more TOML lines for the child)."""
     lines = [
         "[gateway]",
         f"listen = {json.dumps(listen)}",
@@ -65,6 +66,7 @@ def gateway_config(
             f'mode = "{c.get("mode", "tunnel")}"',
             f'start_action = "{c.get("start_action", "none")}"',
             f'dpd_action = "{c.get("dpd_action", "clear")}"',
+            c.get("child_extra", ""),
         ]
     return "\n".join(lines) + "\n"
 
@@ -98,7 +100,7 @@ def ctl_json(socket: Path, *args: str) -> Any:
     return json.loads(ctl(socket, *args, "--json").stdout)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -138,7 +140,8 @@ class Gateway:
                 cwd=str(REPO),
             )
         gw = cls(ns, config, socket, log, proc)
-        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), 60)
+        # generous: under the VM's emulation a start can take a minute on a busy machine
+        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), 240)
         if gw.dead():
             raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
         return gw
