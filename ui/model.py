@@ -180,6 +180,7 @@ class SaModel:
             with_sa.add(conn)
             spi_i = str(ike.get("spi_i", ""))
             ike_state = str(ike.get("state", ""))
+            peer = str(ike.get("remote_addr", ""))
             children = ike.get("children") or ()
             if not children:
                 row = rows.get(("ike", spi_i, ""))
@@ -215,6 +216,9 @@ class SaModel:
                 v = g("state", "")
                 row.state = v if v.__class__ is str else str(v)
                 row.ike_state = ike_state
+                if row.peer != peer:  # the peer moved (MOBIKE, NAT rebinding)
+                    row.peer = peer
+                    row.search = f"{row.search} {peer.lower()}"
                 v = g("rekey_at")
                 row.rekey_at = v if v.__class__ is float else _time(v)
                 v = g("offload", "")

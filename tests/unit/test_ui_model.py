@@ -136,3 +136,15 @@ def test_event_lines_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert line == "00:00:00 child-established c child=net rekey_at=5"
     assert redact({"nonce_i": 1, "private_key": 2, "peer": 3}) == {"peer": 3}
+
+
+def test_a_peer_that_moves_is_followed_in_place() -> None:
+    m = SaModel()
+    sas = synthetic_ike_sas(2)
+    m.update(sas, [], NOW)
+    row = m.view[0]
+    sas[0]["remote_addr"] = "203.0.113.77"  # MOBIKE update
+    m.update(sas, [], NOW + 1)
+    assert m.view[0] is row and row.peer == "203.0.113.77"
+    m.set_filter("203.0.113.77")
+    assert [r.name for r in m.view] == ["conn-0.net-0", "conn-0.net-1"]
