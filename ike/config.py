@@ -13,7 +13,9 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ike.constants import IdType, ProtocolId
+from ike.crypto import PRF
 from ike.errors import LocalError
+from ike.keys import psk_pad
 from ike.proposals import ProposalSpec, parse_proposals
 from ike.ts import TrafficSelector, ts_from_text
 
@@ -137,6 +139,8 @@ class CompiledConnection:
     local_addrs: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
     remote_addrs: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
     children: tuple[CompiledChild, ...]
+    # prf(PSK, "Key Pad for IKEv2") per PRF hash name: derived from the PSK, hidden like it
+    psk_pads: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -204,4 +208,5 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         _addrs(name, "local_addrs", conf.local_addrs),
         _addrs(name, "remote_addrs", conf.remote_addrs),
         tuple(children),
+        {p.hash: psk_pad(p, conf.psk) for p in PRF.values()},
     )

@@ -1166,7 +1166,12 @@ class IkeEngine:
         if conn.remote_id is not None:
             payloads.append(Identification(PayloadType.IDr, *conn.remote_id))
         auth = psk_auth(
-            sa.suite.prf, conn.config.psk, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body
+            sa.suite.prf,
+            conn.psk_pads[sa.suite.prf.hash],
+            sa.init_request,
+            sa.nr,
+            sa.keys.sk_pi,
+            idi.body,
         )
         payloads.append(Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, auth))
         ch = sa.pending_child.config
@@ -1216,7 +1221,12 @@ class IkeEngine:
         if conn is None:
             return self._auth_failed(sa, "no connection matches the peer's identity", now)
         want = psk_auth(
-            sa.suite.prf, conn.config.psk, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body
+            sa.suite.prf,
+            conn.psk_pads[sa.suite.prf.hash],
+            sa.init_request,
+            sa.nr,
+            sa.keys.sk_pi,
+            idi.body,
         )
         if not hmac.compare_digest(want, auth.data):
             return self._auth_failed(sa, "AUTHENTICATION_FAILED", now, conn)
@@ -1225,7 +1235,12 @@ class IkeEngine:
         sa.local_id = conn.local_id or _id_for_address(sa.local[0])
         my_id = Identification(PayloadType.IDr, *sa.local_id)
         my_auth = psk_auth(
-            sa.suite.prf, conn.config.psk, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body
+            sa.suite.prf,
+            conn.psk_pads[sa.suite.prf.hash],
+            sa.init_response,
+            sa.ni,
+            sa.keys.sk_pr,
+            my_id.body,
         )
         out: list[Payload] = [
             my_id,
@@ -1383,7 +1398,12 @@ class IkeEngine:
             )
         peer_id = (idr.id_type, idr.data)
         want = psk_auth(
-            sa.suite.prf, conn.config.psk, sa.init_response, sa.ni, sa.keys.sk_pr, idr.body
+            sa.suite.prf,
+            conn.psk_pads[sa.suite.prf.hash],
+            sa.init_response,
+            sa.ni,
+            sa.keys.sk_pr,
+            idr.body,
         )
         if (conn.remote_id is not None and conn.remote_id != peer_id) or not hmac.compare_digest(
             want, auth.data

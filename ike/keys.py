@@ -79,25 +79,15 @@ def derive_child_sa_keys(
     return ChildSaKeys(km[:e], km[e : e + a], km[e + a : 2 * e + a], km[2 * e + a :])
 
 
+def psk_pad(prf: Prf, psk: bytes) -> bytes:
+    """prf(Shared Secret, "Key Pad for IKEv2") (§2.15): the same for every SA of a
+    connection, so it is computed once per connection and PRF (ike.config)."""
+    return prf(psk, KEY_PAD)
+
+
 def psk_auth(
-    prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes
+    prf: Prf, pad: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes
 ) -> bytes:
-    """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) (§2.15).
-
-    SignedOctets = RealMessage | peer's Nonce | prf(SK_p, ID payload body).
-    """
-    return prf(_padded_key(prf, psk), real_message + nonce + prf(sk_p, id_body))
-
-
-_PAD_CACHE: dict[tuple[str, bytes], bytes] = {}
-
-
-def _padded_key(prf: Prf, psk: bytes) -> bytes:
-    """prf(Shared Secret, "Key Pad for IKEv2"): the same for every SA of a connection."""
-    k = (prf.hash, psk)
-    v = _PAD_CACHE.get(k)
-    if v is None:
-        if len(_PAD_CACHE) > 1024:
-            _PAD_CACHE.clear()
-        v = _PAD_CACHE[k] = prf(psk, KEY_PAD)
-    return v
+    """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) (§2.15), with
+    `pad` = psk_pad(prf, PSK). SignedOctets = RealMessage | peer's Nonce | prf(SK_p, IDx')."""
+    return prf(pad, real_message + nonce + prf(sk_p, id_body))
