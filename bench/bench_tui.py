@@ -36,7 +36,7 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1e3:6.1f} ms  max {max(values) * 1e3:6.1f} ms"
 
 
-async def run(child_sas: int, ticks: int, sort_key: str) -> None:
+async def run(child_sas: int, ticks: int, sort_key: str, group: str = "child") -> None:
     polls = [synthetic_ike_sas(child_sas, tick=t) for t in range(ticks + 1)]
     gw = FakeGateway(polls[0])
     stats = await gw.stats()
@@ -45,6 +45,7 @@ async def run(child_sas: int, ticks: int, sort_key: str) -> None:
     async with app.run_test(size=(200, 50)) as pilot:
         await app.tick()  # connect, first poll (creates every row)
         app.sort_by(sort_key)
+        app.model.set_group(group)
         await pilot.pause()
         apply_t, frame_t = [], []
         for t in range(1, ticks + 1):
@@ -55,9 +56,10 @@ async def run(child_sas: int, ticks: int, sort_key: str) -> None:
             await pilot.pause()
             apply_t.append(t1 - t0)
             frame_t.append(time.process_time() - c0)
-        assert len(app.model.view) == child_sas
+        assert len(app.model.view) == (child_sas if group == "child" else child_sas // 2)
     print(
-        f"tui child_sas={child_sas} sort={sort_key:10s} apply: {ms(apply_t)}   frame: {ms(frame_t)}"
+        f"tui child_sas={child_sas} rows={group:5s} sort={sort_key:10s} "
+        f"apply: {ms(apply_t)}   frame: {ms(frame_t)}"
     )
 
 
@@ -165,6 +167,7 @@ def main() -> None:
     )
     for key in ("connection", "bps_in"):
         asyncio.run(run(a.child_sas, a.ticks, key))
+    asyncio.run(run(a.child_sas, a.ticks, "bps_in", group="ike"))
     for tuned in (False, True):
         asyncio.run(run_socket(a.child_sas, a.ticks, tuned))
 

@@ -94,6 +94,7 @@ HELP_TEXT = """\
   escape                         enter keeps the filter, escape clears it
   s                              sort by the next column (or click a column title)
   S                              reverse the sort order
+  g                              one row per IKE SA (children summed) / per Child SA
 
 [b]Actions[/b] (on the selected row)
   i                              initiate (a child: conn.child, else the connection)
@@ -150,6 +151,7 @@ class GatewayApp(App[None]):
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", show=False),
+        Binding("g", "group", "IKE/Child view"),
         Binding("i", "initiate", "Initiate"),
         Binding("t", "terminate", "Terminate"),
         Binding("T", "terminate_connection", "Term. conn", show=False),
@@ -361,6 +363,8 @@ class GatewayApp(App[None]):
                 f"  {self.last_error} (retrying every {self.retry_interval:g}s;"
                 " data below is stale)"
             )
+        if self.model.group == "ike":
+            head.append("  [IKE SA view]", style="bold")
         if self.model.filter:
             head.append(
                 f"  filter {self.model.filter!r}: {len(self.model.view)} of "
@@ -448,6 +452,11 @@ class GatewayApp(App[None]):
         i = COLUMN_KEYS.index(self.model.sort_key)
         self.model.set_sort(COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)], reverse=False)
         self.table.data_changed()
+
+    def action_group(self) -> None:
+        self.model.set_group("child" if self.model.group == "ike" else "ike")
+        self.table.data_changed()
+        self.update_summary()
 
     def action_sort_reverse(self) -> None:
         self.model.set_sort(self.model.sort_key)
@@ -552,6 +561,9 @@ class GatewayApp(App[None]):
             "Reload configuration", "Reload the gateway configuration", self.action_reload
         )
         yield SystemCommand("Filter", "Filter the SA table", self.action_filter)
+        yield SystemCommand(
+            "Toggle IKE SA / Child SA view", "One row per IKE SA or per Child SA", self.action_group
+        )
         for column in COLUMNS:
             yield SystemCommand(
                 f"Sort by {column.title}",
@@ -630,6 +642,15 @@ def detail_text(row: Row | None, now: float) -> Text:
             "installed": _when(row.installed_at, now),
             "rekey": _when(row.rekey_at, now),
             "expire": _when(row.expire_at, now),
+            "in": f"{human(row.bps_in, 'b/s')} {human(row.pps_in, 'p/s')}",
+            "out": f"{human(row.bps_out, 'b/s')} {human(row.pps_out, 'p/s')}",
+            "total in": f"{human_bytes(row.bytes_in)} {row.packets_in} packets",
+            "total out": f"{human_bytes(row.bytes_out)} {row.packets_out} packets",
+        }
+    elif row.kind == "ikesa":
+        fields |= {
+            "Child SAs": str(row.children),
+            "rekey": _when(row.rekey_at, now),
             "in": f"{human(row.bps_in, 'b/s')} {human(row.pps_in, 'p/s')}",
             "out": f"{human(row.bps_out, 'b/s')} {human(row.pps_out, 'p/s')}",
             "total in": f"{human_bytes(row.bytes_in)} {row.packets_in} packets",

@@ -7,7 +7,9 @@ stays cheap; the table widget renders only the visible rows.
 A row is one of:
 - a Child SA (kind "child"), carrying its IKE SA's peer and state,
 - an IKE SA without any Child SA (kind "ike", e.g. still CONNECTING),
-- a configured connection with no IKE SA at all (kind "conn", state "down").
+- a configured connection with no IKE SA at all (kind "conn", state "down"),
+- in the IKE SA view (`group = "ike"`), an IKE SA with its Child SAs summed (kind
+  "ikesa": rates, totals and the child count are sums over its Child SA rows).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,8 @@ class Row:
         "spi_out",
         "spi_i",
         "spi_r",
+        "ike_rekey_at",
+        "children",
         "local_ts",
         "remote_ts",
         "bytes_in",
@@ -91,6 +95,12 @@ class Row:
         self.history_out: deque[float] = deque(maxlen=HISTORY)
         self.search = ""
         self.seen = 0
+        self.ike_rekey_at: float | None = None
+        self.children = 0
+
+    @property
+    def has_traffic(self) -> bool:
+        return self.kind == "child" or self.kind == "ikesa"
 
     @property
     def name(self) -> str:
@@ -162,6 +172,9 @@ class SaModel:
         self._generation = 0
         self._sorted: list[Row] = []  # every row in sort order; `view` filters it
         self._reshaped = True  # rows were added or removed, or the sort changed
+        self.group = "child"  # "child": one row per Child SA; "ike": one per IKE SA
+        self.ike_rows: dict[RowKey, Row] = {}  # the "ikesa" rows of the IKE SA view
+        self._agg_pass = 0
 
     # -- updating ------------------------------------------------------------------------
 
@@ -181,6 +194,7 @@ class SaModel:
             spi_i = str(ike.get("spi_i", ""))
             ike_state = str(ike.get("state", ""))
             peer = str(ike.get("remote_addr", ""))
+            ike_rekey = _time(ike.get("rekey_at"))
             children = ike.get("children") or ()
             if not children:
                 row = rows.get(("ike", spi_i, ""))
@@ -216,6 +230,7 @@ class SaModel:
                 v = g("state", "")
                 row.state = v if v.__class__ is str else str(v)
                 row.ike_state = ike_state
+                row.ike_rekey_at = ike_rekey
                 if row.peer != peer:  # the peer moved (MOBIKE, NAT rebinding)
                     row.peer = peer
                     row.search = f"{row.search} {peer.lower()}"
@@ -270,6 +285,64 @@ class SaModel:
             del rows[key]
         if gone:
             self._reshaped = True
+        if self.group == "ike":
+            self._aggregate(sample=True)
+        self.refresh_view()
+
+    def _aggregate(self, sample: bool) -> None:
+        """(Re)compute the IKE SA view's rows from the Child SA rows."""
+        agg = self.ike_rows
+        self._agg_pass -= 1  # negative: never equal to a child row generation
+        mark = self._agg_pass
+        for row in self.rows.values():
+            if row.kind != "child":
+                continue
+            key = ("ikesa", row.spi_i, "")
+            a = agg.get(key)
+            if a is None:
+                a = agg[key] = Row(key, "ikesa", row.connection, "")
+                a.local_addr, a.peer, a.local_id = row.local_addr, row.peer, row.local_id
+                a.remote_id, a.ike_proposal = row.remote_id, row.ike_proposal
+                a.spi_i, a.spi_r = row.spi_i, row.spi_r
+                a.search = f"{row.connection} {row.peer} {row.remote_id}".lower()
+                self._reshaped = True
+            if a.seen != mark:
+                a.seen = mark
+                a.state = a.ike_state = row.ike_state
+                a.peer = row.peer
+                a.rekey_at = row.ike_rekey_at
+                a.bytes_in = a.bytes_out = a.packets_in = a.packets_out = a.children = 0
+                a.bps_in = a.bps_out = a.pps_in = a.pps_out = 0.0
+            a.children += 1
+            a.bytes_in += row.bytes_in
+            a.bytes_out += row.bytes_out
+            a.packets_in += row.packets_in
+            a.packets_out += row.packets_out
+            a.bps_in += row.bps_in
+            a.bps_out += row.bps_out
+            a.pps_in += row.pps_in
+            a.pps_out += row.pps_out
+        gone = [k for k, a in agg.items() if a.seen != mark]
+        for key in gone:
+            del agg[key]
+        if gone:
+            self._reshaped = True
+        for a in agg.values():
+            a.child = f"{a.children} child" + ("" if a.children == 1 else "ren")
+            if sample:
+                a.history_in.append(a.bps_in)
+                a.history_out.append(a.bps_out)
+
+    def set_group(self, group: str) -> None:
+        """'child': a row per Child SA; 'ike': a row per IKE SA (children summed)."""
+        if group not in ("child", "ike"):
+            raise ValueError(f"no grouping {group!r}")
+        self.group = group
+        if group == "ike":
+            self._aggregate(sample=False)
+        else:
+            self.ike_rows.clear()
+        self._reshaped = True
         self.refresh_view()
 
     @staticmethod
@@ -314,9 +387,10 @@ class SaModel:
         """Sort (only when rows came or went, or the sort column's values move), filter."""
         column = COLUMNS[COLUMN_KEYS.index(self.sort_key)]
         if self._reshaped or not column.static:
-            self._sorted = sorted(
-                self.rows.values(), key=column.sort_key, reverse=self.sort_reverse
-            )
+            rows: Iterable[Row] = self.rows.values()
+            if self.group == "ike":
+                rows = [*self.ike_rows.values(), *(r for r in rows if r.kind != "child")]
+            self._sorted = sorted(rows, key=column.sort_key, reverse=self.sort_reverse)
             self._reshaped = False
         q = self.filter
         if q:
@@ -383,7 +457,7 @@ def cell(row: Row, key: str, now: float) -> str:
         return row.esp_proposal or row.ike_proposal
     if key == "offload":
         return row.offload or "-"
-    if row.kind != "child":
+    if not row.has_traffic:
         if key == "rekey" and row.rekey_at is not None:
             return duration(row.rekey_at - now)
         return "-"

@@ -177,6 +177,23 @@ async def test_filter_and_sort_keys() -> None:
         assert "▼In bit/s" in app.table.header_text()
 
 
+async def test_g_switches_to_one_row_per_ike_sa() -> None:
+    gw, clock = gateway(), Clock()
+    app = make_app(gw, clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await two_polls(app, gw, clock, pilot)
+        await pilot.press("g")
+        assert [r.name for r in app.model.view] == ["conn-0", "conn-1", "conn-2", "idle"]
+        assert "[IKE SA view]" in app.summary_text().plain
+        detail = str(app.query_one("#detail-text", Static).render())
+        assert "Child SAs 2" in detail and "in 16.8 kb/s" in detail  # (1000 + 1100) * 8
+        await pilot.press("r")  # on an IKE SA row: rekeys the IKE SA (the connection)
+        await commands_done(app)
+        assert gw.calls[-1] == ("rekey", "conn-0")
+        await pilot.press("g")
+        assert len(app.model.view) == 7
+
+
 async def test_click_on_a_column_title_sorts() -> None:
     gw, clock = gateway(), Clock()
     app = make_app(gw, clock)

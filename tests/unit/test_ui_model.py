@@ -148,3 +148,27 @@ def test_a_peer_that_moves_is_followed_in_place() -> None:
     assert m.view[0] is row and row.peer == "203.0.113.77"
     m.set_filter("203.0.113.77")
     assert [r.name for r in m.view] == ["conn-0.net-0", "conn-0.net-1"]
+
+
+def test_ike_sa_view_sums_children_and_keeps_idle_rows() -> None:
+    m = SaModel()
+    sas = synthetic_ike_sas(4, tick=0)
+    sas.append(ike_sa("rw", 9, [], state="CONNECTING"))
+    m.update(sas, [{"name": "idle"}], NOW)
+    m.set_group("ike")
+    m.set_group("ike")  # twice: still the sums, not doubled
+    assert names(m) == ["conn-0", "conn-1", "idle", "rw"]
+    assert [r.kind for r in m.view] == ["ikesa", "ikesa", "conn", "ike"]
+    m.update(synthetic_ike_sas(4, tick=10) + [sas[-1]], [{"name": "idle"}], NOW + 10)
+    conn0 = m.view[0]
+    assert (conn0.children, cell(conn0, "child", NOW)) == (2, "2 children")
+    # children index 0 and 1: 1000 and 1100 bytes/tick in, 10 ticks in 10 s
+    assert conn0.bytes_in == 21_000 and conn0.bps_in == pytest.approx(2100 * 8)
+    assert list(conn0.history_in) == [pytest.approx(2100 * 8)]
+    assert conn0.rekey_at == NOW + 10_000  # the IKE SA's, not a child's
+    m.set_sort("bps_in", reverse=True)
+    assert m.view[0].connection == "conn-1"
+    m.set_group("child")
+    assert len(m.view) == 6 and m.ike_rows == {}
+    with pytest.raises(ValueError):
+        m.set_group("peer")
