@@ -1249,11 +1249,7 @@ class IkeEngine:
         self._established(sa, now)
         sa_p = _first(payloads, SecurityAssociation)
         if isinstance(sa_p, SecurityAssociation):
-            try:
-                out += self._respond_child(sa, conn, sa_p, payloads, now)
-            except ProtocolError as exc:
-                self._events.append(ChildSaFailed(sa.uid, conn.name, "", exc.notify.name, now))
-                out.append(Notify(exc.notify, exc.data))
+            out += self._respond_child(sa, conn, sa_p, payloads, now)
         return out
 
     def _auth_failed(
@@ -1304,6 +1300,25 @@ class IkeEngine:
         payloads: Sequence[Payload],
         now: float,
     ) -> list[Payload]:
+        """The Child part of our IKE_AUTH answer: its SA and TS payloads, or the NOTIFY
+        that refuses it (a ChildSaFailed event names the Child config we tried, if any)."""
+        tried: list[str] = []
+        try:
+            return self._select_child(sa, conn, sa_p, payloads, now, tried)
+        except ProtocolError as exc:
+            child = tried[0] if tried else ""
+            self._events.append(ChildSaFailed(sa.uid, conn.name, child, exc.notify.name, now))
+            return [Notify(exc.notify, exc.data)]
+
+    def _select_child(
+        self,
+        sa: _IkeSa,
+        conn: CompiledConnection,
+        sa_p: SecurityAssociation,
+        payloads: Sequence[Payload],
+        now: float,
+        tried: list[str],
+    ) -> list[Payload]:
         tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
         tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
         if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
@@ -1320,6 +1335,7 @@ class IkeEngine:
             if not ni or not nr:
                 continue
             ts_matched = True
+            tried.append(ch.name)
             try:
                 answer, suite, peer_spi = select_esp(ch.esp, sa_p.proposals, bytes(4))
             except ProtocolError:

@@ -138,6 +138,8 @@ def test_child_errors_keep_the_ike_sa(kw: dict, reason: str) -> None:  # type: i
         assert net.of(side, ChildSaEstablished) == []
         [fail] = net.of(side, ChildSaFailed)
         assert fail.reason == reason
+        # the responder names the Child config it tried (none if no selectors matched)
+        assert fail.child == ("" if side == "b" and reason == "TS_UNACCEPTABLE" else "net")
     assert net.a.ike_sas()[0].state == "ESTABLISHED" and net.a.ike_sas()[0].children == ()
 
 
