@@ -1,0 +1,265 @@
+"""Our daemon with the `xfrm` data plane over real kernel ESP (in the VM when the host
+kernel has none). Few test functions, each doing a lot: VM time is expensive.
+
+- our daemon vs our daemon: the SAs our engine negotiates are installed by the daemon,
+  ping between the protected networks passes through them (kernel ESP counters move and
+  list-sas reports them), a kernel packet limit (EXPIRE) makes both daemons delete the
+  Child, `gateway ctl terminate` removes the kernel states, SIGTERM leaves nothing behind;
+- our daemon vs strongSwan (kernel-netlink), each side initiating: ping passes, and both
+  kernels agree on the SPIs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.netns import Netns
+from tests.daemon_helpers import Gateway, ctl, ctl_json, gateway_config, socket_dir, wait_for
+from tests.support.strongswan import NETLINK_PLUGINS, StrongSwan
+
+WEST, EAST = "192.0.2.1", "192.0.2.2"
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    with socket_dir() as path:
+        yield path
+
+
+def protected_nets(a: Netns, b: Netns) -> None:
+    """10.1.x.1 behind a (on its lo), 10.2.x.1 behind b, routed over the veth."""
+    for x in ("0", "1"):
+        a.ip("addr", "add", f"10.1.{x}.1/32", "dev", "lo")
+        b.ip("addr", "add", f"10.2.{x}.1/32", "dev", "lo")
+        a.ip("route", "add", f"10.2.{x}.0/24", "via", EAST)
+        b.ip("route", "add", f"10.1.{x}.0/24", "via", WEST)
+
+
+def config(sock: Path, me: str, peer: str, mine: str, theirs: str, start: bool) -> str:
+    """Connection `peer` (mine.0 <-> theirs.0) and `lim` (mine.1 <-> theirs.1), whose Child
+    SA the kernel removes after 6 packets (life_packets)."""
+    common = {
+        "local": me,
+        "remote": peer,
+        "local_id": f"gw-{me}",
+        "remote_id": f"gw-{peer}",
+        "start_action": "start" if start else "none",
+    }
+    return gateway_config(
+        socket=sock,
+        listen=[me],
+        dataplane="xfrm",
+        conns=[
+            {
+                "name": "peer",
+                "local_ts": [f"{mine}.0.0/24"],
+                "remote_ts": [f"{theirs}.0.0/24"],
+                **common,
+            },
+            {  # own IDs, so the responder picks this connection, not `peer`
+                **common,
+                "name": "lim",
+                "local_id": f"lim-{me}",
+                "remote_id": f"lim-{peer}",
+                "local_ts": [f"{mine}.1.0/24"],
+                "remote_ts": [f"{theirs}.1.0/24"],
+                "child_extra": "rekey_packets = 4\nlife_packets = 6",
+            },
+        ],
+    )
+
+
+def states(ns: Netns) -> list[str]:
+    return re.findall(r"spi (0x[0-9a-f]+)", ns.run("ip", "xfrm", "state").stdout)
+
+
+def policies(ns: Netns) -> int:
+    return len(re.findall(r"^src ", ns.run("ip", "xfrm", "policy").stdout, re.M))
+
+
+def ping(ns: Netns, src: str, dst: str, count: int = 3) -> None:
+    ns.run("ping", "-c", str(count), "-W", "5", "-I", src, dst, timeout=120)
+
+
+def test_two_daemons_pass_traffic_through_kernel_esp(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path, run_dir: Path
+) -> None:
+    a, b = netns_pair
+    protected_nets(a, b)
+    east = Gateway.start(
+        b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", False)
+    )
+    west = Gateway.start(
+        a, tmp_path, "west", config(run_dir / "w.sock", WEST, EAST, "10.1", "10.2", True)
+    )
+    try:
+        (w,) = west.installed("peer")
+        (e,) = east.installed("peer")
+        west.installed("lim")
+        east.installed("lim")
+        (wc,), (ec,) = w["children"], e["children"]
+        # the kernel holds the SAs list-sas reports, with our SPIs
+        assert f"0x{wc['spi_in']}" in states(a) and f"0x{wc['spi_out']}" in states(a)
+        assert f"0x{ec['spi_in']}" in states(b) and f"0x{ec['spi_out']}" in states(b)
+        assert len(states(a)) == len(states(b)) == 4
+        assert policies(a) == policies(b) == 6  # out, in, fwd per Child
+
+        ping(a, "10.1.0.1", "10.2.0.1")
+        (wc,) = next(s for s in west.sas() if s["connection"] == "peer")["children"]
+        (ec,) = next(s for s in east.sas() if s["connection"] == "peer")["children"]
+        assert wc["packets_out"] >= 3 and wc["packets_in"] >= 3 and wc["bytes_out"] > 0
+        assert (ec["packets_in"], ec["packets_out"]) == (wc["packets_out"], wc["packets_in"])
+        assert ctl_json(west.socket, "stats")["dataplane"] == "xfrm"
+
+        # kernel lifetime: after 6 packets the kernel drops lim's state (EXPIRE hard);
+        # the daemons delete that Child with each other and remove its policies
+        a.run(
+            "ping",
+            "-c",
+            "8",
+            "-i",
+            "0.3",
+            "-W",
+            "2",
+            "-I",
+            "10.1.1.1",
+            "10.2.1.1",
+            timeout=120,
+            check=False,
+        )
+        wait_for(
+            "lim's Child deleted on both sides",
+            lambda: (
+                not [
+                    c
+                    for gw in (west, east)
+                    for s in gw.sas()
+                    if s["connection"] == "lim"
+                    for c in s["children"]
+                ]
+            ),
+            timeout=90,
+        )
+        assert "event=child-expired connection=lim" in west.log_text() + east.log_text()
+        wait_for("lim's policies gone", lambda: policies(a) == policies(b) == 3, timeout=30)
+
+        # terminate removes the kernel SAs on both sides; initiate brings new ones
+        ctl(west.socket, "terminate", "peer")
+        ctl(west.socket, "terminate", "lim")
+        wait_for("states removed", lambda: states(a) == [] and states(b) == [], timeout=60)
+        assert policies(a) == 0 and policies(b) == 0
+        ctl(west.socket, "initiate", "peer")
+        east.installed("peer")
+        ping(a, "10.1.0.1", "10.2.0.1", count=2)
+    finally:
+        codes = (west.stop(60), east.stop(60))
+    assert codes == (0, 0)
+    # graceful shutdown leaves nothing of ours in either kernel
+    assert states(a) == [] and states(b) == []
+    assert policies(a) == 0 and policies(b) == 0
+
+
+SWANCTL = f"""connections {{
+  gw {{
+    version = 2
+    local_addrs = {EAST}
+    remote_addrs = {WEST}
+    proposals = aes256gcm16-prfsha384-x25519
+    local {{
+      auth = psk
+      id = gw-{EAST}
+    }}
+    remote {{
+      auth = psk
+      id = gw-{WEST}
+    }}
+    children {{
+      net {{
+        local_ts = 10.2.0.0/24
+        remote_ts = 10.1.0.0/24
+        esp_proposals = aes256gcm16
+        start_action = none
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-gw {{
+    id-a = gw-{WEST}
+    id-b = gw-{EAST}
+    secret = "lab-secret-123456"
+  }}
+}}
+"""
+
+
+def swan_child(sw: StrongSwan) -> dict[str, str] | None:
+    sas = sw.list_sas()
+    if len(sas) == 1 and sas[0]["state"] == "ESTABLISHED":
+        children = [c for c in sas[0]["child-sas"].values() if c["state"] == "INSTALLED"]
+        if len(children) == 1:
+            return dict(children[0])
+    return None
+
+
+def test_daemon_and_strongswan_over_kernel_esp(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path, run_dir: Path
+) -> None:
+    a, b = netns_pair
+    protected_nets(a, b)
+    (run_dir / "swan").mkdir()  # its vici socket must be on a VM-local file system too
+    with StrongSwan(b, plugins=NETLINK_PLUGINS, workdir=run_dir / "swan") as sw:
+        sw.write_config(SWANCTL)
+        sw.start(timeout=180)  # TCG: everything is ~30x slower than on the host
+        sw.swanctl("--load-all", "--file", str(sw.dir / "swanctl.conf"), timeout=180)
+        gw = Gateway.start(
+            a,
+            tmp_path,
+            "west",
+            gateway_config(
+                socket=run_dir / "w.sock",
+                listen=[WEST],
+                dataplane="xfrm",
+                conns=[
+                    {
+                        "name": "swan",
+                        "local": WEST,
+                        "remote": EAST,
+                        "local_id": f"gw-{WEST}",
+                        "remote_id": f"gw-{EAST}",
+                        "local_ts": ["10.1.0.0/24"],
+                        "remote_ts": ["10.2.0.0/24"],
+                        "start_action": "start",
+                    },
+                ],
+            ),
+        )
+        try:
+            for initiator in ("ours", "strongswan"):
+                if initiator == "strongswan":
+                    ctl(gw.socket, "terminate", "swan")
+                    wait_for("all gone", lambda: sw.list_sas() == [] and states(a) == [])
+                    sw.initiate("net", timeout=150)
+                (ours,) = gw.installed("swan")
+                theirs = wait_for("strongSwan's Child", lambda: swan_child(sw))
+                (child,) = ours["children"]
+                assert (int(theirs["spi-in"], 16), int(theirs["spi-out"], 16)) == (
+                    int(child["spi_out"], 16),
+                    int(child["spi_in"], 16),
+                )
+                assert sorted(states(a)) == sorted(
+                    [f"0x{child['spi_in']}", f"0x{child['spi_out']}"]
+                )
+                ping(a, "10.1.0.1", "10.2.0.1")
+                (ours,) = gw.sas()
+                assert ours["children"][0]["packets_in"] >= 3
+                assert ours["initiator"] is (initiator == "ours")
+        finally:
+            code = gw.stop(60)
+        assert code == 0
+        wait_for("strongSwan told", lambda: sw.list_sas() == [])
+        assert states(a) == [] and policies(a) == 0
