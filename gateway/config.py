@@ -582,7 +582,7 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         xdp = XdpConfig(
             wan_interface=xdp_table.get("wan_interface", None, _ifname),
             lan_interface=xdp_table.get("lan_interface", None, _ifname),
-            mss_clamp=xdp_table.get("mss_clamp", True, _mss),
+            mss_clamp=xdp_table.get("mss_clamp", _MSS_DEFAULT, _mss),
         )
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
@@ -631,6 +631,9 @@ def _ifname(value: Any) -> str:
     if not 0 < len(value) < 16 or "/" in value or value.strip() != value:
         raise ValueError(f"{value!r} is not a valid interface name")
     return value
+
+
+_MSS_DEFAULT: int | bool | None = True  # see XdpConfig.mss_clamp
 
 
 def _mss(value: Any) -> int | bool | None:
