@@ -311,7 +311,7 @@ class GatewayApp(App[None]):
             self.wake()  # the poller notices the lost connection at once
 
     def on_gateway_event(self, event: Mapping[str, Any]) -> None:
-        self.log_line(format_event(event))
+        self.event_log.write_line(format_event(event))  # stamped with the event's own time
         if event.get("type") == "config-reloaded":
             self.conns = None
         self.wake()
@@ -336,7 +336,9 @@ class GatewayApp(App[None]):
     # -- rendering -----------------------------------------------------------------------
 
     def log_line(self, text: str) -> None:
-        self.event_log.write_line(text)
+        """A line of the console's own (connection, command results) in the event log."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        self.event_log.write_line(f"{stamp} {text}")
 
     def update_summary(self) -> None:
         summary = self.query_one("#summary", Static)
