@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,53 @@ def test_tui_unreadable_config_is_a_user_error(
     assert cli.main(["tui", "-c", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err  # the config's own error report, no traceback
     assert err.startswith("gateway tui: ") and "cannot read" in err and "Traceback" not in err
+
+
+def test_gateway_tui_in_a_terminal_shows_disconnected_and_quits(tmp_path: Path) -> None:
+    """The real command on a pseudo-terminal: no daemon at the socket, so the console
+    says DISCONNECTED (instead of failing); `q` ends it with status 0."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import struct
+    import sys
+    import termios
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.environ["TERM"] = "xterm-256color"
+        sock = str(tmp_path / "no-daemon.sock")
+        os.execv(sys.executable, [sys.executable, "-m", "gateway", "tui", "--socket", sock])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+
+    def read_until(done: Callable[[bytes], bool], timeout: float) -> bytes:
+        out = b""
+        deadline = time.monotonic() + timeout
+        while not done(out) and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        return out
+
+    status: int | None = None
+    try:
+        screen = read_until(lambda out: b"DISCONNECTED" in out, 60)
+        assert b"DISCONNECTED" in screen and b"Traceback" not in screen
+        os.write(fd, b"q")
+        deadline = time.monotonic() + 30
+        while status is None and time.monotonic() < deadline:
+            read_until(lambda out: False, 0.2)
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+        assert status == 0
+    finally:
+        if status is None:  # still running (or not yet reaped): end it, by its pid
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
