@@ -117,6 +117,15 @@ static __always_inline void *pkt_at(struct pkt *p, u32 off)
     return p->data + off;
 }
 
+/* An option offset (<= 40 by construction) masked to [0, 63] so the verifier sees it
+ * bounded whatever path led here; the empty asm stops clang from dropping the mask as
+ * redundant. */
+static __always_inline u32 opt_index(u32 off)
+{
+    asm volatile("" : "+r"(off));
+    return off & 63;
+}
+
 static __always_inline int tc_verdict(u32 reason, int xdp_action)
 {
     verdict(reason, xdp_action);
@@ -485,10 +494,13 @@ static __always_inline int lan_clamp(struct __sk_buff *skb, struct pkt *p, u16 c
         return tc_verdict(R_LAN_MALFORMED + out, XDP_DROP);
 
     u32 off = 0;
-    /* No induction variable besides `off`: the verifier then prunes loop states by
-     * off's range instead of walking every iteration count separately. */
+    /* Verifier-friendly walk: `i` bounds the loop (every option advances off by >= 1, so
+     * 40 rounds cover 40 bytes), and off is widened to [0, 63] at the top of each round
+     * (opt_index), so every path reaching round i looks alike to the verifier and is
+     * pruned there. Without that, Linux 6.1 gives up ("sequence of jumps too complex"). */
 #pragma clang loop unroll(disable)
-    while (off < MAX_TCP_OPTIONS) {
+    for (u32 i = 0; i < MAX_TCP_OPTIONS; i++) {
+        off = opt_index(off);
         if (off >= optlen)
             return tc_verdict(R_LAN_MSS_UNCHANGED + out, XDP_PASS); /* no MSS option */
         u8 *o = opts + off;
@@ -515,7 +527,7 @@ static __always_inline int lan_clamp(struct __sk_buff *skb, struct pkt *p, u16 c
     /* Here o[0] == 2 (MSS) and off + len <= optlen <= 40. */
     if (off > MAX_TCP_OPTIONS - 4)
         return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
-    u8 *mss = opts + off;
+    u8 *mss = opts + opt_index(off);
     if ((void *)(mss + 4) > data_end || mss[1] != 4)
         return tc_verdict(R_LAN_MSS_MALFORMED + out, XDP_PASS);
     if (off & 1)
