@@ -12,6 +12,13 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from ike.auth import (
+    LocalCredential,
+    TrustAnchors,
+    load_credential,
+    load_trust,
+    subject_identity,
+)
 from ike.constants import IdType, ProtocolId
 from ike.crypto import PRF
 from ike.errors import LocalError
@@ -20,6 +27,7 @@ from ike.proposals import ProposalSpec, parse_proposals
 from ike.ts import TrafficSelector, ts_from_text
 
 ANY_ID = ("", "%any")
+AUTH_METHODS = ("psk", "pubkey")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,16 @@ class ConnectionConfig:
     children: tuple[ChildConfig, ...] = ()
     local_port: int = 500
     remote_port: int = 500
+    # Authentication per direction (swanctl's local/remote `auth`): "psk" or "pubkey".
+    # Certificates, keys and CRLs arrive as bytes (PEM or DER); ike/ never reads files.
+    local_auth: str = "psk"
+    remote_auth: str = "psk"
+    certs: tuple[bytes, ...] = ()  # ours first, then intermediates we send (local pubkey)
+    private_key: bytes = field(default=b"", repr=False)  # unencrypted PEM or DER
+    cacerts: tuple[bytes, ...] = ()  # trust anchors for the peer's certificate
+    remote_certs: tuple[bytes, ...] = ()  # peer certificates trusted as they are
+    crls: tuple[bytes, ...] = ()  # revocation lists checked along the peer's chain
+    rsa_pss: bool = True  # our RSA key signs with RSASSA-PSS (else PKCS#1 v1.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +159,9 @@ class CompiledConnection:
     children: tuple[CompiledChild, ...]
     # prf(PSK, "Key Pad for IKEv2") per PRF hash name: derived from the PSK, hidden like it
     psk_pads: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    # pubkey authentication (ike.auth): ours (local pubkey) and what the peer must chain to
+    credential: LocalCredential | None = field(default=None, repr=False, compare=False)
+    trust: TrustAnchors | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -177,10 +198,21 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         ike = parse_proposals(conf.ike_proposals, ProtocolId.IKE)
     except LocalError as exc:
         raise LocalError(f"connection {name!r}: ike_proposals: {exc}") from None
-    if not conf.psk:
+    for key, value in (("local_auth", conf.local_auth), ("remote_auth", conf.remote_auth)):
+        if value not in AUTH_METHODS:
+            raise LocalError(f"connection {name!r}: {key}: {value!r} is not psk or pubkey")
+    uses_psk = "psk" in (conf.local_auth, conf.remote_auth)
+    if uses_psk and not conf.psk:
         raise LocalError(f"connection {name!r}: psk: a pre-shared key is required")
+    credential = trust = None
     try:
+        if conf.local_auth == "pubkey":
+            credential = load_credential(conf.certs, conf.private_key, rsa_pss=conf.rsa_pss)
+        if conf.remote_auth == "pubkey":
+            trust = load_trust(conf.cacerts, conf.remote_certs, conf.crls)
         local_id = parse_identity(conf.local_id) if conf.local_id else None
+        if local_id is None and credential is not None:
+            local_id = subject_identity(credential.certs[0])
         remote_id = None if conf.remote_id in ANY_ID else parse_identity(conf.remote_id)
     except LocalError as exc:
         raise LocalError(f"connection {name!r}: {exc}") from None
@@ -208,5 +240,7 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         _addrs(name, "local_addrs", conf.local_addrs),
         _addrs(name, "remote_addrs", conf.remote_addrs),
         tuple(children),
-        {p.hash: psk_pad(p, conf.psk) for p in PRF.values()},
+        {p.hash: psk_pad(p, conf.psk) for p in PRF.values()} if uses_psk else {},
+        credential,
+        trust,
     )

@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from ike import auth as ike_auth
 from ike import codec
 from ike.codec import (
     Authentication,
@@ -83,7 +84,6 @@ from ike.config import (
 from ike.constants import (
     ERROR_NOTIFY_MAX,
     NON_ESP_MARKER,
-    AuthMethod,
     ExchangeType,
     IdType,
     NotifyType,
@@ -104,7 +104,7 @@ from ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
-from ike.keys import IkeSaKeys, derive_child_sa_keys, derive_ike_sa_keys, psk_auth, skeyseed
+from ike.keys import IkeSaKeys, derive_child_sa_keys, derive_ike_sa_keys, skeyseed
 from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
 from ike.sk import IntegrityError, SkCipher
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
@@ -291,6 +291,7 @@ class _IkeSa:
         "local_id",
         "remote_id",
         "half_open",
+        "peer_hints",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -328,6 +329,8 @@ class _IkeSa:
         self.local_id: tuple[int, bytes] = (0, b"")
         self.remote_id: tuple[int, bytes] = (0, b"")
         self.half_open = False  # a responder SA counted against cookie_threshold
+        # the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQs (pubkey authentication)
+        self.peer_hints: ike_auth.PeerHints | None = None
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -659,7 +662,7 @@ class IkeEngine:
             req.on_response(self, sa, msg, payloads, data, now)
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
-                self._fail(sa, exc.notify.name, now)
+                self._fail(sa, exc.notify.name, now, str(exc))
             else:
                 self.stats.unexpected += 1
         if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
@@ -842,6 +845,7 @@ class IkeEngine:
                 NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.remote)
             ),
         ]
+        payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
         data = codec.encode_message(
             Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
         )
@@ -898,10 +902,11 @@ class IkeEngine:
             sa.half_open = False
             self._half_open -= 1
 
-    def _fail(self, sa: _IkeSa, reason: str, now: float) -> None:
+    def _fail(self, sa: _IkeSa, reason: str, now: float, detail: str = "") -> None:
         """An IKE SA that never got established is gone."""
+        detail = "" if detail == reason else detail
         self._events.append(
-            IkeSaFailed(sa.uid, sa.conn.name if sa.conn else None, sa.remote, reason, now)
+            IkeSaFailed(sa.uid, sa.conn.name if sa.conn else None, sa.remote, reason, now, detail)
         )
         self._remove(sa)
 
@@ -1052,6 +1057,12 @@ class IkeEngine:
                     NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)
                 ),
             ]
+        # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
+        sa.peer_hints = ike_auth.peer_hints(p)
+        out += ike_auth.init_payloads(
+            any(ike_auth.uses_pubkey(c) for c in candidates),
+            [c.trust for c in candidates if c.trust is not None],
+        )
         resp = codec.encode_message(
             Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, False, True, 0, tuple(out))
         )
@@ -1145,6 +1156,7 @@ class IkeEngine:
         sa.suite = suite
         sa.nr = nonce.data
         sa.init_response = data
+        sa.peer_hints = ike_auth.peer_hints(payloads)
         sa.nat = bool(self._detect_nat(sa, payloads))
         self._derive_ike_keys(sa, g_ir)
         nat_t = self.settings.nat_t_port
@@ -1162,18 +1174,12 @@ class IkeEngine:
         assert sa.pending_child is not None
         sa.local_id = conn.local_id or _id_for_address(sa.local[0])
         idi = Identification(PayloadType.IDi, *sa.local_id)
-        payloads: list[Payload] = [idi]
+        # IDi, [CERT,] [CERTREQ,] [IDr,] AUTH (RFC 7296 §1.2)
+        payloads: list[Payload] = [idi, *ike_auth.cert_payloads(conn, sa.peer_hints, certreq=True)]
         if conn.remote_id is not None:
             payloads.append(Identification(PayloadType.IDr, *conn.remote_id))
-        auth = psk_auth(
-            sa.suite.prf,
-            conn.psk_pads[sa.suite.prf.hash],
-            sa.init_request,
-            sa.nr,
-            sa.keys.sk_pi,
-            idi.body,
-        )
-        payloads.append(Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, auth))
+        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
+        payloads.append(ike_auth.make_auth(conn, sa.peer_hints, signed))
         ch = sa.pending_child.config
         try:
             spi_in = self._spis.allocate()
@@ -1203,12 +1209,15 @@ class IkeEngine:
         auth = _first(payloads, Authentication)
         if not isinstance(idi, Identification) or not isinstance(auth, Authentication):
             return self._auth_failed(sa, "IKE_AUTH without IDi or AUTH", now)
-        if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
-            return self._auth_failed(sa, "peer does not use PSK authentication", now)
         peer_id = (idi.id_type, idi.data)
         # IDr is a hint (§2.5 / strongSwan): prefer a connection with that local ID,
-        # else any connection that accepts the peer's ID.
-        by_idi = [c for c in sa.candidates if c.remote_id is None or c.remote_id == peer_id]
+        # else any connection that accepts the peer's ID and AUTH method (PSK or signature).
+        by_idi = [
+            c
+            for c in sa.candidates
+            if (c.remote_id is None or c.remote_id == peer_id)
+            and ike_auth.accepts_method(c, auth.method)
+        ]
         conn = None
         if isinstance(idr, Identification):
             wanted = (idr.id_type, idr.data)
@@ -1219,33 +1228,23 @@ class IkeEngine:
         if conn is None and by_idi:
             conn = by_idi[0]
         if conn is None:
-            return self._auth_failed(sa, "no connection matches the peer's identity", now)
-        want = psk_auth(
-            sa.suite.prf,
-            conn.psk_pads[sa.suite.prf.hash],
-            sa.init_request,
-            sa.nr,
-            sa.keys.sk_pi,
-            idi.body,
-        )
-        if not hmac.compare_digest(want, auth.data):
-            return self._auth_failed(sa, "AUTHENTICATION_FAILED", now, conn)
+            return self._auth_failed(
+                sa, "no connection matches the peer's identity and AUTH method", now
+            )
+        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
+        try:
+            ike_auth.check_auth(conn, payloads, auth, peer_id, signed, now)
+        except ike_auth.AuthFailure as exc:
+            return self._auth_failed(sa, str(exc), now, conn)
         sa.conn = conn
         sa.remote_id = peer_id
         sa.local_id = conn.local_id or _id_for_address(sa.local[0])
         my_id = Identification(PayloadType.IDr, *sa.local_id)
-        my_auth = psk_auth(
-            sa.suite.prf,
-            conn.psk_pads[sa.suite.prf.hash],
-            sa.init_response,
-            sa.ni,
-            sa.keys.sk_pr,
-            my_id.body,
-        )
-        out: list[Payload] = [
-            my_id,
-            Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, my_auth),
-        ]
+        # the peer's CERTREQs in this request tell which of our intermediates it lacks
+        hints = ike_auth.peer_hints(payloads, sa.peer_hints)
+        out: list[Payload] = [my_id, *ike_auth.cert_payloads(conn, hints, certreq=False)]
+        mine = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body)
+        out.append(ike_auth.make_auth(conn, hints, mine))
         self._established(sa, now)
         sa_p = _first(payloads, SecurityAssociation)
         if isinstance(sa_p, SecurityAssociation):
@@ -1258,7 +1257,7 @@ class IkeEngine:
         self.stats.auth_failures += 1
         self._events.append(
             IkeSaFailed(
-                sa.uid, conn.name if conn else None, sa.remote, "AUTHENTICATION_FAILED", now
+                sa.uid, conn.name if conn else None, sa.remote, "AUTHENTICATION_FAILED", now, why
             )
         )
         sa.state = State.CLOSED  # answered, then lingers for retransmits and goes
@@ -1271,6 +1270,7 @@ class IkeEngine:
         sa.established_at = now
         # only IKE_AUTH needed these (RealMessage1/2, connection choice): free the memory
         sa.init_request = sa.init_response = b""
+        sa.peer_hints = None
         sa.candidates = ()
         self._drop_half_open(sa)
         self._set_expiry(sa, None)
@@ -1413,17 +1413,9 @@ class IkeEngine:
                 "IKE_AUTH response without IDr/AUTH",
             )
         peer_id = (idr.id_type, idr.data)
-        want = psk_auth(
-            sa.suite.prf,
-            conn.psk_pads[sa.suite.prf.hash],
-            sa.init_response,
-            sa.ni,
-            sa.keys.sk_pr,
-            idr.body,
-        )
-        if (conn.remote_id is not None and conn.remote_id != peer_id) or not hmac.compare_digest(
-            want, auth.data
-        ):
+        signed = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, idr.body)
+        failure = ike_auth.responder_auth_failure(conn, payloads, auth, peer_id, signed, now)
+        if failure is not None:
             # §2.21.2: tell the peer, then forget the SA
             self.stats.auth_failures += 1
             self._send_request(
@@ -1433,7 +1425,7 @@ class IkeEngine:
                 IkeEngine._on_ignored_response,
                 now,
             )
-            raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, "responder's AUTH is invalid")
+            raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
         sa.remote_id = peer_id
         self._established(sa, now)
         pending = sa.pending_child

@@ -118,6 +118,7 @@ class IkeSaFailed:
     remote: Endpoint
     reason: str
     time: float
+    detail: str = ""  # why, for humans (e.g. the certificate check that failed); no secrets
 
 
 Event = (

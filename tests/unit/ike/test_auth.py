@@ -1,0 +1,495 @@
+"""Certificate authentication (ike/auth.py): RFC 7427 encodings, signatures of every key
+type, X.509 path validation, ID matching, CERTREQ, CRLs, and two in-memory engines doing
+IKE_AUTH with certificates (a CA, an intermediate and leaves made by the test)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+
+import pytest
+
+from ike import auth, codec
+from ike.auth import AuthFailure, HashAlgorithm, PeerHints
+from ike.codec import Authentication, Certificate, CertificateRequest, Notify
+from ike.config import ConnectionConfig, compile_connection, parse_identity
+from ike.constants import AuthMethod, IdType, NotifyType
+from ike.crypto import PRF
+from ike.engine import IkeEngine
+from ike.errors import LocalError
+from ike.events import ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
+from tests.support.pki import NOW, UTC, Issued, make_ca, make_crl, make_leaf
+from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
+
+ALL = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512, 5)
+KINDS = ["rsa-pss", "rsa-pkcs1", "p256", "p384", "ed25519"]
+
+
+class Pki:
+    """root -> intermediate -> leaves (one per key kind and side); a foreign root."""
+
+    def __init__(self) -> None:
+        self.root = make_ca("Test Root CA", "p384")
+        self.inter = make_ca("Test Intermediate CA", "p256", issuer=self.root)
+        self.other_root = make_ca("Some Other CA", "p256")
+        self._leaves: dict[tuple[str, str], Issued] = {}
+
+    def leaf(self, side: str, kind: str) -> Issued:
+        key_kind = "rsa" if kind.startswith("rsa") else kind
+        if (side, key_kind) not in self._leaves:
+            ip = A_IP if side == "a" else B_IP
+            self._leaves[side, key_kind] = make_leaf(
+                self.inter,
+                f"{side}.example",
+                key_kind,
+                dns=(f"{side}.example",),
+                emails=(f"gw@{side}.example",),
+                ips=(ip,),
+            )
+        return self._leaves[side, key_kind]
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+def pubkey_conf(base: ConnectionConfig, leaf: Issued, pki: Pki, **kw: object) -> ConnectionConfig:
+    """`base` with pubkey auth both ways: `leaf` and the intermediate, trusting the root."""
+    fields: dict[str, object] = {
+        "local_auth": "pubkey",
+        "remote_auth": "pubkey",
+        "psk": b"",
+        "certs": (leaf.pem, pki.inter.pem),
+        "private_key": leaf.key_pem,
+        "cacerts": (pki.root.pem,),
+    }
+    fields.update(kw)
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def pubkey_pair(pki: Pki, kind_a: str, kind_b: str | None = None, **kw: object) -> Net:
+    """a (initiator side) and b with pubkey auth both ways; a_*/b_* keywords per side."""
+    a, b = pair_confs(a_local_id="@a.example", b_local_id="@b.example")
+    a_kw = {k[2:]: v for k, v in kw.items() if k.startswith("a_")}
+    b_kw = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
+    kb = kind_b or kind_a
+    a = pubkey_conf(a, pki.leaf("a", kind_a), pki, rsa_pss=kind_a != "rsa-pkcs1", **a_kw)
+    b = pubkey_conf(b, pki.leaf("b", kb), pki, rsa_pss=kb != "rsa-pkcs1", **b_kw)
+    return Net.make(a, b, now=NOW)
+
+
+def run(net: Net) -> None:
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+
+
+def failures(net: Net, side: str) -> list[IkeSaFailed]:
+    return net.of(side, IkeSaFailed)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def test_algorithm_identifiers_match_rfc_7427_appendix_a() -> None:
+    # RFC 7427 Appendix A.1.2 sha256WithRSAEncryption, A.3.1 ecdsa-with-sha256,
+    # A.4.3 RSASSA-PSS with SHA-256 (MGF1-SHA-256, salt 32); RFC 8420 §2 id-Ed25519
+    assert auth.algorithm_identifier("rsa-pkcs1", 2) == bytes.fromhex(
+        "300d06092a864886f70d01010b0500"
+    )
+    assert auth.algorithm_identifier("ecdsa", 2) == bytes.fromhex("300a06082a8648ce3d040302")
+    assert auth.algorithm_identifier("ecdsa", 3) == bytes.fromhex("300a06082a8648ce3d040303")
+    assert auth.algorithm_identifier("rsa-pss", 2) == bytes.fromhex(
+        "304106092a864886f70d01010a3034a00f300d06096086480165030402010500"
+        "a11c301a06092a864886f70d010108300d06096086480165030402010500a203020120"
+    )
+    assert auth.algorithm_identifier("ed25519") == bytes.fromhex("300506032b6570")
+
+
+@pytest.mark.parametrize(
+    "kind,peer,method,algid",
+    [
+        ("rsa-pss", ALL, AuthMethod.DIGITAL_SIGNATURE, ("rsa-pss", 2)),
+        ("rsa-pkcs1", ALL, AuthMethod.DIGITAL_SIGNATURE, ("rsa-pkcs1", 2)),
+        ("rsa-pss", (4,), AuthMethod.DIGITAL_SIGNATURE, ("rsa-pss", 4)),
+        ("p256", ALL, AuthMethod.DIGITAL_SIGNATURE, ("ecdsa", 2)),
+        ("p384", ALL, AuthMethod.DIGITAL_SIGNATURE, ("ecdsa", 3)),
+        ("ed25519", ALL, AuthMethod.DIGITAL_SIGNATURE, ("ed25519", 5)),
+        # a peer without SIGNATURE_HASH_ALGORITHMS gets the classic methods
+        ("rsa-pss", (), AuthMethod.RSA_DIGITAL_SIGNATURE, None),
+        ("p256", (), 9, None),
+        ("p384", (), 10, None),
+        ("ed25519", (), AuthMethod.DIGITAL_SIGNATURE, ("ed25519", 5)),
+    ],
+)
+def test_sign_and_verify_each_key_type(
+    pki: Pki, kind: str, peer: tuple[int, ...], method: int, algid: tuple[str, int] | None
+) -> None:
+    leaf = pki.leaf("a", kind)
+    cred = auth.load_credential((leaf.pem,), leaf.key_pem, rsa_pss=kind != "rsa-pkcs1")
+    octets = b"RealMessage1" + b"Nr" + b"prf(SK_pi, IDi')"
+    a = auth.sign(cred, octets, frozenset(peer))
+    assert a.method == method
+    if algid is not None:
+        n = a.data[0]
+        assert a.data[1 : 1 + n] == auth.algorithm_identifier(*algid)
+    key = leaf.cert.public_key()
+    auth.verify_signature(a, key, octets)  # type: ignore[arg-type]
+    with pytest.raises(AuthFailure, match="does not verify"):
+        auth.verify_signature(a, key, octets + b"x")  # type: ignore[arg-type]
+    bad = bytearray(a.data)
+    bad[-3] ^= 1
+    with pytest.raises(AuthFailure):
+        auth.verify_signature(Authentication(a.method, bytes(bad)), key, octets)  # type: ignore[arg-type]
+
+
+def test_p521_classic_method_11(pki: Pki) -> None:
+    leaf = make_leaf(pki.inter, "c.example", "p521", dns=("c.example",))
+    cred = auth.load_credential((leaf.pem,), leaf.key_pem)
+    a = auth.sign(cred, b"octets", frozenset())
+    assert a.method == 11 and len(a.data) == 132
+    auth.verify_signature(a, leaf.cert.public_key(), b"octets")  # type: ignore[arg-type]
+
+
+def test_verify_rejects_key_type_and_malformed_algid(pki: Pki) -> None:
+    rsa_leaf, ec_leaf = pki.leaf("a", "rsa-pss"), pki.leaf("a", "p256")
+    cred = auth.load_credential((rsa_leaf.pem,), rsa_leaf.key_pem)
+    a = auth.sign(cred, b"m", frozenset(ALL))
+    with pytest.raises(AuthFailure, match="not ECDSA|not RSA"):
+        auth.verify_signature(a, ec_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
+    for data in (b"", b"\x05\x30", b"\x02\x30\x00", bytes([10]) + bytes(10)):
+        with pytest.raises(AuthFailure):
+            auth.verify_signature(
+                Authentication(AuthMethod.DIGITAL_SIGNATURE, data),
+                rsa_leaf.cert.public_key(),  # type: ignore[arg-type]
+                b"m",
+            )
+    with pytest.raises(AuthFailure, match="method 3"):
+        auth.verify_signature(Authentication(3, b"x"), rsa_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
+
+
+def test_peer_hints_and_certreq(pki: Pki) -> None:
+    trust = auth.load_trust((pki.root.pem, pki.inter.pem))
+    payloads = auth.init_payloads(True, [trust])
+    certreq, notify = payloads
+    assert isinstance(certreq, CertificateRequest) and certreq.encoding == 4
+    assert certreq.data == auth.spki_sha1(pki.root.cert) + auth.spki_sha1(pki.inter.cert)
+    assert isinstance(notify, Notify) and notify.type == NotifyType.SIGNATURE_HASH_ALGORITHMS
+    assert notify.data == bytes.fromhex("0002000300040005")
+    hints = auth.peer_hints(payloads)
+    assert hints.hash_algorithms == frozenset(ALL)
+    assert hints.ca_hashes == {auth.spki_sha1(pki.root.cert), auth.spki_sha1(pki.inter.cert)}
+    assert auth.init_payloads(False) == []
+
+
+def test_cert_payloads_stop_at_a_ca_the_peer_requested(pki: Pki) -> None:
+    a, _ = pair_confs()
+    leaf = pki.leaf("a", "p256")
+    conn = compile_connection(pubkey_conf(a, leaf, pki))
+    full = auth.cert_payloads(conn, PeerHints(), certreq=True)
+    assert [type(p) for p in full] == [Certificate, Certificate, CertificateRequest]
+    assert full[0].data == leaf.der and full[1].data == pki.inter.der  # type: ignore[union-attr]
+    hints = PeerHints(ca_hashes=frozenset({auth.spki_sha1(pki.inter.cert)}))
+    short = auth.cert_payloads(conn, hints, certreq=False)
+    assert [p.data for p in short] == [leaf.der]  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- X.509
+
+
+def test_chain_validation(pki: Pki) -> None:
+    trust = auth.load_trust((pki.root.pem,))
+    leaf = pki.leaf("b", "p256")
+    path = auth.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
+    assert path == [leaf.cert, pki.inter.cert, pki.root.cert]
+    with pytest.raises(AuthFailure, match="not a trusted CA"):
+        auth.validate_chain(trust, leaf.cert, [], NOW)  # the intermediate is missing
+    with pytest.raises(AuthFailure, match="expired"):
+        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_950_000_000.0)
+    with pytest.raises(AuthFailure, match="not valid before"):
+        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_700_000_000.0)
+    with pytest.raises(AuthFailure, match="not a trusted CA"):
+        auth.validate_chain(
+            auth.load_trust((pki.other_root.pem,)), leaf.cert, [pki.inter.cert], NOW
+        )
+
+
+def test_issuer_must_be_a_ca_with_key_cert_sign(pki: Pki) -> None:
+    trust = auth.load_trust((pki.root.pem,))
+    not_ca = make_ca("Not A CA", "p256", issuer=pki.root, ca=False)
+    leaf = make_leaf(not_ca, "x.example", dns=("x.example",))
+    with pytest.raises(AuthFailure, match="not a CA"):
+        auth.validate_chain(trust, leaf.cert, [not_ca.cert], NOW)
+    # pathLenConstraint 0 on the root: no intermediate below it
+    root0 = make_ca("Root pathlen 0", "p256", path_length=0)
+    inter = make_ca("Inter", "p256", issuer=root0)
+    leaf2 = make_leaf(inter, "y.example", dns=("y.example",))
+    with pytest.raises(AuthFailure, match="path length"):
+        auth.validate_chain(auth.load_trust((root0.pem,)), leaf2.cert, [inter.cert], NOW)
+    # an end entity whose keyUsage does not allow signatures
+    enc_only = make_leaf(pki.inter, "z.example", digital_signature=False)
+    with pytest.raises(AuthFailure, match="may not sign"):
+        auth.validate_chain(trust, enc_only.cert, [pki.inter.cert], NOW)
+    # an expired intermediate
+    old = make_ca(
+        "Old Inter",
+        "p256",
+        issuer=pki.root,
+        not_after=datetime.datetime(2026, 6, 1, tzinfo=UTC),
+    )
+    leaf3 = make_leaf(old, "w.example")
+    with pytest.raises(AuthFailure, match="Old Inter.*expired"):
+        auth.validate_chain(trust, leaf3.cert, [old.cert], NOW)
+
+
+def test_forged_certificate_signature(pki: Pki) -> None:
+    """A leaf naming our intermediate as issuer but signed by another key."""
+    impostor = make_ca("Test Intermediate CA", "p256", issuer=pki.other_root)  # same name
+    leaf = make_leaf(impostor, "evil.example", dns=("b.example",))
+    trust = auth.load_trust((pki.root.pem,))
+    with pytest.raises(AuthFailure, match="does not verify with its issuer"):
+        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
+
+
+def test_crl_revocation(pki: Pki) -> None:
+    victim = make_leaf(pki.inter, "revoked.example", dns=("revoked.example",))
+    good = pki.leaf("b", "p256")
+    crl = make_crl(pki.inter, (victim,))
+    trust = auth.load_trust((pki.root.pem,), crls=(crl,))
+    auth.validate_chain(trust, good.cert, [pki.inter.cert], NOW)
+    with pytest.raises(AuthFailure, match="revoked"):
+        auth.validate_chain(trust, victim.cert, [pki.inter.cert], NOW)
+    # the root revokes the intermediate: everything below it fails
+    root_crl = make_crl(pki.root, (pki.inter,))
+    trust2 = auth.load_trust((pki.root.pem,), crls=(root_crl,))
+    with pytest.raises(AuthFailure, match="Intermediate.*revoked"):
+        auth.validate_chain(trust2, good.cert, [pki.inter.cert], NOW)
+    # a CRL not signed by the issuer in the path is ignored
+    forged = make_crl(pki.inter, (good,), signer=pki.other_root)
+    auth.validate_chain(
+        auth.load_trust((pki.root.pem,), crls=(forged,)), good.cert, [pki.inter.cert], NOW
+    )
+
+
+def test_pinned_peer_certificate(pki: Pki) -> None:
+    leaf = pki.leaf("b", "p256")
+    trust = auth.load_trust((), peer_certs=(leaf.pem,))
+    assert auth.validate_chain(trust, leaf.cert, [], NOW) == [leaf.cert]
+    with pytest.raises(AuthFailure, match="not one of the trusted peer certs"):
+        auth.validate_chain(trust, pki.leaf("a", "p256").cert, [], NOW)
+
+
+def test_id_matching(pki: Pki) -> None:
+    cert = pki.leaf("b", "p256").cert
+    assert auth.id_in_certificate(*parse_identity("@b.example"), cert)
+    assert auth.id_in_certificate(*parse_identity("@B.Example"), cert)
+    assert auth.id_in_certificate(*parse_identity("gw@b.example"), cert)
+    assert auth.id_in_certificate(*parse_identity(B_IP), cert)
+    assert auth.id_in_certificate(IdType.ID_DER_ASN1_DN, cert.subject.public_bytes(), cert)
+    assert not auth.id_in_certificate(*parse_identity("@a.example"), cert)
+    assert not auth.id_in_certificate(*parse_identity(A_IP), cert)
+    assert not auth.id_in_certificate(*parse_identity("gw@a.example"), cert)
+    assert not auth.id_in_certificate(IdType.ID_IPV6_ADDR, ipaddress.ip_address("::1").packed, cert)
+    assert not auth.id_in_certificate(*parse_identity("@#0102"), cert)
+
+
+def test_config_errors_never_show_the_key(pki: Pki) -> None:
+    a, _ = pair_confs()
+    leaf, other = pki.leaf("a", "p256"), pki.leaf("b", "p256")
+    with pytest.raises(LocalError, match="does not belong"):
+        compile_connection(pubkey_conf(a, leaf, pki, private_key=other.key_pem))
+    garbage = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXNlY3JldA==\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(LocalError) as exc:
+        compile_connection(pubkey_conf(a, leaf, pki, private_key=garbage))
+    assert "c2VjcmV0" not in str(exc.value) and "key:" in str(exc.value)
+    with pytest.raises(LocalError, match="cacerts"):
+        compile_connection(pubkey_conf(a, leaf, pki, cacerts=()))
+    with pytest.raises(LocalError, match="not a PEM or DER"):
+        compile_connection(pubkey_conf(a, leaf, pki, certs=(b"junk",)))
+    with pytest.raises(LocalError, match="psk"):
+        compile_connection(pubkey_conf(a, leaf, pki, remote_auth="psk"))
+    conn = compile_connection(pubkey_conf(a, leaf, pki))
+    assert "PRIVATE" not in repr(conn) and "private_key" not in repr(conn.config)
+    # the default identity with a certificate is its subject DN
+    no_id = compile_connection(pubkey_conf(a, leaf, pki, local_id=""))
+    assert no_id.local_id == (IdType.ID_DER_ASN1_DN, leaf.cert.subject.public_bytes())
+
+
+# --------------------------------------------------------------------------- engines
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_engines_authenticate_with_certificates(pki: Pki, kind: str) -> None:
+    net = pubkey_pair(pki, kind, a_remote_id="@b.example")
+    run(net)
+    for side, me, peer in (("a", "a.example", "b.example"), ("b", "b.example", "a.example")):
+        (est,) = net.of(side, IkeSaEstablished)
+        assert (est.local_id, est.remote_id) == (me, peer)
+        assert len(net.of(side, ChildSaEstablished)) == 1
+    assert net.a.stats.auth_failures == net.b.stats.auth_failures == 0
+
+
+def test_mixed_key_types_and_dn_identities(pki: Pki) -> None:
+    """RSA-PSS initiator, Ed25519 responder; both use their subject DN as identity."""
+    net = pubkey_pair(pki, "rsa-pss", "ed25519", a_local_id="", b_local_id="")
+    run(net)
+    (est,) = net.of("a", IkeSaEstablished)
+    assert "CN=b.example" in est.remote_id or est.remote_id.startswith("9:")
+    assert len(net.of("b", ChildSaEstablished)) == 1
+
+
+def test_certreq_lets_the_peer_omit_the_intermediate(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b trusts the intermediate itself and says so in its CERTREQ: a sends only its leaf.
+    a trusts only the root and asks for it, so b sends its leaf and the intermediate."""
+    sent: dict[bool, int] = {}
+    real = auth.cert_payloads
+
+    def spy(conn, hints, *, certreq):  # type: ignore[no-untyped-def]
+        out = real(conn, hints, certreq=certreq)
+        sent[certreq] = sum(isinstance(p, Certificate) for p in out)
+        return out
+
+    monkeypatch.setattr(auth, "cert_payloads", spy)
+    b_conf = pubkey_conf(
+        pair_confs(b_local_id="@b.example")[1],
+        pki.leaf("b", "p256"),
+        pki,
+        cacerts=(pki.inter.pem,),
+    )
+    net = pubkey_pair(pki, "p256")
+    net.b.set_connections([b_conf])
+    run(net)
+    assert len(net.of("a", IkeSaEstablished)) == len(net.of("b", IkeSaEstablished)) == 1
+    assert sent == {True: 1, False: 2}  # a (initiator, sends CERTREQ): leaf; b: leaf + CA
+
+
+def test_responder_picks_the_connection_by_auth_method(pki: Pki) -> None:
+    """b has a PSK and a pubkey connection for the same peer: a's signature picks the second."""
+    net = pubkey_pair(pki, "p256")
+    _, psk_b = pair_confs()
+    b_pub = net.b._conns["b2a"].config
+    net.b.set_connections([dataclasses.replace(psk_b, name="psk"), b_pub])
+    run(net)
+    (est,) = net.of("b", IkeSaEstablished)
+    assert est.connection == "b2a"
+
+
+@pytest.mark.parametrize(
+    "case,side,detail",
+    [
+        ("expired-responder", "a", "expired"),
+        ("expired-initiator", "b", "expired"),
+        ("wrong-ca", "b", "not a trusted CA"),
+        ("revoked", "a", "revoked"),
+        ("id-not-in-cert", "b", "identity is not in its certificate"),
+        ("remote-id-mismatch", "a", "identity is not '@c.example'"),
+        ("bad-signature", "b", "signature does not verify"),
+        ("psk-vs-pubkey", "b", "no connection matches"),
+    ],
+)
+def test_auth_failures(pki: Pki, case: str, side: str, detail: str) -> None:
+    kw: dict[str, object] = {}
+    past = datetime.datetime(2025, 1, 1, tzinfo=UTC)
+    since = datetime.datetime(2020, 1, 1, tzinfo=UTC)
+    if case == "expired-responder":
+        old = make_leaf(
+            pki.inter, "b.example", dns=("b.example",), not_before=since, not_after=past
+        )
+        kw = {"b_certs": (old.pem, pki.inter.pem), "b_private_key": old.key_pem}
+    elif case == "expired-initiator":
+        old = make_leaf(
+            pki.inter, "a.example", dns=("a.example",), not_before=since, not_after=past
+        )
+        kw = {"a_certs": (old.pem, pki.inter.pem), "a_private_key": old.key_pem}
+    elif case == "wrong-ca":
+        foreign = make_leaf(pki.other_root, "a.example", dns=("a.example",))
+        kw = {"a_certs": (foreign.pem,), "a_private_key": foreign.key_pem}
+    elif case == "revoked":
+        kw = {"a_crls": (make_crl(pki.inter, (pki.leaf("b", "p256"),)),)}
+    elif case == "id-not-in-cert":
+        kw = {"a_local_id": "@c.example"}
+    elif case == "remote-id-mismatch":
+        kw = {"a_remote_id": "@c.example"}
+    elif case == "psk-vs-pubkey":
+        kw = {"a_local_auth": "psk", "a_psk": b"correct horse battery staple"}
+    net = pubkey_pair(pki, "p256", None, **kw)
+    if case == "bad-signature":
+        # a signs with a key that is not its certificate's (a forger holding the cert)
+        conn = net.a._conns["a2b"]
+        wrong = pki.leaf("b", "p256").key
+        assert conn.credential is not None
+        cred = dataclasses.replace(conn.credential, key=wrong)
+        net.a._conns["a2b"] = dataclasses.replace(conn, credential=cred)
+    run(net)
+    net.advance(60)
+    (fail,) = failures(net, side)
+    assert fail.reason == "AUTHENTICATION_FAILED"
+    assert detail in fail.detail, fail
+    assert not net.of(side, IkeSaEstablished)
+    if side == "b":  # the responder refuses: the initiator reads the notify in the answer
+        assert [f.reason for f in failures(net, "a")] == ["AUTHENTICATION_FAILED"]
+        assert not net.of("a", IkeSaEstablished)
+    else:  # the responder was done; the initiator's INFORMATIONAL closes it (§2.21.2)
+        assert [e.reason for e in net.of("b", IkeSaDeleted)] == ["AUTHENTICATION_FAILED"]
+    assert "PRIVATE" not in fail.detail
+    assert net.a.stats.auth_failures + net.b.stats.auth_failures >= 1
+    assert not net.a.ike_sas() and not net.b.ike_sas()
+
+
+def test_classic_methods_towards_a_peer_without_rfc_7427(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that announces no SIGNATURE_HASH_ALGORITHMS gets method 1 / 9 (and takes
+    them): both engines drop the notify here."""
+    real = auth.init_payloads
+    monkeypatch.setattr(
+        auth,
+        "init_payloads",
+        lambda uses, trust=(): [
+            p
+            for p in real(uses, trust)
+            if not (isinstance(p, Notify) and p.type == NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        ],
+    )
+    methods: list[int] = []
+    real_sign = auth.sign
+
+    def spy(cred, octets, peer):  # type: ignore[no-untyped-def]
+        a = real_sign(cred, octets, peer)
+        methods.append(a.method)
+        return a
+
+    monkeypatch.setattr(auth, "sign", spy)
+    net = pubkey_pair(pki, "rsa-pkcs1", "p256")
+    run(net)
+    assert methods == [AuthMethod.RSA_DIGITAL_SIGNATURE, 9]
+    assert len(net.of("a", IkeSaEstablished)) == len(net.of("b", IkeSaEstablished)) == 1
+
+
+def test_psk_connections_send_no_certificate_payloads() -> None:
+    a, b = pair_confs()
+    net = Net.make(a, b)
+    run(net)
+    assert len(net.of("a", IkeSaEstablished)) == 1
+    for _, d in net.log[:2]:  # IKE_SA_INIT request and response
+        msg = codec.decode_message(d.data)
+        assert not [p for p in msg.payloads if isinstance(p, CertificateRequest)]
+        assert NotifyType.SIGNATURE_HASH_ALGORITHMS not in [
+            p.type for p in msg.payloads if isinstance(p, Notify)
+        ]
+
+
+def test_signed_data_hides_sk_p_and_uses_the_prf() -> None:
+    prf = PRF[next(iter(PRF))]
+    sd = auth.SignedData(prf, b"msg", b"nonce", b"secret-sk-p", b"id")
+    assert sd.octets() == b"msg" + b"nonce" + prf(b"secret-sk-p", b"id")
+    assert "secret" not in repr(sd)
+
+
+def test_engine_rejects_unknown_auth_values() -> None:
+    a, _ = pair_confs()
+    with pytest.raises(LocalError, match="local_auth"):
+        IkeEngine([dataclasses.replace(a, local_auth="eap")])
