@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gateway import __version__
@@ -87,6 +88,7 @@ class ChildRecord:
     rekey_at: float | None = None
     expire_at: float | None = None
     installed: Installed | None = None
+    xdp_slot: int | None = None  # the BPF programs' counter/clamp slot ([gateway.xdp])
 
 
 @dataclass(slots=True)
@@ -125,6 +127,7 @@ class Totals:
     rekeys: int = 0
     ike_rekeys: int = 0
     install_failures: int = 0
+    engine_errors: int = 0  # exceptions out of the engine on network input (a bug)
     # counters of SAs that are gone, so gateway-wide totals never go backwards
     bytes_in: int = 0
     bytes_out: int = 0
@@ -283,6 +286,9 @@ class Daemon:
         self._exporter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._histogram: Any = None
+        self.xdp: Any = None  # bpf.loader.Dataplane when [gateway.xdp] is configured
+        self._xdp_slots: Any = None
+        self._wan_mtu = 1500
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -290,12 +296,14 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self.dataplane.start()
         self.dataplane.watch(self._on_expire)
-        self.transport.start(self._loop)
+        self._open_xdp()
         try:
+            self.transport.start(self._loop)
             await self.control.start()
             self._start_metrics()
         except GatewayError:
             self.transport.close()
+            self._close_xdp()
             raise
         ports = self.transport.local_ports()
         log.info(
@@ -368,13 +376,110 @@ class Daemon:
         await self.control.close()
         if self._exporter is not None:
             self._exporter.close()
+        self._close_xdp()
         self.dataplane.close()
         log.info("event=daemon-stopped")
+
+    # ------------------------------------------------------------------ XDP (bpf/)
+
+    def _open_xdp(self) -> None:
+        """Attach the XDP/TC programs (docs/bpf.md) when [gateway.xdp] asks for them."""
+        xdp = self.config.gateway.xdp
+        if xdp is None:
+            return
+        from bpf.loader import Dataplane as XdpDataplane
+        from bpf.spi import SlotAllocator
+
+        clamp = False if xdp.mss_clamp is None else xdp.mss_clamp
+        self.xdp = XdpDataplane(xdp.wan_interface, xdp.lan_interface, mss_clamp=clamp)
+        self.xdp.open()
+        self._xdp_slots = SlotAllocator()
+        if xdp.wan_interface is not None:
+            self._wan_mtu = _interface_mtu(xdp.wan_interface)
+        log.info(
+            "event=xdp-attached wan=%s lan=%s mss_clamp=%s attachments=%s",
+            xdp.wan_interface or "-",
+            xdp.lan_interface or "-",
+            clamp,
+            ",".join(f"{k}:{i}:{how}" for k, i, how in self.xdp.attachments()),
+        )
+
+    def _close_xdp(self) -> None:
+        if self.xdp is not None:
+            self.xdp.close()
+            self.xdp = None
+            log.info("event=xdp-detached")
+
+    def _xdp_install(self, e: ev.ChildSaEstablished, child: ChildRecord, offloaded: bool) -> None:
+        from bpf.loader import DataplaneError as XdpError
+        from bpf.mtu import EspOverhead, MtuError, tunnel_mtu
+
+        slot = self._xdp_slots.allocate()
+        remote = [ts.split("[", 1)[0] for ts in child.remote_ts]
+        try:
+            mtu = tunnel_mtu(
+                self._wan_mtu,
+                EspOverhead.of_proposal(e.proposal),
+                outer_ipv6=":" in e.local_addr,
+                udp_encap=e.encap is not None,
+                mode="transport" if e.mode == "transport" else "tunnel",
+            )
+            self.xdp.install_child_sa(
+                slot,
+                spi_in=e.spi_in,
+                spi_out=e.spi_out,
+                remote_ts=remote,
+                mtu=mtu,
+                offloaded=offloaded,
+            )
+        except (XdpError, MtuError) as exc:
+            self._xdp_slots.release(slot)
+            log.warning(
+                "event=xdp-install-failed connection=%s child=%s error=%s",
+                e.connection,
+                e.child,
+                exc,
+            )
+            return
+        child.xdp_slot = slot
+
+    def _xdp_remove(self, child: ChildRecord) -> None:
+        from bpf.loader import DataplaneError as XdpError
+
+        if self.xdp is None or child.xdp_slot is None:
+            return
+        remote = [ts.split("[", 1)[0] for ts in child.remote_ts]
+        try:
+            self.xdp.remove_child_sa(
+                child.xdp_slot, spi_in=child.spi_in, spi_out=child.spi_out, remote_ts=remote
+            )
+        except XdpError as exc:
+            log.warning("event=xdp-remove-failed child=%s error=%s", child.name, exc)
+        self._xdp_slots.release(child.xdp_slot)
+        child.xdp_slot = None
+
+    def _xdp_rows(self) -> list[dict[str, Any]]:
+        if self.xdp is None:
+            return []
+        return [
+            {"interface": v.interface, "action": v.action, "reason": v.reason, "packets": v.packets}
+            for v in self.xdp.verdicts()
+        ]
 
     # ------------------------------------------------------------------ engine plumbing
 
     def _on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.engine.receive_datagram(data, (local, remote), self.clock())
+        try:
+            self.engine.receive_datagram(data, (local, remote), self.clock())
+        except Exception as exc:  # the engine promises never to raise on input: if it
+            # does anyway, drop the datagram, count it and keep serving everyone else
+            self.totals.engine_errors += 1
+            log.error(
+                "event=engine-error remote=%s error=%s: %s",
+                _fmt_addr(remote),
+                type(exc).__name__,
+                exc,
+            )
         self._pump()
 
     def _on_timer(self) -> None:
@@ -593,6 +698,8 @@ class Daemon:
             installed=installed,
         )
         r.children.append(child)
+        if self.xdp is not None:
+            self._xdp_install(e, child, offloaded=installed.offload != "none")
         log.info(
             "event=child-established connection=%s child=%s ike_sa=%d mode=%s spi_in=%s "
             "spi_out=%s proposal=%s encap=%s offload=%s local_ts=%s remote_ts=%s",
@@ -632,6 +739,7 @@ class Daemon:
     def _remove_child(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
         if child in record.children:
             record.children.remove(child)
+        self._xdp_remove(child)
         if child.installed is not None:
             counters = self.dataplane.counters(child.installed)
             self.totals.bytes_in += counters.bytes_in
@@ -880,13 +988,14 @@ class Daemon:
             "bytes_out": t.bytes_out + sum(c["bytes_out"] for c in children),
             "packets_in": t.packets_in + sum(c["packets_in"] for c in children),
             "packets_out": t.packets_out + sum(c["packets_out"] for c in children),
-            "xdp": [],
+            "xdp": self._xdp_rows(),
             "xfrm_errors": self.dataplane.errors(),
             "handshakes": t.handshakes,
             "auth_failures": t.auth_failures,
             "dpd_failures": t.dpd_failures,
             "rekeys": t.rekeys,
             "install_failures": t.install_failures,
+            "engine_errors": t.engine_errors,
             "transport": self.transport.counters.as_dict(),
             "engine": _engine_stats(self.engine),
             "control": {
@@ -1046,6 +1155,8 @@ class Daemon:
             t = self.totals
             return metrics.MetricsSnapshot(
                 ike_sas=sas,
+                xdp=[metrics.XdpCounter(**row) for row in self._xdp_rows()],
+                mss_clamped=self.xdp.mss_clamped() if self.xdp is not None else {},
                 xfrm_errors=self.dataplane.errors(),
                 handshake_durations=self._histogram.snapshot()
                 if self._histogram is not None
@@ -1063,6 +1174,13 @@ class Daemon:
         except TimeoutError:
             future.cancel()
             raise GatewayError("the daemon did not answer the scrape in time") from None
+
+
+def _interface_mtu(name: str) -> int:
+    try:
+        return int(Path(f"/sys/class/net/{name}/mtu").read_text())
+    except (OSError, ValueError):
+        raise GatewayError(f"[gateway.xdp] interface {name!r} not found") from None
 
 
 def _engine_stats(engine: Any) -> dict[str, int]:

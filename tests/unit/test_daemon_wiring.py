@@ -498,3 +498,15 @@ async def test_kernel_expiry(r: Running) -> None:
     assert ("delete_child", 1, 0xC0000001) in r.engine.calls
     (sa,) = await r.client.list_sas()
     assert sa["children"] == [] and r.dataplane.removed == [0xC0000001]
+
+
+async def test_an_engine_bug_on_input_is_contained(r: Running) -> None:
+    await established(r)
+
+    def broken(data: bytes, addr: object, now: float) -> None:
+        raise AttributeError("engine bug")
+
+    r.engine.receive_datagram = broken  # type: ignore[method-assign]
+    r.daemon._on_datagram(b"x" * 40, ("127.0.0.1", 500), ("127.0.0.2", 500))
+    stats = await r.client.stats()
+    assert stats["engine_errors"] == 1 and stats["ike_sas"] == {"ESTABLISHED": 1}
