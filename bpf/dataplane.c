@@ -584,7 +584,7 @@ static __always_inline int lan_prog(struct __sk_buff *skb, u32 out)
         __builtin_memcpy(&key.addr[12], out ? (void *)&ip->saddr : (void *)&ip->daddr, 4);
     }
     struct clamp_value *v = clamp_prefixes.lookup(&key);
-    if (!v)
+    if (!v || v->slot == SLOT_NONE) /* no tunnel, or carved out of a wider one */
         return tc_verdict(R_LAN_NO_TUNNEL + out, XDP_PASS);
     u32 slot = v->slot & SLOT_MASK;
     u32 mtu = v->mtu;

@@ -102,6 +102,8 @@ struct clamp_key {
     __u8 addr[16];
 };
 
+#define SLOT_NONE 0xffffffffu /* clamp_value.slot: prefix excluded from every tunnel */
+
 struct clamp_value {
     __u32 slot;
     __u16 mtu;  /* tunnel MTU for this prefix; 0 = count only, never clamp */

@@ -779,6 +779,14 @@ class Dataplane:
         self._progs.update("clamp_prefixes", key, value)
         self._prefixes[_normal(prefix)] = slot
 
+    def exclude_prefix(self, prefix: str) -> None:
+        """Carve `prefix` out of wider tunnel prefixes (e.g. the gateway's own LAN subnet
+        under a 0.0.0.0/0 selector): its traffic is neither counted nor clamped, like an
+        XFRM bypass policy. Undo with remove_clamp_prefix()."""
+        key, _ = _ip_key(prefix)
+        self._progs.update("clamp_prefixes", key, abi.ClampValue(slot=abi.SLOT_NONE, mtu=0))
+        self._prefixes[_normal(prefix)] = abi.SLOT_NONE
+
     def remove_clamp_prefix(self, prefix: str) -> None:
         key, _ = _ip_key(prefix)
         if self._prefixes.pop(_normal(prefix), None) is None:
@@ -789,6 +797,7 @@ class Dataplane:
         """Remove every SPI, slot and prefix this object registered; zero their counters."""
         slots = set(self._slots) | set(self._fallback_in.values())
         slots |= set(self._out_spis.values()) | set(self._prefixes.values())
+        slots.discard(abi.SLOT_NONE)
         for spi in list(self._out_spis):
             self.remove_outbound_spi(spi)
         for prefix in list(self._prefixes):

@@ -689,3 +689,16 @@ def test_first_fragment_of_a_large_ike_message_passes(programs: Programs, dp: Da
     # Not a fragment: the same UDP length is a lie.
     whole6 = pk.ip6(pk.Raw(udp6), nh=17)
     xdp(programs, pk.frame(whole6), Reason.WAN_MALFORMED_IP, DROP)
+
+
+def test_excluded_prefix_is_carved_out_of_a_wider_tunnel(programs: Programs, dp: Dataplane) -> None:
+    """A 0.0.0.0/0 selector must not swallow the gateway's own LAN (XFRM bypass style)."""
+    dp.set_clamp_prefix("0.0.0.0/0", SLOT, 1400)
+    dp.exclude_prefix("10.0.0.0/24")
+    clamp(programs, pk.syn(dst="192.0.2.77"), 1360, Reason.LAN_MSS_CLAMPED)
+    tc(programs, LAN, pk.syn(dst="10.0.0.1"), Reason.LAN_NO_TUNNEL, PASS)
+    gw_own = pk.syn(flags="SA", src="10.0.0.1", dst="10.0.0.2")
+    tc(programs, "tc_lan_egress", gw_own, Reason.LAN_OUT_NO_TUNNEL, PASS)
+    assert dp.slot_counters(SLOT).clear_to_tunnel_packets == 1
+    dp.remove_clamp_prefix("10.0.0.0/24")
+    clamp(programs, pk.syn(dst="10.0.0.1"), 1360, Reason.LAN_MSS_CLAMPED)

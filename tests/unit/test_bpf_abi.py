@@ -76,6 +76,7 @@ def test_constants_match() -> None:
         "CFG_NIC_DECRYPTS",
         "CFG_MSS_CLAMP",
         "CFG_IN_FALLBACK",
+        "SLOT_NONE",
     ):
         assert d[name] == getattr(abi, name), name
     assert d["SLOT_BITS"] == abi.SLOT_BITS_DEFAULT
