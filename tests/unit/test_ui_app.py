@@ -6,9 +6,10 @@ rewrite them after an intended change, then review the diff)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,11 +129,22 @@ async def two_polls(app: GatewayApp, gw: FakeGateway, clock: Clock, pilot: Pilot
     await pilot.pause()
 
 
-async def test_main_screen_snapshot_and_header_totals() -> None:
-    gw, clock = gateway(), Clock()
+@contextlib.asynccontextmanager
+async def console(
+    gw: FakeGateway | None = None,
+) -> AsyncIterator[tuple[GatewayApp, FakeGateway, Pilot[None]]]:
+    """The app on an in-memory gateway (6 Child SAs + an idle connection), polled twice
+    10 s apart so that rates exist."""
+    gw = gw or gateway()
+    clock = Clock()
     app = make_app(gw, clock)
     async with app.run_test(size=SIZE) as pilot:
         await two_polls(app, gw, clock, pilot)
+        yield app, gw, pilot
+
+
+async def test_main_screen_snapshot_and_header_totals() -> None:
+    async with console() as (app, gw, pilot):
         text = screen_text(app)
         assert "● connected fake.sock  gateway 0.1.0  up 1h02m" in text
         assert "XDP drops 7 (bad-spi 7)" in text and "XFRM errors 2" in text
@@ -143,10 +155,7 @@ async def test_main_screen_snapshot_and_header_totals() -> None:
 
 
 async def test_cursor_moves_and_detail_follows() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("down", "down", "down")
         await pilot.pause()
         row = app.table.selected
@@ -162,10 +171,7 @@ async def test_cursor_moves_and_detail_follows() -> None:
 
 
 async def test_filter_and_sort_keys() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("slash", *"conn-2")
         assert [r.name for r in app.model.view] == ["conn-2.net-0", "conn-2.net-1"]
         await pilot.press("enter")  # keeps the filter, back to the table
@@ -185,10 +191,7 @@ async def test_filter_and_sort_keys() -> None:
 
 
 async def test_g_switches_to_one_row_per_ike_sa() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("g")
         assert [r.name for r in app.model.view] == ["conn-0", "conn-1", "conn-2", "idle"]
         assert "[IKE SA view]" in app.summary_text().plain
@@ -202,19 +205,13 @@ async def test_g_switches_to_one_row_per_ike_sa() -> None:
 
 
 async def test_click_on_a_column_title_sorts() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.click("#sas", offset=(32, 0))  # the State column
         assert app.model.sort_key == "state"
 
 
 async def test_initiate_terminate_rekey_reload_with_confirmation() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("end", "i")  # the idle connection
         await commands_done(app)
         assert gw.calls[-1] == ("initiate", "idle")
@@ -248,10 +245,7 @@ async def test_initiate_terminate_rekey_reload_with_confirmation() -> None:
 
 
 async def test_refused_command_is_shown_not_raised() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         gw.ike_sas[0]["children"].clear()  # gone on the gateway, still on screen
         await pilot.press("r")
         await commands_done(app)
@@ -263,10 +257,7 @@ async def test_refused_command_is_shown_not_raised() -> None:
 
 
 async def test_a_refused_poll_is_logged_and_the_next_one_recovers() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         gw.refuse_stats = True
         await app.tick()
         assert "22:13:30 poll failed: unexpected reply from the gateway" in app.event_log.lines
@@ -280,10 +271,7 @@ async def test_a_refused_poll_is_logged_and_the_next_one_recovers() -> None:
 
 
 async def test_survives_daemon_restart() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         gw.stop()
         await app.tick()
         await pilot.pause()
@@ -316,10 +304,7 @@ async def test_poll_loop_reconnects_by_itself() -> None:
 
 
 async def test_events_are_logged_without_secrets() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         gw.push_event(
             type="child-rekeyed",
             time=NOW,
@@ -341,21 +326,16 @@ async def test_events_are_logged_without_secrets() -> None:
 
 
 async def test_secrets_in_list_sas_never_reach_the_screen() -> None:
-    gw, clock = gateway(), Clock()
+    gw = gateway()
     gw.ike_sas[0]["children"][0]["encr_key_in"] = "deadbeefcafe"
     gw.ike_sas[0]["sk_d"] = "0badc0de"
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console(gw) as (app, gw, _pilot):
         text = screen_text(app)
         assert "deadbeef" not in text and "0badc0de" not in text
 
 
 async def test_help_screen_snapshot() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = screen_text(app)
@@ -369,10 +349,7 @@ async def test_help_screen_snapshot() -> None:
 
 
 async def test_command_palette_initiates_a_connection_by_name() -> None:
-    gw, clock = gateway(), Clock()
-    app = make_app(gw, clock)
-    async with app.run_test(size=SIZE) as pilot:
-        await two_polls(app, gw, clock, pilot)
+    async with console() as (app, gw, pilot):
         await pilot.press("ctrl+p")
         await pilot.press(*"Initiate idle")
 
