@@ -39,6 +39,12 @@ class ChildConfig:
     remote_ts: tuple[str, ...] = ()
     esp_proposals: tuple[str, ...] = ("aes256gcm16",)
     mode: str = "tunnel"  # or "transport"
+    # Lifetimes (strongSwan's defaults and meaning): rekey `rekey_time` minus a random
+    # 0..rand_time after installation; delete at `life_time` if rekeying did not succeed.
+    # 0 disables the timer.
+    rekey_time: float = 3600.0
+    life_time: float = 3960.0
+    rand_time: float = 360.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,11 @@ class ConnectionConfig:
     remote_certs: tuple[bytes, ...] = ()  # peer certificates trusted as they are
     crls: tuple[bytes, ...] = ()  # revocation lists checked along the peer's chain
     rsa_pss: bool = True  # our RSA key signs with RSASSA-PSS (else PKCS#1 v1.5)
+    # IKE SA lifetime: rekey at `rekey_time` minus a random 0..rand_time; deleted at
+    # rekey_time + over_time if rekeying did not succeed (strongSwan's meaning). 0: never.
+    rekey_time: float = 14400.0
+    over_time: float = 1440.0
+    rand_time: float = 1440.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +201,15 @@ def _addrs(conn: str, key: str, values: tuple[str, ...]) -> tuple:  # type: igno
     return tuple(out)
 
 
+def _check_lifetimes(where: str, rekey: float, over: float, rand: float) -> None:
+    if rekey < 0 or rand < 0:
+        raise LocalError(f"{where}: rekey_time and rand_time must not be negative")
+    if rekey and over <= 0:
+        raise LocalError(f"{where}: the hard lifetime must be longer than rekey_time")
+    if rekey and rand >= rekey:
+        raise LocalError(f"{where}: rand_time must be shorter than rekey_time")
+
+
 def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
     name = conf.name
     if not name:
@@ -216,6 +236,7 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         remote_id = None if conf.remote_id in ANY_ID else parse_identity(conf.remote_id)
     except LocalError as exc:
         raise LocalError(f"connection {name!r}: {exc}") from None
+    _check_lifetimes(f"connection {name!r}", conf.rekey_time, conf.over_time, conf.rand_time)
     children = []
     seen = set()
     for ch in conf.children:
@@ -225,6 +246,8 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         seen.add(ch.name)
         if ch.mode not in ("tunnel", "transport"):
             raise LocalError(f"{where}: mode: {ch.mode!r} is not tunnel or transport")
+        over = ch.life_time - ch.rekey_time if ch.life_time else 1.0  # life_time 0: no hard limit
+        _check_lifetimes(where, ch.rekey_time, over, ch.rand_time)
         try:
             esp = parse_proposals(ch.esp_proposals, ProtocolId.ESP)
             lts = tuple(ts_from_text(t) for t in ch.local_ts if t != "dynamic")

@@ -97,14 +97,22 @@ from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     Datagram,
     Endpoint,
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
 )
-from ike.keys import IkeSaKeys, derive_child_sa_keys, derive_ike_sa_keys, skeyseed
+from ike.keys import (
+    IkeSaKeys,
+    derive_child_sa_keys,
+    derive_ike_sa_keys,
+    skeyseed,
+    skeyseed_rekey,
+)
 from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
 from ike.sk import IntegrityError, SkCipher
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
@@ -126,6 +134,8 @@ _CHILD_ERRORS = frozenset(
     }
 )
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
+# a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
+_SUPERSEDED_LINGER = 60.0
 
 
 class State(enum.Enum):
@@ -212,6 +222,13 @@ class _ChildSa:
     remote_ts: tuple[TrafficSelector, ...]
     installed_at: float
     deleting: bool = False
+    rekey_at: float | None = None  # soft lifetime: start a rekey (jittered)
+    expire_at: float | None = None  # hard lifetime: delete
+    rekeying: bool = False  # our CREATE_CHILD_SA(REKEY_SA) for it is under way
+    rekeyed: bool = False  # superseded by a newer Child SA; waits for its Delete
+    # a peer's rekey of this SA we answered while ours was under way (§2.8.1):
+    # (its Ni, our Nr, the Child SA it made)
+    collision: tuple[bytes, bytes, _ChildSa] | None = None
 
 
 class _PendingChild:
@@ -233,6 +250,32 @@ class _PendingChild:
 ResponseHandler = Callable[
     ["IkeEngine", "_IkeSa", Message, tuple[Payload, ...], bytes, float], None
 ]
+
+
+@dataclass(slots=True)
+class _CreateChildResponse:
+    """Our side of a peer's CREATE_CHILD_SA request for a Child SA (`_select_child`)."""
+
+    configs: tuple[CompiledChild, ...]
+    ke: KeyExchange | None
+    ni: bytes
+    nr: bytes
+    replaces: _ChildSa | None
+    made: _ChildSa | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _ChildRequest:
+    """Our CREATE_CHILD_SA request for a new Child SA or to rekey `old` (§1.3.1, §1.3.3)."""
+
+    config: CompiledChild
+    spi_in: int
+    tsi: tuple[TrafficSelector, ...]
+    tsr: tuple[TrafficSelector, ...]
+    ni: bytes
+    dh: DhPrivate | None
+    old: _ChildSa | None
+    retried: bool
 
 
 class _Request:
@@ -292,6 +335,14 @@ class _IkeSa:
         "remote_id",
         "half_open",
         "peer_hints",
+        "rekey_at",
+        "hard_at",
+        "life_at",
+        "rekeying",
+        "superseded",
+        "collision",
+        "child_requests",
+        "child_retries",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -331,6 +382,20 @@ class _IkeSa:
         self.half_open = False  # a responder SA counted against cookie_threshold
         # the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQs (pubkey authentication)
         self.peer_hints: ike_auth.PeerHints | None = None
+        # lifetimes (§2.8): rekey at rekey_at, delete at hard_at; life_at is the earliest
+        # lifetime event of the SA and its Child SAs (one heap entry per SA)
+        self.rekey_at: float | None = None
+        self.hard_at: float | None = None
+        self.life_at: float | None = None
+        # our IKE SA rekey under way: the response handler of its request
+        self.rekeying: ResponseHandler | None = None
+        self.superseded = False  # rekeyed: a newer IKE SA carries the handle; no events
+        # a peer's IKE rekey we answered while ours was under way: (its Ni, our Nr, SA)
+        self.collision: tuple[bytes, bytes, _IkeSa] | None = None
+        # our CREATE_CHILD_SA requests under way or queued (their SPIs are allocated)
+        self.child_requests: list[_ChildRequest] = []
+        # new Child SAs the peer answered TEMPORARY_FAILURE: (when to try again, config)
+        self.child_retries: list[tuple[float, CompiledChild]] = []
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -489,6 +554,8 @@ class IkeEngine:
         """Snapshots of every IKE SA (for list-sas); no keys."""
         out = []
         for sa in self._by_uid.values():
+            if sa.superseded:
+                continue  # an old IKE SA after a rekey, on its way out
             enc = sa.nat
             children = tuple(
                 ChildSaInfo(
@@ -556,14 +623,7 @@ class IkeEngine:
         """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is State.ESTABLISHED:
-            sa.state = State.DELETING
-            self._send_request(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                [Delete(ProtocolId.IKE, 0, ())],
-                IkeEngine._on_delete_ike_response,
-                now,
-            )
+            self._send_ike_delete(sa, now)
         elif sa.state is not State.DELETING:
             self._fail(sa, "cancelled", now)
 
@@ -576,13 +636,7 @@ class IkeEngine:
         if child.deleting:
             return
         child.deleting = True
-        self._send_request(
-            sa,
-            ExchangeType.INFORMATIONAL,
-            [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
-            IkeEngine._on_delete_child_response,
-            now,
-        )
+        self._send_child_delete(sa, spi_in, now, IkeEngine._on_delete_child_response)
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
         """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
@@ -703,7 +757,8 @@ class IkeEngine:
         if error is None:
             if handler is None:
                 if hdr.exchange_type == ExchangeType.CREATE_CHILD_SA:
-                    error = ProtocolError(NotifyType.NO_ADDITIONAL_SAS)
+                    # we are closing this IKE SA (§2.25): try again on the new one
+                    error = ProtocolError(NotifyType.TEMPORARY_FAILURE)
                 else:
                     error = ProtocolError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
             else:
@@ -761,17 +816,21 @@ class IkeEngine:
                 self.stats.retransmits += 1
                 self._emit(sa.local, sa.remote, req.data)
             if sa.expire_at is not None and sa.expire_at <= now:
-                if sa.state is State.CLOSED:
+                if sa.state is State.CLOSED or sa.superseded:
                     self._remove(sa)
                 else:
                     self._fail(sa, "half-open timeout", now)
                 continue
+            if sa.life_at is not None and sa.life_at <= now:
+                self._lifetimes_due(sa, now)
             self._reschedule(sa)
 
     def _reschedule(self, sa: _IkeSa) -> None:
         at = sa.outstanding.deadline if sa.outstanding else None
         if sa.expire_at is not None and (at is None or sa.expire_at < at):
             at = sa.expire_at
+        if sa.life_at is not None and (at is None or sa.life_at < at):
+            at = sa.life_at
         if at is not None and at != sa.timer_at:
             sa.timer_at = at
             heapq.heappush(self._timers, (at, next(self._seq), sa.uid))
@@ -783,7 +842,9 @@ class IkeEngine:
         self._reschedule(sa)
 
     def _give_up(self, sa: _IkeSa, now: float) -> None:
-        if sa.state is State.ESTABLISHED:
+        if sa.superseded:  # an old IKE SA whose Delete went unanswered
+            self._remove(sa)
+        elif sa.state is State.ESTABLISHED:
             self.stats.dead_peers += 1
             self._close(sa, "dead peer", now)
         elif sa.state is State.DELETING:
@@ -894,6 +955,9 @@ class IkeEngine:
         for spi in sa.children:
             self._spis.release(spi)
         sa.children.clear()
+        for req in sa.child_requests:
+            self._spis.release(req.spi_in)
+        sa.child_requests.clear()
         self._release_pending(sa)
         sa.timer_at = None
 
@@ -911,10 +975,12 @@ class IkeEngine:
         self._remove(sa)
 
     def _close(self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False) -> None:
-        """An established IKE SA ends: its children first, then the SA."""
+        """An established IKE SA ends: its children first, then the SA. A superseded
+        (rekeyed) SA has no children and its handle lives on: it goes silently."""
         for child in list(sa.children.values()):
             self._child_deleted(sa, child, reason, now)
-        self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
+        if not sa.superseded:
+            self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
         if linger:
             sa.state = State.CLOSED
             sa.outstanding = None
@@ -1274,6 +1340,7 @@ class IkeEngine:
         sa.candidates = ()
         self._drop_half_open(sa)
         self._set_expiry(sa, None)
+        self._start_ike_lifetime(sa, now)
         self.stats.handshakes += 1
         self._events.append(
             IkeSaEstablished(
@@ -1318,7 +1385,11 @@ class IkeEngine:
         payloads: Sequence[Payload],
         now: float,
         tried: list[str],
+        create: _CreateChildResponse | None = None,
     ) -> list[Payload]:
+        """Pick the Child config and ESP proposal, narrow the selectors, install. With
+        `create` (a CREATE_CHILD_SA request) only its configs are tried, a DH group in
+        the ESP proposal means PFS (a fresh KE, §1.3.1) and Nr/KEr join the answer."""
         tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
         tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
         if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
@@ -1327,7 +1398,7 @@ class IkeEngine:
         local_addr = _ip(sa.local[0])
         remote_addr = _ip(sa.remote[0])
         ts_matched = False
-        for ch in conn.children:
+        for ch in create.configs if create else conn.children:
             if ch.transport and not want_transport:
                 continue
             ni = narrow(tsi.selectors, ch.remote_ts or (ts_for_address(remote_addr),))
@@ -1337,9 +1408,26 @@ class IkeEngine:
             ts_matched = True
             tried.append(ch.name)
             try:
-                answer, suite, peer_spi = select_esp(ch.esp, sa_p.proposals, bytes(4))
+                answer, suite, peer_spi = select_esp(
+                    ch.esp, sa_p.proposals, bytes(4), with_dh=create is not None
+                )
             except ProtocolError:
                 continue
+            pfs: list[Payload] = []
+            exchange = None
+            if create is not None:
+                g_ir = b""
+                if suite.dh is not None:
+                    ke = create.ke
+                    if ke is None or ke.group != suite.dh.id:
+                        raise ProtocolError(
+                            NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id)
+                        )
+                    dh = suite.dh.generate(self._random)
+                    g_ir = dh.exchange(ke.data)
+                    pfs = [KeyExchange(suite.dh.id, dh.public)]
+                pfs.insert(0, Nonce(create.nr))
+                exchange = (False, create.ni, create.nr, g_ir)
             try:
                 spi_in = self._spis.allocate()
             except SpiExhausted:
@@ -1347,10 +1435,14 @@ class IkeEngine:
             answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
             transport = want_transport and ch.transport
             peer = int.from_bytes(peer_spi, "big")
-            self._install_child(sa, _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now))
+            child = _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now)
+            if create is not None:
+                create.made = child
+            self._install_child(sa, child, exchange, create.replaces if create else None)
             out: list[Payload] = [Notify(NotifyType.USE_TRANSPORT_MODE)] if transport else []
             return out + [
                 SecurityAssociation((answer,)),
+                *pfs,
                 TrafficSelectors(PayloadType.TSi, ni),
                 TrafficSelectors(PayloadType.TSr, nr),
             ]
@@ -1358,18 +1450,31 @@ class IkeEngine:
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE)
         raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN)
 
-    def _install_child(self, sa: _IkeSa, child: _ChildSa) -> None:
+    def _install_child(
+        self,
+        sa: _IkeSa,
+        child: _ChildSa,
+        exchange: tuple[bool, bytes, bytes, bytes] | None = None,
+        replaces: _ChildSa | None = None,
+    ) -> None:
+        """Record a new Child SA and emit its keys: ChildSaEstablished, or ChildSaRekeyed
+        when it `replaces` one. `exchange` = (we initiated, Ni, Nr, g^ir) of the
+        CREATE_CHILD_SA that made it (§2.17); None: the IKE_AUTH exchange."""
         assert sa.suite is not None and sa.keys is not None and sa.conn is not None
         suite, ch, transport = child.suite, child.config, child.transport
         spi_in, spi_out, now = child.spi_in, child.spi_out, child.installed_at
-        k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, sa.ni, sa.nr)
-        if sa.initiator:
+        initiator, ni, nr, g_ir = exchange or (sa.initiator, sa.ni, sa.nr, b"")
+        k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, ni, nr, g_ir)
+        if initiator:
             e_out, a_out, e_in, a_in = k.encr_i, k.integ_i, k.encr_r, k.integ_r
         else:
             e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
         sa.children[spi_in] = child
+        self._start_child_lifetime(sa, child, now)
         encr, integ = suite.encr, suite.integ
-        self._events.append(
+        self._emit_child(
+            sa,
+            replaces,
             ChildSaEstablished(
                 ike_sa=sa.uid,
                 connection=sa.conn.name,
@@ -1394,8 +1499,18 @@ class IkeEngine:
                 integ_key_in=a_in,
                 integ_key_out=a_out,
                 time=now,
-            )
+            ),
         )
+
+    def _emit_child(self, sa: _IkeSa, replaces: _ChildSa | None, e: ChildSaEstablished) -> None:
+        if replaces is None:
+            self._events.append(e)
+        else:
+            self._events.append(
+                ChildSaRekeyed(
+                    e.ike_sa, e.connection, e.child, replaces.spi_in, replaces.spi_out, e, e.time
+                )
+            )
 
     def _on_auth_response(
         self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
@@ -1459,37 +1574,10 @@ class IkeEngine:
     def _accept_child(
         self, sa: _IkeSa, pending: _PendingChild, payloads: Sequence[Payload], now: float
     ) -> None:
-        sa_p = _first(payloads, SecurityAssociation)
-        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(tsi, TrafficSelectors)
-            and isinstance(tsr, TrafficSelectors)
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "Child SA answer incomplete")
-        suite, peer_spi = accept_esp(pending.config.esp, sa_p)
-        if (
-            not tsi.selectors
-            or not tsr.selectors
-            or not all(covered(t, pending.tsi) for t in tsi.selectors)
-            or not all(covered(t, pending.tsr) for t in tsr.selectors)
-        ):
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
-        transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        if transport != pending.config.transport:
-            raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
-        peer = int.from_bytes(peer_spi, "big")
-        child = _ChildSa(
-            pending.config,
-            pending.spi_in,
-            peer,
-            suite,
-            transport,
-            tsi.selectors,
-            tsr.selectors,
-            now,
+        suite, peer, tsi, tsr, transport = self._check_child_answer(
+            pending.config, pending.tsi, pending.tsr, payloads
         )
+        child = _ChildSa(pending.config, pending.spi_in, peer, suite, transport, tsi, tsr, now)
         self._install_child(sa, child)
 
     # ------------------------------------------------------------------ INFORMATIONAL
@@ -1512,12 +1600,16 @@ class IkeEngine:
                         )
                         if child is not None:
                             deleted_spis.append(child.spi_in.to_bytes(4, "big"))
-                            self._child_deleted(sa, child, "deleted by peer", now)
+                            why = "rekeyed" if child.rekeyed else "deleted by peer"
+                            self._child_deleted(sa, child, why, now)
             elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
                 self._close(sa, "AUTHENTICATION_FAILED", now, linger=True)
                 return []
         if delete_ike:
+            if sa.collision is not None:  # the peer won our IKE rekey collision (§2.8.2)
+                theirs, sa.collision = sa.collision[2], None
+                self._take_over(sa, theirs, now)
             self._close(sa, "deleted by peer", now, linger=True)
             return []
         if deleted_spis:
@@ -1534,7 +1626,7 @@ class IkeEngine:
     ) -> None:
         # Whatever the peer answers, our request named the SA: it is gone on our side.
         for child in [c for c in sa.children.values() if c.deleting]:
-            self._child_deleted(sa, child, "deleted", now)
+            self._child_deleted(sa, child, "rekeyed" if child.rekeyed else "deleted", now)
 
     def _on_liveness_response(
         self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
@@ -1546,6 +1638,595 @@ class IkeEngine:
     ) -> None:
         return None
 
+    # ------------------------------------------------------------------ lifetimes (§2.8)
+
+    def _jittered(self, base: float, rand: float) -> float:
+        """`base` minus a random 0..rand (from the injected source): thousands of SAs set
+        up in the same second must not all rekey in the same second."""
+        if rand <= 0:
+            return base
+        return base - rand * int.from_bytes(self._random(2), "big") / 65536
+
+    def _retry_delay(self) -> float:
+        """After TEMPORARY_FAILURE (§2.25): try again in 10..20 s."""
+        return 20.0 - self._jittered(10.0, 10.0)
+
+    def _start_ike_lifetime(self, sa: _IkeSa, now: float) -> None:
+        assert sa.conn is not None
+        c = sa.conn.config
+        if c.rekey_time:
+            sa.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
+            sa.hard_at = now + c.rekey_time + c.over_time
+        else:
+            sa.rekey_at = sa.hard_at = None
+        self._update_life(sa)
+
+    def _start_child_lifetime(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
+        c = child.config.config
+        if c.rekey_time:
+            child.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
+        child.expire_at = now + c.life_time if c.life_time else None
+        self._update_life(sa)
+
+    def _update_life(self, sa: _IkeSa) -> None:
+        """life_at = the earliest rekey/expiry of the SA and its current Child SAs."""
+        at = sa.rekey_at
+        if sa.hard_at is not None and (at is None or sa.hard_at < at):
+            at = sa.hard_at
+        for t, _ in sa.child_retries:
+            if at is None or t < at:
+                at = t
+        for c in sa.children.values():
+            if c.rekeyed or c.deleting:
+                continue
+            for due in (c.rekey_at, c.expire_at):
+                if due is not None and (at is None or due < at):
+                    at = due
+        sa.life_at = at
+        self._reschedule(sa)
+
+    def _lifetimes_due(self, sa: _IkeSa, now: float) -> None:
+        if sa.state is not State.ESTABLISHED or sa.superseded:
+            sa.life_at = None
+            return
+        if sa.hard_at is not None and sa.hard_at <= now:
+            sa.rekey_at = sa.hard_at = sa.life_at = None
+            if sa.outstanding is None:
+                self.delete_ike_sa(sa.uid, now)  # tell the peer; IkeSaDeleted follows
+            else:  # stuck behind an unanswered request: the SA ends now
+                self._close(sa, "expired", now)
+            return
+        if sa.rekey_at is not None and sa.rekey_at <= now:
+            sa.rekey_at = None
+            if sa.rekeying is None:
+                self._start_ike_rekey(sa, None, now)
+        if sa.child_retries:
+            due = [ch for t, ch in sa.child_retries if t <= now]
+            sa.child_retries = [(t, ch) for t, ch in sa.child_retries if t > now]
+            for ch in due:
+                self.create_child_sa(sa.uid, ch.name, now)
+        for child in list(sa.children.values()):
+            if child.rekeyed or child.deleting:
+                continue
+            if child.expire_at is not None and child.expire_at <= now:
+                # the hard lifetime: gone now (the kernel drops it too), the peer is told
+                self._child_deleted(sa, child, "expired", now)
+                self._send_child_delete(sa, child.spi_in, now)
+            elif child.rekey_at is not None and child.rekey_at <= now:
+                child.rekey_at = None
+                if not child.rekeying:
+                    self._start_child_rekey(sa, child, now)
+        self._update_life(sa)
+
+    # ------------------------------------------------------------------ CREATE_CHILD_SA
+
+    def create_child_sa(self, ike_sa: int, child: str | None = None, now: float = 0.0) -> None:
+        """An additional Child SA on an established IKE SA (§1.3.1): ChildSaEstablished
+        or ChildSaFailed follows. `child` names the connection's Child config."""
+        sa = self._established_sa(ike_sa)
+        assert sa.conn is not None
+        ch = sa.conn.child(child)
+        tsi = ch.local_ts or (ts_for_address(_ip(sa.local[0])),)
+        tsr = ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),)
+        self._send_child_request(sa, ch, tsi, tsr, None, None, now)
+
+    def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
+        """Rekey the Child SA with inbound SPI `spi_in` now (§1.3.3), e.g. because a
+        byte or packet soft limit was reached: ChildSaRekeyed follows. A Child SA being
+        rekeyed or deleted already is left alone."""
+        sa = self._established_sa(ike_sa)
+        child = sa.children.get(spi_in)
+        if child is None or child.rekeyed:
+            raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
+        if not child.rekeying and not child.deleting:
+            self._start_child_rekey(sa, child, now)
+
+    def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
+        """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
+        sa = self._established_sa(ike_sa)
+        if sa.rekeying is None:
+            self._start_ike_rekey(sa, None, now)
+
+    def _established_sa(self, uid: int) -> _IkeSa:
+        sa = self._sa_by_uid(uid)
+        if sa.state is not State.ESTABLISHED or sa.superseded:
+            raise LocalError(f"IKE SA {uid} is not established")
+        return sa
+
+    def _start_child_rekey(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
+        child.rekeying = True
+        self._send_child_request(
+            sa, child.config, child.local_ts, child.remote_ts, child, None, now
+        )
+
+    def _send_child_request(
+        self,
+        sa: _IkeSa,
+        ch: CompiledChild,
+        tsi: tuple[TrafficSelector, ...],
+        tsr: tuple[TrafficSelector, ...],
+        old: _ChildSa | None,
+        group: int | None,
+        now: float,
+    ) -> None:
+        try:
+            spi_in = self._spis.allocate()
+        except SpiExhausted:
+            if old is not None:
+                old.rekeying = False
+                old.rekey_at = now + self._retry_delay()
+                self._update_life(sa)
+            self._events.append(ChildSaFailed(sa.uid, sa.name, ch.name, "no inbound SPI left", now))
+            return
+        groups = [g for spec in ch.esp for g in spec.dh]
+        dh_group = DH_GROUPS[group] if group is not None else (groups[0] if groups else None)
+        dh = dh_group.generate(self._random) if dh_group is not None else None
+        ni = self._random(self.settings.nonce_size)
+        req = _ChildRequest(ch, spi_in, tsi, tsr, ni, dh, old, group is not None)
+        sa.child_requests.append(req)
+        payloads: list[Payload] = []
+        if old is not None:
+            payloads.append(
+                Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, old.spi_in.to_bytes(4, "big"))
+            )
+        if ch.transport:
+            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
+        spi = spi_in.to_bytes(4, "big")
+        payloads += [
+            SecurityAssociation(tuple(s.to_proposal(i + 1, spi) for i, s in enumerate(ch.esp))),
+            Nonce(ni),
+        ]
+        if dh is not None:
+            payloads.append(KeyExchange(dh.group.id, dh.public))
+        payloads += [TrafficSelectors(PayloadType.TSi, tsi), TrafficSelectors(PayloadType.TSr, tsr)]
+
+        def on_response(
+            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        ) -> None:
+            eng._on_child_response(req, s, p, n)
+
+        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _on_child_response(
+        self, req: _ChildRequest, sa: _IkeSa, payloads: tuple[Payload, ...], now: float
+    ) -> None:
+        if req not in sa.child_requests:
+            return  # the IKE SA released it meanwhile
+        sa.child_requests.remove(req)
+        old = req.old
+        live_old = old is not None and sa.children.get(old.spi_in) is old
+        err = _error_notify(payloads)
+        if err is not None:
+            self._spis.release(req.spi_in)
+            if err.type == NotifyType.INVALID_KE_PAYLOAD and not req.retried:
+                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
+                if group in {g.id for spec in req.config.esp for g in spec.dh}:
+                    self._send_child_request(sa, req.config, req.tsi, req.tsr, old, group, now)
+                    return
+            if old is None and err.type == NotifyType.TEMPORARY_FAILURE:
+                sa.child_retries.append((now + self._retry_delay(), req.config))  # §2.25
+                self._update_life(sa)
+                return
+            self._child_request_failed(sa, req, name_of(NotifyType, err.type), now)
+            if old is not None and live_old and not old.rekeyed:
+                if err.type == NotifyType.CHILD_SA_NOT_FOUND:  # the peer has no such SA
+                    self._child_deleted(sa, old, "CHILD_SA_NOT_FOUND", now)
+                elif err.type == NotifyType.TEMPORARY_FAILURE:
+                    old.rekey_at = now + self._retry_delay()
+                    self._update_life(sa)
+            return
+        try:
+            child, nr, g_ir = self._accept_created_child(req, sa, payloads, now)
+        except ProtocolError as exc:
+            self._spis.release(req.spi_in)
+            self._child_request_failed(sa, req, exc.notify.name, now)
+            self._send_child_delete(sa, req.spi_in, now)  # the responder made it (§1.4.1)
+            return
+        exchange = (True, req.ni, nr, g_ir)
+        if old is None:
+            self._install_child(sa, child, exchange)
+            return
+        old.rekeying = False
+        collision, old.collision = old.collision, None
+        if not live_old:  # deleted while we rekeyed it (a crossing Delete)
+            self._discard_child(sa, child, now)
+            return
+        if collision is None:
+            old.rekeyed = True
+            self._install_child(sa, child, exchange, old)
+            self._delete_rekeyed_child(sa, old, now)
+            return
+        # §2.8.1: both ends rekeyed `old`; the exchange with the lowest of the four
+        # nonces made the redundant SA, which its initiator deletes; the initiator of the
+        # other exchange deletes `old`
+        peer_ni, our_nr, theirs = collision
+        if min(req.ni, nr, peer_ni, our_nr) in (req.ni, nr):
+            self._discard_child(sa, child, now)
+        elif sa.children.get(theirs.spi_in) is theirs:
+            theirs.rekeyed = True
+            self._install_child(sa, child, exchange, theirs)
+            self._delete_rekeyed_child(sa, old, now)
+        else:  # the peer already deleted its redundant SA
+            self._install_child(sa, child, exchange)
+            self._delete_rekeyed_child(sa, old, now)
+
+    def _child_request_failed(
+        self, sa: _IkeSa, req: _ChildRequest, reason: str, now: float
+    ) -> None:
+        old = req.old
+        if old is not None:
+            old.rekeying = False
+            collision, old.collision = old.collision, None
+            if collision is not None or old.rekeyed:
+                return  # the peer's rekey of it stands: nothing failed
+        self._events.append(ChildSaFailed(sa.uid, sa.name, req.config.name, reason, now))
+
+    def _accept_created_child(
+        self, req: _ChildRequest, sa: _IkeSa, payloads: Sequence[Payload], now: float
+    ) -> tuple[_ChildSa, bytes, bytes]:
+        nonce = _first(payloads, Nonce)
+        if not isinstance(nonce, Nonce):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA answer without Nr")
+        suite, peer, tsi, tsr, transport = self._check_child_answer(
+            req.config, req.tsi, req.tsr, payloads, with_dh=True
+        )
+        g_ir = b""
+        if suite.dh is not None:
+            ke = _first(payloads, KeyExchange)
+            if (
+                req.dh is None
+                or not isinstance(ke, KeyExchange)
+                or ke.group != suite.dh.id
+                or req.dh.group.id != suite.dh.id
+            ):
+                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match")
+            g_ir = req.dh.exchange(ke.data)
+        child = _ChildSa(req.config, req.spi_in, peer, suite, transport, tsi, tsr, now)
+        return child, nonce.data, g_ir
+
+    def _check_child_answer(
+        self,
+        config: CompiledChild,
+        want_tsi: tuple[TrafficSelector, ...],
+        want_tsr: tuple[TrafficSelector, ...],
+        payloads: Sequence[Payload],
+        *,
+        with_dh: bool = False,
+    ) -> tuple[EspSuite, int, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...], bool]:
+        """Initiator: the responder's Child answer must be a choice from our proposals,
+        inside our selectors and in our mode. Returns (suite, its SPI, TSi, TSr, transport)."""
+        sa_p = _first(payloads, SecurityAssociation)
+        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
+        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
+        if not (
+            isinstance(sa_p, SecurityAssociation)
+            and isinstance(tsi, TrafficSelectors)
+            and isinstance(tsr, TrafficSelectors)
+        ):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "Child SA answer incomplete")
+        suite, peer_spi = accept_esp(config.esp, sa_p, with_dh=with_dh)
+        if (
+            not tsi.selectors
+            or not tsr.selectors
+            or not all(covered(t, want_tsi) for t in tsi.selectors)
+            or not all(covered(t, want_tsr) for t in tsr.selectors)
+        ):
+            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
+        transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
+        if transport != config.transport:
+            raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
+        peer = int.from_bytes(peer_spi, "big")
+        return suite, peer, tsi.selectors, tsr.selectors, transport
+
+    def _delete_rekeyed_child(self, sa: _IkeSa, old: _ChildSa, now: float) -> None:
+        """The rekey initiator deletes the old SA (§1.3.3); ChildSaDeleted 'rekeyed'."""
+        old.rekeyed = old.deleting = True
+        self._update_life(sa)
+
+        def on_response(
+            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        ) -> None:
+            if s.children.get(old.spi_in) is old:
+                eng._child_deleted(s, old, "rekeyed", n)
+
+        self._send_child_delete(sa, old.spi_in, now, on_response)
+
+    def _discard_child(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
+        """A Child SA we negotiated but never report (redundant after a collision, or its
+        old SA is gone): the peer deletes its side."""
+        self._spis.release(child.spi_in)
+        self._send_child_delete(sa, child.spi_in, now)
+
+    def _send_child_delete(
+        self,
+        sa: _IkeSa,
+        spi_in: int,
+        now: float,
+        on_response: ResponseHandler | None = None,
+    ) -> None:
+        """INFORMATIONAL Delete(ESP) naming our inbound SPI (§1.4.1)."""
+        self._send_request(
+            sa,
+            ExchangeType.INFORMATIONAL,
+            [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
+            on_response or IkeEngine._on_ignored_response,
+            now,
+        )
+
+    def _on_create_child_request(
+        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    ) -> list[Payload]:
+        assert sa.conn is not None
+        if sa.superseded:
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "this IKE SA was rekeyed")
+        sa_p = _first(payloads, SecurityAssociation)
+        nonce = _first(payloads, Nonce)
+        ke_p = _first(payloads, KeyExchange)
+        ke = ke_p if isinstance(ke_p, KeyExchange) else None
+        if not isinstance(sa_p, SecurityAssociation) or not isinstance(nonce, Nonce):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
+        if sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
+            return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
+        if sa.rekeying is not None:  # Child SAs wait for the new IKE SA (§2.25)
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
+        rekey = _first_notify(payloads, NotifyType.REKEY_SA)
+        old = None
+        if rekey is not None:
+            if rekey.protocol != ProtocolId.ESP or len(rekey.spi) != 4:
+                raise ProtocolError(NotifyType.INVALID_SYNTAX, "REKEY_SA without an ESP SPI")
+            spi = int.from_bytes(rekey.spi, "big")
+            old = next((c for c in sa.children.values() if c.spi_out == spi), None)
+            if old is None:
+                raise ProtocolError(NotifyType.CHILD_SA_NOT_FOUND)
+            if old.rekeyed or old.deleting:  # we are closing it (§2.25)
+                raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "Child SA is being closed")
+        nr = self._random(self.settings.nonce_size)
+        configs = (old.config,) if old is not None else sa.conn.children
+        create = _CreateChildResponse(configs, ke, nonce.data, nr, old)
+        tried: list[str] = []
+        try:
+            out = self._select_child(sa, sa.conn, sa_p, payloads, now, tried, create)
+        except ProtocolError as exc:
+            if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # else the peer retries
+                name = old.config.name if old else (tried[0] if tried else "")
+                self._events.append(ChildSaFailed(sa.uid, sa.name, name, exc.notify.name, now))
+            raise
+        if old is not None and create.made is not None:
+            if old.rekeying:  # we are rekeying it too: settled when our answer comes
+                old.collision = (nonce.data, nr, create.made)
+            old.rekeyed = True
+            self._update_life(sa)
+        return out
+
+    # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
+
+    def _start_ike_rekey(self, sa: _IkeSa, group: int | None, now: float) -> None:
+        assert sa.conn is not None and sa.suite is not None
+        spi_i = self._new_ike_spi()
+        ni = self._random(self.settings.nonce_size)
+        dh = (DH_GROUPS[group] if group is not None else sa.suite.dh).generate(self._random)
+        payloads: list[Payload] = [
+            SecurityAssociation(
+                tuple(s.to_proposal(i + 1, spi_i) for i, s in enumerate(sa.conn.ike))
+            ),
+            Nonce(ni),
+            KeyExchange(dh.group.id, dh.public),
+        ]
+
+        def on_response(
+            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        ) -> None:
+            eng._on_ike_rekey_response(s, spi_i, ni, dh, p, n, group is not None)
+
+        sa.rekeying = on_response
+        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _on_ike_rekey_response(
+        self,
+        sa: _IkeSa,
+        spi_i: bytes,
+        ni: bytes,
+        dh: DhPrivate,
+        payloads: tuple[Payload, ...],
+        now: float,
+        retried: bool,
+    ) -> None:
+        assert sa.conn is not None
+        sa.rekeying = None
+        collision, sa.collision = sa.collision, None
+        err = _error_notify(payloads)
+        new = None
+        if err is None:
+            try:
+                new = self._accept_ike_rekey(sa, spi_i, ni, dh, payloads, now)
+            except ProtocolError:
+                self.stats.unexpected += 1
+        if new is None:
+            if collision is not None and self._sas.get(collision[2].our_spi) is collision[2]:
+                self._take_over(sa, collision[2], now)  # the peer's rekey stands
+                return
+            if err is not None and err.type == NotifyType.INVALID_KE_PAYLOAD and not retried:
+                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
+                if group in {g.id for s in sa.conn.ike for g in s.dh}:
+                    self._start_ike_rekey(sa, group, now)
+                    return
+            if not sa.superseded and sa.state is State.ESTABLISHED:
+                sa.rekey_at = now + self._retry_delay()  # until the hard lifetime
+                self._update_life(sa)
+            return
+        if collision is None:
+            self._take_over(sa, new, now)
+            self._send_ike_delete(sa, now)
+            return
+        # §2.8.2: the lowest of the four nonces marks the redundant IKE SA, which its
+        # initiator deletes; the other exchange's initiator deletes the old one
+        peer_ni, our_nr, theirs = collision
+        if self._sas.get(theirs.our_spi) is not theirs:  # gone: ours is the only one
+            self._take_over(sa, new, now)
+            self._send_ike_delete(sa, now)
+        elif min(ni, new.nr, peer_ni, our_nr) in (ni, new.nr):
+            new.superseded = True
+            self._send_ike_delete(new, now)
+            self._take_over(sa, theirs, now)
+        else:
+            self._take_over(sa, new, now)
+            self._send_ike_delete(sa, now)
+
+    def _accept_ike_rekey(
+        self,
+        sa: _IkeSa,
+        spi_i: bytes,
+        ni: bytes,
+        dh: DhPrivate,
+        payloads: Sequence[Payload],
+        now: float,
+    ) -> _IkeSa:
+        assert sa.conn is not None
+        sa_p, ke, nonce = (
+            _first(payloads, SecurityAssociation),
+            _first(payloads, KeyExchange),
+            _first(payloads, Nonce),
+        )
+        if not (
+            isinstance(sa_p, SecurityAssociation)
+            and isinstance(ke, KeyExchange)
+            and isinstance(nonce, Nonce)
+        ):
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer incomplete")
+        suite = accept_ike(sa.conn.ike, sa_p)
+        spi_r = sa_p.proposals[0].spi
+        if len(spi_r) != 8 or spi_r == ZERO_SPI or spi_r in self._sas:
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer without a new SPI")
+        if ke.group != suite.dh.id or ke.group != dh.group.id:
+            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr group differs")
+        g_ir = dh.exchange(ke.data)
+        return self._rekeyed_sa(sa, True, spi_i, spi_r, suite, (ni, nonce.data, g_ir), now)
+
+    def _respond_ike_rekey(
+        self,
+        sa: _IkeSa,
+        sa_p: SecurityAssociation,
+        ni: bytes,
+        ke: KeyExchange | None,
+        now: float,
+    ) -> list[Payload]:
+        assert sa.conn is not None
+        ours = sa.outstanding
+        collision = ours is not None and sa.rekeying is not None and ours.on_response is sa.rekeying
+        if (ours is not None and not collision) or sa.collision is not None:
+            # finish what is under way first (§2.25)
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "an exchange is under way")
+        if ke is None:
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without KEi")
+        answer, suite = select_ike(sa.conn.ike, sa_p.proposals, ke.group)
+        if ke.group != suite.dh.id:
+            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id))
+        spi_i = next((p.spi for p in sa_p.proposals if p.number == answer.number), b"")
+        if len(spi_i) != 8 or spi_i == ZERO_SPI:
+            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without a new SPI")
+        dh = suite.dh.generate(self._random)
+        g_ir = dh.exchange(ke.data)
+        spi_r = self._new_ike_spi()
+        nr = self._random(self.settings.nonce_size)
+        new = self._rekeyed_sa(sa, False, spi_i, spi_r, suite, (ni, nr, g_ir), now)
+        if collision:  # both ends rekey: settled when our answer comes (§2.8.2)
+            new.superseded = True
+            self._set_expiry(new, now + _SUPERSEDED_LINGER)
+            sa.collision = (ni, nr, new)
+        else:
+            self._take_over(sa, new, now)
+        return [
+            SecurityAssociation((replace(answer, spi=spi_r),)),
+            Nonce(nr),
+            KeyExchange(suite.dh.id, dh.public),
+        ]
+
+    def _rekeyed_sa(
+        self,
+        old: _IkeSa,
+        initiator: bool,
+        spi_i: bytes,
+        spi_r: bytes,
+        suite: IkeSuite,
+        exchange: tuple[bytes, bytes, bytes],
+        now: float,
+    ) -> _IkeSa:
+        """The new IKE SA of a rekey (§2.18): SKEYSEED = prf(SK_d (old), g^ir | Ni | Nr)
+        with the old SA's PRF; the rekey initiator is the new SA's original initiator."""
+        assert old.suite is not None and old.keys is not None
+        ni, nr, g_ir = exchange
+        new = _IkeSa(next(self._uids), initiator, old.local, old.remote)
+        new.conn = old.conn
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.suite, new.ni, new.nr = suite, ni, nr
+        seed = skeyseed_rekey(old.suite.prf, old.keys.sk_d, g_ir, ni, nr)
+        new.keys = derive_ike_sa_keys(suite, seed, ni, nr, spi_i, spi_r)
+        new.sk = SkCipher(suite, new.keys, initiator=initiator, random=self._random)
+        new.state = State.ESTABLISHED
+        new.established_at = now
+        new.nat = old.nat
+        new.local_id, new.remote_id = old.local_id, old.remote_id
+        self._sas[new.our_spi] = new
+        self._by_uid[new.uid] = new
+        return new
+
+    def _take_over(self, old: _IkeSa, new: _IkeSa, now: float) -> None:
+        """`new` replaces `old`: the handle, the Child SAs and queued requests move;
+        `old` is superseded and goes without events (deleted by one side, §1.3.2)."""
+        assert new.suite is not None
+        new.uid, old.uid = old.uid, new.uid
+        self._by_uid[new.uid] = new
+        self._by_uid[old.uid] = old
+        new.children, old.children = old.children, {}
+        new.queue, old.queue = old.queue, deque()
+        new.child_requests, old.child_requests = old.child_requests, []
+        new.child_retries, old.child_retries = old.child_retries, []
+        new.superseded, old.superseded = False, True
+        old.rekey_at = old.hard_at = old.life_at = None
+        new.expire_at = None
+        old.timer_at = new.timer_at = None  # heap entries follow the handle: push again
+        self._start_ike_lifetime(new, now)
+        self._set_expiry(old, now + _SUPERSEDED_LINGER)
+        self._events.append(
+            IkeSaRekeyed(
+                new.uid, new.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r, new.suite.name, now
+            )
+        )
+        if new.outstanding is None and new.queue:
+            exchange, payloads, handler = new.queue.popleft()
+            self._send_request(new, exchange, payloads, handler, now)
+
+    def _send_ike_delete(self, sa: _IkeSa, now: float) -> None:
+        """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""
+        sa.state = State.DELETING
+        self._send_request(
+            sa,
+            ExchangeType.INFORMATIONAL,
+            [Delete(ProtocolId.IKE, 0, ())],
+            IkeEngine._on_delete_ike_response,
+            now,
+        )
+
 
 RequestHandler = Callable[
     [IkeEngine, _IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
@@ -1556,6 +2237,7 @@ _REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.AUTH_WAIT, ExchangeType.IKE_AUTH): IkeEngine._on_auth_request,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
+    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,
 }
 
 

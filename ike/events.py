@@ -75,6 +75,42 @@ class ChildSaEstablished:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildSaRekeyed:
+    """A Child SA was replaced by a new one (CREATE_CHILD_SA with REKEY_SA, RFC 7296
+    §1.3.3): `new` holds the new SPIs and keys (install it as a ChildSaEstablished).
+
+    Make-before-break: install the new inbound and outbound SAs, move the policies to
+    them, remove the old outbound SA (`old_spi_out`) and keep the old inbound SA
+    (`old_spi_in`) a little longer: the peer may still send on it until it has switched.
+    A `ChildSaDeleted` with reason "rekeyed" for the old SPIs follows once the old SA
+    is deleted with the peer; remove the old inbound SA then (after a short grace).
+    """
+
+    ike_sa: int
+    connection: str
+    child: str
+    old_spi_in: int
+    old_spi_out: int
+    new: ChildSaEstablished
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    """The IKE SA `ike_sa` now runs on new SPIs and keys (RFC 7296 §1.3.2, §2.18); the
+    handle and the Child SAs stay, the old IKE SA is deleted without further events."""
+
+    ike_sa: int
+    connection: str
+    old_spi_i: bytes
+    old_spi_r: bytes
+    spi_i: bytes
+    spi_r: bytes
+    proposal: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaFailed:
     """A Child SA could not be created; the IKE SA (if established) lives on."""
 
@@ -124,6 +160,8 @@ class IkeSaFailed:
 Event = (
     IkeSaEstablished
     | ChildSaEstablished
+    | ChildSaRekeyed
+    | IkeSaRekeyed
     | ChildSaFailed
     | ChildSaDeleted
     | IkeSaDeleted

@@ -437,7 +437,7 @@ def test_unsupported_critical_payload_is_answered() -> None:
     assert inner[0].data == bytes([222])  # type: ignore[union-attr]
 
 
-def test_create_child_sa_is_refused_for_now() -> None:
+def test_create_child_sa_without_payloads_is_invalid_syntax() -> None:
     from ike.codec import decode_message
     from ike.constants import ExchangeType
 
@@ -457,7 +457,7 @@ def test_create_child_sa_is_refused_for_now() -> None:
     net.b.receive_datagram(data, ((B_IP, 500), (A_IP, 500)), net.now)
     [resp] = net.b.datagrams_to_send()
     inner = sa.sk.unprotect(resp.data, decode_message(resp.data).payloads[-1])  # type: ignore[arg-type]
-    assert inner[0].type == NotifyType.NO_ADDITIONAL_SAS  # type: ignore[union-attr]
+    assert inner[0].type == NotifyType.INVALID_SYNTAX  # type: ignore[union-attr]
 
 
 def test_secrets_stay_out_of_reprs() -> None:

@@ -1,0 +1,474 @@
+"""CREATE_CHILD_SA in memory with a fake clock: more Child SAs, Child and IKE SA rekeying
+(with and without PFS), lifetimes with jitter, collisions (RFC 7296 §2.8.1/§2.8.2) in
+every ordering and with the loss of each message, and no leaked SAs or SPIs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ike.config import ChildConfig, ConnectionConfig
+from ike.engine import IkeEngine, RandomSpis
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    Datagram,
+    IkeSaDeleted,
+    IkeSaRekeyed,
+)
+from tests.unit.ike.harness import Net, pair_confs
+
+
+def _no_timers(conf: ConnectionConfig) -> ConnectionConfig:
+    children = tuple(
+        dataclasses.replace(c, rekey_time=0.0, life_time=0.0, rand_time=0.0) for c in conf.children
+    )
+    return dataclasses.replace(conf, children=children, rekey_time=0.0, rand_time=0.0)
+
+
+def make(**kw: object) -> Net:
+    """An established pair without lifetime timers (tests drive rekeys themselves)."""
+    a, b = pair_confs(**kw)
+    net = Net.make(_no_timers(a), _no_timers(b))
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    assert len(net.of("a", ChildSaEstablished)) == 1, net.events
+    return net
+
+
+def uid(net: Net, side: str) -> int:
+    [info] = getattr(net, side).ike_sas()
+    return info.ike_sa
+
+
+def current(net: Net, side: str) -> dict[int, ChildSaEstablished]:
+    """The side's installed Child SAs by inbound SPI, replayed from its events the way
+    the daemon does it (established, rekeyed: new replaces old, deleted)."""
+    out: dict[int, ChildSaEstablished] = {}
+    for e in net.events[side]:
+        if isinstance(e, ChildSaEstablished):
+            out[e.spi_in] = e
+        elif isinstance(e, ChildSaRekeyed):
+            out.pop(e.old_spi_in, None)
+            out[e.new.spi_in] = e.new
+        elif isinstance(e, ChildSaDeleted):
+            out.pop(e.spi_in, None)
+    return out
+
+
+def engine_children(eng: IkeEngine) -> dict[int, int]:
+    return {
+        c.spi_in: c.spi_out
+        for sa in eng._by_uid.values()
+        if not sa.superseded
+        for c in sa.children.values()
+    }
+
+
+def assert_settled(net: Net, children: int = 1) -> None:
+    """One IKE SA and `children` Child SA pairs on both sides, agreeing on SPIs and keys,
+    as the engines hold them and as their events tell it; no SPI or SA leaked."""
+    net.advance(200)  # past retransmissions and the lingering of superseded SAs
+    for side in "ab":
+        eng: IkeEngine = getattr(net, side)
+        assert len(eng._by_uid) == 1 and len(eng._sas) == 1, (side, eng._by_uid)
+        spis = eng._spis
+        assert isinstance(spis, RandomSpis)
+        assert len(spis) == children and set(engine_children(eng)) == spis._used, side
+        assert {k: (v.spi_in, v.spi_out) for k, v in current(net, side).items()} == {
+            k: (k, v) for k, v in engine_children(eng).items()
+        }, side
+    ca, cb = current(net, "a"), current(net, "b")
+    assert len(ca) == len(cb) == children
+    for spi_in, e in ca.items():
+        peer = cb[e.spi_out]
+        assert peer.spi_out == spi_in
+        assert (e.encr_key_out, e.integ_key_out) == (peer.encr_key_in, peer.integ_key_in)
+        assert (e.encr_key_in, e.integ_key_in) == (peer.encr_key_out, peer.integ_key_out)
+    ia, ib = net.a.ike_sas()[0], net.b.ike_sas()[0]
+    assert (ia.spi_i, ia.spi_r) == (ib.spi_i, ib.spi_r)
+    assert not net.of("a", IkeSaDeleted) and not net.of("b", IkeSaDeleted)
+
+
+def only_child(net: Net, side: str) -> ChildSaEstablished:
+    [c] = current(net, side).values()
+    return c
+
+
+# --------------------------------------------------------------------------- Child rekey
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.parametrize("esp", ["aes256gcm16", "aes256gcm16-x25519", "aes128-sha256-modp2048"])
+def test_child_rekey(side: str, esp: str) -> None:
+    net = make(esp=(esp,))
+    before_a, before_b = only_child(net, "a"), only_child(net, "b")
+    eng = getattr(net, side)
+    mine = only_child(net, side)
+    eng.rekey_child_sa(uid(net, side), mine.spi_in, net.now)
+    net.pump()
+    for s, before in (("a", before_a), ("b", before_b)):
+        [r] = net.of(s, ChildSaRekeyed)
+        assert (r.old_spi_in, r.old_spi_out) == (before.spi_in, before.spi_out)
+        assert r.new.spi_in != before.spi_in and r.new.encr_key_in != before.encr_key_in
+        assert r.new.proposal == esp and r.child == "net"
+        assert r.new.local_ts == before.local_ts and r.new.remote_ts == before.remote_ts
+        [d] = net.of(s, ChildSaDeleted)
+        assert (d.spi_in, d.reason) == (before.spi_in, "rekeyed")
+    assert_settled(net)
+
+
+def test_pfs_group_retry_after_invalid_ke() -> None:
+    """We offer ecp256 and x25519 for PFS (KE ecp256); the responder wants x25519:
+    INVALID_KE_PAYLOAD, then a second request with a x25519 KE."""
+    net = make(a_esp=("aes256gcm16-ecp256-x25519",), b_esp=("aes256gcm16-x25519",))
+    net.a.rekey_child_sa(uid(net, "a"), only_child(net, "a").spi_in, net.now)
+    n = len(net.log)
+    net.pump()
+    [r] = net.of("a", ChildSaRekeyed)
+    assert r.new.proposal == "aes256gcm16-x25519"
+    assert len(net.log) - n == 6  # 2 x CREATE_CHILD_SA + the Delete of the old SA
+    assert not net.of("b", ChildSaFailed)
+    assert_settled(net)
+
+
+def test_rekey_keeps_traffic_keys_per_exchange() -> None:
+    """Two rekeys in a row: each generation has fresh SPIs and keys."""
+    net = make()
+    seen = {only_child(net, "a").encr_key_in}
+    for _ in range(3):
+        net.a.rekey_child_sa(uid(net, "a"), only_child(net, "a").spi_in, net.now)
+        net.pump()
+        seen.add(only_child(net, "a").encr_key_in)
+    assert len(seen) == 4
+    assert_settled(net)
+
+
+def test_rekey_unknown_child_is_local_error() -> None:
+    from ike.errors import LocalError
+
+    net = make()
+    with pytest.raises(LocalError):
+        net.a.rekey_child_sa(uid(net, "a"), 12345, net.now)
+
+
+# --------------------------------------------------------------------------- more Children
+
+
+def test_additional_child_sa() -> None:
+    a, b = pair_confs()
+    extra_a = ChildConfig("voice", ("10.5.0.0/16",), ("10.6.0.0/16",), ("aes128gcm16-x25519",))
+    extra_b = ChildConfig("voice", ("10.6.0.0/16",), ("10.5.0.0/16",), ("aes128gcm16-x25519",))
+    a = dataclasses.replace(a, children=a.children + (extra_a,))
+    b = dataclasses.replace(b, children=b.children + (extra_b,))
+    net = Net.make(_no_timers(a), _no_timers(b))
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    net.b.create_child_sa(uid(net, "b"), "voice", net.now)
+    net.pump()
+    voice = [e for e in net.of("a", ChildSaEstablished) if e.child == "voice"]
+    assert len(voice) == 1 and voice[0].proposal == "aes128gcm16-x25519"
+    assert voice[0].initiator is True  # the IKE SA's role (a initiated it)
+    assert_settled(net, children=2)
+
+
+def test_additional_child_refused_by_ts() -> None:
+    a, b = pair_confs()
+    a = dataclasses.replace(
+        a, children=a.children + (ChildConfig("x", ("10.7.0.0/16",), ("10.8.0.0/16",)),)
+    )
+    net = Net.make(_no_timers(a), _no_timers(b))
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    net.a.create_child_sa(uid(net, "a"), "x", net.now)
+    net.pump()
+    [fa] = net.of("a", ChildSaFailed)
+    [fb] = net.of("b", ChildSaFailed)
+    assert fa.reason == fb.reason == "TS_UNACCEPTABLE" and fa.child == "x"
+    assert_settled(net)
+
+
+# --------------------------------------------------------------------------- IKE SA rekey
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_ike_rekey_moves_children(side: str) -> None:
+    net = make()
+    old = net.a.ike_sas()[0]
+    handle_a, handle_b = uid(net, "a"), uid(net, "b")
+    getattr(net, side).rekey_ike_sa(uid(net, side), net.now)
+    net.pump()
+    [ra], [rb] = net.of("a", IkeSaRekeyed), net.of("b", IkeSaRekeyed)
+    assert (ra.old_spi_i, ra.old_spi_r) == (old.spi_i, old.spi_r)
+    assert (ra.spi_i, ra.spi_r) == (rb.spi_i, rb.spi_r) != (old.spi_i, old.spi_r)
+    assert (ra.ike_sa, rb.ike_sa) == (handle_a, handle_b)  # the handle stays
+    new = net.a.ike_sas()[0]
+    assert new.ike_sa == handle_a and (new.spi_i, new.spi_r) == (ra.spi_i, ra.spi_r)
+    assert new.initiator == (side == "a") and len(new.children) == 1
+    # the new IKE SA works: a Child rekey over it agrees on keys from the new SK_d
+    net.b.rekey_child_sa(handle_b, only_child(net, "b").spi_in, net.now)
+    net.pump()
+    assert len(net.of("a", ChildSaRekeyed)) == 1
+    net.a.check_liveness(handle_a, net.now)
+    net.pump()
+    assert_settled(net)
+
+
+def test_ike_rekey_four_times_alternating() -> None:
+    net = make(
+        a_ike=("aes256gcm16-prfsha384-ecp256-x25519",), b_ike=("aes256gcm16-prfsha384-x25519",)
+    )
+    for side in "abab":
+        getattr(net, side).rekey_ike_sa(uid(net, side), net.now)
+        net.pump()
+    assert len(net.of("a", IkeSaRekeyed)) == len(net.of("b", IkeSaRekeyed)) == 4
+    assert_settled(net)
+
+
+# --------------------------------------------------------------------------- lifetimes
+
+
+def timed(
+    child_rekey: float = 100.0, ike_rekey: float = 500.0
+) -> tuple[ConnectionConfig, ConnectionConfig]:
+    a, b = pair_confs()
+    out = []
+    for c in (a, b):
+        ch = tuple(
+            dataclasses.replace(
+                x, rekey_time=child_rekey, life_time=child_rekey * 1.2, rand_time=child_rekey * 0.1
+            )
+            for x in c.children
+        )
+        out.append(
+            dataclasses.replace(
+                c,
+                children=ch,
+                rekey_time=ike_rekey,
+                over_time=ike_rekey * 0.1,
+                rand_time=ike_rekey * 0.1,
+            )
+        )
+    return out[0], out[1]
+
+
+def test_lifetimes_rekey_children_and_ike_sa_with_jitter() -> None:
+    net = Net.make(*timed())
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    t0 = net.now
+    net.advance(1000)
+    rekeys = net.of("a", ChildSaRekeyed)
+    # a child rekey every 90..100 s (whichever side's timer fires first), IKE every 450..500
+    assert 10 <= len(rekeys) <= 12, [r.time - t0 for r in rekeys]
+    gaps = [b.time - a.time for a, b in zip(rekeys, rekeys[1:], strict=False)]
+    assert all(89 <= g <= 100.5 for g in gaps), gaps
+    ike = net.of("a", IkeSaRekeyed)
+    assert 2 <= len(ike) <= 3
+    assert not net.of("a", ChildSaFailed) and not net.of("b", ChildSaFailed)
+    assert_settled(net)
+
+
+def test_jitter_spreads_rekeys() -> None:
+    """100 SAs set up in the same second rekey over the whole rand_time window."""
+    a, b = timed(child_rekey=1000.0, ike_rekey=100000.0)
+    a = dataclasses.replace(a, local_addrs=(), remote_addrs=())
+    eng = IkeEngine([b], random=__import__("random").Random(5).randbytes)
+    peers = []
+    for i in range(100):
+        pa = IkeEngine(
+            [dataclasses.replace(a, local_addrs=("192.0.2.1",), remote_addrs=("192.0.2.2",))],
+            random=__import__("random").Random(i).randbytes,
+        )
+        peers.append(pa)
+    times = []
+    for pa in peers:
+        net = Net(pa, eng)
+        pa.initiate("a2b", None, net.now)
+        net.pump()
+    for info in eng.ike_sas():
+        sa = eng._by_uid[info.ike_sa]
+        for c in sa.children.values():
+            assert c.rekey_at is not None
+            times.append(c.rekey_at - c.installed_at)
+    assert len(times) == 100
+    assert min(times) >= 900 and max(times) <= 1000
+    seconds = {int(t) for t in times}
+    assert len(seconds) >= 40  # spread over the 100 s window, not bunched
+
+
+def test_child_hard_expiry_when_rekey_fails() -> None:
+    """Rekeys go unanswered (CREATE_CHILD_SA is dropped): each side removes the Child SA
+    at life_time ("expired") and the IKE SA lives on."""
+    a, b = timed(child_rekey=100.0, ike_rekey=0.0)
+    net = Net.make(a, b)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    t0 = net.now
+    dropped = 0
+
+    def drop_create(i: int, d: Datagram) -> int:
+        nonlocal dropped
+        if d.data[18] == 36:  # the exchange type byte of the IKE header: CREATE_CHILD_SA
+            dropped += 1
+            return 0
+        return 1
+
+    net.advance(125, drop_create)
+    assert dropped
+    for side in "ab":
+        [d] = net.of(side, ChildSaDeleted)
+        assert d.reason == "expired" and d.time - t0 == pytest.approx(120)
+        assert not net.of(side, IkeSaDeleted)
+        assert getattr(net, side).ike_sas()[0].children == ()
+        assert len(getattr(net, side)._spis) == 1  # the rekey attempt still retransmitting
+    net.advance(300, drop_create)  # it gives up: the peer is dead, nothing is left
+    for side in "ab":
+        eng = getattr(net, side)
+        assert not eng._by_uid and not eng._sas and len(eng._spis) == 0
+
+
+# --------------------------------------------------------------------------- collisions
+
+
+def shuffle_run(net: Net, seed: int, drop: float, horizon: float = 400.0) -> None:
+    """Deliver in-flight datagrams in a random order (reordering across directions and
+    within one), dropping each with probability `drop`; fire timers when nothing is in
+    flight, until quiet or `horizon` seconds have passed."""
+    import random
+
+    rng = random.Random(seed)
+    inflight: list[tuple[str, Datagram]] = []
+    end = net.now + horizon
+    for _ in range(2000):
+        inflight += [("a", d) for d in net.a.datagrams_to_send()]
+        inflight += [("b", d) for d in net.b.datagrams_to_send()]
+        if not inflight:
+            due = [t for t in (net.a.next_timer(), net.b.next_timer()) if t is not None]
+            if not due or min(due) > end:
+                break
+            net.now = max(net.now, min(due))
+            net.a.handle_timer(net.now)
+            net.b.handle_timer(net.now)
+            continue
+        src, d = inflight.pop(rng.randrange(len(inflight)))
+        if rng.random() < drop:
+            continue
+        dst = net.b if src == "a" else net.a
+        dst.receive_datagram(d.data, (d.remote, d.local), net.now)
+    net.collect()
+
+
+CASES = {
+    # name: (what a does, what b does, Child SA pairs left)
+    "child rekey x child rekey": ("rekey_child", "rekey_child", 1),
+    "ike rekey x ike rekey": ("rekey_ike", "rekey_ike", 1),
+    "child rekey x child delete": ("rekey_child", "delete_child", 0),
+    "ike rekey x child rekey": ("rekey_ike", "rekey_child", 1),
+    "child rekey x ike rekey x2": ("rekey_child+rekey_ike", "rekey_ike+rekey_child", 1),
+    "new child x ike rekey": ("create_child", "rekey_ike", 2),
+}
+
+
+def act(net: Net, side: str, what: str) -> None:
+    eng: IkeEngine = getattr(net, side)
+    for w in what.split("+"):
+        handle = uid(net, side)
+        if w == "rekey_child":
+            eng.rekey_child_sa(handle, only_child(net, side).spi_in, net.now)
+        elif w == "delete_child":
+            eng.delete_child_sa(handle, only_child(net, side).spi_in, net.now)
+        elif w == "rekey_ike":
+            eng.rekey_ike_sa(handle, net.now)
+        elif w == "create_child":
+            eng.create_child_sa(handle, "net", net.now)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("drop", [0.0, 0.15])
+def test_collisions_in_every_order_and_with_loss(case: str, drop: float) -> None:
+    a_does, b_does, left = CASES[case]
+    for seed in range(25):
+        net = make()
+        act(net, "a", a_does)
+        act(net, "b", b_does)
+        shuffle_run(net, seed, drop)
+        try:
+            assert_settled(net, children=left)
+        except AssertionError as exc:
+            raise AssertionError(f"{case} seed {seed} drop {drop}: {exc}") from exc
+
+
+@pytest.mark.parametrize("case", ["child rekey x child rekey", "ike rekey x ike rekey"])
+def test_collision_loses_each_message_once(case: str) -> None:
+    """Simultaneous rekeys, delivered in order, with datagram number k lost (each k)."""
+    a_does, b_does, left = CASES[case]
+    k = 0
+    while True:
+        net = make()
+        act(net, "a", a_does)
+        act(net, "b", b_does)
+        seen = net.pump(lambda i, d, k=k: 0 if i == k else 1)  # type: ignore[misc]
+        net.advance(300)
+        assert_settled(net, children=left)
+        if seen <= k:
+            break
+        k += 1
+    assert k >= 6
+
+
+def test_lowest_nonce_decides_child_rekey_collision() -> None:
+    """Both rekey the same Child SA at once: both exchanges complete, the SA made by the
+    exchange holding the lowest of the four nonces is deleted by its initiator, the old
+    one by the other initiator (RFC 7296 §2.8.1)."""
+    outcomes = set()
+    for seed in range(1, 9):  # different nonces: either exchange may hold the lowest
+        a, b = pair_confs()
+        net = Net.make(_no_timers(a), _no_timers(b), seed=seed)
+        net.a.initiate("a2b", None, net.now)
+        net.pump()
+        old = only_child(net, "a")
+        sent: dict[str, list[bytes]] = {"a": [], "b": []}  # Ni and Nr of each exchange
+        for side in "ab":
+            eng = getattr(net, side)
+            real = eng._random
+
+            def spy(n: int, real=real, nonces=sent[side]) -> bytes:  # type: ignore[no-untyped-def]
+                out = real(n)
+                if n == 32:  # the nonce size
+                    nonces.append(out)
+                return out
+
+            eng._random = spy
+        act(net, "a", "rekey_child")
+        act(net, "b", "rekey_child")
+        x_spi = net.a._by_uid[uid(net, "a")].child_requests[0].spi_in  # a's new inbound SPI
+        net.pump()
+        # a's exchange: a's first nonce (Ni) and b's second (Nr); b's: the reverse
+        x, y = (sent["a"][0], sent["b"][1]), (sent["b"][0], sent["a"][1])
+        a_lost = min(x + y) in x
+        outcomes.add(a_lost)
+        survivor = only_child(net, "a")
+        assert (survivor.spi_in == x_spi) is not a_lost
+        assert (old.spi_in, "rekeyed") in {
+            (d.spi_in, d.reason) for d in net.of("a", ChildSaDeleted)
+        }
+        assert survivor.spi_in not in {d.spi_in for d in net.of("a", ChildSaDeleted)}
+        assert_settled(net)
+    assert outcomes == {True, False}
+
+
+def test_ike_rekey_crossing_ike_delete() -> None:
+    net = make()
+    act(net, "a", "rekey_ike")
+    net.b.delete_ike_sa(uid(net, "b"), net.now)
+    net.pump()
+    net.advance(200)
+    for side in "ab":
+        eng = getattr(net, side)
+        assert not eng._by_uid and not eng._sas and len(eng._spis) == 0
+        [d] = net.of(side, IkeSaDeleted)
+        assert len(net.of(side, ChildSaDeleted)) == 1
