@@ -125,6 +125,7 @@ class AuthConfig:
     certs: tuple[str, ...] = ()  # certificate files (PEM/DER)
     cacerts: tuple[str, ...] = ()  # trust anchors for the peer's certificate (remote)
     key: str | None = None  # private key file (local, pubkey auth)
+    crls: tuple[str, ...] = ()  # CRL files checked along the peer's chain (remote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,8 +667,11 @@ def _read_auth(ctx: _Context, conn: _Table, key: str) -> AuthConfig:
     certs = table.strings("certs", (), lambda v: _readable_file(ctx, v))
     cacerts = table.strings("cacerts", (), lambda v: _readable_file(ctx, v))
     keyfile = table.get("key", None, lambda v: _secret_file(ctx, v, "key"))
+    crls = table.strings("crls", (), lambda v: _readable_file(ctx, v))
     if key == "remote" and keyfile is not None:
         table.error("key", "a private key belongs to local, not remote")
+    if key == "local" and crls:
+        table.error("crls", "revocation lists check the peer: they belong to remote")
     if auth == "pubkey":
         if key == "local":
             if not certs:
@@ -677,11 +681,13 @@ def _read_auth(ctx: _Context, conn: _Table, key: str) -> AuthConfig:
         elif not {"certs", "cacerts"} & table.data.keys():
             table.error("cacerts", "pubkey authentication needs cacerts (or the peer's certs)")
     elif auth == "psk":
-        for unused in ("certs", "key"):
+        for unused in ("certs", "key", "crls"):
             if table.data.get(unused):
                 table.error(unused, 'is only used with auth = "pubkey"')
     table.finish()
-    return AuthConfig(auth=auth or "psk", id=ident, certs=certs, cacerts=cacerts, key=keyfile)
+    return AuthConfig(
+        auth=auth or "psk", id=ident, certs=certs, cacerts=cacerts, key=keyfile, crls=crls
+    )
 
 
 def _readable_file(ctx: _Context, value: str) -> str:

@@ -205,6 +205,9 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         )
         for c in conn.children
     )
+    # certificate authentication: the engine gets the files' bytes (ike/ does no I/O)
+    local, remote = conn.local, conn.remote
+    local_pub, remote_pub = local.auth == "pubkey", remote.auth == "pubkey"
     return ike_config.ConnectionConfig(
         name=conn.name,
         local_addrs=tuple(a for a in conn.local_addrs if "/" not in a),
@@ -216,7 +219,26 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         children=children,
         local_port=conn.local_port,
         remote_port=conn.remote_port,
+        local_auth=local.auth,
+        remote_auth=remote.auth,
+        certs=_read_files(conn.name, local.certs) if local_pub else (),
+        private_key=_read_files(conn.name, (local.key,))[0] if local_pub and local.key else b"",
+        cacerts=_read_files(conn.name, remote.cacerts) if remote_pub else (),
+        remote_certs=_read_files(conn.name, remote.certs) if remote_pub else (),
+        crls=_read_files(conn.name, remote.crls) if remote_pub else (),
     )
+
+
+def _read_files(connection: str, paths: Sequence[str]) -> tuple[bytes, ...]:
+    out = []
+    for path in paths:
+        try:
+            out.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise GatewayError(
+                f"connection {connection!r}: cannot read {path}: {exc.strerror}"
+            ) from None
+    return tuple(out)
 
 
 def check_engine_config(config: GatewayConfig) -> None:
@@ -225,7 +247,7 @@ def check_engine_config(config: GatewayConfig) -> None:
     for conn in config.connections:
         try:
             ike_config.compile_connection(engine_connection(conn))
-        except LocalError as exc:
+        except (LocalError, GatewayError) as exc:
             issues.append(str(exc))
     if issues:
         raise GatewayError("; ".join(issues))
@@ -819,11 +841,12 @@ class Daemon:
         if "AUTHENTICATION_FAILED" in e.reason:
             self.totals.auth_failures += 1
         log.warning(
-            "event=ike-failed connection=%s ike_sa=%d remote=%s reason=%s",
+            "event=ike-failed connection=%s ike_sa=%d remote=%s reason=%s detail=%r",
             e.connection or "-",
             e.ike_sa,
             _fmt_addr(e.remote),
             e.reason,
+            e.detail,
         )
         self.control.publish(
             "ike-failed",
@@ -831,6 +854,7 @@ class Daemon:
             ike_sa=e.ike_sa,
             remote_addr=e.remote[0],
             reason=e.reason,
+            detail=e.detail,
         )
 
     # ------------------------------------------------------------------ actions
