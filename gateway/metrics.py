@@ -54,6 +54,10 @@ DEFAULT_LISTEN = "127.0.0.1:9810"
 
 IKE_SA_STATES: tuple[str, ...] = ("CONNECTING", "ESTABLISHED", "REKEYING", "DELETING")
 CHILD_SA_STATES: tuple[str, ...] = ("INSTALLED", "REKEYING", "DELETING")
+# Label names of the per-SA families in sorted order: the order the text format writes
+# them in, so rows are built in that order and written without reordering.
+INFO_LABELS = ("child", "connection", "esp_proposal", "mode", "offload", "spi_in", "spi_out")
+TRAFFIC_LABELS = ("child", "connection", "direction")
 
 # IKE_SA_INIT + IKE_AUTH over a WAN: tens of ms to a few seconds (EAP, retransmits).
 HANDSHAKE_BUCKETS: tuple[float, ...] = (
@@ -262,16 +266,16 @@ class GatewayCollector(Collector):
                 t.packets_in += counts[2]
                 t.packets_out += counts[3]
                 if not self._aggregate:
-                    add_info(
+                    add_info(  # label values in INFO_LABELS (sorted) order
                         (
                             (
-                                conn,
                                 name,
+                                conn,
+                                str(child.get("esp_proposal", "")),
+                                str(child.get("mode", "")),
+                                str(child.get("offload", "none")),
                                 spi_in,
                                 spi_out,
-                                str(child.get("esp_proposal", "")),
-                                str(child.get("offload", "none")),
-                                str(child.get("mode", "")),
                             ),
                             1,
                         )
@@ -285,7 +289,7 @@ class GatewayCollector(Collector):
                 PREFIX + "child_sa_info",
                 "Child SA identity and algorithms (value 1); SPIs change at every rekey",
                 "gauge",
-                ("connection", "child", "spi_in", "spi_out", "esp_proposal", "offload", "mode"),
+                INFO_LABELS,
                 info_rows,
             )
         yield _handshakes(snap.handshake_durations)
@@ -351,9 +355,9 @@ class GatewayCollector(Collector):
             rows: Iterable[tuple[tuple[str, ...], _Totals]] = merged.items()
             what = "connection"
         else:
-            labels = ("connection", "child", "direction")
+            labels = TRAFFIC_LABELS
             name_b, name_p = "child_sa_bytes", "child_sa_packets"
-            rows = _merged_items(per_child, retired)
+            rows = (((child, conn), t) for (conn, child), t in _merged_items(per_child, retired))
             what = "connection and child, summed over its SAs (survives rekeys)"
         byte_rows: list[tuple[tuple[str, ...], int]] = []
         packet_rows: list[tuple[tuple[str, ...], int]] = []
@@ -412,25 +416,33 @@ class RowsFamily(Metric):
     def samples(self, value: list[Sample]) -> None:
         """Metric.__init__ assigns an empty list; the rows are the samples."""
 
-    def text_lines(self) -> Iterator[str]:
+    def text_lines(self) -> list[str]:
+        """The sample lines, as generate_latest writes them (labels in sorted order)."""
         name = self.name + "_total" if self.type == "counter" else self.name
-        order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
+        labelnames = self.labelnames
+        order = sorted(range(len(labelnames)), key=labelnames.__getitem__)
         fmt = (
             name
-            + "{{"
-            + ",".join(f'{escape_label_name(self.labelnames[i])}="{{{i}}}"' for i in order)
-            + "}} {v}\n"
+            + "{"
+            + ",".join(f'{escape_label_name(labelnames[i])}="%s"' for i in order)
+            + "} %s\n"
         )
-        fmt_ = fmt.format
-        escaped: dict[str, str] = {}
-        for values, value in self.rows:
-            esc = []
-            for v in values:
-                e = escaped.get(v)
-                if e is None:
-                    e = escaped[v] = _escape_value(v)
-                esc.append(e)
-            yield fmt_(*esc, v=_go_float(value))
+        rows = self.rows
+        distinct: set[str] = set()
+        for values, _ in rows:
+            distinct.update(values)
+        escape = {v: _escape_value(v) for v in distinct if "\\" in v or "\n" in v or '"' in v}
+        in_order = order == list(range(len(labelnames)))
+        go_float = _go_float
+        out: list[str] = []
+        append = out.append
+        for values, value in rows:
+            if escape:
+                values = tuple([escape.get(v, v) for v in values])
+            if not in_order:
+                values = tuple([values[i] for i in order])
+            append(fmt % (*values, go_float(value)))
+        return out
 
 
 def _escape_value(v: str) -> str:
@@ -592,9 +604,16 @@ def render_text(registry: Collector) -> bytes:
 
 
 def _go_float(value: float) -> str:
-    # repr(float(n)) is "n.0" for integral n below 1e6, which is what floatToGoString gives.
-    if type(value) is int and 0 <= value < 1_000_000:
-        return f"{value}.0"
+    """floatToGoString's text, without its call chain for the common case: counters."""
+    if type(value) is int and value >= 0:
+        if value < 1_000_000:
+            return f"{value}.0"  # repr(float(n)) is "n.0" below 1e6
+        s = repr(float(value))
+        dot = s.find(".")
+        if dot > 6:  # Go switches to an exponent sooner than Python (floatToGoString)
+            mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+            return f"{mantissa}e+{dot - 1:02d}"
+        return s
     return str(floatToGoString(value))
 
 

@@ -209,6 +209,7 @@ def test_aggregate_per_connection() -> None:
 def test_fast_renderer_matches_prometheus_client() -> None:
     snap = full_snapshot()
     weird = child_sa('a"b\\c\nd', 5, tick=123_456_789)  # huge counters, escaping
+    weird["bytes_out"], weird["packets_out"] = 2**60 + 12345, 10**16  # exponent forms
     sas = [*snap.ike_sas, ike_sa('conn "quoted"\\', 7, [weird])]
     reg = make_registry(FakeSource(MetricsSnapshot(ike_sas=sas, xdp=snap.xdp)))
     assert render_text(reg) == generate_latest(reg)
