@@ -288,3 +288,10 @@ def test_exporter_port_in_use_is_a_user_error() -> None:
     with start_exporter(FakeSource(MetricsSnapshot()), "127.0.0.1:0") as exp:
         with pytest.raises(MetricsError, match="cannot serve metrics"):
             start_exporter(FakeSource(MetricsSnapshot()), f"127.0.0.1:{exp.address[1]}")
+
+
+def test_exporter_on_ipv6_loopback() -> None:
+    with start_exporter(FakeSource(MetricsSnapshot()), "[::1]:0") as exp:
+        assert exp.url.startswith("http://[::1]:")
+        with urllib.request.urlopen(exp.url, timeout=5) as resp:
+            assert resp.read().startswith(b"# HELP ipsec_build_info")
