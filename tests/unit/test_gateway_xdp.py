@@ -1,0 +1,259 @@
+"""gateway/xdp.py: the daemon's XDP adapter, with a recording stand-in for the bcc loader.
+Checks the SPI/slot bookkeeping (our inbound SPIs carry the slot; a rekey keeps the
+Child's slot; slots come back when the last SA and SPI are gone), the loader calls per
+engine event, the tunnel MTU from the suite, local selectors carved out of a wider remote
+one, and clear errors for bad interface names. The real programs attached by a real
+daemon are tested in tests/host/test_daemon_xdp.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from bpf.loader import DataplaneError
+from bpf.spi import slot_of_spi
+from gateway.config import XdpConfig
+from gateway.errors import GatewayError
+from gateway.xdp import SlotSpis, XdpAdapter
+from ike import events as ev
+from ike.errors import SpiExhausted
+from ike.ts import ts_from_text
+
+
+class FakeLoader:
+    def __init__(self, fail_install: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_install = fail_install
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        self.opened = False
+        self.calls.append(("close",))
+
+    def attachments(self) -> list[tuple[str, str, str]]:
+        return [("xdp", "lo", "link")]
+
+    def install_child_sa(
+        self,
+        slot: int,
+        *,
+        spi_in: int,
+        spi_out: int,
+        remote_ts: Sequence[str],
+        mtu: int,
+        offloaded: bool = False,
+    ) -> None:
+        if self.fail_install:
+            raise DataplaneError("map slot_table: update failed: No space left on device")
+        self.calls.append(("install", slot, spi_in, spi_out, tuple(remote_ts), mtu, offloaded))
+
+    def remove_child_sa_spis(self, *, spi_in: int, spi_out: int) -> None:
+        self.calls.append(("remove_spis", spi_in, spi_out))
+
+    def remove_child_sa(
+        self, slot: int, *, spi_in: int, spi_out: int, remote_ts: Sequence[str]
+    ) -> None:
+        self.calls.append(("remove", slot, spi_in, spi_out, tuple(remote_ts)))
+
+    def exclude_prefix(self, prefix: str) -> None:
+        self.calls.append(("exclude", prefix))
+
+    def remove_clamp_prefix(self, prefix: str) -> None:
+        self.calls.append(("unexclude", prefix))
+
+    def slot_counters(self, slot: int) -> Any:
+        return ("counters", slot)
+
+    def verdicts(self) -> list[Any]:
+        from bpf.loader import XdpVerdict
+
+        return [XdpVerdict("lo", "pass", "ike", 4)]
+
+    def mss_clamped(self) -> dict[str, int]:
+        return {"lan0": 2}
+
+
+def child(spi_in: int, spi_out: int, **kw: Any) -> ev.ChildSaEstablished:
+    e = ev.ChildSaEstablished(
+        1,
+        "east",
+        "net",
+        True,
+        spi_in,
+        spi_out,
+        "tunnel",
+        "192.0.2.1",
+        "192.0.2.2",
+        None,
+        (ts_from_text("10.1.0.0/24"),),
+        (ts_from_text("10.2.0.0/24"),),
+        "aes256gcm16",
+        "rfc4106(gcm(aes))",
+        128,
+        None,
+        0,
+        False,
+        b"k" * 36,
+        b"K" * 36,
+        b"",
+        b"",
+        0.0,
+    )
+    return dataclasses.replace(e, **kw)
+
+
+def adapter(loader: FakeLoader, **config: Any) -> XdpAdapter:
+    cfg = XdpConfig(**{"wan_interface": "lo", **config})
+    spis = SlotSpis(slot_bits=4, random=random.Random(1).randbytes)
+    a = XdpAdapter(cfg, loader=lambda c: loader, spis=spis, link_mtu=lambda name: 1500)
+    a.open()
+    return a
+
+
+def test_spis_carry_their_slot_and_a_rekey_keeps_it() -> None:
+    spis = SlotSpis(slot_bits=4, random=random.Random(2).randbytes)
+    a, b = spis.allocate(), spis.allocate()
+    assert {slot_of_spi(a, 4), slot_of_spi(b, 4)} == {0, 1} and a >= 256 and b >= 256
+    again = spis.allocate(replaces=a)
+    assert slot_of_spi(again, 4) == slot_of_spi(a, 4) and again != a
+    assert len(spis) == 2
+    spis.release(a)
+    spis.release(again)
+    assert len(spis) == 1  # slot 0 free again
+    spis.release(again)  # a second release changes nothing
+    assert len(spis) == 1
+
+
+def test_spis_exhausted_is_the_engine_error() -> None:
+    spis = SlotSpis(slot_bits=1, random=random.Random(3).randbytes)
+    spis.allocate(), spis.allocate()
+    with pytest.raises(SpiExhausted):
+        spis.allocate()
+
+
+def test_established_rekeyed_deleted() -> None:
+    loader = FakeLoader()
+    a = adapter(loader)
+    assert loader.opened
+    spi_in = a.spis.allocate()
+    placed = a.child_established(child(spi_in, 0x1000), offloaded=False)
+    assert placed is not None and placed.slot == slot_of_spi(spi_in, 4)
+    # AES-GCM-16 over IPv4 on a 1500 link: 1446 (bpf/mtu.py)
+    assert loader.calls == [("install", placed.slot, spi_in, 0x1000, ("10.2.0.0/24",), 1446, False)]
+
+    new_in = a.spis.allocate(replaces=spi_in)
+    again = a.child_rekeyed(spi_in, child(new_in, 0x2000), offloaded=False)
+    assert again == placed and a.slot(new_in) == placed.slot
+    assert loader.calls[-1][:4] == ("install", placed.slot, new_in, 0x2000)
+
+    a.child_deleted(spi_in)  # the old SA: only its SPIs go
+    assert loader.calls[-1] == ("remove_spis", spi_in, 0x1000)
+    assert a.slot_counters(new_in) == ("counters", placed.slot)
+    a.child_deleted(new_in)  # the last one: slot and prefixes go
+    assert loader.calls[-1] == ("remove", placed.slot, new_in, 0x2000, ("10.2.0.0/24",))
+    a.spis.release(spi_in)
+    a.spis.release(new_in)
+    assert len(a.spis) == 0
+    a.child_deleted(new_in)  # unknown now: nothing happens
+    assert loader.calls[-1][0] == "remove"
+
+
+def test_rekey_without_the_hint_keeps_the_childs_slot() -> None:
+    loader = FakeLoader()
+    a = adapter(loader)
+    old = a.spis.allocate()
+    placed = a.child_established(child(old, 0x1000), offloaded=False)
+    new = a.spis.allocate()  # the engine did not say which SA it replaces
+    assert slot_of_spi(new, 4) != slot_of_spi(old, 4)
+    a.child_rekeyed(old, child(new, 0x2000), offloaded=False)
+    assert placed is not None and a.slot(new) == placed.slot  # loader: fallback map
+
+
+def test_foreign_spi_gets_a_slot_and_ipv6_nat_mtu() -> None:
+    loader = FakeLoader()
+    a = adapter(loader)
+    e = child(
+        0xC0000001,
+        0x1000,
+        local_addr="2001:db8::1",
+        encap=(4500, 4500),
+        remote_ts=(ts_from_text("2001:db8:2::/64"),),
+        local_ts=(ts_from_text("2001:db8:1::/64"),),
+    )
+    placed = a.child_established(e, offloaded=True)
+    assert placed is not None
+    # 1500 - 40 (IPv6) - 8 (UDP) - 8 - 8 (IV) - 16 (ICV) = 1420, - 2 = 1418
+    assert loader.calls[-1] == (
+        "install",
+        placed.slot,
+        0xC0000001,
+        0x1000,
+        ("2001:db8:2::/64",),
+        1418,
+        True,
+    )
+    a.child_deleted(0xC0000001)
+    assert len(a.spis) == 0
+
+
+def test_local_selectors_inside_a_remote_one_are_carved_out() -> None:
+    loader = FakeLoader()
+    a = adapter(loader)
+    wide = {"remote_ts": (ts_from_text("0.0.0.0/0"),)}
+    s1, s2 = a.spis.allocate(), a.spis.allocate()
+    a.child_established(child(s1, 0x1000, **wide), offloaded=False)
+    a.child_established(child(s2, 0x2000, **wide), offloaded=False)
+    assert [c for c in loader.calls if c[0] == "exclude"] == [("exclude", "10.1.0.0/24")]
+    a.child_deleted(s1)
+    assert ("unexclude", "10.1.0.0/24") not in loader.calls  # the other Child still needs it
+    a.child_deleted(s2)
+    assert loader.calls[-1] == ("unexclude", "10.1.0.0/24")
+
+
+def test_install_failure_is_logged_and_gives_the_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loader = FakeLoader(fail_install=True)
+    a = adapter(loader)
+    spi = a.spis.allocate()
+    assert a.child_established(child(spi, 0x1000), offloaded=False) is None
+    assert "event=xdp-install-failed connection=east child=net" in caplog.text
+    a.spis.release(spi)
+    assert len(a.spis) == 0
+
+
+def test_counters_for_stats_and_metrics_then_close() -> None:
+    loader = FakeLoader()
+    a = adapter(loader, lan_interface="lo")
+    assert a.verdict_rows() == [
+        {"interface": "lo", "action": "pass", "reason": "ike", "packets": 4}
+    ]
+    assert a.mss_clamped() == {"lan0": 2}
+    a.close()
+    a.close()
+    assert loader.calls.count(("close",)) == 1
+    assert a.verdict_rows() == [] and a.mss_clamped() == {}
+
+
+@pytest.mark.parametrize("key", ["wan_interface", "lan_interface"])
+def test_bad_interface_name_fails_before_compiling(key: str) -> None:
+    made: list[XdpConfig] = []
+
+    def loader(config: XdpConfig) -> FakeLoader:
+        made.append(config)
+        return FakeLoader()
+
+    names = {"wan_interface": "lo", key: "nosuch0"}
+    cfg = XdpConfig(names["wan_interface"], names.get("lan_interface"))
+    a = XdpAdapter(cfg, loader=loader)
+    with pytest.raises(GatewayError) as err:
+        a.open()
+    assert str(err.value) == f"[gateway.xdp] {key} = 'nosuch0': no such network interface"
+    assert made == [] and not a.attached
