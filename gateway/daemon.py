@@ -59,6 +59,7 @@ from gateway.control import (
 from gateway.dataplane import Dataplane, DataplaneError, Installed, make_dataplane
 from gateway.errors import GatewayError
 from gateway.transport import UdpTransport
+from gateway.xdp import SlotSpis, XdpAdapter
 from ike import config as ike_config
 from ike import events as ev
 from ike.errors import LocalError
@@ -162,11 +163,12 @@ class Engine(Protocol):
     def next_event(self) -> ev.Event | None: ...
 
 
-def make_engine(config: GatewayConfig) -> Engine:
+def make_engine(config: GatewayConfig, spis: SlotSpis | None = None) -> Engine:
     from ike.engine import IkeEngine
 
     return IkeEngine(  # type: ignore[no-any-return]
         [engine_connection(c) for c in config.connections],
+        spis=spis,  # [gateway.xdp]: our inbound SPIs carry the XDP counter slot
         settings=ike_config.EngineSettings(
             nat_t_port=config.gateway.port_nat_t,
             retransmit_timeout=config.gateway.retransmit_timeout,
@@ -286,7 +288,9 @@ class Daemon:
         self.config_path = config_path
         self.clock = clock
         self.dataplane = dataplane or make_dataplane(config.gateway.dataplane)
-        self.engine = engine or make_engine(config)
+        xdp = config.gateway.xdp  # the XDP/TC programs (gateway/xdp.py), attached in start()
+        self.xdp: XdpAdapter | None = XdpAdapter(xdp) if xdp is not None else None
+        self.engine = engine or make_engine(config, self.xdp.spis if self.xdp else None)
         self.transport = UdpTransport(
             config.gateway.listen,
             config.gateway.port,
@@ -308,9 +312,6 @@ class Daemon:
         self._exporter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._histogram: Any = None
-        self.xdp: Any = None  # bpf.loader.Dataplane when [gateway.xdp] is configured
-        self._xdp_slots: Any = None
-        self._wan_mtu = 1500
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,12 +319,13 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self.dataplane.start()
         self.dataplane.watch(self._on_expire)
-        self._open_xdp()
+        if self.xdp is not None:
+            self.xdp.open()  # all or nothing: a failure leaves nothing attached
         try:
             self.transport.start(self._loop)
             await self.control.start()
             self._start_metrics()
-        except GatewayError:
+        except BaseException:  # also SystemExit from a signal: never stay half-attached
             self.transport.close()
             self._close_xdp()
             raise
@@ -404,89 +406,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ XDP (bpf/)
 
-    def _open_xdp(self) -> None:
-        """Attach the XDP/TC programs (docs/bpf.md) when [gateway.xdp] asks for them."""
-        xdp = self.config.gateway.xdp
-        if xdp is None:
-            return
-        from bpf.loader import Dataplane as XdpDataplane
-        from bpf.spi import SlotAllocator
-
-        clamp = False if xdp.mss_clamp is None else xdp.mss_clamp
-        self.xdp = XdpDataplane(xdp.wan_interface, xdp.lan_interface, mss_clamp=clamp)
-        self.xdp.open()
-        self._xdp_slots = SlotAllocator()
-        if xdp.wan_interface is not None:
-            self._wan_mtu = _interface_mtu(xdp.wan_interface)
-        log.info(
-            "event=xdp-attached wan=%s lan=%s mss_clamp=%s attachments=%s",
-            xdp.wan_interface or "-",
-            xdp.lan_interface or "-",
-            clamp,
-            ",".join(f"{k}:{i}:{how}" for k, i, how in self.xdp.attachments()),
-        )
-
     def _close_xdp(self) -> None:
         if self.xdp is not None:
             self.xdp.close()
-            self.xdp = None
-            log.info("event=xdp-detached")
-
-    def _xdp_install(self, e: ev.ChildSaEstablished, child: ChildRecord, offloaded: bool) -> None:
-        from bpf.loader import DataplaneError as XdpError
-        from bpf.mtu import EspOverhead, MtuError, tunnel_mtu
-
-        slot = self._xdp_slots.allocate()
-        remote = [ts.split("[", 1)[0] for ts in child.remote_ts]
-        try:
-            mtu = tunnel_mtu(
-                self._wan_mtu,
-                EspOverhead.of_proposal(e.proposal),
-                outer_ipv6=":" in e.local_addr,
-                udp_encap=e.encap is not None,
-                mode="transport" if e.mode == "transport" else "tunnel",
-            )
-            self.xdp.install_child_sa(
-                slot,
-                spi_in=e.spi_in,
-                spi_out=e.spi_out,
-                remote_ts=remote,
-                mtu=mtu,
-                offloaded=offloaded,
-            )
-        except (XdpError, MtuError) as exc:
-            self._xdp_slots.release(slot)
-            log.warning(
-                "event=xdp-install-failed connection=%s child=%s error=%s",
-                e.connection,
-                e.child,
-                exc,
-            )
-            return
-        child.xdp_slot = slot
-
-    def _xdp_remove(self, child: ChildRecord) -> None:
-        from bpf.loader import DataplaneError as XdpError
-
-        if self.xdp is None or child.xdp_slot is None:
-            return
-        remote = [ts.split("[", 1)[0] for ts in child.remote_ts]
-        try:
-            self.xdp.remove_child_sa(
-                child.xdp_slot, spi_in=child.spi_in, spi_out=child.spi_out, remote_ts=remote
-            )
-        except XdpError as exc:
-            log.warning("event=xdp-remove-failed child=%s error=%s", child.name, exc)
-        self._xdp_slots.release(child.xdp_slot)
-        child.xdp_slot = None
 
     def _xdp_rows(self) -> list[dict[str, Any]]:
-        if self.xdp is None:
-            return []
-        return [
-            {"interface": v.interface, "action": v.action, "reason": v.reason, "packets": v.packets}
-            for v in self.xdp.verdicts()
-        ]
+        return self.xdp.verdict_rows() if self.xdp is not None else []
 
     # ------------------------------------------------------------------ engine plumbing
 
@@ -721,7 +646,8 @@ class Daemon:
         )
         r.children.append(child)
         if self.xdp is not None:
-            self._xdp_install(e, child, offloaded=installed.offload != "none")
+            placed = self.xdp.child_established(e, offloaded=installed.offload != "none")
+            child.xdp_slot = placed.slot if placed is not None else None
         log.info(
             "event=child-established connection=%s child=%s ike_sa=%d mode=%s spi_in=%s "
             "spi_out=%s proposal=%s encap=%s offload=%s local_ts=%s remote_ts=%s",
@@ -761,7 +687,8 @@ class Daemon:
     def _remove_child(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
         if child in record.children:
             record.children.remove(child)
-        self._xdp_remove(child)
+        if self.xdp is not None:
+            self.xdp.child_deleted(child.spi_in)
         if child.installed is not None:
             counters = self.dataplane.counters(child.installed)
             self.totals.bytes_in += counters.bytes_in
@@ -1198,13 +1125,6 @@ class Daemon:
         except TimeoutError:
             future.cancel()
             raise GatewayError("the daemon did not answer the scrape in time") from None
-
-
-def _interface_mtu(name: str) -> int:
-    try:
-        return int(Path(f"/sys/class/net/{name}/mtu").read_text())
-    except (OSError, ValueError):
-        raise GatewayError(f"[gateway.xdp] interface {name!r} not found") from None
 
 
 def _engine_stats(engine: Any) -> dict[str, int]:

@@ -65,8 +65,19 @@ class Dataplane(Protocol):
     def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed: ...
 
     def replace(
-        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
-    ) -> Installed: ...
+        self,
+        old: Installed,
+        child: ChildSaEstablished,
+        config: ChildConfig | None,
+        *,
+        keep_old_inbound: bool = False,
+    ) -> Installed:
+        """Rekey, make-before-break: the new SAs, the policies moved to them, the old
+        outbound SA removed; the old inbound one too unless `keep_old_inbound` (then
+        `retire(old)` removes it later)."""
+
+    def retire(self, old: Installed) -> None:
+        """Remove the old inbound SA that replace(keep_old_inbound=True) kept."""
 
     def remove(self, installed: Installed) -> None: ...
 
@@ -100,10 +111,18 @@ class NoneDataplane:
         return sa
 
     def replace(
-        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
+        self,
+        old: Installed,
+        child: ChildSaEstablished,
+        config: ChildConfig | None,
+        *,
+        keep_old_inbound: bool = False,
     ) -> Installed:
         self.installed.pop(old.spi_in, None)
         return self.install(child, config)
+
+    def retire(self, old: Installed) -> None:
+        pass
 
     def remove(self, installed: Installed) -> None:
         self.installed.pop(installed.spi_in, None)
@@ -159,14 +178,25 @@ class XfrmDataplane:
         return Installed(child.spi_in, child.spi_out, result.offload, result)
 
     def replace(
-        self, old: Installed, child: ChildSaEstablished, config: ChildConfig | None
+        self,
+        old: Installed,
+        child: ChildSaEstablished,
+        config: ChildConfig | None,
+        *,
+        keep_old_inbound: bool = False,
     ) -> Installed:
         spec = child_sa_spec(child, config, old.handle.spec.reqid, self.offload_dev)
         try:
-            result = self.manager.replace(old.handle, spec)
+            result = self.manager.replace(old.handle, spec, keep_old_inbound=keep_old_inbound)
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
         return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def retire(self, old: Installed) -> None:
+        try:
+            self.manager.delete_state(old.handle.spec, inbound=True)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
 
     def remove(self, installed: Installed) -> None:
         try:

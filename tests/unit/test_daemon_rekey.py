@@ -1,0 +1,187 @@
+"""Rekeying through two daemons with real IKE engines joined in memory (datagrams handed
+from one daemon's transport to the other's input) and recording `none` data planes:
+`rekey conn.child` / `rekey conn` from the control API, a kernel soft expiry, the
+make-before-break calls into the data plane (replace keeping the old inbound SA, retire
+after the Delete) and the events. The same against strongSwan: tests/host."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import daemon as daemon_module
+from gateway.config import parse_config
+from gateway.control import ControlClient, ControlError
+from gateway.daemon import Daemon
+from gateway.dataplane import Installed, NoneDataplane
+
+SECRET = "lab-secret-123456"
+
+
+def config_text(socket: Path, local: str, remote: str, start: str) -> str:
+    return f"""
+[gateway]
+listen = ["127.0.0.1"]
+port = 0
+port_nat_t = 0
+control_socket = "{socket}"
+metrics_listen = "off"
+dataplane = "none"
+
+[connections.east]
+local_addrs = ["{local}"]
+remote_addrs = ["{remote}"]
+local = {{ auth = "psk", id = "{local}" }}
+remote = {{ auth = "psk", id = "{remote}" }}
+psk = "{SECRET}"
+
+[connections.east.children.net]
+local_ts = ["10.{local[-1]}.0.0/24"]
+remote_ts = ["10.{remote[-1]}.0.0/24"]
+esp_proposals = ["aes256gcm16-x25519"]
+start_action = "{start}"
+"""
+
+
+class RecordingDataplane(NoneDataplane):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def replace(
+        self, old: Installed, child: Any, config: Any, *, keep_old_inbound: bool = False
+    ) -> Installed:
+        self.calls.append(("replace", old.spi_in, child.spi_in, keep_old_inbound))
+        return super().replace(old, child, config, keep_old_inbound=keep_old_inbound)
+
+    def retire(self, old: Installed) -> None:
+        self.calls.append(("retire", old.spi_in))
+
+
+@dataclasses.dataclass
+class Pair:
+    west: Daemon
+    east: Daemon
+    dp_west: RecordingDataplane
+    dp_east: RecordingDataplane
+    client: ControlClient
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
+    monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
+    loop = asyncio.get_running_loop()
+    daemons: dict[str, Daemon] = {}
+    dps: dict[str, RecordingDataplane] = {}
+    for name, local, remote, start in (
+        ("west", "127.0.0.1", "127.0.0.2", "start"),
+        ("east", "127.0.0.2", "127.0.0.1", "none"),
+    ):
+        text = config_text(tmp_path / f"{name}.sock", local, remote, start)
+        dps[name] = RecordingDataplane()
+        daemons[name] = Daemon(parse_config(text, f"{name}.toml"), dataplane=dps[name])
+    west, east = daemons["west"], daemons["east"]
+
+    def wire(src: Daemon, dst: Daemon) -> None:
+        def send(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> bool:
+            loop.call_soon(dst._on_datagram, data, remote, local)
+            return True
+
+        src.transport.send = send  # type: ignore[method-assign]
+
+    wire(west, east)
+    wire(east, west)
+    await east.start()
+    await west.start()
+    client = await ControlClient.connect(tmp_path / "west.sock")
+    try:
+        yield Pair(west, east, dps["west"], dps["east"], client)
+    finally:
+        await client.close()
+        await west.shutdown()
+        await east.shutdown()
+
+
+async def child_spis(client: ControlClient) -> tuple[str, str]:
+    for _ in range(300):
+        sas = await client.list_sas()
+        if sas and sas[0]["state"] == "ESTABLISHED" and sas[0]["children"]:
+            c = sas[0]["children"][0]
+            return c["spi_in"], c["spi_out"]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not established: {sas}")
+
+
+async def wait_for(what: str, cond: Any) -> None:
+    for _ in range(300):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair) -> None:
+    old_in, old_out = await child_spis(pair.client)
+    events = await pair.client.subscribe()
+    result = await pair.client.rekey("east.net", timeout=5)
+    assert "1 Child SA(s) rekeyed" in result["message"]
+    new_in, new_out = await child_spis(pair.client)
+    assert (new_in, new_out) != (old_in, old_out)
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if event["type"] == "child-rekeyed":
+            break
+    assert (seen[-1]["old_spi_in"], seen[-1]["spi_in"]) == (old_in, new_in)
+    # west: the new pair replaced the old one keeping the old inbound SA, which goes
+    # after the Delete of the old SA (+ REKEY_GRACE); east mirrors it
+    assert pair.dp_west.calls[0] == ("replace", int(old_in, 16), int(new_in, 16), True)
+    await wait_for("retire", lambda: ("retire", int(old_in, 16)) in pair.dp_west.calls)
+    await wait_for("east retire", lambda: ("retire", int(old_out, 16)) in pair.dp_east.calls)
+    assert set(pair.dp_west.installed) == {int(new_in, 16)}
+    assert set(pair.dp_east.installed) == {int(new_out, 16)}
+    assert not pair.west._retiring and not pair.east._retiring
+    stats = await pair.client.stats()
+    assert stats["rekeys"] == 1 and stats["child_sas"] == 1
+
+
+async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
+    spis = await child_spis(pair.client)
+    (before,) = await pair.client.list_sas()
+    await pair.client.rekey("east", timeout=5)
+    (after,) = await pair.client.list_sas()
+    assert (after["spi_i"], after["spi_r"]) != (before["spi_i"], before["spi_r"])
+    assert after["ike_sa"] == before["ike_sa"] and after["state"] == "ESTABLISHED"
+    assert await child_spis(pair.client) == spis
+    (east_sa,) = pair.east.list_sas()
+    assert (east_sa["spi_i"], east_sa["spi_r"]) == (after["spi_i"], after["spi_r"])
+    # the rekeyed IKE SA carries a Child rekey started by the other side
+    east_client = await ControlClient.connect(pair.east.config.gateway.control_socket)
+    try:
+        await east_client.rekey("east.net", timeout=5)
+    finally:
+        await east_client.close()
+    assert await child_spis(pair.client) != spis
+
+
+async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:
+    old_in, _ = await child_spis(pair.client)
+    pair.west._on_expire(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
+    await wait_for("a new inbound SPI", lambda: pair.west.totals.rekeys == 1)
+    new_in, _ = await child_spis(pair.client)
+    assert new_in != old_in
+
+
+async def test_rekey_errors(pair: Pair) -> None:
+    await child_spis(pair.client)
+    with pytest.raises(ControlError) as info:
+        await pair.client.rekey("nowhere")
+    assert info.value.code == "unknown-connection"
+    with pytest.raises(ControlError) as info:
+        await pair.client.rekey("east.nochild")
+    assert info.value.code in ("unknown-connection", "unknown-sa")
