@@ -1,7 +1,8 @@
 """A thin UDP driver for the sans-IO engine inside a test namespace (until the daemon).
 
 Sockets are made inside the namespace (setns for this thread only, then back), so the
-test process itself stays in the host namespace. Time is time.monotonic().
+test process itself stays in the host namespace. Time is time.monotonic() unless `clock`
+says otherwise (certificate checks need Unix time: pass time.time).
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from ike.events import Event
 
 
 class UdpDriver:
-    def __init__(self, engine: IkeEngine, netns: str, ip: str, ports: Sequence[int] = (500, 4500)):
+    def __init__(
+        self,
+        engine: IkeEngine,
+        netns: str,
+        ip: str,
+        ports: Sequence[int] = (500, 4500),
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.engine = engine
+        self.clock = clock
         self.ip = ip
         self.events: list[Event] = []
         self.poll_interval = 0.05
@@ -55,9 +64,8 @@ class UdpDriver:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
+    def now(self) -> float:
+        return self.clock()
 
     def _flush(self) -> None:
         for d in self.engine.datagrams_to_send():
@@ -67,13 +75,13 @@ class UdpDriver:
 
     def run_until(self, done: Callable[[list[Event]], bool], timeout: float) -> bool:
         """Pump the engine until done(events) or the timeout; returns done's last value."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         by_fd = {s.fileno(): (port, s) for port, s in self.socks.items()}
         while True:
             self._flush()
             if done(self.events):
                 return True
-            now = time.monotonic()
+            now = self.clock()
             if now >= deadline:
                 return False
             wake = min(deadline, now + self.poll_interval)  # done() may watch the outside
@@ -93,8 +101,8 @@ class UdpDriver:
                         continue
                     self.ike_received.append((data, port, (src[0], src[1])))
                     self.engine.receive_datagram(
-                        data, ((self.ip, port), (src[0], src[1])), time.monotonic()
+                        data, ((self.ip, port), (src[0], src[1])), self.clock()
                     )
             t = self.engine.next_timer()
-            if t is not None and t <= time.monotonic():
-                self.engine.handle_timer(time.monotonic())
+            if t is not None and t <= self.clock():
+                self.engine.handle_timer(self.clock())
