@@ -13,6 +13,9 @@ Engine events drive everything else:
 
     IkeSaEstablished   -> record (list-sas), log, event `ike-established`
     ChildSaEstablished -> data plane install, record, log, event `child-established`
+    ChildSaRekeyed     -> data plane replace (make-before-break, the old inbound SA kept
+                          until its ChildSaDeleted "rekeyed" + REKEY_GRACE), `child-rekeyed`
+    IkeSaRekeyed       -> record gets the new SPIs, event `ike-rekeyed`
     ChildSaDeleted     -> data plane remove, record gone, event `child-deleted`
     IkeSaDeleted       -> record gone, event `ike-deleted` (`dpd-failed` for a dead peer)
     IkeSaFailed        -> event `ike-failed` (auth failures counted)
@@ -69,6 +72,7 @@ log = logging.getLogger("gateway.daemon")
 T = TypeVar("T")
 
 SHUTDOWN_GRACE = 3.0  # seconds to wait for peers to answer our deletes at shutdown
+REKEY_GRACE = 2.0  # an old inbound SA stays this long after its Delete (packets in flight)
 
 
 # --------------------------------------------------------------------------- records
@@ -156,6 +160,10 @@ class Engine(Protocol):
 
     def check_liveness(self, ike_sa: int, now: float) -> None: ...
 
+    def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None: ...
+
+    def rekey_ike_sa(self, ike_sa: int, now: float) -> None: ...
+
     def datagrams_to_send(self) -> Iterable[ev.Datagram]: ...
 
     def next_timer(self) -> float | None: ...
@@ -204,6 +212,9 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
             remote_ts=tuple(ts for ts in c.remote_ts if ts != "dynamic"),
             esp_proposals=c.esp_proposals,
             mode=c.mode,
+            rekey_time=c.rekey_time,
+            life_time=c.life_time,
+            rand_time=c.rand_time,
         )
         for c in conn.children
     )
@@ -221,6 +232,9 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         children=children,
         local_port=conn.local_port,
         remote_port=conn.remote_port,
+        rekey_time=conn.rekey_time,
+        over_time=conn.over_time,
+        rand_time=conn.rand_time,
         local_auth=local.auth,
         remote_auth=remote.auth,
         certs=_read_files(conn.name, local.certs) if local_pub else (),
@@ -308,6 +322,9 @@ class Daemon:
         self._timer_at: float | None = None
         self._dpd: list[tuple[float, int]] = []  # heap of (due, ike_sa) liveness checks
         self._dpd_timer: asyncio.TimerHandle | None = None
+        # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
+        # holds of it, its XDP slot/SPIs); removed REKEY_GRACE after their Delete
+        self._retiring: dict[int, tuple[int, Installed, tuple[int, int] | None]] = {}
         self._stopping = asyncio.Event()
         self._exporter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -388,6 +405,8 @@ class Daemon:
         for record in list(self.sas.values()):
             for child in list(record.children):
                 self._remove_child(record, child, "shutdown")
+        for spi in list(self._retiring):
+            self._retire(spi)
         self.sas.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -515,11 +534,16 @@ class Daemon:
             "hard" if hard else "soft",
         )
         if not hard:
-            # soft limit: time to rekey; CREATE_CHILD_SA is engine part 2, so the Child
-            # lives on until its hard limit
+            # soft limit (rekey_bytes/rekey_packets): rekey now; the engine ignores a
+            # second request while one is under way
             self.control.publish(
                 "child-expiring", connection=record.connection, child=child.name, spi=_spi(spi)
             )
+            rekey = getattr(self.engine, "rekey_child_sa", None)
+            if rekey is not None and child.state == "INSTALLED":
+                with contextlib.suppress(ControlError):
+                    self._engine_call(rekey, record.ike_sa, child.spi_in)
+                self._pump()
             return
         # hard limit: the kernel removed the state; delete the Child with the peer too
         if child.state != "DELETING":
@@ -536,6 +560,8 @@ class Daemon:
             ev.ChildSaEstablished: self._on_child_established,
             ev.ChildSaFailed: self._on_child_failed,
             ev.ChildSaDeleted: self._on_child_deleted,
+            ev.ChildSaRekeyed: self._on_child_rekeyed,
+            ev.IkeSaRekeyed: self._on_ike_rekeyed,
             ev.IkeSaDeleted: self._on_ike_deleted,
             ev.IkeSaFailed: self._on_ike_failed,
         }
@@ -684,6 +710,114 @@ class Daemon:
             "child-failed", connection=e.connection, child=e.child, reason=e.reason
         )
 
+    def _on_child_rekeyed(self, e: ev.ChildSaRekeyed) -> Any:
+        """Make-before-break (docs/daemon.md): the new SAs go in and the policies move to
+        them, the old outbound SA goes, the old inbound one stays until its Delete."""
+        new = e.new
+        record = self.sas.get(e.ike_sa)
+        child = None
+        if record is not None:
+            child = next((c for c in record.children if c.spi_in == e.old_spi_in), None)
+        if record is None or child is None or child.installed is None:
+            return self._on_child_established(new)  # nothing to replace (after a collision)
+        config = self._child_config(e.connection, e.child)
+        old = child.installed
+        counters = self.dataplane.counters(old)
+        try:
+            installed = self.dataplane.replace(old, new, config, keep_old_inbound=True)
+        except DataplaneError as exc:
+            self.totals.install_failures += 1
+            log.error(
+                "event=child-rekey-install-failed connection=%s child=%s spi_in=%s error=%s",
+                e.connection,
+                e.child,
+                _spi(new.spi_in),
+                exc,
+            )
+            self.control.publish(
+                "error", connection=e.connection, child=e.child, message=f"install failed: {exc}"
+            )
+            with contextlib.suppress(ControlError):  # the old SA stays in use
+                self._engine_call(self.engine.delete_child_sa, e.ike_sa, new.spi_in)
+            reason = f"install failed: {exc}"
+            return ev.ChildSaFailed(e.ike_sa, e.connection, e.child, reason, e.time)
+        self.totals.bytes_in += counters.bytes_in
+        self.totals.bytes_out += counters.bytes_out
+        self.totals.packets_in += counters.packets_in
+        self.totals.packets_out += counters.packets_out
+        self.totals.rekeys += 1
+        xdp_old = None
+        if self.xdp is not None and child.xdp_slot is not None:
+            xdp_old = (child.spi_in, child.spi_out)
+            self.xdp.child_rekeyed(child.spi_in, new, offloaded=installed.offload != "none")
+        self._retiring[e.old_spi_in] = (e.ike_sa, old, xdp_old)
+        child.spi_in, child.spi_out = new.spi_in, new.spi_out
+        child.esp_proposal = new.proposal
+        child.installed = installed
+        child.installed_at = new.time or self.clock()
+        if config is not None and config.life_time and self.dataplane.name == "xfrm":
+            child.expire_at = child.installed_at + config.life_time
+        log.info(
+            "event=child-rekeyed connection=%s child=%s ike_sa=%d spi_in=%s spi_out=%s "
+            "old_spi_in=%s old_spi_out=%s proposal=%s",
+            e.connection,
+            e.child,
+            e.ike_sa,
+            _spi(new.spi_in),
+            _spi(new.spi_out),
+            _spi(e.old_spi_in),
+            _spi(e.old_spi_out),
+            new.proposal,
+        )
+        self.control.publish(
+            "child-rekeyed",
+            connection=e.connection,
+            child=e.child,
+            spi_in=_spi(new.spi_in),
+            spi_out=_spi(new.spi_out),
+            old_spi_in=_spi(e.old_spi_in),
+            old_spi_out=_spi(e.old_spi_out),
+        )
+        return None
+
+    def _retire(self, spi_in: int) -> None:
+        """Remove an old inbound SA kept after a rekey (and its SPIs from the BPF maps)."""
+        entry = self._retiring.pop(spi_in, None)
+        if entry is None:
+            return
+        _, old, xdp_old = entry
+        if xdp_old is not None and self.xdp is not None:
+            self.xdp.child_deleted(xdp_old[0])
+        try:
+            self.dataplane.retire(old)
+        except DataplaneError as exc:
+            log.error("event=child-retire-failed spi_in=%s error=%s", _spi(spi_in), exc)
+
+    def _on_ike_rekeyed(self, e: ev.IkeSaRekeyed) -> None:
+        record = self.sas.get(e.ike_sa)
+        if record is not None:
+            record.spi_i, record.spi_r = e.spi_i, e.spi_r
+            record.proposal = e.proposal
+        self.totals.ike_rekeys += 1
+        log.info(
+            "event=ike-rekeyed connection=%s ike_sa=%d spi_i=%s spi_r=%s old_spi_i=%s "
+            "old_spi_r=%s proposal=%s",
+            e.connection,
+            e.ike_sa,
+            _hex(e.spi_i),
+            _hex(e.spi_r),
+            _hex(e.old_spi_i),
+            _hex(e.old_spi_r),
+            e.proposal,
+        )
+        self.control.publish(
+            "ike-rekeyed",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            spi_i=_hex(e.spi_i),
+            spi_r=_hex(e.spi_r),
+        )
+
     def _remove_child(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
         if child in record.children:
             record.children.remove(child)
@@ -708,6 +842,13 @@ class Daemon:
             child.installed = None
 
     def _on_child_deleted(self, e: ev.ChildSaDeleted) -> None:
+        if e.spi_in in self._retiring:  # an old SA after its rekey: its Delete is done
+            if self._loop is not None:
+                self._loop.call_later(REKEY_GRACE, self._retire, e.spi_in)
+            else:
+                self._retire(e.spi_in)
+            log.debug("event=child-retiring connection=%s spi_in=%s", e.connection, _spi(e.spi_in))
+            return
         record = self.sas.get(e.ike_sa)
         if record is not None:
             for child in list(record.children):
@@ -732,6 +873,9 @@ class Daemon:
         )
 
     def _on_ike_deleted(self, e: ev.IkeSaDeleted) -> None:
+        for spi, (ike_sa, _, _) in list(self._retiring.items()):
+            if ike_sa == e.ike_sa:
+                self._retire(spi)
         record = self.sas.pop(e.ike_sa, None)
         if record is not None:
             for child in list(record.children):  # normally already gone via ChildSaDeleted
@@ -1026,10 +1170,49 @@ class Daemon:
         return {"message": f"terminate {name}: {len(children)} Child SA(s) deleted"}
 
     async def rekey(self, name: str, timeout: float) -> Any:
-        self._resolve(name)
-        if not hasattr(self.engine, "rekey_child_sa"):
-            raise ControlError(FAILED, "rekey: the IKE engine does not support rekeying yet")
-        raise ControlError(FAILED, "rekey: not wired in this daemon version")
+        """`conn`: rekey its IKE SAs; `conn.child`: rekey those Child SAs. Waits until
+        every one is rekeyed (or fails)."""
+        conn, child = self._resolve(name)
+        records = [r for r in self.sas.values() if r.connection == conn.name]
+        targets: list[tuple[int, int | None]]
+        if child is None:
+            targets = [(r.ike_sa, None) for r in records if r.state == "ESTABLISHED"]
+        else:
+            targets = [
+                (r.ike_sa, c.spi_in)
+                for r in records
+                if r.state == "ESTABLISHED"
+                for c in r.children
+                if c.name == child and c.state == "INSTALLED"
+            ]
+        if not targets:
+            raise ControlError(UNKNOWN_SA, f"{name} has no established SA to rekey")
+        ike_pending = {ike_sa for ike_sa, spi in targets if spi is None}
+        child_pending = {spi for _, spi in targets if spi is not None}
+
+        def match(event: Any) -> str | None:
+            if isinstance(event, ev.IkeSaRekeyed):
+                ike_pending.discard(event.ike_sa)
+            elif isinstance(event, ev.ChildSaRekeyed):
+                child_pending.discard(event.old_spi_in)
+            elif isinstance(event, ev.IkeSaDeleted) and event.ike_sa in {t[0] for t in targets}:
+                return f"IKE SA deleted: {event.reason}"
+            elif isinstance(event, ev.ChildSaDeleted) and event.spi_in in child_pending:
+                return f"Child SA deleted: {event.reason}"
+            elif isinstance(event, ev.ChildSaFailed) and child_pending and event.child == child:
+                return f"rekey failed: {event.reason}"
+            return "" if not ike_pending and not child_pending else None
+
+        future = self._wait(match)
+        for ike_sa, spi in targets:
+            if spi is None:
+                self._engine_call(self.engine.rekey_ike_sa, ike_sa)
+            else:
+                self._engine_call(self.engine.rekey_child_sa, ike_sa, spi)
+        self._pump()
+        await self._await(future, timeout, f"rekey {name}")
+        what = "IKE SA(s)" if child is None else "Child SA(s)"
+        return {"message": f"rekey {name}: {len(targets)} {what} rekeyed"}
 
     async def reload(self) -> Any:
         if self.config_path is None:
