@@ -102,6 +102,9 @@ _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     HashAlgorithm.SHA2_512: hashes.SHA512,
 }
 MAX_PATH_LENGTH = 8  # certificates from the end entity to the anchor, inclusive
+# The peer is not authenticated yet while we search its path: bound the work it can cause.
+MAX_PEER_CERTS = 16  # CERT payloads looked at
+MAX_SIGNATURE_CHECKS = 64  # certificate signature verifications per path search
 
 PrivateKey = (
     rsa.RSAPrivateKey
@@ -474,7 +477,7 @@ def verify_signature(auth: Authentication, key: PublicKey, octets: bytes) -> Non
     """AuthFailure unless `auth` is a valid signature of `octets` by `key`."""
     try:
         _verify(auth, key, octets)
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):  # ValueError: e.g. a PSS salt longer than fits
         raise AuthFailure("AUTH signature does not verify with the peer's key") from None
 
 
@@ -619,6 +622,7 @@ def validate_chain(
         c for c in intermediates if c.public_bytes(serialization.Encoding.DER) not in anchors
     ]
     errors: list[str] = []
+    budget = [MAX_SIGNATURE_CHECKS]
 
     def extend(path: list[x509.Certificate]) -> list[x509.Certificate] | None:
         cert = path[-1]
@@ -628,6 +632,9 @@ def validate_chain(
         for issuer in pool:
             if issuer.subject != cert.issuer or any(issuer is p for p in path):
                 continue
+            if budget[0] <= 0:
+                raise AuthFailure("certificate path search gave up (too many candidates)")
+            budget[0] -= 1
             if not _signed_by(cert, issuer):
                 errors.append(f"signature of {_name(cert)!r} does not verify with its issuer's key")
                 continue
@@ -797,14 +804,25 @@ def check_auth(
             certs = [conn.trust.peer_certs[0]]  # the peer relies on our pinned copy
         else:
             raise AuthFailure("peer sent no certificate")
+    if len(certs) > MAX_PEER_CERTS:
+        raise AuthFailure(f"peer sent {len(certs)} certificates (at most {MAX_PEER_CERTS})")
+    try:
+        key = _check_certificate(conn.trust, certs, peer_id, now)
+    except (ValueError, UnsupportedAlgorithm):
+        # cryptography parses some parts lazily: a malformed name, extension or key of the
+        # peer's certificate shows up here
+        raise AuthFailure("peer's certificate is malformed") from None
+    verify_signature(auth, key, signed.octets())
+
+
+def _check_certificate(
+    trust: TrustAnchors, certs: list[x509.Certificate], peer_id: tuple[int, bytes], now: float
+) -> PublicKey:
     end_entity = certs[0]
-    validate_chain(conn.trust, end_entity, certs[1:], now)
+    validate_chain(trust, end_entity, certs[1:], now)
     if not id_in_certificate(peer_id[0], peer_id[1], end_entity):
         raise AuthFailure(f"peer's identity is not in its certificate {_name(end_entity)!r}")
-    try:
-        key = end_entity.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise AuthFailure(f"certificate {_name(end_entity)!r}: unsupported public key") from None
+    key = end_entity.public_key()
     if not isinstance(
         key,
         rsa.RSAPublicKey
@@ -813,7 +831,7 @@ def check_auth(
         | ed448.Ed448PublicKey,
     ):
         raise AuthFailure(f"certificate {_name(end_entity)!r}: unsupported public key type")
-    verify_signature(auth, key, signed.octets())
+    return key
 
 
 def uses_pubkey(conn: CompiledConnection) -> bool:

@@ -9,11 +9,13 @@ import datetime
 import ipaddress
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ike import auth, codec
 from ike.auth import AuthFailure, HashAlgorithm, PeerHints
-from ike.codec import Authentication, Certificate, CertificateRequest, Notify
-from ike.config import ConnectionConfig, compile_connection, parse_identity
+from ike.codec import Authentication, Certificate, CertificateRequest, Notify, Payload
+from ike.config import CompiledConnection, ConnectionConfig, compile_connection, parse_identity
 from ike.constants import AuthMethod, IdType, NotifyType
 from ike.crypto import PRF
 from ike.engine import IkeEngine
@@ -493,3 +495,82 @@ def test_engine_rejects_unknown_auth_values() -> None:
     a, _ = pair_confs()
     with pytest.raises(LocalError, match="local_auth"):
         IkeEngine([dataclasses.replace(a, local_auth="eap")])
+
+
+# --------------------------------------------------------------------------- hostile peers
+
+
+PeerAuth = tuple[CompiledConnection, list[Certificate], Authentication, auth.SignedData]
+
+
+@pytest.fixture(scope="module")
+def peer_auth(pki: Pki) -> PeerAuth:
+    """b's compiled connection, and a's valid CERT payloads, AUTH and signed data."""
+    a, b = pair_confs()
+    conn = compile_connection(pubkey_conf(b, pki.leaf("b", "p256"), pki))
+    leaf = pki.leaf("a", "p256")
+    cred = auth.load_credential((leaf.pem,), leaf.key_pem)
+    signed = auth.SignedData(PRF[next(iter(PRF))], b"RealMessage1", b"Nr", b"k" * 32, b"id")
+    certs = [Certificate(4, leaf.der), Certificate(4, pki.inter.der)]
+    return conn, certs, auth.sign(cred, signed.octets(), frozenset(ALL)), signed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mutated_certificates_and_auth_only_fail_authentication(
+    peer_auth: PeerAuth, data: st.DataObject
+) -> None:
+    """Whatever the peer puts in CERT and AUTH: success only for the real thing, else
+    AuthFailure (never another exception, which would escape the engine)."""
+    conn, certs, good, signed = peer_auth
+    peer_id = parse_identity("@a.example")
+    which = data.draw(st.integers(0, 2))
+    if which == 2:
+        blob = good.data
+    else:
+        blob = certs[which].data
+    pos = data.draw(st.integers(0, len(blob) - 1))
+    mode = data.draw(st.sampled_from(["flip", "cut", "junk"]))
+    if mode == "flip":
+        mutated = blob[:pos] + bytes([blob[pos] ^ data.draw(st.integers(1, 255))]) + blob[pos + 1 :]
+    elif mode == "cut":
+        mutated = blob[:pos]
+    else:
+        mutated = blob[:pos] + data.draw(st.binary(max_size=64)) + blob[pos:]
+    payloads: list[Payload] = list(certs)
+    a = good
+    if which == 2:
+        a = Authentication(data.draw(st.sampled_from([1, 9, 10, 11, 14])), mutated)
+    else:
+        payloads[which] = Certificate(4, mutated)
+    try:
+        auth.check_auth(conn, payloads, a, peer_id, signed, NOW)
+    except AuthFailure:
+        return
+
+
+def test_path_search_is_bounded(pki: Pki, peer_auth: PeerAuth) -> None:
+    """Many certificates named like our intermediate, none the leaf's real issuer: every
+    candidate is tried once and the search ends in AuthFailure; more than 16 CERT
+    payloads are refused before any work."""
+    conn, _, good, signed = peer_auth
+    peer_id = parse_identity("@a.example")
+    impostor = make_ca("Test Intermediate CA", "p256")  # self-signed, the same name
+    forged = make_leaf(impostor, "a.example", dns=("a.example",))
+    fakes: list[Payload] = [
+        Certificate(4, make_ca("Test Intermediate CA", "p256", issuer=pki.root).der)
+        for _ in range(15)
+    ]
+    with pytest.raises(AuthFailure, match="does not verify with its issuer"):
+        auth.check_auth(
+            conn,
+            [Certificate(4, forged.der), *fakes],
+            good,
+            peer_id,
+            signed,
+            NOW,
+        )
+    leaf = pki.leaf("a", "p256")
+    too_many: list[Payload] = [Certificate(4, leaf.der), *[Certificate(4, pki.inter.der)] * 16]
+    with pytest.raises(AuthFailure, match="at most 16"):
+        auth.check_auth(conn, too_many, good, peer_id, signed, NOW)
