@@ -1,14 +1,43 @@
-"""`[gateway.xdp]` (the bpf issue's contract): the daemon attaches the XDP/TC programs to
-the configured WAN interface when it starts, reports their verdict counters in `stats`
-(IKE seen by XDP as it establishes), registers each Child SA with them, and detaches them
-when it stops."""
+"""`[gateway.xdp]` (the bpf issue's contract) in a real `gateway run` (data plane `none`:
+the host kernel has no ESP, the XDP/TC programs do not need it).
+
+West runs with `wan_interface = "eth0"` (towards east) and `lan_interface = "lan0"`
+(towards a LAN host namespace) and the metrics exporter; it establishes with east. The
+test proves, against the real programs: XDP is attached to eth0 while the daemon runs;
+the IKE exchange is counted in `stats.xdp` (gateway ctl stats --json) and in
+`ipsec_xdp_packets_total` scraped from the daemon; our inbound SPI carries the Child's
+slot; LAN packets into the Child's remote selector are counted as `tunnel` and a TCP SYN
+towards it has its MSS clamped (`ipsec_mss_clamped_total{interface="lan0"}`); after
+SIGTERM nothing is attached. Bad interface names and a start that fails after attaching
+leave nothing attached and say why in one line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, ctl_json, gateway_config, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.netns import Netns, veth
+from tests.conftest import NetnsFactory
+from tests.daemon_helpers import REPO, Gateway, ctl_json, gateway_config, wait_for
+
+METRICS = "127.0.0.1:9811"
+GET = (
+    "import sys, urllib.request\n"
+    "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=5).read())\n"
+)
+# A TCP SYN from the LAN host towards the tunnel (nobody answers: the SYN is all we need)
+SYN = (
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.settimeout(0.5)\n"
+    "try:\n"
+    "    s.connect((sys.argv[1], 80))\n"
+    "except OSError:\n"
+    "    pass\n"
+)
 
 
 def conn(me: str, peer: str, start: bool) -> dict[str, object]:
@@ -25,8 +54,41 @@ def conn(me: str, peer: str, start: bool) -> dict[str, object]:
     }
 
 
-def test_xdp_attached_while_running(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
+def xdp_on(ns: Netns, dev: str) -> bool:
+    """`ip -d link` lists an XDP program (`prog/xdp`) on the device."""
+    return "prog/xdp" in ns.ip("-d", "link", "show", "dev", dev).stdout
+
+
+def scrape(ns: Netns) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    proc = ns.run(sys.executable, "-c", GET, f"http://{METRICS}/metrics", check=False)
+    if proc.returncode != 0:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(proc.stdout)
+        for s in family.samples
+    }
+
+
+def rows(socket: Path, interface: str, reason: str) -> int:
+    stats = ctl_json(socket, "stats")
+    return sum(
+        int(r["packets"])
+        for r in stats["xdp"]
+        if (r["interface"], r["reason"], r["action"]) == (interface, reason, "pass")
+    )
+
+
+def test_daemon_attaches_counts_and_detaches(
+    netns_pair: tuple[Netns, Netns], make_netns: NetnsFactory, tmp_path: Path
+) -> None:
     a, b = netns_pair
+    lan = make_netns("gwl")
+    veth(a, "lan0", lan, "eth0")
+    a.ip("addr", "add", "10.1.0.1/24", "dev", "lan0")
+    lan.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    lan.ip("route", "add", "default", "via", "10.1.0.1")
+
     east = Gateway.start(
         b,
         tmp_path,
@@ -45,27 +107,91 @@ def test_xdp_attached_while_running(netns_pair: tuple[Netns, Netns], tmp_path: P
             socket=tmp_path / "w.sock",
             listen=["192.0.2.1"],
             conns=[conn("192.0.2.1", "192.0.2.2", True)],
-            extra='\n[gateway.xdp]\nwan_interface = "eth0"',
+            metrics=METRICS,
+            extra='\n[gateway.xdp]\nwan_interface = "eth0"\nlan_interface = "lan0"',
         ),
     )
-    west.installed("peer")
+    (sa,) = west.installed("peer")
     east.installed("peer")
-    assert "xdp" in a.ip("link", "show", "dev", "eth0").stdout
-    assert "event=xdp-attached wan=eth0" in west.log_text()
+    assert xdp_on(a, "eth0")
+    log = west.log_text()
+    assert "event=xdp-attached wan=eth0 lan=lan0 mss_clamp=True wan_mtu=1500" in log
+    assert "xdp:eth0:link" in log and "tc:lan0:link" in log
+    # Our inbound SPI came from the adapter's allocator: its low 16 bits are the slot
+    (child,) = sa["children"]
+    spi_in = int(child["spi_in"], 16)
+    assert f"event=xdp-child-installed connection=peer child=net slot={spi_in & 0xFFFF} " in log
+    assert "mtu=1446" in log  # AES-GCM-16, IPv4, 1500: docs/bpf.md
 
-    def ike_rows() -> list[dict[str, object]]:
-        rows = ctl_json(west.socket, "stats")["xdp"]
-        return [
-            r
-            for r in rows
-            if (r["interface"], r["reason"], r["action"]) == ("eth0", "ike", "pass")
-            and r["packets"] >= 2
-        ]
+    # IKE counted by XDP on eth0: in `gateway ctl stats --json` and in the metrics
+    wait_for("XDP counting the IKE exchange", lambda: rows(west.socket, "eth0", "ike") >= 2)
+    key = (("action", "pass"), ("interface", "eth0"), ("reason", "ike"))
+    metrics = wait_for("ipsec_xdp_packets_total", lambda: scrape(a))
+    assert metrics[("ipsec_xdp_packets_total", key)] >= 2
 
-    wait_for("XDP counting the IKE exchange", ike_rows)
+    # LAN: three pings into the Child's remote selector are tunnel traffic (per slot),
+    # pings to the gateway's own LAN address are not; a SYN into the tunnel is clamped.
+    lan.run("ping", "-c", "3", "-i", "0.2", "-W", "1", "10.2.0.5", check=False)
+    lan.run("ping", "-c", "2", "-i", "0.2", "-W", "1", "10.1.0.1")
+    lan.run(sys.executable, "-c", SYN, "10.2.0.5", check=False)
+    assert rows(west.socket, "lan0", "tunnel") >= 3
+    assert rows(west.socket, "lan0", "no_tunnel") >= 2
+    assert rows(west.socket, "lan0", "mss_clamped") >= 1
+    metrics = scrape(a)
+    assert metrics[("ipsec_mss_clamped_total", (("interface", "lan0"),))] >= 1
     assert "event=xdp-install-failed" not in west.log_text()
 
     assert west.stop() == 0
-    assert "xdp" not in a.ip("link", "show", "dev", "eth0").stdout
+    assert not xdp_on(a, "eth0")
+    assert a.run("tc", "filter", "show", "dev", "lan0", "ingress").stdout.strip() == ""
     assert "event=xdp-detached" in west.log_text()
     assert east.stop() == 0
+
+
+def run_gateway(ns: Netns, tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    return subprocess.run(
+        ns.argv((sys.executable, "-m", "gateway", "run", "-c", str(config))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_bad_interfaces_and_failed_starts_leave_nothing_attached(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path
+) -> None:
+    a, _ = netns_pair
+
+    def config(xdp: str, socket: Path) -> str:
+        return gateway_config(
+            socket=socket,
+            listen=["192.0.2.1"],
+            conns=[conn("192.0.2.1", "192.0.2.2", False)],
+            extra="\n[gateway.xdp]\n" + xdp,
+        )
+
+    sock = tmp_path / "w.sock"
+    for xdp, message in [
+        ('wan_interface = "nosuch0"', "wan_interface = 'nosuch0': no such network interface"),
+        (
+            'wan_interface = "eth0"\nlan_interface = "nosuch1"',
+            "lan_interface = 'nosuch1': no such network interface",
+        ),
+    ]:
+        proc = run_gateway(a, tmp_path, config(xdp, sock))
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("gateway")]
+        assert errors == [f"gateway run: [gateway.xdp] {message}"], proc.stderr
+        assert not xdp_on(a, "eth0")
+
+    # Attached, then the control socket cannot be made: everything is detached again
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_gateway(a, tmp_path, config('wan_interface = "eth0"', blocker / "w.sock"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "event=xdp-attached" in proc.stderr and "event=xdp-detached" in proc.stderr
+    assert not xdp_on(a, "eth0")
