@@ -38,7 +38,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +243,7 @@ class XdpAdapter:
         if self.config.wan_interface is not None:
             self.wan_mtu = self._link_mtu(self.config.wan_interface)
         dp = self._make_loader(self.config)
-        dp.open()  # the loader detaches whatever it attached if this fails
+        _held_signals(lambda: _off_loop(dp.open), lambda: _off_loop(dp.close))
         self._dp = dp
         log.info(
             "event=xdp-attached wan=%s lan=%s mss_clamp=%s wan_mtu=%d attachments=%s",
@@ -262,7 +264,7 @@ class XdpAdapter:
         self._by_spi.clear()
         self._excluded.clear()
         try:
-            dp.close()
+            _off_loop(dp.close)
         except GatewayError as exc:
             log.error("event=xdp-detach-failed error=%s", exc)
             return
@@ -445,6 +447,45 @@ class XdpAdapter:
                 self._dp.remove_clamp_prefix(prefix)
             except DataplaneError as exc:
                 log.warning("event=xdp-exclude-failed prefix=%s error=%s", prefix, exc)
+
+
+def _off_loop(step: Callable[[], None]) -> None:
+    """Run an attach/detach step in a thread of its own. The loader's netlink fallback
+    (TC as clsact filters on kernels without tcx, e.g. Linux 6.1) uses pyroute2's
+    synchronous IPRoute, which refuses to run in a thread with a running asyncio loop
+    (the daemon's): "This event loop is already running"."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            step()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="xdp-attach")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _held_signals(step: Callable[[], None], undo: Callable[[], None]) -> None:
+    """Run `step` (attaching) with SIGTERM/SIGINT/SIGHUP held back; one that arrived
+    meanwhile undoes it and exits, so a signal never leaves programs attached. (The
+    loader does this itself only when it runs in the main thread.)"""
+    held: list[int] = []
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            old[sig] = signal.signal(sig, lambda n, _f: held.append(n))
+    try:
+        step()
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+    if held:
+        undo()
+        raise SystemExit(128 + held[0])
 
 
 def _prefixes(selectors: Sequence[Any]) -> tuple[str, ...]:

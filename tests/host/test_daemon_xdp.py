@@ -195,3 +195,29 @@ def test_bad_interfaces_and_failed_starts_leave_nothing_attached(
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "event=xdp-attached" in proc.stderr and "event=xdp-detached" in proc.stderr
     assert not xdp_on(a, "eth0")
+
+
+async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netns, Netns]) -> None:
+    """Kernels without tcx links (Debian's 6.1 in the VM) get the TC programs as clsact
+    filters through pyroute2, which refuses to run on a thread with a running asyncio
+    loop; the adapter attaches and detaches off the loop. Forced to netlink here."""
+    from bpf.loader import Dataplane, in_netns
+    from gateway.config import XdpConfig
+    from gateway.xdp import XdpAdapter
+
+    a, _ = netns_pair
+
+    def netlink_loader(config: XdpConfig) -> Dataplane:
+        return Dataplane(config.wan_interface, config.lan_interface, attach="netlink")
+
+    adapter = XdpAdapter(XdpConfig("eth0"), loader=netlink_loader, link_mtu=lambda _: 1500)
+    try:
+        with in_netns(a.name):  # the attach thread starts in the namespace it is made in
+            adapter.open()
+        assert xdp_on(a, "eth0")
+        assert "tc_wan_egress" in a.run("tc", "filter", "show", "dev", "eth0", "egress").stdout
+    finally:
+        with in_netns(a.name):
+            adapter.close()
+    assert not xdp_on(a, "eth0")
+    assert a.run("tc", "filter", "show", "dev", "eth0", "egress").stdout.strip() == ""
