@@ -571,6 +571,9 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
     metrics_listen = table.get("metrics_listen", defaults.metrics_listen, _listen_value)
     dataplane = table.string("dataplane", defaults.dataplane, DATAPLANES)
     workers = table.integer("workers", defaults.workers, 1, 64)
+    if workers > 1:  # accepted syntax, refused meaning: better than silently running one
+        table.error("workers", "more than one IKE worker process is not implemented yet")
+        workers = 1
     log_level = table.string("log_level", defaults.log_level, ("debug", "info", "warning", "error"))
     retransmit_timeout = table.duration("retransmit_timeout", defaults.retransmit_timeout)
     if "retransmit_timeout" in table.data and retransmit_timeout <= 0:

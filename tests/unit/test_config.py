@@ -244,6 +244,11 @@ def test_toml_syntax_error_has_line() -> None:
         ("port = 70000", "gateway.port", "70000 is out of range 0..65535"),
         ("port = 4500", "gateway.port", "port and port_nat_t must differ (both 4500)"),
         ("workers = 0", "gateway.workers", "0 is out of range 1..64"),
+        (
+            "workers = 4",
+            "gateway.workers",
+            "more than one IKE worker process is not implemented yet",
+        ),
         ('retransmit_timeout = "0s"', "gateway.retransmit_timeout", "must be more than 0"),
         ("retransmit_base = 0.5", "gateway.retransmit_base", "0.5 is out of range 1.0..10.0"),
         ("retransmit_tries = 99", "gateway.retransmit_tries", "99 is out of range 0..30"),
