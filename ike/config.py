@@ -96,6 +96,8 @@ class EngineSettings:
     cookie_secret_lifetime: float = 300.0  # a new COOKIE secret this often (old one kept)
     nat_t_port: int = 4500
     nonce_size: int = 32
+    # NAT-T keepalives (RFC 3948 §2.3) every this many seconds while we are behind a NAT
+    keepalive_interval: float = 20.0
 
 
 # --------------------------------------------------------------------------- identities

@@ -175,6 +175,7 @@ class EngineStats:
     retransmits: int = 0
     duplicates_answered: int = 0
     keepalives: int = 0
+    keepalives_sent: int = 0
     cookies_sent: int = 0
     handshakes: int = 0
     auth_failures: int = 0
@@ -343,6 +344,8 @@ class _IkeSa:
         "collision",
         "child_requests",
         "child_retries",
+        "behind_nat",
+        "keepalive_at",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -396,6 +399,8 @@ class _IkeSa:
         self.child_requests: list[_ChildRequest] = []
         # new Child SAs the peer answered TEMPORARY_FAILURE: (when to try again, config)
         self.child_retries: list[tuple[float, CompiledChild]] = []
+        self.behind_nat = False  # our address is translated: we send NAT-T keepalives
+        self.keepalive_at: float | None = None
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -1161,6 +1166,7 @@ class IkeEngine:
         spi_r = sa.spi_r if sa.initiator else ZERO_SPI
         remote_ok = _nat_hash(sa.spi_i, spi_r, sa.remote) in src
         local_ok = _nat_hash(sa.spi_i, spi_r, sa.local) in dst
+        sa.behind_nat = not local_ok  # RFC 3948 §4: the side behind the NAT keeps it open
         return not (remote_ok and local_ok)
 
     def _derive_ike_keys(self, sa: _IkeSa, g_ir: bytes) -> None:
@@ -1659,6 +1665,8 @@ class IkeEngine:
             sa.hard_at = now + c.rekey_time + c.over_time
         else:
             sa.rekey_at = sa.hard_at = None
+        interval = self.settings.keepalive_interval
+        sa.keepalive_at = now + interval if sa.behind_nat and interval > 0 else None
         self._update_life(sa)
 
     def _start_child_lifetime(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
@@ -1676,6 +1684,8 @@ class IkeEngine:
         for t, _ in sa.child_retries:
             if at is None or t < at:
                 at = t
+        if sa.keepalive_at is not None and (at is None or sa.keepalive_at < at):
+            at = sa.keepalive_at
         for c in sa.children.values():
             if c.rekeyed or c.deleting:
                 continue
@@ -1689,6 +1699,11 @@ class IkeEngine:
         if sa.state is not State.ESTABLISHED or sa.superseded:
             sa.life_at = None
             return
+        if sa.keepalive_at is not None and sa.keepalive_at <= now:
+            # NAT-T keepalive (RFC 3948 §2.3): one 0xFF byte, no non-ESP marker
+            self.stats.keepalives_sent += 1
+            self._out.append(Datagram(b"\xff", sa.local, sa.remote))
+            sa.keepalive_at = now + self.settings.keepalive_interval
         if sa.hard_at is not None and sa.hard_at <= now:
             sa.rekey_at = sa.hard_at = sa.life_at = None
             if sa.outstanding is None:
@@ -2184,7 +2199,7 @@ class IkeEngine:
         new.sk = SkCipher(suite, new.keys, initiator=initiator, random=self._random)
         new.state = State.ESTABLISHED
         new.established_at = now
-        new.nat = old.nat
+        new.nat, new.behind_nat = old.nat, old.behind_nat
         new.local_id, new.remote_id = old.local_id, old.remote_id
         self._sas[new.our_spi] = new
         self._by_uid[new.uid] = new

@@ -472,3 +472,29 @@ def test_ike_rekey_crossing_ike_delete() -> None:
         assert not eng._by_uid and not eng._sas and len(eng._spis) == 0
         [d] = net.of(side, IkeSaDeleted)
         assert len(net.of(side, ChildSaDeleted)) == 1
+
+
+# --------------------------------------------------------------------------- NAT-T keepalives
+
+
+def test_nat_keepalives_from_the_side_behind_the_nat() -> None:
+    """a sits behind a NAT: every 20 s it sends a 1-byte 0xFF datagram on port 4500 (RFC
+    3948 §2.3), b (not translated) sends none; an IKE rekey keeps them going."""
+    a, b = pair_confs()
+    net = Net.make(_no_timers(a), dataclasses.replace(_no_timers(b), remote_addrs=()), nat=True)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    assert net.of("a", ChildSaEstablished)[0].encap is not None
+    start = len(net.log)
+    net.advance(65)
+    keepalives = [(src, d) for src, d in net.log[start:] if d.data == b"\xff"]
+    assert len(keepalives) == 3 and all(src == "a" for src, _ in keepalives)
+    assert all(d.local[1] == 4500 and d.remote[1] == 4500 for _, d in keepalives)
+    assert net.b.stats.keepalives == 3 and net.a.stats.keepalives_sent == 3
+    assert net.b.stats.keepalives_sent == 0
+    net.b.rekey_ike_sa(uid(net, "b"), net.now)
+    net.pump()
+    start = len(net.log)
+    net.advance(40)
+    assert sum(d.data == b"\xff" for _, d in net.log[start:]) == 2
+    assert_settled(net)
