@@ -35,6 +35,7 @@ real overhead of the negotiated ESP suite, outer IP version and UDP encapsulatio
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -342,12 +343,14 @@ class XdpAdapter:
         child = self._by_spi.get(spi_in)
         return child.slot if child is not None else None
 
-    def slot_counters(self, spi_in: int) -> Any:
-        """The Child SA's per-slot counters (SlotCounters), None when not registered."""
+    def child_counters(self, spi_in: int) -> dict[str, int] | None:
+        """list-sas `xdp` of a Child SA: its slot and the programs' counters for it
+        (bpf.loader.SlotCounters: esp_in_*, esp_out_*, clear_to_tunnel_*,
+        clear_from_tunnel_*), None when the programs do not know the SA."""
         child = self._by_spi.get(spi_in)
         if child is None or self._dp is None:
             return None
-        return self._dp.slot_counters(child.slot)
+        return {"slot": child.slot, **dataclasses.asdict(self._dp.slot_counters(child.slot))}
 
     def verdict_rows(self) -> list[dict[str, Any]]:
         """`stats.xdp` rows and ipsec_xdp_packets_total{interface,action,reason}."""

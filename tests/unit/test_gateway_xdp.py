@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bpf.loader import DataplaneError
+from bpf.loader import DataplaneError, SlotCounters
 from bpf.spi import slot_of_spi
 from gateway.config import XdpConfig
 from gateway.errors import GatewayError
@@ -68,8 +68,8 @@ class FakeLoader:
     def remove_clamp_prefix(self, prefix: str) -> None:
         self.calls.append(("unexclude", prefix))
 
-    def slot_counters(self, slot: int) -> Any:
-        return ("counters", slot)
+    def slot_counters(self, slot: int) -> SlotCounters:
+        return SlotCounters(esp_in_packets=slot + 1)
 
     def verdicts(self) -> list[Any]:
         from bpf.loader import XdpVerdict
@@ -155,7 +155,9 @@ def test_established_rekeyed_deleted() -> None:
 
     a.child_deleted(spi_in)  # the old SA: only its SPIs go
     assert loader.calls[-1] == ("remove_spis", spi_in, 0x1000)
-    assert a.slot_counters(new_in) == ("counters", placed.slot)
+    counters = a.child_counters(new_in)
+    assert counters is not None and counters["slot"] == placed.slot
+    assert counters["esp_in_packets"] == placed.slot + 1 and counters["clear_to_tunnel_bytes"] == 0
     a.child_deleted(new_in)  # the last one: slot and prefixes go
     assert loader.calls[-1] == ("remove", placed.slot, new_in, 0x2000, ("10.2.0.0/24",))
     a.spis.release(spi_in)
