@@ -137,6 +137,10 @@ def test_daemon_attaches_counts_and_detaches(
     assert rows(west.socket, "lan0", "tunnel") >= 3
     assert rows(west.socket, "lan0", "no_tunnel") >= 2
     assert rows(west.socket, "lan0", "mss_clamped") >= 1
+    # ...and per slot: list-sas shows the Child's slot and its counters
+    (child,) = west.installed("peer")[0]["children"]
+    assert child["xdp"]["slot"] == spi_in & 0xFFFF
+    assert child["xdp"]["clear_to_tunnel_packets"] >= 4  # 3 pings + the SYN
     metrics = scrape(a)
     assert metrics[("ipsec_mss_clamped_total", (("interface", "lan0"),))] >= 1
     assert "event=xdp-install-failed" not in west.log_text()
