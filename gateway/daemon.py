@@ -593,6 +593,7 @@ class Daemon:
         r.spi_i, r.spi_r = e.spi_i, e.spi_r
         r.proposal = e.proposal
         r.established_at = e.time
+        r.rekey_at, r.expire_at = e.rekey_at, e.expire_at
         self.totals.handshakes += 1
         conn = self.config.connection(e.connection)
         if conn is not None and conn.dpd_delay > 0:
@@ -665,9 +666,8 @@ class Daemon:
             local_ts=[c for ts in e.local_ts for c in to_cidrs(ts)],
             remote_ts=[c for ts in e.remote_ts for c in to_cidrs(ts)],
             installed_at=now,
-            expire_at=(now + config.life_time)
-            if config and config.life_time and (self.dataplane.name == "xfrm")
-            else None,
+            rekey_at=e.rekey_at,
+            expire_at=e.expire_at,
             installed=installed,
         )
         r.children.append(child)
@@ -755,8 +755,7 @@ class Daemon:
         child.esp_proposal = new.proposal
         child.installed = installed
         child.installed_at = new.time or self.clock()
-        if config is not None and config.life_time and self.dataplane.name == "xfrm":
-            child.expire_at = child.installed_at + config.life_time
+        child.rekey_at, child.expire_at = new.rekey_at, new.expire_at
         log.info(
             "event=child-rekeyed connection=%s child=%s ike_sa=%d spi_in=%s spi_out=%s "
             "old_spi_in=%s old_spi_out=%s proposal=%s",
@@ -798,6 +797,7 @@ class Daemon:
         if record is not None:
             record.spi_i, record.spi_r = e.spi_i, e.spi_r
             record.proposal = e.proposal
+            record.rekey_at, record.expire_at = e.rekey_at, e.expire_at
         self.totals.ike_rekeys += 1
         log.info(
             "event=ike-rekeyed connection=%s ike_sa=%d spi_i=%s spi_r=%s old_spi_i=%s "
@@ -1044,7 +1044,7 @@ class Daemon:
 
     def _child_dict(self, c: ChildRecord) -> dict[str, Any]:
         counters = self.dataplane.counters(c.installed) if c.installed else None
-        row = {
+        return {
             "name": c.name,
             "state": c.state,
             "spi_in": _spi(c.spi_in),
@@ -1063,9 +1063,6 @@ class Daemon:
             "rekey_at": c.rekey_at,
             "expire_at": c.expire_at,
         }
-        if self.xdp is not None:  # the XDP/TC programs' per-slot counters (docs/bpf.md)
-            row["xdp"] = self.xdp.child_counters(c.spi_in)
-        return row
 
     def stats(self) -> dict[str, Any]:
         return self._stats(self.list_sas())

@@ -1362,6 +1362,8 @@ class IkeEngine:
                 sa.suite.name,
                 sa.nat,
                 now,
+                sa.rekey_at,
+                sa.hard_at,
             )
         )
 
@@ -1505,6 +1507,8 @@ class IkeEngine:
                 integ_key_in=a_in,
                 integ_key_out=a_out,
                 time=now,
+                rekey_at=child.rekey_at,
+                expire_at=child.expire_at,
             ),
         )
 
@@ -2224,7 +2228,16 @@ class IkeEngine:
         self._set_expiry(old, now + _SUPERSEDED_LINGER)
         self._events.append(
             IkeSaRekeyed(
-                new.uid, new.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r, new.suite.name, now
+                new.uid,
+                new.name,
+                old.spi_i,
+                old.spi_r,
+                new.spi_i,
+                new.spi_r,
+                new.suite.name,
+                now,
+                new.rekey_at,
+                new.hard_at,
             )
         )
         if new.outstanding is None and new.queue:

@@ -37,6 +37,8 @@ class IkeSaEstablished:
     proposal: str
     nat_detected: bool
     time: float
+    rekey_at: float | None = None  # when this side will rekey it (jittered), None: never
+    expire_at: float | None = None  # its hard lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class ChildSaEstablished:
     integ_key_in: bytes = field(repr=False)
     integ_key_out: bytes = field(repr=False)
     time: float = 0.0
+    rekey_at: float | None = None  # when this side will rekey it (jittered), None: never
+    expire_at: float | None = None  # its hard lifetime (life_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,8 @@ class IkeSaRekeyed:
     spi_r: bytes
     proposal: str
     time: float
+    rekey_at: float | None = None  # the new IKE SA's lifetimes
+    expire_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,3 +185,24 @@ async def test_rekey_errors(pair: Pair) -> None:
     with pytest.raises(ControlError) as info:
         await pair.client.rekey("east.nochild")
     assert info.value.code in ("unknown-connection", "unknown-sa")
+
+
+async def test_list_sas_shows_the_engines_lifetimes(pair: Pair) -> None:
+    await child_spis(pair.client)
+    (sa,) = await pair.client.list_sas()
+    (child,) = sa["children"]
+    # defaults: IKE rekey 4 h minus up to 24 min, hard at 4 h 24 min; Child 1 h minus up
+    # to 6 min, hard at 66 min (gateway/config.py, docs/config.md)
+    assert 14400 - 1440 <= sa["rekey_at"] - sa["established_at"] <= 14400
+    assert sa["expire_at"] - sa["established_at"] == pytest.approx(15840)
+    assert 3600 - 360 <= child["rekey_at"] - child["installed_at"] <= 3600
+    assert child["expire_at"] - child["installed_at"] == pytest.approx(3960)
+    await pair.client.rekey("east.net", timeout=5)
+    await pair.client.rekey("east", timeout=5)
+    (after,) = await pair.client.list_sas()
+    (new_child,) = after["children"]
+    assert new_child["spi_in"] != child["spi_in"]
+    assert 3600 - 360 <= new_child["rekey_at"] - new_child["installed_at"] <= 3600
+    assert new_child["expire_at"] - new_child["installed_at"] == pytest.approx(3960)
+    # the new IKE SA's lifetimes start at its rekey (now), not at the first set-up
+    assert after["rekey_at"] != sa["rekey_at"] and after["expire_at"] > sa["expire_at"]
