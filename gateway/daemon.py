@@ -1044,7 +1044,7 @@ class Daemon:
 
     def _child_dict(self, c: ChildRecord) -> dict[str, Any]:
         counters = self.dataplane.counters(c.installed) if c.installed else None
-        return {
+        row = {
             "name": c.name,
             "state": c.state,
             "spi_in": _spi(c.spi_in),
@@ -1063,6 +1063,9 @@ class Daemon:
             "rekey_at": c.rekey_at,
             "expire_at": c.expire_at,
         }
+        if self.xdp is not None:  # the XDP/TC programs' per-slot counters (docs/bpf.md)
+            row["xdp"] = self.xdp.child_counters(c.spi_in)
+        return row
 
     def stats(self) -> dict[str, Any]:
         return self._stats(self.list_sas())
