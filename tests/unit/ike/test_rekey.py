@@ -19,7 +19,7 @@ from ike.events import (
     IkeSaDeleted,
     IkeSaRekeyed,
 )
-from tests.unit.ike.harness import Net, pair_confs
+from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
 
 
 def _no_timers(conf: ConnectionConfig) -> ConnectionConfig:
@@ -498,3 +498,104 @@ def test_nat_keepalives_from_the_side_behind_the_nat() -> None:
     net.advance(40)
     assert sum(d.data == b"\xff" for _, d in net.log[start:]) == 2
     assert_settled(net)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_authenticated_garbage_create_child_sa_never_raises() -> None:
+    """Authenticated (correctly encrypted) CREATE_CHILD_SA requests and responses with
+    random payload mixes: every one is answered with a NOTIFY or dropped and counted,
+    the engine never raises and its SPI bookkeeping stays exact."""
+    import random
+
+    from ike.codec import (
+        KeyExchange,
+        Nonce,
+        Notify,
+        Proposal,
+        SecurityAssociation,
+        TrafficSelectors,
+        Transform,
+    )
+    from ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
+    from ike.ts import ts_from_text
+
+    rng = random.Random(7)
+    net = make(esp=("aes256gcm16-x25519",))
+    a_sa = net.a._by_uid[uid(net, "a")]
+    b_sa = net.b._by_uid[uid(net, "b")]
+    child_b = only_child(net, "b")
+    ts = (ts_from_text("10.1.0.0/16"),)
+
+    def payloads() -> list[object]:
+        out: list[object] = []
+        for _ in range(rng.randrange(6)):
+            kind = rng.randrange(7)
+            if kind == 0:
+                proto = rng.choice([ProtocolId.IKE, ProtocolId.ESP, 7])
+                spi = rng.choice([b"", rng.randbytes(4), child_b.spi_out.to_bytes(4, "big")])
+                out.append(Notify(NotifyType.REKEY_SA, b"", proto, spi))
+            elif kind == 1:
+                proto = rng.choice([ProtocolId.IKE, ProtocolId.ESP])
+                spi = rng.randbytes(rng.choice([0, 4, 8, 3]))
+                tf = tuple(
+                    Transform(rng.randrange(1, 6), rng.choice([12, 20, 31, 19, 2, 0]), None)
+                    for _ in range(rng.randrange(4))
+                )
+                props = tuple(Proposal(i + 1, proto, spi, tf) for i in range(rng.randrange(3)))
+                out.append(SecurityAssociation(props))
+            elif kind == 2:
+                out.append(Nonce(rng.randbytes(rng.choice([16, 32, 1]))))
+            elif kind == 3:
+                out.append(KeyExchange(rng.choice([31, 19, 14, 99]), rng.randbytes(32)))
+            elif kind == 4:
+                out.append(TrafficSelectors(rng.choice([PayloadType.TSi, PayloadType.TSr]), ts))
+            elif kind == 5:
+                out.append(Notify(rng.choice([NotifyType.USE_TRANSPORT_MODE, 16384, 43])))
+            else:
+                out.append(Notify(NotifyType.INVALID_KE_PAYLOAD, rng.randbytes(2)))
+        return out
+
+    answered = 0
+    for _ in range(400):
+        # as a request from a (next message ID), and as a response to b's outstanding one
+        data = a_sa.sk.protect(  # type: ignore[union-attr]
+            a_sa.spi_i,
+            a_sa.spi_r,
+            ExchangeType.CREATE_CHILD_SA,
+            is_initiator=True,
+            is_response=False,
+            message_id=b_sa.peer_next_id,
+            payloads=payloads(),  # type: ignore[arg-type]
+        )
+        malformed = net.b.stats.malformed
+        net.b.receive_datagram(data, ((B_IP, 500), (A_IP, 500)), net.now)
+        # answered, or (a payload our codec refuses, e.g. a 1-byte nonce) dropped and counted
+        got = len(net.b.datagrams_to_send())
+        assert got == 1 or (got == 0 and net.b.stats.malformed == malformed + 1)
+        answered += got
+        if rng.random() < 0.3 and b_sa.outstanding is None:
+            net.b.rekey_child_sa(uid(net, "b"), only_child(net, "b").spi_in, net.now)
+            net.b.datagrams_to_send()  # lost on the way: a never sees it
+        if b_sa.outstanding is not None:
+            resp = a_sa.sk.protect(  # type: ignore[union-attr]
+                a_sa.spi_i,
+                a_sa.spi_r,
+                b_sa.outstanding.exchange,
+                is_initiator=True,
+                is_response=True,
+                message_id=b_sa.outstanding.message_id,
+                payloads=payloads(),  # type: ignore[arg-type]
+            )
+            net.b.receive_datagram(resp, ((B_IP, 500), (A_IP, 500)), net.now)
+            net.b.datagrams_to_send()
+        net.collect()
+    assert answered >= 200
+    # whatever b made of it, its bookkeeping holds: every allocated SPI belongs to a Child
+    # SA or to a request of its own under way, and the IKE SA is up
+    held = {c.spi_in for sa in net.b._by_uid.values() for c in sa.children.values()}
+    held |= {r.spi_in for sa in net.b._by_uid.values() for r in sa.child_requests}
+    spis = net.b._spis
+    assert isinstance(spis, RandomSpis) and spis._used == held
+    assert net.b.ike_sas()[0].state == "ESTABLISHED"
