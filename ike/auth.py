@@ -32,6 +32,7 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -101,6 +102,14 @@ _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     HashAlgorithm.SHA2_384: hashes.SHA384,
     HashAlgorithm.SHA2_512: hashes.SHA512,
 }
+# what cryptography raises for certificates it cannot read (parts are parsed lazily)
+_X509_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 MAX_PATH_LENGTH = 8  # certificates from the end entity to the anchor, inclusive
 # The peer is not authenticated yet while we search its path: bound the work it can cause.
 MAX_PEER_CERTS = 16  # CERT payloads looked at
@@ -174,7 +183,7 @@ def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise LocalError(f"{what}: not a PEM or DER X.509 certificate") from None
 
 
@@ -554,7 +563,7 @@ def _ext(cert: x509.Certificate, cls: type) -> object | None:
         return cert.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError:  # a malformed extension
+    except _X509_ERRORS:  # a malformed or repeated extension
         raise AuthFailure(f"certificate {_name(cert)!r} has a malformed extension") from None
 
 
@@ -573,7 +582,7 @@ def _check_issuer(ca: x509.Certificate, below: int) -> None:
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    except (TypeError, InvalidSignature, *_X509_ERRORS):
         return False
     return True
 
@@ -668,7 +677,7 @@ def validate_chain(
 def id_in_certificate(id_type: int, data: bytes, cert: x509.Certificate) -> bool:
     """Is the IKE identity one the certificate vouches for (RFC 4945 §3.1)?"""
     if id_type == IdType.ID_DER_ASN1_DN:
-        return hmac.compare_digest(data, cert.subject.public_bytes())
+        return same_identity((id_type, data), (id_type, cert.subject.public_bytes()))
     san = _ext(cert, x509.SubjectAlternativeName)
     if not isinstance(san, x509.SubjectAlternativeName):
         return False
@@ -682,6 +691,110 @@ def id_in_certificate(id_type: int, data: bytes, cert: x509.Certificate) -> bool
         addr = ipaddress.ip_address(data)
         return any(a == addr for a in san.get_values_for_type(x509.IPAddress))
     return False
+
+
+# --------------------------------------------------------------------------- DN identities
+
+_DN_LABELS = {
+    bytes.fromhex("550406"): "C",
+    bytes.fromhex("550408"): "ST",
+    bytes.fromhex("550407"): "L",
+    bytes.fromhex("55040a"): "O",
+    bytes.fromhex("55040b"): "OU",
+    bytes.fromhex("550403"): "CN",
+    bytes.fromhex("550405"): "serialNumber",
+    bytes.fromhex("2a864886f70d010901"): "E",
+    bytes.fromhex("0992268993f22c640119"): "DC",
+}
+# attribute types by strongSwan's (upper-cased) names, beyond RFC 4514's own
+_DN_TYPES = {
+    "E": NameOID.EMAIL_ADDRESS,
+    "EMAIL": NameOID.EMAIL_ADDRESS,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+    "SN": NameOID.SURNAME,
+    "G": NameOID.GIVEN_NAME,
+    "T": NameOID.TITLE,
+}
+_STRING_CODECS = {
+    0x0C: "utf-8",  # UTF8String
+    0x13: "ascii",  # PrintableString
+    0x16: "ascii",  # IA5String
+    0x14: "latin-1",  # TeletexString (as strongSwan: bytes as Latin-1)
+    0x1E: "utf-16-be",  # BMPString
+    0x1C: "utf-32-be",  # UniversalString
+}
+
+
+def _dn_attributes(der: bytes) -> tuple[tuple[bytes, str], ...] | None:
+    """A DER Name as ((OID, value), ...) in order, or None when it is not one we read."""
+    try:
+        tag, body, end = _tlv(der)
+        if tag != SEQUENCE or end != len(der):
+            return None
+        out = []
+        for set_tag, rdn in _children(body):
+            if set_tag != 0x31:
+                return None
+            for seq_tag, atv in _children(rdn):
+                parts = _children(atv)
+                if seq_tag != SEQUENCE or len(parts) != 2 or parts[0][0] != OID:
+                    return None
+                codec = _STRING_CODECS.get(parts[1][0])
+                if codec is None:
+                    return None
+                out.append((parts[0][1], parts[1][1].decode(codec)))
+        return tuple(out)
+    except (AuthFailure, UnicodeDecodeError):
+        return None
+
+
+def same_identity(a: tuple[int, bytes], b: tuple[int, bytes]) -> bool:
+    """IDs equal; two DNs compare by attribute types and values (case-insensitive, any
+    string type), so PrintableString vs UTF8String encodings of one name match."""
+    if a[0] != IdType.ID_DER_ASN1_DN or b[0] != IdType.ID_DER_ASN1_DN:
+        return a == b
+    da, db = _dn_attributes(a[1]), _dn_attributes(b[1])
+    if da is None or db is None:
+        return a[1] == b[1]
+    return [(o, v.casefold()) for o, v in da] == [(o, v.casefold()) for o, v in db]
+
+
+def dn_from_text(text: str) -> bytes:
+    """strongSwan's DN syntax (``C=CH, O=Example, CN=gw``: most significant first, as in
+    the certificate) -> the DER Name of an ID_DER_ASN1_DN. LocalError if unparseable."""
+    parts = []
+    for part in re.split(r"(?<!\\),", text):
+        kind, eq, value = part.strip().partition("=")
+        if not eq or not kind.strip() or not value.strip():
+            raise LocalError(f"identity {text!r}: {part.strip()!r} is not TYPE=value")
+        parts.append(f"{kind.strip().upper()}={value.strip()}")
+    try:
+        # RFC 4514 strings list the least significant RDN first: reverse strongSwan's order
+        name = x509.Name.from_rfc4514_string(",".join(reversed(parts)), _DN_TYPES)
+    except ValueError:
+        raise LocalError(f"identity {text!r}: not a distinguished name we can read") from None
+    return name.public_bytes()
+
+
+def dn_to_text(der: bytes) -> str | None:
+    """A DER Name in strongSwan's syntax, or None if it cannot be read."""
+    attrs = _dn_attributes(der)
+    if attrs is None:
+        return None
+    return ", ".join(
+        f"{_DN_LABELS.get(o, _oid_text(o))}={v.replace(',', chr(92) + ',')}" for o, v in attrs
+    )
+
+
+def _oid_text(oid: bytes) -> str:
+    arcs = [oid[0] // 40, oid[0] % 40] if oid else []
+    n = 0
+    for b in oid[1:]:
+        n = (n << 7) | (b & 0x7F)
+        if not b & 0x80:
+            arcs.append(n)
+            n = 0
+    return ".".join(map(str, arcs))
 
 
 def subject_identity(cert: x509.Certificate) -> tuple[int, bytes]:
@@ -797,7 +910,7 @@ def check_auth(
                 continue  # other encodings (hash and URL, raw keys) are not supported
             try:
                 certs.append(x509.load_der_x509_certificate(p.data))
-            except ValueError:
+            except _X509_ERRORS:
                 raise AuthFailure("a CERT payload is not a DER X.509 certificate") from None
     if not certs:
         if len(conn.trust.peer_certs) == 1:
@@ -808,7 +921,7 @@ def check_auth(
         raise AuthFailure(f"peer sent {len(certs)} certificates (at most {MAX_PEER_CERTS})")
     try:
         key = _check_certificate(conn.trust, certs, peer_id, now)
-    except (ValueError, UnsupportedAlgorithm):
+    except _X509_ERRORS:
         # cryptography parses some parts lazily: a malformed name, extension or key of the
         # peer's certificate shows up here
         raise AuthFailure("peer's certificate is malformed") from None
@@ -847,7 +960,7 @@ def responder_auth_failure(
     now: float,
 ) -> str | None:
     """The initiator's check of the responder's IDr and AUTH: None if good, else why."""
-    if conn.remote_id is not None and conn.remote_id != peer_id:
+    if conn.remote_id is not None and not same_identity(conn.remote_id, peer_id):
         return f"responder's identity is not {conn.config.remote_id!r}"
     try:
         check_auth(conn, payloads, auth, peer_id, signed, now)

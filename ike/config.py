@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from ike.auth import (
     LocalCredential,
     TrustAnchors,
+    dn_from_text,
+    dn_to_text,
     load_credential,
     load_trust,
     subject_identity,
@@ -119,10 +121,8 @@ def parse_identity(text: str) -> tuple[int, bytes]:
             raise LocalError(f"identity {text!r}: key ID is not hex") from None
     if text.startswith("@"):
         return IdType.ID_FQDN, text[1:].encode()
-    if "=" in text:
-        raise LocalError(
-            f"identity {text!r}: distinguished names need certificates (not supported)"
-        )
+    if "=" in text:  # a DN in strongSwan's syntax: C=CH, O=Example, CN=gw
+        return IdType.ID_DER_ASN1_DN, dn_from_text(text)
     if "@" in text:
         return IdType.ID_RFC822_ADDR, text.encode()
     if not text:
@@ -139,6 +139,10 @@ def format_identity(id_type: int, data: bytes) -> str:
         return data.decode("utf-8", "replace")
     if id_type == IdType.ID_KEY_ID:
         return "@#" + data.hex()
+    if id_type == IdType.ID_DER_ASN1_DN:
+        text = dn_to_text(data)
+        if text is not None:
+            return text
     return f"{id_type}:{data.hex()}"
 
 

@@ -1287,7 +1287,7 @@ class IkeEngine:
         by_idi = [
             c
             for c in sa.candidates
-            if (c.remote_id is None or c.remote_id == peer_id)
+            if (c.remote_id is None or ike_auth.same_identity(c.remote_id, peer_id))
             and ike_auth.accepts_method(c, auth.method)
         ]
         conn = None

@@ -48,7 +48,9 @@ class Pki:
         self.theirs = make_leaf(self.inter, THEIR_ID, kind, dns=(THEIR_ID,), **dates)  # type: ignore[arg-type]
 
 
-def swanctl_conf(*, remote_id: str = OUR_ID) -> str:
+def swanctl_conf(*, local_id: str | None = THEIR_ID, remote_id: str = OUR_ID) -> str:
+    """strongSwan's side; local_id None: its default, the certificate's subject DN."""
+    id_line = f'      id = "{local_id}"\n' if local_id else ""
     return f"""connections {{
   eng {{
     version = 2
@@ -58,11 +60,10 @@ def swanctl_conf(*, remote_id: str = OUR_ID) -> str:
     local {{
       auth = pubkey
       certs = east.pem
-      id = {THEIR_ID}
-    }}
+{id_line}    }}
     remote {{
       auth = pubkey
-      id = {remote_id}
+      id = "{remote_id}"
     }}
     children {{
       net {{
@@ -97,13 +98,15 @@ def install_creds(sw: StrongSwan, leaf: Issued, cas: tuple[Issued, ...]) -> None
     path.chmod(0o600)
 
 
-def our_engine(pki: Pki, *, trust: Issued | None = None) -> IkeEngine:
+def our_engine(
+    pki: Pki, *, trust: Issued | None = None, local_id: str = OUR_ID, remote_id: str = THEIR_ID
+) -> IkeEngine:
     conn = ConnectionConfig(
         name="swan",
         local_addrs=(OURS,),
         remote_addrs=(THEIRS,),
-        local_id=OUR_ID,
-        remote_id=THEIR_ID,
+        local_id=local_id,
+        remote_id=remote_id,
         local_auth="pubkey",
         remote_auth="pubkey",
         certs=(pki.ours.pem, pki.inter.pem),
@@ -183,3 +186,24 @@ def test_untrusted_strongswan_certificate_fails_with_a_reason(
     while sw.list_sas() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sw.list_sas() == []
+
+
+def test_distinguished_name_identities(lab: tuple[Netns, StrongSwan]) -> None:
+    """Neither side sets an ID: both use their certificate's subject DN (strongSwan's
+    default and ours) and each expects the other's DN, written in strongSwan's syntax."""
+    a, sw = lab
+    pki = Pki("p256")
+    ours = "C=CH, O=gateway tests, CN=west.example"
+    theirs = "C=CH, O=gateway tests, CN=east.example"
+    install_creds(sw, pki.theirs, (pki.root, pki.inter))
+    sw.start(swanctl_conf(local_id=None, remote_id=ours))
+    engine = our_engine(pki, local_id="", remote_id=theirs)
+    with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
+        engine.initiate("swan", None, drv.now())
+        drv.run_until(_settled, 20)
+        (est,) = _of(drv.events, IkeSaEstablished)
+        assert (est.local_id, est.remote_id) == (ours, theirs)
+        (sa,) = sw.list_sas()
+        # (strongSwan accepted us only as `ours`: its remote id; the --raw parser splits
+        # DNs at spaces, so its ID fields are not compared here)
+        assert sa["state"] == "ESTABLISHED" and sa["initiator-spi"] == est.spi_i.hex(), sa

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from ike import auth, codec
 from ike.auth import AuthFailure, HashAlgorithm, PeerHints
 from ike.codec import Authentication, Certificate, CertificateRequest, Notify, Payload
-from ike.config import CompiledConnection, ConnectionConfig, compile_connection, parse_identity
+from ike.config import (
+    CompiledConnection,
+    ConnectionConfig,
+    compile_connection,
+    format_identity,
+    parse_identity,
+)
 from ike.constants import AuthMethod, IdType, NotifyType
 from ike.crypto import PRF
 from ike.engine import IkeEngine
@@ -294,6 +300,38 @@ def test_id_matching(pki: Pki) -> None:
     assert not auth.id_in_certificate(*parse_identity("gw@a.example"), cert)
     assert not auth.id_in_certificate(IdType.ID_IPV6_ADDR, ipaddress.ip_address("::1").packed, cert)
     assert not auth.id_in_certificate(*parse_identity("@#0102"), cert)
+    # DNs in strongSwan's syntax (most significant first), compared by attribute
+    assert auth.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=b.example"), cert)
+    assert auth.id_in_certificate(*parse_identity("C=ch,O=Gateway Tests,CN=B.example"), cert)
+    assert not auth.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=a.example"), cert)
+    assert not auth.id_in_certificate(*parse_identity("CN=b.example, O=gateway tests, C=CH"), cert)
+
+
+def test_dn_identities() -> None:
+    dn = parse_identity("C=CH, O=Example\\, Inc., CN=gw")
+    assert dn[0] == IdType.ID_DER_ASN1_DN
+    assert format_identity(*dn) == "C=CH, O=Example\\, Inc., CN=gw"
+    assert parse_identity(format_identity(*dn)) == dn
+    # the same name with PrintableString instead of UTF8String values is the same ID
+    der = auth._der  # noqa: SLF001 (building a differently encoded DER Name by hand)
+
+    def rdn(oid: str, tag: int, value: bytes) -> bytes:
+        atv = der(0x06, bytes.fromhex(oid)) + der(tag, value)
+        return der(0x31, der(0x30, atv))
+
+    printable = der(
+        0x30,
+        rdn("550406", 0x13, b"CH")
+        + rdn("55040a", 0x13, b"Example, Inc.")
+        + rdn("550403", 0x13, b"gw"),
+    )
+    assert printable != dn[1]
+    assert auth.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable))
+    assert not auth.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable[:-1] + b"x"))
+    assert not auth.same_identity(dn, (IdType.ID_FQDN, b"gw"))
+    for bad in ("CN=", "XYZ=1", "C=CH,,CN=x"):
+        with pytest.raises(LocalError, match="identity"):
+            parse_identity(bad)
 
 
 def test_config_errors_never_show_the_key(pki: Pki) -> None:
@@ -337,8 +375,27 @@ def test_mixed_key_types_and_dn_identities(pki: Pki) -> None:
     net = pubkey_pair(pki, "rsa-pss", "ed25519", a_local_id="", b_local_id="")
     run(net)
     (est,) = net.of("a", IkeSaEstablished)
-    assert "CN=b.example" in est.remote_id or est.remote_id.startswith("9:")
+    assert est.remote_id == "C=CH, O=gateway tests, CN=b.example"
+    assert est.local_id == "C=CH, O=gateway tests, CN=a.example"
     assert len(net.of("b", ChildSaEstablished)) == 1
+
+
+def test_dn_remote_ids_in_both_directions(pki: Pki) -> None:
+    """Each side expects the other's subject DN, written in strongSwan's syntax."""
+    net = pubkey_pair(
+        pki,
+        "p384",
+        a_local_id="",
+        b_local_id="",
+        a_remote_id="C=CH, O=gateway tests, CN=b.example",
+        b_remote_id="c=ch, o=GATEWAY tests, cn=a.example",
+    )
+    run(net)
+    assert len(net.of("a", ChildSaEstablished)) == len(net.of("b", ChildSaEstablished)) == 1
+    wrong = pubkey_pair(pki, "p384", b_local_id="", a_remote_id="C=CH, CN=b.example")
+    run(wrong)
+    (fail,) = failures(wrong, "a")
+    assert "responder's identity is not" in fail.detail
 
 
 def test_certreq_lets_the_peer_omit_the_intermediate(
@@ -515,7 +572,7 @@ def peer_auth(pki: Pki) -> PeerAuth:
     return conn, certs, auth.sign(cred, signed.octets(), frozenset(ALL)), signed
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_mutated_certificates_and_auth_only_fail_authentication(
     peer_auth: PeerAuth, data: st.DataObject
