@@ -6,7 +6,8 @@ The engine owns every IKE SA of one process. It never does I/O and never reads a
 
 * inputs: ``receive_datagram(data, (local, remote), now)`` for each UDP payload received
   on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
-  ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``;
+  ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``,
+  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``;
 * outputs, pulled by the caller after every input: ``datagrams_to_send()``,
   ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).
 
@@ -36,10 +37,20 @@ SA states (``State``), with who moves them:
     responder:  (IKE_SA_INIT req) AUTH_WAIT --IKE_AUTH req--> ESTABLISHED
     both:       ESTABLISHED --delete_ike_sa()--> DELETING --resp/give-up--> (gone)
                 ESTABLISHED --peer Delete(IKE)--> CLOSED (lingers to answer retransmits)
+                ESTABLISHED --rekeyed--> superseded (silent; deleted by the rekey
+                                         initiator, or expires after a linger)
 
-Room for part 2 (CREATE_CHILD_SA, rekey, MOBIKE, fragmentation, certificates): new
-exchanges add rows to ``_REQUEST_HANDLERS`` and new request callbacks; keys, SPIs and
-suites already live per SA / per Child SA objects.
+The SA lifecycle (RFC 7296 §1.3, §2.8): CREATE_CHILD_SA is one row of
+``_REQUEST_HANDLERS`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
+REKEY_SA: Child SA rekey; else a new Child SA); our own requests carry their state in a
+closure (``_ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
+``_IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
+(``_take_over``); the old one is ``superseded``: it answers the peer until deleted and
+emits nothing. A rekeyed Child SA stays (``rekeyed``) until its Delete completes.
+Collisions keep the peer's SA in ``collision`` until our own answer arrives and the
+lowest-nonce rule (§2.8.1/§2.8.2) picks the survivor. Lifetimes, retries and NAT-T
+keepalives of an SA and its Child SAs fold into one deadline (``life_at``) next to the
+retransmission and expiry deadlines, so every SA has one live heap entry.
 """
 
 from __future__ import annotations
