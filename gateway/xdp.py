@@ -243,6 +243,11 @@ class XdpAdapter:
                 ) from None
         if self.config.wan_interface is not None:
             self.wan_mtu = self._link_mtu(self.config.wan_interface)
+        log.info(  # compiling takes seconds (a minute or more under emulation)
+            "event=xdp-loading wan=%s lan=%s",
+            self.config.wan_interface or "-",
+            self.config.lan_interface or "-",
+        )
         dp = self._make_loader(self.config)
         _held_signals(lambda: _off_loop(dp.open), lambda: _off_loop(dp.close))
         self._dp = dp
