@@ -248,3 +248,19 @@ class XfrmChannel:
                 break
             out.extend(self.marshal.parse(data[offset : offset + length]))
         return out
+
+    def dump_raw(self, msg_type: int, reply_type: int) -> list[bytes]:
+        """Payloads (after the netlink header) of a dump's `reply_type` messages, undecoded."""
+        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, b"")
+        out: list[bytes] = []
+        for mtype, flags, data, offset, length in self._replies(seq):
+            if mtype == NLMSG_DONE:
+                break
+            if mtype == NLMSG_ERROR:
+                err, reason = parse_error(data, offset, length, flags)
+                if err:
+                    raise XfrmError(f"dump {describe(msg_type)}", err, reason)
+                break
+            if mtype == reply_type:
+                out.append(data[offset + 16 : offset + length])
+        return out

@@ -33,7 +33,8 @@ from gateway.xfrm import netlink as nl
 from gateway.xfrm import wire
 from gateway.xfrm.channel import NLM_F_REQUEST, XfrmChannel, in_netns
 from gateway.xfrm.errors import XfrmError
-from gateway.xfrm.model import PolicyInfo, SaInfo, addr_bytes
+from gateway.xfrm.model import PolicyInfo, SaInfo
+from gateway.xfrm.scan import scan_policy, scan_state
 from gateway.xfrm.spec import ChildSaSpec, IPAddress, OffloadResult, TrafficSelector, UdpEncap
 
 NLM_F_CREATE = 0x400
@@ -631,24 +632,24 @@ class XfrmManager:
         """After a restart: adopt our objects whose reqid is in keep_reqids, remove the
         rest of ours, and leave every object outside the owned range alone."""
         keep = set(keep_reqids)
-        states = self.states(larval=True)
-        policies = self.policies()
+        owned = self.owned
+        states = [scan_state(p) for p in
+                  self.channel.dump_raw(nl.XFRM_MSG_GETSA, nl.XFRM_MSG_NEWSA)]
+        states = [s for s in states if s.reqid in owned]
+        policies = [scan_policy(p) for p in
+                    self.channel.dump_raw(nl.XFRM_MSG_GETPOLICY, nl.XFRM_MSG_NEWPOLICY)]
+        policies = [p for p in policies if p.reqids and all(r in owned for r in p.reqids)]
         drop: list[_Op] = []
         for p in policies:
             if not p.reqids <= keep:
-                body = wire.userpolicy_id(wire.ANY_SELECTOR, p.index, p.direction)
-                body += _mark_attrs(p.mark, p.if_id)
+                body = wire.userpolicy_id(wire.ANY_SELECTOR, p.index, p.direction) + p.key_attrs
                 drop.append(_Op(partial(str, f"policy index={p.index}"), 0, b"",
                                 nl.XFRM_MSG_DELPOLICY, body))
         n_policies = len(drop)
-        larval = 0
         for s in states:
-            if s.spi == 0:  # an ACQUIRE placeholder: the kernel expires it by itself
-                larval += 1
-                continue
-            if s.reqid not in keep:
-                body = wire.usersa_id(addr_bytes(s.dst), s.spi, s.family, s.proto)
-                body += _mark_attrs(s.mark, None)
+            # SPI 0: an ACQUIRE placeholder (larval state); the kernel expires it itself.
+            if s.spi != 0 and s.reqid not in keep:
+                body = wire.usersa_id(s.daddr, s.spi, s.family, s.proto) + s.key_attrs
                 drop.append(_Op(partial(str, f"SA spi={s.spi:#010x}"), 0, b"",
                                 nl.XFRM_MSG_DELSA, body))
         self._undo(drop)
@@ -662,13 +663,6 @@ class XfrmManager:
     def flush(self) -> ReconcileReport:
         """Remove all of our objects (never the kernel-wide XFRM_MSG_FLUSHSA)."""
         return self.reconcile(())
-
-
-def _mark_attrs(mark: tuple[int, int] | None, if_id: int | None) -> bytes:
-    out = wire.nla(21, wire.mark(*mark)) if mark else b""
-    if if_id is not None:
-        out += wire.nla(31, wire.u32(if_id))
-    return out
 
 
 def _carry_over(msg: Any) -> tuple[bytes | None, bytes | None, bytes | None]:

@@ -76,6 +76,7 @@ def check_readback(ns: Netns, mgr: XfrmManager, child: InstalledChildSa) -> None
         else:
             assert sa.encap is None and "encap" not in block
         assert f"replay_window {sa.replay_window}," in block, block
+        assert sa.esn == spec.esn and ("flag esn" in block) == spec.esn, block
         assert sa.replay_window == spec.replay_window
     policy_blocks = ip_xfrm_blocks(ns, "policy")
     ours = [p for p in mgr.policies() if spec.reqid in p.reqids]
@@ -95,8 +96,9 @@ def check_readback(ns: Netns, mgr: XfrmManager, child: InstalledChildSa) -> None
 
 
 def test_child_sa_traffic_all_modes(netns_pair: tuple[Netns, Netns]) -> None:
-    """Tunnel/transport x UDP encap or not x IPv4/IPv6: ping and TCP pass through ESP
-    installed by our backend, `ip xfrm` agrees with our read-back, counters move,
+    """Tunnel/transport x UDP encap or not x IPv4/IPv6 (AES-GCM with ESN, or CBC+HMAC):
+    ping and TCP pass through ESP installed by our backend, `ip xfrm` agrees with our
+    read-back, counters and GETAE sequence numbers move,
     delete leaves nothing; the tunnel cases also rekey (make-before-break) under
     traffic, and one migrates to new addresses."""
     a, b = netns_pair
@@ -108,7 +110,7 @@ def test_child_sa_traffic_all_modes(netns_pair: tuple[Netns, Netns]) -> None:
             for i, (plan, mode, encap, esp) in enumerate(CASES):
                 reqid = ma.allocate_reqid()
                 sa, sb = spec_pair(plan, reqid, mode=mode, encap=encap, esp=esp,
-                                   spi_base=0xC0000100 + 16 * i)
+                                   spi_base=0xC0000100 + 16 * i, esn=esp is GCM)
                 ca, cb = ma.install(sa), mb.install(sb)
                 label = f"{plan.outer_a} {mode} encap={encap} {esp.description}"
                 try:

@@ -17,6 +17,7 @@ from gateway.xfrm import netlink as nl
 from gateway.xfrm import wire
 from gateway.xfrm.manager import policy_bodies, state_body
 from gateway.xfrm.model import PolicyInfo, SaInfo
+from gateway.xfrm.scan import scan_policy, scan_state
 from gateway.xfrm.spec import (
     ChildSaSpec,
     EspTransform,
@@ -136,3 +137,19 @@ def test_userpolicy_id_and_usersa_id_layout() -> None:
     msg = roundtrip(nl.XFRM_MSG_DELSA, body)
     assert (msg["spi"], msg["family"], msg["proto"]) == (0x01020304, 2, 50)
     assert body[16:20] == bytes([1, 2, 3, 4])  # network order on the wire
+
+
+def test_lean_scan_agrees_with_full_decode() -> None:
+    """reconcile's lean readers see the same identity as the pyroute2 decode."""
+    s = spec(mark=Mark(5, 0xFF), if_id=9)
+    body = state_body(s, True)
+    ref = scan_state(body)
+    sa = SaInfo.from_msg(roundtrip(nl.XFRM_MSG_NEWSA, body))
+    assert (ref.reqid, ref.spi, ref.family, ref.proto) == (sa.reqid, sa.spi, 2, 50)
+    assert ref.daddr[:4] == sa.dst.packed
+    assert ref.key_attrs == wire.nla(21, wire.mark(5, 0xFF))
+    for _what, new, _delete in policy_bodies(s):
+        pref = scan_policy(new)
+        pol = PolicyInfo.from_msg(roundtrip(nl.XFRM_MSG_NEWPOLICY, new))
+        assert (pref.direction, pref.reqids) == (pol.direction, {s.reqid})
+        assert pref.key_attrs == wire.nla(21, wire.mark(5, 0xFF)) + wire.nla(31, wire.u32(9))
