@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -92,22 +93,37 @@ def run_in_vm(
     argv += ["--exec", str(guest_script)]
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    # vng starts virtme-run, which starts qemu: run them in a session of their own so a
+    # timeout or an interrupted caller can end the whole group, not just vng.
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode()
-        return VmResult(returncode=124, console=out, timed_out=True)
+        console, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        console, _ = proc.communicate()
+        return VmResult(returncode=124, console=console or "", timed_out=True)
+    except BaseException:
+        _kill_group(proc)
+        raise
     try:
         rc = int(status_file.read_text().strip())
     except (OSError, ValueError):
         rc = proc.returncode if proc.returncode != 0 else 125
-    return VmResult(returncode=rc, console=proc.stdout)
+    return VmResult(returncode=rc, console=console)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

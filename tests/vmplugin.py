@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -106,7 +107,13 @@ class VmDelegate:
             )
         timeout = float(os.environ.get("GATEWAY_VM_TIMEOUT", "2700"))
         started = time.monotonic()
-        result = run_in_vm(cmd, rwdirs=[workdir], timeout=timeout)
+        # A SIGTERM to this session must not leave the VM running: turn it into an
+        # exception, on which run_in_vm ends the VM's whole process group.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            result = run_in_vm(cmd, rwdirs=[workdir], timeout=timeout)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if tr is not None:
             tr.write_line(
                 f"kernel layer: VM run took {time.monotonic() - started:.1f} s wall "
@@ -154,6 +161,10 @@ class VmDelegate:
             item.ihook.pytest_runtest_logreport(report=rep)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _delegate_needed() -> bool:
