@@ -4,10 +4,15 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test test-unit test-host test-kernel bench lint
+.PHONY: setup lab test test-unit test-host test-kernel bench lint
 
 setup:
 	bash scripts/setup.sh
+
+# The lab: two gateways with a real ESP tunnel and traffic, then the console on gw-west.
+# On a kernel without ESP it runs inside a VM (gateway lab up says so).
+lab: setup
+	.venv/bin/gateway lab up
 
 # Every layer in one pytest session: one summary; kernel tests run in a VM when the
 # host kernel has no ESP (tests/vmplugin.py).

@@ -18,6 +18,7 @@ from gateway.errors import GatewayError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.doctor",
+    "gateway.lab.cli",
     "gateway.check_config",
     "gateway.ctl",
     "gateway.daemon",

@@ -44,8 +44,8 @@ link_kernel_headers() {
     if [ -e "$mod/build/include/uapi/linux/bpf.h" ] || [ -e "$mod/build/include/linux/bpf.h" ]; then
         return
     fi
-    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
-    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+    hdr=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-amd64' | sort -V | tail -n 1)
+    common=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-common' | sort -V | tail -n 1)
     if [ -z "$hdr" ] || [ -z "$common" ]; then
         log "no kernel headers under /usr/src (linux-headers-amd64 missing?)"
         exit 1
@@ -67,7 +67,7 @@ make_venv() {
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         log "installing the project and its test dependencies into the venv"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+        "$VENV/bin/python" -m pip install -q -e "${ROOT}[test]"
         echo "$want" > "$stamp"
     fi
     # bcc: reach Debian's package from the venv through one symlink (not the whole
