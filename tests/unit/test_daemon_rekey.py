@@ -206,3 +206,40 @@ async def test_list_sas_shows_the_engines_lifetimes(pair: Pair) -> None:
     assert new_child["expire_at"] - new_child["installed_at"] == pytest.approx(3960)
     # the new IKE SA's lifetimes start at its rekey (now), not at the first set-up
     assert after["rekey_at"] != sa["rekey_at"] and after["expire_at"] > sa["expire_at"]
+
+
+@pytest.mark.parametrize("what", ["child", "ike"])
+async def test_simultaneous_rekeys_leave_one_installed_pair(pair: Pair, what: str) -> None:
+    """Both daemons rekey the same SA at the same moment (RFC 7296 §2.8.1/§2.8.2): after
+    the collision is settled each data plane holds exactly one SA pair, the same one, and
+    every old inbound SA kept for in-flight packets has been retired."""
+    old_in, old_out = await child_spis(pair.client)
+    for d in (pair.west, pair.east):
+        (record,) = d.sas.values()
+        if what == "child":
+            d.engine.rekey_child_sa(record.ike_sa, record.children[0].spi_in, d.clock())
+        else:
+            d.engine.rekey_ike_sa(record.ike_sa, d.clock())
+    pair.west._pump()
+    pair.east._pump()
+
+    def settled() -> bool:
+        w, e = pair.dp_west.installed, pair.dp_east.installed
+        if len(w) != 1 or len(e) != 1 or pair.west._retiring or pair.east._retiring:
+            return False
+        (wi,) = w.values()
+        (ei,) = e.values()
+        return (wi.spi_in, wi.spi_out) == (ei.spi_out, ei.spi_in)
+
+    await wait_for("one SA pair", settled)
+    new_in, new_out = await child_spis(pair.client)
+    (installed,) = pair.dp_west.installed.values()
+    assert int(new_in, 16) == installed.spi_in
+    if what == "child":
+        assert new_in != old_in and pair.west.totals.rekeys >= 1
+    else:
+        assert new_in == old_in and pair.west.totals.ike_rekeys >= 1
+    (w,) = pair.west.list_sas()
+    (e,) = pair.east.list_sas()
+    assert (w["spi_i"], w["spi_r"]) == (e["spi_i"], e["spi_r"])
+    assert len(w["children"]) == len(e["children"]) == 1
