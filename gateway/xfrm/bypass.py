@@ -31,7 +31,10 @@ def bypass_socket(sock: socket.socket) -> None:
     sel = wire.ANY_SELECTOR[:6] + (family,) + wire.ANY_SELECTOR[7:]  # the kernel wants one
     for direction in (nl.XFRM_POLICY_IN, nl.XFRM_POLICY_OUT):
         policy = wire.userpolicy_info(
-            sel=sel, priority=0, index=0, direction=direction,
+            sel=sel,
+            priority=0,
+            index=0,
+            direction=direction,
             action=nl.XFRM_POLICY_ALLOW,
         )
         sock.setsockopt(level, opt, policy)

@@ -158,5 +158,14 @@ class XfrmEventReader:
         self.close()
 
 
-__all__ = ["XfrmEventReader", "SaExpired", "Acquire", "PolicyExpired", "Migrate",
-           "EventsLost", "XfrmEvent", "decode_event", "socket"]
+__all__ = [
+    "XfrmEventReader",
+    "SaExpired",
+    "Acquire",
+    "PolicyExpired",
+    "Migrate",
+    "EventsLost",
+    "XfrmEvent",
+    "decode_event",
+    "socket",
+]

@@ -113,10 +113,18 @@ class _Op(NamedTuple):
 def _ts_selector(src: TrafficSelector, dst: TrafficSelector) -> wire.Selector:
     family = 2 if src.net.version == 4 else 10
     return (
-        dst.packed, src.packed,
-        dst.port or 0, 0xFFFF if dst.port else 0,
-        src.port or 0, 0xFFFF if src.port else 0,
-        family, dst.net.prefixlen, src.net.prefixlen, src.proto or dst.proto, 0, 0,
+        dst.packed,
+        src.packed,
+        dst.port or 0,
+        0xFFFF if dst.port else 0,
+        src.port or 0,
+        0xFFFF if src.port else 0,
+        family,
+        dst.net.prefixlen,
+        src.net.prefixlen,
+        src.proto or dst.proto,
+        0,
+        0,
     )
 
 
@@ -140,8 +148,16 @@ def _common_attrs(spec: ChildSaSpec) -> bytes:
 
 def _lifetime(spec: ChildSaSpec) -> tuple[int, ...]:
     lt = spec.lifetime
-    return (lt.soft_bytes, lt.hard_bytes, lt.soft_packets, lt.hard_packets,
-            lt.soft_seconds, lt.hard_seconds, 0, 0)
+    return (
+        lt.soft_bytes,
+        lt.hard_bytes,
+        lt.soft_packets,
+        lt.hard_packets,
+        lt.soft_seconds,
+        lt.hard_seconds,
+        0,
+        0,
+    )
 
 
 class _StateKey:
@@ -192,7 +208,8 @@ def state_body(
             attrs.append(wire.nla(20, wire.algo_auth(esp.integ, keys.integ, esp.trunc_bits)))
     if spec.encap is not None:
         sport, dport = (
-            (spec.encap.remote_port, spec.encap.local_port) if inbound
+            (spec.encap.remote_port, spec.encap.local_port)
+            if inbound
             else (spec.encap.local_port, spec.encap.remote_port)
         )
         attrs.append(wire.nla(4, wire.encap_tmpl(nl.UDP_ENCAP_ESPINUDP, sport, dport)))
@@ -239,10 +256,30 @@ def policy_bodies(
     common = _common_attrs(spec)
     local = spec.local_packed if tunnel else b""
     remote = spec.remote_packed if tunnel else b""
-    tmpl_out = wire.nla(5, wire.user_tmpl(daddr=remote, spi=0, proto=ESP, family=spec.family,
-                                          saddr=local, reqid=spec.reqid, mode=mode))
-    tmpl_in = wire.nla(5, wire.user_tmpl(daddr=local, spi=0, proto=ESP, family=spec.family,
-                                         saddr=remote, reqid=spec.reqid, mode=mode))
+    tmpl_out = wire.nla(
+        5,
+        wire.user_tmpl(
+            daddr=remote,
+            spi=0,
+            proto=ESP,
+            family=spec.family,
+            saddr=local,
+            reqid=spec.reqid,
+            mode=mode,
+        ),
+    )
+    tmpl_in = wire.nla(
+        5,
+        wire.user_tmpl(
+            daddr=local,
+            spi=0,
+            proto=ESP,
+            family=spec.family,
+            saddr=remote,
+            reqid=spec.reqid,
+            mode=mode,
+        ),
+    )
     dirs = [(nl.XFRM_POLICY_OUT, "out")]
     if not trap_only:
         dirs.insert(0, (nl.XFRM_POLICY_IN, "in"))
@@ -307,8 +344,9 @@ class XfrmManager:
             try:
                 return socket.if_nametoindex(name)
             except OSError as exc:
-                raise XfrmError(f"offload device {name}", errno.ENODEV,
-                                f"no such interface: {name}") from exc
+                raise XfrmError(
+                    f"offload device {name}", errno.ENODEV, f"no such interface: {name}"
+                ) from exc
 
     def _state_ops(
         self, spec: ChildSaSpec, offload: int | None, msg_type: int = nl.XFRM_MSG_NEWSA
@@ -322,8 +360,7 @@ class XfrmManager:
                 flags = offload | (nl.XFRM_OFFLOAD_INBOUND if inbound else 0)
                 off = (self._ifindex(spec.offload_dev), flags)
             body = state_body(spec, inbound, offload=off)
-            ops.append(_Op(key.describe, msg_type, body, nl.XFRM_MSG_DELSA,
-                           key.id_body(spec)))
+            ops.append(_Op(key.describe, msg_type, body, nl.XFRM_MSG_DELSA, key.id_body(spec)))
         return ops
 
     def _policy_ops(
@@ -356,11 +393,13 @@ class XfrmManager:
             gi, op = owner[f.seq]
             failed_seqs.add(f.seq)
             if results[gi] is None:
-                results[gi] = XfrmError(f"{nl.MSG_NAMES[op.msg_type]} {op.what()}", f.errno,
-                                        f.reason)
+                results[gi] = XfrmError(
+                    f"{nl.MSG_NAMES[op.msg_type]} {op.what()}", f.errno, f.reason
+                )
         if failures and rollback:
             undo = [
-                op for s, (gi, op) in owner.items()
+                op
+                for s, (gi, op) in owner.items()
                 if results[gi] is not None and s not in failed_seqs
             ]
             self._undo(reversed(undo))
@@ -372,15 +411,18 @@ class XfrmManager:
         if not batch:
             return
         seq = self.channel.reserve_seqs(len(batch))
-        msgs = [wire.message(op.undo_type, NLM_F_REQUEST, seq + i, op.undo_body)
-                for i, op in enumerate(batch)]
+        msgs = [
+            wire.message(op.undo_type, NLM_F_REQUEST, seq + i, op.undo_body)
+            for i, op in enumerate(batch)
+        ]
         for f in self.channel.send_batch(msgs):
             if f.errno not in (errno.ENOENT, errno.ESRCH) and first is None:
                 first = f
         if first is not None:
             op = batch[first.seq - seq]
-            raise XfrmError(f"rollback {nl.MSG_NAMES[op.undo_type]} {op.what()}", first.errno,
-                            first.reason)
+            raise XfrmError(
+                f"rollback {nl.MSG_NAMES[op.undo_type]} {op.what()}", first.errno, first.reason
+            )
 
     def install(self, spec: ChildSaSpec) -> InstalledChildSa:
         """Install both states and all policies of a Child SA, or nothing at all."""
@@ -396,11 +438,13 @@ class XfrmManager:
             # auto: the device refused crypto offload outright; run in software.
             return self._install_plain(spec)
         required = {"crypto": ("crypto", "packet"), "packet": ("packet",)}.get(spec.offload)
-        if required and (installed.offload_in not in required
-                         or installed.offload_out not in required):
+        if required and (
+            installed.offload_in not in required or installed.offload_out not in required
+        ):
             self.delete(installed)
             raise XfrmError(
-                f"offload {spec.offload} on {spec.offload_dev}", errno.EOPNOTSUPP,
+                f"offload {spec.offload} on {spec.offload_dev}",
+                errno.EOPNOTSUPP,
                 f"the kernel installed the SA with offload in={installed.offload_in} "
                 f"out={installed.offload_out} (device lacks {spec.offload} offload)",
             )
@@ -418,9 +462,7 @@ class XfrmManager:
             assert spec.offload_dev is not None
             ifindex = self._ifindex(spec.offload_dev)
             ops += [
-                op._replace(
-                    body=op.body + wire.nla(28, wire.user_offload(ifindex, offload_flags))
-                )
+                op._replace(body=op.body + wire.nla(28, wire.user_offload(ifindex, offload_flags)))
                 for op in self._policy_ops(spec)
             ]
         else:
@@ -439,8 +481,10 @@ class XfrmManager:
                 raise ValueError("install_many() is for offload='no'; use install()")
         groups = [self._state_ops(s, None) + self._policy_ops(s) for s in specs]
         results = self._run_groups(groups)
-        return [err if err is not None else InstalledChildSa(s)
-                for s, err in zip(specs, results, strict=True)]
+        return [
+            err if err is not None else InstalledChildSa(s)
+            for s, err in zip(specs, results, strict=True)
+        ]
 
     def install_trap(self, spec: ChildSaSpec) -> None:
         """Out policies only: matching traffic makes the kernel send ACQUIRE (on demand)."""
@@ -518,7 +562,9 @@ class XfrmManager:
         sequence numbers and byte counters. encap=True keeps the current encapsulation."""
         old = child.spec
         new = dataclasses.replace(
-            old, local=local, remote=remote,
+            old,
+            local=local,
+            remote=remote,
             encap=old.encap if encap is True else (encap or None),
             local_ts=old.local_ts if old.mode == "tunnel" else (),
             remote_ts=old.remote_ts if old.mode == "tunnel" else (),
@@ -530,10 +576,18 @@ class XfrmManager:
             key = _StateKey(new, inbound)
             old_key = _StateKey(old, inbound)
             body = state_body(new, inbound, replay=replay, replay_legacy=legacy, curlft=curlft)
-            ops.append(_Op(old_key.describe, nl.XFRM_MSG_DELSA, old_key.id_body(old),
-                           nl.XFRM_MSG_DELSA, b""))
-            ops.append(_Op(key.describe, nl.XFRM_MSG_NEWSA, body, nl.XFRM_MSG_DELSA,
-                           key.id_body(new)))
+            ops.append(
+                _Op(
+                    old_key.describe,
+                    nl.XFRM_MSG_DELSA,
+                    old_key.id_body(old),
+                    nl.XFRM_MSG_DELSA,
+                    b"",
+                )
+            )
+            ops.append(
+                _Op(key.describe, nl.XFRM_MSG_NEWSA, body, nl.XFRM_MSG_DELSA, key.id_body(new))
+            )
         (err,) = self._run_groups([ops], rollback=False)
         if err is not None:
             self._restore(old, new, saved)
@@ -549,16 +603,16 @@ class XfrmManager:
         for i, (inbound, msg) in enumerate(zip((True, False), saved, strict=True)):
             replay, legacy, curlft = _carry_over(msg)
             body = state_body(old, inbound, replay=replay, replay_legacy=legacy, curlft=curlft)
-            msgs.append(wire.message(nl.XFRM_MSG_NEWSA, NLM_F_REQUEST | NLM_F_CREATE, seq + i,
-                                     body))
+            msgs.append(
+                wire.message(nl.XFRM_MSG_NEWSA, NLM_F_REQUEST | NLM_F_CREATE, seq + i, body)
+            )
         self.channel.send_batch(msgs)
 
     # -- read back ----------------------------------------------------------------------
 
     def _get_state_msg(self, spec: ChildSaSpec, inbound: bool) -> Any:
         key = _StateKey(spec, inbound)
-        msg = self.channel.request(nl.XFRM_MSG_GETSA, key.id_body(spec),
-                                   f"GETSA {key.describe()}")
+        msg = self.channel.request(nl.XFRM_MSG_GETSA, key.id_body(spec), f"GETSA {key.describe()}")
         if msg is None:
             raise XfrmError(f"GETSA {key.describe()}", errno.ENOENT, "no reply")
         return msg
@@ -572,8 +626,15 @@ class XfrmManager:
     def read_replay(self, spec: ChildSaSpec, *, inbound: bool) -> ReplayState:
         """XFRM_MSG_GETAE of one direction: replay state and current lifetime."""
         key = _StateKey(spec, inbound)
-        body = wire.aevent_id(key.dst_packed, key.spi, spec.family, ESP, key.src_packed,
-                              nl.XFRM_AE_RVAL | nl.XFRM_AE_LVAL, spec.reqid)
+        body = wire.aevent_id(
+            key.dst_packed,
+            key.spi,
+            spec.family,
+            ESP,
+            key.src_packed,
+            nl.XFRM_AE_RVAL | nl.XFRM_AE_LVAL,
+            spec.reqid,
+        )
         if spec.mark is not None:
             body += wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask))
         msg = self.channel.request(nl.XFRM_MSG_GETAE, body, f"GETAE {key.describe()}")
@@ -594,8 +655,10 @@ class XfrmManager:
         spec = child.spec if isinstance(child, InstalledChildSa) else child
         sa_in, sa_out = self.read_states(spec)
         return ChildSaCounters(
-            bytes_in=sa_in.cur_bytes, packets_in=sa_in.cur_packets,
-            bytes_out=sa_out.cur_bytes, packets_out=sa_out.cur_packets,
+            bytes_in=sa_in.cur_bytes,
+            packets_in=sa_in.cur_packets,
+            bytes_out=sa_out.cur_bytes,
+            packets_out=sa_out.cur_packets,
             replay_errors=sa_in.replay_errors,
             integrity_failed=sa_in.integrity_failed,
         )
@@ -603,15 +666,21 @@ class XfrmManager:
     def states(self, *, ours_only: bool = True, larval: bool = False) -> list[SaInfo]:
         """Installed states. Larval states (SPI 0) are the kernel's placeholders for an
         ACQUIRE in progress: not installed by anyone, they expire by themselves."""
-        infos = [SaInfo.from_msg(m) for m in self.channel.dump(nl.XFRM_MSG_GETSA)
-                 if m["header"]["type"] == nl.XFRM_MSG_NEWSA]
+        infos = [
+            SaInfo.from_msg(m)
+            for m in self.channel.dump(nl.XFRM_MSG_GETSA)
+            if m["header"]["type"] == nl.XFRM_MSG_NEWSA
+        ]
         if not larval:
             infos = [s for s in infos if s.spi != 0]
         return [s for s in infos if s.reqid in self.owned] if ours_only else infos
 
     def policies(self, *, ours_only: bool = True) -> list[PolicyInfo]:
-        infos = [PolicyInfo.from_msg(m) for m in self.channel.dump(nl.XFRM_MSG_GETPOLICY)
-                 if m["header"]["type"] == nl.XFRM_MSG_NEWPOLICY]
+        infos = [
+            PolicyInfo.from_msg(m)
+            for m in self.channel.dump(nl.XFRM_MSG_GETPOLICY)
+            if m["header"]["type"] == nl.XFRM_MSG_NEWPOLICY
+        ]
         if not ours_only:
             return infos
         return [p for p in infos if p.reqids and all(r in self.owned for r in p.reqids)]
@@ -633,25 +702,32 @@ class XfrmManager:
         rest of ours, and leave every object outside the owned range alone."""
         keep = set(keep_reqids)
         owned = self.owned
-        states = [scan_state(p) for p in
-                  self.channel.dump_raw(nl.XFRM_MSG_GETSA, nl.XFRM_MSG_NEWSA)]
+        states = [
+            scan_state(p) for p in self.channel.dump_raw(nl.XFRM_MSG_GETSA, nl.XFRM_MSG_NEWSA)
+        ]
         states = [s for s in states if s.reqid in owned]
-        policies = [scan_policy(p) for p in
-                    self.channel.dump_raw(nl.XFRM_MSG_GETPOLICY, nl.XFRM_MSG_NEWPOLICY)]
+        policies = [
+            scan_policy(p)
+            for p in self.channel.dump_raw(nl.XFRM_MSG_GETPOLICY, nl.XFRM_MSG_NEWPOLICY)
+        ]
         policies = [p for p in policies if p.reqids and all(r in owned for r in p.reqids)]
         drop: list[_Op] = []
         for p in policies:
             if not p.reqids <= keep:
                 body = wire.userpolicy_id(wire.ANY_SELECTOR, p.index, p.direction) + p.key_attrs
-                drop.append(_Op(partial(str, f"policy index={p.index}"), 0, b"",
-                                nl.XFRM_MSG_DELPOLICY, body))
+                drop.append(
+                    _Op(
+                        partial(str, f"policy index={p.index}"), 0, b"", nl.XFRM_MSG_DELPOLICY, body
+                    )
+                )
         n_policies = len(drop)
         for s in states:
             # SPI 0: an ACQUIRE placeholder (larval state); the kernel expires it itself.
             if s.spi != 0 and s.reqid not in keep:
                 body = wire.usersa_id(s.daddr, s.spi, s.family, s.proto) + s.key_attrs
-                drop.append(_Op(partial(str, f"SA spi={s.spi:#010x}"), 0, b"",
-                                nl.XFRM_MSG_DELSA, body))
+                drop.append(
+                    _Op(partial(str, f"SA spi={s.spi:#010x}"), 0, b"", nl.XFRM_MSG_DELSA, body)
+                )
         self._undo(drop)
         return ReconcileReport(
             adopted_states=sum(1 for s in states if s.reqid in keep),
@@ -671,7 +747,11 @@ def _carry_over(msg: Any) -> tuple[bytes | None, bytes | None, bytes | None]:
     esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
     if esn is not None:
         replay = wire.replay_esn(
-            esn["replay_window"], esn["oseq"], esn["seq"], esn["oseq_hi"], esn["seq_hi"],
+            esn["replay_window"],
+            esn["oseq"],
+            esn["seq"],
+            esn["oseq_hi"],
+            esn["seq_hi"],
             tuple(esn["bmp"]),
         )
     else:

@@ -192,11 +192,15 @@ class PolicyInfo:
             if name == "XFRMA_TMPL":
                 for t in value["templates"]:
                     fam = t["family"]
-                    templates.append(Template(
-                        addr_from(t["saddr"], fam) if fam else None,
-                        addr_from(t["id_daddr"], fam) if fam else None,
-                        t["id_proto"], t["reqid"], t["mode"],
-                    ))
+                    templates.append(
+                        Template(
+                            addr_from(t["saddr"], fam) if fam else None,
+                            addr_from(t["id_daddr"], fam) if fam else None,
+                            t["id_proto"],
+                            t["reqid"],
+                            t["mode"],
+                        )
+                    )
             elif name == "XFRMA_MARK":
                 kw["mark"] = (value["v"], value["m"])
             elif name == "XFRMA_IF_ID":

@@ -276,8 +276,13 @@ REPLAY_STATE_ESN = (
 )
 MARK = (("v", "I"), ("m", "I"))
 USER_OFFLOAD = (("ifindex", "i"), ("flags", "B"), ("__pad", "3x"))
-USERPOLICY_TYPE = (("type", "B"), ("__pad", "1x"), ("reserved1", "H"), ("reserved2", "B"),
-                   ("__pad", "1x"))
+USERPOLICY_TYPE = (
+    ("type", "B"),
+    ("__pad", "1x"),
+    ("reserved1", "H"),
+    ("reserved2", "B"),
+    ("__pad", "1x"),
+)
 USERSA_FLUSH = (("proto", "B"),)
 ALGO = (("alg_name", "64s"), ("alg_key_len", "I"))
 ALGO_AUTH = (("alg_name", "64s"), ("alg_key_len", "I"), ("alg_trunc_len", "I"))

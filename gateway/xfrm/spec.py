@@ -184,11 +184,19 @@ class ChildSaSpec:
     def selectors(self) -> list[tuple[TrafficSelector, TrafficSelector]]:
         """(local, remote) pairs; default host-to-host (transport) or any (tunnel)."""
         if self.local_ts and self.remote_ts:
-            return [(lt, rt) for lt in self.local_ts for rt in self.remote_ts
-                    if lt.net.version == rt.net.version]
+            return [
+                (lt, rt)
+                for lt in self.local_ts
+                for rt in self.remote_ts
+                if lt.net.version == rt.net.version
+            ]
         if self.mode == "transport":
-            return [(TrafficSelector(ipaddress.ip_network(self.local)),
-                     TrafficSelector(ipaddress.ip_network(self.remote)))]
+            return [
+                (
+                    TrafficSelector(ipaddress.ip_network(self.local)),
+                    TrafficSelector(ipaddress.ip_network(self.remote)),
+                )
+            ]
         raise ValueError("a tunnel-mode Child SA needs local_ts and remote_ts")
 
     @property

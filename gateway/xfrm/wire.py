@@ -25,8 +25,7 @@ SELECTOR_FMT = "16s16sHHHHHBBB3xiI"
 LIFETIME_CFG_FMT = "8Q"
 LIFETIME_CUR_FMT = "4Q"
 USERSA_INFO = struct.Struct(
-    "=" + SELECTOR_FMT + "16sIB3x" + "16s" + LIFETIME_CFG_FMT + LIFETIME_CUR_FMT
-    + "3I" + "IIHBBB7x"
+    "=" + SELECTOR_FMT + "16sIB3x" + "16s" + LIFETIME_CFG_FMT + LIFETIME_CUR_FMT + "3I" + "IIHBBB7x"
 )
 USERSA_ID = struct.Struct("=16sIHBx")
 AEVENT_ID = struct.Struct("=16sIHBx16sII")
@@ -91,12 +90,24 @@ def usersa_info(
 ) -> bytes:
     return USERSA_INFO.pack(
         *selector_values(sel),
-        daddr, _htonl(spi), proto,
+        daddr,
+        _htonl(spi),
+        proto,
         saddr,
         *lifetime,
-        0, 0, 0, 0,
-        0, 0, 0,
-        0, reqid, family, mode, replay_window, flags,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        reqid,
+        family,
+        mode,
+        replay_window,
+        flags,
     )
 
 
@@ -104,18 +115,36 @@ def usersa_id(daddr: bytes, spi: int, family: int, proto: int) -> bytes:
     return USERSA_ID.pack(daddr, _htonl(spi), family, proto)
 
 
-def aevent_id(daddr: bytes, spi: int, family: int, proto: int, saddr: bytes, flags: int,
-              reqid: int) -> bytes:
+def aevent_id(
+    daddr: bytes, spi: int, family: int, proto: int, saddr: bytes, flags: int, reqid: int
+) -> bytes:
     return AEVENT_ID.pack(daddr, _htonl(spi), family, proto, saddr, flags, reqid)
 
 
 def userpolicy_info(
-    *, sel: Selector, priority: int, index: int, direction: int, action: int = 0,
-    flags: int = 0, share: int = 0, lifetime: tuple[int, ...] = (nl.XFRM_INF,) * 4 + (0,) * 4,
+    *,
+    sel: Selector,
+    priority: int,
+    index: int,
+    direction: int,
+    action: int = 0,
+    flags: int = 0,
+    share: int = 0,
+    lifetime: tuple[int, ...] = (nl.XFRM_INF,) * 4 + (0,) * 4,
 ) -> bytes:
     return USERPOLICY_INFO.pack(
-        *selector_values(sel), *lifetime, 0, 0, 0, 0, priority, index, direction, action,
-        flags, share,
+        *selector_values(sel),
+        *lifetime,
+        0,
+        0,
+        0,
+        0,
+        priority,
+        index,
+        direction,
+        action,
+        flags,
+        share,
     )
 
 
@@ -124,12 +153,34 @@ def userpolicy_id(sel: Selector, index: int, direction: int) -> bytes:
 
 
 def user_tmpl(
-    *, daddr: bytes, spi: int, proto: int, family: int, saddr: bytes, reqid: int, mode: int,
-    share: int = 0, optional: int = 0, aalgos: int = 0xFFFFFFFF, ealgos: int = 0xFFFFFFFF,
+    *,
+    daddr: bytes,
+    spi: int,
+    proto: int,
+    family: int,
+    saddr: bytes,
+    reqid: int,
+    mode: int,
+    share: int = 0,
+    optional: int = 0,
+    aalgos: int = 0xFFFFFFFF,
+    ealgos: int = 0xFFFFFFFF,
     calgos: int = 0xFFFFFFFF,
 ) -> bytes:
-    return USER_TMPL.pack(daddr, _htonl(spi), proto, family, saddr, reqid, mode, share,
-                          optional, aalgos, ealgos, calgos)
+    return USER_TMPL.pack(
+        daddr,
+        _htonl(spi),
+        proto,
+        family,
+        saddr,
+        reqid,
+        mode,
+        share,
+        optional,
+        aalgos,
+        ealgos,
+        calgos,
+    )
 
 
 def encap_tmpl(encap_type: int, sport: int, dport: int, oa: bytes = b"") -> bytes:
@@ -154,8 +205,14 @@ def _empty_replay_esn(window: int) -> bytes:
     return REPLAY_ESN.pack(words, 0, 0, 0, 0, window) + bytes(4 * words)
 
 
-def replay_esn(window: int, oseq: int = 0, seq: int = 0, oseq_hi: int = 0, seq_hi: int = 0,
-               bmp: tuple[int, ...] = ()) -> bytes:
+def replay_esn(
+    window: int,
+    oseq: int = 0,
+    seq: int = 0,
+    oseq_hi: int = 0,
+    seq_hi: int = 0,
+    bmp: tuple[int, ...] = (),
+) -> bytes:
     if not (oseq or seq or oseq_hi or seq_hi or bmp):
         return _empty_replay_esn(window)
     words = (window + 31) // 32

@@ -31,8 +31,13 @@ def test_policies_trap_acquire_reconcile(netns_pair: tuple[Netns, Netns]) -> Non
     with XfrmManager(netns=a.name) as mgr:
         # A refused Child leaves nothing: its policies were accepted in the same batch
         # as the refused state, and rolled back.
-        bad, _ = spec_pair(V6_TUNNEL, mgr.allocate_reqid(), mode="tunnel", encap=False,
-                           esp=EspTransform(aead="rfc4106(gcm(nosuchcipher))"))
+        bad, _ = spec_pair(
+            V6_TUNNEL,
+            mgr.allocate_reqid(),
+            mode="tunnel",
+            encap=False,
+            esp=EspTransform(aead="rfc4106(gcm(nosuchcipher))"),
+        )
         with pytest.raises(XfrmError) as info:
             mgr.install(bad)
         assert info.value.operation.startswith("NEWSA SA in spi=")
@@ -62,9 +67,7 @@ def test_policies_trap_acquire_reconcile(netns_pair: tuple[Netns, Netns]) -> Non
             a.run("ping", "-c", "1", "-W", "1", "192.0.2.2", check=False, timeout=30)
             deadline = time.monotonic() + 10
             events: list[XfrmEvent] = []
-            while time.monotonic() < deadline and not any(
-                isinstance(e, Acquire) for e in events
-            ):
+            while time.monotonic() < deadline and not any(isinstance(e, Acquire) for e in events):
                 events.extend(reader.read_available())
                 time.sleep(0.05)
         finally:
@@ -74,9 +77,28 @@ def test_policies_trap_acquire_reconcile(netns_pair: tuple[Netns, Netns]) -> Non
         assert str(acq.selector.src) == "192.0.2.1/32"
 
         # Another daemon's policy survives our flush; ours go.
-        a.ip("xfrm", "policy", "add", "src", "10.7.0.0/16", "dst", "10.8.0.0/16", "dir", "out",
-             "tmpl", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "reqid", "7",
-             "mode", "tunnel")
+        a.ip(
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            "10.7.0.0/16",
+            "dst",
+            "10.8.0.0/16",
+            "dir",
+            "out",
+            "tmpl",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+        )
         report = mgr.reconcile(keep_reqids={trap6.reqid})
         assert (report.removed_policies, report.adopted_policies) == (1, 1)
         assert [p.templates[0].reqid for p in mgr.policies()] == [trap6.reqid]
@@ -108,7 +130,9 @@ async def test_event_reader_in_asyncio(netns_pair: tuple[Netns, Netns]) -> None:
         async with XfrmEventReader(netns=a.name) as reader:
             ping = await asyncio.create_subprocess_exec(
                 *a.argv(["ping", "-c", "1", "-W", "1", "192.0.2.2"]),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             try:
                 event = await asyncio.wait_for(anext(aiter(reader)), timeout=10)
             finally:

@@ -24,6 +24,7 @@ from gateway.xfrm import (
     XfrmManager,
 )
 from gateway.xfrm.manager import InstalledChildSa
+from gateway.xfrm.spec import EspTransform, Mode
 from tests.kernel.xfrm_helpers import (
     CBC_SHA256,
     GCM,
@@ -41,7 +42,7 @@ from tests.kernel.xfrm_helpers import (
     tcp_roundtrip,
 )
 
-CASES = [
+CASES: list[tuple[Plan, Mode, bool, EspTransform]] = [
     # (plan, mode, encap, esp)
     (V4_TUNNEL, "tunnel", False, GCM),
     (V4_TUNNEL, "tunnel", True, CBC_SHA256),
@@ -85,7 +86,8 @@ def check_readback(ns: Netns, mgr: XfrmManager, child: InstalledChildSa) -> None
     for pol in ours:
         sel = pol.selector
         block = next(
-            b for b in policy_blocks
+            b
+            for b in policy_blocks
             if b.startswith(f"src {sel.src} dst {sel.dst}") and f"dir {names[pol.direction]} " in b
         )
         assert f"priority {pol.priority} " in block
@@ -109,8 +111,15 @@ def test_child_sa_traffic_all_modes(netns_pair: tuple[Netns, Netns]) -> None:
         try:
             for i, (plan, mode, encap, esp) in enumerate(CASES):
                 reqid = ma.allocate_reqid()
-                sa, sb = spec_pair(plan, reqid, mode=mode, encap=encap, esp=esp,
-                                   spi_base=0xC0000100 + 16 * i, esn=esp is GCM)
+                sa, sb = spec_pair(
+                    plan,
+                    reqid,
+                    mode=mode,
+                    encap=encap,
+                    esp=esp,
+                    spi_base=0xC0000100 + 16 * i,
+                    esn=esp is GCM,
+                )
                 ca, cb = ma.install(sa), mb.install(sb)
                 label = f"{plan.outer_a} {mode} encap={encap} {esp.description}"
                 try:
@@ -143,16 +152,22 @@ def test_child_sa_traffic_all_modes(netns_pair: tuple[Netns, Netns]) -> None:
 
 
 def rekey_under_traffic(
-    a: Netns, ma: XfrmManager, mb: XfrmManager, ca: InstalledChildSa, cb: InstalledChildSa,
+    a: Netns,
+    ma: XfrmManager,
+    mb: XfrmManager,
+    ca: InstalledChildSa,
+    cb: InstalledChildSa,
     plan: Plan,
 ) -> tuple[InstalledChildSa, InstalledChildSa]:
     """RFC 7296 §2.8: new SAs with new SPIs and keys replace the old ones; traffic moves
     to the new outbound SA and the old ones are gone."""
     ka, kb = key_pair(ca.spec.esp, 7)
-    new_a = dataclasses.replace(ca.spec, spi_in=ca.spec.spi_in + 8, spi_out=ca.spec.spi_out + 8,
-                                keys_in=kb, keys_out=ka)
-    new_b = dataclasses.replace(cb.spec, spi_in=cb.spec.spi_in + 8, spi_out=cb.spec.spi_out + 8,
-                                keys_in=ka, keys_out=kb)
+    new_a = dataclasses.replace(
+        ca.spec, spi_in=ca.spec.spi_in + 8, spi_out=ca.spec.spi_out + 8, keys_in=kb, keys_out=ka
+    )
+    new_b = dataclasses.replace(
+        cb.spec, spi_in=cb.spec.spi_in + 8, spi_out=cb.spec.spi_out + 8, keys_in=ka, keys_out=kb
+    )
     # Responder side first installs the new pair, keeping its old inbound for a moment.
     nb = mb.replace(cb, new_b, keep_old_inbound=True)
     na = ma.replace(ca, new_a)
@@ -166,7 +181,11 @@ def rekey_under_traffic(
 
 
 def migrate_both(
-    a: Netns, b: Netns, ma: XfrmManager, mb: XfrmManager, ca: InstalledChildSa,
+    a: Netns,
+    b: Netns,
+    ma: XfrmManager,
+    mb: XfrmManager,
+    ca: InstalledChildSa,
     cb: InstalledChildSa,
 ) -> tuple[InstalledChildSa, InstalledChildSa]:
     """MOBIKE-style address change: same SPIs, keys, sequence numbers and counters."""
@@ -179,8 +198,7 @@ def migrate_both(
     ma_child = ma.migrate(ca, new_a, new_b)
     mb_child = mb.migrate(cb, new_b, new_a)
     for ns, via, net in ((a, "198.51.100.2", "10.2.0.0/24"), (b, "198.51.100.1", "10.1.0.0/24")):
-        ns.ip("route", "replace", net, "via", via,
-              "src", "10.1.0.1" if ns is a else "10.2.0.1")
+        ns.ip("route", "replace", net, "via", via, "src", "10.1.0.1" if ns is a else "10.2.0.1")
     out_state = ma.read_states(ma_child.spec)[1]
     assert (str(out_state.src), str(out_state.dst)) == ("198.51.100.1", "198.51.100.2")
     assert out_state.oseq == oseq_before and out_state.spi == ca.spec.spi_out
@@ -209,10 +227,10 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
             mb.install(sb)
             out_sa = ma.read_states(sa)[1]
             assert (out_sa.soft_packet_limit, out_sa.hard_packet_limit) == (3, 6)
-            a.run("ping", "-c", "8", "-i", "0.2", "-W", "1", plan.outer_b, check=False,
-                  timeout=60)
-            events = wait_events(reader, lambda ev: any(
-                isinstance(e, SaExpired) and e.hard for e in ev))
+            a.run("ping", "-c", "8", "-i", "0.2", "-W", "1", plan.outer_b, check=False, timeout=60)
+            events = wait_events(
+                reader, lambda ev: any(isinstance(e, SaExpired) and e.hard for e in ev)
+            )
             expiries = [(e.sa.spi, e.hard) for e in events if isinstance(e, SaExpired)]
             assert (sa.spi_out, False) in expiries and (sa.spi_out, True) in expiries
             assert expiries.index((sa.spi_out, False)) < expiries.index((sa.spi_out, True))
@@ -223,8 +241,9 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
             assert ma.states() == [] and ma.policies() == []
 
             # -- ACQUIRE from a trap policy (on-demand initiation)
-            trap, _ = spec_pair(plan, ma.allocate_reqid(), mode="transport", encap=False,
-                                spi_base=0xC0000200)
+            trap, _ = spec_pair(
+                plan, ma.allocate_reqid(), mode="transport", encap=False, spi_base=0xC0000200
+            )
             ma.install_trap(trap)
             a.run("ping", "-c", "1", "-W", "1", plan.outer_b, check=False, timeout=30)
             events = wait_events(reader, lambda ev: any(isinstance(e, Acquire) for e in ev))
@@ -236,34 +255,110 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
             reader.close()
 
         # -- foreign objects (another IKE daemon's) installed with ip xfrm
-        a.ip("xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
-             "spi", "0x00001001", "reqid", "7", "mode", "tunnel", "replay-window", "32",
-             "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128",
-             "encap", "espinudp", "4500", "4501", "0.0.0.0")
-        a.ip("xfrm", "state", "add", "src", "2001:db8::2", "dst", "2001:db8::1", "proto", "esp",
-             "spi", "0x00001002", "reqid", "7", "mode", "transport",
-             "enc", "cbc(aes)", "0x" + "22" * 16, "auth-trunc", "hmac(sha256)",
-             "0x" + "33" * 32, "128")
-        a.ip("xfrm", "policy", "add", "src", "10.7.0.0/16", "dst", "10.8.0.0/16", "dir", "out",
-             "tmpl", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "reqid", "7",
-             "mode", "tunnel")
+        a.ip(
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "spi",
+            "0x00001001",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+            "replay-window",
+            "32",
+            "aead",
+            "rfc4106(gcm(aes))",
+            "0x" + "11" * 20,
+            "128",
+            "encap",
+            "espinudp",
+            "4500",
+            "4501",
+            "0.0.0.0",
+        )
+        a.ip(
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            "2001:db8::2",
+            "dst",
+            "2001:db8::1",
+            "proto",
+            "esp",
+            "spi",
+            "0x00001002",
+            "reqid",
+            "7",
+            "mode",
+            "transport",
+            "enc",
+            "cbc(aes)",
+            "0x" + "22" * 16,
+            "auth-trunc",
+            "hmac(sha256)",
+            "0x" + "33" * 32,
+            "128",
+        )
+        a.ip(
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            "10.7.0.0/16",
+            "dst",
+            "10.8.0.0/16",
+            "dir",
+            "out",
+            "tmpl",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+        )
         foreign = {s.spi: s for s in ma.states(ours_only=False)}
         f1, f2 = foreign[0x1001], foreign[0x1002]
         assert (f1.aead, f1.icv_or_trunc_bits, f1.encr_key, f1.reqid, f1.mode) == (
-            "rfc4106(gcm(aes))", 128, b"\x11" * 20, 7, 1)
+            "rfc4106(gcm(aes))",
+            128,
+            b"\x11" * 20,
+            7,
+            1,
+        )
         assert f1.encap == (2, 4500, 4501) and f1.replay_window == 32
         assert (str(f2.src), str(f2.dst), f2.crypt, f2.auth, f2.encr_key, f2.integ_key) == (
-            "2001:db8::2", "2001:db8::1", "cbc(aes)", "hmac(sha256)", b"\x22" * 16, b"\x33" * 32)
+            "2001:db8::2",
+            "2001:db8::1",
+            "cbc(aes)",
+            "hmac(sha256)",
+            b"\x22" * 16,
+            b"\x33" * 32,
+        )
         assert ma.states() == [] and ma.policies() == []  # not ours
 
         # -- a crash mid-install: the first batch (states + 1 policy) went in, the
         # process died before the rest. A new manager reconciles at start-up.
         survivor_reqid = ma.allocate_reqid()
-        survivor, _ = spec_pair(V4_TUNNEL, survivor_reqid, mode="tunnel", encap=False,
-                                spi_base=0xC0000300)
+        survivor, _ = spec_pair(
+            V4_TUNNEL, survivor_reqid, mode="tunnel", encap=False, spi_base=0xC0000300
+        )
         ma.install(survivor)
-        crashed, _ = spec_pair(V6_TUNNEL, ma.allocate_reqid(), mode="tunnel", encap=False,
-                               spi_base=0xC0000400)
+        crashed, _ = spec_pair(
+            V6_TUNNEL, ma.allocate_reqid(), mode="tunnel", encap=False, spi_base=0xC0000400
+        )
         partial = ma._state_ops(crashed, None) + ma._policy_ops(crashed)[:1]
         assert ma._run_groups([partial], rollback=False) == [None]
         assert len(ma.states()) == 4 and len(ma.policies()) == 4
@@ -273,7 +368,11 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
         assert (report.adopted_states, report.adopted_policies) == (2, 3)
         assert {s.reqid for s in ma.states()} == {survivor_reqid}
         assert {s.spi for s in ma.states(ours_only=False)} == {
-            0x1001, 0x1002, survivor.spi_in, survivor.spi_out}
+            0x1001,
+            0x1002,
+            survivor.spi_in,
+            survivor.spi_out,
+        }
         assert len(ma.policies(ours_only=False)) == 4  # 3 survivor + the foreign one
         report = ma.flush()
         assert report.removed_states == 2 and report.removed_policies == 3
@@ -281,22 +380,41 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
         assert "reqid 7 mode tunnel" in a.ip("xfrm", "policy").stdout
 
         # -- offload: veth has no ESP offload; the kernel falls back silently
-        auto, _ = spec_pair(plan, ma.allocate_reqid(), mode="transport", encap=False,
-                            spi_base=0xC0000500, offload="auto", offload_dev="eth0")
+        auto, _ = spec_pair(
+            plan,
+            ma.allocate_reqid(),
+            mode="transport",
+            encap=False,
+            spi_base=0xC0000500,
+            offload="auto",
+            offload_dev="eth0",
+        )
         child = ma.install(auto)
         assert (child.offload_in, child.offload_out, child.offload) == ("none",) * 3
         ma.delete(child)
-        crypto, _ = spec_pair(plan, ma.allocate_reqid(), mode="transport", encap=False,
-                              spi_base=0xC0000600, offload="crypto", offload_dev="eth0")
+        crypto, _ = spec_pair(
+            plan,
+            ma.allocate_reqid(),
+            mode="transport",
+            encap=False,
+            spi_base=0xC0000600,
+            offload="crypto",
+            offload_dev="eth0",
+        )
         with pytest.raises(XfrmError) as info:
             ma.install(crypto)
         assert "offload" in str(info.value) and info.value.errno
         assert ma.states() == [] and ma.policies() == []  # nothing half-installed
 
         # -- a refused install names the operation and errno, and leaves nothing
-        bad, _ = spec_pair(plan, ma.allocate_reqid(), mode="transport", encap=False,
-                           spi_base=0xC0000700,
-                           esp=type(GCM)(aead="rfc4106(gcm(nosuchcipher))"))
+        bad, _ = spec_pair(
+            plan,
+            ma.allocate_reqid(),
+            mode="transport",
+            encap=False,
+            spi_base=0xC0000700,
+            esp=type(GCM)(aead="rfc4106(gcm(nosuchcipher))"),
+        )
         with pytest.raises(XfrmError) as info:
             ma.install(bad)
         assert info.value.operation.startswith("NEWSA SA in spi=0xc0000701")

@@ -8,11 +8,13 @@ import re
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.netns import Netns
 from gateway.xfrm import ChildSaSpec, EspTransform, SaKeys, TrafficSelector, UdpEncap
 from gateway.xfrm.bypass import enable_esp_in_udp
 from gateway.xfrm.channel import in_netns
+from gateway.xfrm.spec import Mode
 
 GCM = EspTransform(aead="rfc4106(gcm(aes))", icv_bits=128)
 CBC_SHA256 = EspTransform(crypt="cbc(aes)", integ="hmac(sha256)", trunc_bits=128)
@@ -39,8 +41,9 @@ class Plan:
 
 
 V4_TUNNEL = Plan("192.0.2.1", "192.0.2.2", "10.1.0.1", "10.2.0.1", "10.1.0.0/24", "10.2.0.0/24")
-V6_TUNNEL = Plan("2001:db8::1", "2001:db8::2", "fd00:1::1", "fd00:2::1", "fd00:1::/64",
-                 "fd00:2::/64")
+V6_TUNNEL = Plan(
+    "2001:db8::1", "2001:db8::2", "fd00:1::1", "fd00:2::1", "fd00:1::/64", "fd00:2::/64"
+)
 V4_TRANSPORT = Plan("192.0.2.1", "192.0.2.2")
 V6_TRANSPORT = Plan("2001:db8::1", "2001:db8::2")
 
@@ -54,8 +57,7 @@ def setup_inner(a: Netns, b: Netns, plan: Plan) -> None:
     ):
         v6 = ":" in inner
         ns.ip("addr", "add", inner + ("/128" if v6 else "/32"), "dev", "lo")
-        ns.ip(*(["-6"] if v6 else []), "route", "add", peer_net, "via", peer_outer,
-              "src", inner)
+        ns.ip(*(["-6"] if v6 else []), "route", "add", peer_net, "via", peer_outer, "src", inner)
 
 
 def keys(seed: int, n: int = 20) -> SaKeys:
@@ -66,13 +68,21 @@ def key_pair(esp: EspTransform, seed: int) -> tuple[SaKeys, SaKeys]:
     """Keys of a's outbound and b's outbound direction."""
     if esp.aead:
         return keys(seed), keys(seed + 100)
-    return (SaKeys(keys(seed, 16).encr, keys(seed + 50, 32).encr),
-            SaKeys(keys(seed + 100, 16).encr, keys(seed + 150, 32).encr))
+    return (
+        SaKeys(keys(seed, 16).encr, keys(seed + 50, 32).encr),
+        SaKeys(keys(seed + 100, 16).encr, keys(seed + 150, 32).encr),
+    )
 
 
 def spec_pair(
-    plan: Plan, reqid: int, *, mode: str, encap: bool, spi_base: int = 0xC0000100,
-    esp: EspTransform = GCM, **kw: object,
+    plan: Plan,
+    reqid: int,
+    *,
+    mode: Mode,
+    encap: bool,
+    spi_base: int = 0xC0000100,
+    esp: EspTransform = GCM,
+    **kw: Any,
 ) -> tuple[ChildSaSpec, ChildSaSpec]:
     """Mirror-image specs for side a and side b (a's out keys are b's in keys)."""
     ka, kb = key_pair(esp, 1)
@@ -81,12 +91,36 @@ def spec_pair(
     ts_b = (TrafficSelector.parse(plan.net_b),) if plan.net_b else ()
     enc = UdpEncap(4500, 4500) if encap else None
     spi_a, spi_b = spi_base + 1, spi_base + 2  # a's inbound SPI, b's inbound SPI
-    a = ChildSaSpec(local=oa, remote=ob, spi_in=spi_a, spi_out=spi_b, reqid=reqid, esp=esp,
-                    keys_in=kb, keys_out=ka, local_ts=ts_a, remote_ts=ts_b, mode=mode,  # type: ignore[arg-type]
-                    encap=enc, **kw)  # type: ignore[arg-type]
-    b = ChildSaSpec(local=ob, remote=oa, spi_in=spi_b, spi_out=spi_a, reqid=reqid, esp=esp,
-                    keys_in=ka, keys_out=kb, local_ts=ts_b, remote_ts=ts_a, mode=mode,  # type: ignore[arg-type]
-                    encap=enc, **kw)  # type: ignore[arg-type]
+    a = ChildSaSpec(
+        local=oa,
+        remote=ob,
+        spi_in=spi_a,
+        spi_out=spi_b,
+        reqid=reqid,
+        esp=esp,
+        keys_in=kb,
+        keys_out=ka,
+        local_ts=ts_a,
+        remote_ts=ts_b,
+        mode=mode,
+        encap=enc,
+        **kw,
+    )
+    b = ChildSaSpec(
+        local=ob,
+        remote=oa,
+        spi_in=spi_b,
+        spi_out=spi_a,
+        reqid=reqid,
+        esp=esp,
+        keys_in=ka,
+        keys_out=kb,
+        local_ts=ts_b,
+        remote_ts=ts_a,
+        mode=mode,
+        encap=enc,
+        **kw,
+    )
     return a, b
 
 
@@ -102,11 +136,14 @@ def encap_socket(ns: Netns, v6: bool, port: int = 4500) -> socket.socket:
 
 
 def ping(ns: Netns, src: str, dst: str, count: int = 3, peer: Netns | None = None) -> None:
-    proc = ns.run("ping", "-c", str(count), "-i", "0.3", "-W", "5", "-I", src, dst,
-                  timeout=120, check=False)
+    proc = ns.run(
+        "ping", "-c", str(count), "-i", "0.3", "-W", "5", "-I", src, dst, timeout=120, check=False
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"ping {src} -> {dst} failed:\n{proc.stdout}\n" + "\n".join(
-            diagnostics(n) for n in (ns, peer) if n is not None))
+        raise AssertionError(
+            f"ping {src} -> {dst} failed:\n{proc.stdout}\n"
+            + "\n".join(diagnostics(n) for n in (ns, peer) if n is not None)
+        )
 
 
 def diagnostics(ns: Netns) -> str:

@@ -27,9 +27,15 @@ GCM = EspTransform(aead="rfc4106(gcm(aes))")
 
 def make(**kw: object) -> ChildSaSpec:
     base: dict[str, object] = dict(
-        local=ipaddress.ip_address("192.0.2.1"), remote=ipaddress.ip_address("192.0.2.2"),
-        spi_in=0x1000, spi_out=0x2000, reqid=0x4E470000, esp=GCM,
-        keys_in=SaKeys(b"k" * 20), keys_out=SaKeys(b"K" * 20), mode="transport",
+        local=ipaddress.ip_address("192.0.2.1"),
+        remote=ipaddress.ip_address("192.0.2.2"),
+        spi_in=0x1000,
+        spi_out=0x2000,
+        reqid=0x4E470000,
+        esp=GCM,
+        keys_in=SaKeys(b"k" * 20),
+        keys_out=SaKeys(b"K" * 20),
+        mode="transport",
     )
     base.update(kw)
     return ChildSaSpec(**base)  # type: ignore[arg-type]
@@ -42,17 +48,22 @@ def test_replay_window_rule() -> None:
     assert replay_window_for(1e6, 1e-3) == 32
 
 
-@pytest.mark.parametrize("bad", [
-    dict(spi_in=0x10),  # RFC 4303 §2.1: SPIs 1..255 are reserved
-    dict(remote=ipaddress.ip_address("2001:db8::2")),
-    dict(replay_window=5000),
-    dict(esn=True, replay_window=0),
-    dict(offload="crypto"),
-    dict(mode="beet"),
-    dict(mode="tunnel"),  # tunnel without selectors
-    dict(local_ts=(TrafficSelector.parse("10.0.0.0/8", port=80),),
-         remote_ts=(TrafficSelector.parse("10.1.0.0/16"),)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(spi_in=0x10),  # RFC 4303 §2.1: SPIs 1..255 are reserved
+        dict(remote=ipaddress.ip_address("2001:db8::2")),
+        dict(replay_window=5000),
+        dict(esn=True, replay_window=0),
+        dict(offload="crypto"),
+        dict(mode="beet"),
+        dict(mode="tunnel"),  # tunnel without selectors
+        dict(
+            local_ts=(TrafficSelector.parse("10.0.0.0/8", port=80),),
+            remote_ts=(TrafficSelector.parse("10.1.0.0/16"),),
+        ),
+    ],
+)
 def test_spec_rejects(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         make(**bad).selectors  # noqa: B018 - some checks are lazy (selectors)
@@ -83,7 +94,8 @@ def test_parsers() -> None:
     assert stat == {"XfrmInError": 0, "XfrmInNoStates": 12}
     feats = parse_ethtool_features(
         "Features for eth0:\nesp-hw-offload: off [fixed]\n"
-        "esp-tx-csum-hw-offload: on\ntx-esp-segmentation: off\n")
+        "esp-tx-csum-hw-offload: on\ntx-esp-segmentation: off\n"
+    )
     assert not feats["esp-hw-offload"].available
     assert feats["esp-tx-csum-hw-offload"].enabled
     assert feats["tx-esp-segmentation"].available
@@ -93,7 +105,7 @@ def test_expire_event_decodes() -> None:
     """An XFRM_MSG_EXPIRE as the kernel sends it: xfrm_user_expire + attributes."""
     spec = make()
     info = state_body(spec, False)
-    head, attrs = info[:wire.USERSA_INFO.size], info[wire.USERSA_INFO.size:]
+    head, attrs = info[: wire.USERSA_INFO.size], info[wire.USERSA_INFO.size :]
     body = head + bytes([1]) + bytes(7) + attrs  # hard = 1, padding to 232 bytes
     (msg,) = list(nl.MarshalXfrm().parse(wire.message(nl.XFRM_MSG_EXPIRE, 0, 0, body)))
     event = decode_event(msg)

@@ -34,9 +34,14 @@ CBC = EspTransform(crypt="cbc(aes)", integ="hmac(sha256)", trunc_bits=128)
 
 def spec(**kw: object) -> ChildSaSpec:
     base: dict[str, object] = dict(
-        local=ipaddress.ip_address("192.0.2.1"), remote=ipaddress.ip_address("192.0.2.2"),
-        spi_in=0xC1000001, spi_out=0xC2000002, reqid=0x4E470001, esp=GCM,
-        keys_in=SaKeys(bytes(range(20))), keys_out=SaKeys(bytes(range(20, 40))),
+        local=ipaddress.ip_address("192.0.2.1"),
+        remote=ipaddress.ip_address("192.0.2.2"),
+        spi_in=0xC1000001,
+        spi_out=0xC2000002,
+        reqid=0x4E470001,
+        esp=GCM,
+        keys_in=SaKeys(bytes(range(20))),
+        keys_out=SaKeys(bytes(range(20, 40))),
         local_ts=(TrafficSelector.parse("10.1.0.0/24"),),
         remote_ts=(TrafficSelector.parse("10.2.0.0/16", proto=6, port=443),),
     )
@@ -66,15 +71,24 @@ def roundtrip(msg_type: int, body: bytes) -> Any:
 @pytest.mark.parametrize("esp", [GCM, CBC])
 def test_state_message_roundtrip(inbound: bool, esp: EspTransform) -> None:
     keys = SaKeys(bytes(range(16)), bytes(range(32))) if esp.crypt else SaKeys(bytes(range(20)))
-    s = spec(esp=esp, keys_in=keys, keys_out=keys, encap=UdpEncap(4500, 4501), esn=True,
-             lifetime=Lifetime(soft_bytes=10, hard_bytes=20, soft_packets=3, hard_packets=6),
-             mark=Mark(5, 0xFF), if_id=9, set_mark=0x42)
+    s = spec(
+        esp=esp,
+        keys_in=keys,
+        keys_out=keys,
+        encap=UdpEncap(4500, 4501),
+        esn=True,
+        lifetime=Lifetime(soft_bytes=10, hard_bytes=20, soft_packets=3, hard_packets=6),
+        mark=Mark(5, 0xFF),
+        if_id=9,
+        set_mark=0x42,
+    )
     body = state_body(s, inbound, offload=(3, nl.XFRM_OFFLOAD_INBOUND))
     msg = roundtrip(nl.XFRM_MSG_NEWSA, body)
     sa = SaInfo.from_msg(msg)
     assert sa.spi == (s.spi_in if inbound else s.spi_out)
-    assert (str(sa.src), str(sa.dst)) == (("192.0.2.2", "192.0.2.1") if inbound
-                                          else ("192.0.2.1", "192.0.2.2"))
+    assert (str(sa.src), str(sa.dst)) == (
+        ("192.0.2.2", "192.0.2.1") if inbound else ("192.0.2.1", "192.0.2.2")
+    )
     assert sa.reqid == s.reqid and sa.mode == nl.XFRM_MODE_TUNNEL and sa.esn
     assert sa.encap == ((2, 4501, 4500) if inbound else (2, 4500, 4501))
     assert sa.replay_window == 1024
@@ -110,9 +124,12 @@ def test_policy_messages_roundtrip() -> None:
 
 
 def test_ipv6_selectors_and_state() -> None:
-    s = spec(local=ipaddress.ip_address("2001:db8::1"), remote=ipaddress.ip_address("2001:db8::2"),
-             local_ts=(TrafficSelector.parse("fd00:1::/64"),),
-             remote_ts=(TrafficSelector.parse("fd00:2::/48"),))
+    s = spec(
+        local=ipaddress.ip_address("2001:db8::1"),
+        remote=ipaddress.ip_address("2001:db8::2"),
+        local_ts=(TrafficSelector.parse("fd00:1::/64"),),
+        remote_ts=(TrafficSelector.parse("fd00:2::/48"),),
+    )
     sa = SaInfo.from_msg(roundtrip(nl.XFRM_MSG_NEWSA, state_body(s, False)))
     assert (str(sa.src), str(sa.dst), sa.family) == ("2001:db8::1", "2001:db8::2", 10)
     _what, new, _ = policy_bodies(s)[-1]
@@ -120,11 +137,15 @@ def test_ipv6_selectors_and_state() -> None:
     assert (str(pol.selector.src), str(pol.selector.dst)) == ("fd00:1::/64", "fd00:2::/48")
 
 
-@given(window=st.integers(1, 4096), oseq=st.integers(0, 2**32 - 1),
-       bits=st.lists(st.integers(0, 2**32 - 1), max_size=128))
+@given(
+    window=st.integers(1, 4096),
+    oseq=st.integers(0, 2**32 - 1),
+    bits=st.lists(st.integers(0, 2**32 - 1), max_size=128),
+)
 def test_replay_esn_roundtrip(window: int, oseq: int, bits: list[int]) -> None:
-    body = state_body(spec(esn=True), False, replay=wire.replay_esn(window, oseq=oseq,
-                                                                    bmp=tuple(bits)))
+    body = state_body(
+        spec(esn=True), False, replay=wire.replay_esn(window, oseq=oseq, bmp=tuple(bits))
+    )
     msg = roundtrip(nl.XFRM_MSG_NEWSA, body)
     esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
     words = (window + 31) // 32
