@@ -25,8 +25,8 @@ def namespaces() -> set[str]:
 
 @pytest.mark.parametrize(
     ("peer", "nat"),
-    [("gateway", False), ("gateway", True)],
-    ids=["routed", "nat"],
+    [("gateway", False), ("gateway", True), ("strongswan", False)],
+    ids=["routed", "nat", "strongswan-peer"],
 )
 def test_lab_up_status_down(peer: str, nat: bool) -> None:
     prefix = f"gwl{os.getpid() % 1000}{int(nat)}{peer[0]}-"
