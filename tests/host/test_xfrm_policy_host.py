@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +16,7 @@ from gateway.netns import Netns
 from gateway.xfrm import (
     Acquire,
     EspTransform,
+    PolicyExpired,
     XfrmError,
     XfrmEvent,
     XfrmEventReader,
@@ -139,3 +141,53 @@ async def test_event_reader_in_asyncio(netns_pair: tuple[Netns, Netns]) -> None:
                 await ping.wait()
         assert isinstance(event, Acquire) and event.reqid == trap.reqid
         mgr.flush()
+
+
+def test_policy_expire_events(make_netns: Callable[..., Netns]) -> None:
+    """POLEXPIRE (soft, then hard) for a policy with time limits reaches the reader."""
+    ns = make_netns("gwpx")
+    reader = XfrmEventReader(netns=ns.name)
+    try:
+        ns.ip(
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            "10.9.0.0/24",
+            "dst",
+            "10.8.0.0/16",
+            "dir",
+            "out",
+            "limit",
+            "time-soft",
+            "1",
+            "limit",
+            "time-hard",
+            "2",
+            "tmpl",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+        )
+        deadline = time.monotonic() + 15
+        events: list[XfrmEvent] = []
+        while time.monotonic() < deadline and not any(
+            isinstance(e, PolicyExpired) and e.hard for e in events
+        ):
+            events.extend(reader.read_available())
+            time.sleep(0.1)
+    finally:
+        reader.close()
+    expired = [e for e in events if isinstance(e, PolicyExpired)]
+    assert [e.hard for e in expired] == [False, True]
+    pol = expired[-1].policy
+    assert (str(pol.selector.src), str(pol.selector.dst)) == ("10.9.0.0/24", "10.8.0.0/16")
+    assert pol.direction == 1 and [t.reqid for t in pol.templates] == [7]
+    assert ns.ip("xfrm", "policy").stdout.strip() == ""  # the hard limit removed it
