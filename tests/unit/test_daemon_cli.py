@@ -3,6 +3,8 @@ its key path and line, exit status 2, no traceback."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,14 +27,24 @@ def test_run_with_a_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "cannot read: No such file or directory" in capsys.readouterr().err
 
 
-def test_engine_level_config_errors_are_reported_too(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_engine_level_config_errors_are_reported_too(tmp_path: Path) -> None:
+    # A subprocess with a deadline, on loopback with an ephemeral port: should the engine
+    # ever accept this config, the test fails instead of leaving a daemon running.
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
-        '[connections.x]\nlocal = { auth = "psk", id = "CN=gw, O=x" }\n'
+        '[gateway]\nlisten = ["127.0.0.1"]\nport = 0\nport_nat_t = 0\nmetrics_listen = "off"\n'
+        f'control_socket = "{tmp_path}/c.sock"\n'
+        '[connections.x]\nlocal = { auth = "psk", id = "@#not-hex" }\n'
         'remote = { auth = "psk" }\npsk = "lab-secret-123456"\n'
     )
-    assert cli.main(["run", "-c", str(cfg)]) == 2
-    err = capsys.readouterr().err
-    assert "distinguished names need certificates" in err and "Traceback" not in err
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("gateway run accepted a config the engine cannot run")
+    assert proc.returncode == 2, proc.stderr
+    assert "key ID is not hex" in proc.stderr and "Traceback" not in proc.stderr
