@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,30 +238,22 @@ def xdp_native(ifname: str) -> Check:
     )
 
 
-def ethtool_features(ifname: str) -> dict[str, str] | None:
-    if not shutil.which("ethtool"):
-        return None
-    proc = subprocess.run(["ethtool", "-k", ifname], capture_output=True, text=True, timeout=10)
-    if proc.returncode != 0:
-        return None
-    feats: dict[str, str] = {}
-    for line in proc.stdout.splitlines()[1:]:
-        if ":" in line:
-            key, value = line.split(":", 1)
-            feats[key.strip()] = value.strip()
-    return feats
-
-
 def esp_offload(ifname: str) -> Check:
+    """ESP hardware offload of `ifname`, from the XFRM backend's ethtool reading."""
+    from gateway.errors import GatewayError
+    from gateway.xfrm.offload import offload_capabilities
+
     name = f"esp-offload[{ifname}]"
-    feats = ethtool_features(ifname)
-    if feats is None:
-        return Check(name, "warn", "ethtool -k failed", "install ethtool; check the name")
-    hw = feats.get("esp-hw-offload", "off [fixed]")
-    if hw.startswith("on"):
-        tx = feats.get("esp-tx-csum-hw-offload", "off")
-        return Check(name, "ok", f"ESP crypto offload available (esp-tx-csum-hw-offload {tx})")
-    if "[fixed]" in hw:
+    try:
+        caps = offload_capabilities(ifname)
+    except GatewayError as exc:
+        return Check(name, "warn", str(exc), "install ethtool; check the interface name")
+    hw = caps.features.get("esp-hw-offload")
+    if hw is not None and hw.enabled:
+        tx = caps.features.get("esp-tx-csum-hw-offload")
+        tx_text = "on" if tx is not None and tx.enabled else "off"
+        return Check(name, "ok", f"ESP crypto offload available (esp-tx-csum-hw-offload {tx_text})")
+    if not caps.crypto:
         return Check(
             name,
             "info",
