@@ -83,12 +83,14 @@ def socket_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def ctl(socket: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ctl(
+    socket: Path, *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "ctl", "--socket", str(socket), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         cwd=REPO,
     )
     if check and proc.returncode != 0:
@@ -122,7 +124,9 @@ class Gateway:
     proc: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, ns: Netns, workdir: Path, name: str, config_text: str) -> Gateway:
+    def start(
+        cls, ns: Netns, workdir: Path, name: str, config_text: str, wait: float = 240
+    ) -> Gateway:
         config = workdir / f"{name}.toml"
         config.write_text(config_text)
         log = workdir / f"{name}.log"
@@ -141,7 +145,8 @@ class Gateway:
             )
         gw = cls(ns, config, socket, log, proc)
         # generous: under the VM's emulation a start can take a minute on a busy machine
-        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), 240)
+        # (with [gateway.xdp] the bcc compile comes first: give it `wait` of several minutes)
+        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), wait)
         if gw.dead():
             raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
         return gw
