@@ -98,6 +98,10 @@ class EngineSettings:
     cookie_secret_lifetime: float = 300.0  # a new COOKIE secret this often (old one kept)
     nat_t_port: int = 4500
     nonce_size: int = 32
+    # IKE fragmentation (RFC 7383): offered in IKE_SA_INIT; when both sides support it, an
+    # encrypted message whose IP datagram would exceed fragment_size goes as SKF fragments
+    fragmentation: bool = True
+    fragment_size: int = 1280  # bytes of IP datagram (strongSwan's default)
     # NAT-T keepalives (RFC 3948 §2.3) every this many seconds while we are behind a NAT
     keepalive_interval: float = 20.0
 

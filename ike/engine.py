@@ -75,6 +75,7 @@ from ike.codec import (
     Authentication,
     Delete,
     Encrypted,
+    EncryptedFragment,
     Identification,
     KeyExchange,
     Message,
@@ -290,6 +291,23 @@ class _ChildRequest:
     retried: bool
 
 
+class _Fragments:
+    """SKF fragments of one message being reassembled (RFC 7383 §2.6)."""
+
+    __slots__ = ("message_id", "total", "first_payload", "parts")
+
+    def __init__(self, message_id: int, total: int) -> None:
+        self.message_id = message_id
+        self.total = total
+        self.first_payload = 0
+        self.parts: dict[int, bytes] = {}
+
+
+_MAX_FRAGMENTS = 64  # per message; more is an attack, not a certificate chain
+
+Wire = bytes | tuple[bytes, ...]  # one datagram, or a message's SKF fragments
+
+
 class _Request:
     __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline")
 
@@ -297,7 +315,7 @@ class _Request:
         self,
         exchange: int,
         message_id: int,
-        data: bytes,
+        data: Wire,
         on_response: ResponseHandler,
         deadline: float,
     ) -> None:
@@ -347,6 +365,8 @@ class _IkeSa:
         "remote_id",
         "half_open",
         "peer_hints",
+        "frag",
+        "fragments",
         "rekey_at",
         "hard_at",
         "life_at",
@@ -382,7 +402,7 @@ class _IkeSa:
         self.outstanding: _Request | None = None
         self.queue: deque[tuple[int, list[Payload], ResponseHandler]] = deque()
         # (message ID, exchange type, bytes) of our last response, for retransmitted requests
-        self.last_response: tuple[int, int, bytes] | None = None
+        self.last_response: tuple[int, int, Wire] | None = None
         self.nat = False
         self.children: dict[int, _ChildSa] = {}
         self.pending_child: _PendingChild | None = None
@@ -396,6 +416,8 @@ class _IkeSa:
         self.half_open = False  # a responder SA counted against cookie_threshold
         # the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQs (pubkey authentication)
         self.peer_hints: ike_auth.PeerHints | None = None
+        self.frag = False  # both sides announced IKEV2_FRAGMENTATION_SUPPORTED
+        self.fragments: _Fragments | None = None  # the peer's message being reassembled
         # lifetimes (§2.8): rekey at rekey_at, delete at hard_at; life_at is the earliest
         # lifetime event of the SA and its Child SAs (one heap entry per SA)
         self.rekey_at: float | None = None
@@ -723,7 +745,10 @@ class IkeEngine:
         else:
             if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
                 raise DecodeError("SPIs do not match the IKE SA")
-            payloads = self._unprotect(sa, msg, data)
+            unprotected = self._unprotect(sa, msg, data)
+            if unprotected is None:
+                return  # more fragments to come (RFC 7383)
+            payloads = unprotected
             self._update_path(sa, addr)
         sa.outstanding = None
         sa.timer_at = None
@@ -746,6 +771,8 @@ class IkeEngine:
             raise DecodeError("SPIs do not match the IKE SA")
         cached = sa.last_response
         if cached is not None and (hdr.message_id, hdr.exchange_type) == cached[:2]:
+            if data[16] == PayloadType.SKF and data[32:34] != b"\x00\x01":
+                return  # a fragmented request's retransmission is answered once: on fragment 1
             self.stats.duplicates_answered += 1
             self._emit(sa.local, sa.remote, cached[2])
             return
@@ -767,6 +794,8 @@ class IkeEngine:
             )
         else:
             error = None
+        if payloads is None:
+            return  # more fragments to come (RFC 7383)
         self._update_path(sa, addr)
         sa.peer_next_id += 1
         response: list[Payload] = []
@@ -784,27 +813,80 @@ class IkeEngine:
                     error = exc
         if error is not None:
             response = [Notify(error.notify, error.data)]
-        assert sa.sk is not None
-        out = sa.sk.protect(
-            sa.spi_i,
-            sa.spi_r,
-            hdr.exchange_type,
-            is_initiator=sa.initiator,
-            is_response=True,
-            message_id=hdr.message_id,
-            payloads=response,
-        )
+        out = self._protect(sa, hdr.exchange_type, hdr.message_id, response, is_response=True)
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
         self._emit(sa.local, sa.remote, out)
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
             self._set_expiry(sa, now + self.settings.half_open_timeout)
 
-    def _unprotect(self, sa: _IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...]:
+    def _unprotect(self, sa: _IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...] | None:
+        """The payloads of an SK message, or of the last SKF fragment that completes one
+        (None while fragments are missing)."""
         sk = msg.payloads[-1] if msg.payloads else None
+        if type(sk) is EncryptedFragment and sa.sk is not None and sa.frag:
+            return self._reassemble(sa, msg, data, sk)
         if type(sk) is not Encrypted or sa.sk is None:
             raise DecodeError("message without an Encrypted payload")
         return sa.sk.unprotect(data, sk)
+
+    def _reassemble(
+        self, sa: _IkeSa, msg: Message, data: bytes, skf: EncryptedFragment
+    ) -> tuple[Payload, ...] | None:
+        """RFC 7383 §2.6: each fragment is checked and decrypted on its own (a forged one
+        raises IntegrityError and is dropped); the inner payloads are decoded once all
+        fragments of the message are in."""
+        assert sa.sk is not None
+        if skf.total > _MAX_FRAGMENTS:
+            raise DecodeError(f"{skf.total} fragments")
+        chunk = sa.sk.unprotect_fragment(data, skf)
+        buf = sa.fragments
+        if buf is None or buf.message_id != msg.message_id or buf.total != skf.total:
+            buf = sa.fragments = _Fragments(msg.message_id, skf.total)
+        if skf.number == 1:
+            buf.first_payload = skf.first_payload
+        buf.parts[skf.number] = chunk
+        if len(buf.parts) < buf.total:
+            return None
+        sa.fragments = None
+        inner = b"".join(buf.parts[n] for n in range(1, buf.total + 1))
+        return codec.decode_payloads(buf.first_payload, inner)
+
+    def _protect(
+        self, sa: _IkeSa, exchange: int, mid: int, payloads: list[Payload], *, is_response: bool
+    ) -> Wire:
+        """The encrypted message, as SKF fragments when it is too big and the peer takes
+        them (RFC 7383 §2.5; fragment_size counts the IP and UDP headers and the marker)."""
+        sk, spi_i, spi_r, initiator = sa.sk, sa.spi_i, sa.spi_r, sa.initiator
+        assert sk is not None
+        data = sk.protect(
+            spi_i,
+            spi_r,
+            exchange,
+            is_initiator=initiator,
+            is_response=is_response,
+            message_id=mid,
+            payloads=payloads,
+        )
+        if not sa.frag:
+            return data
+        limit = self.settings.fragment_size - (48 if ":" in sa.remote[0] else 28)
+        if self.settings.nat_t_port in (sa.local[1], sa.remote[1]):
+            limit -= len(NON_ESP_MARKER)
+        if len(data) <= limit:
+            return data
+        return tuple(
+            sk.protect_fragments(
+                spi_i,
+                spi_r,
+                exchange,
+                is_initiator=initiator,
+                is_response=is_response,
+                message_id=mid,
+                payloads=payloads,
+                max_size=limit,
+            )
+        )
 
     def _update_path(self, sa: _IkeSa, addr: Addr) -> None:
         """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23)."""
@@ -870,7 +952,12 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ sending
 
-    def _emit(self, local: Endpoint, remote: Endpoint, data: bytes) -> None:
+    def _emit(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
+        if type(data) is tuple:  # SKF fragments of one message
+            for fragment in data:
+                self._emit(local, remote, fragment)
+            return
+        assert isinstance(data, bytes)
         nat_t = self.settings.nat_t_port
         if local[1] == nat_t or remote[1] == nat_t:
             data = NON_ESP_MARKER + data
@@ -888,18 +975,9 @@ class IkeEngine:
         if sa.outstanding is not None:
             sa.queue.append((exchange, payloads, on_response))
             return
-        assert sa.sk is not None
         mid = sa.my_next_id
         sa.my_next_id += 1
-        data = sa.sk.protect(
-            sa.spi_i,
-            sa.spi_r,
-            exchange,
-            is_initiator=sa.initiator,
-            is_response=False,
-            message_id=mid,
-            payloads=payloads,
-        )
+        data = self._protect(sa, exchange, mid, payloads, is_response=False)
         sa.outstanding = _Request(
             exchange, mid, data, on_response, now + self.settings.retransmit_timeout
         )
@@ -923,6 +1001,8 @@ class IkeEngine:
             ),
         ]
         payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
+        if self.settings.fragmentation:
+            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         data = codec.encode_message(
             Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
         )
@@ -1141,6 +1221,11 @@ class IkeEngine:
             ]
         # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
         sa.peer_hints = ike_auth.peer_hints(p)
+        if self.settings.fragmentation and _first_notify(
+            p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED
+        ):
+            sa.frag = True
+            out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         out += ike_auth.init_payloads(
             any(ike_auth.uses_pubkey(c) for c in candidates),
             [c.trust for c in candidates if c.trust is not None],
@@ -1240,6 +1325,9 @@ class IkeEngine:
         sa.nr = nonce.data
         sa.init_response = data
         sa.peer_hints = ike_auth.peer_hints(payloads)
+        sa.frag = self.settings.fragmentation and bool(
+            _first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
+        )
         sa.nat = bool(self._detect_nat(sa, payloads))
         self._derive_ike_keys(sa, g_ir)
         nat_t = self.settings.nat_t_port

@@ -20,6 +20,7 @@ from ike.keys import IkeSaKeys
 from ike.proposals import IkeSuite
 
 _GENERIC = struct.Struct("!BBH")
+_FRAGMENT = struct.Struct("!HH")  # Fragment Number, Total Fragments (RFC 7383 §2.5)
 
 
 class IntegrityError(DecodeError):
@@ -76,19 +77,7 @@ class SkCipher:
         payloads: Sequence[codec.Payload],
     ) -> bytes:
         first, inner = codec.encode_payloads(list(payloads))
-        encr = self._suite.encr
-        if self._aead:
-            # A per-SA counter as IV: unique for the key, which is all GCM/ChaCha need.
-            self._iv_counter += 1
-            iv = self._iv_counter.to_bytes(8, "big")
-            plain = inner + b"\x00"  # no padding, Pad Length 0
-            body_len = len(iv) + len(plain) + encr.icv_size
-        else:
-            iv = self._random(encr.iv_size)
-            padlen = -(len(inner) + 1) % encr.block_size
-            plain = inner + bytes(padlen) + bytes((padlen,))
-            assert self._suite.integ is not None
-            body_len = len(iv) + len(plain) + self._suite.integ.icv_size
+        iv, plain, body_len = self._plaintext(inner)
         header = codec.encode_header(
             spi_i,
             spi_r,
@@ -99,15 +88,85 @@ class SkCipher:
             message_id=message_id,
             length=IKE_HEADER_LEN + 4 + body_len,
         ) + _GENERIC.pack(first, 0, 4 + body_len)
+        return self._seal(header, iv, plain)
+
+    def protect_fragments(
+        self,
+        spi_i: bytes,
+        spi_r: bytes,
+        exchange_type: int,
+        *,
+        is_initiator: bool,
+        is_response: bool,
+        message_id: int,
+        payloads: Sequence[codec.Payload],
+        max_size: int,
+    ) -> list[bytes]:
+        """The message as SKF fragments (RFC 7383 §2.5), each at most `max_size` bytes:
+        the inner payloads split in order, every fragment encrypted and integrity
+        protected on its own (header, SKF header, Fragment Number and Total Fragments are
+        the associated data). Fragment 1 names the first inner payload, the others 0."""
+        first, inner = codec.encode_payloads(list(payloads))
+        encr = self._suite.encr
+        icv = encr.icv_size if self._aead else self._suite.integ.icv_size  # type: ignore[union-attr]
+        overhead = IKE_HEADER_LEN + 8 + encr.iv_size + icv + encr.block_size
+        room = max_size - overhead
+        if room < 64:
+            raise ValueError(f"fragment size {max_size} leaves no room for data")
+        chunks = [inner[i : i + room] for i in range(0, len(inner), room)] or [b""]
+        total = len(chunks)
+        out = []
+        for number, chunk in enumerate(chunks, 1):
+            iv, plain, body_len = self._plaintext(chunk)
+            skf_len = 8 + body_len
+            header = codec.encode_header(
+                spi_i,
+                spi_r,
+                PayloadType.SKF,
+                exchange_type,
+                is_initiator=is_initiator,
+                is_response=is_response,
+                message_id=message_id,
+                length=IKE_HEADER_LEN + skf_len,
+            )
+            skf = _GENERIC.pack(first if number == 1 else 0, 0, skf_len)
+            aad = header + skf + _FRAGMENT.pack(number, total)
+            out.append(self._seal(aad, iv, plain))
+        return out
+
+    def _plaintext(self, inner: bytes) -> tuple[bytes, bytes, int]:
+        """(IV, padded plaintext, length of IV + ciphertext + ICV) for `inner`."""
+        encr = self._suite.encr
+        if self._aead:
+            # A per-SA counter as IV: unique for the key, which is all GCM/ChaCha need.
+            self._iv_counter += 1
+            iv = self._iv_counter.to_bytes(8, "big")
+            plain = inner + b"\x00"  # no padding, Pad Length 0
+            return iv, plain, len(iv) + len(plain) + encr.icv_size
+        iv = self._random(encr.iv_size)
+        padlen = -(len(inner) + 1) % encr.block_size
+        plain = inner + bytes(padlen) + bytes((padlen,))
+        assert self._suite.integ is not None
+        return iv, plain, len(iv) + len(plain) + self._suite.integ.icv_size
+
+    def _seal(self, aad: bytes, iv: bytes, plain: bytes) -> bytes:
         if self._out_aead is not None:
-            return header + iv + self._out_aead.encrypt(self._out_salt + iv, plain, header)
-        msg = header + iv + cbc_encrypt(self._out_key, iv, plain)
+            return aad + iv + self._out_aead.encrypt(self._out_salt + iv, plain, aad)
+        msg = aad + iv + cbc_encrypt(self._out_key, iv, plain)
         assert self._suite.integ is not None
         return msg + self._suite.integ.mac(self._out_integ, msg)
 
+    def unprotect_fragment(self, data: bytes, skf: codec.EncryptedFragment) -> bytes:
+        """Check and decrypt one SKF payload of `data`: its part of the inner payloads."""
+        return self._open(data, skf.body)
+
     def unprotect(self, data: bytes, sk: codec.Encrypted) -> tuple[codec.Payload, ...]:
         """Decrypt the SK payload of `data` (the whole message) and decode its payloads."""
-        body = sk.body
+        return codec.decode_payloads(sk.first_payload, self._open(data, sk.body))
+
+    def _open(self, data: bytes, body: bytes) -> bytes:
+        """The inner bytes of an SK/SKF payload whose encrypted part is `body` (the end of
+        `data`; everything before it is authenticated)."""
         aad_len = len(data) - len(body)
         encr = self._suite.encr
         if self._in_aead is not None:
@@ -134,4 +193,4 @@ class SkCipher:
         padlen = plain[-1]
         if padlen + 1 > len(plain):
             raise DecodeError("Encrypted payload padding exceeds its plaintext")
-        return codec.decode_payloads(sk.first_payload, plain[: len(plain) - 1 - padlen])
+        return plain[: len(plain) - 1 - padlen]

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig
 from ike.engine import IkeEngine
-from ike.events import ChildSaEstablished, IkeSaEstablished, IkeSaFailed
+from ike.events import ChildSaEstablished, Datagram, IkeSaEstablished, IkeSaFailed
 from tests.host import test_ike_strongswan as psk_tests
 from tests.host.test_ike_strongswan import _of, _settled, ping_through_tunnel
 from tests.support.ike_udp import UdpDriver
@@ -36,7 +36,7 @@ IKE, ESP = "aes256gcm16-prfsha384-x25519", "aes256gcm16"
 
 
 class Pki:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, sans: int = 0) -> None:
         now = datetime.datetime.now(datetime.UTC)
         dates = {
             "not_before": now - datetime.timedelta(days=1),
@@ -44,8 +44,9 @@ class Pki:
         }
         self.root = make_ca("Interop Root CA", "p256", **dates)  # type: ignore[arg-type]
         self.inter = make_ca("Interop Intermediate CA", kind, issuer=self.root, **dates)  # type: ignore[arg-type]
-        self.ours = make_leaf(self.inter, OUR_ID, kind, dns=(OUR_ID,), **dates)  # type: ignore[arg-type]
-        self.theirs = make_leaf(self.inter, THEIR_ID, kind, dns=(THEIR_ID,), **dates)  # type: ignore[arg-type]
+        fat = tuple(f"alt{i}.example" for i in range(sans))  # inflate the chain (fragmentation)
+        self.ours = make_leaf(self.inter, OUR_ID, kind, dns=(OUR_ID, *fat), **dates)  # type: ignore[arg-type]
+        self.theirs = make_leaf(self.inter, THEIR_ID, kind, dns=(THEIR_ID, *fat), **dates)  # type: ignore[arg-type]
 
 
 def swanctl_conf(*, local_id: str | None = THEIR_ID, remote_id: str = OUR_ID) -> str:
@@ -98,9 +99,22 @@ def install_creds(sw: StrongSwan, leaf: Issued, cas: tuple[Issued, ...]) -> None
     path.chmod(0o600)
 
 
+class RecordingEngine(IkeEngine):
+    """Keeps what it sends (to see the fragments)."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.sent: list[Datagram] = []
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out = super().datagrams_to_send()
+        self.sent += out
+        return out
+
+
 def our_engine(
     pki: Pki, *, trust: Issued | None = None, local_id: str = OUR_ID, remote_id: str = THEIR_ID
-) -> IkeEngine:
+) -> RecordingEngine:
     conn = ConnectionConfig(
         name="swan",
         local_addrs=(OURS,),
@@ -115,7 +129,7 @@ def our_engine(
         ike_proposals=(IKE,),
         children=(ChildConfig("net", ("10.1.0.0/16",), ("10.2.0.0/16",), (ESP,)),),
     )
-    return IkeEngine([conn])
+    return RecordingEngine([conn])
 
 
 def check_established(drv: UdpDriver, sw: StrongSwan, *, initiator: bool) -> ChildSaEstablished:
@@ -207,3 +221,30 @@ def test_distinguished_name_identities(lab: tuple[Netns, StrongSwan]) -> None:
         # (strongSwan accepted us only as `ours`: its remote id; the --raw parser splits
         # DNs at spaces, so its ID fields are not compared here)
         assert sa["state"] == "ESTABLISHED" and sa["initiator-spi"] == est.spi_i.hex(), sa
+
+
+def _is_skf(data: bytes) -> bool:
+    """An IKE message (after the non-ESP marker) whose first payload is SKF (53)."""
+    if data[:4] == bytes(4):
+        data = data[4:]
+    return len(data) > 28 and data[16] == 53
+
+
+def test_fragmented_ike_auth_with_a_big_chain(lab: tuple[Netns, StrongSwan]) -> None:
+    """RSA certificates with 60 subjectAltNames each: IKE_AUTH exceeds 1280 bytes both
+    ways, so both sides fragment (RFC 7383, strongSwan's default `fragmentation = yes`
+    and fragment_size 1280) and reassemble the other's fragments."""
+    a, sw = lab
+    pki = Pki("rsa", sans=60)
+    install_creds(sw, pki.theirs, (pki.root, pki.inter))
+    sw.start(swanctl_conf())
+    engine = our_engine(pki)
+    with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
+        engine.initiate("swan", None, drv.now())
+        drv.run_until(_settled, 20)
+        child = check_established(drv, sw, initiator=True)
+        ping_through_tunnel(drv, child, sw)
+    ours = [d.data for d in engine.sent if _is_skf(d.data)]
+    theirs = [data for data, _, _ in drv.ike_received if _is_skf(data)]
+    assert len(ours) >= 2 and len(theirs) >= 2, (len(ours), len(theirs))
+    assert max(len(d) for d in ours) <= 1280 - 28
