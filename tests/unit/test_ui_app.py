@@ -299,7 +299,11 @@ async def test_poll_loop_reconnects_by_itself() -> None:
         await eventually(pilot, "disconnected", lambda: app.status == "disconnected")
         gw.start()
         await eventually(
-            pilot, "reconnect", lambda: app.status == "connected" and gw.connections == 2
+            # at least one new connection: under load a poll and the event stream may
+            # each have reconnected by the time this is checked
+            pilot,
+            "reconnect",
+            lambda: app.status == "connected" and gw.connections >= 2,
         )
 
 
