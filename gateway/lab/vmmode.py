@@ -53,7 +53,7 @@ GUEST_CONTROL_PORT = 7002
 # Guest-local (tmpfs) and NOT the host's lab directory, which the guest also sees, mounted
 # at the same path, as its shared folder.
 GUEST_LAB_DIR = Path("/run/gateway-lab-guest")
-BOOT_TIMEOUT = float(os.environ.get("GATEWAY_LAB_VM_TIMEOUT", "900"))
+BOOT_TIMEOUT = float(os.environ.get("GATEWAY_LAB_VM_TIMEOUT", "1500"))
 
 
 def _free_port() -> int:
@@ -318,7 +318,9 @@ def run_agent(shared: Path, opts: LabOptions) -> int:
     _setup_nic()
     lab = Lab(opts)
     try:
-        lab.up(progress=progress, timeout=300)
+        # Under software emulation bcc's compile of the XDP/TC programs alone can take a
+        # few minutes before gw-west even starts IKE.
+        lab.up(progress=progress, timeout=900 if opts.xdp else 300)
     except Exception as exc:  # report any failure to the host, then power off
         (shared / "up.json").write_text(json.dumps({"ok": False, "error": str(exc)}))
         return 1
