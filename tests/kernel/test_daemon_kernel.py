@@ -12,6 +12,9 @@ kernel has none). Few test functions, each doing a lot: VM time is expensive.
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +70,7 @@ def config(sock: Path, me: str, peer: str, mine: str, theirs: str, start: bool) 
                 "remote_id": f"lim-{peer}",
                 "local_ts": [f"{mine}.1.0/24"],
                 "remote_ts": [f"{theirs}.1.0/24"],
-                "child_extra": "rekey_packets = 4\nlife_packets = 6",
+                "child_extra": "life_packets = 6",
             },
         ],
     )
@@ -114,6 +117,38 @@ def test_two_daemons_pass_traffic_through_kernel_esp(
         assert wc["packets_out"] >= 3 and wc["packets_in"] >= 3 and wc["bytes_out"] > 0
         assert (ec["packets_in"], ec["packets_out"]) == (wc["packets_out"], wc["packets_in"])
         assert ctl_json(west.socket, "stats")["dataplane"] == "xfrm"
+
+        # rekeys under continuous traffic, initiated by either side: Child then IKE SA.
+        # Known issue (docs/daemon.md): the rekey responder switches its outbound SA when
+        # it answers, before the initiator has installed the new inbound SA, so a Child
+        # rekey can lose the one packet in that window (seen: 2 of 885 over 2 Child
+        # rekeys in the VM). Allowed: 1 per Child rekey + the echo in flight at SIGINT.
+        pinger = a.popen(
+            "ping",
+            "-i",
+            "0.2",
+            "-c",
+            "2000",
+            "-W",
+            "3",
+            "-I",
+            "10.1.0.1",
+            "10.2.0.1",
+            stdout=subprocess.PIPE,
+        )
+        old_spi = wc["spi_in"]
+        for gw, what in ((west, "peer.net"), (east, "peer.net"), (east, "peer"), (west, "peer")):
+            ctl(gw.socket, "rekey", what, "--timeout", "180")
+        time.sleep(3)
+        pinger.send_signal(signal.SIGINT)
+        summary = pinger.communicate(timeout=30)[0].decode()
+        counts = re.search(r"(\d+) packets transmitted, (\d+) received", summary)
+        assert counts is not None, summary
+        sent, received = int(counts.group(1)), int(counts.group(2))
+        assert sent >= 20 and received >= sent - 3, summary
+        (wc,) = next(s for s in west.sas() if s["connection"] == "peer")["children"]
+        assert wc["spi_in"] != old_spi
+        assert ctl_json(west.socket, "stats")["rekeys"] >= 2
 
         # kernel lifetime: after 6 packets the kernel drops lim's state (EXPIRE hard);
         # the daemons delete that Child with each other and remove its policies
