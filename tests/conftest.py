@@ -66,9 +66,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftovers = sorted(name for name in netns_mod.LIVE if name in _netns_names())
     if leftovers:
-        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"ERROR: tests left network namespaces behind: {', '.join(leftovers)}", red=True
-        )
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"ERROR: tests left network namespaces behind: {', '.join(leftovers)}", red=True
+            )
         for name in leftovers:
             netns_mod.Netns(name).close()
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
