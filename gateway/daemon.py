@@ -370,7 +370,11 @@ class Daemon:
         self._histogram = metrics.DurationHistogram()
         host, port = listen
         text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._exporter = metrics.start_exporter(self, listen=text)
+        self._exporter = metrics.start_exporter(
+            self,
+            listen=text,
+            aggregate_per_connection=self.config.gateway.metrics_aggregate == "connection",
+        )
 
     def request_stop(self) -> None:
         self._stopping.set()

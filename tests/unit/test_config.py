@@ -606,3 +606,12 @@ def test_secret_file_owner_check(tmp_path: Path) -> None:
     text = conn("").replace(f'psk = "{SECRET}"', 'psk_file = "p.psk"')
     ((_, _, message),) = errors_of(text, tmp_path)
     assert "must be owned by root" in message
+
+
+def test_metrics_aggregate_is_child_or_connection() -> None:
+    assert parse_config("").gateway.metrics_aggregate == "child"
+    assert (
+        parse_config('[gateway]\nmetrics_aggregate = "connection"\n').gateway.metrics_aggregate
+        == "connection"
+    )
+    assert paths_of('[gateway]\nmetrics_aggregate = "spi"\n') == ["gateway.metrics_aggregate"]
