@@ -13,44 +13,13 @@ from typing import Any
 from gateway.netns import Netns
 from tests.daemon_helpers import Gateway, ctl, ctl_json, gateway_config, wait_for
 from tests.support.strongswan import StrongSwan
+from tests.support.swanctl_peer import peer_swanctl
 
 OURS, THEIRS = "192.0.2.1", "192.0.2.2"
 PSK = "interop-rekey-psk-0123456789"
 IKE, ESP = "aes256gcm16-prfsha384-x25519", "aes256gcm16-x25519"
 
-SWANCTL = f"""connections {{
-  gw {{
-    version = 2
-    local_addrs = {THEIRS}
-    remote_addrs = {OURS}
-    proposals = {IKE}
-    dpd_delay = 2s
-    local {{
-      auth = psk
-      id = gw-east
-    }}
-    remote {{
-      auth = psk
-      id = gw-west
-    }}
-    children {{
-      net {{
-        local_ts = 10.2.0.0/16
-        remote_ts = 10.1.0.0/16
-        esp_proposals = {ESP}
-        start_action = none
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-gw {{
-    id-a = gw-west
-    id-b = gw-east
-    secret = "{PSK}"
-  }}
-}}
-"""
+SWANCTL = peer_swanctl(THEIRS, OURS, IKE, ESP, PSK)
 
 
 def our_config(sock: Path) -> str:
