@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -130,6 +131,7 @@ class VmDelegate:
                     self.reports.setdefault(rep.nodeid, []).append(rep)
         out = workdir / "pytest.out"
         guest_out = out.read_text(errors="replace") if out.exists() else ""
+        shutil.rmtree(workdir, ignore_errors=True)  # everything needed is read above
         self.failure = (
             f"VM exit status {result.returncode}"
             + (" (timed out)" if result.timed_out else "")
