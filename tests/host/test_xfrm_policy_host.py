@@ -25,7 +25,13 @@ from gateway.xfrm import (
 )
 from gateway.xfrm.bypass import enable_esp_in_udp
 from gateway.xfrm.channel import in_netns
-from tests.kernel.xfrm_helpers import V4_TRANSPORT, V6_TUNNEL, ip_xfrm_blocks, spec_pair
+from tests.kernel.xfrm_helpers import (
+    V4_TRANSPORT,
+    V6_TUNNEL,
+    add_foreign_policy,
+    ip_xfrm_blocks,
+    spec_pair,
+)
 
 
 def test_policies_trap_acquire_reconcile(netns_pair: tuple[Netns, Netns]) -> None:
@@ -79,28 +85,7 @@ def test_policies_trap_acquire_reconcile(netns_pair: tuple[Netns, Netns]) -> Non
         assert str(acq.selector.src) == "192.0.2.1/32"
 
         # Another daemon's policy survives our flush; ours go.
-        a.ip(
-            "xfrm",
-            "policy",
-            "add",
-            "src",
-            "10.7.0.0/16",
-            "dst",
-            "10.8.0.0/16",
-            "dir",
-            "out",
-            "tmpl",
-            "src",
-            "192.0.2.1",
-            "dst",
-            "192.0.2.2",
-            "proto",
-            "esp",
-            "reqid",
-            "7",
-            "mode",
-            "tunnel",
-        )
+        add_foreign_policy(a)
         report = mgr.reconcile(keep_reqids={trap6.reqid})
         assert (report.removed_policies, report.adopted_policies) == (1, 1)
         assert [p.templates[0].reqid for p in mgr.policies()] == [trap6.reqid]

@@ -33,6 +33,7 @@ from tests.kernel.xfrm_helpers import (
     V6_TRANSPORT,
     V6_TUNNEL,
     Plan,
+    add_foreign_policy,
     encap_socket,
     ip_xfrm_blocks,
     key_pair,
@@ -307,28 +308,7 @@ def test_lifetimes_events_reconcile_offload(netns_pair: tuple[Netns, Netns]) -> 
             "0x" + "33" * 32,
             "128",
         )
-        a.ip(
-            "xfrm",
-            "policy",
-            "add",
-            "src",
-            "10.7.0.0/16",
-            "dst",
-            "10.8.0.0/16",
-            "dir",
-            "out",
-            "tmpl",
-            "src",
-            "192.0.2.1",
-            "dst",
-            "192.0.2.2",
-            "proto",
-            "esp",
-            "reqid",
-            "7",
-            "mode",
-            "tunnel",
-        )
+        add_foreign_policy(a)
         foreign = {s.spi: s for s in ma.states(ours_only=False)}
         f1, f2 = foreign[0x1001], foreign[0x1002]
         assert (f1.aead, f1.icv_or_trunc_bits, f1.encr_key, f1.reqid, f1.mode) == (

@@ -48,6 +48,14 @@ V4_TRANSPORT = Plan("192.0.2.1", "192.0.2.2")
 V6_TRANSPORT = Plan("2001:db8::1", "2001:db8::2")
 
 
+def add_foreign_policy(ns: Netns) -> None:
+    """A tunnel policy as another IKE daemon would install it (reqid 7, not in our range)."""
+    ns.ip(
+        *"xfrm policy add src 10.7.0.0/16 dst 10.8.0.0/16 dir out "
+        "tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 7 mode tunnel".split()
+    )
+
+
 def setup_inner(a: Netns, b: Netns, plan: Plan) -> None:
     """Tunnel mode: a host address on lo behind each side and a route to the other."""
     assert plan.inner_a and plan.inner_b and plan.net_a and plan.net_b
