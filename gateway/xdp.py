@@ -25,9 +25,10 @@ Engine events become loader calls:
     ChildSaDeleted     -> remove_child_sa_spis() while the Child has another SA in the
                           slot (rekeyed away), else remove_child_sa() (slot released)
 
-A rekey whose new inbound SPI was allocated without `replaces` (the engine does not
-pass it) still keeps the Child's slot: the loader then counts the new SPI through its
-fallback hash map (correct, one hash lookup slower).
+The engine passes `replaces` on every Child SA rekey (as initiator and responder), so a
+rekeyed SA's SPI lands in its Child's slot and XDP finds it by masking, like the first
+one. An SPI that does not carry the Child's slot (another allocator's) still joins it:
+the loader then counts it through its fallback hash map (correct, one lookup slower).
 
 The tunnel MTU for the clamp comes from bpf/mtu.py: the WAN interface's MTU minus the
 real overhead of the negotiated ESP suite, outer IP version and UDP encapsulation.

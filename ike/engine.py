@@ -463,10 +463,12 @@ class InboundSpiAllocator(Protocol):
 
     The daemon may inject one that encodes a counter slot in the SPI (bpf/spi.py).
     `allocate` returns a 32-bit SPI >= 256 not in use, or raises ike.errors.SpiExhausted;
+    `replaces` is the inbound SPI of the Child SA that the new one rekeys (None for a new
+    Child SA), so an allocator can keep per-Child state such as the XDP counter slot.
     `release` is called exactly once for every allocated SPI when it is no longer used.
     """
 
-    def allocate(self) -> int: ...
+    def allocate(self, replaces: int | None = None) -> int: ...
 
     def release(self, spi: int) -> None: ...
 
@@ -480,7 +482,7 @@ class RandomSpis:
         self._random = random
         self._used: set[int] = set()
 
-    def allocate(self) -> int:
+    def allocate(self, replaces: int | None = None) -> int:
         while True:
             spi = int.from_bytes(self._random(4), "big")
             if spi >= 256 and spi not in self._used:  # 1..255 are reserved (RFC 4303 §2.1)
@@ -1535,8 +1537,9 @@ class IkeEngine:
                     pfs = [KeyExchange(suite.dh.id, dh.public)]
                 pfs.insert(0, Nonce(create.nr))
                 exchange = (False, create.ni, create.nr, g_ir)
+            replaces = create.replaces if create is not None else None
             try:
-                spi_in = self._spis.allocate()
+                spi_in = self._spis.allocate(replaces.spi_in if replaces is not None else None)
             except SpiExhausted:
                 raise ProtocolError(NotifyType.NO_ADDITIONAL_SAS, "no inbound SPI left") from None
             answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
@@ -1888,7 +1891,7 @@ class IkeEngine:
         now: float,
     ) -> None:
         try:
-            spi_in = self._spis.allocate()
+            spi_in = self._spis.allocate(old.spi_in if old is not None else None)
         except SpiExhausted:
             if old is not None:
                 old.rekeying = False

@@ -8,7 +8,8 @@ the IKE exchange is counted in `stats.xdp` (gateway ctl stats --json) and in
 `ipsec_xdp_packets_total` scraped from the daemon; our inbound SPI carries the Child's
 slot; LAN packets into the Child's remote selector are counted as `tunnel` and a TCP SYN
 towards it has its MSS clamped (`ipsec_mss_clamped_total{interface="lan0"}`); after
-SIGTERM nothing is attached. Bad interface names and a start that fails after attaching
+SIGTERM nothing is attached. A Child rekey (`gateway ctl rekey`) makes the new inbound SPI
+in the Child's slot. Bad interface names and a start that fails after attaching
 leave nothing attached and say why in one line."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns, veth
 from tests.conftest import NetnsFactory
-from tests.daemon_helpers import REPO, Gateway, ctl_json, gateway_config, wait_for
+from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
 
 METRICS = "127.0.0.1:9811"
 GET = (
@@ -144,6 +145,17 @@ def test_daemon_attaches_counts_and_detaches(
     metrics = scrape(a)
     assert metrics[("ipsec_mss_clamped_total", (("interface", "lan0"),))] >= 1
     assert "event=xdp-install-failed" not in west.log_text()
+
+    # A Child SA rekey keeps the slot: the new inbound SPI is made in it (the engine names
+    # the SA it replaces), so XDP still finds it by masking, and the counters carry on;
+    # west rekeys (initiator), then east does (west answers as the responder)
+    for rekeying in (west, east):
+        ctl(rekeying.socket, "rekey", "peer.net")
+        (child,) = west.installed("peer")[0]["children"]
+        new_in = int(child["spi_in"], 16)
+        assert new_in != spi_in and new_in & 0xFFFF == spi_in & 0xFFFF == child["xdp"]["slot"]
+        assert child["xdp"]["clear_to_tunnel_packets"] >= 4
+        spi_in = new_in
 
     assert west.stop() == 0
     assert not xdp_on(a, "eth0")

@@ -573,7 +573,7 @@ class CountingSpis:
         self.live: set[int] = set()
         self.allocated = 0
 
-    def allocate(self) -> int:
+    def allocate(self, replaces: int | None = None) -> int:
         from ike.errors import SpiExhausted
 
         if not self.free:

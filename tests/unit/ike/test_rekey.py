@@ -599,3 +599,56 @@ def test_authenticated_garbage_create_child_sa_never_raises() -> None:
     spis = net.b._spis
     assert isinstance(spis, RandomSpis) and spis._used == held
     assert net.b.ike_sas()[0].state == "ESTABLISHED"
+
+
+class SlotSpis(RandomSpis):
+    """Records which Child SA each new inbound SPI replaces (the XDP allocator keeps the
+    Child's counter slot with it: gateway/xdp.py)."""
+
+    def __init__(self, random: object) -> None:
+        super().__init__(random)  # type: ignore[arg-type]
+        self.replaces: dict[int, int | None] = {}
+
+    def allocate(self, replaces: int | None = None) -> int:
+        spi = super().allocate(replaces)
+        self.replaces[spi] = replaces
+        return spi
+
+
+@pytest.mark.parametrize("case", ["a", "b", "child rekey x child rekey", "ike rekey x child rekey"])
+def test_rekey_tells_the_allocator_which_spi_it_replaces(case: str) -> None:
+    """Every new inbound SPI of a Child SA rekey, on the initiator and the responder and
+    in collisions, is allocated with `replaces` = the old SA's inbound SPI; a new Child SA
+    and an IKE SA rekey (the Child SAs move, their SPIs stay) allocate none with it. In a
+    collision the survivor may replace the peer's new SA, itself made for the old one:
+    every SPI still leads back to the first Child SA (one XDP slot for all of them)."""
+    import random
+
+    a, b = pair_confs()
+    net = Net.make(_no_timers(a), _no_timers(b))
+    net.a._spis = spis_a = SlotSpis(random.Random(5).randbytes)
+    net.b._spis = spis_b = SlotSpis(random.Random(6).randbytes)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    assert list(spis_a.replaces.values()) == [None] and list(spis_b.replaces.values()) == [None]
+    if case in CASES:
+        act(net, "a", CASES[case][0])
+        act(net, "b", CASES[case][1])
+    else:
+        act(net, case, "rekey_child")
+    net.pump()
+    assert_settled(net)
+    for side, spis in (("a", spis_a), ("b", spis_b)):
+
+        def root(spi: int, spis: SlotSpis = spis) -> int:
+            while (up := spis.replaces[spi]) is not None:
+                spi = up
+            return spi
+
+        [first] = net.of(side, ChildSaEstablished)
+        rekeys = net.of(side, ChildSaRekeyed)
+        assert rekeys, side
+        if case in ("a", "b"):
+            [r] = rekeys
+            assert spis.replaces[r.new.spi_in] == r.old_spi_in == first.spi_in
+        assert {root(s) for s in spis.replaces} == {first.spi_in}, side
