@@ -83,6 +83,11 @@ class ConnectionConfig:
     rekey_time: float = 14400.0
     over_time: float = 1440.0
     rand_time: float = 1440.0
+    # MOBIKE (RFC 4555, ike/mobike.py): announce MOBIKE_SUPPORTED in IKE_AUTH; when both
+    # sides do, IKE moves to the NAT-T port and the IKE SA can change its addresses.
+    mobike: bool = False
+    # RFC 4555 §3.9: our UPDATE_SA_ADDRESSES requests carry NO_NATS_ALLOWED
+    mobike_no_nats: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ike import auth as ike_auth
-from ike import codec
+from ike import codec, mobike
 from ike.codec import (
     Authentication,
     Delete,
@@ -104,7 +104,7 @@ from ike.constants import (
     name_of,
 )
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, SpiExhausted
+from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -192,6 +192,12 @@ class EngineStats:
     handshakes: int = 0
     auth_failures: int = 0
     dead_peers: int = 0
+    # MOBIKE (RFC 4555, ike/mobike.py)
+    mobike_updates_sent: int = 0
+    mobike_updates_received: int = 0
+    mobike_migrations: int = 0
+    mobike_malformed: int = 0
+    cookie2_mismatches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +228,8 @@ class IkeSaInfo:
     proposal: str | None
     established_at: float | None
     children: tuple[ChildSaInfo, ...]
+    mobike: bool = False
+    additional_addrs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -377,6 +385,9 @@ class _IkeSa:
         "child_retries",
         "behind_nat",
         "keepalive_at",
+        "mobike",
+        "peer_addrs",
+        "mobike_update",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -434,6 +445,10 @@ class _IkeSa:
         self.child_retries: list[tuple[float, CompiledChild]] = []
         self.behind_nat = False  # our address is translated: we send NAT-T keepalives
         self.keepalive_at: float | None = None
+        # MOBIKE (RFC 4555): in use, the peer's additional addresses, our update under way
+        self.mobike = False
+        self.peer_addrs: tuple[str, ...] = ()
+        self.mobike_update: mobike.Update | None = None
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -554,6 +569,8 @@ class IkeEngine:
         self._cookie_secrets: dict[int, bytes] = {0: random(32)}
         self._cookie_secret_at: float | None = None
         self.stats = EngineStats()
+        # where the request being handled came from (MOBIKE takes its new path from it)
+        self._rx_addr: Addr = (("", 0), ("", 0))
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
@@ -626,6 +643,8 @@ class IkeEngine:
                     sa.suite.name if sa.suite else None,
                     sa.established_at,
                     children,
+                    sa.mobike,
+                    sa.peer_addrs,
                 )
             )
         return out
@@ -684,6 +703,15 @@ class IkeEngine:
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
         self._send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
+
+    def update_addresses(
+        self, ike_sa: int, local: str | None, remote: str | None, now: float
+    ) -> None:
+        """MOBIKE (RFC 4555 §3.5): move the IKE SA to a new local and/or remote address
+        (None: unchanged) with UPDATE_SA_ADDRESSES; IkeSaMigrated (move the Child SAs)
+        or IkeSaMigrateFailed follows. LocalError unless MOBIKE is in use and we are the
+        IKE SA's initiator."""
+        mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
 
     def _sa_by_uid(self, uid: int) -> _IkeSa:
         sa = self._by_uid.get(uid)
@@ -757,6 +785,10 @@ class IkeEngine:
         self._reschedule(sa)
         try:
             req.on_response(self, sa, msg, payloads, data, now)
+        except ResponseIgnored:  # as if it never came: keep retransmitting the request
+            sa.outstanding = req
+            self._reschedule(sa)
+            return
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
                 self._fail(sa, exc.notify.name, now, str(exc))
@@ -776,7 +808,7 @@ class IkeEngine:
             if data[16] == PayloadType.SKF and data[32:34] != b"\x00\x01":
                 return  # a fragmented request's retransmission is answered once: on fragment 1
             self.stats.duplicates_answered += 1
-            self._emit(sa.local, sa.remote, cached[2])
+            self._emit(*addr, cached[2])  # to where the request came from (§2.11)
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
@@ -799,6 +831,7 @@ class IkeEngine:
         if payloads is None:
             return  # more fragments to come (RFC 7383)
         self._update_path(sa, addr)
+        self._rx_addr = addr
         sa.peer_next_id += 1
         response: list[Payload] = []
         if error is None:
@@ -817,7 +850,7 @@ class IkeEngine:
             response = [Notify(error.notify, error.data)]
         out = self._protect(sa, hdr.exchange_type, hdr.message_id, response, is_response=True)
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
-        self._emit(sa.local, sa.remote, out)
+        self._emit(*addr, out)  # to where the request came from (RFC 7296 §2.11)
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
             self._set_expiry(sa, now + self.settings.half_open_timeout)
@@ -891,8 +924,9 @@ class IkeEngine:
         )
 
     def _update_path(self, sa: _IkeSa, addr: Addr) -> None:
-        """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23)."""
-        if addr != (sa.local, sa.remote):
+        """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23).
+        Not with MOBIKE: then only UPDATE_SA_ADDRESSES moves the IKE SA (RFC 4555 §3.8)."""
+        if addr != (sa.local, sa.remote) and not sa.mobike:
             sa.local, sa.remote = addr
 
     # ------------------------------------------------------------------ input: timers
@@ -1330,10 +1364,13 @@ class IkeEngine:
         sa.frag = self.settings.fragmentation and bool(
             _first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
         )
-        sa.nat = bool(self._detect_nat(sa, payloads))
+        nat_d = self._detect_nat(sa, payloads)
+        sa.nat = bool(nat_d)
         self._derive_ike_keys(sa, g_ir)
         nat_t = self.settings.nat_t_port
-        if sa.nat:  # float to port 4500 (RFC 7296 §2.23, RFC 3948)
+        # float to port 4500 (RFC 7296 §2.23, RFC 3948), also without a NAT when we offer
+        # MOBIKE to a peer that does NAT-T (RFC 4555 §3.3): a later move may meet one
+        if sa.nat or (nat_d is not None and sa.conn.config.mobike):
             sa.local = (sa.local[0], nat_t)
             sa.remote = (sa.remote[0], nat_t)
         sa.state = State.AUTH_SENT
@@ -1363,6 +1400,7 @@ class IkeEngine:
         sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
         if ch.transport:
             payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
+        payloads += mobike.auth_payloads(conn, sa.local)
         spi = spi_in.to_bytes(4, "big")
         payloads += [
             SecurityAssociation(
@@ -1418,6 +1456,9 @@ class IkeEngine:
         out: list[Payload] = [my_id, *ike_auth.cert_payloads(conn, hints, certreq=False)]
         mine = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body)
         out.append(ike_auth.make_auth(conn, hints, mine))
+        mobike.negotiate(self, sa, payloads)
+        if sa.mobike:
+            out += mobike.auth_payloads(conn, sa.local)
         self._established(sa, now)
         sa_p = _first(payloads, SecurityAssociation)
         if isinstance(sa_p, SecurityAssociation):
@@ -1465,6 +1506,8 @@ class IkeEngine:
                 now,
                 sa.rekey_at,
                 sa.hard_at,
+                sa.mobike,
+                sa.peer_addrs,
             )
         )
 
@@ -1654,6 +1697,7 @@ class IkeEngine:
             )
             raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
         sa.remote_id = peer_id
+        mobike.negotiate(self, sa, payloads)
         self._established(sa, now)
         pending = sa.pending_child
         sa.pending_child = None
@@ -1697,7 +1741,7 @@ class IkeEngine:
     def _on_informational_request(
         self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
-        out: list[Payload] = []
+        out: list[Payload] = mobike.on_informational(self, sa, payloads, self._rx_addr, now)
         deleted_spis: list[bytes] = []
         delete_ike = False
         for p in payloads:
@@ -2306,6 +2350,7 @@ class IkeEngine:
         new.state = State.ESTABLISHED
         new.established_at = now
         new.nat, new.behind_nat = old.nat, old.behind_nat
+        new.mobike, new.peer_addrs = old.mobike, old.peer_addrs
         new.local_id, new.remote_id = old.local_id, old.remote_id
         self._sas[new.our_spi] = new
         self._by_uid[new.uid] = new

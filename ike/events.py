@@ -39,6 +39,8 @@ class IkeSaEstablished:
     time: float
     rekey_at: float | None = None  # when this side will rekey it (jittered), None: never
     expire_at: float | None = None  # its hard lifetime
+    mobike: bool = False  # both sides announced MOBIKE_SUPPORTED (RFC 4555)
+    additional_addrs: tuple[str, ...] = ()  # the peer's ADDITIONAL_IP4/6_ADDRESSes
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,50 @@ class IkeSaFailed:
     detail: str = ""  # why, for humans (e.g. the certificate check that failed); no secrets
 
 
+@dataclass(frozen=True, slots=True)
+class IkeSaMigrated:
+    """MOBIKE (RFC 4555): the IKE SA now runs between `local` and `remote` (after our
+    UPDATE_SA_ADDRESSES was answered, or the peer's was accepted). Move every Child SA in
+    `children` ((spi_in, spi_out) pairs) to these outer addresses, with UDP encapsulation
+    `encap` = (local port, remote port) when a NAT is in the path, else plain ESP."""
+
+    ike_sa: int
+    connection: str
+    old_local: Endpoint
+    old_remote: Endpoint
+    local: Endpoint
+    remote: Endpoint
+    nat_detected: bool
+    encap: tuple[int, int] | None
+    children: tuple[tuple[int, int], ...]
+    additional_addrs: tuple[str, ...]
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaMigrateFailed:
+    """Our UPDATE_SA_ADDRESSES was refused (e.g. UNACCEPTABLE_ADDRESSES,
+    UNEXPECTED_NAT_DETECTED): the IKE SA stays on its previous addresses."""
+
+    ike_sa: int
+    connection: str
+    local: Endpoint  # the addresses we tried
+    remote: Endpoint
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdditionalAddressesUpdated:
+    """The peer told us its other addresses (RFC 4555 §3.6): ADDITIONAL_IP4/6_ADDRESS,
+    or NO_ADDITIONAL_ADDRESSES (an empty tuple)."""
+
+    ike_sa: int
+    connection: str
+    additional_addrs: tuple[str, ...]
+    time: float
+
+
 Event = (
     IkeSaEstablished
     | ChildSaEstablished
@@ -172,4 +218,7 @@ Event = (
     | ChildSaDeleted
     | IkeSaDeleted
     | IkeSaFailed
+    | IkeSaMigrated
+    | IkeSaMigrateFailed
+    | AdditionalAddressesUpdated
 )
