@@ -106,7 +106,7 @@ def test_negotiated_moves_ike_to_the_nat_t_port_without_encapsulating_esp() -> N
 
 @pytest.mark.parametrize("disabled", ["a", "b"])
 def test_not_negotiated_when_one_side_disables_it(disabled: str) -> None:
-    off = {"mobike": False}
+    off: dict[str, object] = {"mobike": False}
     net = make(off if disabled == "a" else None, off if disabled == "b" else None)
     for side in ("a", "b"):
         [est] = net.of(side, IkeSaEstablished)
