@@ -812,6 +812,12 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         offload=table.string("offload", offload, OFFLOAD_MODES),
         replay_window=table.integer("replay_window", None, 0, 1 << 20),
     )
+    if child.dpd_action == "trap":
+        table.error(
+            "dpd_action",
+            '"trap" needs trap policies (ACQUIRE handling), which the daemon does not '
+            'install yet; use "clear" or "restart"',
+        )
     if child.mode == "transport":
         for key in ("local_ts", "remote_ts"):
             for ts in getattr(child, key):

@@ -17,8 +17,13 @@ Engine events drive everything else:
                           until its ChildSaDeleted "rekeyed" + REKEY_GRACE), `child-rekeyed`
     IkeSaRekeyed       -> record gets the new SPIs, event `ike-rekeyed`
     ChildSaDeleted     -> data plane remove, record gone, event `child-deleted`
-    IkeSaDeleted       -> record gone, event `ike-deleted` (`dpd-failed` for a dead peer)
+    DpdFailed          -> event `dpd-failed`, each Child's dpd_action (restart: initiate)
+    IkeSaDeleted       -> record gone, event `ike-deleted`
     IkeSaFailed        -> event `ike-failed` (auth failures counted)
+
+Dead Peer Detection runs in the engine (idle time per IKE SA, docs/ike.md); the daemon
+only answers its question "did ESP arrive on this Child SA?" from the data plane's and
+the XDP programs' counters (`_InboundTraffic`), and carries out the dpd_action.
 
 Control requests that wait (initiate/terminate) register a waiter that the matching event
 resolves. Signals: SIGTERM/SIGINT stop gracefully (delete every IKE SA, telling the peer,
@@ -33,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import signal
@@ -158,8 +162,6 @@ class Engine(Protocol):
 
     def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None: ...
 
-    def check_liveness(self, ike_sa: int, now: float) -> None: ...
-
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None: ...
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None: ...
@@ -171,12 +173,13 @@ class Engine(Protocol):
     def next_event(self) -> ev.Event | None: ...
 
 
-def make_engine(config: GatewayConfig, spis: SlotSpis | None = None) -> Engine:
+def make_engine(config: GatewayConfig, spis: SlotSpis | None = None, traffic: Any = None) -> Engine:
     from ike.engine import IkeEngine
 
     return IkeEngine(  # type: ignore[no-any-return]
         [engine_connection(c) for c in config.connections],
         spis=spis,  # [gateway.xdp]: our inbound SPIs carry the XDP counter slot
+        traffic=traffic,  # ESP counters: a Child SA with traffic needs no DPD check
         settings=ike_config.EngineSettings(
             nat_t_port=config.gateway.port_nat_t,
             retransmit_timeout=config.gateway.retransmit_timeout,
@@ -215,6 +218,7 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
             rekey_time=c.rekey_time,
             life_time=c.life_time,
             rand_time=c.rand_time,
+            dpd_action=c.dpd_action,
         )
         for c in conn.children
     )
@@ -235,6 +239,7 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         rekey_time=conn.rekey_time,
         over_time=conn.over_time,
         rand_time=conn.rand_time,
+        dpd_delay=conn.dpd_delay,
         local_auth=local.auth,
         remote_auth=remote.auth,
         certs=_read_files(conn.name, local.certs) if local_pub else (),
@@ -304,7 +309,9 @@ class Daemon:
         self.dataplane = dataplane or make_dataplane(config.gateway.dataplane)
         xdp = config.gateway.xdp  # the XDP/TC programs (gateway/xdp.py), attached in start()
         self.xdp: XdpAdapter | None = XdpAdapter(xdp) if xdp is not None else None
-        self.engine = engine or make_engine(config, self.xdp.spis if self.xdp else None)
+        self.engine = engine or make_engine(
+            config, self.xdp.spis if self.xdp else None, _InboundTraffic(self)
+        )
         self.transport = UdpTransport(
             config.gateway.listen,
             config.gateway.port,
@@ -320,8 +327,6 @@ class Daemon:
         self._waiters: list[_Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._dpd: list[tuple[float, int]] = []  # heap of (due, ike_sa) liveness checks
-        self._dpd_timer: asyncio.TimerHandle | None = None
         # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
         # holds of it, its XDP slot/SPIs); removed REKEY_GRACE after their Delete
         self._retiring: dict[int, tuple[int, Installed, tuple[int, int] | None]] = {}
@@ -414,8 +419,6 @@ class Daemon:
         self.sas.clear()
         if self._timer is not None:
             self._timer.cancel()
-        if self._dpd_timer is not None:
-            self._dpd_timer.cancel()
         for waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_result("the gateway is shutting down")
@@ -491,34 +494,6 @@ class Daemon:
         if when is not None and self._loop is not None:
             self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
-    # ------------------------------------------------------------------ dead peer detection
-
-    def _arm_dpd(self) -> None:
-        if self._dpd_timer is not None:
-            self._dpd_timer.cancel()
-            self._dpd_timer = None
-        if self._dpd and self._loop is not None:
-            delay = max(0.0, self._dpd[0][0] - self.clock())
-            self._dpd_timer = self._loop.call_later(delay, self._on_dpd_timer)
-
-    def _on_dpd_timer(self) -> None:
-        """Liveness checks every dpd_delay (RFC 7296 §2.4); the engine declares the peer
-        dead after its retransmissions fail (IkeSaDeleted 'dead peer')."""
-        self._dpd_timer = None
-        now = self.clock()
-        while self._dpd and self._dpd[0][0] <= now:
-            _, ike_sa = heapq.heappop(self._dpd)
-            record = self.sas.get(ike_sa)
-            if record is None or record.state != "ESTABLISHED":
-                continue  # gone or going: no more checks
-            conn = self.config.connection(record.connection)
-            with contextlib.suppress(ControlError):
-                self._engine_call(self.engine.check_liveness, ike_sa)
-            if conn is not None and conn.dpd_delay > 0:
-                heapq.heappush(self._dpd, (now + conn.dpd_delay, ike_sa))
-        self._pump()
-        self._arm_dpd()
-
     # ------------------------------------------------------------------ kernel expiry
 
     def _on_expire(self, spi: int, hard: bool) -> None:
@@ -567,6 +542,7 @@ class Daemon:
             ev.ChildSaRekeyed: self._on_child_rekeyed,
             ev.IkeSaRekeyed: self._on_ike_rekeyed,
             ev.IkeSaDeleted: self._on_ike_deleted,
+            ev.DpdFailed: self._on_dpd_failed,
             ev.IkeSaFailed: self._on_ike_failed,
         }
         handler = handlers.get(type(event))
@@ -599,10 +575,6 @@ class Daemon:
         r.established_at = e.time
         r.rekey_at, r.expire_at = e.rekey_at, e.expire_at
         self.totals.handshakes += 1
-        conn = self.config.connection(e.connection)
-        if conn is not None and conn.dpd_delay > 0:
-            heapq.heappush(self._dpd, (self.clock() + conn.dpd_delay, e.ike_sa))
-            self._arm_dpd()
         if self._histogram is not None and r.initiator:
             self._histogram.observe(max(0.0, e.time - r.started_at))
         log.info(
@@ -884,9 +856,6 @@ class Daemon:
         if record is not None:
             for child in list(record.children):  # normally already gone via ChildSaDeleted
                 self._remove_child(record, child, e.reason)
-        dead = e.reason == "dead peer"
-        if dead:
-            self.totals.dpd_failures += 1
         log.info(
             "event=ike-deleted connection=%s ike_sa=%d spi_i=%s spi_r=%s reason=%s",
             e.connection,
@@ -895,21 +864,40 @@ class Daemon:
             _hex(e.spi_r),
             e.reason,
         )
-        if dead:
-            self.control.publish("dpd-failed", connection=e.connection, ike_sa=e.ike_sa)
         self.control.publish(
             "ike-deleted", connection=e.connection, ike_sa=e.ike_sa, reason=e.reason
         )
-        conn = self.config.connection(e.connection)
-        if dead and conn is not None:
-            self._dpd_action(conn)
 
-    def _dpd_action(self, conn: ConnectionConfig) -> None:
-        restart = [c for c in conn.children if c.dpd_action == "restart"]
-        for child in restart:
-            log.info("event=dpd-restart connection=%s child=%s", conn.name, child.name)
-            with contextlib.suppress(ControlError):
-                self._initiate(conn, child.name)
+    def _on_dpd_failed(self, e: ev.DpdFailed) -> None:
+        """The engine found the peer dead (its Child SAs are gone, IkeSaDeleted follows):
+        carry out the dpd_action of each Child SA it had. clear: nothing more; restart:
+        initiate the connection again, once, with the first such Child (its first Child
+        rides in IKE_AUTH, as with start_action). dpd_action = "trap" is refused by the
+        configuration until trap policies exist (docs/config.md)."""
+        self.totals.dpd_failures += 1
+        log.warning(
+            "event=dpd-failed connection=%s ike_sa=%d remote=%s actions=%s",
+            e.connection,
+            e.ike_sa,
+            _fmt_addr(e.remote),
+            ",".join(f"{child}:{action}" for child, action in e.actions) or "-",
+        )
+        self.control.publish(
+            "dpd-failed",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            remote_addr=e.remote[0],
+            actions={child: action for child, action in e.actions},
+        )
+        conn = self.config.connection(e.connection)
+        restart = [child for child, action in e.actions if action == "restart"]
+        if conn is None or not restart or conn.child(restart[0]) is None:
+            return  # removed or changed by a reload meanwhile: nothing to restart
+        log.info("event=dpd-restart connection=%s child=%s", conn.name, restart[0])
+        try:
+            self._initiate(conn, restart[0])
+        except ControlError as exc:
+            log.error("event=dpd-restart-failed connection=%s error=%s", conn.name, exc)
 
     def _on_ike_failed(self, e: ev.IkeSaFailed) -> None:
         self.sas.pop(e.ike_sa, None)
@@ -1315,6 +1303,29 @@ class Daemon:
         except TimeoutError:
             future.cancel()
             raise GatewayError("the daemon did not answer the scrape in time") from None
+
+
+class _InboundTraffic:
+    """The engine's InboundTraffic hook (ike/engine.py): inbound packets of a Child SA,
+    from the kernel's counters (data plane `xfrm`) plus the XDP programs' per-slot ESP
+    count ([gateway.xdp]). Asked only when a DPD check is due, for that SA's children."""
+
+    __slots__ = ("_daemon",)
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def packets_in(self, ike_sa: int, spi_in: int) -> int:
+        d = self._daemon
+        record = d.sas.get(ike_sa)
+        child = next((c for c in record.children if c.spi_in == spi_in), None) if record else None
+        if child is None:
+            return 0  # an old SA after a rekey (retiring) or not installed
+        packets = d.dataplane.counters(child.installed).packets_in if child.installed else 0
+        if d.xdp is not None:
+            xdp = d.xdp.child_counters(spi_in)
+            packets += xdp["esp_in_packets"] if xdp else 0
+        return packets
 
 
 def _engine_stats(engine: Any) -> dict[str, int]:

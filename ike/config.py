@@ -47,6 +47,12 @@ class ChildConfig:
     rekey_time: float = 3600.0
     life_time: float = 3960.0
     rand_time: float = 360.0
+    # What the caller should do when the peer is found dead (swanctl's dpd_action):
+    # "clear", "restart" or "trap"; the engine only reports it (DpdFailed.actions).
+    dpd_action: str = "clear"
+
+
+DPD_ACTIONS = ("clear", "restart", "trap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,10 @@ class ConnectionConfig:
     mobike: bool = False
     # RFC 4555 §3.9: our UPDATE_SA_ADDRESSES requests carry NO_NATS_ALLOWED
     mobike_no_nats: bool = False
+    # Dead Peer Detection (RFC 7296 §2.4): an empty INFORMATIONAL once nothing arrived
+    # from the peer for this long (IKE messages, or ESP the InboundTraffic hook reports);
+    # the peer is dead when the retransmissions fail. 0: off.
+    dpd_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +262,8 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
     except LocalError as exc:
         raise LocalError(f"connection {name!r}: {exc}") from None
     _check_lifetimes(f"connection {name!r}", conf.rekey_time, conf.over_time, conf.rand_time)
+    if conf.dpd_delay < 0:
+        raise LocalError(f"connection {name!r}: dpd_delay must not be negative")
     children = []
     seen = set()
     for ch in conf.children:
@@ -261,6 +273,8 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         seen.add(ch.name)
         if ch.mode not in ("tunnel", "transport"):
             raise LocalError(f"{where}: mode: {ch.mode!r} is not tunnel or transport")
+        if ch.dpd_action not in DPD_ACTIONS:
+            raise LocalError(f"{where}: dpd_action: {ch.dpd_action!r} is not one of {DPD_ACTIONS}")
         over = ch.life_time - ch.rekey_time if ch.life_time else 1.0  # life_time 0: no hard limit
         _check_lifetimes(where, ch.rekey_time, over, ch.rand_time)
         try:

@@ -7,7 +7,8 @@ The engine owns every IKE SA of one process. It never does I/O and never reads a
 * inputs: ``receive_datagram(data, (local, remote), now)`` for each UDP payload received
   on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
   ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``,
-  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``;
+  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``; injected hooks:
+  ``InboundSpiAllocator`` (our ESP SPIs) and ``InboundTraffic`` (ESP counters for DPD);
 * outputs, pulled by the caller after every input: ``datagrams_to_send()``,
   ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).
 
@@ -49,7 +50,9 @@ closure (``_ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a
 emits nothing. A rekeyed Child SA stays (``rekeyed``) until its Delete completes.
 Collisions keep the peer's SA in ``collision`` until our own answer arrives and the
 lowest-nonce rule (§2.8.1/§2.8.2) picks the survivor. Lifetimes, retries and NAT-T
-keepalives of an SA and its Child SAs fold into one deadline (``life_at``) next to the
+keepalives and Dead Peer Detection (``dpd_at``: idle time since ``last_inbound``, checked
+lazily, so a message from the peer costs one assignment) of an SA and its Child SAs fold
+into one deadline (``life_at``) next to the
 retransmission and expiry deadlines, so every SA has one live heap entry.
 """
 
@@ -111,6 +114,7 @@ from ike.events import (
     ChildSaFailed,
     ChildSaRekeyed,
     Datagram,
+    DpdFailed,
     Endpoint,
     Event,
     IkeSaDeleted,
@@ -198,6 +202,7 @@ class EngineStats:
     mobike_migrations: int = 0
     mobike_malformed: int = 0
     cookie2_mismatches: int = 0
+    dpd_probes: int = 0  # idle-time liveness checks sent (empty INFORMATIONAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +393,9 @@ class _IkeSa:
         "mobike",
         "peer_addrs",
         "mobike_update",
+        "last_inbound",
+        "dpd_at",
+        "esp_seen",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -449,6 +457,11 @@ class _IkeSa:
         self.mobike = False
         self.peer_addrs: tuple[str, ...] = ()
         self.mobike_update: mobike.Update | None = None
+        # Dead Peer Detection (§2.4): when a valid message last came from the peer, when
+        # to look at the idle time again, the ESP packet count seen then (InboundTraffic)
+        self.last_inbound = 0.0
+        self.dpd_at: float | None = None
+        self.esp_seen = 0
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -486,6 +499,17 @@ class InboundSpiAllocator(Protocol):
     def allocate(self, replaces: int | None = None) -> int: ...
 
     def release(self, spi: int) -> None: ...
+
+
+class InboundTraffic(Protocol):
+    """Tells the engine whether ESP arrived on our inbound Child SAs (the data plane's
+    counters): an IKE SA whose Child SAs receive traffic needs no liveness check.
+
+    `packets_in(ike_sa, spi_in)` is the packet count of the inbound SA with that SPI on
+    that IKE SA (handle): any count, only changes matter. Called only when a check is due.
+    """
+
+    def packets_in(self, ike_sa: int, spi_in: int) -> int: ...
 
 
 class RandomSpis:
@@ -546,8 +570,10 @@ class IkeEngine:
         *,
         random: RandomSource = os.urandom,
         spis: InboundSpiAllocator | None = None,
+        traffic: InboundTraffic | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        self._traffic = traffic
         self._random = random
         self._conns: dict[str, CompiledConnection] = {}
         self.set_connections(connections)
@@ -780,6 +806,7 @@ class IkeEngine:
                 return  # more fragments to come (RFC 7383)
             payloads = unprotected
             self._update_path(sa, addr)
+            sa.last_inbound = now
         sa.outstanding = None
         sa.timer_at = None
         self._reschedule(sa)
@@ -832,6 +859,7 @@ class IkeEngine:
             return  # more fragments to come (RFC 7383)
         self._update_path(sa, addr)
         self._rx_addr = addr
+        sa.last_inbound = now
         sa.peer_next_id += 1
         response: list[Payload] = []
         if error is None:
@@ -980,7 +1008,7 @@ class IkeEngine:
             self._remove(sa)
         elif sa.state is State.ESTABLISHED:
             self.stats.dead_peers += 1
-            self._close(sa, "dead peer", now)
+            self._close(sa, "dead peer", now, dead=True)
         elif sa.state is State.DELETING:
             self._close(sa, "deleted", now)
         else:
@@ -1106,11 +1134,17 @@ class IkeEngine:
         )
         self._remove(sa)
 
-    def _close(self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False) -> None:
+    def _close(
+        self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False, dead: bool = False
+    ) -> None:
         """An established IKE SA ends: its children first, then the SA. A superseded
-        (rekeyed) SA has no children and its handle lives on: it goes silently."""
+        (rekeyed) SA has no children and its handle lives on: it goes silently. `dead`:
+        the peer stopped answering; DpdFailed names each Child's dpd_action."""
+        actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
         for child in list(sa.children.values()):
             self._child_deleted(sa, child, reason, now)
+        if dead and not sa.superseded:
+            self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
         if not sa.superseded:
             self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
         if linger:
@@ -1817,6 +1851,8 @@ class IkeEngine:
             sa.rekey_at = sa.hard_at = None
         interval = self.settings.keepalive_interval
         sa.keepalive_at = now + interval if sa.behind_nat and interval > 0 else None
+        sa.last_inbound = now
+        sa.dpd_at = now + c.dpd_delay if c.dpd_delay > 0 else None
         self._update_life(sa)
 
     def _start_child_lifetime(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
@@ -1836,6 +1872,8 @@ class IkeEngine:
                 at = t
         if sa.keepalive_at is not None and (at is None or sa.keepalive_at < at):
             at = sa.keepalive_at
+        if sa.dpd_at is not None and (at is None or sa.dpd_at < at):
+            at = sa.dpd_at
         for c in sa.children.values():
             if c.rekeyed or c.deleting:
                 continue
@@ -1881,7 +1919,32 @@ class IkeEngine:
                 child.rekey_at = None
                 if not child.rekeying:
                     self._start_child_rekey(sa, child, now)
+        if sa.dpd_at is not None and sa.dpd_at <= now:
+            self._dpd_due(sa, now)
         self._update_life(sa)
+
+    def _dpd_due(self, sa: _IkeSa, now: float) -> None:
+        """Dead Peer Detection (RFC 7296 §2.4, strongSwan's idle-time DPD): nothing from
+        the peer for dpd_delay, neither an IKE message nor ESP on its Child SAs (asked
+        of InboundTraffic only now, so traffic costs nothing per packet): send an empty
+        INFORMATIONAL. Its retransmissions failing makes the peer dead (`_give_up`). An
+        exchange already under way tests the peer the same way: no second check."""
+        assert sa.conn is not None
+        delay = sa.conn.config.dpd_delay
+        if self._traffic is not None and sa.children:
+            seen = sum(self._traffic.packets_in(sa.uid, spi) for spi in sa.children)
+            if seen != sa.esp_seen:
+                sa.esp_seen = seen
+                sa.last_inbound = now
+        if sa.last_inbound + delay > now:
+            sa.dpd_at = sa.last_inbound + delay
+            return
+        sa.dpd_at = now + delay
+        if sa.outstanding is None and not sa.queue:
+            self.stats.dpd_probes += 1
+            self._send_request(
+                sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now
+            )
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
@@ -2368,6 +2431,7 @@ class IkeEngine:
         new.child_requests, old.child_requests = old.child_requests, []
         new.child_retries, old.child_retries = old.child_retries, []
         new.superseded, old.superseded = False, True
+        new.esp_seen = old.esp_seen  # the Child SAs (and their counters) move along
         old.rekey_at = old.hard_at = old.life_at = None
         new.expire_at = None
         old.timer_at = new.timer_at = None  # heap entries follow the handle: push again

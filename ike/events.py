@@ -153,6 +153,22 @@ class IkeSaDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class DpdFailed:
+    """The peer of an established IKE SA stopped answering (Dead Peer Detection, RFC 7296
+    §2.4: a request, often the idle-time liveness check, was retransmitted in vain).
+    Comes after its Child SAs' ChildSaDeleted("dead peer") and right before the
+    IkeSaDeleted("dead peer"). `actions` = (Child config name, its dpd_action) for each
+    Child SA the IKE SA carried: the caller carries them out (clear: nothing more;
+    restart: initiate again; trap: install trap policies)."""
+
+    ike_sa: int
+    connection: str
+    remote: Endpoint
+    actions: tuple[tuple[str, str], ...]
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class IkeSaFailed:
     """An IKE SA failed before it was established. `connection` is None when a responder
     SA fails before the peer was matched to a connection."""
@@ -221,4 +237,5 @@ Event = (
     | IkeSaMigrated
     | IkeSaMigrateFailed
     | AdditionalAddressesUpdated
+    | DpdFailed
 )

@@ -1,8 +1,9 @@
 """Our daemon (`gateway run`, data plane `none`) against strongSwan (charon, kernel-libipsec)
 in namespaces: we initiate (start_action) and strongSwan agrees on SPIs, algorithms and
 selectors; we terminate with `gateway ctl` and strongSwan forgets the SA; strongSwan
-initiates and terminates and our list-sas follows; killing charon is detected by DPD
-(event stream: dpd-failed) and our SA is removed."""
+initiates and terminates and our list-sas follows; an idle SA gets DPD checks that charon
+answers; killing charon is detected by DPD (event stream: dpd-failed) and our SA is
+removed."""
 
 from __future__ import annotations
 
@@ -118,6 +119,15 @@ def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) 
 
             # 5. DPD: charon is killed while an SA is up; we notice and clean up
             ctl(gw.socket, "initiate", "swan")
+            gw.installed("swan")
+
+            def probes() -> int:
+                stats = json.loads(ctl(gw.socket, "stats", "--json").stdout)
+                return int(stats["engine"]["dpd_probes"])
+
+            # idle for dpd_delay: our engine checks, charon answers, the SA stays
+            sent = probes()
+            wait_for("an idle-time DPD check", lambda: probes() >= sent + 2, timeout=10)
             gw.installed("swan")
             assert sw.proc is not None
             sw.proc.kill()  # SIGKILL: no goodbye (SIGTERM would make charon send a Delete)

@@ -342,6 +342,7 @@ def conn(body: str, child: str = "") -> str:
         ("", 'esp_proposals = ["aes256gcm16", ""]', ["connections.c.children.k.esp_proposals[1]"]),
         ("", 'start_action = "restart"', ["connections.c.children.k.start_action"]),
         ("", 'dpd_action = "panic"', ["connections.c.children.k.dpd_action"]),
+        ("", 'dpd_action = "trap"', ["connections.c.children.k.dpd_action"]),  # not yet
         ("", 'rekey_time = "1h"\nrand_time = "1h"', ["connections.c.children.k.rand_time"]),
         ("", 'rekey_bytes = "1G"\nlife_bytes = "500M"', ["connections.c.children.k.life_bytes"]),
         ("", "replay_window = -1", ["connections.c.children.k.replay_window"]),

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.control import ControlClient, ControlError
-from gateway.daemon import Daemon, engine_connection
-from gateway.dataplane import DataplaneError, Installed, NoneDataplane
+from gateway.daemon import Daemon, _InboundTraffic, engine_connection
+from gateway.dataplane import Counters, DataplaneError, Installed, NoneDataplane
 from ike import config as ike_config
 from ike import events as ev
 from ike.ts import ts_from_text
@@ -70,17 +70,25 @@ class FakeEngine:
         self.timer: float | None = None
         self.next_spi = 0xC0000001
         self.names: dict[int, str] = {}
-        self.peer_dead = False
 
     def receive_datagram(
         self, data: bytes, addr: tuple[tuple[str, int], tuple[str, int]], now: float
     ) -> None:
         self.calls.append(("receive", data, addr))
 
-    def check_liveness(self, ike_sa: int, now: float) -> None:
-        self.calls.append(("liveness", ike_sa))
-        if self.peer_dead:  # as if every retransmission went unanswered
-            self._gone(ike_sa, "dead peer", now)
+    def peer_dies(self, ike_sa: int, now: float) -> None:
+        """As the engine reports a failed DPD check: each Child's dpd_action."""
+        conn = self.connections[self.names[ike_sa]]
+        actions = tuple(
+            (c.child, next(x.dpd_action for x in conn.children if x.name == c.child))
+            for c in self.children.get(ike_sa, [])
+        )
+        self._gone(
+            ike_sa,
+            "dead peer",
+            now,
+            ev.DpdFailed(ike_sa, conn.name, ("127.0.0.2", 500), actions, now),
+        )
 
     def handle_timer(self, now: float) -> None:
         self.timer = None
@@ -177,12 +185,14 @@ class FakeEngine:
         )
         self._gone(ike_sa, "deleted", now)
 
-    def _gone(self, ike_sa: int, reason: str, now: float) -> None:
+    def _gone(self, ike_sa: int, reason: str, now: float, dead: ev.DpdFailed | None = None) -> None:
         """The IKE SA ends: its Child SAs first, then itself (as the engine reports it)."""
         for c in self.children.pop(ike_sa, []):
             self.events.append(
                 ev.ChildSaDeleted(ike_sa, c.connection, c.child, c.spi_in, c.spi_out, reason, now)
             )
+        if dead is not None:
+            self.events.append(dead)
         spis = (b"\x11" * 8, b"\x22" * 8)
         self.events.append(ev.IkeSaDeleted(ike_sa, self.names[ike_sa], *spis, reason, now))
 
@@ -447,27 +457,55 @@ async def start_daemon(
 
 @pytest.mark.parametrize("action", ["clear", "restart"])
 async def test_dead_peer_detection(tmp_path: Path, action: str) -> None:
+    """The engine detects the dead peer (ike/, tests/unit/ike/test_dpd.py); the daemon
+    publishes it, removes the SAs and carries out the Child's dpd_action."""
     daemon, engine, dataplane, _ = await start_daemon(
         tmp_path, conn_extra='dpd_delay = "0.1s"', child_extra=f'dpd_action = "{action}"'
     )
     try:
+        assert engine.connections["east"].dpd_delay == 0.1  # the engine does the checks
+        assert engine.connections["east"].children[0].dpd_action == action
         client = await ControlClient.connect(tmp_path / "c.sock")
         events = await client.subscribe()
-        await asyncio.sleep(0.35)
-        checks = [c for c in engine.calls if c[0] == "liveness"]
-        assert 2 <= len(checks) <= 4 and all(c == ("liveness", 1) for c in checks)
-        engine.peer_dead = True
+        engine.peer_dies(1, daemon.clock())
+        daemon._pump()
         seen = []
         async for event in events:
-            seen.append(event["type"])
+            seen.append(event)
             if event["type"] == "ike-deleted":
                 break
-        assert seen == ["child-deleted", "dpd-failed", "ike-deleted"]
+        assert [e["type"] for e in seen] == ["child-deleted", "dpd-failed", "ike-deleted"]
+        assert seen[1]["actions"] == {"net": action} and seen[1]["remote_addr"] == "127.0.0.2"
         assert dataplane.removed == [0xC0000001]
         assert (await client.stats())["dpd_failures"] == 1
         restarted = [c for c in engine.calls if c[0] == "initiate"]
         assert restarted == [("initiate", "east", "net")] * (2 if action == "restart" else 1)
         await client.close()
+    finally:
+        await daemon.shutdown()
+
+
+async def test_dpd_reads_inbound_packets_from_the_data_plane(tmp_path: Path) -> None:
+    """The engine's InboundTraffic hook: a Child SA's inbound packets from the data plane
+    counters plus the XDP programs' (0 for an SPI the daemon does not have installed)."""
+    daemon, _, dataplane, _ = await start_daemon(tmp_path)
+    try:
+        seen = {0xC0000001: 7}
+        dataplane.counters = lambda installed: Counters(packets_in=seen[installed.spi_in])  # type: ignore[method-assign]
+        traffic = _InboundTraffic(daemon)
+        assert traffic.packets_in(1, 0xC0000001) == 7
+        seen[0xC0000001] = 9
+        assert traffic.packets_in(1, 0xC0000001) == 9
+        assert traffic.packets_in(1, 0x1234) == 0 and traffic.packets_in(99, 0xC0000001) == 0
+
+        class Xdp:  # [gateway.xdp]: the programs' per-slot ESP count is added
+            @staticmethod
+            def child_counters(spi_in: int) -> dict[str, int] | None:
+                return {"slot": 1, "esp_in_packets": 100} if spi_in == 0xC0000001 else None
+
+        daemon.xdp = Xdp()  # type: ignore[assignment]
+        assert traffic.packets_in(1, 0xC0000001) == 109
+        daemon.xdp = None
     finally:
         await daemon.shutdown()
 

@@ -349,7 +349,8 @@ def test_liveness_check_and_dead_peer() -> None:
     net.advance(200, lambda i, d: 0)
     [d] = net.of("a", IkeSaDeleted)
     assert d.reason == "dead peer" and net.a.stats.dead_peers == 1
-    assert [type(e).__name__ for e in net.events["a"]][-2:] == ["ChildSaDeleted", "IkeSaDeleted"]
+    names = [type(e).__name__ for e in net.events["a"]][-3:]
+    assert names == ["ChildSaDeleted", "DpdFailed", "IkeSaDeleted"]
 
 
 def test_requests_queue_behind_the_outstanding_one() -> None:
