@@ -161,7 +161,8 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def our_config(sock: Path) -> str:
+def our_config(sock: Path, workers: int = 1, connections: str = "") -> str:
+    """Our responder's config; `connections`: more TOML tables, matched before `lg`."""
     return f"""
 [gateway]
 listen = ["{TARGET}"]
@@ -169,7 +170,8 @@ control_socket = "{sock}"
 metrics_listen = "off"
 dataplane = "none"
 log_level = "warning"
-
+workers = {workers}
+{connections}
 [connections.lg]
 local_addrs = ["{TARGET}"]
 ike_proposals = ["{IKE}"]

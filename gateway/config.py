@@ -577,9 +577,6 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
     )
     dataplane = table.string("dataplane", defaults.dataplane, DATAPLANES)
     workers = table.integer("workers", defaults.workers, 1, 64)
-    if workers > 1:  # accepted syntax, refused meaning: better than silently running one
-        table.error("workers", "more than one IKE worker process is not implemented yet")
-        workers = 1
     log_level = table.string("log_level", defaults.log_level, ("debug", "info", "warning", "error"))
     retransmit_timeout = table.duration("retransmit_timeout", defaults.retransmit_timeout)
     if "retransmit_timeout" in table.data and retransmit_timeout <= 0:
@@ -596,6 +593,8 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         )
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
+        if workers > 1:  # one set of XDP/TC programs per interface, not one per worker
+            table.error("workers", "[gateway.xdp] needs workers = 1 (not implemented for more)")
         xdp_table.finish()
     table.finish()
     return GatewaySettings(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import itertools
 import json
 import logging
@@ -63,13 +64,14 @@ class ControlConnectionError(GatewayError):
 
 
 class ControlBackend(Protocol):
-    """What the server serves. Raise ControlError for refusals the user should see."""
+    """What the server serves. Raise ControlError for refusals the user should see.
+    list-conns, list-sas and stats may also be answered asynchronously."""
 
-    def list_conns(self) -> list[dict[str, Any]]: ...
+    def list_conns(self) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
 
-    def list_sas(self) -> list[dict[str, Any]]: ...
+    def list_sas(self) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
     async def initiate(self, name: str, timeout: float) -> Any: ...
 
@@ -273,6 +275,43 @@ class ControlServer:
                 await writer.wait_closed()
             self._handlers.discard(task)
 
+    async def serve_peer(self, sock: socket.socket) -> asyncio.Task[None]:
+        """Serve one already connected stream socket: the supervisor's link to a worker
+        process (gateway/workers.py). Unlike the public socket, every request runs in
+        its own task (replies carry their id, so a slow `initiate` does not hold up
+        `list-sas`) and every event is pushed without a `subscribe` (from the moment
+        this returns). The returned task ends when the peer closes the connection."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+        sub = _Subscriber(writer)
+        self._subscribers.add(sub)
+        sub.task = asyncio.create_task(sub.pump())
+        return asyncio.create_task(self._serve_peer(reader, writer, sub))
+
+    async def _serve_peer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sub: _Subscriber
+    ) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(line: bytes) -> None:
+            reply, _ = await self._handle_line(line)
+            with contextlib.suppress(ConnectionError):
+                await self._reply(writer, reply)
+
+        try:
+            while line := await reader.readline():
+                task = asyncio.create_task(answer(line))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            self._subscribers.discard(sub)
+            if sub.task is not None:
+                sub.task.cancel()
+            for task in list(tasks):
+                task.cancel()
+            writer.close()
+
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         writer.write(_encode(reply))
         await writer.drain()
@@ -308,7 +347,9 @@ class ControlServer:
             "stats": b.stats,
         }
         if req.cmd in sync:
-            return sync[req.cmd]()
+            result = sync[req.cmd]()
+            # a backend may answer these asynchronously (the workers' supervisor asks them)
+            return await result if inspect.isawaitable(result) else result
         if req.cmd == "reload":
             return await b.reload()
         actions: dict[str, Callable[[str, float], Awaitable[Any]]] = {

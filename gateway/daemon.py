@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import __version__
 from gateway.config import (
@@ -66,11 +66,16 @@ from gateway.control import (
 from gateway.dataplane import Dataplane, DataplaneError, Installed, make_dataplane
 from gateway.errors import GatewayError
 from gateway.transport import UdpTransport
-from gateway.xdp import SlotSpis, XdpAdapter
+from gateway.xdp import XdpAdapter
 from ike import config as ike_config
 from ike import events as ev
 from ike.errors import LocalError
 from ike.ts import to_cidrs
+
+if TYPE_CHECKING:
+    import socket
+
+    from ike.engine import InboundSpiAllocator
 
 log = logging.getLogger("gateway.daemon")
 T = TypeVar("T")
@@ -173,13 +178,19 @@ class Engine(Protocol):
     def next_event(self) -> ev.Event | None: ...
 
 
-def make_engine(config: GatewayConfig, spis: SlotSpis | None = None, traffic: Any = None) -> Engine:
+def make_engine(
+    config: GatewayConfig,
+    spis: InboundSpiAllocator | None = None,
+    traffic: Any = None,
+    ike_spis: Callable[[], bytes] | None = None,
+) -> Engine:
     from ike.engine import IkeEngine
 
     return IkeEngine(  # type: ignore[no-any-return]
         [engine_connection(c) for c in config.connections],
         spis=spis,  # [gateway.xdp]: our inbound SPIs carry the XDP counter slot
         traffic=traffic,  # ESP counters: a Child SA with traffic needs no DPD check
+        ike_spis=ike_spis,  # workers: our IKE SPIs carry the worker index
         settings=ike_config.EngineSettings(
             nat_t_port=config.gateway.port_nat_t,
             retransmit_timeout=config.gateway.retransmit_timeout,
@@ -274,6 +285,24 @@ def check_engine_config(config: GatewayConfig) -> None:
         raise GatewayError("; ".join(issues))
 
 
+def load_for_reload(path: str, control: ControlServer) -> GatewayConfig:
+    """Read and check the config file for a reload; a bad one is logged, published as an
+    `error` event and refused (ControlError), leaving the running configuration."""
+    try:
+        new = load_config(path)
+        check_engine_config(new)
+    except ConfigError as exc:
+        log.error("event=config-reload-failed errors=%d", len(exc.issues))
+        for issue in exc.issues:
+            log.error("event=config-error %s", issue.format(exc.source))
+        control.publish("error", message=f"reload refused: {exc}")
+        raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
+    except GatewayError as exc:
+        control.publish("error", message=f"reload refused: {exc}")
+        raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
+    return new
+
+
 def _hex(data: bytes) -> str:
     return data.hex()
 
@@ -302,6 +331,10 @@ class Daemon:
         dataplane: Dataplane | None = None,
         engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
+        prebound: Sequence[tuple[socket.socket, bool]] = (),
+        control: ControlServer | None = None,
+        spis: InboundSpiAllocator | None = None,
+        ike_spis: Callable[[], bytes] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -309,8 +342,9 @@ class Daemon:
         self.dataplane = dataplane or make_dataplane(config.gateway.dataplane)
         xdp = config.gateway.xdp  # the XDP/TC programs (gateway/xdp.py), attached in start()
         self.xdp: XdpAdapter | None = XdpAdapter(xdp) if xdp is not None else None
+        # a worker (gateway/workers.py) passes its share of the ESP SPIs and IKE SPIs
         self.engine = engine or make_engine(
-            config, self.xdp.spis if self.xdp else None, _InboundTraffic(self)
+            config, self.xdp.spis if self.xdp else spis, _InboundTraffic(self), ike_spis
         )
         self.transport = UdpTransport(
             config.gateway.listen,
@@ -319,8 +353,11 @@ class Daemon:
             self._on_datagram,
             esp_in_udp=self.dataplane.name == "xfrm",
             keep_marker=True,  # the engine adds/strips the non-ESP marker itself
+            prebound=prebound,  # a worker's sockets, bound by the supervisor
         )
-        self.control = ControlServer(self, config.gateway.control_socket)
+        self.control = control or ControlServer(self, config.gateway.control_socket)
+        # which connections' start actions run here (a worker runs only its own share)
+        self.start_filter: Callable[[str], bool] = lambda connection: True
         self.sas: dict[int, IkeRecord] = {}
         self.totals = Totals()
         self.started_at = clock()
@@ -923,6 +960,8 @@ class Daemon:
     # ------------------------------------------------------------------ actions
 
     def _start_actions(self, conn: ConnectionConfig) -> None:
+        if not self.start_filter(conn.name):
+            return
         started = False
         for child in conn.children:
             if child.start_action == "start" and not started:
@@ -1212,19 +1251,7 @@ class Daemon:
     async def reload(self) -> Any:
         if self.config_path is None:
             raise ControlError(FAILED, "reload: the daemon was started without a config file")
-        try:
-            new = load_config(self.config_path)
-            check_engine_config(new)
-        except ConfigError as exc:
-            log.error("event=config-reload-failed errors=%d", len(exc.issues))
-            for issue in exc.issues:
-                log.error("event=config-error %s", issue.format(exc.source))
-            self.control.publish("error", message=f"reload refused: {exc}")
-            raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
-        except GatewayError as exc:
-            self.control.publish("error", message=f"reload refused: {exc}")
-            raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
-        return self.apply_config(new)
+        return self.apply_config(load_for_reload(self.config_path, self.control))
 
     def apply_config(self, new: GatewayConfig) -> dict[str, list[str]]:
         """Apply a new configuration: only added, removed and changed connections move."""
@@ -1350,10 +1377,12 @@ def _conn_start_action(conn: ConnectionConfig) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, suffix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(levelname)s %(message)s" + suffix, "%Y-%m-%dT%H:%M:%S"
+        )
     )
     root = logging.getLogger("gateway")
     root.handlers[:] = [handler]
@@ -1369,6 +1398,15 @@ def run(args: argparse.Namespace) -> int:
             _replace_dataplane(config, args.dataplane), config.connections, config.source
         )
     setup_logging(args.log_level or config.gateway.log_level)
+    if config.gateway.workers > 1:  # N worker processes under a supervisor
+        from gateway.workers import Supervisor, SupervisorOptions
+
+        options = SupervisorOptions(os.path.abspath(args.config), args.dataplane, args.log_level)
+        try:
+            return asyncio.run(Supervisor(config, options).run())
+        except GatewayError as exc:
+            log.error("event=daemon-failed error=%s", exc)
+            raise
     try:
         asyncio.run(_main(config, os.path.abspath(args.config)))
     except GatewayError as exc:

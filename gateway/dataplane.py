@@ -28,6 +28,7 @@ from gateway.config import ChildConfig
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
+    from gateway.xfrm.manager import OwnedRange
     from ike.events import ChildSaEstablished
 
 log = logging.getLogger("gateway.dataplane")
@@ -145,12 +146,20 @@ class XfrmDataplane:
 
     name = "xfrm"
 
-    def __init__(self, *, offload_dev: str | None = None, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        offload_dev: str | None = None,
+        netns: str | None = None,
+        owned: OwnedRange | None = None,
+    ) -> None:
         from gateway.xfrm import XfrmError, XfrmManager
+        from gateway.xfrm.manager import OwnedRange
 
         self._error_type = XfrmError
         try:
-            self.manager = XfrmManager(netns=netns)
+            # `owned`: the reqids this process may use and reconcile (a worker's share)
+            self.manager = XfrmManager(netns=netns, owned=owned or OwnedRange())
         except (XfrmError, OSError) as exc:
             raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
         self.offload_dev = offload_dev
@@ -321,9 +330,11 @@ def _selectors(ts: Any, make: Any) -> list[Any]:
     return [make(net, ts.ip_protocol, port) for net in nets]
 
 
-def make_dataplane(kind: str, *, offload_dev: str | None = None) -> Dataplane:
+def make_dataplane(
+    kind: str, *, offload_dev: str | None = None, owned: OwnedRange | None = None
+) -> Dataplane:
     if kind == "none":
         return NoneDataplane()
     if kind == "xfrm":
-        return XfrmDataplane(offload_dev=offload_dev)
+        return XfrmDataplane(offload_dev=offload_dev, owned=owned)
     raise DataplaneError(f"unknown data plane {kind!r}")

@@ -90,6 +90,7 @@ class UdpTransport:
         esp_in_udp: bool = False,
         reuse_port: bool = False,
         keep_marker: bool = False,
+        prebound: Sequence[tuple[socket.socket, bool]] = (),
     ) -> None:
         self.listen = tuple(listen)
         self.port = port
@@ -98,6 +99,7 @@ class UdpTransport:
         self.esp_in_udp = esp_in_udp
         self.reuse_port = reuse_port
         self.keep_marker = keep_marker
+        self.prebound = tuple(prebound)  # (socket, is the NAT-T socket) already bound
         self.counters = TransportCounters()
         self._sockets: list[_Socket] = []
         self._by_local: dict[Addr, _Socket] = {}
@@ -108,6 +110,15 @@ class UdpTransport:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
+        if self.prebound:  # bound by the supervisor (gateway/workers.py): adopt them
+            for sock, nat_t in self.prebound:
+                sock.setblocking(False)
+                self._add(sock, nat_t)
+            log.info(
+                "event=transport-listening addresses=%s",
+                ",".join(f"{s.address}:{s.port}" for s in self._sockets),
+            )
+            return
         try:
             for address in self.listen:
                 self._open(address, self.port, nat_t=False)
@@ -122,28 +133,16 @@ class UdpTransport:
         )
 
     def _open(self, address: str, port: int, *, nat_t: bool) -> _Socket:
-        ip = ipaddress.ip_address(address)
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            # No SO_REUSEADDR: for UDP on Linux it would let a second daemon bind our port.
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            wildcard = ip.is_unspecified
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if wildcard:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            elif wildcard:
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.bind((str(ip), port))
-            if nat_t and self.esp_in_udp:
-                sock.setsockopt(SOL_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"{address} port {port}: {exc.strerror}") from None
-        entry = _Socket(sock, family, str(ip), sock.getsockname()[1], nat_t, wildcard)
+        sock = bind_socket(
+            address, port, reuse_port=self.reuse_port, esp_in_udp=nat_t and self.esp_in_udp
+        )
+        return self._add(sock, nat_t)
+
+    def _add(self, sock: socket.socket, nat_t: bool) -> _Socket:
+        bound = sock.getsockname()
+        family = sock.family
+        wildcard = ipaddress.ip_address(bound[0]).is_unspecified
+        entry = _Socket(sock, family, bound[0], bound[1], nat_t, wildcard)
         self._sockets.append(entry)
         if wildcard:
             self._by_port[(family, entry.port)] = entry
@@ -253,6 +252,35 @@ class UdpTransport:
             self.counters.send_errors += 1
             return False
         return True
+
+
+def bind_socket(
+    address: str, port: int, *, reuse_port: bool = False, esp_in_udp: bool = False
+) -> socket.socket:
+    """One bound, non-blocking IKE socket (IP_PKTINFO on wildcards, v6only for IPv6).
+    OSError (naming the address and port) when the kernel refuses."""
+    ip = ipaddress.ip_address(address)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        # No SO_REUSEADDR: for UDP on Linux it would let a second daemon bind our port.
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        wildcard = ip.is_unspecified
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if wildcard:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif wildcard:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind((str(ip), port))
+        if esp_in_udp:
+            sock.setsockopt(SOL_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{address} port {port}: {exc.strerror}") from None
+    return sock
 
 
 def _pktinfo_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:

@@ -571,10 +571,14 @@ class IkeEngine:
         random: RandomSource = os.urandom,
         spis: InboundSpiAllocator | None = None,
         traffic: InboundTraffic | None = None,
+        ike_spis: Callable[[], bytes] | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
         self._traffic = traffic
         self._random = random
+        # our IKE SPIs (initiator: SPIi, responder: SPIr, also of a rekeyed IKE SA); the
+        # daemon's workers encode their index in them (gateway/workers.py)
+        self._ike_spis: Callable[[], bytes] = ike_spis or (lambda: random(8))
         self._conns: dict[str, CompiledConnection] = {}
         self.set_connections(connections)
         self._sas: dict[bytes, _IkeSa] = {}
@@ -1095,7 +1099,7 @@ class IkeEngine:
 
     def _new_ike_spi(self) -> bytes:
         while True:
-            spi = self._random(8)
+            spi = self._ike_spis()
             if spi != ZERO_SPI and spi not in self._sas:
                 return spi
 

@@ -244,10 +244,11 @@ def test_toml_syntax_error_has_line() -> None:
         ("port = 70000", "gateway.port", "70000 is out of range 0..65535"),
         ("port = 4500", "gateway.port", "port and port_nat_t must differ (both 4500)"),
         ("workers = 0", "gateway.workers", "0 is out of range 1..64"),
+        ("workers = 65", "gateway.workers", "65 is out of range 1..64"),
         (
-            "workers = 4",
+            'workers = 2\n[gateway.xdp]\nwan_interface = "eth0"',
             "gateway.workers",
-            "more than one IKE worker process is not implemented yet",
+            "[gateway.xdp] needs workers = 1 (not implemented for more)",
         ),
         ('retransmit_timeout = "0s"', "gateway.retransmit_timeout", "must be more than 0"),
         ("retransmit_base = 0.5", "gateway.retransmit_base", "0.5 is out of range 1.0..10.0"),
@@ -616,3 +617,7 @@ def test_metrics_aggregate_is_child_or_connection() -> None:
         == "connection"
     )
     assert paths_of('[gateway]\nmetrics_aggregate = "spi"\n') == ["gateway.metrics_aggregate"]
+
+
+def test_workers_accepted() -> None:
+    assert parse_config("[gateway]\nworkers = 4\n").gateway.workers == 4
