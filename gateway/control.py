@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import ipaddress
 import itertools
 import json
 import logging
@@ -40,7 +41,9 @@ MAX_LINE: Final = 1 << 16  # bytes per request line; longer requests are refused
 SUBSCRIBER_QUEUE: Final = 4096  # events buffered per slow subscriber before it is dropped
 NAME_COMMANDS: Final = ("initiate", "terminate", "rekey")
 PLAIN_COMMANDS: Final = ("list-conns", "list-sas", "reload", "stats", "subscribe")
-COMMANDS: Final = PLAIN_COMMANDS + NAME_COMMANDS
+# migrate {name, local_addr?, remote_addr?, timeout?}: MOBIKE move (RFC 4555)
+ADDRESS_COMMANDS: Final = ("migrate",)
+COMMANDS: Final = PLAIN_COMMANDS + NAME_COMMANDS + ADDRESS_COMMANDS
 
 # Error codes of the contract.
 BAD_REQUEST: Final = "bad-request"
@@ -81,6 +84,10 @@ class ControlBackend(Protocol):
 
     async def reload(self) -> Any: ...
 
+    async def migrate(
+        self, name: str, local_addr: str | None, remote_addr: str | None, timeout: float
+    ) -> Any: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -115,11 +122,17 @@ def parse_request(line: bytes) -> Request:
         args = {}
     if not isinstance(args, dict):
         raise _with_id(req_id, BAD_REQUEST, "'args' must be an object")
-    allowed = {"name", "timeout"} if cmd in NAME_COMMANDS else set()
+    allowed = {"name", "timeout"} if cmd in NAME_COMMANDS + ADDRESS_COMMANDS else set()
+    if cmd in ADDRESS_COMMANDS:
+        allowed |= {"local_addr", "remote_addr"}
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise _with_id(req_id, BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}")
-    if cmd in NAME_COMMANDS:
+    for key in ("local_addr", "remote_addr"):
+        value = args.get(key)
+        if value is not None and not _is_ip(value):
+            raise _with_id(req_id, BAD_REQUEST, f"{cmd}: {key!r} must be an IP address")
+    if cmd in NAME_COMMANDS + ADDRESS_COMMANDS:
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise _with_id(req_id, BAD_REQUEST, f'{cmd} needs "name": "connection[.child]"')
@@ -131,6 +144,16 @@ def parse_request(line: bytes) -> Request:
         ):
             raise _with_id(req_id, BAD_REQUEST, "'timeout' must be seconds in (0, 3600]")
     return Request(req_id, cmd, args)
+
+
+def _is_ip(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _RequestError(ControlError):
@@ -352,6 +375,13 @@ class ControlServer:
             return await result if inspect.isawaitable(result) else result
         if req.cmd == "reload":
             return await b.reload()
+        if req.cmd == "migrate":
+            return await b.migrate(
+                req.args["name"],
+                req.args.get("local_addr"),
+                req.args.get("remote_addr"),
+                float(req.args.get("timeout", 30.0)),
+            )
         actions: dict[str, Callable[[str, float], Awaitable[Any]]] = {
             "initiate": b.initiate,
             "terminate": b.terminate,

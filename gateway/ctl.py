@@ -2,6 +2,7 @@
 
     gateway ctl [--socket PATH] list-conns|list-sas|stats [--json]
     gateway ctl [--socket PATH] initiate|terminate|rekey NAME [--timeout S] [--json]
+    gateway ctl [--socket PATH] migrate NAME [--local ADDR] [--remote ADDR] [--timeout S]
     gateway ctl [--socket PATH] reload [--json]
     gateway ctl [--socket PATH] events [--count N] [--json]
 
@@ -171,6 +172,12 @@ async def _run(args: argparse.Namespace) -> int:
         call_args: dict[str, Any] | None = None
         if cmd in ("initiate", "terminate", "rekey"):
             call_args = {"name": args.name, "timeout": args.timeout}
+        elif cmd == "migrate":
+            call_args = {"name": args.name, "timeout": args.timeout}
+            if args.local:
+                call_args["local_addr"] = args.local
+            if args.remote:
+                call_args["remote_addr"] = args.remote
         try:
             result = await client.call(cmd, call_args)
         except ControlError as exc:
@@ -255,6 +262,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default=30.0,
             help="seconds to wait for the outcome (default 30)",
         )
+    p = add(
+        "migrate",
+        "move a connection's IKE SA and its Child SAs to new addresses (MOBIKE); "
+        "without --local/--remote to the source a route lookup toward the peer picks",
+    )
+    p.add_argument("name", metavar="NAME", help="connection")
+    p.add_argument("--local", metavar="ADDR", help="our new address")
+    p.add_argument("--remote", metavar="ADDR", help="the peer's new address")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the outcome (default 30)"
+    )
     p = add("events", "follow the event stream (establish, rekey, delete, errors)")
     p.add_argument("--count", type=int, default=0, help="stop after N events (default: follow)")
     parser.set_defaults(func=run)

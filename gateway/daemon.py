@@ -20,6 +20,13 @@ Engine events drive everything else:
     DpdFailed          -> event `dpd-failed`, each Child's dpd_action (restart: initiate)
     IkeSaDeleted       -> record gone, event `ike-deleted`
     IkeSaFailed        -> event `ike-failed` (auth failures counted)
+    IkeSaMigrated      -> data plane migrate of each Child SA (MOBIKE), `ike-migrated`
+    IkeSaMigrateFailed -> event `ike-migrate-failed`
+
+MOBIKE roaming: an `AddressWatcher` (gateway/addrwatch.py) reports local address and
+route changes; when an IKE SA we initiated with MOBIKE has lost its local address, a
+route lookup toward the peer (limited to the connection's concrete local_addrs) picks
+a new one and the engine sends UPDATE_SA_ADDRESSES (`_roam`).
 
 Dead Peer Detection runs in the engine (idle time per IKE SA, docs/ike.md); the daemon
 only answers its question "did ESP arrive on this Child SA?" from the data plane's and
@@ -49,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import __version__
+from gateway.addrwatch import AddressWatcher
 from gateway.config import (
     ChildConfig,
     ConfigError,
@@ -123,6 +131,9 @@ class IkeRecord:
     rekey_at: float | None = None
     expire_at: float | None = None
     children: list[ChildRecord] = field(default_factory=list)
+    mobike: bool = False  # RFC 4555 negotiated
+    additional_addrs: tuple[str, ...] = ()  # the peer's other addresses (MOBIKE)
+    moving_to: str | None = None  # our UPDATE_SA_ADDRESSES to this local address is under way
 
 
 @dataclass(slots=True)
@@ -170,6 +181,10 @@ class Engine(Protocol):
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None: ...
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None: ...
+
+    def update_addresses(
+        self, ike_sa: int, local: str | None, remote: str | None, now: float
+    ) -> None: ...
 
     def datagrams_to_send(self) -> Iterable[ev.Datagram]: ...
 
@@ -251,6 +266,7 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         over_time=conn.over_time,
         rand_time=conn.rand_time,
         dpd_delay=conn.dpd_delay,
+        mobike=conn.mobike,
         local_auth=local.auth,
         remote_auth=remote.auth,
         certs=_read_files(conn.name, local.certs) if local_pub else (),
@@ -371,6 +387,10 @@ class Daemon:
         self._exporter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._histogram: Any = None
+        # MOBIKE roaming: local address/route changes (started in start())
+        self.addrwatch: AddressWatcher | None = None
+        self._roaming: asyncio.Task[None] | None = None
+        self._roam_again = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -384,6 +404,7 @@ class Daemon:
             self.transport.start(self._loop)
             await self.control.start()
             self._start_metrics()
+            await self._start_addrwatch()
         except BaseException:  # also SystemExit from a signal: never stay half-attached
             self.transport.close()
             self._close_xdp()
@@ -460,6 +481,10 @@ class Daemon:
             if not waiter.future.done():
                 waiter.future.set_result("the gateway is shutting down")
         self.transport.close()
+        if self.addrwatch is not None:
+            self.addrwatch.close()
+        if self._roaming is not None:
+            self._roaming.cancel()
         await self.control.close()
         if self._exporter is not None:
             self._exporter.close()
@@ -531,6 +556,246 @@ class Daemon:
         if when is not None and self._loop is not None:
             self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
+    # ------------------------------------------------------------------ MOBIKE (RFC 4555)
+
+    async def _start_addrwatch(self) -> None:
+        """Watch local addresses and routes (roaming); without netlink, roaming is off."""
+        watcher = AddressWatcher(self._on_addresses_changed)
+        try:
+            await watcher.start()
+        except OSError as exc:
+            watcher.close()
+            log.warning("event=addrwatch-unavailable error=%s", exc.strerror or exc)
+            return
+        self.addrwatch = watcher
+
+    def _on_addresses_changed(self) -> None:
+        if self._roaming is not None and not self._roaming.done():
+            self._roam_again = True  # one more pass when this one is done
+            return
+        self._roaming = asyncio.get_running_loop().create_task(self._roam())
+
+    async def _roam(self) -> None:
+        """Move every IKE SA we initiated with MOBIKE whose local address is gone."""
+        while True:
+            self._roam_again = False
+            await self._roam_once()
+            if not self._roam_again:
+                return
+
+    async def _roam_once(self) -> None:
+        watcher = self.addrwatch
+        if watcher is None:
+            return
+        try:
+            present = await watcher.addresses()
+        except OSError as exc:
+            log.error("event=roam-failed error=%s", exc.strerror or exc)
+            return
+        for record in list(self.sas.values()):
+            if not (record.mobike and record.initiator and record.state == "ESTABLISHED"):
+                continue
+            if record.local is None or record.remote is None:
+                continue
+            current = record.moving_to or record.local[0]
+            if current in present:
+                continue
+            new = await self._pick_local(record, present)
+            if record.ike_sa not in self.sas:
+                continue  # went away while we looked
+            if new is None:
+                log.warning(
+                    "event=mobike-no-address connection=%s ike_sa=%d lost=%s remote=%s",
+                    record.connection,
+                    record.ike_sa,
+                    current,
+                    record.remote[0],
+                )
+                continue
+            log.info(
+                "event=mobike-roam connection=%s ike_sa=%d lost=%s local=%s remote=%s",
+                record.connection,
+                record.ike_sa,
+                current,
+                new,
+                record.remote[0],
+            )
+            try:
+                self._engine_call(self.engine.update_addresses, record.ike_sa, new, None)
+            except ControlError as exc:
+                log.error("event=mobike-roam-failed ike_sa=%d error=%s", record.ike_sa, exc)
+                continue
+            record.moving_to = new
+        self._pump()
+
+    async def _pick_local(self, record: IkeRecord, present: set[str]) -> str | None:
+        """A local address toward the peer: the route's source, if the connection allows
+        it (concrete local_addrs) and we can send from it; else the first allowed one."""
+        assert record.local is not None and record.remote is not None
+        conn = self.config.connection(record.connection)
+        allowed = [a for a in (conn.local_addrs if conn else ()) if _concrete(a)]
+        port = record.local[1]
+        family = ":" in record.remote[0]
+
+        def usable(addr: str | None) -> bool:
+            return (
+                addr is not None
+                and addr in present
+                and (":" in addr) == family
+                and (not allowed or addr in allowed)
+                and self.transport.socket_for((addr, port)) is not None
+            )
+
+        assert self.addrwatch is not None
+        src = await self.addrwatch.source_for(record.remote[0])
+        if usable(src):
+            return src
+        return next((a for a in allowed if usable(a)), None)
+
+    def _on_ike_migrated(self, e: ev.IkeSaMigrated) -> None:
+        record = self.sas.get(e.ike_sa)
+        failures = 0
+        if record is not None:
+            record.local, record.remote = e.local, e.remote
+            record.additional_addrs = e.additional_addrs
+            record.moving_to = None
+            wanted = dict(e.children)
+            for child in record.children:
+                if child.spi_in not in wanted or child.installed is None:
+                    continue
+                try:
+                    child.installed = self.dataplane.migrate(
+                        child.installed, e.local[0], e.remote[0], e.encap
+                    )
+                except DataplaneError as exc:
+                    failures += 1
+                    log.error(
+                        "event=child-migrate-failed connection=%s child=%s spi_in=%s error=%s",
+                        e.connection,
+                        child.name,
+                        _spi(child.spi_in),
+                        exc,
+                    )
+                    self.control.publish(
+                        "error",
+                        connection=e.connection,
+                        child=child.name,
+                        message=f"migrate failed: {exc}",
+                    )
+                    continue
+                child.encap = e.encap is not None
+        log.info(
+            "event=ike-migrated connection=%s ike_sa=%d local=%s remote=%s old_local=%s "
+            "old_remote=%s nat=%s children=%d failed=%d",
+            e.connection,
+            e.ike_sa,
+            _fmt_addr(e.local),
+            _fmt_addr(e.remote),
+            _fmt_addr(e.old_local),
+            _fmt_addr(e.old_remote),
+            "yes" if e.nat_detected else "no",
+            len(e.children),
+            failures,
+        )
+        self.control.publish(
+            "ike-migrated",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            local_addr=e.local[0],
+            remote_addr=e.remote[0],
+            old_local_addr=e.old_local[0],
+            old_remote_addr=e.old_remote[0],
+            encap=e.encap is not None,
+        )
+
+    def _on_ike_migrate_failed(self, e: ev.IkeSaMigrateFailed) -> None:
+        record = self.sas.get(e.ike_sa)
+        if record is not None:
+            record.moving_to = None
+        log.warning(
+            "event=ike-migrate-failed connection=%s ike_sa=%d local=%s remote=%s reason=%s",
+            e.connection,
+            e.ike_sa,
+            _fmt_addr(e.local),
+            _fmt_addr(e.remote),
+            e.reason,
+        )
+        self.control.publish(
+            "ike-migrate-failed",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            local_addr=e.local[0],
+            remote_addr=e.remote[0],
+            reason=e.reason,
+        )
+
+    def _on_additional_addresses(self, e: ev.AdditionalAddressesUpdated) -> None:
+        record = self.sas.get(e.ike_sa)
+        if record is not None:
+            record.additional_addrs = e.additional_addrs
+        log.info(
+            "event=peer-addresses connection=%s ike_sa=%d additional=%s",
+            e.connection,
+            e.ike_sa,
+            ",".join(e.additional_addrs) or "-",
+        )
+
+    async def migrate(
+        self, name: str, local_addr: str | None, remote_addr: str | None, timeout: float
+    ) -> Any:
+        """Move the connection's IKE SAs we initiated with MOBIKE to `local_addr` and/or
+        `remote_addr`; with neither, to the source a route lookup toward the peer picks."""
+        conn, _ = self._resolve(name)
+        records = [
+            r
+            for r in self.sas.values()
+            if r.connection == conn.name and r.state == "ESTABLISHED" and r.initiator
+        ]
+        if not records:
+            raise ControlError(UNKNOWN_SA, f"{conn.name} has no established IKE SA we initiated")
+        if not all(r.mobike for r in records):
+            raise ControlError(FAILED, f"{conn.name}: MOBIKE is not in use (peer or config)")
+        present = await self.addrwatch.addresses() if self.addrwatch is not None else None
+        moves: list[tuple[IkeRecord, str]] = []
+        for r in records:
+            assert r.local is not None
+            local = local_addr
+            if local is None and remote_addr is None and present is not None:
+                local = await self._pick_local(r, present)
+                if local is None:
+                    raise ControlError(FAILED, f"no usable local address toward {r.remote}")
+            if local is not None:
+                if present is not None and local not in present:
+                    raise ControlError(FAILED, f"{local} is not an address of this host")
+                if self.transport.socket_for((local, r.local[1])) is None:
+                    raise ControlError(
+                        FAILED, f"the daemon has no IKE socket for {local} (listen on it)"
+                    )
+            moves.append((r, local or r.local[0]))
+        pending = {r.ike_sa for r, _ in moves}
+        failures: list[str] = []
+
+        def match(event: Any) -> str | None:
+            if isinstance(event, ev.IkeSaMigrated | ev.IkeSaMigrateFailed | ev.IkeSaDeleted):
+                if event.ike_sa not in pending:
+                    return None
+                pending.discard(event.ike_sa)
+                if not isinstance(event, ev.IkeSaMigrated):
+                    failures.append(event.reason)
+                if not pending:
+                    return "; ".join(failures)
+            return None
+
+        for r, local in moves:  # events come out of the engine only in _pump()
+            self._engine_call(self.engine.update_addresses, r.ike_sa, local, remote_addr)
+            r.moving_to = local
+        future = self._wait(match)
+        self._pump()
+        await self._await(future, timeout, f"migrate {name}")
+        sas = [self._sa_dict(r) for r, _ in moves if r.ike_sa in self.sas]
+        where = ", ".join(f"{s['local_addr']} - {s['remote_addr']}" for s in sas)
+        return {"message": f"migrate {name}: {len(moves)} IKE SA(s) now on {where}", "sas": sas}
+
     # ------------------------------------------------------------------ kernel expiry
 
     def _on_expire(self, spi: int, hard: bool) -> None:
@@ -581,6 +846,9 @@ class Daemon:
             ev.IkeSaDeleted: self._on_ike_deleted,
             ev.DpdFailed: self._on_dpd_failed,
             ev.IkeSaFailed: self._on_ike_failed,
+            ev.IkeSaMigrated: self._on_ike_migrated,
+            ev.IkeSaMigrateFailed: self._on_ike_migrate_failed,
+            ev.AdditionalAddressesUpdated: self._on_additional_addresses,
         }
         handler = handlers.get(type(event))
         if handler is None:
@@ -611,6 +879,7 @@ class Daemon:
         r.proposal = e.proposal
         r.established_at = e.time
         r.rekey_at, r.expire_at = e.rekey_at, e.expire_at
+        r.mobike, r.additional_addrs = e.mobike, e.additional_addrs
         self.totals.handshakes += 1
         if self._histogram is not None and r.initiator:
             self._histogram.observe(max(0.0, e.time - r.started_at))
@@ -1070,6 +1339,8 @@ class Daemon:
             "established_at": r.established_at,
             "rekey_at": r.rekey_at,
             "expire_at": r.expire_at,
+            "mobike": r.mobike,
+            "additional_addrs": list(r.additional_addrs),
             "children": [self._child_dict(c) for c in r.children],
         }
 
@@ -1364,6 +1635,11 @@ def _engine_stats(engine: Any) -> dict[str, int]:
 
 async def _call(func: Callable[[], Any]) -> Any:
     return func()
+
+
+def _concrete(addr: str) -> bool:
+    """A config address that names one address (not %any, not a subnet)."""
+    return addr != "%any" and "/" not in addr and addr not in ("0.0.0.0", "::")
 
 
 def _conn_start_action(conn: ConnectionConfig) -> str:

@@ -80,6 +80,13 @@ class Dataplane(Protocol):
     def retire(self, old: Installed) -> None:
         """Remove the old inbound SA that replace(keep_old_inbound=True) kept."""
 
+    def migrate(
+        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
+    ) -> Installed:
+        """MOBIKE (RFC 4555): the same SAs (SPIs, keys, sequence numbers, counters) at new
+        outer addresses and encapsulation (`encap` = (local port, remote port) or None);
+        the policies follow. On failure the SAs stay as they were."""
+
     def remove(self, installed: Installed) -> None: ...
 
     def counters(self, installed: Installed) -> Counters: ...
@@ -102,6 +109,8 @@ class NoneDataplane:
 
     def __init__(self) -> None:
         self.installed: dict[int, Installed] = {}  # by inbound SPI
+        # MOBIKE moves, recorded: (spi_in, local, remote, encap) (nothing to move here)
+        self.migrations: list[tuple[int, str, str, tuple[int, int] | None]] = []
 
     def start(self) -> None:
         pass
@@ -124,6 +133,12 @@ class NoneDataplane:
 
     def retire(self, old: Installed) -> None:
         pass
+
+    def migrate(
+        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
+    ) -> Installed:
+        self.migrations.append((installed.spi_in, local, remote, encap))
+        return installed
 
     def remove(self, installed: Installed) -> None:
         self.installed.pop(installed.spi_in, None)
@@ -206,6 +221,22 @@ class XfrmDataplane:
             self.manager.delete_state(old.handle.spec, inbound=True)
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
+
+    def migrate(
+        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
+    ) -> Installed:
+        from gateway.xfrm import UdpEncap
+
+        try:
+            result = self.manager.migrate(
+                installed.handle,
+                ipaddress.ip_address(local),
+                ipaddress.ip_address(remote),
+                UdpEncap(*encap) if encap else None,
+            )
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(installed.spi_in, installed.spi_out, installed.offload, result)
 
     def remove(self, installed: Installed) -> None:
         try:

@@ -547,6 +547,17 @@ class Supervisor:
     async def rekey(self, name: str, timeout: float) -> Any:
         return merge_action(await self._ask_all("rekey", {"name": name, "timeout": timeout}))
 
+    async def migrate(
+        self, name: str, local_addr: str | None, remote_addr: str | None, timeout: float
+    ) -> Any:
+        """MOBIKE move: the worker that owns the connection's IKE SAs does it."""
+        args: dict[str, Any] = {"name": name, "timeout": timeout}
+        if local_addr is not None:
+            args["local_addr"] = local_addr
+        if remote_addr is not None:
+            args["remote_addr"] = remote_addr
+        return merge_action(await self._ask_all("migrate", args))
+
     async def reload(self) -> Any:
         from gateway.daemon import load_for_reload
 

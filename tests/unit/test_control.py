@@ -135,6 +135,11 @@ class FakeState:
     async def rekey(self, name: str, timeout: float) -> Any:
         return await self._act("rekey", name, timeout)
 
+    async def migrate(
+        self, name: str, local_addr: str | None, remote_addr: str | None, timeout: float
+    ) -> Any:
+        return await self._act("migrate", name, timeout)
+
     async def reload(self) -> Any:
         self.reloads += 1
         return {"added": [], "removed": [], "changed": [], "unchanged": ["east"]}

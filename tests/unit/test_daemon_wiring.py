@@ -114,6 +114,8 @@ class FakeEngine:
                     "aes256gcm16-prfsha384-x25519",
                     False,
                     now,
+                    mobike=True,
+                    additional_addrs=("127.0.0.9",),
                 )
             )
             self.children[ike_sa] = []
@@ -195,6 +197,39 @@ class FakeEngine:
             self.events.append(dead)
         spis = (b"\x11" * 8, b"\x22" * 8)
         self.events.append(ev.IkeSaDeleted(ike_sa, self.names[ike_sa], *spis, reason, now))
+
+    def update_addresses(
+        self, ike_sa: int, local: str | None, remote: str | None, now: float
+    ) -> None:
+        """MOBIKE: the peer accepts any move but one to 127.0.0.66 (an error answer)."""
+        self.calls.append(("update_addresses", ike_sa, local, remote))
+        old_local, old_remote = ("127.0.0.1", 4500), ("127.0.0.2", 4500)
+        new_local = (local or old_local[0], 4500)
+        new_remote = (remote or old_remote[0], 4500)
+        name = self.names[ike_sa]
+        if remote == "127.0.0.66":
+            self.events.append(
+                ev.IkeSaMigrateFailed(
+                    ike_sa, name, new_local, new_remote, "UNACCEPTABLE_ADDRESSES", now
+                )
+            )
+            return
+        children = tuple((c.spi_in, c.spi_out) for c in self.children.get(ike_sa, []))
+        self.events.append(
+            ev.IkeSaMigrated(
+                ike_sa,
+                name,
+                old_local,
+                old_remote,
+                new_local,
+                new_remote,
+                True,
+                (4500, 4500),
+                children,
+                ("127.0.0.9",),
+                now,
+            )
+        )
 
     def set_connections(self, connections: Sequence[ike_config.ConnectionConfig]) -> None:
         self.calls.append(("set_connections", tuple(c.name for c in connections)))
@@ -546,3 +581,35 @@ async def test_an_engine_bug_on_input_is_contained(r: Running) -> None:
     r.daemon._on_datagram(b"x" * 40, ("127.0.0.1", 500), ("127.0.0.2", 500))
     stats = await r.client.stats()
     assert stats["engine_errors"] == 1 and stats["ike_sas"] == {"ESTABLISHED": 1}
+
+
+async def test_migrate_moves_the_child_sas_and_reports_it(r: Running) -> None:
+    """`migrate`: the engine moves the IKE SA, the data plane each Child SA (MOBIKE)."""
+    await established(r)
+    (sa,) = await r.client.list_sas()
+    assert sa["mobike"] is True and sa["additional_addrs"] == ["127.0.0.9"]
+    r.daemon.transport.socket_for = lambda local: object()  # type: ignore[method-assign,assignment,return-value]
+    events = await r.client.subscribe()
+    result = await r.client.call(
+        "migrate", {"name": "east", "local_addr": "127.0.0.1", "remote_addr": "127.0.0.3"}
+    )
+    assert result["message"] == "migrate east: 1 IKE SA(s) now on 127.0.0.1 - 127.0.0.3"
+    assert ("update_addresses", 1, "127.0.0.1", "127.0.0.3") in r.engine.calls
+    assert r.dataplane.migrations == [(0xC0000001, "127.0.0.1", "127.0.0.3", (4500, 4500))]
+    (sa,) = await r.client.list_sas()
+    assert (sa["remote_addr"], sa["remote_port"]) == ("127.0.0.3", 4500)
+    assert sa["children"][0]["encap"] is True
+    event = await asyncio.wait_for(anext(events), 5)
+    assert event["type"] == "ike-migrated" and event["remote_addr"] == "127.0.0.3"
+    assert event["old_remote_addr"] == "127.0.0.2" and event["encap"] is True
+    # refused by the peer, not an address of this host, malformed, unknown
+    with pytest.raises(ControlError, match="UNACCEPTABLE_ADDRESSES"):
+        await r.client.call("migrate", {"name": "east", "remote_addr": "127.0.0.66"})
+    with pytest.raises(ControlError, match="is not an address of this host"):
+        await r.client.call("migrate", {"name": "east", "local_addr": "192.0.2.99"})
+    with pytest.raises(ControlError, match="must be an IP address") as info:
+        await r.client.call("migrate", {"name": "east", "local_addr": "here"})
+    assert info.value.code == "bad-request"
+    with pytest.raises(ControlError, match="no connection named"):
+        await r.client.call("migrate", {"name": "west"})
+    assert len(r.dataplane.migrations) == 1

@@ -46,6 +46,11 @@ class Backend:
         self.calls.append(("reload", ""))
         return None
 
+    async def migrate(
+        self, name: str, local_addr: str | None, remote_addr: str | None, timeout: float
+    ) -> Any:
+        raise ControlError("failed", "migrate: not here")
+
 
 async def test_adapter_over_the_real_control_socket(tmp_path: Path) -> None:
     backend = Backend()
