@@ -14,8 +14,11 @@ responder's CPU seconds in that window (all its threads, /proc/PID/stat), handsh
 responder CPU-second (the fairer number on a busy shared machine), failures, and the load
 generator's own CPU. The ratio line compares us with charon.
 
+Our daemon runs once per --workers count (default 1 and 2: `[gateway] workers`, one
+supervisor + N IKE worker processes; its CPU is the sum over all of them).
+
 Usage (root): .venv/bin/python bench/bench_daemon.py [--seconds 15] [--warmup 3]
-              [--sources 40] [--procs 1] [--inflight 32]
+              [--sources 40] [--procs 1] [--inflight 32] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -156,9 +159,11 @@ def loadgen_main(args: argparse.Namespace) -> None:
 
 
 def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (all threads), seconds."""
+    """utime + stime of a process (all threads) and of its running children (our
+    workers), seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK + sum(proc_cpu(int(c)) for c in children)
 
 
 def our_config(sock: Path, workers: int = 1, connections: str = "") -> str:
@@ -215,13 +220,15 @@ secrets {{
 """
 
 
-def run_round(name: str, lg: Any, rs: Any, args: argparse.Namespace, ips: list[str]) -> dict:
+def run_round(
+    name: str, lg: Any, rs: Any, args: argparse.Namespace, ips: list[str], workers: int = 1
+) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     sw = None
     proc = None
     try:
         if name == "ours":
-            (work / "gw.toml").write_text(our_config(work / "c.sock"))
+            (work / "gw.toml").write_text(our_config(work / "c.sock", workers))
             log = open(work / "gw.log", "wb")  # noqa: SIM115
             proc = rs.popen(
                 sys.executable,
@@ -234,7 +241,7 @@ def run_round(name: str, lg: Any, rs: Any, args: argparse.Namespace, ips: list[s
                 stderr=subprocess.STDOUT,
                 cwd=str(REPO),
             )
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while not (work / "c.sock").exists():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"our daemon did not start: {(work / 'gw.log').read_text()}")
@@ -299,6 +306,12 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=40)
     parser.add_argument("--procs", type=int, default=1)
     parser.add_argument("--inflight", type=int, default=32)
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="our daemon's worker counts to run, e.g. 1,2 (default)",
+    )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ips", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -324,23 +337,25 @@ def main() -> None:
             f"{args.inflight} in flight each, {args.warmup:g}s warm-up + {args.seconds:g}s"
         )
         rows = {}
-        for name in ("ours", "charon"):
-            res = run_round(name, lg, rs, args, ips)
+        rounds = [(f"ours-w{n}", "ours", n) for n in args.workers] + [("charon", "charon", 1)]
+        for label, name, workers in rounds:
+            res = run_round(name, lg, rs, args, ips, workers)
             rate = res["measured"] / args.seconds
             # CPU was measured over the whole load (warm-up included): divide all handshakes
             per_cpu = res["done"] / res["responder_cpu"] if res["responder_cpu"] else 0.0
-            rows[name] = (rate, per_cpu)
+            rows[label] = (rate, per_cpu)
             print(
-                f"{name:7s} {rate:8.1f} handshakes/s  responder CPU {res['responder_cpu']:6.2f}s"
+                f"{label:8s} {rate:8.1f} handshakes/s  responder CPU {res['responder_cpu']:6.2f}s"
                 f"  {per_cpu:8.1f} handshakes/CPU-s  failed {res['failed']}"
                 f"  generator CPU {res['cpu']:.2f}s"
             )
-        ours, charon = rows["ours"], rows["charon"]
-        if charon[0] and charon[1]:
-            print(
-                f"ratio ours/charon: {ours[0] / charon[0]:.2f} (throughput), "
-                f"{ours[1] / charon[1]:.2f} (per responder CPU-second)"
-            )
+        charon = rows["charon"]
+        for label, (rate, per_cpu) in rows.items():
+            if label != "charon" and charon[0] and charon[1]:
+                print(
+                    f"ratio {label}/charon: {rate / charon[0]:.2f} (throughput), "
+                    f"{per_cpu / charon[1]:.2f} (per responder CPU-second)"
+                )
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ class ControlServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.bad_requests = 0
+        # awaited with the number of subscribed connections whenever one subscribes (before
+        # its reply) or goes away: the workers' supervisor forwards events only when needed
+        self.on_subscribers: Callable[[int], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self._closing = False
@@ -282,6 +285,8 @@ class ControlServer:
                 if subscribe and sub is None:
                     sub = _Subscriber(writer)
                     self._subscribers.add(sub)
+                    if self.on_subscribers is not None:
+                        await self.on_subscribers(len(self._subscribers))
                     await self._reply(writer, reply)
                     sub.task = asyncio.create_task(sub.pump())
                     continue
@@ -293,6 +298,9 @@ class ControlServer:
                 self._subscribers.discard(sub)
                 if sub.task is not None:
                     sub.task.cancel()
+                if self.on_subscribers is not None and not self._closing:
+                    with contextlib.suppress(Exception):
+                        await self.on_subscribers(len(self._subscribers))
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -302,11 +310,10 @@ class ControlServer:
         """Serve one already connected stream socket: the supervisor's link to a worker
         process (gateway/workers.py). Unlike the public socket, every request runs in
         its own task (replies carry their id, so a slow `initiate` does not hold up
-        `list-sas`) and every event is pushed without a `subscribe` (from the moment
-        this returns). The returned task ends when the peer closes the connection."""
+        `list-sas`), and events are pushed between a `subscribe` and an `unsubscribe`
+        (a command of this link only). The returned task ends when the peer closes."""
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
         sub = _Subscriber(writer)
-        self._subscribers.add(sub)
         sub.task = asyncio.create_task(sub.pump())
         return asyncio.create_task(self._serve_peer(reader, writer, sub))
 
@@ -316,7 +323,16 @@ class ControlServer:
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(line: bytes) -> None:
-            reply, _ = await self._handle_line(line)
+            toggle = _subscription_toggle(line)
+            if toggle is not None:  # in arrival order: nothing awaited before this
+                req_id, on = toggle
+                if on:
+                    self._subscribers.add(sub)
+                else:
+                    self._subscribers.discard(sub)
+                reply = {"id": req_id, "ok": True, "result": {"subscribed": on}}
+            else:
+                reply, _ = await self._handle_line(line)
             with contextlib.suppress(ConnectionError):
                 await self._reply(writer, reply)
 
@@ -388,6 +404,20 @@ class ControlServer:
             "rekey": b.rekey,
         }
         return await actions[req.cmd](req.args["name"], float(req.args.get("timeout", 30.0)))
+
+
+def _subscription_toggle(line: bytes) -> tuple[int, bool] | None:
+    """(id, on) for a `subscribe`/`unsubscribe` request on a peer link, else None."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("cmd") not in ("subscribe", "unsubscribe"):
+        return None
+    req_id = data.get("id")
+    if isinstance(req_id, bool) or not isinstance(req_id, int):
+        return None
+    return req_id, data["cmd"] == "subscribe"
 
 
 def _remove_stale_socket(path: Path) -> None:

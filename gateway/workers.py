@@ -78,7 +78,6 @@ MAX_RESTARTS: Final = 5  # more deaths than this within RESTART_WINDOW stop the 
 RESTART_WINDOW: Final = 60.0
 START_TIMEOUT: Final = 120.0  # a worker must be serving within this long
 STOP_TIMEOUT: Final = 15.0  # a worker must have shut down within this long (then SIGKILL)
-READY_EVENT: Final = "worker-ready"
 IPC_LIMIT: Final = 1 << 28  # bytes per reply line from a worker (list-sas of many SAs)
 
 
@@ -242,6 +241,10 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.worker_deaths = 0
+        # workers push events only while our control socket has subscribers: encoding,
+        # relaying and decoding two events per handshake costs about a fifth of its CPU
+        self._forwarding = False
+        self.control.on_subscribers = self._on_subscribers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -353,8 +356,33 @@ class Supervisor:
         worker.tasks = [
             self._task(self._relay_events(worker, worker.client)),
             self._task(self._watch(worker, worker.proc)),
+            self._task(self._await_ready(worker, worker.client)),
         ]
         log.info("event=worker-started worker=%d pid=%d", worker.index, worker.proc.pid)
+
+    async def _await_ready(self, worker: _Worker, client: ControlClient) -> None:
+        """A worker answers its link once its sockets are read and its start actions
+        ran (Daemon.start() runs to its end before the link is read)."""
+        try:
+            await client.call("list-conns")
+            worker.ready = True
+            self._steer()
+            log.info("event=worker-ready worker=%d", worker.index)
+            if self._forwarding:  # (set before _on_subscribers asks the ready ones)
+                await client.call("subscribe")
+        except (ControlError, ControlConnectionError):
+            return  # died during its start: _watch reports it
+
+    async def _on_subscribers(self, count: int) -> None:
+        want = count > 0
+        if want == self._forwarding:
+            return
+        self._forwarding = want
+        cmd = "subscribe" if want else "unsubscribe"
+        await asyncio.gather(
+            *(w.client.call(cmd) for w in self._live() if w.client is not None),
+            return_exceptions=True,
+        )
 
     def _task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -365,11 +393,6 @@ class Supervisor:
     async def _relay_events(self, worker: _Worker, client: ControlClient) -> None:
         async for event in client.events():
             kind = event.pop("type", "error")
-            if kind == READY_EVENT:
-                worker.ready = True
-                self._steer()
-                log.info("event=worker-ready worker=%d", worker.index)
-                continue
             if kind == "config-reloaded":
                 continue  # the supervisor publishes one for all workers
             event.pop("time", None)
@@ -745,7 +768,6 @@ async def _worker_main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, lambda: None)
     try:
         await daemon.start()
-        daemon.control.publish(READY_EVENT, worker=index, pid=os.getpid())
         await stop.wait()
     finally:
         await daemon.shutdown()

@@ -22,6 +22,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -31,11 +32,11 @@ from typing import Any
 from bench.bench_daemon import ESP, IKE, PSK, TARGET, our_config
 from bpf.reuseport import owner_of_spi
 from gateway.netns import Netns
-from gateway.workers import WorkerIkeSpis
+from gateway.workers import WorkerIkeSpis, connection_owner
 from ike import events as ev
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, wait_for
+from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
 from tests.support.ike_udp import UdpDriver
 
 DRIVER = "192.0.2.2"
@@ -115,6 +116,22 @@ def assert_owned(sas: list[dict[str, Any]], ours: str) -> None:
         assert owner_of_spi(bytes.fromhex(sa[ours]), 2) == sa["worker"], sa
 
 
+def subscribe(path: Path) -> socket.socket:
+    """A control connection subscribed to events (the reply has arrived)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.sendall(b'{"id": 1, "cmd": "subscribe"}\n')
+    sock.settimeout(30)
+    reply = json.loads(sock.makefile("rb").readline())
+    assert reply["ok"], reply
+    return sock
+
+
+def read_events(sock: socket.socket, n: int) -> list[dict[str, Any]]:
+    lines = sock.makefile("rb")
+    return [json.loads(lines.readline())["event"] for _ in range(n)]
+
+
 def stats(gw: Gateway) -> dict[str, Any]:
     return dict(ctl_json(gw.socket, "stats"))
 
@@ -128,6 +145,7 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
         assert [w["index"] for w in first["workers"]] == [0, 1]
         assert all(w["running"] for w in first["workers"])
 
+        events = subscribe(gw.socket)  # the workers forward events only from now on
         engine = driver_engine()
         with UdpDriver(engine, b.name, DRIVER, ports=(500, 4500)) as driver:
             # 1. four IKE SAs, two per worker
@@ -138,6 +156,11 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
             assert len(sas) == 4
             assert sorted(sa["worker"] for sa in sas) == [0, 0, 1, 1]
             assert_owned(sas, "spi_r")
+            seen = read_events(events, 8)  # 4 ike-established + 4 child-established
+            established = [e for e in seen if e["type"] == "ike-established"]
+            assert sorted(e["worker"] for e in established) == [0, 0, 1, 1]
+            assert {e["spi_r"] for e in established} == {sa["spi_r"] for sa in sas}
+            events.close()
 
             # 2. retransmitted IKE_AUTH requests: each answered by its owner, from its cache
             requests = [
@@ -247,3 +270,84 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     wait_for("no process left", lambda: a.pids() == [], timeout=10)
     assert not sock.exists()
     assert PSK not in gw.log_text()
+
+
+def test_two_workers_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
+    """Smoke against strongSwan (charon, kernel-libipsec) with workers = 2: the start
+    action runs in the connection's owner only, IKE rekeys from both sides and a Child
+    rekey keep the SA with its owner and agree with charon, terminate from either side."""
+    from tests.host.test_daemon_strongswan import (
+        OURS,
+        SWANCTL,
+        THEIRS,
+        assert_same_view,
+        swan_sa,
+    )
+    from tests.host.test_daemon_strongswan import PSK as SWAN_PSK
+    from tests.support.strongswan import StrongSwan
+
+    a, b = netns_pair
+    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")  # kernel-libipsec: see PLATFORM.md
+    config = gateway_config(
+        socket=tmp_path / "w.sock",
+        listen=[OURS],
+        extra="workers = 2",
+        conns=[
+            {
+                "name": "swan",
+                "local": OURS,
+                "remote": THEIRS,
+                "local_id": "gw-west",
+                "remote_id": "gw-east",
+                "local_ts": ["10.1.0.0/16"],
+                "remote_ts": ["10.2.0.0/16"],
+                "ike": [IKE],
+                "esp": [ESP],
+                "psk": SWAN_PSK,
+                "start_action": "start",
+            },
+        ],
+    )
+    owner = connection_owner("swan", 2)
+    with StrongSwan(b) as sw:
+        sw.start(SWANCTL)
+        gw = Gateway.start(a, tmp_path, "west", config)
+        try:
+            # 1. start_action = start, in the owner only: exactly one IKE SA
+            (ours,) = gw.installed("swan")
+            assert ours["initiator"] is True and ours["worker"] == owner
+            assert owner_of_spi(bytes.fromhex(ours["spi_i"]), 2) == owner
+            assert_same_view(ours, wait_for("charon's SA", lambda: swan_sa(sw)))
+
+            # 2. charon rekeys the IKE SA, then we do, then a Child rekey: same owner
+            sw.swanctl("--rekey", "--ike", "gw")
+            rekeyed = wait_for(
+                "charon's IKE rekey",
+                lambda: [s for s in gw.sas() if s["spi_i"] != ours["spi_i"]],
+            )
+            assert [s["worker"] for s in rekeyed] == [owner]
+            assert owner_of_spi(bytes.fromhex(rekeyed[0]["spi_r"]), 2) == owner
+            ctl(gw.socket, "rekey", "swan")
+            ctl(gw.socket, "rekey", "swan.net")
+            (now,) = gw.installed("swan")
+            assert now["worker"] == owner
+            assert owner_of_spi(bytes.fromhex(now["spi_i"]), 2) == owner
+            assert_same_view(now, wait_for("charon agrees", lambda: swan_sa(sw)))
+
+            # 3. we terminate; charon forgets
+            ctl(gw.socket, "terminate", "swan")
+            wait_for("charon's SA gone", lambda: sw.list_sas() == [])
+
+            # 4. charon initiates (steered by its SPIi) and terminates, three times
+            for _ in range(3):
+                sw.initiate("net")
+                (theirs,) = gw.installed("swan")
+                assert theirs["initiator"] is False
+                assert owner_of_spi(bytes.fromhex(theirs["spi_r"]), 2) == theirs["worker"]
+                assert_same_view(theirs, swan_sa(sw))  # type: ignore[arg-type]
+                sw.terminate_ike("gw")
+                wait_for("our SA gone", lambda: gw.sas() == [])
+        finally:
+            status = gw.stop(timeout=60)
+    assert status == 0, gw.log_text()
+    wait_for("no process left", lambda: a.pids() == [], timeout=10)
