@@ -12,6 +12,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from ike import redirect
 from ike.auth import (
     LocalCredential,
     TrustAnchors,
@@ -94,6 +95,13 @@ class ConnectionConfig:
     mobike: bool = False
     # RFC 4555 §3.9: our UPDATE_SA_ADDRESSES requests carry NO_NATS_ALLOWED
     mobike_no_nats: bool = False
+    # IKEv2 redirect (RFC 5685, ike/redirect.py). As initiator: announce support and
+    # follow a gateway's REDIRECT. As responder: send every new peer that supports it to
+    # `redirect_to` (an IP address or FQDN), in IKE_SA_INIT or, after authenticating
+    # it, in IKE_AUTH (`redirect_on`). "": no redirect.
+    follow_redirects: bool = True
+    redirect_to: str = ""
+    redirect_on: str = "init"
     # Dead Peer Detection (RFC 7296 §2.4): an empty INFORMATIONAL once nothing arrived
     # from the peer for this long (IKE messages, or ESP the InboundTraffic hook reports);
     # the peer is dead when the retransmissions fail. 0: off.
@@ -264,6 +272,15 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
     _check_lifetimes(f"connection {name!r}", conf.rekey_time, conf.over_time, conf.rand_time)
     if conf.dpd_delay < 0:
         raise LocalError(f"connection {name!r}: dpd_delay must not be negative")
+    if conf.redirect_on not in redirect.PHASES:
+        raise LocalError(
+            f"connection {name!r}: redirect_on: {conf.redirect_on!r} is not init or auth"
+        )
+    if conf.redirect_to:
+        try:
+            redirect.check_gateway(conf.redirect_to)
+        except LocalError as exc:
+            raise LocalError(f"connection {name!r}: redirect_to: {exc}") from None
     children = []
     seen = set()
     for ch in conf.children:

@@ -73,7 +73,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ike import auth as ike_auth
-from ike import codec, mobike
+from ike import codec, mobike, redirect
 from ike.codec import (
     Authentication,
     Delete,
@@ -120,6 +120,7 @@ from ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRedirected,
     IkeSaRekeyed,
 )
 from ike.keys import (
@@ -203,6 +204,10 @@ class EngineStats:
     mobike_malformed: int = 0
     cookie2_mismatches: int = 0
     dpd_probes: int = 0  # idle-time liveness checks sent (empty INFORMATIONAL)
+    # IKEv2 redirect (RFC 5685, ike/redirect.py)
+    redirects_sent: int = 0
+    redirects_followed: int = 0
+    redirects_ignored: int = 0  # bad nonce, unasked for, loop limit, FQDN gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +401,9 @@ class _IkeSa:
         "last_inbound",
         "dpd_at",
         "esp_seen",
+        "redirect_peer",
+        "redirect_self",
+        "redirected",
     )
 
     def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
@@ -462,6 +470,12 @@ class _IkeSa:
         self.last_inbound = 0.0
         self.dpd_at: float | None = None
         self.esp_seen = 0
+        # redirect (RFC 5685): the peer announced support (we may redirect it); we did
+        # (we follow its REDIRECT); the gateway that redirected us and when each redirect
+        # of this chain of attempts happened (loop limit)
+        self.redirect_peer = False
+        self.redirect_self = False
+        self.redirected: tuple[str, tuple[float, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
@@ -590,6 +604,8 @@ class IkeEngine:
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
+        # steps a request handler defers until its response is sent (a redirect's Delete)
+        self._after_response: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
         self._uids = itertools.count(1)
@@ -697,16 +713,37 @@ class IkeEngine:
             )
         local = (str(conn.local_addrs[0]), conn.config.local_port)
         remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
+        sa = self._start_initiator(conn, ch, local, remote, now)
+        self._send_init(sa, now)
+        return sa.uid
+
+    def _start_initiator(
+        self,
+        conn: CompiledConnection,
+        ch: CompiledChild,
+        local: Endpoint,
+        remote: Endpoint,
+        now: float,
+        redirected: tuple[str, tuple[float, ...]] | None = None,
+    ) -> _IkeSa:
+        """A new initiator IKE SA, ready for its IKE_SA_INIT (`redirected`: where a
+        gateway sent us from, ike/redirect.py)."""
         sa = _IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
+        sa.redirected = redirected
         sa.spi_i = self._new_ike_spi()
         self._sas[sa.spi_i] = sa
         self._by_uid[sa.uid] = sa
         sa.pending_child = _PendingChild(ch, 0, (), ())
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
-        self._send_init(sa, now)
-        return sa.uid
+        return sa
+
+    def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
+        """Send the peer of an established IKE SA to `gateway` (an IP address or FQDN;
+        RFC 5685 §5): IkeSaRedirected once it answered; the peer then deletes the SA.
+        LocalError when the peer did not announce REDIRECT_SUPPORTED."""
+        redirect.start(self, self._established_sa(ike_sa), gateway, now)
 
     def delete_ike_sa(self, ike_sa: int, now: float) -> None:
         """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
@@ -883,6 +920,8 @@ class IkeEngine:
         out = self._protect(sa, hdr.exchange_type, hdr.message_id, response, is_response=True)
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
         self._emit(*addr, out)  # to where the request came from (RFC 7296 §2.11)
+        while self._after_response:  # what a handler left for after its answer
+            self._after_response.popleft()()
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
             self._set_expiry(sa, now + self.settings.half_open_timeout)
@@ -1071,6 +1110,7 @@ class IkeEngine:
         payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
         if self.settings.fragmentation:
             payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        payloads += redirect.init_payloads(sa)
         data = codec.encode_message(
             Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
         )
@@ -1250,6 +1290,14 @@ class IkeEngine:
                 self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
                 return
         candidates = self._candidates(local, remote)
+        redirect_ok = redirect.peer_supports(p)
+        rule = redirect.init_rule(candidates) if redirect_ok else None
+        if rule is not None:  # RFC 5685 §4.2: stateless HDR(SPIi, 0), N(REDIRECT, GW, Ni)
+            self.stats.redirects_sent += 1
+            self._send_init_error(hdr, redirect.init_notify(rule, nonce.data), local, remote)
+            gateway = rule.config.redirect_to
+            self._events.append(IkeSaRedirected(0, rule.name, False, "init", remote, gateway, now))
+            return
         try:
             answer, suite = select_ike(
                 [s for c in candidates for s in c.ike], sa_p.proposals, ke.group
@@ -1275,6 +1323,7 @@ class IkeEngine:
         if len(candidates) > 1:
             candidates = tuple(c for c in candidates if _accepts(c, answer))
         sa.candidates = candidates
+        sa.redirect_peer = redirect_ok
         sa.spi_i = hdr.spi_i
         sa.spi_r = self._new_ike_spi()
         sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
@@ -1350,6 +1399,10 @@ class IkeEngine:
         self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         assert sa.conn is not None
+        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        if moved is not None:
+            redirect.on_init_response(self, sa, moved, now)
+            return
         cookie = _first_notify(payloads, NotifyType.COOKIE)
         if cookie is not None:
             if sa.init_retries >= _MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
@@ -1494,6 +1547,20 @@ class IkeEngine:
         out: list[Payload] = [my_id, *ike_auth.cert_payloads(conn, hints, certreq=False)]
         mine = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body)
         out.append(ike_auth.make_auth(conn, hints, mine))
+        moved = redirect.auth_notify(conn) if sa.redirect_peer else None
+        if moved is not None:
+            # RFC 5685 §6: the peer is authenticated; our IDr/AUTH and REDIRECT, no Child
+            # SA; the IKE SA waits for the peer's Delete (or expires), without events
+            self.stats.redirects_sent += 1
+            self._drop_half_open(sa)
+            sa.state = State.DELETING
+            sa.superseded = True
+            self._set_expiry(sa, now + self.settings.half_open_timeout)
+            gateway = conn.config.redirect_to
+            self._events.append(
+                IkeSaRedirected(sa.uid, conn.name, False, "auth", sa.remote, gateway, now)
+            )
+            return [*out, moved]
         mobike.negotiate(self, sa, payloads)
         if sa.mobike:
             out += mobike.auth_payloads(conn, sa.local)
@@ -1735,6 +1802,9 @@ class IkeEngine:
             )
             raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
         sa.remote_id = peer_id
+        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        if moved is not None and redirect.on_auth_response(self, sa, moved, now):
+            return  # RFC 5685 §6: the gateway authenticated and sent us elsewhere
         mobike.negotiate(self, sa, payloads)
         self._established(sa, now)
         pending = sa.pending_child
@@ -1806,6 +1876,9 @@ class IkeEngine:
                 self._take_over(sa, theirs, now)
             self._close(sa, "deleted by peer", now, linger=True)
             return []
+        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        if moved is not None and sa.state is State.ESTABLISHED and not sa.superseded:
+            redirect.on_informational(self, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
             out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
         return out
@@ -2417,6 +2490,7 @@ class IkeEngine:
         new.state = State.ESTABLISHED
         new.established_at = now
         new.nat, new.behind_nat = old.nat, old.behind_nat
+        new.redirect_peer, new.redirect_self = old.redirect_peer, old.redirect_self
         new.mobike, new.peer_addrs = old.mobike, old.peer_addrs
         new.local_id, new.remote_id = old.local_id, old.remote_id
         self._sas[new.our_spi] = new
@@ -2458,6 +2532,15 @@ class IkeEngine:
         if new.outstanding is None and new.queue:
             exchange, payloads, handler = new.queue.popleft()
             self._send_request(new, exchange, payloads, handler, now)
+
+    def _abandon(self, sa: _IkeSa, now: float) -> None:
+        """Leave an IKE SA without (further) events: Delete it at the peer, then it goes
+        (a redirected one, ike/redirect.py)."""
+        sa.superseded = True
+        self._release_pending(sa)
+        sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
+        sa.queue.clear()
+        self._send_ike_delete(sa, now)
 
     def _send_ike_delete(self, sa: _IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""

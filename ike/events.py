@@ -169,6 +169,26 @@ class DpdFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class IkeSaRedirected:
+    """IKEv2 redirect (RFC 5685, ike/redirect.py).
+
+    `initiator` True: the gateway `remote` sent us to `gateway` during `phase` ("init",
+    "auth" or "established"); the attempt or SA `ike_sa` is abandoned (an established
+    one had its ChildSaDeleted/IkeSaDeleted "redirected" first) and `new_ike_sa` is the
+    handle of the new attempt against `gateway`. False: we sent the peer at `remote` to
+    `gateway` (`ike_sa` 0 for a stateless IKE_SA_INIT redirect; `new_ike_sa` 0)."""
+
+    ike_sa: int
+    connection: str
+    initiator: bool
+    phase: str
+    remote: Endpoint
+    gateway: str
+    time: float
+    new_ike_sa: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class IkeSaFailed:
     """An IKE SA failed before it was established. `connection` is None when a responder
     SA fails before the peer was matched to a connection."""
@@ -238,4 +258,5 @@ Event = (
     | IkeSaMigrateFailed
     | AdditionalAddressesUpdated
     | DpdFailed
+    | IkeSaRedirected
 )
