@@ -36,6 +36,7 @@ AUTH_METHODS: Final = ("psk", "pubkey")
 MODES: Final = ("tunnel", "transport")
 START_ACTIONS: Final = ("none", "start", "trap")
 DPD_ACTIONS: Final = ("clear", "trap", "restart")
+REDIRECT_PHASES: Final = ("init", "auth")
 CLOSE_ACTIONS: Final = ("none", "trap", "start")
 OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
 FRAGMENTATION_MODES: Final = ("yes", "no", "accept", "force")
@@ -170,6 +171,11 @@ class ConnectionConfig:
     over_time: float = 1440.0
     rand_time: float = 1440.0
     mobike: bool = True
+    # IKEv2 redirect (RFC 5685): follow a gateway's REDIRECT (as initiator); send every
+    # new peer to `redirect_to` (as responder), in IKE_SA_INIT or IKE_AUTH (`redirect_on`)
+    follow_redirects: bool = True
+    redirect_to: str | None = None
+    redirect_on: str = "init"
     fragmentation: str = "yes"
     encap: bool = False
     keyingtries: int = 1
@@ -889,6 +895,9 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
         over_time=over_time,
         rand_time=rand_time,
         mobike=conn.boolean("mobike", d.mobike),
+        follow_redirects=conn.boolean("follow_redirects", d.follow_redirects),
+        redirect_to=conn.get("redirect_to", d.redirect_to, _gateway_identity),
+        redirect_on=conn.string("redirect_on", d.redirect_on, REDIRECT_PHASES),
         fragmentation=conn.get("fragmentation", d.fragmentation, _fragmentation),
         encap=conn.boolean("encap", d.encap),
         keyingtries=conn.integer("keyingtries", d.keyingtries, 0, 1000),
@@ -897,6 +906,19 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
     _check_connection(conn, connection)
     conn.finish()
     return connection
+
+
+def _gateway_identity(value: Any) -> str:
+    """A gateway to redirect peers to (RFC 5685): an IPv4/IPv6 address or a host name."""
+    from ike.errors import LocalError
+    from ike.redirect import check_gateway
+
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address or host name, got {_type_name(value)}")
+    try:
+        return check_gateway(value)
+    except LocalError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _fragmentation(value: Any) -> str:

@@ -39,7 +39,7 @@ log = logging.getLogger("gateway.control")
 
 MAX_LINE: Final = 1 << 16  # bytes per request line; longer requests are refused
 SUBSCRIBER_QUEUE: Final = 4096  # events buffered per slow subscriber before it is dropped
-NAME_COMMANDS: Final = ("initiate", "terminate", "rekey")
+NAME_COMMANDS: Final = ("initiate", "terminate", "rekey", "redirect")
 PLAIN_COMMANDS: Final = ("list-conns", "list-sas", "reload", "stats", "subscribe")
 # migrate {name, local_addr?, remote_addr?, timeout?}: MOBIKE move (RFC 4555)
 ADDRESS_COMMANDS: Final = ("migrate",)
@@ -81,6 +81,8 @@ class ControlBackend(Protocol):
     async def terminate(self, name: str, timeout: float) -> Any: ...
 
     async def rekey(self, name: str, timeout: float) -> Any: ...
+
+    async def redirect(self, name: str, to: str, timeout: float) -> Any: ...
 
     async def reload(self) -> Any: ...
 
@@ -125,6 +127,8 @@ def parse_request(line: bytes) -> Request:
     allowed = {"name", "timeout"} if cmd in NAME_COMMANDS + ADDRESS_COMMANDS else set()
     if cmd in ADDRESS_COMMANDS:
         allowed |= {"local_addr", "remote_addr"}
+    if cmd == "redirect":
+        allowed.add("to")
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise _with_id(req_id, BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}")
@@ -143,6 +147,12 @@ def parse_request(line: bytes) -> Request:
             or not (0 < timeout <= 3600)
         ):
             raise _with_id(req_id, BAD_REQUEST, "'timeout' must be seconds in (0, 3600]")
+    if cmd == "redirect":
+        to = args.get("to")
+        if not isinstance(to, str) or not to:
+            raise _with_id(
+                req_id, BAD_REQUEST, 'redirect needs "to": the new gateway\'s address or name'
+            )
     return Request(req_id, cmd, args)
 
 
@@ -398,6 +408,9 @@ class ControlServer:
                 req.args.get("remote_addr"),
                 float(req.args.get("timeout", 30.0)),
             )
+        if req.cmd == "redirect":
+            timeout = float(req.args.get("timeout", 30.0))
+            return await b.redirect(req.args["name"], req.args["to"], timeout)
         actions: dict[str, Callable[[str, float], Awaitable[Any]]] = {
             "initiate": b.initiate,
             "terminate": b.terminate,
@@ -553,6 +566,9 @@ class ControlClient:
 
     async def rekey(self, name: str, timeout: float = 30.0) -> Any:
         return await self.call("rekey", {"name": name, "timeout": timeout})
+
+    async def redirect(self, name: str, to: str, timeout: float = 30.0) -> Any:
+        return await self.call("redirect", {"name": name, "to": to, "timeout": timeout})
 
     async def reload(self) -> Any:
         return await self.call("reload")

@@ -3,6 +3,7 @@
     gateway ctl [--socket PATH] list-conns|list-sas|stats [--json]
     gateway ctl [--socket PATH] initiate|terminate|rekey NAME [--timeout S] [--json]
     gateway ctl [--socket PATH] migrate NAME [--local ADDR] [--remote ADDR] [--timeout S]
+    gateway ctl [--socket PATH] redirect NAME --to GW [--timeout S] [--json]
     gateway ctl [--socket PATH] reload [--json]
     gateway ctl [--socket PATH] events [--count N] [--json]
 
@@ -172,6 +173,8 @@ async def _run(args: argparse.Namespace) -> int:
         call_args: dict[str, Any] | None = None
         if cmd in ("initiate", "terminate", "rekey"):
             call_args = {"name": args.name, "timeout": args.timeout}
+        elif cmd == "redirect":
+            call_args = {"name": args.name, "to": args.to, "timeout": args.timeout}
         elif cmd == "migrate":
             call_args = {"name": args.name, "timeout": args.timeout}
             if args.local:
@@ -253,8 +256,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("initiate", "establish a connection or one Child SA (NAME or NAME.CHILD)"),
         ("terminate", "delete a connection's IKE SA or one Child SA (NAME or NAME.CHILD)"),
         ("rekey", "rekey a connection's IKE SA or one Child SA (NAME or NAME.CHILD)"),
+        ("redirect", "send the peers of a connection's IKE SAs to another gateway (RFC 5685)"),
     ):
         p = add(name, text)
+        if name == "redirect":
+            p.add_argument(
+                "--to", required=True, metavar="GW", help="the new gateway: IP address or FQDN"
+            )
         p.add_argument("name", metavar="NAME", help="connection or connection.child")
         p.add_argument(
             "--timeout",

@@ -65,6 +65,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.control import (
+    BAD_REQUEST,
     FAILED,
     UNKNOWN_CONNECTION,
     UNKNOWN_SA,
@@ -150,6 +151,7 @@ class Totals:
     auth_failures: int = 0
     dpd_failures: int = 0
     rekeys: int = 0
+    redirects: int = 0  # IKEv2 redirects followed (initiator) and sent (responder)
     ike_rekeys: int = 0
     install_failures: int = 0
     engine_errors: int = 0  # exceptions out of the engine on network input (a bug)
@@ -185,6 +187,7 @@ class Engine(Protocol):
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
     ) -> None: ...
+    def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None: ...
 
     def datagrams_to_send(self) -> Iterable[ev.Datagram]: ...
 
@@ -267,6 +270,9 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         rand_time=conn.rand_time,
         dpd_delay=conn.dpd_delay,
         mobike=conn.mobike,
+        follow_redirects=conn.follow_redirects,
+        redirect_to=conn.redirect_to or "",
+        redirect_on=conn.redirect_on,
         local_auth=local.auth,
         remote_auth=remote.auth,
         certs=_read_files(conn.name, local.certs) if local_pub else (),
@@ -845,6 +851,7 @@ class Daemon:
             ev.IkeSaRekeyed: self._on_ike_rekeyed,
             ev.IkeSaDeleted: self._on_ike_deleted,
             ev.DpdFailed: self._on_dpd_failed,
+            ev.IkeSaRedirected: self._on_ike_redirected,
             ev.IkeSaFailed: self._on_ike_failed,
             ev.IkeSaMigrated: self._on_ike_migrated,
             ev.IkeSaMigrateFailed: self._on_ike_migrate_failed,
@@ -1174,6 +1181,82 @@ class Daemon:
             "ike-deleted", connection=e.connection, ike_sa=e.ike_sa, reason=e.reason
         )
 
+    def _on_ike_redirected(self, e: ev.IkeSaRedirected) -> None:
+        """RFC 5685 (ike/redirect.py). As initiator: the attempt (or the established SA,
+        already gone with IkeSaDeleted "redirected") is replaced by a new attempt against
+        the new gateway, which gets a record. As responder: we sent a peer away."""
+        self.totals.redirects += 1
+        if e.initiator:
+            old = self.sas.pop(e.ike_sa, None)
+            record = self._record(e.new_ike_sa, e.connection, True)
+            if old is not None:
+                record.started_at = old.started_at  # the handshake's duration counts on
+        log.info(
+            "event=ike-redirected connection=%s role=%s phase=%s ike_sa=%d remote=%s "
+            "gateway=%s new_ike_sa=%s",
+            e.connection,
+            "initiator" if e.initiator else "responder",
+            e.phase,
+            e.ike_sa,
+            _fmt_addr(e.remote),
+            e.gateway,
+            e.new_ike_sa or "-",
+        )
+        self.control.publish(
+            "ike-redirected",
+            connection=e.connection,
+            role="initiator" if e.initiator else "responder",
+            phase=e.phase,
+            ike_sa=e.ike_sa,
+            remote_addr=e.remote[0],
+            gateway=e.gateway,
+            new_ike_sa=e.new_ike_sa if e.initiator else None,
+        )
+
+    async def redirect(self, name: str, to: str, timeout: float) -> Any:
+        """Send the peers of a connection's established IKE SAs to gateway `to` (RFC 5685
+        §5; e.g. to drain this gateway). Waits until each peer has answered."""
+        from ike.redirect import check_gateway
+
+        conn, child = self._resolve(name)
+        if child is not None:
+            raise ControlError(BAD_REQUEST, "redirect moves IKE SAs: name a connection")
+        try:
+            gateway = check_gateway(to)
+        except LocalError as exc:
+            raise ControlError(BAD_REQUEST, f"redirect: {exc}") from None
+        records = [
+            r for r in self.sas.values() if r.connection == conn.name and r.state == "ESTABLISHED"
+        ]
+        if not records:
+            raise ControlError(UNKNOWN_SA, f"{name} has no established IKE SA to redirect")
+        pending: set[int] = set()
+        refused: list[str] = []
+
+        def match(event: Any) -> str | None:
+            if isinstance(event, ev.IkeSaRedirected | ev.IkeSaDeleted):
+                pending.discard(event.ike_sa)
+            return "" if not pending else None
+
+        future = self._wait(match)
+        for record in records:
+            try:
+                self._engine_call(self.engine.redirect_ike_sa, record.ike_sa, gateway)
+            except ControlError as exc:
+                refused.append(exc.message)
+            else:
+                pending.add(record.ike_sa)
+        sent = len(pending)
+        if not sent:
+            self._waiters = [w for w in self._waiters if w.future is not future]
+            raise ControlError(FAILED, f"redirect {name}: " + "; ".join(refused))
+        self._pump()
+        await self._await(future, timeout, f"redirect {name}")
+        message = f"redirect {name}: {sent} IKE SA(s) sent to {gateway}"
+        if refused:
+            message += f"; not redirected: {'; '.join(refused)}"
+        return {"message": message}
+
     def _on_dpd_failed(self, e: ev.DpdFailed) -> None:
         """The engine found the peer dead (its Child SAs are gone, IkeSaDeleted follows):
         carry out the dpd_action of each Child SA it had. clear: nothing more; restart:
@@ -1394,6 +1477,7 @@ class Daemon:
             "auth_failures": t.auth_failures,
             "dpd_failures": t.dpd_failures,
             "rekeys": t.rekeys,
+            "redirects": t.redirects,
             "install_failures": t.install_failures,
             "engine_errors": t.engine_errors,
             "transport": self.transport.counters.as_dict(),
@@ -1410,9 +1494,13 @@ class Daemon:
         want_child = child or (conn.children[0].name if conn.children else None)
 
         def match(event: Any) -> str | None:
+            nonlocal ike_sa
             if isinstance(event, ev.IkeSaFailed) and event.ike_sa == ike_sa:
                 return event.reason
             if getattr(event, "ike_sa", None) != ike_sa:
+                return None
+            if isinstance(event, ev.IkeSaRedirected) and event.initiator:
+                ike_sa = event.new_ike_sa  # a gateway sent us elsewhere: wait for that one
                 return None
             if isinstance(event, ev.ChildSaEstablished) and event.child == want_child:
                 return ""
@@ -1427,7 +1515,7 @@ class Daemon:
         future = self._wait(match)
         self._pump()
         await self._await(future, timeout, f"initiate {name}")
-        record = self.sas.get(ike_sa)
+        record = self.sas.get(ike_sa)  # the last attempt's handle (after redirects)
         return {
             "message": f"initiate {name}: established",
             "sa": self._sa_dict(record) if record else None,

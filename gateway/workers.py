@@ -581,6 +581,10 @@ class Supervisor:
             args["remote_addr"] = remote_addr
         return merge_action(await self._ask_all("migrate", args))
 
+    async def redirect(self, name: str, to: str, timeout: float) -> Any:
+        args = {"name": name, "to": to, "timeout": timeout}
+        return merge_action(await self._ask_all("redirect", args))
+
     async def reload(self) -> Any:
         from gateway.daemon import load_for_reload
 

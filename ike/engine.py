@@ -7,7 +7,7 @@ The engine owns every IKE SA of one process. It never does I/O and never reads a
 * inputs: ``receive_datagram(data, (local, remote), now)`` for each UDP payload received
   on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
   ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``,
-  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``; injected hooks:
+  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``, ``redirect_ike_sa``; injected hooks:
   ``InboundSpiAllocator`` (our ESP SPIs) and ``InboundTraffic`` (ESP counters for DPD);
 * outputs, pulled by the caller after every input: ``datagrams_to_send()``,
   ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).

@@ -37,7 +37,7 @@ def gateway_config(
 ) -> str:
     """A TOML config; each conn: name, local, remote, local_id, remote_id, local_ts,
     remote_ts and optionally start_action, child, ike, esp, dpd_delay, mode, psk,
-    dpd_action and child_extra (more TOML lines for the child)."""
+    dpd_action, conn_extra and child_extra (more TOML lines for the connection / child)."""
     lines = [
         "[gateway]",
         f"listen = {json.dumps(listen)}",
@@ -58,6 +58,7 @@ def gateway_config(
             f'remote = {{ auth = "psk", id = "{c["remote_id"]}" }}',
             f'psk = "{c.get("psk", PSK)}"',
             f'dpd_delay = "{c.get("dpd_delay", "0s")}"',
+            c.get("conn_extra", ""),
             "",
             f"[connections.{name}.children.{c.get('child', 'net')}]",
             f"local_ts = {json.dumps(c['local_ts'])}",

@@ -344,6 +344,10 @@ def conn(body: str, child: str = "") -> str:
         ("", 'start_action = "restart"', ["connections.c.children.k.start_action"]),
         ("", 'dpd_action = "panic"', ["connections.c.children.k.dpd_action"]),
         ("", 'dpd_action = "trap"', ["connections.c.children.k.dpd_action"]),  # not yet
+        ('redirect_to = "a b"', "", ["connections.c.redirect_to"]),
+        ("redirect_to = 7", "", ["connections.c.redirect_to"]),
+        ('redirect_on = "later"', "", ["connections.c.redirect_on"]),
+        ("follow_redirects = 1", "", ["connections.c.follow_redirects"]),
         ("", 'rekey_time = "1h"\nrand_time = "1h"', ["connections.c.children.k.rand_time"]),
         ("", 'rekey_bytes = "1G"\nlife_bytes = "500M"', ["connections.c.children.k.life_bytes"]),
         ("", "replay_window = -1", ["connections.c.children.k.replay_window"]),
@@ -357,6 +361,16 @@ def conn(body: str, child: str = "") -> str:
 )
 def test_connection_errors(body: str, child: str, paths: list[str]) -> None:
     assert paths_of(conn(body, child)) == paths
+
+
+def test_redirect_keys() -> None:
+    c = parse_config(conn("")).connections[0]
+    assert (c.follow_redirects, c.redirect_to, c.redirect_on) == (True, None, "init")
+    text = 'redirect_to = "gw2.example"\nredirect_on = "auth"\nfollow_redirects = false\n'
+    c = parse_config(conn(text)).connections[0]
+    assert (c.follow_redirects, c.redirect_to, c.redirect_on) == (False, "gw2.example", "auth")
+    c = parse_config(conn('redirect_to = "2001:DB8::7"\n')).connections[0]
+    assert c.redirect_to == "2001:db8::7"
 
 
 def test_child_inherits_connection_offload_and_accepts_good_values() -> None:

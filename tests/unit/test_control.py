@@ -140,6 +140,10 @@ class FakeState:
     ) -> Any:
         return await self._act("migrate", name, timeout)
 
+    async def redirect(self, name: str, to: str, timeout: float) -> Any:
+        await self._act("redirect", name, timeout)
+        return {"message": f"redirect {name} to {to}: ok"}
+
     async def reload(self) -> Any:
         self.reloads += 1
         return {"added": [], "removed": [], "changed": [], "unchanged": ["east"]}
@@ -185,11 +189,15 @@ async def test_round_trip_of_every_command(served: Any) -> None:
             "message": "terminate east.net: ok"
         }
         assert await client.rekey("east.net") == {"message": "rekey east.net: ok"}
+        assert await client.redirect("east", "192.0.2.9", timeout=3) == {
+            "message": "redirect east to 192.0.2.9: ok"
+        }
         assert (await client.reload())["unchanged"] == ["east"]
     assert state.calls == [
         ("initiate", "east", 30.0),
         ("terminate", "east.net", 2.0),
         ("rekey", "east.net", 30.0),
+        ("redirect", "east", 3.0),
     ]
 
 
@@ -237,6 +245,19 @@ MALFORMED = [
         "'timeout' must be seconds",
     ),
     (b'{"id": 12, "cmd": "stats", "extra": 1}\n', 12, "bad-request", "unknown request field"),
+    (b'{"id": 13, "cmd": "redirect", "args": {"name": "east"}}\n', 13, "bad-request", '"to"'),
+    (
+        b'{"id": 14, "cmd": "redirect", "args": {"name": "east", "to": 7}}\n',
+        14,
+        "bad-request",
+        'redirect needs "to"',
+    ),
+    (
+        b'{"id": 15, "cmd": "rekey", "args": {"name": "east", "to": "x"}}\n',
+        15,
+        "bad-request",
+        "unknown argument",
+    ),
 ]
 
 
@@ -425,6 +446,8 @@ def test_ctl_commands(daemon_thread: Any, capsys: pytest.CaptureFixture[str]) ->
     assert state.calls[-1] == ("initiate", "east.net", 7.0)
     assert ctl(path, "reload", "--json") == 0
     assert json.loads(capsys.readouterr().out)["unchanged"] == ["east"]
+    assert ctl(path, "redirect", "east", "--to", "gw2.example") == 0
+    assert capsys.readouterr().out.strip() == "redirect east to gw2.example: ok"
 
     assert ctl(path, "terminate", "west") == 1
     captured = capsys.readouterr()
