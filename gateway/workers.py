@@ -76,8 +76,8 @@ log = logging.getLogger("gateway.workers")
 RESTART_DELAY: Final = 1.0  # seconds before a dead worker is started again
 MAX_RESTARTS: Final = 5  # more deaths than this within RESTART_WINDOW stop the daemon
 RESTART_WINDOW: Final = 60.0
-START_TIMEOUT: Final = 120.0  # a worker must be serving within this long
-STOP_TIMEOUT: Final = 15.0  # a worker must have shut down within this long (then SIGKILL)
+START_TIMEOUT: Final = 300.0  # a worker must be serving within this long (TCG VM: slow)
+STOP_TIMEOUT: Final = 30.0  # a worker must have shut down within this long (then SIGKILL)
 IPC_LIMIT: Final = 1 << 28  # bytes per reply line from a worker (list-sas of many SAs)
 
 
@@ -167,6 +167,11 @@ def bind_groups(config: GatewayConfig) -> list[SocketGroup]:
                     port = 0  # an ephemeral IKE port (tests): ephemeral NAT-T port too
                 group = SocketGroup(address, nat_t, [])
                 groups.append(group)
+                if port:
+                    # Any process of our user could join a reuseport group (and replace its
+                    # program): a plain bind first fails if the port is taken, by another
+                    # gateway's workers too, as a single-process daemon's bind would.
+                    bind_socket(address, port).close()
                 for _ in range(gw.workers):
                     sock = bind_socket(
                         address,
@@ -244,6 +249,8 @@ class Supervisor:
         # workers push events only while our control socket has subscribers: encoding,
         # relaying and decoding two events per handshake costs about a fifth of its CPU
         self._forwarding = False
+        self._started = False  # every worker served once (later deaths: restart)
+        self._control_started = False  # (never remove a socket another daemon serves)
         self.control.on_subscribers = self._on_subscribers
 
     # ------------------------------------------------------------------ lifecycle
@@ -261,8 +268,12 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             installed.append(signal.SIGHUP)
             await self._start_all()
+            self._started = True
+            if self._stopping.is_set():
+                return self.exit_status  # SIGTERM during the start (finally: shutdown)
             # the control socket appears once every worker serves (scripts wait for it)
             await self.control.start()
+            self._control_started = True
             self._start_metrics()
             log.info(
                 "event=daemon-started version=%s dataplane=%s workers=%d ike_port=%d "
@@ -412,8 +423,8 @@ class Supervisor:
         now = time.monotonic()
         worker.deaths = [t for t in worker.deaths if now - t < RESTART_WINDOW] + [now]
         log.error("event=worker-died worker=%d pid=%d status=%d", worker.index, proc.pid, status)
-        if not was_ready:
-            return  # failed during start: _start_all reports it
+        if not was_ready and not self._started:
+            return  # failed during the daemon's start: _start_all reports it
         if len(worker.deaths) > MAX_RESTARTS:
             log.error(
                 "event=worker-crash-loop worker=%d deaths=%d window=%gs action=stop",
@@ -474,7 +485,8 @@ class Supervisor:
         await asyncio.gather(*self._background, return_exceptions=True)
         close_groups(self.groups)
         self.groups = []
-        await self.control.close()
+        if self._control_started:
+            await self.control.close()
         if self._exporter is not None:
             self._exporter.close()
         log.info("event=daemon-stopped")

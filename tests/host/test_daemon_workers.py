@@ -37,9 +37,11 @@ from ike import events as ev
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
 from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.host.test_prometheus_daemon import ns_get
 from tests.support.ike_udp import UdpDriver
 
 DRIVER = "192.0.2.2"
+METRICS = "127.0.0.1:9810"  # inside the daemon's namespace
 IKE_AUTH = 35
 FLAG_RESPONSE = 0x20
 DRV_CONNECTION = f"""
@@ -139,7 +141,9 @@ def stats(gw: Gateway) -> dict[str, Any]:
 def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     a, b = netns_pair
     sock = tmp_path / "gw.sock"
-    gw = Gateway.start(a, tmp_path, "gw", our_config(sock, workers=2, connections=DRV_CONNECTION))
+    text = our_config(sock, workers=2, connections=DRV_CONNECTION)
+    text = text.replace('metrics_listen = "off"', f'metrics_listen = "{METRICS}"')
+    gw = Gateway.start(a, tmp_path, "gw", text)
     try:
         first = stats(gw)
         assert [w["index"] for w in first["workers"]] == [0, 1]
@@ -243,6 +247,10 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
         assert now["ike_sas"] == {"ESTABLISHED": len(sas)}
         assert now["handshakes"] == sum(w["handshakes"] for w in now["workers"])
         assert [w["ike_sas"] for w in now["workers"]] == per_worker
+        # the supervisor's Prometheus exporter sees the SAs of both workers
+        scraped = ns_get(a, f"http://{METRICS}/metrics")
+        assert "ipsec_source_up 1.0" in scraped
+        assert f'ipsec_ike_sas{{state="ESTABLISHED"}} {float(len(sas))}' in scraped
 
         # 6. a worker dies: reported, restarted, serving again; the other keeps its SAs
         victim = now["workers"][1]["pid"]
@@ -264,6 +272,14 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
         fresh = [sa for sa in gw.sas() if sa["connection"] == "drv"]
         assert sorted(sa["worker"] for sa in fresh) == [0, 1]
         assert "event=worker-died worker=1" in gw.log_text()
+
+        # 7. a second daemon on the same ports is refused and leaves the first one alone
+        second = a.run(
+            sys.executable, "-m", "gateway", "run", "-c", str(gw.config), check=False, timeout=60
+        )
+        assert second.returncode != 0 and "cannot open IKE socket" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert sock.exists() and stats(gw)["workers"][0]["running"]
     finally:
         status = gw.stop(timeout=60)
     assert status == 0, gw.log_text()

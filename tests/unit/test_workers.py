@@ -5,8 +5,10 @@ The kernel's steering itself is tested in tests/host/test_daemon_workers.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import socket
 import struct
 from typing import Any
 
@@ -22,7 +24,8 @@ from bpf.reuseport import (
     select_worker,
     steering_program,
 )
-from gateway.control import UNKNOWN_SA, ControlError
+from gateway import control
+from gateway.control import UNKNOWN_SA, ControlClient, ControlError, ControlServer
 from gateway.workers import (
     PartitionedSpis,
     WorkerIkeSpis,
@@ -33,6 +36,7 @@ from gateway.workers import (
 )
 from gateway.xfrm.manager import OwnedRange
 from ike.engine import IkeEngine
+from tests.unit.test_control import FakeState
 
 INIT, RESP = reuseport.FLAG_INITIATOR, reuseport.FLAG_RESPONSE
 IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 34, 35, 37
@@ -287,3 +291,52 @@ def test_merge_action() -> None:
     with pytest.raises(ControlError) as exc:
         merge_action([(0, done), (W(), failed)])
     assert exc.value.code == "failed" and "(worker 1)" in exc.value.message
+
+
+# --------------------------------------------------------------------------- the worker link
+
+
+class SlowState(FakeState):
+    """FakeState whose initiate waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def initiate(self, name: str, timeout: float) -> Any:
+        await self.release.wait()
+        return await super().initiate(name, timeout)
+
+
+async def test_peer_link_answers_concurrently_and_pushes_events_only_when_subscribed() -> None:
+    state = SlowState()
+    server = ControlServer(state, "unused-path-never-created")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    serving = await server.serve_peer(ours)
+    reader, writer = await asyncio.open_unix_connection(sock=theirs)
+    client = ControlClient(reader, writer)
+    try:
+        slow = asyncio.create_task(client.initiate("east"))
+        # a slow request does not hold up the others (the public socket answers in order)
+        assert (await asyncio.wait_for(client.stats(), 5))["handshakes"] == 1
+        assert not slow.done()
+        state.release.set()
+        assert (await asyncio.wait_for(slow, 5))["message"] == "initiate east: ok"
+
+        server.publish("ike-established", connection="east")  # nobody subscribed: dropped
+        assert await client.call("subscribe") == {"subscribed": True}
+        server.publish("child-established", connection="east")
+        assert await client.call("unsubscribe") == {"subscribed": False}
+        server.publish("ike-deleted", connection="east")  # unsubscribed again: dropped
+        assert await client.call("subscribe") == {"subscribed": True}
+        server.publish("ike-failed", connection="east")
+        events = client.events()
+        got = [(await anext(events))["type"] for _ in range(2)]
+        assert got == ["child-established", "ike-failed"]
+        # malformed lines still get their error reply on the link
+        with pytest.raises(ControlError) as exc:
+            await client.call("no-such-command")
+        assert exc.value.code == control.UNKNOWN_COMMAND
+    finally:
+        await client.close()
+        await asyncio.wait_for(serving, 5)  # ends when the supervisor's side closes
