@@ -1383,6 +1383,9 @@ class Daemon:
                 "ike_proposals": list(c.ike_proposals),
                 "start_action": _conn_start_action(c),
                 "dpd_delay": c.dpd_delay,
+                "follow_redirects": c.follow_redirects,
+                "redirect_to": c.redirect_to,
+                "redirect_on": c.redirect_on,
                 "rekey_time": c.rekey_time,
                 "children": [
                     {

@@ -148,7 +148,8 @@ def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> 
         t for t in (sa.redirected[1] if sa.redirected else ()) if now - t < REDIRECT_LOOP_PERIOD
     )
     why = ""
-    if len(history) >= MAX_REDIRECTS:
+    loop = len(history) >= MAX_REDIRECTS
+    if loop:
         why = f"{len(history)} redirects within {REDIRECT_LOOP_PERIOD:g} s, the last to {gateway}"
     local = _local_for(conn, sa, gateway) if not why else None
     if not why and local is None:
@@ -163,7 +164,7 @@ def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> 
             return
         if phase == "auth":
             eng._abandon(sa, now)
-        eng._fail(sa, "REDIRECT_LOOP" if history else "REDIRECT", now, why)
+        eng._fail(sa, "REDIRECT_LOOP" if loop else "REDIRECT", now, why)
         return
     assert local is not None
     child = sa.pending_child.config if sa.pending_child is not None else None

@@ -53,6 +53,8 @@ class Net:
         self.events: dict[str, list[Event]] = {ip: [] for ip in confs}
         self.log: list[Datagram] = []
 
+        self.aliases: dict[str, str] = {}  # more addresses of an engine
+
     def __getitem__(self, ip: str) -> IkeEngine:
         return self.engines[ip]
 
@@ -66,7 +68,7 @@ class Net:
                 self.log.append(d)
                 copies = filt(n, d) if filt else 1
                 n += 1
-                dst = self.engines.get(d.remote[0])
+                dst = self.engines.get(self.aliases.get(d.remote[0], d.remote[0]))
                 for _ in range(copies if dst else 0):
                     assert dst is not None
                     dst.receive_datagram(d.data, (d.remote, d.local), self.now)
@@ -290,10 +292,42 @@ def test_redirect_loop_limit() -> None:
     assert len(net.sent_to(GW1, ExchangeType.IKE_SA_INIT)) == 3
 
 
-def test_redirect_to_a_name_is_not_followed() -> None:
-    net = Net({CLIENT: client(), GW1: gateway(GW1, redirect_to="gw2.example")})
+def test_redirect_to_an_ipv6_gateway_from_our_ipv6_address() -> None:
+    """An IPv4 gateway sends the client to an IPv6 one: the new IKE SA runs from the
+    connection's IPv6 local address; REDIRECTED_FROM names the IPv4 gateway."""
+    gw6, client6 = "2001:db8::3", "2001:db8::1"
+    me = dataclasses.replace(client(), local_addrs=(CLIENT, client6))
+    other = dataclasses.replace(gateway(GW2), local_addrs=(gw6,), remote_addrs=(client6,))
+    net = Net({CLIENT: me, GW1: gateway(GW1, redirect_to=gw6), gw6: other})
+    net.aliases[client6] = CLIENT
     net[CLIENT].initiate("vpn", None, net.now)
     net.pump()
+    [info] = net[CLIENT].ike_sas()
+    assert info.remote == (gw6, 500) and info.local == (client6, 500)
+    assert info.state == "ESTABLISHED" and len(info.children) == 1
+    [to_gw6] = net.sent_to(gw6, ExchangeType.IKE_SA_INIT)
+    came_from = notify(to_gw6, NotifyType.REDIRECTED_FROM)
+    assert came_from is not None and came_from.data == b"\x01\x04" + bytes([192, 0, 2, 2])
+    # without an IPv6 address of our own there is nowhere to go from
+    net = Net({CLIENT: client(), GW1: gateway(GW1, redirect_to=gw6)})
+    net[CLIENT].initiate("vpn", None, net.now)
+    net.pump()
+    [failed] = net.of(CLIENT, IkeSaFailed)
+    assert failed.reason == "REDIRECT" and "no local address of the family" in failed.detail
+
+
+def test_redirect_to_a_name_is_not_followed() -> None:
+    """Also after a first redirect (a chain of two): the reason says why."""
+    net = Net(
+        {
+            CLIENT: client(),
+            GW1: gateway(GW1, redirect_to=GW2),
+            GW2: gateway(GW2, redirect_to="gw2.example"),
+        }
+    )
+    net[CLIENT].initiate("vpn", None, net.now)
+    net.pump()
+    assert [m.gateway for m in net.of(CLIENT, IkeSaRedirected)] == [GW2]
     [failed] = net.of(CLIENT, IkeSaFailed)
     assert failed.reason == "REDIRECT" and "gw2.example is a name" in failed.detail
     assert net[CLIENT].ike_sas() == []
