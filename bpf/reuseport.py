@@ -12,8 +12,8 @@ RFC 3948 §2.2):
 
 - shorter than an IKE header, or on the NAT-T port not starting with the marker (ESP in
   UDP, NAT-keepalives): no choice (kernel hash; ESP is decapsulated by any socket);
-- SPIr zero and the Response flag clear (an IKE_SA_INIT request): hash SPIi over the
-  *live* workers (a worker that is not running gets no new IKE SAs);
+- SPIr zero and the Response flag clear (an IKE_SA_INIT request): hash SPIi (its high
+  32 bits) over the *live* workers (a worker that is not running gets no new IKE SAs);
 - otherwise the owner's SPI is SPIr when the Initiator flag is set (the peer initiated,
   we are the responder and chose SPIr), else SPIi (we initiated); the worker index is
   `owner_of_spi(spi, workers)`. An IKE_SA_INIT response with SPIr zero (COOKIE,
@@ -81,7 +81,7 @@ def select_worker(payload: bytes, *, nat_t: bool, workers: int, live: Sequence[i
     if spi_r == bytes(8) and not flags & FLAG_RESPONSE:
         if not live:
             return None
-        return live[int.from_bytes(spi_i[4:8], "big") % len(live)]
+        return live[int.from_bytes(spi_i[:4], "big") % len(live)]
     return owner_of_spi(spi_r if flags & FLAG_INITIATOR else spi_i, workers)
 
 
@@ -149,7 +149,7 @@ def steering_program(*, nat_t: bool, workers: int, live: Sequence[int]) -> list[
     if not live:
         a.op(RET_K, NO_CHOICE)
     else:
-        a.op(LD_W_ABS, o + 4)
+        a.op(LD_W_ABS, o)  # SPIi's high word: independent of the owner's (low) word
         a.op(ALU_MOD_K, len(live))
         if list(live) == list(range(workers)):
             a.op(RET_A)

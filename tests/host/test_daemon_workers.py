@@ -72,8 +72,14 @@ class RecordingEngine(IkeEngine):
 
 
 def driver_engine() -> RecordingEngine:
-    # IKE_SA_INIT requests are steered by a hash of SPIi; these SPIs hash to 0, 1, 0, 1
-    spis = itertools.cycle([WorkerIkeSpis(0, 2), WorkerIkeSpis(1, 2)])
+    # IKE_SA_INIT requests are steered by SPIi's high word: to workers 0, 1, 0, 1, ...
+    # (its low word is random: it says nothing about the owner, whose index is in SPIr)
+    targets = itertools.cycle([0, 1])
+
+    def spi_i() -> bytes:
+        high = WorkerIkeSpis(next(targets), 2)()[4:]
+        return high + os.urandom(4)
+
     conn = ConnectionConfig(
         name="gw",
         local_addrs=(DRIVER,),
@@ -83,12 +89,16 @@ def driver_engine() -> RecordingEngine:
         psk=PSK.encode(),
         ike_proposals=(IKE,),
         children=(ChildConfig("net", ("10.9.0.2/32",), ("10.1.0.0/16",), (ESP,)),),
+        mobike=True,  # IKE moves to port 4500 at IKE_AUTH (RFC 4555 §3.3)
     )
-    engine = RecordingEngine(
-        [conn], EngineSettings(retransmit_timeout=2.0), ike_spis=lambda: next(spis)()
-    )
+    engine = RecordingEngine([conn], EngineSettings(retransmit_timeout=2.0), ike_spis=spi_i)
     engine.sent = []
     return engine
+
+
+def is_ike_auth(data: bytes, port: int, *, response: bool) -> bool:
+    header = data[4:] if port == 4500 else data  # the non-ESP marker (RFC 3948 §2.2)
+    return header[18] == IKE_AUTH and bool(header[19] & FLAG_RESPONSE) == response
 
 
 def count(events: Iterable[ev.Event], kind: type) -> int:
@@ -167,20 +177,21 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
             events.close()
 
             # 2. retransmitted IKE_AUTH requests: each answered by its owner, from its cache
-            requests = [
-                d for d in engine.sent if d.data[18] == IKE_AUTH and not d.data[19] & FLAG_RESPONSE
-            ]
+            # (MOBIKE on both sides: IKE_AUTH and everything after it uses port 4500,
+            # behind the non-ESP marker, so both reuseport groups are exercised)
+            requests = [d for d in engine.sent if is_ike_auth(d.data, d.local[1], response=False)]
             answers = {
-                data[:8]: data
-                for data, _, _ in driver.ike_received
-                if data[18] == IKE_AUTH and data[19] & FLAG_RESPONSE
+                data[4:12]: data
+                for data, port, _ in driver.ike_received
+                if is_ike_auth(data, port, response=True)
             }
             assert len(requests) == 4 and len(answers) == 4
-            s = driver.socks[500]
+            assert {d.local[1] for d in requests} == {4500}
+            s = driver.socks[4500]
             for req in requests:
-                s.sendto(req.data, (TARGET, 500))
+                s.sendto(req.data, (TARGET, 4500))
                 assert select.select([s], [], [], 5)[0], "retransmitted IKE_AUTH not answered"
-                assert s.recvfrom(65535)[0] == answers[req.data[:8]]
+                assert s.recvfrom(65535)[0] == answers[req.data[4:12]]
 
             # 3. IKE rekeys: ours (ctl) and the peer's; the owner stays the owner
             done = ctl_driven(driver, gw.socket, "rekey", "drv")
@@ -291,7 +302,8 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
 def test_two_workers_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     """Smoke against strongSwan (charon, kernel-libipsec) with workers = 2: the start
     action runs in the connection's owner only, IKE rekeys from both sides and a Child
-    rekey keep the SA with its owner and agree with charon, terminate from either side."""
+    rekey keep the SA with its owner and agree with charon, terminate from either side,
+    SIGTERM deletes the SA with charon."""
     from tests.host.test_daemon_strongswan import (
         OURS,
         SWANCTL,
@@ -363,6 +375,12 @@ def test_two_workers_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: P
                 assert_same_view(theirs, swan_sa(sw))  # type: ignore[arg-type]
                 sw.terminate_ike("gw")
                 wait_for("our SA gone", lambda: gw.sas() == [])
+
+            # 5. SIGTERM: the owner deletes its SA with charon before the daemon exits
+            sw.initiate("net")
+            gw.installed("swan")
+            assert gw.stop(timeout=60) == 0, gw.log_text()
+            wait_for("charon told", lambda: sw.list_sas() == [], timeout=10)
         finally:
             status = gw.stop(timeout=60)
     assert status == 0, gw.log_text()

@@ -170,7 +170,7 @@ def test_decisions_on_sample_packets() -> None:
     live = [0, 1]
     cases = [
         # IKE_SA_INIT request: SPIr zero -> hash of SPIi over the live workers
-        (header(theirs, zero, INIT, IKE_SA_INIT), int.from_bytes(theirs[4:], "big") % 2),
+        (header(theirs, zero, INIT, IKE_SA_INIT), int.from_bytes(theirs[:4], "big") % 2),
         # peer initiated, we answered: our SPI is SPIr
         (header(theirs, mine, INIT), 1),
         # we initiated: responses and the peer's requests carry our SPI as SPIi
