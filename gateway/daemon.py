@@ -14,7 +14,9 @@ Engine events drive everything else:
     IkeSaEstablished   -> record (list-sas), log, event `ike-established`
     ChildSaEstablished -> data plane install, record, log, event `child-established`
     ChildSaRekeyed     -> data plane replace (make-before-break, the old inbound SA kept
-                          until its ChildSaDeleted "rekeyed" + REKEY_GRACE), `child-rekeyed`
+                          until its ChildSaDeleted "rekeyed" + REKEY_GRACE), `child-rekeyed`;
+                          as rekey responder (`outbound` False) the new inbound SA only
+    ChildSaOutboundSwitched -> the rekey responder sends on the new SA (switch_outbound)
     IkeSaRekeyed       -> record gets the new SPIs, event `ike-rekeyed`
     ChildSaDeleted     -> data plane remove, record gone, event `child-deleted`
     DpdFailed          -> event `dpd-failed`, each Child's dpd_action (restart: initiate)
@@ -72,7 +74,7 @@ from gateway.control import (
     ControlError,
     ControlServer,
 )
-from gateway.dataplane import Dataplane, DataplaneError, Installed, make_dataplane
+from gateway.dataplane import Counters, Dataplane, DataplaneError, Installed, make_dataplane
 from gateway.errors import GatewayError
 from gateway.transport import UdpTransport
 from gateway.xdp import XdpAdapter
@@ -112,6 +114,9 @@ class ChildRecord:
     expire_at: float | None = None
     installed: Installed | None = None
     xdp_slot: int | None = None  # the BPF programs' counter/clamp slot ([gateway.xdp])
+    # rekey responder: the older SA whose outbound SA is still in use until the engine's
+    # ChildSaOutboundSwitched (`installed` then has its inbound SA only)
+    sending: Installed | None = None
 
 
 @dataclass(slots=True)
@@ -538,15 +543,17 @@ class Daemon:
 
     def _pump(self) -> None:
         for _ in range(1000):  # events may trigger calls that queue more output
-            sent = False
-            for dgram in self.engine.datagrams_to_send():
-                self.transport.send(dgram.data, dgram.local, dgram.remote)
-                sent = True
+            # events first: what a message we answer set up (e.g. the new inbound SA of
+            # a rekey we answer) is in the kernel before the peer can act on our answer
             event = self.engine.next_event()
             handled = event is not None
             while event is not None:
                 self._handle_event(event)
                 event = self.engine.next_event()
+            sent = False
+            for dgram in self.engine.datagrams_to_send():
+                self.transport.send(dgram.data, dgram.local, dgram.remote)
+                sent = True
             if not sent and not handled:
                 break
         self._arm_timer()
@@ -669,6 +676,9 @@ class Daemon:
             for child in record.children:
                 if child.spi_in not in wanted or child.installed is None:
                     continue
+                # a rekey we answered still sending on the old SA: the peer moving (or
+                # answering our move) normally has our answer: send on the new SA first
+                self._switch_outbound(record, child, "migrating")
                 try:
                     child.installed = self.dataplane.migrate(
                         child.installed, e.local[0], e.remote[0], e.encap
@@ -848,6 +858,7 @@ class Daemon:
             ev.ChildSaFailed: self._on_child_failed,
             ev.ChildSaDeleted: self._on_child_deleted,
             ev.ChildSaRekeyed: self._on_child_rekeyed,
+            ev.ChildSaOutboundSwitched: self._on_child_outbound_switched,
             ev.IkeSaRekeyed: self._on_ike_rekeyed,
             ev.IkeSaDeleted: self._on_ike_deleted,
             ev.DpdFailed: self._on_dpd_failed,
@@ -926,17 +937,7 @@ class Daemon:
         try:
             installed = self.dataplane.install(e, config)
         except DataplaneError as exc:
-            self.totals.install_failures += 1
-            log.error(
-                "event=child-install-failed connection=%s child=%s spi_in=%s error=%s",
-                e.connection,
-                e.child,
-                _spi(e.spi_in),
-                exc,
-            )
-            self.control.publish(
-                "error", connection=e.connection, child=e.child, message=f"install failed: {exc}"
-            )
+            self._dataplane_failed("child-install-failed", e.connection, e.child, e.spi_in, exc)
             # An SA we cannot install must not stay negotiated: tell the peer.
             with contextlib.suppress(ControlError):
                 self._engine_call(self.engine.delete_child_sa, e.ike_sa, e.spi_in)
@@ -1001,7 +1002,10 @@ class Daemon:
 
     def _on_child_rekeyed(self, e: ev.ChildSaRekeyed) -> Any:
         """Make-before-break (docs/daemon.md): the new SAs go in and the policies move to
-        them, the old outbound SA goes, the old inbound one stays until its Delete."""
+        them, the outbound SA in use goes, the old inbound one stays until its Delete. As
+        the rekey's responder (`e.outbound` False) only the new inbound SA goes in: the
+        peer cannot decrypt the new SA before it has our answer, so we keep sending on
+        the old one until ChildSaOutboundSwitched."""
         new = e.new
         record = self.sas.get(e.ike_sa)
         child = None
@@ -1011,35 +1015,34 @@ class Daemon:
             return self._on_child_established(new)  # nothing to replace (after a collision)
         config = self._child_config(e.connection, e.child)
         old = child.installed
-        counters = self.dataplane.counters(old)
+        in_use = child.sending or old  # whose outbound SA we send on
+        gone = self.dataplane.counters(old)
+        sending = self.dataplane.counters(in_use) if e.outbound else Counters()
         try:
-            installed = self.dataplane.replace(old, new, config, keep_old_inbound=True)
+            if e.outbound:
+                installed = self.dataplane.replace(in_use, new, config, keep_old_inbound=True)
+            else:
+                installed = self.dataplane.replace(
+                    old, new, config, keep_old_inbound=True, switch_outbound=False
+                )
         except DataplaneError as exc:
-            self.totals.install_failures += 1
-            log.error(
-                "event=child-rekey-install-failed connection=%s child=%s spi_in=%s error=%s",
-                e.connection,
-                e.child,
-                _spi(new.spi_in),
-                exc,
-            )
-            self.control.publish(
-                "error", connection=e.connection, child=e.child, message=f"install failed: {exc}"
+            self._dataplane_failed(
+                "child-rekey-install-failed", e.connection, e.child, new.spi_in, exc
             )
             with contextlib.suppress(ControlError):  # the old SA stays in use
                 self._engine_call(self.engine.delete_child_sa, e.ike_sa, new.spi_in)
             reason = f"install failed: {exc}"
             return ev.ChildSaFailed(e.ike_sa, e.connection, e.child, reason, e.time)
-        self.totals.bytes_in += counters.bytes_in
-        self.totals.bytes_out += counters.bytes_out
-        self.totals.packets_in += counters.packets_in
-        self.totals.packets_out += counters.packets_out
+        # counters of SAs that leave the record: the old inbound SA's now, the outbound
+        # SA in use when we stop sending on it
+        self._bank(Counters(gone.bytes_in, gone.packets_in, sending.bytes_out, sending.packets_out))
         self.totals.rekeys += 1
         xdp_old = None
         if self.xdp is not None and child.xdp_slot is not None:
             xdp_old = (child.spi_in, child.spi_out)
             self.xdp.child_rekeyed(child.spi_in, new, offloaded=installed.offload != "none")
         self._retiring[e.old_spi_in] = (e.ike_sa, old, xdp_old)
+        child.sending = None if e.outbound else in_use
         child.spi_in, child.spi_out = new.spi_in, new.spi_out
         child.esp_proposal = new.proposal
         child.installed = installed
@@ -1047,7 +1050,7 @@ class Daemon:
         child.rekey_at, child.expire_at = new.rekey_at, new.expire_at
         log.info(
             "event=child-rekeyed connection=%s child=%s ike_sa=%d spi_in=%s spi_out=%s "
-            "old_spi_in=%s old_spi_out=%s proposal=%s",
+            "old_spi_in=%s old_spi_out=%s proposal=%s outbound=%s",
             e.connection,
             e.child,
             e.ike_sa,
@@ -1056,6 +1059,7 @@ class Daemon:
             _spi(e.old_spi_in),
             _spi(e.old_spi_out),
             new.proposal,
+            "new" if e.outbound else "old",
         )
         self.control.publish(
             "child-rekeyed",
@@ -1067,6 +1071,74 @@ class Daemon:
             old_spi_out=_spi(e.old_spi_out),
         )
         return None
+
+    def _on_child_outbound_switched(self, e: ev.ChildSaOutboundSwitched) -> None:
+        """The rekey responder's second step: send on the new SA (RFC 7296 §2.8)."""
+        record = self.sas.get(e.ike_sa)
+        child = None
+        if record is not None:
+            child = next((c for c in record.children if c.spi_in == e.spi_in), None)
+        if record is not None and child is not None:
+            self._switch_outbound(record, child, e.reason)
+
+    def _switch_outbound(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
+        if child.sending is None or child.installed is None:
+            return  # switched already, its install failed, or the Child is gone
+        old_spi_out = child.sending.spi_out
+        counters = self.dataplane.counters(child.sending)
+        try:
+            child.installed = self.dataplane.switch_outbound(child.sending, child.installed)
+        except DataplaneError as exc:  # the old outbound SA stays in use
+            self._dataplane_failed(
+                "child-switch-failed", record.connection, child.name, child.spi_in, exc
+            )
+            return
+        child.sending = None
+        self._bank(Counters(0, 0, counters.bytes_out, counters.packets_out))
+        log.info(
+            "event=child-outbound-switched connection=%s child=%s ike_sa=%d spi_out=%s "
+            "old_spi_out=%s reason=%r",
+            record.connection,
+            child.name,
+            record.ike_sa,
+            _spi(child.spi_out),
+            _spi(old_spi_out),
+            reason,
+        )
+
+    def _dataplane_failed(
+        self, event: str, connection: str, child: str, spi_in: int, exc: DataplaneError
+    ) -> None:
+        """The data plane refused a Child SA (install, rekey or switch): count, log, tell."""
+        self.totals.install_failures += 1
+        log.error(
+            "event=%s connection=%s child=%s spi_in=%s error=%s",
+            event,
+            connection,
+            child,
+            _spi(spi_in),
+            exc,
+        )
+        self.control.publish(
+            "error", connection=connection, child=child, message=f"install failed: {exc}"
+        )
+
+    def _bank(self, counters: Counters) -> None:
+        """Counters of SAs that are gone, so gateway-wide totals never go backwards."""
+        self.totals.bytes_in += counters.bytes_in
+        self.totals.bytes_out += counters.bytes_out
+        self.totals.packets_in += counters.packets_in
+        self.totals.packets_out += counters.packets_out
+
+    def _counters(self, c: ChildRecord) -> Counters:
+        """A Child's counters: inbound of its newest SA, outbound of the one in use."""
+        if c.installed is None:
+            return Counters()
+        counters = self.dataplane.counters(c.installed)
+        if c.sending is None:
+            return counters
+        out = self.dataplane.counters(c.sending)
+        return Counters(counters.bytes_in, counters.packets_in, out.bytes_out, out.packets_out)
 
     def _retire(self, spi_in: int) -> None:
         """Remove an old inbound SA kept after a rekey (and its SPIs from the BPF maps)."""
@@ -1113,12 +1185,11 @@ class Daemon:
         if self.xdp is not None:
             self.xdp.child_deleted(child.spi_in)
         if child.installed is not None:
-            counters = self.dataplane.counters(child.installed)
-            self.totals.bytes_in += counters.bytes_in
-            self.totals.bytes_out += counters.bytes_out
-            self.totals.packets_in += counters.packets_in
-            self.totals.packets_out += counters.packets_out
+            self._bank(self._counters(child))
             try:
+                if child.sending is not None:  # a rekey responder still sending on it
+                    self.dataplane.remove(child.sending)
+                    child.sending = None
                 self.dataplane.remove(child.installed)
             except DataplaneError as exc:
                 log.error(
@@ -1431,7 +1502,7 @@ class Daemon:
         }
 
     def _child_dict(self, c: ChildRecord) -> dict[str, Any]:
-        counters = self.dataplane.counters(c.installed) if c.installed else None
+        counters = self._counters(c) if c.installed else None
         row = {
             "name": c.name,
             "state": c.state,

@@ -4,7 +4,8 @@
 
 - `XfrmDataplane` (`dataplane = "xfrm"`, the default): installs each Child SA in the
   kernel through gateway/xfrm (two states + policies, all or nothing), replaces it
-  make-before-break on rekey, removes it on delete, reads its counters, and at start
+  make-before-break on rekey (the rekey responder in two steps: new inbound SA first,
+  outbound switched later), removes it on delete, reads its counters, and at start
   removes leftovers of a previous run (objects in our reqid range only).
 - `NoneDataplane` (`dataplane = "none"`): control plane only. SAs are negotiated and
   recorded (they appear in list-sas as INSTALLED with offload "none" and zero counters)
@@ -72,10 +73,16 @@ class Dataplane(Protocol):
         config: ChildConfig | None,
         *,
         keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
     ) -> Installed:
         """Rekey, make-before-break: the new SAs, the policies moved to them, the old
         outbound SA removed; the old inbound one too unless `keep_old_inbound` (then
-        `retire(old)` removes it later)."""
+        `retire(old)` removes it later). `switch_outbound=False` (the rekey responder):
+        only the new inbound SA, `old` keeps sending until `switch_outbound()`."""
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        """Send on `new` (from replace(switch_outbound=False)) instead of `old`: its
+        outbound SA in, the policies moved to it, the outbound SA of `old` removed."""
 
     def retire(self, old: Installed) -> None:
         """Remove the old inbound SA that replace(keep_old_inbound=True) kept."""
@@ -127,12 +134,17 @@ class NoneDataplane:
         config: ChildConfig | None,
         *,
         keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
     ) -> Installed:
-        self.installed.pop(old.spi_in, None)
+        if not keep_old_inbound:
+            self.installed.pop(old.spi_in, None)
         return self.install(child, config)
 
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        return new
+
     def retire(self, old: Installed) -> None:
-        pass
+        self.installed.pop(old.spi_in, None)
 
     def migrate(
         self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
@@ -208,13 +220,23 @@ class XfrmDataplane:
         config: ChildConfig | None,
         *,
         keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
     ) -> Installed:
         spec = child_sa_spec(child, config, old.handle.spec.reqid, self.offload_dev)
         try:
-            result = self.manager.replace(old.handle, spec, keep_old_inbound=keep_old_inbound)
+            result = self.manager.replace(
+                old.handle, spec, keep_old_inbound=keep_old_inbound, outbound=switch_outbound
+            )
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
         return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        try:
+            result = self.manager.switch_outbound(old.handle, new.handle)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(new.spi_in, new.spi_out, result.offload, result)
 
     def retire(self, old: Installed) -> None:
         try:
@@ -245,11 +267,22 @@ class XfrmDataplane:
             raise DataplaneError(str(exc)) from None
 
     def counters(self, installed: Installed) -> Counters:
-        try:
-            c = self.manager.counters(installed.handle)
-        except self._error_type:
-            return Counters()  # gone (hard expiry) between listing and reading
-        return Counters(c.bytes_in, c.packets_in, c.bytes_out, c.packets_out)
+        """Each direction read on its own: one may be missing (gone after a hard expiry,
+        or not yet installed at a rekey responder); it then counts 0."""
+        spec = installed.handle.spec
+        found: list[Any] = []
+        for inbound in (True, False):
+            try:
+                found.append(self.manager.read_state(spec, inbound=inbound))
+            except self._error_type:
+                found.append(None)
+        sa_in, sa_out = found
+        return Counters(
+            sa_in.cur_bytes if sa_in else 0,
+            sa_in.cur_packets if sa_in else 0,
+            sa_out.cur_bytes if sa_out else 0,
+            sa_out.cur_packets if sa_out else 0,
+        )
 
     def errors(self) -> dict[str, int]:
         return self.manager.xfrm_stat()

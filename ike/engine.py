@@ -112,6 +112,7 @@ from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaOutboundSwitched,
     ChildSaRekeyed,
     Datagram,
     DpdFailed,
@@ -260,6 +261,10 @@ class _ChildSa:
     # a peer's rekey of this SA we answered while ours was under way (§2.8.1):
     # (its Ni, our Nr, the Child SA it made)
     collision: tuple[bytes, bytes, _ChildSa] | None = None
+    # rekey responder: the older SA we still send on until the initiator's Delete of it
+    # arrives (or switch_at passes); then ChildSaOutboundSwitched
+    outbound_from: _ChildSa | None = None
+    switch_at: float | None = None
 
 
 class _PendingChild:
@@ -614,6 +619,12 @@ class IkeEngine:
         self._cookie_version = 0
         self._cookie_secrets: dict[int, bytes] = {0: random(32)}
         self._cookie_secret_at: float | None = None
+        # a rekey responder whose old SA the initiator has not deleted by then sends on
+        # the new SA anyway: the initiator has our answer or has given up on it
+        s = self.settings
+        self._switch_wait = sum(
+            s.retransmit_timeout * s.retransmit_base**n for n in range(s.retransmit_tries + 1)
+        )
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
@@ -1185,6 +1196,8 @@ class IkeEngine:
         (rekeyed) SA has no children and its handle lives on: it goes silently. `dead`:
         the peer stopped answering; DpdFailed names each Child's dpd_action."""
         actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
+        for child in sa.children.values():
+            child.outbound_from = child.switch_at = None  # everything goes: no switch
         for child in list(sa.children.values()):
             self._child_deleted(sa, child, reason, now)
         if dead and not sa.superseded:
@@ -1201,6 +1214,10 @@ class IkeEngine:
     def _child_deleted(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
         sa.children.pop(child.spi_in, None)
         self._spis.release(child.spi_in)
+        child.outbound_from = child.switch_at = None
+        for successor in [c for c in sa.children.values() if c.outbound_from is child]:
+            # the old SA goes (normally the rekey initiator's Delete): send on the new one
+            self._switch_outbound(sa, successor, "old SA deleted", now)
         self._events.append(
             ChildSaDeleted(
                 sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now
@@ -1732,7 +1749,9 @@ class IkeEngine:
         encr, integ = suite.encr, suite.integ
         self._emit_child(
             sa,
+            child,
             replaces,
+            initiator,  # of this exchange: the rekey initiator switches outbound at once
             ChildSaEstablished(
                 ike_sa=sa.uid,
                 connection=sa.conn.name,
@@ -1762,15 +1781,60 @@ class IkeEngine:
             ),
         )
 
-    def _emit_child(self, sa: _IkeSa, replaces: _ChildSa | None, e: ChildSaEstablished) -> None:
+    def _emit_child(
+        self,
+        sa: _IkeSa,
+        child: _ChildSa,
+        replaces: _ChildSa | None,
+        outbound: bool,
+        e: ChildSaEstablished,
+    ) -> None:
+        """ChildSaEstablished, or ChildSaRekeyed when `child` replaces an SA. Only the
+        rekey initiator sends on the new SA at once (`outbound`); the responder installs
+        the new inbound SA and keeps sending on the old one until the initiator's Delete
+        of it arrives, because until the initiator has our answer it cannot decrypt the
+        new SA (RFC 7296 §2.8; strongSwan does the same): ChildSaOutboundSwitched."""
         if replaces is None:
             self._events.append(e)
-        else:
-            self._events.append(
-                ChildSaRekeyed(
-                    e.ike_sa, e.connection, e.child, replaces.spi_in, replaces.spi_out, e, e.time
-                )
+            return
+        if not outbound:
+            child.outbound_from = replaces.outbound_from or replaces
+            child.switch_at = e.time + self._switch_wait
+        replaces.outbound_from = replaces.switch_at = None  # superseded by `child`
+        self._update_life(sa)
+        self._events.append(
+            ChildSaRekeyed(
+                e.ike_sa,
+                e.connection,
+                e.child,
+                replaces.spi_in,
+                replaces.spi_out,
+                e,
+                e.time,
+                outbound,
             )
+        )
+
+    def _switch_outbound(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
+        """The rekey responder now sends on `child` (its old SA is being deleted, or the
+        initiator's Delete did not come within `_switch_wait`)."""
+        old = child.outbound_from
+        child.outbound_from = child.switch_at = None
+        if old is None:
+            return
+        self._events.append(
+            ChildSaOutboundSwitched(
+                sa.uid,
+                sa.name,
+                child.config.name,
+                child.spi_in,
+                child.spi_out,
+                old.spi_in,
+                old.spi_out,
+                reason,
+                now,
+            )
+        )
 
     def _on_auth_response(
         self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
@@ -1952,6 +2016,8 @@ class IkeEngine:
         if sa.dpd_at is not None and (at is None or sa.dpd_at < at):
             at = sa.dpd_at
         for c in sa.children.values():
+            if c.switch_at is not None and (at is None or c.switch_at < at):
+                at = c.switch_at
             if c.rekeyed or c.deleting:
                 continue
             for due in (c.rekey_at, c.expire_at):
@@ -1986,6 +2052,8 @@ class IkeEngine:
             for ch in due:
                 self.create_child_sa(sa.uid, ch.name, now)
         for child in list(sa.children.values()):
+            if child.switch_at is not None and child.switch_at <= now:
+                self._switch_outbound(sa, child, "timeout", now)
             if child.rekeyed or child.deleting:
                 continue
             if child.expire_at is not None and child.expire_at <= now:

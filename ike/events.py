@@ -85,11 +85,16 @@ class ChildSaRekeyed:
     """A Child SA was replaced by a new one (CREATE_CHILD_SA with REKEY_SA, RFC 7296
     §1.3.3): `new` holds the new SPIs and keys (install it as a ChildSaEstablished).
 
-    Make-before-break: install the new inbound and outbound SAs, move the policies to
-    them, remove the old outbound SA (`old_spi_out`) and keep the old inbound SA
-    (`old_spi_in`) a little longer: the peer may still send on it until it has switched.
+    Make-before-break. `outbound` True (we initiated the rekey): install the new inbound
+    and outbound SAs, move the policies to them, remove the old outbound SA and keep the
+    old inbound SA (`old_spi_in`) a little longer: the peer may still send on it until it
+    has switched. `outbound` False (we answered the rekey): install only the new inbound
+    SA and keep sending on the current outbound SA, because the peer cannot decrypt the
+    new one before it has our answer; `ChildSaOutboundSwitched` says when to switch.
     A `ChildSaDeleted` with reason "rekeyed" for the old SPIs follows once the old SA
     is deleted with the peer; remove the old inbound SA then (after a short grace).
+    After a collision the SA named `old_*` may itself still be waiting for its switch:
+    the outbound SA to replace is whichever one is in use.
     """
 
     ike_sa: int
@@ -98,6 +103,27 @@ class ChildSaRekeyed:
     old_spi_in: int
     old_spi_out: int
     new: ChildSaEstablished
+    time: float
+    outbound: bool = True  # send on the new SA now (the rekey initiator)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaOutboundSwitched:
+    """The rekey responder sends on the new SA (`spi_in`/`spi_out`, from an earlier
+    `ChildSaRekeyed` with `outbound` False) from now on: install its outbound SA, move
+    the policies to it and remove the outbound SA in use (`old_spi_out`, the SA it
+    replaced). `reason`: "old SA deleted" (normally the initiator's Delete of the old SA,
+    RFC 7296 §2.8) or "timeout" (no Delete within the initiator's retransmission span).
+    Always before the old SA's `ChildSaDeleted`."""
+
+    ike_sa: int
+    connection: str
+    child: str
+    spi_in: int
+    spi_out: int
+    old_spi_in: int
+    old_spi_out: int
+    reason: str
     time: float
 
 
@@ -249,6 +275,7 @@ Event = (
     IkeSaEstablished
     | ChildSaEstablished
     | ChildSaRekeyed
+    | ChildSaOutboundSwitched
     | IkeSaRekeyed
     | ChildSaFailed
     | ChildSaDeleted

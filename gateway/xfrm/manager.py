@@ -15,7 +15,10 @@ Childs in batches of ~128 KiB, rolling back only the Childs that had a failure.
 Rekey (RFC 7296 §2.8) is make-before-break: replace() adds the new pair of states under
 the same reqid, updates the policies, then removes the old outbound state (the kernel
 then picks the new one for output) and, unless asked to keep it for in-flight packets,
-the old inbound state.
+the old inbound state. The rekey responder does it in two steps: replace(outbound=False)
+adds only the new inbound state (the peer cannot decrypt the new SA before it has our
+answer), switch_outbound() later adds the new outbound state, moves the policies and
+removes the old outbound state.
 """
 
 from __future__ import annotations
@@ -349,10 +352,14 @@ class XfrmManager:
                 ) from exc
 
     def _state_ops(
-        self, spec: ChildSaSpec, offload: int | None, msg_type: int = nl.XFRM_MSG_NEWSA
+        self,
+        spec: ChildSaSpec,
+        offload: int | None,
+        msg_type: int = nl.XFRM_MSG_NEWSA,
+        directions: tuple[bool, ...] = (True, False),  # inbound?
     ) -> list[_Op]:
         ops = []
-        for inbound in (True, False):
+        for inbound in directions:
             key = _StateKey(spec, inbound)
             off = None
             if offload is not None:
@@ -508,39 +515,59 @@ class XfrmManager:
         self._undo([sa_in if inbound else sa_out])
 
     def replace(
-        self, old: InstalledChildSa, new: ChildSaSpec, *, keep_old_inbound: bool = False
+        self,
+        old: InstalledChildSa,
+        new: ChildSaSpec,
+        *,
+        keep_old_inbound: bool = False,
+        outbound: bool = True,
     ) -> InstalledChildSa:
-        """Make-before-break rekey: new states first, then policies, then old states go."""
+        """Make-before-break rekey: new states first, then policies, then old states go.
+        `outbound=False` (the rekey responder): only the new inbound state goes in; the
+        old outbound state stays in use until switch_outbound()."""
         self._check_owned(new)
         if new.reqid != old.spec.reqid:
             raise ValueError("a rekeyed Child SA keeps its reqid")
         if {new.spi_in, new.spi_out} & {old.spec.spi_in, old.spec.spi_out}:
             raise ValueError("a rekeyed Child SA needs new SPIs")
-        if new.offload == "no":
-            (err,) = self._run_groups([self._state_ops(new, None)])
-            if err is not None:
-                raise err
-            installed = InstalledChildSa(new)
-        else:
-            installed = self._install_states_offload(new)
+        if not outbound:
+            offload_in, _ = self._add_states(new, (True,))
+            return InstalledChildSa(new, offload_in, "none")
+        installed = InstalledChildSa(new, *self._add_states(new, (True, False)))
         self._update_policies(old.spec, new)
         self.delete_state(old.spec, inbound=False)
         if not keep_old_inbound:
             self.delete_state(old.spec, inbound=True)
         return installed
 
-    def _install_states_offload(self, spec: ChildSaSpec) -> InstalledChildSa:
-        want = nl.XFRM_OFFLOAD_PACKET if spec.offload == "packet" else 0
-        (err,) = self._run_groups([self._state_ops(spec, want)])
-        if err is not None:
+    def switch_outbound(self, old: InstalledChildSa, new: InstalledChildSa) -> InstalledChildSa:
+        """The rekey responder's second step: the outbound state of `new` (installed by
+        replace(outbound=False)) goes in, the policies move to it and the outbound state
+        of `old` (the one in use) goes, so the kernel sends on `new` from now on."""
+        if new.spec.reqid != old.spec.reqid:
+            raise ValueError("a rekeyed Child SA keeps its reqid")
+        _, offload_out = self._add_states(new.spec, (False,))
+        self._update_policies(old.spec, new.spec)
+        self.delete_state(old.spec, inbound=False)
+        return InstalledChildSa(new.spec, new.offload_in, offload_out)
+
+    def _add_states(
+        self, spec: ChildSaSpec, directions: tuple[bool, ...]
+    ) -> tuple[OffloadResult, OffloadResult]:
+        """Add the states of `directions` (inbound?); (offload in, offload out) as the
+        kernel took them ("none" for a direction not added)."""
+        if spec.offload != "no":
+            want = nl.XFRM_OFFLOAD_PACKET if spec.offload == "packet" else 0
+            (err,) = self._run_groups([self._state_ops(spec, want, directions=directions)])
+            if err is None:
+                got = {d: self.read_state(spec, inbound=d).offload for d in directions}
+                return got.get(True, "none"), got.get(False, "none")
             if spec.offload != "auto":
                 raise err
-            (err,) = self._run_groups([self._state_ops(spec, None)])
-            if err is not None:
-                raise err
-            return InstalledChildSa(spec)
-        sa_in, sa_out = self.read_states(spec)
-        return InstalledChildSa(spec, sa_in.offload, sa_out.offload)
+        (err,) = self._run_groups([self._state_ops(spec, None, directions=directions)])
+        if err is not None:
+            raise err
+        return "none", "none"
 
     def _update_policies(self, old: ChildSaSpec, new: ChildSaSpec) -> None:
         new_ops = self._policy_ops(new, nl.XFRM_MSG_UPDPOLICY)
@@ -619,9 +646,11 @@ class XfrmManager:
 
     def read_states(self, spec: ChildSaSpec) -> tuple[SaInfo, SaInfo]:
         """(inbound, outbound) as the kernel has them."""
-        sa_in = SaInfo.from_msg(self._get_state_msg(spec, True))
-        sa_out = SaInfo.from_msg(self._get_state_msg(spec, False))
-        return sa_in, sa_out
+        return self.read_state(spec, inbound=True), self.read_state(spec, inbound=False)
+
+    def read_state(self, spec: ChildSaSpec, *, inbound: bool) -> SaInfo:
+        """One direction as the kernel has it (XfrmError ENOENT... when it is not there)."""
+        return SaInfo.from_msg(self._get_state_msg(spec, inbound))
 
     def read_replay(self, spec: ChildSaSpec, *, inbound: bool) -> ReplayState:
         """XFRM_MSG_GETAE of one direction: replay state and current lifetime."""

@@ -54,13 +54,26 @@ class RecordingDataplane(NoneDataplane):
         self.calls: list[tuple[Any, ...]] = []
 
     def replace(
-        self, old: Installed, child: Any, config: Any, *, keep_old_inbound: bool = False
+        self,
+        old: Installed,
+        child: Any,
+        config: Any,
+        *,
+        keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
     ) -> Installed:
-        self.calls.append(("replace", old.spi_in, child.spi_in, keep_old_inbound))
-        return super().replace(old, child, config, keep_old_inbound=keep_old_inbound)
+        self.calls.append(("replace", old.spi_in, child.spi_in, keep_old_inbound, switch_outbound))
+        return super().replace(
+            old, child, config, keep_old_inbound=keep_old_inbound, switch_outbound=switch_outbound
+        )
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        self.calls.append(("switch", old.spi_out, new.spi_out))
+        return super().switch_outbound(old, new)
 
     def retire(self, old: Installed) -> None:
         self.calls.append(("retire", old.spi_in))
+        super().retire(old)
 
 
 @dataclasses.dataclass
@@ -138,11 +151,17 @@ async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair)
         if event["type"] == "child-rekeyed":
             break
     assert (seen[-1]["old_spi_in"], seen[-1]["spi_in"]) == (old_in, new_in)
-    # west: the new pair replaced the old one keeping the old inbound SA, which goes
-    # after the Delete of the old SA (+ REKEY_GRACE); east mirrors it
-    assert pair.dp_west.calls[0] == ("replace", int(old_in, 16), int(new_in, 16), True)
+    # west (rekey initiator): the new pair replaced the old one keeping the old inbound
+    # SA, which goes after the Delete of the old SA (+ REKEY_GRACE); east (responder)
+    # added the new inbound SA only and switched its outbound SA when west's Delete came
+    assert pair.dp_west.calls[0] == ("replace", int(old_in, 16), int(new_in, 16), True, True)
     await wait_for("retire", lambda: ("retire", int(old_in, 16)) in pair.dp_west.calls)
     await wait_for("east retire", lambda: ("retire", int(old_out, 16)) in pair.dp_east.calls)
+    assert pair.dp_east.calls == [
+        ("replace", int(old_out, 16), int(new_out, 16), True, False),
+        ("switch", int(old_in, 16), int(new_in, 16)),
+        ("retire", int(old_out, 16)),
+    ]
     assert set(pair.dp_west.installed) == {int(new_in, 16)}
     assert set(pair.dp_east.installed) == {int(new_out, 16)}
     assert not pair.west._retiring and not pair.east._retiring
@@ -229,6 +248,8 @@ async def test_simultaneous_rekeys_leave_one_installed_pair(pair: Pair, what: st
             return False
         (wi,) = w.values()
         (ei,) = e.values()
+        if what == "child" and wi.spi_in == int(old_in, 16):
+            return False  # not even started
         return (wi.spi_in, wi.spi_out) == (ei.spi_out, ei.spi_in)
 
     await wait_for("one SA pair", settled)

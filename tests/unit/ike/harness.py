@@ -110,16 +110,21 @@ class Net:
             while (ev := eng.next_event()) is not None:
                 self.events[name].append(ev)
 
+    def fire_timers(self, end: float) -> bool:
+        """Move the clock to the next timer of either engine and fire it, if that is not
+        after `end`; False when there is none."""
+        due = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
+        if not due or min(due) > end:
+            return False
+        self.now = max(self.now, min(due))
+        self.a.handle_timer(self.now)
+        self.b.handle_timer(self.now)
+        return True
+
     def advance(self, seconds: float, filt: Filter | None = None) -> None:
         """Run the clock forward, firing timers and delivering what they send."""
         end = self.now + seconds
-        while True:
-            due = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
-            if not due or min(due) > end:
-                break
-            self.now = max(self.now, min(due))
-            self.a.handle_timer(self.now)
-            self.b.handle_timer(self.now)
+        while self.fire_timers(end):
             self.pump(filt)
         self.now = end
         self.collect()

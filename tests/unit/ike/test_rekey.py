@@ -5,21 +5,23 @@ every ordering and with the loss of each message, and no leaked SAs or SPIs."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 
-from ike.config import ChildConfig, ConnectionConfig
+from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine, RandomSpis
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaOutboundSwitched,
     ChildSaRekeyed,
     Datagram,
     IkeSaDeleted,
     IkeSaRekeyed,
 )
-from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
+from tests.unit.ike.harness import A_IP, B_IP, Filter, Net, pair_confs
 
 
 def _no_timers(conf: ConnectionConfig) -> ConnectionConfig:
@@ -98,6 +100,70 @@ def only_child(net: Net, side: str) -> ChildSaEstablished:
     return c
 
 
+class DataPlane:
+    """One side's kernel as the daemon leaves it, replayed from the engine's events as
+    they come: the inbound SAs, and per Child SA (by its newest inbound SPI) the
+    outbound SPI it sends on. Old inbound SAs go at their ChildSaDeleted at once (the
+    daemon keeps them 2 s longer), so the model is stricter than the real thing.
+    `fresh`: outbound SPIs of new Child SAs (ChildSaEstablished): before them there was
+    no tunnel to lose packets from, so both ends install them at once (as strongSwan)."""
+
+    def __init__(self) -> None:
+        self.inbound: set[int] = set()
+        self.sending: dict[int, int] = {}
+        self.fresh: set[int] = set()
+        self.seen = 0
+
+    def replay(self, events: Sequence[object]) -> None:
+        for e in events[self.seen :]:
+            if isinstance(e, ChildSaEstablished):
+                self.inbound.add(e.spi_in)
+                self.sending[e.spi_in] = e.spi_out
+                self.fresh.add(e.spi_out)
+            elif isinstance(e, ChildSaRekeyed):
+                self.inbound.add(e.new.spi_in)
+                in_use = self.sending.pop(e.old_spi_in, None)
+                out = e.new.spi_out if e.outbound or in_use is None else in_use
+                self.sending[e.new.spi_in] = out
+            elif isinstance(e, ChildSaOutboundSwitched):
+                assert self.sending.get(e.spi_in) == e.old_spi_out, (e, self.sending)
+                self.sending[e.spi_in] = e.spi_out
+            elif isinstance(e, ChildSaDeleted):
+                self.inbound.discard(e.spi_in)
+                self.sending.pop(e.spi_in, None)
+        self.seen = len(events)
+
+
+def no_loss_window(net: Net, planes: dict[str, DataPlane]) -> None:
+    """Every SA a side sends on is installed inbound at its peer right now: no packet
+    can be dropped for want of an SA, at any point of a rekey (RFC 7296 §2.8)."""
+    net.collect()
+    for side in "ab":
+        planes[side].replay(net.events[side])
+    for side, peer in (("a", "b"), ("b", "a")):
+        lost = set(planes[side].sending.values()) - planes[peer].inbound - planes[side].fresh
+        assert not lost, f"{side} sends on {sorted(map(hex, lost))}, {peer} cannot receive it"
+
+
+def step(net: Net, planes: dict[str, DataPlane], filt: Filter | None = None) -> list[str]:
+    """Deliver what is in flight one datagram at a time, checking no_loss_window after
+    each; returns which side sent each datagram delivered."""
+    senders: list[str] = []
+    while True:
+        batch = [("a", d) for d in net.a.datagrams_to_send()]
+        batch += [("b", d) for d in net.b.datagrams_to_send()]
+        if not batch:
+            return senders
+        for src, d in batch:
+            n = len(net.log)
+            net.log.append((src, d))
+            if filt is not None and not filt(n, d):
+                continue
+            senders.append(src)
+            (net.b if src == "a" else net.a).receive_datagram(d.data, (d.remote, d.local), net.now)
+            no_loss_window(net, planes)
+
+
 # --------------------------------------------------------------------------- Child rekey
 
 
@@ -118,6 +184,79 @@ def test_child_rekey(side: str, esp: str) -> None:
         assert r.new.local_ts == before.local_ts and r.new.remote_ts == before.remote_ts
         [d] = net.of(s, ChildSaDeleted)
         assert (d.spi_in, d.reason) == (before.spi_in, "rekeyed")
+    assert_settled(net)
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_rekey_responder_sends_on_the_new_sa_after_the_delete(side: str) -> None:
+    """The rekey initiator sends on the new SA once it has the answer; the responder
+    installs the new inbound SA when it answers but keeps sending on the old one until
+    the initiator's Delete of the old SA arrives: at no step does either side send on an
+    SA the other cannot receive yet (RFC 7296 §2.8, strongSwan's order)."""
+    net = make()
+    planes = {"a": DataPlane(), "b": DataPlane()}
+    no_loss_window(net, planes)
+    peer = "b" if side == "a" else "a"
+    n_before = len(net.events[peer])
+    getattr(net, side).rekey_child_sa(uid(net, side), only_child(net, side).spi_in, net.now)
+    assert step(net, planes) == [side, peer, side, peer]  # CREATE_CHILD_SA, Delete
+    [ri], [rr] = net.of(side, ChildSaRekeyed), net.of(peer, ChildSaRekeyed)
+    assert ri.outbound and not rr.outbound
+    assert [type(e) for e in net.events[peer][n_before:]] == [
+        ChildSaRekeyed,
+        ChildSaOutboundSwitched,
+        ChildSaDeleted,
+    ]
+    [sw] = net.of(peer, ChildSaOutboundSwitched)
+    assert (sw.spi_in, sw.spi_out, sw.old_spi_in, sw.old_spi_out, sw.reason) == (
+        rr.new.spi_in,
+        rr.new.spi_out,
+        rr.old_spi_in,
+        rr.old_spi_out,
+        "old SA deleted",
+    )
+    assert not net.of(side, ChildSaOutboundSwitched)
+    assert planes[side].sending == {ri.new.spi_in: ri.new.spi_out}
+    assert planes[peer].sending == {rr.new.spi_in: rr.new.spi_out}
+    assert_settled(net)
+
+
+def run(net: Net, planes: dict[str, DataPlane], seconds: float, filt: Filter) -> None:
+    """Like Net.advance, delivering through step() (no_loss_window after each datagram)."""
+    end = net.now + seconds
+    step(net, planes, filt)
+    while net.fire_timers(end):
+        no_loss_window(net, planes)
+        step(net, planes, filt)
+    net.now = end
+
+
+def test_rekey_responder_switches_after_a_timeout_when_no_delete_comes() -> None:
+    """The initiator's Delete is lost three times: the responder switches once the
+    initiator's whole retransmission span has passed (here b's: 4 s + 7.2 s), then the
+    late Delete removes the old SA without a second switch."""
+    a, b = pair_confs()
+    net = Net.make(_no_timers(a), _no_timers(b), b_settings=EngineSettings(retransmit_tries=1))
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    planes = {"a": DataPlane(), "b": DataPlane()}
+    start = net.now
+    net.a.rekey_child_sa(uid(net, "a"), only_child(net, "a").spi_in, net.now)
+    dropped: list[float] = []
+
+    def drop_deletes(n: int, d: Datagram) -> int:
+        informational = d.data[18] == 37  # IKE header: exchange type (RFC 7296 §3.1)
+        if d.local[0] == A_IP and informational and len(dropped) < 3:
+            dropped.append(net.now)
+            return 0
+        return 1
+
+    run(net, planes, 60, drop_deletes)
+    assert [t - start for t in dropped] == pytest.approx([0, 4, 11.2])
+    [sw] = net.of("b", ChildSaOutboundSwitched)
+    assert sw.reason == "timeout" and sw.time - start == pytest.approx(11.2)
+    [d] = net.of("b", ChildSaDeleted)
+    assert d.reason == "rekeyed" and d.time > sw.time
     assert_settled(net)
 
 
@@ -334,10 +473,17 @@ def test_child_hard_expiry_when_rekey_fails() -> None:
 # --------------------------------------------------------------------------- collisions
 
 
-def shuffle_run(net: Net, seed: int, drop: float, horizon: float = 400.0) -> None:
+def shuffle_run(
+    net: Net,
+    seed: int,
+    drop: float,
+    horizon: float = 400.0,
+    planes: dict[str, DataPlane] | None = None,
+) -> None:
     """Deliver in-flight datagrams in a random order (reordering across directions and
     within one), dropping each with probability `drop`; fire timers when nothing is in
-    flight, until quiet or `horizon` seconds have passed."""
+    flight, until quiet or `horizon` seconds have passed. With `planes`, no_loss_window
+    is checked after every delivery and every timer."""
     import random
 
     rng = random.Random(seed)
@@ -347,18 +493,16 @@ def shuffle_run(net: Net, seed: int, drop: float, horizon: float = 400.0) -> Non
         inflight += [("a", d) for d in net.a.datagrams_to_send()]
         inflight += [("b", d) for d in net.b.datagrams_to_send()]
         if not inflight:
-            due = [t for t in (net.a.next_timer(), net.b.next_timer()) if t is not None]
-            if not due or min(due) > end:
+            if not net.fire_timers(end):
                 break
-            net.now = max(net.now, min(due))
-            net.a.handle_timer(net.now)
-            net.b.handle_timer(net.now)
-            continue
-        src, d = inflight.pop(rng.randrange(len(inflight)))
-        if rng.random() < drop:
-            continue
-        dst = net.b if src == "a" else net.a
-        dst.receive_datagram(d.data, (d.remote, d.local), net.now)
+        else:
+            src, d = inflight.pop(rng.randrange(len(inflight)))
+            if rng.random() < drop:
+                continue
+            dst = net.b if src == "a" else net.a
+            dst.receive_datagram(d.data, (d.remote, d.local), net.now)
+        if planes is not None:
+            no_loss_window(net, planes)
     net.collect()
 
 
@@ -393,9 +537,13 @@ def test_collisions_in_every_order_and_with_loss(case: str, drop: float) -> None
     a_does, b_does, left = CASES[case]
     for seed in range(25):
         net = make()
+        # a plain Child delete drops traffic by design: the window check is for rekeys
+        planes = None if "delete" in case else {"a": DataPlane(), "b": DataPlane()}
+        if planes is not None:
+            no_loss_window(net, planes)
         act(net, "a", a_does)
         act(net, "b", b_does)
-        shuffle_run(net, seed, drop)
+        shuffle_run(net, seed, drop, planes=planes)
         try:
             assert_settled(net, children=left)
         except AssertionError as exc:
