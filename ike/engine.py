@@ -7,7 +7,8 @@ The engine owns every IKE SA of one process. It never does I/O and never reads a
 * inputs: ``receive_datagram(data, (local, remote), now)`` for each UDP payload received
   on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
   ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``,
-  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``, ``redirect_ike_sa``; injected hooks:
+  ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``, ``redirect_ike_sa``,
+  ``update_addresses`` (MOBIKE, ike/mobike.py); injected hooks:
   ``InboundSpiAllocator`` (our ESP SPIs) and ``InboundTraffic`` (ESP counters for DPD);
 * outputs, pulled by the caller after every input: ``datagrams_to_send()``,
   ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).
@@ -107,7 +108,7 @@ from ike.constants import (
     name_of,
 )
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
+from ike.errors import DecodeError, LocalError, ProtocolError, SpiExhausted
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -864,10 +865,6 @@ class IkeEngine:
         self._reschedule(sa)
         try:
             req.on_response(self, sa, msg, payloads, data, now)
-        except ResponseIgnored:  # as if it never came: keep retransmitting the request
-            sa.outstanding = req
-            self._reschedule(sa)
-            return
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
                 self._fail(sa, exc.notify.name, now, str(exc))

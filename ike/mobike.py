@@ -10,16 +10,18 @@ The engine (ike/engine.py) keeps the hooks small; everything MOBIKE decides is h
   a NAT is actually detected.
 * Once MOBIKE is in use the addresses of the IKE SA change only through
   UPDATE_SA_ADDRESSES, never because a message arrived from elsewhere (§3.8); responses
-  still go back to where their request came from (RFC 7296 §2.11).
+  still go back to where their request came from (RFC 7296 §2.11). NAT_DETECTION
+  notifies in any INFORMATIONAL request are answered with ours (§3.8).
 * The original initiator moves the SA (`start_update`, §3.5): the IKE SA switches to the
   new path at once (so the request and every retransmission use it), and an INFORMATIONAL
   request carries UPDATE_SA_ADDRESSES, fresh NAT_DETECTION_SOURCE/DESTINATION_IP hashes,
-  a random COOKIE2 (§3.5, §4.2.5: 8..64 octets), our other addresses (or
+  a random COOKIE2 (§3.7, §4.2.5: 8..64 unpredictable octets), our other addresses (or
   NO_ADDITIONAL_ADDRESSES) and, if configured, NO_NATS_ALLOWED (§3.9). The answer must
-  echo the COOKIE2: one that does not is ignored as if it never came (the request keeps
-  being retransmitted). A good answer redoes NAT detection and emits IkeSaMigrated; an
-  error answer (UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED, ...) puts the IKE SA
-  back on its old path and emits IkeSaMigrateFailed.
+  echo the COOKIE2; if it does not, the IKE SA is closed (§3.7). A good answer redoes
+  NAT detection and emits IkeSaMigrated; an error answer (UNACCEPTABLE_ADDRESSES,
+  UNEXPECTED_NAT_DETECTED, ...) puts the IKE SA back on its old path and emits
+  IkeSaMigrateFailed. A move while an update is under way queues a new request (§3.6);
+  the earlier one's answer then emits nothing.
 * The responder (`on_informational`) takes the new addresses from the request's IP
   header, checks NO_NATS_ALLOWED against it (UNEXPECTED_NAT_DETECTED, §3.9) and refuses
   a remote address that the connection does not allow (concrete `remote_addrs`, unless
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from ike.codec import Message, Notify, Payload
 from ike.constants import ExchangeType, NotifyType, name_of
-from ike.errors import LocalError, ProtocolError, ResponseIgnored
+from ike.errors import LocalError, ProtocolError
 from ike.events import (
     AdditionalAddressesUpdated,
     Endpoint,
@@ -61,11 +63,15 @@ COOKIE2_SIZE = 16  # we send 16 random octets; a peer's may be 8..64 (RFC 4555 �
 COOKIE2_MIN, COOKIE2_MAX = 8, 64
 MAX_ADDITIONAL = 16  # peer addresses kept per IKE SA; more is noise, not multihoming
 
-_ADDRESS_NOTIFIES = (
+_NAT_DETECTION = frozenset(
+    {NotifyType.NAT_DETECTION_SOURCE_IP, NotifyType.NAT_DETECTION_DESTINATION_IP}
+)
+_MOBIKE_NOTIFIES = _NAT_DETECTION | {
+    NotifyType.UPDATE_SA_ADDRESSES,
     NotifyType.ADDITIONAL_IP4_ADDRESS,
     NotifyType.ADDITIONAL_IP6_ADDRESS,
     NotifyType.NO_ADDITIONAL_ADDRESSES,
-)
+}
 
 
 class Update:
@@ -88,11 +94,13 @@ def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
 
 
-def nat_notifies(sa: _IkeSa) -> list[Payload]:
-    """NAT_DETECTION_SOURCE_IP (our end) and _DESTINATION_IP (the peer's) of the path."""
+def nat_notifies(sa: _IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
+    """NAT_DETECTION_SOURCE_IP (our end) and _DESTINATION_IP (the peer's) of the path
+    (default: the IKE SA's)."""
+    local, remote = path or (sa.local, sa.remote)
     return [
-        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, sa.local)),
-        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, sa.remote)),
+        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
+        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)),
     ]
 
 
@@ -241,7 +249,9 @@ def _on_update_response(
     error = next((n for n in _notifies(payloads) if n.type < 16384), None)
     if error is None and (cookie2 is None or not hmac.compare_digest(cookie2.data, update.cookie2)):
         eng.stats.cookie2_mismatches += 1
-        raise ResponseIgnored("COOKIE2 does not match our UPDATE_SA_ADDRESSES")
+        sa.queue.clear()
+        eng._close(sa, "COOKIE2 mismatch", now)  # §3.7: the IKE SA MUST be closed
+        return
     if sa.mobike_update is not update:
         return  # a newer update is under way; its answer settles the path
     sa.mobike_update = None
@@ -309,14 +319,17 @@ def on_informational(
 ) -> list[Payload]:
     """The MOBIKE part of a peer's INFORMATIONAL request: the payloads to answer with."""
     wanted = {n.type for n in _notifies(payloads)}
-    if NotifyType.UPDATE_SA_ADDRESSES not in wanted and not wanted & set(_ADDRESS_NOTIFIES):
+    if not wanted & _MOBIKE_NOTIFIES:
         return []
     if not sa.mobike:
-        eng.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
+        if wanted - _NAT_DETECTION:
+            eng.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
         return []
     out: list[Payload] = []
     if NotifyType.UPDATE_SA_ADDRESSES in wanted:
         out = _update_request(eng, sa, payloads, addr, now)
+    elif wanted & _NAT_DETECTION:  # e.g. a liveness check of a peer behind a NAT (§3.8)
+        out = nat_notifies(sa, addr)
     addrs = peer_additional(eng, sa, payloads)
     if addrs is not None and addrs != sa.peer_addrs:
         sa.peer_addrs = addrs

@@ -18,6 +18,7 @@ from ike.engine import IkeEngine, RandomSpis, _IkeSa
 from ike.errors import LocalError
 from ike.events import (
     AdditionalAddressesUpdated,
+    ChildSaDeleted,
     ChildSaEstablished,
     Datagram,
     IkeSaDeleted,
@@ -210,11 +211,8 @@ def test_loss_of_the_reply_on_the_new_path_is_answered_from_the_cache() -> None:
     assert_clean(net)
 
 
-def test_cookie2_mismatch_is_ignored_until_the_request_gives_up(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings = EngineSettings(retransmit_timeout=1.0, retransmit_tries=2)
-    net = make(a_kw={"local_addrs": (A_IP, A2)}, settings=settings)
+def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = make(a_kw={"local_addrs": (A_IP, A2)})
     real = mobike._update_request
 
     def wrong_cookie(*args: object) -> list[Payload]:
@@ -227,17 +225,30 @@ def test_cookie2_mismatch_is_ignored_until_the_request_gives_up(
         ]
 
     monkeypatch.setattr(mobike, "_update_request", wrong_cookie)
+    net.a.check_liveness(uid(net.a), net.now)  # queued behind the update: dropped with it
     net.a.update_addresses(uid(net.a), A2, None, net.now)
     net.pump()
     assert net.a.stats.cookie2_mismatches == 1
     assert not net.of("a", IkeSaMigrated)
-    assert net.a.next_timer() is not None  # still waiting for a good answer
-    net.advance(30)
-    assert net.a.stats.cookie2_mismatches == 3  # the request and its 2 retransmissions
-    assert not net.of("a", IkeSaMigrated)
-    [gone] = net.of("a", IkeSaDeleted)
-    assert gone.reason == "dead peer"
-    assert not net.a._by_uid and len(net.a._spis) == 0  # type: ignore[arg-type]
+    [gone] = net.of("a", IkeSaDeleted)  # RFC 4555 §3.7: the IKE SA MUST be closed
+    assert gone.reason == "COOKIE2 mismatch"
+    assert [c.reason for c in net.of("a", ChildSaDeleted)] == ["COOKIE2 mismatch"]
+    assert not net.a._by_uid and not net.a._sas and len(net.a._spis) == 0  # type: ignore[arg-type]
+    assert net.a.next_timer() is None and net.a.datagrams_to_send() == []
+
+
+def test_nat_detection_in_any_informational_is_answered() -> None:
+    """RFC 4555 §3.8: e.g. a liveness check carrying NAT_DETECTION gets ours back."""
+    net = make()
+    sa = sa_of(net.a)
+    got = _send_informational(net, mobike.nat_notifies(sa))
+    assert [p.type for p in got if isinstance(p, Notify)] == [
+        NotifyType.NAT_DETECTION_SOURCE_IP,
+        NotifyType.NAT_DETECTION_DESTINATION_IP,
+    ]
+    assert got == mobike.nat_notifies(sa_of(net.b))  # over the same path, seen from b
+    assert not net.of("b", IkeSaMigrated)
+    assert_clean(net)
 
 
 def test_nat_appears_and_disappears_and_encapsulation_follows() -> None:
