@@ -108,7 +108,7 @@ from ike.constants import (
     name_of,
 )
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, SpiExhausted
+from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -865,6 +865,10 @@ class IkeEngine:
         self._reschedule(sa)
         try:
             req.on_response(self, sa, msg, payloads, data, now)
+        except ResponseIgnored:  # as if it never came: keep retransmitting the request
+            sa.outstanding = req
+            self._reschedule(sa)
+            return
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
                 self._fail(sa, exc.notify.name, now, str(exc))

@@ -5,6 +5,8 @@
 - ProtocolError: a well-formed message the peer should not have sent. Carries the NOTIFY
   type that the engine turns into a NOTIFY at exactly one place (the request boundary).
 - LocalError: our caller's misuse (unknown connection, bad proposal string...).
+- ResponseIgnored: a response handler found the (authenticated) answer unusable, e.g. a
+  REDIRECT without our nonce (RFC 5685): the request stays outstanding (retransmitted).
 """
 
 from __future__ import annotations
@@ -35,3 +37,7 @@ class LocalError(Exception):
 
 class SpiExhausted(Exception):
     """An inbound SPI allocator has no SPI left (e.g. all counter slots are in use)."""
+
+
+class ResponseIgnored(Exception):
+    """Raised by a response handler: treat the response as never received."""
