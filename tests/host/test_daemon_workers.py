@@ -9,6 +9,7 @@ IKE SA to the worker that owns it, and the supervisor makes the workers one appl
 - `ctl rekey` (our side initiates the IKE rekeys) and the peer's own IKE rekeys: the new
   SPIs still carry the owner's index and later exchanges (terminate) reach the owner;
 - `ctl terminate` ends SAs owned by either worker; then `rekey` has nothing (unknown-sa);
+- reload (checked once, applied by both); the same steering on the IPv6 sockets;
 - the daemon benchmark's load generator (bench/bench_daemon.py) from 20 addresses: every
   IKE SA it made is listed exactly once, by its owner, both workers have some;
 - a worker killed with SIGKILL is reported (stats) and restarted, and serves again;
@@ -40,7 +41,7 @@ from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, w
 from tests.host.test_prometheus_daemon import ns_get
 from tests.support.ike_udp import UdpDriver
 
-DRIVER = "192.0.2.2"
+DRIVER, DRIVER6, TARGET6 = "192.0.2.2", "2001:db8::2", "2001:db8::1"
 METRICS = "127.0.0.1:9810"  # inside the daemon's namespace
 IKE_AUTH = 35
 FLAG_RESPONSE = 0x20
@@ -71,7 +72,7 @@ class RecordingEngine(IkeEngine):
         return out
 
 
-def driver_engine() -> RecordingEngine:
+def driver_engine(local: str = DRIVER, remote: str = TARGET) -> RecordingEngine:
     # IKE_SA_INIT requests are steered by SPIi's high word: to workers 0, 1, 0, 1, ...
     # (its low word is random: it says nothing about the owner, whose index is in SPIr)
     targets = itertools.cycle([0, 1])
@@ -82,8 +83,8 @@ def driver_engine() -> RecordingEngine:
 
     conn = ConnectionConfig(
         name="gw",
-        local_addrs=(DRIVER,),
-        remote_addrs=(TARGET,),
+        local_addrs=(local,),
+        remote_addrs=(remote,),
         local_id="drv",
         remote_id="responder",
         psk=PSK.encode(),
@@ -153,6 +154,13 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     sock = tmp_path / "gw.sock"
     text = our_config(sock, workers=2, connections=DRV_CONNECTION)
     text = text.replace('metrics_listen = "off"', f'metrics_listen = "{METRICS}"')
+    text = text.replace(f'listen = ["{TARGET}"]', f'listen = ["{TARGET}", "{TARGET6}"]')
+    text += (
+        DRV_CONNECTION.replace("drv]", "drv6]")
+        .replace("drv.", "drv6.")
+        .replace(f'["{TARGET}"]', f'["{TARGET6}"]')
+        .replace(f'["{DRIVER}"]', f'["{DRIVER6}"]')
+    )
     gw = Gateway.start(a, tmp_path, "gw", text)
     try:
         first = stats(gw)
@@ -225,6 +233,19 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
         refused = ctl(gw.socket, "reload", check=False)
         assert refused.returncode == 1 and "reload refused" in refused.stderr
         gw.config.write_text(text)
+
+        # 4c. the same steering on the IPv6 sockets: one IKE SA for each worker
+        engine = driver_engine(DRIVER6, TARGET6)
+        with UdpDriver(engine, b.name, DRIVER6, ports=(500, 4500)) as driver:
+            for _ in range(2):
+                engine.initiate("gw", None, driver.now())
+            assert driver.run_until(lambda e: count(e, ev.ChildSaEstablished) == 2, 30)
+            v6 = [sa for sa in gw.sas() if sa["connection"] == "drv6"]
+            assert sorted(sa["worker"] for sa in v6) == [0, 1]
+            assert {sa["remote_addr"] for sa in v6} == {DRIVER6}
+            assert_owned(v6, "spi_r")
+            done = ctl_driven(driver, gw.socket, "terminate", "drv6")
+            assert done.returncode == 0, done.stderr
 
         # 5. many initiators: the benchmark's load generator
         ips = [f"192.0.2.{10 + i}" for i in range(20)]
