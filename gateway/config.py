@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -817,12 +817,6 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         offload=table.string("offload", offload, OFFLOAD_MODES),
         replay_window=table.integer("replay_window", None, 0, 1 << 20),
     )
-    if child.dpd_action == "trap":
-        table.error(
-            "dpd_action",
-            '"trap" needs trap policies (ACQUIRE handling), which the daemon does not '
-            'install yet; use "clear" or "restart"',
-        )
     if child.mode == "transport":
         for key in ("local_ts", "remote_ts"):
             for ts in getattr(child, key):
@@ -937,10 +931,15 @@ def _check_connection(conn: _Table, c: ConnectionConfig) -> None:
     concrete_local = [a for a in c.local_addrs if a != ANY_ADDR and "/" not in a]
     for child in c.children:
         where = conn.path + ("children", child.name, "start_action")
-        if child.start_action == "start" and not concrete_remote:
-            conn.ctx.error(where, "start needs a concrete address in remote_addrs to initiate to")
-        elif child.start_action == "start" and not concrete_local:
-            conn.ctx.error(where, "start needs a concrete address in local_addrs to initiate from")
+        action = child.start_action
+        if action in ("start", "trap") and not concrete_remote:
+            conn.ctx.error(
+                where, f"{action} needs a concrete address in remote_addrs to initiate to"
+            )
+        elif action in ("start", "trap") and not concrete_local:
+            conn.ctx.error(
+                where, f"{action} needs a concrete address in local_addrs to initiate from"
+            )
     families = {ipaddress.ip_address(a).version for a in c.local_addrs if _is_ip(a)}
     remote_families = {ipaddress.ip_address(a).version for a in concrete_remote if _is_ip(a)}
     if families and remote_families and not families & remote_families:
@@ -982,10 +981,40 @@ def parse_config(
         else:
             connections = [_read_connection(ctx, name, value) for name, value in conns.items()]
     root.finish()
+    for conn, child, key in trap_actions(connections):
+        path = ("connections", conn.name, "children", child.name, key)
+        if gateway.dataplane == "none":
+            ctx.error(path, TRAP_NEEDS_KERNEL)
+        elif gateway.workers > 1:
+            ctx.error(path, TRAP_NEEDS_ONE_WORKER)
     if ctx.issues:
         issues = sorted(ctx.issues, key=lambda i: (i.line is None, i.line or 0))
         raise ConfigError(source, issues)
     return GatewayConfig(gateway=gateway, connections=tuple(connections), source=source)
+
+
+TRAP_NEEDS_KERNEL = (
+    'trap needs trap policies in the kernel; dataplane = "none" installs nothing '
+    '(use dataplane = "xfrm", or start_action "start"/"none")'
+)
+
+
+TRAP_NEEDS_ONE_WORKER = (
+    "trap with workers > 1 is not supported: the kernel holds one trap policy per "
+    "selector, and a Child SA the peer initiates may land on a worker that does not own "
+    "it (use workers = 1)"
+)
+
+
+def trap_actions(
+    connections: Iterable[ConnectionConfig],
+) -> Iterator[tuple[ConnectionConfig, ChildConfig, str]]:
+    """(connection, child, key) of every start/dpd/close action set to "trap"."""
+    for conn in connections:
+        for child in conn.children:
+            for key in ("start_action", "dpd_action", "close_action"):
+                if getattr(child, key) == "trap":
+                    yield conn, child, key
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -113,9 +113,12 @@ def format_conns(conns: list[dict[str, Any]]) -> str:
         out.append(f"  local:  {_join(c.get('local_addrs'))}  id {c.get('local_id') or '%any'}")
         out.append(f"  remote: {_join(c.get('remote_addrs'))}  id {c.get('remote_id') or '%any'}")
         for child in c.get("children") or []:
+            trap = child.get("trap")
+            trapped = f", trap {trap.get('state')}" if isinstance(trap, dict) else ""
             out.append(
                 f"  {child.get('name')}: {str(child.get('mode')).upper()}, "
                 f"{_join(child.get('esp_proposals'))}, start_action {child.get('start_action')}"
+                f"{trapped}"
             )
             out.append(f"    local:  {_join(child.get('local_ts'))}")
             out.append(f"    remote: {_join(child.get('remote_ts'))}")

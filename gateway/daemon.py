@@ -34,6 +34,14 @@ Dead Peer Detection runs in the engine (idle time per IKE SA, docs/ike.md); the 
 only answers its question "did ESP arrive on this Child SA?" from the data plane's and
 the XDP programs' counters (`_InboundTraffic`), and carries out the dpd_action.
 
+Trap policies (`start_action = "trap"`, and `dpd_action`/`close_action = "trap"` after
+a dead peer / a close by the peer) live in the data plane under their own reqid; a kernel
+ACQUIRE for one initiates its Child (gateway/trap.py coalesces and backs off), and the
+Child SAs of a trapped Child config are installed under the trap's reqid, so the trap
+stays underneath when they go. `_sync_traps()` makes the installed traps what the
+configuration and those actions want; `fall_back_to_trap(conn, children, reason)` is how
+an action puts Children into the trap state.
+
 Control requests that wait (initiate/terminate) register a waiter that the matching event
 resolves. Signals: SIGTERM/SIGINT stop gracefully (delete every IKE SA, telling the peer,
 wait briefly for the answers, remove whatever is still installed); SIGHUP reloads the file
@@ -60,11 +68,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from gateway import __version__
 from gateway.addrwatch import AddressWatcher
 from gateway.config import (
+    TRAP_NEEDS_KERNEL,
     ChildConfig,
     ConfigError,
     ConnectionConfig,
     GatewayConfig,
     load_config,
+    trap_actions,
 )
 from gateway.control import (
     BAD_REQUEST,
@@ -77,11 +87,12 @@ from gateway.control import (
 from gateway.dataplane import Counters, Dataplane, DataplaneError, Installed, make_dataplane
 from gateway.errors import GatewayError
 from gateway.transport import UdpTransport
+from gateway.trap import TrapKey, TrapSpec, TrapTable
 from gateway.xdp import XdpAdapter
 from ike import config as ike_config
 from ike import events as ev
 from ike.errors import LocalError
-from ike.ts import to_cidrs
+from ike.ts import to_cidrs, ts_for_address
 
 if TYPE_CHECKING:
     import socket
@@ -179,7 +190,13 @@ class Engine(Protocol):
 
     def handle_timer(self, now: float) -> None: ...
 
-    def initiate(self, connection: str, child: str | None, now: float) -> int: ...
+    def initiate(
+        self, connection: str, child: str | None, now: float, *, packet_ts: Any = None
+    ) -> int: ...
+
+    def create_child_sa(
+        self, ike_sa: int, child: str | None, now: float, *, packet_ts: Any = None
+    ) -> None: ...
 
     def delete_ike_sa(self, ike_sa: int, now: float) -> None: ...
 
@@ -394,6 +411,9 @@ class Daemon:
         # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
         # holds of it, its XDP slot/SPIs); removed REKEY_GRACE after their Delete
         self._retiring: dict[int, tuple[int, Installed, tuple[int, int] | None]] = {}
+        self.traps = TrapTable()  # installed trap policies and their state machines
+        self._armed: set[TrapKey] = set()  # dpd_action/close_action "trap" happened
+        self._wanted: tuple[Any, dict[TrapKey, TrapSpec]] | None = None
         self._stopping = asyncio.Event()
         self._exporter: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -408,7 +428,7 @@ class Daemon:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.dataplane.start()
-        self.dataplane.watch(self._on_expire)
+        self.dataplane.watch(self._on_expire, self._on_acquire)
         if self.xdp is not None:
             self.xdp.open()  # all or nothing: a failure leaves nothing attached
         try:
@@ -431,6 +451,7 @@ class Daemon:
             len(self.config.connections),
             self.config.gateway.control_socket,
         )
+        self._sync_traps()
         for conn in self.config.connections:
             self._start_actions(conn)
         self._pump()
@@ -486,6 +507,8 @@ class Daemon:
         for spi in list(self._retiring):
             self._retire(spi)
         self.sas.clear()
+        for trap in self.traps.all():  # after the SAs that shared their policies
+            self._remove_trap(trap.spec.key)
         if self._timer is not None:
             self._timer.cancel()
         for waiter in self._waiters:
@@ -890,6 +913,10 @@ class Daemon:
 
     def _on_ike_established(self, e: ev.IkeSaEstablished) -> None:
         r = self._record(e.ike_sa, e.connection, e.initiator)
+        if r.state == "CONNECTING" and self._loop is not None:
+            # traps whose ACQUIRE came while this IKE SA was being set up: their Child
+            # follows once this event batch (with the first Child) is handled
+            self._loop.call_soon(self._trap_children_after_ike, e.ike_sa)
         r.state = "ESTABLISHED"
         r.local, r.remote = e.local, e.remote
         r.local_id, r.remote_id = e.local_id, e.remote_id
@@ -938,6 +965,7 @@ class Daemon:
             installed = self.dataplane.install(e, config)
         except DataplaneError as exc:
             self._dataplane_failed("child-install-failed", e.connection, e.child, e.spi_in, exc)
+            self.traps.failed((e.connection, e.child), self.clock())
             # An SA we cannot install must not stay negotiated: tell the peer.
             with contextlib.suppress(ControlError):
                 self._engine_call(self.engine.delete_child_sa, e.ike_sa, e.spi_in)
@@ -961,6 +989,7 @@ class Daemon:
             installed=installed,
         )
         r.children.append(child)
+        self.traps.established((e.connection, e.child))
         if self.xdp is not None:
             placed = self.xdp.child_established(e, offloaded=installed.offload != "none")
             child.xdp_slot = placed.slot if placed is not None else None
@@ -989,6 +1018,7 @@ class Daemon:
         return None
 
     def _on_child_failed(self, e: ev.ChildSaFailed) -> None:
+        self.traps.failed((e.connection, e.child), self.clock())
         log.warning(
             "event=child-failed connection=%s child=%s ike_sa=%d reason=%s",
             e.connection,
@@ -1214,6 +1244,7 @@ class Daemon:
             for child in list(record.children):
                 if child.spi_in == e.spi_in:
                     self._remove_child(record, child, e.reason)
+        self._child_gone(e.connection, e.child, e.reason == "deleted by peer")
         log.info(
             "event=child-deleted connection=%s child=%s ike_sa=%d spi_in=%s spi_out=%s reason=%s",
             e.connection,
@@ -1240,6 +1271,8 @@ class Daemon:
         if record is not None:
             for child in list(record.children):  # normally already gone via ChildSaDeleted
                 self._remove_child(record, child, e.reason)
+                self._child_gone(e.connection, child.name, False)
+        self.traps.ike_sa_gone(e.ike_sa, self.clock())
         log.info(
             "event=ike-deleted connection=%s ike_sa=%d spi_i=%s spi_r=%s reason=%s",
             e.connection,
@@ -1251,6 +1284,12 @@ class Daemon:
         self.control.publish(
             "ike-deleted", connection=e.connection, ike_sa=e.ike_sa, reason=e.reason
         )
+        conn = self.config.connection(e.connection)
+        if e.reason == "deleted by peer" and conn is not None:
+            self.fall_back_to_trap(
+                conn, [c for c in conn.children if c.close_action == "trap"], "closed by peer"
+            )
+        self._sync_traps()  # e.g. a removed connection's trap waited for its SAs
 
     def _on_ike_redirected(self, e: ev.IkeSaRedirected) -> None:
         """RFC 5685 (ike/redirect.py). As initiator: the attempt (or the established SA,
@@ -1332,8 +1371,8 @@ class Daemon:
         """The engine found the peer dead (its Child SAs are gone, IkeSaDeleted follows):
         carry out the dpd_action of each Child SA it had. clear: nothing more; restart:
         initiate the connection again, once, with the first such Child (its first Child
-        rides in IKE_AUTH, as with start_action). dpd_action = "trap" is refused by the
-        configuration until trap policies exist (docs/config.md)."""
+        rides in IKE_AUTH, as with start_action); trap: the Child gets its trap policies
+        (fall_back_to_trap), so the next packet for it brings it back."""
         self.totals.dpd_failures += 1
         log.warning(
             "event=dpd-failed connection=%s ike_sa=%d remote=%s actions=%s",
@@ -1350,6 +1389,9 @@ class Daemon:
             actions={child: action for child, action in e.actions},
         )
         conn = self.config.connection(e.connection)
+        if conn is not None:  # dpd_action = "trap": back to the trap state
+            trap = [conn.child(child) for child, action in e.actions if action == "trap"]
+            self.fall_back_to_trap(conn, [c for c in trap if c is not None], "dead peer")
         restart = [child for child, action in e.actions if action == "restart"]
         if conn is None or not restart or conn.child(restart[0]) is None:
             return  # removed or changed by a reload meanwhile: nothing to restart
@@ -1359,8 +1401,201 @@ class Daemon:
         except ControlError as exc:
             log.error("event=dpd-restart-failed connection=%s error=%s", conn.name, exc)
 
+    # ------------------------------------------------------------------ traps
+
+    def fall_back_to_trap(
+        self, conn: ConnectionConfig, children: Sequence[ChildConfig], reason: str
+    ) -> None:
+        """dpd_action / close_action "trap": these Children get trap policies (if they
+        have none yet), so the next packet for them brings them back (`_on_acquire`)."""
+        for child in children:
+            key = (conn.name, child.name)
+            if key not in self._armed and child.start_action != "trap":
+                log.info(
+                    "event=trap-armed connection=%s child=%s reason=%r",
+                    conn.name,
+                    child.name,
+                    reason,
+                )
+                self._armed.add(key)
+        self._sync_traps()
+
+    def _trap_wanted(self) -> dict[TrapKey, TrapSpec]:
+        """The traps the configuration and the armed dpd/close actions want (cached per
+        configuration and armed set: called after every SA deletion)."""
+        stamp = (self.config.connections, frozenset(self._armed))
+        cached = self._wanted
+        if cached is not None and cached[0][0] is stamp[0] and cached[0][1] == stamp[1]:
+            return cached[1]
+        wanted: dict[TrapKey, TrapSpec] = {}
+        for conn in self.config.connections:
+            if not self.start_filter(conn.name):
+                continue  # another worker's (check-config refuses trap with workers)
+            for child in conn.children:
+                key = (conn.name, child.name)
+                if child.start_action == "trap" or key in self._armed:
+                    wanted[key] = _trap_spec(conn, child)
+        self._wanted = (stamp, wanted)
+        return wanted
+
+    def _sync_traps(self) -> None:
+        """Install the traps the configuration (and dpd/close actions) want, remove the
+        others. A trap whose Child config still has Child SAs is left alone until they
+        are gone: they share its out policies (docs/daemon.md)."""
+        wanted = self._trap_wanted()
+        if not wanted and not len(self.traps):
+            return  # the common case: no traps at all, nothing to look at
+        busy = {(r.connection, c.name) for r in self.sas.values() for c in r.children}
+        for trap in self.traps.all():
+            key = trap.spec.key
+            if wanted.get(key) != trap.spec and key not in busy:
+                self._remove_trap(key)
+        for key, spec in wanted.items():
+            if key in self.traps or key in busy:
+                continue
+            try:
+                reqid = self.dataplane.install_trap(spec)
+            except DataplaneError as exc:
+                log.error(
+                    "event=trap-install-failed connection=%s child=%s error=%s",
+                    spec.connection,
+                    spec.child,
+                    exc,
+                )
+                self.control.publish(
+                    "error",
+                    connection=spec.connection,
+                    child=spec.child,
+                    message=f"trap install failed: {exc}",
+                )
+                continue
+            self.traps.add(spec, reqid)
+            log.info(
+                "event=trap-installed connection=%s child=%s reqid=%#010x local_ts=%s remote_ts=%s",
+                spec.connection,
+                spec.child,
+                reqid,
+                ",".join(spec.local_ts),
+                ",".join(spec.remote_ts),
+            )
+
+    def _remove_trap(self, key: TrapKey) -> None:
+        self.traps.remove(key)
+        try:
+            self.dataplane.remove_trap(key)
+        except DataplaneError as exc:
+            log.error("event=trap-remove-failed connection=%s child=%s error=%s", *key, exc)
+            return
+        log.info("event=trap-removed connection=%s child=%s", *key)
+
+    def _child_gone(self, connection: str, child: str, by_peer: bool) -> None:
+        """A Child SA went: with none of that Child config left, its trap waits for
+        traffic again; close_action "trap" arms one when the peer closed it."""
+        key = (connection, child)
+        left = any(
+            c.name == child
+            for r in self.sas.values()
+            if r.connection == connection
+            for c in r.children
+        )
+        if left:
+            return
+        self.traps.down(key)
+        conn = self.config.connection(connection)
+        config = conn.child(child) if conn is not None else None
+        if by_peer and conn is not None and config is not None and config.close_action == "trap":
+            self.fall_back_to_trap(conn, [config], "closed by peer")
+        else:
+            self._sync_traps()
+
+    def _on_acquire(self, reqid: int, src: str | None, dst: str | None) -> None:
+        """The kernel's ACQUIRE for one of our traps: initiate its Child (RFC 4301 §4.4),
+        once; the packet's addresses go first in the traffic selectors (RFC 7296 §2.9)."""
+        now = self.clock()
+        trap = self.traps.acquire(reqid, now)
+        if trap is None:
+            found = self.traps.by_reqid(reqid)
+            if found is not None:
+                log.debug(
+                    "event=trap-acquire-coalesced connection=%s child=%s state=%s",
+                    found.spec.connection,
+                    found.spec.child,
+                    found.state,
+                )
+            return
+        spec = trap.spec
+        conn = self.config.connection(spec.connection)
+        log.info(
+            "event=trap-acquire connection=%s child=%s src=%s dst=%s",
+            spec.connection,
+            spec.child,
+            src or "-",
+            dst or "-",
+        )
+        if conn is None or conn.child(spec.child) is None:
+            self.traps.failed(spec.key, now)
+            return
+        packet_ts = _packet_ts(src, dst)
+        records = [r for r in self.sas.values() if r.connection == conn.name]
+        up = next((r for r in records if r.state == "ESTABLISHED"), None)
+        coming = next((r for r in records if r.state == "CONNECTING" and r.initiator), None)
+        try:
+            if up is not None:
+                self._create_child(up.ike_sa, spec.child, packet_ts)
+                self.traps.initiated(spec.key, up.ike_sa)
+            elif coming is not None:  # its Child follows when that IKE SA is up
+                self.traps.initiated(spec.key, coming.ike_sa)
+                trap.packet_ts = packet_ts
+            else:
+                ike_sa = self.engine.initiate(conn.name, spec.child, now, packet_ts=packet_ts)
+                self._record(ike_sa, conn.name, True)
+                self.traps.initiated(spec.key, ike_sa)
+                log.info(
+                    "event=initiate connection=%s child=%s ike_sa=%d trigger=acquire",
+                    conn.name,
+                    spec.child,
+                    ike_sa,
+                )
+        except (LocalError, ControlError) as exc:
+            log.error(
+                "event=trap-initiate-failed connection=%s child=%s error=%s",
+                spec.connection,
+                spec.child,
+                exc,
+            )
+            self.traps.failed(spec.key, now)
+        self._pump()
+
+    def _create_child(self, ike_sa: int, child: str, packet_ts: Any) -> None:
+        self.engine.create_child_sa(ike_sa, child, self.clock(), packet_ts=packet_ts)
+
+    def _trap_children_after_ike(self, ike_sa: int) -> None:
+        """Traps that waited for this IKE SA: request their Child unless it came along."""
+        record = self.sas.get(ike_sa)
+        for trap in self.traps.all():
+            if trap.state != "CONNECTING" or trap.ike_sa != ike_sa:
+                continue
+            if record is None or record.state != "ESTABLISHED":
+                self.traps.failed(trap.spec.key, self.clock())
+                continue
+            if any(c.name == trap.spec.child for c in record.children):
+                self.traps.established(trap.spec.key)
+                continue
+            try:
+                self._create_child(ike_sa, trap.spec.child, trap.packet_ts)
+            except LocalError as exc:
+                log.error(
+                    "event=trap-initiate-failed connection=%s child=%s error=%s",
+                    trap.spec.connection,
+                    trap.spec.child,
+                    exc,
+                )
+                self.traps.failed(trap.spec.key, self.clock())
+        self._pump()
+
     def _on_ike_failed(self, e: ev.IkeSaFailed) -> None:
         self.sas.pop(e.ike_sa, None)
+        self.traps.ike_sa_gone(e.ike_sa, self.clock())
         if "AUTHENTICATION_FAILED" in e.reason:
             self.totals.auth_failures += 1
         log.warning(
@@ -1399,13 +1634,6 @@ class Daemon:
                         child.name,
                         exc,
                     )
-            elif child.start_action == "trap":
-                log.warning(
-                    "event=trap-not-supported connection=%s child=%s "
-                    "detail=trap policies need ACQUIRE handling (not yet); use start or none",
-                    conn.name,
-                    child.name,
-                )
 
     def _initiate(self, conn: ConnectionConfig, child: str | None) -> int:
         ike_sa = self._engine_call(self.engine.initiate, conn.name, child)
@@ -1468,12 +1696,18 @@ class Daemon:
                         "start_action": ch.start_action,
                         "rekey_time": ch.rekey_time,
                         "life_time": ch.life_time,
+                        "trap": self._trap_dict((c.name, ch.name)),
                     }
                     for ch in c.children
                 ],
             }
             for c in self.config.connections
         ]
+
+    def _trap_dict(self, key: TrapKey) -> dict[str, Any] | None:
+        """The Child's trap ({state: TRAPPED|CONNECTING|INSTALLED|BACKOFF, ...}) or None."""
+        trap = self.traps.get(key)
+        return trap.as_dict() if trap is not None else None
 
     def list_sas(self) -> list[dict[str, Any]]:
         return [self._sa_dict(r) for r in self.sas.values()]
@@ -1552,6 +1786,7 @@ class Daemon:
             "dpd_failures": t.dpd_failures,
             "rekeys": t.rekeys,
             "redirects": t.redirects,
+            "traps": _count_states(self.traps.all()),
             "install_failures": t.install_failures,
             "engine_errors": t.engine_errors,
             "transport": self.transport.counters.as_dict(),
@@ -1704,6 +1939,8 @@ class Daemon:
         self._pump()
         set_engine_connections(self.engine, [engine_connection(c) for c in new.connections])
         self.config = GatewayConfig(self.config.gateway, new.connections, new.source)
+        self._armed = {k for k in self._armed if k[0] not in removed and k[0] not in changed}
+        self._sync_traps()  # those of removed/changed connections once their SAs are gone
         for name in added + changed:
             self._start_actions(new_by_name[name])
         self._pump()
@@ -1804,6 +2041,40 @@ def _concrete(addr: str) -> bool:
     return addr != "%any" and "/" not in addr and addr not in ("0.0.0.0", "::")
 
 
+def _count_states(traps: Iterable[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trap in traps:
+        counts[trap.state] = counts.get(trap.state, 0) + 1
+    return counts
+
+
+def _trap_spec(conn: ConnectionConfig, child: ChildConfig) -> TrapSpec:
+    """The trap of a Child config: its selectors between the connection's first
+    concrete addresses (check-config makes sure there are some)."""
+    return TrapSpec(
+        connection=conn.name,
+        child=child.name,
+        local=next((a for a in conn.local_addrs if _concrete(a)), ""),
+        remote=next((a for a in conn.remote_addrs if _concrete(a)), ""),
+        local_ts=tuple(child.local_ts),
+        remote_ts=tuple(child.remote_ts),
+        mode=child.mode,
+    )
+
+
+def _packet_ts(src: str | None, dst: str | None) -> Any:
+    """(TSi, TSr) of the packet an ACQUIRE reports, or None when it does not say."""
+    import ipaddress
+
+    try:
+        a, b = ipaddress.ip_address(src or ""), ipaddress.ip_address(dst or "")
+    except ValueError:
+        return None
+    if a.version != b.version:
+        return None
+    return (ts_for_address(a), ts_for_address(b))
+
+
 def _conn_start_action(conn: ConnectionConfig) -> str:
     actions = {c.start_action for c in conn.children}
     for action in ("start", "trap"):
@@ -1835,6 +2106,12 @@ def run(args: argparse.Namespace) -> int:
         config = GatewayConfig(
             _replace_dataplane(config, args.dataplane), config.connections, config.source
         )
+        if args.dataplane == "none":
+            for conn, child, key in trap_actions(config.connections):
+                raise GatewayError(
+                    f"--dataplane none: connections.{conn.name}.children.{child.name}."
+                    f"{key}: {TRAP_NEEDS_KERNEL}"
+                )
     setup_logging(args.log_level or config.gateway.log_level)
     if config.gateway.workers > 1:  # N worker processes under a supervisor
         from gateway.workers import Supervisor, SupervisorOptions

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import ChildConfig
 from gateway.errors import GatewayError
+from gateway.trap import TrapKey, TrapSpec
 
 if TYPE_CHECKING:
     from gateway.xfrm.manager import OwnedRange
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.dataplane")
 ExpireHandler = Callable[[int, bool], None]  # (SPI of the expired state, hard?)
+# (reqid of the trap, the packet's source and destination address or None)
+AcquireHandler = Callable[[int, str | None, str | None], None]
 
 
 class DataplaneError(GatewayError):
@@ -101,9 +104,17 @@ class Dataplane(Protocol):
     def errors(self) -> dict[str, int]:
         """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""
 
-    def watch(self, on_expire: ExpireHandler) -> None:
-        """Report kernel lifetime expiries of our SAs: on_expire(spi, hard). From the
-        running event loop; a data plane without a kernel never calls it."""
+    def install_trap(self, trap: TrapSpec) -> int:
+        """Trap policies for a Child config (out policies, no state): matching traffic
+        raises an ACQUIRE. Returns the trap's reqid; Child SAs of that Child config are
+        then installed under it and share its out policies (it stays underneath)."""
+
+    def remove_trap(self, key: TrapKey) -> None: ...
+
+    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
+        """Report kernel lifetime expiries of our SAs, on_expire(spi, hard), and ACQUIREs
+        of our traps, on_acquire(reqid, src, dst). From the running event loop; a data
+        plane without a kernel never calls them."""
 
     def close(self) -> None:
         """Release resources; SAs must have been removed by the daemon before."""
@@ -161,7 +172,13 @@ class NoneDataplane:
     def errors(self) -> dict[str, int]:
         return {}
 
-    def watch(self, on_expire: ExpireHandler) -> None:
+    def install_trap(self, trap: TrapSpec) -> int:
+        raise DataplaneError("trap policies need the kernel: dataplane 'none' has none")
+
+    def remove_trap(self, key: TrapKey) -> None:
+        pass
+
+    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -191,6 +208,7 @@ class XfrmDataplane:
             raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
         self.offload_dev = offload_dev
         self._watcher: asyncio.Task[None] | None = None
+        self._traps: dict[TrapKey, Any] = {}  # key -> the trap's ChildSaSpec
 
     def start(self) -> None:
         try:
@@ -205,7 +223,10 @@ class XfrmDataplane:
             )
 
     def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
-        reqid = self.manager.allocate_reqid()
+        trap = self._traps.get((child.connection, child.child))
+        # under its trap's reqid: the kernel's larval state of the ACQUIRE goes, and the
+        # trap's out policies are shared (they stay when the SA goes)
+        reqid = trap.reqid if trap is not None else self.manager.allocate_reqid()
         spec = child_sa_spec(child, config, reqid, self.offload_dev)
         try:
             result = self.manager.install(spec)
@@ -287,19 +308,55 @@ class XfrmDataplane:
     def errors(self) -> dict[str, int]:
         return self.manager.xfrm_stat()
 
-    def watch(self, on_expire: ExpireHandler) -> None:
-        from gateway.xfrm import EventsLost, SaExpired, XfrmEventReader
+    def install_trap(self, trap: TrapSpec) -> int:
+        reqid = self.manager.allocate_reqid()
+        spec = trap_sa_spec(trap, reqid)
+        try:
+            self.manager.install_trap(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        self._traps[trap.key] = spec
+        return reqid
+
+    def remove_trap(self, key: TrapKey) -> None:
+        spec = self._traps.pop(key, None)
+        if spec is None:
+            return
+        try:
+            self.manager.remove_trap(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+
+    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
+        from gateway.xfrm import Acquire, EventsLost, SaExpired, XfrmEventReader
 
         reader = XfrmEventReader(self.manager.netns)
         owned = self.manager.owned
 
+        def dispatch(event: Any) -> None:
+            if isinstance(event, SaExpired) and event.sa.reqid in owned:
+                on_expire(event.sa.spi, event.hard)
+            elif isinstance(event, Acquire) and event.reqid in owned:
+                if on_acquire is not None:
+                    sel = event.selector
+                    src = str(sel.src.network_address) if sel.src else None
+                    dst = str(sel.dst.network_address) if sel.dst else None
+                    on_acquire(event.reqid, src, dst)
+            elif isinstance(event, EventsLost):
+                log.warning("event=xfrm-events-lost detail=netlink socket overflowed")
+
         async def pump() -> None:
             try:
                 async for event in reader:
-                    if isinstance(event, SaExpired) and event.sa.reqid in owned:
-                        on_expire(event.sa.spi, event.hard)
-                    elif isinstance(event, EventsLost):
-                        log.warning("event=xfrm-events-lost detail=netlink socket overflowed")
+                    try:
+                        dispatch(event)
+                    except Exception as exc:  # a handler's bug must not end the watch
+                        log.error(
+                            "event=xfrm-event-handler-failed event_type=%s error=%s: %s",
+                            type(event).__name__,
+                            type(exc).__name__,
+                            exc,
+                        )
             except OSError as exc:
                 log.error("event=xfrm-events-failed error=%s", exc.strerror or exc)
             finally:
@@ -376,6 +433,37 @@ def child_sa_spec(
         )
     except ValueError as exc:
         raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
+
+
+def trap_sa_spec(trap: TrapSpec, reqid: int) -> Any:
+    """The ChildSaSpec whose out policies are the trap (a pure function). Only the
+    policy parts matter (addresses, reqid, selectors, mode); SPIs, keys and algorithm are
+    placeholders that never reach the kernel."""
+    from gateway.xfrm import ChildSaSpec, EspTransform, SaKeys, TrafficSelector
+    from ike.ts import ts_from_text
+
+    local, remote = ipaddress.ip_address(trap.local), ipaddress.ip_address(trap.remote)
+
+    def selectors(texts: tuple[str, ...], outer: Any) -> tuple[Any, ...]:
+        parsed = [ts_from_text(str(outer) if t == "dynamic" else t) for t in texts]
+        return _all_selectors(parsed, TrafficSelector)
+
+    try:
+        return ChildSaSpec(
+            local=local,
+            remote=remote,
+            spi_in=256,
+            spi_out=256,
+            reqid=reqid,
+            esp=EspTransform(aead="rfc4106(gcm(aes))"),
+            keys_in=SaKeys(b""),
+            keys_out=SaKeys(b""),
+            local_ts=selectors(trap.local_ts, local),
+            remote_ts=selectors(trap.remote_ts, remote),
+            mode="transport" if trap.mode == "transport" else "tunnel",
+        )
+    except ValueError as exc:
+        raise DataplaneError(f"trap {trap.connection}.{trap.child}: {exc}") from None
 
 
 def _all_selectors(selectors: Any, make: Any) -> tuple[Any, ...]:

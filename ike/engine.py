@@ -709,9 +709,19 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ API calls
 
-    def initiate(self, connection: str, child: str | None = None, now: float = 0.0) -> int:
+    def initiate(
+        self,
+        connection: str,
+        child: str | None = None,
+        now: float = 0.0,
+        *,
+        packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
+    ) -> int:
         """Start IKE_SA_INIT for `connection` (first Child: `child` or the first one).
 
+        `packet_ts`: (source, destination) of the packet that triggered it (a kernel
+        ACQUIRE), proposed as the first TSi and TSr before the configured ones (RFC 7296
+        §2.9) so a responder that narrows can keep at least that flow.
         Returns the new IKE SA handle. LocalError for an unknown connection/child or one
         without local and remote addresses.
         """
@@ -725,7 +735,7 @@ class IkeEngine:
             )
         local = (str(conn.local_addrs[0]), conn.config.local_port)
         remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
-        sa = self._start_initiator(conn, ch, local, remote, now)
+        sa = self._start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts)
         self._send_init(sa, now)
         return sa.uid
 
@@ -737,16 +747,18 @@ class IkeEngine:
         remote: Endpoint,
         now: float,
         redirected: tuple[str, tuple[float, ...]] | None = None,
+        packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
     ) -> _IkeSa:
         """A new initiator IKE SA, ready for its IKE_SA_INIT (`redirected`: where a
-        gateway sent us from, ike/redirect.py)."""
+        gateway sent us from, ike/redirect.py; `packet_ts` as in initiate())."""
         sa = _IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
         sa.redirected = redirected
         sa.spi_i = self._new_ike_spi()
         self._sas[sa.spi_i] = sa
         self._by_uid[sa.uid] = sa
-        sa.pending_child = _PendingChild(ch, 0, (), ())
+        first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
+        sa.pending_child = _PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
         return sa
@@ -1504,8 +1516,9 @@ class IkeEngine:
             spi_in = self._spis.allocate()
         except SpiExhausted:
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "no inbound SPI left") from None
-        tsi = ch.local_ts or (ts_for_address(_ip(sa.local[0])),)
-        tsr = ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),)
+        # the triggering packet's selectors first, if any (§2.9)
+        tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
+        tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
         sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
         if ch.transport:
             payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
@@ -2094,14 +2107,23 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
-    def create_child_sa(self, ike_sa: int, child: str | None = None, now: float = 0.0) -> None:
+    def create_child_sa(
+        self,
+        ike_sa: int,
+        child: str | None = None,
+        now: float = 0.0,
+        *,
+        packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
+    ) -> None:
         """An additional Child SA on an established IKE SA (§1.3.1): ChildSaEstablished
-        or ChildSaFailed follows. `child` names the connection's Child config."""
+        or ChildSaFailed follows. `child` names the connection's Child config;
+        `packet_ts` as in initiate()."""
         sa = self._established_sa(ike_sa)
         assert sa.conn is not None
         ch = sa.conn.child(child)
-        tsi = ch.local_ts or (ts_for_address(_ip(sa.local[0])),)
-        tsr = ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),)
+        first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
+        tsi = first_i + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
+        tsr = first_r + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
         self._send_child_request(sa, ch, tsi, tsr, None, None, now)
 
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:

@@ -84,14 +84,16 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
 def narrow(
     offered: Sequence[TrafficSelector], allowed: Sequence[TrafficSelector]
 ) -> tuple[TrafficSelector, ...]:
-    """The responder's narrowing (§2.9): every non-empty intersection, without duplicates."""
+    """The responder's narrowing (§2.9): every non-empty intersection, without duplicates
+    and without one that another covers (e.g. the triggering packet's /32 an initiator
+    puts first, §2.9, inside the configured subnet it also offers; strongSwan does so)."""
     out: list[TrafficSelector] = []
     for o in offered:
         for a in allowed:
             i = intersect(o, a)
             if i is not None and i not in out:
                 out.append(i)
-    return tuple(out)
+    return tuple(t for t in out if not any(u != t and intersect(t, u) == t for u in out))
 
 
 def covered(ts: TrafficSelector, by: Sequence[TrafficSelector]) -> bool:

@@ -278,7 +278,7 @@ class SaModel:
                 row.remote_id = str(conn_cfg.get("remote_id", "") or "")
                 row.ike_proposal = ", ".join(_strs(conn_cfg.get("ike_proposals")))
                 row.search = f"{name} {row.peer} {row.remote_id}".lower()
-            row.state = "down"
+            row.state = _idle_state(conn_cfg)
             row.seen = gen
         gone = [k for k, r in rows.items() if r.seen != gen]
         for key in gone:
@@ -515,3 +515,13 @@ def format_event(event: Mapping[str, Any]) -> str:
     conn = fields.pop("connection", None)
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "", [], {}))
     return " ".join(p for p in (stamp, kind, str(conn) if conn else "", rest) if p)
+
+
+def _idle_state(conn: Mapping[str, Any]) -> str:
+    """A connection without an SA: "trapped" when one of its Children waits in a trap
+    (list-conns `children[].trap`, start_action = "trap"), else "down"."""
+    for child in conn.get("children") or ():
+        trap = child.get("trap") if isinstance(child, Mapping) else None
+        if isinstance(trap, Mapping) and trap.get("state") in ("TRAPPED", "BACKOFF"):
+            return "trapped"
+    return "down"

@@ -315,6 +315,9 @@ class XfrmManager:
         self.netns = self.channel.netns
         self.owned = owned
         self._next_reqid = owned.first
+        # out policies installed by install_trap(): DELPOLICY payload (selector and
+        # direction) -> (NEWPOLICY payload, reqid)
+        self._trap_policies: dict[bytes, tuple[bytes, int]] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -373,10 +376,19 @@ class XfrmManager:
     def _policy_ops(
         self, spec: ChildSaSpec, msg_type: int = nl.XFRM_MSG_NEWPOLICY, trap_only: bool = False
     ) -> list[_Op]:
-        return [
-            _Op(what, msg_type, new, nl.XFRM_MSG_DELPOLICY, delete)
-            for what, new, delete in policy_bodies(spec, trap_only=trap_only)
-        ]
+        """The Child's policies. A policy a trap holds (same selector and direction) is
+        the trap's: a Child SA under the trap's reqid shares an identical one (left out
+        here, so it stays when the SA goes: the trap stays underneath); a different one
+        (other tunnel addresses, e.g. after NAT-T or MOBIKE) replaces the trap's with
+        UPDPOLICY and its undo puts the trap's back. remove_trap() removes them."""
+        ops = []
+        for what, new, delete in policy_bodies(spec, trap_only=trap_only):
+            held = None if trap_only else self._trap_policies.get(delete)
+            if held is None:
+                ops.append(_Op(what, msg_type, new, nl.XFRM_MSG_DELPOLICY, delete))
+            elif held[0] != new:
+                ops.append(_Op(what, nl.XFRM_MSG_UPDPOLICY, new, nl.XFRM_MSG_UPDPOLICY, held[0]))
+        return ops
 
     def _run_groups(
         self, groups: Sequence[list[_Op]], *, rollback: bool = True
@@ -494,14 +506,21 @@ class XfrmManager:
         ]
 
     def install_trap(self, spec: ChildSaSpec) -> None:
-        """Out policies only: matching traffic makes the kernel send ACQUIRE (on demand)."""
+        """Out policies only: matching traffic makes the kernel send ACQUIRE (on demand).
+        A Child SA later installed with the same reqid and selectors shares them."""
         self._check_owned(spec)
-        (err,) = self._run_groups([self._policy_ops(spec, trap_only=True)])
+        ops = self._policy_ops(spec, trap_only=True)
+        (err,) = self._run_groups([ops])
         if err is not None:
             raise err
+        for op in ops:
+            self._trap_policies[op.undo_body] = (op.body, spec.reqid)
 
     def remove_trap(self, spec: ChildSaSpec) -> None:
-        self._undo(self._policy_ops(spec, trap_only=True))
+        ops = self._policy_ops(spec, trap_only=True)
+        for op in ops:
+            self._trap_policies.pop(op.undo_body, None)
+        self._undo(ops)
 
     # -- delete / replace / migrate ---------------------------------------------------
 
@@ -758,6 +777,7 @@ class XfrmManager:
                     _Op(partial(str, f"SA spi={s.spi:#010x}"), 0, b"", nl.XFRM_MSG_DELSA, body)
                 )
         self._undo(drop)
+        self._trap_policies = {k: v for k, v in self._trap_policies.items() if v[1] in keep}
         return ReconcileReport(
             adopted_states=sum(1 for s in states if s.reqid in keep),
             adopted_policies=len(policies) - n_policies,

@@ -6,7 +6,9 @@ kernel has none). Few test functions, each doing a lot: VM time is expensive.
   list-sas reports them), a kernel packet limit (EXPIRE) makes both daemons delete the
   Child, `gateway ctl terminate` removes the kernel states, SIGTERM leaves nothing behind;
 - our daemon vs strongSwan (kernel-netlink), each side initiating: ping passes, and both
-  kernels agree on the SPIs.
+  kernels agree on the SPIs;
+- start_action = "trap": the first packet brings the tunnel up through the kernel's
+  ACQUIRE, terminate leaves the trap and the next packet brings it back.
 """
 
 from __future__ import annotations
@@ -51,38 +53,38 @@ def protected_nets(a: Netns, b: Netns) -> None:
         b.ip("route", "add", f"10.1.{x}.0/24", "via", WEST)
 
 
-def config(sock: Path, me: str, peer: str, mine: str, theirs: str, start: bool) -> str:
-    """Connection `peer` (mine.0 <-> theirs.0) and `lim` (mine.1 <-> theirs.1), whose Child
-    SA the kernel removes after 6 packets (life_packets)."""
+def config(
+    sock: Path, me: str, peer: str, mine: str, theirs: str, start: str, lim: bool = True
+) -> str:
+    """Connection `peer` (mine.0 <-> theirs.0) with `start` as its start_action and (with
+    `lim`) `lim` (mine.1 <-> theirs.1), whose Child SA the kernel removes after 6 packets
+    (life_packets)."""
     common = {
         "local": me,
         "remote": peer,
         "local_id": f"gw-{me}",
         "remote_id": f"gw-{peer}",
-        "start_action": "start" if start else "none",
+        "start_action": start,
     }
-    return gateway_config(
-        socket=sock,
-        listen=[me],
-        dataplane="xfrm",
-        conns=[
-            {
-                "name": "peer",
-                "local_ts": [f"{mine}.0.0/24"],
-                "remote_ts": [f"{theirs}.0.0/24"],
-                **common,
-            },
-            {  # own IDs, so the responder picks this connection, not `peer`
-                **common,
-                "name": "lim",
-                "local_id": f"lim-{me}",
-                "remote_id": f"lim-{peer}",
-                "local_ts": [f"{mine}.1.0/24"],
-                "remote_ts": [f"{theirs}.1.0/24"],
-                "child_extra": "life_packets = 6",
-            },
-        ],
-    )
+    conns = [
+        {
+            "name": "peer",
+            "local_ts": [f"{mine}.0.0/24"],
+            "remote_ts": [f"{theirs}.0.0/24"],
+            **common,
+        },
+        {  # own IDs, so the responder picks this connection, not `peer`
+            **common,
+            "name": "lim",
+            "local_id": f"lim-{me}",
+            "remote_id": f"lim-{peer}",
+            "local_ts": [f"{mine}.1.0/24"],
+            "remote_ts": [f"{theirs}.1.0/24"],
+            "child_extra": "life_packets = 6",
+            "start_action": "none" if start == "trap" else start,
+        },
+    ]
+    return gateway_config(socket=sock, listen=[me], dataplane="xfrm", conns=conns[: 1 + lim])
 
 
 def states(ns: Netns) -> list[str]:
@@ -103,10 +105,10 @@ def test_two_daemons_pass_traffic_through_kernel_esp(
     a, b = netns_pair
     protected_nets(a, b)
     east = Gateway.start(
-        b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", False)
+        b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", "none")
     )
     west = Gateway.start(
-        a, tmp_path, "west", config(run_dir / "w.sock", WEST, EAST, "10.1", "10.2", True)
+        a, tmp_path, "west", config(run_dir / "w.sock", WEST, EAST, "10.1", "10.2", "start")
     )
     try:
         (w,) = west.installed("peer")
@@ -218,6 +220,61 @@ def test_two_daemons_pass_traffic_through_kernel_esp(
     # graceful shutdown leaves nothing of ours in either kernel
     assert states(a) == [] and states(b) == []
     assert policies(a) == 0 and policies(b) == 0
+
+
+def xfrm_reqids(ns: Netns, what: str) -> list[int]:
+    return [int(r) for r in re.findall(r"reqid (\d+)", ns.run("ip", "xfrm", what).stdout)]
+
+
+def test_trap_brings_the_tunnel_up_on_the_first_packet(
+    netns_pair: tuple[Netns, Netns], tmp_path: Path, run_dir: Path
+) -> None:
+    """start_action = "trap" on west: an out policy and no state until a packet from
+    behind west matches it; the kernel's ACQUIRE makes west initiate (once), the SA is
+    installed under the trap's reqid and pings pass; `terminate` removes the SAs, the
+    trap stays and the next packet brings the tunnel back; SIGTERM removes the trap."""
+    a, b = netns_pair
+    protected_nets(a, b)
+
+    east = Gateway.start(
+        b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", "none", False)
+    )
+    west = Gateway.start(
+        a, tmp_path, "west", config(run_dir / "w.sock", WEST, EAST, "10.1", "10.2", "trap", False)
+    )
+
+    def trap() -> dict[str, object]:
+        (conn,) = ctl_json(west.socket, "list-conns")
+        return dict(conn["children"][0]["trap"] or {})
+
+    try:
+        assert trap()["state"] == "TRAPPED"
+        assert states(a) == [] and policies(a) == 1  # the out policy only
+        (trap_reqid,) = xfrm_reqids(a, "policy")
+        assert "trap TRAPPED" in ctl(west.socket, "list-conns").stdout
+        for round_ in (1, 2):
+            # the first echo hits the trap (the kernel drops it while it asks: larval
+            # state) and raises the ACQUIRE; the SA comes up; then every echo passes
+            a.run("ping", "-c", "1", "-W", "1", "-I", "10.1.0.1", "10.2.0.1", check=False)
+            west.installed("peer")
+            east.installed("peer")
+            ping(a, "10.1.0.1", "10.2.0.1", count=3)
+            assert trap()["state"] == "INSTALLED"
+            assert west.log_text().count("trigger=acquire") == round_
+            # under the trap's reqid, sharing its out policy: 2 states, out/in/fwd
+            assert xfrm_reqids(a, "state") == [trap_reqid] * 2 and policies(a) == 3
+            (sa,) = west.sas()
+            assert sa["children"][0]["packets_in"] >= 3
+            # terminate: the SAs go on both sides, the trap stays underneath
+            ctl(west.socket, "terminate", "peer")
+            wait_for("SAs removed", lambda: states(a) == [] and states(b) == [], timeout=60)
+            assert policies(a) == 1 and policies(b) == 0
+            assert xfrm_reqids(a, "policy") == [trap_reqid]
+            assert trap()["state"] == "TRAPPED"
+    finally:
+        codes = (west.stop(60), east.stop(60))
+    assert codes == (0, 0)
+    assert states(a) == [] and policies(a) == 0 and policies(b) == 0
 
 
 SWANCTL = f"""connections {{

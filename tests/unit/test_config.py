@@ -343,7 +343,6 @@ def conn(body: str, child: str = "") -> str:
         ("", 'esp_proposals = ["aes256gcm16", ""]', ["connections.c.children.k.esp_proposals[1]"]),
         ("", 'start_action = "restart"', ["connections.c.children.k.start_action"]),
         ("", 'dpd_action = "panic"', ["connections.c.children.k.dpd_action"]),
-        ("", 'dpd_action = "trap"', ["connections.c.children.k.dpd_action"]),  # not yet
         ('redirect_to = "a b"', "", ["connections.c.redirect_to"]),
         ("redirect_to = 7", "", ["connections.c.redirect_to"]),
         ('redirect_on = "later"', "", ["connections.c.redirect_on"]),
@@ -419,8 +418,15 @@ def test_start_needs_concrete_remote() -> None:
     text = conn('local_addrs = ["192.0.2.0/24"]\n', 'start_action = "start"')
     ((path, _, message),) = errors_of(text)
     assert message == "start needs a concrete address in local_addrs to initiate from"
+    # trap initiates too (on the first packet)
     text = conn("", 'start_action = "trap"').replace('["192.0.2.2"]', '["%any"]')
-    assert parse_config(text).connections[0].children[0].start_action == "trap"
+    ((path, _, message),) = errors_of(text)
+    assert path == "connections.c.children.k.start_action"
+    assert message == "trap needs a concrete address in remote_addrs to initiate to"
+    assert (
+        parse_config(conn("", 'start_action = "trap"')).connections[0].children[0].start_action
+        == "trap"
+    )
 
 
 def test_bad_names() -> None:

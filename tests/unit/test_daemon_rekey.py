@@ -23,7 +23,16 @@ from gateway.dataplane import Installed, NoneDataplane
 SECRET = "lab-secret-123456"
 
 
-def config_text(socket: Path, local: str, remote: str, start: str) -> str:
+def config_text(
+    socket: Path,
+    local: str,
+    remote: str,
+    start: str,
+    *,
+    psk: str = SECRET,
+    dataplane: str = "none",
+    child_extra: str = "",
+) -> str:
     return f"""
 [gateway]
 listen = ["127.0.0.1"]
@@ -31,20 +40,21 @@ port = 0
 port_nat_t = 0
 control_socket = "{socket}"
 metrics_listen = "off"
-dataplane = "none"
+dataplane = "{dataplane}"
 
 [connections.east]
 local_addrs = ["{local}"]
 remote_addrs = ["{remote}"]
 local = {{ auth = "psk", id = "{local}" }}
 remote = {{ auth = "psk", id = "{remote}" }}
-psk = "{SECRET}"
+psk = "{psk}"
 
 [connections.east.children.net]
 local_ts = ["10.{local[-1]}.0.0/24"]
 remote_ts = ["10.{remote[-1]}.0.0/24"]
 esp_proposals = ["aes256gcm16-x25519"]
 start_action = "{start}"
+{child_extra}
 """
 
 

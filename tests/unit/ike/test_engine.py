@@ -675,3 +675,39 @@ def test_late_duplicate_ike_sa_init_after_establishment_is_dropped() -> None:
     assert net.b.ike_sas() == []
     net.b.receive_datagram(first.data, (first.remote, first.local), net.now)
     assert len(net.b.ike_sas()) == 1
+
+
+def test_packet_selectors_go_first_and_the_responder_drops_covered_ones() -> None:
+    """An initiation for a packet (a kernel ACQUIRE) proposes the packet's addresses as
+    the first TSi/TSr, then the configured ones (RFC 7296 §2.9); a responder whose
+    configuration covers both answers the subnet alone (intersections inside another
+    one are dropped, as strongSwan does), and one configured for that host only answers
+    the host: both are inside what was proposed."""
+    import ipaddress
+
+    from ike.events import ChildSaEstablished as Est
+    from ike.ts import narrow, ts_for_address, ts_from_text
+
+    host = ts_for_address(ipaddress.ip_address("10.1.0.5"))
+    peer = ts_for_address(ipaddress.ip_address("10.2.0.7"))
+    for b_remote, want in (("10.1.0.0/16", "10.1.0.0/16"), ("10.1.0.5/32", "10.1.0.5/32")):
+        a, b = pair_confs(b_remote_ts=(b_remote,))
+        net = Net.make(a, b)
+        handle = net.a.initiate("a2b", None, net.now, packet_ts=(host, peer))
+        net.pump(limit=2)  # IKE_SA_INIT: IKE_AUTH is queued with the selectors
+        sa = net.a._by_uid[handle]
+        assert sa.pending_child is not None
+        assert sa.pending_child.tsi == (host, ts_from_text("10.1.0.0/16"))
+        assert sa.pending_child.tsr == (peer, ts_from_text("10.2.0.0/16"))
+        net.pump()
+        [ea], [eb] = net.of("a", Est), net.of("b", Est)
+        assert [str(t.start_addr) for t in (ea.local_ts[0], eb.remote_ts[0])] == [
+            want.split("/")[0]
+        ] * 2
+        assert len(ea.local_ts) == 1 and ea.local_ts == eb.remote_ts
+        assert ea.local_ts == (ts_from_text(want),)
+        assert sa.state.public == "ESTABLISHED"
+    wide, narrow_one = ts_from_text("10.1.0.0/24"), ts_from_text("10.1.0.0/25")
+    assert narrow([host, wide], [wide]) == (wide,)
+    assert narrow([narrow_one, wide], [wide, narrow_one]) == (wide,)
+    assert narrow([ts_from_text("10.9.0.0/24"), host], [wide]) == (host,)
