@@ -3,7 +3,12 @@
     register(subparsers) -> None
 
 which adds an argparse sub-parser whose `func` default takes the parsed namespace and
-returns an exit status. Adding a subcommand is one line in COMMAND_MODULES.
+returns an exit status. Adding a subcommand is one line in COMMANDS.
+
+Only the module of the command being run is imported: `gateway ctl` is run by scripts,
+tests and the lab many times a second, and must not pay for the daemon's, the engine's or
+the console's imports (under the VM's CPU emulation that is tens of seconds per call).
+`gateway --help` and unknown commands import them all to list every choice.
 """
 
 from __future__ import annotations
@@ -16,18 +21,20 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.errors import GatewayError
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "gateway.doctor",
-    "gateway.lab.cli",
-    "gateway.check_config",
-    "gateway.ctl",
-    "gateway.daemon",
-    "gateway.tui",
-    "gateway.decode",
-)
+# command name -> module that registers it (the order is the order of `--help`)
+COMMANDS: dict[str, str] = {
+    "doctor": "gateway.doctor",
+    "lab": "gateway.lab.cli",
+    "check-config": "gateway.check_config",
+    "ctl": "gateway.ctl",
+    "run": "gateway.daemon",
+    "tui": "gateway.tui",
+    "decode": "gateway.decode",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (only=NAME) one with just that command's sub-parser."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="IKEv2/IPsec gateway with an XFRM data plane and XDP/eBPF acceleration",
@@ -35,14 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    modules = [COMMANDS[only]] if only is not None else list(COMMANDS.values())
+    for module in modules:
+        importlib.import_module(module).register(sub)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The known command named by argv's first word, if it is one."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(words))
+    args = parser.parse_args(words)
     try:
         return int(args.func(args) or 0)
     except GatewayError as exc:

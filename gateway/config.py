@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from gateway.control import DEFAULT_CONTROL_SOCKET
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
 
-DEFAULT_CONTROL_SOCKET: Final = "/run/gateway/control.sock"
 DEFAULT_METRICS_PORT: Final = 9810
 DATAPLANES: Final = ("xfrm", "none")
 AUTH_METHODS: Final = ("psk", "pubkey")

@@ -37,6 +37,8 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.control")
 
+DEFAULT_CONTROL_SOCKET: Final = "/run/gateway/control.sock"
+
 MAX_LINE: Final = 1 << 16  # bytes per request line; longer requests are refused
 SUBSCRIBER_QUEUE: Final = 4096  # events buffered per slow subscriber before it is dropped
 NAME_COMMANDS: Final = ("initiate", "terminate", "rekey", "redirect")

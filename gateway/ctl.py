@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import DEFAULT_CONTROL_SOCKET
-from gateway.control import ControlClient, ControlError
+from gateway.control import DEFAULT_CONTROL_SOCKET, ControlClient, ControlError
 
 SOCKET_ENV = "GATEWAY_CONTROL_SOCKET"
 

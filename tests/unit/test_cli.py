@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from gateway import __version__, probe
+from gateway import __version__, cli, probe
 from gateway.cli import main
 
 
@@ -64,3 +65,33 @@ def test_doctor_json_lists_every_check_with_a_fix_for_gaps(
         assert set(c) == {"name", "status", "detail", "fix"}
         if c["status"] == "missing":
             assert c["fix"]
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+def test_every_command_is_registered_by_its_module() -> None:
+    for name in cli.COMMANDS:
+        assert _commands(cli.build_parser(name)) == [name]
+    assert _commands(cli.build_parser()) == list(cli.COMMANDS)
+
+
+def test_ctl_loads_neither_the_engine_nor_the_daemon() -> None:
+    """`gateway ctl` runs many times a second in scripts: it imports only what it uses."""
+    probe_code = (
+        "import sys\n"
+        "from gateway.cli import main\n"
+        "rc = main(['ctl', '--socket', '/nonexistent/control.sock', 'stats'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('ike', 'cryptography', 'pyroute2', 'textual', 'prometheus_client', 'bcc') "
+        "or m in ('gateway.config', 'gateway.daemon'))\n"
+        "print(rc, heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe_code], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "2 []", proc.stdout  # a clear error, nothing heavy loaded
+    assert "cannot connect to control socket" in proc.stderr
+    assert "Traceback" not in proc.stderr
