@@ -292,6 +292,7 @@ def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
         rand_time=conn.rand_time,
         dpd_delay=conn.dpd_delay,
         mobike=conn.mobike,
+        fragmentation="yes" if conn.fragmentation == "force" else conn.fragmentation,
         follow_redirects=conn.follow_redirects,
         redirect_to=conn.redirect_to or "",
         redirect_on=conn.redirect_on,

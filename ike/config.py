@@ -93,6 +93,11 @@ class ConnectionConfig:
     # MOBIKE (RFC 4555, ike/mobike.py): announce MOBIKE_SUPPORTED in IKE_AUTH; when both
     # sides do, IKE moves to the NAT-T port and the IKE SA can change its addresses.
     mobike: bool = False
+    # IKE fragmentation (RFC 7383) for this connection, in swanctl's words: "yes" announce
+    # and fragment oversized messages, "accept" announce and reassemble the peer's but never
+    # fragment ours, "no" do not announce. (swanctl's "force" is IKEv1 only: here "yes".)
+    # EngineSettings.fragmentation=False turns it off for every connection.
+    fragmentation: str = "yes"
     # RFC 4555 §3.9: our UPDATE_SA_ADDRESSES requests carry NO_NATS_ALLOWED
     mobike_no_nats: bool = False
     # IKEv2 redirect (RFC 5685, ike/redirect.py). As initiator: announce support and

@@ -998,7 +998,7 @@ class IkeEngine:
             message_id=mid,
             payloads=payloads,
         )
-        if not sa.frag:
+        if not sa.frag or (sa.conn is not None and sa.conn.config.fragmentation == "accept"):
             return data
         limit = self.settings.fragment_size - (48 if ":" in sa.remote[0] else 28)
         if self.settings.nat_t_port in (sa.local[1], sa.remote[1]):
@@ -1132,7 +1132,7 @@ class IkeEngine:
             ),
         ]
         payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
-        if self.settings.fragmentation:
+        if self.settings.fragmentation and sa.conn.config.fragmentation != "no":
             payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         payloads += redirect.init_payloads(sa)
         data = codec.encode_message(
@@ -1374,8 +1374,10 @@ class IkeEngine:
             ]
         # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
         sa.peer_hints = ike_auth.peer_hints(p)
-        if self.settings.fragmentation and _first_notify(
-            p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED
+        if (
+            self.settings.fragmentation
+            and any(c.config.fragmentation != "no" for c in candidates)
+            and _first_notify(p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
         ):
             sa.frag = True
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
@@ -1482,8 +1484,10 @@ class IkeEngine:
         sa.nr = nonce.data
         sa.init_response = data
         sa.peer_hints = ike_auth.peer_hints(payloads)
-        sa.frag = self.settings.fragmentation and bool(
-            _first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
+        sa.frag = (
+            self.settings.fragmentation
+            and sa.conn.config.fragmentation != "no"
+            and bool(_first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         )
         nat_d = self._detect_nat(sa, payloads)
         sa.nat = bool(nat_d)

@@ -613,3 +613,13 @@ async def test_migrate_moves_the_child_sas_and_reports_it(r: Running) -> None:
     with pytest.raises(ControlError, match="no connection named"):
         await r.client.call("migrate", {"name": "west"})
     assert len(r.dataplane.migrations) == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "engine"),
+    [("", "yes"), ('"no"', "no"), ("false", "no"), ('"accept"', "accept"), ('"force"', "yes")],
+)
+def test_fragmentation_key_reaches_the_engine(tmp_path: Path, toml: str, engine: str) -> None:
+    extra = f"fragmentation = {toml}" if toml else ""
+    config = parse_config(config_text(tmp_path / "c.sock", conn_extra=extra))
+    assert engine_connection(config.connections[0]).fragmentation == engine

@@ -52,9 +52,16 @@ def confs(
 
 
 def make(
-    chain: tuple[Issued, ...], a_frag: bool = True, b_frag: bool = True, ike: str | None = None
+    chain: tuple[Issued, ...],
+    a_frag: bool = True,
+    b_frag: bool = True,
+    ike: str | None = None,
+    a_mode: str = "yes",
+    b_mode: str = "yes",
 ) -> Net:
     a, b = confs(chain, ike) if ike else confs(chain)
+    a = dataclasses.replace(a, fragmentation=a_mode)
+    b = dataclasses.replace(b, fragmentation=b_mode)
     sa = EngineSettings(fragment_size=FRAGMENT_SIZE, fragmentation=a_frag)
     sb = EngineSettings(fragment_size=FRAGMENT_SIZE, fragmentation=b_frag)
     return Net.make(a, b, sa, sb, now=NOW)
@@ -106,6 +113,41 @@ def test_without_support_on_one_side_nothing_is_fragmented(chain: tuple[Issued, 
         assert established(net)
         assert all(skf(d) is None for _, d in net.log)
         assert max(len(d.data) for _, d in net.log) > FRAGMENT_SIZE
+
+
+def test_connection_fragmentation_no_is_not_announced(chain: tuple[Issued, ...]) -> None:
+    """swanctl's fragmentation = no, on either side: not announced, nothing fragmented."""
+    for a_mode, b_mode in (("no", "yes"), ("yes", "no")):
+        net = make(chain, a_mode=a_mode, b_mode=b_mode)
+        net.a.initiate("a2b", None, net.now)
+        net.pump()
+        assert established(net)
+        init_req, init_resp = (codec.decode_message(d.data) for _, d in net.log[:2])
+        announced = [
+            any(
+                isinstance(p, Notify) and p.type == NotifyType.IKEV2_FRAGMENTATION_SUPPORTED
+                for p in m.payloads
+            )
+            for m in (init_req, init_resp)
+        ]
+        assert announced == [a_mode == "yes", a_mode == "yes" and b_mode == "yes"]
+        assert all(skf(d) is None for _, d in net.log)
+
+
+def test_connection_fragmentation_accept_reassembles_but_never_fragments(
+    chain: tuple[Issued, ...],
+) -> None:
+    """swanctl's fragmentation = accept: announced, the peer's fragments are reassembled,
+    our own oversized messages go whole (IP fragmentation)."""
+    net = make(chain, b_mode="accept")
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    assert established(net)
+    auth_req = [d for src, d in net.log[2:] if src == "a"]
+    auth_resp = [d for src, d in net.log[2:] if src == "b"]
+    assert len(auth_req) >= 4 and all(skf(d) is not None for d in auth_req)
+    assert len(auth_resp) == 1 and skf(auth_resp[0]) is None
+    assert len(auth_resp[0].data) > FRAGMENT_SIZE
 
 
 def test_lost_fragment_is_recovered_by_retransmission(chain: tuple[Issued, ...]) -> None:
