@@ -944,6 +944,10 @@ def _check_connection(conn: _Table, c: ConnectionConfig) -> None:
     remote_families = {ipaddress.ip_address(a).version for a in concrete_remote if _is_ip(a)}
     if families and remote_families and not families & remote_families:
         conn.error("remote_addrs", "no address family in common with local_addrs")
+    if c.reauth_time:
+        # IKE SA reauthentication (make-before-break) is not implemented: a set value
+        # must not be silently ignored (docs/config.md)
+        conn.error("reauth_time", "reauth_time is not supported: use rekey_time (IKEv2 rekeying)")
 
 
 def _is_ip(text: str) -> bool:
