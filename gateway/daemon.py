@@ -21,7 +21,9 @@ Engine events drive everything else:
     ChildSaDeleted     -> data plane remove, record gone, event `child-deleted`
     DpdFailed          -> event `dpd-failed`, each Child's dpd_action (restart: initiate)
     IkeSaDeleted       -> record gone, event `ike-deleted`
-    IkeSaFailed        -> event `ike-failed` (auth failures counted)
+    IkeSaFailed        -> event `ike-failed` (auth failures counted); an attempt we
+                          initiated is retried up to the connection's keyingtries
+                          (`_schedule_retry`: jittered backoff, event `ike-retry`)
     IkeSaMigrated      -> data plane migrate of each Child SA (MOBIKE), `ike-migrated`
     IkeSaMigrateFailed -> event `ike-migrate-failed`
 
@@ -57,6 +59,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -104,6 +107,11 @@ T = TypeVar("T")
 
 SHUTDOWN_GRACE = 3.0  # seconds to wait for peers to answer our deletes at shutdown
 REKEY_GRACE = 2.0  # an old inbound SA stays this long after its Delete (packets in flight)
+# keyingtries: a failed initiation is retried after RETRY_FIRST seconds, doubling per
+# attempt up to RETRY_CAP, each delay shortened by a random part of up to RETRY_JITTER
+RETRY_FIRST = 1.0
+RETRY_CAP = 60.0
+RETRY_JITTER = 0.2
 
 
 # --------------------------------------------------------------------------- records
@@ -159,6 +167,16 @@ class _Waiter:
 
     match: Callable[[Any], str | None]  # event -> None (not mine) | "" (done) | error text
     future: asyncio.Future[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One attempt of an initiation that keyingtries covers (start_action, `ctl
+    initiate`, dpd_action restart): attempt 1 is the first."""
+
+    connection: str
+    child: str | None
+    attempt: int
 
 
 @dataclass(slots=True)
@@ -423,6 +441,12 @@ class Daemon:
         self.addrwatch: AddressWatcher | None = None
         self._roaming: asyncio.Task[None] | None = None
         self._roam_again = False
+        # keyingtries: our initiations in flight (ike_sa -> attempt) and the pending
+        # retry of each connection whose last attempt failed
+        self._tries: dict[int, _Try] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self.retry_delays = (RETRY_FIRST, RETRY_CAP)  # tests shorten them
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -495,6 +519,9 @@ class Daemon:
     async def shutdown(self) -> None:
         """Delete our IKE SAs (telling the peers), remove what is installed, close all."""
         log.info("event=daemon-stopping ike_sas=%d", len(self.sas))
+        self._closing = True  # a failure from here on is not retried
+        for name in list(self._retries):
+            self._cancel_retries(name)
         established = [r for r in self.sas.values() if r.state != "CONNECTING"]
         for record in established:
             self._engine_call(self.engine.delete_ike_sa, record.ike_sa)
@@ -508,6 +535,7 @@ class Daemon:
         for spi in list(self._retiring):
             self._retire(spi)
         self.sas.clear()
+        self._tries.clear()
         for trap in self.traps.all():  # after the SAs that shared their policies
             self._remove_trap(trap.spec.key)
         if self._timer is not None:
@@ -913,6 +941,8 @@ class Daemon:
         return record
 
     def _on_ike_established(self, e: ev.IkeSaEstablished) -> None:
+        self._tries.pop(e.ike_sa, None)  # keyingtries: this initiation succeeded
+        self._cancel_retry_timer(e.connection)  # the connection is up (either side began)
         r = self._record(e.ike_sa, e.connection, e.initiator)
         if r.state == "CONNECTING" and self._loop is not None:
             # traps whose ACQUIRE came while this IKE SA was being set up: their Child
@@ -1268,6 +1298,7 @@ class Daemon:
         for spi, (ike_sa, _, _) in list(self._retiring.items()):
             if ike_sa == e.ike_sa:
                 self._retire(spi)
+        self._tries.pop(e.ike_sa, None)
         record = self.sas.pop(e.ike_sa, None)
         if record is not None:
             for child in list(record.children):  # normally already gone via ChildSaDeleted
@@ -1300,6 +1331,9 @@ class Daemon:
         if e.initiator:
             old = self.sas.pop(e.ike_sa, None)
             record = self._record(e.new_ike_sa, e.connection, True)
+            attempt = self._tries.pop(e.ike_sa, None)
+            if attempt is not None:  # the same attempt goes on elsewhere: not a retry
+                self._tries[e.new_ike_sa] = attempt
             if old is not None:
                 record.started_at = old.started_at  # the handshake's duration counts on
         log.info(
@@ -1596,6 +1630,7 @@ class Daemon:
 
     def _on_ike_failed(self, e: ev.IkeSaFailed) -> None:
         self.sas.pop(e.ike_sa, None)
+        attempt = self._tries.pop(e.ike_sa, None)
         self.traps.ike_sa_gone(e.ike_sa, self.clock())
         if "AUTHENTICATION_FAILED" in e.reason:
             self.totals.auth_failures += 1
@@ -1615,6 +1650,87 @@ class Daemon:
             reason=e.reason,
             detail=e.detail,
         )
+        if attempt is not None:
+            self._schedule_retry(attempt, e.reason)
+
+    # ------------------------------------------------------------------ keyingtries
+
+    def _schedule_retry(self, failed: _Try, reason: str) -> None:
+        """An initiation of ours failed: try the connection again after a backoff
+        (RETRY_FIRST doubling to RETRY_CAP, jittered), unless its keyingtries are used
+        up (0 = forever). One pending retry per connection."""
+        conn = self.config.connection(failed.connection)
+        if conn is None or self._loop is None or self._closing:
+            return
+        if conn.keyingtries and failed.attempt >= conn.keyingtries:
+            if conn.keyingtries > 1:
+                log.warning(
+                    "event=ike-retry-exhausted connection=%s attempts=%d reason=%s",
+                    conn.name,
+                    failed.attempt,
+                    reason,
+                )
+            return
+        first, cap = self.retry_delays
+        delay = min(cap, first * 2.0 ** min(failed.attempt - 1, 30))
+        delay *= 1.0 - RETRY_JITTER * random.random()  # timing jitter, not crypto
+        self._cancel_retry_timer(conn.name)
+        nxt = _Try(conn.name, failed.child, failed.attempt + 1)
+        self._retries[conn.name] = self._loop.call_later(delay, self._retry, conn, nxt)
+        log.info(
+            "event=ike-retry-scheduled connection=%s child=%s attempt=%d keyingtries=%d "
+            "delay=%.2f reason=%s",
+            conn.name,
+            nxt.child or "-",
+            nxt.attempt,
+            conn.keyingtries,
+            delay,
+            reason,
+        )
+
+    def _retry(self, conn: ConnectionConfig, attempt: _Try) -> None:
+        self._retries.pop(conn.name, None)
+        if self._closing or self.config.connection(conn.name) != conn:
+            return  # stopped, or removed/changed by a reload (which starts it anew)
+        if any(r.connection == conn.name and r.state == "ESTABLISHED" for r in self.sas.values()):
+            return  # the peer brought it up meanwhile
+        try:
+            ike_sa = self._initiate(conn, attempt.child, attempt.attempt)
+        except ControlError as exc:  # e.g. no usable local address yet: counts as failed
+            log.error("event=ike-retry-failed connection=%s error=%s", conn.name, exc)
+            self._schedule_retry(attempt, str(exc))
+            return
+        log.info(
+            "event=ike-retry connection=%s child=%s attempt=%d keyingtries=%d ike_sa=%d",
+            conn.name,
+            attempt.child or "-",
+            attempt.attempt,
+            conn.keyingtries,
+            ike_sa,
+        )
+        self.control.publish(
+            "ike-retry",
+            connection=conn.name,
+            child=attempt.child,
+            attempt=attempt.attempt,
+            keyingtries=conn.keyingtries,
+            ike_sa=ike_sa,
+        )
+        self._pump()
+
+    def _cancel_retry_timer(self, connection: str) -> bool:
+        handle = self._retries.pop(connection, None)
+        if handle is not None:
+            handle.cancel()
+        return handle is not None
+
+    def _cancel_retries(self, connection: str) -> bool:
+        """No more retries for this connection: its pending one is cancelled and its
+        attempts in flight will not be retried. True when a retry was pending."""
+        for ike_sa, attempt in list(self._tries.items()):
+            if attempt.connection == connection:
+                del self._tries[ike_sa]
+        return self._cancel_retry_timer(connection)
 
     # ------------------------------------------------------------------ actions
 
@@ -1636,9 +1752,14 @@ class Daemon:
                         exc,
                     )
 
-    def _initiate(self, conn: ConnectionConfig, child: str | None) -> int:
+    def _initiate(self, conn: ConnectionConfig, child: str | None, attempt: int = 1) -> int:
+        """Initiate an IKE SA (with `child` in IKE_AUTH); keyingtries retries it when it
+        fails. A first attempt replaces the connection's pending retry."""
+        if attempt == 1:
+            self._cancel_retry_timer(conn.name)
         ike_sa = self._engine_call(self.engine.initiate, conn.name, child)
         self._record(ike_sa, conn.name, True)
+        self._tries[int(ike_sa)] = _Try(conn.name, child, attempt)
         log.info("event=initiate connection=%s child=%s ike_sa=%d", conn.name, child or "-", ike_sa)
         return int(ike_sa)
 
@@ -1834,6 +1955,9 @@ class Daemon:
     async def terminate(self, name: str, timeout: float) -> Any:
         conn, child = self._resolve(name)
         records = [r for r in self.sas.values() if r.connection == conn.name]
+        if self._cancel_retries(conn.name) and not records:
+            log.info("event=ike-retry-cancelled connection=%s reason=terminate", conn.name)
+            return {"message": f"terminate {name}: pending initiation retry cancelled"}
         if child is None:
             if not records:
                 raise ControlError(UNKNOWN_SA, f"connection {conn.name!r} has no IKE SA")
@@ -1937,6 +2061,8 @@ class Daemon:
                 with contextlib.suppress(ControlError):
                     self._engine_call(self.engine.delete_ike_sa, record.ike_sa)
                 record.state = "DELETING"
+        for name in removed + changed:
+            self._cancel_retries(name)  # a changed one starts anew below
         self._pump()
         set_engine_connections(self.engine, [engine_connection(c) for c in new.connections])
         self.config = GatewayConfig(self.config.gateway, new.connections, new.source)
