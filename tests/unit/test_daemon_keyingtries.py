@@ -19,6 +19,7 @@ from ike import events as ev
 from tests.unit.test_daemon_wiring import SECRET, FakeEngine, RecordingDataplane
 
 SHORT = (0.01, 0.04)  # the backoff in these tests: 10 ms doubling to 40 ms
+SLACK = 0.5  # a busy machine may take this long from scheduling a retry to looking at it
 
 
 def config(sock: Path, name: str, keyingtries: int) -> str:
@@ -148,7 +149,7 @@ async def test_backoff_is_jittered_and_terminate_cancels_it(tmp_path: Path) -> N
         await until(events, "ike-failed")
         handle = gw.daemon._retries["bad"]
         delay = handle.when() - asyncio.get_running_loop().time()
-        assert 1.0 - RETRY_JITTER - 0.05 <= delay <= 1.0
+        assert 1.0 - RETRY_JITTER - SLACK <= delay <= 1.0
         result = await gw.client.terminate("bad")
         assert result["message"] == "terminate bad: pending initiation retry cancelled"
         assert handle.cancelled() and gw.daemon._retries == {}
@@ -178,7 +179,7 @@ async def test_delays_double_up_to_the_cap(tmp_path: Path) -> None:
             await until(events, "ike-failed")
             handle = gw.daemon._retries["bad"]
             delay = handle.when() - loop.time()
-            assert full * (1 - RETRY_JITTER) - 0.05 <= delay <= full, attempt
+            assert full * (1 - RETRY_JITTER) - SLACK <= delay <= full, attempt
             handle.cancel()  # fire it now instead of waiting
             gw.daemon._retries.pop("bad")
             conn = gw.daemon.config.connection("bad")
