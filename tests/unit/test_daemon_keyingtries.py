@@ -74,7 +74,7 @@ async def start(
     cfg = parse_config(config(sock, name, keyingtries))
     engine = FlakyEngine([engine_connection(c) for c in cfg.connections])
     engine.failures = failures
-    daemon = Daemon(cfg, dataplane=RecordingDataplane(), engine=engine)  # type: ignore[arg-type]
+    daemon = Daemon(cfg, dataplane=RecordingDataplane(), engine=engine)
     daemon.retry_delays = delays
     daemon.transport.send = lambda data, local, remote: True  # type: ignore[method-assign]
     await daemon.start()

@@ -156,7 +156,9 @@ class FakeEngine:
         self.children[ike_sa].append(child)
         self.events.append(child)
 
-    def initiate(self, connection: str, child: str | None, now: float) -> int:
+    def initiate(
+        self, connection: str, child: str | None, now: float, *, packet_ts: Any = None
+    ) -> int:
         self.calls.append(("initiate", connection, child))
         ike_sa = self.next_id
         self.next_id += 1
@@ -179,6 +181,21 @@ class FakeEngine:
                         ike_sa, child.connection, child.child, spi_in, child.spi_out, "deleted", now
                     )
                 )
+
+    # Engine calls these tests never expect: recorded, so an unexpected one shows in `calls`
+    def create_child_sa(
+        self, ike_sa: int, child: str | None, now: float, *, packet_ts: Any = None
+    ) -> None:
+        self.calls.append(("create_child", ike_sa, child))
+
+    def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
+        self.calls.append(("rekey_child", ike_sa, spi_in))
+
+    def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
+        self.calls.append(("rekey_ike", ike_sa))
+
+    def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
+        self.calls.append(("redirect", ike_sa, gateway))
 
     def delete_ike_sa(self, ike_sa: int, now: float) -> None:
         self.calls.append(("delete_ike", ike_sa))

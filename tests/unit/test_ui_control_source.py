@@ -51,6 +51,9 @@ class Backend:
     ) -> Any:
         raise ControlError("failed", "migrate: not here")
 
+    async def redirect(self, name: str, to: str, timeout: float) -> Any:
+        raise ControlError("failed", "redirect: not here")
+
 
 async def test_adapter_over_the_real_control_socket(tmp_path: Path) -> None:
     backend = Backend()
