@@ -91,11 +91,16 @@ class VmDelegate:
         ids.write_text("\n".join(i.nodeid for i in self.items) + "\n")
         report = workdir / "reports.jsonl"
         py = Path(sys.executable)
+        # Temporary files stay in the guest (/run is its tmpfs): on the shared 9p folder
+        # an unlinked open file cannot be truncated (ENOENT), which breaks pytest's output
+        # capture as soon as a test writes to stdout/stderr, and iperf3. tmp_path stays
+        # on the shared folder (--basetemp) so a failed test's files can be read here.
         cmd = (
-            f"cd {shlex.quote(str(ROOT))} && "
+            f"cd {shlex.quote(str(ROOT))} && mkdir -p /run/gw-kernel-tmp && "
             "export PYTHONDONTWRITEBYTECODE=1 GATEWAY_KERNEL_LAYER=host "
-            f"GATEWAY_VM_GUEST=1 TMPDIR={shlex.quote(str(workdir))} && "
+            "GATEWAY_VM_GUEST=1 TMPDIR=/run/gw-kernel-tmp && "
             f"{shlex.quote(str(py))} -m pytest -p no:cacheprovider -q "
+            f"--basetemp {shlex.quote(str(workdir / 'tmp'))} "
             f"--vm-report {shlex.quote(str(report))} @{shlex.quote(str(ids))} "
             f"> {shlex.quote(str(workdir / 'pytest.out'))} 2>&1"
         )
