@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket as socket_mod
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,26 @@ def ctl_json(socket: Path, *args: str) -> Any:
     return json.loads(ctl(socket, *args, "--json").stdout)
 
 
+def api(path: Path, cmd: str, io_timeout: float = 300, **args: Any) -> Any:
+    """One control API request on a fresh connection, without starting a `gateway ctl`
+    process (under the VM's emulation a Python start costs seconds). An error reply raises
+    AssertionError with its code and message."""
+    with socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM) as s:
+        s.settimeout(io_timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise AssertionError(f"control API {cmd}: connection closed")
+            data += chunk
+    reply = json.loads(data)
+    if not reply["ok"]:
+        raise AssertionError(f"control API {cmd} {args}: {reply['error']}")
+    return reply["result"]
+
+
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -156,7 +177,7 @@ class Gateway:
         return self.proc.poll() is not None
 
     def sas(self) -> list[dict[str, Any]]:
-        return list(ctl_json(self.socket, "list-sas"))
+        return list(api(self.socket, "list-sas"))
 
     def installed(self, connection: str, count: int = 1) -> list[dict[str, Any]]:
         """Wait until `connection` has `count` ESTABLISHED IKE SAs with INSTALLED children."""
