@@ -5,10 +5,12 @@ kernel has none). Few test functions, each doing a lot: VM time is expensive.
   ping between the protected networks passes through them (kernel ESP counters move and
   list-sas reports them), a kernel packet limit (EXPIRE) makes both daemons delete the
   Child, `gateway ctl terminate` removes the kernel states, SIGTERM leaves nothing behind;
-- our daemon vs strongSwan (kernel-netlink), each side initiating: ping passes, and both
-  kernels agree on the SPIs;
 - start_action = "trap": the first packet brings the tunnel up through the kernel's
   ACQUIRE, terminate leaves the trap and the next packet brings it back.
+
+The interop matrix (strongSwan and our daemon as peers, certificates, NAT, ChaCha20 and
+ecp256, iperf3, captures on the wire, rekeys under traffic, DPD) is
+tests/kernel/test_interop_kernel.py; it replaced the single strongSwan case once here.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from tests.daemon_helpers import (
     socket_dir,
     wait_for,
 )
-from tests.support.strongswan import NETLINK_PLUGINS, StrongSwan
 
 WEST, EAST = "192.0.2.1", "192.0.2.2"
 
@@ -275,105 +276,3 @@ def test_trap_brings_the_tunnel_up_on_the_first_packet(
         codes = (west.stop(60), east.stop(60))
     assert codes == (0, 0)
     assert states(a) == [] and policies(a) == 0 and policies(b) == 0
-
-
-SWANCTL = f"""connections {{
-  gw {{
-    version = 2
-    local_addrs = {EAST}
-    remote_addrs = {WEST}
-    proposals = aes256gcm16-prfsha384-x25519
-    local {{
-      auth = psk
-      id = gw-{EAST}
-    }}
-    remote {{
-      auth = psk
-      id = gw-{WEST}
-    }}
-    children {{
-      net {{
-        local_ts = 10.2.0.0/24
-        remote_ts = 10.1.0.0/24
-        esp_proposals = aes256gcm16
-        start_action = none
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-gw {{
-    id-a = gw-{WEST}
-    id-b = gw-{EAST}
-    secret = "lab-secret-123456"
-  }}
-}}
-"""
-
-
-def swan_child(sw: StrongSwan) -> dict[str, str] | None:
-    sas = sw.list_sas()
-    if len(sas) == 1 and sas[0]["state"] == "ESTABLISHED":
-        children = [c for c in sas[0]["child-sas"].values() if c["state"] == "INSTALLED"]
-        if len(children) == 1:
-            return dict(children[0])
-    return None
-
-
-def test_daemon_and_strongswan_over_kernel_esp(
-    netns_pair: tuple[Netns, Netns], tmp_path: Path, run_dir: Path
-) -> None:
-    a, b = netns_pair
-    protected_nets(a, b)
-    (run_dir / "swan").mkdir()  # its vici socket must be on a VM-local file system too
-    with StrongSwan(b, plugins=NETLINK_PLUGINS, workdir=run_dir / "swan") as sw:
-        sw.write_config(SWANCTL)
-        sw.start(timeout=180)  # TCG: everything is ~30x slower than on the host
-        sw.swanctl("--load-all", "--file", str(sw.dir / "swanctl.conf"), timeout=180)
-        gw = Gateway.start(
-            a,
-            tmp_path,
-            "west",
-            gateway_config(
-                socket=run_dir / "w.sock",
-                listen=[WEST],
-                dataplane="xfrm",
-                conns=[
-                    {
-                        "name": "swan",
-                        "local": WEST,
-                        "remote": EAST,
-                        "local_id": f"gw-{WEST}",
-                        "remote_id": f"gw-{EAST}",
-                        "local_ts": ["10.1.0.0/24"],
-                        "remote_ts": ["10.2.0.0/24"],
-                        "start_action": "start",
-                    },
-                ],
-            ),
-        )
-        try:
-            for initiator in ("ours", "strongswan"):
-                if initiator == "strongswan":
-                    ctl(gw.socket, "terminate", "swan")
-                    wait_for("all gone", lambda: sw.list_sas() == [] and states(a) == [])
-                    sw.initiate("net", timeout=150)
-                (ours,) = gw.installed("swan")
-                theirs = wait_for("strongSwan's Child", lambda: swan_child(sw))
-                (child,) = ours["children"]
-                assert (int(theirs["spi-in"], 16), int(theirs["spi-out"], 16)) == (
-                    int(child["spi_out"], 16),
-                    int(child["spi_in"], 16),
-                )
-                assert sorted(states(a)) == sorted(
-                    [f"0x{child['spi_in']}", f"0x{child['spi_out']}"]
-                )
-                ping(a, "10.1.0.1", "10.2.0.1")
-                (ours,) = gw.sas()
-                assert ours["children"][0]["packets_in"] >= 3
-                assert ours["initiator"] is (initiator == "ours")
-        finally:
-            code = gw.stop(60)
-        assert code == 0
-        wait_for("strongSwan told", lambda: sw.list_sas() == [])
-        assert states(a) == [] and policies(a) == 0
