@@ -177,6 +177,7 @@ class _Try:
     connection: str
     child: str | None
     attempt: int
+    more: tuple[str, ...] = ()  # Children to request over the IKE SA once it is up
 
 
 @dataclass(slots=True)
@@ -444,6 +445,9 @@ class Daemon:
         # keyingtries: our initiations in flight (ike_sa -> attempt) and the pending
         # retry of each connection whose last attempt failed
         self._tries: dict[int, _Try] = {}
+        # IKE SAs we are setting up -> further Children to request once each is established
+        # (start_action/close_action "start" of a connection with several Children)
+        self._follow: dict[int, tuple[str, ...]] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.retry_delays = (RETRY_FIRST, RETRY_CAP)  # tests shorten them
         self._closing = False
@@ -536,6 +540,7 @@ class Daemon:
             self._retire(spi)
         self.sas.clear()
         self._tries.clear()
+        self._follow.clear()
         for trap in self.traps.all():  # after the SAs that shared their policies
             self._remove_trap(trap.spec.key)
         if self._timer is not None:
@@ -942,6 +947,9 @@ class Daemon:
 
     def _on_ike_established(self, e: ev.IkeSaEstablished) -> None:
         self._tries.pop(e.ike_sa, None)  # keyingtries: this initiation succeeded
+        follow = self._follow.pop(e.ike_sa, ())
+        if follow and self._loop is not None:  # after this batch, which has the first Child
+            self._loop.call_soon(self._follow_up, e.ike_sa, e.connection, follow)
         self._cancel_retry_timer(e.connection)  # the connection is up (either side began)
         r = self._record(e.ike_sa, e.connection, e.initiator)
         if r.state == "CONNECTING" and self._loop is not None:
@@ -1299,6 +1307,7 @@ class Daemon:
             if ike_sa == e.ike_sa:
                 self._retire(spi)
         self._tries.pop(e.ike_sa, None)
+        self._follow.pop(e.ike_sa, None)
         record = self.sas.pop(e.ike_sa, None)
         if record is not None:
             for child in list(record.children):  # normally already gone via ChildSaDeleted
@@ -1334,6 +1343,9 @@ class Daemon:
             attempt = self._tries.pop(e.ike_sa, None)
             if attempt is not None:  # the same attempt goes on elsewhere: not a retry
                 self._tries[e.new_ike_sa] = attempt
+            follow = self._follow.pop(e.ike_sa, ())
+            if follow:
+                self._follow[e.new_ike_sa] = follow
             if old is not None:
                 record.started_at = old.started_at  # the handshake's duration counts on
         log.info(
@@ -1542,6 +1554,8 @@ class Daemon:
             self.fall_back_to_trap(conn, [config], "closed by peer")
         else:
             self._sync_traps()
+        if by_peer and conn is not None and config is not None and config.close_action == "start":
+            self._restart_closed(conn, child)
 
     def _on_acquire(self, reqid: int, src: str | None, dst: str | None) -> None:
         """The kernel's ACQUIRE for one of our traps: initiate its Child (RFC 4301 §4.4),
@@ -1631,6 +1645,11 @@ class Daemon:
     def _on_ike_failed(self, e: ev.IkeSaFailed) -> None:
         self.sas.pop(e.ike_sa, None)
         attempt = self._tries.pop(e.ike_sa, None)
+        follow = self._follow.pop(e.ike_sa, ())
+        if attempt is not None and follow:  # a retry brings them along
+            attempt = _Try(
+                attempt.connection, attempt.child, attempt.attempt, attempt.more + follow
+            )
         self.traps.ike_sa_gone(e.ike_sa, self.clock())
         if "AUTHENTICATION_FAILED" in e.reason:
             self.totals.auth_failures += 1
@@ -1675,7 +1694,7 @@ class Daemon:
         delay = min(cap, first * 2.0 ** min(failed.attempt - 1, 30))
         delay *= 1.0 - RETRY_JITTER * random.random()  # timing jitter, not crypto
         self._cancel_retry_timer(conn.name)
-        nxt = _Try(conn.name, failed.child, failed.attempt + 1)
+        nxt = _Try(conn.name, failed.child, failed.attempt + 1, failed.more)
         self._retries[conn.name] = self._loop.call_later(delay, self._retry, conn, nxt)
         log.info(
             "event=ike-retry-scheduled connection=%s child=%s attempt=%d keyingtries=%d "
@@ -1696,6 +1715,8 @@ class Daemon:
             return  # the peer brought it up meanwhile
         try:
             ike_sa = self._initiate(conn, attempt.child, attempt.attempt)
+            if attempt.more:
+                self._follow[ike_sa] = attempt.more
         except ControlError as exc:  # e.g. no usable local address yet: counts as failed
             log.error("event=ike-retry-failed connection=%s error=%s", conn.name, exc)
             self._schedule_retry(attempt, str(exc))
@@ -1737,20 +1758,81 @@ class Daemon:
     def _start_actions(self, conn: ConnectionConfig) -> None:
         if not self.start_filter(conn.name):
             return
-        started = False
-        for child in conn.children:
-            if child.start_action == "start" and not started:
-                # One IKE SA per connection; its first Child rides in IKE_AUTH.
-                try:
-                    self._initiate(conn, child.name)
-                    started = True
-                except ControlError as exc:
-                    log.error(
-                        "event=start-action-failed connection=%s child=%s error=%s",
-                        conn.name,
-                        child.name,
-                        exc,
-                    )
+        children = [c.name for c in conn.children if c.start_action == "start"]
+        if not children:
+            return
+        try:
+            self._bring_up(conn, children)
+        except (ControlError, LocalError) as exc:
+            log.error(
+                "event=start-action-failed connection=%s child=%s error=%s",
+                conn.name,
+                children[0],
+                exc,
+            )
+
+    def _bring_up(self, conn: ConnectionConfig, children: Sequence[str]) -> None:
+        """These Children of `conn` up, all on one IKE SA: requested over an established
+        IKE SA of the connection, after the one we are setting up, or with a new IKE SA
+        whose IKE_AUTH carries the first (keyingtries covers it) and the rest after."""
+        records = [r for r in self.sas.values() if r.connection == conn.name]
+        up = next((r for r in records if r.state == "ESTABLISHED"), None)
+        if up is not None:
+            self._request_children(up.ike_sa, conn.name, tuple(children))
+            return
+        coming = next((r for r in records if r.state == "CONNECTING" and r.initiator), None)
+        if coming is not None:
+            self._follow[coming.ike_sa] = self._follow.get(coming.ike_sa, ()) + tuple(children)
+            return
+        ike_sa = self._initiate(conn, children[0])
+        if children[1:]:
+            self._follow[ike_sa] = tuple(children[1:])
+
+    def _request_children(self, ike_sa: int, connection: str, children: Sequence[str]) -> None:
+        """CREATE_CHILD_SA for each of these Children the IKE SA does not carry yet."""
+        record = self.sas.get(ike_sa)
+        conn = self.config.connection(connection)
+        if record is None or record.state != "ESTABLISHED" or conn is None:
+            return  # gone or removed meanwhile (its retry or reload starts it anew)
+        have = {c.name for c in record.children}
+        for child in dict.fromkeys(children):
+            if child in have or conn.child(child) is None:
+                continue
+            try:
+                self._create_child(ike_sa, child, None)
+                log.info(
+                    "event=create-child connection=%s child=%s ike_sa=%d", connection, child, ike_sa
+                )
+            except LocalError as exc:
+                log.error(
+                    "event=create-child-failed connection=%s child=%s error=%s",
+                    connection,
+                    child,
+                    exc,
+                )
+
+    def _follow_up(self, ike_sa: int, connection: str, children: Sequence[str]) -> None:
+        self._request_children(ike_sa, connection, children)
+        self._pump()
+
+    def _restart_closed(self, conn: ConnectionConfig, child: str) -> None:
+        """close_action "start": the peer closed this Child (alone or with its IKE SA);
+        once the current event batch is handled (an IKE SA going down goes first), bring
+        it up again."""
+        if self._loop is None or self._closing:
+            return
+        log.info("event=close-restart connection=%s child=%s", conn.name, child)
+
+        def restart() -> None:
+            if self._closing or self.config.connection(conn.name) != conn:
+                return  # stopped, or removed/changed by a reload
+            try:
+                self._bring_up(conn, [child])
+            except (ControlError, LocalError) as exc:
+                log.error("event=close-restart-failed connection=%s error=%s", conn.name, exc)
+            self._pump()
+
+        self._loop.call_soon(restart)
 
     def _initiate(self, conn: ConnectionConfig, child: str | None, attempt: int = 1) -> int:
         """Initiate an IKE SA (with `child` in IKE_AUTH); keyingtries retries it when it

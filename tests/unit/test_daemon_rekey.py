@@ -19,6 +19,7 @@ from gateway.config import parse_config
 from gateway.control import ControlClient, ControlError
 from gateway.daemon import Daemon
 from gateway.dataplane import Installed, NoneDataplane
+from tests.daemon_helpers import link_in_memory
 
 SECRET = "lab-secret-123456"
 
@@ -98,7 +99,6 @@ class Pair:
 @pytest.fixture
 async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
     monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
-    loop = asyncio.get_running_loop()
     daemons: dict[str, Daemon] = {}
     dps: dict[str, RecordingDataplane] = {}
     for name, local, remote, start in (
@@ -110,15 +110,7 @@ async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
         daemons[name] = Daemon(parse_config(text, f"{name}.toml"), dataplane=dps[name])
     west, east = daemons["west"], daemons["east"]
 
-    def wire(src: Daemon, dst: Daemon) -> None:
-        def send(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> bool:
-            loop.call_soon(dst._on_datagram, data, remote, local)
-            return True
-
-        src.transport.send = send  # type: ignore[method-assign]
-
-    wire(west, east)
-    wire(east, west)
+    link_in_memory(west, east)
     await east.start()
     await west.start()
     client = await ControlClient.connect(tmp_path / "west.sock")

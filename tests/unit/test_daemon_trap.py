@@ -22,6 +22,8 @@ from gateway.ctl import format_conns
 from gateway.daemon import Daemon
 from gateway.dataplane import DataplaneError, NoneDataplane
 from gateway.trap import TrapKey, TrapSpec
+from ike.engine import IkeEngine
+from tests.daemon_helpers import link_in_memory
 from tests.unit.test_daemon_rekey import SECRET
 from tests.unit.test_daemon_rekey import config_text as rekey_config
 from ui.model import _idle_state
@@ -95,7 +97,6 @@ async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     made: list[Daemon] = []
 
     async def make(**west_kw: Any) -> Pair:
-        loop = asyncio.get_running_loop()
         dp = TrapDataplane()
         west_text = config_text(tmp_path / "w.sock", "127.0.0.1", "127.0.0.2", **west_kw)
         (tmp_path / "west.toml").write_text(west_text)
@@ -106,15 +107,7 @@ async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         )
         east_text = config_text(tmp_path / "e.sock", "127.0.0.2", "127.0.0.1", start="none")
         east = Daemon(parse_config(east_text, "east.toml"), dataplane=NoneDataplane())
-        for src, dst in ((west, east), (east, west)):
-
-            def send(
-                data: bytes, local: tuple[str, int], remote: tuple[str, int], dst: Daemon = dst
-            ) -> bool:
-                loop.call_soon(dst._on_datagram, data, remote, local)
-                return True
-
-            src.transport.send = send  # type: ignore[method-assign]
+        link_in_memory(west, east)
         initiates: list[tuple[Any, ...]] = []
         real = west.engine.initiate
 
@@ -244,6 +237,7 @@ async def test_dpd_action_trap_after_a_dead_peer(make_pair: Make) -> None:
     sends = (p.west.transport.send, p.east.transport.send)
     p.west.transport.send = p.east.transport.send = lambda *a: True  # type: ignore[method-assign]
     (sa,) = p.west.list_sas()
+    assert isinstance(p.west.engine, IkeEngine)  # the real engine: force a liveness check
     p.west.engine.check_liveness(sa["ike_sa"], p.west.clock())
     p.west._pump()
     await until("dead peer, trap armed", lambda: KEY in p.dp.traps)
