@@ -2324,13 +2324,17 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or config.gateway.log_level)
     if config.gateway.workers > 1:  # N worker processes under a supervisor
         from gateway.workers import Supervisor, SupervisorOptions
+        from gateway.zygote import start_zygote
 
         options = SupervisorOptions(os.path.abspath(args.config), args.dataplane, args.log_level)
+        zygote = start_zygote()  # before the event loop: it forks the workers
         try:
-            return asyncio.run(Supervisor(config, options).run())
+            return asyncio.run(Supervisor(config, options, zygote).run())
         except GatewayError as exc:
             log.error("event=daemon-failed error=%s", exc)
             raise
+        finally:
+            zygote.close()
     try:
         asyncio.run(_main(config, os.path.abspath(args.config)))
     except GatewayError as exc:

@@ -10,8 +10,10 @@ program of bpf/reuseport.py to the group. It keeps its copies of the sockets ope
 whole life: the groups never change, so socket index = worker index holds even while a
 worker restarts.
 
-Each worker is `python -m gateway.workers` with its share of the sockets inherited, a
-socketpair to the supervisor and the same config file. It runs the ordinary `Daemon`
+Each worker is forked by the zygote (gateway/zygote.py: a process forked by `gateway run`
+before its event loop starts, with the daemon's modules imported once), gets its share
+of the sockets and a socketpair to the supervisor, reads the supervisor's configuration
+(as last reloaded) from that socketpair, and runs the ordinary `Daemon`
 (gateway/daemon.py) with:
 
 - IKE SPIs that carry its index (`WorkerIkeSpis`, also for IKE SA rekeys), so the
@@ -41,12 +43,12 @@ socketpair closes) shuts down the same way.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -58,7 +60,7 @@ from typing import Any, Final
 
 from bpf import reuseport
 from gateway import __version__
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.control import (
     FAILED,
     UNKNOWN_SA,
@@ -70,6 +72,7 @@ from gateway.control import (
 from gateway.errors import GatewayError
 from gateway.transport import bind_socket
 from gateway.xfrm.manager import OwnedRange
+from gateway.zygote import WorkerProcess, WorkerRequest, Zygote, read_blob, send_blob
 
 log = logging.getLogger("gateway.workers")
 
@@ -212,7 +215,7 @@ def steer(groups: Sequence[SocketGroup], workers: int, live: Sequence[int]) -> N
 @dataclass(slots=True)
 class _Worker:
     index: int
-    proc: asyncio.subprocess.Process | None = None
+    proc: WorkerProcess | None = None
     client: ControlClient | None = None
     ready: bool = False
     restarts: int = 0
@@ -231,8 +234,9 @@ class SupervisorOptions:
 class Supervisor:
     """The `gateway run` process with workers > 1: a ControlBackend over the workers."""
 
-    def __init__(self, config: GatewayConfig, options: SupervisorOptions) -> None:
+    def __init__(self, config: GatewayConfig, options: SupervisorOptions, zygote: Zygote) -> None:
         self.config = config
+        self.zygote = zygote
         self.options = options
         self.count = config.gateway.workers
         self.workers = [_Worker(i) for i in range(self.count)]
@@ -259,6 +263,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._loop = loop
         installed: list[signal.Signals] = []
+        self.zygote.attach()
         try:
             self.groups = bind_groups(self.config)
             steer(self.groups, self.count, [])  # nobody serves yet: the kernel's hash
@@ -327,42 +332,31 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _spawn(self, worker: _Worker) -> None:
+        """Ask the zygote for worker `worker.index`; the configuration it gets is ours
+        (as last reloaded), written on its control socketpair before anything else."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [child.fileno()]
-        spec = []
+        kinds = []
         for group in self.groups:
-            sock = group.sockets[worker.index]
-            fds.append(sock.fileno())
-            spec.append(f"{sock.fileno()}:{'nat_t' if group.nat_t else 'ike'}")
-        argv = [
-            sys.executable,
-            "-m",
-            "gateway.workers",
-            "--config",
-            self.options.config_path,
-            "--index",
-            str(worker.index),
-            "--workers",
-            str(self.count),
-            "--ipc",
-            str(child.fileno()),
-            "--sockets",
-            ",".join(spec),
-        ]
-        if self.options.dataplane:
-            argv += ["--dataplane", self.options.dataplane]
-        if self.options.log_level:
-            argv += ["--log-level", self.options.log_level]
+            fds.append(group.sockets[worker.index].fileno())
+            kinds.append("nat_t" if group.nat_t else "ike")
+        request = WorkerRequest(
+            worker.index,
+            self.count,
+            self.options.log_level or self.config.gateway.log_level,
+            tuple(kinds),
+        )
         try:
-            worker.proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds)
-        except OSError as exc:
+            worker.proc = await self.zygote.spawn(request, fds)
+        except GatewayError:
             parent.close()
-            raise GatewayError(f"cannot start worker {worker.index}: {exc.strerror}") from None
+            raise
         finally:
             child.close()
         worker.ready = False
         worker.started_at = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=IPC_LIMIT)
+        writer.write(send_blob(pickle.dumps((self.options.config_path, self.config))))
         worker.client = ControlClient(reader, writer)
         worker.tasks = [
             self._task(self._relay_events(worker, worker.client)),
@@ -409,7 +403,7 @@ class Supervisor:
             event.pop("time", None)
             self.control.publish(kind, **event, worker=worker.index)
 
-    async def _watch(self, worker: _Worker, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, worker: _Worker, proc: WorkerProcess) -> None:
         status = await proc.wait()
         was_ready = worker.ready
         worker.ready = False
@@ -485,6 +479,7 @@ class Supervisor:
         await asyncio.gather(*self._background, return_exceptions=True)
         close_groups(self.groups)
         self.groups = []
+        self.zygote.close()
         if self._control_started:
             await self.control.close()
         if self._exporter is not None:
@@ -744,36 +739,27 @@ class _PeerControl(ControlServer):
                 await self._task
 
 
-def _worker_sockets(spec: str) -> list[tuple[socket.socket, bool]]:
-    out = []
-    for item in spec.split(","):
-        fd, _, kind = item.partition(":")
-        out.append((socket.socket(fileno=int(fd)), kind == "nat_t"))
-    return out
-
-
-async def _worker_main(args: argparse.Namespace) -> int:
-    from gateway.daemon import Daemon, check_engine_config
+async def _worker_main(
+    config: GatewayConfig,
+    config_path: str,
+    request: WorkerRequest,
+    ipc: socket.socket,
+    sockets: list[tuple[socket.socket, bool]],
+) -> int:
+    from gateway.daemon import Daemon
     from gateway.dataplane import make_dataplane
 
-    config = load_config(args.config)
-    check_engine_config(config)
-    gw = dataclasses.replace(
-        config.gateway,
-        metrics_listen=None,  # the supervisor serves the metrics
-        dataplane=args.dataplane or config.gateway.dataplane,
-    )
+    gw = dataclasses.replace(config.gateway, metrics_listen=None)  # the supervisor's
     config = GatewayConfig(gw, config.connections, config.source)
-    index, count = args.index, args.workers
+    index, count = request.index, request.workers
     stop = asyncio.Event()
-    ipc = socket.socket(fileno=args.ipc)
     daemon = Daemon(
         config,
-        config_path=os.path.abspath(args.config),
+        config_path=config_path,
         dataplane=make_dataplane(gw.dataplane, owned=reqid_range(index, count)),
         spis=PartitionedSpis(index, count),
         ike_spis=WorkerIkeSpis(index, count),
-        prebound=_worker_sockets(args.sockets),
+        prebound=sockets,
         control=_PeerControl(None, ipc, stop.set),
     )
     daemon.control.backend = daemon
@@ -790,26 +776,22 @@ async def _worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_main(argv: Sequence[str] | None = None) -> int:
+def run_worker(request: WorkerRequest, fds: list[int]) -> int:
+    """A worker's life, in a process the zygote just forked (gateway/zygote.py): `fds`
+    are its control socketpair end and its IKE sockets (`request.kinds`)."""
     from gateway.daemon import setup_logging
 
-    parser = argparse.ArgumentParser(prog="gateway worker", description="internal")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--ipc", type=int, required=True)
-    parser.add_argument("--sockets", required=True)
-    parser.add_argument("--dataplane", choices=("xfrm", "none"))
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    args = parser.parse_args(argv)
+    setup_logging(request.log_level, suffix=f" worker={request.index}")
+    ipc = socket.socket(fileno=fds[0])
+    sockets = [
+        (socket.socket(fileno=fd), kind == "nat_t")
+        for fd, kind in zip(fds[1:], request.kinds, strict=True)
+    ]
     try:
-        config = load_config(args.config)
-        setup_logging(args.log_level or config.gateway.log_level, suffix=f" worker={args.index}")
-        return asyncio.run(_worker_main(args))
-    except GatewayError as exc:  # ConfigError too: one line, like `gateway run`
-        print(f"gateway worker {args.index}: {exc}", file=sys.stderr)
+        ipc.setblocking(True)
+        # the supervisor's configuration, as last reloaded (not the file as it is now)
+        config_path, config = pickle.loads(read_blob(ipc))
+        return asyncio.run(_worker_main(config, config_path, request, ipc, sockets))
+    except GatewayError as exc:
+        print(f"gateway worker {request.index}: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -12,7 +12,9 @@ IKE SA to the worker that owns it, and the supervisor makes the workers one appl
 - reload (checked once, applied by both); the same steering on the IPv6 sockets;
 - the daemon benchmark's load generator (bench/bench_daemon.py) from 20 addresses: every
   IKE SA it made is listed exactly once, by its owner, both workers have some;
-- a worker killed with SIGKILL is reported (stats) and restarted, and serves again;
+- a worker killed with SIGKILL is reported (stats) and restarted (forked by the zygote,
+  with the configuration as last reloaded even when the file was broken since), and
+  serves again;
 - SIGTERM: exit 0, no process left in the namespace, control socket gone.
 """
 
@@ -284,7 +286,10 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
         assert "ipsec_source_up 1.0" in scraped
         assert f'ipsec_ike_sas{{state="ESTABLISHED"}} {float(len(sas))}' in scraped
 
-        # 6. a worker dies: reported, restarted, serving again; the other keeps its SAs
+        # 6. a worker dies: reported, restarted, serving again; the other keeps its SAs.
+        # The successor gets the configuration as last reloaded, not the file as it is
+        # now (here: broken; re-reading it would fail the restart)
+        gw.config.write_text(text + "[connections.broken]\nlocal_addrs = 5\n")
         victim = now["workers"][1]["pid"]
         os.kill(victim, signal.SIGKILL)
         after = wait_for(
@@ -294,6 +299,7 @@ def test_two_workers(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
             ),
         )
         assert after["worker_deaths"] == 1 and after["workers"][1]["restarts"] == 1
+        gw.config.write_text(text)
         left = [sa for sa in gw.sas() if sa["connection"] == "lg"]
         assert {sa["worker"] for sa in left} == {0} and len(left) == per_worker[0]
         engine = driver_engine()
