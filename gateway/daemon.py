@@ -491,7 +491,7 @@ class Daemon:
             return
         from gateway import metrics
 
-        self._histogram = metrics.DurationHistogram()
+        self.keep_handshake_durations()
         host, port = listen
         text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._exporter = metrics.start_exporter(
@@ -499,6 +499,14 @@ class Daemon:
             listen=text,
             aggregate_per_connection=self.config.gateway.metrics_aggregate == "connection",
         )
+
+    def keep_handshake_durations(self) -> None:
+        """Observe handshake durations (the metrics histogram) also without an exporter
+        of our own: a worker's supervisor reads them from `stats`."""
+        from gateway import metrics
+
+        if self._histogram is None:
+            self._histogram = metrics.DurationHistogram()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -1228,6 +1236,8 @@ class Daemon:
             record.spi_i, record.spi_r = e.spi_i, e.spi_r
             record.proposal = e.proposal
             record.rekey_at, record.expire_at = e.rekey_at, e.expire_at
+            if e.initiator is not None:  # the rekey's initiator is the new SA's (§2.18)
+                record.initiator = e.initiator
         self.totals.ike_rekeys += 1
         log.info(
             "event=ike-rekeyed connection=%s ike_sa=%d spi_i=%s spi_r=%s old_spi_i=%s "
@@ -1999,6 +2009,20 @@ class Daemon:
                 "requests": self.control.requests,
                 "bad_requests": self.control.bad_requests,
             },
+        } | self._histogram_stats()
+
+    def _histogram_stats(self) -> dict[str, Any]:
+        """`handshake_durations` (cumulative counts per bucket bound, then +Inf) while
+        the histogram is kept (metrics on, or a worker)."""
+        if self._histogram is None:
+            return {}
+        h = self._histogram.snapshot()
+        return {
+            "handshake_durations": {
+                "bounds": list(h.bounds),
+                "counts": list(h.counts),
+                "sum": h.total,
+            }
         }
 
     async def initiate(self, name: str, timeout: float) -> Any:

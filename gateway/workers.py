@@ -631,9 +631,15 @@ class Supervisor:
         async def build() -> Any:
             sas = await self.list_sas()
             stats = await self.stats()
+            durations = stats.get("handshake_durations")
             return metrics.MetricsSnapshot(
                 ike_sas=sas,
                 xfrm_errors=stats["xfrm_errors"],
+                handshake_durations=metrics.HistogramCounts(
+                    tuple(durations["bounds"]), tuple(durations["counts"]), durations["sum"]
+                )
+                if durations is not None
+                else metrics.empty_histogram(),
                 rekeys=stats["rekeys"],
                 ike_rekeys=stats.get("ike_rekeys", 0),
                 dpd_failures=stats["dpd_failures"],
@@ -682,7 +688,27 @@ def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             errors[name] = max(errors.get(name, 0), int(value))
     out["xfrm_errors"] = errors
     out["xdp"] = []
+    durations = merge_histograms(
+        [r["handshake_durations"] for r in rows if "handshake_durations" in r]
+    )
+    if durations is not None:
+        out["handshake_durations"] = durations
     return out
+
+
+def merge_histograms(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The workers' handshake-duration histograms as one (counts and sums add up; all
+    workers run the same code, so the bucket bounds agree: a row that differs is left
+    out rather than mixed in)."""
+    if not rows:
+        return None
+    bounds = list(rows[0]["bounds"])
+    same = [r for r in rows if list(r["bounds"]) == bounds and len(r["counts"]) == len(bounds) + 1]
+    return {
+        "bounds": bounds,
+        "counts": [sum(int(r["counts"][i]) for r in same) for i in range(len(bounds) + 1)],
+        "sum": sum(float(r["sum"]) for r in same),
+    }
 
 
 def _sum_dicts(dicts: Any) -> dict[str, int]:
@@ -763,6 +789,7 @@ async def _worker_main(
         control=_PeerControl(None, ipc, stop.set),
     )
     daemon.control.backend = daemon
+    daemon.keep_handshake_durations()  # merged by the supervisor (stats, metrics)
     daemon.start_filter = lambda name: connection_owner(name, count) == index
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -2622,6 +2622,7 @@ class IkeEngine:
                 now,
                 new.rekey_at,
                 new.hard_at,
+                initiator=new.initiator,
             )
         )
         if new.outstanding is None and new.queue:

@@ -142,6 +142,9 @@ class IkeSaRekeyed:
     time: float
     rekey_at: float | None = None  # the new IKE SA's lifetimes
     expire_at: float | None = None
+    # we are the new IKE SA's original initiator: whoever started the rekey is (§2.18),
+    # so the role can change with every IKE rekey (None: not reported)
+    initiator: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

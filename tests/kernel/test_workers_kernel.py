@@ -100,6 +100,8 @@ def test_workers_partition_the_kernel(
             assert states[spi_in] in share and states[spi_out] in share
         ping(a, "10.1.0.1", "10.2.0.1")
         ping(a, "10.1.1.1", "10.2.1.1")
+        # one handshake initiated by each worker: both in the supervisor's histogram
+        assert query(west.socket, "stats")["handshake_durations"]["counts"][-1] == 2
 
         # worker 1 dies: its successor's start-up reconcile removes beta's old objects
         # (its reqid share only); alpha's, in worker 0's share, are untouched

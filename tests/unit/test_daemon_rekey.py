@@ -181,13 +181,20 @@ async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
     assert await child_spis(pair.client) == spis
     (east_sa,) = pair.east.list_sas()
     assert (east_sa["spi_i"], east_sa["spi_r"]) == (after["spi_i"], after["spi_r"])
+    assert (after["initiator"], east_sa["initiator"]) == (True, False)
     # the rekeyed IKE SA carries a Child rekey started by the other side
     east_client = await ControlClient.connect(pair.east.config.gateway.control_socket)
     try:
         await east_client.rekey("east.net", timeout=5)
+        assert await child_spis(pair.client) != spis
+        # east rekeys the IKE SA: it is the new SA's original initiator (RFC 7296
+        # §2.18), and list-sas says so on both sides
+        await east_client.rekey("east", timeout=5)
     finally:
         await east_client.close()
-    assert await child_spis(pair.client) != spis
+    (west_sa,), (east_sa,) = await pair.client.list_sas(), pair.east.list_sas()
+    assert (west_sa["spi_i"], west_sa["spi_r"]) == (east_sa["spi_i"], east_sa["spi_r"])
+    assert (west_sa["initiator"], east_sa["initiator"]) == (False, True)
 
 
 async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:

@@ -276,6 +276,38 @@ def test_merge_stats_sums_workers() -> None:
     assert merged["xfrm_errors"] == {"XfrmInNoStates": 3}  # one kernel, read twice
 
 
+def test_merge_stats_merges_the_handshake_histograms() -> None:
+    """Each worker's histogram (as Daemon.stats reports it) adds up into one that the
+    supervisor's exporter shows (before: empty with workers > 1)."""
+    from gateway.metrics import DurationHistogram
+
+    rows = []
+    for seconds in ((0.004, 0.2), (0.2, 40.0, 0.05)):
+        h = DurationHistogram()
+        for s in seconds:
+            h.observe(s)
+        snap = h.snapshot()
+        rows.append(
+            {
+                "handshake_durations": {
+                    "bounds": list(snap.bounds),
+                    "counts": list(snap.counts),
+                    "sum": snap.total,
+                }
+            }
+        )
+    rows.append({})  # a worker without one (an older reply): nothing to add
+    merged = merge_stats(rows)["handshake_durations"]
+    both = DurationHistogram()
+    for s in (0.004, 0.2, 0.2, 40.0, 0.05):
+        both.observe(s)
+    expect = both.snapshot()
+    assert merged["bounds"] == list(expect.bounds)
+    assert merged["counts"] == list(expect.counts) and merged["counts"][-1] == 5
+    assert merged["sum"] == pytest.approx(expect.total)
+    assert "handshake_durations" not in merge_stats([{}, {}])
+
+
 def test_merge_action() -> None:
     none_here = ControlError(UNKNOWN_SA, "east has no established SA to rekey")
     done = {"message": "rekey east: 1 IKE SA(s) rekeyed"}

@@ -344,6 +344,8 @@ def test_ike_rekey_moves_children(side: str) -> None:
     assert (ra.old_spi_i, ra.old_spi_r) == (old.spi_i, old.spi_r)
     assert (ra.spi_i, ra.spi_r) == (rb.spi_i, rb.spi_r) != (old.spi_i, old.spi_r)
     assert (ra.ike_sa, rb.ike_sa) == (handle_a, handle_b)  # the handle stays
+    # the rekey's initiator is the new IKE SA's original initiator (RFC 7296 §2.18)
+    assert (ra.initiator, rb.initiator) == (side == "a", side == "b")
     new = net.a.ike_sas()[0]
     assert new.ike_sa == handle_a and (new.spi_i, new.spi_r) == (ra.spi_i, ra.spi_r)
     assert new.initiator == (side == "a") and len(new.children) == 1
