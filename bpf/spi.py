@@ -11,6 +11,12 @@ The non-zero high part keeps every SPI >= 2**slot_bits > 255, outside the range
 RFC 4303 §2.1 reserves (0 and 1..255). The old and the new Child SA of a rekey share the
 slot (counters survive the rekey) and differ in the random part. SPIs not made here
 (e.g. chosen by another IKE daemon) still work through the loader's fallback hash map.
+
+With N IKE worker processes (`[gateway] workers`, docs/daemon.md) sharing one set of
+programs, worker k owns the slots k, k + N, k + 2N, ... (`SlotAllocator(first=k,
+stride=N)`) and makes SPIs with SPI mod N = k (`make_inbound_spi(..., modulus=N,
+remainder=k)`), the same rule as its SPIs without XDP: slot mod N = SPI mod N = k, so
+two workers never share a slot or an SPI.
 """
 
 from __future__ import annotations
@@ -45,24 +51,30 @@ def make_inbound_spi(
     slot_bits: int = SLOT_BITS_DEFAULT,
     random: RandomSource = os.urandom,
     avoid: Iterable[int] = (),
+    modulus: int = 1,
+    remainder: int = 0,
 ) -> int:
     """A fresh inbound SPI for `slot`: random non-zero high part, slot in the low bits.
 
     `avoid` lists SPIs that must not be returned (the slot's current SPIs during a
-    rekey), so the new SPI differs from the old one in the shared slot.
+    rekey), so the new SPI differs from the old one in the shared slot. `modulus` and
+    `remainder` (a worker's share): the SPI modulo `modulus` is `remainder` (random
+    high parts are drawn until one fits: about `modulus` draws).
     """
     if not 1 <= slot_bits <= 24:
         raise SpiError(f"slot_bits must be 1..24, not {slot_bits}")
     if not 0 <= slot <= slot_mask(slot_bits):
         raise SpiError(f"slot {slot} does not fit in {slot_bits} bits")
+    if not 0 <= remainder < modulus:
+        raise SpiError(f"remainder {remainder} is outside 0..{modulus - 1}")
     taken = set(avoid)
     high_bits = 32 - slot_bits
-    for _ in range(64):
+    for _ in range(64 * modulus):
         high = int.from_bytes(random(4), "big") >> (32 - high_bits)
         if high == 0:
             continue
         spi = (high << slot_bits) | slot
-        if spi not in taken:
+        if spi not in taken and spi % modulus == remainder:
             return spi
     raise SpiError("random source keeps returning unusable SPIs")
 
@@ -72,22 +84,29 @@ class SlotAllocator:
     """Hands out stable per-Child-SA slots (0 .. 2**slot_bits - 1), reusing freed ones first.
 
     The daemon keeps one slot per Child SA across rekeys and frees it when the Child SA
-    is deleted for good.
+    is deleted for good. A worker's share: `first` = its index, `stride` = the number of
+    workers (slots first, first + stride, ...).
     """
 
     slot_bits: int = SLOT_BITS_DEFAULT
+    first: int = 0
+    stride: int = 1
     _free: list[int] = field(default_factory=list)
-    _next: int = 0
+    _next: int | None = None
     _used: set[int] = field(default_factory=set)
 
     def allocate(self) -> int:
+        if self._next is None:
+            if not 0 <= self.first < self.stride or self.first > slot_mask(self.slot_bits):
+                raise SpiError(f"no slots {self.first} mod {self.stride} in {self.slot_bits} bits")
+            self._next = self.first
         if self._free:
             slot = self._free.pop()
         elif self._next <= slot_mask(self.slot_bits):
             slot = self._next
-            self._next += 1
+            self._next += self.stride
         else:
-            raise SpiError(f"all {1 << self.slot_bits} slots are in use")
+            raise SpiError(f"all {len(self._used)} slots of this share are in use")
         self._used.add(slot)
         return slot
 

@@ -599,8 +599,6 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         )
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
-        if workers > 1:  # one set of XDP/TC programs per interface, not one per worker
-            table.error("workers", "[gateway.xdp] needs workers = 1 (not implemented for more)")
         xdp_table.finish()
     table.finish()
     return GatewaySettings(

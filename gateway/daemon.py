@@ -399,13 +399,18 @@ class Daemon:
         control: ControlServer | None = None,
         spis: InboundSpiAllocator | None = None,
         ike_spis: Callable[[], bytes] | None = None,
+        xdp: XdpAdapter | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock
         self.dataplane = dataplane or make_dataplane(config.gateway.dataplane)
-        xdp = config.gateway.xdp  # the XDP/TC programs (gateway/xdp.py), attached in start()
-        self.xdp: XdpAdapter | None = XdpAdapter(xdp) if xdp is not None else None
+        # the XDP/TC programs (gateway/xdp.py), attached in start(); a worker passes one
+        # that shares the supervisor's programs (gateway/xdpshare.py)
+        xdp_config = config.gateway.xdp
+        self.xdp: XdpAdapter | None = xdp
+        if xdp is None and xdp_config is not None:
+            self.xdp = XdpAdapter(xdp_config)
         # a worker (gateway/workers.py) passes its share of the ESP SPIs and IKE SPIs
         self.engine = engine or make_engine(
             config, self.xdp.spis if self.xdp else spis, _InboundTraffic(self), ike_spis

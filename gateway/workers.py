@@ -71,6 +71,8 @@ from gateway.control import (
 )
 from gateway.errors import GatewayError
 from gateway.transport import bind_socket
+from gateway.xdp import SlotSpis, XdpAdapter
+from gateway.xdpshare import RemoteLoader, XdpShare
 from gateway.xfrm.manager import OwnedRange
 from gateway.zygote import WorkerProcess, WorkerRequest, Zygote, read_blob, send_blob
 
@@ -241,6 +243,7 @@ class Supervisor:
         self.count = config.gateway.workers
         self.workers = [_Worker(i) for i in range(self.count)]
         self.groups: list[SocketGroup] = []
+        self.xdp: XdpShare | None = None  # [gateway.xdp]: the programs, attached once
         self.control = ControlServer(self, config.gateway.control_socket)
         self.started_at = time.time()
         self.exit_status = 0
@@ -267,6 +270,10 @@ class Supervisor:
         try:
             self.groups = bind_groups(self.config)
             steer(self.groups, self.count, [])  # nobody serves yet: the kernel's hash
+            if self.config.gateway.xdp is not None:  # before the workers: they use it
+                adapter = XdpAdapter(self.config.gateway.xdp)
+                adapter.open()  # all or nothing; detached in shutdown()
+                self.xdp = XdpShare(adapter, self.count)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stopping.set)
                 installed.append(sig)
@@ -340,6 +347,12 @@ class Supervisor:
         for group in self.groups:
             fds.append(group.sockets[worker.index].fileno())
             kinds.append("nat_t" if group.nat_t else "ike")
+        xdp_child: socket.socket | None = None
+        if self.xdp is not None:  # the worker's map updates come over a link of its own
+            xdp_parent, xdp_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds.append(xdp_child.fileno())
+            kinds.append("xdp")
+            self.xdp.serve(worker.index, xdp_parent)  # (what a predecessor left goes first)
         request = WorkerRequest(
             worker.index,
             self.count,
@@ -353,6 +366,8 @@ class Supervisor:
             raise
         finally:
             child.close()
+            if xdp_child is not None:
+                xdp_child.close()
         worker.ready = False
         worker.started_at = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=IPC_LIMIT)
@@ -479,6 +494,10 @@ class Supervisor:
         await asyncio.gather(*self._background, return_exceptions=True)
         close_groups(self.groups)
         self.groups = []
+        if self.xdp is not None:  # after the last worker: nobody updates the maps now
+            await self.xdp.close()
+            self.xdp.adapter.close()
+            self.xdp = None
         self.zygote.close()
         if self._control_started:
             await self.control.close()
@@ -543,6 +562,8 @@ class Supervisor:
         replies = await self._ask_all("stats")
         rows = [r for _, r in replies if not isinstance(r, ControlError)]
         merged = merge_stats(rows)
+        if self.xdp is not None:  # interface-wide counters: read once, here
+            merged["xdp"] = self.xdp.adapter.verdict_rows()
         merged["uptime"] = time.time() - self.started_at
         merged["version"] = __version__
         merged["dataplane"] = self._dataplane_name()
@@ -632,8 +653,11 @@ class Supervisor:
             sas = await self.list_sas()
             stats = await self.stats()
             durations = stats.get("handshake_durations")
+            xdp = self.xdp.adapter if self.xdp is not None else None
             return metrics.MetricsSnapshot(
                 ike_sas=sas,
+                xdp=[metrics.XdpCounter(**row) for row in stats["xdp"]],
+                mss_clamped=xdp.mss_clamped() if xdp is not None else {},
                 xfrm_errors=stats["xfrm_errors"],
                 handshake_durations=metrics.HistogramCounts(
                     tuple(durations["bounds"]), tuple(durations["counts"]), durations["sum"]
@@ -771,6 +795,7 @@ async def _worker_main(
     request: WorkerRequest,
     ipc: socket.socket,
     sockets: list[tuple[socket.socket, bool]],
+    xdp_link: socket.socket | None,
 ) -> int:
     from gateway.daemon import Daemon
     from gateway.dataplane import make_dataplane
@@ -779,6 +804,12 @@ async def _worker_main(
     config = GatewayConfig(gw, config.connections, config.source)
     index, count = request.index, request.workers
     stop = asyncio.Event()
+    xdp = None
+    if gw.xdp is not None and xdp_link is not None:  # the supervisor's programs
+        link = xdp_link
+        xdp = XdpAdapter(
+            gw.xdp, loader=lambda _config: RemoteLoader(link), spis=SlotSpis(share=(index, count))
+        )
     daemon = Daemon(
         config,
         config_path=config_path,
@@ -787,6 +818,7 @@ async def _worker_main(
         ike_spis=WorkerIkeSpis(index, count),
         prebound=sockets,
         control=_PeerControl(None, ipc, stop.set),
+        xdp=xdp,
     )
     daemon.control.backend = daemon
     daemon.keep_handshake_durations()  # merged by the supervisor (stats, metrics)
@@ -810,15 +842,18 @@ def run_worker(request: WorkerRequest, fds: list[int]) -> int:
 
     setup_logging(request.log_level, suffix=f" worker={request.index}")
     ipc = socket.socket(fileno=fds[0])
-    sockets = [
-        (socket.socket(fileno=fd), kind == "nat_t")
-        for fd, kind in zip(fds[1:], request.kinds, strict=True)
-    ]
+    sockets: list[tuple[socket.socket, bool]] = []
+    xdp_link = None
+    for fd, kind in zip(fds[1:], request.kinds, strict=True):
+        if kind == "xdp":
+            xdp_link = socket.socket(fileno=fd)
+        else:
+            sockets.append((socket.socket(fileno=fd), kind == "nat_t"))
     try:
         ipc.setblocking(True)
         # the supervisor's configuration, as last reloaded (not the file as it is now)
         config_path, config = pickle.loads(read_blob(ipc))
-        return asyncio.run(_worker_main(config, config_path, request, ipc, sockets))
+        return asyncio.run(_worker_main(config, config_path, request, ipc, sockets, xdp_link))
     except GatewayError as exc:
         print(f"gateway worker {request.index}: {exc}", file=sys.stderr)
         return 2

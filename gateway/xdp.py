@@ -114,14 +114,23 @@ class SlotSpis:
     """The engine's inbound SPI allocator (ike.engine.InboundSpiAllocator) for XDP:
     every SPI carries a counter slot in its low bits (bpf/spi.py)."""
 
-    __slots__ = ("_slots", "_holds", "_by_slot", "_random", "slot_bits")
+    __slots__ = ("_slots", "_holds", "_by_slot", "_random", "slot_bits", "share")
 
-    def __init__(self, slot_bits: int | None = None, random: Callable[[int], bytes] = os.urandom):
+    def __init__(
+        self,
+        slot_bits: int | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+        share: tuple[int, int] = (0, 1),
+    ):
+        """`share` = (worker index, workers): slots and SPIs equal to the index modulo
+        the number of workers (bpf/spi.py), so workers sharing the programs never
+        collide."""
         from bpf.abi import SLOT_BITS_DEFAULT
         from bpf.spi import SlotAllocator
 
         self.slot_bits = SLOT_BITS_DEFAULT if slot_bits is None else slot_bits
-        self._slots = SlotAllocator(self.slot_bits)
+        self.share = share
+        self._slots = SlotAllocator(self.slot_bits, first=share[0], stride=share[1])
         self._holds: dict[int, int] = {}  # slot -> live SPIs + registered Child SA
         self._by_slot: dict[int, set[int]] = {}  # slot -> live SPIs made in it
         self._random = random
@@ -135,7 +144,14 @@ class SlotSpis:
         else:
             self.hold(slot)
         live = self._by_slot.setdefault(slot, set())
-        spi = make_inbound_spi(slot, slot_bits=self.slot_bits, random=self._random, avoid=live)
+        spi = make_inbound_spi(
+            slot,
+            slot_bits=self.slot_bits,
+            random=self._random,
+            avoid=live,
+            modulus=self.share[1],
+            remainder=self.share[0],
+        )
         live.add(spi)
         return spi
 
@@ -161,7 +177,7 @@ class SlotSpis:
         try:
             slot = self._slots.allocate()
         except SpiError:
-            raise SpiExhausted(f"all {1 << self.slot_bits} XDP counter slots are in use") from None
+            raise SpiExhausted(f"all {len(self._slots)} XDP counter slots are in use") from None
         self._holds[slot] = 1
         return slot
 
@@ -215,7 +231,7 @@ class XdpAdapter:
         link_mtu: Callable[[str], int] | None = None,
     ) -> None:
         self.config = config
-        self.spis = spis or SlotSpis()
+        self.spis = spis if spis is not None else SlotSpis()  # (an empty one is falsy)
         self._make_loader = loader
         self._link_mtu = link_mtu or interface_mtu
         self._dp: XdpLoader | None = None
@@ -280,6 +296,12 @@ class XdpAdapter:
     @property
     def attached(self) -> bool:
         return self._dp is not None
+
+    @property
+    def loader(self) -> XdpLoader | None:
+        """The open loader (the supervisor applies its workers' map updates to it:
+        gateway/xdpshare.py)."""
+        return self._dp
 
     # engine events ---------------------------------------------------------------------
 

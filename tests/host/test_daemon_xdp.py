@@ -14,6 +14,8 @@ leave nothing attached and say why in one line."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns, veth
 from tests.conftest import NetnsFactory
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.daemon_helpers import REPO, Gateway, api, ctl, ctl_json, gateway_config, wait_for
 
 METRICS = "127.0.0.1:9811"
 GET = (
@@ -237,3 +239,126 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
             adapter.close()
     assert not xdp_on(a, "eth0")
     assert a.run("tc", "filter", "show", "dev", "eth0", "egress").stdout.strip() == ""
+
+
+def test_two_workers_share_the_programs(
+    netns_pair: tuple[Netns, Netns], make_netns: NetnsFactory, tmp_path: Path
+) -> None:
+    """`workers = 2` with `[gateway.xdp]` (gateway/xdpshare.py): the supervisor attaches
+    once; a connection owned by each worker (crc32: alpha -> 0, beta -> 1) gets a slot and
+    an inbound SPI of that worker's share (slot mod 2 = SPI mod 2 = worker) and its own
+    per-slot counters move; stats.xdp is read once; a SIGKILLed worker's slot leaves the
+    maps and its successor takes a slot of the same share; SIGTERM detaches."""
+    from gateway.workers import connection_owner
+
+    assert [connection_owner(n, 2) for n in ("alpha", "beta")] == [0, 1]
+    a, b = netns_pair
+    lan = make_netns("gwl")
+    veth(a, "lan0", lan, "eth0")
+    a.ip("addr", "add", "10.1.0.1/24", "dev", "lan0")
+    lan.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    lan.ip("route", "add", "default", "via", "10.1.0.1")
+
+    def conns(me: str, peer: str, start: bool) -> list[dict[str, object]]:
+        mine, theirs = ("10.1", "10.2") if me == "192.0.2.1" else ("10.2", "10.1")
+        return [
+            {
+                "name": name,
+                "local": me,
+                "remote": peer,
+                "local_id": f"{name}-{me}",
+                "remote_id": f"{name}-{peer}",
+                "local_ts": [f"{mine}.{x}.0/24"],
+                "remote_ts": [f"{theirs}.{x}.0/24"],
+                "start_action": "start" if start else "none",
+            }
+            for name, x in (("alpha", 0), ("beta", 1))
+        ]
+
+    east = Gateway.start(
+        b,
+        tmp_path,
+        "east",
+        gateway_config(
+            socket=tmp_path / "e.sock",
+            listen=["192.0.2.2"],
+            conns=conns("192.0.2.2", "192.0.2.1", False),
+        ),
+    )
+    west = Gateway.start(
+        a,
+        tmp_path,
+        "west",
+        gateway_config(
+            socket=tmp_path / "w.sock",
+            listen=["192.0.2.1"],
+            conns=conns("192.0.2.1", "192.0.2.2", True),
+            metrics=METRICS,
+            extra='workers = 2\n[gateway.xdp]\nwan_interface = "eth0"\nlan_interface = "lan0"',
+        ),
+    )
+    try:
+        assert xdp_on(a, "eth0")
+        log = west.log_text()
+        assert log.count("event=xdp-attached wan=eth0 lan=lan0") == 3  # supervisor + 2
+        assert "event=xdp-loading" in log and log.count("event=xdp-loading") == 3
+
+        def slots() -> dict[str, tuple[int, int, int]]:
+            """connection -> (worker, slot, spi_in) once both are installed."""
+            out = {}
+            for name in ("alpha", "beta"):
+                (sa,) = west.installed(name)
+                (c,) = sa["children"]
+                out[name] = (sa["worker"], c["xdp"]["slot"], int(c["spi_in"], 16))
+            return out
+
+        placed = slots()
+        for name, (worker, slot, spi_in) in placed.items():
+            assert worker == connection_owner(name, 2)
+            assert slot % 2 == worker and spi_in % 2 == worker and spi_in & 0xFFFF == slot
+
+        # LAN traffic into each Child's remote selector: counted in that Child's slot
+        lan.run("ping", "-c", "3", "-i", "0.2", "-W", "1", "10.2.0.5", check=False)
+        lan.run("ping", "-c", "2", "-i", "0.2", "-W", "1", "10.2.1.5", check=False)
+        for name, least in (("alpha", 3), ("beta", 2)):
+            (sa,) = west.installed(name)
+            assert sa["children"][0]["xdp"]["clear_to_tunnel_packets"] >= least, sa
+        # interface-wide counters once (not once per worker), in stats and the metrics
+        assert rows(west.socket, "lan0", "tunnel") >= 5
+        wait_for("XDP counting IKE", lambda: rows(west.socket, "eth0", "ike") >= 4)
+        key = (("action", "pass"), ("interface", "eth0"), ("reason", "ike"))
+        metrics = wait_for("ipsec_xdp_packets_total", lambda: scrape(a))
+        assert metrics[("ipsec_xdp_packets_total", key)] >= 4
+        assert "event=xdp-install-failed" not in west.log_text()
+
+        # worker 1 dies: the supervisor clears its slot; the successor restarts beta in
+        # a slot of its own share (the new Child's counters start from zero)
+        victim = api(west.socket, "stats")["workers"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            "worker 1's slots cleared",
+            lambda: "event=xdp-worker-cleared worker=1 slots=1" in west.log_text(),
+        )
+        beta = wait_for(
+            "beta again",
+            lambda: [
+                sa
+                for sa in west.sas()
+                if sa["connection"] == "beta"
+                and sa["worker"] == 1
+                and sa["children"]
+                and sa["children"][0].get("xdp")
+            ],
+            timeout=60,
+        )
+        slot = beta[0]["children"][0]["xdp"]["slot"]
+        assert slot % 2 == 1 and beta[0]["children"][0]["xdp"]["clear_to_tunnel_packets"] == 0
+        (sa,) = west.installed("alpha")  # worker 0's Child kept its slot and counters
+        assert sa["children"][0]["xdp"]["slot"] == placed["alpha"][1]
+        assert sa["children"][0]["xdp"]["clear_to_tunnel_packets"] >= 3
+    finally:
+        codes = (west.stop(60), east.stop())
+    assert codes == (0, 0), west.log_text()
+    assert not xdp_on(a, "eth0")
+    assert a.run("tc", "filter", "show", "dev", "lan0", "ingress").stdout.strip() == ""
+    assert west.log_text().count("event=xdp-detached") >= 1

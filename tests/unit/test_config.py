@@ -245,11 +245,6 @@ def test_toml_syntax_error_has_line() -> None:
         ("port = 4500", "gateway.port", "port and port_nat_t must differ (both 4500)"),
         ("workers = 0", "gateway.workers", "0 is out of range 1..64"),
         ("workers = 65", "gateway.workers", "65 is out of range 1..64"),
-        (
-            'workers = 2\n[gateway.xdp]\nwan_interface = "eth0"',
-            "gateway.workers",
-            "[gateway.xdp] needs workers = 1 (not implemented for more)",
-        ),
         ('retransmit_timeout = "0s"', "gateway.retransmit_timeout", "must be more than 0"),
         ("retransmit_base = 0.5", "gateway.retransmit_base", "0.5 is out of range 1.0..10.0"),
         ("retransmit_tries = 99", "gateway.retransmit_tries", "99 is out of range 0..30"),
@@ -270,6 +265,12 @@ def test_gateway_section_errors(snippet: str, path: str, message: str | None) ->
     assert errors[0][1] == 2
     if message is not None:
         assert errors[0][2] == message
+
+
+def test_xdp_with_workers() -> None:
+    """Workers share one set of XDP/TC programs (gateway/xdpshare.py): accepted."""
+    config = parse_config('[gateway]\nworkers = 2\n[gateway.xdp]\nwan_interface = "eth0"\n')
+    assert config.gateway.workers == 2 and config.gateway.xdp is not None
 
 
 def test_xdp_section() -> None:
