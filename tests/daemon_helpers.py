@@ -153,6 +153,14 @@ class Gateway:
     def start(
         cls, ns: Netns, workdir: Path, name: str, config_text: str, wait: float = 240
     ) -> Gateway:
+        gw = cls.launch(ns, workdir, name, config_text)
+        gw.ready(wait)
+        return gw
+
+    @classmethod
+    def launch(cls, ns: Netns, workdir: Path, name: str, config_text: str) -> Gateway:
+        """Start without waiting (then ready()): daemons that start side by side (under
+        the VM's emulation each start costs the better part of a minute)."""
         config = workdir / f"{name}.toml"
         config.write_text(config_text)
         log = workdir / f"{name}.log"
@@ -169,13 +177,16 @@ class Gateway:
                 stderr=subprocess.STDOUT,
                 cwd=str(REPO),
             )
-        gw = cls(ns, config, socket, log, proc)
+        return cls(ns, config, socket, log, proc)
+
+    def ready(self, wait: float = 240) -> None:
+        """Wait for the control socket (the daemon serves)."""
         # generous: under the VM's emulation a start can take a minute on a busy machine
         # (with [gateway.xdp] the bcc compile comes first: give it `wait` of several minutes)
-        wait_for(f"{name}'s control socket", lambda: socket.exists() or gw.dead(), wait)
-        if gw.dead():
-            raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
-        return gw
+        name = self.config.stem
+        wait_for(f"{name}'s control socket", lambda: self.socket.exists() or self.dead(), wait)
+        if self.dead():
+            raise AssertionError(f"{name} exited {self.proc.returncode}:\n{self.log.read_text()}")
 
     def dead(self) -> bool:
         return self.proc.poll() is not None

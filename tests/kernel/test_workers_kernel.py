@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,22 +76,33 @@ def test_workers_partition_the_kernel(
     run_dir: Path,  # noqa: F811
 ) -> None:
     assert [connection_owner(n, 2) for n in CONNECTIONS] == [0, 1]
+    started = time.monotonic()
+
+    def phase(what: str) -> None:  # where the (emulated) time goes: `pytest -rP` shows it
+        print(f"{time.monotonic() - started:7.1f} s  {what}", flush=True)
+
     a, b = netns_pair
     protected_nets(a, b)
-    east = Gateway.start(
+    # Both daemons start side by side (east first: west's start actions find it
+    # listening, or retransmit). West's workers are forked from a pre-imported zygote
+    # (gateway/zygote.py): no interpreter start per worker under the emulation.
+    east = Gateway.launch(
         b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", 1)
     )
-    # the workers are forked from a pre-imported zygote (gateway/zygote.py): a worker
-    # start costs no Python start-up, so this is one daemon's start-up time
-    west = Gateway.start(
+    west = Gateway.launch(
         a, tmp_path, "west", config(run_dir / "w.sock", WEST, EAST, "10.1", "10.2", 2)
     )
     try:
+        east.ready()
+        phase("east serving")
+        west.ready()
+        phase("west serving (supervisor, zygote, 2 workers)")
         # each connection started by its owner, installed with that worker's SPIs/reqids
         (alpha, alpha_c), (beta, beta_c) = child(west, "alpha"), child(west, "beta")
         assert (alpha["worker"], beta["worker"]) == (0, 1)
         east.installed("alpha")
         east.installed("beta")
+        phase("both Child SAs installed")
         states = kernel_states(a)
         assert len(states) == 4 and policies(a) == 6
         for sa, c in ((alpha, alpha_c), (beta, beta_c)):
@@ -100,6 +112,7 @@ def test_workers_partition_the_kernel(
             assert states[spi_in] in share and states[spi_out] in share
         ping(a, "10.1.0.1", "10.2.0.1")
         ping(a, "10.1.1.1", "10.2.1.1")
+        phase("pings through both")
         # one handshake initiated by each worker: both in the supervisor's histogram
         assert query(west.socket, "stats")["handshake_durations"]["counts"][-1] == 2
 
@@ -114,6 +127,7 @@ def test_workers_partition_the_kernel(
             ),
             timeout=120,
         )
+        phase("worker 1 restarted")
         old_beta = {int(beta_c["spi_in"], 16), int(beta_c["spi_out"], 16)}
         wait_for("beta's old states removed", lambda: not old_beta & set(kernel_states(a)))
         states = kernel_states(a)
@@ -123,8 +137,10 @@ def test_workers_partition_the_kernel(
         )
         ping(a, "10.1.0.1", "10.2.0.1")
         assert "event=worker-died worker=1" in west.log_text()
+        phase("reconciled, alpha still carries traffic")
     finally:
         codes = (west.stop(120), east.stop(120))
+        phase("both stopped")
     assert codes == (0, 0), west.log_text()
     assert kernel_states(a) == {} and policies(a) == 0
     wait_for("no process left", lambda: a.pids() == [], timeout=30)
