@@ -8,7 +8,7 @@ engine, cryptography and pyroute2: about 0.4 s of CPU on the host and tens of se
 the test VM's emulation, per worker and per restart. Instead `gateway run` forks the
 zygote before the supervisor starts its asyncio loop (so the zygote has no loop and no
 threads), the zygote imports everything a worker needs once, and then forks one worker
-per request: a worker (and a restarted one) serves in milliseconds.
+per request: a worker (and a restarted one) skips the interpreter start and the imports.
 
 The link is an AF_UNIX SOCK_SEQPACKET socketpair (message boundaries, file descriptors
 with SCM_RIGHTS):
