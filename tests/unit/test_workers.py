@@ -308,6 +308,36 @@ def test_merge_stats_merges_the_handshake_histograms() -> None:
     assert "handshake_durations" not in merge_stats([{}, {}])
 
 
+async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> None:
+    """The supervisor's exporter snapshot carries the workers' merged histogram (the
+    exporter calls metrics_snapshot from its own thread)."""
+    from gateway.config import parse_config
+    from gateway.metrics import DurationHistogram
+    from gateway.workers import Supervisor, SupervisorOptions
+
+    h = DurationHistogram()
+    for s in (0.01, 0.3, 2.0):
+        h.observe(s)
+    snap = h.snapshot()
+    row = {"bounds": list(snap.bounds), "counts": list(snap.counts), "sum": snap.total}
+    config = parse_config(f'[gateway]\ncontrol_socket = "{tmp_path}/c.sock"\nworkers = 2\n')
+    sup = Supervisor(config, SupervisorOptions("gw.toml"), zygote=None)  # type: ignore[arg-type]
+    sup._loop = asyncio.get_running_loop()
+
+    async def list_sas() -> list[dict[str, Any]]:
+        return []
+
+    async def stats() -> dict[str, Any]:
+        return merge_stats([{"handshake_durations": row}, {"handshake_durations": row}])
+
+    sup.list_sas = list_sas  # type: ignore[method-assign]
+    sup.stats = stats  # type: ignore[method-assign]
+    got = await asyncio.to_thread(sup.metrics_snapshot)
+    assert got.handshake_durations.count == 6
+    assert got.handshake_durations.counts == tuple(2 * c for c in snap.counts)
+    assert got.handshake_durations.total == pytest.approx(2 * snap.total)
+
+
 def test_merge_action() -> None:
     none_here = ControlError(UNKNOWN_SA, "east has no established SA to rekey")
     done = {"message": "rekey east: 1 IKE SA(s) rekeyed"}
