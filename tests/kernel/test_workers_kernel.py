@@ -114,7 +114,7 @@ def test_workers_partition_the_kernel(
         ping(a, "10.1.1.1", "10.2.1.1")
         phase("pings through both")
         # one handshake initiated by each worker: both in the supervisor's histogram
-        assert query(west.socket, "stats")["handshake_durations"]["counts"][-1] == 2
+        assert api(west.socket, "stats")["handshake_durations"]["counts"][-1] == 2
 
         # worker 1 dies: its successor's start-up reconcile removes beta's old objects
         # (its reqid share only); alpha's, in worker 0's share, are untouched
