@@ -58,7 +58,8 @@ def test_start_action_retries_until_the_peer_is_up(
         assert (sa["spi_i"], sa["spi_r"]) == (theirs["spi_i"], theirs["spi_r"])
         log = west.log_text()
         failed = re.findall(r"event=ike-failed connection=peer .*reason=(\S+)", log)
-        assert len(failed) >= 3 and "event=ike-retry-exhausted" not in log
+        # attempts 1 and 2 failed before attempt 3 began; attempt 3 itself may reach east
+        assert len(failed) >= 2 and "event=ike-retry-exhausted" not in log
         # up: no retry is pending any more; terminate has only the SA to delete
         assert "1 IKE SA(s) deleted" in ctl(west.socket, "terminate", "peer").stdout
         assert west.stop() == 0
