@@ -455,9 +455,13 @@ def iperf(host: Netns, src: str, dst: str) -> int:
 
 
 class Pinger:
-    """A continuous ping (5/s) whose lost echoes are the gaps in the answered sequence."""
+    """A continuous ping (5/s) whose lost echoes are the gaps in the answered sequence.
+    It runs for at least MIN_ECHOES intervals, however fast the rekeys went."""
+
+    MIN_ECHOES = 20
 
     def __init__(self, host: Netns, src: str, dst: str) -> None:
+        self.started = time.monotonic()
         self.proc = host.popen(
             "ping",
             "-i",
@@ -472,6 +476,7 @@ class Pinger:
         )
 
     def lost(self) -> tuple[list[int], int, str]:
+        time.sleep(max(0.0, self.started + 0.2 * (self.MIN_ECHOES + 3) - time.monotonic()))
         self.proc.send_signal(signal.SIGINT)
         out = self.proc.communicate(timeout=30)[0].decode()
         seqs = {int(s) for s in re.findall(r"icmp_seq=(\d+) ttl=", out)}
@@ -611,7 +616,7 @@ def check_matrix(
     time.sleep(1)  # the last echoes answered
     for name, pinger in pingers.items():
         lost, sent, out = pinger.lost()
-        assert sent >= 20 and not lost, (name, f"lost {lost} of {sent}", out)
+        assert sent >= Pinger.MIN_ECHOES and not lost, (name, f"lost {lost} of {sent}", out)
     stats = api(west.socket, "stats")
     assert stats["rekeys"] >= 3
 
