@@ -1,4 +1,5 @@
-"""One netlink socket to the XFRM family, with batched requests.
+"""One netlink socket to the XFRM family (or, for route-based tunnels, to rtnetlink),
+with batched requests.
 
 pyroute2's own `NetlinkSocket` runs a private asyncio loop for every call, which cannot
 run inside the daemon's loop ("This event loop is already running"), and its batch path
@@ -6,7 +7,9 @@ asks for one ACK per message. This channel is a plain AF_NETLINK socket that sen
 messages per sendmsg(): only the last message of each chunk asks for an ACK, and the
 kernel reports errors of the others anyway (netlink_rcv_skb acks every failed message),
 so one ACK per chunk proves the whole chunk was processed. Replies and dumps are decoded
-with the pyroute2 classes of gateway.xfrm.netlink.
+with the pyroute2 classes of gateway.xfrm.netlink. `NetlinkChannel` is the socket logic for
+any netlink family; `XfrmChannel` is it for NETLINK_XFRM (gateway.routing.rtnl has the
+NETLINK_ROUTE one, for XFRM interfaces and routes).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from gateway.xfrm.errors import XfrmError
+from gateway.xfrm.errors import KernelError, XfrmError
 from gateway.xfrm.netlink import MSG_NAMES, NETLINK_XFRM, MarshalXfrm
 
 NLMSG_ERROR = 2
@@ -76,14 +79,25 @@ def in_netns(name: str | None) -> Iterator[None]:
 
 
 def open_xfrm_socket(netns: str | None = None, groups: tuple[int, ...] = ()) -> socket.socket:
+    return open_netlink_socket(NETLINK_XFRM, netns, groups)
+
+
+def open_netlink_socket(
+    protocol: int,
+    netns: str | None = None,
+    groups: tuple[int, ...] = (),
+    *,
+    rcvbuf: int = 32 << 20,
+    sndbuf: int = 4 << 20,
+) -> socket.socket:
     with in_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         # Room for the replies of a whole chunk (root may exceed rmem_max; others get
         # what the sysctl allows).
         for force, plain, size in (
-            (SO_RCVBUFFORCE, socket.SO_RCVBUF, 32 << 20),
-            (SO_SNDBUFFORCE, socket.SO_SNDBUF, 4 << 20),
+            (SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+            (SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf),
         ):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -130,20 +144,34 @@ def describe(msg_type: int) -> str:
     return MSG_NAMES.get(msg_type, f"type {msg_type}")
 
 
-class XfrmChannel:
-    """Request/response access to XFRM: batches, single requests and dumps."""
+class NetlinkChannel:
+    """Request/response access to one netlink family: batches, single requests, dumps.
+
+    Subclasses name the family (`PROTOCOL`), the pyroute2 marshal that decodes its
+    replies (`make_marshal`) and the error type raised for a refusal (`ERROR`).
+    """
+
+    PROTOCOL: ClassVar[int]
+    ERROR: ClassVar[type[KernelError]]
+    RCVBUF: ClassVar[int] = 32 << 20
+    SNDBUF: ClassVar[int] = 4 << 20
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self.sock = open_xfrm_socket(netns)
+        self.sock = open_netlink_socket(
+            self.PROTOCOL, netns, rcvbuf=self.RCVBUF, sndbuf=self.SNDBUF
+        )
         self._seq = 0
         self._buf = bytearray(RECV_BYTES)
-        self.marshal = MarshalXfrm()
+        self.marshal = self.make_marshal()
+
+    def make_marshal(self) -> Any:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> XfrmChannel:
+    def __enter__(self) -> NetlinkChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -222,15 +250,16 @@ class XfrmChannel:
         self.sock.send(HEADER.pack(16 + len(payload), msg_type, flags, seq, 0) + payload)
         return seq
 
-    def request(self, msg_type: int, payload: bytes, operation: str) -> Any | None:
-        """Send one request; return its decoded reply (None for a bare ACK)."""
-        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_ACK, payload)
+    def request(self, msg_type: int, payload: bytes, operation: str, flags: int = 0) -> Any | None:
+        """Send one request (`flags` besides REQUEST|ACK, e.g. CREATE|EXCL); return its
+        decoded reply (None for a bare ACK)."""
+        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, payload)
         reply = None
-        for mtype, flags, data, offset, length in self._replies(seq):
+        for mtype, rflags, data, offset, length in self._replies(seq):
             if mtype == NLMSG_ERROR:
-                err, reason = parse_error(data, offset, length, flags)
+                err, reason = parse_error(data, offset, length, rflags)
                 if err:
-                    raise XfrmError(operation, err, reason)
+                    raise self.ERROR(operation, err, reason)
                 break
             reply = next(iter(self.marshal.parse(data[offset : offset + length])))
         return reply
@@ -244,10 +273,13 @@ class XfrmChannel:
             if mtype == NLMSG_ERROR:
                 err, reason = parse_error(data, offset, length, flags)
                 if err:
-                    raise XfrmError(f"dump {describe(msg_type)}", err, reason)
+                    raise self.ERROR(f"dump {self.describe(msg_type)}", err, reason)
                 break
             out.extend(self.marshal.parse(data[offset : offset + length]))
         return out
+
+    def describe(self, msg_type: int) -> str:
+        return describe(msg_type)
 
     def dump_raw(self, msg_type: int, reply_type: int) -> list[bytes]:
         """Payloads (after the netlink header) of a dump's `reply_type` messages, undecoded."""
@@ -259,8 +291,21 @@ class XfrmChannel:
             if mtype == NLMSG_ERROR:
                 err, reason = parse_error(data, offset, length, flags)
                 if err:
-                    raise XfrmError(f"dump {describe(msg_type)}", err, reason)
+                    raise self.ERROR(f"dump {self.describe(msg_type)}", err, reason)
                 break
             if mtype == reply_type:
                 out.append(data[offset + 16 : offset + length])
         return out
+
+
+class XfrmChannel(NetlinkChannel):
+    """Request/response access to XFRM: batches, single requests and dumps."""
+
+    PROTOCOL = NETLINK_XFRM
+    ERROR = XfrmError
+
+    def make_marshal(self) -> Any:
+        return MarshalXfrm()
+
+    def __enter__(self) -> XfrmChannel:
+        return self

@@ -1,4 +1,4 @@
-"""XfrmError: a kernel refusal with the operation, the errno and a readable reason."""
+"""KernelError/XfrmError: a kernel refusal with the operation, the errno and a readable reason."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import os
 from gateway.errors import GatewayError
 
 
-class XfrmError(GatewayError):
-    """The kernel refused an XFRM operation (or the result is not what was asked).
+class KernelError(GatewayError):
+    """The kernel refused a netlink operation (or the result is not what was asked).
 
-    `operation` names what we tried ("NEWSA out spi=0x... 192.0.2.1->192.0.2.2"), never
-    key material; `errno` is the kernel's error number; `reason` the kernel's extended
-    ACK text when it sent one, else strerror().
+    `operation` names what we tried, never key material; `errno` is the kernel's error
+    number; `reason` the kernel's extended ACK text when it sent one, else strerror().
     """
 
     def __init__(self, operation: str, errno: int, reason: str = "") -> None:
@@ -22,3 +21,7 @@ class XfrmError(GatewayError):
         self.reason = reason or os.strerror(errno)
         name = errno_mod.errorcode.get(errno, str(errno))
         super().__init__(f"{operation}: {self.reason} ({name})")
+
+
+class XfrmError(KernelError):
+    """The kernel refused an XFRM operation ("NEWSA out spi=0x... 192.0.2.1->192.0.2.2")."""
