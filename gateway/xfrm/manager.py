@@ -197,7 +197,11 @@ def state_body(
     replay_legacy: bytes | None = None,
     curlft: bytes | None = None,
 ) -> bytes:
-    """usersa_info + attributes of one direction (NEWSA/UPDSA payload)."""
+    """usersa_info + attributes of one direction (NEWSA/UPDSA payload).
+
+    A tunnel-mode state carries XFRM_STATE_AF_UNSPEC: without it the kernel sets the
+    state's (empty) selector to the outer family, and the state then refuses inner
+    packets of the other family (IPv6 in an IPv4 tunnel counts XfrmOutNoStates)."""
     key = _StateKey(spec, inbound)
     keys = spec.keys_in if inbound else spec.keys_out
     esp = spec.esp
@@ -240,7 +244,8 @@ def state_body(
         family=spec.family,
         mode=nl.XFRM_MODE_TUNNEL if spec.mode == "tunnel" else nl.XFRM_MODE_TRANSPORT,
         replay_window=0,
-        flags=nl.XFRM_STATE_ESN if spec.esn else 0,
+        flags=(nl.XFRM_STATE_ESN if spec.esn else 0)
+        | (nl.XFRM_STATE_AF_UNSPEC if spec.mode == "tunnel" else 0),
     )
     return body + b"".join(attrs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import time
 
 import pytest
@@ -78,7 +79,11 @@ def check_readback(ns: Netns, mgr: XfrmManager, child: InstalledChildSa) -> None
         else:
             assert sa.encap is None and "encap" not in block
         assert f"replay_window {sa.replay_window}," in block, block
-        assert sa.esn == spec.esn and ("flag esn" in block) == spec.esn, block
+        flags = re.search(r"\bflag ([\w -]*)", block)
+        names = flags.group(1).split() if flags else []
+        assert sa.esn == spec.esn and ("esn" in names) == spec.esn, block
+        # tunnel mode: inner packets of either family (XFRM_STATE_AF_UNSPEC)
+        assert ("af-unspec" in names) == (spec.mode == "tunnel"), block
         assert sa.replay_window == spec.replay_window
     policy_blocks = ip_xfrm_blocks(ns, "policy")
     ours = [p for p in mgr.policies() if spec.reqid in p.reqids]

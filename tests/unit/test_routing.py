@@ -24,7 +24,7 @@ from gateway.routing.routes import (
 from gateway.routing.rtnl import RTM_NEWLINK, RTM_NEWROUTE
 from gateway.xfrm import netlink as nl
 from gateway.xfrm import wire
-from gateway.xfrm.manager import policy_bodies
+from gateway.xfrm.manager import policy_bodies, state_body
 from gateway.xfrm.model import PolicyInfo
 from gateway.xfrm.spec import ChildSaSpec, EspTransform, SaKeys, TrafficSelector, UdpEncap
 
@@ -155,6 +155,21 @@ def test_route_based_policies_carry_if_id_and_any_selectors() -> None:
         # DELPOLICY must name the if_id too: the kernel keys policies by it
         assert wire.nla(31, wire.u32(42)) in delete
     assert seen == {(v, d) for v in (4, 6) for d in (0, 1, 2)}
+
+
+def test_tunnel_states_take_either_inner_family() -> None:
+    """XFRM_STATE_AF_UNSPEC on tunnel-mode states (both directions), so IPv6 can ride an
+    IPv4 tunnel; transport mode keeps the kernel's default (the outer family)."""
+    for s, want in ((spec("4", GCM), True), (spec("6", CBC_SHA256, nat=True), True)):
+        for inbound in (True, False):
+            data = wire.message(nl.XFRM_MSG_NEWSA, 1, 1, state_body(s, inbound))
+            (msg,) = list(nl.MarshalXfrm().parse(data))
+            assert bool(msg["flags"] & nl.XFRM_STATE_AF_UNSPEC) is want
+            assert msg.get_attr("XFRMA_IF_ID") == 42
+    transport = spec("4", GCM, mode="transport", local_ts=(), remote_ts=())
+    data = wire.message(nl.XFRM_MSG_NEWSA, 1, 1, state_body(transport, False))
+    (msg,) = list(nl.MarshalXfrm().parse(data))
+    assert not msg["flags"] & nl.XFRM_STATE_AF_UNSPEC
 
 
 def test_two_tunnels_with_any_selectors_differ_only_by_if_id() -> None:
