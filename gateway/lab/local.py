@@ -37,16 +37,17 @@ PEERS = ("gateway", "strongswan")
 
 # Each step's budget in reference seconds (gateway/lab/pace.py: seconds on an idle machine
 # of the development kind, multiplied by the slowness measured here). Measured in the lab
-# VM under software emulation (slowness ~25 idle, ~45 with a CPU hog per core) the steps
-# took, in reference seconds: namespaces 0.7-1, a daemon's start 0.3-0.6, gw-west's start
-# with the bcc compile of its XDP/TC programs 1.5-2.5, the tunnel 0.2-0.5, the traffic
-# check 0.1-0.2. The budgets allow five to ten times that.
+# VM under software emulation, in reference seconds, idle (slowness ~25) and with a CPU
+# hog per core and other engineers' VMs running (slowness 38-107): namespaces 0.2-1.5, a
+# daemon's start 0.2-1.5, gw-west's start with the bcc compile of its XDP/TC programs
+# 2.5-6, the tunnel 0.1-0.5, the traffic check 0.1-0.2. The budgets allow four times the
+# worst of these.
 BUDGETS = {
     "namespaces": 6.0,
-    "gw-east": 4.0,
+    "gw-east": 6.0,
     "strongswan": 6.0,
-    "gw-west": 4.0,
-    "gw-west-xdp": 16.0,
+    "gw-west": 6.0,
+    "gw-west-xdp": 24.0,
     "tunnel": 4.0,
     "traffic": 3.0,
 }
