@@ -84,7 +84,7 @@ def _poll(
                 return found
             last = "not yet"
         if deadline.expired():
-            raise deadline.fail(f"no {what} ({last})", logs())
+            raise deadline.fail(f"gave up waiting for {what} ({last})", logs())
         time.sleep(interval)
 
 
@@ -109,7 +109,7 @@ def wait_tunnel(
     """Until an IKE SA is ESTABLISHED with an INSTALLED Child SA."""
     found = _poll(
         deadline,
-        "established IKE SA with an installed Child SA",
+        "an established IKE SA with an installed Child SA",
         lambda: established(list_sas(socket)),
         alive,
         logs,
@@ -191,7 +191,7 @@ def prometheus_scrapes(
             return None
         return f"up{{job={job!r}}} = 1, {series} = {found[0]['value'][1]}"
 
-    what = f"scrape of job {job!r} by Prometheus at {url}" + (f" with {series}" if series else "")
+    what = f"a scrape of job {job!r} by Prometheus at {url}" + (f" with {series}" if series else "")
     result: str = _poll(deadline, what, scraped, _running, logs, interval=1.0)
     return result
 

@@ -188,9 +188,9 @@ class Deadline:
         """The error for this step running out: its budget, the factor, the logs."""
         return StepFailed(
             self.step,
-            f"{reason} (waited {self.elapsed():.0f} s; budget {self.budget:.0f} s = "
+            f"{reason} (waited {self.elapsed():.0f} s of a {self.budget:.0f} s budget: "
             f"{self.reference_seconds:g} reference s x {self.pace.factor:.1f}, the measured "
-            "slowness of this machine)",
+            f"slowness of this machine, and at least {FLOOR_SECONDS:g} s)",
             logs,
         )
 

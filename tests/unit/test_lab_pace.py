@@ -60,7 +60,7 @@ def test_a_deadline_grows_once_the_machine_is_found_slower(quick: None) -> None:
     assert d.expired()  # no slower than that: it ran out
     err = d.fail("no tunnel", "gw-west: log line")
     assert err.step == "tunnel"
-    assert "no tunnel (waited 0 s; budget 0 s = 0.1 reference s x 3.0" in str(err)
+    assert "no tunnel (waited 0 s of a 0 s budget: 0.1 reference s x 3.0," in str(err)
     assert str(err).endswith("gw-west: log line")
 
 
