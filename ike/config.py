@@ -13,19 +13,12 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ike import redirect
-from ike.auth import (
-    LocalCredential,
-    TrustAnchors,
-    dn_from_text,
-    dn_to_text,
-    load_credential,
-    load_trust,
-    subject_identity,
-)
 from ike.constants import IdType, ProtocolId
 from ike.crypto import PRF
 from ike.errors import LocalError
 from ike.keys import psk_pad
+from ike.pki.names import dn_from_text, dn_to_text, subject_identity
+from ike.pki.x509 import LocalCredential, TrustAnchors, load_credential, load_trust
 from ike.proposals import ProposalSpec, parse_proposals
 from ike.ts import TrafficSelector, ts_from_text
 

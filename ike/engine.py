@@ -132,6 +132,7 @@ from ike.keys import (
     skeyseed,
     skeyseed_rekey,
 )
+from ike.pki.names import same_identity
 from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
 from ike.sk import IntegrityError, SkCipher
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
@@ -1552,7 +1553,7 @@ class IkeEngine:
         by_idi = [
             c
             for c in sa.candidates
-            if (c.remote_id is None or ike_auth.same_identity(c.remote_id, peer_id))
+            if (c.remote_id is None or same_identity(c.remote_id, peer_id))
             and ike_auth.accepts_method(c, auth.method)
         ]
         conn = None
