@@ -34,10 +34,10 @@ gateway identity, then (REDIRECT in IKE_SA_INIT only) the initiator's nonce Ni.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import TYPE_CHECKING
 
 from ike.codec import Message, Notify, Payload
+from ike.config import check_gateway
 from ike.constants import ExchangeType, NotifyType
 from ike.errors import LocalError, ProtocolError, ResponseIgnored
 from ike.events import IkeSaRedirected
@@ -49,19 +49,6 @@ if TYPE_CHECKING:
 GW_IPV4, GW_IPV6, GW_FQDN = 1, 2, 3  # RFC 5685 §8.1
 MAX_REDIRECTS = 5  # redirects followed within REDIRECT_LOOP_PERIOD (strongSwan's limit)
 REDIRECT_LOOP_PERIOD = 300.0
-PHASES = ("init", "auth")  # where a `redirect_to` rule redirects new peers
-_FQDN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
-
-
-def check_gateway(text: str) -> str:
-    """A gateway identity as configured: an IPv4/IPv6 address or an FQDN (LocalError)."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if not _FQDN.match(text) or text.replace(".", "").isdigit():
-        raise LocalError(f"{text!r} is neither an IP address nor a host name")
-    return text
 
 
 def encode_gateway(gateway: str, nonce: bytes = b"") -> bytes:
