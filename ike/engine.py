@@ -33,23 +33,18 @@ defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmiss
 Timers are one heap for the whole engine with lazy invalidation (an SA's entry is live
 only while it equals ``sa.timer_at``).
 
-SA states (``State``), with who moves them:
-
-    initiator:  INIT_SENT --IKE_SA_INIT resp--> AUTH_SENT --IKE_AUTH resp--> ESTABLISHED
-    responder:  (IKE_SA_INIT req) AUTH_WAIT --IKE_AUTH req--> ESTABLISHED
-    both:       ESTABLISHED --delete_ike_sa()--> DELETING --resp/give-up--> (gone)
-                ESTABLISHED --peer Delete(IKE)--> CLOSED (lingers to answer retransmits)
-                ESTABLISHED --rekeyed--> superseded (silent; deleted by the rekey
-                                         initiator, or expires after a linger)
+The SA model (``IkeSa``, ``ChildSa``, their state enums and the tables of allowed moves)
+is ike/sa.py; every IKE SA ends through ``end_sa`` with an ``EndReason``, from which the
+events follow.
 
 The SA lifecycle (RFC 7296 §1.3, §2.8): CREATE_CHILD_SA is one row of
 ``_REQUEST_HANDLERS`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
 REKEY_SA: Child SA rekey; else a new Child SA); our own requests carry their state in a
-closure (``_ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
-``_IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
-(``_take_over``); the old one is ``superseded``: it answers the peer until deleted and
-emits nothing. A rekeyed Child SA stays (``rekeyed``) until its Delete completes.
-Collisions keep the peer's SA in ``collision`` until our own answer arrives and the
+closure (``ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
+``IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
+(``_take_over``); the old one is REKEYED: it answers the peer until deleted and emits
+nothing. A rekeyed Child SA stays (REKEYED) until its Delete completes. Collisions keep
+the peer's SA PENDING (Child: COLLIDING) until our own answer arrives and the
 lowest-nonce rule (§2.8.1/§2.8.2) picks the survivor. Lifetimes, retries and NAT-T
 keepalives and Dead Peer Detection (``dpd_at``: idle time since ``last_inbound``, checked
 lazily, so a message from the peer costs one assignment) of an SA and its Child SAs fold
@@ -59,7 +54,6 @@ retransmission and expiry deadlines, so every SA has one live heap entry.
 
 from __future__ import annotations
 
-import enum
 import functools
 import hashlib
 import heapq
@@ -126,7 +120,6 @@ from ike.events import (
     IkeSaRekeyed,
 )
 from ike.keys import (
-    IkeSaKeys,
     derive_child_sa_keys,
     derive_ike_sa_keys,
     skeyseed,
@@ -134,12 +127,27 @@ from ike.keys import (
 )
 from ike.pki.names import same_identity
 from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
+from ike.sa import (
+    ZERO_SPI,
+    After,
+    ChildRekey,
+    ChildRequest,
+    ChildSa,
+    ChildState,
+    EndReason,
+    IkeSa,
+    Mobility,
+    PendingChild,
+    RekeyState,
+    State,
+    Succession,
+)
 from ike.sk import IntegrityError, SkCipher
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
+from ike.window import MAX_FRAGMENTS, Fragments, Request, ResponseHandler, Wire
 
 __all__ = ["IkeEngine", "EngineStats", "IkeSaInfo", "ChildSaInfo", "State"]
 
-ZERO_SPI = bytes(8)
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 
 _CHILD_ERRORS = frozenset(
@@ -156,30 +164,6 @@ _CHILD_ERRORS = frozenset(
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
 # a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
 _SUPERSEDED_LINGER = 60.0
-
-
-class State(enum.Enum):
-    INIT_SENT = enum.auto()
-    AUTH_SENT = enum.auto()
-    AUTH_WAIT = enum.auto()
-    ESTABLISHED = enum.auto()
-    DELETING = enum.auto()
-    CLOSED = enum.auto()
-
-    @property
-    def public(self) -> str:
-        """The control API's state name (list-sas)."""
-        return _PUBLIC_STATE[self]
-
-
-_PUBLIC_STATE = {
-    State.INIT_SENT: "CONNECTING",
-    State.AUTH_SENT: "CONNECTING",
-    State.AUTH_WAIT: "CONNECTING",
-    State.ESTABLISHED: "ESTABLISHED",
-    State.DELETING: "DELETING",
-    State.CLOSED: "DELETING",
-}
 
 
 @dataclass(slots=True)
@@ -246,51 +230,6 @@ class IkeSaInfo:
 
 
 @dataclass(slots=True)
-class _ChildSa:
-    config: CompiledChild
-    spi_in: int
-    spi_out: int
-    suite: EspSuite
-    transport: bool
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    installed_at: float
-    deleting: bool = False
-    rekey_at: float | None = None  # soft lifetime: start a rekey (jittered)
-    expire_at: float | None = None  # hard lifetime: delete
-    rekeying: bool = False  # our CREATE_CHILD_SA(REKEY_SA) for it is under way
-    rekeyed: bool = False  # superseded by a newer Child SA; waits for its Delete
-    # a peer's rekey of this SA we answered while ours was under way (§2.8.1):
-    # (its Ni, our Nr, the Child SA it made)
-    collision: tuple[bytes, bytes, _ChildSa] | None = None
-    # rekey responder: the older SA we still send on until the initiator's Delete of it
-    # arrives (or switch_at passes); then ChildSaOutboundSwitched
-    outbound_from: _ChildSa | None = None
-    switch_at: float | None = None
-
-
-class _PendingChild:
-    __slots__ = ("config", "spi_in", "tsi", "tsr")
-
-    def __init__(
-        self,
-        config: CompiledChild,
-        spi_in: int,
-        tsi: tuple[TrafficSelector, ...],
-        tsr: tuple[TrafficSelector, ...],
-    ) -> None:
-        self.config = config
-        self.spi_in = spi_in
-        self.tsi = tsi
-        self.tsr = tsr
-
-
-ResponseHandler = Callable[
-    ["IkeEngine", "_IkeSa", Message, tuple[Payload, ...], bytes, float], None
-]
-
-
-@dataclass(slots=True)
 class _CreateChildResponse:
     """Our side of a peer's CREATE_CHILD_SA request for a Child SA (`_select_child`)."""
 
@@ -298,202 +237,8 @@ class _CreateChildResponse:
     ke: KeyExchange | None
     ni: bytes
     nr: bytes
-    replaces: _ChildSa | None
-    made: _ChildSa | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _ChildRequest:
-    """Our CREATE_CHILD_SA request for a new Child SA or to rekey `old` (§1.3.1, §1.3.3)."""
-
-    config: CompiledChild
-    spi_in: int
-    tsi: tuple[TrafficSelector, ...]
-    tsr: tuple[TrafficSelector, ...]
-    ni: bytes
-    dh: DhPrivate | None
-    old: _ChildSa | None
-    retried: bool
-
-
-class _Fragments:
-    """SKF fragments of one message being reassembled (RFC 7383 §2.6)."""
-
-    __slots__ = ("message_id", "total", "first_payload", "parts")
-
-    def __init__(self, message_id: int, total: int) -> None:
-        self.message_id = message_id
-        self.total = total
-        self.first_payload = 0
-        self.parts: dict[int, bytes] = {}
-
-
-_MAX_FRAGMENTS = 64  # per message; more is an attack, not a certificate chain
-
-Wire = bytes | tuple[bytes, ...]  # one datagram, or a message's SKF fragments
-
-
-class _Request:
-    __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline")
-
-    def __init__(
-        self,
-        exchange: int,
-        message_id: int,
-        data: Wire,
-        on_response: ResponseHandler,
-        deadline: float,
-    ) -> None:
-        self.exchange = exchange
-        self.message_id = message_id
-        self.data = data
-        self.on_response = on_response
-        self.tries = 0
-        self.deadline = deadline
-
-
-class _IkeSa:
-    """One IKE SA. Mutable on purpose (lives for hours, changes on every exchange)."""
-
-    __slots__ = (
-        "uid",
-        "initiator",
-        "state",
-        "conn",
-        "candidates",
-        "spi_i",
-        "spi_r",
-        "local",
-        "remote",
-        "suite",
-        "dh",
-        "ni",
-        "nr",
-        "keys",
-        "sk",
-        "init_request",
-        "init_response",
-        "my_next_id",
-        "peer_next_id",
-        "outstanding",
-        "queue",
-        "last_response",
-        "nat",
-        "children",
-        "pending_child",
-        "cookie",
-        "init_retries",
-        "timer_at",
-        "expire_at",
-        "established_at",
-        "local_id",
-        "remote_id",
-        "half_open",
-        "peer_hints",
-        "frag",
-        "fragments",
-        "rekey_at",
-        "hard_at",
-        "life_at",
-        "rekeying",
-        "superseded",
-        "collision",
-        "child_requests",
-        "child_retries",
-        "behind_nat",
-        "keepalive_at",
-        "mobike",
-        "peer_addrs",
-        "mobike_update",
-        "last_inbound",
-        "dpd_at",
-        "esp_seen",
-        "redirect_peer",
-        "redirect_self",
-        "redirected",
-    )
-
-    def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
-        self.uid = uid
-        self.initiator = initiator
-        self.state = State.INIT_SENT if initiator else State.AUTH_WAIT
-        self.conn: CompiledConnection | None = None
-        self.candidates: tuple[CompiledConnection, ...] = ()
-        self.spi_i = ZERO_SPI
-        self.spi_r = ZERO_SPI
-        self.local = local
-        self.remote = remote
-        self.suite: IkeSuite | None = None
-        self.dh: DhPrivate | None = None
-        self.ni = b""
-        self.nr = b""
-        self.keys: IkeSaKeys | None = None
-        self.sk: SkCipher | None = None
-        self.init_request = b""
-        self.init_response = b""
-        self.my_next_id = 0
-        self.peer_next_id = 0
-        self.outstanding: _Request | None = None
-        self.queue: deque[tuple[int, list[Payload], ResponseHandler]] = deque()
-        # (message ID, exchange type, bytes) of our last response, for retransmitted requests
-        self.last_response: tuple[int, int, Wire] | None = None
-        self.nat = False
-        self.children: dict[int, _ChildSa] = {}
-        self.pending_child: _PendingChild | None = None
-        self.cookie = b""
-        self.init_retries = 0
-        self.timer_at: float | None = None
-        self.expire_at: float | None = None
-        self.established_at: float | None = None
-        self.local_id: tuple[int, bytes] = (0, b"")
-        self.remote_id: tuple[int, bytes] = (0, b"")
-        self.half_open = False  # a responder SA counted against cookie_threshold
-        # the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQs (pubkey authentication)
-        self.peer_hints: ike_auth.PeerHints | None = None
-        self.frag = False  # both sides announced IKEV2_FRAGMENTATION_SUPPORTED
-        self.fragments: _Fragments | None = None  # the peer's message being reassembled
-        # lifetimes (§2.8): rekey at rekey_at, delete at hard_at; life_at is the earliest
-        # lifetime event of the SA and its Child SAs (one heap entry per SA)
-        self.rekey_at: float | None = None
-        self.hard_at: float | None = None
-        self.life_at: float | None = None
-        # our IKE SA rekey under way: the response handler of its request
-        self.rekeying: ResponseHandler | None = None
-        self.superseded = False  # rekeyed: a newer IKE SA carries the handle; no events
-        # a peer's IKE rekey we answered while ours was under way: (its Ni, our Nr, SA)
-        self.collision: tuple[bytes, bytes, _IkeSa] | None = None
-        # our CREATE_CHILD_SA requests under way or queued (their SPIs are allocated)
-        self.child_requests: list[_ChildRequest] = []
-        # new Child SAs the peer answered TEMPORARY_FAILURE: (when to try again, config)
-        self.child_retries: list[tuple[float, CompiledChild]] = []
-        self.behind_nat = False  # our address is translated: we send NAT-T keepalives
-        self.keepalive_at: float | None = None
-        # MOBIKE (RFC 4555): in use, the peer's additional addresses, our update under way
-        self.mobike = False
-        self.peer_addrs: tuple[str, ...] = ()
-        self.mobike_update: mobike.Update | None = None
-        # Dead Peer Detection (§2.4): when a valid message last came from the peer, when
-        # to look at the idle time again, the ESP packet count seen then (InboundTraffic)
-        self.last_inbound = 0.0
-        self.dpd_at: float | None = None
-        self.esp_seen = 0
-        # redirect (RFC 5685): the peer announced support (we may redirect it); we did
-        # (we follow its REDIRECT); the gateway that redirected us and when each redirect
-        # of this chain of attempts happened (loop limit)
-        self.redirect_peer = False
-        self.redirect_self = False
-        self.redirected: tuple[str, tuple[float, ...]] | None = None
-
-    def __repr__(self) -> str:
-        return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
-
-    @property
-    def our_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
-
-    @property
-    def name(self) -> str:
-        return self.conn.name if self.conn else ""
+    replaces: ChildSa | None
+    made: ChildSa | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -602,12 +347,13 @@ class IkeEngine:
         self._ike_spis: Callable[[], bytes] = ike_spis or (lambda: random(8))
         self._conns: dict[str, CompiledConnection] = {}
         self.set_connections(connections)
-        self._sas: dict[bytes, _IkeSa] = {}
-        self._by_uid: dict[int, _IkeSa] = {}
+        self._sas: dict[bytes, IkeSa] = {}
+        self._by_uid: dict[int, IkeSa] = {}
         # responder SAs by the initiator's SPI: spots retransmitted (or late duplicate)
         # IKE_SA_INIT requests, also after the SA is established
-        self._by_spi_i: dict[bytes, _IkeSa] = {}
-        self._half_open = 0
+        self._by_spi_i: dict[bytes, IkeSa] = {}
+        # responder SAs between IKE_SA_INIT and IKE_AUTH (COOKIE threshold, §2.6)
+        self._half_open: set[IkeSa] = set()
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -670,7 +416,7 @@ class IkeEngine:
         """Snapshots of every IKE SA (for list-sas); no keys."""
         out = []
         for sa in self._by_uid.values():
-            if sa.superseded:
+            if not sa.current:
                 continue  # an old IKE SA after a rekey, on its way out
             enc = sa.nat
             children = tuple(
@@ -749,17 +495,17 @@ class IkeEngine:
         now: float,
         redirected: tuple[str, tuple[float, ...]] | None = None,
         packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
-    ) -> _IkeSa:
+    ) -> IkeSa:
         """A new initiator IKE SA, ready for its IKE_SA_INIT (`redirected`: where a
         gateway sent us from, ike/redirect.py; `packet_ts` as in initiate())."""
-        sa = _IkeSa(next(self._uids), True, local, remote)
+        sa = IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
-        sa.redirected = redirected
+        sa.redirected_from = redirected
         sa.spi_i = self._new_ike_spi()
         self._sas[sa.spi_i] = sa
         self._by_uid[sa.uid] = sa
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-        sa.pending_child = _PendingChild(ch, 0, first_i, first_r)
+        sa.pending_child = PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
         return sa
@@ -776,7 +522,7 @@ class IkeEngine:
         if sa.state is State.ESTABLISHED:
             self._send_ike_delete(sa, now)
         elif sa.state is not State.DELETING:
-            self._fail(sa, "cancelled", now)
+            self.end_sa(sa, EndReason.CANCELLED, now)
 
     def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
         """INFORMATIONAL Delete(ESP, spi_in); ChildSaDeleted follows the peer's answer."""
@@ -784,17 +530,17 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        if child.deleting:
+        if child.state is ChildState.DELETING:
             return
-        child.deleting = True
-        self._send_child_delete(sa, spi_in, now, IkeEngine._on_delete_child_response)
+        child.move(ChildState.DELETING)
+        self._send_child_delete(sa, spi_in, now, self._on_delete_child_response)
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
         """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
-        self._send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
+        self._send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
 
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
@@ -805,7 +551,7 @@ class IkeEngine:
         IKE SA's initiator."""
         mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
 
-    def _sa_by_uid(self, uid: int) -> _IkeSa:
+    def _sa_by_uid(self, uid: int) -> IkeSa:
         sa = self._by_uid.get(uid)
         if sa is None:
             raise LocalError(f"unknown IKE SA {uid}")
@@ -855,7 +601,7 @@ class IkeEngine:
             self._handle_request(sa, hdr, data, addr, now)
 
     def _handle_response(
-        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+        self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
     ) -> None:
         req = sa.outstanding
         if req is None or req.message_id != hdr.message_id or req.exchange != hdr.exchange_type:
@@ -877,14 +623,14 @@ class IkeEngine:
         sa.timer_at = None
         self._reschedule(sa)
         try:
-            req.on_response(self, sa, msg, payloads, data, now)
+            req.on_response(sa, msg, payloads, data, now)
         except ResponseIgnored:  # as if it never came: keep retransmitting the request
             sa.outstanding = req
             self._reschedule(sa)
             return
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
-                self._fail(sa, exc.notify.name, now, str(exc))
+                self.end_sa(sa, EndReason.REFUSED, now, notify=exc.notify.name, detail=str(exc))
             else:
                 self.stats.unexpected += 1
         if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
@@ -892,7 +638,7 @@ class IkeEngine:
             self._send_request(sa, exchange, payloads2, handler, now)
 
     def _handle_request(
-        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+        self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
     ) -> None:
         if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
             raise DecodeError("SPIs do not match the IKE SA")
@@ -951,7 +697,7 @@ class IkeEngine:
             # linger to answer a retransmitted request whose response got lost
             self._set_expiry(sa, now + self.settings.half_open_timeout)
 
-    def _unprotect(self, sa: _IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...] | None:
+    def _unprotect(self, sa: IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...] | None:
         """The payloads of an SK message, or of the last SKF fragment that completes one
         (None while fragments are missing)."""
         sk = msg.payloads[-1] if msg.payloads else None
@@ -962,18 +708,18 @@ class IkeEngine:
         return sa.sk.unprotect(data, sk)
 
     def _reassemble(
-        self, sa: _IkeSa, msg: Message, data: bytes, skf: EncryptedFragment
+        self, sa: IkeSa, msg: Message, data: bytes, skf: EncryptedFragment
     ) -> tuple[Payload, ...] | None:
         """RFC 7383 §2.6: each fragment is checked and decrypted on its own (a forged one
         raises IntegrityError and is dropped); the inner payloads are decoded once all
         fragments of the message are in."""
         assert sa.sk is not None
-        if skf.total > _MAX_FRAGMENTS:
+        if skf.total > MAX_FRAGMENTS:
             raise DecodeError(f"{skf.total} fragments")
         chunk = sa.sk.unprotect_fragment(data, skf)
         buf = sa.fragments
         if buf is None or buf.message_id != msg.message_id or buf.total != skf.total:
-            buf = sa.fragments = _Fragments(msg.message_id, skf.total)
+            buf = sa.fragments = Fragments(msg.message_id, skf.total)
         if skf.number == 1:
             buf.first_payload = skf.first_payload
         buf.parts[skf.number] = chunk
@@ -984,7 +730,7 @@ class IkeEngine:
         return codec.decode_payloads(buf.first_payload, inner)
 
     def _protect(
-        self, sa: _IkeSa, exchange: int, mid: int, payloads: list[Payload], *, is_response: bool
+        self, sa: IkeSa, exchange: int, mid: int, payloads: list[Payload], *, is_response: bool
     ) -> Wire:
         """The encrypted message, as SKF fragments when it is too big and the peer takes
         them (RFC 7383 §2.5; fragment_size counts the IP and UDP headers and the marker)."""
@@ -1019,7 +765,7 @@ class IkeEngine:
             )
         )
 
-    def _update_path(self, sa: _IkeSa, addr: Addr) -> None:
+    def _update_path(self, sa: IkeSa, addr: Addr) -> None:
         """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23).
         Not with MOBIKE: then only UPDATE_SA_ADDRESSES moves the IKE SA (RFC 4555 §3.8)."""
         if addr != (sa.local, sa.remote) and not sa.mobike:
@@ -1046,16 +792,16 @@ class IkeEngine:
                 self.stats.retransmits += 1
                 self._emit(sa.local, sa.remote, req.data)
             if sa.expire_at is not None and sa.expire_at <= now:
-                if sa.state is State.CLOSED or sa.superseded:
-                    self._remove(sa)
+                if sa.state is State.CLOSED or not sa.current:
+                    self.end_sa(sa, EndReason.RETIRED, now)  # its linger is over
                 else:
-                    self._fail(sa, "half-open timeout", now)
+                    self.end_sa(sa, EndReason.HALF_OPEN_TIMEOUT, now)
                 continue
             if sa.life_at is not None and sa.life_at <= now:
                 self._lifetimes_due(sa, now)
             self._reschedule(sa)
 
-    def _reschedule(self, sa: _IkeSa) -> None:
+    def _reschedule(self, sa: IkeSa) -> None:
         at = sa.outstanding.deadline if sa.outstanding else None
         if sa.expire_at is not None and (at is None or sa.expire_at < at):
             at = sa.expire_at
@@ -1067,20 +813,21 @@ class IkeEngine:
         elif at is None:
             sa.timer_at = None
 
-    def _set_expiry(self, sa: _IkeSa, at: float | None) -> None:
+    def _set_expiry(self, sa: IkeSa, at: float | None) -> None:
         sa.expire_at = at
         self._reschedule(sa)
 
-    def _give_up(self, sa: _IkeSa, now: float) -> None:
-        if sa.superseded:  # an old IKE SA whose Delete went unanswered
-            self._remove(sa)
+    def _give_up(self, sa: IkeSa, now: float) -> None:
+        if not sa.current:  # an old IKE SA whose Delete went unanswered
+            reason = EndReason.RETIRED
         elif sa.state is State.ESTABLISHED:
             self.stats.dead_peers += 1
-            self._close(sa, "dead peer", now, dead=True)
+            reason = EndReason.DEAD_PEER
         elif sa.state is State.DELETING:
-            self._close(sa, "deleted", now)
+            reason = EndReason.DELETED
         else:
-            self._fail(sa, "peer not responding", now)
+            reason = EndReason.PEER_NOT_RESPONDING
+        self.end_sa(sa, reason, now)
 
     # ------------------------------------------------------------------ sending
 
@@ -1098,7 +845,7 @@ class IkeEngine:
 
     def _send_request(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         exchange: int,
         payloads: list[Payload],
         on_response: ResponseHandler,
@@ -1110,13 +857,13 @@ class IkeEngine:
         mid = sa.my_next_id
         sa.my_next_id += 1
         data = self._protect(sa, exchange, mid, payloads, is_response=False)
-        sa.outstanding = _Request(
+        sa.outstanding = Request(
             exchange, mid, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
         self._emit(sa.local, sa.remote, data)
 
-    def _send_init(self, sa: _IkeSa, now: float) -> None:
+    def _send_init(self, sa: IkeSa, now: float) -> None:
         assert sa.conn is not None and sa.dh is not None
         payloads: list[Payload] = []
         if sa.cookie:
@@ -1141,11 +888,11 @@ class IkeEngine:
         )
         sa.init_request = data
         sa.my_next_id = 1
-        sa.outstanding = _Request(
+        sa.outstanding = Request(
             ExchangeType.IKE_SA_INIT,
             0,
             data,
-            IkeEngine._on_init_response,
+            self._on_init_response,
             now + self.settings.retransmit_timeout,
         )
         self._reschedule(sa)
@@ -1168,17 +915,73 @@ class IkeEngine:
             if spi != ZERO_SPI and spi not in self._sas:
                 return spi
 
-    def _release_pending(self, sa: _IkeSa) -> None:
+    def _release_pending(self, sa: IkeSa) -> None:
         pending = sa.pending_child
         if pending is not None and pending.spi_in:
             self._spis.release(pending.spi_in)
         sa.pending_child = None
 
-    def _remove(self, sa: _IkeSa) -> None:
+    def end_sa(
+        self,
+        sa: IkeSa,
+        reason: EndReason,
+        now: float,
+        *,
+        after: After = After.REMOVE,
+        detail: str = "",
+        notify: str = "",
+        conn: CompiledConnection | None = None,
+    ) -> None:
+        """The one way an IKE SA ends (ike/sa.py): the events that `reason` calls for,
+        then what `after` leaves of it. `notify` names the NOTIFY of a REFUSED end;
+        `detail` says why in words (IkeSaFailed); `conn` is the connection a failure is
+        about when the SA has none yet (a responder that could not authenticate)."""
+        self._half_open.discard(sa)
+        established = sa.established_at is not None
+        silent = (
+            not sa.current
+            or sa.state is State.CLOSED  # it told its end already
+            or (reason is EndReason.REDIRECTED and not established)  # IkeSaRedirected did
+        )
+        if not silent:
+            text = notify if reason is EndReason.REFUSED else reason.value
+            if not established:
+                name = conn.name if conn is not None else (sa.conn.name if sa.conn else None)
+                detail = "" if detail == text else detail
+                self._events.append(IkeSaFailed(sa.uid, name, sa.remote, text, now, detail))
+            else:
+                self._children_end(sa, text, now, dead=reason is EndReason.DEAD_PEER)
+                self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, text, now))
+        if after is After.REMOVE:
+            self._forget(sa)
+            return
+        sa.outstanding = None
+        sa.queue.clear()
+        if after is After.LINGER:  # answers retransmitted requests, then expires
+            sa.move(State.CLOSED)
+            return
+        # ABANDONED: no further events; our Delete goes to the peer, then it goes
+        sa.succeed(Succession.ABANDONED)
+        self._release_pending(sa)
+        sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
+        self._send_ike_delete(sa, now)
+
+    def _children_end(self, sa: IkeSa, reason: str, now: float, *, dead: bool) -> None:
+        """An established IKE SA ends: ChildSaDeleted for each of its Child SAs and, when
+        the peer stopped answering, DpdFailed naming each Child's dpd_action."""
+        actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
+        for child in sa.children.values():
+            child.outbound_from = child.switch_at = None  # everything goes: no switch
+        for child in list(sa.children.values()):
+            self._child_deleted(sa, child, reason, now)
+        if dead:
+            self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
+
+    def _forget(self, sa: IkeSa) -> None:
+        """Out of every table, its SPIs released (end_sa's After.REMOVE)."""
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
         self._by_uid.pop(sa.uid, None)
-        self._drop_half_open(sa)
         if not sa.initiator and self._by_spi_i.get(sa.spi_i) is sa:
             del self._by_spi_i[sa.spi_i]
         for spi in sa.children:
@@ -1190,42 +993,7 @@ class IkeEngine:
         self._release_pending(sa)
         sa.timer_at = None
 
-    def _drop_half_open(self, sa: _IkeSa) -> None:
-        if sa.half_open:
-            sa.half_open = False
-            self._half_open -= 1
-
-    def _fail(self, sa: _IkeSa, reason: str, now: float, detail: str = "") -> None:
-        """An IKE SA that never got established is gone."""
-        detail = "" if detail == reason else detail
-        self._events.append(
-            IkeSaFailed(sa.uid, sa.conn.name if sa.conn else None, sa.remote, reason, now, detail)
-        )
-        self._remove(sa)
-
-    def _close(
-        self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False, dead: bool = False
-    ) -> None:
-        """An established IKE SA ends: its children first, then the SA. A superseded
-        (rekeyed) SA has no children and its handle lives on: it goes silently. `dead`:
-        the peer stopped answering; DpdFailed names each Child's dpd_action."""
-        actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
-        for child in sa.children.values():
-            child.outbound_from = child.switch_at = None  # everything goes: no switch
-        for child in list(sa.children.values()):
-            self._child_deleted(sa, child, reason, now)
-        if dead and not sa.superseded:
-            self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
-        if not sa.superseded:
-            self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
-        if linger:
-            sa.state = State.CLOSED
-            sa.outstanding = None
-            sa.queue.clear()
-        else:
-            self._remove(sa)
-
-    def _child_deleted(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
+    def _child_deleted(self, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
         sa.children.pop(child.spi_in, None)
         self._spis.release(child.spi_in)
         child.outbound_from = child.switch_at = None
@@ -1308,7 +1076,7 @@ class IkeEngine:
         ):
             raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
         # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
-        if self._half_open >= self.settings.cookie_threshold:
+        if len(self._half_open) >= self.settings.cookie_threshold:
             self._rotate_cookie_secret(now)
             first = p[0]
             if not (
@@ -1344,7 +1112,7 @@ class IkeEngine:
                 remote,
             )
             return
-        sa = _IkeSa(next(self._uids), False, local, remote)
+        sa = IkeSa(next(self._uids), False, local, remote)
         dh = suite.dh.generate(self._random)
         try:
             g_ir = dh.exchange(ke.data)
@@ -1396,12 +1164,11 @@ class IkeEngine:
         self._sas[sa.spi_r] = sa
         self._by_uid[sa.uid] = sa
         self._by_spi_i[sa.spi_i] = sa
-        sa.half_open = True
-        self._half_open += 1
+        self._half_open.add(sa)
         self._set_expiry(sa, now + self.settings.half_open_timeout)
         self._emit(local, remote, resp)
 
-    def _detect_nat(self, sa: _IkeSa, payloads: Sequence[Payload]) -> bool | None:
+    def _detect_nat(self, sa: IkeSa, payloads: Sequence[Payload]) -> bool | None:
         """True if either side is behind a NAT (§2.23), False if not, None if the peer sent
         no NAT_DETECTION_* notifies. The peer's view comes from its hashes."""
         src: list[bytes] = []
@@ -1421,7 +1188,7 @@ class IkeEngine:
         sa.behind_nat = not local_ok  # RFC 3948 §4: the side behind the NAT keeps it open
         return not (remote_ok and local_ok)
 
-    def _derive_ike_keys(self, sa: _IkeSa, g_ir: bytes) -> None:
+    def _derive_ike_keys(self, sa: IkeSa, g_ir: bytes) -> None:
         assert sa.suite is not None
         seed = skeyseed(sa.suite.prf, sa.ni, sa.nr, g_ir)
         sa.keys = derive_ike_sa_keys(sa.suite, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r)
@@ -1429,7 +1196,7 @@ class IkeEngine:
         sa.dh = None  # the private value is no longer needed
 
     def _on_init_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         assert sa.conn is not None
         moved = _first_notify(payloads, NotifyType.REDIRECT)
@@ -1499,12 +1266,12 @@ class IkeEngine:
         if sa.nat or (nat_d is not None and sa.conn.config.mobike):
             sa.local = (sa.local[0], nat_t)
             sa.remote = (sa.remote[0], nat_t)
-        sa.state = State.AUTH_SENT
+        sa.move(State.AUTH_SENT)
         self._send_auth(sa, now)
 
     # ------------------------------------------------------------------ IKE_AUTH
 
-    def _send_auth(self, sa: _IkeSa, now: float) -> None:
+    def _send_auth(self, sa: IkeSa, now: float) -> None:
         conn = sa.conn
         assert conn is not None and sa.keys is not None and sa.suite is not None
         assert sa.pending_child is not None
@@ -1524,7 +1291,7 @@ class IkeEngine:
         # the triggering packet's selectors first, if any (§2.9)
         tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
         tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
-        sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
+        sa.pending_child = PendingChild(ch, spi_in, tsi, tsr)
         if ch.transport:
             payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
         payloads += mobike.auth_payloads(conn, sa.local)
@@ -1536,10 +1303,10 @@ class IkeEngine:
             TrafficSelectors(PayloadType.TSi, tsi),
             TrafficSelectors(PayloadType.TSr, tsr),
         ]
-        self._send_request(sa, ExchangeType.IKE_AUTH, payloads, IkeEngine._on_auth_response, now)
+        self._send_request(sa, ExchangeType.IKE_AUTH, payloads, self._on_auth_response, now)
 
     def _on_auth_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         assert sa.suite is not None and sa.keys is not None
         idi = _first(payloads, Identification, PayloadType.IDi)
@@ -1588,9 +1355,9 @@ class IkeEngine:
             # RFC 5685 §6: the peer is authenticated; our IDr/AUTH and REDIRECT, no Child
             # SA; the IKE SA waits for the peer's Delete (or expires), without events
             self.stats.redirects_sent += 1
-            self._drop_half_open(sa)
-            sa.state = State.DELETING
-            sa.superseded = True
+            self._half_open.discard(sa)
+            sa.move(State.DELETING)
+            sa.succeed(Succession.ABANDONED)
             self._set_expiry(sa, now + self.settings.half_open_timeout)
             gateway = conn.config.redirect_to
             self._events.append(
@@ -1607,27 +1374,24 @@ class IkeEngine:
         return out
 
     def _auth_failed(
-        self, sa: _IkeSa, why: str, now: float, conn: CompiledConnection | None = None
+        self, sa: IkeSa, why: str, now: float, conn: CompiledConnection | None = None
     ) -> list[Payload]:
         self.stats.auth_failures += 1
-        self._events.append(
-            IkeSaFailed(
-                sa.uid, conn.name if conn else None, sa.remote, "AUTHENTICATION_FAILED", now, why
-            )
+        # answered, then lingers for retransmits and goes
+        self.end_sa(
+            sa, EndReason.AUTHENTICATION_FAILED, now, detail=why, conn=conn, after=After.LINGER
         )
-        sa.state = State.CLOSED  # answered, then lingers for retransmits and goes
-        self._drop_half_open(sa)
         raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, why)
 
-    def _established(self, sa: _IkeSa, now: float) -> None:
+    def _established(self, sa: IkeSa, now: float) -> None:
         assert sa.conn is not None and sa.suite is not None
-        sa.state = State.ESTABLISHED
+        sa.move(State.ESTABLISHED)
         sa.established_at = now
         # only IKE_AUTH needed these (RealMessage1/2, connection choice): free the memory
         sa.init_request = sa.init_response = b""
         sa.peer_hints = None
         sa.candidates = ()
-        self._drop_half_open(sa)
+        self._half_open.discard(sa)
         self._set_expiry(sa, None)
         self._start_ike_lifetime(sa, now)
         self.stats.handshakes += 1
@@ -1654,7 +1418,7 @@ class IkeEngine:
 
     def _respond_child(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         conn: CompiledConnection,
         sa_p: SecurityAssociation,
         payloads: Sequence[Payload],
@@ -1672,7 +1436,7 @@ class IkeEngine:
 
     def _select_child(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         conn: CompiledConnection,
         sa_p: SecurityAssociation,
         payloads: Sequence[Payload],
@@ -1729,7 +1493,7 @@ class IkeEngine:
             answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
             transport = want_transport and ch.transport
             peer = int.from_bytes(peer_spi, "big")
-            child = _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now)
+            child = ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now)
             if create is not None:
                 create.made = child
             self._install_child(sa, child, exchange, create.replaces if create else None)
@@ -1746,10 +1510,10 @@ class IkeEngine:
 
     def _install_child(
         self,
-        sa: _IkeSa,
-        child: _ChildSa,
+        sa: IkeSa,
+        child: ChildSa,
         exchange: tuple[bool, bytes, bytes, bytes] | None = None,
-        replaces: _ChildSa | None = None,
+        replaces: ChildSa | None = None,
     ) -> None:
         """Record a new Child SA and emit its keys: ChildSaEstablished, or ChildSaRekeyed
         when it `replaces` one. `exchange` = (we initiated, Ni, Nr, g^ir) of the
@@ -1802,9 +1566,9 @@ class IkeEngine:
 
     def _emit_child(
         self,
-        sa: _IkeSa,
-        child: _ChildSa,
-        replaces: _ChildSa | None,
+        sa: IkeSa,
+        child: ChildSa,
+        replaces: ChildSa | None,
         outbound: bool,
         e: ChildSaEstablished,
     ) -> None:
@@ -1834,7 +1598,7 @@ class IkeEngine:
             )
         )
 
-    def _switch_outbound(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
+    def _switch_outbound(self, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
         """The rekey responder now sends on `child` (its old SA is being deleted, or the
         initiator's Delete did not come within `_switch_wait`)."""
         old = child.outbound_from
@@ -1856,7 +1620,7 @@ class IkeEngine:
         )
 
     def _on_auth_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         conn = sa.conn
         assert conn is not None and sa.suite is not None and sa.keys is not None
@@ -1880,7 +1644,7 @@ class IkeEngine:
                 sa,
                 ExchangeType.INFORMATIONAL,
                 [Notify(NotifyType.AUTHENTICATION_FAILED)],
-                IkeEngine._on_ignored_response,
+                self._on_ignored_response,
                 now,
             )
             raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
@@ -1914,23 +1678,23 @@ class IkeEngine:
                 sa,
                 ExchangeType.INFORMATIONAL,
                 [Delete(ProtocolId.ESP, 4, (pending.spi_in.to_bytes(4, "big"),))],
-                IkeEngine._on_ignored_response,
+                self._on_ignored_response,
                 now,
             )
 
     def _accept_child(
-        self, sa: _IkeSa, pending: _PendingChild, payloads: Sequence[Payload], now: float
+        self, sa: IkeSa, pending: PendingChild, payloads: Sequence[Payload], now: float
     ) -> None:
         suite, peer, tsi, tsr, transport = self._check_child_answer(
             pending.config, pending.tsi, pending.tsr, payloads
         )
-        child = _ChildSa(pending.config, pending.spi_in, peer, suite, transport, tsi, tsr, now)
+        child = ChildSa(pending.config, pending.spi_in, peer, suite, transport, tsi, tsr, now)
         self._install_child(sa, child)
 
     # ------------------------------------------------------------------ INFORMATIONAL
 
     def _on_informational_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         out: list[Payload] = mobike.on_informational(self, sa, payloads, self._rx_addr, now)
         deleted_spis: list[bytes] = []
@@ -1951,40 +1715,41 @@ class IkeEngine:
                             self._child_deleted(sa, child, why, now)
             elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
-                self._close(sa, "AUTHENTICATION_FAILED", now, linger=True)
+                self.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, after=After.LINGER)
                 return []
         if delete_ike:
             if sa.collision is not None:  # the peer won our IKE rekey collision (§2.8.2)
                 theirs, sa.collision = sa.collision[2], None
+                sa.rekey_to(RekeyState.REKEYING)
                 self._take_over(sa, theirs, now)
-            self._close(sa, "deleted by peer", now, linger=True)
+            self.end_sa(sa, EndReason.DELETED_BY_PEER, now, after=After.LINGER)
             return []
         moved = _first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None and sa.state is State.ESTABLISHED and not sa.superseded:
+        if moved is not None and sa.live:
             redirect.on_informational(self, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
             out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
         return out
 
     def _on_delete_ike_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
-        self._close(sa, "deleted", now)
+        self.end_sa(sa, EndReason.DELETED, now)
 
     def _on_delete_child_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         # Whatever the peer answers, our request named the SA: it is gone on our side.
-        for child in [c for c in sa.children.values() if c.deleting]:
+        for child in [c for c in sa.children.values() if c.state is ChildState.DELETING]:
             self._child_deleted(sa, child, "rekeyed" if child.rekeyed else "deleted", now)
 
     def _on_liveness_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         return None
 
     def _on_ignored_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         return None
 
@@ -2001,7 +1766,7 @@ class IkeEngine:
         """After TEMPORARY_FAILURE (§2.25): try again in 10..20 s."""
         return 20.0 - self._jittered(10.0, 10.0)
 
-    def _start_ike_lifetime(self, sa: _IkeSa, now: float) -> None:
+    def _start_ike_lifetime(self, sa: IkeSa, now: float) -> None:
         assert sa.conn is not None
         c = sa.conn.config
         if c.rekey_time:
@@ -2015,14 +1780,14 @@ class IkeEngine:
         sa.dpd_at = now + c.dpd_delay if c.dpd_delay > 0 else None
         self._update_life(sa)
 
-    def _start_child_lifetime(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
+    def _start_child_lifetime(self, sa: IkeSa, child: ChildSa, now: float) -> None:
         c = child.config.config
         if c.rekey_time:
             child.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
         child.expire_at = now + c.life_time if c.life_time else None
         self._update_life(sa)
 
-    def _update_life(self, sa: _IkeSa) -> None:
+    def _update_life(self, sa: IkeSa) -> None:
         """life_at = the earliest rekey/expiry of the SA and its current Child SAs."""
         at = sa.rekey_at
         if sa.hard_at is not None and (at is None or sa.hard_at < at):
@@ -2037,7 +1802,7 @@ class IkeEngine:
         for c in sa.children.values():
             if c.switch_at is not None and (at is None or c.switch_at < at):
                 at = c.switch_at
-            if c.rekeyed or c.deleting:
+            if c.closing:
                 continue
             for due in (c.rekey_at, c.expire_at):
                 if due is not None and (at is None or due < at):
@@ -2045,8 +1810,8 @@ class IkeEngine:
         sa.life_at = at
         self._reschedule(sa)
 
-    def _lifetimes_due(self, sa: _IkeSa, now: float) -> None:
-        if sa.state is not State.ESTABLISHED or sa.superseded:
+    def _lifetimes_due(self, sa: IkeSa, now: float) -> None:
+        if not sa.live:
             sa.life_at = None
             return
         if sa.keepalive_at is not None and sa.keepalive_at <= now:
@@ -2059,11 +1824,11 @@ class IkeEngine:
             if sa.outstanding is None:
                 self.delete_ike_sa(sa.uid, now)  # tell the peer; IkeSaDeleted follows
             else:  # stuck behind an unanswered request: the SA ends now
-                self._close(sa, "expired", now)
+                self.end_sa(sa, EndReason.EXPIRED, now)
             return
         if sa.rekey_at is not None and sa.rekey_at <= now:
             sa.rekey_at = None
-            if sa.rekeying is None:
+            if sa.rekey is RekeyState.IDLE:
                 self._start_ike_rekey(sa, None, now)
         if sa.child_retries:
             due = [ch for t, ch in sa.child_retries if t <= now]
@@ -2073,7 +1838,7 @@ class IkeEngine:
         for child in list(sa.children.values()):
             if child.switch_at is not None and child.switch_at <= now:
                 self._switch_outbound(sa, child, "timeout", now)
-            if child.rekeyed or child.deleting:
+            if child.closing:
                 continue
             if child.expire_at is not None and child.expire_at <= now:
                 # the hard lifetime: gone now (the kernel drops it too), the peer is told
@@ -2087,7 +1852,7 @@ class IkeEngine:
             self._dpd_due(sa, now)
         self._update_life(sa)
 
-    def _dpd_due(self, sa: _IkeSa, now: float) -> None:
+    def _dpd_due(self, sa: IkeSa, now: float) -> None:
         """Dead Peer Detection (RFC 7296 §2.4, strongSwan's idle-time DPD): nothing from
         the peer for dpd_delay, neither an IKE message nor ESP on its Child SAs (asked
         of InboundTraffic only now, so traffic costs nothing per packet): send an empty
@@ -2106,9 +1871,7 @@ class IkeEngine:
         sa.dpd_at = now + delay
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
-            self._send_request(
-                sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now
-            )
+            self._send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
@@ -2139,34 +1902,34 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or child.rekeyed:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        if not child.rekeying and not child.deleting:
+        if not child.rekeying and child.state is not ChildState.DELETING:
             self._start_child_rekey(sa, child, now)
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
         """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
         sa = self._established_sa(ike_sa)
-        if sa.rekeying is None:
+        if sa.rekey is RekeyState.IDLE:
             self._start_ike_rekey(sa, None, now)
 
-    def _established_sa(self, uid: int) -> _IkeSa:
+    def _established_sa(self, uid: int) -> IkeSa:
         sa = self._sa_by_uid(uid)
-        if sa.state is not State.ESTABLISHED or sa.superseded:
+        if not sa.live:
             raise LocalError(f"IKE SA {uid} is not established")
         return sa
 
-    def _start_child_rekey(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
-        child.rekeying = True
+    def _start_child_rekey(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        child.rekey_to(ChildRekey.REKEYING)
         self._send_child_request(
             sa, child.config, child.local_ts, child.remote_ts, child, None, now
         )
 
     def _send_child_request(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         ch: CompiledChild,
         tsi: tuple[TrafficSelector, ...],
         tsr: tuple[TrafficSelector, ...],
-        old: _ChildSa | None,
+        old: ChildSa | None,
         group: int | None,
         now: float,
     ) -> None:
@@ -2174,7 +1937,7 @@ class IkeEngine:
             spi_in = self._spis.allocate(old.spi_in if old is not None else None)
         except SpiExhausted:
             if old is not None:
-                old.rekeying = False
+                old.rekey_done()
                 old.rekey_at = now + self._retry_delay()
                 self._update_life(sa)
             self._events.append(ChildSaFailed(sa.uid, sa.name, ch.name, "no inbound SPI left", now))
@@ -2183,7 +1946,7 @@ class IkeEngine:
         dh_group = DH_GROUPS[group] if group is not None else (groups[0] if groups else None)
         dh = dh_group.generate(self._random) if dh_group is not None else None
         ni = self._random(self.settings.nonce_size)
-        req = _ChildRequest(ch, spi_in, tsi, tsr, ni, dh, old, group is not None)
+        req = ChildRequest(ch, spi_in, tsi, tsr, ni, dh, old, group is not None)
         sa.child_requests.append(req)
         payloads: list[Payload] = []
         if old is not None:
@@ -2201,15 +1964,13 @@ class IkeEngine:
             payloads.append(KeyExchange(dh.group.id, dh.public))
         payloads += [TrafficSelectors(PayloadType.TSi, tsi), TrafficSelectors(PayloadType.TSr, tsr)]
 
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
-            eng._on_child_response(req, s, p, n)
+        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+            self._on_child_response(req, s, p, n)
 
         self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
 
     def _on_child_response(
-        self, req: _ChildRequest, sa: _IkeSa, payloads: tuple[Payload, ...], now: float
+        self, req: ChildRequest, sa: IkeSa, payloads: tuple[Payload, ...], now: float
     ) -> None:
         if req not in sa.child_requests:
             return  # the IKE SA released it meanwhile
@@ -2247,13 +2008,12 @@ class IkeEngine:
         if old is None:
             self._install_child(sa, child, exchange)
             return
-        old.rekeying = False
-        collision, old.collision = old.collision, None
+        collision = old.rekey_done()
         if not live_old:  # deleted while we rekeyed it (a crossing Delete)
             self._discard_child(sa, child, now)
             return
         if collision is None:
-            old.rekeyed = True
+            old.rekey_to(ChildRekey.REKEYED)
             self._install_child(sa, child, exchange, old)
             self._delete_rekeyed_child(sa, old, now)
             return
@@ -2264,27 +2024,24 @@ class IkeEngine:
         if min(req.ni, nr, peer_ni, our_nr) in (req.ni, nr):
             self._discard_child(sa, child, now)
         elif sa.children.get(theirs.spi_in) is theirs:
-            theirs.rekeyed = True
+            theirs.rekey_to(ChildRekey.REKEYED)
             self._install_child(sa, child, exchange, theirs)
             self._delete_rekeyed_child(sa, old, now)
         else:  # the peer already deleted its redundant SA
             self._install_child(sa, child, exchange)
             self._delete_rekeyed_child(sa, old, now)
 
-    def _child_request_failed(
-        self, sa: _IkeSa, req: _ChildRequest, reason: str, now: float
-    ) -> None:
+    def _child_request_failed(self, sa: IkeSa, req: ChildRequest, reason: str, now: float) -> None:
         old = req.old
         if old is not None:
-            old.rekeying = False
-            collision, old.collision = old.collision, None
+            collision = old.rekey_done()
             if collision is not None or old.rekeyed:
                 return  # the peer's rekey of it stands: nothing failed
         self._events.append(ChildSaFailed(sa.uid, sa.name, req.config.name, reason, now))
 
     def _accept_created_child(
-        self, req: _ChildRequest, sa: _IkeSa, payloads: Sequence[Payload], now: float
-    ) -> tuple[_ChildSa, bytes, bytes]:
+        self, req: ChildRequest, sa: IkeSa, payloads: Sequence[Payload], now: float
+    ) -> tuple[ChildSa, bytes, bytes]:
         nonce = _first(payloads, Nonce)
         if not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA answer without Nr")
@@ -2302,7 +2059,7 @@ class IkeEngine:
             ):
                 raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match")
             g_ir = req.dh.exchange(ke.data)
-        child = _ChildSa(req.config, req.spi_in, peer, suite, transport, tsi, tsr, now)
+        child = ChildSa(req.config, req.spi_in, peer, suite, transport, tsi, tsr, now)
         return child, nonce.data, g_ir
 
     def _check_child_answer(
@@ -2339,20 +2096,19 @@ class IkeEngine:
         peer = int.from_bytes(peer_spi, "big")
         return suite, peer, tsi.selectors, tsr.selectors, transport
 
-    def _delete_rekeyed_child(self, sa: _IkeSa, old: _ChildSa, now: float) -> None:
+    def _delete_rekeyed_child(self, sa: IkeSa, old: ChildSa, now: float) -> None:
         """The rekey initiator deletes the old SA (§1.3.3); ChildSaDeleted 'rekeyed'."""
-        old.rekeyed = old.deleting = True
+        old.rekey_to(ChildRekey.REKEYED)
+        old.move(ChildState.DELETING)
         self._update_life(sa)
 
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
+        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
             if s.children.get(old.spi_in) is old:
-                eng._child_deleted(s, old, "rekeyed", n)
+                self._child_deleted(s, old, "rekeyed", n)
 
         self._send_child_delete(sa, old.spi_in, now, on_response)
 
-    def _discard_child(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
+    def _discard_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
         """A Child SA we negotiated but never report (redundant after a collision, or its
         old SA is gone): the peer deletes its side."""
         self._spis.release(child.spi_in)
@@ -2360,7 +2116,7 @@ class IkeEngine:
 
     def _send_child_delete(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         spi_in: int,
         now: float,
         on_response: ResponseHandler | None = None,
@@ -2370,15 +2126,15 @@ class IkeEngine:
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
-            on_response or IkeEngine._on_ignored_response,
+            on_response or self._on_ignored_response,
             now,
         )
 
     def _on_create_child_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         assert sa.conn is not None
-        if sa.superseded:
+        if not sa.current:
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "this IKE SA was rekeyed")
         sa_p = _first(payloads, SecurityAssociation)
         nonce = _first(payloads, Nonce)
@@ -2388,7 +2144,7 @@ class IkeEngine:
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
         if sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
             return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
-        if sa.rekeying is not None:  # Child SAs wait for the new IKE SA (§2.25)
+        if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
         rekey = _first_notify(payloads, NotifyType.REKEY_SA)
         old = None
@@ -2399,7 +2155,7 @@ class IkeEngine:
             old = next((c for c in sa.children.values() if c.spi_out == spi), None)
             if old is None:
                 raise ProtocolError(NotifyType.CHILD_SA_NOT_FOUND)
-            if old.rekeyed or old.deleting:  # we are closing it (§2.25)
+            if old.closing:  # we are closing it (§2.25)
                 raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "Child SA is being closed")
         nr = self._random(self.settings.nonce_size)
         configs = (old.config,) if old is not None else sa.conn.children
@@ -2415,13 +2171,15 @@ class IkeEngine:
         if old is not None and create.made is not None:
             if old.rekeying:  # we are rekeying it too: settled when our answer comes
                 old.collision = (nonce.data, nr, create.made)
-            old.rekeyed = True
+                old.rekey_to(ChildRekey.COLLIDING)
+            else:
+                old.rekey_to(ChildRekey.REKEYED)
             self._update_life(sa)
         return out
 
     # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
 
-    def _start_ike_rekey(self, sa: _IkeSa, group: int | None, now: float) -> None:
+    def _start_ike_rekey(self, sa: IkeSa, group: int | None, now: float) -> None:
         assert sa.conn is not None and sa.suite is not None
         spi_i = self._new_ike_spi()
         ni = self._random(self.settings.nonce_size)
@@ -2434,17 +2192,16 @@ class IkeEngine:
             KeyExchange(dh.group.id, dh.public),
         ]
 
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
-            eng._on_ike_rekey_response(s, spi_i, ni, dh, p, n, group is not None)
+        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+            self._on_ike_rekey_response(s, spi_i, ni, dh, p, n, group is not None)
 
-        sa.rekeying = on_response
+        sa.rekey_handler = on_response
+        sa.rekey_to(RekeyState.REKEYING)
         self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
 
     def _on_ike_rekey_response(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         spi_i: bytes,
         ni: bytes,
         dh: DhPrivate,
@@ -2453,8 +2210,10 @@ class IkeEngine:
         retried: bool,
     ) -> None:
         assert sa.conn is not None
-        sa.rekeying = None
+        sa.rekey_handler = None
         collision, sa.collision = sa.collision, None
+        if sa.rekey is not RekeyState.IDLE:
+            sa.rekey_to(RekeyState.IDLE)
         err = _error_notify(payloads)
         new = None
         if err is None:
@@ -2471,7 +2230,7 @@ class IkeEngine:
                 if group in {g.id for s in sa.conn.ike for g in s.dh}:
                     self._start_ike_rekey(sa, group, now)
                     return
-            if not sa.superseded and sa.state is State.ESTABLISHED:
+            if sa.live:
                 sa.rekey_at = now + self._retry_delay()  # until the hard lifetime
                 self._update_life(sa)
             return
@@ -2486,22 +2245,23 @@ class IkeEngine:
             self._take_over(sa, new, now)
             self._send_ike_delete(sa, now)
         elif min(ni, new.nr, peer_ni, our_nr) in (ni, new.nr):
-            new.superseded = True
+            new.succeed(Succession.REDUNDANT)
             self._send_ike_delete(new, now)
             self._take_over(sa, theirs, now)
-        else:
+        else:  # the peer's is redundant: its initiator deletes it
+            theirs.succeed(Succession.REDUNDANT)
             self._take_over(sa, new, now)
             self._send_ike_delete(sa, now)
 
     def _accept_ike_rekey(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         spi_i: bytes,
         ni: bytes,
         dh: DhPrivate,
         payloads: Sequence[Payload],
         now: float,
-    ) -> _IkeSa:
+    ) -> IkeSa:
         assert sa.conn is not None
         sa_p, ke, nonce = (
             _first(payloads, SecurityAssociation),
@@ -2525,7 +2285,7 @@ class IkeEngine:
 
     def _respond_ike_rekey(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         sa_p: SecurityAssociation,
         ni: bytes,
         ke: KeyExchange | None,
@@ -2533,7 +2293,7 @@ class IkeEngine:
     ) -> list[Payload]:
         assert sa.conn is not None
         ours = sa.outstanding
-        collision = ours is not None and sa.rekeying is not None and ours.on_response is sa.rekeying
+        collision = ours is not None and ours.on_response is sa.rekey_handler
         if (ours is not None and not collision) or sa.collision is not None:
             # finish what is under way first (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "an exchange is under way")
@@ -2551,9 +2311,9 @@ class IkeEngine:
         nr = self._random(self.settings.nonce_size)
         new = self._rekeyed_sa(sa, False, spi_i, spi_r, suite, (ni, nr, g_ir), now)
         if collision:  # both ends rekey: settled when our answer comes (§2.8.2)
-            new.superseded = True
             self._set_expiry(new, now + _SUPERSEDED_LINGER)
             sa.collision = (ni, nr, new)
+            sa.rekey_to(RekeyState.COLLIDING)
         else:
             self._take_over(sa, new, now)
         return [
@@ -2564,36 +2324,37 @@ class IkeEngine:
 
     def _rekeyed_sa(
         self,
-        old: _IkeSa,
+        old: IkeSa,
         initiator: bool,
         spi_i: bytes,
         spi_r: bytes,
         suite: IkeSuite,
         exchange: tuple[bytes, bytes, bytes],
         now: float,
-    ) -> _IkeSa:
+    ) -> IkeSa:
         """The new IKE SA of a rekey (§2.18): SKEYSEED = prf(SK_d (old), g^ir | Ni | Nr)
         with the old SA's PRF; the rekey initiator is the new SA's original initiator."""
         assert old.suite is not None and old.keys is not None
         ni, nr, g_ir = exchange
-        new = _IkeSa(next(self._uids), initiator, old.local, old.remote)
+        new = IkeSa(next(self._uids), initiator, old.local, old.remote, rekeyed=True)
         new.conn = old.conn
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite, new.ni, new.nr = suite, ni, nr
         seed = skeyseed_rekey(old.suite.prf, old.keys.sk_d, g_ir, ni, nr)
         new.keys = derive_ike_sa_keys(suite, seed, ni, nr, spi_i, spi_r)
         new.sk = SkCipher(suite, new.keys, initiator=initiator, random=self._random)
-        new.state = State.ESTABLISHED
         new.established_at = now
         new.nat, new.behind_nat = old.nat, old.behind_nat
         new.redirect_peer, new.redirect_self = old.redirect_peer, old.redirect_self
-        new.mobike, new.peer_addrs = old.mobike, old.peer_addrs
+        if old.mobike:
+            new.mobility_to(Mobility.MOBIKE)
+        new.peer_addrs = old.peer_addrs
         new.local_id, new.remote_id = old.local_id, old.remote_id
         self._sas[new.our_spi] = new
         self._by_uid[new.uid] = new
         return new
 
-    def _take_over(self, old: _IkeSa, new: _IkeSa, now: float) -> None:
+    def _take_over(self, old: IkeSa, new: IkeSa, now: float) -> None:
         """`new` replaces `old`: the handle, the Child SAs and queued requests move;
         `old` is superseded and goes without events (deleted by one side, §1.3.2)."""
         assert new.suite is not None
@@ -2604,7 +2365,8 @@ class IkeEngine:
         new.queue, old.queue = old.queue, deque()
         new.child_requests, old.child_requests = old.child_requests, []
         new.child_retries, old.child_retries = old.child_retries, []
-        new.superseded, old.superseded = False, True
+        new.succeed(Succession.CURRENT)
+        old.succeed(Succession.REKEYED)
         new.esp_seen = old.esp_seen  # the Child SAs (and their counters) move along
         old.rekey_at = old.hard_at = old.life_at = None
         new.expire_at = None
@@ -2630,29 +2392,20 @@ class IkeEngine:
             exchange, payloads, handler = new.queue.popleft()
             self._send_request(new, exchange, payloads, handler, now)
 
-    def _abandon(self, sa: _IkeSa, now: float) -> None:
-        """Leave an IKE SA without (further) events: Delete it at the peer, then it goes
-        (a redirected one, ike/redirect.py)."""
-        sa.superseded = True
-        self._release_pending(sa)
-        sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
-        sa.queue.clear()
-        self._send_ike_delete(sa, now)
-
-    def _send_ike_delete(self, sa: _IkeSa, now: float) -> None:
+    def _send_ike_delete(self, sa: IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""
-        sa.state = State.DELETING
+        sa.move(State.DELETING)
         self._send_request(
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.IKE, 0, ())],
-            IkeEngine._on_delete_ike_response,
+            self._on_delete_ike_response,
             now,
         )
 
 
 RequestHandler = Callable[
-    [IkeEngine, _IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
+    [IkeEngine, IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
 ]
 
 # The responder side of the state machine as data: (SA state, exchange) -> handler.

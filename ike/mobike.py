@@ -54,10 +54,11 @@ from ike.events import (
     IkeSaMigrated,
     IkeSaMigrateFailed,
 )
+from ike.sa import EndReason, IkeSa, MobikeUpdate, Mobility
 
 if TYPE_CHECKING:
     from ike.config import CompiledConnection
-    from ike.engine import IkeEngine, _IkeSa
+    from ike.engine import IkeEngine
 
 COOKIE2_SIZE = 16  # we send 16 random octets; a peer's may be 8..64 (RFC 4555 §4.2.5)
 COOKIE2_MIN, COOKIE2_MAX = 8, 64
@@ -74,17 +75,6 @@ _MOBIKE_NOTIFIES = _NAT_DETECTION | {
 }
 
 
-class Update:
-    """Our UPDATE_SA_ADDRESSES under way: its COOKIE2 and the path it leaves."""
-
-    __slots__ = ("cookie2", "old_local", "old_remote")
-
-    def __init__(self, cookie2: bytes, old_local: Endpoint, old_remote: Endpoint) -> None:
-        self.cookie2 = cookie2
-        self.old_local = old_local
-        self.old_remote = old_remote
-
-
 # --------------------------------------------------------------------------- payloads
 
 
@@ -94,7 +84,7 @@ def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
 
 
-def nat_notifies(sa: _IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
+def nat_notifies(sa: IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
     """NAT_DETECTION_SOURCE_IP (our end) and _DESTINATION_IP (the peer's) of the path
     (default: the IKE SA's)."""
     local, remote = path or (sa.local, sa.remote)
@@ -141,7 +131,7 @@ def _first(payloads: Sequence[Payload], ntype: int) -> Notify | None:
 
 
 def peer_additional(
-    eng: IkeEngine, sa: _IkeSa, payloads: Sequence[Payload]
+    eng: IkeEngine, sa: IkeSa, payloads: Sequence[Payload]
 ) -> tuple[str, ...] | None:
     """The peer's address list from ADDITIONAL_* / NO_ADDITIONAL_ADDRESSES, None if the
     message says nothing about it. Malformed entries are skipped and counted."""
@@ -162,15 +152,15 @@ def peer_additional(
     return tuple(addrs) if seen else None
 
 
-def negotiate(eng: IkeEngine, sa: _IkeSa, payloads: Sequence[Payload]) -> None:
+def negotiate(eng: IkeEngine, sa: IkeSa, payloads: Sequence[Payload]) -> None:
     """After IKE_AUTH (either role): MOBIKE in use if both sides announced it."""
     assert sa.conn is not None
-    sa.mobike = sa.conn.config.mobike and _first(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
-    if sa.mobike:
+    if sa.conn.config.mobike and _first(payloads, NotifyType.MOBIKE_SUPPORTED) is not None:
+        sa.mobility_to(Mobility.MOBIKE)
         sa.peer_addrs = peer_additional(eng, sa, payloads) or ()
 
 
-def _nat_state(sa: _IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
+def _nat_state(sa: IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
     """(a NAT on the path, our address translated) from the peer's NAT_DETECTION hashes
     over the current path, or None when it sent none (§3.5, RFC 7296 §2.23)."""
     src = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
@@ -195,7 +185,7 @@ def _no_nats_data(src: Endpoint, dst: Endpoint) -> bytes:
 
 
 def start_update(
-    eng: IkeEngine, sa: _IkeSa, local: str | None, remote: str | None, now: float
+    eng: IkeEngine, sa: IkeSa, local: str | None, remote: str | None, now: float
 ) -> None:
     """Move the IKE SA to `local`/`remote` (None: keep) with UPDATE_SA_ADDRESSES (§3.5)."""
     assert sa.conn is not None
@@ -220,41 +210,41 @@ def start_update(
         new_remote = sa.remote
     else:
         new_remote = (str(new_remote_ip), nat_t if sa.local[1] == nat_t else sa.remote[1])
-    pending: Update | None = sa.mobike_update
+    pending = sa.mobike_update
     old_local, old_remote = (
         (pending.old_local, pending.old_remote) if pending else (sa.local, sa.remote)
     )
     sa.local, sa.remote = new_local, new_remote
-    update = Update(eng._random(COOKIE2_SIZE), old_local, old_remote)
+    update = MobikeUpdate(eng._random(COOKIE2_SIZE), old_local, old_remote)
     sa.mobike_update = update
+    sa.mobility_to(Mobility.UPDATING)
     payloads: list[Payload] = [Notify(NotifyType.UPDATE_SA_ADDRESSES), *nat_notifies(sa)]
     if sa.conn.config.mobike_no_nats:
         payloads.append(Notify(NotifyType.NO_NATS_ALLOWED, _no_nats_data(sa.local, sa.remote)))
     payloads.append(Notify(NotifyType.COOKIE2, update.cookie2))
     payloads += address_notifies(sa.conn, sa.local, say_none=True)
 
-    def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-    ) -> None:
-        _on_update_response(e, s, update, p, n)
+    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+        _on_update_response(eng, s, update, p, n)
 
     eng.stats.mobike_updates_sent += 1
     eng._send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)
 
 
 def _on_update_response(
-    eng: IkeEngine, sa: _IkeSa, update: Update, payloads: Sequence[Payload], now: float
+    eng: IkeEngine, sa: IkeSa, update: MobikeUpdate, payloads: Sequence[Payload], now: float
 ) -> None:
     cookie2 = _first(payloads, NotifyType.COOKIE2)
     error = next((n for n in _notifies(payloads) if n.type < 16384), None)
     if error is None and (cookie2 is None or not hmac.compare_digest(cookie2.data, update.cookie2)):
         eng.stats.cookie2_mismatches += 1
         sa.queue.clear()
-        eng._close(sa, "COOKIE2 mismatch", now)  # §3.7: the IKE SA MUST be closed
+        eng.end_sa(sa, EndReason.COOKIE2_MISMATCH, now)  # §3.7: the IKE SA MUST be closed
         return
     if sa.mobike_update is not update:
         return  # a newer update is under way; its answer settles the path
     sa.mobike_update = None
+    sa.mobility_to(Mobility.MOBIKE)
     assert sa.conn is not None
     if error is not None:
         tried_local, tried_remote = sa.local, sa.remote
@@ -275,7 +265,7 @@ def _on_update_response(
 
 def _migrated(
     eng: IkeEngine,
-    sa: _IkeSa,
+    sa: IkeSa,
     old_local: Endpoint,
     old_remote: Endpoint,
     nat: tuple[bool, bool] | None,
@@ -312,7 +302,7 @@ def _migrated(
 
 def on_informational(
     eng: IkeEngine,
-    sa: _IkeSa,
+    sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
     now: float,
@@ -339,7 +329,7 @@ def on_informational(
 
 def _update_request(
     eng: IkeEngine,
-    sa: _IkeSa,
+    sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
     now: float,

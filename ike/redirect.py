@@ -41,10 +41,11 @@ from ike.config import check_gateway
 from ike.constants import ExchangeType, NotifyType
 from ike.errors import LocalError, ProtocolError, ResponseIgnored
 from ike.events import IkeSaRedirected
+from ike.sa import After, EndReason, IkeSa
 
 if TYPE_CHECKING:
     from ike.config import CompiledConnection
-    from ike.engine import IkeEngine, _IkeSa
+    from ike.engine import IkeEngine
 
 GW_IPV4, GW_IPV6, GW_FQDN = 1, 2, 3  # RFC 5685 §8.1
 MAX_REDIRECTS = 5  # redirects followed within REDIRECT_LOOP_PERIOD (strongSwan's limit)
@@ -80,19 +81,19 @@ def decode_gateway(data: bytes) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------- initiator
 
 
-def init_payloads(sa: _IkeSa) -> list[Payload]:
+def init_payloads(sa: IkeSa) -> list[Payload]:
     """Our IKE_SA_INIT request's redirect notify (§4.1/§4.2), if we follow redirects."""
     assert sa.conn is not None
-    if sa.redirected is not None:
+    if sa.redirected_from is not None:
         sa.redirect_self = True
-        return [Notify(NotifyType.REDIRECTED_FROM, encode_gateway(sa.redirected[0]))]
+        return [Notify(NotifyType.REDIRECTED_FROM, encode_gateway(sa.redirected_from[0]))]
     if sa.conn.config.follow_redirects:
         sa.redirect_self = True
         return [Notify(NotifyType.REDIRECT_SUPPORTED)]
     return []
 
 
-def on_init_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> None:
+def on_init_response(eng: IkeEngine, sa: IkeSa, notify: Notify, now: float) -> None:
     """A REDIRECT answering our IKE_SA_INIT: follow it if it carries our Ni (§4.2)."""
     try:
         gateway, nonce = decode_gateway(notify.data) if sa.redirect_self else ("", b"")
@@ -104,7 +105,7 @@ def on_init_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> 
     follow(eng, sa, gateway, "init", now)
 
 
-def on_auth_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> bool:
+def on_auth_response(eng: IkeEngine, sa: IkeSa, notify: Notify, now: float) -> bool:
     """A REDIRECT in the (authenticated) IKE_AUTH response (§6): True when handled."""
     if not sa.redirect_self:
         return False
@@ -115,7 +116,7 @@ def on_auth_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> 
     return True
 
 
-def on_informational(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> None:
+def on_informational(eng: IkeEngine, sa: IkeSa, notify: Notify, now: float) -> None:
     """A REDIRECT in an INFORMATIONAL request on an established IKE SA (§5): answered
     first, then followed (our Delete must not overtake the answer)."""
     if not sa.redirect_self:
@@ -127,12 +128,14 @@ def on_informational(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> 
     eng._after_response.append(lambda: follow(eng, sa, gateway, "established", now))
 
 
-def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> None:
+def follow(eng: IkeEngine, sa: IkeSa, gateway: str, phase: str, now: float) -> None:
     """Leave this gateway for `gateway`: a new IKE SA there, this one abandoned."""
     conn = sa.conn
     assert conn is not None
     history = tuple(
-        t for t in (sa.redirected[1] if sa.redirected else ()) if now - t < REDIRECT_LOOP_PERIOD
+        t
+        for t in (sa.redirected_from[1] if sa.redirected_from else ())
+        if now - t < REDIRECT_LOOP_PERIOD
     )
     why = ""
     loop = len(history) >= MAX_REDIRECTS
@@ -149,22 +152,22 @@ def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> 
         eng.stats.redirects_ignored += 1
         if phase == "established":  # the SA stays with the current gateway
             return
-        if phase == "auth":
-            eng._abandon(sa, now)
-        eng._fail(sa, "REDIRECT_LOOP" if loop else "REDIRECT", now, why)
+        reason = EndReason.REDIRECT_LOOP if loop else EndReason.REDIRECT
+        # after IKE_AUTH the gateway holds an SA: Delete it there
+        eng.end_sa(
+            sa, reason, now, detail=why, after=After.DELETE if phase == "auth" else After.REMOVE
+        )
         return
     assert local is not None
     child = sa.pending_child.config if sa.pending_child is not None else None
     if child is None:
         child = next((c.config for c in sa.children.values()), None) or conn.child(None)
     old_remote = sa.remote
-    if phase == "established":
-        eng._close(sa, "redirected", now, linger=True)
-        eng._abandon(sa, now)
-    elif phase == "auth":
-        eng._abandon(sa, now)
-    else:
-        eng._remove(sa)
+    # Child SAs and an established IKE SA end with events (a half-made one silently:
+    # IkeSaRedirected tells it); the old gateway is told unless it never made an SA
+    eng.end_sa(
+        sa, EndReason.REDIRECTED, now, after=After.REMOVE if phase == "init" else After.DELETE
+    )
     new = eng._start_initiator(
         conn,
         child,
@@ -180,7 +183,7 @@ def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> 
     eng._send_init(new, now)
 
 
-def _local_for(conn: CompiledConnection, sa: _IkeSa, gateway: str) -> str | None:
+def _local_for(conn: CompiledConnection, sa: IkeSa, gateway: str) -> str | None:
     """Our address towards the new gateway: the current one if the family matches, else
     the connection's first local address of that family (None for an FQDN gateway)."""
     version = {GW_IPV4: 4, GW_IPV6: 6}.get(encode_gateway(gateway)[0])
@@ -221,7 +224,7 @@ def auth_notify(conn: CompiledConnection) -> Notify | None:
     return None
 
 
-def start(eng: IkeEngine, sa: _IkeSa, gateway: str, now: float) -> None:
+def start(eng: IkeEngine, sa: IkeSa, gateway: str, now: float) -> None:
     """Send an established peer to `gateway` (§5); IkeSaRedirected once it answered."""
     if not sa.redirect_peer:
         raise LocalError(f"IKE SA {sa.uid}: the peer did not announce REDIRECT_SUPPORTED")
@@ -231,11 +234,9 @@ def start(eng: IkeEngine, sa: _IkeSa, gateway: str, now: float) -> None:
         raise LocalError(f"redirect: {exc}") from None
     old_remote = sa.remote
 
-    def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-    ) -> None:
-        e.stats.redirects_sent += 1
-        e._events.append(
+    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+        eng.stats.redirects_sent += 1
+        eng._events.append(
             IkeSaRedirected(s.uid, s.name, False, "established", old_remote, gateway, n)
         )
 

@@ -14,7 +14,7 @@ from ike import mobike
 from ike.codec import Message, Notify, Payload
 from ike.config import ConnectionConfig, EngineSettings
 from ike.constants import ExchangeType, NotifyType
-from ike.engine import IkeEngine, RandomSpis, _IkeSa
+from ike.engine import IkeEngine, RandomSpis
 from ike.errors import LocalError
 from ike.events import (
     AdditionalAddressesUpdated,
@@ -26,6 +26,7 @@ from ike.events import (
     IkeSaMigrated,
     IkeSaMigrateFailed,
 )
+from ike.sa import IkeSa
 from tests.unit.ike.harness import A_IP, B_IP, NAT_IP, Net, pair_confs
 
 A2 = "192.0.2.11"  # the initiator's second address
@@ -55,8 +56,8 @@ def make(
     return net
 
 
-def sa_of(eng: IkeEngine) -> _IkeSa:
-    [sa] = [s for s in eng._by_uid.values() if not s.superseded]
+def sa_of(eng: IkeEngine) -> IkeSa:
+    [sa] = [s for s in eng._by_uid.values() if s.current]
     return sa
 
 
@@ -322,9 +323,7 @@ def _send_informational(net: Net, payloads: list[Payload]) -> list[Payload]:
     """Send an authenticated INFORMATIONAL from a; return b's answer payloads."""
     answers: list[Payload] = []
 
-    def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-    ) -> None:
+    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
         answers.extend(p)
 
     net.a._send_request(sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)

@@ -65,7 +65,7 @@ def engine_children(eng: IkeEngine) -> dict[int, int]:
     return {
         c.spi_in: c.spi_out
         for sa in eng._by_uid.values()
-        if not sa.superseded
+        if sa.current
         for c in sa.children.values()
     }
 
