@@ -56,7 +56,6 @@ class PeerHints:
     ca_hashes: frozenset[bytes] = frozenset()
 
 
-
 @dataclass(frozen=True, slots=True)
 class SignedData:
     """What AUTH covers (RFC 7296 §2.15): RealMessage, the peer's nonce, and
@@ -74,8 +73,6 @@ class SignedData:
 
     def psk_mac(self, pad: bytes) -> bytes:
         return psk_auth(self.prf, pad, self.real_message, self.nonce, self.sk_p, self.id_body)
-
-
 
 
 # --------------------------------------------------------------------------- payloads
@@ -159,8 +156,6 @@ def accepts_method(conn: CompiledConnection, method: int) -> bool:
     if conn.trust is None:
         return method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE
     return method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE
-
-
 
 
 def check_auth(

@@ -81,7 +81,6 @@ def check_gateway(text: str) -> str:
     return text
 
 
-
 @dataclass(frozen=True, slots=True)
 class ChildConfig:
     """One Child SA. Empty `local_ts`/`remote_ts` mean "dynamic" (the IKE SA's address)."""

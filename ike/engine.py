@@ -65,7 +65,6 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from ike import auth as ike_auth
 from ike import codec, mobike, redirect
@@ -119,6 +118,8 @@ from ike.events import (
     IkeSaRedirected,
     IkeSaRekeyed,
 )
+from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
+from ike.host import ExchangeHost
 from ike.keys import (
     derive_child_sa_keys,
     derive_ike_sa_keys,
@@ -143,10 +144,20 @@ from ike.sa import (
     Succession,
 )
 from ike.sk import IntegrityError, SkCipher
+from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
 from ike.window import MAX_FRAGMENTS, Fragments, Request, ResponseHandler, Wire
 
-__all__ = ["IkeEngine", "EngineStats", "IkeSaInfo", "ChildSaInfo", "State"]
+__all__ = [
+    "IkeEngine",
+    "EngineStats",
+    "IkeSaInfo",
+    "ChildSaInfo",
+    "State",
+    "InboundSpiAllocator",
+    "InboundTraffic",
+    "RandomSpis",
+]
 
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 
@@ -164,69 +175,6 @@ _CHILD_ERRORS = frozenset(
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
 # a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
 _SUPERSEDED_LINGER = 60.0
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counters for metrics (never contain secrets)."""
-
-    datagrams_received: int = 0
-    datagrams_sent: int = 0
-    malformed: int = 0
-    integrity_failures: int = 0
-    unknown_spi: int = 0
-    unexpected: int = 0
-    retransmits: int = 0
-    duplicates_answered: int = 0
-    keepalives: int = 0
-    keepalives_sent: int = 0
-    cookies_sent: int = 0
-    handshakes: int = 0
-    auth_failures: int = 0
-    dead_peers: int = 0
-    # MOBIKE (RFC 4555, ike/mobike.py)
-    mobike_updates_sent: int = 0
-    mobike_updates_received: int = 0
-    mobike_migrations: int = 0
-    mobike_malformed: int = 0
-    cookie2_mismatches: int = 0
-    dpd_probes: int = 0  # idle-time liveness checks sent (empty INFORMATIONAL)
-    # IKEv2 redirect (RFC 5685, ike/redirect.py)
-    redirects_sent: int = 0
-    redirects_followed: int = 0
-    redirects_ignored: int = 0  # bad nonce, unasked for, loop limit, FQDN gateway
-
-
-@dataclass(frozen=True, slots=True)
-class ChildSaInfo:
-    name: str
-    spi_in: int
-    spi_out: int
-    mode: str
-    encap: bool
-    proposal: str
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    installed_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class IkeSaInfo:
-    ike_sa: int
-    connection: str | None
-    state: str
-    initiator: bool
-    local: Endpoint
-    remote: Endpoint
-    local_id: str
-    remote_id: str
-    spi_i: bytes
-    spi_r: bytes
-    proposal: str | None
-    established_at: float | None
-    children: tuple[ChildSaInfo, ...]
-    mobike: bool = False
-    additional_addrs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -252,55 +200,6 @@ def _ip_port(ep: Endpoint) -> bytes:
     return _ip(ep[0]).packed + struct.pack("!H", ep[1])
 
 
-class InboundSpiAllocator(Protocol):
-    """Chooses the SPIs we receive ESP with (RFC 7296 §3.3.1: the recipient picks them).
-
-    The daemon may inject one that encodes a counter slot in the SPI (bpf/spi.py).
-    `allocate` returns a 32-bit SPI >= 256 not in use, or raises ike.errors.SpiExhausted;
-    `replaces` is the inbound SPI of the Child SA that the new one rekeys (None for a new
-    Child SA), so an allocator can keep per-Child state such as the XDP counter slot.
-    `release` is called exactly once for every allocated SPI when it is no longer used.
-    """
-
-    def allocate(self, replaces: int | None = None) -> int: ...
-
-    def release(self, spi: int) -> None: ...
-
-
-class InboundTraffic(Protocol):
-    """Tells the engine whether ESP arrived on our inbound Child SAs (the data plane's
-    counters): an IKE SA whose Child SAs receive traffic needs no liveness check.
-
-    `packets_in(ike_sa, spi_in)` is the packet count of the inbound SA with that SPI on
-    that IKE SA (handle): any count, only changes matter. Called only when a check is due.
-    """
-
-    def packets_in(self, ike_sa: int, spi_in: int) -> int: ...
-
-
-class RandomSpis:
-    """The default allocator: random SPIs, unique among the live ones."""
-
-    __slots__ = ("_random", "_used")
-
-    def __init__(self, random: RandomSource) -> None:
-        self._random = random
-        self._used: set[int] = set()
-
-    def allocate(self, replaces: int | None = None) -> int:
-        while True:
-            spi = int.from_bytes(self._random(4), "big")
-            if spi >= 256 and spi not in self._used:  # 1..255 are reserved (RFC 4303 §2.1)
-                self._used.add(spi)
-                return spi
-
-    def release(self, spi: int) -> None:
-        self._used.discard(spi)
-
-    def __len__(self) -> int:
-        return len(self._used)
-
-
 def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
     return hashlib.sha1(spi_i + spi_r + _ip_port(ep)).digest()
@@ -324,6 +223,54 @@ def _first(payloads: Sequence[Payload], cls: type, kind: int | None = None) -> P
 
 def _error_notify(payloads: Sequence[Payload]) -> Notify | None:
     return next((n for n in _notifies(payloads) if n.type <= ERROR_NOTIFY_MAX), None)
+
+
+class _Host:
+    """The engine as ike/host.py's ExchangeHost: the modules of ike/ are handed this, never
+    the engine. Its members are the engine's own bound methods (no extra call layer)."""
+
+    __slots__ = (
+        "settings",
+        "stats",
+        "spis",
+        "random",
+        "emit",
+        "send_request",
+        "end_sa",
+        "after_response",
+        "lifetimes_changed",
+        "start_initiator",
+        "send_datagram",
+        "send_first",
+        "send_queued",
+        "new_ike_spi",
+        "find_sa",
+        "add_sa",
+        "swap_handles",
+        "set_expiry",
+        "connections_for",
+    )
+
+    def __init__(self, e: IkeEngine) -> None:
+        self.settings = e.settings
+        self.stats = e.stats
+        self.spis = e._spis
+        self.random = e._random
+        self.emit = e._events.append
+        self.send_request = e._send_request
+        self.end_sa = e.end_sa
+        self.after_response = e._after_response.append
+        self.lifetimes_changed = e._update_life
+        self.start_initiator = e._start_initiator
+        self.send_datagram = e._emit
+        self.send_first = e._send_first
+        self.send_queued = e._send_queued
+        self.new_ike_spi = e._new_ike_spi
+        self.find_sa = e._sas.get
+        self.add_sa = e._add_sa
+        self.swap_handles = e._swap_handles
+        self.set_expiry = e._set_expiry
+        self.connections_for = e._connections_for
 
 
 class IkeEngine:
@@ -376,6 +323,7 @@ class IkeEngine:
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
+        self._host: ExchangeHost = _Host(self)
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
@@ -482,9 +430,7 @@ class IkeEngine:
             )
         local = (str(conn.local_addrs[0]), conn.config.local_port)
         remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
-        sa = self._start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts)
-        self._send_init(sa, now)
-        return sa.uid
+        return self._start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts).uid
 
     def _start_initiator(
         self,
@@ -493,28 +439,29 @@ class IkeEngine:
         local: Endpoint,
         remote: Endpoint,
         now: float,
-        redirected: tuple[str, tuple[float, ...]] | None = None,
+        *,
+        redirected_from: tuple[str, tuple[float, ...]] | None = None,
         packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
     ) -> IkeSa:
-        """A new initiator IKE SA, ready for its IKE_SA_INIT (`redirected`: where a
+        """A new initiator IKE SA, its IKE_SA_INIT sent (`redirected_from`: where a
         gateway sent us from, ike/redirect.py; `packet_ts` as in initiate())."""
         sa = IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
-        sa.redirected_from = redirected
+        sa.redirected_from = redirected_from
         sa.spi_i = self._new_ike_spi()
-        self._sas[sa.spi_i] = sa
-        self._by_uid[sa.uid] = sa
+        self._add_sa(sa)
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
         sa.pending_child = PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
+        self._send_init(sa, now)
         return sa
 
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
         """Send the peer of an established IKE SA to `gateway` (an IP address or FQDN;
         RFC 5685 §5): IkeSaRedirected once it answered; the peer then deletes the SA.
         LocalError when the peer did not announce REDIRECT_SUPPORTED."""
-        redirect.start(self, self._established_sa(ike_sa), gateway, now)
+        redirect.start(self._host, self._established_sa(ike_sa), gateway, now)
 
     def delete_ike_sa(self, ike_sa: int, now: float) -> None:
         """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
@@ -549,7 +496,7 @@ class IkeEngine:
         (None: unchanged) with UPDATE_SA_ADDRESSES; IkeSaMigrated (move the Child SAs)
         or IkeSaMigrateFailed follows. LocalError unless MOBIKE is in use and we are the
         IKE SA's initiator."""
-        mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
+        mobike.start_update(self._host, self._established_sa(ike_sa), local, remote, now)
 
     def _sa_by_uid(self, uid: int) -> IkeSa:
         sa = self._by_uid.get(uid)
@@ -887,16 +834,21 @@ class IkeEngine:
             Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
         )
         sa.init_request = data
+        self._send_first(sa, data, self._on_init_response, now)
+
+    def _send_first(self, sa: IkeSa, data: bytes, on_response: ResponseHandler, now: float) -> None:
+        """Our unprotected IKE_SA_INIT request: message ID 0, retransmitted as any other."""
         sa.my_next_id = 1
         sa.outstanding = Request(
-            ExchangeType.IKE_SA_INIT,
-            0,
-            data,
-            self._on_init_response,
-            now + self.settings.retransmit_timeout,
+            ExchangeType.IKE_SA_INIT, 0, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
         self._emit(sa.local, sa.remote, data)
+
+    def _send_queued(self, sa: IkeSa, now: float) -> None:
+        if sa.outstanding is None and sa.queue:
+            exchange, payloads, handler = sa.queue.popleft()
+            self._send_request(sa, exchange, payloads, handler, now)
 
     def _send_init_error(
         self, hdr: codec.Header, notify: Notify, local: Endpoint, remote: Endpoint
@@ -908,6 +860,15 @@ class IkeEngine:
         self._emit(local, remote, data)
 
     # ------------------------------------------------------------------ SA bookkeeping
+
+    def _add_sa(self, sa: IkeSa) -> None:
+        self._sas[sa.our_spi] = sa
+        self._by_uid[sa.uid] = sa
+
+    def _swap_handles(self, old: IkeSa, new: IkeSa) -> None:
+        new.uid, old.uid = old.uid, new.uid
+        self._by_uid[new.uid] = new
+        self._by_uid[old.uid] = old
 
     def _new_ike_spi(self) -> bytes:
         while True:
@@ -1032,7 +993,7 @@ class IkeEngine:
             return False
         return hmac.compare_digest(cookie, self._cookie_for(cookie[0], ni, remote, spi_i))
 
-    def _candidates(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
+    def _connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
         lip, rip = _ip(local[0]), _ip(remote[0])
         return tuple(
             c
@@ -1088,7 +1049,7 @@ class IkeEngine:
                 want = self._cookie_for(self._cookie_version, nonce.data, remote, hdr.spi_i)
                 self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
                 return
-        candidates = self._candidates(local, remote)
+        candidates = self._connections_for(local, remote)
         redirect_ok = redirect.peer_supports(p)
         rule = redirect.init_rule(candidates) if redirect_ok else None
         if rule is not None:  # RFC 5685 §4.2: stateless HDR(SPIi, 0), N(REDIRECT, GW, Ni)
@@ -1161,8 +1122,7 @@ class IkeEngine:
         sa.last_response = (0, ExchangeType.IKE_SA_INIT, resp)
         sa.peer_next_id = 1
         self._derive_ike_keys(sa, g_ir)
-        self._sas[sa.spi_r] = sa
-        self._by_uid[sa.uid] = sa
+        self._add_sa(sa)
         self._by_spi_i[sa.spi_i] = sa
         self._half_open.add(sa)
         self._set_expiry(sa, now + self.settings.half_open_timeout)
@@ -1201,7 +1161,7 @@ class IkeEngine:
         assert sa.conn is not None
         moved = _first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None:
-            redirect.on_init_response(self, sa, moved, now)
+            redirect.on_init_response(self._host, sa, moved, now)
             return
         cookie = _first_notify(payloads, NotifyType.COOKIE)
         if cookie is not None:
@@ -1364,7 +1324,7 @@ class IkeEngine:
                 IkeSaRedirected(sa.uid, conn.name, False, "auth", sa.remote, gateway, now)
             )
             return [*out, moved]
-        mobike.negotiate(self, sa, payloads)
+        mobike.negotiate(self._host, sa, payloads)
         if sa.mobike:
             out += mobike.auth_payloads(conn, sa.local)
         self._established(sa, now)
@@ -1650,9 +1610,9 @@ class IkeEngine:
             raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
         sa.remote_id = peer_id
         moved = _first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None and redirect.on_auth_response(self, sa, moved, now):
+        if moved is not None and redirect.on_auth_response(self._host, sa, moved, now):
             return  # RFC 5685 §6: the gateway authenticated and sent us elsewhere
-        mobike.negotiate(self, sa, payloads)
+        mobike.negotiate(self._host, sa, payloads)
         self._established(sa, now)
         pending = sa.pending_child
         sa.pending_child = None
@@ -1696,7 +1656,7 @@ class IkeEngine:
     def _on_informational_request(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
-        out: list[Payload] = mobike.on_informational(self, sa, payloads, self._rx_addr, now)
+        out: list[Payload] = mobike.on_informational(self._host, sa, payloads, self._rx_addr, now)
         deleted_spis: list[bytes] = []
         delete_ike = False
         for p in payloads:
@@ -1726,7 +1686,7 @@ class IkeEngine:
             return []
         moved = _first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None and sa.live:
-            redirect.on_informational(self, sa, moved, now)  # RFC 5685 §5
+            redirect.on_informational(self._host, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
             out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
         return out
@@ -2350,17 +2310,14 @@ class IkeEngine:
             new.mobility_to(Mobility.MOBIKE)
         new.peer_addrs = old.peer_addrs
         new.local_id, new.remote_id = old.local_id, old.remote_id
-        self._sas[new.our_spi] = new
-        self._by_uid[new.uid] = new
+        self._add_sa(new)
         return new
 
     def _take_over(self, old: IkeSa, new: IkeSa, now: float) -> None:
         """`new` replaces `old`: the handle, the Child SAs and queued requests move;
         `old` is superseded and goes without events (deleted by one side, §1.3.2)."""
         assert new.suite is not None
-        new.uid, old.uid = old.uid, new.uid
-        self._by_uid[new.uid] = new
-        self._by_uid[old.uid] = old
+        self._swap_handles(old, new)
         new.children, old.children = old.children, {}
         new.queue, old.queue = old.queue, deque()
         new.child_requests, old.child_requests = old.child_requests, []
@@ -2388,9 +2345,7 @@ class IkeEngine:
                 initiator=new.initiator,
             )
         )
-        if new.outstanding is None and new.queue:
-            exchange, payloads, handler = new.queue.popleft()
-            self._send_request(new, exchange, payloads, handler, now)
+        self._send_queued(new, now)
 
     def _send_ike_delete(self, sa: IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""

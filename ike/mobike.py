@@ -1,6 +1,7 @@
 """MOBIKE (RFC 4555): an IKE SA and its Child SAs move to new addresses.
 
-The engine (ike/engine.py) keeps the hooks small; everything MOBIKE decides is here:
+The engine hands this module a small interface (ike/host.py's SaHost) and calls its
+hooks; everything MOBIKE decides is here:
 
 * IKE_AUTH (§3.3, §3.4): both roles add MOBIKE_SUPPORTED when the connection has
   `mobike` on, plus ADDITIONAL_IP4/6_ADDRESS for the connection's other concrete local
@@ -58,7 +59,7 @@ from ike.sa import EndReason, IkeSa, MobikeUpdate, Mobility
 
 if TYPE_CHECKING:
     from ike.config import CompiledConnection
-    from ike.engine import IkeEngine
+    from ike.host import SaHost
 
 COOKIE2_SIZE = 16  # we send 16 random octets; a peer's may be 8..64 (RFC 4555 §4.2.5)
 COOKIE2_MIN, COOKIE2_MAX = 8, 64
@@ -130,9 +131,7 @@ def _first(payloads: Sequence[Payload], ntype: int) -> Notify | None:
     return next((n for n in _notifies(payloads) if n.type == ntype), None)
 
 
-def peer_additional(
-    eng: IkeEngine, sa: IkeSa, payloads: Sequence[Payload]
-) -> tuple[str, ...] | None:
+def peer_additional(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> tuple[str, ...] | None:
     """The peer's address list from ADDITIONAL_* / NO_ADDITIONAL_ADDRESSES, None if the
     message says nothing about it. Malformed entries are skipped and counted."""
     seen = False
@@ -144,7 +143,7 @@ def peer_additional(
             seen = True
             size = 4 if n.type == NotifyType.ADDITIONAL_IP4_ADDRESS else 16
             if len(n.data) != size:
-                eng.stats.mobike_malformed += 1
+                host.stats.mobike_malformed += 1
                 continue
             text = str(ipaddress.ip_address(n.data))
             if text != sa.remote[0] and text not in addrs and len(addrs) < MAX_ADDITIONAL:
@@ -152,12 +151,12 @@ def peer_additional(
     return tuple(addrs) if seen else None
 
 
-def negotiate(eng: IkeEngine, sa: IkeSa, payloads: Sequence[Payload]) -> None:
+def negotiate(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> None:
     """After IKE_AUTH (either role): MOBIKE in use if both sides announced it."""
     assert sa.conn is not None
     if sa.conn.config.mobike and _first(payloads, NotifyType.MOBIKE_SUPPORTED) is not None:
         sa.mobility_to(Mobility.MOBIKE)
-        sa.peer_addrs = peer_additional(eng, sa, payloads) or ()
+        sa.peer_addrs = peer_additional(host, sa, payloads) or ()
 
 
 def _nat_state(sa: IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
@@ -185,7 +184,7 @@ def _no_nats_data(src: Endpoint, dst: Endpoint) -> bytes:
 
 
 def start_update(
-    eng: IkeEngine, sa: IkeSa, local: str | None, remote: str | None, now: float
+    host: SaHost, sa: IkeSa, local: str | None, remote: str | None, now: float
 ) -> None:
     """Move the IKE SA to `local`/`remote` (None: keep) with UPDATE_SA_ADDRESSES (§3.5)."""
     assert sa.conn is not None
@@ -204,7 +203,7 @@ def start_update(
         raise LocalError(f"{new_local_ip} and {new_remote_ip} are not of one address family")
     if new_local_ip.is_unspecified or new_remote_ip.is_unspecified:
         raise LocalError("an IKE SA cannot move to an unspecified address")
-    nat_t = eng.settings.nat_t_port
+    nat_t = host.settings.nat_t_port
     new_local = (str(new_local_ip), sa.local[1])
     if str(new_remote_ip) == sa.remote[0]:
         new_remote = sa.remote
@@ -215,7 +214,7 @@ def start_update(
         (pending.old_local, pending.old_remote) if pending else (sa.local, sa.remote)
     )
     sa.local, sa.remote = new_local, new_remote
-    update = MobikeUpdate(eng._random(COOKIE2_SIZE), old_local, old_remote)
+    update = MobikeUpdate(host.random(COOKIE2_SIZE), old_local, old_remote)
     sa.mobike_update = update
     sa.mobility_to(Mobility.UPDATING)
     payloads: list[Payload] = [Notify(NotifyType.UPDATE_SA_ADDRESSES), *nat_notifies(sa)]
@@ -225,21 +224,21 @@ def start_update(
     payloads += address_notifies(sa.conn, sa.local, say_none=True)
 
     def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-        _on_update_response(eng, s, update, p, n)
+        _on_update_response(host, s, update, p, n)
 
-    eng.stats.mobike_updates_sent += 1
-    eng._send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)
+    host.stats.mobike_updates_sent += 1
+    host.send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)
 
 
 def _on_update_response(
-    eng: IkeEngine, sa: IkeSa, update: MobikeUpdate, payloads: Sequence[Payload], now: float
+    host: SaHost, sa: IkeSa, update: MobikeUpdate, payloads: Sequence[Payload], now: float
 ) -> None:
     cookie2 = _first(payloads, NotifyType.COOKIE2)
     error = next((n for n in _notifies(payloads) if n.type < 16384), None)
     if error is None and (cookie2 is None or not hmac.compare_digest(cookie2.data, update.cookie2)):
-        eng.stats.cookie2_mismatches += 1
+        host.stats.cookie2_mismatches += 1
         sa.queue.clear()
-        eng.end_sa(sa, EndReason.COOKIE2_MISMATCH, now)  # §3.7: the IKE SA MUST be closed
+        host.end_sa(sa, EndReason.COOKIE2_MISMATCH, now)  # §3.7: the IKE SA MUST be closed
         return
     if sa.mobike_update is not update:
         return  # a newer update is under way; its answer settles the path
@@ -249,7 +248,7 @@ def _on_update_response(
     if error is not None:
         tried_local, tried_remote = sa.local, sa.remote
         sa.local, sa.remote = update.old_local, update.old_remote
-        eng._events.append(
+        host.emit(
             IkeSaMigrateFailed(
                 sa.uid,
                 sa.name,
@@ -260,11 +259,11 @@ def _on_update_response(
             )
         )
         return
-    _migrated(eng, sa, update.old_local, update.old_remote, _nat_state(sa, payloads), now)
+    _migrated(host, sa, update.old_local, update.old_remote, _nat_state(sa, payloads), now)
 
 
 def _migrated(
-    eng: IkeEngine,
+    host: SaHost,
     sa: IkeSa,
     old_local: Endpoint,
     old_remote: Endpoint,
@@ -276,11 +275,11 @@ def _migrated(
         sa.nat, behind = nat
         if behind != sa.behind_nat:
             sa.behind_nat = behind
-            interval = eng.settings.keepalive_interval
+            interval = host.settings.keepalive_interval
             sa.keepalive_at = now + interval if behind and interval > 0 else None
-            eng._update_life(sa)
-    eng.stats.mobike_migrations += 1
-    eng._events.append(
+            host.lifetimes_changed(sa)
+    host.stats.mobike_migrations += 1
+    host.emit(
         IkeSaMigrated(
             sa.uid,
             sa.name,
@@ -301,7 +300,7 @@ def _migrated(
 
 
 def on_informational(
-    eng: IkeEngine,
+    host: SaHost,
     sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
@@ -313,22 +312,22 @@ def on_informational(
         return []
     if not sa.mobike:
         if wanted - _NAT_DETECTION:
-            eng.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
+            host.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
         return []
     out: list[Payload] = []
     if NotifyType.UPDATE_SA_ADDRESSES in wanted:
-        out = _update_request(eng, sa, payloads, addr, now)
+        out = _update_request(host, sa, payloads, addr, now)
     elif wanted & _NAT_DETECTION:  # e.g. a liveness check of a peer behind a NAT (§3.8)
         out = nat_notifies(sa, addr)
-    addrs = peer_additional(eng, sa, payloads)
+    addrs = peer_additional(host, sa, payloads)
     if addrs is not None and addrs != sa.peer_addrs:
         sa.peer_addrs = addrs
-        eng._events.append(AdditionalAddressesUpdated(sa.uid, sa.name, addrs, now))
+        host.emit(AdditionalAddressesUpdated(sa.uid, sa.name, addrs, now))
     return out
 
 
 def _update_request(
-    eng: IkeEngine,
+    host: SaHost,
     sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
@@ -338,12 +337,12 @@ def _update_request(
     local, remote = addr
     cookie2 = _first(payloads, NotifyType.COOKIE2)
     if cookie2 is not None and not COOKIE2_MIN <= len(cookie2.data) <= COOKIE2_MAX:
-        eng.stats.mobike_malformed += 1
+        host.stats.mobike_malformed += 1
         raise ProtocolError(NotifyType.INVALID_SYNTAX, "COOKIE2 of a bad length")
     no_nats = _first(payloads, NotifyType.NO_NATS_ALLOWED)
     if no_nats is not None:
         if len(no_nats.data) not in (12, 36):
-            eng.stats.mobike_malformed += 1
+            host.stats.mobike_malformed += 1
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "NO_NATS_ALLOWED of a bad length")
         if no_nats.data != _no_nats_data(remote, local):  # §3.9: a NAT rewrote the header
             raise ProtocolError(NotifyType.UNEXPECTED_NAT_DETECTED)
@@ -354,10 +353,10 @@ def _update_request(
         and remote[0] not in sa.peer_addrs
     ):
         raise ProtocolError(NotifyType.UNACCEPTABLE_ADDRESSES, f"{remote[0]} is not allowed")
-    eng.stats.mobike_updates_received += 1
+    host.stats.mobike_updates_received += 1
     old_local, old_remote = sa.local, sa.remote
     sa.local, sa.remote = local, remote
-    _migrated(eng, sa, old_local, old_remote, _nat_state(sa, payloads), now)
+    _migrated(host, sa, old_local, old_remote, _nat_state(sa, payloads), now)
     out = nat_notifies(sa)
     if cookie2 is not None:
         out.append(Notify(NotifyType.COOKIE2, cookie2.data))

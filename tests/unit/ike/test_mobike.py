@@ -214,7 +214,7 @@ def test_loss_of_the_reply_on_the_new_path_is_answered_from_the_cache() -> None:
 
 def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None:
     net = make(a_kw={"local_addrs": (A_IP, A2)})
-    real = mobike._update_request
+    real = mobike.on_informational  # b's MOBIKE answer, through its public hook
 
     def wrong_cookie(*args: object) -> list[Payload]:
         out = real(*args)  # type: ignore[arg-type]
@@ -225,7 +225,7 @@ def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> 
             for p in out
         ]
 
-    monkeypatch.setattr(mobike, "_update_request", wrong_cookie)
+    monkeypatch.setattr(mobike, "on_informational", wrong_cookie)
     net.a.check_liveness(uid(net.a), net.now)  # queued behind the update: dropped with it
     net.a.update_addresses(uid(net.a), A2, None, net.now)
     net.pump()
