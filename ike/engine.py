@@ -67,12 +67,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ike import auth as ike_auth
-from ike import codec, mobike, redirect
+from ike import codec, mobike, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
-    Encrypted,
-    EncryptedFragment,
     Identification,
     KeyExchange,
     Message,
@@ -146,7 +144,7 @@ from ike.sa import (
 from ike.sk import IntegrityError, SkCipher
 from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
 from ike.ts import TrafficSelector, covered, narrow, ts_for_address
-from ike.window import MAX_FRAGMENTS, Fragments, Request, ResponseHandler, Wire
+from ike.window import Request, ResponseHandler, Wire
 
 __all__ = [
     "IkeEngine",
@@ -316,10 +314,7 @@ class IkeEngine:
         self._cookie_secret_at: float | None = None
         # a rekey responder whose old SA the initiator has not deleted by then sends on
         # the new SA anyway: the initiator has our answer or has given up on it
-        s = self.settings
-        self._switch_wait = sum(
-            s.retransmit_timeout * s.retransmit_base**n for n in range(s.retransmit_tries + 1)
-        )
+        self._switch_wait = window.retransmission_span(self.settings)
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
@@ -551,7 +546,7 @@ class IkeEngine:
         self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
     ) -> None:
         req = sa.outstanding
-        if req is None or req.message_id != hdr.message_id or req.exchange != hdr.exchange_type:
+        if req is None or not window.answers(req, hdr):
             self.stats.unexpected += 1
             return
         msg = codec.decode_message(data, hdr)
@@ -560,7 +555,7 @@ class IkeEngine:
         else:
             if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
                 raise DecodeError("SPIs do not match the IKE SA")
-            unprotected = self._unprotect(sa, msg, data)
+            unprotected = window.unprotect(sa, msg, data)
             if unprotected is None:
                 return  # more fragments to come (RFC 7383)
             payloads = unprotected
@@ -589,12 +584,11 @@ class IkeEngine:
     ) -> None:
         if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
             raise DecodeError("SPIs do not match the IKE SA")
-        cached = sa.last_response
-        if cached is not None and (hdr.message_id, hdr.exchange_type) == cached[:2]:
-            if data[16] == PayloadType.SKF and data[32:34] != b"\x00\x01":
-                return  # a fragmented request's retransmission is answered once: on fragment 1
-            self.stats.duplicates_answered += 1
-            self._emit(*addr, cached[2])  # to where the request came from (§2.11)
+        cached = window.cached_response(sa, hdr, data)
+        if cached is not None:
+            if cached:  # a fragmented request's retransmission is answered once
+                self.stats.duplicates_answered += 1
+                self._emit(*addr, cached)  # to where the request came from (§2.11)
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
@@ -602,7 +596,7 @@ class IkeEngine:
         msg = codec.decode_message(data, hdr)
         handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
         try:
-            payloads = self._unprotect(sa, msg, data)
+            payloads = window.unprotect(sa, msg, data)
         except DecodeError as exc:
             if exc.critical_payload is None:
                 raise
@@ -635,7 +629,9 @@ class IkeEngine:
                     error = exc
         if error is not None:
             response = [Notify(error.notify, error.data)]
-        out = self._protect(sa, hdr.exchange_type, hdr.message_id, response, is_response=True)
+        out = window.protect(
+            sa, self.settings, hdr.exchange_type, hdr.message_id, response, is_response=True
+        )
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
         self._emit(*addr, out)  # to where the request came from (RFC 7296 §2.11)
         while self._after_response:  # what a handler left for after its answer
@@ -643,74 +639,6 @@ class IkeEngine:
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
             self._set_expiry(sa, now + self.settings.half_open_timeout)
-
-    def _unprotect(self, sa: IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...] | None:
-        """The payloads of an SK message, or of the last SKF fragment that completes one
-        (None while fragments are missing)."""
-        sk = msg.payloads[-1] if msg.payloads else None
-        if type(sk) is EncryptedFragment and sa.sk is not None and sa.frag:
-            return self._reassemble(sa, msg, data, sk)
-        if type(sk) is not Encrypted or sa.sk is None:
-            raise DecodeError("message without an Encrypted payload")
-        return sa.sk.unprotect(data, sk)
-
-    def _reassemble(
-        self, sa: IkeSa, msg: Message, data: bytes, skf: EncryptedFragment
-    ) -> tuple[Payload, ...] | None:
-        """RFC 7383 §2.6: each fragment is checked and decrypted on its own (a forged one
-        raises IntegrityError and is dropped); the inner payloads are decoded once all
-        fragments of the message are in."""
-        assert sa.sk is not None
-        if skf.total > MAX_FRAGMENTS:
-            raise DecodeError(f"{skf.total} fragments")
-        chunk = sa.sk.unprotect_fragment(data, skf)
-        buf = sa.fragments
-        if buf is None or buf.message_id != msg.message_id or buf.total != skf.total:
-            buf = sa.fragments = Fragments(msg.message_id, skf.total)
-        if skf.number == 1:
-            buf.first_payload = skf.first_payload
-        buf.parts[skf.number] = chunk
-        if len(buf.parts) < buf.total:
-            return None
-        sa.fragments = None
-        inner = b"".join(buf.parts[n] for n in range(1, buf.total + 1))
-        return codec.decode_payloads(buf.first_payload, inner)
-
-    def _protect(
-        self, sa: IkeSa, exchange: int, mid: int, payloads: list[Payload], *, is_response: bool
-    ) -> Wire:
-        """The encrypted message, as SKF fragments when it is too big and the peer takes
-        them (RFC 7383 §2.5; fragment_size counts the IP and UDP headers and the marker)."""
-        sk, spi_i, spi_r, initiator = sa.sk, sa.spi_i, sa.spi_r, sa.initiator
-        assert sk is not None
-        data = sk.protect(
-            spi_i,
-            spi_r,
-            exchange,
-            is_initiator=initiator,
-            is_response=is_response,
-            message_id=mid,
-            payloads=payloads,
-        )
-        if not sa.frag or (sa.conn is not None and sa.conn.config.fragmentation == "accept"):
-            return data
-        limit = self.settings.fragment_size - (48 if ":" in sa.remote[0] else 28)
-        if self.settings.nat_t_port in (sa.local[1], sa.remote[1]):
-            limit -= len(NON_ESP_MARKER)
-        if len(data) <= limit:
-            return data
-        return tuple(
-            sk.protect_fragments(
-                spi_i,
-                spi_r,
-                exchange,
-                is_initiator=initiator,
-                is_response=is_response,
-                message_id=mid,
-                payloads=payloads,
-                max_size=limit,
-            )
-        )
 
     def _update_path(self, sa: IkeSa, addr: Addr) -> None:
         """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23).
@@ -730,12 +658,9 @@ class IkeEngine:
             sa.timer_at = None
             req = sa.outstanding
             if req is not None and req.deadline <= now:
-                s = self.settings
-                if req.tries >= s.retransmit_tries:
+                if not window.retransmit(req, self.settings, now):
                     self._give_up(sa, now)
                     continue
-                req.tries += 1
-                req.deadline = now + s.retransmit_timeout * s.retransmit_base**req.tries
                 self.stats.retransmits += 1
                 self._emit(sa.local, sa.remote, req.data)
             if sa.expire_at is not None and sa.expire_at <= now:
@@ -803,7 +728,7 @@ class IkeEngine:
             return
         mid = sa.my_next_id
         sa.my_next_id += 1
-        data = self._protect(sa, exchange, mid, payloads, is_response=False)
+        data = window.protect(sa, self.settings, exchange, mid, payloads, is_response=False)
         sa.outstanding = Request(
             exchange, mid, data, on_response, now + self.settings.retransmit_timeout
         )
