@@ -54,11 +54,7 @@ retransmission and expiry deadlines, so every SA has one live heap entry.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import heapq
-import hmac
-import ipaddress
 import itertools
 import os
 import struct
@@ -67,7 +63,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ike import auth as ike_auth
-from ike import codec, mobike, redirect, window
+from ike import codec, mobike, nat, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
@@ -98,6 +94,7 @@ from ike.constants import (
     ProtocolId,
     name_of,
 )
+from ike.cookies import Cookies
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
 from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
 from ike.events import (
@@ -143,7 +140,7 @@ from ike.sa import (
 )
 from ike.sk import IntegrityError, SkCipher
 from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
-from ike.ts import TrafficSelector, covered, narrow, ts_for_address
+from ike.ts import TrafficSelector, covered, ip, narrow, ts_for_address
 from ike.window import Request, ResponseHandler, Wire
 
 __all__ = [
@@ -187,24 +184,8 @@ class _CreateChildResponse:
     made: ChildSa | None = None
 
 
-@functools.lru_cache(maxsize=4096)
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Parsed addresses, cached: peers' address strings repeat for every message."""
-    return ipaddress.ip_address(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip_port(ep: Endpoint) -> bytes:
-    return _ip(ep[0]).packed + struct.pack("!H", ep[1])
-
-
-def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
-    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    return hashlib.sha1(spi_i + spi_r + _ip_port(ep)).digest()
-
-
-def _id_for_address(ip: str) -> tuple[int, bytes]:
-    a = _ip(ip)
+def _id_for_address(text: str) -> tuple[int, bytes]:
+    a = ip(text)
     return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
 
 
@@ -297,8 +278,6 @@ class IkeEngine:
         # responder SAs by the initiator's SPI: spots retransmitted (or late duplicate)
         # IKE_SA_INIT requests, also after the SA is established
         self._by_spi_i: dict[bytes, IkeSa] = {}
-        # responder SAs between IKE_SA_INIT and IKE_AUTH (COOKIE threshold, §2.6)
-        self._half_open: set[IkeSa] = set()
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -307,11 +286,8 @@ class IkeEngine:
         self._timers: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
         self._uids = itertools.count(1)
-        # COOKIE secrets (§2.6): version byte -> secret; a new one every
-        # cookie_secret_lifetime, the previous one still accepted
-        self._cookie_version = 0
-        self._cookie_secrets: dict[int, bytes] = {0: random(32)}
-        self._cookie_secret_at: float | None = None
+        # COOKIE secrets and the half-open responder SAs (§2.6)
+        self._cookies: Cookies[IkeSa] = Cookies(self.settings, random)
         # a rekey responder whose old SA the initiator has not deleted by then sends on
         # the new SA anyway: the initiator has our answer or has given up on it
         self._switch_wait = window.retransmission_span(self.settings)
@@ -518,7 +494,7 @@ class IkeEngine:
         local, remote = addr
         nat_t = self.settings.nat_t_port
         if local[1] == nat_t or remote[1] == nat_t:
-            if data == b"\xff":  # NAT-keepalive (RFC 3948 §2.3)
+            if data == nat.KEEPALIVE:  # RFC 3948 §2.3
                 self.stats.keepalives += 1
                 return
             if data[:4] != NON_ESP_MARKER:
@@ -746,10 +722,7 @@ class IkeEngine:
             ),
             KeyExchange(sa.dh.group.id, sa.dh.public),
             Nonce(sa.ni),
-            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.local)),
-            Notify(
-                NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.remote)
-            ),
+            *nat.detection_notifies(sa.spi_i, ZERO_SPI, sa.local, sa.remote),
         ]
         payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
         if self.settings.fragmentation and sa.conn.config.fragmentation != "no":
@@ -822,7 +795,7 @@ class IkeEngine:
         then what `after` leaves of it. `notify` names the NOTIFY of a REFUSED end;
         `detail` says why in words (IkeSaFailed); `conn` is the connection a failure is
         about when the SA has none yet (a responder that could not authenticate)."""
-        self._half_open.discard(sa)
+        self._cookies.half_open.discard(sa)
         established = sa.established_at is not None
         silent = (
             not sa.current
@@ -894,32 +867,8 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ IKE_SA_INIT
 
-    def _cookie_for(self, version: int, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
-        """<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (RFC 7296 §2.6)."""
-        ip = _ip(remote[0]).packed
-        mac = hmac.digest(self._cookie_secrets[version], ni + ip + spi_i, "sha256")[:16]
-        return bytes((version,)) + mac
-
-    def _rotate_cookie_secret(self, now: float) -> None:
-        if self._cookie_secret_at is None:
-            self._cookie_secret_at = now
-        elif now - self._cookie_secret_at >= self.settings.cookie_secret_lifetime:
-            self._cookie_secret_at = now
-            self._cookie_version = (self._cookie_version + 1) % 256
-            self._cookie_secrets = {
-                self._cookie_version: self._random(32),
-                (self._cookie_version - 1) % 256: self._cookie_secrets[
-                    (self._cookie_version - 1) % 256
-                ],
-            }
-
-    def _cookie_ok(self, cookie: bytes, ni: bytes, remote: Endpoint, spi_i: bytes) -> bool:
-        if len(cookie) != 17 or cookie[0] not in self._cookie_secrets:
-            return False
-        return hmac.compare_digest(cookie, self._cookie_for(cookie[0], ni, remote, spi_i))
-
     def _connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
-        lip, rip = _ip(local[0]), _ip(remote[0])
+        lip, rip = ip(local[0]), ip(remote[0])
         return tuple(
             c
             for c in self._conns.values()
@@ -962,18 +911,11 @@ class IkeEngine:
         ):
             raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
         # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
-        if len(self._half_open) >= self.settings.cookie_threshold:
-            self._rotate_cookie_secret(now)
-            first = p[0]
-            if not (
-                type(first) is Notify
-                and first.type == NotifyType.COOKIE
-                and self._cookie_ok(first.data, nonce.data, remote, hdr.spi_i)
-            ):
-                self.stats.cookies_sent += 1
-                want = self._cookie_for(self._cookie_version, nonce.data, remote, hdr.spi_i)
-                self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
-                return
+        want = self._cookies.demand(p, nonce.data, remote, hdr.spi_i, now)
+        if want is not None:
+            self.stats.cookies_sent += 1
+            self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
+            return
         candidates = self._connections_for(local, remote)
         redirect_ok = redirect.peer_supports(p)
         rule = redirect.init_rule(candidates) if redirect_ok else None
@@ -1013,20 +955,15 @@ class IkeEngine:
         sa.spi_r = self._new_ike_spi()
         sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
         sa.nr = self._random(self.settings.nonce_size)
-        nat = self._detect_nat(sa, p)
-        sa.nat = bool(nat)
+        nat_d = self._detect_nat(sa, p)
+        sa.nat = bool(nat_d)
         out: list[Payload] = [
             SecurityAssociation((answer,)),
             KeyExchange(suite.dh.id, dh.public),
             Nonce(sa.nr),
         ]
-        if nat is not None:  # the peer does NAT-T: answer with our hashes
-            out += [
-                Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
-                Notify(
-                    NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)
-                ),
-            ]
+        if nat_d is not None:  # the peer does NAT-T: answer with our hashes
+            out += nat.detection_notifies(sa.spi_i, sa.spi_r, local, remote)
         # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
         sa.peer_hints = ike_auth.peer_hints(p)
         if (
@@ -1049,29 +986,20 @@ class IkeEngine:
         self._derive_ike_keys(sa, g_ir)
         self._add_sa(sa)
         self._by_spi_i[sa.spi_i] = sa
-        self._half_open.add(sa)
+        self._cookies.half_open.add(sa)
         self._set_expiry(sa, now + self.settings.half_open_timeout)
         self._emit(local, remote, resp)
 
     def _detect_nat(self, sa: IkeSa, payloads: Sequence[Payload]) -> bool | None:
         """True if either side is behind a NAT (§2.23), False if not, None if the peer sent
         no NAT_DETECTION_* notifies. The peer's view comes from its hashes."""
-        src: list[bytes] = []
-        dst: list[bytes] = []
-        for p in payloads:
-            if type(p) is Notify:
-                if p.type == NotifyType.NAT_DETECTION_SOURCE_IP:
-                    src.append(p.data)
-                elif p.type == NotifyType.NAT_DETECTION_DESTINATION_IP:
-                    dst.append(p.data)
-        if not src or not dst:
-            return None
         # the initiator's request carries SPIr = 0 in its hashes
         spi_r = sa.spi_r if sa.initiator else ZERO_SPI
-        remote_ok = _nat_hash(sa.spi_i, spi_r, sa.remote) in src
-        local_ok = _nat_hash(sa.spi_i, spi_r, sa.local) in dst
-        sa.behind_nat = not local_ok  # RFC 3948 §4: the side behind the NAT keeps it open
-        return not (remote_ok and local_ok)
+        state = nat.nat_state(sa.spi_i, spi_r, sa.local, sa.remote, payloads)
+        if state is None:
+            return None
+        sa.behind_nat = state[1]  # RFC 3948 §4: the side behind the NAT keeps it open
+        return state[0]
 
     def _derive_ike_keys(self, sa: IkeSa, g_ir: bytes) -> None:
         assert sa.suite is not None
@@ -1174,8 +1102,8 @@ class IkeEngine:
         except SpiExhausted:
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "no inbound SPI left") from None
         # the triggering packet's selectors first, if any (§2.9)
-        tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
-        tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
+        tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(ip(sa.local[0])),))
+        tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(ip(sa.remote[0])),))
         sa.pending_child = PendingChild(ch, spi_in, tsi, tsr)
         if ch.transport:
             payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
@@ -1240,7 +1168,7 @@ class IkeEngine:
             # RFC 5685 §6: the peer is authenticated; our IDr/AUTH and REDIRECT, no Child
             # SA; the IKE SA waits for the peer's Delete (or expires), without events
             self.stats.redirects_sent += 1
-            self._half_open.discard(sa)
+            self._cookies.half_open.discard(sa)
             sa.move(State.DELETING)
             sa.succeed(Succession.ABANDONED)
             self._set_expiry(sa, now + self.settings.half_open_timeout)
@@ -1276,7 +1204,7 @@ class IkeEngine:
         sa.init_request = sa.init_response = b""
         sa.peer_hints = None
         sa.candidates = ()
-        self._half_open.discard(sa)
+        self._cookies.half_open.discard(sa)
         self._set_expiry(sa, None)
         self._start_ike_lifetime(sa, now)
         self.stats.handshakes += 1
@@ -1337,8 +1265,8 @@ class IkeEngine:
         if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
         want_transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        local_addr = _ip(sa.local[0])
-        remote_addr = _ip(sa.remote[0])
+        local_addr = ip(sa.local[0])
+        remote_addr = ip(sa.remote[0])
         ts_matched = False
         for ch in create.configs if create else conn.children:
             if ch.transport and not want_transport:
@@ -1702,7 +1630,7 @@ class IkeEngine:
         if sa.keepalive_at is not None and sa.keepalive_at <= now:
             # NAT-T keepalive (RFC 3948 §2.3): one 0xFF byte, no non-ESP marker
             self.stats.keepalives_sent += 1
-            self._out.append(Datagram(b"\xff", sa.local, sa.remote))
+            self._out.append(Datagram(nat.KEEPALIVE, sa.local, sa.remote))
             sa.keepalive_at = now + self.settings.keepalive_interval
         if sa.hard_at is not None and sa.hard_at <= now:
             sa.rekey_at = sa.hard_at = sa.life_at = None
@@ -1775,8 +1703,8 @@ class IkeEngine:
         assert sa.conn is not None
         ch = sa.conn.child(child)
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-        tsi = first_i + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
-        tsr = first_r + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
+        tsi = first_i + (ch.local_ts or (ts_for_address(ip(sa.local[0])),))
+        tsr = first_r + (ch.remote_ts or (ts_for_address(ip(sa.remote[0])),))
         self._send_child_request(sa, ch, tsi, tsr, None, None, now)
 
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:

@@ -39,7 +39,6 @@ request is answered INVALID_SYNTAX (the message is authenticated, RFC 7296 §2.2
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import struct
@@ -55,6 +54,7 @@ from ike.events import (
     IkeSaMigrated,
     IkeSaMigrateFailed,
 )
+from ike.nat import detection_notifies, nat_state
 from ike.sa import EndReason, IkeSa, MobikeUpdate, Mobility
 
 if TYPE_CHECKING:
@@ -79,20 +79,11 @@ _MOBIKE_NOTIFIES = _NAT_DETECTION | {
 # --------------------------------------------------------------------------- payloads
 
 
-def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
-    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    ip = ipaddress.ip_address(ep[0]).packed
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
-
-
 def nat_notifies(sa: IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
     """NAT_DETECTION_SOURCE_IP (our end) and _DESTINATION_IP (the peer's) of the path
     (default: the IKE SA's)."""
     local, remote = path or (sa.local, sa.remote)
-    return [
-        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
-        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)),
-    ]
+    return detection_notifies(sa.spi_i, sa.spi_r, local, remote)
 
 
 def our_additional(conn: CompiledConnection, local: Endpoint) -> list[str]:
@@ -162,13 +153,7 @@ def negotiate(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> None:
 def _nat_state(sa: IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
     """(a NAT on the path, our address translated) from the peer's NAT_DETECTION hashes
     over the current path, or None when it sent none (§3.5, RFC 7296 §2.23)."""
-    src = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-    dst = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not src or not dst:
-        return None
-    remote_ok = _nat_hash(sa.spi_i, sa.spi_r, sa.remote) in src
-    local_ok = _nat_hash(sa.spi_i, sa.spi_r, sa.local) in dst
-    return not (remote_ok and local_ok), not local_ok
+    return nat_state(sa.spi_i, sa.spi_r, sa.local, sa.remote, payloads)
 
 
 def _no_nats_data(src: Endpoint, dst: Endpoint) -> bytes:
