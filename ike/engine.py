@@ -63,7 +63,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ike import auth as ike_auth
-from ike import codec, mobike, nat, redirect, window
+from ike import codec, lifetimes, mobike, nat, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
@@ -1568,59 +1568,20 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ lifetimes (§2.8)
 
-    def _jittered(self, base: float, rand: float) -> float:
-        """`base` minus a random 0..rand (from the injected source): thousands of SAs set
-        up in the same second must not all rekey in the same second."""
-        if rand <= 0:
-            return base
-        return base - rand * int.from_bytes(self._random(2), "big") / 65536
-
     def _retry_delay(self) -> float:
-        """After TEMPORARY_FAILURE (§2.25): try again in 10..20 s."""
-        return 20.0 - self._jittered(10.0, 10.0)
+        return lifetimes.retry_delay(self._random)
 
     def _start_ike_lifetime(self, sa: IkeSa, now: float) -> None:
-        assert sa.conn is not None
-        c = sa.conn.config
-        if c.rekey_time:
-            sa.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
-            sa.hard_at = now + c.rekey_time + c.over_time
-        else:
-            sa.rekey_at = sa.hard_at = None
-        interval = self.settings.keepalive_interval
-        sa.keepalive_at = now + interval if sa.behind_nat and interval > 0 else None
-        sa.last_inbound = now
-        sa.dpd_at = now + c.dpd_delay if c.dpd_delay > 0 else None
+        lifetimes.start_ike(sa, self.settings, self._random, now)
         self._update_life(sa)
 
     def _start_child_lifetime(self, sa: IkeSa, child: ChildSa, now: float) -> None:
-        c = child.config.config
-        if c.rekey_time:
-            child.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
-        child.expire_at = now + c.life_time if c.life_time else None
+        lifetimes.start_child(child, self._random, now)
         self._update_life(sa)
 
     def _update_life(self, sa: IkeSa) -> None:
-        """life_at = the earliest rekey/expiry of the SA and its current Child SAs."""
-        at = sa.rekey_at
-        if sa.hard_at is not None and (at is None or sa.hard_at < at):
-            at = sa.hard_at
-        for t, _ in sa.child_retries:
-            if at is None or t < at:
-                at = t
-        if sa.keepalive_at is not None and (at is None or sa.keepalive_at < at):
-            at = sa.keepalive_at
-        if sa.dpd_at is not None and (at is None or sa.dpd_at < at):
-            at = sa.dpd_at
-        for c in sa.children.values():
-            if c.switch_at is not None and (at is None or c.switch_at < at):
-                at = c.switch_at
-            if c.closing:
-                continue
-            for due in (c.rekey_at, c.expire_at):
-                if due is not None and (at is None or due < at):
-                    at = due
-        sa.life_at = at
+        """life_at = the earliest lifetime deadline of the SA and its Child SAs."""
+        sa.life_at = lifetimes.earliest(sa)
         self._reschedule(sa)
 
     def _lifetimes_due(self, sa: IkeSa, now: float) -> None:
@@ -1671,17 +1632,8 @@ class IkeEngine:
         of InboundTraffic only now, so traffic costs nothing per packet): send an empty
         INFORMATIONAL. Its retransmissions failing makes the peer dead (`_give_up`). An
         exchange already under way tests the peer the same way: no second check."""
-        assert sa.conn is not None
-        delay = sa.conn.config.dpd_delay
-        if self._traffic is not None and sa.children:
-            seen = sum(self._traffic.packets_in(sa.uid, spi) for spi in sa.children)
-            if seen != sa.esp_seen:
-                sa.esp_seen = seen
-                sa.last_inbound = now
-        if sa.last_inbound + delay > now:
-            sa.dpd_at = sa.last_inbound + delay
+        if not lifetimes.dpd_check_due(sa, self._traffic, now):
             return
-        sa.dpd_at = now + delay
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
             self._send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
