@@ -85,7 +85,6 @@ from ike.config import (
     format_identity,
 )
 from ike.constants import (
-    ERROR_NOTIFY_MAX,
     NON_ESP_MARKER,
     ExchangeType,
     IdType,
@@ -121,6 +120,7 @@ from ike.keys import (
     skeyseed,
     skeyseed_rekey,
 )
+from ike.payloads import error_notify, first, first_notify, notify_type
 from ike.pki.names import same_identity
 from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
 from ike.sa import (
@@ -156,17 +156,6 @@ __all__ = [
 
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 
-_CHILD_ERRORS = frozenset(
-    {
-        NotifyType.NO_PROPOSAL_CHOSEN,
-        NotifyType.TS_UNACCEPTABLE,
-        NotifyType.SINGLE_PAIR_REQUIRED,
-        NotifyType.INTERNAL_ADDRESS_FAILURE,
-        NotifyType.FAILED_CP_REQUIRED,
-        NotifyType.INVALID_SELECTORS,
-        NotifyType.NO_ADDITIONAL_SAS,
-    }
-)
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
 # a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
 _SUPERSEDED_LINGER = 60.0
@@ -187,21 +176,6 @@ class _CreateChildResponse:
 def _id_for_address(text: str) -> tuple[int, bytes]:
     a = ip(text)
     return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
-
-
-def _notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if type(p) is Notify]
-
-
-def _first(payloads: Sequence[Payload], cls: type, kind: int | None = None) -> Payload | None:
-    for p in payloads:
-        if type(p) is cls and (kind is None or p.payload_type == kind):
-            return p
-    return None
-
-
-def _error_notify(payloads: Sequence[Payload]) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type <= ERROR_NOTIFY_MAX), None)
 
 
 class _Host:
@@ -903,7 +877,7 @@ class IkeEngine:
             )
             return
         p = msg.payloads
-        sa_p, ke, nonce = _first(p, SecurityAssociation), _first(p, KeyExchange), _first(p, Nonce)
+        sa_p, ke, nonce = first(p, SecurityAssociation), first(p, KeyExchange), first(p, Nonce)
         if not (
             isinstance(sa_p, SecurityAssociation)
             and isinstance(ke, KeyExchange)
@@ -969,7 +943,7 @@ class IkeEngine:
         if (
             self.settings.fragmentation
             and any(c.config.fragmentation != "no" for c in candidates)
-            and _first_notify(p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
+            and first_notify(p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
         ):
             sa.frag = True
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
@@ -1012,11 +986,11 @@ class IkeEngine:
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         assert sa.conn is not None
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        moved = first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None:
             redirect.on_init_response(self._host, sa, moved, now)
             return
-        cookie = _first_notify(payloads, NotifyType.COOKIE)
+        cookie = first_notify(payloads, NotifyType.COOKIE)
         if cookie is not None:
             if sa.init_retries >= _MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
                 raise ProtocolError(NotifyType.COOKIE, "responder keeps demanding a cookie")
@@ -1024,7 +998,7 @@ class IkeEngine:
             sa.cookie = cookie.data
             self._send_init(sa, now)
             return
-        invalid_ke = _first_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
+        invalid_ke = first_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
             group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
             ours = {g.id for s in sa.conn.ike for g in s.dh}
@@ -1035,15 +1009,15 @@ class IkeEngine:
             sa.dh = DH_GROUPS[group].generate(self._random)
             self._send_init(sa, now)
             return
-        err = _error_notify(payloads)
+        err = error_notify(payloads)
         if err is not None:
             raise ProtocolError(
-                _notify_type(err.type), f"responder answered {name_of(NotifyType, err.type)}"
+                notify_type(err.type), f"responder answered {name_of(NotifyType, err.type)}"
             )
         sa_p, ke, nonce = (
-            _first(payloads, SecurityAssociation),
-            _first(payloads, KeyExchange),
-            _first(payloads, Nonce),
+            first(payloads, SecurityAssociation),
+            first(payloads, KeyExchange),
+            first(payloads, Nonce),
         )
         if (
             not (
@@ -1068,7 +1042,7 @@ class IkeEngine:
         sa.frag = (
             self.settings.fragmentation
             and sa.conn.config.fragmentation != "no"
-            and bool(_first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+            and bool(first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         )
         nat_d = self._detect_nat(sa, payloads)
         sa.nat = bool(nat_d)
@@ -1122,9 +1096,9 @@ class IkeEngine:
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         assert sa.suite is not None and sa.keys is not None
-        idi = _first(payloads, Identification, PayloadType.IDi)
-        idr = _first(payloads, Identification, PayloadType.IDr)
-        auth = _first(payloads, Authentication)
+        idi = first(payloads, Identification, PayloadType.IDi)
+        idr = first(payloads, Identification, PayloadType.IDr)
+        auth = first(payloads, Authentication)
         if not isinstance(idi, Identification) or not isinstance(auth, Authentication):
             return self._auth_failed(sa, "IKE_AUTH without IDi or AUTH", now)
         peer_id = (idi.id_type, idi.data)
@@ -1181,7 +1155,7 @@ class IkeEngine:
         if sa.mobike:
             out += mobike.auth_payloads(conn, sa.local)
         self._established(sa, now)
-        sa_p = _first(payloads, SecurityAssociation)
+        sa_p = first(payloads, SecurityAssociation)
         if isinstance(sa_p, SecurityAssociation):
             out += self._respond_child(sa, conn, sa_p, payloads, now)
         return out
@@ -1260,11 +1234,11 @@ class IkeEngine:
         """Pick the Child config and ESP proposal, narrow the selectors, install. With
         `create` (a CREATE_CHILD_SA request) only its configs are tried, a DH group in
         the ESP proposal means PFS (a fresh KE, §1.3.1) and Nr/KEr join the answer."""
-        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
+        tsi = first(payloads, TrafficSelectors, PayloadType.TSi)
+        tsr = first(payloads, TrafficSelectors, PayloadType.TSr)
         if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
-        want_transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
+        want_transport = first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
         local_addr = ip(sa.local[0])
         remote_addr = ip(sa.remote[0])
         ts_matched = False
@@ -1437,14 +1411,14 @@ class IkeEngine:
     ) -> None:
         conn = sa.conn
         assert conn is not None and sa.suite is not None and sa.keys is not None
-        idr = _first(payloads, Identification, PayloadType.IDr)
-        auth = _first(payloads, Authentication)
+        idr = first(payloads, Identification, PayloadType.IDr)
+        auth = first(payloads, Authentication)
         if not isinstance(auth, Authentication) or not isinstance(idr, Identification):
-            err = _error_notify(payloads)
+            err = error_notify(payloads)
             if err is not None and err.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
             raise ProtocolError(
-                _notify_type(err.type) if err else NotifyType.INVALID_SYNTAX,
+                notify_type(err.type) if err else NotifyType.INVALID_SYNTAX,
                 "IKE_AUTH response without IDr/AUTH",
             )
         peer_id = (idr.id_type, idr.data)
@@ -1462,7 +1436,7 @@ class IkeEngine:
             )
             raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
         sa.remote_id = peer_id
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        moved = first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None and redirect.on_auth_response(self._host, sa, moved, now):
             return  # RFC 5685 §6: the gateway authenticated and sent us elsewhere
         mobike.negotiate(self._host, sa, payloads)
@@ -1470,7 +1444,7 @@ class IkeEngine:
         pending = sa.pending_child
         sa.pending_child = None
         assert pending is not None
-        err = _error_notify(payloads)
+        err = error_notify(payloads)
         if err is not None:
             self._spis.release(pending.spi_in)
             self._events.append(
@@ -1537,7 +1511,7 @@ class IkeEngine:
                 self._take_over(sa, theirs, now)
             self.end_sa(sa, EndReason.DELETED_BY_PEER, now, after=After.LINGER)
             return []
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
+        moved = first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None and sa.live:
             redirect.on_informational(self._host, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
@@ -1742,7 +1716,7 @@ class IkeEngine:
         sa.child_requests.remove(req)
         old = req.old
         live_old = old is not None and sa.children.get(old.spi_in) is old
-        err = _error_notify(payloads)
+        err = error_notify(payloads)
         if err is not None:
             self._spis.release(req.spi_in)
             if err.type == NotifyType.INVALID_KE_PAYLOAD and not req.retried:
@@ -1807,7 +1781,7 @@ class IkeEngine:
     def _accept_created_child(
         self, req: ChildRequest, sa: IkeSa, payloads: Sequence[Payload], now: float
     ) -> tuple[ChildSa, bytes, bytes]:
-        nonce = _first(payloads, Nonce)
+        nonce = first(payloads, Nonce)
         if not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA answer without Nr")
         suite, peer, tsi, tsr, transport = self._check_child_answer(
@@ -1815,7 +1789,7 @@ class IkeEngine:
         )
         g_ir = b""
         if suite.dh is not None:
-            ke = _first(payloads, KeyExchange)
+            ke = first(payloads, KeyExchange)
             if (
                 req.dh is None
                 or not isinstance(ke, KeyExchange)
@@ -1838,9 +1812,9 @@ class IkeEngine:
     ) -> tuple[EspSuite, int, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...], bool]:
         """Initiator: the responder's Child answer must be a choice from our proposals,
         inside our selectors and in our mode. Returns (suite, its SPI, TSi, TSr, transport)."""
-        sa_p = _first(payloads, SecurityAssociation)
-        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
+        sa_p = first(payloads, SecurityAssociation)
+        tsi = first(payloads, TrafficSelectors, PayloadType.TSi)
+        tsr = first(payloads, TrafficSelectors, PayloadType.TSr)
         if not (
             isinstance(sa_p, SecurityAssociation)
             and isinstance(tsi, TrafficSelectors)
@@ -1855,7 +1829,7 @@ class IkeEngine:
             or not all(covered(t, want_tsr) for t in tsr.selectors)
         ):
             raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
-        transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
+        transport = first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
         if transport != config.transport:
             raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
         peer = int.from_bytes(peer_spi, "big")
@@ -1901,9 +1875,9 @@ class IkeEngine:
         assert sa.conn is not None
         if not sa.current:
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "this IKE SA was rekeyed")
-        sa_p = _first(payloads, SecurityAssociation)
-        nonce = _first(payloads, Nonce)
-        ke_p = _first(payloads, KeyExchange)
+        sa_p = first(payloads, SecurityAssociation)
+        nonce = first(payloads, Nonce)
+        ke_p = first(payloads, KeyExchange)
         ke = ke_p if isinstance(ke_p, KeyExchange) else None
         if not isinstance(sa_p, SecurityAssociation) or not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
@@ -1911,7 +1885,7 @@ class IkeEngine:
             return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
         if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
-        rekey = _first_notify(payloads, NotifyType.REKEY_SA)
+        rekey = first_notify(payloads, NotifyType.REKEY_SA)
         old = None
         if rekey is not None:
             if rekey.protocol != ProtocolId.ESP or len(rekey.spi) != 4:
@@ -1979,7 +1953,7 @@ class IkeEngine:
         collision, sa.collision = sa.collision, None
         if sa.rekey is not RekeyState.IDLE:
             sa.rekey_to(RekeyState.IDLE)
-        err = _error_notify(payloads)
+        err = error_notify(payloads)
         new = None
         if err is None:
             try:
@@ -2029,9 +2003,9 @@ class IkeEngine:
     ) -> IkeSa:
         assert sa.conn is not None
         sa_p, ke, nonce = (
-            _first(payloads, SecurityAssociation),
-            _first(payloads, KeyExchange),
-            _first(payloads, Nonce),
+            first(payloads, SecurityAssociation),
+            first(payloads, KeyExchange),
+            first(payloads, Nonce),
         )
         if not (
             isinstance(sa_p, SecurityAssociation)
@@ -2175,17 +2149,6 @@ _REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,
 }
-
-
-def _first_notify(payloads: Sequence[Payload], ntype: int) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type == ntype), None)
-
-
-def _notify_type(value: int) -> NotifyType:
-    try:
-        return NotifyType(value)
-    except ValueError:
-        return NotifyType.INVALID_SYNTAX
 
 
 def _accepts(conn: CompiledConnection, answer: codec.Proposal) -> bool:

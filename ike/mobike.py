@@ -55,6 +55,7 @@ from ike.events import (
     IkeSaMigrateFailed,
 )
 from ike.nat import detection_notifies, nat_state
+from ike.payloads import error_notify, first_notify, notifies
 from ike.sa import EndReason, IkeSa, MobikeUpdate, Mobility
 
 if TYPE_CHECKING:
@@ -114,20 +115,12 @@ def auth_payloads(conn: CompiledConnection, local: Endpoint) -> list[Payload]:
     return [Notify(NotifyType.MOBIKE_SUPPORTED), *address_notifies(conn, local, say_none=False)]
 
 
-def _notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if type(p) is Notify]
-
-
-def _first(payloads: Sequence[Payload], ntype: int) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type == ntype), None)
-
-
 def peer_additional(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> tuple[str, ...] | None:
     """The peer's address list from ADDITIONAL_* / NO_ADDITIONAL_ADDRESSES, None if the
     message says nothing about it. Malformed entries are skipped and counted."""
     seen = False
     addrs: list[str] = []
-    for n in _notifies(payloads):
+    for n in notifies(payloads):
         if n.type == NotifyType.NO_ADDITIONAL_ADDRESSES:
             seen = True
         elif n.type in (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6_ADDRESS):
@@ -145,7 +138,7 @@ def peer_additional(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> tup
 def negotiate(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> None:
     """After IKE_AUTH (either role): MOBIKE in use if both sides announced it."""
     assert sa.conn is not None
-    if sa.conn.config.mobike and _first(payloads, NotifyType.MOBIKE_SUPPORTED) is not None:
+    if sa.conn.config.mobike and first_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None:
         sa.mobility_to(Mobility.MOBIKE)
         sa.peer_addrs = peer_additional(host, sa, payloads) or ()
 
@@ -218,8 +211,8 @@ def start_update(
 def _on_update_response(
     host: SaHost, sa: IkeSa, update: MobikeUpdate, payloads: Sequence[Payload], now: float
 ) -> None:
-    cookie2 = _first(payloads, NotifyType.COOKIE2)
-    error = next((n for n in _notifies(payloads) if n.type < 16384), None)
+    cookie2 = first_notify(payloads, NotifyType.COOKIE2)
+    error = error_notify(payloads)
     if error is None and (cookie2 is None or not hmac.compare_digest(cookie2.data, update.cookie2)):
         host.stats.cookie2_mismatches += 1
         sa.queue.clear()
@@ -292,7 +285,7 @@ def on_informational(
     now: float,
 ) -> list[Payload]:
     """The MOBIKE part of a peer's INFORMATIONAL request: the payloads to answer with."""
-    wanted = {n.type for n in _notifies(payloads)}
+    wanted = {n.type for n in notifies(payloads)}
     if not wanted & _MOBIKE_NOTIFIES:
         return []
     if not sa.mobike:
@@ -320,11 +313,11 @@ def _update_request(
 ) -> list[Payload]:
     assert sa.conn is not None
     local, remote = addr
-    cookie2 = _first(payloads, NotifyType.COOKIE2)
+    cookie2 = first_notify(payloads, NotifyType.COOKIE2)
     if cookie2 is not None and not COOKIE2_MIN <= len(cookie2.data) <= COOKIE2_MAX:
         host.stats.mobike_malformed += 1
         raise ProtocolError(NotifyType.INVALID_SYNTAX, "COOKIE2 of a bad length")
-    no_nats = _first(payloads, NotifyType.NO_NATS_ALLOWED)
+    no_nats = first_notify(payloads, NotifyType.NO_NATS_ALLOWED)
     if no_nats is not None:
         if len(no_nats.data) not in (12, 36):
             host.stats.mobike_malformed += 1
