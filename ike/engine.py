@@ -60,10 +60,10 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ike import auth as ike_auth
-from ike import codec, lifetimes, mobike, nat, redirect, window
+from ike import child_sa, codec, lifetimes, mobike, nat, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
@@ -97,11 +97,7 @@ from ike.cookies import Cookies
 from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
 from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
 from ike.events import (
-    ChildSaDeleted,
-    ChildSaEstablished,
     ChildSaFailed,
-    ChildSaOutboundSwitched,
-    ChildSaRekeyed,
     Datagram,
     DpdFailed,
     Endpoint,
@@ -115,20 +111,16 @@ from ike.events import (
 from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
 from ike.host import ExchangeHost
 from ike.keys import (
-    derive_child_sa_keys,
     derive_ike_sa_keys,
     skeyseed,
     skeyseed_rekey,
 )
 from ike.payloads import error_notify, first, first_notify, notify_type
 from ike.pki.names import same_identity
-from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
+from ike.proposals import IkeSuite, accept_ike, select_ike
 from ike.sa import (
     ZERO_SPI,
     After,
-    ChildRekey,
-    ChildRequest,
-    ChildSa,
     ChildState,
     EndReason,
     IkeSa,
@@ -140,7 +132,7 @@ from ike.sa import (
 )
 from ike.sk import IntegrityError, SkCipher
 from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
-from ike.ts import TrafficSelector, covered, ip, narrow, ts_for_address
+from ike.ts import TrafficSelector, ip, ts_for_address
 from ike.window import Request, ResponseHandler, Wire
 
 __all__ = [
@@ -159,18 +151,6 @@ Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
 # a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
 _SUPERSEDED_LINGER = 60.0
-
-
-@dataclass(slots=True)
-class _CreateChildResponse:
-    """Our side of a peer's CREATE_CHILD_SA request for a Child SA (`_select_child`)."""
-
-    configs: tuple[CompiledChild, ...]
-    ke: KeyExchange | None
-    ni: bytes
-    nr: bytes
-    replaces: ChildSa | None
-    made: ChildSa | None = None
 
 
 def _id_for_address(text: str) -> tuple[int, bytes]:
@@ -264,7 +244,6 @@ class IkeEngine:
         self._cookies: Cookies[IkeSa] = Cookies(self.settings, random)
         # a rekey responder whose old SA the initiator has not deleted by then sends on
         # the new SA anyway: the initiator has our answer or has given up on it
-        self._switch_wait = window.retransmission_span(self.settings)
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
@@ -422,10 +401,7 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        if child.state is ChildState.DELETING:
-            return
-        child.move(ChildState.DELETING)
-        self._send_child_delete(sa, spi_in, now, self._on_delete_child_response)
+        child_sa.delete(self._host, sa, child, now)
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
         """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
@@ -806,7 +782,7 @@ class IkeEngine:
         for child in sa.children.values():
             child.outbound_from = child.switch_at = None  # everything goes: no switch
         for child in list(sa.children.values()):
-            self._child_deleted(sa, child, reason, now)
+            child_sa.deleted(self._host, sa, child, reason, now)
         if dead:
             self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
 
@@ -825,19 +801,6 @@ class IkeEngine:
         sa.child_requests.clear()
         self._release_pending(sa)
         sa.timer_at = None
-
-    def _child_deleted(self, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
-        sa.children.pop(child.spi_in, None)
-        self._spis.release(child.spi_in)
-        child.outbound_from = child.switch_at = None
-        for successor in [c for c in sa.children.values() if c.outbound_from is child]:
-            # the old SA goes (normally the rekey initiator's Delete): send on the new one
-            self._switch_outbound(sa, successor, "old SA deleted", now)
-        self._events.append(
-            ChildSaDeleted(
-                sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now
-            )
-        )
 
     # ------------------------------------------------------------------ IKE_SA_INIT
 
@@ -1157,7 +1120,7 @@ class IkeEngine:
         self._established(sa, now)
         sa_p = first(payloads, SecurityAssociation)
         if isinstance(sa_p, SecurityAssociation):
-            out += self._respond_child(sa, conn, sa_p, payloads, now)
+            out += child_sa.respond_in_auth(self._host, sa, conn, sa_p, payloads, now)
         return out
 
     def _auth_failed(
@@ -1200,209 +1163,6 @@ class IkeEngine:
                 sa.hard_at,
                 sa.mobike,
                 sa.peer_addrs,
-            )
-        )
-
-    def _respond_child(
-        self,
-        sa: IkeSa,
-        conn: CompiledConnection,
-        sa_p: SecurityAssociation,
-        payloads: Sequence[Payload],
-        now: float,
-    ) -> list[Payload]:
-        """The Child part of our IKE_AUTH answer: its SA and TS payloads, or the NOTIFY
-        that refuses it (a ChildSaFailed event names the Child config we tried, if any)."""
-        tried: list[str] = []
-        try:
-            return self._select_child(sa, conn, sa_p, payloads, now, tried)
-        except ProtocolError as exc:
-            child = tried[0] if tried else ""
-            self._events.append(ChildSaFailed(sa.uid, conn.name, child, exc.notify.name, now))
-            return [Notify(exc.notify, exc.data)]
-
-    def _select_child(
-        self,
-        sa: IkeSa,
-        conn: CompiledConnection,
-        sa_p: SecurityAssociation,
-        payloads: Sequence[Payload],
-        now: float,
-        tried: list[str],
-        create: _CreateChildResponse | None = None,
-    ) -> list[Payload]:
-        """Pick the Child config and ESP proposal, narrow the selectors, install. With
-        `create` (a CREATE_CHILD_SA request) only its configs are tried, a DH group in
-        the ESP proposal means PFS (a fresh KE, §1.3.1) and Nr/KEr join the answer."""
-        tsi = first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = first(payloads, TrafficSelectors, PayloadType.TSr)
-        if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
-        want_transport = first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        local_addr = ip(sa.local[0])
-        remote_addr = ip(sa.remote[0])
-        ts_matched = False
-        for ch in create.configs if create else conn.children:
-            if ch.transport and not want_transport:
-                continue
-            ni = narrow(tsi.selectors, ch.remote_ts or (ts_for_address(remote_addr),))
-            nr = narrow(tsr.selectors, ch.local_ts or (ts_for_address(local_addr),))
-            if not ni or not nr:
-                continue
-            ts_matched = True
-            tried.append(ch.name)
-            try:
-                answer, suite, peer_spi = select_esp(
-                    ch.esp, sa_p.proposals, bytes(4), with_dh=create is not None
-                )
-            except ProtocolError:
-                continue
-            pfs: list[Payload] = []
-            exchange = None
-            if create is not None:
-                g_ir = b""
-                if suite.dh is not None:
-                    ke = create.ke
-                    if ke is None or ke.group != suite.dh.id:
-                        raise ProtocolError(
-                            NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id)
-                        )
-                    dh = suite.dh.generate(self._random)
-                    g_ir = dh.exchange(ke.data)
-                    pfs = [KeyExchange(suite.dh.id, dh.public)]
-                pfs.insert(0, Nonce(create.nr))
-                exchange = (False, create.ni, create.nr, g_ir)
-            replaces = create.replaces if create is not None else None
-            try:
-                spi_in = self._spis.allocate(replaces.spi_in if replaces is not None else None)
-            except SpiExhausted:
-                raise ProtocolError(NotifyType.NO_ADDITIONAL_SAS, "no inbound SPI left") from None
-            answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
-            transport = want_transport and ch.transport
-            peer = int.from_bytes(peer_spi, "big")
-            child = ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now)
-            if create is not None:
-                create.made = child
-            self._install_child(sa, child, exchange, create.replaces if create else None)
-            out: list[Payload] = [Notify(NotifyType.USE_TRANSPORT_MODE)] if transport else []
-            return out + [
-                SecurityAssociation((answer,)),
-                *pfs,
-                TrafficSelectors(PayloadType.TSi, ni),
-                TrafficSelectors(PayloadType.TSr, nr),
-            ]
-        if not ts_matched:
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE)
-        raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN)
-
-    def _install_child(
-        self,
-        sa: IkeSa,
-        child: ChildSa,
-        exchange: tuple[bool, bytes, bytes, bytes] | None = None,
-        replaces: ChildSa | None = None,
-    ) -> None:
-        """Record a new Child SA and emit its keys: ChildSaEstablished, or ChildSaRekeyed
-        when it `replaces` one. `exchange` = (we initiated, Ni, Nr, g^ir) of the
-        CREATE_CHILD_SA that made it (§2.17); None: the IKE_AUTH exchange."""
-        assert sa.suite is not None and sa.keys is not None and sa.conn is not None
-        suite, ch, transport = child.suite, child.config, child.transport
-        spi_in, spi_out, now = child.spi_in, child.spi_out, child.installed_at
-        initiator, ni, nr, g_ir = exchange or (sa.initiator, sa.ni, sa.nr, b"")
-        k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, ni, nr, g_ir)
-        if initiator:
-            e_out, a_out, e_in, a_in = k.encr_i, k.integ_i, k.encr_r, k.integ_r
-        else:
-            e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
-        sa.children[spi_in] = child
-        self._start_child_lifetime(sa, child, now)
-        encr, integ = suite.encr, suite.integ
-        self._emit_child(
-            sa,
-            child,
-            replaces,
-            initiator,  # of this exchange: the rekey initiator switches outbound at once
-            ChildSaEstablished(
-                ike_sa=sa.uid,
-                connection=sa.conn.name,
-                child=ch.name,
-                initiator=sa.initiator,
-                spi_in=spi_in,
-                spi_out=spi_out,
-                mode="transport" if transport else "tunnel",
-                local_addr=sa.local[0],
-                remote_addr=sa.remote[0],
-                encap=(sa.local[1], sa.remote[1]) if sa.nat else None,
-                local_ts=child.local_ts,
-                remote_ts=child.remote_ts,
-                proposal=suite.name,
-                encr_alg=encr.kernel_name,
-                icv_bits=encr.icv_size * 8,
-                integ_alg=integ.kernel_name if integ else None,
-                integ_trunc_bits=integ.icv_size * 8 if integ else 0,
-                esn=suite.esn,
-                encr_key_in=e_in,
-                encr_key_out=e_out,
-                integ_key_in=a_in,
-                integ_key_out=a_out,
-                time=now,
-                rekey_at=child.rekey_at,
-                expire_at=child.expire_at,
-            ),
-        )
-
-    def _emit_child(
-        self,
-        sa: IkeSa,
-        child: ChildSa,
-        replaces: ChildSa | None,
-        outbound: bool,
-        e: ChildSaEstablished,
-    ) -> None:
-        """ChildSaEstablished, or ChildSaRekeyed when `child` replaces an SA. Only the
-        rekey initiator sends on the new SA at once (`outbound`); the responder installs
-        the new inbound SA and keeps sending on the old one until the initiator's Delete
-        of it arrives, because until the initiator has our answer it cannot decrypt the
-        new SA (RFC 7296 §2.8; strongSwan does the same): ChildSaOutboundSwitched."""
-        if replaces is None:
-            self._events.append(e)
-            return
-        if not outbound:
-            child.outbound_from = replaces.outbound_from or replaces
-            child.switch_at = e.time + self._switch_wait
-        replaces.outbound_from = replaces.switch_at = None  # superseded by `child`
-        self._update_life(sa)
-        self._events.append(
-            ChildSaRekeyed(
-                e.ike_sa,
-                e.connection,
-                e.child,
-                replaces.spi_in,
-                replaces.spi_out,
-                e,
-                e.time,
-                outbound,
-            )
-        )
-
-    def _switch_outbound(self, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
-        """The rekey responder now sends on `child` (its old SA is being deleted, or the
-        initiator's Delete did not come within `_switch_wait`)."""
-        old = child.outbound_from
-        child.outbound_from = child.switch_at = None
-        if old is None:
-            return
-        self._events.append(
-            ChildSaOutboundSwitched(
-                sa.uid,
-                sa.name,
-                child.config.name,
-                child.spi_in,
-                child.spi_out,
-                old.spi_in,
-                old.spi_out,
-                reason,
-                now,
             )
         )
 
@@ -1454,7 +1214,7 @@ class IkeEngine:
             )
             return
         try:
-            self._accept_child(sa, pending, payloads, now)
+            child_sa.accept_from_auth(self._host, sa, pending, payloads, now)
         except ProtocolError as exc:
             self._spis.release(pending.spi_in)
             self._events.append(
@@ -1469,15 +1229,6 @@ class IkeEngine:
                 now,
             )
 
-    def _accept_child(
-        self, sa: IkeSa, pending: PendingChild, payloads: Sequence[Payload], now: float
-    ) -> None:
-        suite, peer, tsi, tsr, transport = self._check_child_answer(
-            pending.config, pending.tsi, pending.tsr, payloads
-        )
-        child = ChildSa(pending.config, pending.spi_in, peer, suite, transport, tsi, tsr, now)
-        self._install_child(sa, child)
-
     # ------------------------------------------------------------------ INFORMATIONAL
 
     def _on_informational_request(
@@ -1491,15 +1242,7 @@ class IkeEngine:
                 if p.protocol == ProtocolId.IKE:
                     delete_ike = True
                 elif p.protocol == ProtocolId.ESP and p.spi_size == 4:
-                    for spi in p.spis:
-                        out_spi = int.from_bytes(spi, "big")
-                        child = next(
-                            (c for c in sa.children.values() if c.spi_out == out_spi), None
-                        )
-                        if child is not None:
-                            deleted_spis.append(child.spi_in.to_bytes(4, "big"))
-                            why = "rekeyed" if child.rekeyed else "deleted by peer"
-                            self._child_deleted(sa, child, why, now)
+                    deleted_spis += child_sa.on_peer_delete(self._host, sa, p.spis, now)
             elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
                 self.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, after=After.LINGER)
@@ -1523,13 +1266,6 @@ class IkeEngine:
     ) -> None:
         self.end_sa(sa, EndReason.DELETED, now)
 
-    def _on_delete_child_response(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        # Whatever the peer answers, our request named the SA: it is gone on our side.
-        for child in [c for c in sa.children.values() if c.state is ChildState.DELETING]:
-            self._child_deleted(sa, child, "rekeyed" if child.rekeyed else "deleted", now)
-
     def _on_liveness_response(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
@@ -1547,10 +1283,6 @@ class IkeEngine:
 
     def _start_ike_lifetime(self, sa: IkeSa, now: float) -> None:
         lifetimes.start_ike(sa, self.settings, self._random, now)
-        self._update_life(sa)
-
-    def _start_child_lifetime(self, sa: IkeSa, child: ChildSa, now: float) -> None:
-        lifetimes.start_child(child, self._random, now)
         self._update_life(sa)
 
     def _update_life(self, sa: IkeSa) -> None:
@@ -1585,17 +1317,17 @@ class IkeEngine:
                 self.create_child_sa(sa.uid, ch.name, now)
         for child in list(sa.children.values()):
             if child.switch_at is not None and child.switch_at <= now:
-                self._switch_outbound(sa, child, "timeout", now)
+                child_sa.switch_outbound(self._host, sa, child, "timeout", now)
             if child.closing:
                 continue
             if child.expire_at is not None and child.expire_at <= now:
                 # the hard lifetime: gone now (the kernel drops it too), the peer is told
-                self._child_deleted(sa, child, "expired", now)
-                self._send_child_delete(sa, child.spi_in, now)
+                child_sa.deleted(self._host, sa, child, "expired", now)
+                child_sa.send_delete(self._host, sa, child.spi_in, now)
             elif child.rekey_at is not None and child.rekey_at <= now:
                 child.rekey_at = None
                 if not child.rekeying:
-                    self._start_child_rekey(sa, child, now)
+                    child_sa.start_rekey(self._host, sa, child, now)
         if sa.dpd_at is not None and sa.dpd_at <= now:
             self._dpd_due(sa, now)
         self._update_life(sa)
@@ -1627,11 +1359,7 @@ class IkeEngine:
         `packet_ts` as in initiate()."""
         sa = self._established_sa(ike_sa)
         assert sa.conn is not None
-        ch = sa.conn.child(child)
-        first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-        tsi = first_i + (ch.local_ts or (ts_for_address(ip(sa.local[0])),))
-        tsr = first_r + (ch.remote_ts or (ts_for_address(ip(sa.remote[0])),))
-        self._send_child_request(sa, ch, tsi, tsr, None, None, now)
+        child_sa.start_create(self._host, sa, sa.conn.child(child), packet_ts, now)
 
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
         """Rekey the Child SA with inbound SPI `spi_in` now (§1.3.3), e.g. because a
@@ -1642,7 +1370,7 @@ class IkeEngine:
         if child is None or child.rekeyed:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
         if not child.rekeying and child.state is not ChildState.DELETING:
-            self._start_child_rekey(sa, child, now)
+            child_sa.start_rekey(self._host, sa, child, now)
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
         """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
@@ -1655,219 +1383,6 @@ class IkeEngine:
         if not sa.live:
             raise LocalError(f"IKE SA {uid} is not established")
         return sa
-
-    def _start_child_rekey(self, sa: IkeSa, child: ChildSa, now: float) -> None:
-        child.rekey_to(ChildRekey.REKEYING)
-        self._send_child_request(
-            sa, child.config, child.local_ts, child.remote_ts, child, None, now
-        )
-
-    def _send_child_request(
-        self,
-        sa: IkeSa,
-        ch: CompiledChild,
-        tsi: tuple[TrafficSelector, ...],
-        tsr: tuple[TrafficSelector, ...],
-        old: ChildSa | None,
-        group: int | None,
-        now: float,
-    ) -> None:
-        try:
-            spi_in = self._spis.allocate(old.spi_in if old is not None else None)
-        except SpiExhausted:
-            if old is not None:
-                old.rekey_done()
-                old.rekey_at = now + self._retry_delay()
-                self._update_life(sa)
-            self._events.append(ChildSaFailed(sa.uid, sa.name, ch.name, "no inbound SPI left", now))
-            return
-        groups = [g for spec in ch.esp for g in spec.dh]
-        dh_group = DH_GROUPS[group] if group is not None else (groups[0] if groups else None)
-        dh = dh_group.generate(self._random) if dh_group is not None else None
-        ni = self._random(self.settings.nonce_size)
-        req = ChildRequest(ch, spi_in, tsi, tsr, ni, dh, old, group is not None)
-        sa.child_requests.append(req)
-        payloads: list[Payload] = []
-        if old is not None:
-            payloads.append(
-                Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, old.spi_in.to_bytes(4, "big"))
-            )
-        if ch.transport:
-            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
-        spi = spi_in.to_bytes(4, "big")
-        payloads += [
-            SecurityAssociation(tuple(s.to_proposal(i + 1, spi) for i, s in enumerate(ch.esp))),
-            Nonce(ni),
-        ]
-        if dh is not None:
-            payloads.append(KeyExchange(dh.group.id, dh.public))
-        payloads += [TrafficSelectors(PayloadType.TSi, tsi), TrafficSelectors(PayloadType.TSr, tsr)]
-
-        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-            self._on_child_response(req, s, p, n)
-
-        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _on_child_response(
-        self, req: ChildRequest, sa: IkeSa, payloads: tuple[Payload, ...], now: float
-    ) -> None:
-        if req not in sa.child_requests:
-            return  # the IKE SA released it meanwhile
-        sa.child_requests.remove(req)
-        old = req.old
-        live_old = old is not None and sa.children.get(old.spi_in) is old
-        err = error_notify(payloads)
-        if err is not None:
-            self._spis.release(req.spi_in)
-            if err.type == NotifyType.INVALID_KE_PAYLOAD and not req.retried:
-                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
-                if group in {g.id for spec in req.config.esp for g in spec.dh}:
-                    self._send_child_request(sa, req.config, req.tsi, req.tsr, old, group, now)
-                    return
-            if old is None and err.type == NotifyType.TEMPORARY_FAILURE:
-                sa.child_retries.append((now + self._retry_delay(), req.config))  # §2.25
-                self._update_life(sa)
-                return
-            self._child_request_failed(sa, req, name_of(NotifyType, err.type), now)
-            if old is not None and live_old and not old.rekeyed:
-                if err.type == NotifyType.CHILD_SA_NOT_FOUND:  # the peer has no such SA
-                    self._child_deleted(sa, old, "CHILD_SA_NOT_FOUND", now)
-                elif err.type == NotifyType.TEMPORARY_FAILURE:
-                    old.rekey_at = now + self._retry_delay()
-                    self._update_life(sa)
-            return
-        try:
-            child, nr, g_ir = self._accept_created_child(req, sa, payloads, now)
-        except ProtocolError as exc:
-            self._spis.release(req.spi_in)
-            self._child_request_failed(sa, req, exc.notify.name, now)
-            self._send_child_delete(sa, req.spi_in, now)  # the responder made it (§1.4.1)
-            return
-        exchange = (True, req.ni, nr, g_ir)
-        if old is None:
-            self._install_child(sa, child, exchange)
-            return
-        collision = old.rekey_done()
-        if not live_old:  # deleted while we rekeyed it (a crossing Delete)
-            self._discard_child(sa, child, now)
-            return
-        if collision is None:
-            old.rekey_to(ChildRekey.REKEYED)
-            self._install_child(sa, child, exchange, old)
-            self._delete_rekeyed_child(sa, old, now)
-            return
-        # §2.8.1: both ends rekeyed `old`; the exchange with the lowest of the four
-        # nonces made the redundant SA, which its initiator deletes; the initiator of the
-        # other exchange deletes `old`
-        peer_ni, our_nr, theirs = collision
-        if min(req.ni, nr, peer_ni, our_nr) in (req.ni, nr):
-            self._discard_child(sa, child, now)
-        elif sa.children.get(theirs.spi_in) is theirs:
-            theirs.rekey_to(ChildRekey.REKEYED)
-            self._install_child(sa, child, exchange, theirs)
-            self._delete_rekeyed_child(sa, old, now)
-        else:  # the peer already deleted its redundant SA
-            self._install_child(sa, child, exchange)
-            self._delete_rekeyed_child(sa, old, now)
-
-    def _child_request_failed(self, sa: IkeSa, req: ChildRequest, reason: str, now: float) -> None:
-        old = req.old
-        if old is not None:
-            collision = old.rekey_done()
-            if collision is not None or old.rekeyed:
-                return  # the peer's rekey of it stands: nothing failed
-        self._events.append(ChildSaFailed(sa.uid, sa.name, req.config.name, reason, now))
-
-    def _accept_created_child(
-        self, req: ChildRequest, sa: IkeSa, payloads: Sequence[Payload], now: float
-    ) -> tuple[ChildSa, bytes, bytes]:
-        nonce = first(payloads, Nonce)
-        if not isinstance(nonce, Nonce):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA answer without Nr")
-        suite, peer, tsi, tsr, transport = self._check_child_answer(
-            req.config, req.tsi, req.tsr, payloads, with_dh=True
-        )
-        g_ir = b""
-        if suite.dh is not None:
-            ke = first(payloads, KeyExchange)
-            if (
-                req.dh is None
-                or not isinstance(ke, KeyExchange)
-                or ke.group != suite.dh.id
-                or req.dh.group.id != suite.dh.id
-            ):
-                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match")
-            g_ir = req.dh.exchange(ke.data)
-        child = ChildSa(req.config, req.spi_in, peer, suite, transport, tsi, tsr, now)
-        return child, nonce.data, g_ir
-
-    def _check_child_answer(
-        self,
-        config: CompiledChild,
-        want_tsi: tuple[TrafficSelector, ...],
-        want_tsr: tuple[TrafficSelector, ...],
-        payloads: Sequence[Payload],
-        *,
-        with_dh: bool = False,
-    ) -> tuple[EspSuite, int, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...], bool]:
-        """Initiator: the responder's Child answer must be a choice from our proposals,
-        inside our selectors and in our mode. Returns (suite, its SPI, TSi, TSr, transport)."""
-        sa_p = first(payloads, SecurityAssociation)
-        tsi = first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = first(payloads, TrafficSelectors, PayloadType.TSr)
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(tsi, TrafficSelectors)
-            and isinstance(tsr, TrafficSelectors)
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "Child SA answer incomplete")
-        suite, peer_spi = accept_esp(config.esp, sa_p, with_dh=with_dh)
-        if (
-            not tsi.selectors
-            or not tsr.selectors
-            or not all(covered(t, want_tsi) for t in tsi.selectors)
-            or not all(covered(t, want_tsr) for t in tsr.selectors)
-        ):
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
-        transport = first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        if transport != config.transport:
-            raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
-        peer = int.from_bytes(peer_spi, "big")
-        return suite, peer, tsi.selectors, tsr.selectors, transport
-
-    def _delete_rekeyed_child(self, sa: IkeSa, old: ChildSa, now: float) -> None:
-        """The rekey initiator deletes the old SA (§1.3.3); ChildSaDeleted 'rekeyed'."""
-        old.rekey_to(ChildRekey.REKEYED)
-        old.move(ChildState.DELETING)
-        self._update_life(sa)
-
-        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-            if s.children.get(old.spi_in) is old:
-                self._child_deleted(s, old, "rekeyed", n)
-
-        self._send_child_delete(sa, old.spi_in, now, on_response)
-
-    def _discard_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
-        """A Child SA we negotiated but never report (redundant after a collision, or its
-        old SA is gone): the peer deletes its side."""
-        self._spis.release(child.spi_in)
-        self._send_child_delete(sa, child.spi_in, now)
-
-    def _send_child_delete(
-        self,
-        sa: IkeSa,
-        spi_in: int,
-        now: float,
-        on_response: ResponseHandler | None = None,
-    ) -> None:
-        """INFORMATIONAL Delete(ESP) naming our inbound SPI (§1.4.1)."""
-        self._send_request(
-            sa,
-            ExchangeType.INFORMATIONAL,
-            [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
-            on_response or self._on_ignored_response,
-            now,
-        )
 
     def _on_create_child_request(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
@@ -1885,36 +1400,7 @@ class IkeEngine:
             return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
         if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
-        rekey = first_notify(payloads, NotifyType.REKEY_SA)
-        old = None
-        if rekey is not None:
-            if rekey.protocol != ProtocolId.ESP or len(rekey.spi) != 4:
-                raise ProtocolError(NotifyType.INVALID_SYNTAX, "REKEY_SA without an ESP SPI")
-            spi = int.from_bytes(rekey.spi, "big")
-            old = next((c for c in sa.children.values() if c.spi_out == spi), None)
-            if old is None:
-                raise ProtocolError(NotifyType.CHILD_SA_NOT_FOUND)
-            if old.closing:  # we are closing it (§2.25)
-                raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "Child SA is being closed")
-        nr = self._random(self.settings.nonce_size)
-        configs = (old.config,) if old is not None else sa.conn.children
-        create = _CreateChildResponse(configs, ke, nonce.data, nr, old)
-        tried: list[str] = []
-        try:
-            out = self._select_child(sa, sa.conn, sa_p, payloads, now, tried, create)
-        except ProtocolError as exc:
-            if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # else the peer retries
-                name = old.config.name if old else (tried[0] if tried else "")
-                self._events.append(ChildSaFailed(sa.uid, sa.name, name, exc.notify.name, now))
-            raise
-        if old is not None and create.made is not None:
-            if old.rekeying:  # we are rekeying it too: settled when our answer comes
-                old.collision = (nonce.data, nr, create.made)
-                old.rekey_to(ChildRekey.COLLIDING)
-            else:
-                old.rekey_to(ChildRekey.REKEYED)
-            self._update_life(sa)
-        return out
+        return child_sa.respond_create(self._host, sa, sa_p, nonce, ke, payloads, now)
 
     # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
 

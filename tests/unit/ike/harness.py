@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
-from ike.engine import IkeEngine
+from ike.engine import IkeEngine, RandomSpis
 from ike.events import Datagram, Endpoint, Event
 
 A_IP, B_IP, NAT_IP = "192.0.2.1", "192.0.2.2", "198.51.100.7"
@@ -54,6 +54,22 @@ def pair_confs(**kw: object) -> tuple[ConnectionConfig, ConnectionConfig]:
 Filter = Callable[[int, Datagram], int]  # (index, datagram) -> copies to deliver (0 = drop)
 
 
+class SeededRandom:
+    """The engines' injected random source: seeded, and able to record what it hands
+    out in `size`-byte pieces (the nonces) into `taken` while that is a list."""
+
+    def __init__(self, seed: int, size: int = 32) -> None:
+        self._random = random.Random(seed)
+        self.size = size
+        self.taken: list[bytes] | None = None
+
+    def __call__(self, n: int) -> bytes:
+        out = self._random.randbytes(n)
+        if self.taken is not None and n == self.size:
+            self.taken.append(out)
+        return out
+
+
 @dataclass
 class Net:
     a: IkeEngine
@@ -62,6 +78,8 @@ class Net:
     nat: bool = False  # a sits behind a NAT that maps its address/port to NAT_IP
     log: list[tuple[str, Datagram]] = field(default_factory=list)
     events: dict[str, list[Event]] = field(default_factory=lambda: {"a": [], "b": []})
+    randoms: dict[str, SeededRandom] = field(default_factory=dict)
+    spis: dict[str, RandomSpis] = field(default_factory=dict)  # the injected allocators
 
     @classmethod
     def make(
@@ -71,12 +89,16 @@ class Net:
         a_settings: EngineSettings | None = None,
         b_settings: EngineSettings | None = None,
         seed: int = 1,
+        a_spis: RandomSpis | None = None,
+        b_spis: RandomSpis | None = None,
         **kw: object,
     ) -> Net:
-        ra, rb = random.Random(seed), random.Random(seed + 1000)
-        a = IkeEngine([a_conf], a_settings, random=ra.randbytes)
-        b = IkeEngine([b_conf], b_settings, random=rb.randbytes)
-        return cls(a, b, **kw)  # type: ignore[arg-type]
+        ra, rb = SeededRandom(seed), SeededRandom(seed + 1000)
+        sa = a_spis if a_spis is not None else RandomSpis(ra)
+        sb = b_spis if b_spis is not None else RandomSpis(rb)
+        a = IkeEngine([a_conf], a_settings, random=ra, spis=sa)
+        b = IkeEngine([b_conf], b_settings, random=rb, spis=sb)
+        return cls(a, b, randoms={"a": ra, "b": rb}, spis={"a": sa, "b": sb}, **kw)  # type: ignore[arg-type]
 
     def _nat_out(self, ep: Endpoint) -> Endpoint:
         return (NAT_IP, ep[1] + 10000) if self.nat and ep[0] == A_IP else ep

@@ -583,16 +583,7 @@ def test_lowest_nonce_decides_child_rekey_collision() -> None:
         old = only_child(net, "a")
         sent: dict[str, list[bytes]] = {"a": [], "b": []}  # Ni and Nr of each exchange
         for side in "ab":
-            eng = getattr(net, side)
-            real = eng._random
-
-            def spy(n: int, real=real, nonces=sent[side]) -> bytes:  # type: ignore[no-untyped-def]
-                out = real(n)
-                if n == 32:  # the nonce size
-                    nonces.append(out)
-                return out
-
-            eng._random = spy
+            net.randoms[side].taken = sent[side]  # what each side draws in nonce sizes
         act(net, "a", "rekey_child")
         act(net, "b", "rekey_child")
         x_spi = net.a._by_uid[uid(net, "a")].child_requests[0].spi_in  # a's new inbound SPI
@@ -775,9 +766,9 @@ def test_rekey_tells_the_allocator_which_spi_it_replaces(case: str) -> None:
     import random
 
     a, b = pair_confs()
-    net = Net.make(_no_timers(a), _no_timers(b))
-    net.a._spis = spis_a = SlotSpis(random.Random(5).randbytes)
-    net.b._spis = spis_b = SlotSpis(random.Random(6).randbytes)
+    spis_a = SlotSpis(random.Random(5).randbytes)
+    spis_b = SlotSpis(random.Random(6).randbytes)
+    net = Net.make(_no_timers(a), _no_timers(b), a_spis=spis_a, b_spis=spis_b)
     net.a.initiate("a2b", None, net.now)
     net.pump()
     assert list(spis_a.replaces.values()) == [None] and list(spis_b.replaces.values()) == [None]
