@@ -60,10 +60,9 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from ike import auth as ike_auth
-from ike import child_sa, codec, lifetimes, mobike, nat, redirect, window
+from ike import child_sa, codec, ike_rekey, lifetimes, mobike, nat, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
@@ -94,7 +93,7 @@ from ike.constants import (
     name_of,
 )
 from ike.cookies import Cookies
-from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
+from ike.crypto import DH_GROUPS, RandomSource
 from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
 from ike.events import (
     ChildSaFailed,
@@ -106,25 +105,22 @@ from ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     IkeSaRedirected,
-    IkeSaRekeyed,
 )
 from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
 from ike.host import ExchangeHost
 from ike.keys import (
     derive_ike_sa_keys,
     skeyseed,
-    skeyseed_rekey,
 )
 from ike.payloads import error_notify, first, first_notify, notify_type
 from ike.pki.names import same_identity
-from ike.proposals import IkeSuite, accept_ike, select_ike
+from ike.proposals import accept_ike, select_ike
 from ike.sa import (
     ZERO_SPI,
     After,
     ChildState,
     EndReason,
     IkeSa,
-    Mobility,
     PendingChild,
     RekeyState,
     State,
@@ -149,8 +145,6 @@ __all__ = [
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 
 _MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
-# a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
-_SUPERSEDED_LINGER = 60.0
 
 
 def _id_for_address(text: str) -> tuple[int, bytes]:
@@ -163,6 +157,8 @@ class _Host:
     the engine. Its members are the engine's own bound methods (no extra call layer)."""
 
     __slots__ = (
+        "new_uid",
+        "send_ike_delete",
         "settings",
         "stats",
         "spis",
@@ -185,6 +181,8 @@ class _Host:
     )
 
     def __init__(self, e: IkeEngine) -> None:
+        self.new_uid = e._uids.__next__
+        self.send_ike_delete = e._send_ike_delete
         self.settings = e.settings
         self.stats = e.stats
         self.spis = e._spis
@@ -1251,7 +1249,7 @@ class IkeEngine:
             if sa.collision is not None:  # the peer won our IKE rekey collision (§2.8.2)
                 theirs, sa.collision = sa.collision[2], None
                 sa.rekey_to(RekeyState.REKEYING)
-                self._take_over(sa, theirs, now)
+                ike_rekey.take_over(self._host, sa, theirs, now)
             self.end_sa(sa, EndReason.DELETED_BY_PEER, now, after=After.LINGER)
             return []
         moved = first_notify(payloads, NotifyType.REDIRECT)
@@ -1309,7 +1307,7 @@ class IkeEngine:
         if sa.rekey_at is not None and sa.rekey_at <= now:
             sa.rekey_at = None
             if sa.rekey is RekeyState.IDLE:
-                self._start_ike_rekey(sa, None, now)
+                ike_rekey.start(self._host, sa, None, now)
         if sa.child_retries:
             due = [ch for t, ch in sa.child_retries if t <= now]
             sa.child_retries = [(t, ch) for t, ch in sa.child_retries if t > now]
@@ -1376,7 +1374,7 @@ class IkeEngine:
         """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
         sa = self._established_sa(ike_sa)
         if sa.rekey is RekeyState.IDLE:
-            self._start_ike_rekey(sa, None, now)
+            ike_rekey.start(self._host, sa, None, now)
 
     def _established_sa(self, uid: int) -> IkeSa:
         sa = self._sa_by_uid(uid)
@@ -1397,220 +1395,12 @@ class IkeEngine:
         if not isinstance(sa_p, SecurityAssociation) or not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
         if sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
-            return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
+            return ike_rekey.respond(self._host, sa, sa_p, nonce.data, ke, now)
         if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
         return child_sa.respond_create(self._host, sa, sa_p, nonce, ke, payloads, now)
 
     # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
-
-    def _start_ike_rekey(self, sa: IkeSa, group: int | None, now: float) -> None:
-        assert sa.conn is not None and sa.suite is not None
-        spi_i = self._new_ike_spi()
-        ni = self._random(self.settings.nonce_size)
-        dh = (DH_GROUPS[group] if group is not None else sa.suite.dh).generate(self._random)
-        payloads: list[Payload] = [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, spi_i) for i, s in enumerate(sa.conn.ike))
-            ),
-            Nonce(ni),
-            KeyExchange(dh.group.id, dh.public),
-        ]
-
-        def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-            self._on_ike_rekey_response(s, spi_i, ni, dh, p, n, group is not None)
-
-        sa.rekey_handler = on_response
-        sa.rekey_to(RekeyState.REKEYING)
-        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _on_ike_rekey_response(
-        self,
-        sa: IkeSa,
-        spi_i: bytes,
-        ni: bytes,
-        dh: DhPrivate,
-        payloads: tuple[Payload, ...],
-        now: float,
-        retried: bool,
-    ) -> None:
-        assert sa.conn is not None
-        sa.rekey_handler = None
-        collision, sa.collision = sa.collision, None
-        if sa.rekey is not RekeyState.IDLE:
-            sa.rekey_to(RekeyState.IDLE)
-        err = error_notify(payloads)
-        new = None
-        if err is None:
-            try:
-                new = self._accept_ike_rekey(sa, spi_i, ni, dh, payloads, now)
-            except ProtocolError:
-                self.stats.unexpected += 1
-        if new is None:
-            if collision is not None and self._sas.get(collision[2].our_spi) is collision[2]:
-                self._take_over(sa, collision[2], now)  # the peer's rekey stands
-                return
-            if err is not None and err.type == NotifyType.INVALID_KE_PAYLOAD and not retried:
-                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
-                if group in {g.id for s in sa.conn.ike for g in s.dh}:
-                    self._start_ike_rekey(sa, group, now)
-                    return
-            if sa.live:
-                sa.rekey_at = now + self._retry_delay()  # until the hard lifetime
-                self._update_life(sa)
-            return
-        if collision is None:
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-            return
-        # §2.8.2: the lowest of the four nonces marks the redundant IKE SA, which its
-        # initiator deletes; the other exchange's initiator deletes the old one
-        peer_ni, our_nr, theirs = collision
-        if self._sas.get(theirs.our_spi) is not theirs:  # gone: ours is the only one
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-        elif min(ni, new.nr, peer_ni, our_nr) in (ni, new.nr):
-            new.succeed(Succession.REDUNDANT)
-            self._send_ike_delete(new, now)
-            self._take_over(sa, theirs, now)
-        else:  # the peer's is redundant: its initiator deletes it
-            theirs.succeed(Succession.REDUNDANT)
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-
-    def _accept_ike_rekey(
-        self,
-        sa: IkeSa,
-        spi_i: bytes,
-        ni: bytes,
-        dh: DhPrivate,
-        payloads: Sequence[Payload],
-        now: float,
-    ) -> IkeSa:
-        assert sa.conn is not None
-        sa_p, ke, nonce = (
-            first(payloads, SecurityAssociation),
-            first(payloads, KeyExchange),
-            first(payloads, Nonce),
-        )
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(ke, KeyExchange)
-            and isinstance(nonce, Nonce)
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer incomplete")
-        suite = accept_ike(sa.conn.ike, sa_p)
-        spi_r = sa_p.proposals[0].spi
-        if len(spi_r) != 8 or spi_r == ZERO_SPI or spi_r in self._sas:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer without a new SPI")
-        if ke.group != suite.dh.id or ke.group != dh.group.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr group differs")
-        g_ir = dh.exchange(ke.data)
-        return self._rekeyed_sa(sa, True, spi_i, spi_r, suite, (ni, nonce.data, g_ir), now)
-
-    def _respond_ike_rekey(
-        self,
-        sa: IkeSa,
-        sa_p: SecurityAssociation,
-        ni: bytes,
-        ke: KeyExchange | None,
-        now: float,
-    ) -> list[Payload]:
-        assert sa.conn is not None
-        ours = sa.outstanding
-        collision = ours is not None and ours.on_response is sa.rekey_handler
-        if (ours is not None and not collision) or sa.collision is not None:
-            # finish what is under way first (§2.25)
-            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "an exchange is under way")
-        if ke is None:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without KEi")
-        answer, suite = select_ike(sa.conn.ike, sa_p.proposals, ke.group)
-        if ke.group != suite.dh.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id))
-        spi_i = next((p.spi for p in sa_p.proposals if p.number == answer.number), b"")
-        if len(spi_i) != 8 or spi_i == ZERO_SPI:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without a new SPI")
-        dh = suite.dh.generate(self._random)
-        g_ir = dh.exchange(ke.data)
-        spi_r = self._new_ike_spi()
-        nr = self._random(self.settings.nonce_size)
-        new = self._rekeyed_sa(sa, False, spi_i, spi_r, suite, (ni, nr, g_ir), now)
-        if collision:  # both ends rekey: settled when our answer comes (§2.8.2)
-            self._set_expiry(new, now + _SUPERSEDED_LINGER)
-            sa.collision = (ni, nr, new)
-            sa.rekey_to(RekeyState.COLLIDING)
-        else:
-            self._take_over(sa, new, now)
-        return [
-            SecurityAssociation((replace(answer, spi=spi_r),)),
-            Nonce(nr),
-            KeyExchange(suite.dh.id, dh.public),
-        ]
-
-    def _rekeyed_sa(
-        self,
-        old: IkeSa,
-        initiator: bool,
-        spi_i: bytes,
-        spi_r: bytes,
-        suite: IkeSuite,
-        exchange: tuple[bytes, bytes, bytes],
-        now: float,
-    ) -> IkeSa:
-        """The new IKE SA of a rekey (§2.18): SKEYSEED = prf(SK_d (old), g^ir | Ni | Nr)
-        with the old SA's PRF; the rekey initiator is the new SA's original initiator."""
-        assert old.suite is not None and old.keys is not None
-        ni, nr, g_ir = exchange
-        new = IkeSa(next(self._uids), initiator, old.local, old.remote, rekeyed=True)
-        new.conn = old.conn
-        new.spi_i, new.spi_r = spi_i, spi_r
-        new.suite, new.ni, new.nr = suite, ni, nr
-        seed = skeyseed_rekey(old.suite.prf, old.keys.sk_d, g_ir, ni, nr)
-        new.keys = derive_ike_sa_keys(suite, seed, ni, nr, spi_i, spi_r)
-        new.sk = SkCipher(suite, new.keys, initiator=initiator, random=self._random)
-        new.established_at = now
-        new.nat, new.behind_nat = old.nat, old.behind_nat
-        new.redirect_peer, new.redirect_self = old.redirect_peer, old.redirect_self
-        if old.mobike:
-            new.mobility_to(Mobility.MOBIKE)
-        new.peer_addrs = old.peer_addrs
-        new.local_id, new.remote_id = old.local_id, old.remote_id
-        self._add_sa(new)
-        return new
-
-    def _take_over(self, old: IkeSa, new: IkeSa, now: float) -> None:
-        """`new` replaces `old`: the handle, the Child SAs and queued requests move;
-        `old` is superseded and goes without events (deleted by one side, §1.3.2)."""
-        assert new.suite is not None
-        self._swap_handles(old, new)
-        new.children, old.children = old.children, {}
-        new.queue, old.queue = old.queue, deque()
-        new.child_requests, old.child_requests = old.child_requests, []
-        new.child_retries, old.child_retries = old.child_retries, []
-        new.succeed(Succession.CURRENT)
-        old.succeed(Succession.REKEYED)
-        new.esp_seen = old.esp_seen  # the Child SAs (and their counters) move along
-        old.rekey_at = old.hard_at = old.life_at = None
-        new.expire_at = None
-        old.timer_at = new.timer_at = None  # heap entries follow the handle: push again
-        self._start_ike_lifetime(new, now)
-        self._set_expiry(old, now + _SUPERSEDED_LINGER)
-        self._events.append(
-            IkeSaRekeyed(
-                new.uid,
-                new.name,
-                old.spi_i,
-                old.spi_r,
-                new.spi_i,
-                new.spi_r,
-                new.suite.name,
-                now,
-                new.rekey_at,
-                new.hard_at,
-                initiator=new.initiator,
-            )
-        )
-        self._send_queued(new, now)
 
     def _send_ike_delete(self, sa: IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""

@@ -108,6 +108,14 @@ class ExchangeHost(SaHost, Protocol):
         """Send the next queued request of `sa` if none is outstanding."""
         ...
 
+    def new_uid(self) -> int:
+        """A handle no IKE SA has had (for a new IKE SA)."""
+        ...
+
+    def send_ike_delete(self, sa: IkeSa, now: float) -> None:
+        """Our INFORMATIONAL Delete(IKE) of `sa` (DELETING); end_sa follows the answer."""
+        ...
+
     def new_ike_spi(self) -> bytes:
         """An IKE SPI of ours that no SA uses."""
         ...
