@@ -22,7 +22,7 @@ the header, find the SA by *our* SPI (responder SPI if the peer set the I flag),
   the response cache without reprocessing (§2.1); other IDs are dropped;
 * everything after IKE_SA_INIT must decrypt and verify (SK payload) before it is looked at.
 
-A request is dispatched through ``_REQUEST_HANDLERS`` keyed by (SA state, exchange type).
+A request is dispatched through ``_request_handlers`` keyed by (SA state, exchange type).
 A handler returns the response payloads or raises ProtocolError; that exception is turned
 into a NOTIFY in exactly one place (``_handle_request``). A response is dispatched to the
 callback stored with the request that it answers. Malformed input raises DecodeError
@@ -38,7 +38,7 @@ is ike/sa.py; every IKE SA ends through ``end_sa`` with an ``EndReason``, from w
 events follow.
 
 The SA lifecycle (RFC 7296 §1.3, §2.8): CREATE_CHILD_SA is one row of
-``_REQUEST_HANDLERS`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
+``_request_handlers`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
 REKEY_SA: Child SA rekey; else a new Child SA); our own requests carry their state in a
 closure (``ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
 ``IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
@@ -57,23 +57,30 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 
-from ike import auth as ike_auth
-from ike import child_sa, codec, ike_rekey, lifetimes, mobike, nat, redirect, window
+from ike import (
+    child_sa,
+    codec,
+    ike_auth,
+    ike_rekey,
+    lifetimes,
+    mobike,
+    nat,
+    redirect,
+    sa_init,
+    window,
+)
 from ike.codec import (
-    Authentication,
     Delete,
-    Identification,
     KeyExchange,
     Message,
     Nonce,
     Notify,
     Payload,
     SecurityAssociation,
-    TrafficSelectors,
 )
 from ike.config import (
     CompiledChild,
@@ -86,35 +93,23 @@ from ike.config import (
 from ike.constants import (
     NON_ESP_MARKER,
     ExchangeType,
-    IdType,
     NotifyType,
-    PayloadType,
     ProtocolId,
-    name_of,
 )
 from ike.cookies import Cookies
-from ike.crypto import DH_GROUPS, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
+from ike.crypto import RandomSource
+from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored
 from ike.events import (
-    ChildSaFailed,
     Datagram,
     DpdFailed,
     Endpoint,
     Event,
     IkeSaDeleted,
-    IkeSaEstablished,
     IkeSaFailed,
-    IkeSaRedirected,
 )
 from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
 from ike.host import ExchangeHost
-from ike.keys import (
-    derive_ike_sa_keys,
-    skeyseed,
-)
-from ike.payloads import error_notify, first, first_notify, notify_type
-from ike.pki.names import same_identity
-from ike.proposals import accept_ike, select_ike
+from ike.payloads import first, first_notify
 from ike.sa import (
     ZERO_SPI,
     After,
@@ -126,9 +121,9 @@ from ike.sa import (
     State,
     Succession,
 )
-from ike.sk import IntegrityError, SkCipher
+from ike.sk import IntegrityError
 from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
-from ike.ts import TrafficSelector, ip, ts_for_address
+from ike.ts import TrafficSelector, ip
 from ike.window import Request, ResponseHandler, Wire
 
 __all__ = [
@@ -143,13 +138,7 @@ __all__ = [
 ]
 
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
-
-_MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
-
-
-def _id_for_address(text: str) -> tuple[int, bytes]:
-    a = ip(text)
-    return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
+RequestHandler = Callable[[IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]]
 
 
 class _Host:
@@ -157,6 +146,7 @@ class _Host:
     the engine. Its members are the engine's own bound methods (no extra call layer)."""
 
     __slots__ = (
+        "cookies",
         "new_uid",
         "send_ike_delete",
         "settings",
@@ -181,6 +171,7 @@ class _Host:
     )
 
     def __init__(self, e: IkeEngine) -> None:
+        self.cookies = e._cookies
         self.new_uid = e._uids.__next__
         self.send_ike_delete = e._send_ike_delete
         self.settings = e.settings
@@ -246,6 +237,14 @@ class IkeEngine:
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
         self._host: ExchangeHost = _Host(self)
+        # The responder side of the state machine as data: (SA state, exchange) -> handler
+        # of the request, returning the answer's payloads (or raising ProtocolError).
+        self._request_handlers: dict[tuple[State, int], RequestHandler] = {
+            (State.AUTH_WAIT, ExchangeType.IKE_AUTH): partial(ike_auth.on_request, self._host),
+            (State.ESTABLISHED, ExchangeType.INFORMATIONAL): self._on_informational_request,
+            (State.DELETING, ExchangeType.INFORMATIONAL): self._on_informational_request,
+            (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): self._on_create_child_request,
+        }
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
@@ -376,7 +375,7 @@ class IkeEngine:
         sa.pending_child = PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
-        self._send_init(sa, now)
+        sa_init.send_request(self._host, sa, now)
         return sa
 
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
@@ -518,7 +517,7 @@ class IkeEngine:
             self.stats.unexpected += 1
             return
         msg = codec.decode_message(data, hdr)
-        handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
+        handler = self._request_handlers.get((sa.state, hdr.exchange_type))
         try:
             payloads = window.unprotect(sa, msg, data)
         except DecodeError as exc:
@@ -548,7 +547,7 @@ class IkeEngine:
                     error = ProtocolError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
             else:
                 try:
-                    response = handler(self, sa, msg, payloads, data, now)
+                    response = handler(sa, msg, payloads, data, now)
                 except ProtocolError as exc:
                     error = exc
         if error is not None:
@@ -659,29 +658,6 @@ class IkeEngine:
         self._reschedule(sa)
         self._emit(sa.local, sa.remote, data)
 
-    def _send_init(self, sa: IkeSa, now: float) -> None:
-        assert sa.conn is not None and sa.dh is not None
-        payloads: list[Payload] = []
-        if sa.cookie:
-            payloads.append(Notify(NotifyType.COOKIE, sa.cookie))  # first payload (§2.6)
-        payloads += [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, b"") for i, s in enumerate(sa.conn.ike))
-            ),
-            KeyExchange(sa.dh.group.id, sa.dh.public),
-            Nonce(sa.ni),
-            *nat.detection_notifies(sa.spi_i, ZERO_SPI, sa.local, sa.remote),
-        ]
-        payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
-        if self.settings.fragmentation and sa.conn.config.fragmentation != "no":
-            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        payloads += redirect.init_payloads(sa)
-        data = codec.encode_message(
-            Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
-        )
-        sa.init_request = data
-        self._send_first(sa, data, self._on_init_response, now)
-
     def _send_first(self, sa: IkeSa, data: bytes, on_response: ResponseHandler, now: float) -> None:
         """Our unprotected IKE_SA_INIT request: message ID 0, retransmitted as any other."""
         sa.my_next_id = 1
@@ -696,16 +672,39 @@ class IkeEngine:
             exchange, payloads, handler = sa.queue.popleft()
             self._send_request(sa, exchange, payloads, handler, now)
 
-    def _send_init_error(
-        self, hdr: codec.Header, notify: Notify, local: Endpoint, remote: Endpoint
-    ) -> None:
-        """Stateless unprotected IKE_SA_INIT answer (COOKIE, INVALID_KE_PAYLOAD, errors)."""
-        data = codec.encode_message(
-            Message(hdr.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, False, True, 0, (notify,))
-        )
-        self._emit(local, remote, data)
-
     # ------------------------------------------------------------------ SA bookkeeping
+
+    def _on_init_request(
+        self, data: bytes, hdr: codec.Header, local: Endpoint, remote: Endpoint, now: float
+    ) -> None:
+        old = self._by_spi_i.get(hdr.spi_i)
+        if old is not None:
+            # retransmitted IKE_SA_INIT: answer from the cache, never make a second SA (a
+            # late duplicate after IKE_AUTH, or another peer reusing the SPI, is dropped)
+            cached = old.last_response
+            if old.state is State.AUTH_WAIT and old.init_request == data and cached is not None:
+                self.stats.duplicates_answered += 1
+                self._emit(local, remote, cached[2])
+            else:
+                self.stats.unexpected += 1
+            return
+        try:
+            msg = codec.decode_message(data, hdr)
+        except DecodeError as exc:
+            if exc.critical_payload is None:
+                raise
+            sa_init.send_error(
+                self._host,
+                hdr,
+                Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((exc.critical_payload,))),
+                local,
+                remote,
+            )
+            return
+        sa = sa_init.respond(self._host, msg, hdr, data, local, remote, now)
+        if sa is not None:
+            self._add_sa(sa)
+            self._by_spi_i[sa.spi_i] = sa
 
     def _add_sa(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
@@ -811,421 +810,7 @@ class IkeEngine:
             and (not c.remote_addrs or rip in c.remote_addrs)
         )
 
-    def _on_init_request(
-        self, data: bytes, hdr: codec.Header, local: Endpoint, remote: Endpoint, now: float
-    ) -> None:
-        old = self._by_spi_i.get(hdr.spi_i)
-        if old is not None:
-            # retransmitted IKE_SA_INIT: answer from the cache, never make a second SA (a
-            # late duplicate after IKE_AUTH, or another peer reusing the SPI, is dropped)
-            cached = old.last_response
-            if old.state is State.AUTH_WAIT and old.init_request == data and cached is not None:
-                self.stats.duplicates_answered += 1
-                self._emit(local, remote, cached[2])
-            else:
-                self.stats.unexpected += 1
-            return
-        try:
-            msg = codec.decode_message(data, hdr)
-        except DecodeError as exc:
-            if exc.critical_payload is None:
-                raise
-            self._send_init_error(
-                hdr,
-                Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((exc.critical_payload,))),
-                local,
-                remote,
-            )
-            return
-        p = msg.payloads
-        sa_p, ke, nonce = first(p, SecurityAssociation), first(p, KeyExchange), first(p, Nonce)
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(ke, KeyExchange)
-            and isinstance(nonce, Nonce)
-        ):
-            raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
-        # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
-        want = self._cookies.demand(p, nonce.data, remote, hdr.spi_i, now)
-        if want is not None:
-            self.stats.cookies_sent += 1
-            self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
-            return
-        candidates = self._connections_for(local, remote)
-        redirect_ok = redirect.peer_supports(p)
-        rule = redirect.init_rule(candidates) if redirect_ok else None
-        if rule is not None:  # RFC 5685 §4.2: stateless HDR(SPIi, 0), N(REDIRECT, GW, Ni)
-            self.stats.redirects_sent += 1
-            self._send_init_error(hdr, redirect.init_notify(rule, nonce.data), local, remote)
-            gateway = rule.config.redirect_to
-            self._events.append(IkeSaRedirected(0, rule.name, False, "init", remote, gateway, now))
-            return
-        try:
-            answer, suite = select_ike(
-                [s for c in candidates for s in c.ike], sa_p.proposals, ke.group
-            )
-        except ProtocolError as exc:
-            self._send_init_error(hdr, Notify(exc.notify), local, remote)
-            return
-        if ke.group != suite.dh.id:
-            self._send_init_error(
-                hdr,
-                Notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh.id)),
-                local,
-                remote,
-            )
-            return
-        sa = IkeSa(next(self._uids), False, local, remote)
-        dh = suite.dh.generate(self._random)
-        try:
-            g_ir = dh.exchange(ke.data)
-        except ProtocolError as exc:
-            self._send_init_error(hdr, Notify(exc.notify), local, remote)
-            return
-        if len(candidates) > 1:
-            candidates = tuple(c for c in candidates if _accepts(c, answer))
-        sa.candidates = candidates
-        sa.redirect_peer = redirect_ok
-        sa.spi_i = hdr.spi_i
-        sa.spi_r = self._new_ike_spi()
-        sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
-        sa.nr = self._random(self.settings.nonce_size)
-        nat_d = self._detect_nat(sa, p)
-        sa.nat = bool(nat_d)
-        out: list[Payload] = [
-            SecurityAssociation((answer,)),
-            KeyExchange(suite.dh.id, dh.public),
-            Nonce(sa.nr),
-        ]
-        if nat_d is not None:  # the peer does NAT-T: answer with our hashes
-            out += nat.detection_notifies(sa.spi_i, sa.spi_r, local, remote)
-        # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
-        sa.peer_hints = ike_auth.peer_hints(p)
-        if (
-            self.settings.fragmentation
-            and any(c.config.fragmentation != "no" for c in candidates)
-            and first_notify(p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
-        ):
-            sa.frag = True
-            out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        out += ike_auth.init_payloads(
-            any(ike_auth.uses_pubkey(c) for c in candidates),
-            [c.trust for c in candidates if c.trust is not None],
-        )
-        resp = codec.encode_message(
-            Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, False, True, 0, tuple(out))
-        )
-        sa.init_request, sa.init_response = data, resp
-        sa.last_response = (0, ExchangeType.IKE_SA_INIT, resp)
-        sa.peer_next_id = 1
-        self._derive_ike_keys(sa, g_ir)
-        self._add_sa(sa)
-        self._by_spi_i[sa.spi_i] = sa
-        self._cookies.half_open.add(sa)
-        self._set_expiry(sa, now + self.settings.half_open_timeout)
-        self._emit(local, remote, resp)
-
-    def _detect_nat(self, sa: IkeSa, payloads: Sequence[Payload]) -> bool | None:
-        """True if either side is behind a NAT (§2.23), False if not, None if the peer sent
-        no NAT_DETECTION_* notifies. The peer's view comes from its hashes."""
-        # the initiator's request carries SPIr = 0 in its hashes
-        spi_r = sa.spi_r if sa.initiator else ZERO_SPI
-        state = nat.nat_state(sa.spi_i, spi_r, sa.local, sa.remote, payloads)
-        if state is None:
-            return None
-        sa.behind_nat = state[1]  # RFC 3948 §4: the side behind the NAT keeps it open
-        return state[0]
-
-    def _derive_ike_keys(self, sa: IkeSa, g_ir: bytes) -> None:
-        assert sa.suite is not None
-        seed = skeyseed(sa.suite.prf, sa.ni, sa.nr, g_ir)
-        sa.keys = derive_ike_sa_keys(sa.suite, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r)
-        sa.sk = SkCipher(sa.suite, sa.keys, initiator=sa.initiator, random=self._random)
-        sa.dh = None  # the private value is no longer needed
-
-    def _on_init_response(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        assert sa.conn is not None
-        moved = first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None:
-            redirect.on_init_response(self._host, sa, moved, now)
-            return
-        cookie = first_notify(payloads, NotifyType.COOKIE)
-        if cookie is not None:
-            if sa.init_retries >= _MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
-                raise ProtocolError(NotifyType.COOKIE, "responder keeps demanding a cookie")
-            sa.init_retries += 1
-            sa.cookie = cookie.data
-            self._send_init(sa, now)
-            return
-        invalid_ke = first_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
-        if invalid_ke is not None:
-            group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
-            ours = {g.id for s in sa.conn.ike for g in s.dh}
-            assert sa.dh is not None
-            if group not in ours or group == sa.dh.group.id or sa.init_retries >= _MAX_INIT_RETRIES:
-                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "no common DH group")
-            sa.init_retries += 1
-            sa.dh = DH_GROUPS[group].generate(self._random)
-            self._send_init(sa, now)
-            return
-        err = error_notify(payloads)
-        if err is not None:
-            raise ProtocolError(
-                notify_type(err.type), f"responder answered {name_of(NotifyType, err.type)}"
-            )
-        sa_p, ke, nonce = (
-            first(payloads, SecurityAssociation),
-            first(payloads, KeyExchange),
-            first(payloads, Nonce),
-        )
-        if (
-            not (
-                isinstance(sa_p, SecurityAssociation)
-                and isinstance(ke, KeyExchange)
-                and isinstance(nonce, Nonce)
-            )
-            or msg.spi_r == ZERO_SPI
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE_SA_INIT response incomplete")
-        suite = accept_ike(sa.conn.ike, sa_p)
-        assert sa.dh is not None
-        if ke.group != suite.dh.id or ke.group != sa.dh.group.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KE group differs from the proposal")
-        g_ir = sa.dh.exchange(ke.data)
-        # the responder SPI is now known: index the SA under our SPI only (unchanged)
-        sa.spi_r = msg.spi_r
-        sa.suite = suite
-        sa.nr = nonce.data
-        sa.init_response = data
-        sa.peer_hints = ike_auth.peer_hints(payloads)
-        sa.frag = (
-            self.settings.fragmentation
-            and sa.conn.config.fragmentation != "no"
-            and bool(first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        )
-        nat_d = self._detect_nat(sa, payloads)
-        sa.nat = bool(nat_d)
-        self._derive_ike_keys(sa, g_ir)
-        nat_t = self.settings.nat_t_port
-        # float to port 4500 (RFC 7296 §2.23, RFC 3948), also without a NAT when we offer
-        # MOBIKE to a peer that does NAT-T (RFC 4555 §3.3): a later move may meet one
-        if sa.nat or (nat_d is not None and sa.conn.config.mobike):
-            sa.local = (sa.local[0], nat_t)
-            sa.remote = (sa.remote[0], nat_t)
-        sa.move(State.AUTH_SENT)
-        self._send_auth(sa, now)
-
     # ------------------------------------------------------------------ IKE_AUTH
-
-    def _send_auth(self, sa: IkeSa, now: float) -> None:
-        conn = sa.conn
-        assert conn is not None and sa.keys is not None and sa.suite is not None
-        assert sa.pending_child is not None
-        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
-        idi = Identification(PayloadType.IDi, *sa.local_id)
-        # IDi, [CERT,] [CERTREQ,] [IDr,] AUTH (RFC 7296 §1.2)
-        payloads: list[Payload] = [idi, *ike_auth.cert_payloads(conn, sa.peer_hints, certreq=True)]
-        if conn.remote_id is not None:
-            payloads.append(Identification(PayloadType.IDr, *conn.remote_id))
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
-        payloads.append(ike_auth.make_auth(conn, sa.peer_hints, signed))
-        ch = sa.pending_child.config
-        try:
-            spi_in = self._spis.allocate()
-        except SpiExhausted:
-            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "no inbound SPI left") from None
-        # the triggering packet's selectors first, if any (§2.9)
-        tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(ip(sa.local[0])),))
-        tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(ip(sa.remote[0])),))
-        sa.pending_child = PendingChild(ch, spi_in, tsi, tsr)
-        if ch.transport:
-            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
-        payloads += mobike.auth_payloads(conn, sa.local)
-        spi = spi_in.to_bytes(4, "big")
-        payloads += [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, spi, with_dh=False) for i, s in enumerate(ch.esp))
-            ),
-            TrafficSelectors(PayloadType.TSi, tsi),
-            TrafficSelectors(PayloadType.TSr, tsr),
-        ]
-        self._send_request(sa, ExchangeType.IKE_AUTH, payloads, self._on_auth_response, now)
-
-    def _on_auth_request(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> list[Payload]:
-        assert sa.suite is not None and sa.keys is not None
-        idi = first(payloads, Identification, PayloadType.IDi)
-        idr = first(payloads, Identification, PayloadType.IDr)
-        auth = first(payloads, Authentication)
-        if not isinstance(idi, Identification) or not isinstance(auth, Authentication):
-            return self._auth_failed(sa, "IKE_AUTH without IDi or AUTH", now)
-        peer_id = (idi.id_type, idi.data)
-        # IDr is a hint (§2.5 / strongSwan): prefer a connection with that local ID,
-        # else any connection that accepts the peer's ID and AUTH method (PSK or signature).
-        by_idi = [
-            c
-            for c in sa.candidates
-            if (c.remote_id is None or same_identity(c.remote_id, peer_id))
-            and ike_auth.accepts_method(c, auth.method)
-        ]
-        conn = None
-        if isinstance(idr, Identification):
-            wanted = (idr.id_type, idr.data)
-            conn = next(
-                (c for c in by_idi if (c.local_id or _id_for_address(sa.local[0])) == wanted),
-                None,
-            )
-        if conn is None and by_idi:
-            conn = by_idi[0]
-        if conn is None:
-            return self._auth_failed(
-                sa, "no connection matches the peer's identity and AUTH method", now
-            )
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
-        try:
-            ike_auth.check_auth(conn, payloads, auth, peer_id, signed, now)
-        except ike_auth.AuthFailure as exc:
-            return self._auth_failed(sa, str(exc), now, conn)
-        sa.conn = conn
-        sa.remote_id = peer_id
-        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
-        my_id = Identification(PayloadType.IDr, *sa.local_id)
-        # the peer's CERTREQs in this request tell which of our intermediates it lacks
-        hints = ike_auth.peer_hints(payloads, sa.peer_hints)
-        out: list[Payload] = [my_id, *ike_auth.cert_payloads(conn, hints, certreq=False)]
-        mine = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body)
-        out.append(ike_auth.make_auth(conn, hints, mine))
-        moved = redirect.auth_notify(conn) if sa.redirect_peer else None
-        if moved is not None:
-            # RFC 5685 §6: the peer is authenticated; our IDr/AUTH and REDIRECT, no Child
-            # SA; the IKE SA waits for the peer's Delete (or expires), without events
-            self.stats.redirects_sent += 1
-            self._cookies.half_open.discard(sa)
-            sa.move(State.DELETING)
-            sa.succeed(Succession.ABANDONED)
-            self._set_expiry(sa, now + self.settings.half_open_timeout)
-            gateway = conn.config.redirect_to
-            self._events.append(
-                IkeSaRedirected(sa.uid, conn.name, False, "auth", sa.remote, gateway, now)
-            )
-            return [*out, moved]
-        mobike.negotiate(self._host, sa, payloads)
-        if sa.mobike:
-            out += mobike.auth_payloads(conn, sa.local)
-        self._established(sa, now)
-        sa_p = first(payloads, SecurityAssociation)
-        if isinstance(sa_p, SecurityAssociation):
-            out += child_sa.respond_in_auth(self._host, sa, conn, sa_p, payloads, now)
-        return out
-
-    def _auth_failed(
-        self, sa: IkeSa, why: str, now: float, conn: CompiledConnection | None = None
-    ) -> list[Payload]:
-        self.stats.auth_failures += 1
-        # answered, then lingers for retransmits and goes
-        self.end_sa(
-            sa, EndReason.AUTHENTICATION_FAILED, now, detail=why, conn=conn, after=After.LINGER
-        )
-        raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, why)
-
-    def _established(self, sa: IkeSa, now: float) -> None:
-        assert sa.conn is not None and sa.suite is not None
-        sa.move(State.ESTABLISHED)
-        sa.established_at = now
-        # only IKE_AUTH needed these (RealMessage1/2, connection choice): free the memory
-        sa.init_request = sa.init_response = b""
-        sa.peer_hints = None
-        sa.candidates = ()
-        self._cookies.half_open.discard(sa)
-        self._set_expiry(sa, None)
-        self._start_ike_lifetime(sa, now)
-        self.stats.handshakes += 1
-        self._events.append(
-            IkeSaEstablished(
-                sa.uid,
-                sa.conn.name,
-                sa.initiator,
-                sa.spi_i,
-                sa.spi_r,
-                sa.local,
-                sa.remote,
-                format_identity(*sa.local_id),
-                format_identity(*sa.remote_id),
-                sa.suite.name,
-                sa.nat,
-                now,
-                sa.rekey_at,
-                sa.hard_at,
-                sa.mobike,
-                sa.peer_addrs,
-            )
-        )
-
-    def _on_auth_response(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        conn = sa.conn
-        assert conn is not None and sa.suite is not None and sa.keys is not None
-        idr = first(payloads, Identification, PayloadType.IDr)
-        auth = first(payloads, Authentication)
-        if not isinstance(auth, Authentication) or not isinstance(idr, Identification):
-            err = error_notify(payloads)
-            if err is not None and err.type == NotifyType.AUTHENTICATION_FAILED:
-                self.stats.auth_failures += 1
-            raise ProtocolError(
-                notify_type(err.type) if err else NotifyType.INVALID_SYNTAX,
-                "IKE_AUTH response without IDr/AUTH",
-            )
-        peer_id = (idr.id_type, idr.data)
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, idr.body)
-        failure = ike_auth.responder_auth_failure(conn, payloads, auth, peer_id, signed, now)
-        if failure is not None:
-            # §2.21.2: tell the peer, then forget the SA
-            self.stats.auth_failures += 1
-            self._send_request(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                [Notify(NotifyType.AUTHENTICATION_FAILED)],
-                self._on_ignored_response,
-                now,
-            )
-            raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
-        sa.remote_id = peer_id
-        moved = first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None and redirect.on_auth_response(self._host, sa, moved, now):
-            return  # RFC 5685 §6: the gateway authenticated and sent us elsewhere
-        mobike.negotiate(self._host, sa, payloads)
-        self._established(sa, now)
-        pending = sa.pending_child
-        sa.pending_child = None
-        assert pending is not None
-        err = error_notify(payloads)
-        if err is not None:
-            self._spis.release(pending.spi_in)
-            self._events.append(
-                ChildSaFailed(
-                    sa.uid, conn.name, pending.config.name, name_of(NotifyType, err.type), now
-                )
-            )
-            return
-        try:
-            child_sa.accept_from_auth(self._host, sa, pending, payloads, now)
-        except ProtocolError as exc:
-            self._spis.release(pending.spi_in)
-            self._events.append(
-                ChildSaFailed(sa.uid, conn.name, pending.config.name, exc.notify.name, now)
-            )
-            # the responder installed it: delete it there (§1.4.1)
-            self._send_request(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                [Delete(ProtocolId.ESP, 4, (pending.spi_in.to_bytes(4, "big"),))],
-                self._on_ignored_response,
-                now,
-            )
 
     # ------------------------------------------------------------------ INFORMATIONAL
 
@@ -1265,11 +850,6 @@ class IkeEngine:
         self.end_sa(sa, EndReason.DELETED, now)
 
     def _on_liveness_response(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        return None
-
-    def _on_ignored_response(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
         return None
@@ -1412,25 +992,3 @@ class IkeEngine:
             self._on_delete_ike_response,
             now,
         )
-
-
-RequestHandler = Callable[
-    [IkeEngine, IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
-]
-
-# The responder side of the state machine as data: (SA state, exchange) -> handler.
-_REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
-    (State.AUTH_WAIT, ExchangeType.IKE_AUTH): IkeEngine._on_auth_request,
-    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
-    (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
-    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,
-}
-
-
-def _accepts(conn: CompiledConnection, answer: codec.Proposal) -> bool:
-    """Would this connection's IKE proposals have produced `answer`?"""
-    try:
-        accept_ike(conn.ike, SecurityAssociation((answer,)))
-    except ProtocolError:
-        return False
-    return True

@@ -17,11 +17,12 @@ one of these Protocols and uses nothing else of it:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 from ike.codec import Payload
 from ike.config import CompiledChild, CompiledConnection, EngineSettings
+from ike.cookies import Cookies
 from ike.events import Endpoint, Event
 from ike.hooks import InboundSpiAllocator
 from ike.sa import After, EndReason, IkeSa
@@ -95,6 +96,7 @@ class ExchangeHost(SaHost, Protocol):
     """The engine as the exchange modules see it."""
 
     spis: InboundSpiAllocator
+    cookies: Cookies[IkeSa]
 
     def send_datagram(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
         """Send bytes as they are (the non-ESP marker is added on the NAT-T port)."""
@@ -136,6 +138,6 @@ class ExchangeHost(SaHost, Protocol):
         """When `sa` ends unless something happens first (half-open, lingering)."""
         ...
 
-    def connections_for(self, local: Endpoint, remote: Endpoint) -> Sequence[CompiledConnection]:
+    def connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
         """The connections whose addresses allow this pair of endpoints."""
         ...
