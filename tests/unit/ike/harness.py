@@ -6,9 +6,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ike.codec import Payload
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine, RandomSpis
 from ike.events import Datagram, Endpoint, Event
+from ike.sa import IkeSa
+from ike.window import ResponseHandler
 
 A_IP, B_IP, NAT_IP = "192.0.2.1", "192.0.2.2", "198.51.100.7"
 PSK = b"correct horse battery staple"
@@ -153,3 +156,55 @@ class Net:
 
     def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]
         return [e for e in self.events[side] if isinstance(e, cls)]
+
+
+# --------------------------------------------------------------------------- inside looks
+# The engine's API shows the current IKE SAs only (ike_sas()) and holds no way to send an
+# arbitrary request. Tests that forge authentic messages, count lingering SAs or check
+# the engine's tables for leaks look inside through these helpers, and only here.
+
+
+def all_sas(eng: IkeEngine) -> list[IkeSa]:
+    """Every IKE SA the engine holds, also the rekeyed, redundant and lingering ones."""
+    return list(eng._by_uid.values())  # noqa: SLF001
+
+
+def sa_of(eng: IkeEngine, handle: int | None = None) -> IkeSa:
+    """The IKE SA with this handle, or the engine's one current IKE SA."""
+    if handle is not None:
+        return eng._by_uid[handle]  # noqa: SLF001
+    [sa] = [s for s in all_sas(eng) if s.current]
+    return sa
+
+
+def any_sa(eng: IkeEngine) -> IkeSa:
+    """The engine's first IKE SA, established or not (a handshake under way)."""
+    return all_sas(eng)[0]
+
+
+def send_request(
+    eng: IkeEngine,
+    sa: IkeSa,
+    exchange: int,
+    payloads: list[Payload],
+    on_response: ResponseHandler,
+    now: float,
+) -> None:
+    """A request of the test's making on `sa`, through the engine's own window."""
+    eng._send_request(sa, exchange, payloads, on_response, now)  # noqa: SLF001
+
+
+def sa_table(eng: IkeEngine) -> dict[bytes, IkeSa]:
+    """The engine's IKE SAs by our SPI (every SA there is also in all_sas: no leaks)."""
+    return dict(eng._sas)  # noqa: SLF001
+
+
+def leftovers(eng: IkeEngine, spis: RandomSpis) -> list[str]:
+    """What the engine still holds: SAs, entries of its SA tables, inbound SPIs, timers."""
+    out = [f"IKE SA {sa!r}" for sa in all_sas(eng)]
+    out += [f"table entry {spi.hex()}" for spi in eng._sas]  # noqa: SLF001
+    out += [f"IKE_SA_INIT entry {spi.hex()}" for spi in eng._by_spi_i]  # noqa: SLF001
+    out += [f"inbound SPI {spi:08x}" for spi in spis._used]  # noqa: SLF001
+    if eng.next_timer() is not None:
+        out.append(f"a timer at {eng.next_timer()}")
+    return out
