@@ -1,4 +1,5 @@
-"""The IKEv2 engine: IKE SA and Child SA state machines (RFC 7296), sans-IO.
+"""The IKEv2 engine (RFC 7296), sans-IO: the public API, the datagram pipeline and the
+dispatch to the exchange modules, the SA tables and the one timer heap.
 
 Theory of operation
 -------------------
@@ -33,23 +34,24 @@ defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmiss
 Timers are one heap for the whole engine with lazy invalidation (an SA's entry is live
 only while it equals ``sa.timer_at``).
 
-The SA model (``IkeSa``, ``ChildSa``, their state enums and the tables of allowed moves)
-is ike/sa.py; every IKE SA ends through ``end_sa`` with an ``EndReason``, from which the
-events follow.
+The rooms around it, none of which imports the engine back (each is handed the engine
+as ike/host.py's ``SaHost`` or ``ExchangeHost``):
 
-The SA lifecycle (RFC 7296 §1.3, §2.8): CREATE_CHILD_SA is one row of
-``_request_handlers`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
-REKEY_SA: Child SA rekey; else a new Child SA); our own requests carry their state in a
-closure (``ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
-``IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
-(``_take_over``); the old one is REKEYED: it answers the peer until deleted and emits
-nothing. A rekeyed Child SA stays (REKEYED) until its Delete completes. Collisions keep
-the peer's SA PENDING (Child: COLLIDING) until our own answer arrives and the
-lowest-nonce rule (§2.8.1/§2.8.2) picks the survivor. Lifetimes, retries and NAT-T
-keepalives and Dead Peer Detection (``dpd_at``: idle time since ``last_inbound``, checked
-lazily, so a message from the peer costs one assignment) of an SA and its Child SAs fold
-into one deadline (``life_at``) next to the
-retransmission and expiry deadlines, so every SA has one live heap entry.
+* ike/sa.py: the SA model (``IkeSa``, ``ChildSa``, their state enums and the tables of
+  allowed moves). Every IKE SA ends through ``end_sa`` with an ``EndReason``, from which
+  the events follow.
+* ike/window.py (request window, retransmission, fragments), ike/cookies.py (COOKIE and
+  the half-open SAs), ike/nat.py, ike/lifetimes.py (every deadline of an SA folds into one
+  heap entry, ``life_at``).
+* the exchanges: ike/sa_init.py, ike/ike_auth.py, ike/child_sa.py (Child SAs: in IKE_AUTH,
+  CREATE_CHILD_SA, Delete), ike/ike_rekey.py, and the extensions ike/mobike.py and
+  ike/redirect.py.
+
+CREATE_CHILD_SA is one row of ``_request_handlers`` that dispatches on its payloads (an
+IKE proposal: ike_rekey; else ike/child_sa.py, which tells a rekey by REKEY_SA); our own
+requests carry their state in a closure. What is due on an SA (``_lifetimes_due``:
+keepalive, hard lifetime, rekeys, retries, the responder's outbound switch, DPD) and
+what to do when a request is given up (``_give_up``) are decided here.
 """
 
 from __future__ import annotations
