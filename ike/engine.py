@@ -23,7 +23,7 @@ the header, find the SA by *our* SPI (responder SPI if the peer set the I flag),
   the response cache without reprocessing (§2.1); other IDs are dropped;
 * everything after IKE_SA_INIT must decrypt and verify (SK payload) before it is looked at.
 
-A request is dispatched through ``_request_handlers`` keyed by (SA state, exchange type).
+A request is dispatched through ``_REQUEST_HANDLERS`` keyed by (SA state, exchange type).
 A handler returns the response payloads or raises ProtocolError; that exception is turned
 into a NOTIFY in exactly one place (``_handle_request``). A response is dispatched to the
 callback stored with the request that it answers. Malformed input raises DecodeError
@@ -34,8 +34,9 @@ defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmiss
 Timers are one heap for the whole engine with lazy invalidation (an SA's entry is live
 only while it equals ``sa.timer_at``).
 
-The rooms around it, none of which imports the engine back (each is handed the engine
-as ike/host.py's ``SaHost`` or ``ExchangeHost``):
+The rooms around it, none of which imports the engine back: each is handed the engine as
+ike/host.py's ``SaHost`` or ``ExchangeHost``, whose members the engine implements itself
+(``send_request``, ``end_sa``, ``emit``, ...: for the modules of ike/, not for callers):
 
 * ike/sa.py: the SA model (``IkeSa``, ``ChildSa``, their state enums and the tables of
   allowed moves). Every IKE SA ends through ``end_sa`` with an ``EndReason``, from which
@@ -47,7 +48,7 @@ as ike/host.py's ``SaHost`` or ``ExchangeHost``):
   CREATE_CHILD_SA, Delete), ike/ike_rekey.py, and the extensions ike/mobike.py and
   ike/redirect.py.
 
-CREATE_CHILD_SA is one row of ``_request_handlers`` that dispatches on its payloads (an
+CREATE_CHILD_SA is one row of ``_REQUEST_HANDLERS`` that dispatches on its payloads (an
 IKE proposal: ike_rekey; else ike/child_sa.py, which tells a rekey by REKEY_SA); our own
 requests carry their state in a closure. What is due on an SA (``_lifetimes_due``:
 keepalive, hard lifetime, rekeys, retries, the responder's outbound switch, DPD) and
@@ -61,7 +62,6 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from ike import (
     child_sa,
@@ -110,7 +110,6 @@ from ike.events import (
     IkeSaFailed,
 )
 from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
-from ike.host import ExchangeHost
 from ike.payloads import first, first_notify
 from ike.sa import (
     ZERO_SPI,
@@ -140,61 +139,6 @@ __all__ = [
 ]
 
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
-RequestHandler = Callable[[IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]]
-
-
-class _Host:
-    """The engine as ike/host.py's ExchangeHost: the modules of ike/ are handed this, never
-    the engine. Its members are the engine's own bound methods (no extra call layer)."""
-
-    __slots__ = (
-        "cookies",
-        "new_uid",
-        "send_ike_delete",
-        "settings",
-        "stats",
-        "spis",
-        "random",
-        "emit",
-        "send_request",
-        "end_sa",
-        "after_response",
-        "lifetimes_changed",
-        "start_initiator",
-        "send_datagram",
-        "send_first",
-        "send_queued",
-        "new_ike_spi",
-        "find_sa",
-        "add_sa",
-        "swap_handles",
-        "set_expiry",
-        "connections_for",
-    )
-
-    def __init__(self, e: IkeEngine) -> None:
-        self.cookies = e._cookies
-        self.new_uid = e._uids.__next__
-        self.send_ike_delete = e._send_ike_delete
-        self.settings = e.settings
-        self.stats = e.stats
-        self.spis = e._spis
-        self.random = e._random
-        self.emit = e._events.append
-        self.send_request = e._send_request
-        self.end_sa = e.end_sa
-        self.after_response = e._after_response.append
-        self.lifetimes_changed = e._update_life
-        self.start_initiator = e._start_initiator
-        self.send_datagram = e._emit
-        self.send_first = e._send_first
-        self.send_queued = e._send_queued
-        self.new_ike_spi = e._new_ike_spi
-        self.find_sa = e._sas.get
-        self.add_sa = e._add_sa
-        self.swap_handles = e._swap_handles
-        self.set_expiry = e._set_expiry
-        self.connections_for = e._connections_for
 
 
 class IkeEngine:
@@ -233,20 +177,17 @@ class IkeEngine:
         self._uids = itertools.count(1)
         # COOKIE secrets and the half-open responder SAs (§2.6)
         self._cookies: Cookies[IkeSa] = Cookies(self.settings, random)
-        # a rekey responder whose old SA the initiator has not deleted by then sends on
-        # the new SA anyway: the initiator has our answer or has given up on it
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
-        self._host: ExchangeHost = _Host(self)
-        # The responder side of the state machine as data: (SA state, exchange) -> handler
-        # of the request, returning the answer's payloads (or raising ProtocolError).
-        self._request_handlers: dict[tuple[State, int], RequestHandler] = {
-            (State.AUTH_WAIT, ExchangeType.IKE_AUTH): partial(ike_auth.on_request, self._host),
-            (State.ESTABLISHED, ExchangeType.INFORMATIONAL): self._on_informational_request,
-            (State.DELETING, ExchangeType.INFORMATIONAL): self._on_informational_request,
-            (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): self._on_create_child_request,
-        }
+        # the host interface (ike/host.py) that the modules of ike/ get: the engine itself
+        self.random = random
+        self.spis = self._spis
+        self.cookies = self._cookies
+        self.emit = self._events.append
+        self.after_response = self._after_response.append
+        self.find_sa = self._sas.get
+        self.new_uid = self._uids.__next__
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
@@ -353,9 +294,9 @@ class IkeEngine:
             )
         local = (str(conn.local_addrs[0]), conn.config.local_port)
         remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
-        return self._start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts).uid
+        return self.start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts).uid
 
-    def _start_initiator(
+    def start_initiator(
         self,
         conn: CompiledConnection,
         ch: CompiledChild,
@@ -371,26 +312,26 @@ class IkeEngine:
         sa = IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
         sa.redirected_from = redirected_from
-        sa.spi_i = self._new_ike_spi()
-        self._add_sa(sa)
+        sa.spi_i = self.new_ike_spi()
+        self.add_sa(sa)
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
         sa.pending_child = PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
-        sa_init.send_request(self._host, sa, now)
+        sa_init.send_request(self, sa, now)
         return sa
 
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
         """Send the peer of an established IKE SA to `gateway` (an IP address or FQDN;
         RFC 5685 §5): IkeSaRedirected once it answered; the peer then deletes the SA.
         LocalError when the peer did not announce REDIRECT_SUPPORTED."""
-        redirect.start(self._host, self._established_sa(ike_sa), gateway, now)
+        redirect.start(self, self._established_sa(ike_sa), gateway, now)
 
     def delete_ike_sa(self, ike_sa: int, now: float) -> None:
         """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is State.ESTABLISHED:
-            self._send_ike_delete(sa, now)
+            self.send_ike_delete(sa, now)
         elif sa.state is not State.DELETING:
             self.end_sa(sa, EndReason.CANCELLED, now)
 
@@ -400,14 +341,14 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        child_sa.delete(self._host, sa, child, now)
+        child_sa.delete(self, sa, child, now)
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
         """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
-        self._send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+        self.send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
 
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
@@ -416,7 +357,7 @@ class IkeEngine:
         (None: unchanged) with UPDATE_SA_ADDRESSES; IkeSaMigrated (move the Child SAs)
         or IkeSaMigrateFailed follows. LocalError unless MOBIKE is in use and we are the
         IKE SA's initiator."""
-        mobike.start_update(self._host, self._established_sa(ike_sa), local, remote, now)
+        mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
 
     def _sa_by_uid(self, uid: int) -> IkeSa:
         sa = self._by_uid.get(uid)
@@ -502,7 +443,7 @@ class IkeEngine:
                 self.stats.unexpected += 1
         if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
             exchange, payloads2, handler = sa.queue.popleft()
-            self._send_request(sa, exchange, payloads2, handler, now)
+            self.send_request(sa, exchange, payloads2, handler, now)
 
     def _handle_request(
         self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
@@ -513,13 +454,13 @@ class IkeEngine:
         if cached is not None:
             if cached:  # a fragmented request's retransmission is answered once
                 self.stats.duplicates_answered += 1
-                self._emit(*addr, cached)  # to where the request came from (§2.11)
+                self.send_datagram(*addr, cached)  # to where the request came from (§2.11)
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
             return
         msg = codec.decode_message(data, hdr)
-        handler = self._request_handlers.get((sa.state, hdr.exchange_type))
+        handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
         try:
             payloads = window.unprotect(sa, msg, data)
         except DecodeError as exc:
@@ -549,7 +490,7 @@ class IkeEngine:
                     error = ProtocolError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
             else:
                 try:
-                    response = handler(sa, msg, payloads, data, now)
+                    response = handler(self, sa, msg, payloads, data, now)
                 except ProtocolError as exc:
                     error = exc
         if error is not None:
@@ -558,12 +499,12 @@ class IkeEngine:
             sa, self.settings, hdr.exchange_type, hdr.message_id, response, is_response=True
         )
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
-        self._emit(*addr, out)  # to where the request came from (RFC 7296 §2.11)
+        self.send_datagram(*addr, out)  # to where the request came from (RFC 7296 §2.11)
         while self._after_response:  # what a handler left for after its answer
             self._after_response.popleft()()
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
-            self._set_expiry(sa, now + self.settings.half_open_timeout)
+            self.set_expiry(sa, now + self.settings.half_open_timeout)
 
     def _update_path(self, sa: IkeSa, addr: Addr) -> None:
         """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23).
@@ -587,7 +528,7 @@ class IkeEngine:
                     self._give_up(sa, now)
                     continue
                 self.stats.retransmits += 1
-                self._emit(sa.local, sa.remote, req.data)
+                self.send_datagram(sa.local, sa.remote, req.data)
             if sa.expire_at is not None and sa.expire_at <= now:
                 if sa.state is State.CLOSED or not sa.current:
                     self.end_sa(sa, EndReason.RETIRED, now)  # its linger is over
@@ -610,7 +551,7 @@ class IkeEngine:
         elif at is None:
             sa.timer_at = None
 
-    def _set_expiry(self, sa: IkeSa, at: float | None) -> None:
+    def set_expiry(self, sa: IkeSa, at: float | None) -> None:
         sa.expire_at = at
         self._reschedule(sa)
 
@@ -628,10 +569,10 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ sending
 
-    def _emit(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
+    def send_datagram(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
         if type(data) is tuple:  # SKF fragments of one message
             for fragment in data:
-                self._emit(local, remote, fragment)
+                self.send_datagram(local, remote, fragment)
             return
         assert isinstance(data, bytes)
         nat_t = self.settings.nat_t_port
@@ -640,7 +581,7 @@ class IkeEngine:
         self.stats.datagrams_sent += 1
         self._out.append(Datagram(data, local, remote))
 
-    def _send_request(
+    def send_request(
         self,
         sa: IkeSa,
         exchange: int,
@@ -658,21 +599,21 @@ class IkeEngine:
             exchange, mid, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
-        self._emit(sa.local, sa.remote, data)
+        self.send_datagram(sa.local, sa.remote, data)
 
-    def _send_first(self, sa: IkeSa, data: bytes, on_response: ResponseHandler, now: float) -> None:
+    def send_first(self, sa: IkeSa, data: bytes, on_response: ResponseHandler, now: float) -> None:
         """Our unprotected IKE_SA_INIT request: message ID 0, retransmitted as any other."""
         sa.my_next_id = 1
         sa.outstanding = Request(
             ExchangeType.IKE_SA_INIT, 0, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
-        self._emit(sa.local, sa.remote, data)
+        self.send_datagram(sa.local, sa.remote, data)
 
-    def _send_queued(self, sa: IkeSa, now: float) -> None:
+    def send_queued(self, sa: IkeSa, now: float) -> None:
         if sa.outstanding is None and sa.queue:
             exchange, payloads, handler = sa.queue.popleft()
-            self._send_request(sa, exchange, payloads, handler, now)
+            self.send_request(sa, exchange, payloads, handler, now)
 
     # ------------------------------------------------------------------ SA bookkeeping
 
@@ -686,7 +627,7 @@ class IkeEngine:
             cached = old.last_response
             if old.state is State.AUTH_WAIT and old.init_request == data and cached is not None:
                 self.stats.duplicates_answered += 1
-                self._emit(local, remote, cached[2])
+                self.send_datagram(local, remote, cached[2])
             else:
                 self.stats.unexpected += 1
             return
@@ -696,28 +637,28 @@ class IkeEngine:
             if exc.critical_payload is None:
                 raise
             sa_init.send_error(
-                self._host,
+                self,
                 hdr,
                 Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((exc.critical_payload,))),
                 local,
                 remote,
             )
             return
-        sa = sa_init.respond(self._host, msg, hdr, data, local, remote, now)
+        sa = sa_init.respond(self, msg, hdr, data, local, remote, now)
         if sa is not None:
-            self._add_sa(sa)
+            self.add_sa(sa)
             self._by_spi_i[sa.spi_i] = sa
 
-    def _add_sa(self, sa: IkeSa) -> None:
+    def add_sa(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
         self._by_uid[sa.uid] = sa
 
-    def _swap_handles(self, old: IkeSa, new: IkeSa) -> None:
+    def swap_handles(self, old: IkeSa, new: IkeSa) -> None:
         new.uid, old.uid = old.uid, new.uid
         self._by_uid[new.uid] = new
         self._by_uid[old.uid] = old
 
-    def _new_ike_spi(self) -> bytes:
+    def new_ike_spi(self) -> bytes:
         while True:
             spi = self._ike_spis()
             if spi != ZERO_SPI and spi not in self._sas:
@@ -772,7 +713,7 @@ class IkeEngine:
         sa.succeed(Succession.ABANDONED)
         self._release_pending(sa)
         sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
-        self._send_ike_delete(sa, now)
+        self.send_ike_delete(sa, now)
 
     def _children_end(self, sa: IkeSa, reason: str, now: float, *, dead: bool) -> None:
         """An established IKE SA ends: ChildSaDeleted for each of its Child SAs and, when
@@ -781,7 +722,7 @@ class IkeEngine:
         for child in sa.children.values():
             child.outbound_from = child.switch_at = None  # everything goes: no switch
         for child in list(sa.children.values()):
-            child_sa.deleted(self._host, sa, child, reason, now)
+            child_sa.deleted(self, sa, child, reason, now)
         if dead:
             self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
 
@@ -803,7 +744,7 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ IKE_SA_INIT
 
-    def _connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
+    def connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
         lip, rip = ip(local[0]), ip(remote[0])
         return tuple(
             c
@@ -819,7 +760,7 @@ class IkeEngine:
     def _on_informational_request(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
-        out: list[Payload] = mobike.on_informational(self._host, sa, payloads, self._rx_addr, now)
+        out: list[Payload] = mobike.on_informational(self, sa, payloads, self._rx_addr, now)
         deleted_spis: list[bytes] = []
         delete_ike = False
         for p in payloads:
@@ -827,7 +768,7 @@ class IkeEngine:
                 if p.protocol == ProtocolId.IKE:
                     delete_ike = True
                 elif p.protocol == ProtocolId.ESP and p.spi_size == 4:
-                    deleted_spis += child_sa.on_peer_delete(self._host, sa, p.spis, now)
+                    deleted_spis += child_sa.on_peer_delete(self, sa, p.spis, now)
             elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
                 self.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, after=After.LINGER)
@@ -836,12 +777,12 @@ class IkeEngine:
             if sa.collision is not None:  # the peer won our IKE rekey collision (§2.8.2)
                 theirs, sa.collision = sa.collision[2], None
                 sa.rekey_to(RekeyState.REKEYING)
-                ike_rekey.take_over(self._host, sa, theirs, now)
+                ike_rekey.take_over(self, sa, theirs, now)
             self.end_sa(sa, EndReason.DELETED_BY_PEER, now, after=After.LINGER)
             return []
         moved = first_notify(payloads, NotifyType.REDIRECT)
         if moved is not None and sa.live:
-            redirect.on_informational(self._host, sa, moved, now)  # RFC 5685 §5
+            redirect.on_informational(self, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
             out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
         return out
@@ -863,9 +804,9 @@ class IkeEngine:
 
     def _start_ike_lifetime(self, sa: IkeSa, now: float) -> None:
         lifetimes.start_ike(sa, self.settings, self._random, now)
-        self._update_life(sa)
+        self.lifetimes_changed(sa)
 
-    def _update_life(self, sa: IkeSa) -> None:
+    def lifetimes_changed(self, sa: IkeSa) -> None:
         """life_at = the earliest lifetime deadline of the SA and its Child SAs."""
         sa.life_at = lifetimes.earliest(sa)
         self._reschedule(sa)
@@ -889,7 +830,7 @@ class IkeEngine:
         if sa.rekey_at is not None and sa.rekey_at <= now:
             sa.rekey_at = None
             if sa.rekey is RekeyState.IDLE:
-                ike_rekey.start(self._host, sa, None, now)
+                ike_rekey.start(self, sa, None, now)
         if sa.child_retries:
             due = [ch for t, ch in sa.child_retries if t <= now]
             sa.child_retries = [(t, ch) for t, ch in sa.child_retries if t > now]
@@ -897,20 +838,20 @@ class IkeEngine:
                 self.create_child_sa(sa.uid, ch.name, now)
         for child in list(sa.children.values()):
             if child.switch_at is not None and child.switch_at <= now:
-                child_sa.switch_outbound(self._host, sa, child, "timeout", now)
+                child_sa.switch_outbound(self, sa, child, "timeout", now)
             if child.closing:
                 continue
             if child.expire_at is not None and child.expire_at <= now:
                 # the hard lifetime: gone now (the kernel drops it too), the peer is told
-                child_sa.deleted(self._host, sa, child, "expired", now)
-                child_sa.send_delete(self._host, sa, child.spi_in, now)
+                child_sa.deleted(self, sa, child, "expired", now)
+                child_sa.send_delete(self, sa, child.spi_in, now)
             elif child.rekey_at is not None and child.rekey_at <= now:
                 child.rekey_at = None
                 if not child.rekeying:
-                    child_sa.start_rekey(self._host, sa, child, now)
+                    child_sa.start_rekey(self, sa, child, now)
         if sa.dpd_at is not None and sa.dpd_at <= now:
             self._dpd_due(sa, now)
-        self._update_life(sa)
+        self.lifetimes_changed(sa)
 
     def _dpd_due(self, sa: IkeSa, now: float) -> None:
         """Dead Peer Detection (RFC 7296 §2.4, strongSwan's idle-time DPD): nothing from
@@ -922,7 +863,7 @@ class IkeEngine:
             return
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
-            self._send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+            self.send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
@@ -939,7 +880,7 @@ class IkeEngine:
         `packet_ts` as in initiate()."""
         sa = self._established_sa(ike_sa)
         assert sa.conn is not None
-        child_sa.start_create(self._host, sa, sa.conn.child(child), packet_ts, now)
+        child_sa.start_create(self, sa, sa.conn.child(child), packet_ts, now)
 
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
         """Rekey the Child SA with inbound SPI `spi_in` now (§1.3.3), e.g. because a
@@ -950,13 +891,13 @@ class IkeEngine:
         if child is None or child.rekeyed:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
         if not child.rekeying and child.state is not ChildState.DELETING:
-            child_sa.start_rekey(self._host, sa, child, now)
+            child_sa.start_rekey(self, sa, child, now)
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
         """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
         sa = self._established_sa(ike_sa)
         if sa.rekey is RekeyState.IDLE:
-            ike_rekey.start(self._host, sa, None, now)
+            ike_rekey.start(self, sa, None, now)
 
     def _established_sa(self, uid: int) -> IkeSa:
         sa = self._sa_by_uid(uid)
@@ -977,20 +918,34 @@ class IkeEngine:
         if not isinstance(sa_p, SecurityAssociation) or not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
         if sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
-            return ike_rekey.respond(self._host, sa, sa_p, nonce.data, ke, now)
+            return ike_rekey.respond(self, sa, sa_p, nonce.data, ke, now)
         if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
-        return child_sa.respond_create(self._host, sa, sa_p, nonce, ke, payloads, now)
+        return child_sa.respond_create(self, sa, sa_p, nonce, ke, payloads, now)
 
     # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
 
-    def _send_ike_delete(self, sa: IkeSa, now: float) -> None:
+    def send_ike_delete(self, sa: IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""
         sa.move(State.DELETING)
-        self._send_request(
+        self.send_request(
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.IKE, 0, ())],
             self._on_delete_ike_response,
             now,
         )
+
+
+RequestHandler = Callable[
+    [IkeEngine, IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
+]
+
+# The responder side of the state machine as data: (SA state, exchange) -> the handler
+# of the request, returning the answer's payloads (or raising ProtocolError).
+_REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
+    (State.AUTH_WAIT, ExchangeType.IKE_AUTH): ike_auth.on_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
+    (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
+    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,
+}

@@ -2,7 +2,10 @@
 
 The engine (ike/engine.py) composes leaf modules that never import it back (aioquic's
 connection and its recovery/stream modules are the model). Each is handed the engine as
-one of these Protocols and uses nothing else of it:
+one of these Protocols and uses nothing else of it. IkeEngine implements them itself
+(its own methods and components, so no extra call layer and no reference cycle); these
+members are for the modules of ike/, not for the engine's callers (docs/ike.md lists
+the API):
 
 * ``SaHost``: MOBIKE (ike/mobike.py) and redirect (ike/redirect.py): the settings and
   counters, randomness, events, sending a request on an IKE SA, ending an IKE SA with a

@@ -35,7 +35,6 @@ from tests.unit.ike.harness import (
     leftovers,
     pair_confs,
     sa_of,
-    send_request,
 )
 
 A2 = "192.0.2.11"  # the initiator's second address
@@ -325,7 +324,7 @@ def _send_informational(net: Net, payloads: list[Payload]) -> list[Payload]:
     def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
         answers.extend(p)
 
-    send_request(net.a, sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)
+    net.a.send_request(sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)
     net.pump()
     return answers
 

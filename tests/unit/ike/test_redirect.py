@@ -26,7 +26,7 @@ from ike.events import (
     IkeSaFailed,
     IkeSaRedirected,
 )
-from tests.unit.ike.harness import all_sas, conn, sa_of, send_request
+from tests.unit.ike.harness import all_sas, conn, sa_of
 
 CLIENT, GW1, GW2 = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 
@@ -351,8 +351,7 @@ def test_malformed_redirect_in_an_informational_is_answered_and_changes_nothing(
     gw = net[GW1]
     sa = sa_of(gw, gw.ike_sas()[0].ike_sa)
     answers: list[tuple[object, ...]] = []
-    send_request(
-        gw,
+    gw.send_request(
         sa,
         ExchangeType.INFORMATIONAL,
         [Notify(NotifyType.REDIRECT, b"\x09\x01x")],
