@@ -363,8 +363,10 @@ def request(
         payloads.append(KeyExchange(dh.group.id, dh.public))
     payloads += [TrafficSelectors(PayloadType.TSi, tsi), TrafficSelectors(PayloadType.TSr, tsr)]
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-        _on_response(host, req, s, p, n)
+    def on_response(
+        h: ExchangeHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
+        _on_response(h, req, s, p, n)
 
     host.send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
 
@@ -508,9 +510,11 @@ def _delete_rekeyed(host: ExchangeHost, sa: IkeSa, old: ChildSa, now: float) -> 
     old.move(ChildState.DELETING)
     host.lifetimes_changed(sa)
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+    def on_response(
+        h: ExchangeHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
         if s.children.get(old.spi_in) is old:
-            deleted(host, s, old, "rekeyed", n)
+            deleted(h, s, old, "rekeyed", n)
 
     send_delete(host, sa, old.spi_in, now, on_response)
 
@@ -545,10 +549,12 @@ def delete(host: ExchangeHost, sa: IkeSa, child: ChildSa, now: float) -> None:
         return
     child.move(ChildState.DELETING)
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+    def on_response(
+        h: ExchangeHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
         # Whatever the peer answers, our request named the SA: it is gone on our side.
         for c in [c for c in s.children.values() if c.state is ChildState.DELETING]:
-            deleted(host, s, c, "rekeyed" if c.rekeyed else "deleted", n)
+            deleted(h, s, c, "rekeyed" if c.rekeyed else "deleted", n)
 
     send_delete(host, sa, child.spi_in, now, on_response)
 
@@ -613,6 +619,11 @@ def respond_create(
 
 
 def _ignored(
-    sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    host: ExchangeHost,
+    sa: IkeSa,
+    msg: Message,
+    payloads: tuple[Payload, ...],
+    data: bytes,
+    now: float,
 ) -> None:
     return None

@@ -348,7 +348,7 @@ class IkeEngine:
         sa = self._sa_by_uid(ike_sa)
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
-        self.send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+        self.send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
 
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
@@ -431,7 +431,7 @@ class IkeEngine:
         sa.timer_at = None
         self._reschedule(sa)
         try:
-            req.on_response(sa, msg, payloads, data, now)
+            req.on_response(self, sa, msg, payloads, data, now)
         except ResponseIgnored:  # as if it never came: keep retransmitting the request
             sa.outstanding = req
             self._reschedule(sa)
@@ -863,7 +863,9 @@ class IkeEngine:
             return
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
-            self.send_request(sa, ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+            self.send_request(
+                sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now
+            )
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
@@ -932,7 +934,7 @@ class IkeEngine:
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.IKE, 0, ())],
-            self._on_delete_ike_response,
+            IkeEngine._on_delete_ike_response,
             now,
         )
 

@@ -56,7 +56,7 @@ class SaHost(Protocol):
         now: float,
     ) -> None:
         """Encrypt and send a request on `sa` (queued behind the outstanding one, window
-        size 1); `on_response(sa, msg, payloads, data, now)` gets the answer."""
+        size 1); `on_response(host, sa, msg, payloads, data, now)` gets the answer."""
         ...
 
     def end_sa(

@@ -19,8 +19,6 @@ table does not change.
 
 from __future__ import annotations
 
-from functools import partial
-
 from ike import auth, child_sa, lifetimes, mobike, redirect
 from ike.codec import (
     Authentication,
@@ -76,7 +74,7 @@ def send_request(host: ExchangeHost, sa: IkeSa, now: float) -> None:
         TrafficSelectors(PayloadType.TSi, tsi),
         TrafficSelectors(PayloadType.TSr, tsr),
     ]
-    host.send_request(sa, ExchangeType.IKE_AUTH, payloads, partial(_on_response, host), now)
+    host.send_request(sa, ExchangeType.IKE_AUTH, payloads, _on_response, now)
 
 
 def on_request(
@@ -271,6 +269,11 @@ def _id_for_address(text: str) -> tuple[int, bytes]:
 
 
 def _ignored(
-    sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    host: ExchangeHost,
+    sa: IkeSa,
+    msg: Message,
+    payloads: tuple[Payload, ...],
+    data: bytes,
+    now: float,
 ) -> None:
     return None

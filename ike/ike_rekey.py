@@ -53,8 +53,10 @@ def start(host: ExchangeHost, sa: IkeSa, group: int | None, now: float) -> None:
         KeyExchange(dh.group.id, dh.public),
     ]
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-        _on_response(host, s, spi_i, ni, dh, p, n, group is not None)
+    def on_response(
+        h: ExchangeHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
+        _on_response(h, s, spi_i, ni, dh, p, n, group is not None)
 
     sa.rekey_handler = on_response
     sa.rekey_to(RekeyState.REKEYING)

@@ -201,8 +201,10 @@ def start_update(
     payloads.append(Notify(NotifyType.COOKIE2, update.cookie2))
     payloads += address_notifies(sa.conn, sa.local, say_none=True)
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-        _on_update_response(host, s, update, p, n)
+    def on_response(
+        h: SaHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
+        _on_update_response(h, s, update, p, n)
 
     host.stats.mobike_updates_sent += 1
     host.send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)

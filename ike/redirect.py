@@ -232,9 +232,11 @@ def start(host: SaHost, sa: IkeSa, gateway: str, now: float) -> None:
         raise LocalError(f"redirect: {exc}") from None
     old_remote = sa.remote
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
-        host.stats.redirects_sent += 1
-        host.emit(IkeSaRedirected(s.uid, s.name, False, "established", old_remote, gateway, n))
+    def on_response(
+        h: SaHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
+        h.stats.redirects_sent += 1
+        h.emit(IkeSaRedirected(s.uid, s.name, False, "established", old_remote, gateway, n))
 
     host.send_request(
         sa,

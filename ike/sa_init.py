@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from functools import partial
 
 from ike import auth, codec, ike_auth, nat, redirect
 from ike.codec import KeyExchange, Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
@@ -57,7 +56,7 @@ def send_request(host: ExchangeHost, sa: IkeSa, now: float) -> None:
         Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
     )
     sa.init_request = data
-    host.send_first(sa, data, partial(_on_response, host), now)
+    host.send_first(sa, data, _on_response, now)
 
 
 def send_error(

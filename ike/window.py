@@ -22,9 +22,10 @@ from ike.events import Endpoint
 from ike.sk import SkCipher
 
 Wire = bytes | tuple[bytes, ...]  # one datagram, or a message's SKF fragments
-# called with (the IkeSa (ike/sa.py, which builds on this module), the response, its
-# payloads (decrypted), its bytes, now)
-ResponseHandler = Callable[[Any, Message, tuple[Payload, ...], bytes, float], None]
+# called with (the engine as ike/host.py's host, the IkeSa (ike/sa.py), the response, its
+# payloads (decrypted), its bytes, now). Handed the host at call time, a handler need
+# not hold the engine: a dropped engine is freed by reference counting.
+ResponseHandler = Callable[[Any, Any, Message, tuple[Payload, ...], bytes, float], None]
 MAX_FRAGMENTS = 64  # per message; more is an attack, not a certificate chain
 
 

@@ -321,7 +321,9 @@ def _send_informational(net: Net, payloads: list[Payload]) -> list[Payload]:
     """Send an authenticated INFORMATIONAL from a; return b's answer payloads."""
     answers: list[Payload] = []
 
-    def on_response(s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float) -> None:
+    def on_response(
+        h: IkeEngine, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+    ) -> None:
         answers.extend(p)
 
     net.a.send_request(sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)

@@ -355,7 +355,7 @@ def test_malformed_redirect_in_an_informational_is_answered_and_changes_nothing(
         sa,
         ExchangeType.INFORMATIONAL,
         [Notify(NotifyType.REDIRECT, b"\x09\x01x")],
-        lambda s, m, p, d, n: answers.append(p),
+        lambda h, s, m, p, d, n: answers.append(p),
         net.now,
     )
     net.pump()

@@ -72,12 +72,7 @@ def current(net: Net, side: str) -> dict[int, ChildSaEstablished]:
 
 
 def engine_children(eng: IkeEngine) -> dict[int, int]:
-    return {
-        c.spi_in: c.spi_out
-        for sa in all_sas(eng)
-        if sa.current
-        for c in sa.children.values()
-    }
+    return {c.spi_in: c.spi_out for sa in all_sas(eng) if sa.current for c in sa.children.values()}
 
 
 def assert_settled(net: Net, children: int = 1) -> None:
