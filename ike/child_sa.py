@@ -538,7 +538,7 @@ def send_delete(
         sa,
         ExchangeType.INFORMATIONAL,
         [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
-        on_response or _ignored,
+        on_response or window.ignore_response,
         now,
     )
 
@@ -616,14 +616,3 @@ def respond_create(
             old.rekey_to(ChildRekey.REKEYED)
         host.lifetimes_changed(sa)
     return out
-
-
-def _ignored(
-    host: ExchangeHost,
-    sa: IkeSa,
-    msg: Message,
-    payloads: tuple[Payload, ...],
-    data: bytes,
-    now: float,
-) -> None:
-    return None

@@ -348,7 +348,7 @@ class IkeEngine:
         sa = self._sa_by_uid(ike_sa)
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
-        self.send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
+        self.send_request(sa, ExchangeType.INFORMATIONAL, [], window.ignore_response, now)
 
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
@@ -792,13 +792,6 @@ class IkeEngine:
     ) -> None:
         self.end_sa(sa, EndReason.DELETED, now)
 
-    def _on_liveness_response(
-        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        return None
-
-    # ------------------------------------------------------------------ lifetimes (§2.8)
-
     def _retry_delay(self) -> float:
         return lifetimes.retry_delay(self._random)
 
@@ -863,9 +856,7 @@ class IkeEngine:
             return
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
-            self.send_request(
-                sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now
-            )
+            self.send_request(sa, ExchangeType.INFORMATIONAL, [], window.ignore_response, now)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 

@@ -19,7 +19,7 @@ table does not change.
 
 from __future__ import annotations
 
-from ike import auth, child_sa, lifetimes, mobike, redirect
+from ike import auth, child_sa, lifetimes, mobike, redirect, window
 from ike.codec import (
     Authentication,
     Delete,
@@ -225,7 +225,7 @@ def _on_response(
             sa,
             ExchangeType.INFORMATIONAL,
             [Notify(NotifyType.AUTHENTICATION_FAILED)],
-            _ignored,
+            window.ignore_response,
             now,
         )
         raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
@@ -257,7 +257,7 @@ def _on_response(
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.ESP, 4, (pending.spi_in.to_bytes(4, "big"),))],
-            _ignored,
+            window.ignore_response,
             now,
         )
 
@@ -266,14 +266,3 @@ def _id_for_address(text: str) -> tuple[int, bytes]:
     """Our identity when none is configured: the IKE SA's address (ID_IPV4/6_ADDR)."""
     a = ip(text)
     return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
-
-
-def _ignored(
-    host: ExchangeHost,
-    sa: IkeSa,
-    msg: Message,
-    payloads: tuple[Payload, ...],
-    data: bytes,
-    now: float,
-) -> None:
-    return None

@@ -29,6 +29,14 @@ ResponseHandler = Callable[[Any, Any, Message, tuple[Payload, ...], bytes, float
 MAX_FRAGMENTS = 64  # per message; more is an attack, not a certificate chain
 
 
+def ignore_response(
+    host: Any, sa: Any, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+) -> None:
+    """The handler of a request whose answer changes nothing (a liveness check, a Delete
+    of a Child SA we already forgot, telling the peer AUTHENTICATION_FAILED)."""
+    return None
+
+
 class Request:
     """Our request on the wire: what answers it, and when it is retransmitted."""
 
