@@ -17,7 +17,7 @@ _P = TypeVar("_P")
 def first(payloads: Sequence[Payload], cls: type[_P], kind: int | None = None) -> _P | None:
     """The first payload of class `cls` (and payload type `kind`, e.g. IDi or TSr)."""
     for p in payloads:
-        if type(p) is cls and (kind is None or getattr(p, "payload_type", None) == kind):
+        if type(p) is cls and (kind is None or p.payload_type == kind):  # type: ignore[attr-defined]
             return p  # type: ignore[return-value]
     return None
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ike.auth import PeerHints
 from ike.codec import Payload
@@ -73,6 +74,7 @@ from ike.ts import TrafficSelector
 from ike.window import Fragments, Request, ResponseHandler, Wire
 
 ZERO_SPI = bytes(8)
+_E = TypeVar("_E", bound=enum.Enum)
 
 
 class InvalidTransition(AssertionError):
@@ -238,7 +240,7 @@ class ChildSa:
     switch_at: float | None = None
 
     def move(self, state: ChildState) -> None:
-        if state is not self.state and state not in CHILD_MOVES[self.state]:
+        if state is not self.state and state not in _CHILD_MOVES[self.state._value_]:
             raise InvalidTransition(
                 f"Child SA {self.spi_in:08x}: {self.state.name} -> {state.name}"
             )
@@ -255,7 +257,7 @@ class ChildSa:
         return collision
 
     def rekey_to(self, rekey: ChildRekey) -> None:
-        if rekey is not self.rekey and rekey not in CHILD_REKEY_MOVES[self.rekey]:
+        if rekey is not self.rekey and rekey not in _CHILD_REKEY_MOVES[self.rekey._value_]:
             raise InvalidTransition(
                 f"Child SA {self.spi_in:08x} rekey: {self.rekey.name} -> {rekey.name}"
             )
@@ -318,6 +320,20 @@ class MobikeUpdate:
         self.cookie2 = cookie2
         self.old_local = old_local
         self.old_remote = old_remote
+
+
+def _by_value(table: dict[_E, frozenset[_E]]) -> dict[object, tuple[_E, ...]]:
+    """A move table keyed by the enums' plain values: the checks then hash an int and
+    compare by identity, where an Enum member's own __hash__ is a Python call."""
+    return {state._value_: tuple(moves) for state, moves in table.items()}
+
+
+_STATE_MOVES = _by_value(STATE_MOVES)
+_SUCCESSION_MOVES = _by_value(SUCCESSION_MOVES)
+_REKEY_MOVES = _by_value(REKEY_MOVES)
+_MOBILITY_MOVES = _by_value(MOBILITY_MOVES)
+_CHILD_MOVES = _by_value(CHILD_MOVES)
+_CHILD_REKEY_MOVES = _by_value(CHILD_REKEY_MOVES)
 
 
 class IkeSa:
@@ -466,22 +482,22 @@ class IkeSa:
     # ------------------------------------------------------------------ transitions
 
     def move(self, state: State) -> None:
-        if state not in STATE_MOVES[self.state]:
+        if state not in _STATE_MOVES[self.state._value_]:
             raise InvalidTransition(f"{self!r}: {self.state.name} -> {state.name}")
         self.state = state
 
     def succeed(self, succession: Succession) -> None:
-        if succession not in SUCCESSION_MOVES[self.succession]:
+        if succession not in _SUCCESSION_MOVES[self.succession._value_]:
             raise InvalidTransition(f"{self!r}: {self.succession.name} -> {succession.name}")
         self.succession = succession
 
     def rekey_to(self, rekey: RekeyState) -> None:
-        if rekey not in REKEY_MOVES[self.rekey]:
+        if rekey not in _REKEY_MOVES[self.rekey._value_]:
             raise InvalidTransition(f"{self!r} rekey: {self.rekey.name} -> {rekey.name}")
         self.rekey = rekey
 
     def mobility_to(self, mobility: Mobility) -> None:
-        if mobility not in MOBILITY_MOVES[self.mobility]:
+        if mobility not in _MOBILITY_MOVES[self.mobility._value_]:
             raise InvalidTransition(f"{self!r} mobility: {self.mobility.name} -> {mobility.name}")
         self.mobility = mobility
 
