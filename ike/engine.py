@@ -650,7 +650,7 @@ class IkeEngine:
             self._by_spi_i[sa.spi_i] = sa
 
     def add_sa(self, sa: IkeSa) -> None:
-        self._sas[sa.our_spi] = sa
+        self._sas[sa.spi_i if sa.initiator else sa.spi_r] = sa  # our SPI
         self._by_uid[sa.uid] = sa
 
     def swap_handles(self, old: IkeSa, new: IkeSa) -> None:

@@ -37,7 +37,7 @@ from ike.events import ChildSaFailed, IkeSaEstablished, IkeSaRedirected
 from ike.host import ExchangeHost
 from ike.payloads import error_notify, first, first_notify, notify_type
 from ike.pki.names import same_identity
-from ike.sa import After, EndReason, IkeSa, PendingChild, State, Succession
+from ike.sa import After, EndReason, IkeSa, Mobility, PendingChild, State, Succession
 from ike.ts import ip, ts_for_address
 
 
@@ -140,7 +140,7 @@ def on_request(
         host.emit(IkeSaRedirected(sa.uid, conn.name, False, "auth", sa.remote, gateway, now))
         return [*out, moved]
     mobike.negotiate(host, sa, payloads)
-    if sa.mobike:
+    if sa.mobility is not Mobility.FIXED:  # MOBIKE in use
         out += mobike.auth_payloads(conn, sa.local)
     _established(host, sa, now)
     sa_p = first(payloads, SecurityAssociation)

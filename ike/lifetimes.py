@@ -15,7 +15,7 @@ from __future__ import annotations
 from ike.config import EngineSettings
 from ike.crypto import RandomSource
 from ike.hooks import InboundTraffic
-from ike.sa import ChildSa, IkeSa
+from ike.sa import ChildRekey, ChildSa, ChildState, IkeSa
 
 
 def jittered(random: RandomSource, base: float, rand: float) -> float:
@@ -70,7 +70,7 @@ def earliest(sa: IkeSa) -> float | None:
     for c in sa.children.values():
         if c.switch_at is not None and (at is None or c.switch_at < at):
             at = c.switch_at
-        if c.closing:
+        if c.rekey is ChildRekey.REKEYED or c.state is ChildState.DELETING:  # c.closing, inlined
             continue
         for due in (c.rekey_at, c.expire_at):
             if due is not None and (at is None or due < at):
