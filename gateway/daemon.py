@@ -87,11 +87,12 @@ from gateway.control import (
     ControlError,
     ControlServer,
 )
-from gateway.dataplane import Counters, Dataplane, DataplaneError, Installed, make_dataplane
+from gateway.dataplane import make_dataplane
+from gateway.dataplane.base import Counters, Dataplane, DataplaneError, Installed, TrapKey, TrapSpec
+from gateway.dataplane.xdp import XdpAdapter
 from gateway.errors import GatewayError
 from gateway.transport import UdpTransport
-from gateway.trap import TrapKey, TrapSpec, TrapTable
-from gateway.xdp import XdpAdapter
+from gateway.trap import TrapTable
 from ike import config as ike_config
 from ike import events as ev
 from ike.errors import LocalError

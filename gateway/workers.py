@@ -69,9 +69,9 @@ from gateway.control import (
     ControlError,
     ControlServer,
 )
+from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.errors import GatewayError
 from gateway.transport import bind_socket
-from gateway.xdp import SlotSpis, XdpAdapter
 from gateway.xdpshare import RemoteLoader, XdpShare
 from gateway.xfrm.manager import OwnedRange
 from gateway.zygote import WorkerProcess, WorkerRequest, Zygote, read_blob, send_blob

@@ -63,7 +63,7 @@ class WorkerRequest:
 def preload() -> None:
     """Import what a worker imports (once, in the zygote)."""
     import gateway.daemon  # noqa: F401
-    import gateway.dataplane  # noqa: F401
+    import gateway.dataplane.xfrm  # noqa: F401
     import gateway.workers  # noqa: F401
     import gateway.xfrm.manager  # noqa: F401
     import ike.engine  # noqa: F401

@@ -219,14 +219,14 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
     """Kernels without tcx links (Debian's 6.1 in the VM) get the TC programs as clsact
     filters through pyroute2, which refuses to run on a thread with a running asyncio
     loop; the adapter attaches and detaches off the loop. Forced to netlink here."""
-    from bpf.loader import Dataplane, in_netns
+    from bpf.loader import AttachedPrograms, in_netns
     from gateway.config import XdpConfig
-    from gateway.xdp import XdpAdapter
+    from gateway.dataplane.xdp import XdpAdapter
 
     a, _ = netns_pair
 
-    def netlink_loader(config: XdpConfig) -> Dataplane:
-        return Dataplane(config.wan_interface, config.lan_interface, attach="netlink")
+    def netlink_loader(config: XdpConfig) -> AttachedPrograms:
+        return AttachedPrograms(config.wan_interface, config.lan_interface, attach="netlink")
 
     adapter = XdpAdapter(XdpConfig("eth0"), loader=netlink_loader, link_mtu=lambda _: 1500)
     try:

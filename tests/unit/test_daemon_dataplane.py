@@ -10,7 +10,9 @@ import ipaddress
 import pytest
 
 from gateway.config import parse_config
-from gateway.dataplane import DataplaneError, NoneDataplane, child_sa_spec
+from gateway.dataplane.base import DataplaneError
+from gateway.dataplane.none import NoneDataplane
+from gateway.dataplane.xfrm import child_sa_spec
 from gateway.xfrm import TrafficSelector
 from ike import events as ev
 from ike.ts import ts_from_text

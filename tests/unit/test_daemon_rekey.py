@@ -18,7 +18,8 @@ from gateway import daemon as daemon_module
 from gateway.config import parse_config
 from gateway.control import ControlClient, ControlError
 from gateway.daemon import Daemon
-from gateway.dataplane import Installed, NoneDataplane
+from gateway.dataplane.base import Installed
+from gateway.dataplane.none import NoneDataplane
 from tests.daemon_helpers import link_in_memory
 
 SECRET = "lab-secret-123456"

@@ -20,8 +20,8 @@ from gateway import daemon as daemon_module
 from gateway.config import ConfigError, parse_config
 from gateway.ctl import format_conns
 from gateway.daemon import Daemon
-from gateway.dataplane import DataplaneError, NoneDataplane
-from gateway.trap import TrapKey, TrapSpec
+from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
+from gateway.dataplane.none import NoneDataplane
 from ike.engine import IkeEngine
 from tests.daemon_helpers import link_in_memory
 from tests.unit.test_daemon_rekey import SECRET

@@ -17,7 +17,8 @@ import pytest
 from gateway.config import parse_config
 from gateway.control import ControlClient, ControlError
 from gateway.daemon import Daemon, _InboundTraffic, engine_connection
-from gateway.dataplane import Counters, DataplaneError, Installed, NoneDataplane
+from gateway.dataplane.base import Counters, DataplaneError, Installed
+from gateway.dataplane.none import NoneDataplane
 from ike import config as ike_config
 from ike import events as ev
 from ike.ts import ts_from_text

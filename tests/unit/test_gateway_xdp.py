@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from bpf.loader import DataplaneError, SlotCounters
+from bpf.loader import BpfError, SlotCounters
 from bpf.spi import slot_of_spi
 from gateway.config import XdpConfig
+from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.errors import GatewayError
-from gateway.xdp import SlotSpis, XdpAdapter
 from ike import events as ev
 from ike.errors import SpiExhausted
 from ike.ts import ts_from_text
@@ -51,7 +51,7 @@ class FakeLoader:
         offloaded: bool = False,
     ) -> None:
         if self.fail_install:
-            raise DataplaneError("map slot_table: update failed: No space left on device")
+            raise BpfError("map slot_table: update failed: No space left on device")
         self.calls.append(("install", slot, spi_in, spi_out, tuple(remote_ts), mtu, offloaded))
 
     def remove_child_sa_spis(self, *, spi_in: int, spi_out: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.dataplane.base import TrapSpec
 from gateway.trap import (
     BACKOFF,
     BACKOFF_FIRST,
@@ -14,7 +15,6 @@ from gateway.trap import (
     CONNECTING,
     INSTALLED,
     TRAPPED,
-    TrapSpec,
     TrapTable,
 )
 

@@ -16,10 +16,10 @@ import socket
 
 import pytest
 
-from bpf.loader import DataplaneError
+from bpf.loader import BpfError
 from bpf.spi import SlotAllocator, SpiError, make_inbound_spi, slot_of_spi
 from gateway.config import XdpConfig
-from gateway.xdp import SlotSpis, XdpAdapter
+from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.xdpshare import RemoteLoader, XdpShare
 from ike.ts import ts_from_text
 from tests.unit.test_gateway_xdp import FakeLoader, child
@@ -102,7 +102,7 @@ async def test_two_workers_share_one_loader() -> None:
 
     # a slot outside the worker's share is refused (never touches the loader)
     assert w0.loader is not None
-    with pytest.raises(DataplaneError, match="not worker 0's"):
+    with pytest.raises(BpfError, match="not worker 0's"):
         await asyncio.to_thread(
             w0.loader.install_child_sa, 3, spi_in=0x103, spi_out=0x200, remote_ts=[], mtu=1400
         )
