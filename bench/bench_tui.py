@@ -91,7 +91,7 @@ class Backend:
 
 async def serve(path: str, child_sas: int, ticks: int) -> None:
     """The server side of the socket benchmark (run in its own process)."""
-    from gateway.control import ControlServer
+    from gateway.control.server import ControlServer
 
     server = ControlServer(Backend(child_sas, ticks), path)
     await server.start()

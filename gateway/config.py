@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gateway.control import DEFAULT_CONTROL_SOCKET
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.errors import GatewayError
 
 T = TypeVar("T")

@@ -79,14 +79,14 @@ from gateway.config import (
     load_config,
     trap_actions,
 )
-from gateway.control import (
+from gateway.control.protocol import (
     BAD_REQUEST,
     FAILED,
     UNKNOWN_CONNECTION,
     UNKNOWN_SA,
     ControlError,
-    ControlServer,
 )
+from gateway.control.server import ControlServer
 from gateway.dataplane import make_dataplane
 from gateway.dataplane.base import Counters, Dataplane, DataplaneError, Installed, TrapKey, TrapSpec
 from gateway.dataplane.xdp import XdpAdapter

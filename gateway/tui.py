@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from gateway.control import DEFAULT_CONTROL_SOCKET
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.errors import CommandError
 
 

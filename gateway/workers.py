@@ -61,14 +61,9 @@ from typing import Any, Final
 from bpf import reuseport
 from gateway import __version__
 from gateway.config import GatewayConfig
-from gateway.control import (
-    FAILED,
-    UNKNOWN_SA,
-    ControlClient,
-    ControlConnectionError,
-    ControlError,
-    ControlServer,
-)
+from gateway.control.client import ControlClient
+from gateway.control.protocol import FAILED, UNKNOWN_SA, ControlConnectionError, ControlError
+from gateway.control.server import ControlServer
 from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.errors import GatewayError
 from gateway.transport import bind_socket

@@ -22,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.control import ControlClient, ControlConnectionError, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
 from gateway.lab import topology
 from gateway.lab.topology import EAST_HOST, NODES, Topology

@@ -256,7 +256,7 @@ class VmLab:
 
     def connector(self) -> Any:
         """A TUI connector reaching gw-west's control API through the VM's control port."""
-        from gateway.control import ControlClient
+        from gateway.control.client import ControlClient
         from ui.control_source import ControlSource
 
         state = self.load_state()

@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from gateway import cli, control
-from gateway.control import (
-    ControlClient,
-    ControlConnectionError,
-    ControlError,
-    ControlServer,
-)
+from gateway import cli
+from gateway.control import protocol as control
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlConnectionError, ControlError
+from gateway.control.server import ControlServer
 from gateway.ctl import format_sas
 from gateway.errors import GatewayError
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config
-from gateway.control import ControlClient, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlError
 from gateway.daemon import RETRY_JITTER, Daemon, _Try, engine_connection
 from ike import events as ev
 from tests.unit.test_daemon_wiring import SECRET, FakeEngine, RecordingDataplane

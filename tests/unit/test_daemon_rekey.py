@@ -16,7 +16,8 @@ import pytest
 
 from gateway import daemon as daemon_module
 from gateway.config import parse_config
-from gateway.control import ControlClient, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
 from gateway.dataplane.base import Installed
 from gateway.dataplane.none import NoneDataplane

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config
-from gateway.control import ControlClient, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon, _InboundTraffic, engine_connection
 from gateway.dataplane.base import Counters, DataplaneError, Installed
 from gateway.dataplane.none import NoneDataplane

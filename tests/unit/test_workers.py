@@ -24,8 +24,10 @@ from bpf.reuseport import (
     select_worker,
     steering_program,
 )
-from gateway import control
-from gateway.control import UNKNOWN_SA, ControlClient, ControlError, ControlServer
+from gateway.control import protocol as control
+from gateway.control.client import ControlClient
+from gateway.control.protocol import UNKNOWN_SA, ControlError
+from gateway.control.server import ControlServer
 from gateway.workers import (
     PartitionedSpis,
     WorkerIkeSpis,
