@@ -65,18 +65,17 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import __version__
 from gateway.addrwatch import AddressWatcher
-from gateway.config import (
+from gateway.config.engine import check_engine_config, engine_connection, engine_settings
+from gateway.config.reader import ConfigError, load_config
+from gateway.config.schema import (
     TRAP_NEEDS_KERNEL,
-    ChildConfig,
-    ConfigError,
-    ConnectionConfig,
+    ChildSection,
+    ConnectionSection,
     GatewayConfig,
-    load_config,
     trap_actions,
 )
 from gateway.control.protocol import (
@@ -251,12 +250,7 @@ def make_engine(
         spis=spis,  # [gateway.xdp]: our inbound SPIs carry the XDP counter slot
         traffic=traffic,  # ESP counters: a Child SA with traffic needs no DPD check
         ike_spis=ike_spis,  # workers: our IKE SPIs carry the worker index
-        settings=ike_config.EngineSettings(
-            nat_t_port=config.gateway.port_nat_t,
-            retransmit_timeout=config.gateway.retransmit_timeout,
-            retransmit_base=config.gateway.retransmit_base,
-            retransmit_tries=config.gateway.retransmit_tries,
-        ),
+        settings=engine_settings(config.gateway),
     )
 
 
@@ -272,82 +266,6 @@ def set_engine_connections(engine: Any, connections: Sequence[ike_config.Connect
         setter(connections)
         return
     engine._conns = {c.name: ike_config.compile_connection(c) for c in connections}
-
-
-# --------------------------------------------------------------------------- config -> engine
-
-
-def engine_connection(conn: ConnectionConfig) -> ike_config.ConnectionConfig:
-    """Our TOML connection as the engine's connection config."""
-    children = tuple(
-        ike_config.ChildConfig(
-            name=c.name,
-            local_ts=tuple(ts for ts in c.local_ts if ts != "dynamic"),
-            remote_ts=tuple(ts for ts in c.remote_ts if ts != "dynamic"),
-            esp_proposals=c.esp_proposals,
-            mode=c.mode,
-            rekey_time=c.rekey_time,
-            life_time=c.life_time,
-            rand_time=c.rand_time,
-            dpd_action=c.dpd_action,
-        )
-        for c in conn.children
-    )
-    # certificate authentication: the engine gets the files' bytes (ike/ does no I/O)
-    local, remote = conn.local, conn.remote
-    local_pub, remote_pub = local.auth == "pubkey", remote.auth == "pubkey"
-    return ike_config.ConnectionConfig(
-        name=conn.name,
-        local_addrs=tuple(a for a in conn.local_addrs if "/" not in a),
-        remote_addrs=tuple(a for a in conn.remote_addrs if "/" not in a),
-        local_id=conn.local.id or "",
-        remote_id=conn.remote.id or "",
-        psk=conn.psk.value if conn.psk else b"",
-        ike_proposals=conn.ike_proposals,
-        children=children,
-        local_port=conn.local_port,
-        remote_port=conn.remote_port,
-        rekey_time=conn.rekey_time,
-        over_time=conn.over_time,
-        rand_time=conn.rand_time,
-        dpd_delay=conn.dpd_delay,
-        mobike=conn.mobike,
-        fragmentation="yes" if conn.fragmentation == "force" else conn.fragmentation,
-        follow_redirects=conn.follow_redirects,
-        redirect_to=conn.redirect_to or "",
-        redirect_on=conn.redirect_on,
-        local_auth=local.auth,
-        remote_auth=remote.auth,
-        certs=_read_files(conn.name, local.certs) if local_pub else (),
-        private_key=_read_files(conn.name, (local.key,))[0] if local_pub and local.key else b"",
-        cacerts=_read_files(conn.name, remote.cacerts) if remote_pub else (),
-        remote_certs=_read_files(conn.name, remote.certs) if remote_pub else (),
-        crls=_read_files(conn.name, remote.crls) if remote_pub else (),
-    )
-
-
-def _read_files(connection: str, paths: Sequence[str]) -> tuple[bytes, ...]:
-    out = []
-    for path in paths:
-        try:
-            out.append(Path(path).read_bytes())
-        except OSError as exc:
-            raise GatewayError(
-                f"connection {connection!r}: cannot read {path}: {exc.strerror}"
-            ) from None
-    return tuple(out)
-
-
-def check_engine_config(config: GatewayConfig) -> None:
-    """Config the TOML checks accept but the engine cannot run yet: a clear error now."""
-    issues: list[str] = []
-    for conn in config.connections:
-        try:
-            ike_config.compile_connection(engine_connection(conn))
-        except (LocalError, GatewayError) as exc:
-            issues.append(str(exc))
-    if issues:
-        raise GatewayError("; ".join(issues))
 
 
 def load_for_reload(path: str, control: ControlServer) -> GatewayConfig:
@@ -1007,7 +925,7 @@ class Daemon:
             spi_r=_hex(e.spi_r),
         )
 
-    def _child_config(self, connection: str, child: str) -> ChildConfig | None:
+    def _child_config(self, connection: str, child: str) -> ChildSection | None:
         conn = self.config.connection(connection)
         return conn.child(child) if conn else None
 
@@ -1467,7 +1385,7 @@ class Daemon:
     # ------------------------------------------------------------------ traps
 
     def fall_back_to_trap(
-        self, conn: ConnectionConfig, children: Sequence[ChildConfig], reason: str
+        self, conn: ConnectionSection, children: Sequence[ChildSection], reason: str
     ) -> None:
         """dpd_action / close_action "trap": these Children get trap policies (if they
         have none yet), so the next packet for them brings them back (`_on_acquire`)."""
@@ -1723,7 +1641,7 @@ class Daemon:
             reason,
         )
 
-    def _retry(self, conn: ConnectionConfig, attempt: _Try) -> None:
+    def _retry(self, conn: ConnectionSection, attempt: _Try) -> None:
         self._retries.pop(conn.name, None)
         if self._closing or self.config.connection(conn.name) != conn:
             return  # stopped, or removed/changed by a reload (which starts it anew)
@@ -1771,7 +1689,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ actions
 
-    def _start_actions(self, conn: ConnectionConfig) -> None:
+    def _start_actions(self, conn: ConnectionSection) -> None:
         if not self.start_filter(conn.name):
             return
         children = [c.name for c in conn.children if c.start_action == "start"]
@@ -1787,7 +1705,7 @@ class Daemon:
                 exc,
             )
 
-    def _bring_up(self, conn: ConnectionConfig, children: Sequence[str]) -> None:
+    def _bring_up(self, conn: ConnectionSection, children: Sequence[str]) -> None:
         """These Children of `conn` up, all on one IKE SA: requested over an established
         IKE SA of the connection, after the one we are setting up, or with a new IKE SA
         whose IKE_AUTH carries the first (keyingtries covers it) and the rest after."""
@@ -1831,7 +1749,7 @@ class Daemon:
         self._request_children(ike_sa, connection, children)
         self._pump()
 
-    def _restart_closed(self, conn: ConnectionConfig, child: str) -> None:
+    def _restart_closed(self, conn: ConnectionSection, child: str) -> None:
         """close_action "start": the peer closed this Child (alone or with its IKE SA);
         once the current event batch is handled (an IKE SA going down goes first), bring
         it up again."""
@@ -1850,7 +1768,7 @@ class Daemon:
 
         self._loop.call_soon(restart)
 
-    def _initiate(self, conn: ConnectionConfig, child: str | None, attempt: int = 1) -> int:
+    def _initiate(self, conn: ConnectionSection, child: str | None, attempt: int = 1) -> int:
         """Initiate an IKE SA (with `child` in IKE_AUTH); keyingtries retries it when it
         fails. A first attempt replaces the connection's pending retry."""
         if attempt == 1:
@@ -1861,7 +1779,7 @@ class Daemon:
         log.info("event=initiate connection=%s child=%s ike_sa=%d", conn.name, child or "-", ike_sa)
         return int(ike_sa)
 
-    def _resolve(self, name: str) -> tuple[ConnectionConfig, str | None]:
+    def _resolve(self, name: str) -> tuple[ConnectionSection, str | None]:
         conn_name, _, child_name = name.partition(".")
         conn = self.config.connection(conn_name)
         if conn is None:
@@ -2287,7 +2205,7 @@ def _count_states(traps: Iterable[Any]) -> dict[str, int]:
     return counts
 
 
-def _trap_spec(conn: ConnectionConfig, child: ChildConfig) -> TrapSpec:
+def _trap_spec(conn: ConnectionSection, child: ChildSection) -> TrapSpec:
     """The trap of a Child config: its selectors between the connection's first
     concrete addresses (check-config makes sure there are some)."""
     return TrapSpec(
@@ -2314,7 +2232,7 @@ def _packet_ts(src: str | None, dst: str | None) -> Any:
     return (ts_for_address(a), ts_for_address(b))
 
 
-def _conn_start_action(conn: ConnectionConfig) -> str:
+def _conn_start_action(conn: ConnectionSection) -> str:
     actions = {c.start_action for c in conn.children}
     for action in ("start", "trap"):
         if action in actions:

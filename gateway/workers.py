@@ -60,7 +60,7 @@ from typing import Any, Final
 
 from bpf import reuseport
 from gateway import __version__
-from gateway.config import GatewayConfig
+from gateway.config.schema import GatewayConfig
 from gateway.control.client import ControlClient
 from gateway.control.protocol import FAILED, UNKNOWN_SA, ControlConnectionError, ControlError
 from gateway.control.server import ControlServer

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.config import ChildConfig
+    from gateway.config.schema import ChildSection
     from ike.events import ChildSaEstablished
 
 ExpireHandler = Callable[[int, bool], None]  # (SPI of the expired state, hard?)
@@ -74,13 +74,13 @@ class Dataplane(Protocol):
     def start(self) -> None:
         """Prepare (e.g. remove our leftovers of a crashed run)."""
 
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed: ...
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed: ...
 
     def replace(
         self,
         old: Installed,
         child: ChildSaEstablished,
-        config: ChildConfig | None,
+        config: ChildSection | None,
         *,
         keep_old_inbound: bool = False,
         switch_outbound: bool = True,

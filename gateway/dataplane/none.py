@@ -21,7 +21,7 @@ from gateway.dataplane.base import (
 )
 
 if TYPE_CHECKING:
-    from gateway.config import ChildConfig
+    from gateway.config.schema import ChildSection
     from ike.events import ChildSaEstablished
 
 
@@ -38,7 +38,7 @@ class NoneDataplane:
     def start(self) -> None:
         pass
 
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed:
         sa = Installed(child.spi_in, child.spi_out)
         self.installed[child.spi_in] = sa
         return sa
@@ -47,7 +47,7 @@ class NoneDataplane:
         self,
         old: Installed,
         child: ChildSaEstablished,
-        config: ChildConfig | None,
+        config: ChildSection | None,
         *,
         keep_old_inbound: bool = False,
         switch_outbound: bool = True,

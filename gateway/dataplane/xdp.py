@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.config import XdpConfig
+from gateway.config.schema import XdpConfig
 from gateway.errors import GatewayError
 from ike import events as ev
 from ike.errors import SpiExhausted

@@ -27,7 +27,7 @@ from gateway.dataplane.base import (
 )
 
 if TYPE_CHECKING:
-    from gateway.config import ChildConfig
+    from gateway.config.schema import ChildSection
     from gateway.xfrm.manager import OwnedRange
     from ike.events import ChildSaEstablished
 
@@ -71,7 +71,7 @@ class XfrmDataplane:
                 report.removed_policies,
             )
 
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed:
         trap = self._traps.get((child.connection, child.child))
         # under its trap's reqid: the kernel's larval state of the ACQUIRE goes, and the
         # trap's out policies are shared (they stay when the SA goes)
@@ -87,7 +87,7 @@ class XfrmDataplane:
         self,
         old: Installed,
         child: ChildSaEstablished,
-        config: ChildConfig | None,
+        config: ChildSection | None,
         *,
         keep_old_inbound: bool = False,
         switch_outbound: bool = True,
@@ -221,7 +221,7 @@ class XfrmDataplane:
 
 
 def child_sa_spec(
-    child: ChildSaEstablished, config: ChildConfig | None, reqid: int, offload_dev: str | None
+    child: ChildSaEstablished, config: ChildSection | None, reqid: int, offload_dev: str | None
 ) -> Any:
     """The XFRM backend's ChildSaSpec for a negotiated Child SA (a pure function).
 

@@ -220,7 +220,7 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
     filters through pyroute2, which refuses to run on a thread with a running asyncio
     loop; the adapter attaches and detaches off the loop. Forced to netlink here."""
     from bpf.loader import AttachedPrograms, in_netns
-    from gateway.config import XdpConfig
+    from gateway.config.schema import XdpConfig
     from gateway.dataplane.xdp import XdpAdapter
 
     a, _ = netns_pair

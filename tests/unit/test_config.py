@@ -13,16 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import cli
-from gateway.config import (
-    ConfigError,
-    Secret,
-    key_lines,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_listen,
-    parse_size,
-)
+from gateway.config.reader import ConfigError, key_lines, load_config, parse_config
+from gateway.config.schema import Secret
+from gateway.config.values import parse_duration, parse_listen, parse_size
 
 # The minimal config of issue 5's contract, verbatim.
 CONTRACT = """\

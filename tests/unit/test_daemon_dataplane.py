@@ -9,7 +9,7 @@ import ipaddress
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.reader import parse_config
 from gateway.dataplane.base import DataplaneError
 from gateway.dataplane.none import NoneDataplane
 from gateway.dataplane.xfrm import child_sa_spec

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.engine import engine_connection
+from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
-from gateway.daemon import RETRY_JITTER, Daemon, _Try, engine_connection
+from gateway.daemon import RETRY_JITTER, Daemon, _Try
 from ike import events as ev
 from tests.unit.test_daemon_wiring import SECRET, FakeEngine, RecordingDataplane
 

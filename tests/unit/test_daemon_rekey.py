@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import daemon as daemon_module
-from gateway.config import parse_config
+from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import daemon as daemon_module
-from gateway.config import parse_config
+from gateway.config.reader import parse_config
 from gateway.daemon import Daemon
 from tests.daemon_helpers import link_in_memory
 from tests.unit.test_daemon_rekey import config_text as rekey_config

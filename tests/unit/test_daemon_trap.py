@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway import daemon as daemon_module
-from gateway.config import ConfigError, parse_config
+from gateway.config.reader import ConfigError, parse_config
 from gateway.ctl import format_conns
 from gateway.daemon import Daemon
 from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec

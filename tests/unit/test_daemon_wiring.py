@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.engine import engine_connection
+from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
-from gateway.daemon import Daemon, _InboundTraffic, engine_connection
+from gateway.daemon import Daemon, _InboundTraffic
 from gateway.dataplane.base import Counters, DataplaneError, Installed
 from gateway.dataplane.none import NoneDataplane
 from ike import config as ike_config

@@ -16,7 +16,7 @@ import pytest
 
 from bpf.loader import BpfError, SlotCounters
 from bpf.spi import slot_of_spi
-from gateway.config import XdpConfig
+from gateway.config.schema import XdpConfig
 from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.errors import GatewayError
 from ike import events as ev

@@ -313,7 +313,7 @@ def test_merge_stats_merges_the_handshake_histograms() -> None:
 async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> None:
     """The supervisor's exporter snapshot carries the workers' merged histogram (the
     exporter calls metrics_snapshot from its own thread)."""
-    from gateway.config import parse_config
+    from gateway.config.reader import parse_config
     from gateway.metrics import DurationHistogram
     from gateway.workers import Supervisor, SupervisorOptions
 

@@ -18,7 +18,7 @@ import pytest
 
 from bpf.loader import BpfError
 from bpf.spi import SlotAllocator, SpiError, make_inbound_spi, slot_of_spi
-from gateway.config import XdpConfig
+from gateway.config.schema import XdpConfig
 from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.xdpshare import RemoteLoader, XdpShare
 from ike.ts import ts_from_text
