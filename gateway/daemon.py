@@ -54,14 +54,11 @@ Logs are one line per event, `event=NAME key=value ...`; keys and PSKs never app
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,14 +66,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import __version__
 from gateway.addrwatch import AddressWatcher
-from gateway.config.engine import check_engine_config, engine_connection, engine_settings
-from gateway.config.reader import ConfigError, load_config
+from gateway.config.engine import engine_connection, engine_settings
+from gateway.config.reload import load_for_reload
 from gateway.config.schema import (
-    TRAP_NEEDS_KERNEL,
     ChildSection,
     ConnectionSection,
     GatewayConfig,
-    trap_actions,
 )
 from gateway.control.protocol import (
     BAD_REQUEST,
@@ -266,24 +261,6 @@ def set_engine_connections(engine: Any, connections: Sequence[ike_config.Connect
         setter(connections)
         return
     engine._conns = {c.name: ike_config.compile_connection(c) for c in connections}
-
-
-def load_for_reload(path: str, control: ControlServer) -> GatewayConfig:
-    """Read and check the config file for a reload; a bad one is logged, published as an
-    `error` event and refused (ControlError), leaving the running configuration."""
-    try:
-        new = load_config(path)
-        check_engine_config(new)
-    except ConfigError as exc:
-        log.error("event=config-reload-failed errors=%d", len(exc.issues))
-        for issue in exc.issues:
-            log.error("event=config-error %s", issue.format(exc.source))
-        control.publish("error", message=f"reload refused: {exc}")
-        raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
-    except GatewayError as exc:
-        control.publish("error", message=f"reload refused: {exc}")
-        raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
-    return new
 
 
 def _hex(data: bytes) -> str:
@@ -2238,81 +2215,3 @@ def _conn_start_action(conn: ConnectionSection) -> str:
         if action in actions:
             return action
     return "none"
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def setup_logging(level: str, suffix: str = "") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d %(levelname)s %(message)s" + suffix, "%Y-%m-%dT%H:%M:%S"
-        )
-    )
-    root = logging.getLogger("gateway")
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    root.propagate = False
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    check_engine_config(config)
-    if args.dataplane:
-        config = GatewayConfig(
-            _replace_dataplane(config, args.dataplane), config.connections, config.source
-        )
-        if args.dataplane == "none":
-            for conn, child, key in trap_actions(config.connections):
-                raise GatewayError(
-                    f"--dataplane none: connections.{conn.name}.children.{child.name}."
-                    f"{key}: {TRAP_NEEDS_KERNEL}"
-                )
-    setup_logging(args.log_level or config.gateway.log_level)
-    if config.gateway.workers > 1:  # N worker processes under a supervisor
-        from gateway.workers import Supervisor, SupervisorOptions
-        from gateway.zygote import start_zygote
-
-        options = SupervisorOptions(os.path.abspath(args.config), args.dataplane, args.log_level)
-        zygote = start_zygote()  # before the event loop: it forks the workers
-        try:
-            return asyncio.run(Supervisor(config, options, zygote).run())
-        except GatewayError as exc:
-            log.error("event=daemon-failed error=%s", exc)
-            raise
-        finally:
-            zygote.close()
-    try:
-        asyncio.run(_main(config, os.path.abspath(args.config)))
-    except GatewayError as exc:
-        log.error("event=daemon-failed error=%s", exc)
-        raise
-    return 0
-
-
-def _replace_dataplane(config: GatewayConfig, kind: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config.gateway, dataplane=kind)
-
-
-async def _main(config: GatewayConfig, path: str) -> None:
-    daemon = Daemon(config, config_path=path)
-    await daemon.run()
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run the gateway daemon in the foreground",
-        description="Run the IKE daemon until SIGTERM/SIGINT; SIGHUP reloads the config.",
-    )
-    parser.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
-    parser.add_argument(
-        "--dataplane", choices=("xfrm", "none"), help="override [gateway] dataplane"
-    )
-    parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), help="override log_level"
-    )
-    parser.set_defaults(func=run)

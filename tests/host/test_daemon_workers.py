@@ -35,7 +35,7 @@ from typing import Any
 from bench.bench_daemon import ESP, IKE, PSK, TARGET, our_config
 from bpf.reuseport import owner_of_spi
 from gateway.netns import Netns
-from gateway.workers import WorkerIkeSpis, connection_owner
+from gateway.workers.partition import WorkerIkeSpis, connection_owner
 from ike import events as ev
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine

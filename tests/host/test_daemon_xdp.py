@@ -249,7 +249,7 @@ def test_two_workers_share_the_programs(
     an inbound SPI of that worker's share (slot mod 2 = SPI mod 2 = worker) and its own
     per-slot counters move; stats.xdp is read once; a SIGKILLed worker's slot leaves the
     maps and its successor takes a slot of the same share; SIGTERM detaches."""
-    from gateway.workers import connection_owner
+    from gateway.workers.partition import connection_owner
 
     assert [connection_owner(n, 2) for n in ("alpha", "beta")] == [0, 1]
     a, b = netns_pair

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.decode import describe
+from gateway.cli.decode import describe
 from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns
-from gateway.workers import connection_owner, reqid_range
+from gateway.workers.partition import connection_owner, reqid_range
 from tests.daemon_helpers import Gateway, api, gateway_config, wait_for
 from tests.kernel.test_daemon_kernel import (  # noqa: F401 (run_dir: a fixture)
     EAST,

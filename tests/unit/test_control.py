@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from gateway import cli
+from gateway.cli import entry as cli
+from gateway.cli.ctl import format_sas
 from gateway.control import protocol as control
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.control.server import ControlServer
-from gateway.ctl import format_sas
 from gateway.errors import GatewayError
 
 SA = {

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from gateway import daemon as daemon_module
+from gateway.cli.ctl import format_conns
 from gateway.config.reader import ConfigError, parse_config
-from gateway.ctl import format_conns
 from gateway.daemon import Daemon
 from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
 from gateway.dataplane.none import NoneDataplane

@@ -28,14 +28,8 @@ from gateway.control import protocol as control
 from gateway.control.client import ControlClient
 from gateway.control.protocol import UNKNOWN_SA, ControlError
 from gateway.control.server import ControlServer
-from gateway.workers import (
-    PartitionedSpis,
-    WorkerIkeSpis,
-    connection_owner,
-    merge_action,
-    merge_stats,
-    reqid_range,
-)
+from gateway.workers.merge import merge_action, merge_stats
+from gateway.workers.partition import PartitionedSpis, WorkerIkeSpis, connection_owner, reqid_range
 from gateway.xfrm.manager import OwnedRange
 from ike.engine import IkeEngine
 from tests.unit.test_control import FakeState
@@ -315,7 +309,7 @@ async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> No
     exporter calls metrics_snapshot from its own thread)."""
     from gateway.config.reader import parse_config
     from gateway.metrics import DurationHistogram
-    from gateway.workers import Supervisor, SupervisorOptions
+    from gateway.workers.supervisor import Supervisor, SupervisorOptions
 
     h = DurationHistogram()
     for s in (0.01, 0.3, 2.0):

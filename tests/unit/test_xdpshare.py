@@ -20,7 +20,7 @@ from bpf.loader import BpfError
 from bpf.spi import SlotAllocator, SpiError, make_inbound_spi, slot_of_spi
 from gateway.config.schema import XdpConfig
 from gateway.dataplane.xdp import SlotSpis, XdpAdapter
-from gateway.xdpshare import RemoteLoader, XdpShare
+from gateway.workers.xdpshare import RemoteLoader, XdpShare
 from ike.ts import ts_from_text
 from tests.unit.test_gateway_xdp import FakeLoader, child
 
