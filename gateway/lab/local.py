@@ -115,7 +115,7 @@ class Lab:
         return self._spawn(node, node, [sys.executable, "-m", "gateway", "run", "-c", str(conf)])
 
     def _start_strongswan(self, node: str) -> int:
-        from gateway.strongswan import NETLINK_PLUGINS, StrongSwan
+        from gateway.lab.strongswan import NETLINK_PLUGINS, StrongSwan
 
         (self.opts.directory / node).mkdir(mode=0o700, exist_ok=True)
         sw = StrongSwan(

@@ -45,7 +45,7 @@ from gateway.lab.local import (
     read_state,
     remove_lab_directory,
 )
-from gateway.vm import vm_kernel, vng_binary
+from gateway.lab.vm import vm_kernel, vng_binary
 
 GUEST_ADDR = "10.0.2.15"  # qemu user-mode networking's guest address
 GUEST_LAB_PORT = 7001

@@ -1,6 +1,6 @@
-"""The strongSwan peer helper lives in gateway.strongswan (the lab uses it too)."""
+"""The strongSwan peer helper lives in gateway.lab.strongswan (the lab runs charon with it)."""
 
-from gateway.strongswan import (
+from gateway.lab.strongswan import (
     CHARON,
     LIBIPSEC_PLUGINS,
     NETLINK_PLUGINS,
