@@ -248,7 +248,7 @@ def link_in_memory(a: Daemon, b: Daemon) -> None:
         def send(
             data: bytes, local: tuple[str, int], remote: tuple[str, int], dst: Daemon = dst
         ) -> bool:
-            loop.call_soon(dst._on_datagram, data, remote, local)
+            loop.call_soon(dst.on_datagram, data, remote, local)
             return True
 
         src.transport.send = send  # type: ignore[method-assign]

@@ -210,6 +210,11 @@ def trap_actions(
                     yield conn, child, key
 
 
+def concrete(addr: str) -> bool:
+    """A config address that names one address (not %any, not a subnet, not a wildcard)."""
+    return addr != ANY_ADDR and "/" not in addr and addr not in ("0.0.0.0", "::")
+
+
 def iter_children(config: GatewayConfig) -> Iterator[tuple[ConnectionSection, ChildSection]]:
     """Every (connection, child) of a configuration, in file order."""
     for conn in config.connections:

@@ -379,6 +379,10 @@ class XdpAdapter:
 
     # counters --------------------------------------------------------------------------
 
+    def known_spis(self) -> list[int]:
+        """The inbound SPIs of every SA the programs know (rekeyed-away ones included)."""
+        return list(self._by_spi)
+
     def slot(self, spi_in: int) -> int | None:
         child = self._by_spi.get(spi_in)
         return child.slot if child is not None else None

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from gateway import daemon as daemon_module
 from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
+from gateway.daemon import core as daemon_core
 from gateway.dataplane.base import Installed
 from gateway.dataplane.none import NoneDataplane
 from tests.daemon_helpers import link_in_memory
@@ -100,7 +100,7 @@ class Pair:
 
 @pytest.fixture
 async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
-    monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
+    monkeypatch.setattr(daemon_core, "REKEY_GRACE", 0.05)
     daemons: dict[str, Daemon] = {}
     dps: dict[str, RecordingDataplane] = {}
     for name, local, remote, start in (
@@ -168,7 +168,7 @@ async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair)
     ]
     assert set(pair.dp_west.installed) == {int(new_in, 16)}
     assert set(pair.dp_east.installed) == {int(new_out, 16)}
-    assert not pair.west._retiring and not pair.east._retiring
+    assert not pair.west.children.retiring_spis() and not pair.east.children.retiring_spis()
     stats = await pair.client.stats()
     assert stats["rekeys"] == 1 and stats["child_sas"] == 1
 
@@ -201,7 +201,7 @@ async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
 
 async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:
     old_in, _ = await child_spis(pair.client)
-    pair.west._on_expire(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
+    pair.west.expiry.expired(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
     await wait_for("a new inbound SPI", lambda: pair.west.totals.rekeys == 1)
     new_in, _ = await child_spis(pair.client)
     assert new_in != old_in
@@ -250,12 +250,17 @@ async def test_simultaneous_rekeys_leave_one_installed_pair(pair: Pair, what: st
             d.engine.rekey_child_sa(record.ike_sa, record.children[0].spi_in, d.clock())
         else:
             d.engine.rekey_ike_sa(record.ike_sa, d.clock())
-    pair.west._pump()
-    pair.east._pump()
+    pair.west.pump()
+    pair.east.pump()
 
     def settled() -> bool:
         w, e = pair.dp_west.installed, pair.dp_east.installed
-        if len(w) != 1 or len(e) != 1 or pair.west._retiring or pair.east._retiring:
+        if (
+            len(w) != 1
+            or len(e) != 1
+            or pair.west.children.retiring_spis()
+            or pair.east.children.retiring_spis()
+        ):
             return False
         (wi,) = w.values()
         (ei,) = e.values()

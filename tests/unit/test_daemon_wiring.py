@@ -1,4 +1,4 @@
-"""gateway/daemon.py wiring, with a scripted stand-in for the IKE engine (FakeEngine) and the
+"""gateway/daemon/ wiring, with a scripted stand-in for the IKE engine (FakeEngine) and the
 `none` data plane: engine events become list-sas records, data plane installs/removals and
 control events; initiate/terminate wait for their outcome; reload applies only what
 changed; shutdown deletes every SA and tells the peer. The real engine against real peers
@@ -18,7 +18,9 @@ from gateway.config.engine import engine_connection
 from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
-from gateway.daemon import Daemon, _InboundTraffic
+from gateway.daemon import Daemon
+from gateway.daemon.engine import InboundTraffic
+from gateway.daemon.xdpslots import XdpSlots
 from gateway.dataplane.base import Counters, DataplaneError, Installed
 from gateway.dataplane.none import NoneDataplane
 from ike import config as ike_config
@@ -523,7 +525,7 @@ async def test_dead_peer_detection(tmp_path: Path, action: str) -> None:
         client = await ControlClient.connect(tmp_path / "c.sock")
         events = await client.subscribe()
         engine.peer_dies(1, daemon.clock())
-        daemon._pump()
+        daemon.pump()
         seen = []
         async for event in events:
             seen.append(event)
@@ -547,7 +549,7 @@ async def test_dpd_reads_inbound_packets_from_the_data_plane(tmp_path: Path) -> 
     try:
         seen = {0xC0000001: 7}
         dataplane.counters = lambda installed: Counters(packets_in=seen[installed.spi_in])  # type: ignore[method-assign]
-        traffic = _InboundTraffic(daemon)
+        traffic = InboundTraffic(daemon.sas, daemon.features)
         assert traffic.packets_in(1, 0xC0000001) == 7
         seen[0xC0000001] = 9
         assert traffic.packets_in(1, 0xC0000001) == 9
@@ -558,9 +560,10 @@ async def test_dpd_reads_inbound_packets_from_the_data_plane(tmp_path: Path) -> 
             def child_counters(spi_in: int) -> dict[str, int] | None:
                 return {"slot": 1, "esp_in_packets": 100} if spi_in == 0xC0000001 else None
 
-        daemon.xdp = Xdp()  # type: ignore[assignment]
+        slots = XdpSlots(daemon, Xdp())  # type: ignore[arg-type]
+        daemon.features.append(slots)  # as when [gateway.xdp] is configured
         assert traffic.packets_in(1, 0xC0000001) == 109
-        daemon.xdp = None
+        daemon.features.remove(slots)
     finally:
         await daemon.shutdown()
 
@@ -578,12 +581,12 @@ async def test_shutdown_deletes_sas_and_tells_the_peer(tmp_path: Path) -> None:
 async def test_kernel_expiry(r: Running) -> None:
     await established(r)
     events = await r.client.subscribe()
-    r.daemon._on_expire(0xC0000002, hard=False)  # soft limit on the outbound state
+    r.daemon.expiry.expired(0xC0000002, hard=False)  # soft limit on the outbound state
     event = await asyncio.wait_for(anext(events), 5)
     assert (event["type"], event["spi"]) == ("child-expiring", "c0000002")
     assert ("delete_child", 1, 0xC0000001) not in r.engine.calls
-    r.daemon._on_expire(0x12345678, hard=True)  # not ours: ignored
-    r.daemon._on_expire(0xC0000001, hard=True)  # hard: deleted with the peer, removed here
+    r.daemon.expiry.expired(0x12345678, hard=True)  # not ours: ignored
+    r.daemon.expiry.expired(0xC0000001, hard=True)  # hard: deleted with the peer, removed here
     event = await asyncio.wait_for(anext(events), 5)
     assert (event["type"], event["spi_in"]) == ("child-deleted", "c0000001")
     assert ("delete_child", 1, 0xC0000001) in r.engine.calls
@@ -598,7 +601,7 @@ async def test_an_engine_bug_on_input_is_contained(r: Running) -> None:
         raise AttributeError("engine bug")
 
     r.engine.receive_datagram = broken  # type: ignore[method-assign]
-    r.daemon._on_datagram(b"x" * 40, ("127.0.0.1", 500), ("127.0.0.2", 500))
+    r.daemon.on_datagram(b"x" * 40, ("127.0.0.1", 500), ("127.0.0.2", 500))
     stats = await r.client.stats()
     assert stats["engine_errors"] == 1 and stats["ike_sas"] == {"ESTABLISHED": 1}
 
