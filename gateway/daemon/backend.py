@@ -20,7 +20,7 @@ from gateway import __version__
 from gateway.config.engine import engine_connection
 from gateway.config.schema import ConnectionSection, GatewayConfig
 from gateway.control.protocol import ControlError
-from gateway.daemon.engine import engine_stats, set_engine_connections
+from gateway.daemon.engine import engine_stats
 from gateway.daemon.records import ChildRecord, IkeRecord
 from gateway.daemon.report import LogAs, Published, spi
 from gateway.errors import GatewayError
@@ -168,7 +168,7 @@ def apply_config(d: Daemon, new: GatewayConfig) -> dict[str, Any]:
     for name in removed + changed:
         d.retries.cancel(name)  # a changed one starts anew below
     d.pump()
-    set_engine_connections(d.engine, [engine_connection(c) for c in new.connections])
+    d.engine.set_connections([engine_connection(c) for c in new.connections])
     d.config = GatewayConfig(d.config.gateway, new.connections, new.source)
     d.traps.forget(removed + changed)
     d.traps.sync()  # those of removed/changed connections once their SAs are gone

@@ -12,18 +12,22 @@ before datagrams are sent: what a message we answer set up (e.g. the new inbound
 rekey we answer) is in the kernel before the peer can act on our answer.
 
 Each engine event goes to every feature manager (gateway/daemon/feature.py), in the
-order of `FEATURES` below, then to the control requests waiting for an outcome:
+order `Daemon.__init__` registers them in, then to the control requests waiting for an outcome:
 
     children   the Child SAs in the data plane and in the SA table (children.py)
     xdp        their slots in the XDP/TC programs, with [gateway.xdp] (xdpslots.py)
     records    the IKE SAs in the SA table (records.py)
     tally      the counters stats and /metrics show (tally.py)
     eventlog   the log line and control event of each engine event (eventlog.py)
+    roaming    MOBIKE: moving our IKE SAs when a local address goes (roaming.py)
     traps      trap policies and ACQUIREs (traps.py)
     retries    keyingtries (retries.py)
     actions    start/close/dpd actions and the initiate/terminate/rekey/redirect
                commands (actions.py)
-    roaming    MOBIKE: moving our IKE SAs when a local address goes (roaming.py)
+
+`start()` starts them in the same order (the address watch and the traps before the
+start actions, which run last) and `shutdown()` stops them in it (the Child SAs before
+the trap policies underneath them).
 
 Kernel events come from the data plane: EXPIRE goes to expiry.py, ACQUIRE to traps.py.
 Signals: SIGTERM/SIGINT stop gracefully (delete every IKE SA, telling the peer, wait
@@ -148,16 +152,16 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._exporter: Any = None
         self._background: set[asyncio.Task[Any]] = set()
-        # the feature managers, in the order they see each engine event (FEATURES)
+        # the feature managers, in the order they see each engine event
         self.children = ChildSas(self)
         self.xdp_slots = XdpSlots(self, self.xdp) if self.xdp is not None else None
         self.records = IkeRecords(self.sas)
         self.tally = Tally(self)
         self.eventlog = EventLog(self)
+        self.roaming = Roaming(self)
         self.traps = Traps(self)
         self.retries = Retries(self)
         self.actions = Actions(self)
-        self.roaming = Roaming(self)
         self.features += [
             f
             for f in (
@@ -166,10 +170,10 @@ class Daemon:
                 self.records,
                 self.tally,
                 self.eventlog,
+                self.roaming,
                 self.traps,
                 self.retries,
-                self.actions,
-                self.roaming,
+                self.actions,  # last: its start() runs the start actions
             )
             if f is not None
         ]

@@ -49,6 +49,9 @@ class Engine(Protocol):
     ) -> None: ...
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None: ...
 
+    def set_connections(self, connections: Sequence[ike_config.ConnectionConfig]) -> None:
+        """A new connection table (reload); existing SAs keep their own connection."""
+
     def datagrams_to_send(self) -> Iterable[ev.Datagram]: ...
 
     def next_timer(self) -> float | None: ...
@@ -71,20 +74,6 @@ def make_engine(
         ike_spis=ike_spis,  # workers: our IKE SPIs carry the worker index
         settings=engine_settings(config.gateway),
     )
-
-
-def set_engine_connections(engine: Any, connections: Sequence[ike_config.ConnectionConfig]) -> None:
-    """Give a running engine a new connection table (reload).
-
-    Uses the engine's `set_connections` when it has one. The part-1 engine has none yet:
-    its table is `_conns`, name -> CompiledConnection, and each IKE SA keeps a reference
-    to its own compiled connection, so swapping the table leaves existing SAs untouched.
-    """
-    setter = getattr(engine, "set_connections", None)
-    if setter is not None:
-        setter(connections)
-        return
-    engine._conns = {c.name: ike_config.compile_connection(c) for c in connections}
 
 
 class InboundTraffic:

@@ -3,7 +3,7 @@ daemon is one class, registered once, that the core loops over.
 
 For every engine event the core builds one `EventContext` (the event's IKE SA record
 and its Child SA records as they were when the event arrived) and calls `on_event` of
-each registered feature, in registration order (gateway/daemon/core.py, FEATURES). A
+each registered feature, in the order `Daemon.__init__` registers them (gateway/daemon/core.py). A
 feature may answer with another event that stands in for the one it got: the data plane
 refusing a Child SA turns ChildSaEstablished into ChildSaFailed, and the features after
 it (and the control requests waiting for an outcome) see the failure.
@@ -14,7 +14,7 @@ packets it counted for a Child SA (asked when a DPD check is due), and its own s
 stop. Every hook has a default that does nothing, so a feature writes only what it uses.
 
 A new feature (route-based tunnels, updown hooks, address pools, offload, per-SA
-counters, INITIAL_CONTACT handling) is one subclass of `Feature` added to FEATURES.
+counters, INITIAL_CONTACT handling) is one subclass of `Feature`, registered there.
 """
 
 from __future__ import annotations

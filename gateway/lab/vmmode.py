@@ -40,10 +40,12 @@ from gateway.lab.local import (
     Lab,
     LabError,
     LabOptions,
-    _alive,
     control_socket,
     read_state,
     remove_lab_directory,
+)
+from gateway.lab.local import (
+    alive as _alive,
 )
 from gateway.lab.vm import vm_kernel, vng_binary
 
