@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns, veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import Gateway, ctl, gateway_config, wait_for
+from tests.support.daemon import Gateway, ctl, gateway_config, wait_for
+from tests.support.fixtures import NetnsFactory
 from tests.support.strongswan import StrongSwan
 from tests.support.swanctl_peer import peer_swanctl
 

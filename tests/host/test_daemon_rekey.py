@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.support.daemon import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
 
 
 def config(sock: Path, me: str, peer: str, start: bool, child_rekey: str = "1h") -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, gateway_config, wait_for
+from tests.support.daemon import REPO, Gateway, ctl, gateway_config, wait_for
 from tests.support.strongswan import StrongSwan
 from tests.support.swanctl_peer import peer_swanctl
 

@@ -39,8 +39,8 @@ from gateway.workers.partition import WorkerIkeSpis, connection_owner
 from ike import events as ev
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
 from tests.host.test_prometheus_daemon import ns_get
+from tests.support.daemon import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
 from tests.support.ike_udp import UdpDriver
 
 DRIVER, DRIVER6, TARGET6 = "192.0.2.2", "2001:db8::2", "2001:db8::1"

@@ -23,8 +23,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns, veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import REPO, Gateway, api, ctl, ctl_json, gateway_config, wait_for
+from tests.support.daemon import REPO, Gateway, api, ctl, ctl_json, gateway_config, wait_for
+from tests.support.fixtures import NetnsFactory
 
 METRICS = "127.0.0.1:9811"
 GET = (

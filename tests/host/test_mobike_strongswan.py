@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, gateway_config, wait_for
+from tests.support.daemon import REPO, Gateway, ctl, gateway_config, wait_for
 from tests.support.strongswan import StrongSwan
 from tests.support.swanctl_peer import peer_swanctl
 

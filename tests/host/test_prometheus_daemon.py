@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.netns import Netns
-from tests.daemon_helpers import wait_for
-from tests.observability_pair import start_pair
+from tests.support.daemon import wait_for
+from tests.support.pair import start_pair
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

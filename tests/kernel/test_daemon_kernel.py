@@ -26,15 +26,7 @@ from pathlib import Path
 import pytest
 
 from gateway.netns import Netns
-from tests.daemon_helpers import (
-    REPO,
-    Gateway,
-    ctl,
-    ctl_json,
-    gateway_config,
-    socket_dir,
-    wait_for,
-)
+from tests.support.daemon import REPO, Gateway, ctl, ctl_json, gateway_config, socket_dir, wait_for
 
 WEST, EAST = "192.0.2.1", "192.0.2.2"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, ctl, gateway_config, socket_dir, wait_for
+from tests.support.daemon import Gateway, ctl, gateway_config, socket_dir, wait_for
 
 WEST, WEST2, WEST3, EAST = "192.0.2.1", "192.0.2.11", "192.0.2.21", "192.0.2.2"
 

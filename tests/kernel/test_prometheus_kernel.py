@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, gateway_config, socket_dir, wait_for
+from tests.support.daemon import Gateway, gateway_config, socket_dir, wait_for
 
 WEST, EAST = "192.0.2.1", "192.0.2.2"
 METRICS = "127.0.0.1:9810"

@@ -1,6 +1,6 @@
 """keyingtries (gateway/daemon/retries.py): a failed initiation of ours is retried after a
 jittered backoff until the connection's keyingtries are used (0: forever); success,
-`terminate`, a reload and shutdown stop the retries. FakeEngine (test_daemon_wiring.py)
+`terminate`, a reload and shutdown stop the retries. FakeEngine (tests/support/fake_engine.py)
 fails connections named `bad*` with AUTHENTICATION_FAILED; the backoff is shortened."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
 from gateway.daemon.retries import RETRY_JITTER, Attempt
 from ike import events as ev
-from tests.unit.test_daemon_wiring import SECRET, FakeEngine, RecordingDataplane
+from tests.support.daemon import PSK as SECRET
+from tests.support.fake_engine import FakeEngine, RecordingDataplane
 
 SHORT = (0.01, 0.04)  # the backoff in these tests: 10 ms doubling to 40 ms
 SLACK = 0.5  # a busy machine may take this long from scheduling a retry to looking at it

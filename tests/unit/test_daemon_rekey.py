@@ -21,44 +21,7 @@ from gateway.daemon import Daemon
 from gateway.daemon import core as daemon_core
 from gateway.dataplane.base import Installed
 from gateway.dataplane.none import NoneDataplane
-from tests.daemon_helpers import link_in_memory
-
-SECRET = "lab-secret-123456"
-
-
-def config_text(
-    socket: Path,
-    local: str,
-    remote: str,
-    start: str,
-    *,
-    psk: str = SECRET,
-    dataplane: str = "none",
-    child_extra: str = "",
-) -> str:
-    return f"""
-[gateway]
-listen = ["127.0.0.1"]
-port = 0
-port_nat_t = 0
-control_socket = "{socket}"
-metrics_listen = "off"
-dataplane = "{dataplane}"
-
-[connections.east]
-local_addrs = ["{local}"]
-remote_addrs = ["{remote}"]
-local = {{ auth = "psk", id = "{local}" }}
-remote = {{ auth = "psk", id = "{remote}" }}
-psk = "{psk}"
-
-[connections.east.children.net]
-local_ts = ["10.{local[-1]}.0.0/24"]
-remote_ts = ["10.{remote[-1]}.0.0/24"]
-esp_proposals = ["aes256gcm16-x25519"]
-start_action = "{start}"
-{child_extra}
-"""
+from tests.support.inmemory import config_text, link_in_memory
 
 
 class RecordingDataplane(NoneDataplane):

@@ -14,9 +14,8 @@ import pytest
 from gateway.config.reader import parse_config
 from gateway.daemon import Daemon
 from gateway.daemon import core as daemon_core
-from tests.daemon_helpers import link_in_memory
-from tests.unit.test_daemon_rekey import config_text as rekey_config
-from tests.unit.test_daemon_trap import children, until
+from tests.support.inmemory import children, link_in_memory, until
+from tests.support.inmemory import config_text as rekey_config
 
 SECOND = """
 [connections.east.children.web]

@@ -8,7 +8,6 @@ remove traps, and `none` is refused by the config check."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,9 +22,9 @@ from gateway.daemon import core as daemon_core
 from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
 from gateway.dataplane.none import NoneDataplane
 from ike.engine import IkeEngine
-from tests.daemon_helpers import link_in_memory
-from tests.unit.test_daemon_rekey import SECRET
-from tests.unit.test_daemon_rekey import config_text as rekey_config
+from tests.support.daemon import PSK as SECRET
+from tests.support.inmemory import children, link_in_memory, until
+from tests.support.inmemory import config_text as rekey_config
 from ui.model import _idle_state
 
 KEY = ("east", "net")
@@ -124,18 +123,6 @@ async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     yield make
     for d in made:
         await d.shutdown()
-
-
-async def until(what: str, cond: Callable[[], Any]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def children(d: Daemon) -> list[dict[str, Any]]:
-    return [c for sa in d.list_sas() if sa["state"] == "ESTABLISHED" for c in sa["children"]]
 
 
 async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_trap(

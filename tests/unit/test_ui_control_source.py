@@ -12,7 +12,7 @@ import pytest
 
 from gateway.control.protocol import ControlError
 from gateway.control.server import ControlServer
-from tests.observability_fakes import synthetic_ike_sas
+from tests.support.observability import synthetic_ike_sas
 from ui.control_source import socket_connector
 from ui.source import SourceDisconnected, SourceRefused
 

@@ -32,7 +32,7 @@ from gateway.workers.merge import merge_action, merge_stats
 from gateway.workers.partition import PartitionedSpis, WorkerIkeSpis, connection_owner, reqid_range
 from gateway.xfrm.manager import OwnedRange
 from ike.engine import IkeEngine
-from tests.unit.test_control import FakeState
+from tests.support.control import FakeState
 
 INIT, RESP = reuseport.FLAG_INITIATOR, reuseport.FLAG_RESPONSE
 IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 34, 35, 37

@@ -22,7 +22,7 @@ from gateway.config.schema import XdpConfig
 from gateway.dataplane.xdp import SlotSpis, XdpAdapter
 from gateway.workers.xdpshare import RemoteLoader, XdpShare
 from ike.ts import ts_from_text
-from tests.unit.test_gateway_xdp import FakeLoader, child
+from tests.support.xdp import FakeLoader, child
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 5, 64])

@@ -6,7 +6,6 @@ started through the namespace's popen (so the fixture stops it) and stopped by i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,14 +19,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.netns import Netns
 
-if TYPE_CHECKING:
-    from gateway.daemon import Daemon
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PSK = "lab-secret-123456"
 
 
@@ -237,18 +233,3 @@ def _socket_of(config_text: str) -> Path:
         if line.startswith("control_socket"):
             return Path(line.split("=", 1)[1].strip().strip('"'))
     raise ValueError("config without control_socket")
-
-
-def link_in_memory(a: Daemon, b: Daemon) -> None:
-    """Join two in-process daemons without sockets: what one sends is delivered to the
-    other on the running event loop, as if it came from the sender's address."""
-    loop = asyncio.get_running_loop()
-    for src, dst in ((a, b), (b, a)):
-
-        def send(
-            data: bytes, local: tuple[str, int], remote: tuple[str, int], dst: Daemon = dst
-        ) -> bool:
-            loop.call_soon(dst.on_datagram, data, remote, local)
-            return True
-
-        src.transport.send = send  # type: ignore[method-assign]
