@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.netns import Netns
 from tests.support.daemon import REPO, Gateway, ctl, gateway_config, wait_for
-from tests.support.strongswan import StrongSwan
+from tests.support.strongswan import StrongSwan, charon
 from tests.support.swanctl_peer import peer_swanctl
 
 OURS, OURS2 = "192.0.2.1", "192.0.2.11"
@@ -89,9 +89,7 @@ def rekey_over_new_path(gw: Gateway, sw: StrongSwan, old_spi: str) -> None:
 
 def test_mobike_with_strongswan_both_ways(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     a, b = netns_pair
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")  # kernel-libipsec: an address in local_ts
-    with StrongSwan(b) as sw:
-        sw.start(SWANCTL)
+    with charon(b, SWANCTL) as sw:
         gw = Gateway.start(a, tmp_path, "west", our_config(tmp_path / "west.sock"))
         events = subprocess.Popen(
             [sys.executable, "-m", "gateway", "ctl", "--socket", str(gw.socket), "events"]

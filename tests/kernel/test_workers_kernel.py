@@ -20,15 +20,8 @@ from typing import Any
 
 from gateway.netns import Netns
 from gateway.workers.partition import connection_owner, reqid_range
-from tests.kernel.test_daemon_kernel import (  # noqa: F401 (run_dir: a fixture)
-    EAST,
-    WEST,
-    ping,
-    policies,
-    protected_nets,
-    run_dir,
-)
 from tests.support.daemon import Gateway, api, gateway_config, wait_for
+from tests.support.kernel import EAST, WEST, ping, policies, protected_nets
 
 # crc32("alpha") % 2 == 0, crc32("beta") % 2 == 1: one connection per worker
 CONNECTIONS = {"alpha": "0", "beta": "1"}

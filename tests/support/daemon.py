@@ -233,3 +233,15 @@ def _socket_of(config_text: str) -> Path:
         if line.startswith("control_socket"):
             return Path(line.split("=", 1)[1].strip().strip('"'))
     raise ValueError("config without control_socket")
+
+
+GET = (
+    "import sys, urllib.request\n"
+    "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=5).read())\n"
+)
+
+
+def ns_get(ns: Netns, url: str) -> str:
+    """GET from inside the namespace (its loopback is not the host's)."""
+    proc = ns.run(sys.executable, "-c", GET, url, check=False, timeout=30)
+    return proc.stdout if proc.returncode == 0 else ""

@@ -1,13 +1,17 @@
 """The fixtures every layer shares (registered by tests/conftest.py as a plugin):
-network namespaces a test creates and that are removed after it, pass or fail."""
+network namespaces a test creates and that are removed after it, pass or fail, and a
+folder for control sockets."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway import netns as netns_mod
+from tests.support.daemon import socket_dir
+from tests.support.strongswan import StrongSwan, charon
 
 NetnsFactory = Callable[..., netns_mod.Netns]
 
@@ -39,3 +43,22 @@ def netns_pair(make_netns: NetnsFactory) -> tuple[netns_mod.Netns, netns_mod.Net
     a.ip("addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
     b.ip("addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad")
     return a, b
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A folder for control sockets: guest-local in the VM (unix sockets cannot live on
+    its shared 9p folders), removed after the test."""
+    with socket_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def swan_lab(
+    netns_pair: tuple[netns_mod.Netns, netns_mod.Netns],
+) -> Iterator[tuple[netns_mod.Netns, StrongSwan]]:
+    """netns_pair with charon in b (kernel-libipsec; not started: each test loads its own
+    configuration); a is ours."""
+    a, b = netns_pair
+    with charon(b) as sw:
+        yield a, sw
