@@ -22,7 +22,7 @@ from gateway.config.schema import TRAP_NEEDS_KERNEL, GatewayConfig, trap_actions
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.workers.zygote import WorkerMain
+    from gateway.workers.zygote import WorkerMain, WorkerRequest
 
 log = logging.getLogger("gateway.daemon")
 
@@ -74,10 +74,15 @@ async def _main(config: GatewayConfig, path: str) -> None:
 
 
 def _worker_main() -> WorkerMain:
-    """What the zygote imports once and each forked worker runs."""
+    """What the zygote imports once and each forked worker runs: the worker's life
+    (gateway/workers/worker.py) with the daemon's logging, its lines marked worker=K."""
     from gateway.workers.worker import run_worker
 
-    return run_worker
+    def worker(request: WorkerRequest, fds: list[int]) -> int:
+        setup_logging(request.log_level, suffix=f" worker={request.index}")
+        return run_worker(request, fds)
+
+    return worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,9 @@
 """`gateway run`'s daemon: the one place where the IKE engine meets the kernel.
 
     core.py        Daemon: lifecycle, the engine pump and timer, the feature loop
-    feature.py     the feature managers' hook interface
-    records.py     the SA table (IKE and Child SA records) and the gateway's totals
+    feature.py     the feature managers' hook interface and what they see of the daemon
+    records.py     the SA table (IKE and Child SA records), totals, initiation attempts
+    ike_sas.py     the IKE side of the SA table, from the engine's events
     report.py      report(): one log line and one control event per thing that happened
     engine.py      the Engine it drives, made from the configuration
     children.py    Child SAs into the data plane (install, rekey, move, remove)

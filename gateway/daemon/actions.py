@@ -26,18 +26,17 @@ from gateway.control.protocol import (
     UNKNOWN_SA,
     ControlError,
 )
-from gateway.daemon.feature import EventContext, Feature
-from gateway.daemon.retries import Attempt
+from gateway.daemon.feature import EventContext, Feature, Host
+from gateway.daemon.records import Attempt
 from ike import events as ev
 from ike.errors import LocalError
 
 if TYPE_CHECKING:
     from gateway.config.schema import ConnectionSection
-    from gateway.daemon.core import Daemon
 
 
 class Actions(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         # IKE SAs we are setting up -> further Children to request once each is up
         self.follow: dict[int, tuple[str, ...]] = {}

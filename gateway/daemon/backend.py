@@ -14,22 +14,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import __version__
 from gateway.config.engine import engine_connection
 from gateway.config.schema import ConnectionSection, GatewayConfig
 from gateway.control.protocol import ControlError
 from gateway.daemon.engine import engine_stats
+from gateway.daemon.feature import Host
 from gateway.daemon.records import ChildRecord, IkeRecord
 from gateway.daemon.report import LogAs, Published, spi
 from gateway.errors import GatewayError
 
-if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
 
-
-def list_conns(d: Daemon) -> list[dict[str, Any]]:
+def list_conns(d: Host) -> list[dict[str, Any]]:
     return [
         {
             "name": c.name,
@@ -65,7 +63,7 @@ def list_conns(d: Daemon) -> list[dict[str, Any]]:
     ]
 
 
-def sa_row(d: Daemon, r: IkeRecord) -> dict[str, Any]:
+def sa_row(d: Host, r: IkeRecord) -> dict[str, Any]:
     """One IKE SA of list-sas, with its Child SAs."""
     return {
         "connection": r.connection,
@@ -90,7 +88,7 @@ def sa_row(d: Daemon, r: IkeRecord) -> dict[str, Any]:
     }
 
 
-def child_row(d: Daemon, c: ChildRecord) -> dict[str, Any]:
+def child_row(d: Host, c: ChildRecord) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": c.name,
         "state": c.state,
@@ -110,11 +108,11 @@ def child_row(d: Daemon, c: ChildRecord) -> dict[str, Any]:
     return row
 
 
-def list_sas(d: Daemon) -> list[dict[str, Any]]:
+def list_sas(d: Host) -> list[dict[str, Any]]:
     return [sa_row(d, r) for r in d.sas.values()]
 
 
-def stats(d: Daemon, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     sas = list_sas(d) if sas is None else sas
     by_state: dict[str, int] = {}
     for sa in sas:
@@ -150,7 +148,7 @@ def stats(d: Daemon, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return out
 
 
-def apply_config(d: Daemon, new: GatewayConfig) -> dict[str, Any]:
+def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
     """Apply a new configuration: only added, removed and changed connections move."""
     old_by_name = {c.name: c for c in d.config.connections}
     new_by_name = {c.name: c for c in new.connections}
@@ -195,7 +193,7 @@ def _names(names: list[str]) -> LogAs:
     return LogAs(",".join(names) or "-", names)
 
 
-def metrics_snapshot(d: Daemon) -> Any:
+def metrics_snapshot(d: Host) -> Any:
     """Called from the exporter's thread: build the snapshot on the loop's thread."""
     from gateway import metrics
 

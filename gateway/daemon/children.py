@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.control.protocol import ControlError
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
 from gateway.daemon.records import ChildRecord, IkeRecord
 from gateway.daemon.report import Logged, Published, endpoint, spi, yes_no
 from gateway.dataplane.base import Counters, DataplaneError, Installed
@@ -34,7 +34,6 @@ from ike.ts import to_cidrs
 
 if TYPE_CHECKING:
     from gateway.config.schema import ChildSection
-    from gateway.daemon.core import Daemon
 
 REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (in flight)
 
@@ -42,7 +41,7 @@ REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (
 class ChildSas(Feature):
     """The data plane's side of every Child SA, and its record in the SA table."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.dataplane = daemon.dataplane
         # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane

@@ -16,7 +16,7 @@ order `Daemon.__init__` registers them in, then to the control requests waiting 
 
     children   the Child SAs in the data plane and in the SA table (children.py)
     xdp        their slots in the XDP/TC programs, with [gateway.xdp] (xdpslots.py)
-    records    the IKE SAs in the SA table (records.py)
+    ike_sas    the IKE SAs in the SA table (ike_sas.py; the records: records.py)
     tally      the counters stats and /metrics show (tally.py)
     eventlog   the log line and control event of each engine event (eventlog.py)
     roaming    MOBIKE: moving our IKE SAs when a local address goes (roaming.py)
@@ -60,7 +60,8 @@ from gateway.daemon.engine import Engine, InboundTraffic, make_engine
 from gateway.daemon.eventlog import EventLog
 from gateway.daemon.expiry import KernelExpiry
 from gateway.daemon.feature import EventContext, Feature
-from gateway.daemon.records import IkeRecord, IkeRecords, SaTable, Totals
+from gateway.daemon.ike_sas import IkeSas
+from gateway.daemon.records import IkeRecord, SaTable, Totals
 from gateway.daemon.report import Reporter, endpoint
 from gateway.daemon.retries import Retries
 from gateway.daemon.roaming import Roaming
@@ -140,7 +141,7 @@ class Daemon:
             prebound=prebound,  # a worker's sockets, bound by the supervisor
         )
         self.control = control or ControlServer(self, config.gateway.control_socket)
-        self.report = Reporter(self.control).report
+        self._reporter = Reporter(self.control)
         # which connections' start actions run here (a worker runs only its own share)
         self.start_filter: Callable[[str], bool] = lambda connection: True
         self.rekey_grace = REKEY_GRACE  # tests shorten it
@@ -155,7 +156,7 @@ class Daemon:
         # the feature managers, in the order they see each engine event
         self.children = ChildSas(self)
         self.xdp_slots = XdpSlots(self, self.xdp) if self.xdp is not None else None
-        self.records = IkeRecords(self.sas)
+        self.ike_sas = IkeSas(self.sas)
         self.tally = Tally(self)
         self.eventlog = EventLog(self)
         self.roaming = Roaming(self)
@@ -167,7 +168,7 @@ class Daemon:
             for f in (
                 self.children,
                 self.xdp_slots,
-                self.records,
+                self.ike_sas,
                 self.tally,
                 self.eventlog,
                 self.roaming,
@@ -351,6 +352,11 @@ class Daemon:
                 self._waiters.remove(waiter)
 
     # ------------------------------------------------------------------ for the features
+    # (the Host protocol of gateway/daemon/feature.py)
+
+    def report(self, event: str, level: int = logging.INFO, /, **fields: Any) -> None:
+        """Log and publish one event (gateway/daemon/report.py)."""
+        self._reporter.report(event, level, **fields)
 
     def soon(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback` once the current event batch is handled."""

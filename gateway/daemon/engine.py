@@ -14,8 +14,7 @@ from ike import config as ike_config
 from ike import events as ev
 
 if TYPE_CHECKING:
-    from gateway.daemon.feature import Feature
-    from gateway.daemon.records import SaTable
+    from gateway.daemon.records import ChildRecord, IkeRecord, SaTable
     from ike.engine import InboundSpiAllocator
 
 
@@ -76,6 +75,10 @@ def make_engine(
     )
 
 
+class CountsInbound(Protocol):
+    def packets_in(self, record: IkeRecord, child: ChildRecord) -> int: ...
+
+
 class InboundTraffic:
     """The engine's InboundTraffic hook (ike/engine.py): inbound packets of a Child SA,
     as the features count them (the data plane's kernel counters, the XDP programs'
@@ -83,7 +86,7 @@ class InboundTraffic:
 
     __slots__ = ("_sas", "_features")
 
-    def __init__(self, sas: SaTable, features: Sequence[Feature]) -> None:
+    def __init__(self, sas: SaTable, features: Sequence[CountsInbound]) -> None:
         self._sas = sas
         self._features = features
 

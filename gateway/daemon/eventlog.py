@@ -10,18 +10,15 @@ control API's contract (docs/daemon.md), which the console shows.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
 from gateway.daemon.report import LogAs, Logged, Published, endpoint, role, spi, yes_no
 from ike import events as ev
 
-if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
-
 
 class EventLog(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
 
     def on_event(self, event: Any, ctx: EventContext) -> None:

@@ -12,15 +12,15 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from gateway.control.protocol import ControlError
+from gateway.daemon.feature import Host
 from gateway.daemon.report import Logged, spi
 
 if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
     from gateway.daemon.records import ChildRecord, IkeRecord
 
 
 class KernelExpiry:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
 
     def expired(self, spi_value: int, hard: bool) -> None:

@@ -1,28 +1,22 @@
-"""The daemon's SA table: what list-sas shows, one `IkeRecord` per IKE SA with its
-`ChildRecord`s, and the gateway-wide `Totals`.
+"""The daemon's model: the SA table (what list-sas shows, one `IkeRecord` per IKE SA with
+its `ChildRecord`s), the gateway-wide `Totals`, and the `Attempt`s of our initiations.
 
 The records are the one model every feature manager reads. Who writes what:
 
     IkeRecord     created by `SaTable.ensure` (an initiation, or the first event of an SA
-                  the peer started); its IKE fields by the `IkeRecords` feature below
+                  the peer started); its IKE fields by gateway/daemon/ike_sas.py
     ChildRecord   created and removed by the data plane's feature (gateway/daemon/
                   children.py: a Child SA is recorded once it is installed), its
                   `xdp_slot` by gateway/daemon/xdpslots.py
     Totals        counted by the feature whose event it is (gateway/daemon/tally.py for
                   the engine's events, children.py for traffic of SAs that are gone)
-
-`IkeRecords` keeps the IKE side of the table in step with the engine's events
-(established, rekeyed, redirected, moved, deleted, failed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from gateway.daemon.feature import EventContext, Feature
-from ike import events as ev
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.dataplane.base import Installed
@@ -76,6 +70,17 @@ class IkeRecord:
         return next((c for c in self.children if c.spi_in == spi_in), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One initiation of ours that keyingtries covers (start_action, `ctl initiate`,
+    dpd_action restart, close_action start): attempt 1 is the first."""
+
+    connection: str
+    child: str | None
+    attempt: int
+    more: tuple[str, ...] = ()  # Children to request over the IKE SA once it is up
+
+
 @dataclass(slots=True)
 class Totals:
     handshakes: int = 0
@@ -119,49 +124,3 @@ class SaTable(dict[int, IkeRecord]):
     def has_child(self, connection: str, child: str) -> bool:
         """Some IKE SA of `connection` carries a Child SA of Child config `child`."""
         return any(r.connection == connection and c.name == child for r, c in self.children())
-
-
-class IkeRecords(Feature):
-    """The IKE side of the SA table, from the engine's events."""
-
-    def __init__(self, sas: SaTable) -> None:
-        self.sas = sas
-
-    def on_event(self, event: Any, ctx: EventContext) -> None:
-        match event:
-            case ev.IkeSaEstablished():
-                r = self.sas.ensure(event.ike_sa, event.connection, event.initiator)
-                r.state = "ESTABLISHED"
-                r.local, r.remote = event.local, event.remote
-                r.local_id, r.remote_id = event.local_id, event.remote_id
-                r.spi_i, r.spi_r = event.spi_i, event.spi_r
-                r.proposal = event.proposal
-                r.established_at = event.time
-                r.rekey_at, r.expire_at = event.rekey_at, event.expire_at
-                r.mobike, r.additional_addrs = event.mobike, event.additional_addrs
-            case ev.IkeSaRekeyed() if ctx.sa is not None:
-                r = ctx.sa
-                r.spi_i, r.spi_r = event.spi_i, event.spi_r
-                r.proposal = event.proposal
-                r.rekey_at, r.expire_at = event.rekey_at, event.expire_at
-                if event.initiator is not None:  # the rekey's initiator is the new SA's (§2.18)
-                    r.initiator = event.initiator
-            case ev.IkeSaRedirected(initiator=True):
-                # the attempt (or the established SA, gone already) goes on as a new
-                # attempt against the new gateway: a record of its own
-                old = self.sas.pop(event.ike_sa, None)
-                record = self.sas.ensure(event.new_ike_sa, event.connection, True)
-                if old is not None:
-                    record.started_at = old.started_at  # the handshake's duration counts on
-            case ev.IkeSaMigrated() if ctx.sa is not None:
-                r = ctx.sa
-                r.local, r.remote = event.local, event.remote
-                r.additional_addrs = event.additional_addrs
-                r.moving_to = None
-            case ev.IkeSaMigrateFailed() if ctx.sa is not None:
-                ctx.sa.moving_to = None
-            case ev.AdditionalAddressesUpdated() if ctx.sa is not None:
-                ctx.sa.additional_addrs = event.additional_addrs
-            case ev.IkeSaDeleted() | ev.IkeSaFailed():
-                self.sas.pop(event.ike_sa, None)
-        return None

@@ -15,34 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.control.protocol import ControlError
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
+from gateway.daemon.records import Attempt
 from ike import events as ev
 
 if TYPE_CHECKING:
     from gateway.config.schema import ConnectionSection
-    from gateway.daemon.core import Daemon
 
 RETRY_FIRST: Final = 1.0
 RETRY_CAP: Final = 60.0
 RETRY_JITTER: Final = 0.2
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One attempt of an initiation that keyingtries covers: attempt 1 is the first."""
-
-    connection: str
-    child: str | None
-    attempt: int
-    more: tuple[str, ...] = ()  # Children to request over the IKE SA once it is up
-
-
 class Retries(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.in_flight: dict[int, Attempt] = {}  # ike_sa -> our initiation it is
         self.pending: dict[str, asyncio.TimerHandle] = {}  # connection -> its next attempt

@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any
 from gateway.addrwatch import AddressWatcher
 from gateway.config.schema import concrete
 from gateway.control.protocol import FAILED, UNKNOWN_SA, ControlError
-from gateway.daemon.feature import Feature
+from gateway.daemon.feature import Feature, Host
 from ike import events as ev
 
 if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
     from gateway.daemon.records import IkeRecord
 
 
 class Roaming(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.addrwatch: AddressWatcher | None = None
         self._roaming: asyncio.Task[None] | None = None

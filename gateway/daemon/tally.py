@@ -13,17 +13,14 @@ counted there too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
 from ike import events as ev
-
-if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
 
 
 class Tally(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.histogram: Any = None  # gateway.metrics.DurationHistogram, once kept
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import concrete
 from gateway.control.protocol import ControlError
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
 from gateway.daemon.report import Logged, Published
 from gateway.daemon.trap_table import TrapTable
 from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
@@ -29,11 +29,10 @@ from ike.ts import ts_for_address
 
 if TYPE_CHECKING:
     from gateway.config.schema import ChildSection, ConnectionSection
-    from gateway.daemon.core import Daemon
 
 
 class Traps(Feature):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.table = TrapTable()  # installed trap policies and their state machines
         self._armed: set[TrapKey] = set()  # dpd_action/close_action "trap" happened

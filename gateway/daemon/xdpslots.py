@@ -17,17 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.daemon.feature import EventContext, Feature
+from gateway.daemon.feature import EventContext, Feature, Host
 from gateway.daemon.records import ChildRecord, IkeRecord
 from ike import events as ev
 
 if TYPE_CHECKING:
-    from gateway.daemon.core import Daemon
     from gateway.dataplane.xdp import XdpAdapter
 
 
 class XdpSlots(Feature):
-    def __init__(self, daemon: Daemon, adapter: XdpAdapter) -> None:
+    def __init__(self, daemon: Host, adapter: XdpAdapter) -> None:
         self.d = daemon
         self.adapter = adapter
         self._old: dict[int, int] = {}  # old spi_in after a rekey -> its IKE SA

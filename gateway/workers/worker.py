@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cli.logs import setup_logging
 from gateway.config.schema import GatewayConfig
 from gateway.control.server import ControlServer
 from gateway.daemon import Daemon
@@ -108,7 +107,6 @@ async def worker_main(
 def run_worker(request: WorkerRequest, fds: list[int]) -> int:
     """A worker's life, in a process the zygote just forked (gateway/workers/zygote.py): `fds`
     are its control socketpair end and its IKE sockets (`request.kinds`)."""
-    setup_logging(request.log_level, suffix=f" worker={request.index}")
     ipc = socket.socket(fileno=fds[0])
     sockets: list[tuple[socket.socket, bool]] = []
     xdp_link = None

@@ -17,7 +17,8 @@ from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
-from gateway.daemon.retries import RETRY_JITTER, Attempt
+from gateway.daemon.records import Attempt
+from gateway.daemon.retries import RETRY_JITTER
 from ike import events as ev
 from tests.support.daemon import PSK as SECRET
 from tests.support.fake_engine import FakeEngine, RecordingDataplane

@@ -1,6 +1,7 @@
 """DESIGN.md's boundaries, enforced: the IKE engine is sans-IO, the UI reads no kernel,
 bpf/ and ui/ import nothing of the daemon; within a package no module imports another's
-private names and the imports run one way only (no cycles)."""
+private names, the imports run one way only (no cycles), and every module opens with a
+docstring that says its job."""
 
 from __future__ import annotations
 
@@ -180,6 +181,17 @@ def test_no_import_cycles(package: str) -> None:
 @pytest.mark.parametrize("package", LAYERED)
 def test_no_module_imports_another_modules_private_names(package: str) -> None:
     assert private_imports(ROOT, package) == []
+
+
+@pytest.mark.parametrize("package", LAYERED)
+def test_every_module_opens_with_its_job(package: str) -> None:
+    """Each module's docstring says what it is for (a room a newcomer can find)."""
+    silent = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if not ast.get_docstring(ast.parse(path.read_text()))
+    ]
+    assert silent == []
 
 
 def test_the_graph_checkers_see_a_cycle_and_a_private_import(tmp_path: Path) -> None:
