@@ -19,6 +19,7 @@ from typing import Final
 
 from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from ike import config as ike_config
+from ike import redirect as ike_redirect
 
 # --------------------------------------------------------------------------- engine's words
 # Defaults and vocabularies the IKE engine defines too (ike/config.py): they are taken
@@ -42,7 +43,7 @@ RETRANSMIT_TRIES: Final = _ENGINE.retransmit_tries
 DPD_ACTIONS: Final = ike_config.DPD_ACTIONS
 AUTH_METHODS: Final = ike_config.AUTH_METHODS
 MODES: Final = ("tunnel", "transport")
-REDIRECT_PHASES: Final = ("init", "auth")
+REDIRECT_PHASES: Final = ike_redirect.PHASES
 DYNAMIC_TS: Final = "dynamic"
 
 # --------------------------------------------------------------------------- the gateway's
@@ -52,12 +53,13 @@ DATAPLANES: Final = ("xfrm", "none")
 START_ACTIONS: Final = ("none", "start", "trap")
 CLOSE_ACTIONS: Final = ("none", "trap", "start")
 OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
-FRAGMENTATION_MODES: Final = ("yes", "no", "accept", "force")
+FRAGMENTATION_MODES: Final = ("yes", "no", "accept", "force")  # the engine's + swanctl's "force"
 ANY_ADDR: Final = "%any"
 MIN_PSK_LENGTH: Final = 16
-# What "default" (or no setting) stands for: the suites every peer here must speak.
-DEFAULT_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
-DEFAULT_ESP_PROPOSALS: Final = ("aes256gcm16", "aes128-sha256")
+# What the keyword "default" (or no setting) stands for in our TOML: the suites every peer
+# here must speak (not ike.config's defaults, the engine API's single suite).
+STANDARD_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
+STANDARD_ESP_PROPOSALS: Final = ("aes256gcm16", "aes128-sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ class ChildSection:
     name: str
     local_ts: tuple[str, ...] = (DYNAMIC_TS,)
     remote_ts: tuple[str, ...] = (DYNAMIC_TS,)
-    esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
+    esp_proposals: tuple[str, ...] = STANDARD_ESP_PROPOSALS
     mode: str = "tunnel"
     start_action: str = "none"
     dpd_action: str = "clear"
@@ -152,7 +154,7 @@ class ConnectionSection:
     local: AuthConfig = AuthConfig()
     remote: AuthConfig = AuthConfig()
     psk: Secret | None = None
-    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
+    ike_proposals: tuple[str, ...] = STANDARD_IKE_PROPOSALS
     dpd_delay: float = DPD_DELAY
     dpd_timeout: float = 0.0
     rekey_time: float = IKE_REKEY_TIME

@@ -195,7 +195,7 @@ class ControlServer:
 
     async def serve_peer(self, sock: socket.socket) -> asyncio.Task[None]:
         """Serve one already connected stream socket: the supervisor's link to a worker
-        process (gateway/workers.py). Unlike the public socket, every request runs in
+        process (gateway/workers/). Unlike the public socket, every request runs in
         its own task (replies carry their id, so a slow `initiate` does not hold up
         `list-sas`), and events are pushed between a `subscribe` and an `unsubscribe`
         (a command of this link only). The returned task ends when the peer closes."""

@@ -244,7 +244,7 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
 def test_two_workers_share_the_programs(
     netns_pair: tuple[Netns, Netns], make_netns: NetnsFactory, tmp_path: Path
 ) -> None:
-    """`workers = 2` with `[gateway.xdp]` (gateway/xdpshare.py): the supervisor attaches
+    """`workers = 2` with `[gateway.xdp]` (gateway/workers/xdpshare.py): the supervisor attaches
     once; a connection owned by each worker (crc32: alpha -> 0, beta -> 1) gets a slot and
     an inbound SPI of that worker's share (slot mod 2 = SPI mod 2 = worker) and its own
     per-slot counters move; stats.xdp is read once; a SIGKILLed worker's slot leaves the

@@ -78,7 +78,7 @@ def test_workers_partition_the_kernel(
     protected_nets(a, b)
     # Both daemons start side by side (east first: west's start actions find it
     # listening, or retransmit). West's workers are forked from a pre-imported zygote
-    # (gateway/zygote.py): no interpreter start per worker under the emulation.
+    # (gateway/workers/zygote.py): no interpreter start per worker under the emulation.
     east = Gateway.launch(
         b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", 1)
     )

@@ -1,4 +1,4 @@
-"""gateway/dataplane.py: a negotiated Child SA (engine event) becomes the XFRM backend's
+"""gateway/dataplane/xfrm.py: a negotiated Child SA (engine event) becomes the XFRM backend's
 ChildSaSpec with the right algorithms, keys per direction, selectors, encapsulation,
 limits and offload; what cannot be expressed is a DataplaneError; keys never show in
 reprs. The `none` data plane records without installing."""

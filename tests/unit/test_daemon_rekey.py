@@ -185,7 +185,7 @@ async def test_list_sas_shows_the_engines_lifetimes(pair: Pair) -> None:
     (sa,) = await pair.client.list_sas()
     (child,) = sa["children"]
     # defaults: IKE rekey 4 h minus up to 24 min, hard at 4 h 24 min; Child 1 h minus up
-    # to 6 min, hard at 66 min (gateway/config.py, docs/config.md)
+    # to 6 min, hard at 66 min (gateway/config/schema.py, docs/config.md)
     assert 14400 - 1440 <= sa["rekey_at"] - sa["established_at"] <= 14400
     assert sa["expire_at"] - sa["established_at"] == pytest.approx(15840)
     assert 3600 - 360 <= child["rekey_at"] - child["installed_at"] <= 3600

@@ -1,4 +1,4 @@
-"""Workers (gateway/workers.py) and their socket steering (bpf/reuseport.py), without a
+"""Workers (gateway/workers/) and their socket steering (bpf/reuseport.py), without a
 kernel: the SPI encodings and partitions, the classic BPF program run by an interpreter
 against the Python decision on sample and random IKE headers, and the supervisor's merges.
 The kernel's steering itself is tested in tests/host/test_daemon_workers.py."""

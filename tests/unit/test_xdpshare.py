@@ -1,4 +1,4 @@
-"""gateway/xdpshare.py: `[gateway.xdp]` with workers. Two workers' XdpAdapters (each with
+"""gateway/workers/xdpshare.py: `[gateway.xdp]` with workers. Two workers' XdpAdapters (each with
 its share of slots and SPIs, bpf/spi.py) talk to the supervisor's XdpShare over real
 socketpairs (the RemoteLoader blocks in its worker thread while the supervisor's loop
 answers), against a recording stand-in for the bcc loader. Checks: the shares never

@@ -1,4 +1,4 @@
-"""The worker zygote (gateway/zygote.py) with a stand-in worker: requests fork workers
+"""The worker zygote (gateway/workers/zygote.py) with a stand-in worker: requests fork workers
 that get exactly the descriptors sent, exits are reported with their status, signals go
 through the pidfd, the configuration frame crosses a socketpair, and the zygote exits
 when the supervisor's end closes. (The real workers: tests/host/test_daemon_workers.py.)"""
