@@ -25,7 +25,7 @@ from ike.engine import IkeEngine
 from tests.support.daemon import PSK as SECRET
 from tests.support.inmemory import children, link_in_memory, until
 from tests.support.inmemory import config_text as rekey_config
-from ui.model import _idle_state
+from ui.model import SaModel
 
 KEY = ("east", "net")
 
@@ -139,7 +139,9 @@ async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_tr
     )
     assert p.trap()["state"] == "TRAPPED" and not p.west.list_sas()
     assert "start_action trap, trap TRAPPED" in format_conns(p.west.list_conns())
-    assert _idle_state(p.west.list_conns()[0]) == "trapped"  # the console's row state
+    console = SaModel()  # the console's row of the connection
+    console.update(p.west.list_sas(), p.west.list_conns(), 0.0)
+    assert console.rows[("conn", "east", "")].state == "trapped"
     for i in range(20):  # several flows and retries before the SA is there
         p.west.traps.acquired(p.reqid, f"10.1.0.{5 + i % 3}", "10.2.0.7")
     await until("installed", lambda: children(p.west) and children(p.east))
