@@ -73,7 +73,8 @@ def possible_cpus() -> int:
     return len(get_possible_cpus())
 
 
-def _bcc() -> Any:
+def import_bcc() -> Any:
+    """bcc (Debian's python3-bpfcc), or a BpfError that says how to get it."""
     try:
         import bcc
     except ImportError as e:  # pragma: no cover - depends on the machine
@@ -210,7 +211,7 @@ class Programs:
     def __init__(self, *, slot_bits: int = abi.SLOT_BITS_DEFAULT) -> None:
         if not 1 <= slot_bits <= 20:
             raise BpfError(f"slot_bits must be 1..20, not {slot_bits}")
-        bcc = _bcc()
+        bcc = import_bcc()
         self.slot_bits = slot_bits
         self.ncpus = possible_cpus()
         cflags = [f"-I{BPF_DIR}", f"-DSLOT_BITS={slot_bits}", f"-DCPUMAP_SIZE={self.ncpus}"]
@@ -499,7 +500,7 @@ class AttachedPrograms:
             raise
 
     def _attach_all(self) -> None:
-        bcc = _bcc()
+        bcc = import_bcc()
         progs = self._progs
         how = self.attach_method
         with in_netns(self.netns):
@@ -552,7 +553,7 @@ class AttachedPrograms:
             raise SystemExit(128 + held[0])
 
     def _detach_all(self, errors: list[str], *, links_only: bool = False) -> None:
-        bcc = _bcc() if any(a.link_fd is None for a in self._attached) else None
+        bcc = import_bcc() if any(a.link_fd is None for a in self._attached) else None
         while self._attached:
             att = self._attached.pop()
             if links_only and att.link_fd is None:

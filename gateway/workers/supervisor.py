@@ -114,7 +114,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._exporter: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.worker_deaths = 0
         # workers push events only while our control socket has subscribers: encoding,
@@ -128,7 +128,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._loop = loop
+        self.loop = loop
         installed: list[signal.Signals] = []
         self.zygote.attach()
         try:
@@ -507,7 +507,7 @@ class Supervisor:
         """Called from the exporter's thread: ask the workers on the loop's thread."""
         from gateway import metrics
 
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             raise GatewayError("the daemon is not running")
 

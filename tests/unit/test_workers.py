@@ -318,7 +318,7 @@ async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> No
     row = {"bounds": list(snap.bounds), "counts": list(snap.counts), "sum": snap.total}
     config = parse_config(f'[gateway]\ncontrol_socket = "{tmp_path}/c.sock"\nworkers = 2\n')
     sup = Supervisor(config, SupervisorOptions("gw.toml"), zygote=None)  # type: ignore[arg-type]
-    sup._loop = asyncio.get_running_loop()
+    sup.loop = asyncio.get_running_loop()
 
     async def list_sas() -> list[dict[str, Any]]:
         return []
