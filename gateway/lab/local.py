@@ -22,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.control import ControlClient, ControlConnectionError, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
 from gateway.lab import topology
 from gateway.lab.topology import EAST_HOST, NODES, Topology
@@ -114,7 +115,7 @@ class Lab:
         return self._spawn(node, node, [sys.executable, "-m", "gateway", "run", "-c", str(conf)])
 
     def _start_strongswan(self, node: str) -> int:
-        from gateway.strongswan import NETLINK_PLUGINS, StrongSwan
+        from gateway.lab.strongswan import NETLINK_PLUGINS, StrongSwan
 
         (self.opts.directory / node).mkdir(mode=0o700, exist_ok=True)
         sw = StrongSwan(
@@ -194,7 +195,7 @@ class Lab:
         last = "no answer yet"
         while time.monotonic() < deadline:
             for node, pid in state["pids"].items():
-                if not _alive(pid):
+                if not alive(pid):
                     raise LabError(
                         f"{node} exited while the tunnel was coming up; its log:\n"
                         + self.log_tail(node)
@@ -256,7 +257,7 @@ class Lab:
             }
             for n in NODES
         ]
-        procs = [{"name": k, "pid": v, "running": _alive(v)} for k, v in state["pids"].items()]
+        procs = [{"name": k, "pid": v, "running": alive(v)} for k, v in state["pids"].items()]
         sas: list[dict[str, Any]] = []
         error = None
         try:
@@ -316,7 +317,8 @@ async def _list_sas(path: Path) -> list[dict[str, Any]]:
         return result
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -332,7 +334,7 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -340,7 +342,7 @@ def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.1)
     try:

@@ -40,12 +40,14 @@ from gateway.lab.local import (
     Lab,
     LabError,
     LabOptions,
-    _alive,
     control_socket,
     read_state,
     remove_lab_directory,
 )
-from gateway.vm import vm_kernel, vng_binary
+from gateway.lab.local import (
+    alive as _alive,
+)
+from gateway.lab.vm import vm_kernel, vng_binary
 
 GUEST_ADDR = "10.0.2.15"  # qemu user-mode networking's guest address
 GUEST_LAB_PORT = 7001
@@ -256,7 +258,7 @@ class VmLab:
 
     def connector(self) -> Any:
         """A TUI connector reaching gw-west's control API through the VM's control port."""
-        from gateway.control import ControlClient
+        from gateway.control.client import ControlClient
         from ui.control_source import ControlSource
 
         state = self.load_state()

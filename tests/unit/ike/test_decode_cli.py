@@ -82,7 +82,7 @@ def test_describe_handles_whatever_decodes() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from gateway.decode import describe, render
+    from gateway.cli.decode import describe, render
     from gateway.errors import CommandError
     from tests.unit.ike.test_codec import VALID
 

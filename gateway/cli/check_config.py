@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.reader import ConfigError, load_config
+from gateway.config.schema import GatewayConfig
 
 
 def summary(config: GatewayConfig) -> dict[str, object]:

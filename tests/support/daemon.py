@@ -6,7 +6,6 @@ started through the namespace's popen (so the fixture stops it) and stopped by i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -15,19 +14,17 @@ import socket as socket_mod
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.netns import Netns
 
-if TYPE_CHECKING:
-    from gateway.daemon import Daemon
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PSK = "lab-secret-123456"
 
 
@@ -239,16 +236,56 @@ def _socket_of(config_text: str) -> Path:
     raise ValueError("config without control_socket")
 
 
-def link_in_memory(a: Daemon, b: Daemon) -> None:
-    """Join two in-process daemons without sockets: what one sends is delivered to the
-    other on the running event loop, as if it came from the sender's address."""
-    loop = asyncio.get_running_loop()
-    for src, dst in ((a, b), (b, a)):
+GET = (
+    "import sys, urllib.request\n"
+    "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=5).read())\n"
+)
 
-        def send(
-            data: bytes, local: tuple[str, int], remote: tuple[str, int], dst: Daemon = dst
-        ) -> bool:
-            loop.call_soon(dst._on_datagram, data, remote, local)
-            return True
 
-        src.transport.send = send  # type: ignore[method-assign]
+def ns_get(ns: Netns, url: str) -> str:
+    """GET from inside the namespace (its loopback is not the host's)."""
+    proc = ns.run(sys.executable, "-c", GET, url, check=False, timeout=30)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+@contextmanager
+def recorded_events(sock: Path, timeout: float = 30.0) -> Iterator[list[dict[str, Any]]]:
+    """The events the daemon at `sock` publishes while the block runs, in order: the
+    subscription is answered before the block starts (unlike a `gateway ctl events`
+    process, which may start after the first events). The list is complete once the
+    block has ended (the daemon stopped, or the subscription closed then)."""
+    conn = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    conn.settimeout(timeout)
+    conn.connect(str(sock))
+    stream = conn.makefile("rb")
+    conn.sendall(b'{"id": 1, "cmd": "subscribe"}\n')
+    reply = json.loads(stream.readline())
+    assert reply.get("ok"), reply
+    conn.settimeout(None)
+    events: list[dict[str, Any]] = []
+    last = [time.monotonic()]
+
+    def read() -> None:
+        try:
+            for line in stream:
+                message = json.loads(line)
+                if "event" in message:
+                    events.append(message["event"])
+                    last[0] = time.monotonic()
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="events", daemon=True)
+    reader.start()
+    try:
+        yield events
+    finally:
+        # what was published before the block ended is read (quiet for half a second,
+        # or the daemon closed the stream), then the subscription ends
+        deadline = time.monotonic() + 5
+        while reader.is_alive() and time.monotonic() < deadline:
+            if time.monotonic() - last[0] > 0.5:
+                break
+            reader.join(timeout=0.1)
+        conn.close()
+        reader.join(timeout=5)

@@ -4,7 +4,7 @@
 Theory of operation
 -------------------
 The programs and their maps exist once per interface, and the loader (bpf.loader.
-Dataplane) keeps Python-side bookkeeping next to the maps (which SPIs sit in which slot,
+AttachedPrograms) keeps Python-side bookkeeping next to the maps (which SPIs sit in which slot,
 which prefixes are set), so there is exactly one owner: the supervisor. It compiles and
 attaches the programs (gateway.xdp.XdpAdapter.open) before it starts any worker, reads
 the verdict and MSS counters for `stats` and the metrics once, and detaches after the
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gateway.xdp import XdpAdapter
+from gateway.dataplane.xdp import XdpAdapter
 
 log = logging.getLogger("gateway.workers")
 
@@ -58,20 +58,20 @@ class RemoteLoader:
         self._attachments: list[tuple[str, str, str]] = []
 
     def _call(self, op: str, **args: Any) -> Any:
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         if self._file is None:
-            raise DataplaneError("the XDP link to the supervisor is closed")
+            raise BpfError("the XDP link to the supervisor is closed")
         try:
             self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
             line = self._file.readline(MAX_LINE)
         except OSError as exc:
-            raise DataplaneError(f"XDP link to the supervisor: {exc.strerror or exc}") from None
+            raise BpfError(f"XDP link to the supervisor: {exc.strerror or exc}") from None
         if not line:
-            raise DataplaneError("the supervisor closed the XDP link")
+            raise BpfError("the supervisor closed the XDP link")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise DataplaneError(str(reply.get("error", "refused")))
+            raise BpfError(str(reply.get("error", "refused")))
         return reply.get("result")
 
     def open(self) -> None:
@@ -220,7 +220,7 @@ class XdpShare:
     # requests ----------------------------------------------------------------------
 
     def handle(self, ledger: _Ledger, line: bytes) -> dict[str, Any]:
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         try:
             request = json.loads(line)
@@ -228,20 +228,18 @@ class XdpShare:
             if not isinstance(args, dict):
                 raise ValueError("args must be an object")
             result = self._apply(ledger, str(op), args)
-        except DataplaneError as exc:
+        except BpfError as exc:
             return {"ok": False, "error": str(exc)}
         except (ValueError, KeyError, TypeError) as exc:
             return {"ok": False, "error": f"bad XDP request: {exc}"}
         return {"ok": True, "result": result}
 
     def _own(self, ledger: _Ledger, slot: int) -> int:
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         slot = int(slot)
         if slot % self.workers != ledger.index:
-            raise DataplaneError(
-                f"slot {slot} is not worker {ledger.index}'s (slot mod {self.workers})"
-            )
+            raise BpfError(f"slot {slot} is not worker {ledger.index}'s (slot mod {self.workers})")
         return slot
 
     def _apply(self, ledger: _Ledger, op: str, args: dict[str, Any]) -> Any:
@@ -308,7 +306,7 @@ class XdpShare:
 
     def _clear(self, ledger: _Ledger) -> None:
         """A worker's leftovers out of the maps (its link closed)."""
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         if self.adapter.loader is None:
             return
@@ -316,7 +314,7 @@ class XdpShare:
         left = len(ledger.slots)
         for slot, entry in list(ledger.slots.items()):
             pairs = list(entry.spis.items())
-            with contextlib.suppress(DataplaneError):
+            with contextlib.suppress(BpfError):
                 for spi_in, spi_out in pairs[1:]:
                     dp.remove_child_sa_spis(spi_in=spi_in, spi_out=spi_out)
                 spi_in, spi_out = pairs[0] if pairs else (0, 0)
@@ -324,7 +322,7 @@ class XdpShare:
         ledger.slots.clear()
         for prefix, count in list(ledger.excluded.items()):
             for _ in range(count):
-                with contextlib.suppress(DataplaneError):
+                with contextlib.suppress(BpfError):
                     self._unexclude(ledger, prefix)
         if left:
             log.info("event=xdp-worker-cleared worker=%d slots=%d", ledger.index, left)

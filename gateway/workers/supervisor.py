@@ -1,4 +1,5 @@
-"""`[gateway] workers = N`: N IKE worker processes behind one port (docs/daemon.md, "Workers").
+"""`[gateway] workers = N`: the supervisor of N IKE worker processes behind one port
+(docs/daemon.md, "Workers").
 
 Theory of operation
 -------------------
@@ -10,20 +11,20 @@ program of bpf/reuseport.py to the group. It keeps its copies of the sockets ope
 whole life: the groups never change, so socket index = worker index holds even while a
 worker restarts.
 
-Each worker is forked by the zygote (gateway/zygote.py: a process forked by `gateway run`
+Each worker is forked by the zygote (gateway/workers/zygote.py: a process forked by `gateway run`
 before its event loop starts, with the daemon's modules imported once), gets its share
 of the sockets and a socketpair to the supervisor, reads the supervisor's configuration
 (as last reloaded) from that socketpair, and runs the ordinary `Daemon`
-(gateway/daemon.py) with:
+(gateway/daemon/) with:
 
-- IKE SPIs that carry its index (`WorkerIkeSpis`, also for IKE SA rekeys), so the
-  steering program brings every later packet of its IKE SAs back to it;
+- IKE SPIs that carry its index (`WorkerIkeSpis`, gateway/workers/partition.py; also
+  for IKE SA rekeys), so the steering program brings every later packet of its IKE SAs back to it;
 - ESP SPIs (`PartitionedSpis`) and XFRM reqids (`reqid_range`) from its own share, so
   workers never collide in the kernel and each one's start-up reconcile and EXPIRE
   events touch only its own objects;
 - the start actions of the connections it owns (`connection_owner`, by name);
 - the control API served over the socketpair (`ControlServer.serve_peer`: JSON lines,
-  concurrent requests, every event pushed).
+  concurrent requests, every event pushed); gateway/workers/worker.py is that side.
 
 The supervisor answers the public control API by asking the workers: list-sas and stats
 are merged, initiate goes to the connection's owner, terminate and rekey go to every
@@ -45,36 +46,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
 import pickle
 import signal
 import socket
-import sys
 import time
-import zlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bpf import reuseport
 from gateway import __version__
-from gateway.config import GatewayConfig
-from gateway.control import (
-    FAILED,
-    UNKNOWN_SA,
-    ControlClient,
-    ControlConnectionError,
-    ControlError,
-    ControlServer,
-)
+from gateway.config.reload import load_for_reload
+from gateway.config.schema import GatewayConfig
+from gateway.control.client import ControlClient
+from gateway.control.protocol import FAILED, ControlConnectionError, ControlError
+from gateway.control.server import ControlServer
+from gateway.dataplane.xdp import XdpAdapter
 from gateway.errors import GatewayError
-from gateway.transport import bind_socket
-from gateway.xdp import SlotSpis, XdpAdapter
-from gateway.xdpshare import RemoteLoader, XdpShare
-from gateway.xfrm.manager import OwnedRange
-from gateway.zygote import WorkerProcess, WorkerRequest, Zygote, read_blob, send_blob
+from gateway.workers.merge import merge_action, merge_stats
+from gateway.workers.partition import connection_owner
+from gateway.workers.sockets import SocketGroup, bind_groups, close_groups, steer
+from gateway.workers.xdpshare import XdpShare
+from gateway.workers.zygote import WorkerProcess, WorkerRequest, Zygote, send_blob
 
 log = logging.getLogger("gateway.workers")
 
@@ -84,134 +76,6 @@ RESTART_WINDOW: Final = 60.0
 START_TIMEOUT: Final = 300.0  # a worker must be serving within this long (TCG VM: slow)
 STOP_TIMEOUT: Final = 30.0  # a worker must have shut down within this long (then SIGKILL)
 IPC_LIMIT: Final = 1 << 28  # bytes per reply line from a worker (list-sas of many SAs)
-
-
-# --------------------------------------------------------------------------- partitions
-
-
-def connection_owner(name: str, workers: int) -> int:
-    """The worker that runs a connection's start actions and `initiate` (stable across
-    processes and runs: crc32, not Python's salted hash)."""
-    return zlib.crc32(name.encode()) % workers
-
-
-@dataclass(slots=True)
-class WorkerIkeSpis:
-    """Our IKE SPIs for worker `index` of `workers`: random, with the low 32 bits equal
-    to `index` modulo `workers` (bpf.reuseport.owner_of_spi)."""
-
-    index: int
-    workers: int
-    random: Callable[[int], bytes] = os.urandom
-
-    def __call__(self) -> bytes:
-        raw = self.random(8)
-        low = int.from_bytes(raw[4:], "big")
-        low = low - low % self.workers + self.index
-        if low > 0xFFFF_FFFF:
-            low -= self.workers
-        return raw[:4] + low.to_bytes(4, "big")
-
-
-@dataclass(slots=True)
-class PartitionedSpis:
-    """Inbound ESP SPIs of worker `index` of `workers` (ike.engine.InboundSpiAllocator):
-    SPI modulo `workers` = `index`, so two workers never choose the same SPI."""
-
-    index: int
-    workers: int
-    random: Callable[[int], bytes] = os.urandom
-    _used: set[int] = field(default_factory=set)
-
-    def allocate(self, replaces: int | None = None) -> int:
-        while True:  # (`replaces`: a rekey's old SPI; nothing to keep here)
-            spi = int.from_bytes(self.random(4), "big")
-            spi = spi - spi % self.workers + self.index
-            if 256 <= spi <= 0xFFFF_FFFF and spi not in self._used:  # RFC 4303 §2.1
-                self._used.add(spi)
-                return spi
-
-    def release(self, spi: int) -> None:
-        self._used.discard(spi)
-
-
-def reqid_range(index: int, workers: int, whole: OwnedRange | None = None) -> OwnedRange:
-    """Worker `index`'s share of our XFRM reqids (the last one takes the remainder)."""
-    whole = whole or OwnedRange()
-    size = whole.size // workers
-    last = index == workers - 1
-    return OwnedRange(whole.first + index * size, whole.size - index * size if last else size)
-
-
-# --------------------------------------------------------------------------- sockets
-
-
-@dataclass(slots=True)
-class SocketGroup:
-    """One reuseport group: the N sockets of one listen address and port."""
-
-    address: str
-    nat_t: bool
-    sockets: list[socket.socket]
-
-    @property
-    def port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
-
-
-def bind_groups(config: GatewayConfig) -> list[SocketGroup]:
-    """Bind every worker's sockets, worker 0 first in each group (socket index = bind
-    order = worker index). GatewayError when a port cannot be bound."""
-    gw = config.gateway
-    groups: list[SocketGroup] = []
-    try:
-        for address in gw.listen:
-            ike_port = gw.port
-            for nat_t, port in ((False, gw.port), (True, gw.port_nat_t)):
-                if nat_t and not ike_port:
-                    port = 0  # an ephemeral IKE port (tests): ephemeral NAT-T port too
-                group = SocketGroup(address, nat_t, [])
-                groups.append(group)
-                if port:
-                    # Any process of our user could join a reuseport group (and replace its
-                    # program): a plain bind first fails if the port is taken, by another
-                    # gateway's workers too, as a single-process daemon's bind would.
-                    bind_socket(address, port).close()
-                for _ in range(gw.workers):
-                    sock = bind_socket(
-                        address,
-                        port,
-                        reuse_port=True,
-                        esp_in_udp=nat_t and gw.dataplane == "xfrm",
-                    )
-                    group.sockets.append(sock)
-                    port = sock.getsockname()[1]  # the rest join the first one's port
-    except OSError as exc:
-        close_groups(groups)
-        raise GatewayError(f"cannot open IKE socket: {exc.strerror or exc}") from None
-    return groups
-
-
-def close_groups(groups: Sequence[SocketGroup]) -> None:
-    for group in groups:
-        for sock in group.sockets:
-            sock.close()
-
-
-def steer(groups: Sequence[SocketGroup], workers: int, live: Sequence[int]) -> None:
-    """(Re)attach each group's steering program for the workers now serving."""
-    for group in groups:
-        program = reuseport.steering_program(nat_t=group.nat_t, workers=workers, live=live)
-        try:
-            reuseport.attach(group.sockets[0], program)
-        except OSError as exc:
-            raise GatewayError(
-                f"cannot attach the IKE steering program ({group.address} port "
-                f"{group.port}): {exc.strerror}"
-            ) from None
-
-
-# --------------------------------------------------------------------------- supervisor
 
 
 @dataclass(slots=True)
@@ -250,7 +114,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._exporter: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.worker_deaths = 0
         # workers push events only while our control socket has subscribers: encoding,
@@ -264,7 +128,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._loop = loop
+        self.loop = loop
         installed: list[signal.Signals] = []
         self.zygote.attach()
         try:
@@ -614,8 +478,6 @@ class Supervisor:
         return merge_action(await self._ask_all("redirect", args))
 
     async def reload(self) -> Any:
-        from gateway.daemon import load_for_reload
-
         new = load_for_reload(self.options.config_path, self.control)
         replies = await self._ask_all("reload")
         failed = [(w, r) for w, r in replies if isinstance(r, ControlError)]
@@ -645,7 +507,7 @@ class Supervisor:
         """Called from the exporter's thread: ask the workers on the loop's thread."""
         from gateway import metrics
 
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             raise GatewayError("the daemon is not running")
 
@@ -679,181 +541,3 @@ class Supervisor:
             raise GatewayError("the daemon did not answer the scrape in time") from None
         except ControlError as exc:
             raise GatewayError(exc.message) from None
-
-
-# --------------------------------------------------------------------------- merging
-
-_SUMMED: Final = (
-    "child_sas",
-    "bytes_in",
-    "bytes_out",
-    "packets_in",
-    "packets_out",
-    "handshakes",
-    "auth_failures",
-    "dpd_failures",
-    "rekeys",
-    "ike_rekeys",
-    "install_failures",
-    "engine_errors",
-)
-
-
-def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Gateway-wide stats from the workers' (sums; xfrm_errors are the kernel's, the
-    same in every worker: the largest reading)."""
-    out: dict[str, Any] = {key: sum(int(r.get(key, 0)) for r in rows) for key in _SUMMED}
-    out["ike_sas"] = _sum_dicts(r.get("ike_sas", {}) for r in rows)
-    out["transport"] = _sum_dicts(r.get("transport", {}) for r in rows)
-    out["engine"] = _sum_dicts(r.get("engine", {}) for r in rows)
-    errors: dict[str, int] = {}
-    for r in rows:
-        for name, value in r.get("xfrm_errors", {}).items():
-            errors[name] = max(errors.get(name, 0), int(value))
-    out["xfrm_errors"] = errors
-    out["xdp"] = []
-    durations = merge_histograms(
-        [r["handshake_durations"] for r in rows if "handshake_durations" in r]
-    )
-    if durations is not None:
-        out["handshake_durations"] = durations
-    return out
-
-
-def merge_histograms(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The workers' handshake-duration histograms as one (counts and sums add up; all
-    workers run the same code, so the bucket bounds agree: a row that differs is left
-    out rather than mixed in)."""
-    if not rows:
-        return None
-    bounds = list(rows[0]["bounds"])
-    same = [r for r in rows if list(r["bounds"]) == bounds and len(r["counts"]) == len(bounds) + 1]
-    return {
-        "bounds": bounds,
-        "counts": [sum(int(r["counts"][i]) for r in same) for i in range(len(bounds) + 1)],
-        "sum": sum(float(r["sum"]) for r in same),
-    }
-
-
-def _sum_dicts(dicts: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for key, value in d.items():
-            out[key] = out.get(key, 0) + int(value)
-    return out
-
-
-def merge_action(replies: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
-    """terminate/rekey asked of every worker: done where it had something to act on.
-    All "nothing here" (unknown-sa/unknown-connection): that error; any other refusal:
-    `failed` with the worker's message."""
-    done = [r for _, r in replies if not isinstance(r, ControlError)]
-    errors = [(w, r) for w, r in replies if isinstance(r, ControlError)]
-    hard = [(w, e) for w, e in errors if e.code != UNKNOWN_SA and e.code != "unknown-connection"]
-    if hard:
-        w, err = hard[0]
-        raise ControlError(err.code, f"{err.message} (worker {w.index})")
-    if not done:
-        if errors:
-            raise errors[0][1]
-        raise ControlError(FAILED, "no worker is running")
-    return {"message": "; ".join(str(r.get("message", "")) for r in done)}
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-class _PeerControl(ControlServer):
-    """The worker's control API, served over its socketpair to the supervisor."""
-
-    def __init__(self, backend: Any, sock: socket.socket, on_close: Callable[[], None]) -> None:
-        super().__init__(backend, f"worker-socketpair-{sock.fileno()}")
-        self._sock = sock
-        self._on_close = on_close
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        serving = await self.serve_peer(self._sock)  # events flow from here on
-
-        async def serve() -> None:
-            with contextlib.suppress(OSError):
-                await serving
-            self._on_close()  # the supervisor is gone: shut down
-
-        self._task = asyncio.get_running_loop().create_task(serve())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
-async def _worker_main(
-    config: GatewayConfig,
-    config_path: str,
-    request: WorkerRequest,
-    ipc: socket.socket,
-    sockets: list[tuple[socket.socket, bool]],
-    xdp_link: socket.socket | None,
-) -> int:
-    from gateway.daemon import Daemon
-    from gateway.dataplane import make_dataplane
-
-    gw = dataclasses.replace(config.gateway, metrics_listen=None)  # the supervisor's
-    config = GatewayConfig(gw, config.connections, config.source)
-    index, count = request.index, request.workers
-    stop = asyncio.Event()
-    xdp = None
-    if gw.xdp is not None and xdp_link is not None:  # the supervisor's programs
-        link = xdp_link
-        xdp = XdpAdapter(
-            gw.xdp, loader=lambda _config: RemoteLoader(link), spis=SlotSpis(share=(index, count))
-        )
-    daemon = Daemon(
-        config,
-        config_path=config_path,
-        dataplane=make_dataplane(gw.dataplane, owned=reqid_range(index, count)),
-        spis=PartitionedSpis(index, count),
-        ike_spis=WorkerIkeSpis(index, count),
-        prebound=sockets,
-        control=_PeerControl(None, ipc, stop.set),
-        xdp=xdp,
-    )
-    daemon.control.backend = daemon
-    daemon.keep_handshake_durations()  # merged by the supervisor (stats, metrics)
-    daemon.start_filter = lambda name: connection_owner(name, count) == index
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    for sig in (signal.SIGINT, signal.SIGHUP):  # the supervisor handles these for us all
-        loop.add_signal_handler(sig, lambda: None)
-    try:
-        await daemon.start()
-        await stop.wait()
-    finally:
-        await daemon.shutdown()
-    return 0
-
-
-def run_worker(request: WorkerRequest, fds: list[int]) -> int:
-    """A worker's life, in a process the zygote just forked (gateway/zygote.py): `fds`
-    are its control socketpair end and its IKE sockets (`request.kinds`)."""
-    from gateway.daemon import setup_logging
-
-    setup_logging(request.log_level, suffix=f" worker={request.index}")
-    ipc = socket.socket(fileno=fds[0])
-    sockets: list[tuple[socket.socket, bool]] = []
-    xdp_link = None
-    for fd, kind in zip(fds[1:], request.kinds, strict=True):
-        if kind == "xdp":
-            xdp_link = socket.socket(fileno=fd)
-        else:
-            sockets.append((socket.socket(fileno=fd), kind == "nat_t"))
-    try:
-        ipc.setblocking(True)
-        # the supervisor's configuration, as last reloaded (not the file as it is now)
-        config_path, config = pickle.loads(read_blob(ipc))
-        return asyncio.run(_worker_main(config, config_path, request, ipc, sockets, xdp_link))
-    except GatewayError as exc:
-        print(f"gateway worker {request.index}: {exc}", file=sys.stderr)
-        return 2

@@ -23,13 +23,13 @@ from gateway.errors import GatewayError
 
 # command name -> module that registers it (the order is the order of `--help`)
 COMMANDS: dict[str, str] = {
-    "doctor": "gateway.doctor",
+    "doctor": "gateway.cli.doctor",
     "lab": "gateway.lab.cli",
-    "check-config": "gateway.check_config",
-    "ctl": "gateway.ctl",
-    "run": "gateway.daemon",
-    "tui": "gateway.tui",
-    "decode": "gateway.decode",
+    "check-config": "gateway.cli.check_config",
+    "ctl": "gateway.cli.ctl",
+    "run": "gateway.cli.run",
+    "tui": "gateway.cli.tui",
+    "decode": "gateway.cli.decode",
 }
 
 

@@ -1,19 +1,12 @@
-"""Data planes: where the daemon puts the Child SAs the IKE engine negotiated.
+"""`dataplane = "xfrm"` (the default): Child SAs in the kernel through gateway/xfrm.
 
-`Dataplane` is the Protocol the daemon talks to; two implementations:
-
-- `XfrmDataplane` (`dataplane = "xfrm"`, the default): installs each Child SA in the
-  kernel through gateway/xfrm (two states + policies, all or nothing), replaces it
-  make-before-break on rekey (the rekey responder in two steps: new inbound SA first,
-  outbound switched later), removes it on delete, reads its counters, and at start
-  removes leftovers of a previous run (objects in our reqid range only).
-- `NoneDataplane` (`dataplane = "none"`): control plane only. SAs are negotiated and
-  recorded (they appear in list-sas as INSTALLED with offload "none" and zero counters)
-  but nothing is installed, like strongSwan's load-tester plugin faking its kernel
-  interface. For benchmarking the IKE side and for hosts without kernel ESP.
-
-Keys reach the data plane inside `ChildSaEstablished` and go no further than the kernel
-message; nothing here logs them.
+`XfrmDataplane` installs each Child SA (two states + policies, all or nothing), replaces
+it make-before-break on rekey (the rekey responder in two steps: new inbound SA first,
+outbound switched later), moves it on MOBIKE, removes it on delete, reads its counters,
+installs trap policies, reports kernel EXPIRE/ACQUIRE events, and at start removes
+leftovers of a previous run (objects in our reqid range only). `child_sa_spec` and
+`trap_sa_spec` are the pure translations of an engine event / a trap into the XFRM
+backend's ChildSaSpec.
 """
 
 from __future__ import annotations
@@ -21,168 +14,24 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import ChildConfig
-from gateway.errors import GatewayError
-from gateway.trap import TrapKey, TrapSpec
+from gateway.dataplane.base import (
+    AcquireHandler,
+    Counters,
+    DataplaneError,
+    ExpireHandler,
+    Installed,
+    TrapKey,
+    TrapSpec,
+)
 
 if TYPE_CHECKING:
+    from gateway.config.schema import ChildSection
     from gateway.xfrm.manager import OwnedRange
     from ike.events import ChildSaEstablished
 
 log = logging.getLogger("gateway.dataplane")
-ExpireHandler = Callable[[int, bool], None]  # (SPI of the expired state, hard?)
-# (reqid of the trap, the packet's source and destination address or None)
-AcquireHandler = Callable[[int, str | None, str | None], None]
-
-
-class DataplaneError(GatewayError):
-    """Installing or removing an SA failed; the message names the operation."""
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    bytes_in: int = 0
-    packets_in: int = 0
-    bytes_out: int = 0
-    packets_out: int = 0
-
-
-@dataclass(slots=True)
-class Installed:
-    """A Child SA as the data plane holds it. `handle` is the implementation's own."""
-
-    spi_in: int
-    spi_out: int
-    offload: str = "none"  # "none" | "crypto" | "packet"
-    handle: Any = field(default=None, repr=False)
-
-
-class Dataplane(Protocol):
-    name: str
-
-    def start(self) -> None:
-        """Prepare (e.g. remove our leftovers of a crashed run)."""
-
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed: ...
-
-    def replace(
-        self,
-        old: Installed,
-        child: ChildSaEstablished,
-        config: ChildConfig | None,
-        *,
-        keep_old_inbound: bool = False,
-        switch_outbound: bool = True,
-    ) -> Installed:
-        """Rekey, make-before-break: the new SAs, the policies moved to them, the old
-        outbound SA removed; the old inbound one too unless `keep_old_inbound` (then
-        `retire(old)` removes it later). `switch_outbound=False` (the rekey responder):
-        only the new inbound SA, `old` keeps sending until `switch_outbound()`."""
-
-    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
-        """Send on `new` (from replace(switch_outbound=False)) instead of `old`: its
-        outbound SA in, the policies moved to it, the outbound SA of `old` removed."""
-
-    def retire(self, old: Installed) -> None:
-        """Remove the old inbound SA that replace(keep_old_inbound=True) kept."""
-
-    def migrate(
-        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
-    ) -> Installed:
-        """MOBIKE (RFC 4555): the same SAs (SPIs, keys, sequence numbers, counters) at new
-        outer addresses and encapsulation (`encap` = (local port, remote port) or None);
-        the policies follow. On failure the SAs stay as they were."""
-
-    def remove(self, installed: Installed) -> None: ...
-
-    def counters(self, installed: Installed) -> Counters: ...
-
-    def errors(self) -> dict[str, int]:
-        """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""
-
-    def install_trap(self, trap: TrapSpec) -> int:
-        """Trap policies for a Child config (out policies, no state): matching traffic
-        raises an ACQUIRE. Returns the trap's reqid; Child SAs of that Child config are
-        then installed under it and share its out policies (it stays underneath)."""
-
-    def remove_trap(self, key: TrapKey) -> None: ...
-
-    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
-        """Report kernel lifetime expiries of our SAs, on_expire(spi, hard), and ACQUIREs
-        of our traps, on_acquire(reqid, src, dst). From the running event loop; a data
-        plane without a kernel never calls them."""
-
-    def close(self) -> None:
-        """Release resources; SAs must have been removed by the daemon before."""
-
-
-class NoneDataplane:
-    """Records SAs and installs nothing (strongSwan load-tester style)."""
-
-    name = "none"
-
-    def __init__(self) -> None:
-        self.installed: dict[int, Installed] = {}  # by inbound SPI
-        # MOBIKE moves, recorded: (spi_in, local, remote, encap) (nothing to move here)
-        self.migrations: list[tuple[int, str, str, tuple[int, int] | None]] = []
-
-    def start(self) -> None:
-        pass
-
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
-        sa = Installed(child.spi_in, child.spi_out)
-        self.installed[child.spi_in] = sa
-        return sa
-
-    def replace(
-        self,
-        old: Installed,
-        child: ChildSaEstablished,
-        config: ChildConfig | None,
-        *,
-        keep_old_inbound: bool = False,
-        switch_outbound: bool = True,
-    ) -> Installed:
-        if not keep_old_inbound:
-            self.installed.pop(old.spi_in, None)
-        return self.install(child, config)
-
-    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
-        return new
-
-    def retire(self, old: Installed) -> None:
-        self.installed.pop(old.spi_in, None)
-
-    def migrate(
-        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
-    ) -> Installed:
-        self.migrations.append((installed.spi_in, local, remote, encap))
-        return installed
-
-    def remove(self, installed: Installed) -> None:
-        self.installed.pop(installed.spi_in, None)
-
-    def counters(self, installed: Installed) -> Counters:
-        return Counters()
-
-    def errors(self) -> dict[str, int]:
-        return {}
-
-    def install_trap(self, trap: TrapSpec) -> int:
-        raise DataplaneError("trap policies need the kernel: dataplane 'none' has none")
-
-    def remove_trap(self, key: TrapKey) -> None:
-        pass
-
-    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
-        pass
-
-    def close(self) -> None:
-        self.installed.clear()
 
 
 class XfrmDataplane:
@@ -222,7 +71,7 @@ class XfrmDataplane:
                 report.removed_policies,
             )
 
-    def install(self, child: ChildSaEstablished, config: ChildConfig | None) -> Installed:
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed:
         trap = self._traps.get((child.connection, child.child))
         # under its trap's reqid: the kernel's larval state of the ACQUIRE goes, and the
         # trap's out policies are shared (they stay when the SA goes)
@@ -238,7 +87,7 @@ class XfrmDataplane:
         self,
         old: Installed,
         child: ChildSaEstablished,
-        config: ChildConfig | None,
+        config: ChildSection | None,
         *,
         keep_old_inbound: bool = False,
         switch_outbound: bool = True,
@@ -372,7 +221,7 @@ class XfrmDataplane:
 
 
 def child_sa_spec(
-    child: ChildSaEstablished, config: ChildConfig | None, reqid: int, offload_dev: str | None
+    child: ChildSaEstablished, config: ChildSection | None, reqid: int, offload_dev: str | None
 ) -> Any:
     """The XFRM backend's ChildSaSpec for a negotiated Child SA (a pure function).
 
@@ -480,13 +329,3 @@ def _selectors(ts: Any, make: Any) -> list[Any]:
     else:
         raise ValueError(f"port range {ts.start_port}-{ts.end_port} cannot be an XFRM selector")
     return [make(net, ts.ip_protocol, port) for net in nets]
-
-
-def make_dataplane(
-    kind: str, *, offload_dev: str | None = None, owned: OwnedRange | None = None
-) -> Dataplane:
-    if kind == "none":
-        return NoneDataplane()
-    if kind == "xfrm":
-        return XfrmDataplane(offload_dev=offload_dev, owned=owned)
-    raise DataplaneError(f"unknown data plane {kind!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, gateway_config
+from tests.support.daemon import Gateway, gateway_config
 
 TS = {"local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"]}
 

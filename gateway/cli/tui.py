@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from gateway.control import DEFAULT_CONTROL_SOCKET
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.errors import CommandError
 
 
@@ -36,7 +36,7 @@ def socket_path(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)
     if args.config:
-        from gateway.config import load_config
+        from gateway.config.reader import load_config
 
         return load_config(args.config).gateway.control_socket
     return os.environ.get("GATEWAY_CONTROL_SOCKET") or DEFAULT_CONTROL_SOCKET

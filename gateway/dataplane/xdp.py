@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.config import XdpConfig
+from gateway.config.schema import XdpConfig
 from gateway.errors import GatewayError
 from ike import events as ev
 from ike.errors import SpiExhausted
@@ -59,8 +59,13 @@ log = logging.getLogger("gateway.daemon")
 DEFAULT_LINK_MTU = 1500  # used for the clamp when only a LAN interface is configured
 
 
+class XdpError(GatewayError):
+    """The XDP/TC programs cannot be set up as configured (bpf's BpfError, for the user)."""
+
+
 class XdpLoader(Protocol):
-    """What the adapter uses of bpf.loader.Dataplane (a fake stands in for unit tests)."""
+    """What the adapter uses of bpf.loader.AttachedPrograms (a fake stands in for unit
+    tests, a RemoteLoader in a worker); its methods raise bpf.loader.BpfError."""
 
     def open(self) -> None: ...
 
@@ -100,11 +105,11 @@ LoaderFactory = Callable[[XdpConfig], XdpLoader]
 
 
 def bcc_loader(config: XdpConfig) -> XdpLoader:
-    """The real thing: bpf.loader.Dataplane (imports bcc only when XDP is configured)."""
-    from bpf.loader import Dataplane
+    """The real thing: bpf.loader.AttachedPrograms (imports bcc only when XDP is configured)."""
+    from bpf.loader import AttachedPrograms
 
     clamp: bool | int = False if config.mss_clamp is None else config.mss_clamp
-    return Dataplane(config.wan_interface, config.lan_interface, mss_clamp=clamp)
+    return AttachedPrograms(config.wan_interface, config.lan_interface, mss_clamp=clamp)
 
 
 # --------------------------------------------------------------------------- SPIs
@@ -242,7 +247,7 @@ class XdpAdapter:
     # lifecycle -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Check the interfaces, compile, attach (all or nothing). GatewayError if not."""
+        """Check the interfaces, compile, attach (all or nothing); XdpError if not."""
         names = [
             (key, name)
             for key, name in (
@@ -255,7 +260,7 @@ class XdpAdapter:
             try:
                 socket.if_nametoindex(name)
             except OSError:
-                raise GatewayError(
+                raise XdpError(
                     f"[gateway.xdp] {key} = {name!r}: no such network interface"
                 ) from None
         if self.config.wan_interface is not None:
@@ -265,8 +270,13 @@ class XdpAdapter:
             self.config.wan_interface or "-",
             self.config.lan_interface or "-",
         )
-        dp = self._make_loader(self.config)
-        _held_signals(lambda: _off_loop(dp.open), lambda: _off_loop(dp.close))
+        from bpf.loader import BpfError
+
+        try:
+            dp = self._make_loader(self.config)
+            _held_signals(lambda: _off_loop(dp.open), lambda: _off_loop(dp.close))
+        except BpfError as exc:
+            raise XdpError(str(exc)) from None
         self._dp = dp
         log.info(
             "event=xdp-attached wan=%s lan=%s mss_clamp=%s wan_mtu=%d attachments=%s",
@@ -286,9 +296,11 @@ class XdpAdapter:
             self.spis.drop(child.slot)
         self._by_spi.clear()
         self._excluded.clear()
+        from bpf.loader import BpfError
+
         try:
             _off_loop(dp.close)
-        except GatewayError as exc:
+        except BpfError as exc:
             log.error("event=xdp-detach-failed error=%s", exc)
             return
         log.info("event=xdp-detached")
@@ -300,7 +312,7 @@ class XdpAdapter:
     @property
     def loader(self) -> XdpLoader | None:
         """The open loader (the supervisor applies its workers' map updates to it:
-        gateway/xdpshare.py)."""
+        gateway/workers/xdpshare.py)."""
         return self._dp
 
     # engine events ---------------------------------------------------------------------
@@ -341,7 +353,7 @@ class XdpAdapter:
 
     def child_deleted(self, spi_in: int) -> None:
         """One SA gone: its SPIs go; with the Child's last SA, its prefixes and slot."""
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         child = self._by_spi.pop(spi_in, None)
         if child is None or self._dp is None:
@@ -355,7 +367,7 @@ class XdpAdapter:
                 child.slot, spi_in=spi_in, spi_out=spi_out, remote_ts=child.remote
             )
             self._unexclude(child.excluded)
-        except DataplaneError as exc:
+        except BpfError as exc:
             log.warning(
                 "event=xdp-remove-failed connection=%s child=%s error=%s",
                 child.connection,
@@ -366,6 +378,10 @@ class XdpAdapter:
             self.spis.drop(child.slot)
 
     # counters --------------------------------------------------------------------------
+
+    def known_spis(self) -> list[int]:
+        """The inbound SPIs of every SA the programs know (rekeyed-away ones included)."""
+        return list(self._by_spi)
 
     def slot(self, spi_in: int) -> int | None:
         child = self._by_spi.get(spi_in)
@@ -396,7 +412,7 @@ class XdpAdapter:
     # helpers ---------------------------------------------------------------------------
 
     def _install(self, child: _ChildSlot, e: ev.ChildSaEstablished, offloaded: bool) -> bool:
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
         from bpf.mtu import EspOverhead, MtuError, tunnel_mtu
 
         assert self._dp is not None
@@ -416,7 +432,7 @@ class XdpAdapter:
                 mtu=mtu,
                 offloaded=offloaded,
             )
-        except (DataplaneError, MtuError) as exc:
+        except (BpfError, MtuError) as exc:
             self._install_failed(e, exc)
             return False
         child.spis[e.spi_in] = e.spi_out
@@ -441,7 +457,7 @@ class XdpAdapter:
         """Local selectors strictly inside a remote one (a 0.0.0.0/0 tunnel seen from the
         10.1.0.0/24 LAN) are carved out: LAN-internal traffic is neither counted nor
         clamped, as an XFRM bypass policy would keep it out of the tunnel."""
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         assert self._dp is not None
         done: list[str] = []
@@ -457,7 +473,7 @@ class XdpAdapter:
             if prefix not in self._excluded:
                 try:
                     self._dp.exclude_prefix(prefix)
-                except DataplaneError as exc:
+                except BpfError as exc:
                     log.warning("event=xdp-exclude-failed prefix=%s error=%s", prefix, exc)
                     continue
             self._excluded[prefix] = self._excluded.get(prefix, 0) + 1
@@ -465,7 +481,7 @@ class XdpAdapter:
         return tuple(done)
 
     def _unexclude(self, prefixes: Sequence[str]) -> None:
-        from bpf.loader import DataplaneError
+        from bpf.loader import BpfError
 
         assert self._dp is not None
         for prefix in prefixes:
@@ -476,7 +492,7 @@ class XdpAdapter:
             self._excluded.pop(prefix, None)
             try:
                 self._dp.remove_clamp_prefix(prefix)
-            except DataplaneError as exc:
+            except BpfError as exc:
                 log.warning("event=xdp-exclude-failed prefix=%s error=%s", prefix, exc)
 
 
@@ -535,4 +551,4 @@ def interface_mtu(name: str) -> int:
     try:
         return int(Path(f"/sys/class/net/{name}/mtu").read_text())
     except (OSError, ValueError):
-        raise GatewayError(f"[gateway.xdp] interface {name!r}: cannot read its MTU") from None
+        raise XdpError(f"[gateway.xdp] interface {name!r}: cannot read its MTU") from None

@@ -1,17 +1,10 @@
-"""The control API: newline-delimited JSON over a unix stream socket (mode 0600).
+"""The control API's server: serves a `ControlBackend` on a unix socket (mode 0600).
 
-Protocol (the team's shared contract; extend it, don't change it):
-
-    request  {"id": <int>, "cmd": "<name>", "args": {...}}
-    reply    {"id": <same>, "ok": true, "result": <any>}
-             {"id": <same>, "ok": false, "error": {"code": "<kebab-case>", "message": "..."}}
-    event    {"event": {"type": "<kebab>", "time": <unix float>, ...}}   (after `subscribe`)
-
-`ControlServer` serves a `ControlBackend` (the daemon's state, or a fake in tests). Every
-request gets exactly one reply; a malformed request gets a `bad-request` error and the
-connection (and the server) carry on. Requests on one connection are answered in order;
-connections are independent. `ControlClient` is the asyncio client used by `gateway ctl`
-and the TUI: it matches replies to requests by id and hands pushed events to `events()`.
+`ControlServer` serves the daemon's state (or the workers' supervisor, or a fake in
+tests). Every request gets exactly one reply; a malformed request gets a `bad-request`
+error and the connection (and the server) carry on. Requests on one connection are
+answered in order; connections are independent. `publish()` pushes an event to every
+subscribed connection. `serve_peer()` serves the supervisor's link to a worker process.
 """
 
 from __future__ import annotations
@@ -20,52 +13,31 @@ import asyncio
 import contextlib
 import errno
 import inspect
-import ipaddress
-import itertools
 import json
 import logging
 import os
 import socket
 import stat
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
+from gateway.control.protocol import (
+    BAD_REQUEST,
+    FAILED,
+    MAX_LINE,
+    SUBSCRIBER_QUEUE,
+    ControlError,
+    Request,
+    RequestError,
+    encode,
+    error_reply,
+    make_event,
+    parse_request,
+)
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.control")
-
-DEFAULT_CONTROL_SOCKET: Final = "/run/gateway/control.sock"
-
-MAX_LINE: Final = 1 << 16  # bytes per request line; longer requests are refused
-SUBSCRIBER_QUEUE: Final = 4096  # events buffered per slow subscriber before it is dropped
-NAME_COMMANDS: Final = ("initiate", "terminate", "rekey", "redirect")
-PLAIN_COMMANDS: Final = ("list-conns", "list-sas", "reload", "stats", "subscribe")
-# migrate {name, local_addr?, remote_addr?, timeout?}: MOBIKE move (RFC 4555)
-ADDRESS_COMMANDS: Final = ("migrate",)
-COMMANDS: Final = PLAIN_COMMANDS + NAME_COMMANDS + ADDRESS_COMMANDS
-
-# Error codes of the contract.
-BAD_REQUEST: Final = "bad-request"
-UNKNOWN_COMMAND: Final = "unknown-command"
-UNKNOWN_CONNECTION: Final = "unknown-connection"
-UNKNOWN_SA: Final = "unknown-sa"
-FAILED: Final = "failed"
-
-
-class ControlError(GatewayError):
-    """A request the server refused; `code` is the contract's kebab-case code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ControlConnectionError(GatewayError):
-    """The control socket cannot be reached, or the daemon went away mid-conversation."""
 
 
 class ControlBackend(Protocol):
@@ -93,103 +65,6 @@ class ControlBackend(Protocol):
     ) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    id: int
-    cmd: str
-    args: dict[str, Any]
-
-
-def parse_request(line: bytes) -> Request:
-    """Decode and check one request line; ControlError(bad-request|unknown-command)."""
-    try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ControlError(BAD_REQUEST, f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ControlError(BAD_REQUEST, "a request is a JSON object")
-    req_id = data.get("id")
-    if isinstance(req_id, bool) or not isinstance(req_id, int):
-        raise ControlError(BAD_REQUEST, "'id' must be an integer")
-    cmd = data.get("cmd")
-    args = data.get("args", {})
-    extra = sorted(set(data) - {"id", "cmd", "args"})
-    if extra:
-        raise _with_id(req_id, BAD_REQUEST, f"unknown request field(s): {', '.join(extra)}")
-    if not isinstance(cmd, str):
-        raise _with_id(req_id, BAD_REQUEST, "'cmd' must be a string")
-    if cmd not in COMMANDS:
-        raise _with_id(
-            req_id, UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}"
-        )
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise _with_id(req_id, BAD_REQUEST, "'args' must be an object")
-    allowed = {"name", "timeout"} if cmd in NAME_COMMANDS + ADDRESS_COMMANDS else set()
-    if cmd in ADDRESS_COMMANDS:
-        allowed |= {"local_addr", "remote_addr"}
-    if cmd == "redirect":
-        allowed.add("to")
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        raise _with_id(req_id, BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}")
-    for key in ("local_addr", "remote_addr"):
-        value = args.get(key)
-        if value is not None and not _is_ip(value):
-            raise _with_id(req_id, BAD_REQUEST, f"{cmd}: {key!r} must be an IP address")
-    if cmd in NAME_COMMANDS + ADDRESS_COMMANDS:
-        name = args.get("name")
-        if not isinstance(name, str) or not name:
-            raise _with_id(req_id, BAD_REQUEST, f'{cmd} needs "name": "connection[.child]"')
-        timeout = args.get("timeout", 30.0)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not (0 < timeout <= 3600)
-        ):
-            raise _with_id(req_id, BAD_REQUEST, "'timeout' must be seconds in (0, 3600]")
-    if cmd == "redirect":
-        to = args.get("to")
-        if not isinstance(to, str) or not to:
-            raise _with_id(
-                req_id, BAD_REQUEST, 'redirect needs "to": the new gateway\'s address or name'
-            )
-    return Request(req_id, cmd, args)
-
-
-def _is_ip(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-class _RequestError(ControlError):
-    def __init__(self, req_id: int, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.req_id = req_id
-
-
-def _with_id(req_id: int, code: str, message: str) -> _RequestError:
-    return _RequestError(req_id, code, message)
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
-
-
-def error_reply(req_id: int | None, code: str, message: str) -> dict[str, Any]:
-    return {"id": req_id, "ok": False, "error": {"code": code, "message": message}}
-
-
-def make_event(event_type: str, **fields: Any) -> dict[str, Any]:
-    return {"event": {"type": event_type, "time": time.time(), **fields}}
-
-
 class _Subscriber:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -199,7 +74,7 @@ class _Subscriber:
     async def pump(self) -> None:
         while True:
             event = await self.queue.get()
-            self.writer.write(_encode(event))
+            self.writer.write(encode(event))
             await self.writer.drain()
 
 
@@ -320,7 +195,7 @@ class ControlServer:
 
     async def serve_peer(self, sock: socket.socket) -> asyncio.Task[None]:
         """Serve one already connected stream socket: the supervisor's link to a worker
-        process (gateway/workers.py). Unlike the public socket, every request runs in
+        process (gateway/workers/). Unlike the public socket, every request runs in
         its own task (replies carry their id, so a slow `initiate` does not hold up
         `list-sas`), and events are pushed between a `subscribe` and an `unsubscribe`
         (a command of this link only). The returned task ends when the peer closes."""
@@ -364,14 +239,14 @@ class ControlServer:
             writer.close()
 
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
-        writer.write(_encode(reply))
+        writer.write(encode(reply))
         await writer.drain()
 
     async def _handle_line(self, line: bytes) -> tuple[dict[str, Any], bool]:
         self.requests += 1
         try:
             req = parse_request(line)
-        except _RequestError as exc:
+        except RequestError as exc:
             self.bad_requests += 1
             return error_reply(exc.req_id, exc.code, exc.message), False
         except ControlError as exc:
@@ -454,135 +329,3 @@ def _remove_stale_socket(path: Path) -> None:
     finally:
         probe.close()
     raise GatewayError(f"control socket {path} is in use (is another gateway running?)")
-
-
-# --------------------------------------------------------------------------- client
-
-_EOF: Final[dict[str, Any]] = {}
-
-
-class ControlClient:
-    """Async client: `async with await ControlClient.connect(path) as c: await c.list_sas()`."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._closed: BaseException | None = None
-        self._task = asyncio.create_task(self._read_loop())
-
-    @classmethod
-    async def connect(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> ControlClient:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path), limit=1 << 26), timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or "timed out"
-            raise ControlConnectionError(
-                f"cannot connect to control socket {path}: {reason} (is the gateway running?)"
-            ) from None
-        return cls(reader, writer)
-
-    async def __aenter__(self) -> ControlClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _read_loop(self) -> None:
-        reason: BaseException = ControlConnectionError("the gateway closed the control connection")
-        try:
-            while True:
-                line = await self._reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
-                    reason = ControlConnectionError("the gateway sent a line that is not JSON")
-                    break
-                if isinstance(msg, dict) and "event" in msg:
-                    self._events.put_nowait(msg["event"])
-                    continue
-                reply_id = msg.get("id") if isinstance(msg, dict) else None
-                fut = self._pending.pop(reply_id, None) if isinstance(reply_id, int) else None
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-        except (ConnectionError, ValueError) as exc:
-            reason = ControlConnectionError(f"control connection lost: {exc}")
-        finally:
-            self._closed = reason
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(reason)
-            self._pending.clear()
-            self._events.put_nowait(_EOF)
-
-    async def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """Send a request, wait for its reply; ControlError if the server refused it."""
-        if self._closed is not None:
-            raise self._closed
-        req_id = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = fut
-        request: dict[str, Any] = {"id": req_id, "cmd": cmd}
-        if args:
-            request["args"] = args
-        try:
-            self._writer.write(_encode(request))
-            await self._writer.drain()
-        except ConnectionError as exc:
-            self._pending.pop(req_id, None)
-            raise ControlConnectionError(f"control connection lost: {exc}") from None
-        reply = await fut
-        if reply.get("ok"):
-            return reply.get("result")
-        error = reply.get("error") or {}
-        raise ControlError(str(error.get("code", FAILED)), str(error.get("message", "failed")))
-
-    async def list_conns(self) -> list[dict[str, Any]]:
-        return list(await self.call("list-conns"))
-
-    async def list_sas(self) -> list[dict[str, Any]]:
-        return list(await self.call("list-sas"))
-
-    async def stats(self) -> dict[str, Any]:
-        return dict(await self.call("stats"))
-
-    async def initiate(self, name: str, timeout: float = 30.0) -> Any:
-        return await self.call("initiate", {"name": name, "timeout": timeout})
-
-    async def terminate(self, name: str, timeout: float = 30.0) -> Any:
-        return await self.call("terminate", {"name": name, "timeout": timeout})
-
-    async def rekey(self, name: str, timeout: float = 30.0) -> Any:
-        return await self.call("rekey", {"name": name, "timeout": timeout})
-
-    async def redirect(self, name: str, to: str, timeout: float = 30.0) -> Any:
-        return await self.call("redirect", {"name": name, "to": to, "timeout": timeout})
-
-    async def reload(self) -> Any:
-        return await self.call("reload")
-
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        """Subscribe and yield events until the connection closes."""
-        await self.call("subscribe")
-        return self.events()
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            event = await self._events.get()
-            if event is _EOF:
-                return
-            yield event

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-TrapKey = tuple[str, str]  # (connection, child)
+from gateway.dataplane.base import TrapKey, TrapSpec
 
 TRAPPED = "TRAPPED"
 CONNECTING = "CONNECTING"
@@ -38,24 +38,6 @@ BACKOFF = "BACKOFF"
 BACKOFF_FIRST = 2.0  # seconds after the first failure in a row
 BACKOFF_MAX = 120.0
 CONNECT_TIMEOUT = 180.0
-
-
-@dataclass(frozen=True, slots=True)
-class TrapSpec:
-    """What the data plane needs to install a trap: outer addresses (the tunnel
-    template), the configured selectors (CIDR strings) and the mode."""
-
-    connection: str
-    child: str
-    local: str
-    remote: str
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-    mode: str
-
-    @property
-    def key(self) -> TrapKey:
-        return (self.connection, self.child)
 
 
 @dataclass(slots=True)

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.control import DEFAULT_CONTROL_SOCKET, ControlClient, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET, ControlError
 
 SOCKET_ENV = "GATEWAY_CONTROL_SOCKET"
 

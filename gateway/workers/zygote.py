@@ -23,7 +23,8 @@ with SCM_RIGHTS):
 
 The worker reads its configuration from its control socketpair before it starts (the
 supervisor writes the configuration as last reloaded: a restarted worker never sees a
-file edited since), then runs `gateway.workers.run_worker`. The zygote exits when the
+file edited since), then runs `gateway.workers.worker.run_worker`, which the zygote
+imported once, before its first fork (`start_zygote(load)`). The zygote exits when the
 supervisor's end closes; workers notice their own socketpair closing and shut down.
 """
 
@@ -57,20 +58,13 @@ class WorkerRequest:
     kinds: tuple[str, ...]  # "ike" / "nat_t" for each socket after the control socket
 
 
+WorkerMain = Callable[[WorkerRequest, list[int]], int]  # a worker's life: exit status
+
+
 # --------------------------------------------------------------------------- zygote side
 
 
-def preload() -> None:
-    """Import what a worker imports (once, in the zygote)."""
-    import gateway.daemon  # noqa: F401
-    import gateway.dataplane  # noqa: F401
-    import gateway.workers  # noqa: F401
-    import gateway.xfrm.manager  # noqa: F401
-    import ike.engine  # noqa: F401
-    import ike.redirect  # noqa: F401
-
-
-def serve(link: socket.socket, run_worker: Callable[[WorkerRequest, list[int]], int]) -> None:
+def serve(link: socket.socket, run_worker: WorkerMain) -> None:
     """The zygote's loop (blocking: no event loop here): fork a worker per request,
     report exits, return when the supervisor's end closes."""
     wake_r, wake_w = os.pipe()
@@ -121,7 +115,7 @@ def _fork_worker(
     fds: list[int],
     own: tuple[int, int],
     children: set[int],
-    run_worker: Callable[[WorkerRequest, list[int]], int],
+    run_worker: WorkerMain,
 ) -> None:
     try:
         raw = json.loads(data)
@@ -166,11 +160,10 @@ def _fork_worker(
     os.close(pidfd)
 
 
-def start_zygote(
-    run_worker: Callable[[WorkerRequest, list[int]], int] | None = None,
-) -> Zygote:
+def start_zygote(load: Callable[[], WorkerMain]) -> Zygote:
     """Fork the zygote; call before any event loop or thread exists in this process.
-    `run_worker` (tests): what a forked worker runs instead of gateway.workers'."""
+    `load` runs in the zygote, once: it imports what a worker needs and returns the
+    function a forked worker runs (gateway.workers.worker.run_worker; tests: their own)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
@@ -180,13 +173,7 @@ def start_zygote(
             # Ctrl-C reaches the whole process group: the supervisor handles it for us
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            target = run_worker
-            if target is None:
-                preload()
-                from gateway import workers
-
-                target = workers.run_worker
-            serve(theirs, target)
+            serve(theirs, load())
         except BaseException as exc:  # noqa: BLE001 (never return into the supervisor's code)
             print(f"gateway zygote: {exc!r}", file=sys.stderr)
             status = 70

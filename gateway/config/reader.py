@@ -1,15 +1,10 @@
-"""The gateway's configuration: TOML in the vocabulary of strongSwan's swanctl.conf.
+"""The configuration reader: TOML text -> a checked `GatewayConfig`, or every problem.
 
-    [gateway]                      listen addresses, control socket, metrics, data plane
-    [gateway.xdp]                  XDP interfaces and MSS clamping
-    [connections.NAME]             one IKE SA template (swanctl.conf `connections.NAME`)
-    [connections.NAME.children.C]  one Child SA template (swanctl.conf `children.C`)
-
-docs/config.md is the reference for every key. `load_config` reads a file, checks
-everything it can without the network (types, ranges, addresses, selectors, proposal
-syntax, files, secret permissions) and either returns a frozen `GatewayConfig` or raises
-one `ConfigError` listing EVERY problem, each with its key path and, where the TOML text
-lets us find it, its line. Secrets are wrapped in `Secret`, whose repr never shows them.
+`load_config` reads a file, checks everything it can without the network (types, ranges,
+addresses, selectors, proposal syntax, files, secret permissions) and either returns a
+frozen `GatewayConfig` (gateway/config/schema.py) or raises one `ConfigError` listing
+EVERY problem, each with its key path and, where the TOML text lets us find it, its
+line. Defaults come from the schema's dataclasses; nothing here writes one again.
 """
 
 from __future__ import annotations
@@ -20,32 +15,51 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
-from gateway.control import DEFAULT_CONTROL_SOCKET
+from gateway.config.schema import (
+    ANY_ADDR,
+    AUTH_METHODS,
+    CLOSE_ACTIONS,
+    DATAPLANES,
+    DPD_ACTIONS,
+    DYNAMIC_TS,
+    FRAGMENTATION_MODES,
+    MIN_PSK_LENGTH,
+    MODES,
+    OFFLOAD_MODES,
+    REDIRECT_PHASES,
+    STANDARD_ESP_PROPOSALS,
+    STANDARD_IKE_PROPOSALS,
+    START_ACTIONS,
+    TRAP_NEEDS_KERNEL,
+    TRAP_NEEDS_ONE_WORKER,
+    AuthConfig,
+    ChildSection,
+    ConnectionSection,
+    GatewayConfig,
+    GatewaySettings,
+    Secret,
+    XdpConfig,
+    trap_actions,
+)
+from gateway.config.values import (
+    expand_default,
+    parse_addr,
+    parse_duration,
+    parse_listen,
+    parse_proposal,
+    parse_size,
+    parse_ts,
+    type_name,
+)
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
-
-DEFAULT_METRICS_PORT: Final = 9810
-DATAPLANES: Final = ("xfrm", "none")
-AUTH_METHODS: Final = ("psk", "pubkey")
-MODES: Final = ("tunnel", "transport")
-START_ACTIONS: Final = ("none", "start", "trap")
-DPD_ACTIONS: Final = ("clear", "trap", "restart")
-REDIRECT_PHASES: Final = ("init", "auth")
-CLOSE_ACTIONS: Final = ("none", "trap", "start")
-OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
-FRAGMENTATION_MODES: Final = ("yes", "no", "accept", "force")
-ANY_ADDR: Final = "%any"
-DYNAMIC_TS: Final = "dynamic"
-MIN_PSK_LENGTH: Final = 16
-# What "default" (or no setting) stands for: the suites every peer here must speak.
-DEFAULT_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
-DEFAULT_ESP_PROPOSALS: Final = ("aes256gcm16", "aes128-sha256")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 # --------------------------------------------------------------------------- errors
@@ -74,272 +88,6 @@ class ConfigError(GatewayError):
         count = len(lines)
         head = f"{count} error{'s' if count != 1 else ''} in configuration"
         super().__init__(head + ":\n  " + "\n  ".join(lines))
-
-
-# --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True, slots=True)
-class Secret:
-    """A secret value (PSK). Compared by value (so reload sees a changed PSK), never shown."""
-
-    value: bytes = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret(<redacted>)"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True, slots=True)
-class XdpConfig:
-    wan_interface: str | None = None
-    lan_interface: str | None = None
-    # True (the default): clamp TCP MSS to what the tunnel MTU allows (derived from the
-    # negotiated suite, docs/bpf.md); an int: clamp to that MSS; None (`false`): no clamping.
-    mss_clamp: int | bool | None = True
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    listen: tuple[str, ...] = ("0.0.0.0", "::")
-    port: int = 500
-    port_nat_t: int = 4500
-    control_socket: str = DEFAULT_CONTROL_SOCKET
-    metrics_listen: tuple[str, int] | None = ("127.0.0.1", DEFAULT_METRICS_PORT)
-    # "child": traffic series per connection+child; "connection": summed per connection
-    # (fewer series for very large deployments, docs/metrics.md)
-    metrics_aggregate: str = "child"
-    dataplane: str = "xfrm"
-    workers: int = 1
-    log_level: str = "info"
-    xdp: XdpConfig | None = None
-    # strongswan.conf charon.retransmit_*: timeout * base**n, give up after `tries`
-    retransmit_timeout: float = 4.0
-    retransmit_base: float = 1.8
-    retransmit_tries: int = 5
-
-
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
-    """swanctl.conf `local`/`remote` sections (one round; IKEv2 has no second round here)."""
-
-    auth: str = "psk"
-    id: str | None = None
-    certs: tuple[str, ...] = ()  # certificate files (PEM/DER)
-    cacerts: tuple[str, ...] = ()  # trust anchors for the peer's certificate (remote)
-    key: str | None = None  # private key file (local, pubkey auth)
-    crls: tuple[str, ...] = ()  # CRL files checked along the peer's chain (remote)
-
-
-@dataclass(frozen=True, slots=True)
-class ChildConfig:
-    name: str
-    local_ts: tuple[str, ...] = (DYNAMIC_TS,)
-    remote_ts: tuple[str, ...] = (DYNAMIC_TS,)
-    esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
-    mode: str = "tunnel"
-    start_action: str = "none"
-    dpd_action: str = "clear"
-    close_action: str = "none"
-    rekey_time: float = 3600.0
-    life_time: float = 3960.0
-    rand_time: float = 360.0
-    rekey_bytes: int = 0
-    life_bytes: int = 0
-    rekey_packets: int = 0
-    life_packets: int = 0
-    offload: str = "no"
-    replay_window: int | None = None  # None: the data plane's default
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionConfig:
-    name: str
-    local_addrs: tuple[str, ...] = (ANY_ADDR,)
-    remote_addrs: tuple[str, ...] = (ANY_ADDR,)
-    local_port: int = 500
-    remote_port: int = 500
-    local: AuthConfig = AuthConfig()
-    remote: AuthConfig = AuthConfig()
-    psk: Secret | None = None
-    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
-    dpd_delay: float = 0.0
-    dpd_timeout: float = 0.0
-    rekey_time: float = 14400.0
-    reauth_time: float = 0.0
-    over_time: float = 1440.0
-    rand_time: float = 1440.0
-    mobike: bool = True
-    # IKEv2 redirect (RFC 5685): follow a gateway's REDIRECT (as initiator); send every
-    # new peer to `redirect_to` (as responder), in IKE_SA_INIT or IKE_AUTH (`redirect_on`)
-    follow_redirects: bool = True
-    redirect_to: str | None = None
-    redirect_on: str = "init"
-    fragmentation: str = "yes"
-    encap: bool = False
-    keyingtries: int = 1
-    children: tuple[ChildConfig, ...] = ()
-
-    def child(self, name: str) -> ChildConfig | None:
-        return next((c for c in self.children if c.name == name), None)
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    gateway: GatewaySettings
-    connections: tuple[ConnectionConfig, ...]
-    source: str = "<string>"
-
-    def connection(self, name: str) -> ConnectionConfig | None:
-        return next((c for c in self.connections if c.name == name), None)
-
-
-# --------------------------------------------------------------------------- value parsers
-# Each takes the raw TOML value and returns the parsed one or raises ValueError with a
-# message meant for the user.
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)\s*$", re.IGNORECASE)
-_SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-_PROPOSAL_TOKEN_RE = re.compile(r"^[a-z0-9_]+$")
-
-
-def parse_duration(value: object) -> float:
-    """swanctl.conf durations: "90", "10s", "5m", "4h", "1d" or a non-negative number."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a duration like "10s" or "4h", got {value!r}')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value.lower())
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(f'expected a duration like "10s", "5m", "4h" or "1d", got {value!r}')
-
-
-def parse_size(value: object) -> int:
-    """Byte/packet counts: 1000, "500k", "100M", "2G" (binary multiples)."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a count like 1000 or "100M", got {value!r}')
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"a count cannot be negative, got {value}")
-        return value
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match:
-            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    raise ValueError(f'expected a count like 1000, "500k", "100M" or "2G", got {value!r}')
-
-
-def parse_addr(value: str) -> str:
-    """An IKE address: an IP address, a subnet, or %any. Returns the normalised text."""
-    if value == ANY_ADDR:
-        return value
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    try:
-        return str(ipaddress.ip_network(value, strict=True))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address, a subnet or {ANY_ADDR}") from None
-
-
-def parse_ts(value: str) -> str:
-    """A traffic selector: a CIDR subnet or address, or "dynamic" (our/peer's address)."""
-    if value == DYNAMIC_TS:
-        return value
-    try:
-        return str(ipaddress.ip_network(value, strict=True))
-    except ValueError as exc:
-        if "/" in value and "has host bits set" in str(exc):
-            raise ValueError(f"{value!r} has host bits set (did you mean the network?)") from None
-        raise ValueError(f'{value!r} is not a subnet (CIDR) or "{DYNAMIC_TS}"') from None
-
-
-def parse_proposal(value: str, *, esp: bool) -> str:
-    """Syntax check of a strongSwan proposal string ("aes256gcm16-prfsha384-x25519").
-
-    The algorithm names themselves are checked by the IKE engine's proposal parser when it
-    is available (see `_proposal_checker`); this keeps the config layer usable alone.
-    """
-    text = value.strip().lower()
-    if not text:
-        raise ValueError("empty proposal")
-    if text == "default":
-        return text
-    tokens = text.split("-")
-    for token in tokens:
-        if not token or not _PROPOSAL_TOKEN_RE.match(token):
-            raise ValueError(f'{value!r} is not a proposal like "aes256gcm16-prfsha384-x25519"')
-    checker = _proposal_checker(esp)
-    if checker is not None:
-        checker(text)
-    return text
-
-
-def expand_default(proposals: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
-    """Replace the keyword "default" by the default proposals, keeping order, no repeats."""
-    out: list[str] = []
-    for text in proposals:
-        for item in default if text == "default" else (text,):
-            if item not in out:
-                out.append(item)
-    return tuple(out)
-
-
-def _proposal_checker(esp: bool) -> Callable[[str], object] | None:
-    """The engine's own proposal parser, so the config accepts exactly what IKE can do."""
-    try:
-        from ike.constants import ProtocolId
-        from ike.errors import LocalError
-        from ike.proposals import parse_proposal as ike_parse_proposal
-    except ImportError:  # config checks stay usable without the engine
-        return None
-    protocol = ProtocolId.ESP if esp else ProtocolId.IKE
-
-    def check(text: str) -> object:
-        try:
-            return ike_parse_proposal(text, protocol)
-        except LocalError as exc:
-            raise ValueError(str(exc)) from None
-
-    return check
-
-
-def parse_listen(value: str) -> tuple[str, int] | None:
-    """`host`, `host:port`, `[v6]:port` or "off"/"" for no listener."""
-    text = value.strip()
-    if text in ("", "off", "no", "none"):
-        return None
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"{value!r}: missing ']' after the IPv6 address")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{value!r}: expected ':PORT' after ']'")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{value!r}: {host!r} is not an IP address") from None
-    port = DEFAULT_METRICS_PORT
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{value!r}: {port_text!r} is not a port number (1-65535)")
-        port = int(port_text)
-    return host, port
 
 
 # --------------------------------------------------------------------------- line numbers
@@ -405,17 +153,6 @@ def _fmt_path(path: Path_) -> str:
     return out
 
 
-def _type_name(value: object) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
 class _Context:
     """Collects issues for one load; knows the line of each key and the file's folder."""
 
@@ -476,7 +213,7 @@ class _Table:
     def string(self, key: str, default: str | None = None, choices: tuple[str, ...] = ()) -> Any:
         def convert(value: Any) -> str:
             if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {_type_name(value)}")
+                raise ValueError(f"expected a string, got {type_name(value)}")
             if choices and value not in choices:
                 raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
             return value
@@ -496,7 +233,7 @@ class _Table:
     def integer(self, key: str, default: Any, low: int, high: int) -> Any:
         def convert(value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {_type_name(value)}")
+                raise ValueError(f"expected an integer, got {type_name(value)}")
             if not low <= value <= high:
                 raise ValueError(f"{value} is out of range {low}..{high}")
             return value
@@ -522,7 +259,7 @@ class _Table:
         elif isinstance(value, list):
             items, indexed = value, True
         else:
-            self.error(key, f"expected an array of strings, got {_type_name(value)}")
+            self.error(key, f"expected an array of strings, got {type_name(value)}")
             return default
         if not items or items == [""]:
             self.error(key, "must not be empty")
@@ -532,7 +269,7 @@ class _Table:
         for index, raw in enumerate(items):
             where: Path_ = (key, index) if indexed else (key,)
             if not isinstance(raw, str):
-                self.ctx.error(self.path + where, f"expected a string, got {_type_name(raw)}")
+                self.ctx.error(self.path + where, f"expected a string, got {type_name(raw)}")
                 ok = False
                 continue
             try:
@@ -547,7 +284,7 @@ class _Table:
         if value is _MISSING:
             return None
         if not isinstance(value, dict):
-            self.error(key, f"expected a table, got {_type_name(value)}")
+            self.error(key, f"expected a table, got {type_name(value)}")
             return None
         return _Table(self.ctx, self.at(key), value)
 
@@ -595,7 +332,7 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         xdp = XdpConfig(
             wan_interface=xdp_table.get("wan_interface", None, _ifname),
             lan_interface=xdp_table.get("lan_interface", None, _ifname),
-            mss_clamp=xdp_table.get("mss_clamp", _MSS_DEFAULT, _mss),
+            mss_clamp=xdp_table.get("mss_clamp", XdpConfig().mss_clamp, _mss),
         )
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
@@ -620,7 +357,7 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
 
 def _retransmit_base(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {_type_name(value)}")
+        raise ValueError(f"expected a number, got {type_name(value)}")
     if not 1.0 <= value <= 10.0:
         raise ValueError(f"{value} is out of range 1.0..10.0")
     return float(value)
@@ -635,19 +372,16 @@ def _ip_address(value: str) -> str:
 
 def _listen_value(value: Any) -> tuple[str, int] | None:
     if not isinstance(value, str):
-        raise ValueError(f'expected a string like "127.0.0.1:9810", got {_type_name(value)}')
+        raise ValueError(f'expected a string like "127.0.0.1:9810", got {type_name(value)}')
     return parse_listen(value)
 
 
 def _ifname(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected an interface name, got {_type_name(value)}")
+        raise ValueError(f"expected an interface name, got {type_name(value)}")
     if not 0 < len(value) < 16 or "/" in value or value.strip() != value:
         raise ValueError(f"{value!r} is not a valid interface name")
     return value
-
-
-_MSS_DEFAULT: int | bool | None = True  # see XdpConfig.mss_clamp
 
 
 def _mss(value: Any) -> int | bool | None:
@@ -715,7 +449,7 @@ def _readable_file(ctx: _Context, value: str) -> str:
 def _secret_file(ctx: _Context, value: Any, what: str) -> str:
     """A file holding a secret: must exist and be readable by its owner (root or us) only."""
     if not isinstance(value, str):
-        raise ValueError(f"expected a file name, got {_type_name(value)}")
+        raise ValueError(f"expected a file name, got {type_name(value)}")
     path = ctx.resolve(value)
     try:
         info = path.stat()
@@ -745,7 +479,7 @@ def _read_psk(ctx: _Context, conn: _Table, needs_psk: bool) -> Secret | None:
     if has_psk:
         value = conn.raw("psk")
         if not isinstance(value, str):
-            conn.error("psk", f"expected a string, got {_type_name(value)}")
+            conn.error("psk", f"expected a string, got {type_name(value)}")
         else:
             psk = _check_psk(conn, "psk", value.encode())
     elif has_file:
@@ -767,15 +501,15 @@ def _check_psk(conn: _Table, key: str, value: bytes) -> Secret | None:
     return Secret(value)
 
 
-def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str) -> ChildConfig:
+def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str) -> ChildSection:
     path = conn.path + ("children", name)
     if not isinstance(data, dict):
-        ctx.error(path, f"expected a table, got {_type_name(data)}")
-        return ChildConfig(name=name)
+        ctx.error(path, f"expected a table, got {type_name(data)}")
+        return ChildSection(name=name)
     if not _NAME_RE.match(name):
         ctx.error(path, "child names use letters, digits, '_' and '-' only")
     table = _Table(ctx, path, data)
-    d = ChildConfig(name=name)
+    d = ChildSection(name=name)
     rekey_time = table.duration("rekey_time", d.rekey_time)
     life_time = table.duration("life_time", rekey_time * 1.1)
     rand_time = table.duration("rand_time", life_time - rekey_time)
@@ -783,9 +517,9 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         table.error("life_time", f"must be longer than rekey_time ({rekey_time:g}s)")
     if rekey_time and "rand_time" in data and rand_time >= rekey_time:
         table.error("rand_time", f"must be shorter than rekey_time ({rekey_time:g}s)")
-    rekey_bytes = table.size("rekey_bytes", 0)
+    rekey_bytes = table.size("rekey_bytes", d.rekey_bytes)
     life_bytes = table.size("life_bytes", int(rekey_bytes * 1.1))
-    rekey_packets = table.size("rekey_packets", 0)
+    rekey_packets = table.size("rekey_packets", d.rekey_packets)
     life_packets = table.size("life_packets", int(rekey_packets * 1.1))
     for soft, hard, soft_value, hard_value in (
         ("rekey_bytes", "life_bytes", rekey_bytes, life_bytes),
@@ -793,13 +527,13 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
     ):
         if hard in data and soft_value and hard_value and hard_value <= soft_value:
             table.error(hard, f"must be larger than {soft} ({soft_value})")
-    child = ChildConfig(
+    child = ChildSection(
         name=name,
         local_ts=table.strings("local_ts", d.local_ts, parse_ts),
         remote_ts=table.strings("remote_ts", d.remote_ts, parse_ts),
         esp_proposals=expand_default(
             table.strings("esp_proposals", d.esp_proposals, lambda v: parse_proposal(v, esp=True)),
-            DEFAULT_ESP_PROPOSALS,
+            STANDARD_ESP_PROPOSALS,
         ),
         mode=table.string("mode", d.mode, MODES),
         start_action=table.string("start_action", d.start_action, START_ACTIONS),
@@ -813,7 +547,7 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         rekey_packets=rekey_packets,
         life_packets=life_packets,
         offload=table.string("offload", offload, OFFLOAD_MODES),
-        replay_window=table.integer("replay_window", None, 0, 1 << 20),
+        replay_window=table.integer("replay_window", d.replay_window, 0, 1 << 20),
     )
     if child.mode == "transport":
         for key in ("local_ts", "remote_ts"):
@@ -824,15 +558,15 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
     return child
 
 
-def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
+def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
     path: Path_ = ("connections", name)
     if not isinstance(data, dict):
-        ctx.error(path, f"expected a table, got {_type_name(data)}")
-        return ConnectionConfig(name=name)
+        ctx.error(path, f"expected a table, got {type_name(data)}")
+        return ConnectionSection(name=name)
     if not _NAME_RE.match(name):
         ctx.error(path, "connection names use letters, digits, '_' and '-' only")
     conn = _Table(ctx, path, data)
-    d = ConnectionConfig(name=name)
+    d = ConnectionSection(name=name)
     local_addrs = conn.strings("local_addrs", d.local_addrs, parse_addr)
     remote_addrs = conn.strings("remote_addrs", d.remote_addrs, parse_addr)
     local = _read_auth(ctx, conn, "local")
@@ -856,18 +590,18 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
     conn.seen.add("jitter")
     if rekey_time and {"rand_time", "jitter"} & data.keys() and rand_time >= rekey_time:
         conn.error("rand_time", f"must be shorter than rekey_time ({rekey_time:g}s)")
-    offload = conn.string("offload", "no", OFFLOAD_MODES)
+    offload = conn.string("offload", ChildSection(name="").offload, OFFLOAD_MODES)
     children_raw = conn.raw("children")
-    children: list[ChildConfig] = []
+    children: list[ChildSection] = []
     if children_raw is not _MISSING:
         if not isinstance(children_raw, dict):
-            conn.error("children", f"expected a table, got {_type_name(children_raw)}")
+            conn.error("children", f"expected a table, got {type_name(children_raw)}")
         else:
             children = [
                 _read_child(ctx, conn, child_name, child_data, offload)
                 for child_name, child_data in children_raw.items()
             ]
-    connection = ConnectionConfig(
+    connection = ConnectionSection(
         name=name,
         local_addrs=local_addrs,
         remote_addrs=remote_addrs,
@@ -878,7 +612,7 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
         psk=psk,
         ike_proposals=expand_default(
             conn.strings("ike_proposals", d.ike_proposals, lambda v: parse_proposal(v, esp=False)),
-            DEFAULT_IKE_PROPOSALS,
+            STANDARD_IKE_PROPOSALS,
         ),
         dpd_delay=conn.duration("dpd_delay", d.dpd_delay),
         dpd_timeout=conn.duration("dpd_timeout", d.dpd_timeout),
@@ -902,11 +636,11 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionConfig:
 
 def _gateway_identity(value: Any) -> str:
     """A gateway to redirect peers to (RFC 5685): an IPv4/IPv6 address or a host name."""
+    from ike.config import check_gateway
     from ike.errors import LocalError
-    from ike.redirect import check_gateway
 
     if not isinstance(value, str):
-        raise ValueError(f"expected an IP address or host name, got {_type_name(value)}")
+        raise ValueError(f"expected an IP address or host name, got {type_name(value)}")
     try:
         return check_gateway(value)
     except LocalError as exc:
@@ -923,7 +657,7 @@ def _fragmentation(value: Any) -> str:
     raise ValueError(f"{value!r} is not one of: {', '.join(FRAGMENTATION_MODES)}")
 
 
-def _check_connection(conn: _Table, c: ConnectionConfig) -> None:
+def _check_connection(conn: _Table, c: ConnectionSection) -> None:
     """Checks that span several keys of one connection."""
     concrete_remote = [a for a in c.remote_addrs if a != ANY_ADDR and "/" not in a]
     concrete_local = [a for a in c.local_addrs if a != ANY_ADDR and "/" not in a]
@@ -975,11 +709,11 @@ def parse_config(
     ctx = _Context(text, base_dir or Path.cwd())
     root = _Table(ctx, (), data)
     gateway = _read_gateway(ctx, root)
-    connections: list[ConnectionConfig] = []
+    connections: list[ConnectionSection] = []
     conns = root.raw("connections")
     if conns is not _MISSING:
         if not isinstance(conns, dict):
-            root.error("connections", f"expected a table, got {_type_name(conns)}")
+            root.error("connections", f"expected a table, got {type_name(conns)}")
         else:
             connections = [_read_connection(ctx, name, value) for name, value in conns.items()]
     root.finish()
@@ -995,30 +729,6 @@ def parse_config(
     return GatewayConfig(gateway=gateway, connections=tuple(connections), source=source)
 
 
-TRAP_NEEDS_KERNEL = (
-    'trap needs trap policies in the kernel; dataplane = "none" installs nothing '
-    '(use dataplane = "xfrm", or start_action "start"/"none")'
-)
-
-
-TRAP_NEEDS_ONE_WORKER = (
-    "trap with workers > 1 is not supported: the kernel holds one trap policy per "
-    "selector, and a Child SA the peer initiates may land on a worker that does not own "
-    "it (use workers = 1)"
-)
-
-
-def trap_actions(
-    connections: Iterable[ConnectionConfig],
-) -> Iterator[tuple[ConnectionConfig, ChildConfig, str]]:
-    """(connection, child, key) of every start/dpd/close action set to "trap"."""
-    for conn in connections:
-        for child in conn.children:
-            for key in ("start_action", "dpd_action", "close_action"):
-                if getattr(child, key) == "trap":
-                    yield conn, child, key
-
-
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and check a configuration file; ConfigError (a GatewayError) on any problem."""
     file = Path(path)
@@ -1032,9 +742,3 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         issue = ConfigIssue("", f"not UTF-8 text (byte {exc.start})")
         raise ConfigError(str(file), [issue]) from None
     return parse_config(text, source=str(file), base_dir=file.resolve().parent)
-
-
-def iter_children(config: GatewayConfig) -> Iterator[tuple[ConnectionConfig, ChildConfig]]:
-    for conn in config.connections:
-        for child in conn.children:
-            yield conn, child
