@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.control import ControlClient, ControlConnectionError, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.lab.pace import Deadline
 
 Sas = list[dict[str, Any]]

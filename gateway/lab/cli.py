@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import probe
-from gateway.control import DEFAULT_CONTROL_SOCKET
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.lab import checks
 from gateway.lab.local import (
     DEFAULT_DIR,

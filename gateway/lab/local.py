@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.control import ControlConnectionError, ControlError
+from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
 from gateway.lab import checks, topology
 from gateway.lab.pace import Deadline, Pace
@@ -136,7 +136,7 @@ class Lab:
         return self._spawn(node, node, [sys.executable, "-m", "gateway", "run", "-c", str(conf)])
 
     def _start_strongswan(self, node: str, deadline: Deadline) -> int:
-        from gateway.strongswan import NETLINK_PLUGINS, StrongSwan, StrongSwanError
+        from gateway.lab.strongswan import NETLINK_PLUGINS, StrongSwan, StrongSwanError
 
         (self.opts.directory / node).mkdir(mode=0o700, exist_ok=True)
         sw = StrongSwan(
@@ -232,7 +232,7 @@ class Lab:
 
         def gone() -> str | None:
             for node, pid in state["pids"].items():
-                if not _alive(pid):
+                if not alive(pid):
                     return f"{node} (pid {pid}) exited"
             return None
 
@@ -303,7 +303,7 @@ class Lab:
             }
             for n in NODES
         ]
-        procs = [{"name": k, "pid": v, "running": _alive(v)} for k, v in state["pids"].items()]
+        procs = [{"name": k, "pid": v, "running": alive(v)} for k, v in state["pids"].items()]
         sas: list[dict[str, Any]] = []
         error = None
         try:
@@ -384,7 +384,7 @@ def describe_running(state: dict[str, Any]) -> str:
     where = "in a VM" if state.get("mode") == "vm" else "in network namespaces"
     since = time.strftime("%H:%M:%S", time.localtime(float(state.get("started") or 0)))
     vm_pid = state.get("vm_pid")
-    if vm_pid is not None and not _alive(int(vm_pid)):
+    if vm_pid is not None and not alive(int(vm_pid)):
         return (
             f"a lab was brought up at {since} ({where}) but its VM (pid {vm_pid}) is gone: "
             "`gateway lab down` cleans up, then `gateway lab up` starts a new one"
@@ -414,7 +414,7 @@ def remove_lab_directory(directory: Path) -> None:
         shutil.rmtree(directory)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -430,7 +430,7 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -438,7 +438,7 @@ def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.1)
     try:

@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib import resources
 
-from gateway.netns import Netns, NetnsError, _ip, veth
+from gateway.netns import Netns, NetnsError, host_ip, list_ours, veth
 
 # Node names in the order traffic crosses them.
 NODES = ("west", "gw-west", "wan", "gw-east", "east")
@@ -39,8 +39,7 @@ class Topology:
         return [self.prefix + n for n in NODES]
 
     def existing(self) -> list[str]:
-        out = _ip("netns", "list", check=False).stdout
-        present = {line.split()[0] for line in out.splitlines() if line.strip()}
+        present = set(list_ours(self.prefix))
         return [n for n in self.names() if n in present]
 
     def create(self) -> None:
@@ -57,7 +56,7 @@ class Topology:
 
     def _create(self) -> None:
         for node in NODES:
-            _ip("netns", "add", self.prefix + node)
+            host_ip("netns", "add", self.prefix + node)
             self.ns(node).ip("link", "set", "lo", "up")
         west, gww, wan, gwe, east = (self.ns(n) for n in NODES)
         veth(west, "eth0", gww, "lan0")

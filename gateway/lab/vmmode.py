@@ -56,13 +56,13 @@ from gateway.lab.local import (
     Lab,
     LabError,
     LabOptions,
-    _alive,
+    alive,
     control_socket,
     read_state,
     remove_lab_directory,
 )
 from gateway.lab.pace import Deadline, Pace, Report, StepFailed, measure_factor
-from gateway.vm import vm_kernel, vng_binary
+from gateway.lab.vm import vm_kernel, vng_binary
 
 GUEST_ADDR = "10.0.2.15"  # qemu user-mode networking's guest address
 GUEST_LAB_PORT = 7001
@@ -305,7 +305,7 @@ class VmLab:
         deadline = self.vm_pace(state).deadline(f"agent {cmd}", reference_seconds)
         told = False
         while True:
-            if not _alive(state["vm_pid"]):
+            if not alive(state["vm_pid"]):
                 raise LabError(
                     "the lab's VM is not running (run `gateway lab down` to clean up); "
                     + self.logs()
@@ -367,14 +367,14 @@ class VmLab:
             pid = state["vm_pid"]
             serving = (_read_result(self.shared / "up.json") or {}).get("ok")
             # an agent that never reported up (or failed) serves nothing: no request then
-            if _alive(pid) and serving:
+            if alive(pid) and serving:
                 try:
                     self.request("down", DOWN_REFERENCE)
                     done.append("lab torn down inside the VM")
                 except LabError as exc:
                     done.append(f"could not tear down inside the VM ({exc})")
                 poweroff = self.vm_pace(state).deadline("poweroff", POWEROFF_REFERENCE)
-                while _alive(pid) and not poweroff.expired():
+                while alive(pid) and not poweroff.expired():
                     time.sleep(0.5)
             # vng, virtme-run and qemu share the session we started vng in: end the group.
             if _stop_group(pid):
@@ -386,7 +386,7 @@ class VmLab:
 
     def connector(self) -> Any:
         """A TUI connector reaching gw-west's control API through the VM's control port."""
-        from gateway.control import ControlClient
+        from gateway.control.client import ControlClient
         from ui.control_source import ControlSource
 
         state = self.load_state()
