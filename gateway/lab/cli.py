@@ -15,6 +15,7 @@ from gateway import probe
 from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.lab import checks
 from gateway.lab.local import (
+    BUDGETS,
     DEFAULT_DIR,
     Lab,
     LabError,
@@ -290,7 +291,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     progress = Progress()
     pace = Pace.measured(report=progress)
     sock: Path = args.socket
-    with pace.step("daemon", f"{args.role}: waiting for the daemon on {sock}", 4.0) as d:
+    # The daemon may be compiling its XDP/TC programs with bcc first (the slowest start the
+    # lab knows); the wait ends as soon as it answers, so the larger budget costs nothing.
+    budget = BUDGETS["gw-west-xdp"]
+    with pace.step("daemon", f"{args.role}: waiting for the daemon on {sock}", budget) as d:
         checks.wait_daemon(sock, d)
     _progress(f"check: the daemon answers on {sock}")
     if args.role == "gw-west":
