@@ -53,7 +53,15 @@ from ike.host import ExchangeHost
 from ike.keys import derive_child_sa_keys
 from ike.payloads import error_notify, first, first_notify
 from ike.proposals import EspSuite, accept_esp, select_esp
-from ike.sa import ChildRekey, ChildRequest, ChildSa, ChildState, IkeSa, PendingChild
+from ike.sa import (
+    ChildEndReason,
+    ChildRekey,
+    ChildRequest,
+    ChildSa,
+    ChildState,
+    IkeSa,
+    PendingChild,
+)
 from ike.ts import TrafficSelector, covered, ip, narrow, ts_for_address
 from ike.window import ResponseHandler
 
@@ -305,7 +313,12 @@ def accept_from_auth(
     install(host, sa, child)
 
 
-def deleted(host: ExchangeHost, sa: IkeSa, child: ChildSa, reason: str, now: float) -> None:
+def deleted(
+    host: ExchangeHost, sa: IkeSa, child: ChildSa, reason: ChildEndReason | str, now: float
+) -> None:
+    """The one way a Child SA ends: out of its IKE SA, its SPI released, ChildSaDeleted.
+    `reason` is why it ended on its own, or the end text of its IKE SA that ended."""
+    text = reason.value if isinstance(reason, ChildEndReason) else reason
     sa.children.pop(child.spi_in, None)
     host.spis.release(child.spi_in)
     child.outbound_from = child.switch_at = None
@@ -313,7 +326,7 @@ def deleted(host: ExchangeHost, sa: IkeSa, child: ChildSa, reason: str, now: flo
         # the old SA goes (normally the rekey initiator's Delete): send on the new one
         switch_outbound(host, sa, successor, "old SA deleted", now)
     host.emit(
-        ChildSaDeleted(sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now)
+        ChildSaDeleted(sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, text, now)
     )
 
 
@@ -394,7 +407,7 @@ def _on_response(
         _request_failed(host, sa, req, name_of(NotifyType, err.type), now)
         if old is not None and live_old and not old.rekeyed:
             if err.type == NotifyType.CHILD_SA_NOT_FOUND:  # the peer has no such SA
-                deleted(host, sa, old, "CHILD_SA_NOT_FOUND", now)
+                deleted(host, sa, old, ChildEndReason.NOT_FOUND, now)
             elif err.type == NotifyType.TEMPORARY_FAILURE:
                 old.rekey_at = now + lifetimes.retry_delay(host.random)
                 host.lifetimes_changed(sa)
@@ -514,7 +527,7 @@ def _delete_rekeyed(host: ExchangeHost, sa: IkeSa, old: ChildSa, now: float) -> 
         h: ExchangeHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
     ) -> None:
         if s.children.get(old.spi_in) is old:
-            deleted(h, s, old, "rekeyed", n)
+            deleted(h, s, old, ChildEndReason.REKEYED, n)
 
     send_delete(host, sa, old.spi_in, now, on_response)
 
@@ -554,7 +567,7 @@ def delete(host: ExchangeHost, sa: IkeSa, child: ChildSa, now: float) -> None:
     ) -> None:
         # Whatever the peer answers, our request named the SA: it is gone on our side.
         for c in [c for c in s.children.values() if c.state is ChildState.DELETING]:
-            deleted(h, s, c, "rekeyed" if c.rekeyed else "deleted", n)
+            deleted(h, s, c, ChildEndReason.REKEYED if c.rekeyed else ChildEndReason.DELETED, n)
 
     send_delete(host, sa, child.spi_in, now, on_response)
 
@@ -569,7 +582,8 @@ def on_peer_delete(host: ExchangeHost, sa: IkeSa, spis: Sequence[bytes], now: fl
         child = next((c for c in sa.children.values() if c.spi_out == out_spi), None)
         if child is not None:
             ours.append(child.spi_in.to_bytes(4, "big"))
-            deleted(host, sa, child, "rekeyed" if child.rekeyed else "deleted by peer", now)
+            gone = ChildEndReason.REKEYED if child.rekeyed else ChildEndReason.DELETED_BY_PEER
+            deleted(host, sa, child, gone, now)
     return ours
 
 

@@ -114,6 +114,7 @@ from ike.payloads import first, first_notify
 from ike.sa import (
     ZERO_SPI,
     After,
+    ChildEndReason,
     ChildState,
     EndReason,
     IkeSa,
@@ -836,7 +837,7 @@ class IkeEngine:
                 continue
             if child.expire_at is not None and child.expire_at <= now:
                 # the hard lifetime: gone now (the kernel drops it too), the peer is told
-                child_sa.deleted(self, sa, child, "expired", now)
+                child_sa.deleted(self, sa, child, ChildEndReason.EXPIRED, now)
                 child_sa.send_delete(self, sa, child.spi_in, now)
             elif child.rekey_at is not None and child.rekey_at <= now:
                 child.rekey_at = None

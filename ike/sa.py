@@ -207,6 +207,18 @@ class EndReason(enum.Enum):
     RETIRED = "retired"  # an SA that already told its end, or no longer has its handle
 
 
+class ChildEndReason(enum.Enum):
+    """Why a Child SA ends on its own (its IKE SA lives on); the value is the
+    ChildSaDeleted event's `reason` text. When the IKE SA ends, its Child SAs end with
+    the IKE SA's EndReason instead."""
+
+    DELETED = "deleted"  # our Delete(ESP) was answered
+    DELETED_BY_PEER = "deleted by peer"  # the peer's Delete(ESP), not after a rekey
+    REKEYED = "rekeyed"  # the old SA of a rekey, once its Delete was exchanged
+    EXPIRED = "expired"  # the hard lifetime came before a successful rekey
+    NOT_FOUND = "CHILD_SA_NOT_FOUND"  # our rekey: the peer has no such Child SA (§3.10.1)
+
+
 class After(enum.Enum):
     """What is left of an IKE SA once it ended."""
 

@@ -25,6 +25,7 @@ from gateway.daemon.trap_table import TrapTable
 from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
 from ike import events as ev
 from ike.errors import LocalError
+from ike.sa import ChildEndReason, EndReason
 from ike.ts import ts_for_address
 
 if TYPE_CHECKING:
@@ -61,13 +62,14 @@ class Traps(Feature):
             case ev.ChildSaFailed():
                 self.table.failed((event.connection, event.child), now)
             case ev.ChildSaDeleted() if not self.d.children.retiring(event.spi_in):
-                self._child_gone(event.connection, event.child, event.reason == "deleted by peer")
+                by_peer = event.reason == ChildEndReason.DELETED_BY_PEER.value
+                self._child_gone(event.connection, event.child, by_peer)
             case ev.IkeSaDeleted():
                 for child in ctx.children:  # normally gone already with ChildSaDeleted
                     self._child_gone(event.connection, child.name, False)
                 self.table.ike_sa_gone(event.ike_sa, now)
                 conn = self.d.config.connection(event.connection)
-                if event.reason == "deleted by peer" and conn is not None:
+                if event.reason == EndReason.DELETED_BY_PEER.value and conn is not None:
                     closing = [c for c in conn.children if c.close_action == "trap"]
                     self.fall_back_to_trap(conn, closing, "closed by peer")
                 self.sync()  # e.g. a removed connection's trap waited for its SAs
