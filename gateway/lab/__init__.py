@@ -12,6 +12,7 @@ Built from network namespaces on a kernel with ESP, or inside a virtme-ng VM oth
     vmmode.py      the lab inside a VM (host side and guest agent)
     vm.py          the virtme-ng VM runner (the lab and the kernel test layer)
     strongswan.py  charon as a peer in a namespace (the lab's --peer strongswan, tests)
+    frr.py         FRR (zebra, bgpd, bfdd) in a namespace (the failover lab, tests)
 
 gateway/netns.py and gateway/probe.py are not the lab's alone: `gateway doctor` probes
 kernel ESP in a throw-away namespace with them.

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from gateway.netns import Netns
-from tests.conftest import NetnsFactory
 from tests.support.failover import TcpStream, UdpStream
+from tests.support.fixtures import NetnsFactory
 
 ADDR = "127.0.0.1"
 

@@ -24,8 +24,8 @@ import pytest
 
 from gateway import netns as netns_mod
 from gateway.netns import Netns
-from tests.conftest import NetnsFactory
 from tests.support.failover import TcpStream, UdpStream
+from tests.support.fixtures import NetnsFactory
 from tests.support.frr import Frr
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "routing.md"

@@ -18,7 +18,7 @@ from gateway.routing.routes import RTPROT_GATEWAY, Route, RouteManager
 from gateway.routing.rtnl import RoutingError
 from gateway.xfrm import TrafficSelector, XfrmManager
 from gateway.xfrm.netlink import XFRM_POLICY_OUT
-from tests.kernel.xfrm_helpers import V4_TUNNEL, ip_xfrm_blocks, spec_pair
+from tests.support.xfrm import V4_TUNNEL, ip_xfrm_blocks, spec_pair
 
 
 def kernel_routes(ns: Netns, table: str = "all") -> list[dict[str, object]]:

@@ -25,8 +25,8 @@ from gateway.routing.rtnl import RoutingError
 from gateway.xfrm import TrafficSelector, XfrmManager
 from gateway.xfrm.manager import InstalledChildSa
 from gateway.xfrm.spec import ChildSaSpec
-from tests.conftest import NetnsFactory
-from tests.kernel.xfrm_helpers import (
+from tests.support.fixtures import NetnsFactory
+from tests.support.xfrm import (
     CBC_SHA256,
     GCM,
     Plan,

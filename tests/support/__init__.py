@@ -11,6 +11,8 @@ pair.py           two daemons as the metrics and console host tests observe them
 kernel.py         two daemons over kernel ESP: addresses, states, policies, ping
 xfrm.py           the XFRM kernel tests' addressing, keys, traffic, `ip xfrm` parsing
 strongswan.py     charon as a peer: `charon()`, the daemon-vs-charon scenario
+frr.py            FRR (BGP, BFD) in a namespace: `frr()` (the lab's runner)
+failover.py       a numbered UDP stream's loss windows, a TCP stream's survival
 swanctl_peer.py   charon's swanctl.conf for the daemon interop tests
 ike_udp.py        our engine behind a UDP driver in a namespace
 esp.py            ESP packets sealed and opened with an engine's keys
