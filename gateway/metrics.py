@@ -175,6 +175,10 @@ class MetricsSnapshot:
     dpd_failures: int = 0
     auth_failures: int = 0
     start_time: float | None = None  # unix time the daemon started
+    # route-based tunnels (stats `tunnels`): one row per XFRM interface with interface,
+    # if_id, present, up, mtu, children, routes, rx/tx bytes/packets, no_sa_drops
+    tunnels: Sequence[Mapping[str, Any]] = ()
+    hooks: Mapping[str, int] = field(default_factory=dict)  # HookCounters (stats `hooks`)
 
 
 class MetricsSource(Protocol):
@@ -321,6 +325,8 @@ class GatewayCollector(Collector):
         for ifname, n in sorted(snap.mss_clamped.items()):
             mss.add_metric([ifname], _count(n))
         yield mss
+        yield from _tunnels(snap.tunnels)
+        yield from _hooks(snap.hooks)
         xfrm = CounterMetricFamily(
             PREFIX + "xfrm_errors",
             "Kernel XFRM errors from /proc/net/xfrm_stat, by counter name",
@@ -371,6 +377,69 @@ class GatewayCollector(Collector):
             PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels, byte_rows
         )
         yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels, packet_rows)
+
+
+HOOK_RESULTS = ("ok", "failed", "timeout", "error")
+
+
+def _tunnels(rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Route-based tunnels, one series per XFRM interface (docs/metrics.md)."""
+    up = GaugeMetricFamily(
+        PREFIX + "tunnel_up",
+        "Route-based tunnel state: 1 while a Child SA is up on its XFRM interface",
+        labels=("interface",),
+    )
+    link = GaugeMetricFamily(
+        PREFIX + "interface_up",
+        "XFRM interface administratively up (1), down (0); absent: the interface is missing",
+        labels=("interface",),
+    )
+    mtu = GaugeMetricFamily(PREFIX + "interface_mtu", "XFRM interface MTU", labels=("interface",))
+    routes = GaugeMetricFamily(
+        PREFIX + "routes_installed",
+        "Routes the gateway holds on the XFRM interface",
+        labels=("interface",),
+    )
+    octets = CounterMetricFamily(
+        PREFIX + "interface_bytes",
+        "Bytes through the XFRM interface (inner packets), by direction",
+        labels=("interface", "direction"),
+    )
+    packets = CounterMetricFamily(
+        PREFIX + "interface_packets",
+        "Packets through the XFRM interface (inner packets), by direction",
+        labels=("interface", "direction"),
+    )
+    drops = CounterMetricFamily(
+        PREFIX + "interface_no_sa_drops",
+        "Packets routed into the XFRM interface while no SA could take them (dropped, "
+        "never sent in clear)",
+        labels=("interface",),
+    )
+    for row in rows:
+        name = str(row.get("interface", ""))
+        up.add_metric([name], 1 if _count(row.get("children")) > 0 and row.get("up") else 0)
+        routes.add_metric([name], _count(row.get("routes")))
+        if not row.get("present"):
+            continue
+        link.add_metric([name], 1 if row.get("up") else 0)
+        mtu.add_metric([name], _count(row.get("mtu")))
+        for direction, prefix in (("in", "rx"), ("out", "tx")):
+            octets.add_metric([name, direction], _count(row.get(f"{prefix}_bytes")))
+            packets.add_metric([name, direction], _count(row.get(f"{prefix}_packets")))
+        drops.add_metric([name], _count(row.get("no_sa_drops")))
+    yield from (up, link, mtu, routes, octets, packets, drops)
+
+
+def _hooks(counters: Mapping[str, int]) -> Iterator[Metric]:
+    runs = CounterMetricFamily(
+        PREFIX + "hook_runs", "updown program runs by result", labels=("result",)
+    )
+    for result in HOOK_RESULTS:
+        runs.add_metric([result], _count(counters.get(result, 0)))
+    yield runs
+    yield _gauge("hooks_running", "updown programs running now", _count(counters.get("running")))
+    yield _gauge("hooks_queued", "updown runs waiting to start", _count(counters.get("queued")))
 
 
 def _merged_items(

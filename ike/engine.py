@@ -525,7 +525,7 @@ class IkeEngine:
             sa.timer_at = None
             req = sa.outstanding
             if req is not None and req.deadline <= now:
-                if not window.retransmit(req, self.settings, now):
+                if not window.retransmit(req, self.settings, now, sa.conn):
                     self._give_up(sa, now)
                     continue
                 self.stats.retransmits += 1
@@ -597,7 +597,7 @@ class IkeEngine:
         sa.my_next_id += 1
         data = window.protect(sa, self.settings, exchange, mid, payloads, is_response=False)
         sa.outstanding = Request(
-            exchange, mid, data, on_response, now + self.settings.retransmit_timeout
+            exchange, mid, data, on_response, window.first_deadline(self.settings, sa.conn, now)
         )
         self._reschedule(sa)
         self.send_datagram(sa.local, sa.remote, data)
@@ -606,7 +606,11 @@ class IkeEngine:
         """Our unprotected IKE_SA_INIT request: message ID 0, retransmitted as any other."""
         sa.my_next_id = 1
         sa.outstanding = Request(
-            ExchangeType.IKE_SA_INIT, 0, data, on_response, now + self.settings.retransmit_timeout
+            ExchangeType.IKE_SA_INIT,
+            0,
+            data,
+            on_response,
+            window.first_deadline(self.settings, sa.conn, now),
         )
         self._reschedule(sa)
         self.send_datagram(sa.local, sa.remote, data)
@@ -858,6 +862,12 @@ class IkeEngine:
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
             self.send_request(sa, ExchangeType.INFORMATIONAL, [], window.ignore_response, now)
+            dpd_timeout = sa.conn.config.dpd_timeout if sa.conn is not None else 0.0
+            if dpd_timeout and sa.outstanding is not None:
+                # the connection's dpd_timeout bounds this check, not the retry count
+                sa.outstanding.give_up_at = now + dpd_timeout
+                sa.outstanding.deadline = min(sa.outstanding.deadline, now + dpd_timeout)
+                self._reschedule(sa)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 

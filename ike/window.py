@@ -38,9 +38,11 @@ def ignore_response(
 
 
 class Request:
-    """Our request on the wire: what answers it, and when it is retransmitted."""
+    """Our request on the wire: what answers it, and when it is retransmitted.
+    `give_up_at`: the peer counts as dead at this time whatever the retransmission count
+    (a liveness check under the connection's dpd_timeout)."""
 
-    __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline")
+    __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline", "give_up_at")
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class Request:
         self.on_response = on_response
         self.tries = 0
         self.deadline = deadline
+        self.give_up_at: float | None = None
 
 
 class Fragments:
@@ -105,20 +108,48 @@ def cached_response(sa: WindowSa, hdr: codec.Header, data: bytes) -> Wire | None
     return cached[2]
 
 
-def retransmit(req: Request, settings: EngineSettings, now: float) -> bool:
+def schedule(settings: EngineSettings, conn: CompiledConnection | None) -> tuple[float, float, int]:
+    """(timeout, base, tries) of an IKE SA's requests: its connection's own settings
+    where it has them, else the engine's."""
+    c = conn.config if conn is not None else None
+    if c is None:
+        return settings.retransmit_timeout, settings.retransmit_base, settings.retransmit_tries
+    return (
+        settings.retransmit_timeout if c.retransmit_timeout is None else c.retransmit_timeout,
+        settings.retransmit_base if c.retransmit_base is None else c.retransmit_base,
+        settings.retransmit_tries if c.retransmit_tries is None else c.retransmit_tries,
+    )
+
+
+def first_deadline(settings: EngineSettings, conn: CompiledConnection | None, now: float) -> float:
+    """When a request sent now is first retransmitted."""
+    return now + schedule(settings, conn)[0]
+
+
+def retransmit(
+    req: Request, settings: EngineSettings, now: float, conn: CompiledConnection | None = None
+) -> bool:
     """`req` is due: count a retransmission and set its next deadline (timeout *
-    base**n), or False when `retransmit_tries` retransmissions went unanswered."""
-    if req.tries >= settings.retransmit_tries:
+    base**n), or False when `tries` retransmissions went unanswered. A request with
+    `give_up_at` (a DPD check under dpd_timeout) ends at that time instead, however many
+    retransmissions that allows, and is never retransmitted past it."""
+    timeout, base, tries = schedule(settings, conn)
+    if req.give_up_at is not None:
+        if now >= req.give_up_at:
+            return False
+    elif req.tries >= tries:
         return False
     req.tries += 1
-    req.deadline = now + settings.retransmit_timeout * settings.retransmit_base**req.tries
+    req.deadline = now + timeout * base ** min(req.tries, tries)
+    if req.give_up_at is not None:
+        req.deadline = min(req.deadline, req.give_up_at)
     return True
 
 
-def retransmission_span(settings: EngineSettings) -> float:
+def retransmission_span(settings: EngineSettings, conn: CompiledConnection | None = None) -> float:
     """How long a peer keeps retransmitting one request before it gives up (~165 s)."""
-    s = settings
-    return sum(s.retransmit_timeout * s.retransmit_base**n for n in range(s.retransmit_tries + 1))
+    timeout, base, tries = schedule(settings, conn)
+    return sum(timeout * base**n for n in range(tries + 1))
 
 
 # --------------------------------------------------------------------------- SK / SKF

@@ -32,6 +32,7 @@ from gateway.config.schema import (
     MODES,
     OFFLOAD_MODES,
     REDIRECT_PHASES,
+    ROUTE_BASED_NEEDS_KERNEL,
     STANDARD_ESP_PROPOSALS,
     STANDARD_IKE_PROPOSALS,
     START_ACTIONS,
@@ -42,8 +43,10 @@ from gateway.config.schema import (
     ConnectionSection,
     GatewayConfig,
     GatewaySettings,
+    HooksConfig,
     Secret,
     XdpConfig,
+    route_based_children,
     trap_actions,
 )
 from gateway.config.values import (
@@ -57,6 +60,8 @@ from gateway.config.values import (
     type_name,
 )
 from gateway.errors import GatewayError
+from gateway.routing.interfaces import MAX_MTU, MIN_MTU, check_if_id, check_name
+from gateway.routing.routes import LOCAL_TABLE, MAIN_TABLE
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
@@ -337,6 +342,19 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
             table.error("xdp", "needs wan_interface and/or lan_interface")
         xdp_table.finish()
+    hooks = defaults.hooks
+    hooks_table = table.table("hooks")
+    if hooks_table is not None:
+        hooks = HooksConfig(
+            timeout=hooks_table.duration("timeout", hooks.timeout),
+            max_concurrent=hooks_table.integer("max_concurrent", hooks.max_concurrent, 1, 256),
+            max_output_lines=hooks_table.integer(
+                "max_output_lines", hooks.max_output_lines, 0, 10000
+            ),
+        )
+        if hooks.timeout <= 0:
+            hooks_table.error("timeout", "must be more than 0")
+        hooks_table.finish()
     table.finish()
     return GatewaySettings(
         listen=listen,
@@ -349,10 +367,18 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         workers=workers,
         log_level=log_level,
         xdp=xdp,
+        hooks=hooks,
         retransmit_timeout=retransmit_timeout,
         retransmit_base=retransmit_base,
         retransmit_tries=retransmit_tries,
     )
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0")
+    return seconds
 
 
 def _retransmit_base(value: Any) -> float:
@@ -548,6 +574,7 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         life_packets=life_packets,
         offload=table.string("offload", offload, OFFLOAD_MODES),
         replay_window=table.integer("replay_window", d.replay_window, 0, 1 << 20),
+        **_read_route_based(ctx, table, d),
     )
     if child.mode == "transport":
         for key in ("local_ts", "remote_ts"):
@@ -556,6 +583,163 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
                     table.error(key, f"transport mode protects single hosts, not {ts}")
     table.finish()
     return child
+
+
+def _read_route_based(ctx: _Context, table: _Table, d: ChildSection) -> dict[str, Any]:
+    """A child's route-based keys (if_id, interface, routes) and its updown program."""
+    if_id_in = table.get("if_id_in", d.if_id_in, _if_id)
+    if_id_out = table.get("if_id_out", d.if_id_out, _if_id)
+    if table.has("if_id"):  # our shorthand: one if_id for both directions
+        if {"if_id_in", "if_id_out"} & table.data.keys():
+            table.error("if_id", "set either if_id or if_id_in/if_id_out, not both")
+        if_id_in = if_id_out = table.get("if_id", None, _if_id)
+    if (if_id_in is None) != (if_id_out is None):
+        key = "if_id_in" if if_id_in is None else "if_id_out"
+        table.error(key, "set if_id_in and if_id_out together (or if_id for both)")
+    interface = table.get("interface", d.interface, _xfrm_ifname)
+    out: dict[str, Any] = {
+        "if_id_in": if_id_in,
+        "if_id_out": if_id_out,
+        "interface": interface,
+        "interface_mtu": table.get("interface_mtu", d.interface_mtu, _interface_mtu),
+        "interface_addresses": table.strings(
+            "interface_addresses", d.interface_addresses, _interface_address
+        ),
+        "routes": table.strings("routes", (), _route) if table.has("routes") else d.routes,
+        "route_table": table.get("route_table", d.route_table, _route_table),
+        "route_metric": table.integer("route_metric", d.route_metric, 0, 0xFFFFFFFF),
+        "updown": table.get("updown", d.updown, lambda v: _program(ctx, v)),
+        "updown_rekey": table.boolean("updown_rekey", d.updown_rekey),
+    }
+    if interface is not None:
+        if if_id_in is None:
+            table.error(
+                "interface", "a route-based child needs if_id (its SAs' and the interface's)"
+            )
+        elif if_id_in != if_id_out:
+            table.error(
+                "interface",
+                f"the interface has one if_id: if_id_in ({if_id_in}) and if_id_out "
+                f"({if_id_out}) must be equal (distinct ones are for interfaces made outside "
+                "the gateway: leave interface out)",
+            )
+    else:
+        for key in (
+            "interface_mtu",
+            "interface_addresses",
+            "routes",
+            "route_table",
+            "route_metric",
+        ):
+            if key in table.data:
+                table.error(key, "needs interface (a route-based child)")
+    return out
+
+
+def _if_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer 1..4294967295, got {type_name(value)}")
+    check_if_id(value)
+    return value
+
+
+def _xfrm_ifname(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an interface name, got {type_name(value)}")
+    check_name(value)
+    return value
+
+
+def _interface_mtu(value: Any) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected "auto" or an MTU in bytes, got {value!r}')
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise ValueError(f"{value} is out of range {MIN_MTU}..{MAX_MTU}")
+    return value
+
+
+def _interface_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_interface(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with a prefix (169.254.10.1/30)") from None
+
+
+def _route(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise ValueError(f"{value!r} has host bits set (did you mean the network?)") from None
+        raise ValueError(f"{value!r} is not a network (CIDR)") from None
+
+
+def _route_table(value: Any) -> int:
+    if value == "main":
+        return MAIN_TABLE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected "main" or a table number, got {value!r}')
+    if not 1 <= value <= 0xFFFFFFFF or value == LOCAL_TABLE:
+        raise ValueError(f"{value} is not a usable table (1..4294967295, not {LOCAL_TABLE})")
+    return value
+
+
+def _program(ctx: _Context, value: Any) -> str:
+    """An updown command line: its program must be an executable file."""
+    import shlex
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a command line (a program and its arguments)")
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {value!r}: {exc}") from None
+    path = ctx.resolve(argv[0])
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ValueError(f"{argv[0]!r}: no such executable file")
+    return shlex.join([str(path), *argv[1:]])
+
+
+def _check_route_based(ctx: _Context, dataplane: str, connections: list[ConnectionSection]) -> None:
+    """Route-based children across the whole configuration: one if_id per interface and
+    one interface per if_id, no two routes with one key, no route over a peer's address."""
+    by_name: dict[str, int] = {}
+    by_if_id: dict[int, str] = {}
+    seen_routes: dict[tuple[str, int, int], str] = {}
+    for conn, child in route_based_children(connections):
+        path = ("connections", conn.name, "children", child.name)
+        if dataplane == "none":
+            ctx.error(path + ("interface",), ROUTE_BASED_NEEDS_KERNEL)
+        name, if_id = child.interface, child.if_id_in
+        assert name is not None
+        if if_id is None:
+            continue
+        if by_name.setdefault(name, if_id) != if_id:
+            ctx.error(path + ("if_id",), f"{name} has if_id {by_name[name]} elsewhere")
+        if by_if_id.setdefault(if_id, name) != name:
+            ctx.error(
+                path + ("interface",), f"if_id {if_id} belongs to {by_if_id[if_id]} elsewhere"
+            )
+        peers = [ipaddress.ip_address(a) for a in conn.remote_addrs if _is_ip(a)]
+        for prefix in child.route_prefixes:
+            net = ipaddress.ip_network(prefix)
+            for peer in peers:
+                if peer.version == net.version and peer in net:
+                    ctx.error(
+                        path + ("routes",),
+                        f"{prefix} covers the peer {peer}: IKE and ESP to the peer would be "
+                        "routed into the peer's own tunnel (a loop)",
+                    )
+            key = (prefix, child.route_table, child.route_metric)
+            other = seen_routes.setdefault(key, name)
+            if other != name:
+                ctx.error(
+                    path + ("route_metric",),
+                    f"{prefix} in table {child.route_table} with metric {child.route_metric} "
+                    f"is routed into {other} too: give one of them another route_metric",
+                )
 
 
 def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
@@ -616,6 +800,9 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
         ),
         dpd_delay=conn.duration("dpd_delay", d.dpd_delay),
         dpd_timeout=conn.duration("dpd_timeout", d.dpd_timeout),
+        retransmit_timeout=conn.get("retransmit_timeout", d.retransmit_timeout, _positive_duration),
+        retransmit_base=conn.get("retransmit_base", d.retransmit_base, _retransmit_base),
+        retransmit_tries=conn.integer("retransmit_tries", d.retransmit_tries, 0, 30),
         rekey_time=rekey_time,
         reauth_time=conn.duration("reauth_time", d.reauth_time),
         over_time=over_time,
@@ -717,6 +904,7 @@ def parse_config(
         else:
             connections = [_read_connection(ctx, name, value) for name, value in conns.items()]
     root.finish()
+    _check_route_based(ctx, gateway.dataplane, connections)
     for conn, child, key in trap_actions(connections):
         path = ("connections", conn.name, "children", child.name, key)
         if gateway.dataplane == "none":

@@ -3,6 +3,7 @@ key's default and each vocabulary (the words a key accepts) defined once, here.
 
     [gateway]                      GatewaySettings: listen, control socket, metrics, data plane
     [gateway.xdp]                  XdpConfig: XDP interfaces and MSS clamping
+    [gateway.hooks]                HooksConfig: how updown programs run
     [connections.NAME]             ConnectionSection: one IKE SA template
     [connections.NAME.children.C]  ChildSection: one Child SA template
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
+from gateway.routing.hooks import HOOK_MAX_CONCURRENT, HOOK_MAX_OUTPUT_LINES, HOOK_TIMEOUT
+from gateway.routing.routes import MAIN_TABLE
 from ike.config import (
     AUTH_METHODS as AUTH_METHODS,
 )
@@ -26,6 +29,7 @@ from ike.config import (
     CHILD_RAND_TIME,
     CHILD_REKEY_TIME,
     DPD_DELAY,
+    DPD_TIMEOUT,
     DYNAMIC_TS,
     IKE_OVER_TIME,
     IKE_PORT,
@@ -59,6 +63,7 @@ CLOSE_ACTIONS: Final = ("none", "trap", "start")
 OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
 FRAGMENTATION_MODES: Final = (*ENGINE_FRAGMENTATION_MODES, "force")  # + swanctl's "force"
 ANY_ADDR: Final = "%any"
+ANY_NETS: Final = ("0.0.0.0/0", "::/0")  # selectors that leave the choice to routing
 MIN_PSK_LENGTH: Final = 16
 # What the keyword "default" (or no setting) stands for in our TOML: the suites every peer
 # here must speak (not ike.config's defaults, the engine API's single suite).
@@ -90,6 +95,15 @@ class XdpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """`[gateway.hooks]`: how the children's updown programs run (docs/routing.md)."""
+
+    timeout: float = HOOK_TIMEOUT
+    max_concurrent: int = HOOK_MAX_CONCURRENT
+    max_output_lines: int = HOOK_MAX_OUTPUT_LINES
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """`[gateway]`: listen addresses, control socket, metrics, data plane, workers."""
 
@@ -105,6 +119,7 @@ class GatewaySettings:
     workers: int = 1
     log_level: str = "info"
     xdp: XdpConfig | None = None
+    hooks: HooksConfig = HooksConfig()
     # strongswan.conf charon.retransmit_*: timeout * base**n, give up after `tries`
     retransmit_timeout: float = RETRANSMIT_TIMEOUT
     retransmit_base: float = RETRANSMIT_BASE
@@ -144,6 +159,32 @@ class ChildSection:
     life_packets: int = 0
     offload: str = "no"
     replay_window: int | None = None  # None: the data plane's default
+    # Route-based (docs/routing.md): the if_id of this Child's inbound SA and in/fwd
+    # policies and of its outbound SA and out policy (swanctl's if_id_in / if_id_out)...
+    if_id_in: int | None = None
+    if_id_out: int | None = None
+    # ... and the XFRM interface with that if_id the daemon creates (or adopts), sets up
+    # while the Child is up and routes `routes` into (in `route_table`, `route_metric`)
+    interface: str | None = None
+    interface_mtu: int | None = None  # None ("auto"): path MTU minus the ESP overhead
+    interface_addresses: tuple[str, ...] = ()  # e.g. 169.254.10.1/30 for BGP inside
+    routes: tuple[str, ...] | None = None  # None: remote_ts that are not 0.0.0.0/0, ::/0
+    route_table: int = MAIN_TABLE
+    route_metric: int = 0
+    # swanctl's updown: a program run on up/down (and rekey with updown_rekey)
+    updown: str | None = None
+    updown_rekey: bool = False
+
+    @property
+    def route_based(self) -> bool:
+        return self.interface is not None
+
+    @property
+    def route_prefixes(self) -> tuple[str, ...]:
+        """The prefixes the daemon routes into this Child's interface while it is up."""
+        if self.routes is not None:
+            return self.routes
+        return tuple(ts for ts in self.remote_ts if ts not in (DYNAMIC_TS, *ANY_NETS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +201,11 @@ class ConnectionSection:
     psk: Secret | None = None
     ike_proposals: tuple[str, ...] = STANDARD_IKE_PROPOSALS
     dpd_delay: float = DPD_DELAY
-    dpd_timeout: float = 0.0
+    dpd_timeout: float = DPD_TIMEOUT  # the peer is dead once a check went unanswered this long
+    # this connection's retransmission schedule (None: [gateway]'s)
+    retransmit_timeout: float | None = None
+    retransmit_base: float | None = None
+    retransmit_tries: int | None = None
     rekey_time: float = IKE_REKEY_TIME
     reauth_time: float = 0.0
     over_time: float = IKE_OVER_TIME
@@ -214,6 +259,31 @@ def trap_actions(
             for key in ("start_action", "dpd_action", "close_action"):
                 if getattr(child, key) == "trap":
                     yield conn, child, key
+
+
+ROUTE_BASED_NEEDS_KERNEL = (
+    'a route-based child needs the kernel; dataplane = "none" installs nothing '
+    '(use dataplane = "xfrm")'
+)
+
+
+def route_based_children(
+    connections: Iterable[ConnectionSection],
+) -> Iterator[tuple[ConnectionSection, ChildSection]]:
+    """(connection, child) of every child with an XFRM interface."""
+    for conn in connections:
+        for child in conn.children:
+            if child.route_based:
+                yield conn, child
+
+
+def xfrm_interfaces(connections: Iterable[ConnectionSection]) -> dict[str, int]:
+    """interface -> if_id of every route-based child (the reader checked they agree)."""
+    out: dict[str, int] = {}
+    for _, child in route_based_children(connections):
+        if child.interface is not None and child.if_id_in is not None:
+            out.setdefault(child.interface, child.if_id_in)
+    return out
 
 
 def concrete(addr: str) -> bool:

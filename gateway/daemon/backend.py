@@ -205,7 +205,12 @@ def metrics_snapshot(d: Host) -> Any:
         sas = list_sas(d)
         t = d.totals
         histogram = d.tally.histogram
+        shown: dict[str, Any] = {}
+        for feature in d.features:  # route-based tunnels' interfaces, updown runs
+            shown.update(feature.stats())
         return metrics.MetricsSnapshot(
+            tunnels=shown.get("tunnels", ()),
+            hooks=shown.get("hooks", {}),
             ike_sas=sas,
             xdp=[metrics.XdpCounter(**row) for row in (d.xdp.verdict_rows() if d.xdp else [])],
             mss_clamped=d.xdp.mss_clamped() if d.xdp is not None else {},

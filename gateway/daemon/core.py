@@ -19,6 +19,8 @@ order `Daemon.__init__` registers them in, then to the control requests waiting 
     ike_sas    the IKE SAs in the SA table (ike_sas.py; the records: records.py)
     tally      the counters stats and /metrics show (tally.py)
     eventlog   the log line and control event of each engine event (eventlog.py)
+    tunnels    route-based Child SAs: XFRM interfaces and routes (tunnels.py)
+    updown     the children's updown programs (updown.py)
     roaming    MOBIKE: moving our IKE SAs when a local address goes (roaming.py)
     traps      trap policies and ACQUIREs (traps.py)
     retries    keyingtries (retries.py)
@@ -67,6 +69,8 @@ from gateway.daemon.retries import Retries
 from gateway.daemon.roaming import Roaming
 from gateway.daemon.tally import Tally
 from gateway.daemon.traps import Traps
+from gateway.daemon.tunnels import KernelFactory, Tunnels, kernel_tunnels
+from gateway.daemon.updown import Updown
 from gateway.daemon.xdpslots import XdpSlots
 from gateway.dataplane import make_dataplane
 from gateway.dataplane.base import Dataplane
@@ -110,6 +114,8 @@ class Daemon:
         spis: InboundSpiAllocator | None = None,
         ike_spis: Callable[[], bytes] | None = None,
         xdp: XdpAdapter | None = None,
+        tunnel_kernel: KernelFactory = kernel_tunnels,
+        tunnels_owner: bool = True,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -159,6 +165,9 @@ class Daemon:
         self.ike_sas = IkeSas(self.sas)
         self.tally = Tally(self)
         self.eventlog = EventLog(self)
+        # a worker routes its own Child SAs; the supervisor owns the interfaces
+        self.tunnels = Tunnels(self, kernel=tunnel_kernel, owner=tunnels_owner)
+        self.updown = Updown(self)
         self.roaming = Roaming(self)
         self.traps = Traps(self)
         self.retries = Retries(self)
@@ -171,6 +180,8 @@ class Daemon:
                 self.ike_sas,
                 self.tally,
                 self.eventlog,
+                self.tunnels,
+                self.updown,
                 self.roaming,
                 self.traps,
                 self.retries,
@@ -263,6 +274,8 @@ class Daemon:
             await asyncio.sleep(0.05)
         for feature in self.features:  # the SAs first, then the traps underneath them
             feature.stop()
+        for feature in self.features:  # the downs of the SAs just deleted (hooks)
+            await feature.drain()
         self.sas.clear()
         if self._timer is not None:
             self._timer.cancel()

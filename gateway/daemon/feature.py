@@ -10,12 +10,14 @@ it (and the control requests waiting for an outcome) see the failure.
 
 The other hooks let a feature add to what the daemon shows without the core knowing the
 feature: its columns of a Child SA's list-sas row, its part of `stats`, the inbound
-packets it counted for a Child SA (asked when a DPD check is due), and its own start and
-stop. Every hook has a default that does nothing, so a feature writes only what it uses.
+packets it counted for a Child SA (asked when a DPD check is due), and its own start,
+stop and drain (waiting, bounded, for what it still runs). Every hook has a default that
+does nothing, so a feature writes only what it uses.
 
 A feature sees the daemon as a `Host` (below): the services of the core (report,
 engine calls, the pump, timers, waiters) and the small public interface of each other
-feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`),
+feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`,
+`TunnelApi`),
 so no feature imports the core or another feature's class.
 
 A new feature (route-based tunnels, updown hooks, address pools, offload, per-SA
@@ -61,6 +63,9 @@ class Feature:
 
     def stop(self) -> None:
         """The daemon is stopping (its IKE SAs are deleted): undo what is installed."""
+
+    async def drain(self) -> None:
+        """After every feature's stop(): wait (bounded) for what still runs (hooks)."""
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
         """This feature's fields of the Child SA's list-sas row."""
@@ -116,6 +121,13 @@ class ActionApi(Protocol):
     def resolve(self, name: str) -> tuple[ConnectionSection, str | None]: ...
 
 
+class TunnelApi(Protocol):
+    def interface_of(self, spi_in: int) -> Any:
+        """A route-based Child SA's tunnel (gateway/daemon/tunnels.py: name, if_id,
+        mtu), by its inbound SPI; None for a policy-based one."""
+        ...
+
+
 class TallyApi(Protocol):
     @property
     def histogram(self) -> Any: ...
@@ -164,6 +176,8 @@ class Host(Protocol):
     def actions(self) -> ActionApi: ...
     @property
     def tally(self) -> TallyApi: ...
+    @property
+    def tunnels(self) -> TunnelApi: ...
 
     def report(self, event: str, level: int = ..., /, **fields: Any) -> None:
         """Log and publish (gateway/daemon/report.py)."""

@@ -37,6 +37,11 @@ PUBLISHED: Final = frozenset(
         "child-expiring",
         "dpd-failed",
         "config-reloaded",
+        "tunnel-up",
+        "tunnel-down",
+        "route-installed",
+        "route-withdrawn",
+        "hook-failed",
     }
 )
 

@@ -295,6 +295,8 @@ def trap_spec(conn: ConnectionSection, child: ChildSection) -> TrapSpec:
         local_ts=tuple(child.local_ts),
         remote_ts=tuple(child.remote_ts),
         mode=child.mode,
+        if_id_in=child.if_id_in,
+        if_id_out=child.if_id_out,
     )
 
 

@@ -1,7 +1,8 @@
 """`[gateway.xdp]`: the feature manager that gives each Child SA its slot in the XDP/TC
 programs (gateway/dataplane/xdp.py) and takes it back.
 
-    ChildSaEstablished  a slot (counters, MSS clamp) for the new Child SA
+    ChildSaEstablished  a slot (counters, MSS clamp) for the new Child SA; a route-based
+                        Child's LAN prefixes are its routes, not its (0.0.0.0/0) selectors
     ChildSaRekeyed      the new SPIs join the Child's slot (its counters carry on); the
                         old SPIs leave it with the old inbound SA, REKEY_GRACE after its
                         Delete
@@ -36,13 +37,20 @@ class XdpSlots(Feature):
             case ev.ChildSaEstablished():
                 child = self._child(event.ike_sa, event.spi_in)
                 if child is not None:
-                    placed = self.adapter.child_established(event, offloaded=_offloaded(child))
+                    placed = self.adapter.child_established(
+                        event,
+                        offloaded=_offloaded(child),
+                        lan_prefixes=self._lan_prefixes(event.connection, event.child),
+                    )
                     child.xdp_slot = placed.slot if placed is not None else None
             case ev.ChildSaRekeyed():
                 child = self._child(event.ike_sa, event.new.spi_in)
                 if child is not None and child.xdp_slot is not None:
                     self.adapter.child_rekeyed(
-                        event.old_spi_in, event.new, offloaded=_offloaded(child)
+                        event.old_spi_in,
+                        event.new,
+                        offloaded=_offloaded(child),
+                        lan_prefixes=self._lan_prefixes(event.connection, event.child),
                     )
                     self._old[event.old_spi_in] = event.ike_sa
             case ev.ChildSaDeleted():
@@ -57,6 +65,12 @@ class XdpSlots(Feature):
                         self.adapter.child_deleted(old)
                 for child in ctx.children:
                     self.adapter.child_deleted(child.spi_in)
+
+    def _lan_prefixes(self, connection: str, child: str) -> tuple[str, ...] | None:
+        """A route-based Child's routes stand for its selectors (which may be 0.0.0.0/0)."""
+        conn = self.d.config.connection(connection)
+        config = conn.child(child) if conn is not None else None
+        return config.route_prefixes if config is not None and config.route_based else None
 
     def _child(self, ike_sa: int, spi_in: int) -> ChildRecord | None:
         record = self.d.sas.get(ike_sa)

@@ -38,6 +38,8 @@ class TrapSpec:
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     mode: str
+    if_id_in: int | None = None  # route-based: the Child's if_ids (the trap's out
+    if_id_out: int | None = None  # policies carry if_id_out: traffic routed into it)
 
     @property
     def key(self) -> TrapKey:

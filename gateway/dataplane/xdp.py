@@ -317,9 +317,20 @@ class XdpAdapter:
 
     # engine events ---------------------------------------------------------------------
 
-    def child_established(self, e: ev.ChildSaEstablished, *, offloaded: bool) -> XdpChild | None:
+    def child_established(
+        self,
+        e: ev.ChildSaEstablished,
+        *,
+        offloaded: bool,
+        lan_prefixes: Sequence[str] | None = None,
+    ) -> XdpChild | None:
         """Register a new Child SA: its SPIs, selectors and tunnel MTU. A Child the
-        programs cannot take is logged and left to the kernel (None)."""
+        programs cannot take is logged and left to the kernel (None).
+
+        `lan_prefixes`: a route-based Child's (docs/routing.md): the prefixes routed into
+        its XFRM interface stand for its remote selectors (which may be 0.0.0.0/0: every
+        LAN packet would be this Child's, and of two such Childs the later one's);
+        its ESP packets are counted by SPI all the same."""
         if self._dp is None:
             return None
         if self.spis.owns(e.spi_in):
@@ -331,22 +342,29 @@ class XdpAdapter:
             except SpiExhausted as exc:
                 self._install_failed(e, exc)
                 return None
-        child = _ChildSlot(slot, e.connection, e.child, _prefixes(e.remote_ts), ())
+        remote = _prefixes(e.remote_ts) if lan_prefixes is None else tuple(lan_prefixes)
+        child = _ChildSlot(slot, e.connection, e.child, remote, ())
         if not self._install(child, e, offloaded):
             self.spis.drop(slot)
             return None
-        child.excluded = self._exclude(_prefixes(e.local_ts), child.remote)
+        if lan_prefixes is None:  # routes are not selectors: nothing to carve out
+            child.excluded = self._exclude(_prefixes(e.local_ts), child.remote)
         return XdpChild(slot)
 
     def child_rekeyed(
-        self, old_spi_in: int, new: ev.ChildSaEstablished, *, offloaded: bool
+        self,
+        old_spi_in: int,
+        new: ev.ChildSaEstablished,
+        *,
+        offloaded: bool,
+        lan_prefixes: Sequence[str] | None = None,
     ) -> XdpChild | None:
         """The new SA of a rekey joins the old one's slot (counters carry on)."""
         if self._dp is None:
             return None
         child = self._by_spi.get(old_spi_in)
         if child is None:
-            return self.child_established(new, offloaded=offloaded)
+            return self.child_established(new, offloaded=offloaded, lan_prefixes=lan_prefixes)
         if not self._install(child, new, offloaded):
             return None
         return XdpChild(child.slot)

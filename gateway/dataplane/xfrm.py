@@ -248,7 +248,9 @@ def child_sa_spec(
     lifetime = Lifetime()
     replay_window = DEFAULT_REPLAY_WINDOW
     offload = "no"
+    if_id_in = if_id_out = None
     if config is not None:
+        if_id_in, if_id_out = config.if_id_in, config.if_id_out
         lifetime = Lifetime(
             soft_bytes=config.rekey_bytes or XFRM_INF,
             hard_bytes=config.life_bytes or XFRM_INF,
@@ -279,9 +281,30 @@ def child_sa_spec(
             offload=offload,  # type: ignore[arg-type]
             offload_dev=offload_dev if offload != "no" else None,
             replay_window=replay_window,
+            if_id=if_id_in,
+            if_id_out=_distinct(if_id_in, if_id_out),
         )
     except ValueError as exc:
         raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
+
+
+def _distinct(if_id_in: int | None, if_id_out: int | None) -> int | None:
+    """ChildSaSpec's if_id_out: set only where it differs from the inbound if_id."""
+    return if_id_out if if_id_out != if_id_in else None
+
+
+def installed_spec(
+    child: ChildSaEstablished, config: ChildSection | None, installed: Installed | None
+) -> Any:
+    """The ChildSaSpec the xfrm data plane installed for `child` (its handle's), or the
+    one it would install (another data plane: reqid 0): what route-based tunnels derive
+    an interface MTU from and what updown hooks are told (never its keys)."""
+    from gateway.xfrm.manager import InstalledChildSa
+
+    handle = installed.handle if installed is not None else None
+    if isinstance(handle, InstalledChildSa):
+        return handle.spec
+    return child_sa_spec(child, config, 0, None)
 
 
 def trap_sa_spec(trap: TrapSpec, reqid: int) -> Any:
@@ -310,6 +333,8 @@ def trap_sa_spec(trap: TrapSpec, reqid: int) -> Any:
             local_ts=selectors(trap.local_ts, local),
             remote_ts=selectors(trap.remote_ts, remote),
             mode="transport" if trap.mode == "transport" else "tunnel",
+            if_id=trap.if_id_in,
+            if_id_out=_distinct(trap.if_id_in, trap.if_id_out),
         )
     except ValueError as exc:
         raise DataplaneError(f"trap {trap.connection}.{trap.child}: {exc}") from None

@@ -22,7 +22,8 @@ environment leaks), stdin from /dev/null, stdout and stderr merged and logged li
 line (bounded, with `redact` strings replaced). A run that outlives `timeout` gets
 SIGTERM on its process group (pgid = the pid we started), then SIGKILL after `grace`.
 Every run ends in one `HookResult` (ok, failed, timeout, error) that is logged, counted
-in `HookCounters` and handed to `on_result`. No key material is ever in a `ChildInfo`.
+in `HookCounters` and handed to `on_result` (which then reports it; without one it is
+logged here). No key material is ever in a `ChildInfo`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ HookKind = Literal["up", "down", "rekey"]
 HookStatus = Literal["ok", "failed", "timeout", "error"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_LINE = 400  # characters of one output line that reach the log
+# [gateway.hooks]'s defaults (gateway/config/schema.py takes them from here)
+HOOK_TIMEOUT = 30.0  # seconds a run may take before SIGTERM (then SIGKILL after `grace`)
+HOOK_MAX_CONCURRENT = 4  # runs at once over all Childs
+HOOK_MAX_OUTPUT_LINES = 50  # output lines of one run that reach the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +97,8 @@ class ChildInfo:
             local_ts=spec.local_ts,
             remote_ts=spec.remote_ts,
             mode=spec.mode,
-            if_id_in=spec.if_id,
-            if_id_out=spec.if_id,
+            if_id_in=spec.direction_if_id(True),
+            if_id_out=spec.direction_if_id(False),
             mark_in=spec.mark,
             mark_out=spec.mark,
             udp_encap_port=spec.encap.remote_port if spec.encap else None,
@@ -253,10 +258,10 @@ class HookRunner:
     def __init__(
         self,
         *,
-        timeout: float = 30.0,
+        timeout: float = HOOK_TIMEOUT,
         grace: float = 1.0,
-        max_concurrent: int = 4,
-        max_output_lines: int = 50,
+        max_concurrent: int = HOOK_MAX_CONCURRENT,
+        max_output_lines: int = HOOK_MAX_OUTPUT_LINES,
         redact: Sequence[str] = (),
         on_result: Callable[[HookResult], None] | None = None,
         path: str = DEFAULT_PATH,
@@ -420,6 +425,9 @@ class HookRunner:
             detail,
         )
         setattr(self.counters, status, getattr(self.counters, status) + 1)
+        if self.on_result is not None:  # the caller reports it (the daemon: report())
+            self.on_result(result)
+            return
         level = logging.INFO if status == "ok" else logging.WARNING
         log.log(
             level,
@@ -433,8 +441,6 @@ class HookRunner:
             result.duration,
             f" detail={detail!r}" if detail else "",
         )
-        if self.on_result is not None:
-            self.on_result(result)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ _SUMMED: Final = (
     "ike_rekeys",
     "install_failures",
     "engine_errors",
+    "tunnel_errors",
 )
 
 
@@ -38,12 +39,34 @@ def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             errors[name] = max(errors.get(name, 0), int(value))
     out["xfrm_errors"] = errors
     out["xdp"] = []
+    hooks = [r["hooks"] for r in rows if "hooks" in r]
+    if hooks:
+        out["hooks"] = _sum_dicts(hooks)
+    tunnels = merge_tunnels([r["tunnels"] for r in rows if "tunnels" in r])
+    if tunnels:
+        out["tunnels"] = tunnels
     durations = merge_histograms(
         [r["handshake_durations"] for r in rows if "handshake_durations" in r]
     )
     if durations is not None:
         out["handshake_durations"] = durations
     return out
+
+
+def merge_tunnels(rows: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workers' interface rows as one per interface: the kernel's fields (state, MTU,
+    counters) are the same in every worker; Child SAs and routes up on it add up."""
+    merged: dict[str, dict[str, Any]] = {}
+    for worker_rows in rows:
+        for row in worker_rows:
+            have = merged.get(row["interface"])
+            if have is None:
+                merged[row["interface"]] = dict(row)
+                continue
+            have["children"] += row.get("children", 0)
+            have["routes"] += row.get("routes", 0)
+            have["connections"] = sorted({*have["connections"], *row.get("connections", ())})
+    return list(merged.values())
 
 
 def merge_histograms(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

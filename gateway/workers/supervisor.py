@@ -108,6 +108,7 @@ class Supervisor:
         self.workers = [_Worker(i) for i in range(self.count)]
         self.groups: list[SocketGroup] = []
         self.xdp: XdpShare | None = None  # [gateway.xdp]: the programs, attached once
+        self.tunnels: Any = None  # route-based children: the XFRM interfaces (TunnelKernel)
         self.control = ControlServer(self, config.gateway.control_socket)
         self.started_at = time.time()
         self.exit_status = 0
@@ -138,6 +139,7 @@ class Supervisor:
                 adapter = XdpAdapter(self.config.gateway.xdp)
                 adapter.open()  # all or nothing; detached in shutdown()
                 self.xdp = XdpShare(adapter, self.count)
+            self._prepare_tunnels()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stopping.set)
                 installed.append(sig)
@@ -168,6 +170,48 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             await self.shutdown()
         return self.exit_status
+
+    def _prepare_tunnels(self) -> None:
+        """Route-based children: the interfaces exist (down) before any worker runs, our
+        leftover routes are gone; each worker then routes its own Child SAs
+        (gateway/daemon/tunnels.py)."""
+        from gateway.config.schema import xfrm_interfaces
+
+        wanted = xfrm_interfaces(self.config.connections)
+        if not wanted or self._dataplane_name() != "xfrm":
+            return
+        from gateway.routing.kernel import TunnelKernel
+
+        self.tunnels = TunnelKernel()
+        try:
+            withdrawn, interfaces = self.tunnels.prepare(wanted.items())
+        except GatewayError as exc:
+            raise GatewayError(f"route-based tunnels: {exc}") from None
+        for iface in interfaces:
+            log.info(
+                "event=tunnel-ready interface=%s if_id=%d mtu=%d adopted=%s",
+                iface.name,
+                iface.if_id,
+                iface.mtu,
+                "no" if iface.owned else "yes",
+            )
+        if withdrawn:
+            log.info("event=routes-leftovers-withdrawn routes=%d", withdrawn)
+
+    def _release_tunnels(self) -> None:
+        from gateway.config.schema import xfrm_interfaces
+
+        if self.tunnels is None:
+            return
+        try:
+            removed = self.tunnels.release(xfrm_interfaces(self.config.connections))
+        except GatewayError as exc:
+            log.error("event=tunnel-error operation=release error=%s", exc)
+        else:
+            for name in removed:
+                log.info("event=tunnel-removed interface=%s", name)
+        self.tunnels.close()
+        self.tunnels = None
 
     def _dataplane_name(self) -> str:
         return self.options.dataplane or self.config.gateway.dataplane
@@ -358,6 +402,7 @@ class Supervisor:
         await asyncio.gather(*self._background, return_exceptions=True)
         close_groups(self.groups)
         self.groups = []
+        self._release_tunnels()  # after the last worker: nobody routes into them now
         if self.xdp is not None:  # after the last worker: nobody updates the maps now
             await self.xdp.close()
             self.xdp.adapter.close()
@@ -517,6 +562,8 @@ class Supervisor:
             durations = stats.get("handshake_durations")
             xdp = self.xdp.adapter if self.xdp is not None else None
             return metrics.MetricsSnapshot(
+                tunnels=stats.get("tunnels", ()),
+                hooks=stats.get("hooks", {}),
                 ike_sas=sas,
                 xdp=[metrics.XdpCounter(**row) for row in stats["xdp"]],
                 mss_clamped=xdp.mss_clamped() if xdp is not None else {},

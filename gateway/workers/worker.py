@@ -88,6 +88,7 @@ async def worker_main(
         prebound=sockets,
         control=PeerControl(None, ipc, stop.set),
         xdp=xdp,
+        tunnels_owner=False,  # the supervisor creates and removes the XFRM interfaces
     )
     daemon.control.backend = daemon
     daemon.keep_handshake_durations()  # merged by the supervisor (stats, metrics)

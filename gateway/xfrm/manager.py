@@ -140,12 +140,15 @@ def _priority(spec: ChildSaSpec, lt: TrafficSelector, rt: TrafficSelector) -> in
     return POLICY_PRIORITY_BASE - specificity
 
 
-def _common_attrs(spec: ChildSaSpec) -> bytes:
+def _common_attrs(spec: ChildSaSpec, inbound: bool) -> bytes:
+    """Mark and if_id of one direction: inbound = the inbound state and the in/fwd
+    policies, outbound = the outbound state and the out policy (swanctl's if_id_in/out)."""
     out = b""
     if spec.mark is not None:
         out += wire.nla(21, wire.mark(spec.mark.value, spec.mark.mask))
-    if spec.if_id is not None:
-        out += wire.nla(31, wire.u32(spec.if_id))
+    if_id = spec.direction_if_id(inbound)
+    if if_id is not None:
+        out += wire.nla(31, wire.u32(if_id))
     return out
 
 
@@ -232,7 +235,7 @@ def state_body(
         attrs.append(wire.nla(28, wire.user_offload(*offload)))
     if spec.set_mark is not None and not inbound:
         attrs.append(wire.nla(29, wire.u32(spec.set_mark)))
-    attrs.append(_common_attrs(spec))
+    attrs.append(_common_attrs(spec, inbound))
     body = wire.usersa_info(
         sel=wire.ANY_SELECTOR,
         daddr=key.dst_packed,
@@ -261,7 +264,7 @@ def policy_bodies(
     out: list[tuple[Callable[[], str], bytes, bytes]] = []
     tunnel = spec.mode == "tunnel"
     mode = nl.XFRM_MODE_TUNNEL if tunnel else nl.XFRM_MODE_TRANSPORT
-    common = _common_attrs(spec)
+    common_in, common_out = _common_attrs(spec, True), _common_attrs(spec, False)
     local = spec.local_packed if tunnel else b""
     remote = spec.remote_packed if tunnel else b""
     tmpl_out = wire.nla(
@@ -300,6 +303,7 @@ def policy_bodies(
             outbound = direction == nl.XFRM_POLICY_OUT
             sel = sel_out if outbound else sel_in
             new = wire.userpolicy_info(sel=sel, priority=prio, index=0, direction=direction)
+            common = common_out if outbound else common_in
             new += (tmpl_out if outbound else tmpl_in) + common
             delete = wire.userpolicy_id(sel, 0, direction) + common
             out.append((partial(_policy_what, name, lt, rt, spec.reqid), new, delete))

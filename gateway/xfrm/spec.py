@@ -150,7 +150,11 @@ class ChildSaSpec:
     offload_dev: str | None = None
     mark: Mark | None = None
     set_mark: int | None = None
+    # route-based (XFRM interfaces, docs/routing.md): the if_id of the inbound state and
+    # the in/fwd policies, and of the outbound ones unless `if_id_out` differs (swanctl's
+    # if_id_in / if_id_out)
     if_id: int | None = None
+    if_id_out: int | None = None
     fwd_policy: bool | None = None  # None: install fwd in tunnel mode only
     priority: int | None = None  # None: derived from the selectors' specificity
     family: int = field(init=False, repr=False, compare=False)  # AF_INET / AF_INET6
@@ -179,6 +183,17 @@ class ChildSaSpec:
         for ts in (*self.local_ts, *self.remote_ts):
             if ts.port is not None and ts.proto == 0:
                 raise ValueError("a selector port needs a protocol")
+        for if_id in (self.if_id, self.if_id_out):
+            if if_id is not None and not 1 <= if_id <= 0xFFFFFFFF:
+                raise ValueError(f"if_id must be 1..4294967295, not {if_id}")
+        if self.if_id_out is not None and self.if_id is None:
+            raise ValueError("if_id_out needs if_id (the inbound one)")
+
+    def direction_if_id(self, inbound: bool) -> int | None:
+        """The if_id of the inbound state and in/fwd policies, or of the outbound ones."""
+        if inbound or self.if_id_out is None:
+            return self.if_id
+        return self.if_id_out
 
     @property
     def selectors(self) -> list[tuple[TrafficSelector, TrafficSelector]]:

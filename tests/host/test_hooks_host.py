@@ -125,6 +125,10 @@ def test_failures_are_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptu
         runner.submit(str(tmp_path / "missing"), HookEvent("up", info("b")))
         runner.submit([str(tmp_path)], HookEvent("up", info("c")))  # a directory
         assert await runner.drain(10)
+        # without an on_result the runner logs each result itself
+        logging_runner = HookRunner()
+        logging_runner.submit(failing, HookEvent("up", info("a")))
+        assert await logging_runner.drain(10)
         return runner
 
     with caplog.at_level(logging.INFO, logger="gateway.hooks"):

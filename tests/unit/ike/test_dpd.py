@@ -200,8 +200,54 @@ def test_off_by_default_and_negative_delay_refused() -> None:
     from ike.errors import LocalError
 
     a, _ = pair_confs()
-    with pytest.raises(LocalError, match="dpd_delay must not be negative"):
+    with pytest.raises(LocalError, match="dpd_delay and dpd_timeout must not be negative"):
         compile_connection(dataclasses.replace(a, dpd_delay=-1))
     bad = dataclasses.replace(a, children=(dataclasses.replace(a.children[0], dpd_action="hold"),))
     with pytest.raises(LocalError, match="dpd_action: 'hold'"):
         compile_connection(bad)
+
+
+def test_dpd_timeout_bounds_the_check_in_seconds() -> None:
+    """dpd_timeout (per connection): the check is retransmitted on the connection's own
+    schedule (here every 0.5 s, not FAST's 1-2-4-8 s) and the peer is dead once it went
+    unanswered for dpd_timeout, however many retransmissions that took."""
+    a, b = pair_confs()
+    fast = dataclasses.replace(
+        _conf(a, 1.0, "restart"), dpd_timeout=2.0, retransmit_timeout=0.5, retransmit_base=1.0
+    )
+    net = Net.make(fast, _conf(b, 0.0, "clear"), FAST, FAST)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    net.log.clear()
+    net.advance(1.0)  # the first check, answered
+    assert probes(net) == 1 and not net.of("a", DpdFailed)
+    net.advance(1.0, lambda i, d: 0)  # the next check, lost with every retransmission
+    assert probes(net) == 2
+    net.advance(1.9, lambda i, d: 0)
+    assert not net.of("a", DpdFailed) and net.a.stats.retransmits == 3
+    net.advance(0.2, lambda i, d: 0)
+    [dead] = net.of("a", DpdFailed)
+    assert dead.time == 1000 + 2.0 + 2.0  # the second check at +2 s, given up 2 s later
+    assert net.of("a", ChildSaDeleted)[-1].reason == "dead peer"
+
+
+def test_connection_retransmission_schedule_overrides_the_engine() -> None:
+    """retransmit_* per connection: 0.25 s x 2**n, 2 tries: 0.25 + 0.5 + 1 = 1.75 s."""
+    a, b = pair_confs()
+    own = dataclasses.replace(
+        _conf(a, DELAY, "clear"), retransmit_timeout=0.25, retransmit_base=2.0, retransmit_tries=2
+    )
+    net = Net.make(own, _conf(b, 0.0, "clear"), FAST, FAST)
+    net.a.initiate("a2b", None, net.now)
+    net.pump()
+    net.advance(DELAY + 1.7, lambda i, d: 0)
+    assert not net.of("a", DpdFailed) and net.a.stats.retransmits == 2
+    net.advance(0.1, lambda i, d: 0)
+    [dead] = net.of("a", DpdFailed)
+    assert dead.time == 1000 + DELAY + 1.75
+    from ike.config import compile_connection
+    from ike.errors import LocalError
+
+    for key, bad in (("retransmit_timeout", 0.0), ("retransmit_base", 0.5), ("dpd_timeout", -1)):
+        with pytest.raises(LocalError, match=key):
+            compile_connection(dataclasses.replace(a, **{key: bad}))
