@@ -29,6 +29,8 @@ they never fail the Child SA itself.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -279,22 +281,31 @@ class Tunnels(Feature):
         tunnel = self._by_spi.pop(e.old_spi_in, None)
         if tunnel is None:
             return
+        from gateway.dataplane.xfrm import installed_spec
+
         child = tunnel.children.pop(e.old_spi_in)
         record = self._record(e.ike_sa, e.new.spi_in)
+        config = route_based_config(self.d.config, e.connection, e.child)
         if record is not None and record.installed is not None:
-            child.spec = record.installed.handle.spec
+            child.spec = installed_spec(e.new, config, record.installed)
         child.spi_in = e.new.spi_in
         tunnel.children[child.spi_in] = child
         self._by_spi[child.spi_in] = tunnel
 
     def _migrated(self, e: ev.IkeSaMigrated) -> None:
         """MOBIKE: the Child SAs moved under the interface; its MTU follows the path."""
+        from gateway.xfrm import UdpEncap
+
         moved: set[str] = set()
         for spi_in, tunnel in self._by_spi.items():
             child = tunnel.children[spi_in]
-            record = self._record(e.ike_sa, spi_in)
-            if child.ike_sa == e.ike_sa and record is not None and record.installed is not None:
-                child.spec = record.installed.handle.spec
+            if child.ike_sa == e.ike_sa:
+                child.spec = dataclasses.replace(
+                    child.spec,
+                    local=ipaddress.ip_address(e.local[0]),
+                    remote=ipaddress.ip_address(e.remote[0]),
+                    encap=UdpEncap(*e.encap) if e.encap else None,
+                )
                 moved.add(tunnel.name)
         for name in moved:
             tunnel = self.tunnels[name]

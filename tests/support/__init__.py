@@ -6,6 +6,7 @@ inmemory.py       two in-process daemons joined in memory (unit tests)
 fake_engine.py    a scripted IKE engine and a recording `none` data plane (unit tests)
 control.py        a stand-in ControlBackend (control API tests)
 xdp.py            a stand-in for the bcc loader (XDP adapter tests)
+tunnels.py        a stand-in for the kernel side of route-based tunnels
 observability.py  synthetic SAs and gateway state for the metrics and console tests
 pair.py           two daemons as the metrics and console host tests observe them
 kernel.py         two daemons over kernel ESP: addresses, states, policies, ping
