@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gateway import probe
 from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
 from gateway.lab import checks
+from gateway.lab.failover import BUDGETS as FAILOVER_BUDGETS
+from gateway.lab.failover import FailoverLab
 from gateway.lab.local import (
     BUDGETS,
     DEFAULT_DIR,
@@ -56,6 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="return once the tunnel is up and traffic passed (for scripts)",
     )
+    up.add_argument(
+        "--failover",
+        action="store_true",
+        help="the failover lab: gw-west with two route-based tunnels to east-primary and "
+        "east-backup, FRR (BGP + BFD) on all three (docs/lab.md)",
+    )
+    up.add_argument(
+        "--ecmp",
+        action="store_true",
+        help="with --failover: both east gateways announced equally (active/active)",
+    )
     up.add_argument("--no-xdp", action="store_true", help="do not attach XDP on gw-west")
     up.add_argument(
         "--no-traffic",
@@ -73,6 +87,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     down = lab_sub.add_parser("down", help="stop everything the lab started and remove it")
     down.set_defaults(func=cmd_down)
+
+    fail = lab_sub.add_parser(
+        "fail",
+        help="failover lab: kill east-primary (its daemon by SIGKILL, its WAN link down)",
+    )
+    fail.set_defaults(func=cmd_fail)
+    restore = lab_sub.add_parser(
+        "restore", help="failover lab: bring east-primary back and wait for the route"
+    )
+    restore.set_defaults(func=cmd_restore)
 
     tui = lab_sub.add_parser(
         "tui", help="open the console on gw-west (quitting it offers to tear the lab down)"
@@ -108,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     agent.add_argument("--nat", action="store_true")
     agent.add_argument("--no-xdp", action="store_true")
     agent.add_argument("--no-traffic", action="store_true")
+    agent.add_argument("--failover", action="store_true")
+    agent.add_argument("--ecmp", action="store_true")
     agent.set_defaults(func=cmd_agent)
 
 
@@ -117,6 +143,8 @@ def _opts(args: argparse.Namespace) -> LabOptions:
         nat=getattr(args, "nat", False),
         xdp=not getattr(args, "no_xdp", False),
         traffic=not getattr(args, "no_traffic", False),
+        failover=getattr(args, "failover", False) or getattr(args, "ecmp", False),
+        ecmp=getattr(args, "ecmp", False),
     )
 
 
@@ -124,7 +152,10 @@ def _current(opts: LabOptions) -> Lab | VmLab | None:
     state = read_state(opts.directory / "state.json")
     if state is None:
         return None
-    return VmLab(opts) if state.get("mode") == "vm" else Lab(opts)
+    opts = replace(opts, failover=bool(state.get("failover")), ecmp=bool(state.get("ecmp")))
+    if state.get("mode") == "vm":
+        return VmLab(opts)
+    return FailoverLab(opts) if opts.failover else Lab(opts)
 
 
 class Progress:
@@ -193,7 +224,9 @@ def _choose(args: argparse.Namespace, opts: LabOptions) -> Lab | VmLab:
                 "lab: this kernel has no ESP, so the lab runs inside a virtme-ng VM "
                 "with Debian's kernel (it keeps running until `gateway lab down`)"
             )
-    return VmLab(opts) if use_vm else Lab(opts)
+    if use_vm:
+        return VmLab(opts)
+    return FailoverLab(opts) if opts.failover else Lab(opts)
 
 
 def _progress(line: str) -> None:
@@ -286,6 +319,35 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return run_tui_then_offer_down(lab)
 
 
+def _failover_lab(args: argparse.Namespace) -> FailoverLab | VmLab:
+    lab = _current(_opts(args))
+    if lab is None or not lab.opts.failover:
+        raise LabError("no failover lab is up: `gateway lab up --failover` first")
+    assert isinstance(lab, FailoverLab | VmLab)
+    return lab
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    lab = _failover_lab(args)
+    if isinstance(lab, VmLab):
+        done = lab.request("fail")["done"]
+    else:
+        done = lab.fail()
+    _progress(f"lab: {done}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    lab = _failover_lab(args)
+    if isinstance(lab, VmLab):
+        budget = FAILOVER_BUDGETS["restore"] + FAILOVER_BUDGETS["bgp"]
+        done = lab.request("restore", budget)["done"]
+    else:
+        done = lab.restore(Pace.measured(report=Progress()))
+    _progress(f"lab: {done}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """The namespace lab's checks, on one gateway of the Vagrant lab."""
     progress = Progress()
@@ -328,10 +390,19 @@ def print_status(status: dict[str, Any]) -> None:
         print("lab: down")
         return
     where = "in a VM" if status.get("mode") == "vm" else "in network namespaces"
-    print(
-        f"lab: up {where}, gw-east runs {status.get('peer')}"
-        + (", gw-west behind NAT" if status.get("nat") else "")
-    )
+    if status.get("failover"):
+        print(
+            f"lab: failover lab up {where}"
+            + (" (active/active: ECMP)" if status.get("ecmp") else "")
+            + f"; gw-west routes the east LAN via {status.get('east_lan_via')}"
+        )
+        for node, routing in (status.get("routing") or {}).items():
+            print(f"  frr  {node:<12} BGP {routing.get('bgp')} BFD {routing.get('bfd')}")
+    else:
+        print(
+            f"lab: up {where}, gw-east runs {status.get('peer')}"
+            + (", gw-west behind NAT" if status.get("nat") else "")
+        )
     for node in status.get("nodes", []):
         mark = "ok" if node.get("present") else "MISSING"
         print(f"  node {node['name']:<8} {node['namespace']:<16} {mark}")

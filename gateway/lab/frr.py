@@ -45,14 +45,22 @@ class FrrError(GatewayError):
 class Frr:
     """zebra + bgpd + bfdd (or `daemons`) in `ns`, driven with vtysh over its own sockets."""
 
-    def __init__(self, ns: Netns, *, daemons: Iterable[str] = DAEMONS) -> None:
+    def __init__(
+        self, ns: Netns, *, daemons: Iterable[str] = DAEMONS, directory: Path | None = None
+    ) -> None:
         self.ns = ns
         self.daemons = tuple(daemons)
         if not self.daemons or self.daemons[0] != "zebra":
             raise ValueError("zebra must be the first daemon (the others connect to it)")
-        self.dir = Path(tempfile.mkdtemp(prefix=f"frr-{ns.name}-"))
+        self.dir = directory or Path(tempfile.mkdtemp(prefix=f"frr-{ns.name}-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._outs: list[IO[bytes]] = []
+
+    @classmethod
+    def existing(cls, ns: Netns, directory: Path) -> Frr:
+        """The instance another process started in `directory`: vtysh reaches its daemons
+        (`gateway lab status` after `gateway lab up`); stopping them is by their pids."""
+        return cls(ns, directory=directory)
 
     # -- paths ------------------------------------------------------------------------------
 

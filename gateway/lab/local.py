@@ -28,7 +28,7 @@ from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
 from gateway.lab import checks, topology
 from gateway.lab.pace import Deadline, Pace
-from gateway.lab.topology import EAST_HOST, NODES, Topology
+from gateway.lab.topology import EAST_HOST, Topology
 from gateway.netns import Netns, NetnsError
 
 DEFAULT_DIR = Path(os.environ.get("GATEWAY_LAB_DIR", "/run/gateway-lab"))
@@ -52,6 +52,7 @@ BUDGETS = {
     "traffic": 3.0,
 }
 RECENT_EVENTS = 20
+GATEWAYS = ("gw-west", "gw-east", "east-primary", "east-backup")  # nodes running a gateway
 _EVENT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)\S* \w+ event=(\S+)(.*)$")
 
 
@@ -67,6 +68,10 @@ class LabOptions:
     traffic: bool = True
     directory: Path = DEFAULT_DIR
     prefix: str = DEFAULT_PREFIX
+    # the failover lab (gateway/lab/failover.py): two tunnels from gw-west to two east
+    # gateways, FRR on all three; `ecmp`: both announced equally (active/active)
+    failover: bool = False
+    ecmp: bool = False
 
 
 def config_text(name: str) -> str:
@@ -75,7 +80,7 @@ def config_text(name: str) -> str:
 
 def gateway_config(node: str, opts: LabOptions) -> str:
     """The embedded config of `node`, with the lab's socket path and XDP ports."""
-    text = config_text(f"{node}.toml")
+    text = config_text(f"failover-{node}.toml" if opts.failover else f"{node}.toml")
     sock = opts.directory / node / "control.sock"
     text = re.sub(r'^control_socket = ".*"$', f'control_socket = "{sock}"', text, flags=re.M)
     if opts.xdp and node == "gw-west":
@@ -95,7 +100,7 @@ def control_socket(opts: LabOptions, node: str = "gw-west") -> Path:
 class Lab:
     def __init__(self, opts: LabOptions) -> None:
         self.opts = opts
-        self.topo = Topology(prefix=opts.prefix, nat=opts.nat)
+        self.topo = Topology(prefix=opts.prefix, nat=opts.nat, failover=opts.failover)
         self.state_file = opts.directory / "state.json"
 
     # ------------------------------------------------------------------ state
@@ -169,6 +174,8 @@ class Lab:
             "mode": "netns",
             "peer": self.opts.peer,
             "nat": self.opts.nat,
+            "failover": self.opts.failover,
+            "ecmp": self.opts.ecmp,
             "prefix": self.opts.prefix,
             "pids": {},
             "started": time.time(),
@@ -301,7 +308,7 @@ class Lab:
                 "namespace": self.opts.prefix + n,
                 "present": self.opts.prefix + n in present,
             }
-            for n in NODES
+            for n in self.topo.nodes
         ]
         procs = [{"name": k, "pid": v, "running": alive(v)} for k, v in state["pids"].items()]
         sas: list[dict[str, Any]] = []
@@ -330,7 +337,7 @@ class Lab:
         done = []
         state = self.load_state() or {"pids": {}}
         # gateways last among processes so their graceful shutdown can still reach the peer
-        order = sorted(state["pids"].items(), key=lambda kv: kv[0].startswith("gw-"))
+        order = sorted(state["pids"].items(), key=lambda kv: kv[0] in GATEWAYS)
         for name, pid in order:
             if _stop_pid(pid):
                 done.append(f"stopped {name} (pid {pid})")

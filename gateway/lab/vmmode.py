@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.lab.failover import FailoverLab
 from gateway.lab.local import (
     Lab,
     LabError,
@@ -179,6 +180,8 @@ class VmLab:
             "mode": "vm",
             "peer": self.opts.peer,
             "nat": self.opts.nat,
+            "failover": self.opts.failover,
+            "ecmp": self.opts.ecmp,
             "vm_pid": proc.pid,
             "kernel": str(kernel),
             "lab_port": lab_port,
@@ -220,6 +223,10 @@ class VmLab:
             agent_args.append("--no-xdp")
         if not self.opts.traffic:
             agent_args.append("--no-traffic")
+        if self.opts.failover:
+            agent_args.append("--failover")
+        if self.opts.ecmp:
+            agent_args.append("--ecmp")
         script = self.shared / "agent.sh"
         script.write_text(
             "#!/bin/sh\n"
@@ -489,7 +496,7 @@ def run_agent(shared: Path, opts: LabOptions) -> int:
 
     pace = Pace.measured(report=report)
     print(f"agent: slowness {pace.factor:.1f} at {time.time():.1f}", flush=True)
-    lab = Lab(opts)
+    lab = FailoverLab(opts) if opts.failover else Lab(opts)
     try:
         with pace.step("network", "bringing up the VM's NIC for the lab ports", 2.0):
             _setup_nic()
@@ -559,6 +566,11 @@ async def _serve(lab: Lab, token: str, opts: LabOptions, listening: Callable[[],
                 reply: dict[str, Any] = {"ok": False, "error": "bad token"}
             elif req.get("cmd") == "status":
                 reply = {"ok": True, "result": await asyncio.to_thread(lab.status)}
+            elif req.get("cmd") == "fail" and isinstance(lab, FailoverLab):
+                reply = {"ok": True, "result": {"done": await asyncio.to_thread(lab.fail)}}
+            elif req.get("cmd") == "restore" and isinstance(lab, FailoverLab):
+                restored = await asyncio.to_thread(lab.restore, Pace.measured())
+                reply = {"ok": True, "result": {"done": restored}}
             elif req.get("cmd") == "down":
                 print(f"agent: down requested at {time.time():.1f}", flush=True)
                 done = await asyncio.to_thread(lab.down)

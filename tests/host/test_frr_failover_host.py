@@ -14,7 +14,6 @@ switches. Then the active/active variant: both next hops (ECMP).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway import netns as netns_mod
+from gateway.lab.failover import FRR_DAEMONS, east_lan_next_hops, frr_config
 from gateway.netns import Netns
 from tests.support.failover import TcpStream, UdpStream
 from tests.support.fixtures import NetnsFactory
@@ -49,14 +49,8 @@ def link_in_bridge(ns: Netns, port: str, bridge: str) -> None:
 
 
 def east_lan_route(west: Netns) -> set[str]:
-    """Next hops of gw-west's kernel route to the east LAN (empty: no route)."""
-    routes = json.loads(west.ip("-j", "route", "show", EAST_LAN).stdout or "[]")
-    hops: set[str] = set()
-    for r in routes:
-        if "gateway" in r:
-            hops.add(r["gateway"])
-        hops.update(nh["gateway"] for nh in r.get("nexthops", []))
-    return hops
+    """Next hops of gw-west's kernel route to the east LAN (empty: none, or the blackhole)."""
+    return east_lan_next_hops(west, EAST_LAN)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -95,9 +89,14 @@ def topology(make_netns: NetnsFactory) -> dict[str, Netns]:
 def test_bgp_bfd_failover_and_back(topology: dict[str, Netns]) -> None:
     configs = doc_configs()
     assert set(configs) == {"gw-west", "east-primary", "east-backup"}
+    for name, text in configs.items():  # the recipe is what the failover lab runs
+        assert text == frr_config(name), name
+    assert frr_config("east-backup", ecmp=True) == configs["east-backup"].replace(
+        " set as-path prepend 65002 65002\n", ""
+    )
     west, pri, bak = topology["west"], topology["primary"], topology["backup"]
     started = time.monotonic()
-    with Frr(west) as fw, Frr(pri) as fp, Frr(bak) as fb:
+    with Frr(west, daemons=FRR_DAEMONS["gw-west"]) as fw, Frr(pri) as fp, Frr(bak) as fb:
         fw.start(configs["gw-west"])
         fp.start(configs["east-primary"])
         fb.start(configs["east-backup"])
@@ -154,3 +153,8 @@ def test_bgp_bfd_failover_and_back(topology: dict[str, Netns]) -> None:
         wait_for(lambda: east_lan_route(west) == {PRIMARY, BACKUP}, 10, "ECMP")
         pri.ip("link", "set", "ipsec-west", "down")
         wait_for(lambda: east_lan_route(west) == {BACKUP}, 5, "ECMP minus the primary")
+        # Neither tunnel: the floating blackhole (distance 250) drops the east LAN's
+        # traffic rather than letting it follow the default route in clear.
+        bak.ip("link", "set", "ipsec-west", "down")
+        wait_for(lambda: "blackhole" in west.ip("route", "show", EAST_LAN).stdout, 5, "blackhole")
+        assert east_lan_route(west) == set()

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.netns import Netns, veth
+from tests.support.capture import Capture, esp_spis
 from tests.support.daemon import PSK, Gateway, api, socket_dir, wait_for
 from tests.support.fixtures import NetnsFactory
 from tests.support.pki import Issued, make_ca, make_leaf
@@ -384,59 +385,6 @@ def states(ns: Netns) -> set[int]:
 
 def policies(ns: Netns) -> int:
     return len(re.findall(r"^src ", ns.run("ip", "xfrm", "policy").stdout, re.M))
-
-
-class Capture:
-    """tcpdump on one interface of a namespace, into a pcap on a VM-local path."""
-
-    def __init__(self, ns: Netns, dev: str, path: Path, *, out_only: bool) -> None:
-        self.path, self.err = path, path.with_suffix(".err")
-        with open(self.err, "wb") as err:
-            self.proc = ns.popen(
-                "tcpdump",
-                "-i",
-                dev,
-                *(("-Q", "out") if out_only else ()),
-                "-nn",
-                "-U",
-                "-s",
-                "128",
-                "-Z",
-                "root",
-                "-w",
-                str(path),
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        self.ns, self.dev = ns, dev
-
-    def ready(self) -> None:
-        wait_for(
-            f"tcpdump on {self.dev}",
-            lambda: "listening on" in self.err.read_text() or self.proc.poll() is not None,
-            timeout=60,
-        )
-        assert self.proc.poll() is None, self.err.read_text()
-
-    def stop(self) -> list[str]:
-        self.ns.stop(self.proc)
-        return subprocess.run(
-            ["tcpdump", "-Z", "root", "-r", str(self.path), "-nn"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-
-
-def esp_spis(lines: list[str], *, encap: bool) -> dict[int, int]:
-    """ESP packets per SPI in a capture, only UDP-encapsulated (encap) or only plain."""
-    count: dict[int, int] = {}
-    for line in lines:
-        m = re.search(r"ESP\(spi=0x([0-9a-f]+),", line)
-        if m and ("UDP-encap" in line) is encap:
-            spi = int(m.group(1), 16)
-            count[spi] = count.get(spi, 0) + 1
-    return count
 
 
 def ping_all(host: Netns, src: str, dst: str) -> None:

@@ -14,6 +14,7 @@ xfrm.py           the XFRM kernel tests' addressing, keys, traffic, `ip xfrm` pa
 strongswan.py     charon as a peer: `charon()`, the daemon-vs-charon scenario
 frr.py            FRR (BGP, BFD) in a namespace: `frr()` (the lab's runner)
 failover.py       a numbered UDP stream's loss windows, a TCP stream's survival
+capture.py        tcpdump on a namespace's interface (egress only), ESP by SPI
 swanctl_peer.py   charon's swanctl.conf for the daemon interop tests
 ike_udp.py        our engine behind a UDP driver in a namespace
 esp.py            ESP packets sealed and opened with an engine's keys

@@ -144,3 +144,23 @@ def test_none_dataplane_records_only() -> None:
     assert list(dp.installed) == [0xC0000003]
     dp.remove(new)
     assert dp.installed == {}
+
+
+def test_route_based_child_spec_carries_its_if_ids() -> None:
+    """The child's if_id_in/if_id_out reach the spec (if_id_out only where it differs);
+    the trap of such a child carries them too."""
+    import dataclasses
+
+    from gateway.dataplane.base import TrapSpec
+    from gateway.dataplane.xfrm import trap_sa_spec
+
+    same = dataclasses.replace(CHILD, if_id_in=7, if_id_out=7)
+    spec = child_sa_spec(event(), same, 1, None)
+    assert (spec.if_id, spec.if_id_out) == (7, None)
+    split = dataclasses.replace(CHILD, if_id_in=7, if_id_out=9)
+    spec = child_sa_spec(event(), split, 1, None)
+    assert (spec.direction_if_id(True), spec.direction_if_id(False)) == (7, 9)
+    trap = TrapSpec(
+        "c", "net", "192.0.2.1", "192.0.2.2", ("0.0.0.0/0",), ("0.0.0.0/0",), "tunnel", 7, 9
+    )
+    assert trap_sa_spec(trap, 1).direction_if_id(False) == 9

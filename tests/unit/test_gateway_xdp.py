@@ -131,6 +131,26 @@ def test_local_selectors_inside_a_remote_one_are_carved_out() -> None:
     assert loader.calls[-1] == ("unexclude", "10.1.0.0/24")
 
 
+def test_route_based_childs_lan_prefixes_are_its_routes() -> None:
+    """Two route-based Childs with 0.0.0.0/0 selectors: each gets its routes as LAN
+    prefixes (none: only its ESP, by SPI), nothing is carved out, and neither takes the
+    other's LAN traffic."""
+    loader = FakeLoader()
+    a = adapter(loader)
+    wide = {
+        "remote_ts": (ts_from_text("0.0.0.0/0"),),
+        "local_ts": (ts_from_text("0.0.0.0/0"),),
+    }
+    s1, s2 = a.spis.allocate(), a.spis.allocate()
+    a.child_established(child(s1, 0x1000, **wide), offloaded=False, lan_prefixes=("10.2.0.0/24",))
+    a.child_established(child(s2, 0x2000, **wide), offloaded=False, lan_prefixes=())
+    installs = [c for c in loader.calls if c[0] == "install"]
+    assert [c[4] for c in installs] == [("10.2.0.0/24",), ()]
+    assert not [c for c in loader.calls if c[0] == "exclude"]
+    a.child_rekeyed(s1, child(a.spis.allocate(), 0x3000, **wide), offloaded=False)
+    assert [c for c in loader.calls if c[0] == "install"][-1][4] == ("10.2.0.0/24",)
+
+
 def test_install_failure_is_logged_and_gives_the_slot_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -172,6 +172,25 @@ def test_tunnel_states_take_either_inner_family() -> None:
     assert not msg["flags"] & nl.XFRM_STATE_AF_UNSPEC
 
 
+def test_distinct_if_id_in_and_out() -> None:
+    """swanctl's if_id_in != if_id_out: the inbound state and the in/fwd policies carry
+    if_id_in, the outbound state and the out policy if_id_out (add and delete alike)."""
+    s = spec("4", GCM, if_id=7, if_id_out=9)
+    for inbound, want in ((True, 7), (False, 9)):
+        data = wire.message(nl.XFRM_MSG_NEWSA, 1, 1, state_body(s, inbound))
+        (msg,) = list(nl.MarshalXfrm().parse(data))
+        assert msg.get_attr("XFRMA_IF_ID") == want
+    for _what, new, delete in policy_bodies(s):
+        (msg,) = list(nl.MarshalXfrm().parse(wire.message(nl.XFRM_MSG_NEWPOLICY, 1, 1, new)))
+        p = PolicyInfo.from_msg(msg)
+        want = 9 if p.direction == nl.XFRM_POLICY_OUT else 7
+        assert p.if_id == want and wire.nla(31, wire.u32(want)) in delete
+    with pytest.raises(ValueError, match="if_id_out needs if_id"):
+        spec("4", GCM, if_id=None, if_id_out=9)
+    with pytest.raises(ValueError, match="if_id must be"):
+        spec("4", GCM, if_id=0)
+
+
 def test_two_tunnels_with_any_selectors_differ_only_by_if_id() -> None:
     """Primary and backup tunnels both carry 0.0.0.0/0: their policies are distinct kernel
     objects because the if_id is part of the key (add and delete bodies differ)."""
