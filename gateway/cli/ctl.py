@@ -82,9 +82,10 @@ def format_sas(sas: list[dict[str, Any]], now: float | None = None) -> str:
         for child in sa.get("children") or []:
             encap = "-in-UDP" if child.get("encap") else ""
             offload = child.get("offload") or "none"
+            interface = f", interface {child['interface']}" if child.get("interface") else ""
             out.append(
                 f"  {child.get('name')}: {child.get('state')}, {str(child.get('mode')).upper()}, "
-                f"ESP{encap}:{child.get('esp_proposal')}, offload {offload}"
+                f"ESP{encap}:{child.get('esp_proposal')}, offload {offload}{interface}"
             )
             if child.get("installed_at"):
                 out.append(
@@ -122,6 +123,12 @@ def format_conns(conns: list[dict[str, Any]]) -> str:
             )
             out.append(f"    local:  {_join(child.get('local_ts'))}")
             out.append(f"    remote: {_join(child.get('remote_ts'))}")
+            if child.get("if_id_in") is not None:  # swanctl's words for it
+                where = f", interface {child['interface']}" if child.get("interface") else ""
+                out.append(
+                    f"    if_id_in {child['if_id_in']:#x}, if_id_out "
+                    f"{child.get('if_id_out') or child['if_id_in']:#x}{where}"
+                )
     return "\n".join(out)
 
 

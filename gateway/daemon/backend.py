@@ -55,6 +55,9 @@ def list_conns(d: Host) -> list[dict[str, Any]]:
                     "rekey_time": ch.rekey_time,
                     "life_time": ch.life_time,
                     "trap": d.traps.trap_dict((c.name, ch.name)),
+                    "if_id_in": ch.if_id_in,
+                    "if_id_out": ch.if_id_out,
+                    "interface": ch.interface,
                 }
                 for ch in c.children
             ],

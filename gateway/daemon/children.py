@@ -2,7 +2,8 @@
 rekeys, moves and removes them, and records each one in the SA table once installed.
 
     ChildSaEstablished       install; recorded as a ChildRecord (refused: ChildSaFailed
-                             stands in, the peer is told with a Delete)
+                             stands in, the peer is told with a Delete). A duplicate of
+                             the same peer over another IKE SA replaces the old one
     ChildSaRekeyed           make-before-break (docs/daemon.md): the new SAs in, the
                              policies moved, the outbound SA in use out, the old inbound
                              SA kept until its Delete + REKEY_GRACE. As the rekey's
@@ -87,8 +88,14 @@ class ChildSas(Feature):
 
     def _established(self, e: ev.ChildSaEstablished) -> ev.ChildSaFailed | None:
         record = self.d.sas.ensure(e.ike_sa, e.connection, e.initiator)
+        config = self._config(e.connection, e.child)
         try:
-            installed = self.dataplane.install(e, self._config(e.connection, e.child))
+            try:
+                installed = self.dataplane.install(e, config)
+            except DataplaneError:
+                if not self._replace_duplicate(record, e):
+                    raise
+                installed = self.dataplane.install(e, config)
         except DataplaneError as exc:
             self._failed("child-install-failed", e.connection, e.child, e.spi_in, exc)
             # An SA we cannot install must not stay negotiated: tell the peer.
@@ -115,6 +122,41 @@ class ChildSas(Feature):
             )
         )
         return None
+
+    def _replace_duplicate(self, record: IkeRecord, e: ev.ChildSaEstablished) -> bool:
+        """The same peer (remote identity) already has this Child SA installed over another
+        IKE SA, and the kernel refused the new one (its policies have the same key: e.g.
+        0.0.0.0/0 with one if_id): the peer gave up on that IKE SA (a restart, an attempt
+        it abandoned while we still answered it). The new Child SA replaces the old one,
+        which is removed here and deleted with the peer (its IKE SA with it when it
+        carries nothing else: no DPD restart follows). strongSwan does the same for a
+        peer's new IKE SA (uniqueness, INITIAL_CONTACT)."""
+        for other in list(self.d.sas.values()):
+            if other is record or other.connection != e.connection:
+                continue
+            if other.remote_id is None or other.remote_id != record.remote_id:
+                continue
+            old = next((c for c in other.children if c.name == e.child), None)
+            if old is None or old.installed is None:
+                continue
+            self.remove(other, old)
+            self.d.report(
+                "child-duplicate-replaced",
+                logging.WARNING,
+                connection=e.connection,
+                child=e.child,
+                ike_sa=e.ike_sa,
+                old_ike_sa=other.ike_sa,
+                old_spi_in=spi(old.spi_in),
+                spi_in=spi(e.spi_in),
+            )
+            with contextlib.suppress(ControlError):
+                if other.children:
+                    self.d.engine_call(self.d.engine.delete_child_sa, other.ike_sa, old.spi_in)
+                else:
+                    self.d.engine_call(self.d.engine.delete_ike_sa, other.ike_sa)
+            return True
+        return False
 
     def _rekeyed(self, e: ev.ChildSaRekeyed, ctx: EventContext) -> ev.Event | None:
         new = e.new

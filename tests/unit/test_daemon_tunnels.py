@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cli.ctl import format_conns, format_sas
 from gateway.config.reader import ConfigError, parse_config
 from gateway.control.client import ControlClient
 from gateway.daemon import Daemon
@@ -118,6 +119,8 @@ async def test_route_based_child_interface_routes_and_their_withdrawal(make_pair
     }
     (child,) = children(p.west)
     assert child["interface"] == "ipsec-east"
+    assert "offload none, interface ipsec-east" in format_sas(p.west.list_sas())
+    assert "if_id_in 0x7, if_id_out 0x7, interface ipsec-east" in format_conns(p.west.list_conns())
     stats = await p.client.stats()
     (row,) = stats["tunnels"]
     assert (row["interface"], row["if_id"], row["up"], row["mtu"]) == ("ipsec-east", 7, True, 1446)
@@ -235,3 +238,67 @@ routes = ["10.9.0.0/16"]
         parse_config(text, "gw.toml")
     with pytest.raises(ConfigError, match="has if_id 1 elsewhere"):
         parse_config(text.replace('interface = "b"', 'interface = "a"'), "gw.toml")
+
+
+class ClashingDataplane(KernelDataplane):
+    """Refuses a second Child SA of the same child config, as the kernel refuses policies
+    with the same key (0.0.0.0/0 with one if_id): EEXIST."""
+
+    def install(self, child: Any, config: Any) -> Any:
+        from gateway.dataplane.base import DataplaneError
+
+        if any(i.handle == (child.connection, child.child) for i in self.installed.values()):
+            raise DataplaneError("NEWPOLICY policy in 0.0.0.0/0<->0.0.0.0/0: File exists (EEXIST)")
+        installed = super().install(child, config)
+        installed = dataclasses.replace(installed, handle=(child.connection, child.child))
+        self.installed[child.spi_in] = installed
+        return installed
+
+
+async def test_a_duplicate_of_the_same_peer_replaces_the_old_child(tmp_path: Path) -> None:
+    """The peer abandoned an IKE SA (a restart, an attempt it gave up on) and brings up
+    another: its Child SA replaces the old one instead of failing on the kernel's EEXIST;
+    the old IKE SA is deleted, the tunnel stays up with the new Child SA."""
+    kernels = {"w": FakeTunnelKernel(), "e": FakeTunnelKernel()}
+    daemons = {}
+    for side, local, remote, start, dp in (
+        ("e", "127.0.0.2", "127.0.0.1", "none", ClashingDataplane()),
+        ("w", "127.0.0.1", "127.0.0.2", "start", KernelDataplane()),
+    ):
+        text = pair_config(
+            tmp_path / f"{side}.sock",
+            local,
+            remote,
+            start,
+            dataplane="xfrm",
+            child_extra=ROUTE_BASED,
+        )
+        daemons[side] = Daemon(
+            parse_config(text, f"{side}.toml"),
+            dataplane=dp,
+            tunnel_kernel=lambda side=side: kernels[side],  # type: ignore[misc]
+        )
+    west, east = daemons["w"], daemons["e"]
+    link_in_memory(west, east)
+    await east.start()
+    await west.start()
+    try:
+        await until("up", lambda: children(west) and children(east))
+        (first,) = [sa["ike_sa"] for sa in east.list_sas()]
+        await west.initiate("east", timeout=5)  # a second IKE SA of the same peer
+        await until(
+            "replaced",
+            lambda: (
+                [sa["ike_sa"] for sa in east.list_sas()] not in ([first], [])
+                and len(east.list_sas()) == 1
+            ),
+        )
+        (sa,) = east.list_sas()
+        assert sa["ike_sa"] != first and len(sa["children"]) == 1
+        await until("west keeps one", lambda: len(west.list_sas()) == 1)
+        assert len(children(west)) == 1
+        assert kernels["e"].links["ipsec-east"].up and kernels["w"].links["ipsec-east"].up
+        assert len(kernels["e"].routes) == 2
+    finally:
+        await west.shutdown()
+        await east.shutdown()

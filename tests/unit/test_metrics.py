@@ -217,6 +217,35 @@ def test_fast_renderer_matches_prometheus_client() -> None:
     assert render_text(agg) == generate_latest(agg)
 
 
+def test_route_based_tunnels_and_hooks() -> None:
+    """One series per XFRM interface (a missing one keeps only tunnel state and routes),
+    updown runs by result (all four always present)."""
+    rows = [
+        {"interface": "ipsec-pri", "present": True, "up": True, "mtu": 1446, "children": 1,
+         "routes": 2, "rx_bytes": 10, "rx_packets": 1, "tx_bytes": 20, "tx_packets": 2,
+         "no_sa_drops": 3},
+        {"interface": "ipsec-bak", "present": False, "children": 0, "routes": 0},
+    ]  # fmt: skip
+    snap = MetricsSnapshot(tunnels=rows, hooks={"ok": 4, "failed": 1, "running": 1})
+    text = render_text(make_registry(FakeSource(snap))).decode()
+    for line in (
+        'ipsec_tunnel_up{interface="ipsec-pri"} 1.0',
+        'ipsec_tunnel_up{interface="ipsec-bak"} 0.0',
+        'ipsec_interface_up{interface="ipsec-pri"} 1.0',
+        'ipsec_interface_mtu{interface="ipsec-pri"} 1446.0',
+        'ipsec_routes_installed{interface="ipsec-pri"} 2.0',
+        'ipsec_interface_bytes_total{direction="out",interface="ipsec-pri"} 20.0',
+        'ipsec_interface_packets_total{direction="in",interface="ipsec-pri"} 1.0',
+        'ipsec_interface_no_sa_drops_total{interface="ipsec-pri"} 3.0',
+        'ipsec_hook_runs_total{result="ok"} 4.0',
+        'ipsec_hook_runs_total{result="timeout"} 0.0',
+        "ipsec_hooks_running 1.0",
+        "ipsec_hooks_queued 0.0",
+    ):
+        assert line in text, line
+    assert 'ipsec_interface_mtu{interface="ipsec-bak"}' not in text
+
+
 def test_source_failure_is_reported_not_raised() -> None:
     source = FakeSource(MetricsSnapshot())
     source.error = ConnectionRefusedError("daemon not running")

@@ -272,6 +272,25 @@ def test_merge_stats_sums_workers() -> None:
     assert merged["xfrm_errors"] == {"XfrmInNoStates": 3}  # one kernel, read twice
 
 
+def test_merge_stats_merges_tunnels_and_hooks() -> None:
+    """Route-based tunnels: one row per interface (the kernel's fields as any worker read
+    them, Child SAs and routes added up); updown counters summed."""
+    row = {"interface": "ipsec-pri", "if_id": 1, "up": True, "mtu": 1446, "tx_packets": 9}
+    rows = [
+        {"tunnels": [{**row, "children": 1, "routes": 2, "connections": ["pri"]}],
+         "hooks": {"ok": 2, "failed": 1, "running": 0}, "tunnel_errors": 1},
+        {"tunnels": [{**row, "children": 0, "routes": 0, "connections": []}],
+         "hooks": {"ok": 1, "failed": 0, "running": 1}},
+    ]  # fmt: skip
+    merged = merge_stats(rows)
+    (tunnel,) = merged["tunnels"]
+    assert (tunnel["children"], tunnel["routes"], tunnel["connections"]) == (1, 2, ["pri"])
+    assert (tunnel["mtu"], tunnel["tx_packets"]) == (1446, 9)
+    assert merged["hooks"] == {"ok": 3, "failed": 1, "running": 1}
+    assert merged["tunnel_errors"] == 1
+    assert "tunnels" not in merge_stats([{}, {}])
+
+
 def test_merge_stats_merges_the_handshake_histograms() -> None:
     """Each worker's histogram (as Daemon.stats reports it) adds up into one that the
     supervisor's exporter shows (before: empty with workers > 1)."""
