@@ -159,3 +159,9 @@ def test_route_based_policies_on_the_kernel(netns_pair: tuple[Netns, Netns]) -> 
         assert {p.if_id for p in mgr.policies()} == {2}
         mgr.remove_trap(backup)
         assert mgr.policies() == []
+        # swanctl's distinct if_id_in/if_id_out: the out policy carries if_id_out
+        split = dataclasses.replace(primary, reqid=mgr.allocate_reqid(), if_id=3, if_id_out=4)
+        mgr.install_trap(split)
+        assert {p.if_id for p in mgr.policies()} == {4}
+        mgr.remove_trap(split)
+        assert mgr.policies() == []
