@@ -21,6 +21,7 @@ totals never go backwards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -92,8 +93,9 @@ class ChildSas(Feature):
         try:
             try:
                 installed = self.dataplane.install(e, config)
-            except DataplaneError:
-                if not self._replace_duplicate(record, e):
+            except DataplaneError as exc:
+                # only a key clash with an installed Child SA (EEXIST) can be a duplicate
+                if exc.errno != errno.EEXIST or not self._replace_duplicate(record, e):
                     raise
                 installed = self.dataplane.install(e, config)
         except DataplaneError as exc:

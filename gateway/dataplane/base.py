@@ -47,7 +47,13 @@ class TrapSpec:
 
 
 class DataplaneError(GatewayError):
-    """Installing or removing an SA failed; the message names the operation."""
+    """Installing or removing an SA failed; the message names the operation. `errno` is
+    the kernel's error number where the kernel refused (EEXIST: an SA or policy with the
+    same key is installed already), None otherwise."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True, slots=True)

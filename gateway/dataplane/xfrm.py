@@ -80,7 +80,7 @@ class XfrmDataplane:
         try:
             result = self.manager.install(spec)
         except self._error_type as exc:
-            raise DataplaneError(str(exc)) from None
+            raise DataplaneError(str(exc), exc.errno) from None
         return Installed(child.spi_in, child.spi_out, result.offload, result)
 
     def replace(

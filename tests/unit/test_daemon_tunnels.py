@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,9 @@ class ClashingDataplane(KernelDataplane):
         from gateway.dataplane.base import DataplaneError
 
         if any(i.handle == (child.connection, child.child) for i in self.installed.values()):
-            raise DataplaneError("NEWPOLICY policy in 0.0.0.0/0<->0.0.0.0/0: File exists (EEXIST)")
+            raise DataplaneError(
+                "NEWPOLICY policy in 0.0.0.0/0<->0.0.0.0/0: File exists (EEXIST)", errno.EEXIST
+            )
         installed = super().install(child, config)
         installed = dataclasses.replace(installed, handle=(child.connection, child.child))
         self.installed[child.spi_in] = installed
