@@ -155,8 +155,8 @@ def run_host_frr(cycles: int) -> int:
         _veth_tunnels(west, pri, bak, host)
         with (
             Frr(west, daemons=FRR_DAEMONS["gw-west"]) as fw,
-            Frr(pri) as fp,
-            Frr(bak) as fb,
+            Frr(pri, daemons=FRR_DAEMONS["east-primary"]) as fp,
+            Frr(bak, daemons=FRR_DAEMONS["east-backup"]) as fb,
         ):
             fw.start(frr_config("gw-west"))
             fp.start(frr_config("east-primary"))

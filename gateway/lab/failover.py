@@ -50,9 +50,10 @@ from gateway.netns import Netns
 EAST_GATEWAYS = ("east-primary", "east-backup")
 GATEWAY_NODES = ("gw-west", *EAST_GATEWAYS)
 FRR_DAEMONS = {
-    "gw-west": ("zebra", "bgpd", "bfdd", "staticd"),  # staticd: the blackhole fallback
-    "east-primary": ("zebra", "bgpd", "bfdd"),
-    "east-backup": ("zebra", "bgpd", "bfdd"),
+    # staticd: the blackholes (east LAN fallback, the tunnel addresses' covering routes)
+    "gw-west": ("zebra", "bgpd", "bfdd", "staticd"),
+    "east-primary": ("zebra", "bgpd", "bfdd", "staticd"),
+    "east-backup": ("zebra", "bgpd", "bfdd", "staticd"),
 }
 # the BGP sessions each gateway must see Established (and BFD up on the eBGP ones)
 BGP_PEERS = {

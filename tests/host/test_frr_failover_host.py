@@ -96,7 +96,11 @@ def test_bgp_bfd_failover_and_back(topology: dict[str, Netns]) -> None:
     )
     west, pri, bak = topology["west"], topology["primary"], topology["backup"]
     started = time.monotonic()
-    with Frr(west, daemons=FRR_DAEMONS["gw-west"]) as fw, Frr(pri) as fp, Frr(bak) as fb:
+    with (
+        Frr(west, daemons=FRR_DAEMONS["gw-west"]) as fw,
+        Frr(pri, daemons=FRR_DAEMONS["east-primary"]) as fp,
+        Frr(bak, daemons=FRR_DAEMONS["east-backup"]) as fb,
+    ):
         fw.start(configs["gw-west"])
         fp.start(configs["east-primary"])
         fb.start(configs["east-backup"])
@@ -158,3 +162,16 @@ def test_bgp_bfd_failover_and_back(topology: dict[str, Netns]) -> None:
         bak.ip("link", "set", "ipsec-west", "down")
         wait_for(lambda: "blackhole" in west.ip("route", "show", EAST_LAN).stdout, 5, "blackhole")
         assert east_lan_route(west) == set()
+        # gw-west's own tunnel link down takes its connected /30 with it: the covering
+        # blackhole drops what is sent to the peer's tunnel address (a BGP FIN or SYN),
+        # where the default route would send it in clear
+        west.ip("route", "add", "default", "dev", "lo")
+        west.ip("link", "set", "ipsec-pri", "down")
+        for ns in (west, pri):  # pri: its ipsec-west is down since the ECMP check
+            wait_for(
+                lambda ns=ns: "blackhole" in ns.ip("route", "show", "169.254.10.0/24").stdout,
+                5,
+                "the tunnel addresses' blackhole",
+            )
+        route = west.run("ip", "route", "get", PRIMARY, check=False)
+        assert "dev lo" not in route.stdout, route.stdout  # not the default route
