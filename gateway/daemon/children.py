@@ -2,7 +2,9 @@
 rekeys, moves and removes them, and records each one in the SA table once installed.
 
     ChildSaEstablished       install; recorded as a ChildRecord (refused: ChildSaFailed
-                             stands in, the peer is told with a Delete)
+                             stands in, the peer is told with a Delete). The Child SAs
+                             of one pump round go to the data plane together first
+                             (`prepare`: one batched netlink send), each all or nothing
     ChildSaRekeyed           make-before-break (docs/daemon.md): the new SAs in, the
                              policies moved, the outbound SA in use out, the old inbound
                              SA kept until its Delete + REKEY_GRACE. As the rekey's
@@ -13,6 +15,13 @@ rekeys, moves and removes them, and records each one in the SA table once instal
     ChildSaDeleted           removed (an old SA after its rekey: REKEY_GRACE later)
     IkeSaDeleted             whatever it still had, removed
 
+Batching (`prepare`): the ChildSaEstablished events of a round are installed in one
+`Dataplane.install_many` call, up to the first event that changes the data plane in
+another way (a rekey, delete, move: an install after it may depend on it), so the
+kernel sees the same order of effects as one install per event. on_event then takes
+each child's result; a result nobody took (its event never reached us) is removed at
+the next round.
+
 Counters of SAs that leave the table are banked in the daemon's Totals, so gateway-wide
 totals never go backwards.
 """
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.control.protocol import ControlError
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
     from gateway.config.schema import ChildSection
 
 REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (in flight)
+# events a batch of installs may pass over: they change nothing in the data plane
+BATCH_NEUTRAL: Final = (ev.ChildSaEstablished, ev.IkeSaEstablished)
 
 
 class ChildSas(Feature):
@@ -47,6 +58,31 @@ class ChildSas(Feature):
         # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
         # holds of it); removed REKEY_GRACE after their Delete
         self._retiring: dict[int, tuple[int, Installed]] = {}
+        # installs done by prepare(): id(event) -> (the event, its result)
+        self._prepared: dict[int, tuple[ev.ChildSaEstablished, Installed | DataplaneError]] = {}
+        self.batches = 0  # install_many calls (stats: `install_batches`)
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        """Install the round's new Child SAs in one batch (see the module docstring)."""
+        for _event, result in self._prepared.values():  # results nobody took: undo
+            if isinstance(result, Installed):
+                with contextlib.suppress(DataplaneError):
+                    self.dataplane.remove(result)
+        self._prepared.clear()
+        batch: list[ev.ChildSaEstablished] = []
+        for event in events:
+            if not isinstance(event, BATCH_NEUTRAL):
+                break
+            if isinstance(event, ev.ChildSaEstablished):
+                batch.append(event)
+        if len(batch) < 2:
+            return  # one alone goes through install() in on_event
+        results = self.dataplane.install_many(
+            [(e, self._config(e.connection, e.child)) for e in batch]
+        )
+        self.batches += 1
+        for event, result in zip(batch, results, strict=True):
+            self._prepared[id(event)] = (event, result)
 
     # ------------------------------------------------------------------ engine events
 
@@ -88,7 +124,7 @@ class ChildSas(Feature):
     def _established(self, e: ev.ChildSaEstablished) -> ev.ChildSaFailed | None:
         record = self.d.sas.ensure(e.ike_sa, e.connection, e.initiator)
         try:
-            installed = self.dataplane.install(e, self._config(e.connection, e.child))
+            installed = self._install(e)
         except DataplaneError as exc:
             self._failed("child-install-failed", e.connection, e.child, e.spi_in, exc)
             # An SA we cannot install must not stay negotiated: tell the peer.
@@ -115,6 +151,15 @@ class ChildSas(Feature):
             )
         )
         return None
+
+    def _install(self, e: ev.ChildSaEstablished) -> Installed:
+        """The child's result from prepare()'s batch, else an install of its own."""
+        prepared = self._prepared.pop(id(e), None)
+        if prepared is None or prepared[0] is not e:
+            return self.dataplane.install(e, self._config(e.connection, e.child))
+        if isinstance(prepared[1], DataplaneError):
+            raise prepared[1]
+        return prepared[1]
 
     def _rekeyed(self, e: ev.ChildSaRekeyed, ctx: EventContext) -> ev.Event | None:
         new = e.new
@@ -320,4 +365,8 @@ class ChildSas(Feature):
         return self.dataplane.counters(child.installed).packets_in if child.installed else 0
 
     def stats(self) -> Mapping[str, Any]:
-        return {"dataplane": self.dataplane.name, "xfrm_errors": self.dataplane.errors()}
+        return {
+            "dataplane": self.dataplane.name,
+            "xfrm_errors": self.dataplane.errors(),
+            "install_batches": self.batches,
+        }

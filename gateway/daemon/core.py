@@ -135,7 +135,8 @@ class Daemon:
             config.gateway.listen,
             config.gateway.port,
             config.gateway.port_nat_t,
-            self.on_datagram,
+            self.receive,
+            after_batch=self.pump,  # one pump per batch of datagrams read
             esp_in_udp=self.dataplane.name == "xfrm",
             keep_marker=True,  # the engine adds/strips the non-ESP marker itself
             prebound=prebound,  # a worker's sockets, bound by the supervisor
@@ -284,6 +285,14 @@ class Daemon:
     # ------------------------------------------------------------------ the engine
 
     def on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """One datagram into the engine, then a pump."""
+        self.receive(data, local, remote)
+        self.pump()
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """One datagram into the engine, no pump: the transport pumps once after each
+        batch it read, so the Child SAs that a burst of peers completes in one event-loop
+        turn reach the kernel in one batched install (children.py)."""
         try:
             self.engine.receive_datagram(data, (local, remote), self.clock())
         except Exception as exc:  # the engine promises never to raise on input: if it
@@ -295,7 +304,6 @@ class Daemon:
                 remote=endpoint(remote),
                 error=f"{type(exc).__name__}: {exc}",
             )
-        self.pump()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -312,12 +320,17 @@ class Daemon:
 
     def pump(self) -> None:
         """Handle the engine's events, send its datagrams, re-arm its timer."""
+        next_event = self.engine.next_event
         for _ in range(1000):  # events may trigger calls that queue more output
-            event = self.engine.next_event()
-            handled = event is not None
-            while event is not None:
-                self._handle_event(event)
-                event = self.engine.next_event()
+            events = []
+            while (event := next_event()) is not None:
+                events.append(event)
+            handled = bool(events)
+            if handled:
+                for feature in self.features:  # batched kernel work (children.py)
+                    feature.prepare(events)
+                for event in events:
+                    self._handle_event(event)
             sent = False
             for dgram in self.engine.datagrams_to_send():
                 self.transport.send(dgram.data, dgram.local, dgram.remote)

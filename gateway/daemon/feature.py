@@ -56,6 +56,12 @@ class Feature:
         """React to one engine event; return an event to stand in for it, or None."""
         return None
 
+    def prepare(self, events: Sequence[Event]) -> None:
+        """The events of one pump round, before on_event sees them one by one: a feature
+        may do their kernel work in one batch here (Child SAs: one netlink send) and
+        take each result in on_event. What it does must keep the order of effects that
+        on_event alone would give."""
+
     async def start(self) -> None:
         """The daemon is starting (after the data plane, before the start actions)."""
 

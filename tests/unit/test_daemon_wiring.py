@@ -200,6 +200,55 @@ async def test_install_failure_deletes_the_child_and_reports(r: Running) -> None
     assert (await r.client.stats())["install_failures"] == 1
 
 
+async def test_child_sas_of_one_round_are_installed_in_one_batch(r: Running) -> None:
+    """A burst: four peers complete in the same engine turn. Their Child SAs reach the
+    data plane in one install_many; the one it refuses alone is failed, deleted with its
+    peer and counted, the others are installed and recorded; one that follows a delete
+    in the same round is not batched past it."""
+    await established(r)
+    events = await r.client.subscribe()
+    first = r.engine.next_spi
+    spis = [first + 2 * i for i in range(4)]
+    r.dataplane.refuse = {spis[2]}
+    for _ in spis:  # all four complete at the fake engine's next timer: one pump round
+        r.daemon.engine_call(r.engine.initiate, "east", None)
+    r.daemon.pump()
+    for _ in range(200):
+        if ("delete_child", 4, spis[2]) in r.engine.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert r.dataplane.batches == [spis]
+    assert ("delete_child", 4, spis[2]) in r.engine.calls
+    assert sorted(r.dataplane.installed) == sorted([0xC0000001] + spis[:2] + spis[3:])
+    sas = await r.client.list_sas()
+    installed = {c["spi_in"] for sa in sas for c in sa["children"]}
+    assert installed == {f"{s:08x}" for s in [0xC0000001] + spis[:2] + spis[3:]}
+    stats = await r.client.stats()
+    assert (stats["install_batches"], stats["install_failures"]) == (1, 1)
+    seen = [await asyncio.wait_for(anext(events), 5) for _ in range(9)]
+    errors = [e for e in seen if e["type"] == "error"]
+    assert len(errors) == 1 and "Requested AEAD algorithm not found" in errors[0]["message"]
+    assert len([e for e in seen if e["type"] == "child-established"]) == 3
+
+    # a round [established, deleted, established, established]: the batch stops at the
+    # delete, the installs after it go one by one in order
+    (old,) = [sa for sa in sas if sa["ike_sa"] == 1]
+    r.dataplane.batches.clear()
+    r.dataplane.singles.clear()
+    r.dataplane.refuse = set()
+    for _ in range(3):
+        r.daemon.engine_call(r.engine.initiate, "east", None)
+    r.engine.handle_timer(0.0)
+    fresh = [e for e in r.engine.events if type(e).__name__ == "ChildSaEstablished"]
+    r.engine.delete_child_sa(1, int(old["children"][0]["spi_in"], 16), 0.0)
+    deleted = r.engine.events.pop()
+    r.engine.events.insert(2, deleted)  # after the first peer's IKE SA + Child SA
+    r.daemon.pump()
+    assert r.dataplane.batches == []  # one install before the delete: nothing to batch
+    assert r.dataplane.singles == [e.spi_in for e in fresh]
+    assert 0xC0000001 in r.dataplane.removed
+
+
 async def test_failed_authentication_is_a_failed_initiate(r: Running, tmp_path: Path) -> None:
     await established(r)
     r.path.write_text(
