@@ -116,6 +116,11 @@ class ControlClient:
     async def list_sas(self) -> list[dict[str, Any]]:
         return list(await self.call("list-sas"))
 
+    async def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        """Incremental list-sas: what changed after `since` (a previous reply's
+        {"epoch", "version"}; None: everything)."""
+        return dict(await self.call("list-sas", {"since": since}))
+
     async def stats(self) -> dict[str, Any]:
         return dict(await self.call("stats"))
 

@@ -352,12 +352,14 @@ class Daemon:
 
     def _handle_event(self, event: Any) -> None:
         """One engine event through every feature manager, then to the waiters."""
-        sa = self.sas.get(getattr(event, "ike_sa", -1))
+        ike_sa = getattr(event, "ike_sa", -1)
+        sa = self.sas.get(ike_sa)
         ctx = EventContext(sa, sa.state if sa else None, tuple(sa.children) if sa else ())
         for feature in self.features:
             # a feature may say the event did not take effect as such (an install that
             # failed): the features after it, and the waiters, see what stands in for it
             event = feature.on_event(event, ctx) or event
+        self.sas.touch(ike_sa)  # its list-sas row may have changed (incremental list-sas)
         for waiter in list(self._waiters):
             outcome = waiter.match(event)
             if outcome is not None and not waiter.future.done():
@@ -415,6 +417,9 @@ class Daemon:
 
     def list_sas(self) -> list[dict[str, Any]]:
         return backend.list_sas(self)
+
+    def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        return backend.sa_changes(self, since)
 
     def stats(self) -> dict[str, Any]:
         return backend.stats(self)

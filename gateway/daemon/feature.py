@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from gateway.control.server import ControlServer
     from gateway.daemon.engine import Engine
     from gateway.daemon.records import Attempt, ChildRecord, IkeRecord, SaTable, Totals
-    from gateway.dataplane.base import Dataplane, TrapKey
+    from gateway.dataplane.base import Counters, Dataplane, TrapKey
     from gateway.dataplane.xdp import XdpAdapter
     from gateway.transport import UdpTransport
     from ike.events import Event
@@ -88,6 +88,11 @@ class Feature:
 class ChildSaApi(Protocol):
     def retiring(self, spi_in: int) -> bool:
         """An old inbound SA kept after its rekey (its ChildSaDeleted is no Child's end)."""
+        ...
+
+    def counters(self, c: ChildRecord) -> Counters:
+        """A Child's data-plane counters: inbound of its newest SA, outbound of the one
+        in use."""
         ...
 
 

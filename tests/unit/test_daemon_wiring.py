@@ -249,6 +249,50 @@ async def test_child_sas_of_one_round_are_installed_in_one_batch(r: Running) -> 
     assert 0xC0000001 in r.dataplane.removed
 
 
+async def test_incremental_list_sas_answers_from_the_cursor(r: Running) -> None:
+    """list-sas with `since`: the whole table first, then only what changed (rows of
+    changed IKE SAs, removed handles, counters of the others); a cursor the daemon
+    cannot answer from (another run, older than the removals it keeps, from the
+    future) gets the whole table again; a malformed one is a bad request."""
+    await established(r)
+    first = await r.client.sa_changes(None)
+    assert first["full"] is True and [sa["ike_sa"] for sa in first["sas"]] == [1]
+    assert first["removed"] == [] and first["counters"] == []
+    cursor = {"epoch": first["epoch"], "version": first["version"]}
+    quiet = await r.client.sa_changes(cursor)
+    assert (quiet["full"], quiet["sas"], quiet["removed"]) == (False, [], [])
+    assert quiet["counters"] == [[1, "c0000001", 0, 0, 0, 0]]
+    assert quiet["version"] == cursor["version"]
+
+    await r.client.initiate("east", timeout=5)  # IKE SA 2 comes
+    grown = await r.client.sa_changes(cursor)
+    assert not grown["full"] and [sa["ike_sa"] for sa in grown["sas"]] == [2]
+    assert grown["sas"][0]["children"][0]["spi_in"] == "c0000003"
+    assert grown["counters"] == [[1, "c0000001", 0, 0, 0, 0]]
+    cursor = {"epoch": grown["epoch"], "version": grown["version"]}
+    await r.client.terminate("east.net", timeout=5)  # both Child SAs go: both rows change
+    await r.client.terminate("east", timeout=5)  # both IKE SAs go
+    gone = await r.client.sa_changes(cursor)
+    assert not gone["full"] and gone["sas"] == [] and sorted(gone["removed"]) == [1, 2]
+    assert gone["counters"] == []
+    table = r.daemon.sas
+
+    for stale in (
+        {"epoch": "another-run", "version": 1},
+        {"epoch": table.epoch, "version": table.version + 5},
+    ):
+        assert (await r.client.sa_changes(stale))["full"] is True
+    table.REMOVALS_KEPT = 1  # type: ignore[misc]
+    await r.client.initiate("east", timeout=5)
+    await r.client.terminate("east", timeout=5)
+    assert table.forgotten > cursor["version"]
+    assert (await r.client.sa_changes(cursor))["full"] is True
+    for bad in ({"epoch": 1, "version": 1}, {"version": 1}, {"epoch": "x", "version": -1}, 5):
+        with pytest.raises(ControlError) as info:
+            await r.client.sa_changes(bad)  # type: ignore[arg-type]
+        assert info.value.code == "bad-request" and "'since' must be" in info.value.message
+
+
 async def test_failed_authentication_is_a_failed_initiate(r: Running, tmp_path: Path) -> None:
     await established(r)
     r.path.write_text(
