@@ -64,9 +64,7 @@ def engines() -> tuple[IkeEngine, IkeEngine]:
                 local_id=f"peer-{i}.example",
                 psk=psk,
                 ike_proposals=(IKE,),
-                children=(
-                    ChildConfig("net", (f"10.1.{i % 250}.0/24",), ("10.2.0.0/16",), (ESP,)),
-                ),
+                children=(ChildConfig("net", (f"10.1.{i % 250}.0/24",), ("10.2.0.0/16",), (ESP,)),),
             )
             for i in range(PEERS)
         ]
