@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 PSK = "bench-psk-0123456789abcdef"
 IKE, ESP = "aes256gcm16-prfsha384-x25519", "aes256gcm16"
 OURS_IP, CHARON_IP = "192.0.2.1", "192.0.2.3"
+TARGET = OURS_IP  # where --loadgen sends by default (tests/host/test_daemon_workers.py)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 INNER_NET = "10.16.0.0/12"  # the generator's inner addresses: one /32 per handshake
 
@@ -171,7 +172,8 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK + sum(proc_cpu(int(c)) for c in children)
 
 
-def our_config(sock: Path, dataplane: str, workers: int) -> str:
+def our_config(sock: Path, workers: int = 1, connections: str = "", dataplane: str = "none") -> str:
+    """Our responder's config; `connections`: more TOML tables, matched before `lg`."""
     return f"""
 [gateway]
 listen = ["{OURS_IP}"]
@@ -180,7 +182,7 @@ metrics_listen = "off"
 dataplane = "{dataplane}"
 log_level = "warning"
 workers = {workers}
-
+{connections}
 [connections.lg]
 local_addrs = ["{OURS_IP}"]
 ike_proposals = ["{IKE}"]
@@ -261,7 +263,7 @@ class Responders:
         from gateway.lab.strongswan import LIBIPSEC_PLUGINS, NETLINK_PLUGINS
 
         dataplane = "xfrm" if args.vm else "none"
-        (work / "gw.toml").write_text(our_config(work / "c.sock", dataplane, args.workers))
+        (work / "gw.toml").write_text(our_config(work / "c.sock", args.workers, "", dataplane))
         self.log = open(work / "gw.log", "wb")  # noqa: SIM115 (closed in close)
         self.r1 = r1
         self.ours = r1.popen(
@@ -435,7 +437,7 @@ def burst_responder(args: argparse.Namespace) -> None:
     from bench_xfrm import count_objects, ip_batch_lines
 
     work = Path(args.work)
-    config = parse_config(our_config(work / "b.sock", "xfrm", 1), str(work / "b.toml"), work)
+    config = parse_config(our_config(work / "b.sock", dataplane="xfrm"), str(work / "b.toml"), work)
     dataplane = XfrmDataplane()
     spent = [0.0]
     installed: list[Any] = []
@@ -587,14 +589,17 @@ def main() -> int:
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--burst-responder", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ips", help=argparse.SUPPRESS)
-    p.add_argument("--target", help=argparse.SUPPRESS)
+    p.add_argument("--target", default=TARGET, help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     # TCG runs ~30x slower: longer slices, fewer connections per slice
     args.seconds = args.seconds or (60.0 if args.vm else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (10.0 if args.vm else 3.0)
-    args.budget = args.budget or (4000 if args.vm else 20000)
+    # connections the generator compiles per slice: what the slice can use, bounded
+    args.budget = args.budget or (
+        4000 if args.vm else int((args.warmup + args.seconds) * 1500) + args.inflight
+    )
     if args.burst is None:
         args.burst = 1000 if args.vm else 0
     args.burst_seconds = args.burst_seconds or (1800.0 if args.vm else 120.0)
