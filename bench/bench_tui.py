@@ -7,9 +7,11 @@ Runs the Textual app headless (200x50) against an in-memory source and prints, p
 - frame: CPU time of apply plus Textual repainting the screen until the app is idle
   again (process time, so the idle wait for the next refresh slot is not counted);
 - decode: json.loads of the list-sas reply, which a real control connection adds;
-- socket: a whole `tick()` through a real ControlServer (in another process, like the
-  daemon) and ControlClient on a unix socket: server-side JSON encoding, transfer,
-  decoding, apply and repaint, wall time.
+- socket: a whole `tick()` of the console against our daemon in another process holding
+  N real IKE SAs (bench/population.py: real handshakes, data plane `none` with counters
+  that move), over its control socket: list-sas + stats, server side included, then
+  apply and repaint, wall time and the console's CPU; with incremental list-sas (what
+  the console does) and with full list-sas (what it did before), alternating.
 Results are recorded in docs/benchmarks/observability.md. Goal: a tick under 100 ms.
 """
 
@@ -23,7 +25,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.observability import FakeGateway, synthetic_ike_sas  # noqa: E402
@@ -63,99 +67,73 @@ async def run(child_sas: int, ticks: int, sort_key: str, group: str = "child") -
     )
 
 
-class Backend:
-    """A control API backend serving synthetic list-sas replies whose counters move."""
-
-    def __init__(self, child_sas: int, ticks: int) -> None:
-        self.polls = [synthetic_ike_sas(child_sas, tick=t) for t in range(ticks + 2)]
-        self.n = 0
-
-    def list_conns(self) -> list[dict[str, object]]:
-        return []
-
-    def list_sas(self) -> list[dict[str, object]]:
-        self.n += 1
-        return self.polls[self.n % len(self.polls)]
-
-    def stats(self) -> dict[str, object]:
-        return {"uptime": 1, "version": "bench", "child_sas": len(self.polls[0]) * 2}
-
-    async def initiate(self, name: str, timeout: float) -> None: ...
-
-    async def terminate(self, name: str, timeout: float) -> None: ...
-
-    async def rekey(self, name: str, timeout: float) -> None: ...
-
-    async def reload(self) -> None: ...
-
-
-async def serve(path: str, child_sas: int, ticks: int) -> None:
-    """The server side of the socket benchmark (run in its own process)."""
-    from gateway.control.server import ControlServer
-
-    server = ControlServer(Backend(child_sas, ticks), path)
-    await server.start()
-    await asyncio.Event().wait()  # until terminated
-
-
-async def run_socket(child_sas: int, ticks: int, tuned: bool) -> None:
+async def start_population(path: Path, child_sas: int) -> Any:
+    """Our daemon with `child_sas` real IKE SAs in its own process (bench/population.py)."""
     import subprocess
-    import tempfile
 
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "population.py"), "--serve", str(path), "-n", str(child_sas)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    line = await asyncio.to_thread(server.stdout.readline)
+    if not line.startswith("ready"):
+        server.terminate()
+        raise SystemExit(f"the populated daemon did not start: {line!r}")
+    print(f"# daemon: {line.strip()}")
+    return server
+
+
+async def run_socket(child_sas: int, ticks: int, incremental: bool, server_path: Path) -> None:
+    """Whole ticks of the console (`tick()`: list-sas + stats over the control socket,
+    apply, repaint) against the populated daemon, whose counters move every second."""
     from ui.control_source import socket_connector
+
+    app = GatewayApp(socket_connector(server_path), label="bench", poll=False)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await app.tick()
+        tune_gc()  # as `gateway tui` does
+        app.incremental = incremental
+        times, cpu = [], []
+        for _ in range(ticks):
+            await asyncio.sleep(0.2)  # the counters move between ticks
+            c0, t0 = time.process_time(), time.perf_counter()
+            await app.tick()
+            await pilot.pause()
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        assert len(app.model.view) == child_sas, len(app.model.view)
+    gc.unfreeze()
+    gc.set_threshold(*DEFAULT_GC)
+    mode = "incremental list-sas" if incremental else "full list-sas (before)"
+    print(
+        f"tui child_sas={child_sas} tick through the control socket, {mode:22s}: "
+        f"wall {ms(times)}   console cpu {ms(cpu)}"
+    )
+
+
+async def socket_rounds(child_sas: int, ticks: int, rounds: int) -> None:
+    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ctl.sock"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve",
-                str(path),
-                "--child-sas",
-                str(child_sas),
-                "--ticks",
-                str(ticks),
-            ]
-        )
+        server = await start_population(path, child_sas)
         try:
-            while not path.exists():
-                if server.poll() is not None:
-                    raise SystemExit("the benchmark's control server failed")
-                await asyncio.sleep(0.1)
-            app = GatewayApp(socket_connector(path), label="bench", poll=False)
-            async with app.run_test(size=(200, 50)) as pilot:
-                await app.tick()
-                if tuned:
-                    tune_gc()  # as `gateway tui` does
-                times, cpu = [], []
-                for _ in range(ticks):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    await app.tick()
-                    await pilot.pause()
-                    times.append(time.perf_counter() - t0)
-                    cpu.append(time.process_time() - c0)
-                assert len(app.model.view) == child_sas
+            for _ in range(rounds):  # alternating, so machine load hits both alike
+                for incremental in (True, False):
+                    await run_socket(child_sas, ticks, incremental, path)
         finally:
             server.terminate()
             server.wait(10)
-    gc.unfreeze()
-    gc.set_threshold(*DEFAULT_GC)
-    print(
-        f"tui child_sas={child_sas} tick through the control socket, "
-        f"{'tuned' if tuned else 'default'} gc: wall {ms(times)}   console cpu {ms(cpu)}"
-    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child-sas", type=int, default=10_000)
     p.add_argument("--ticks", type=int, default=10)
-    p.add_argument("--serve", metavar="SOCKET", help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=2, help="socket rounds, alternating modes")
     a = p.parse_args()
-    if a.serve:
-        asyncio.run(serve(a.serve, a.child_sas, a.ticks))
-        return
     blob = json.dumps(synthetic_ike_sas(a.child_sas, tick=1)).encode()
     decode = []
     for _ in range(5):
@@ -168,8 +146,7 @@ def main() -> None:
     for key in ("connection", "bps_in"):
         asyncio.run(run(a.child_sas, a.ticks, key))
     asyncio.run(run(a.child_sas, a.ticks, "bps_in", group="ike"))
-    for tuned in (False, True):
-        asyncio.run(run_socket(a.child_sas, a.ticks, tuned))
+    asyncio.run(socket_rounds(a.child_sas, a.ticks, a.rounds))
 
 
 if __name__ == "__main__":

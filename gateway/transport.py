@@ -2,7 +2,9 @@
 
 One socket per listen address and port. Datagrams are read in batches with recvmsg from
 the event loop's reader callback (no per-datagram task, no asyncio protocol objects) and
-handed to `on_datagram(data, local, remote)` as bytes plus (ip, port) tuples:
+handed to `on_datagram(data, local, remote)` as bytes plus (ip, port) tuples, and
+`after_batch()` (if given) runs once after each batch (the daemon pumps its engine there,
+so what one batch of peers completed is handled together):
 
 - on the NAT-T port (4500) IKE messages carry a four-zero-byte non-ESP marker (RFC 3948
   §2.2), stripped here; a single 0xFF byte is a NAT-keepalive (§2.3), counted and
@@ -87,6 +89,7 @@ class UdpTransport:
         port_nat_t: int,
         on_datagram: DatagramHandler,
         *,
+        after_batch: Callable[[], None] | None = None,
         esp_in_udp: bool = False,
         reuse_port: bool = False,
         keep_marker: bool = False,
@@ -96,6 +99,7 @@ class UdpTransport:
         self.port = port
         self.port_nat_t = port_nat_t
         self.on_datagram = on_datagram
+        self.after_batch = after_batch  # called once after each batch of datagrams read
         self.esp_in_udp = esp_in_udp
         self.reuse_port = reuse_port
         self.keep_marker = keep_marker
@@ -174,6 +178,14 @@ class UdpTransport:
     # ------------------------------------------------------------------ receive
 
     def _readable(self, entry: _Socket) -> None:
+        received = self.counters.received
+        try:
+            self._read_batch(entry)
+        finally:
+            if self.after_batch is not None and self.counters.received != received:
+                self.after_batch()
+
+    def _read_batch(self, entry: _Socket) -> None:
         sock = entry.sock
         for _ in range(READ_BATCH):
             try:

@@ -1,7 +1,8 @@
 """The gateway console (`gateway tui`): a Textual client of the control API.
 
 One factory (`GatewayApp(connector)`) serves the CLI and the tests. A worker polls the
-gateway (list-sas and stats every `interval`, list-conns now and then or after a reload)
+gateway (incremental list-sas into a `SaMirror` and stats every `interval`, list-conns
+now and then or after a reload; a gateway without incremental list-sas gets plain ones)
 and another pumps the `subscribe` events into the log and wakes the poller. When a call
 raises `SourceDisconnected`, the source is dropped, the header says so and the poller keeps
 trying the connector: the console survives a daemon restart.
@@ -23,6 +24,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Log, Sparkline, Static
 
+from ui.mirror import SaMirror
 from ui.model import (
     COLUMN_KEYS,
     COLUMNS,
@@ -179,6 +181,8 @@ class GatewayApp(App[None]):
         self.clock = clock
         self.poll = poll
         self.model = SaModel()
+        self.mirror = SaMirror()  # the SA table, kept by incremental list-sas
+        self.incremental = True  # False: the gateway refused `since` (an older one)
         self.source: GatewaySource | None = None
         self.conns: list[dict[str, Any]] | None = None
         self.stats: dict[str, Any] = {}
@@ -252,7 +256,7 @@ class GatewayApp(App[None]):
             source = self.source
             assert source is not None
             try:
-                sas = await source.list_sas()
+                sas = await self._list_sas(source)
                 stats = await source.stats()
                 if self.conns is None or self._polls % CONNS_EVERY == 0:
                     self.conns = await source.list_conns()
@@ -264,6 +268,23 @@ class GatewayApp(App[None]):
                 return
             self._polls += 1
             self.apply(sas, stats, self.clock())
+
+    async def _list_sas(self, source: GatewaySource) -> list[dict[str, Any]]:
+        """The SA table: what changed since the last poll onto the mirror, or a plain
+        list-sas from a gateway that does not know `since`."""
+        if not self.incremental:
+            return await source.list_sas()
+        try:
+            reply = await source.sa_changes(self.mirror.cursor)
+        except SourceRefused as exc:
+            if exc.code != "bad-request":
+                raise
+            self.incremental = False
+            return await source.list_sas()
+        try:
+            return self.mirror.apply(reply)
+        except ValueError as exc:
+            raise SourceRefused("bad-reply", str(exc)) from None
 
     def apply(self, ike_sas: list[dict[str, Any]], stats: Mapping[str, Any], now: float) -> None:
         """Show one poll's data: the model updates rows in place, the table repaints the
@@ -291,6 +312,8 @@ class GatewayApp(App[None]):
             return False
         self.source = source
         self.conns = None
+        self.mirror.reset()  # a new connection (maybe a restarted daemon): all anew
+        self.incremental = True
         self._prev_stats = None
         self.status = "connected"
         self.last_error = ""

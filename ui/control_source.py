@@ -36,6 +36,9 @@ class ControlSource:
     async def list_sas(self) -> list[dict[str, Any]]:
         return await _translated(self._client.list_sas())
 
+    async def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        return await _translated(self._client.sa_changes(since))
+
     async def stats(self) -> dict[str, Any]:
         return await _translated(self._client.stats())
 

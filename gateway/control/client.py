@@ -19,6 +19,10 @@ from gateway.control.protocol import FAILED, ControlConnectionError, ControlErro
 
 _EOF: Final[dict[str, Any]] = {}
 
+# the longest reply line read: a full list-sas at 100,000 IKE SAs is over 64 MiB
+# (bench/bench_scale.py); the buffer grows only as far as a reply needs
+REPLY_LIMIT: Final = 1 << 30
+
 
 class ControlClient:
     """Async client: `async with await ControlClient.connect(path) as c: await c.list_sas()`."""
@@ -36,7 +40,7 @@ class ControlClient:
     async def connect(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> ControlClient:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path), limit=1 << 26), timeout
+                asyncio.open_unix_connection(str(path), limit=REPLY_LIMIT), timeout
             )
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or "timed out"
@@ -115,6 +119,11 @@ class ControlClient:
 
     async def list_sas(self) -> list[dict[str, Any]]:
         return list(await self.call("list-sas"))
+
+    async def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        """Incremental list-sas: what changed after `since` (a previous reply's
+        {"epoch", "version"}; None: everything)."""
+        return dict(await self.call("list-sas", {"since": since}))
 
     async def stats(self) -> dict[str, Any]:
         return dict(await self.call("stats"))

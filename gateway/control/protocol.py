@@ -7,6 +7,10 @@ Protocol (the team's shared contract; extend it, don't change it):
              {"id": <same>, "ok": false, "error": {"code": "<kebab-case>", "message": "..."}}
     event    {"event": {"type": "<kebab>", "time": <unix float>, ...}}   (after `subscribe`)
 
+`list-sas` with `"since": null | {"epoch": ..., "version": ...}` answers incrementally:
+{"epoch", "version", "full", "sas": [changed rows], "removed": [ike_sa], "counters":
+[[ike_sa, spi_in, bytes_in, bytes_out, packets_in, packets_out], ...]} (docs/daemon.md).
+
 This module holds what both ends share: the commands, the error codes, `ControlError`,
 `parse_request` (every check a request gets) and the line encoding. The server is
 gateway/control/server.py, the client gateway/control/client.py.
@@ -87,6 +91,8 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(args, dict):
         raise _with_id(req_id, BAD_REQUEST, "'args' must be an object")
     allowed = {"name", "timeout"} if cmd in NAME_COMMANDS + ADDRESS_COMMANDS else set()
+    if cmd == "list-sas":
+        allowed.add("since")
     if cmd in ADDRESS_COMMANDS:
         allowed |= {"local_addr", "remote_addr"}
     if cmd == "redirect":
@@ -94,6 +100,12 @@ def parse_request(line: bytes) -> Request:
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise _with_id(req_id, BAD_REQUEST, f"{cmd}: unknown argument(s): {', '.join(unknown)}")
+    if "since" in args and not _is_cursor(args["since"]):
+        raise _with_id(
+            req_id,
+            BAD_REQUEST,
+            'list-sas: \'since\' must be null or {"epoch": string, "version": integer >= 0}',
+        )
     for key in ("local_addr", "remote_addr"):
         value = args.get(key)
         if value is not None and not _is_ip(value):
@@ -116,6 +128,27 @@ def parse_request(line: bytes) -> Request:
                 req_id, BAD_REQUEST, 'redirect needs "to": the new gateway\'s address or name'
             )
     return Request(req_id, cmd, args)
+
+
+def _is_cursor(value: object) -> bool:
+    """null, or {"epoch": str, "version": int >= 0} (an incremental list-sas cursor)."""
+    if value is None:
+        return True
+    if not isinstance(value, dict) or set(value) != {"epoch", "version"}:
+        return False
+    version = value["version"]
+    return (
+        isinstance(value["epoch"], str)
+        and isinstance(version, int)
+        and not isinstance(version, bool)
+        and version >= 0
+    )
+
+
+def full_changes(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """An incremental list-sas reply that carries the whole table (a server that keeps
+    no cursor, e.g. the workers' supervisor, answers every `since` with it)."""
+    return {"epoch": "", "version": 0, "full": True, "sas": rows, "removed": [], "counters": []}
 
 
 def _is_ip(value: object) -> bool:

@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,13 @@ class ControlBackend(Protocol):
     def list_conns(self) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
 
     def list_sas(self) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
+
+    def sa_changes(
+        self, since: dict[str, Any] | None
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """list-sas with `since`: what changed after the cursor (protocol.full_changes
+        when the backend keeps no cursor)."""
+        ...
 
     def stats(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
@@ -272,6 +280,8 @@ class ControlServer:
             "list-sas": b.list_sas,
             "stats": b.stats,
         }
+        if req.cmd == "list-sas" and "since" in req.args:
+            sync["list-sas"] = partial(b.sa_changes, req.args["since"])
         if req.cmd in sync:
             result = sync[req.cmd]()
             # a backend may answer these asynchronously (the workers' supervisor asks them)

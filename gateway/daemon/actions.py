@@ -243,6 +243,7 @@ class Actions(Feature):
             for record in records:
                 self.d.engine_call(self.d.engine.delete_ike_sa, record.ike_sa)
                 record.state = "DELETING"
+                self.d.sas.touch(record.ike_sa)
             self.d.pump()
             await self.d.outcome(future, timeout, f"terminate {name}")
             return {"message": f"terminate {name}: {len(targets)} IKE SA(s) deleted"}
@@ -260,6 +261,7 @@ class Actions(Feature):
         future = self.d.wait(match_child)
         for record, c in children:
             c.state = "DELETING"
+            self.d.sas.touch(record.ike_sa)
             self.d.engine_call(self.d.engine.delete_child_sa, record.ike_sa, c.spi_in)
         self.d.pump()
         await self.d.outcome(future, timeout, f"terminate {name}")

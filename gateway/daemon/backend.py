@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import __version__
@@ -115,22 +115,80 @@ def list_sas(d: Host) -> list[dict[str, Any]]:
     return [sa_row(d, r) for r in d.sas.values()]
 
 
-def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    sas = list_sas(d) if sas is None else sas
+def sa_changes(d: Host, since: Mapping[str, Any] | None) -> dict[str, Any]:
+    """list-sas with `since` (docs/daemon.md, "Incremental list-sas"): the rows of the
+    IKE SAs that changed after the client's cursor, the handles of those removed, and
+    the four data-plane counters of every other Child SA. A cursor of another run
+    (epoch), one older than the removals still remembered, or none: the whole table
+    (`full`)."""
+    table = d.sas
+    full = (
+        since is None
+        or since.get("epoch") != table.epoch
+        or int(since.get("version", 0)) < table.forgotten
+        or int(since.get("version", 0)) > table.version
+    )
+    removed: list[int] = []
+    if full:
+        changed = list(table.values())
+    else:
+        assert since is not None
+        changed, removed = table.changes(int(since["version"]))
+    rows = [sa_row(d, r) for r in changed]
+    fresh = {r.ike_sa for r in changed}
+    counters = d.children.counters
+    moved = []
+    for record in table.values():
+        if record.ike_sa in fresh:
+            continue
+        for child in record.children:
+            c = counters(child)
+            moved.append(
+                [
+                    record.ike_sa,
+                    spi(child.spi_in),
+                    c.bytes_in,
+                    c.bytes_out,
+                    c.packets_in,
+                    c.packets_out,
+                ]
+            )
+    return {
+        "epoch": table.epoch,
+        "version": table.version,
+        "full": full,
+        "sas": rows,
+        "removed": removed,
+        "counters": moved,
+    }
+
+
+def stats(d: Host) -> dict[str, Any]:
+    """Gateway-wide counters, from the records and each Child's data-plane counters
+    (no list-sas rows are built: the console asks for this every second)."""
     by_state: dict[str, int] = {}
-    for sa in sas:
-        by_state[sa["state"]] = by_state.get(sa["state"], 0) + 1
-    children = [c for sa in sas for c in sa["children"]]
+    children = 0
+    b_in, b_out, p_in, p_out = 0, 0, 0, 0
+    counters = d.children.counters
+    for record in d.sas.values():
+        by_state[record.state] = by_state.get(record.state, 0) + 1
+        for child in record.children:
+            children += 1
+            c = counters(child)
+            b_in += c.bytes_in
+            b_out += c.bytes_out
+            p_in += c.packets_in
+            p_out += c.packets_out
     t = d.totals
     out: dict[str, Any] = {
         "uptime": d.clock() - d.started_at,
         "version": __version__,
         "ike_sas": by_state,
-        "child_sas": len(children),
-        "bytes_in": t.bytes_in + sum(c["bytes_in"] for c in children),
-        "bytes_out": t.bytes_out + sum(c["bytes_out"] for c in children),
-        "packets_in": t.packets_in + sum(c["packets_in"] for c in children),
-        "packets_out": t.packets_out + sum(c["packets_out"] for c in children),
+        "child_sas": children,
+        "bytes_in": t.bytes_in + b_in,
+        "bytes_out": t.bytes_out + b_out,
+        "packets_in": t.packets_in + p_in,
+        "packets_out": t.packets_out + p_out,
         "xdp": [],
         "handshakes": t.handshakes,
         "auth_failures": t.auth_failures,
@@ -166,6 +224,7 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
             with contextlib.suppress(ControlError):
                 d.engine_call(d.engine.delete_ike_sa, record.ike_sa)
             record.state = "DELETING"
+            d.sas.touch(record.ike_sa)
     for name in removed + changed:
         d.retries.cancel(name)  # a changed one starts anew below
     d.pump()

@@ -2,8 +2,11 @@
 rekeys, moves and removes them, and records each one in the SA table once installed.
 
     ChildSaEstablished       install; recorded as a ChildRecord (refused: ChildSaFailed
-                             stands in, the peer is told with a Delete). A duplicate of
-                             the same peer over another IKE SA replaces the old one
+                             stands in, the peer is told with a Delete). The Child SAs
+                             of one pump round go to the data plane together first
+                             (`prepare`: one batched netlink send), each all or nothing.
+                             A duplicate of the same peer over another IKE SA replaces
+                             the old one
     ChildSaRekeyed           make-before-break (docs/daemon.md): the new SAs in, the
                              policies moved, the outbound SA in use out, the old inbound
                              SA kept until its Delete + REKEY_GRACE. As the rekey's
@@ -14,6 +17,13 @@ rekeys, moves and removes them, and records each one in the SA table once instal
     ChildSaDeleted           removed (an old SA after its rekey: REKEY_GRACE later)
     IkeSaDeleted             whatever it still had, removed
 
+Batching (`prepare`): the ChildSaEstablished events of a round are installed in one
+`Dataplane.install_many` call, up to the first event that changes the data plane in
+another way (a rekey, delete, move: an install after it may depend on it), so the
+kernel sees the same order of effects as one install per event. on_event then takes
+each child's result; a result nobody took (its event never reached us) is removed at
+the next round.
+
 Counters of SAs that leave the table are banked in the daemon's Totals, so gateway-wide
 totals never go backwards.
 """
@@ -23,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.control.protocol import ControlError
@@ -38,6 +48,8 @@ if TYPE_CHECKING:
     from gateway.config.schema import ChildSection
 
 REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (in flight)
+# events a batch of installs may pass over: they change nothing in the data plane
+BATCH_NEUTRAL: Final = (ev.ChildSaEstablished, ev.IkeSaEstablished)
 
 
 class ChildSas(Feature):
@@ -49,6 +61,31 @@ class ChildSas(Feature):
         # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
         # holds of it); removed REKEY_GRACE after their Delete
         self._retiring: dict[int, tuple[int, Installed]] = {}
+        # installs done by prepare(): id(event) -> (the event, its result)
+        self._prepared: dict[int, tuple[ev.ChildSaEstablished, Installed | DataplaneError]] = {}
+        self.batches = 0  # install_many calls (stats: `install_batches`)
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        """Install the round's new Child SAs in one batch (see the module docstring)."""
+        for _event, result in self._prepared.values():  # results nobody took: undo
+            if isinstance(result, Installed):
+                with contextlib.suppress(DataplaneError):
+                    self.dataplane.remove(result)
+        self._prepared.clear()
+        batch: list[ev.ChildSaEstablished] = []
+        for event in events:
+            if not isinstance(event, BATCH_NEUTRAL):
+                break
+            if isinstance(event, ev.ChildSaEstablished):
+                batch.append(event)
+        if len(batch) < 2:
+            return  # one alone goes through install() in on_event
+        results = self.dataplane.install_many(
+            [(e, self._config(e.connection, e.child)) for e in batch]
+        )
+        self.batches += 1
+        for event, result in zip(batch, results, strict=True):
+            self._prepared[id(event)] = (event, result)
 
     # ------------------------------------------------------------------ engine events
 
@@ -92,7 +129,7 @@ class ChildSas(Feature):
         config = self._config(e.connection, e.child)
         try:
             try:
-                installed = self.dataplane.install(e, config)
+                installed = self._install(e, config)
             except DataplaneError as exc:
                 # only a key clash with an installed Child SA (EEXIST) can be a duplicate
                 if exc.errno != errno.EEXIST or not self._replace_duplicate(record, e):
@@ -159,6 +196,15 @@ class ChildSas(Feature):
                     self.d.engine_call(self.d.engine.delete_ike_sa, other.ike_sa)
             return True
         return False
+
+    def _install(self, e: ev.ChildSaEstablished, config: ChildSection | None) -> Installed:
+        """The child's result from prepare()'s batch, else an install of its own."""
+        prepared = self._prepared.pop(id(e), None)
+        if prepared is None or prepared[0] is not e:
+            return self.dataplane.install(e, config)
+        if isinstance(prepared[1], DataplaneError):
+            raise prepared[1]
+        return prepared[1]
 
     def _rekeyed(self, e: ev.ChildSaRekeyed, ctx: EventContext) -> ev.Event | None:
         new = e.new
@@ -364,4 +410,8 @@ class ChildSas(Feature):
         return self.dataplane.counters(child.installed).packets_in if child.installed else 0
 
     def stats(self) -> Mapping[str, Any]:
-        return {"dataplane": self.dataplane.name, "xfrm_errors": self.dataplane.errors()}
+        return {
+            "dataplane": self.dataplane.name,
+            "xfrm_errors": self.dataplane.errors(),
+            "install_batches": self.batches,
+        }

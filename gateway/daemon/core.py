@@ -141,7 +141,8 @@ class Daemon:
             config.gateway.listen,
             config.gateway.port,
             config.gateway.port_nat_t,
-            self.on_datagram,
+            self.receive,
+            after_batch=self.pump,  # one pump per batch of datagrams read
             esp_in_udp=self.dataplane.name == "xfrm",
             keep_marker=True,  # the engine adds/strips the non-ESP marker itself
             prebound=prebound,  # a worker's sockets, bound by the supervisor
@@ -297,6 +298,14 @@ class Daemon:
     # ------------------------------------------------------------------ the engine
 
     def on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """One datagram into the engine, then a pump."""
+        self.receive(data, local, remote)
+        self.pump()
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """One datagram into the engine, no pump: the transport pumps once after each
+        batch it read, so the Child SAs that a burst of peers completes in one event-loop
+        turn reach the kernel in one batched install (children.py)."""
         try:
             self.engine.receive_datagram(data, (local, remote), self.clock())
         except Exception as exc:  # the engine promises never to raise on input: if it
@@ -308,7 +317,6 @@ class Daemon:
                 remote=endpoint(remote),
                 error=f"{type(exc).__name__}: {exc}",
             )
-        self.pump()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -325,12 +333,17 @@ class Daemon:
 
     def pump(self) -> None:
         """Handle the engine's events, send its datagrams, re-arm its timer."""
+        next_event = self.engine.next_event
         for _ in range(1000):  # events may trigger calls that queue more output
-            event = self.engine.next_event()
-            handled = event is not None
-            while event is not None:
-                self._handle_event(event)
-                event = self.engine.next_event()
+            events = []
+            while (event := next_event()) is not None:
+                events.append(event)
+            handled = bool(events)
+            if handled:
+                for feature in self.features:  # batched kernel work (children.py)
+                    feature.prepare(events)
+                for event in events:
+                    self._handle_event(event)
             sent = False
             for dgram in self.engine.datagrams_to_send():
                 self.transport.send(dgram.data, dgram.local, dgram.remote)
@@ -352,12 +365,14 @@ class Daemon:
 
     def _handle_event(self, event: Any) -> None:
         """One engine event through every feature manager, then to the waiters."""
-        sa = self.sas.get(getattr(event, "ike_sa", -1))
+        ike_sa = getattr(event, "ike_sa", -1)
+        sa = self.sas.get(ike_sa)
         ctx = EventContext(sa, sa.state if sa else None, tuple(sa.children) if sa else ())
         for feature in self.features:
             # a feature may say the event did not take effect as such (an install that
             # failed): the features after it, and the waiters, see what stands in for it
             event = feature.on_event(event, ctx) or event
+        self.sas.touch(ike_sa)  # its list-sas row may have changed (incremental list-sas)
         for waiter in list(self._waiters):
             outcome = waiter.match(event)
             if outcome is not None and not waiter.future.done():
@@ -415,6 +430,9 @@ class Daemon:
 
     def list_sas(self) -> list[dict[str, Any]]:
         return backend.list_sas(self)
+
+    def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        return backend.sa_changes(self, since)
 
     def stats(self) -> dict[str, Any]:
         return backend.stats(self)

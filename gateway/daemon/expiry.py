@@ -49,6 +49,7 @@ class KernelExpiry:
             return
         if child.state != "DELETING":
             child.state = "DELETING"
+            self.d.sas.touch(record.ike_sa)
             with contextlib.suppress(ControlError):
                 self.d.engine_call(self.d.engine.delete_child_sa, record.ike_sa, child.spi_in)
             self.d.pump()

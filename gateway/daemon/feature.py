@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from gateway.control.server import ControlServer
     from gateway.daemon.engine import Engine
     from gateway.daemon.records import Attempt, ChildRecord, IkeRecord, SaTable, Totals
-    from gateway.dataplane.base import Dataplane, TrapKey
+    from gateway.dataplane.base import Counters, Dataplane, TrapKey
     from gateway.dataplane.xdp import XdpAdapter
     from gateway.transport import UdpTransport
     from ike.events import Event
@@ -57,6 +57,12 @@ class Feature:
     def on_event(self, event: Event, ctx: EventContext) -> Event | None:
         """React to one engine event; return an event to stand in for it, or None."""
         return None
+
+    def prepare(self, events: Sequence[Event]) -> None:
+        """The events of one pump round, before on_event sees them one by one: a feature
+        may do their kernel work in one batch here (Child SAs: one netlink send) and
+        take each result in on_event. What it does must keep the order of effects that
+        on_event alone would give."""
 
     async def start(self) -> None:
         """The daemon is starting (after the data plane, before the start actions)."""
@@ -87,6 +93,11 @@ class Feature:
 class ChildSaApi(Protocol):
     def retiring(self, spi_in: int) -> bool:
         """An old inbound SA kept after its rekey (its ChildSaDeleted is no Child's end)."""
+        ...
+
+    def counters(self, c: ChildRecord) -> Counters:
+        """A Child's data-plane counters: inbound of its newest SA, outbound of the one
+        in use."""
         ...
 
 

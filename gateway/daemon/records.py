@@ -14,9 +14,10 @@ The records are the one model every feature manager reads. Who writes what:
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from gateway.dataplane.base import Installed
@@ -99,11 +100,26 @@ class Totals:
 
 
 class SaTable(dict[int, IkeRecord]):
-    """ike_sa handle -> IkeRecord, in the order the SAs appeared."""
+    """ike_sa handle -> IkeRecord, in the order the SAs appeared.
+
+    Change tracking for incremental list-sas (`list-sas` with `since`, backend.py): the
+    table has an `epoch` (this daemon run) and a `version` that every change moves on.
+    A record added or removed through the dict is recorded as such; a change inside a
+    record is recorded by `touch()` (the core touches an event's IKE SA after the
+    features handled it; commands that change a record outside an event touch it
+    themselves). Removals are remembered for the last REMOVALS_KEPT of them; a client
+    whose cursor is older than that (`forgotten`) gets the whole table again."""
+
+    REMOVALS_KEPT: Final = 65536
 
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__()
         self.clock = clock
+        self.epoch = secrets.token_hex(8)
+        self.version = 0
+        self.forgotten = 0  # removals at or below this version are no longer remembered
+        self._changed: dict[int, int] = {}  # ike_sa -> version of its last change
+        self._removed: dict[int, int] = {}  # ike_sa -> version of its removal
 
     def ensure(self, ike_sa: int, connection: str, initiator: bool) -> IkeRecord:
         """The record of `ike_sa`, made (CONNECTING) if it has none yet."""
@@ -112,6 +128,46 @@ class SaTable(dict[int, IkeRecord]):
             record = IkeRecord(ike_sa, connection, "CONNECTING", initiator, self.clock())
             self[ike_sa] = record
         return record
+
+    def touch(self, ike_sa: int) -> None:
+        """The record of `ike_sa` changed (no-op for an SA not in the table)."""
+        if ike_sa in self:
+            self.version += 1
+            self._changed[ike_sa] = self.version
+
+    def __setitem__(self, ike_sa: int, record: IkeRecord) -> None:
+        super().__setitem__(ike_sa, record)
+        self._removed.pop(ike_sa, None)
+        self.touch(ike_sa)
+
+    def __delitem__(self, ike_sa: int) -> None:
+        super().__delitem__(ike_sa)
+        self._gone(ike_sa)
+
+    def pop(self, ike_sa: int, *default: IkeRecord | None) -> IkeRecord | None:  # type: ignore[override]
+        present = ike_sa in self
+        record = super().pop(ike_sa, *default)
+        if present:
+            self._gone(ike_sa)
+        return record
+
+    def clear(self) -> None:
+        for ike_sa in list(self):
+            del self[ike_sa]
+
+    def _gone(self, ike_sa: int) -> None:
+        self.version += 1
+        self._changed.pop(ike_sa, None)
+        self._removed[ike_sa] = self.version
+        while len(self._removed) > self.REMOVALS_KEPT:
+            oldest = next(iter(self._removed))
+            self.forgotten = self._removed.pop(oldest)
+
+    def changes(self, since: int) -> tuple[list[IkeRecord], list[int]]:
+        """(records changed after version `since`, ike_sa handles removed after it)."""
+        changed = [self[i] for i, v in self._changed.items() if v > since]
+        removed = [i for i, v in self._removed.items() if v > since]
+        return changed, removed
 
     def of(self, connection: str) -> list[IkeRecord]:
         return [r for r in self.values() if r.connection == connection]

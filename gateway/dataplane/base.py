@@ -10,7 +10,7 @@ than the kernel message; nothing here logs them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,6 +83,13 @@ class Dataplane(Protocol):
         """Prepare (e.g. remove our leftovers of a crashed run)."""
 
     def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed: ...
+
+    def install_many(
+        self, children: Sequence[tuple[ChildSaEstablished, ChildSection | None]]
+    ) -> list[Installed | DataplaneError]:
+        """Install many Child SAs at once (one batched send where the data plane can),
+        each all or nothing as with install(): one result per child, in order, either
+        what is installed or the error that left nothing of that child behind."""
 
     def replace(
         self,

@@ -8,6 +8,7 @@ kernel ESP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway.dataplane.base import (
@@ -42,6 +43,11 @@ class NoneDataplane:
         sa = Installed(child.spi_in, child.spi_out)
         self.installed[child.spi_in] = sa
         return sa
+
+    def install_many(
+        self, children: Sequence[tuple[ChildSaEstablished, ChildSection | None]]
+    ) -> list[Installed | DataplaneError]:
+        return [self.install(child, config) for child, config in children]
 
     def replace(
         self,

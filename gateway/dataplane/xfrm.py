@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.dataplane.base import (
@@ -82,6 +83,44 @@ class XfrmDataplane:
         except self._error_type as exc:
             raise DataplaneError(str(exc), exc.errno) from None
         return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def install_many(
+        self, children: Sequence[tuple[ChildSaEstablished, ChildSection | None]]
+    ) -> list[Installed | DataplaneError]:
+        """Software Child SAs go to the kernel in one batched send (manager.install_many:
+        ~128 KiB per sendmsg, each Child rolled back alone if the kernel refused any of
+        its objects); one that asks for offload, or whose spec cannot be built, goes
+        alone through install()."""
+        results: list[Installed | DataplaneError | None] = [None] * len(children)
+        batch: list[tuple[int, Any]] = []
+        for i, (child, config) in enumerate(children):
+            trap = self._traps.get((child.connection, child.child))
+            reqid = trap.reqid if trap is not None else self.manager.allocate_reqid()
+            try:
+                spec = child_sa_spec(child, config, reqid, self.offload_dev)
+            except DataplaneError as exc:
+                results[i] = exc
+                continue
+            if spec.offload == "no":
+                batch.append((i, spec))
+            else:
+                try:
+                    results[i] = self.install(child, config)
+                except DataplaneError as exc:
+                    results[i] = exc
+        if batch:
+            try:
+                done = self.manager.install_many([spec for _, spec in batch])
+            except self._error_type as exc:  # the batch itself failed (socket, rollback)
+                done = [exc] * len(batch)
+            for (i, _), result in zip(batch, done, strict=True):
+                child = children[i][0]
+                results[i] = (
+                    DataplaneError(str(result), result.errno)
+                    if isinstance(result, self._error_type)
+                    else Installed(child.spi_in, child.spi_out, result.offload, result)
+                )
+        return [r for r in results if r is not None]
 
     def replace(
         self,

@@ -21,6 +21,7 @@ _SUMMED: Final = (
     "rekeys",
     "ike_rekeys",
     "install_failures",
+    "install_batches",
     "engine_errors",
     "tunnel_errors",
 )

@@ -58,7 +58,12 @@ from gateway import __version__
 from gateway.config.reload import load_for_reload
 from gateway.config.schema import GatewayConfig
 from gateway.control.client import ControlClient
-from gateway.control.protocol import FAILED, ControlConnectionError, ControlError
+from gateway.control.protocol import (
+    FAILED,
+    ControlConnectionError,
+    ControlError,
+    full_changes,
+)
 from gateway.control.server import ControlServer
 from gateway.dataplane.xdp import XdpAdapter
 from gateway.errors import GatewayError
@@ -466,6 +471,10 @@ class Supervisor:
                 raise result
             sas += [sa | {"worker": w.index} for sa in result]
         return sas
+
+    async def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        """The workers keep their own cursors: the supervisor answers in full."""
+        return full_changes(await self.list_sas())
 
     async def stats(self) -> dict[str, Any]:
         replies = await self._ask_all("stats")

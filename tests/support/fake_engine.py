@@ -227,13 +227,27 @@ class RecordingDataplane(NoneDataplane):
     def __init__(self) -> None:
         super().__init__()
         self.fail_next = False
+        self.refuse: set[int] = set()  # inbound SPIs whose install fails
         self.removed: list[int] = []
+        self.batches: list[list[int]] = []  # inbound SPIs of each install_many call
+        self.singles: list[int] = []  # inbound SPIs installed one by one
 
     def install(self, child: Any, config: Any) -> Installed:
-        if self.fail_next:
+        if self.fail_next or child.spi_in in self.refuse:
             self.fail_next = False
             raise DataplaneError("NEWSA: Requested AEAD algorithm not found")
+        self.singles.append(child.spi_in)
         return super().install(child, config)
+
+    def install_many(self, children: Sequence[Any]) -> list[Installed | DataplaneError]:
+        self.batches.append([child.spi_in for child, _ in children])
+        out: list[Installed | DataplaneError] = []
+        for child, config in children:
+            if child.spi_in in self.refuse:
+                out.append(DataplaneError("NEWSA: Requested AEAD algorithm not found"))
+            else:
+                out.append(NoneDataplane.install(self, child, config))
+        return out
 
     def remove(self, installed: Installed) -> None:
         self.removed.append(installed.spi_in)

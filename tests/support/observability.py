@@ -118,6 +118,8 @@ class FakeGateway:
         self.calls: list[tuple[str, str | None]] = []
         self.extra_stats: dict[str, Any] = {}
         self.refuse_stats = False  # stats answers with an error (e.g. a malformed reply)
+        self.incremental = True  # False: refuses list-sas `since` as an older gateway would
+        self.cursors: list[dict[str, Any] | None] = []  # the `since` of each sa_changes
         self.events: Any = None  # asyncio.Queue once subscribed
         self._next = 1000
 
@@ -158,6 +160,24 @@ class FakeGateway:
     async def list_sas(self) -> list[dict[str, Any]]:
         self._check()
         return self.ike_sas
+
+    async def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
+        """Always the whole table (as the workers' supervisor answers)."""
+        from ui.source import SourceRefused
+
+        self._check()
+        if not self.incremental:
+            raise SourceRefused("bad-request", "list-sas: unknown argument(s): since")
+        self.cursors.append(since)
+        version = len(self.cursors)
+        return {
+            "epoch": "fake",
+            "version": version,
+            "full": True,
+            "sas": self.ike_sas,
+            "removed": [],
+            "counters": [],
+        }
 
     async def stats(self) -> dict[str, Any]:
         from ui.source import SourceRefused

@@ -136,3 +136,31 @@ async def test_bind_failure_is_a_clear_error() -> None:
             UdpTransport(["192.0.2.123"], 0, 0, lambda *a: None).start()
     finally:
         t.close()
+
+
+async def test_after_batch_runs_once_per_batch_read() -> None:
+    """Datagrams waiting together are read in one batch and after_batch (the daemon's
+    pump) runs once after it; short ones that are dropped do not make a batch."""
+    got: Received = []
+    batches: list[int] = []
+    t = UdpTransport(
+        ["127.0.0.1"],
+        0,
+        0,
+        lambda d, local, remote: got.append((d, local, remote)),
+        after_batch=lambda: batches.append(len(got)),
+    )
+    t.start()
+    try:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(5):  # queued before the loop runs: one readiness callback
+            peer.sendto(IKE[:-1] + bytes([i]), ("127.0.0.1", t.local_ports()["ike"]))
+        await settle(got, 5)
+        assert [d[-1] for d, _, _ in got] == [0, 1, 2, 3, 4] and batches == [5]
+        peer.sendto(b"short", ("127.0.0.1", t.local_ports()["ike"]))
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert batches == [5] and t.counters.malformed == 1
+        peer.close()
+    finally:
+        t.close()

@@ -200,6 +200,99 @@ async def test_install_failure_deletes_the_child_and_reports(r: Running) -> None
     assert (await r.client.stats())["install_failures"] == 1
 
 
+async def test_child_sas_of_one_round_are_installed_in_one_batch(r: Running) -> None:
+    """A burst: four peers complete in the same engine turn. Their Child SAs reach the
+    data plane in one install_many; the one it refuses alone is failed, deleted with its
+    peer and counted, the others are installed and recorded; one that follows a delete
+    in the same round is not batched past it."""
+    await established(r)
+    events = await r.client.subscribe()
+    first = r.engine.next_spi
+    spis = [first + 2 * i for i in range(4)]
+    r.dataplane.refuse = {spis[2]}
+    for _ in spis:  # all four complete at the fake engine's next timer: one pump round
+        r.daemon.engine_call(r.engine.initiate, "east", None)
+    r.daemon.pump()
+    for _ in range(200):
+        if ("delete_child", 4, spis[2]) in r.engine.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert r.dataplane.batches == [spis]
+    assert ("delete_child", 4, spis[2]) in r.engine.calls
+    assert sorted(r.dataplane.installed) == sorted([0xC0000001] + spis[:2] + spis[3:])
+    sas = await r.client.list_sas()
+    installed = {c["spi_in"] for sa in sas for c in sa["children"]}
+    assert installed == {f"{s:08x}" for s in [0xC0000001] + spis[:2] + spis[3:]}
+    stats = await r.client.stats()
+    assert (stats["install_batches"], stats["install_failures"]) == (1, 1)
+    seen = [await asyncio.wait_for(anext(events), 5) for _ in range(9)]
+    errors = [e for e in seen if e["type"] == "error"]
+    assert len(errors) == 1 and "Requested AEAD algorithm not found" in errors[0]["message"]
+    assert len([e for e in seen if e["type"] == "child-established"]) == 3
+
+    # a round [established, deleted, established, established]: the batch stops at the
+    # delete, the installs after it go one by one in order
+    (old,) = [sa for sa in sas if sa["ike_sa"] == 1]
+    r.dataplane.batches.clear()
+    r.dataplane.singles.clear()
+    r.dataplane.refuse = set()
+    for _ in range(3):
+        r.daemon.engine_call(r.engine.initiate, "east", None)
+    r.engine.handle_timer(0.0)
+    fresh = [e for e in r.engine.events if type(e).__name__ == "ChildSaEstablished"]
+    r.engine.delete_child_sa(1, int(old["children"][0]["spi_in"], 16), 0.0)
+    deleted = r.engine.events.pop()
+    r.engine.events.insert(2, deleted)  # after the first peer's IKE SA + Child SA
+    r.daemon.pump()
+    assert r.dataplane.batches == []  # one install before the delete: nothing to batch
+    assert r.dataplane.singles == [e.spi_in for e in fresh]
+    assert 0xC0000001 in r.dataplane.removed
+
+
+async def test_incremental_list_sas_answers_from_the_cursor(r: Running) -> None:
+    """list-sas with `since`: the whole table first, then only what changed (rows of
+    changed IKE SAs, removed handles, counters of the others); a cursor the daemon
+    cannot answer from (another run, older than the removals it keeps, from the
+    future) gets the whole table again; a malformed one is a bad request."""
+    await established(r)
+    first = await r.client.sa_changes(None)
+    assert first["full"] is True and [sa["ike_sa"] for sa in first["sas"]] == [1]
+    assert first["removed"] == [] and first["counters"] == []
+    cursor = {"epoch": first["epoch"], "version": first["version"]}
+    quiet = await r.client.sa_changes(cursor)
+    assert (quiet["full"], quiet["sas"], quiet["removed"]) == (False, [], [])
+    assert quiet["counters"] == [[1, "c0000001", 0, 0, 0, 0]]
+    assert quiet["version"] == cursor["version"]
+
+    await r.client.initiate("east", timeout=5)  # IKE SA 2 comes
+    grown = await r.client.sa_changes(cursor)
+    assert not grown["full"] and [sa["ike_sa"] for sa in grown["sas"]] == [2]
+    assert grown["sas"][0]["children"][0]["spi_in"] == "c0000003"
+    assert grown["counters"] == [[1, "c0000001", 0, 0, 0, 0]]
+    cursor = {"epoch": grown["epoch"], "version": grown["version"]}
+    await r.client.terminate("east.net", timeout=5)  # both Child SAs go: both rows change
+    await r.client.terminate("east", timeout=5)  # both IKE SAs go
+    gone = await r.client.sa_changes(cursor)
+    assert not gone["full"] and gone["sas"] == [] and sorted(gone["removed"]) == [1, 2]
+    assert gone["counters"] == []
+    table = r.daemon.sas
+
+    for stale in (
+        {"epoch": "another-run", "version": 1},
+        {"epoch": table.epoch, "version": table.version + 5},
+    ):
+        assert (await r.client.sa_changes(stale))["full"] is True
+    table.REMOVALS_KEPT = 1  # type: ignore[misc]
+    await r.client.initiate("east", timeout=5)
+    await r.client.terminate("east", timeout=5)
+    assert table.forgotten > cursor["version"]
+    assert (await r.client.sa_changes(cursor))["full"] is True
+    for bad in ({"epoch": 1, "version": 1}, {"version": 1}, {"epoch": "x", "version": -1}, 5):
+        with pytest.raises(ControlError) as info:
+            await r.client.sa_changes(bad)  # type: ignore[arg-type]
+        assert info.value.code == "bad-request" and "'since' must be" in info.value.message
+
+
 async def test_failed_authentication_is_a_failed_initiate(r: Running, tmp_path: Path) -> None:
     await established(r)
     r.path.write_text(

@@ -287,6 +287,20 @@ async def test_survives_daemon_restart() -> None:
         assert app.status == "connected" and gw.connections == 2
         assert "DISCONNECTED" not in str(app.summary_text())
         assert len(app.model.view) == 7
+        # incremental list-sas: each poll sends the last reply's cursor; a new
+        # connection starts from nothing (the daemon may have restarted)
+        assert gw.cursors[0] is None and gw.cursors[1] == {"epoch": "fake", "version": 1}
+        assert gw.cursors[-1] is None
+
+
+async def test_a_gateway_without_incremental_list_sas_gets_plain_polls() -> None:
+    async with console() as (app, gw, pilot):
+        gw.incremental = False
+        gw.ike_sas.pop()  # a change the plain list-sas must show
+        await app.tick()
+        await pilot.pause()
+        assert app.incremental is False and len(app.model.view) == 6
+        assert not [line for line in logged(app) if "poll failed" in line]
 
 
 async def test_poll_loop_reconnects_by_itself() -> None:
