@@ -136,8 +136,11 @@ class _Fragments:
     def receive(self, m: TlsMessage) -> bytes | None:
         """A fragment in; the whole message once its last fragment arrived, else None."""
         if m.length is not None:
-            if self._in:
-                raise EapDecodeError("EAP-TLS L flag in the middle of a fragmented message")
+            # FreeRADIUS repeats L in every fragment: fine when it repeats the same total
+            if self._in and m.length != self._in_total:
+                raise EapDecodeError(
+                    f"EAP-TLS fragment announces {m.length} bytes, the first said {self._in_total}"
+                )
             self._in_total = m.length
         self._in += m.data
         limit = self._in_total if self._in_total is not None else MAX_MESSAGE

@@ -235,6 +235,13 @@ def test_reassembly_checks_the_announced_length() -> None:
     f.receive(tls.TlsMessage(tls.FLAG_M, b"ab", 5))
     with pytest.raises(EapDecodeError, match="L field said 5"):
         f.receive(tls.TlsMessage(0, b"c"))
+    # FreeRADIUS repeats L in every fragment: the same total is fine, another is not
+    f = tls._Fragments(64)
+    assert f.receive(tls.TlsMessage(tls.FLAG_M, b"ab", 4)) is None
+    assert f.receive(tls.TlsMessage(0, b"cd", 4)) == b"abcd"
+    f.receive(tls.TlsMessage(tls.FLAG_M, b"ab", 4))
+    with pytest.raises(EapDecodeError, match="announces 9 bytes, the first said 4"):
+        f.receive(tls.TlsMessage(0, b"cd", 9))
 
 
 @settings(max_examples=300, deadline=None)
