@@ -125,7 +125,7 @@ typed_values = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(list(CfgType)), st.lists(typed_values, max_size=8))
 def test_fuzz_typed_round_trip(cfg_type: int, values: list[tuple[int, c.ConfigValue]]) -> None:
     payload = c.Configuration(cfg_type, tuple(c.config_attribute(a, v) for a, v in values))
@@ -135,7 +135,7 @@ def test_fuzz_typed_round_trip(cfg_type: int, values: list[tuple[int, c.ConfigVa
         assert (value if value != b"" else None) in decoded.values(attr)
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     st.integers(0, 255),
     st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=20)), max_size=6),
@@ -156,7 +156,7 @@ def test_fuzz_any_cp_body_decodes_or_raises_decode_error(
         payload.values(attr)  # every decoded attribute has a typed value
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=60))
 def test_fuzz_random_cp_bytes(body: bytes) -> None:
     data = bytes((0, 0)) + (4 + len(body)).to_bytes(2, "big") + body

@@ -64,7 +64,7 @@ def test_encode_refuses_what_does_not_fit() -> None:
         p.encode_eap(EapPacket(Code.REQUEST, 1))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=64))
 def test_fuzz_decode_or_decode_error(data: bytes) -> None:
     try:

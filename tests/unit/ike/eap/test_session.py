@@ -174,7 +174,7 @@ def test_misuse_is_a_local_error() -> None:
         auth.start()
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(st.integers(0, 7), st.binary(max_size=80))
 def test_fuzz_authenticator_never_raises_on_peer_input(rounds: int, junk: bytes) -> None:
     """Any bytes, after any number of honest rounds: a Request or Success/Failure back."""
@@ -188,7 +188,7 @@ def test_fuzz_authenticator_never_raises_on_peer_input(rounds: int, junk: bytes)
     assert out.code in (Code.REQUEST, Code.SUCCESS, Code.FAILURE)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(st.binary(max_size=80))
 def test_fuzz_peer_never_raises_on_authenticator_input(junk: bytes) -> None:
     peer = mschap_peer()
