@@ -235,6 +235,10 @@ def test_reassembly_checks_the_announced_length() -> None:
     f.receive(tls.TlsMessage(tls.FLAG_M, b"ab", 5))
     with pytest.raises(EapDecodeError, match="L field said 5"):
         f.receive(tls.TlsMessage(0, b"c"))
+    # strongSwan sends L in unfragmented messages too (include_length = yes)
+    assert tls._Fragments(64).receive(tls.decode_tls(b"\x80\x00\x00\x00\x03abc")) == b"abc"
+    with pytest.raises(EapDecodeError, match="L field said 4"):
+        tls._Fragments(64).receive(tls.decode_tls(b"\x80\x00\x00\x00\x04abc"))
     # FreeRADIUS repeats L in every fragment: the same total is fine, another is not
     f = tls._Fragments(64)
     assert f.receive(tls.TlsMessage(tls.FLAG_M, b"ab", 4)) is None
