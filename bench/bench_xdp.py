@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpf import packets as pk  # noqa: E402
-from bpf.loader import BASELINE_SOURCE, Dataplane, IkeShield, Programs, _bcc  # noqa: E402
+from bpf.loader import BASELINE_SOURCE, AttachedPrograms, IkeShield, Programs, import_bcc  # noqa: E402
 from bpf.testrun import prog_test_run  # noqa: E402
 
 SLOT = 7
@@ -71,12 +71,12 @@ def main() -> int:
         print("bench_xdp needs root (BPF programs)", file=sys.stderr)
         return 1
 
-    bcc = _bcc()
+    bcc = import_bcc()
     base = bcc.BPF(src_file=str(BASELINE_SOURCE).encode())
     xdp_pass = base.load_func(b"xdp_pass", bcc.BPF.XDP).fd
     tc_ok = base.load_func(b"tc_ok", bcc.BPF.SCHED_CLS).fd
     progs = Programs()
-    dp = Dataplane(None, None, programs=progs, ike_shield=IkeShield(rate=10, burst=20))
+    dp = AttachedPrograms(None, None, programs=progs, ike_shield=IkeShield(rate=10, burst=20))
     dp.open()
     try:
         dp.add_inbound_spi(SLOT, SPI)
