@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, ConfigIssue, key_lines
+from gateway.config.reader import ConfigError, ConfigIssue, key_lines
 from gateway.secretfile import check_secret_file
 from ike.eap.mschapv2 import nt_password_hash
 

@@ -13,7 +13,6 @@ import difflib
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from gateway.config.values import (
     type_name,
 )
 from gateway.errors import GatewayError
+from gateway.secretfile import check_secret_file
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
@@ -451,23 +451,7 @@ def _secret_file(ctx: _Context, value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a file name, got {type_name(value)}")
     path = ctx.resolve(value)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ValueError(f"{value!r}: no such file") from None
-    except OSError as exc:
-        raise ValueError(f"{value!r}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{value!r}: not a regular file")
-    if info.st_uid not in (0, os.geteuid()):
-        raise ValueError(f"{value!r}: {what} file must be owned by root")
-    if info.st_mode & 0o077:
-        raise ValueError(
-            f"{value!r}: {what} file is accessible by group/others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600"
-        )
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{value!r}: not readable")
+    check_secret_file(path, what, value)
     return str(path)
 
 

@@ -40,11 +40,11 @@ from enum import Enum, auto
 from cryptography import x509
 from OpenSSL import SSL
 
-from ike.auth import AuthFailure, LocalCredential, TrustAnchors, validate_chain
 from ike.eap.errors import EapDecodeError, EapFailure
 from ike.eap.method import Done
 from ike.eap.packet import EapType
-from ike.errors import LocalError
+from ike.errors import AuthFailure, LocalError
+from ike.pki.x509 import LocalCredential, TrustAnchors, validate_chain
 
 FLAG_L = 0x80
 FLAG_M = 0x40

@@ -21,12 +21,12 @@ import pytest
 
 from gateway.radius import RadiusClient, RadiusEapReply, RadiusEapSession, RadiusError, RadiusServer
 from gateway.radius.codec import Code
-from ike.auth import LocalCredential, load_trust
 from ike.eap import mschapv2 as ms
 from ike.eap import packet as p
 from ike.eap import tls
 from ike.eap.packet import EapType
 from ike.eap.session import EapPeer, Status
+from ike.pki.x509 import LocalCredential, load_trust
 from tests.support import pki
 from tests.support.freeradius import Config, FreeRadius, TlsFiles, freeradius
 

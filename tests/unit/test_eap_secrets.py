@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError
+from gateway.config.reader import ConfigError
 from gateway.eap_secrets import EapSecrets, load_eap_secrets, parse_eap_secrets
 from ike.eap import mschapv2 as ms
 from ike.eap.packet import EapType

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decode import describe_payload
+from gateway.cli.decode import describe_payload
 from ike import codec as c
 from ike import cp
 from ike.constants import CfgType, ConfigAttr, ExchangeType

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ike.auth import LocalCredential, TrustAnchors, load_trust
 from ike.eap import packet as p
 from ike.eap import tls
 from ike.eap.errors import EapDecodeError
 from ike.eap.packet import Code, EapType
 from ike.eap.session import EapAuthenticator, EapPeer, Status
 from ike.errors import LocalError
+from ike.pki.x509 import LocalCredential, TrustAnchors, load_trust
 from tests.support.pki import NOW, UTC, Issued, make_ca, make_crl, make_leaf
 from tests.unit.ike.eap.helpers import advance, converse
 
