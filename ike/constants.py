@@ -186,6 +186,7 @@ class NotifyType(IntEnum):
     UPDATE_SA_ADDRESSES = 16400
     COOKIE2 = 16401
     NO_NATS_ALLOWED = 16402
+    AUTH_LIFETIME = 16403  # RFC 4478: reauthenticate within this many seconds
     REDIRECT_SUPPORTED = 16406  # RFC 5685 §8
     REDIRECT = 16407
     REDIRECTED_FROM = 16408

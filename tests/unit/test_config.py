@@ -195,7 +195,11 @@ def test_every_error_reported_at_once_with_path_and_line() -> None:
             9,
             "'bad proposal' is not a proposal like \"aes256gcm16-prfsha384-x25519\"",
         ),
-        ("connections.east.local.auth", 10, "'pks' is not one of: psk, pubkey"),
+        (
+            "connections.east.local.auth",
+            10,
+            "'pks' is not one of: psk, pubkey, eap-mschapv2, eap-tls, eap-radius",
+        ),
         ("connections.east.remote.id", 11, "must not be empty"),
         (
             "connections.east.dpd_delay",
