@@ -36,9 +36,11 @@ if TYPE_CHECKING:
 # method to a RADIUS server ("eap-radius"); an initiator runs EAP-MSCHAPv2 or EAP-TLS.
 EAP_METHODS: Final = ("eap-mschapv2", "eap-tls", "eap-radius")
 AUTH_METHODS: Final = ("psk", "pubkey", *EAP_METHODS)
-# methods that authenticate the server as well and make an MSK: the ones an initiator may
-# ask to be the only authentication of the responder (EAP-only, RFC 5998)
-MUTUAL_EAP_METHODS: Final = ("eap-mschapv2", "eap-tls")
+# methods safe to be the only authentication of the responder (EAP-only, RFC 5998 §4:
+# mutual, key-generating, resistant to dictionary attacks): EAP-TLS. EAP-MSCHAPv2 proves
+# the server too, but an eavesdropper can guess the password offline (strongSwan refuses
+# it as well)
+MUTUAL_EAP_METHODS: Final = ("eap-tls",)
 MODES: Final = ("tunnel", "transport")  # ChildConfig.mode
 # what the caller should do with a Child SA whose peer is dead (DpdFailed.actions)
 DPD_ACTIONS: Final = ("clear", "restart", "trap")
@@ -361,7 +363,7 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         if conf.remote_auth not in MUTUAL_EAP_METHODS:
             raise LocalError(
                 f"connection {name!r}: remote_auth: EAP-only authentication of the responder "
-                "(RFC 5998) needs eap-mschapv2 or eap-tls"
+                "(RFC 5998) needs eap-tls"
             )
     uses_psk = "psk" in (conf.local_auth, conf.remote_auth)
     if uses_psk and not conf.psk:

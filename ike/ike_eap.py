@@ -26,10 +26,11 @@ identity (no EAP-Identity round; through RADIUS a synthetic Identity Response st
 conversation), "%any" asks for it, any other value asks and requires that one.
 
 EAP-only (RFC 5998): an initiator that wants the EAP method to be the responder's only
-proof sends N(EAP_ONLY_AUTHENTICATION); a responder whose method is mutual and makes an
-MSK (eap-mschapv2, eap-tls: the method authenticates the server) then leaves out AUTH
-and CERT. The peer's side (ike/eap/session.py) takes EAP-Success only from a method that
-authenticated the server, and the MSK's AUTH binds the IKE SA to it.
+proof sends N(EAP_ONLY_AUTHENTICATION) (strongSwan always does, to say it would accept
+it); a responder whose method is one of RFC 5998 §4's safe ones (here eap-tls: mutual,
+makes an MSK, no offline dictionary attack) then leaves out AUTH and CERT. The peer's
+side (ike/eap/session.py) takes EAP-Success only from a method that authenticated the
+server, and the MSK's AUTH binds the IKE SA to it.
 
 Failures: the responder answers EAP-Failure with N(AUTHENTICATION_FAILED) (`Refused`
 carries the reason for the log: never a password, hash or MSK); the initiator fails its

@@ -17,6 +17,7 @@ from ike.eap.mschapv2 import MschapV2Server, nt_password_hash
 from ike.eap.packet import EapType
 from ike.eap.session import EapAuthenticator, Status
 from ike.engine import RelayAnswer
+from ike.errors import LocalError
 from ike.ts import to_cidrs
 from tests.support.pki import NOW, make_ca, make_leaf
 from tests.unit.ike.harness import A_IP, B_IP, PSK, Net, all_sas, leftovers
@@ -187,21 +188,16 @@ def test_eap_identity_round_with_any_eap_id() -> None:
     assert established(n, "b").eap_identity == "alice"
 
 
-def test_eap_only_leaves_the_responders_auth_out() -> None:
-    """RFC 5998: the client has no PSK (remote_auth eap-mschapv2): it can only work when
-    the gateway leaves AUTH out and the method proves the gateway."""
-    n = net(client(remote_auth="eap-mschapv2", psk=b""), gateway())
-    n.a.initiate("hub", now=n.now)
-    n.pump()
-    assert established(n, "a").eap_identity == "alice"
-    assert n.of("a", ev.ChildSaEstablished)
-
-
 def _pki() -> tuple[bytes, bytes, bytes, bytes, bytes]:
     ca = make_ca("Test CA")
     gw = make_leaf(ca, "gw.example", dns=("gw.example",))
     alice = make_leaf(ca, "alice", emails=("alice@example.org",))
     return ca.pem, gw.pem, gw.key_pem, alice.pem, alice.key_pem
+
+
+def _first_auth_answer(n: Net) -> int:
+    """The size of the gateway's first IKE_AUTH answer (its second datagram)."""
+    return len([d for side, d in n.log if side == "b"][1].data)
 
 
 def test_eap_tls_both_ways() -> None:
@@ -229,7 +225,23 @@ def test_eap_tls_both_ways() -> None:
     assert established(n, "b").eap_identity == "alice@example.org"
     assert established(n, "b").eap_method == "eap-tls"
     assert established(n, "a").virtual_ips == ("10.3.0.1",)
+    with_auth = _first_auth_answer(n)
+    assert with_auth > 400  # IDr, CERT, AUTH, EAP(TLS start)
     # another identity than the certificate names is refused
+    # EAP-only (RFC 5998): a client without the gateway's CA for IKE (remote_auth
+    # eap-tls) can only work when the gateway leaves AUTH and CERT out and EAP-TLS proves it
+    n = net(replace(a, remote_auth="eap-tls"), b)
+    n.a.initiate("hub", now=n.now)
+    n.pump()
+    assert established(n, "a").eap_identity == "alice@example.org"
+    assert _first_auth_answer(n) < 150  # IDr, EAP(TLS start): no CERT, no AUTH
+    # EAP-MSCHAPv2 is no method for that (offline dictionary attacks): the AUTH stays
+    with pytest.raises(LocalError, match="EAP-only"):
+        net(client(remote_auth="eap-mschapv2"), gateway())
+    n = net(client(), gateway())
+    n.a.initiate("hub", now=n.now)
+    n.pump()
+    assert n.of("a", ev.ChildSaEstablished)
     n = net(replace(a, local_id="bob@example.org"), b)
     n.a.initiate("hub", now=n.now)
     n.pump()
@@ -310,8 +322,6 @@ def test_eap_radius_reject_and_timeout() -> None:
     [req] = n.of("b", ev.EapRadiusRequest)
     n.advance(60)
     assert [e.reason for e in n.of("b", ev.IkeSaFailed)] == ["half-open timeout"]
-    from ike.errors import LocalError
-
     with pytest.raises(LocalError):
         n.b.eap_relay_answer(req.ike_sa, RelayAnswer(error="late"), n.now)
     # the server unreachable: AUTHENTICATION_FAILED, said so
