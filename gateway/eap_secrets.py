@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config.reader import ConfigError, ConfigIssue, key_lines
+from gateway.config.issues import ConfigError, ConfigIssue, key_lines, toml_table
 from gateway.secretfile import check_secret_file
 from ike.eap.mschapv2 import nt_password_hash
 
@@ -148,13 +146,7 @@ def _user(name: str, section: Any, issues: _Issues) -> EapUser | None:
 
 def parse_eap_secrets(text: str, source: str) -> EapSecrets:
     """The users in `text` (the file's content); ConfigError listing every problem."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
-        line = int(match.group(1)) if match else None
-        raise ConfigError(source, [ConfigIssue("", f"TOML syntax: {message}", line)]) from None
+    data = toml_table(text, source)
     issues = _Issues(text)
     for key in data:
         if key != "secrets":

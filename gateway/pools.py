@@ -1,6 +1,6 @@
 """Virtual-IP address pools (swanctl.conf `pools { NAME { addrs = ... } }`), pure logic:
-no I/O, no clock. The daemon (phase 2 of issue 17) owns one `AddressPools` per process and
-asks it for an address when a client's CFG_REQUEST arrives in IKE_AUTH.
+no I/O, no clock. The daemon owns one `AddressPools` per process (gateway/daemon/vips.py)
+and asks it for an address when a client's CFG_REQUEST arrives in IKE_AUTH.
 
 `addrs` is a CIDR subnet (the network address, and for IPv4 the broadcast address, are
 left out, as strongSwan does; a /31, /32, /127 or /128 is used whole), a range
@@ -182,6 +182,13 @@ class AddressPool:
             self._offline[index] = None
             self._offline.move_to_end(index)
         return self._address(index)
+
+    def held(self) -> list[tuple[Hashable, Lease]]:
+        """(holder, its lease) of every address held now (a reload carries them over)."""
+        return [
+            (holder, Lease(self._address(i), self._leases[i].identity, "online"))
+            for holder, i in self._by_holder.items()
+        ]
 
     def address_of(self, holder: Hashable) -> IPAddress | None:
         index = self._by_holder.get(holder)

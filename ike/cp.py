@@ -1,6 +1,6 @@
 """Virtual IPs and DNS over the configuration payload (RFC 7296 §2.19, §3.15), pure.
 
-The exchange the engine will run in IKE_AUTH (phase 2 of issue 17):
+The exchange the engine runs in IKE_AUTH (ike/ike_auth.py):
 
     initiator: CP(CFG_REQUEST) with empty INTERNAL_IP4_ADDRESS / INTERNAL_IP6_ADDRESS (or
                the address it holds, e.g. on reauthentication: "this one again, please")

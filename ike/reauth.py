@@ -55,7 +55,10 @@ def schedule(host: ExchangeHost, sa: IkeSa, now: float) -> None:
         sa.reauth_at = now + c.reauth_time + c.over_time if c.reauth_time else None
         return
     if c.reauth_time:
-        at = now + lifetimes.jittered(host.random, c.reauth_time, c.rand_time)
+        # the jitter of rekeys; a rand_time not shorter than reauth_time (its default is
+        # derived from rekey_time) spreads over a tenth of it instead
+        spread = c.rand_time if c.rand_time < c.reauth_time else c.reauth_time * 0.1
+        at = now + lifetimes.jittered(host.random, c.reauth_time, spread)
         sa.reauth_at = at if sa.reauth_at is None else min(at, sa.reauth_at)
 
 

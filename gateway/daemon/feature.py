@@ -18,8 +18,9 @@ engine calls, the pump, timers, waiters) and the small public interface of each 
 feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`),
 so no feature imports the core or another feature's class.
 
-A new feature (route-based tunnels, updown hooks, address pools, offload, per-SA
-counters, INITIAL_CONTACT handling) is one subclass of `Feature`, registered there.
+A new feature (route-based tunnels, updown hooks, offload, per-SA counters,
+INITIAL_CONTACT handling) is one subclass of `Feature`, registered there (as the
+address pools, vips.py, the EAP users, eapusers.py, and the RADIUS relay, radius.py, are).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class Feature:
 
     def stop(self) -> None:
         """The daemon is stopping (its IKE SAs are deleted): undo what is installed."""
+
+    def reloaded(self, config: GatewayConfig) -> None:
+        """A reload applied `config` (its connections and pools; [gateway] changes wait for
+        a restart): re-read what this feature reads from files, take new settings."""
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
         """This feature's fields of the Child SA's list-sas row."""

@@ -34,6 +34,10 @@ from gateway.radius.eap import RadiusEapReply, RadiusEapSession
 log = logging.getLogger("gateway.radius")
 
 DEFAULT_PORT = 1812
+# strongSwan's eap-radius defaults (strongswan.conf charon.plugins.eap-radius.*)
+RETRANSMIT_TIMEOUT = 2.0
+RETRANSMIT_BASE = 1.4
+RETRANSMIT_TRIES = 4
 RandomSource = Callable[[int], bytes]
 
 
@@ -77,9 +81,9 @@ class RadiusClient:
         self,
         server: RadiusServer,
         *,
-        retransmit_timeout: float = 2.0,
-        retransmit_base: float = 1.4,
-        retransmit_tries: int = 4,
+        retransmit_timeout: float = RETRANSMIT_TIMEOUT,
+        retransmit_base: float = RETRANSMIT_BASE,
+        retransmit_tries: int = RETRANSMIT_TRIES,
         random: RandomSource = os.urandom,
     ) -> None:
         if retransmit_tries < 1 or retransmit_timeout <= 0 or retransmit_base < 1:
@@ -113,6 +117,10 @@ class RadiusClient:
         self._transport = transport
 
     async def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Close now (from synchronous code): requests in flight are cancelled."""
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.cancel()

@@ -370,14 +370,6 @@ def test_redirect_keys() -> None:
     assert c.redirect_to == "2001:db8::7"
 
 
-def test_reauth_time_is_refused_not_ignored() -> None:
-    """IKE reauthentication is not implemented: a set reauth_time is a config error."""
-    assert parse_config(conn('reauth_time = "0"')).connections[0].reauth_time == 0
-    ((path, line, message),) = errors_of(conn('reauth_time = "4h"'))
-    assert (path, line) == ("connections.c.reauth_time", 7)
-    assert message == "reauth_time is not supported: use rekey_time (IKEv2 rekeying)"
-
-
 def test_keyingtries_range() -> None:
     assert parse_config(conn("")).connections[0].keyingtries == 1
     assert parse_config(conn("keyingtries = 0")).connections[0].keyingtries == 0
