@@ -360,10 +360,12 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
             "server; an initiator authenticates with eap-mschapv2 or eap-tls"
         )
     if conf.local_auth in EAP_METHODS and conf.remote_auth not in ("pubkey", "psk"):
-        if conf.remote_auth not in MUTUAL_EAP_METHODS:
+        # local and remote EAP: EAP-only (RFC 5998), our client asking for it, or our
+        # responder proving itself with the method
+        if conf.remote_auth not in MUTUAL_EAP_METHODS or conf.local_auth != conf.remote_auth:
             raise LocalError(
-                f"connection {name!r}: remote_auth: EAP-only authentication of the responder "
-                "(RFC 5998) needs eap-tls"
+                f"connection {name!r}: EAP-only authentication (RFC 5998, EAP on both "
+                "sides) needs local_auth = remote_auth = eap-tls"
             )
     uses_psk = "psk" in (conf.local_auth, conf.remote_auth)
     if uses_psk and not conf.psk:

@@ -1040,6 +1040,7 @@ RequestHandler = Callable[
 # of the request, returning the answer's payloads (or raising ProtocolError).
 _REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.AUTH_WAIT, ExchangeType.IKE_AUTH): ike_auth.on_request,
+    (State.AUTH_WAIT, ExchangeType.INFORMATIONAL): ike_auth.on_informational,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,

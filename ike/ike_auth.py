@@ -283,16 +283,45 @@ def _eap_failed(host: ExchangeHost, sa: IkeSa, exc: ike_eap.Refused, now: float)
     N(AUTHENTICATION_FAILED); the SA lingers for retransmits and goes."""
     host.stats.auth_failures += 1
     host.stats.eap_failures += 1
+    detail = _eap_detail(sa, str(exc))
+    host.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, detail=detail, after=After.LINGER)
+    out: list[Payload] = [Eap(exc.eap)] if exc.eap else []
+    return [*out, Notify(NotifyType.AUTHENTICATION_FAILED)]
+
+
+def _eap_detail(sa: IkeSa, reason: str) -> str:
+    """The reason for the log, with the EAP identity it concerns (never a secret)."""
     r = sa.eap
     who = b""
     if r is not None:
         who = r.identity or (r.local.identity if r.local is not None else None) or b""
-    detail = str(exc)
-    if who and repr(who.decode("utf-8", "replace")) not in detail:
-        detail = f"EAP identity {who.decode('utf-8', 'replace')!r}: {detail}"
-    host.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, detail=detail, after=After.LINGER)
-    out: list[Payload] = [Eap(exc.eap)] if exc.eap else []
-    return [*out, Notify(NotifyType.AUTHENTICATION_FAILED)]
+    name = who.decode("utf-8", "replace")
+    return f"EAP identity {name!r}: {reason}" if name and repr(name) not in reason else reason
+
+
+def on_informational(
+    host: ExchangeHost,
+    sa: IkeSa,
+    msg: Message,
+    payloads: tuple[Payload, ...],
+    data: bytes,
+    now: float,
+) -> list[Payload]:
+    """An INFORMATIONAL before IKE_AUTH is done (the engine's dispatch for AUTH_WAIT): an
+    initiator that gives up authenticating says AUTHENTICATION_FAILED (§2.21.2; e.g. a
+    strongSwan client whose EAP-MSCHAPv2 got a Failure sends it instead of acknowledging)."""
+    if first_notify(payloads, NotifyType.AUTHENTICATION_FAILED) is None:
+        raise ProtocolError(NotifyType.INVALID_SYNTAX, "INFORMATIONAL before IKE_AUTH is done")
+    host.stats.auth_failures += 1
+    reason = "the peer gave up authenticating (AUTHENTICATION_FAILED)"
+    if sa.eap is not None:
+        host.stats.eap_failures += 1
+        pending = sa.eap.local.failure_pending if sa.eap.local is not None else None
+        reason = _eap_detail(sa, f"{pending}; {reason}" if pending else reason)
+    host.end_sa(
+        sa, EndReason.AUTHENTICATION_FAILED, now, detail=reason, conn=sa.conn, after=After.LINGER
+    )
+    return []
 
 
 def _established(host: ExchangeHost, sa: IkeSa, now: float) -> None:

@@ -25,12 +25,14 @@ server's answer (`RelayAnswer`). The EAP identity: swanctl's `eap_id` unset take
 identity (no EAP-Identity round; through RADIUS a synthetic Identity Response starts the
 conversation), "%any" asks for it, any other value asks and requires that one.
 
-EAP-only (RFC 5998): an initiator that wants the EAP method to be the responder's only
-proof sends N(EAP_ONLY_AUTHENTICATION) (strongSwan always does, to say it would accept
-it); a responder whose method is one of RFC 5998 §4's safe ones (here eap-tls: mutual,
-makes an MSK, no offline dictionary attack) then leaves out AUTH and CERT. The peer's
-side (ike/eap/session.py) takes EAP-Success only from a method that authenticated the
-server, and the MSK's AUTH binds the IKE SA to it.
+EAP-only (RFC 5998): an initiator sends N(EAP_ONLY_AUTHENTICATION) to say it supports it
+(strongSwan always does; it accepts EAP-only only where its config says the responder
+authenticates with EAP). The responder leaves AUTH and CERT out when its own
+`local_auth` is the method, one of RFC 5998 §4's safe ones (here eap-tls: mutual, makes
+an MSK, no offline dictionary attack), and refuses a peer without support. Our client
+accepts a missing AUTH only when its `remote_auth` is eap-tls; it takes EAP-Success only
+from a method that authenticated the server (ike/eap/session.py), and the MSK's AUTH
+binds the IKE SA to it.
 
 Failures: the responder answers EAP-Failure with N(AUTHENTICATION_FAILED) (`Refused`
 carries the reason for the log: never a password, hash or MSK); the initiator fails its
@@ -179,11 +181,12 @@ def start(
     Request is awaited."""
     r = EapRound(own_id, peer_id)
     r.first = request
-    r.eap_only = (
-        conn.config.remote_auth in MUTUAL_EAP_METHODS
-        and first_notify(request, NotifyType.EAP_ONLY_AUTHENTICATION) is not None
-    )
-    if r.eap_only:  # RFC 5998: the method is our proof; AUTH and CERT stay out
+    # RFC 5998, as strongSwan: EAP-only when our own `local_auth` is the (mutual) method
+    # and the initiator said it supports it; clients send the notify whatever they want
+    r.eap_only = conn.config.local_auth in MUTUAL_EAP_METHODS
+    if r.eap_only and first_notify(request, NotifyType.EAP_ONLY_AUTHENTICATION) is None:
+        raise Refused("EAP-only authentication configured, but the peer does not support it", b"")
+    if r.eap_only:  # the method is our proof; AUTH and CERT stay out
         head = [
             p
             for p in head

@@ -739,14 +739,13 @@ def _check_connection(conn: _Table, c: ConnectionSection) -> None:
 def _check_eap(conn: _Table, c: ConnectionSection) -> None:
     """Which EAP combinations a connection can run (RFC 7296 §2.16, RFC 5998)."""
     local, remote = c.local.auth, c.remote.auth
-    if remote in EAP_METHODS and local not in ("psk", "pubkey"):
-        if local in EAP_METHODS:
-            if remote not in MUTUAL_EAP_METHODS:
-                conn.ctx.error(
-                    conn.at("remote") + ("auth",),
-                    "an EAP client asks for EAP-only authentication of the gateway (RFC 5998) "
-                    "only with eap-tls",
-                )
+    both = local in EAP_METHODS and remote in EAP_METHODS
+    if both and (local != remote or remote not in MUTUAL_EAP_METHODS):
+        conn.ctx.error(
+            conn.at("remote") + ("auth",),
+            "EAP on both sides is EAP-only authentication (RFC 5998): local and remote "
+            "auth = eap-tls",
+        )
     if remote == "eap-tls" and local == "psk":
         conn.ctx.error(
             conn.at("local") + ("auth",),

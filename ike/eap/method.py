@@ -4,7 +4,8 @@ A method sees only its Type-Data (RFC 3748 §4: the bytes after the Type octet):
 
 - the authenticator's side (`ServerMethod`): `start()` gives the first Request's
   Type-Data; `process(response)` gives the next Request's Type-Data, or `Done` when the
-  method has finished (then `msk` is set on success);
+  method has finished (then `msk` is set on success); `failure_pending` says why the
+  peer failed while the method still waits for it to acknowledge that;
 - the peer's side (`PeerMethod`): `process(request)` gives the Response's Type-Data, or
   raises EapFailure when the peer must give up. `succeeded` turns True once the method
   reached a state in which an EAP-Success is acceptable (RFC 3748 §4.2: a peer does not
@@ -36,6 +37,12 @@ class ServerMethod(Protocol):
 
     @property
     def msk(self) -> bytes | None: ...
+
+    @property
+    def failure_pending(self) -> str | None:
+        """Why the peer failed, once the method has decided so but still waits for the
+        peer's acknowledgement (an MS-CHAPv2 Failure, a TLS alert); else None."""
+        ...
 
     def start(self) -> bytes: ...
 

@@ -234,6 +234,10 @@ class MschapV2Server:
         self.msk: bytes | None = None
         self._reason = ""
 
+    @property
+    def failure_pending(self) -> str | None:
+        return self._reason if self._state is _ServerState.FAILURE_SENT else None
+
     def start(self) -> bytes:
         body = bytes((CHALLENGE_LEN,)) + self._challenge + self._name
         return _pack(OP_CHALLENGE, self._ms_id, body)

@@ -79,6 +79,11 @@ class EapAuthenticator:
     def method_type(self) -> int | None:
         return self._method.type if self._method is not None else None
 
+    @property
+    def failure_pending(self) -> str | None:
+        """The method decided the peer failed and waits for its acknowledgement: why."""
+        return self._method.failure_pending if self._method is not None else None
+
     def start(self) -> bytes:
         """The first Request."""
         if self._started:

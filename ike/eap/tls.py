@@ -379,6 +379,10 @@ class EapTlsServer(_Endpoint):
         self._msk: bytes | None = None
         self._reason = ""
 
+    @property
+    def failure_pending(self) -> str | None:
+        return self._reason if self._state is _ServerState.ALERT_SENT else None
+
     def start(self) -> bytes:
         return encode_tls(TlsMessage(FLAG_S))
 

@@ -16,6 +16,7 @@ clients must send Message-Authenticator, no TLS session cache.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import time
@@ -208,16 +209,22 @@ server default {{
 
 
 @contextmanager
-def freeradius(confdir: Path, config: Config, *, timeout: float = 20.0) -> Iterator[FreeRadius]:
-    """Start FreeRADIUS in a new namespace with the configuration above; stop it and
-    remove the namespace afterwards (also when the body fails)."""
+def freeradius(
+    confdir: Path, config: Config, *, timeout: float = 20.0, ns: netns.Netns | None = None
+) -> Iterator[FreeRadius]:
+    """Start FreeRADIUS with the configuration above in a new namespace (or in `ns`, e.g.
+    the gateway's, which then reaches it at 127.0.0.1:1812); stop it (and remove the
+    namespace it made) afterwards, also when the body fails."""
     if FREERADIUS is None:
         raise RuntimeError("freeradius is not installed (deploy/debian-packages.txt lists it)")
     write_config(confdir, config)
-    with netns.netns("gwrad") as ns:
+    with contextlib.ExitStack() as stack:
+        if ns is None:
+            ns = stack.enter_context(netns.netns("gwrad"))
         server = FreeRadius(ns, confdir, config.secret)
         with server.log_file.open("wb") as log:
             proc = ns.popen(FREERADIUS, "-X", "-d", str(confdir), stdout=log, stderr=log)
+        stack.callback(ns.stop, proc)
         deadline = time.monotonic() + timeout
         while READY not in server.log_text():
             if proc.poll() is not None:

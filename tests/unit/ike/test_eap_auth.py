@@ -228,16 +228,25 @@ def test_eap_tls_both_ways() -> None:
     with_auth = _first_auth_answer(n)
     assert with_auth > 400  # IDr, CERT, AUTH, EAP(TLS start)
     # another identity than the certificate names is refused
-    # EAP-only (RFC 5998): a client without the gateway's CA for IKE (remote_auth
-    # eap-tls) can only work when the gateway leaves AUTH and CERT out and EAP-TLS proves it
-    n = net(replace(a, remote_auth="eap-tls"), b)
+    # EAP-only (RFC 5998): a gateway configured to prove itself with EAP-TLS only (local
+    # eap-tls) leaves AUTH and CERT out for a client that supports it (remote eap-tls)
+    b_only = replace(b, local_auth="eap-tls")
+    n = net(replace(a, remote_auth="eap-tls"), b_only)
     n.a.initiate("hub", now=n.now)
     n.pump()
     assert established(n, "a").eap_identity == "alice@example.org"
     assert _first_auth_answer(n) < 150  # IDr, EAP(TLS start): no CERT, no AUTH
+    # a client that does not (it wants the gateway's AUTH) is refused by it
+    n = net(a, b_only)
+    n.a.initiate("hub", now=n.now)
+    n.pump()
+    [fb] = n.of("b", ev.IkeSaFailed)
+    assert "EAP-only" in fb.detail
     # EAP-MSCHAPv2 is no method for that (offline dictionary attacks): the AUTH stays
     with pytest.raises(LocalError, match="EAP-only"):
         net(client(remote_auth="eap-mschapv2"), gateway())
+    with pytest.raises(LocalError, match="EAP-only"):
+        net(client(), gateway(local_auth="eap-mschapv2"))
     n = net(client(), gateway())
     n.a.initiate("hub", now=n.now)
     n.pump()
