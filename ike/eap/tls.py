@@ -12,7 +12,7 @@ message (§2.1.5). Reassembly stops at MAX_MESSAGE bytes.
 Certificates: OpenSSL is told to accept whatever chain arrives (its own checks would use
 the wall clock); as soon as the handshake has produced the peer's certificate (and
 verified the peer's signature over the handshake), the chain is checked with the
-project's path validation (ike.auth.validate_chain: the configured CAs and CRLs, validity
+project's path validation (ike.pki.x509.validate_chain: the configured CAs and CRLs, validity
 at the `now` the caller passes, keyUsage) and by an optional identity check. A chain that
 fails ends the conversation before we send another flight.
 
