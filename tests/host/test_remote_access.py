@@ -183,22 +183,29 @@ def stats(gw: Gateway) -> dict[str, Any]:
     return dict(api(gw.socket, "stats"))
 
 
-def pool_metric(gw_ns: Netns, state: str) -> float:
+def metric(gw_ns: Netns, series: str) -> float:
+    """The value of one series (name and labels as exposed) on our /metrics."""
     body = ns_get(gw_ns, f"http://{METRICS}/metrics")
     for line in body.splitlines():
-        if line.startswith(f'ipsec_pool_addresses{{pool="rw",state="{state}"}}'):
+        if line.startswith(series + " "):
             return float(line.split()[-1])
-    raise AssertionError(f"no ipsec_pool_addresses for rw/{state}:\n{body[-2000:]}")
+    raise AssertionError(f"no {series}:\n{body[-2000:]}")
 
 
-def check_refused_bob(gw: Gateway, sw: StrongSwan, before: int) -> None:
-    """bob's wrong password: AUTHENTICATION_FAILED, counted, logged without a password."""
+def pool_metric(gw_ns: Netns, state: str) -> float:
+    return metric(gw_ns, f'ipsec_pool_addresses{{pool="rw",state="{state}"}}')
+
+
+def check_refused_bob(gw_ns: Netns, gw: Gateway, sw: StrongSwan, before: int) -> None:
+    """bob's wrong password: AUTHENTICATION_FAILED, counted (stats and
+    ipsec_auth_failures_total), logged without a password."""
     out = sw.swanctl("--initiate", "--child", "net", "--ike", "bob", check=False).stdout
     assert "AUTH_FAILED" in out or "failed" in out, out
     try:
         wait_for("the failure counted", lambda: stats(gw)["auth_failures"] == before + 1, 10)
     except AssertionError:
         raise AssertionError(f"{before} {stats(gw)}\n{out}\n{gw.log_text()[-3000:]}") from None
+    assert metric(gw_ns, "ipsec_auth_failures_total") == before + 1
     log = gw.log_text()
     assert "event=ike-failed" in log and "AUTHENTICATION_FAILED" in log
     failed = [ln for ln in log.splitlines() if "event=ike-failed" in ln]
@@ -246,7 +253,7 @@ def test_strongswan_road_warriors(lab: tuple[Netns, Netns, Path], pki: Pki) -> N
         sw.initiate("net", "alice")
         again = wait_for("alice again", lambda: ours(gw, "alice"))
         assert again["virtual_ips"] == first
-        check_refused_bob(gw, sw, stats(gw)["auth_failures"])
+        check_refused_bob(gw_ns, gw, sw, stats(gw)["auth_failures"])
         print(f"two road warriors established in {took:.1f}s")
     finally:
         sw.close()
@@ -282,7 +289,7 @@ def test_eap_radius_through_freeradius(lab: tuple[Netns, Netns, Path], pki: Pki)
             assert "eap_mschapv2" in log.lower() and "eap_tls" in log.lower()
             radius_stats = stats(gw)["radius"]["local"]
             assert radius_stats["replies"] >= 6 and radius_stats["timeouts"] == 0
-            check_refused_bob(gw, sw, stats(gw)["auth_failures"])
+            check_refused_bob(gw_ns, gw, sw, stats(gw)["auth_failures"])
             assert "Access-Reject" in server.log_text()
         finally:
             sw.close()
