@@ -174,6 +174,9 @@ class MetricsSnapshot:
     ike_rekeys: int = 0
     dpd_failures: int = 0
     auth_failures: int = 0
+    reauths: int = 0  # IKE SAs that reauthenticated an older one (RFC 7296 §2.8.3)
+    # virtual-IP pools: pool -> {"online", "offline", "free"} -> addresses
+    pools: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     start_time: float | None = None  # unix time the daemon started
     # route-based tunnels (stats `tunnels`): one row per XFRM interface with interface,
     # if_id, present, up, mtu, children, routes, rx/tx bytes/packets, no_sa_drops
@@ -307,6 +310,21 @@ class GatewayCollector(Collector):
             "IKE_AUTH exchanges that failed authentication",
             snap.auth_failures,
         )
+        yield _counter(
+            "ike_sa_reauths_total",
+            "IKE SAs that reauthenticated an older one (make-before-break)",
+            snap.reauths,
+        )
+        pools = GaugeMetricFamily(
+            PREFIX + "pool_addresses",
+            "Virtual-IP pool addresses by state (online: held by an IKE SA; offline: leased "
+            "to an identity that is gone; free: never handed out)",
+            labels=("pool", "state"),
+        )
+        for pool, states in sorted(snap.pools.items()):
+            for state in ("online", "offline", "free"):
+                pools.add_metric([pool, state], _count(states.get(state)))
+        yield pools
         xdp = CounterMetricFamily(
             PREFIX + "xdp_packets",
             "Packets seen by the XDP program, by verdict (action) and reason",

@@ -125,14 +125,14 @@ def cert_payloads(
     """CERT payloads for our chain (ours first; intermediates until one the peer's CERTREQ
     names as trusted), then, if `certreq`, our CERTREQ (the initiator's IKE_AUTH)."""
     out: list[Payload] = []
-    cred = conn.credential
+    cred = conn.credential if conn.config.local_auth == "pubkey" else None
     if cred is not None:
         wanted = hints.ca_hashes if hints else frozenset()
         for i, (cert, der) in enumerate(zip(cred.certs, cred.der, strict=True)):
             if i and spki_sha1(cert) in wanted:
                 break  # the peer trusts this CA: what is above it is of no use (§3.7)
             out.append(Certificate(CERT_X509_SIGNATURE, der))
-    if certreq and conn.trust is not None:
+    if certreq and conn.trust is not None and conn.config.remote_auth == "pubkey":
         hashes_ = _ca_hash_list((conn.trust,))
         if hashes_:
             out.append(CertificateRequest(CERT_X509_SIGNATURE, hashes_))
@@ -143,7 +143,7 @@ def make_auth(
     conn: CompiledConnection, hints: PeerHints | None, signed: SignedData
 ) -> Authentication:
     """Our AUTH payload: the PSK MAC (§2.15) or a signature with our certificate's key."""
-    if conn.credential is None:
+    if conn.config.local_auth == "psk" or conn.credential is None:
         mac = signed.psk_mac(conn.psk_pads[signed.prf.hash])
         return Authentication(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, mac)
     cred = conn.credential
@@ -152,10 +152,12 @@ def make_auth(
 
 
 def accepts_method(conn: CompiledConnection, method: int) -> bool:
-    """Could this connection accept a peer authenticating with `method`?"""
-    if conn.trust is None:
+    """Could this connection accept a peer authenticating with `method` (an AUTH payload
+    in its first IKE_AUTH request: never an EAP connection, §2.16)?"""
+    remote = conn.config.remote_auth
+    if remote == "psk":
         return method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE
-    return method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE
+    return remote == "pubkey" and method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE
 
 
 def check_auth(
@@ -168,7 +170,7 @@ def check_auth(
 ) -> None:
     """AuthFailure unless the peer's AUTH verifies as `conn.remote` demands: the PSK MAC,
     or a signature by a certificate that chains to our CAs and names `peer_id`."""
-    if conn.trust is None:
+    if conn.config.remote_auth == "psk" or conn.trust is None:
         if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
             raise AuthFailure(f"peer uses AUTH method {auth.method}, we expect a PSK")
         if not hmac.compare_digest(signed.psk_mac(conn.psk_pads[signed.prf.hash]), auth.data):

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ike import lifetimes, window
+from ike import lifetimes, reauth, window
 from ike.codec import (
     Delete,
     KeyExchange,
@@ -40,6 +40,7 @@ from ike.codec import (
 )
 from ike.config import CompiledChild, CompiledConnection
 from ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
+from ike.cp import VirtualIpAssignment
 from ike.crypto import DH_GROUPS
 from ike.errors import ProtocolError, SpiExhausted
 from ike.events import (
@@ -88,9 +89,22 @@ def start_create(
     """Our CREATE_CHILD_SA for an additional Child SA (§1.3.1); `packet_ts`: the packet
     that triggered it (a kernel ACQUIRE), proposed first (§2.9)."""
     first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-    tsi = first_i + (ch.local_ts or (ts_for_address(ip(sa.local[0])),))
+    tsi = first_i + (ch.local_ts or _own_dynamic(sa))
     tsr = first_r + (ch.remote_ts or (ts_for_address(ip(sa.remote[0])),))
     request(host, sa, ch, tsi, tsr, None, None, now)
+
+
+def _own_dynamic(sa: IkeSa) -> tuple[TrafficSelector, ...]:
+    """Our "dynamic" selector: our virtual IPs when we were given some (§2.19), else
+    the IKE SA's address."""
+    if sa.initiator and sa.vips is not None:
+        return vip_selectors(sa.vips)
+    return (ts_for_address(ip(sa.local[0])),)
+
+
+def vip_selectors(v: VirtualIpAssignment) -> tuple[TrafficSelector, ...]:
+    """A selector for each virtual IP of an assignment (a /32 or /128)."""
+    return tuple(ts_for_address(a) for a in (v.ip4, v.ip6.ip if v.ip6 else None) if a is not None)
 
 
 def respond_in_auth(
@@ -132,11 +146,17 @@ def _select(
     want_transport = first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
     local_addr = ip(sa.local[0])
     remote_addr = ip(sa.remote[0])
+    # the peer's virtual IPs (§2.19): its side of every Child SA is narrowed to them
+    vips = vip_selectors(sa.vips) if sa.vips is not None and not sa.initiator else None
     ts_matched = False
     for ch in create.configs if create else conn.children:
         if ch.transport and not want_transport:
             continue
-        ni = narrow(tsi.selectors, ch.remote_ts or (ts_for_address(remote_addr),))
+        if vips is not None:
+            theirs = narrow(vips, ch.remote_ts) if ch.remote_ts else vips
+        else:
+            theirs = ch.remote_ts or (ts_for_address(remote_addr),)
+        ni = narrow(tsi.selectors, theirs)
         nr = narrow(tsr.selectors, ch.local_ts or (ts_for_address(local_addr),))
         if not ni or not nr:
             continue
@@ -208,6 +228,9 @@ def install(
         e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
     sa.children[spi_in] = child
     lifetimes.start_child(child, host.random, now)
+    takes_over = None
+    if replaces is None and sa.predecessor is not None:
+        takes_over = reauth.take_over_child(host, sa, child, initiator, now)
     host.lifetimes_changed(sa)
     encr, integ = suite.encr, suite.integ
     _report(
@@ -242,6 +265,7 @@ def install(
             time=now,
             rekey_at=child.rekey_at,
             expire_at=child.expire_at,
+            replaces=takes_over,
         ),
     )
 

@@ -22,9 +22,11 @@ from ike.constants import (
     ATTR_KEY_LENGTH,
     IKE_HEADER_LEN,
     IKE_VERSION,
+    ConfigAttr,
     HeaderFlag,
     PayloadType,
     TsType,
+    name_of,
 )
 from ike.errors import DecodeError
 
@@ -179,9 +181,16 @@ class Encrypted:
 
 @dataclass(frozen=True, slots=True)
 class Configuration:
+    """CP (§3.15): `attributes` are (type, raw value) in wire order; `values(attr)` gives
+    the typed values of one type (config_value). The decoder checks the length of every
+    attribute it knows (§3.15.1), so a decoded CP always has typed values."""
+
     payload_type: ClassVar[int] = PayloadType.CP
     cfg_type: int
     attributes: tuple[tuple[int, bytes], ...]
+
+    def values(self, attr: int) -> list[ConfigValue]:
+        return [config_value(a, v) for a, v in self.attributes if a == attr]
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +506,98 @@ def _pull_cp(_t: int, body: bytes) -> Configuration:
         atype, alen = _TWO_U16.unpack_from(body, off)
         if off + 4 + alen > len(body):
             raise DecodeError("configuration attribute exceeds the payload")
-        attrs.append((atype & 0x7FFF, body[off + 4 : off + 4 + alen]))
+        atype &= 0x7FFF  # the R bit is ignored on receipt (§3.15.1)
+        value = body[off + 4 : off + 4 + alen]
+        config_value(atype, value)  # a known attribute must have a valid length and value
+        attrs.append((atype, value))
         off += 4 + alen
     return Configuration(body[0], tuple(attrs))
+
+
+# --------------------------------------------------------------------------- CP attributes
+
+ConfigValue = (
+    ipaddress.IPv4Address
+    | ipaddress.IPv6Address
+    | ipaddress.IPv6Interface
+    | ipaddress.IPv4Network
+    | ipaddress.IPv6Network
+    | tuple[int, ...]
+    | bytes
+    | None
+)
+"""A typed attribute value; None is an empty attribute (in a CFG_REQUEST: "give me one")."""
+
+_IP4_ATTRS = frozenset(
+    (
+        ConfigAttr.INTERNAL_IP4_ADDRESS,
+        ConfigAttr.INTERNAL_IP4_NETMASK,
+        ConfigAttr.INTERNAL_IP4_DNS,
+        ConfigAttr.INTERNAL_IP4_NBNS,
+        ConfigAttr.INTERNAL_IP4_DHCP,
+    )
+)
+_IP6_ATTRS = frozenset((ConfigAttr.INTERNAL_IP6_DNS, ConfigAttr.INTERNAL_IP6_DHCP))
+_PREFIXED_IP6 = frozenset((ConfigAttr.INTERNAL_IP6_ADDRESS, ConfigAttr.INTERNAL_IP6_SUBNET))
+
+
+def config_value(atype: int, value: bytes) -> ConfigValue:
+    """The typed value of one configuration attribute (§3.15.1): IPv4Address for the IPv4
+    address/netmask/DNS/NBNS/DHCP, IPv6Interface (address/prefix) for
+    INTERNAL_IP6_ADDRESS, IPv6Address for IPv6 DNS/DHCP, IPv4Network / IPv6Network for the
+    subnets, the attribute types of SUPPORTED_ATTRIBUTES, raw bytes for anything else.
+    A length the RFC does not allow raises DecodeError."""
+    n = len(value)
+    if n == 0 and atype != ConfigAttr.SUPPORTED_ATTRIBUTES:
+        return None
+    name = name_of(ConfigAttr, atype)
+    if atype in _IP4_ATTRS:
+        if n != 4:
+            raise DecodeError(f"{name} of {n} bytes (0 or 4)")
+        return ipaddress.IPv4Address(value)
+    if atype in _IP6_ATTRS:
+        if n != 16:
+            raise DecodeError(f"{name} of {n} bytes (0 or 16)")
+        return ipaddress.IPv6Address(value)
+    if atype in _PREFIXED_IP6:
+        if n != 17 or value[16] > 128:
+            raise DecodeError(f"{name} of {n} bytes or prefix > 128 (0 or 17 bytes)")
+        addr = ipaddress.IPv6Address(value[:16])
+        if atype == ConfigAttr.INTERNAL_IP6_ADDRESS:
+            return ipaddress.IPv6Interface((addr, value[16]))
+        return ipaddress.IPv6Network((addr, value[16]), strict=False)
+    if atype == ConfigAttr.INTERNAL_IP4_SUBNET:
+        if n != 8:
+            raise DecodeError(f"{name} of {n} bytes (0 or 8)")
+        try:
+            return ipaddress.IPv4Network(
+                (ipaddress.IPv4Address(value[:4]), str(ipaddress.IPv4Address(value[4:]))),
+                strict=False,
+            )
+        except ValueError:
+            raise DecodeError(f"{name} with a non-contiguous netmask") from None
+    if atype == ConfigAttr.SUPPORTED_ATTRIBUTES:
+        if n % 2:
+            raise DecodeError(f"{name} of {n} bytes (a multiple of 2)")
+        return tuple(_U16.unpack_from(value, i)[0] for i in range(0, n, 2))
+    return bytes(value)
+
+
+def config_attribute(atype: int, value: ConfigValue) -> tuple[int, bytes]:
+    """(type, raw value) for Configuration.attributes; the inverse of config_value."""
+    if value is None:
+        return atype, b""
+    if isinstance(value, ipaddress.IPv6Interface):
+        return atype, value.ip.packed + bytes((value.network.prefixlen,))
+    if isinstance(value, ipaddress.IPv6Network):
+        return atype, value.network_address.packed + bytes((value.prefixlen,))
+    if isinstance(value, ipaddress.IPv4Network):
+        return atype, value.network_address.packed + value.netmask.packed
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return atype, value.packed
+    if isinstance(value, tuple):
+        return atype, b"".join(_U16.pack(t) for t in value)
+    return atype, bytes(value)
 
 
 def _pull_eap(_t: int, body: bytes) -> Eap:

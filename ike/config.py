@@ -14,7 +14,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ike.constants import IdType, ProtocolId
 from ike.crypto import PRF
@@ -25,10 +25,22 @@ from ike.pki.x509 import LocalCredential, TrustAnchors, load_credential, load_tr
 from ike.proposals import ProposalSpec, parse_proposals
 from ike.ts import TrafficSelector, ts_from_text
 
+if TYPE_CHECKING:
+    from ike.eap.tls import EapTlsConfig
+
 # --------------------------------------------------------------------------- vocabulary
 # swanctl.conf's words for each choice; the first one is the default.
 
-AUTH_METHODS: Final = ("psk", "pubkey")  # local_auth / remote_auth
+# local_auth / remote_auth. EAP (RFC 7296 §2.16) as swanctl names it: the responder
+# authenticates the initiator with EAP-MSCHAPv2 or EAP-TLS itself, or relays any EAP
+# method to a RADIUS server ("eap-radius"); an initiator runs EAP-MSCHAPv2 or EAP-TLS.
+EAP_METHODS: Final = ("eap-mschapv2", "eap-tls", "eap-radius")
+AUTH_METHODS: Final = ("psk", "pubkey", *EAP_METHODS)
+# methods safe to be the only authentication of the responder (EAP-only, RFC 5998 §4:
+# mutual, key-generating, resistant to dictionary attacks): EAP-TLS. EAP-MSCHAPv2 proves
+# the server too, but an eavesdropper can guess the password offline (strongSwan refuses
+# it as well)
+MUTUAL_EAP_METHODS: Final = ("eap-tls",)
 MODES: Final = ("tunnel", "transport")  # ChildConfig.mode
 # what the caller should do with a Child SA whose peer is dead (DpdFailed.actions)
 DPD_ACTIONS: Final = ("clear", "restart", "trap")
@@ -39,6 +51,8 @@ FRAGMENTATION_MODES: Final = ("yes", "accept", "no")
 REDIRECT_PHASES: Final = ("init", "auth")
 ANY_ID: Final = ("", "%any")  # remote_id values that accept any peer identity
 DYNAMIC_TS: Final = "dynamic"  # a traffic selector that is the IKE SA's own address
+# the pool name that takes the peer's address from RADIUS (Framed-IP-Address), swanctl's
+RADIUS_POOL: Final = "radius"
 
 # --------------------------------------------------------------------------- defaults
 # strongSwan's defaults and meaning. Lifetimes: rekey at REKEY_TIME minus a random
@@ -50,6 +64,7 @@ CHILD_RAND_TIME: Final = 360.0
 IKE_REKEY_TIME: Final = 14400.0
 IKE_OVER_TIME: Final = 1440.0
 IKE_RAND_TIME: Final = 1440.0
+REAUTH_TIME: Final = 0.0  # IKE reauthentication (§2.8.3) off
 DPD_DELAY: Final = 0.0  # off
 DPD_TIMEOUT: Final = 0.0  # a check ends when its retransmissions run out
 IKE_PORT: Final = 500
@@ -169,6 +184,24 @@ class ConnectionConfig:
     retransmit_timeout: float | None = None
     retransmit_base: float | None = None
     retransmit_tries: int | None = None
+    # EAP identities (swanctl's local/remote eap_id). Responder (remote_eap_id): ""
+    # the IKE identity is the EAP identity (no EAP-Identity round), "%any" ask for it
+    # and take any, else ask and require this one. Initiator (local_eap_id): ours, ""
+    # meaning our IKE identity.
+    local_eap_id: str = ""
+    remote_eap_id: str = ""
+    # Virtual IPs (RFC 7296 §2.19). Initiator: the addresses to ask for in a CFG_REQUEST
+    # ("0.0.0.0" / "::" any of that family, or one we would like). Responder: the address
+    # pools to hand them out from, in order (names the AddressAssigner hook knows;
+    # RADIUS_POOL: the address the RADIUS server named).
+    vips: tuple[str, ...] = ()
+    pools: tuple[str, ...] = ()
+    # IKE SA reauthentication (§2.8.3, strongSwan's reauth_time): the initiator builds
+    # a new IKE SA with its Child SAs from scratch (make-before-break) at reauth_time
+    # minus a random 0..rand_time, then deletes the old one; a responder announces the
+    # time with AUTH_LIFETIME (RFC 4478) and deletes an SA that was not reauthenticated
+    # by reauth_time + over_time. 0: off.
+    reauth_time: float = REAUTH_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +303,24 @@ class CompiledConnection:
     # pubkey authentication (ike.auth): ours (local pubkey) and what the peer must chain to
     credential: LocalCredential | None = field(default=None, repr=False, compare=False)
     trust: TrustAnchors | None = field(default=None, repr=False, compare=False)
+    # EAP-TLS (either side): our certificate and the CAs of the other side's, built once
+    eap_tls: EapTlsConfig | None = field(default=None, repr=False, compare=False)
+    vips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def local_eap(self) -> bool:
+        """We authenticate ourselves with EAP (an EAP client)."""
+        return self.config.local_auth in EAP_METHODS
+
+    @property
+    def remote_eap(self) -> bool:
+        """The peer authenticates with EAP: as responder we run (or relay) it; as
+        initiator with local EAP we ask for EAP-only authentication (RFC 5998)."""
+        return self.config.remote_auth in EAP_METHODS
 
     def child(self, name: str | None) -> CompiledChild:
         if not self.children:
@@ -317,22 +364,49 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         raise LocalError(f"connection {name!r}: ike_proposals: {exc}") from None
     for key, value in (("local_auth", conf.local_auth), ("remote_auth", conf.remote_auth)):
         if value not in AUTH_METHODS:
-            raise LocalError(f"connection {name!r}: {key}: {value!r} is not psk or pubkey")
+            raise LocalError(
+                f"connection {name!r}: {key}: {value!r} is not one of {', '.join(AUTH_METHODS)}"
+            )
+    if conf.local_auth == "eap-radius":
+        raise LocalError(
+            f"connection {name!r}: local_auth: eap-radius relays the peer's EAP to a RADIUS "
+            "server; an initiator authenticates with eap-mschapv2 or eap-tls"
+        )
+    if conf.local_auth in EAP_METHODS and conf.remote_auth not in ("pubkey", "psk"):
+        # local and remote EAP: EAP-only (RFC 5998), our client asking for it, or our
+        # responder proving itself with the method
+        if conf.remote_auth not in MUTUAL_EAP_METHODS or conf.local_auth != conf.remote_auth:
+            raise LocalError(
+                f"connection {name!r}: EAP-only authentication (RFC 5998, EAP on both "
+                "sides) needs local_auth = remote_auth = eap-tls"
+            )
     uses_psk = "psk" in (conf.local_auth, conf.remote_auth)
     if uses_psk and not conf.psk:
         raise LocalError(f"connection {name!r}: psk: a pre-shared key is required")
-    credential = trust = None
+    eap_tls_here = "eap-tls" in (conf.local_auth, conf.remote_auth)
+    credential = trust = eap_tls = None
     try:
-        if conf.local_auth == "pubkey":
+        # our certificate: for signatures, and as the EAP-TLS server's or client's
+        if conf.local_auth in ("pubkey", "eap-tls") or (eap_tls_here and conf.certs):
             credential = load_credential(conf.certs, conf.private_key, rsa_pss=conf.rsa_pss)
-        if conf.remote_auth == "pubkey":
+        # the other side's CAs: for its signature, and for its EAP-TLS certificate
+        if conf.remote_auth in ("pubkey", "eap-tls") or conf.local_auth == "eap-tls":
             trust = load_trust(conf.cacerts, conf.remote_certs, conf.crls)
+        if eap_tls_here:
+            if credential is None or trust is None:
+                raise LocalError("eap-tls needs our certificate and key (certs) and cacerts")
+            from ike.eap.tls import EapTlsConfig
+
+            eap_tls = EapTlsConfig(credential, trust)
         local_id = parse_identity(conf.local_id) if conf.local_id else None
         if local_id is None and credential is not None:
             local_id = subject_identity(credential.certs[0])
         remote_id = None if conf.remote_id in ANY_ID else parse_identity(conf.remote_id)
+        vips = tuple(_vip(v) for v in conf.vips)
     except LocalError as exc:
         raise LocalError(f"connection {name!r}: {exc}") from None
+    if conf.reauth_time < 0:
+        raise LocalError(f"connection {name!r}: reauth_time must not be negative")
     _check_lifetimes(f"connection {name!r}", conf.rekey_time, conf.over_time, conf.rand_time)
     if conf.dpd_delay < 0 or conf.dpd_timeout < 0:
         raise LocalError(f"connection {name!r}: dpd_delay and dpd_timeout must not be negative")
@@ -382,4 +456,14 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         {p.hash: psk_pad(p, conf.psk) for p in PRF.values()} if uses_psk else {},
         credential,
         trust,
+        eap_tls,
+        vips,
     )
+
+
+def _vip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A `vips` entry: 0.0.0.0 / :: (any address of that family) or the one we want."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise LocalError(f"vips: {text!r} is not an IP address") from None

@@ -126,6 +126,25 @@ class CfgType(IntEnum):
     CFG_ACK = 4
 
 
+class ConfigAttr(IntEnum):
+    """Configuration attribute types (RFC 7296 §3.15.1, IANA "IKEv2 Configuration Payload
+    Attribute Types"). 5, 9 and 11 are the RFC 4306 attributes RFC 7296 removed."""
+
+    INTERNAL_IP4_ADDRESS = 1
+    INTERNAL_IP4_NETMASK = 2
+    INTERNAL_IP4_DNS = 3
+    INTERNAL_IP4_NBNS = 4
+    INTERNAL_IP4_DHCP = 6
+    APPLICATION_VERSION = 7
+    INTERNAL_IP6_ADDRESS = 8
+    INTERNAL_IP6_DNS = 10
+    INTERNAL_IP6_DHCP = 12
+    INTERNAL_IP4_SUBNET = 13
+    SUPPORTED_ATTRIBUTES = 14
+    INTERNAL_IP6_SUBNET = 15
+    INTERNAL_DNS_DOMAIN = 25  # RFC 8598
+
+
 class NotifyType(IntEnum):
     # Error types (RFC 7296 §3.10.1)
     UNSUPPORTED_CRITICAL_PAYLOAD = 1
@@ -167,6 +186,7 @@ class NotifyType(IntEnum):
     UPDATE_SA_ADDRESSES = 16400
     COOKIE2 = 16401
     NO_NATS_ALLOWED = 16402
+    AUTH_LIFETIME = 16403  # RFC 4478: reauthenticate within this many seconds
     REDIRECT_SUPPORTED = 16406  # RFC 5685 §8
     REDIRECT = 16407
     REDIRECTED_FROM = 16408

@@ -9,8 +9,10 @@ The engine owns every IKE SA of one process. It never does I/O and never reads a
   on port 500 or 4500, ``handle_timer(now)`` when ``next_timer()`` is due, and the API calls
   ``initiate``, ``delete_ike_sa``, ``delete_child_sa``, ``check_liveness``,
   ``create_child_sa``, ``rekey_child_sa``, ``rekey_ike_sa``, ``redirect_ike_sa``,
-  ``update_addresses`` (MOBIKE, ike/mobike.py); injected hooks:
-  ``InboundSpiAllocator`` (our ESP SPIs) and ``InboundTraffic`` (ESP counters for DPD);
+  ``update_addresses`` (MOBIKE, ike/mobike.py), ``eap_relay_answer`` (the RADIUS server's
+  answer to an EapRadiusRequest event); injected hooks (ike/hooks.py):
+  ``InboundSpiAllocator`` (our ESP SPIs), ``InboundTraffic`` (ESP counters for DPD),
+  ``EapSecrets`` (EAP users) and ``AddressAssigner`` (virtual-IP pools);
 * outputs, pulled by the caller after every input: ``datagrams_to_send()``,
   ``next_timer()`` and ``next_event()`` (IkeSaEstablished, ChildSaEstablished, ...).
 
@@ -25,9 +27,12 @@ the header, find the SA by *our* SPI (responder SPI if the peer set the I flag),
 
 A request is dispatched through ``_REQUEST_HANDLERS`` keyed by (SA state, exchange type).
 A handler returns the response payloads or raises ProtocolError; that exception is turned
-into a NOTIFY in exactly one place (``_handle_request``). A response is dispatched to the
-callback stored with the request that it answers. Malformed input raises DecodeError
-inside the codec and is dropped and counted in ``receive_datagram``; nothing else escapes.
+into a NOTIFY in exactly one place (``_respond``). A handler that must wait for the
+caller (EAP through RADIUS) raises ResponsePending: the request stays unanswered (its
+retransmissions are dropped and counted) until the API call brings the answer. A
+response is dispatched to the callback stored with the request that it answers.
+Malformed input raises DecodeError inside the codec and is dropped and counted in
+``receive_datagram``; nothing else escapes.
 
 Requests are retransmitted with exponential back-off (timeout * base**n, strongSwan's
 defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmissions.
@@ -44,9 +49,9 @@ ike/host.py's ``SaHost`` or ``ExchangeHost``, whose members the engine implement
 * ike/window.py (request window, retransmission, fragments), ike/cookies.py (COOKIE and
   the half-open SAs), ike/nat.py, ike/lifetimes.py (every deadline of an SA folds into one
   heap entry, ``life_at``).
-* the exchanges: ike/sa_init.py, ike/ike_auth.py, ike/child_sa.py (Child SAs: in IKE_AUTH,
-  CREATE_CHILD_SA, Delete), ike/ike_rekey.py, and the extensions ike/mobike.py and
-  ike/redirect.py.
+* the exchanges: ike/sa_init.py, ike/ike_auth.py (with EAP: ike/ike_eap.py), ike/child_sa.py
+  (Child SAs: in IKE_AUTH, CREATE_CHILD_SA, Delete), ike/ike_rekey.py, ike/reauth.py
+  (reauthentication), and the extensions ike/mobike.py and ike/redirect.py.
 
 CREATE_CHILD_SA is one row of ``_REQUEST_HANDLERS`` that dispatches on its payloads (an
 IKE proposal: ike_rekey; else ike/child_sa.py, which tells a rekey by REKEY_SA); our own
@@ -71,6 +76,7 @@ from ike import (
     lifetimes,
     mobike,
     nat,
+    reauth,
     redirect,
     sa_init,
     window,
@@ -100,7 +106,7 @@ from ike.constants import (
 )
 from ike.cookies import Cookies
 from ike.crypto import RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored
+from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, ResponsePending
 from ike.events import (
     Datagram,
     DpdFailed,
@@ -109,7 +115,8 @@ from ike.events import (
     IkeSaDeleted,
     IkeSaFailed,
 )
-from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
+from ike.hooks import AddressAssigner, EapSecrets, InboundSpiAllocator, InboundTraffic, RandomSpis
+from ike.ike_eap import RelayAnswer
 from ike.payloads import first, first_notify
 from ike.sa import (
     ZERO_SPI,
@@ -137,6 +144,7 @@ __all__ = [
     "InboundSpiAllocator",
     "InboundTraffic",
     "RandomSpis",
+    "RelayAnswer",
 ]
 
 Addr = tuple[Endpoint, Endpoint]  # (local, remote)
@@ -154,8 +162,12 @@ class IkeEngine:
         spis: InboundSpiAllocator | None = None,
         traffic: InboundTraffic | None = None,
         ike_spis: Callable[[], bytes] | None = None,
+        eap_secrets: EapSecrets | None = None,
+        addresses: AddressAssigner | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        self.eap_secrets = eap_secrets
+        self.addresses = addresses
         self._traffic = traffic
         self._random = random
         # our IKE SPIs (initiator: SPIi, responder: SPIr, also of a rekeyed IKE SA); the
@@ -168,6 +180,9 @@ class IkeEngine:
         # responder SAs by the initiator's SPI: spots retransmitted (or late duplicate)
         # IKE_SA_INIT requests, also after the SA is established
         self._by_spi_i: dict[bytes, IkeSa] = {}
+        # established responder SAs by (connection, peer IKE identity, EAP identity): the
+        # handles of each (a reauthentication's predecessor is found there)
+        self._peers: dict[tuple[str, tuple[int, bytes], bytes], list[int]] = {}
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -263,6 +278,8 @@ class IkeEngine:
                     children,
                     sa.mobike,
                     sa.peer_addrs,
+                    _vip_texts(sa),
+                    sa.eap_identity.decode("utf-8", "replace"),
                 )
             )
         return out
@@ -307,12 +324,16 @@ class IkeEngine:
         *,
         redirected_from: tuple[str, tuple[float, ...]] | None = None,
         packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
+        predecessor: IkeSa | None = None,
     ) -> IkeSa:
         """A new initiator IKE SA, its IKE_SA_INIT sent (`redirected_from`: where a
-        gateway sent us from, ike/redirect.py; `packet_ts` as in initiate())."""
+        gateway sent us from, ike/redirect.py; `packet_ts` as in initiate();
+        `predecessor`: the SA it reauthenticates, ike/reauth.py)."""
         sa = IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
         sa.redirected_from = redirected_from
+        if predecessor is not None:
+            sa.predecessor, predecessor.successor = predecessor, sa
         sa.spi_i = self.new_ike_spi()
         self.add_sa(sa)
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
@@ -359,6 +380,22 @@ class IkeEngine:
         or IkeSaMigrateFailed follows. LocalError unless MOBIKE is in use and we are the
         IKE SA's initiator."""
         mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
+
+    def eap_relay_answer(self, ike_sa: int, answer: RelayAnswer, now: float) -> None:
+        """The RADIUS server's answer to the EAP Response of an EapRadiusRequest event:
+        the IKE_AUTH request that carried it is answered now (the next EAP Request,
+        EAP-Success, or EAP-Failure with AUTHENTICATION_FAILED). LocalError when the SA is
+        gone (e.g. its half-open timeout passed) or waits for no answer."""
+        sa = self._sa_by_uid(ike_sa)
+        if sa.deferred is None:
+            raise LocalError(f"IKE SA {ike_sa} is not waiting for a RADIUS answer")
+        mid, exchange, addr = sa.deferred
+        sa.deferred = None
+        try:
+            response = ike_auth.relay_answer(self, sa, answer, now)
+        except ProtocolError as exc:
+            response = [Notify(exc.notify, exc.data)]
+        self._respond(sa, exchange, mid, response, addr, now)
 
     def _sa_by_uid(self, uid: int) -> IkeSa:
         sa = self._by_uid.get(uid)
@@ -445,6 +482,8 @@ class IkeEngine:
         if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
             exchange, payloads2, handler = sa.queue.popleft()
             self.send_request(sa, exchange, payloads2, handler, now)
+        if sa.predecessor is not None:  # a reauthentication: is the old SA done with?
+            reauth.progress(self, sa, now)
 
     def _handle_request(
         self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
@@ -456,6 +495,9 @@ class IkeEngine:
             if cached:  # a fragmented request's retransmission is answered once
                 self.stats.duplicates_answered += 1
                 self.send_datagram(*addr, cached)  # to where the request came from (§2.11)
+            return
+        if sa.deferred is not None and hdr.message_id == sa.deferred[0]:
+            self.stats.requests_pending += 1  # its answer is with the RADIUS server
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
@@ -494,12 +536,25 @@ class IkeEngine:
                     response = handler(self, sa, msg, payloads, data, now)
                 except ProtocolError as exc:
                     error = exc
+                except ResponsePending:  # answered by an API call (eap_relay_answer)
+                    sa.deferred = (hdr.message_id, hdr.exchange_type, addr)
+                    return
         if error is not None:
             response = [Notify(error.notify, error.data)]
-        out = window.protect(
-            sa, self.settings, hdr.exchange_type, hdr.message_id, response, is_response=True
-        )
-        sa.last_response = (hdr.message_id, hdr.exchange_type, out)
+        self._respond(sa, hdr.exchange_type, hdr.message_id, response, addr, now)
+
+    def _respond(
+        self,
+        sa: IkeSa,
+        exchange: int,
+        message_id: int,
+        response: list[Payload],
+        addr: Addr,
+        now: float,
+    ) -> None:
+        """Send (and keep for retransmitted requests) our answer to a request."""
+        out = window.protect(sa, self.settings, exchange, message_id, response, is_response=True)
+        sa.last_response = (message_id, exchange, out)
         self.send_datagram(*addr, out)  # to where the request came from (RFC 7296 §2.11)
         while self._after_response:  # what a handler left for after its answer
             self._after_response.popleft()()
@@ -692,6 +747,17 @@ class IkeEngine:
         about when the SA has none yet (a responder that could not authenticate)."""
         self._cookies.half_open.discard(sa)
         established = sa.established_at is not None
+        sa.deferred = None
+        sa.eap = None
+        if sa.predecessor is not None:  # a reauthentication's new SA that did not make it
+            reauth.failed(self, sa, now)
+        for new, child in reauth.switching(sa):  # its successor's Child SAs send on theirs
+            child_sa.switch_outbound(self, new, child, "old SA deleted", now)
+        if sa.successor is not None:
+            sa.successor.predecessor = None
+            sa.successor = None
+        if established and sa.current:
+            self._forget_peer(sa)
         silent = (
             not sa.current
             or sa.state is State.CLOSED  # it told its end already
@@ -747,6 +813,26 @@ class IkeEngine:
         self._release_pending(sa)
         sa.timer_at = None
 
+    def same_peer(self, sa: IkeSa) -> IkeSa | None:
+        key = (sa.name, sa.remote_id, sa.eap_identity)
+        handles = self._peers.setdefault(key, [])
+        found = None
+        for uid in reversed(handles):
+            other = self._by_uid.get(uid)
+            if other is not None and other is not sa and other.live:
+                found = other
+                break
+        handles.append(sa.uid)
+        return found
+
+    def _forget_peer(self, sa: IkeSa) -> None:
+        key = (sa.name, sa.remote_id, sa.eap_identity)
+        handles = self._peers.get(key)
+        if handles is not None and sa.uid in handles:
+            handles.remove(sa.uid)
+            if not handles:
+                del self._peers[key]
+
     # ------------------------------------------------------------------ IKE_SA_INIT
 
     def connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
@@ -795,7 +881,8 @@ class IkeEngine:
     def _on_delete_ike_response(
         self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
-        self.end_sa(sa, EndReason.DELETED, now)
+        done = sa.successor is not None and sa.successor.live  # reauthenticated (§2.8.3)
+        self.end_sa(sa, EndReason.REAUTHENTICATED if done else EndReason.DELETED, now)
 
     def _retry_delay(self) -> float:
         return lifetimes.retry_delay(self._random)
@@ -825,9 +912,15 @@ class IkeEngine:
             else:  # stuck behind an unanswered request: the SA ends now
                 self.end_sa(sa, EndReason.EXPIRED, now)
             return
+        if sa.reauth_at is not None and sa.reauth_at <= now:
+            reauth.due(self, sa, now)
+            if not sa.live:  # a responder's peer did not reauthenticate in time
+                self.lifetimes_changed(sa)
+                return
         if sa.rekey_at is not None and sa.rekey_at <= now:
             sa.rekey_at = None
-            if sa.rekey is RekeyState.IDLE:
+            # no IKE rekey while a new SA reauthenticates this one: it is going anyway
+            if sa.rekey is RekeyState.IDLE and sa.successor is None:
                 ike_rekey.start(self, sa, None, now)
         if sa.child_retries:
             due = [ch for t, ch in sa.child_retries if t <= now]
@@ -941,6 +1034,14 @@ class IkeEngine:
         )
 
 
+def _vip_texts(sa: IkeSa) -> tuple[str, ...]:
+    """The virtual IPs of an IKE SA (given to the peer, or to us) as text."""
+    v = sa.vips
+    if v is None:
+        return ()
+    return tuple(str(a) for a in (v.ip4, v.ip6.ip if v.ip6 is not None else None) if a)
+
+
 RequestHandler = Callable[
     [IkeEngine, IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
 ]
@@ -949,6 +1050,7 @@ RequestHandler = Callable[
 # of the request, returning the answer's payloads (or raising ProtocolError).
 _REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.AUTH_WAIT, ExchangeType.IKE_AUTH): ike_auth.on_request,
+    (State.AUTH_WAIT, ExchangeType.INFORMATIONAL): ike_auth.on_informational,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,

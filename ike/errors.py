@@ -9,6 +9,9 @@
   ike/pki/); the reason is for humans and never holds key material.
 - ResponseIgnored: a response handler found the (authenticated) answer unusable, e.g. a
   REDIRECT without our nonce (RFC 5685): the request stays outstanding (retransmitted).
+- ResponsePending: a request handler cannot answer yet (an EAP Response is with the
+  RADIUS server): the engine keeps the request, drops its retransmissions, and answers
+  when the caller brings the outcome through the API (`eap_relay_answer`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class SpiExhausted(Exception):
 
 class ResponseIgnored(Exception):
     """Raised by a response handler: treat the response as never received."""
+
+
+class ResponsePending(Exception):
+    """Raised by a request handler: the answer comes later, through an API call."""
 
 
 class AuthFailure(Exception):

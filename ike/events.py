@@ -41,6 +41,16 @@ class IkeSaEstablished:
     expire_at: float | None = None  # its hard lifetime
     mobike: bool = False  # both sides announced MOBIKE_SUPPORTED (RFC 4555)
     additional_addrs: tuple[str, ...] = ()  # the peer's ADDITIONAL_IP4/6_ADDRESSes
+    # EAP (RFC 7296 §2.16): the identity the initiator proved with EAP ("" without EAP)
+    # and the method ("eap-mschapv2", "eap-tls", or e.g. "eap-radius/PEAP" relayed)
+    eap_identity: str = ""
+    eap_method: str = ""
+    # virtual IPs (§2.19): the addresses the responder assigned to the initiator (ours,
+    # when we initiated) and the DNS servers that came with them
+    virtual_ips: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    # reauthentication (§2.8.3): the IKE SA this one replaces (it is deleted next)
+    reauth_of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,31 @@ class ChildSaEstablished:
     time: float = 0.0
     rekey_at: float | None = None  # when this side will rekey it (jittered), None: never
     expire_at: float | None = None  # its hard lifetime (life_time)
+    # reauthentication (§2.8.3), make-before-break: (ike_sa, spi_in) of the Child SA of
+    # the older IKE SA that this one takes over, like a rekey (ChildSaRekeyed): install it
+    # in its place; keep the old inbound SA until that Child SA's ChildSaDeleted. Sending
+    # on the new SA starts at once when `initiator` (the reauthentication's initiator
+    # made the Child SA: its peer installed it before answering), else at the
+    # ChildSaOutboundSwitched that follows.
+    replaces: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EapRadiusRequest:
+    """EAP-RADIUS (RFC 3579 pass-through): the peer's EAP Response `eap` of the IKE SA
+    `ike_sa` must go to the RADIUS server (User-Name `identity`); the IKE_AUTH request
+    that carried it stays unanswered until `IkeEngine.eap_relay_answer(ike_sa, ...)`
+    brings the server's answer. `first`: the conversation's first Access-Request. The
+    half-open timeout ends an SA whose answer never comes (IkeSaFailed)."""
+
+    ike_sa: int
+    connection: str
+    identity: bytes
+    eap: bytes = field(repr=False)
+    local: Endpoint = ("", 0)
+    remote: Endpoint = ("", 0)
+    first: bool = False
+    time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,4 +324,5 @@ Event = (
     | AdditionalAddressesUpdated
     | DpdFailed
     | IkeSaRedirected
+    | EapRadiusRequest
 )

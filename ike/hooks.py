@@ -1,13 +1,16 @@
-"""What the engine's caller injects: our inbound ESP SPIs and the ESP traffic counters.
+"""What the engine's caller injects: our inbound ESP SPIs, the ESP traffic counters, the
+EAP users' secrets and the virtual-IP address pools.
 
 The daemon gives its own (bpf/spi.py's counter-slot SPIs, the data plane's packet
-counts); `RandomSpis` is the default allocator.
+counts, the users file, gateway/pools.py); `RandomSpis` is the default allocator.
+Without secrets or pools, EAP-MSCHAPv2 finds no user and no address is handed out.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from ike.cp import VirtualIpAssignment, VirtualIpRequest
 from ike.crypto import RandomSource
 
 
@@ -58,3 +61,32 @@ class RandomSpis:
 
     def __len__(self) -> int:
         return len(self._used)
+
+
+class EapSecrets(Protocol):
+    """The EAP users (swanctl's `secrets { eap-NAME {...} }`): the NT password hash
+    (MD4 of the UTF-16LE password, RFC 2759 §8.3) of an EAP identity, for EAP-MSCHAPv2 on
+    either side, or None when there is no such user. Asked once per conversation."""
+
+    def nt_hash(self, identity: bytes) -> bytes | None: ...
+
+
+class AddressAssigner(Protocol):
+    """Virtual IPs for peers that ask for them (CFG_REQUEST, RFC 7296 §2.19).
+
+    `assign` is called once per IKE SA, when its IKE_AUTH succeeded: an address of each
+    family asked for from the connection's `pools` (in order; RADIUS_POOL: the one in
+    `offered`, what the RADIUS server named), leased to `identity` (the EAP identity, else
+    the IKE identity) and held by the IKE SA `ike_sa` until the caller releases it when
+    that SA ends (IkeSaDeleted / IkeSaFailed). A family it cannot serve stays None in the
+    answer; DNS servers go with it. The handle stays the same across IKE rekeys."""
+
+    def assign(
+        self,
+        ike_sa: int,
+        connection: str,
+        pools: tuple[str, ...],
+        identity: str,
+        request: VirtualIpRequest,
+        offered: VirtualIpAssignment | None,
+    ) -> VirtualIpAssignment: ...

@@ -12,10 +12,11 @@ the API):
   reason, deferring a step until the answer to the request being handled is sent, telling
   the engine that an SA's deadlines changed, and starting a new IKE SA (a redirect).
   An SA's addresses are read and changed on the ``IkeSa`` itself (ike/sa.py).
-* ``ExchangeHost``: the exchange modules (IKE_SA_INIT, IKE_AUTH, Child SAs, IKE SA rekey)
-  additionally reach the engine's tables (register an SA, find one by our SPI, move a
-  handle to a rekeyed SA), the inbound SPI allocator, unprotected datagrams, and the
-  timers of an SA.
+* ``ExchangeHost``: the exchange modules (IKE_SA_INIT, IKE_AUTH with EAP, Child SAs, IKE
+  SA rekey, reauthentication) additionally reach the engine's tables (register an SA,
+  find one by our SPI or by its peer, move a handle to a rekeyed SA), the injected hooks
+  (inbound SPIs, EAP secrets, address pools), unprotected datagrams, and the timers of
+  an SA.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ike.codec import Payload
 from ike.config import CompiledChild, CompiledConnection, EngineSettings
 from ike.cookies import Cookies
 from ike.events import Endpoint, Event
-from ike.hooks import InboundSpiAllocator
+from ike.hooks import AddressAssigner, EapSecrets, InboundSpiAllocator
 from ike.sa import After, EndReason, IkeSa
 from ike.stats import EngineStats
 from ike.window import ResponseHandler, Wire
@@ -90,8 +91,10 @@ class SaHost(Protocol):
         now: float,
         *,
         redirected_from: tuple[str, tuple[float, ...]] | None = None,
+        predecessor: IkeSa | None = None,
     ) -> IkeSa:
-        """A new IKE SA of ours to `remote`, its IKE_SA_INIT sent."""
+        """A new IKE SA of ours to `remote`, its IKE_SA_INIT sent (`predecessor`: the
+        SA it reauthenticates, ike/reauth.py)."""
         ...
 
 
@@ -100,6 +103,8 @@ class ExchangeHost(SaHost, Protocol):
 
     spis: InboundSpiAllocator
     cookies: Cookies[IkeSa]
+    eap_secrets: EapSecrets | None  # the EAP users (ike/hooks.py), if the caller has any
+    addresses: AddressAssigner | None  # the virtual-IP pools, if the caller has any
 
     def send_datagram(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
         """Send bytes as they are (the non-ESP marker is added on the NAT-T port)."""
@@ -143,4 +148,10 @@ class ExchangeHost(SaHost, Protocol):
 
     def connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
         """The connections whose addresses allow this pair of endpoints."""
+        ...
+
+    def same_peer(self, sa: IkeSa) -> IkeSa | None:
+        """Record the established responder SA `sa` under its connection and peer
+        identities; the newest other live SA recorded so (a reauthentication's
+        predecessor, ike/reauth.py), if any."""
         ...

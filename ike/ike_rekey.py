@@ -217,6 +217,8 @@ def _rekeyed_sa(
         new.mobility_to(Mobility.MOBIKE)
     new.peer_addrs = old.peer_addrs
     new.local_id, new.remote_id = old.local_id, old.remote_id
+    # who it authenticated, what it was given, and when it is proved again go along
+    new.eap_identity, new.vips = old.eap_identity, old.vips
     host.add_sa(new)
     return new
 
@@ -233,7 +235,8 @@ def take_over(host: ExchangeHost, old: IkeSa, new: IkeSa, now: float) -> None:
     new.succeed(Succession.CURRENT)
     old.succeed(Succession.REKEYED)
     new.esp_seen = old.esp_seen  # the Child SAs (and their counters) move along
-    old.rekey_at = old.hard_at = old.life_at = None
+    new.reauth_at = old.reauth_at  # reauthentication is due when it was (§2.8.3)
+    old.rekey_at = old.hard_at = old.life_at = old.reauth_at = None
     new.expire_at = None
     old.timer_at = new.timer_at = None  # heap entries follow the handle: push again
     lifetimes.start_ike(new, host.settings, host.random, now)

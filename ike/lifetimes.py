@@ -7,7 +7,7 @@ timer off. NAT-T keepalives (RFC 3948) and Dead Peer Detection (§2.4: idle time
 the last valid message or ESP packet from the peer, looked at lazily) are deadlines of
 the same kind. All of an SA's deadlines, and its Child SAs', fold into one (`life_at`)
 so that every SA has one entry in the engine's timer heap; what is due is acted upon by
-the engine. IKE reauthentication (§2.8.3) would be one more deadline here.
+the engine. IKE reauthentication (§2.8.3, ike/reauth.py) is one more: `reauth_at`.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def earliest(sa: IkeSa) -> float | None:
     at = sa.rekey_at
     if sa.hard_at is not None and (at is None or sa.hard_at < at):
         at = sa.hard_at
+    if sa.reauth_at is not None and (at is None or sa.reauth_at < at):
+        at = sa.reauth_at
     for t, _ in sa.child_retries:
         if at is None or t < at:
             at = t

@@ -33,6 +33,16 @@ silently. The states keep apart what one flag used to mean::
     REKEYING --we answered the peer's rekey too--> COLLIDING --answer--> IDLE
     COLLIDING --the peer deleted the old SA--> REKEYING (its new SA took over)
 
+``EapPhase``, an EAP authentication in IKE_AUTH (RFC 7296 §2.16, ike/ike_eap.py; the SA
+stays AUTH_SENT / AUTH_WAIT meanwhile)::
+
+    METHOD --the method succeeded (EAP-Success)--> AUTH (the MSK's AUTH payloads next)
+    METHOD --a Response goes to the RADIUS server--> RELAYING --its answer--> METHOD or AUTH
+
+Reauthentication (§2.8.3, ike/reauth.py): the new IKE SA names the old one its
+``predecessor`` and the old one names the new one its ``successor`` until the old one
+ends; the new one's Child SAs take over the old one's (ChildSaEstablished.replaces).
+
 ``Mobility`` (RFC 4555): FIXED (no MOBIKE; the path follows NAT mappings, §2.23),
 MOBIKE (only UPDATE_SA_ADDRESSES moves the SA), UPDATING (ours is under way).
 
@@ -58,6 +68,7 @@ else ``ChildSaDeleted`` for each Child SA, ``DpdFailed`` for a dead peer, ``IkeS
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import deque
 from dataclasses import dataclass
 from typing import TypeVar
@@ -65,7 +76,9 @@ from typing import TypeVar
 from ike.auth import PeerHints
 from ike.codec import Payload
 from ike.config import CompiledChild, CompiledConnection
+from ike.cp import VirtualIpAssignment
 from ike.crypto import DhPrivate
+from ike.eap.session import EapAuthenticator, EapPeer
 from ike.events import Endpoint
 from ike.keys import IkeSaKeys
 from ike.proposals import EspSuite, IkeSuite
@@ -74,6 +87,7 @@ from ike.ts import TrafficSelector
 from ike.window import Fragments, Request, ResponseHandler, Wire
 
 ZERO_SPI = bytes(8)
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -161,6 +175,19 @@ MOBILITY_MOVES: dict[Mobility, frozenset[Mobility]] = {
 }
 
 
+class EapPhase(enum.Enum):
+    METHOD = enum.auto()
+    RELAYING = enum.auto()
+    AUTH = enum.auto()
+
+
+EAP_MOVES: dict[EapPhase, frozenset[EapPhase]] = {
+    EapPhase.METHOD: frozenset({EapPhase.RELAYING, EapPhase.AUTH}),
+    EapPhase.RELAYING: frozenset({EapPhase.METHOD, EapPhase.AUTH}),
+    EapPhase.AUTH: frozenset(),
+}
+
+
 class ChildState(enum.Enum):
     INSTALLED = enum.auto()
     DELETING = enum.auto()
@@ -205,6 +232,7 @@ class EndReason(enum.Enum):
     CANCELLED = "cancelled"  # delete_ike_sa() before it was established
     REFUSED = "refused"  # a NOTIFY from the peer or our check: the event names the NOTIFY
     RETIRED = "retired"  # an SA that already told its end, or no longer has its handle
+    REAUTHENTICATED = "reauthenticated"  # our Delete after its successor took over (§2.8.3)
 
 
 class ChildEndReason(enum.Enum):
@@ -334,6 +362,53 @@ class MobikeUpdate:
         self.old_remote = old_remote
 
 
+class EapRound:
+    """An EAP authentication under way in IKE_AUTH (ike/ike_eap.py), either role.
+
+    Responder: `local` runs the method itself, or `relay` hands each Response to the
+    RADIUS server; `first` keeps the initiator's first request (SA, TS, CP, notifies)
+    for the last answer, which creates the Child SA; `held` is our first answer's IDr /
+    CERT / AUTH while the server's first Request is awaited. Initiator: `peer`.
+    `own_id` / `peer_id` are the ID payload bodies (IDx') the MSK's AUTH covers."""
+
+    __slots__ = (
+        "phase",
+        "local",
+        "peer",
+        "relay",
+        "identity",
+        "msk",
+        "first",
+        "held",
+        "own_id",
+        "peer_id",
+        "eap_only",
+        "offered",
+    )
+
+    def __init__(self, own_id: bytes, peer_id: bytes = b"") -> None:
+        self.phase = EapPhase.METHOD
+        self.local: EapAuthenticator | None = None
+        self.peer: EapPeer | None = None
+        self.relay = False
+        self.identity: bytes | None = None  # the EAP identity, once known
+        self.msk: bytes | None = None
+        self.first: tuple[Payload, ...] = ()
+        self.held: list[Payload] = []
+        self.own_id = own_id
+        self.peer_id = peer_id
+        self.eap_only = False  # RFC 5998: no AUTH from the responder before the MSK's
+        self.offered: VirtualIpAssignment | None = None  # from the RADIUS server
+
+    def __repr__(self) -> str:  # never the MSK
+        return f"EapRound({self.phase.name})"
+
+    def move(self, phase: EapPhase) -> None:
+        if phase not in EAP_MOVES[self.phase]:
+            raise InvalidTransition(f"EAP: {self.phase.name} -> {phase.name}")
+        self.phase = phase
+
+
 def _by_value(table: dict[_E, frozenset[_E]]) -> dict[object, tuple[_E, ...]]:
     """A move table keyed by the enums' plain values: the checks then hash an int and
     compare by identity, where an Enum member's own __hash__ is a Python call."""
@@ -407,6 +482,13 @@ class IkeSa:
         "redirect_peer",
         "redirect_self",
         "redirected_from",
+        "eap",
+        "deferred",
+        "eap_identity",
+        "vips",
+        "reauth_at",
+        "predecessor",
+        "successor",
     )
 
     def __init__(
@@ -487,6 +569,19 @@ class IkeSa:
         self.redirect_peer = False
         self.redirect_self = False
         self.redirected_from: tuple[str, tuple[float, ...]] | None = None
+        # EAP in IKE_AUTH (§2.16): the round under way; the request whose answer waits
+        # for the caller (message ID, exchange, (local, remote) it came on); the EAP
+        # identity the peer (or we) proved
+        self.eap: EapRound | None = None
+        self.deferred: tuple[int, int, tuple[Endpoint, Endpoint]] | None = None
+        self.eap_identity = b""
+        # virtual IPs (§2.19): what the responder assigned to the initiator, and its DNS
+        self.vips: VirtualIpAssignment | None = None
+        # reauthentication (§2.8.3): initiator, when to start it; responder, when the SA
+        # goes unless the peer reauthenticated (AUTH_LIFETIME + over_time)
+        self.reauth_at: float | None = None
+        self.predecessor: IkeSa | None = None  # the SA this one reauthenticates
+        self.successor: IkeSa | None = None  # the SA reauthenticating this one
 
     def __repr__(self) -> str:
         return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"

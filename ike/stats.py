@@ -40,6 +40,14 @@ class EngineStats:
     redirects_sent: int = 0
     redirects_followed: int = 0
     redirects_ignored: int = 0  # bad nonce, unasked for, loop limit, FQDN gateway
+    # EAP (RFC 7296 §2.16) and IKE reauthentication (§2.8.3)
+    eap_successes: int = 0
+    eap_failures: int = 0  # also counted in auth_failures
+    eap_relayed: int = 0  # EAP Responses handed to the RADIUS server
+    requests_pending: int = 0  # retransmissions of a request whose answer is with RADIUS
+    reauths_started: int = 0
+    reauths_done: int = 0  # the old IKE SA deleted after its successor took over
+    address_failures: int = 0  # a CFG_REQUEST we had no address for
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +80,5 @@ class IkeSaInfo:
     children: tuple[ChildSaInfo, ...]
     mobike: bool = False
     additional_addrs: tuple[str, ...] = ()
+    virtual_ips: tuple[str, ...] = ()
+    eap_identity: str = ""

@@ -14,6 +14,7 @@ __all__ = [
     "TrafficSelector",
     "ts_from_text",
     "ts_for_address",
+    "any_address",
     "intersect",
     "narrow",
     "covered",
@@ -33,6 +34,32 @@ def ip(text: str) -> IPAddress:
 def ts_for_address(addr: IPAddress) -> TrafficSelector:
     kind = TsType.TS_IPV4_ADDR_RANGE if addr.version == 4 else TsType.TS_IPV6_ADDR_RANGE
     return TrafficSelector(kind, 0, 0, 65535, addr, addr)
+
+
+_ANY = {
+    4: TrafficSelector(
+        TsType.TS_IPV4_ADDR_RANGE,
+        0,
+        0,
+        65535,
+        ipaddress.IPv4Address(0),
+        ipaddress.IPv4Address(2**32 - 1),
+    ),
+    6: TrafficSelector(
+        TsType.TS_IPV6_ADDR_RANGE,
+        0,
+        0,
+        65535,
+        ipaddress.IPv6Address(0),
+        ipaddress.IPv6Address(2**128 - 1),
+    ),
+}
+
+
+def any_address(version: int) -> TrafficSelector:
+    """Every address of IP `version` (0.0.0.0/0, ::/0): what an initiator that asks for a
+    virtual IP proposes as its TSi, for the responder to narrow to the address."""
+    return _ANY[version]
 
 
 def ts_from_text(text: str) -> TrafficSelector:

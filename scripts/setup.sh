@@ -79,6 +79,24 @@ make_venv() {
     fi
 }
 
+# Debian enables freeradius.service at install. The tests start their own instances (own
+# config dir, own namespace); a system server on the host's port 1812 is not ours to run.
+# Only where systemd is the running init: elsewhere (containers, policy-rc.d) it never started.
+quiet_freeradius_service() {
+    if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null; then
+        return
+    fi
+    if ! systemctl list-unit-files freeradius.service >/dev/null 2>&1; then
+        return
+    fi
+    if systemctl is-enabled --quiet freeradius.service 2>/dev/null \
+        || systemctl is-active --quiet freeradius.service 2>/dev/null; then
+        need_root
+        log "stopping and disabling freeradius.service (the tests run their own FreeRADIUS)"
+        systemctl disable --now freeradius.service
+    fi
+}
+
 check_vm_kernel() {
     if ! ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1; then
         log "no Debian kernel in /boot (linux-image-amd64 missing?)"
@@ -87,6 +105,7 @@ check_vm_kernel() {
 }
 
 install_debian_packages
+quiet_freeradius_service
 link_kernel_headers
 make_venv
 check_vm_kernel

@@ -683,6 +683,10 @@ def detail_text(row: Row | None, now: float) -> Text:
         }
     elif row.kind == "ike":
         fields |= {"rekey": _when(row.rekey_at, now), "expire": _when(row.expire_at, now)}
+    if row.eap_identity:  # a road warrior: who it proved to be, the address it was given
+        fields["EAP id"] = row.eap_identity
+    if row.virtual_ips:
+        fields["virtual IP"] = ", ".join(row.virtual_ips)
     for k, v in redact(fields).items():
         t.append(f"{k:>10} ", style="bold")
         t.append(f"{v}\n")

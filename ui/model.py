@@ -40,6 +40,8 @@ class Row:
         "peer",
         "local_id",
         "remote_id",
+        "virtual_ips",
+        "eap_identity",
         "ike_proposal",
         "esp_proposal",
         "offload",
@@ -79,6 +81,8 @@ class Row:
         self.child = child
         self.state = self.ike_state = ""
         self.local_addr = self.peer = self.local_id = self.remote_id = ""
+        self.virtual_ips: tuple[str, ...] = ()  # a road warrior's inner addresses
+        self.eap_identity = ""
         self.ike_proposal = self.esp_proposal = self.offload = self.mode = ""
         self.encap = False
         self.spi_in = self.spi_out = self.spi_i = self.spi_r = ""
@@ -202,7 +206,10 @@ class SaModel:
                     row = rows[("ike", spi_i, "")] = Row(("ike", spi_i, ""), "ike", conn, "")
                     self._reshaped = True
                     self._fill_ike(row, ike)
-                    row.search = f"{conn} {row.peer} {row.remote_id}".lower()
+                    row.search = (
+                        f"{conn} {row.peer} {row.remote_id} {row.eap_identity} "
+                        f"{' '.join(row.virtual_ips)}"
+                    ).lower()
                 row.state = row.ike_state = ike_state
                 row.rekey_at = _time(ike.get("rekey_at"))
                 row.established_at = _time(ike.get("established_at"))
@@ -222,8 +229,9 @@ class SaModel:
                     self._fill_ike(row, ike)
                     self._fill_child(row, child)
                     row.search = (
-                        f"{conn} {name} {row.peer} {row.remote_id} "
-                        f"{row.esp_proposal} {' '.join(row.remote_ts)}"
+                        f"{conn} {name} {row.peer} {row.remote_id} {row.eap_identity} "
+                        f"{' '.join(row.virtual_ips)} {row.esp_proposal} "
+                        f"{' '.join(row.remote_ts)}"
                     ).lower()
                     self._reshaped = True
                 row.seen = gen
@@ -303,8 +311,12 @@ class SaModel:
                 a = agg[key] = Row(key, "ikesa", row.connection, "")
                 a.local_addr, a.peer, a.local_id = row.local_addr, row.peer, row.local_id
                 a.remote_id, a.ike_proposal = row.remote_id, row.ike_proposal
+                a.virtual_ips, a.eap_identity = row.virtual_ips, row.eap_identity
                 a.spi_i, a.spi_r = row.spi_i, row.spi_r
-                a.search = f"{row.connection} {row.peer} {row.remote_id}".lower()
+                a.search = (
+                    f"{row.connection} {row.peer} {row.remote_id} {row.eap_identity} "
+                    f"{' '.join(row.virtual_ips)}"
+                ).lower()
                 self._reshaped = True
             if a.seen != mark:
                 a.seen = mark
@@ -351,6 +363,8 @@ class SaModel:
         row.peer = str(ike.get("remote_addr", ""))
         row.local_id = str(ike.get("local_id", ""))
         row.remote_id = str(ike.get("remote_id", ""))
+        row.virtual_ips = _strs(ike.get("virtual_ips"))
+        row.eap_identity = str(ike.get("eap_identity", "") or "")
         row.ike_proposal = str(ike.get("ike_proposal", ""))
         row.spi_i = str(ike.get("spi_i", ""))
         row.spi_r = str(ike.get("spi_r", ""))

@@ -70,8 +70,12 @@ def format_sas(sas: list[dict[str, Any]], now: float | None = None) -> str:
             f"{sa.get('connection')}: {sa.get('state')}, IKEv2, "
             f"{sa.get('spi_i')}_i {sa.get('spi_r')}_r"
         )
-        out.append(f"  local  '{sa.get('local_id')}' @ {sa.get('local_addr')}")
-        out.append(f"  remote '{sa.get('remote_id')}' @ {sa.get('remote_addr')}")
+        # swanctl's way: the EAP identity and the virtual IPs on the side they belong to
+        vips = f" [{_join(sa.get('virtual_ips'))}]" if sa.get("virtual_ips") else ""
+        eap = f" EAP: '{sa['eap_identity']}'" if sa.get("eap_identity") else ""
+        mine, theirs = (eap + vips, "") if sa.get("initiator") else ("", eap + vips)
+        out.append(f"  local  '{sa.get('local_id')}' @ {sa.get('local_addr')}{mine}")
+        out.append(f"  remote '{sa.get('remote_id')}' @ {sa.get('remote_addr')}{theirs}")
         if sa.get("ike_proposal"):
             out.append(f"  {sa['ike_proposal']}")
         if sa.get("established_at"):
@@ -144,6 +148,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"traffic: in {stats.get('bytes_in', 0)} bytes / {stats.get('packets_in', 0)} packets, "
         f"out {stats.get('bytes_out', 0)} bytes / {stats.get('packets_out', 0)} packets",
         f"handshakes {stats.get('handshakes', 0)}, rekeys {stats.get('rekeys', 0)}, "
+        f"reauths {stats.get('reauths', 0)}, "
         f"auth failures {stats.get('auth_failures', 0)}, "
         f"DPD failures {stats.get('dpd_failures', 0)}",
     ]
@@ -151,6 +156,11 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(
             f"xdp {row.get('interface')}: {row.get('action')} {row.get('reason')} "
             f"{row.get('packets')} packets"
+        )
+    for pool, n in sorted((stats.get("pools") or {}).items()):
+        lines.append(
+            f"pool {pool}: {n.get('online', 0)} online, {n.get('offline', 0)} offline, "
+            f"{n.get('free', 0)} free"
         )
     errors = {k: v for k, v in (stats.get("xfrm_errors") or {}).items() if v}
     if errors:

@@ -22,6 +22,7 @@ from ike.constants import (
     NON_ESP_MARKER,
     AuthMethod,
     CfgType,
+    ConfigAttr,
     DhGroup,
     EncrId,
     EsnId,
@@ -174,7 +175,7 @@ def describe_payload(p: codec.Payload) -> dict[str, Any]:
     elif isinstance(p, codec.Configuration):
         d.update(
             cfg_type=name_of(CfgType, p.cfg_type),
-            attributes=[[a, v.hex()] for a, v in p.attributes],
+            attributes=[[name_of(ConfigAttr, a), v.hex()] for a, v in p.attributes],
         )
     elif isinstance(p, codec.Eap):
         d.update(length=len(p.data))

@@ -31,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_engine_config(config)
     if args.dataplane:
-        config = GatewayConfig(
-            _replace_dataplane(config, args.dataplane), config.connections, config.source
-        )
+        config = dataclasses.replace(config, gateway=_replace_dataplane(config, args.dataplane))
         if args.dataplane == "none":
             for conn, child, key in trap_actions(config.connections):
                 raise GatewayError(

@@ -34,9 +34,11 @@ def engine_connection(conn: ConnectionSection) -> ike_config.ConnectionConfig:
         )
         for c in conn.children
     )
-    # certificate authentication: the engine gets the files' bytes (ike/ does no I/O)
+    # certificate authentication (and EAP-TLS): the engine gets the files' bytes (ike/
+    # does no I/O); an EAP-TLS client checks the server with remote's cacerts
     local, remote = conn.local, conn.remote
-    local_pub, remote_pub = local.auth == "pubkey", remote.auth == "pubkey"
+    local_pub = local.auth in ("pubkey", "eap-tls")
+    remote_pub = remote.auth in ("pubkey", "eap-tls") or local.auth == "eap-tls"
     return ike_config.ConnectionConfig(
         name=conn.name,
         local_addrs=tuple(a for a in conn.local_addrs if "/" not in a),
@@ -68,6 +70,11 @@ def engine_connection(conn: ConnectionSection) -> ike_config.ConnectionConfig:
         cacerts=_read_files(conn.name, remote.cacerts) if remote_pub else (),
         remote_certs=_read_files(conn.name, remote.certs) if remote_pub else (),
         crls=_read_files(conn.name, remote.crls) if remote_pub else (),
+        local_eap_id=local.eap_id or "",
+        remote_eap_id=remote.eap_id or "",
+        vips=conn.vips,
+        pools=conn.pools,
+        reauth_time=conn.reauth_time,
     )
 
 

@@ -13,13 +13,11 @@ import difflib
 import ipaddress
 import os
 import re
-import stat
-import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.config.issues import ConfigError, ConfigIssue, key_lines, toml_table
 from gateway.config.schema import (
     ANY_ADDR,
     AUTH_METHODS,
@@ -27,10 +25,13 @@ from gateway.config.schema import (
     DATAPLANES,
     DPD_ACTIONS,
     DYNAMIC_TS,
+    EAP_METHODS,
     FRAGMENTATION_MODES,
     MIN_PSK_LENGTH,
     MODES,
+    MUTUAL_EAP_METHODS,
     OFFLOAD_MODES,
+    RADIUS_POOL,
     REDIRECT_PHASES,
     ROUTE_BASED_NEEDS_KERNEL,
     STANDARD_ESP_PROPOSALS,
@@ -44,6 +45,9 @@ from gateway.config.schema import (
     GatewayConfig,
     GatewaySettings,
     HooksConfig,
+    PoolSection,
+    RadiusConfig,
+    RadiusServerConfig,
     Secret,
     XdpConfig,
     route_based_children,
@@ -59,86 +63,14 @@ from gateway.config.values import (
     parse_ts,
     type_name,
 )
-from gateway.errors import GatewayError
+from gateway.eap_secrets import EapSecrets, load_eap_secrets
+from gateway.pools import AddressPool, check_disjoint, parse_addrs
 from gateway.routing.interfaces import MAX_MTU, MIN_MTU, check_if_id, check_name
 from gateway.routing.routes import LOCAL_TABLE, MAIN_TABLE
+from gateway.secretfile import check_secret_file
 
 T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One problem: where (key path, line if known) and what."""
-
-    path: str
-    message: str
-    line: int | None = None
-
-    def format(self, source: str) -> str:
-        where = f"{source}:{self.line}" if self.line is not None else source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(GatewayError):
-    """The configuration is unusable; `issues` lists every problem found, in file order."""
-
-    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
-        self.source = source
-        self.issues = tuple(issues)
-        lines = [issue.format(source) for issue in self.issues]
-        count = len(lines)
-        head = f"{count} error{'s' if count != 1 else ''} in configuration"
-        super().__init__(head + ":\n  " + "\n  ".join(lines))
-
-
-# --------------------------------------------------------------------------- line numbers
-
-
-def _split_dotted(text: str) -> list[str]:
-    """Split a TOML dotted key (`a."b.c".d`) into its parts."""
-    parts: list[str] = []
-    for match in re.finditer(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*(?:\.|$)', text):
-        part = match.group(1)
-        parts.append(part[1:-1] if part[:1] in "\"'" else part)
-    return parts
-
-
-_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
-_KEY_RE = re.compile(r'^\s*((?:"[^"]*"|\'[^\']*\'|[A-Za-z0-9_.\-\s])+?)\s*=')
-_INLINE_KEY_RE = re.compile(r"[{,]\s*([A-Za-z0-9_-]+)\s*=")
-
-
-def key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map key paths to the line that defines them (best effort, TOML already parsed)."""
-    lines: dict[tuple[str, ...], int] = {}
-    table: tuple[str, ...] = ()
-    in_multiline = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if in_multiline:
-            if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
-                in_multiline = False
-            continue
-        header = _HEADER_RE.match(line)
-        if header:
-            table = tuple(_split_dotted(header.group(1)))
-            lines.setdefault(table, number)
-            continue
-        key = _KEY_RE.match(line)
-        if not key:
-            continue
-        path = table + tuple(_split_dotted(key.group(1)))
-        lines.setdefault(path, number)
-        rest = line[key.end() :]
-        if rest.count('"""') % 2 == 1 or rest.count("'''") % 2 == 1:
-            in_multiline = True
-        if rest.lstrip().startswith("{"):
-            for inner in _INLINE_KEY_RE.finditer(rest):
-                lines.setdefault(path + (inner.group(1),), number)
-    return lines
 
 
 # --------------------------------------------------------------------------- reader
@@ -331,6 +263,8 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         table.error("retransmit_timeout", "must be more than 0")
     retransmit_base = table.get("retransmit_base", defaults.retransmit_base, _retransmit_base)
     retransmit_tries = table.integer("retransmit_tries", defaults.retransmit_tries, 0, 30)
+    eap_secrets = table.get("eap_secrets", None, lambda v: _secret_file(ctx, v, "EAP secrets"))
+    radius = _read_radius(ctx, table)
     xdp = None
     xdp_table = table.table("xdp")
     if xdp_table is not None:
@@ -371,6 +305,8 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         retransmit_timeout=retransmit_timeout,
         retransmit_base=retransmit_base,
         retransmit_tries=retransmit_tries,
+        eap_secrets=eap_secrets,
+        radius=radius,
     )
 
 
@@ -379,6 +315,118 @@ def _positive_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("must be more than 0")
     return seconds
+
+
+def _read_radius(ctx: _Context, gateway: _Table) -> RadiusConfig | None:
+    """`[gateway.radius]` and its `servers.NAME` tables (strongswan.conf eap-radius)."""
+    table = gateway.table("radius")
+    if table is None:
+        return None
+    d = RadiusConfig()
+    servers: list[RadiusServerConfig] = []
+    raw = table.raw("servers")
+    if not isinstance(raw, dict) or not raw:
+        table.error("servers", "needs at least one [gateway.radius.servers.NAME] table")
+        raw = {}
+    for name, data in raw.items():
+        server = _read_radius_server(ctx, table, name, data)
+        if server is not None:
+            servers.append(server)
+    timeout = table.duration("retransmit_timeout", d.retransmit_timeout)
+    if "retransmit_timeout" in table.data and timeout <= 0:
+        table.error("retransmit_timeout", "must be more than 0")
+    nas = table.string("nas_identifier", d.nas_identifier)
+    if not nas:
+        table.error("nas_identifier", "must not be empty")
+    radius = RadiusConfig(
+        servers=tuple(servers),
+        nas_identifier=nas or d.nas_identifier,
+        retransmit_timeout=timeout,
+        retransmit_base=table.get("retransmit_base", d.retransmit_base, _retransmit_base),
+        retransmit_tries=table.integer("retransmit_tries", d.retransmit_tries, 1, 30),
+    )
+    table.finish()
+    return radius
+
+
+def _read_radius_server(
+    ctx: _Context, radius: _Table, name: str, data: Any
+) -> RadiusServerConfig | None:
+    path = radius.path + ("servers", name)
+    if not isinstance(data, dict):
+        ctx.error(path, f"expected a table, got {type_name(data)}")
+        return None
+    table = _Table(ctx, path, data)
+    address = table.get("address", None, _ip_address_value)
+    if "address" not in data:
+        table.error("address", "missing: the server's IP address")
+    port = table.integer("port", RadiusServerConfig.__dataclass_fields__["port"].default, 1, 65535)
+    secret: Secret | None = None
+    if ("secret" in data) == ("secret_file" in data):
+        table.error("secret", "set either secret or secret_file (the RADIUS shared secret)")
+    elif "secret" in data:
+        value = table.raw("secret")
+        if not isinstance(value, str) or not value:
+            table.error("secret", "expected a non-empty string")
+        else:
+            secret = Secret(value.encode())
+    else:
+        file = table.get("secret_file", None, lambda v: _secret_file(ctx, v, "RADIUS secret"))
+        if file is not None:
+            value_bytes = Path(file).read_bytes().strip()
+            if value_bytes:
+                secret = Secret(value_bytes)
+            else:
+                table.error("secret_file", "the file is empty")
+    table.seen.update(("secret", "secret_file"))
+    table.finish()
+    if address is None or secret is None:
+        return None
+    return RadiusServerConfig(name=name, address=address, secret=secret, port=port)
+
+
+def _ip_address_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address, got {type_name(value)}")
+    return _ip_address(value)
+
+
+def _read_pools(ctx: _Context, root: _Table) -> tuple[PoolSection, ...]:
+    """`[pools.NAME]` (swanctl.conf pools): addrs and dns; pools must not overlap."""
+    raw = root.raw("pools")
+    if raw is _MISSING:
+        return ()
+    if not isinstance(raw, dict):
+        root.error("pools", f"expected a table, got {type_name(raw)}")
+        return ()
+    out: list[PoolSection] = []
+    for name, data in raw.items():
+        path: Path_ = ("pools", name)
+        if not isinstance(data, dict):
+            ctx.error(path, f"expected a table, got {type_name(data)}")
+            continue
+        if not _NAME_RE.match(name) or name == RADIUS_POOL:
+            ctx.error(path, f"pool names use letters, digits, '_' and '-' (not {RADIUS_POOL!r})")
+        table = _Table(ctx, path, data)
+
+        def addrs_value(value: Any) -> str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a subnet, range or address, got {type_name(value)}")
+            parse_addrs(value)
+            return value.strip()
+
+        addrs = table.get("addrs", None, addrs_value)
+        if "addrs" not in data:
+            table.error("addrs", 'missing: e.g. "10.3.0.0/24" or "10.3.0.10-10.3.0.99"')
+        dns = table.strings("dns", (), _ip_address)
+        table.finish()
+        if addrs is not None:
+            out.append(PoolSection(name=name, addrs=addrs, dns=dns))
+    try:
+        check_disjoint(AddressPool(p.name, p.addrs) for p in out)
+    except ValueError as exc:
+        ctx.error(("pools",), str(exc))
+    return tuple(out)
 
 
 def _retransmit_base(value: Any) -> float:
@@ -427,13 +475,14 @@ def _mss(value: Any) -> int | bool | None:
 
 def _read_auth(ctx: _Context, conn: _Table, key: str) -> AuthConfig:
     table = conn.table(key)
+    words = '"psk", "pubkey" or an EAP method (' + ", ".join(EAP_METHODS) + ")"
     if table is None:
         if not conn.has(key):
-            conn.error(key, 'missing: needs at least auth = "psk" or "pubkey"')
+            conn.error(key, f"missing: needs at least auth = {words}")
         return AuthConfig()
     auth = table.string("auth", None, AUTH_METHODS)
     if "auth" not in table.data:
-        table.error("auth", 'missing: "psk" or "pubkey"')
+        table.error("auth", f"missing: {words}")
     ident = table.string("id", None)
     if ident is not None and not ident.strip():
         table.error("id", "must not be empty")
@@ -441,25 +490,38 @@ def _read_auth(ctx: _Context, conn: _Table, key: str) -> AuthConfig:
     cacerts = table.strings("cacerts", (), lambda v: _readable_file(ctx, v))
     keyfile = table.get("key", None, lambda v: _secret_file(ctx, v, "key"))
     crls = table.strings("crls", (), lambda v: _readable_file(ctx, v))
+    eap_id = table.string("eap_id", None)
+    if eap_id is not None and not eap_id.strip():
+        table.error("eap_id", "must not be empty (%any: any EAP identity)")
     if key == "remote" and keyfile is not None:
         table.error("key", "a private key belongs to local, not remote")
     if key == "local" and crls:
         table.error("crls", "revocation lists check the peer: they belong to remote")
-    if auth == "pubkey":
+    if eap_id is not None and auth not in EAP_METHODS:
+        table.error("eap_id", "is only used with an EAP method (auth = eap-...)")
+    if auth in ("pubkey", "eap-tls"):
         if key == "local":
             if not certs:
-                table.error("certs", "pubkey authentication needs our certificate file(s)")
+                table.error("certs", f"{auth} authentication needs our certificate file(s)")
             if keyfile is None and "key" not in table.data:
-                table.error("key", "pubkey authentication needs our private key file")
+                table.error("key", f"{auth} authentication needs our private key file")
         elif not {"certs", "cacerts"} & table.data.keys():
-            table.error("cacerts", "pubkey authentication needs cacerts (or the peer's certs)")
-    elif auth == "psk":
+            table.error("cacerts", f"{auth} authentication needs cacerts (or the peer's certs)")
+    elif auth == "psk" or auth in ("eap-mschapv2", "eap-radius"):
         for unused in ("certs", "key", "crls"):
             if table.data.get(unused):
-                table.error(unused, 'is only used with auth = "pubkey"')
+                table.error(unused, 'is only used with auth = "pubkey" or "eap-tls"')
+    if key == "local" and auth == "eap-radius":
+        table.error("auth", "eap-radius relays the peer's EAP: it belongs to remote")
     table.finish()
     return AuthConfig(
-        auth=auth or "psk", id=ident, certs=certs, cacerts=cacerts, key=keyfile, crls=crls
+        auth=auth or "psk",
+        id=ident,
+        certs=certs,
+        cacerts=cacerts,
+        key=keyfile,
+        crls=crls,
+        eap_id=eap_id,
     )
 
 
@@ -477,23 +539,7 @@ def _secret_file(ctx: _Context, value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a file name, got {type_name(value)}")
     path = ctx.resolve(value)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ValueError(f"{value!r}: no such file") from None
-    except OSError as exc:
-        raise ValueError(f"{value!r}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{value!r}: not a regular file")
-    if info.st_uid not in (0, os.geteuid()):
-        raise ValueError(f"{value!r}: {what} file must be owned by root")
-    if info.st_mode & 0o077:
-        raise ValueError(
-            f"{value!r}: {what} file is accessible by group/others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600"
-        )
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{value!r}: not readable")
+    check_secret_file(path, what, value)
     return str(path)
 
 
@@ -765,7 +811,9 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
     if psk is not None and not needs_psk:
         conn.error("psk", 'set, but neither local nor remote uses auth = "psk"')
     rekey_time = conn.duration("rekey_time", d.rekey_time)
-    over_time = conn.duration("over_time", rekey_time * 0.1)
+    reauth_time = conn.duration("reauth_time", d.reauth_time)
+    # swanctl: 10% of the longer of rekey_time and reauth_time
+    over_time = conn.duration("over_time", max(rekey_time, reauth_time) * 0.1)
     rand_time = conn.duration("rand_time", over_time)
     if "jitter" in data:  # our name for rand_time, as the issue tracker calls it
         if "rand_time" in data:
@@ -804,7 +852,7 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
         retransmit_base=conn.get("retransmit_base", d.retransmit_base, _retransmit_base),
         retransmit_tries=conn.integer("retransmit_tries", d.retransmit_tries, 0, 30),
         rekey_time=rekey_time,
-        reauth_time=conn.duration("reauth_time", d.reauth_time),
+        reauth_time=reauth_time,
         over_time=over_time,
         rand_time=rand_time,
         mobike=conn.boolean("mobike", d.mobike),
@@ -814,6 +862,8 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
         fragmentation=conn.get("fragmentation", d.fragmentation, _fragmentation),
         encap=conn.boolean("encap", d.encap),
         keyingtries=conn.integer("keyingtries", d.keyingtries, 0, 1000),
+        pools=conn.strings("pools", d.pools),
+        vips=conn.strings("vips", d.vips, _ip_address),
         children=tuple(children),
     )
     _check_connection(conn, connection)
@@ -863,10 +913,77 @@ def _check_connection(conn: _Table, c: ConnectionSection) -> None:
     remote_families = {ipaddress.ip_address(a).version for a in concrete_remote if _is_ip(a)}
     if families and remote_families and not families & remote_families:
         conn.error("remote_addrs", "no address family in common with local_addrs")
-    if c.reauth_time:
-        # IKE SA reauthentication (make-before-break) is not implemented: a set value
-        # must not be silently ignored (docs/config.md)
-        conn.error("reauth_time", "reauth_time is not supported: use rekey_time (IKEv2 rekeying)")
+    _check_eap(conn, c)
+    if c.pools and c.vips:
+        conn.error("vips", "a connection hands out virtual IPs (pools) or asks for them, not both")
+    if RADIUS_POOL in c.pools and c.remote.auth != "eap-radius":
+        conn.error("pools", f'"{RADIUS_POOL}" takes the address RADIUS names: needs eap-radius')
+    explicit = {"rand_time", "jitter"} & conn.data.keys()
+    if c.reauth_time and explicit and c.rand_time >= c.reauth_time:
+        conn.error(explicit.pop(), f"must be shorter than reauth_time ({c.reauth_time:g}s)")
+
+
+def _check_eap(conn: _Table, c: ConnectionSection) -> None:
+    """Which EAP combinations a connection can run (RFC 7296 §2.16, RFC 5998)."""
+    local, remote = c.local.auth, c.remote.auth
+    both = local in EAP_METHODS and remote in EAP_METHODS
+    if both and (local != remote or remote not in MUTUAL_EAP_METHODS):
+        conn.ctx.error(
+            conn.at("remote") + ("auth",),
+            "EAP on both sides is EAP-only authentication (RFC 5998): local and remote "
+            "auth = eap-tls",
+        )
+    if remote == "eap-tls" and local == "psk":
+        conn.ctx.error(
+            conn.at("local") + ("auth",),
+            'an EAP-TLS server needs its certificate: local auth = "pubkey" with certs and key',
+        )
+    if local == "eap-tls" and not c.remote.cacerts:
+        conn.ctx.error(
+            conn.at("remote") + ("cacerts",),
+            "an EAP-TLS client checks the server's certificate: it needs cacerts",
+        )
+
+
+def _check_remote_access(
+    ctx: _Context,
+    gateway: GatewaySettings,
+    pools: tuple[PoolSection, ...],
+    connections: list[ConnectionSection],
+) -> None:
+    """What connections need of [gateway] and [pools]: the users file for EAP-MSCHAPv2
+    (with our own secret, as a client), RADIUS servers for eap-radius, existing pools."""
+    names = {p.name for p in pools}
+    secrets: EapSecrets | None = None
+    if gateway.eap_secrets is not None:
+        try:
+            secrets = load_eap_secrets(Path(gateway.eap_secrets))
+        except ConfigError as exc:
+            for issue in exc.issues:
+                ctx.error(("gateway", "eap_secrets"), issue.format(exc.source))
+    for c in connections:
+        where: Path_ = ("connections", c.name)
+        for pool in c.pools:
+            if pool not in names and pool != RADIUS_POOL:
+                ctx.error(where + ("pools",), f"no pool {pool!r} (define [pools.{pool}])")
+        uses = {c.local.auth, c.remote.auth}
+        if "eap-mschapv2" in uses and gateway.eap_secrets is None:
+            side = "local" if c.local.auth == "eap-mschapv2" else "remote"
+            ctx.error(
+                where + (side, "auth"),
+                "eap-mschapv2 needs the users file: [gateway] eap_secrets",
+            )
+        if c.remote.auth == "eap-radius" and gateway.radius is None:
+            ctx.error(where + ("remote", "auth"), "eap-radius needs [gateway.radius] servers")
+        if c.local.auth == "eap-mschapv2" and secrets is not None:
+            me = c.local.eap_id or c.local.id
+            if me is None:
+                ctx.error(where + ("local", "eap_id"), "an EAP client needs eap_id (or id)")
+            elif secrets.nt_hash(me.encode()) is None:
+                ctx.error(
+                    where + ("local", "eap_id"),
+                    f"no secret for {me!r} in {gateway.eap_secrets}",
+                )
 
 
 def _is_ip(text: str) -> bool:
@@ -884,15 +1001,7 @@ def parse_config(
     text: str, source: str = "<string>", base_dir: Path | None = None
 ) -> GatewayConfig:
     """Parse and check configuration text; raise ConfigError listing every problem."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
-        line = int(match.group(1)) if match else None
-        if "(at end of document)" in str(exc):
-            line = max(1, len(text.splitlines()))
-        raise ConfigError(source, [ConfigIssue("", f"TOML syntax: {message}", line)]) from None
+    data = toml_table(text, source)
     ctx = _Context(text, base_dir or Path.cwd())
     root = _Table(ctx, (), data)
     gateway = _read_gateway(ctx, root)
@@ -903,8 +1012,10 @@ def parse_config(
             root.error("connections", f"expected a table, got {type_name(conns)}")
         else:
             connections = [_read_connection(ctx, name, value) for name, value in conns.items()]
+    pools = _read_pools(ctx, root)
     root.finish()
     _check_route_based(ctx, gateway.dataplane, connections)
+    _check_remote_access(ctx, gateway, pools, connections)
     for conn, child, key in trap_actions(connections):
         path = ("connections", conn.name, "children", child.name, key)
         if gateway.dataplane == "none":
@@ -914,7 +1025,9 @@ def parse_config(
     if ctx.issues:
         issues = sorted(ctx.issues, key=lambda i: (i.line is None, i.line or 0))
         raise ConfigError(source, issues)
-    return GatewayConfig(gateway=gateway, connections=tuple(connections), source=source)
+    return GatewayConfig(
+        gateway=gateway, connections=tuple(connections), source=source, pools=pools
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

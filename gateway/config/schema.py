@@ -4,6 +4,8 @@ key's default and each vocabulary (the words a key accepts) defined once, here.
     [gateway]                      GatewaySettings: listen, control socket, metrics, data plane
     [gateway.xdp]                  XdpConfig: XDP interfaces and MSS clamping
     [gateway.hooks]                HooksConfig: how updown programs run
+    [gateway.radius]               RadiusConfig: the RADIUS servers of eap-radius
+    [pools.NAME]                   PoolSection: a virtual-IP address pool
     [connections.NAME]             ConnectionSection: one IKE SA template
     [connections.NAME.children.C]  ChildSection: one Child SA template
 
@@ -19,6 +21,18 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
+from gateway.radius.client import (
+    DEFAULT_PORT as RADIUS_PORT,
+)
+from gateway.radius.client import (
+    RETRANSMIT_BASE as RADIUS_RETRANSMIT_BASE,
+)
+from gateway.radius.client import (
+    RETRANSMIT_TIMEOUT as RADIUS_RETRANSMIT_TIMEOUT,
+)
+from gateway.radius.client import (
+    RETRANSMIT_TRIES as RADIUS_RETRANSMIT_TRIES,
+)
 from gateway.routing.hooks import HOOK_MAX_CONCURRENT, HOOK_MAX_OUTPUT_LINES, HOOK_TIMEOUT
 from gateway.routing.routes import MAIN_TABLE
 from ike.config import (
@@ -43,9 +57,21 @@ from ike.config import (
 from ike.config import (
     DPD_ACTIONS as DPD_ACTIONS,
 )
+from ike.config import (
+    EAP_METHODS as EAP_METHODS,
+)
 from ike.config import FRAGMENTATION_MODES as ENGINE_FRAGMENTATION_MODES
 from ike.config import (
     MODES as MODES,
+)
+from ike.config import (
+    MUTUAL_EAP_METHODS as MUTUAL_EAP_METHODS,
+)
+from ike.config import (
+    RADIUS_POOL as RADIUS_POOL,
+)
+from ike.config import (
+    REAUTH_TIME as REAUTH_TIME,
 )
 from ike.config import (
     REDIRECT_PHASES as REDIRECT_PHASES,
@@ -104,6 +130,39 @@ class HooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RadiusServerConfig:
+    """`[gateway.radius.servers.NAME]` (strongswan.conf eap-radius.servers.NAME)."""
+
+    name: str
+    address: str
+    secret: Secret
+    port: int = RADIUS_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusConfig:
+    """`[gateway.radius]`: where eap-radius connections relay EAP (strongswan.conf
+    charon.plugins.eap-radius). A conversation starts at the first server; the next one
+    is tried when it does not answer the first Access-Request."""
+
+    servers: tuple[RadiusServerConfig, ...] = ()
+    nas_identifier: str = "gateway"
+    retransmit_timeout: float = RADIUS_RETRANSMIT_TIMEOUT
+    retransmit_base: float = RADIUS_RETRANSMIT_BASE
+    retransmit_tries: int = RADIUS_RETRANSMIT_TRIES
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSection:
+    """`[pools.NAME]` (swanctl.conf pools.NAME): addresses for the peers' virtual IPs,
+    and the DNS servers that go with them."""
+
+    name: str
+    addrs: str
+    dns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """`[gateway]`: listen addresses, control socket, metrics, data plane, workers."""
 
@@ -124,6 +183,9 @@ class GatewaySettings:
     retransmit_timeout: float = RETRANSMIT_TIMEOUT
     retransmit_base: float = RETRANSMIT_BASE
     retransmit_tries: int = RETRANSMIT_TRIES
+    # the EAP users (swanctl.conf `secrets { eap-NAME }` in TOML, gateway/eap_secrets.py)
+    eap_secrets: str | None = None
+    radius: RadiusConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +198,9 @@ class AuthConfig:
     cacerts: tuple[str, ...] = ()  # trust anchors for the peer's certificate (remote)
     key: str | None = None  # private key file (local, pubkey auth)
     crls: tuple[str, ...] = ()  # CRL files checked along the peer's chain (remote)
+    # EAP identity (swanctl eap_id): remote, None = the IKE identity, "%any" = ask for
+    # any; local, None = our `id`
+    eap_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +272,7 @@ class ConnectionSection:
     retransmit_base: float | None = None
     retransmit_tries: int | None = None
     rekey_time: float = IKE_REKEY_TIME
-    reauth_time: float = 0.0
+    reauth_time: float = REAUTH_TIME
     over_time: float = IKE_OVER_TIME
     rand_time: float = IKE_RAND_TIME
     mobike: bool = True
@@ -219,6 +284,10 @@ class ConnectionSection:
     fragmentation: str = "yes"
     encap: bool = False
     keyingtries: int = 1
+    # virtual IPs: the pools we hand them out of (responder; "radius": the RADIUS
+    # server's Framed-IP-Address), the ones we ask for ("0.0.0.0", "::"; initiator)
+    pools: tuple[str, ...] = ()
+    vips: tuple[str, ...] = ()
     children: tuple[ChildSection, ...] = ()
 
     def child(self, name: str) -> ChildSection | None:
@@ -232,6 +301,7 @@ class GatewayConfig:
     gateway: GatewaySettings
     connections: tuple[ConnectionSection, ...]
     source: str = "<string>"
+    pools: tuple[PoolSection, ...] = ()
 
     def connection(self, name: str) -> ConnectionSection | None:
         return next((c for c in self.connections if c.name == name), None)

@@ -44,6 +44,9 @@ def list_conns(d: Host) -> list[dict[str, Any]]:
             "redirect_to": c.redirect_to,
             "redirect_on": c.redirect_on,
             "rekey_time": c.rekey_time,
+            "reauth_time": c.reauth_time,
+            "pools": list(c.pools),
+            "vips": list(c.vips),
             "children": [
                 {
                     "name": ch.name,
@@ -87,6 +90,9 @@ def sa_row(d: Host, r: IkeRecord) -> dict[str, Any]:
         "expire_at": r.expire_at,
         "mobike": r.mobike,
         "additional_addrs": list(r.additional_addrs),
+        "virtual_ips": list(r.virtual_ips),
+        "eap_identity": r.eap_identity,
+        "eap_method": r.eap_method,
         "children": [child_row(d, c) for c in r.children],
     }
 
@@ -194,6 +200,7 @@ def stats(d: Host) -> dict[str, Any]:
         "auth_failures": t.auth_failures,
         "dpd_failures": t.dpd_failures,
         "rekeys": t.rekeys,
+        "reauths": t.reauths,
         "redirects": t.redirects,
         "install_failures": t.install_failures,
         "engine_errors": t.engine_errors,
@@ -229,7 +236,9 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
         d.retries.cancel(name)  # a changed one starts anew below
     d.pump()
     d.engine.set_connections([engine_connection(c) for c in new.connections])
-    d.config = GatewayConfig(d.config.gateway, new.connections, new.source)
+    d.config = GatewayConfig(d.config.gateway, new.connections, new.source, new.pools)
+    for feature in d.features:  # the EAP users file read again, the pools replaced
+        feature.reloaded(d.config)
     d.traps.forget(removed + changed)
     d.traps.sync()  # those of removed/changed connections once their SAs are gone
     for name in added + changed:
@@ -284,6 +293,8 @@ def metrics_snapshot(d: Host) -> Any:
             ike_rekeys=t.ike_rekeys,
             dpd_failures=t.dpd_failures,
             auth_failures=t.auth_failures,
+            reauths=t.reauths,
+            pools=_pools(d),
             start_time=d.started_at,
         )
 
@@ -293,6 +304,15 @@ def metrics_snapshot(d: Host) -> Any:
     except TimeoutError:
         future.cancel()
         raise GatewayError("the daemon did not answer the scrape in time") from None
+
+
+def _pools(d: Host) -> dict[str, dict[str, int]]:
+    """Addresses per pool and state, as the features' stats say (gateway/daemon/vips.py)."""
+    for feature in d.features:
+        pools = feature.stats().get("pools")
+        if pools is not None:
+            return dict(pools)
+    return {}
 
 
 async def _call(func: Callable[[], Any]) -> Any:

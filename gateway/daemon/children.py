@@ -13,6 +13,10 @@ rekeys, moves and removes them, and records each one in the SA table once instal
                              responder (`outbound` False) only the new inbound SA: we keep
                              sending on the old one until ChildSaOutboundSwitched.
     ChildSaOutboundSwitched  the responder's second step (RFC 7296 §2.8)
+    ChildSaEstablished with `replaces` (reauthentication, §2.8.3): installed in the older
+                             IKE SA's Child SA's place like a rekey (its reqid and
+                             policies); that Child SA leaves the older IKE SA's record
+                             and its inbound SA is kept until its ChildSaDeleted + grace
     IkeSaMigrated            MOBIKE: every Child SA to the new outer addresses
     ChildSaDeleted           removed (an old SA after its rekey: REKEY_GRACE later)
     IkeSaDeleted             whatever it still had, removed
@@ -76,7 +80,8 @@ class ChildSas(Feature):
         for event in events:
             if not isinstance(event, BATCH_NEUTRAL):
                 break
-            if isinstance(event, ev.ChildSaEstablished):
+            # a reauthentication's Child SA replaces an installed one (_take_over)
+            if isinstance(event, ev.ChildSaEstablished) and event.replaces is None:
                 batch.append(event)
         if len(batch) < 2:
             return  # one alone goes through install() in on_event
@@ -126,6 +131,8 @@ class ChildSas(Feature):
 
     def _established(self, e: ev.ChildSaEstablished) -> ev.ChildSaFailed | None:
         record = self.d.sas.ensure(e.ike_sa, e.connection, e.initiator)
+        if e.replaces is not None and self._take_over(record, e):
+            return None
         config = self._config(e.connection, e.child)
         try:
             try:
@@ -143,23 +150,7 @@ class ChildSas(Feature):
             return ev.ChildSaFailed(
                 e.ike_sa, e.connection, e.child, f"install failed: {exc}", e.time
             )
-        record.children.append(
-            ChildRecord(
-                name=e.child,
-                state="INSTALLED",
-                spi_in=e.spi_in,
-                spi_out=e.spi_out,
-                mode=e.mode,
-                encap=e.encap is not None,
-                esp_proposal=e.proposal,
-                local_ts=[c for ts in e.local_ts for c in to_cidrs(ts)],
-                remote_ts=[c for ts in e.remote_ts for c in to_cidrs(ts)],
-                installed_at=e.time or self.d.clock(),
-                rekey_at=e.rekey_at,
-                expire_at=e.expire_at,
-                installed=installed,
-            )
-        )
+        record.children.append(self._record(e, installed))
         return None
 
     def _replace_duplicate(self, record: IkeRecord, e: ev.ChildSaEstablished) -> bool:
@@ -205,6 +196,57 @@ class ChildSas(Feature):
         if isinstance(prepared[1], DataplaneError):
             raise prepared[1]
         return prepared[1]
+
+    def _take_over(self, record: IkeRecord, e: ev.ChildSaEstablished) -> bool:
+        """A reauthentication's Child SA replaces the older IKE SA's one, make-before-
+        break: False when there is nothing to replace (then it is installed anew)."""
+        assert e.replaces is not None
+        old_ike, old_spi = e.replaces
+        old_record = self.d.sas.get(old_ike)
+        old = old_record.child(old_spi) if old_record is not None else None
+        if old_record is None or old is None or old.installed is None:
+            return False
+        in_use = old.sending or old.installed  # whose outbound SA we send on
+        try:
+            installed = self.dataplane.replace(
+                in_use if e.initiator else old.installed,
+                e,
+                self._config(e.connection, e.child),
+                keep_old_inbound=True,
+                switch_outbound=e.initiator,
+            )
+        except DataplaneError as exc:
+            self._failed("child-reauth-install-failed", e.connection, e.child, e.spi_in, exc)
+            return False
+        gone = self.dataplane.counters(old.installed)
+        sending = self.dataplane.counters(in_use) if e.initiator else Counters()
+        self.bank(Counters(gone.bytes_in, gone.packets_in, sending.bytes_out, sending.packets_out))
+        # the old inbound SA until the old Child SA's ChildSaDeleted (+ grace): kept
+        # under the new IKE SA, so the old IKE SA's end does not cut the grace short
+        self._retiring[old.spi_in] = (e.ike_sa, old.installed)
+        old_record.children.remove(old)
+        record.children.append(self._record(e, installed, None if e.initiator else in_use))
+        return True
+
+    def _record(
+        self, e: ev.ChildSaEstablished, installed: Installed, sending: Installed | None = None
+    ) -> ChildRecord:
+        return ChildRecord(
+            name=e.child,
+            state="INSTALLED",
+            spi_in=e.spi_in,
+            spi_out=e.spi_out,
+            mode=e.mode,
+            encap=e.encap is not None,
+            esp_proposal=e.proposal,
+            local_ts=[c for ts in e.local_ts for c in to_cidrs(ts)],
+            remote_ts=[c for ts in e.remote_ts for c in to_cidrs(ts)],
+            installed_at=e.time or self.d.clock(),
+            rekey_at=e.rekey_at,
+            expire_at=e.expire_at,
+            installed=installed,
+            sending=sending,
+        )
 
     def _rekeyed(self, e: ev.ChildSaRekeyed, ctx: EventContext) -> ev.Event | None:
         new = e.new

@@ -17,6 +17,9 @@ order `Daemon.__init__` registers them in, then to the control requests waiting 
     children   the Child SAs in the data plane and in the SA table (children.py)
     xdp        their slots in the XDP/TC programs, with [gateway.xdp] (xdpslots.py)
     ike_sas    the IKE SAs in the SA table (ike_sas.py; the records: records.py)
+    vips       the virtual-IP pools, the engine's AddressAssigner (vips.py)
+    eap_users  the EAP users file, the engine's EapSecrets (eapusers.py)
+    radius     EAP relayed to the RADIUS server (radius.py)
     tally      the counters stats and /metrics show (tally.py)
     eventlog   the log line and control event of each engine event (eventlog.py)
     tunnels    route-based Child SAs: XFRM interfaces and routes (tunnels.py)
@@ -58,11 +61,13 @@ from gateway.control.server import ControlServer
 from gateway.daemon import backend
 from gateway.daemon.actions import Actions
 from gateway.daemon.children import REKEY_GRACE, ChildSas
+from gateway.daemon.eapusers import EapUsers
 from gateway.daemon.engine import Engine, InboundTraffic, make_engine
 from gateway.daemon.eventlog import EventLog
 from gateway.daemon.expiry import KernelExpiry
 from gateway.daemon.feature import EventContext, Feature
 from gateway.daemon.ike_sas import IkeSas
+from gateway.daemon.radius import RadiusRelay
 from gateway.daemon.records import IkeRecord, SaTable, Totals
 from gateway.daemon.report import Reporter, endpoint
 from gateway.daemon.retries import Retries
@@ -71,6 +76,7 @@ from gateway.daemon.tally import Tally
 from gateway.daemon.traps import Traps
 from gateway.daemon.tunnels import KernelFactory, Tunnels, kernel_tunnels
 from gateway.daemon.updown import Updown
+from gateway.daemon.vips import VirtualIps
 from gateway.daemon.xdpslots import XdpSlots
 from gateway.dataplane import make_dataplane
 from gateway.dataplane.base import Dataplane
@@ -116,6 +122,7 @@ class Daemon:
         xdp: XdpAdapter | None = None,
         tunnel_kernel: KernelFactory = kernel_tunnels,
         tunnels_owner: bool = True,
+        pool_share: tuple[int, int] = (0, 1),
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -130,12 +137,18 @@ class Daemon:
         self.totals = Totals()
         self.started_at = clock()
         self.features: list[Feature] = []
+        # what the engine asks while it authenticates peers: the virtual-IP pools (a
+        # worker hands out its share of each), the EAP users (a bad file: ConfigError)
+        self.vips = VirtualIps(self, config.pools, pool_share)
+        self.eap_users = EapUsers(self, config.gateway.eap_secrets)
         # a worker (gateway/workers/) passes its share of the ESP SPIs and IKE SPIs
         self.engine = engine or make_engine(
             config,
             self.xdp.spis if self.xdp else spis,
             InboundTraffic(self.sas, self.features),
             ike_spis,
+            eap_secrets=self.eap_users,
+            addresses=self.vips,
         )
         self.transport = UdpTransport(
             config.gateway.listen,
@@ -164,6 +177,7 @@ class Daemon:
         self.children = ChildSas(self)
         self.xdp_slots = XdpSlots(self, self.xdp) if self.xdp is not None else None
         self.ike_sas = IkeSas(self.sas)
+        self.radius = RadiusRelay(self, config.gateway.radius)
         self.tally = Tally(self)
         self.eventlog = EventLog(self)
         # a worker routes its own Child SAs; the supervisor owns the interfaces
@@ -179,6 +193,9 @@ class Daemon:
                 self.children,
                 self.xdp_slots,
                 self.ike_sas,
+                self.vips,  # after ike_sas: a released address is gone from the SA's row
+                self.eap_users,
+                self.radius,
                 self.tally,
                 self.eventlog,
                 self.tunnels,

@@ -48,6 +48,9 @@ class Engine(Protocol):
     ) -> None: ...
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None: ...
 
+    def eap_relay_answer(self, ike_sa: int, answer: Any, now: float) -> None:
+        """The RADIUS server's answer to an EapRadiusRequest (ike/ike_eap.py RelayAnswer)."""
+
     def set_connections(self, connections: Sequence[ike_config.ConnectionConfig]) -> None:
         """A new connection table (reload); existing SAs keep their own connection."""
 
@@ -63,6 +66,9 @@ def make_engine(
     spis: InboundSpiAllocator | None = None,
     traffic: Any = None,
     ike_spis: Callable[[], bytes] | None = None,
+    *,
+    eap_secrets: Any = None,
+    addresses: Any = None,
 ) -> Engine:
     from ike.engine import IkeEngine
 
@@ -72,6 +78,8 @@ def make_engine(
         traffic=traffic,  # ESP counters: a Child SA with traffic needs no DPD check
         ike_spis=ike_spis,  # workers: our IKE SPIs carry the worker index
         settings=engine_settings(config.gateway),
+        eap_secrets=eap_secrets,  # the EAP users (gateway/daemon/eapusers.py)
+        addresses=addresses,  # the virtual-IP pools (gateway/daemon/vips.py)
     )
 
 

@@ -40,6 +40,13 @@ class EventLog(Feature):
                     spi_r=event.spi_r.hex(),
                     proposal=Logged(event.proposal),
                     nat=Logged(yes_no(event.nat_detected)),
+                    eap=LogAs(
+                        f"{event.eap_method}:{event.eap_identity!r}" if event.eap_method else "-",
+                        event.eap_identity or None,
+                    ),
+                    virtual_ips=LogAs(",".join(event.virtual_ips) or "-", list(event.virtual_ips)),
+                    dns=Logged(",".join(event.dns) or "-"),
+                    reauth_of=event.reauth_of,
                 )
             case ev.ChildSaEstablished():
                 record = self.d.sas.get(event.ike_sa)
@@ -176,5 +183,7 @@ class EventLog(Feature):
                 )
             case ev.IkeSaMigrated():
                 pass  # reported by the data plane's feature, which moved the Child SAs
+            case ev.EapRadiusRequest():
+                pass  # the RADIUS relay's business (gateway/daemon/radius.py)
             case _:
                 report("engine-event-ignored", logging.DEBUG, type=type(event).__name__)

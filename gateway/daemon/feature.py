@@ -20,8 +20,9 @@ feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyA
 `TunnelApi`),
 so no feature imports the core or another feature's class.
 
-A new feature (route-based tunnels, updown hooks, address pools, offload, per-SA
-counters, INITIAL_CONTACT handling) is one subclass of `Feature`, registered there.
+A new feature (route-based tunnels, updown hooks, offload, per-SA counters,
+INITIAL_CONTACT handling) is one subclass of `Feature`, registered there (as the
+address pools, vips.py, the EAP users, eapusers.py, and the RADIUS relay, radius.py, are).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class Feature:
 
     async def drain(self) -> None:
         """After every feature's stop(): wait (bounded) for what still runs (hooks)."""
+
+    def reloaded(self, config: GatewayConfig) -> None:
+        """A reload applied `config` (its connections and pools; [gateway] changes wait for
+        a restart): re-read what this feature reads from files, take new settings."""
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
         """This feature's fields of the Child SA's list-sas row."""

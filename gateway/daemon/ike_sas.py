@@ -30,6 +30,8 @@ class IkeSas(Feature):
                 r.established_at = event.time
                 r.rekey_at, r.expire_at = event.rekey_at, event.expire_at
                 r.mobike, r.additional_addrs = event.mobike, event.additional_addrs
+                r.virtual_ips = event.virtual_ips
+                r.eap_identity, r.eap_method = event.eap_identity, event.eap_method
             case ev.IkeSaRekeyed() if ctx.sa is not None:
                 r = ctx.sa
                 r.spi_i, r.spi_r = event.spi_i, event.spi_r

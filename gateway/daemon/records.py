@@ -65,6 +65,9 @@ class IkeRecord:
     mobike: bool = False  # RFC 4555 negotiated
     additional_addrs: tuple[str, ...] = ()  # the peer's other addresses (MOBIKE)
     moving_to: str | None = None  # our UPDATE_SA_ADDRESSES to this local address is under way
+    virtual_ips: tuple[str, ...] = ()  # given to the peer (responder) or to us (initiator)
+    eap_identity: str = ""  # what the peer (or we) proved with EAP
+    eap_method: str = ""
 
     def child(self, spi_in: int) -> ChildRecord | None:
         """The Child SA whose current inbound SPI is `spi_in`."""
@@ -88,6 +91,7 @@ class Totals:
     auth_failures: int = 0
     dpd_failures: int = 0
     rekeys: int = 0
+    reauths: int = 0  # IKE SAs that replaced an older one of the same peer (§2.8.3)
     redirects: int = 0  # IKEv2 redirects followed (initiator) and sent (responder)
     ike_rekeys: int = 0
     install_failures: int = 0

@@ -1,7 +1,7 @@
 """The gateway-wide counters the engine's events move (stats, /metrics), and the
 handshake-duration histogram (ipsec_ike_handshake_duration_seconds).
 
-    IkeSaEstablished  handshakes (+ its duration, when we initiated it)
+    IkeSaEstablished  handshakes (+ its duration, when we initiated it), reauths
     IkeSaRekeyed      ike_rekeys          ChildSaRekeyed  rekeys
     DpdFailed         dpd_failures        IkeSaRedirected redirects
     IkeSaFailed       auth_failures (AUTHENTICATION_FAILED)
@@ -37,6 +37,8 @@ class Tally(Feature):
         match event:
             case ev.IkeSaEstablished():
                 t.handshakes += 1
+                if event.reauth_of is not None:
+                    t.reauths += 1
                 r = self.d.sas.get(event.ike_sa)
                 if self.histogram is not None and r is not None and r.initiator:
                     self.histogram.observe(max(0.0, event.time - r.started_at))

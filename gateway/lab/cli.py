@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="what runs on gw-east (default: our gateway)",
     )
     up.add_argument(
+        "--roadwarrior",
+        action="store_true",
+        help="gw-west serves road warriors; a strongSwan client on gw-east (behind the WAN) "
+        "dials it with EAP-MSCHAPv2 and gets a virtual IP (instead of a site-to-site peer)",
+    )
+    up.add_argument(
         "--nat",
         action="store_true",
         help="put gw-west behind a masquerading router (tunnel moves to UDP 4500)",
@@ -137,9 +143,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     agent.set_defaults(func=cmd_agent)
 
 
-def _opts(args: argparse.Namespace) -> LabOptions:
+def lab_options(args: argparse.Namespace) -> LabOptions:
+    peer = getattr(args, "peer", "gateway")
+    if getattr(args, "roadwarrior", False):
+        if peer != "gateway" or getattr(args, "nat", False) or getattr(args, "failover", False):
+            raise LabError(
+                "--roadwarrior brings its own peer: not with --peer, --nat or --failover"
+            )
+        peer = "roadwarrior"
     return LabOptions(
-        peer=getattr(args, "peer", "gateway"),
+        peer=peer,
         nat=getattr(args, "nat", False),
         xdp=not getattr(args, "no_xdp", False),
         traffic=not getattr(args, "no_traffic", False),
@@ -184,7 +197,7 @@ def _stop_on_signal(signum: int, frame: object) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    opts = _opts(args)
+    opts = lab_options(args)
     progress = Progress()
     previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -288,7 +301,7 @@ def lab_console(connector: Any, label: str, history: list[str]) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    lab = _current(_opts(args))
+    lab = _current(lab_options(args))
     status = lab.status() if lab else {"up": False}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -298,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    opts = _opts(args)
+    opts = lab_options(args)
     with lab_lock(opts.directory, "down"):
         lab = _current(opts)
         if lab is None:
@@ -313,14 +326,14 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    lab = _current(_opts(args))
+    lab = _current(lab_options(args))
     if lab is None:
         raise LabError("no lab is up: `gateway lab up` first")
     return run_tui_then_offer_down(lab)
 
 
 def _failover_lab(args: argparse.Namespace) -> FailoverLab | VmLab:
-    lab = _current(_opts(args))
+    lab = _current(lab_options(args))
     if lab is None or not lab.opts.failover:
         raise LabError("no failover lab is up: `gateway lab up --failover` first")
     assert isinstance(lab, FailoverLab | VmLab)
@@ -382,7 +395,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    return run_agent(args.shared, _opts(args))
+    return run_agent(args.shared, lab_options(args))
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -28,12 +28,16 @@ from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
 from gateway.lab import checks, topology
 from gateway.lab.pace import Deadline, Pace
-from gateway.lab.topology import EAST_HOST, Topology
+from gateway.lab.topology import EAST_HOST, WEST_HOST, Topology
 from gateway.netns import Netns, NetnsError
 
 DEFAULT_DIR = Path(os.environ.get("GATEWAY_LAB_DIR", "/run/gateway-lab"))
 DEFAULT_PREFIX = os.environ.get("GATEWAY_LAB_PREFIX", "gwlab-")
-PEERS = ("gateway", "strongswan")
+# what gw-east runs: our gateway, strongSwan as a site-to-site peer, or a strongSwan road
+# warrior (`--roadwarrior`) that dials gw-west, the road-warrior gateway, with EAP
+PEERS = ("gateway", "strongswan", "roadwarrior")
+# the lab's road warrior: gw-west's users file has its password (docs/lab.md)
+RW_USER, RW_PASSWORD = "alice", "lab-alice-password"
 
 # Each step's budget in reference seconds (gateway/lab/pace.py: seconds on an idle machine
 # of the development kind, multiplied by the slowness measured here). Measured in the lab
@@ -79,10 +83,18 @@ def config_text(name: str) -> str:
 
 
 def gateway_config(node: str, opts: LabOptions) -> str:
-    """The embedded config of `node`, with the lab's socket path and XDP ports."""
-    text = config_text(f"failover-{node}.toml" if opts.failover else f"{node}.toml")
+    """The embedded config of `node`, with the lab's socket path (and users file) and XDP
+    ports; the failover lab's with `--failover`, gw-west as road-warrior gateway with
+    `--roadwarrior`."""
+    roadwarrior = opts.peer == "roadwarrior" and node == "gw-west"
+    if opts.failover:
+        text = config_text(f"failover-{node}.toml")
+    else:
+        text = config_text(f"{node}-rw.toml" if roadwarrior else f"{node}.toml")
     sock = opts.directory / node / "control.sock"
     text = re.sub(r'^control_socket = ".*"$', f'control_socket = "{sock}"', text, flags=re.M)
+    users = opts.directory / node / "eap-secrets.toml"
+    text = re.sub(r'^eap_secrets = ".*"$', f'eap_secrets = "{users}"', text, flags=re.M)
     if opts.xdp and node == "gw-west":
         text = text.replace(
             "\n[connections.",
@@ -135,21 +147,48 @@ class Lab:
     def _start_gateway(self, node: str) -> int:
         workdir = self.opts.directory / node
         workdir.mkdir(mode=0o700, exist_ok=True)
+        if self.opts.peer == "roadwarrior" and node == "gw-west":  # its users file
+            users = workdir / "eap-secrets.toml"
+            users.write_text(
+                f'[secrets.eap-{RW_USER}]\nid = "{RW_USER}"\nsecret = "{RW_PASSWORD}"\n'
+            )
+            users.chmod(0o600)
         conf = workdir / "gateway.toml"
         conf.write_text(gateway_config(node, self.opts))
         conf.chmod(0o600)
         return self._spawn(node, node, [sys.executable, "-m", "gateway", "run", "-c", str(conf)])
 
     def _start_strongswan(self, node: str, deadline: Deadline) -> int:
-        from gateway.lab.strongswan import NETLINK_PLUGINS, StrongSwan, StrongSwanError
+        """strongSwan on `node`: the site-to-site peer, or (--roadwarrior) the road
+        warrior, which dials gw-west at once (start_action start)."""
+        from gateway.lab.strongswan import (
+            EAP_PLUGINS,
+            NETLINK_PLUGINS,
+            RoadWarrior,
+            StrongSwan,
+            StrongSwanError,
+        )
 
         (self.opts.directory / node).mkdir(mode=0o700, exist_ok=True)
+        roadwarrior = self.opts.peer == "roadwarrior"
         sw = StrongSwan(
             Netns(self.opts.prefix + node),
-            plugins=NETLINK_PLUGINS,
+            plugins=f"{NETLINK_PLUGINS} {EAP_PLUGINS}" if roadwarrior else NETLINK_PLUGINS,
             workdir=self.opts.directory / node,
         )
-        sw.write_config(config_text("gw-east.swanctl.conf"))
+        if roadwarrior:
+            rw = RoadWarrior(
+                topology.GW_WEST_WAN,
+                "gw-west",
+                RW_USER,
+                password=RW_PASSWORD,
+                gateway_psk="lab-secret-123456",
+                remote_ts=topology.WEST_LAN,
+                start_action="start",
+            )
+            sw.write_config(rw.swanctl())
+        else:
+            sw.write_config(config_text("gw-east.swanctl.conf"))
         try:
             sw.start(timeout=deadline.remaining())
             sw.swanctl(
@@ -192,6 +231,9 @@ class Lab:
         names = ", ".join(self.topo.names())
         with pace.step("namespaces", f"building namespaces {names}", BUDGETS["namespaces"]):
             self.topo.create()
+        if self.opts.peer == "roadwarrior":
+            self._up_roadwarrior(state, pace)
+            return
         east = "strongswan" if self.opts.peer == "strongswan" else "gw-east"
         with pace.step("gw-east", f"starting gw-east ({self.opts.peer})", BUDGETS[east]) as d:
             if self.opts.peer == "strongswan":
@@ -201,14 +243,7 @@ class Lab:
                 self.save_state(state)
                 self._wait_daemon("gw-east", state, d)
             self.save_state(state)
-        west = "gw-west-xdp" if self.opts.xdp else "gw-west"
-        text = "starting gw-west (gateway, initiator" + (
-            "; bcc compiles its XDP/TC programs first)" if self.opts.xdp else ")"
-        )
-        with pace.step("gw-west", text, BUDGETS[west]) as d:
-            state["pids"]["gw-west"] = self._start_gateway("gw-west")
-            self.save_state(state)
-            self._wait_daemon("gw-west", state, d)
+        self._up_west(state, pace, "gateway, initiator")
         with pace.step("tunnel", "waiting for the tunnel", BUDGETS["tunnel"]) as d:
             checks.wait_tunnel(
                 control_socket(self.opts),
@@ -228,6 +263,51 @@ class Lab:
             if self.opts.traffic:
                 self._start_traffic(state, d)
             self.save_state(state)
+
+    def _up_roadwarrior(self, state: dict[str, Any], pace: Pace) -> None:
+        """gw-west serves road warriors; strongSwan on gw-east, behind the WAN, dials it
+        with EAP-MSCHAPv2, gets a virtual IP and pings west's host from it."""
+        self._up_west(state, pace, "road-warrior gateway: EAP-MSCHAPv2, pool 10.3.0.0/24")
+        text = f"starting the road warrior {RW_USER!r} on gw-east (strongSwan)"
+        with pace.step("gw-east", text, BUDGETS["strongswan"]) as d:
+            state["pids"]["gw-east"] = self._start_strongswan("gw-east", d)
+            self.save_state(state)
+        text = "waiting for the road warrior's tunnel (EAP, a virtual IP)"
+        with pace.step("tunnel", text, BUDGETS["tunnel"]) as d:
+            sa, _ = checks.wait_tunnel(
+                control_socket(self.opts),
+                d,
+                self._gone(state),
+                lambda: self.logs("gw-west", "gw-east"),
+            )
+        vip = (sa.get("virtual_ips") or [""])[0]
+        text = f"sending traffic from the road warrior's {vip} to west through the tunnel"
+        with pace.step("traffic", text, BUDGETS["traffic"]) as d:
+            client = self.topo.ns("gw-east")
+            checks.ping_through(
+                lambda argv, timeout: client.run(*argv, check=False, timeout=timeout),
+                WEST_HOST,
+                d,
+                source=vip,
+            )
+            checks.esp_counted(control_socket(self.opts), d, logs=lambda: self.logs("gw-west"))
+            if self.opts.traffic:
+                script = str(checks.traffic_script())
+                state["pids"]["ping"] = self._spawn(
+                    "gw-east", "ping", ["sh", script, "ping", WEST_HOST, vip]
+                )
+            self.save_state(state)
+
+    def _up_west(self, state: dict[str, Any], pace: Pace, role: str) -> None:
+        """Start gw-west (in `role`) and wait until its control socket answers."""
+        west = "gw-west-xdp" if self.opts.xdp else "gw-west"
+        text = f"starting gw-west ({role}" + (
+            "; bcc compiles its XDP/TC programs first)" if self.opts.xdp else ")"
+        )
+        with pace.step("gw-west", text, BUDGETS[west]) as d:
+            state["pids"]["gw-west"] = self._start_gateway("gw-west")
+            self.save_state(state)
+            self._wait_daemon("gw-west", state, d)
 
     def _wait_daemon(self, node: str, state: dict[str, Any], deadline: Deadline) -> None:
         checks.wait_daemon(

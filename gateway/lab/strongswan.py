@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +31,10 @@ _CRYPTO = "random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 gmp kd
 _COMMON = f"{_CRYPTO} pubkey revocation constraints socket-default vici updown"
 LIBIPSEC_PLUGINS = f"{_COMMON} kernel-libipsec kernel-netlink"
 NETLINK_PLUGINS = f"{_COMMON} kernel-netlink"
+# a road warrior (docs/remote-access.md): EAP methods (eap-mschapv2 and md4 are in
+# libcharon-extauth-plugins, eap-identity and eap-tls in libcharon-extra-plugins) and
+# resolve, which writes the DNS servers the gateway sends into `resolv.conf` of its dir
+EAP_PLUGINS = "eap-identity eap-mschapv2 md4 eap-tls resolve"
 
 CHARON = "/usr/sbin/charon-systemd"
 SWANCTL = "swanctl"
@@ -69,6 +74,11 @@ class StrongSwan:
     def log_path(self) -> Path:
         return self.dir / "charon.log"
 
+    @property
+    def resolv_conf(self) -> Path:
+        """Where the resolve plugin (EAP_PLUGINS) writes the DNS servers it was sent."""
+        return self.dir / "resolv.conf"
+
     def strongswan_conf(self) -> str:
         return (
             "charon-systemd {\n"
@@ -80,6 +90,7 @@ class StrongSwan:
             f"{self.extra_charon}"
             "  plugins {\n"
             f"    vici {{\n      socket = {self.uri}\n    }}\n"
+            f"    resolve {{\n      file = {self.resolv_conf}\n    }}\n"
             "  }\n"
             "  journal {\n    default = -1\n  }\n"
             "  filelog {\n"
@@ -216,6 +227,71 @@ class StrongSwan:
                 if isinstance(body, dict):
                     sas.append({"name": name, **body})
         return sas
+
+
+@dataclass(frozen=True)
+class RoadWarrior:
+    """A strongSwan road-warrior client (swanctl.conf): it authenticates with EAP
+    (`method` eap-mschapv2 with `password`, or eap-tls with the certificate `cert`, a file
+    in its x509/ dir, its key loaded from ecdsa/ or rsa/), asks for a virtual IP (`vips`) and
+    reaches `remote_ts` behind the gateway. The gateway proves itself with `gateway_psk`,
+    or with its certificate against `cacert` (in x509ca/, also EAP-TLS's CA)."""
+
+    gateway: str
+    gateway_id: str
+    identity: str
+    method: str = "eap-mschapv2"
+    password: str = ""
+    gateway_psk: str = ""
+    cert: str = ""
+    cacert: str = ""
+    remote_ts: str = "0.0.0.0/0"
+    local: str = "%any"
+    vips: str = "0.0.0.0"
+    name: str = "rw"
+    start_action: str = "none"
+
+    def swanctl(self) -> str:
+        remote_auth = "psk" if self.gateway_psk else "pubkey"
+        local = [f"auth = {self.method}", f"id = {self.identity}", f"eap_id = {self.identity}"]
+        if self.cert:
+            local.append(f"certs = {self.cert}")
+        remote = [f"auth = {remote_auth}", f"id = {self.gateway_id}"]
+        if self.cacert:
+            remote.append(f"cacerts = {self.cacert}")
+        secrets = []
+        if self.password:
+            secrets.append(
+                f"  eap-{self.name} {{\n    id = {self.identity}\n"
+                f'    secret = "{self.password}"\n  }}'
+            )
+        if self.gateway_psk:
+            secrets.append(
+                f"  ike-{self.name} {{\n    id = {self.gateway_id}\n"
+                f'    secret = "{self.gateway_psk}"\n  }}'
+            )
+        nl = "\n      "
+        return (
+            "connections {\n"
+            f"  {self.name} {{\n"
+            "    version = 2\n"
+            f"    local_addrs = {self.local}\n"
+            f"    remote_addrs = {self.gateway}\n"
+            f"    vips = {self.vips}\n"
+            "    proposals = aes256gcm16-prfsha384-x25519\n"
+            f"    local {{\n      {nl.join(local)}\n    }}\n"
+            f"    remote {{\n      {nl.join(remote)}\n    }}\n"
+            "    children {\n"
+            "      net {\n"
+            f"        remote_ts = {self.remote_ts}\n"
+            "        esp_proposals = aes256gcm16\n"
+            f"        start_action = {self.start_action}\n"
+            "      }\n"
+            "    }\n"
+            "  }\n"
+            "}\n"
+            "secrets {\n" + "\n".join(secrets) + "\n}\n"
+        )
 
 
 def _tokens(text: str) -> Iterator[str]:

@@ -4,7 +4,8 @@
 #
 #   traffic.sh server ADDR                 iperf3 server bound to ADDR (on east)
 #   traffic.sh stream ADDR                 iperf3 at 2 Mbit/s to ADDR, reconnecting (west)
-#   traffic.sh ping ADDR                   one ping a second to ADDR (west)
+#   traffic.sh ping ADDR [SRC]             one ping a second to ADDR (west; a road warrior
+#                                          from its virtual IP SRC)
 #   traffic.sh check ADDR [SECONDS] [SRC]  three pings to ADDR must be answered; retried
 #                                          for up to SECONDS (default 60), from SRC if given
 #
@@ -35,6 +36,9 @@ case "$action" in
         done
         ;;
     ping)
+        if [ $# -ge 3 ]; then
+            exec ping -i 1 -I "$3" "$addr"
+        fi
         exec ping -i 1 "$addr"
         ;;
     check)

@@ -19,6 +19,7 @@ _SUMMED: Final = (
     "auth_failures",
     "dpd_failures",
     "rekeys",
+    "reauths",
     "ike_rekeys",
     "install_failures",
     "install_batches",
@@ -34,6 +35,13 @@ def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["ike_sas"] = _sum_dicts(r.get("ike_sas", {}) for r in rows)
     out["transport"] = _sum_dicts(r.get("transport", {}) for r in rows)
     out["engine"] = _sum_dicts(r.get("engine", {}) for r in rows)
+    # each worker hands out its share of every pool: the shares add up to the pools
+    pools: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for name, states in r.get("pools", {}).items():
+            pools[name] = _sum_dicts((pools.get(name, {}), states))
+    out["pools"] = pools
+    out["eap_users"] = max((int(r.get("eap_users", 0)) for r in rows), default=0)
     errors: dict[str, int] = {}
     for r in rows:
         for name, value in r.get("xfrm_errors", {}).items():

@@ -542,7 +542,7 @@ class Supervisor:
             raise ControlError(FAILED, "no worker is running")
         result = dict(replies[0][1])
         result["restart_needed"] = new.gateway != self.config.gateway
-        self.config = GatewayConfig(self.config.gateway, new.connections, new.source)
+        self.config = GatewayConfig(self.config.gateway, new.connections, new.source, new.pools)
         log.info(
             "event=config-reloaded added=%s removed=%s changed=%s unchanged=%d",
             ",".join(result.get("added", [])) or "-",
@@ -586,6 +586,8 @@ class Supervisor:
                 ike_rekeys=stats.get("ike_rekeys", 0),
                 dpd_failures=stats["dpd_failures"],
                 auth_failures=stats["auth_failures"],
+                reauths=stats.get("reauths", 0),
+                pools=stats.get("pools", {}),
                 start_time=self.started_at,
             )
 

@@ -70,7 +70,7 @@ async def worker_main(
 ) -> int:
 
     gw = dataclasses.replace(config.gateway, metrics_listen=None)  # the supervisor's
-    config = GatewayConfig(gw, config.connections, config.source)
+    config = dataclasses.replace(config, gateway=gw)
     index, count = request.index, request.workers
     stop = asyncio.Event()
     xdp = None
@@ -89,6 +89,7 @@ async def worker_main(
         control=PeerControl(None, ipc, stop.set),
         xdp=xdp,
         tunnels_owner=False,  # the supervisor creates and removes the XFRM interfaces
+        pool_share=(index, count),  # never an address another worker hands out
     )
     daemon.control.backend = daemon
     daemon.keep_handshake_durations()  # merged by the supervisor (stats, metrics)

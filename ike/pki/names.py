@@ -123,5 +123,3 @@ def subject_identity(cert: x509.Certificate) -> tuple[int, bytes]:
     if not cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) and not len(cert.subject):
         raise LocalError("certs: the certificate has an empty subject; set an id")
     return IdType.ID_DER_ASN1_DN, cert.subject.public_bytes()
-
-

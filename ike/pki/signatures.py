@@ -194,8 +194,6 @@ def _parse_algid(der: bytes) -> _SigAlg:
     return _SigAlg("rsa-pss", h, salt)
 
 
-
-
 def _pick_hash(preferred: int, peer: frozenset[int]) -> int:
     if preferred in peer:
         return preferred
@@ -295,5 +293,3 @@ def _verify(auth: Authentication, key: PublicKey, octets: bytes) -> None:
         if not isinstance(key, ed448.Ed448PublicKey):
             raise AuthFailure("AUTH uses Ed448 but the certificate key is not Ed448")
         key.verify(sig, octets)
-
-

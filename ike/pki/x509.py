@@ -71,8 +71,6 @@ class TrustAnchors:
         return tuple(spki_sha1(c) for c in self.cacerts)
 
 
-
-
 def spki_sha1(cert: x509.Certificate) -> bytes:
     return hashlib.sha1(
         cert.public_key().public_bytes(
@@ -150,7 +148,6 @@ def load_trust(
     if not cas and not pinned:
         raise LocalError("cacerts: pubkey authentication of the peer needs CA certificates")
     return TrustAnchors(tuple(cas), tuple(pinned), tuple(_load_crl(c) for c in crls))
-
 
 
 def _utc(now: float) -> datetime.datetime:
@@ -305,7 +302,6 @@ def id_in_certificate(id_type: int, data: bytes, cert: x509.Certificate) -> bool
     return False
 
 
-
 def peer_certificates(ders: Iterable[bytes]) -> list[x509.Certificate]:
     """The peer's CERT payload contents as certificates; AuthFailure if one is not DER."""
     certs: list[x509.Certificate] = []
@@ -347,4 +343,3 @@ def _check_certificate(
     ):
         raise AuthFailure(f"certificate {_name(end_entity)!r}: unsupported public key type")
     return key
-

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import datetime
 import time
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig
@@ -26,7 +23,7 @@ from ike.engine import IkeEngine
 from ike.events import ChildSaEstablished, Datagram, IkeSaEstablished, IkeSaFailed
 from tests.support.ike_udp import UdpDriver, of_type, settled
 from tests.support.pki import Issued, make_ca, make_leaf
-from tests.support.strongswan import StrongSwan, ping_through_tunnel
+from tests.support.strongswan import StrongSwan, install_creds, ping_through_tunnel
 
 OURS, THEIRS = "192.0.2.1", "192.0.2.2"
 OUR_ID, THEIR_ID = "west.example", "east.example"
@@ -75,26 +72,6 @@ def swanctl_conf(*, local_id: str | None = THEIR_ID, remote_id: str = OUR_ID) ->
   }}
 }}
 """
-
-
-def install_creds(sw: StrongSwan, leaf: Issued, cas: tuple[Issued, ...]) -> None:
-    """Files where swanctl looks for them, relative to swanctl.conf (strongSwan >= 5.7.2):
-    x509/ (its certificate), x509ca/ (trusted CAs), rsa/ or ecdsa/ (traditional keys)."""
-    d = Path(sw.dir)
-    for sub in ("x509", "x509ca", "rsa", "ecdsa"):
-        (d / sub).mkdir(mode=0o700, exist_ok=True)
-    (d / "x509" / "east.pem").write_bytes(leaf.pem)
-    for i, ca in enumerate(cas):
-        (d / "x509ca" / f"ca{i}.pem").write_bytes(ca.pem)
-    key_dir = "rsa" if isinstance(leaf.key, rsa.RSAPrivateKey) else "ecdsa"
-    key = leaf.key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    path = d / key_dir / "east.key"
-    path.write_bytes(key)
-    path.chmod(0o600)
 
 
 class RecordingEngine(IkeEngine):

@@ -1,7 +1,9 @@
 """The lab, driven as a script would drive it, on a kernel with ESP (the VM here).
 
 `gateway lab up --no-tui` must return only once the tunnel is up and traffic has passed
-through real ESP; `status --json` must show it; `down` must leave nothing behind.
+through real ESP (site to site, behind a NAT, with strongSwan as the peer, and with a
+strongSwan road warrior dialling gw-west); `status --json` must show it; `down` must
+leave nothing behind.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def namespaces() -> set[str]:
 
 @pytest.mark.parametrize(
     ("peer", "nat"),
-    [("gateway", False), ("gateway", True), ("strongswan", False)],
-    ids=["routed", "nat", "strongswan-peer"],
+    [("gateway", False), ("gateway", True), ("strongswan", False), ("roadwarrior", False)],
+    ids=["routed", "nat", "strongswan-peer", "roadwarrior"],
 )
 def test_lab_up_status_down(peer: str, nat: bool) -> None:
     prefix = f"gwl{os.getpid() % 1000}{int(nat)}{peer[0]}-"
@@ -33,7 +35,8 @@ def test_lab_up_status_down(peer: str, nat: bool) -> None:
     # VM's 9p shares, and within the 107-byte socket path limit).
     labdir = Path(tempfile.mkdtemp(prefix="gwl-", dir="/run")) / "lab"
     env = dict(os.environ, GATEWAY_LAB_DIR=str(labdir), GATEWAY_LAB_PREFIX=prefix)
-    up_args = ["up", "--no-tui", "--no-vm", "--no-xdp", "--peer", peer]
+    up_args = ["up", "--no-tui", "--no-vm", "--no-xdp"]
+    up_args += ["--roadwarrior"] if peer == "roadwarrior" else ["--peer", peer]
     up_args += ["--nat"] if nat else []
     try:
         up = lab(up_args, env)
@@ -56,6 +59,9 @@ def test_lab_up_status_down(peer: str, nat: bool) -> None:
         assert child["packets_out"] >= 3 and child["packets_in"] >= 3
         if nat:
             assert sa["remote_addr"].startswith("203.0.113.2")
+        if peer == "roadwarrior":  # strongSwan on gw-east got an address of gw-west's pool
+            assert sa["eap_identity"] == "alice" and sa["virtual_ips"][0].startswith("10.3.0.")
+            assert child["remote_ts"] == [f"{sa['virtual_ips'][0]}/32"]
     finally:
         down = lab(["down"], env)
     assert down.returncode == 0, down.stderr

@@ -224,6 +224,10 @@ class FakeEngine:
 
 
 class RecordingDataplane(NoneDataplane):
+    """The `none` data plane that records what the daemon asks of it: removals, and the
+    make-before-break calls (replace, switch, retire) in `calls`; `fail_next` makes the
+    next install fail."""
+
     def __init__(self) -> None:
         super().__init__()
         self.fail_next = False
@@ -231,6 +235,29 @@ class RecordingDataplane(NoneDataplane):
         self.removed: list[int] = []
         self.batches: list[list[int]] = []  # inbound SPIs of each install_many call
         self.singles: list[int] = []  # inbound SPIs installed one by one
+        self.calls: list[tuple[Any, ...]] = []
+
+    def replace(
+        self,
+        old: Installed,
+        child: Any,
+        config: Any,
+        *,
+        keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
+    ) -> Installed:
+        self.calls.append(("replace", old.spi_in, child.spi_in, keep_old_inbound, switch_outbound))
+        return super().replace(
+            old, child, config, keep_old_inbound=keep_old_inbound, switch_outbound=switch_outbound
+        )
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        self.calls.append(("switch", old.spi_out, new.spi_out))
+        return super().switch_outbound(old, new)
+
+    def retire(self, old: Installed) -> None:
+        self.calls.append(("retire", old.spi_in))
+        super().retire(old)
 
     def install(self, child: Any, config: Any) -> Installed:
         if self.fail_next or child.spi_in in self.refuse:

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.lab.strongswan import (
     CHARON,
+    EAP_PLUGINS,
     LIBIPSEC_PLUGINS,
     NETLINK_PLUGINS,
     SWANCTL,
+    RoadWarrior,
     StrongSwan,
     StrongSwanError,
     parse_vici_raw,
@@ -26,16 +32,20 @@ from gateway.netns import Netns
 from ike.events import ChildSaEstablished
 from tests.support import esp as esp_packet
 from tests.support.ike_udp import UdpDriver
+from tests.support.pki import Issued
 from tests.support.swanctl_peer import peer_swanctl
 
 __all__ = [
     "CHARON",
+    "EAP_PLUGINS",
     "LIBIPSEC_PLUGINS",
     "NETLINK_PLUGINS",
     "SWANCTL",
+    "RoadWarrior",
     "StrongSwan",
     "StrongSwanError",
     "charon",
+    "install_creds",
     "parse_vici_raw",
 ]
 
@@ -64,6 +74,29 @@ def charon(
         yield sw
     finally:
         sw.close()
+
+
+def install_creds(
+    sw: StrongSwan, leaf: Issued, cas: tuple[Issued, ...], name: str = "east"
+) -> None:
+    """Files where swanctl looks for them, relative to swanctl.conf (strongSwan >= 5.7.2):
+    x509/NAME.pem (its certificate), x509ca/ (trusted CAs), rsa/ or ecdsa/NAME.key
+    (traditional keys), loaded by `--load-all`; a connection names `certs = NAME.pem`."""
+    d = Path(sw.dir)
+    for sub in ("x509", "x509ca", "rsa", "ecdsa"):
+        (d / sub).mkdir(mode=0o700, exist_ok=True)
+    (d / "x509" / f"{name}.pem").write_bytes(leaf.pem)
+    for i, ca in enumerate(cas):
+        (d / "x509ca" / f"ca{i}.pem").write_bytes(ca.pem)
+    key_dir = "rsa" if isinstance(leaf.key, rsa.RSAPrivateKey) else "ecdsa"
+    key = leaf.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    path = d / key_dir / f"{name}.key"
+    path.write_bytes(key)
+    path.chmod(0o600)
 
 
 # --------------------------------------------------------------------------- daemon vs charon

@@ -195,7 +195,11 @@ def test_every_error_reported_at_once_with_path_and_line() -> None:
             9,
             "'bad proposal' is not a proposal like \"aes256gcm16-prfsha384-x25519\"",
         ),
-        ("connections.east.local.auth", 10, "'pks' is not one of: psk, pubkey"),
+        (
+            "connections.east.local.auth",
+            10,
+            "'pks' is not one of: psk, pubkey, eap-mschapv2, eap-tls, eap-radius",
+        ),
         ("connections.east.remote.id", 11, "must not be empty"),
         (
             "connections.east.dpd_delay",
@@ -364,14 +368,6 @@ def test_redirect_keys() -> None:
     assert (c.follow_redirects, c.redirect_to, c.redirect_on) == (False, "gw2.example", "auth")
     c = parse_config(conn('redirect_to = "2001:DB8::7"\n')).connections[0]
     assert c.redirect_to == "2001:db8::7"
-
-
-def test_reauth_time_is_refused_not_ignored() -> None:
-    """IKE reauthentication is not implemented: a set reauth_time is a config error."""
-    assert parse_config(conn('reauth_time = "0"')).connections[0].reauth_time == 0
-    ((path, line, message),) = errors_of(conn('reauth_time = "4h"'))
-    assert (path, line) == ("connections.c.reauth_time", 7)
-    assert message == "reauth_time is not supported: use rekey_time (IKEv2 rekeying)"
 
 
 def test_keyingtries_range() -> None:

@@ -268,6 +268,12 @@ def test_format_sas_looks_like_swanctl() -> None:
     assert "    in  c0000001,         1234 bytes,        10 packets" in text
     assert "    remote 10.2.0.0/24" in text
     assert format_sas([]) == "no IKE SAs"
+    # a road warrior: its EAP identity and virtual IP on its side, as swanctl shows them
+    rw = {**SA, "initiator": False, "eap_identity": "alice", "virtual_ips": ["10.3.0.1"]}
+    assert format_sas([rw]).splitlines()[1:3] == [
+        "  local  'gw-west' @ 192.0.2.1",
+        "  remote 'gw-east' @ 192.0.2.2 EAP: 'alice' [10.3.0.1]",
+    ]
 
 
 # ----------------------------------------------------------------- the ctl command

@@ -19,37 +19,8 @@ from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
 from gateway.daemon import core as daemon_core
-from gateway.dataplane.base import Installed
-from gateway.dataplane.none import NoneDataplane
+from tests.support.fake_engine import RecordingDataplane
 from tests.support.inmemory import config_text, link_in_memory
-
-
-class RecordingDataplane(NoneDataplane):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[Any, ...]] = []
-
-    def replace(
-        self,
-        old: Installed,
-        child: Any,
-        config: Any,
-        *,
-        keep_old_inbound: bool = False,
-        switch_outbound: bool = True,
-    ) -> Installed:
-        self.calls.append(("replace", old.spi_in, child.spi_in, keep_old_inbound, switch_outbound))
-        return super().replace(
-            old, child, config, keep_old_inbound=keep_old_inbound, switch_outbound=switch_outbound
-        )
-
-    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
-        self.calls.append(("switch", old.spi_out, new.spi_out))
-        return super().switch_outbound(old, new)
-
-    def retire(self, old: Installed) -> None:
-        self.calls.append(("retire", old.spi_in))
-        super().retire(old)
 
 
 @dataclasses.dataclass

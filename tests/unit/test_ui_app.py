@@ -170,6 +170,22 @@ async def test_cursor_moves_and_detail_follows() -> None:
         assert app.table.cursor == 0
 
 
+async def test_a_road_warriors_address_and_identity() -> None:
+    """The virtual IP and EAP identity list-sas reports: in the detail pane, and the
+    filter finds the SA by them."""
+    gw = gateway()
+    gw.ike_sas[2] |= {"virtual_ips": ["10.3.0.7"], "eap_identity": "alice"}
+    async with console(gw) as (app, _, pilot):
+        await pilot.press("slash", *"10.3.0.7", "enter")
+        await pilot.pause()
+        rows = [r.name for r in app.model.view]  # that IKE SA's Child SAs
+        assert rows and {r.connection for r in app.model.view} == {gw.ike_sas[2]["connection"]}
+        detail = str(app.query_one("#detail-text").render())
+        assert "EAP id alice" in detail and "virtual IP 10.3.0.7" in detail
+        await pilot.press("escape", "slash", *"alice", "enter")
+        assert [r.name for r in app.model.view] == rows
+
+
 async def test_filter_and_sort_keys() -> None:
     async with console() as (app, gw, pilot):
         await pilot.press("slash", *"conn-2")

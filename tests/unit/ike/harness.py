@@ -92,13 +92,17 @@ class Net:
         seed: int = 1,
         a_spis: RandomSpis | None = None,
         b_spis: RandomSpis | None = None,
+        a_hooks: dict[str, object] | None = None,
+        b_hooks: dict[str, object] | None = None,
         **kw: object,
     ) -> Net:
+        """`a_hooks` / `b_hooks`: more of IkeEngine's injected hooks (eap_secrets,
+        addresses)."""
         ra, rb = SeededRandom(seed), SeededRandom(seed + 1000)
         sa = a_spis if a_spis is not None else RandomSpis(ra)
         sb = b_spis if b_spis is not None else RandomSpis(rb)
-        a = IkeEngine([a_conf], a_settings, random=ra, spis=sa)
-        b = IkeEngine([b_conf], b_settings, random=rb, spis=sb)
+        a = IkeEngine([a_conf], a_settings, random=ra, spis=sa, **(a_hooks or {}))  # type: ignore[arg-type]
+        b = IkeEngine([b_conf], b_settings, random=rb, spis=sb, **(b_hooks or {}))  # type: ignore[arg-type]
         return cls(a, b, randoms={"a": ra, "b": rb}, spis={"a": sa, "b": sb}, **kw)  # type: ignore[arg-type]
 
     def _nat_out(self, ep: Endpoint) -> Endpoint:
@@ -191,6 +195,7 @@ def leftovers(eng: IkeEngine, spis: RandomSpis) -> list[str]:
     out = [f"IKE SA {sa!r}" for sa in all_sas(eng)]
     out += [f"table entry {spi.hex()}" for spi in eng._sas]  # noqa: SLF001
     out += [f"IKE_SA_INIT entry {spi.hex()}" for spi in eng._by_spi_i]  # noqa: SLF001
+    out += [f"peer entry {key}" for key in eng._peers]  # noqa: SLF001
     out += [f"inbound SPI {spi:08x}" for spi in spis._used]  # noqa: SLF001
     if eng.next_timer() is not None:
         out.append(f"a timer at {eng.next_timer()}")

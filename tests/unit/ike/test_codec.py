@@ -56,7 +56,7 @@ ALL_PAYLOADS: tuple[c.Payload, ...] = (
         ),
     ),
     c.TrafficSelectors(PayloadType.TSr, ()),
-    c.Configuration(1, ((1, b""), (8, b"\x0a\x00\x00\x01"))),
+    c.Configuration(1, ((1, b""), (3, b"\x0a\x00\x00\x01"), (8, b""))),
     c.Eap(b"\x01\x07\x00\x05\x01"),
     c.UnknownPayload(200, False, b"opaque"),
 )
