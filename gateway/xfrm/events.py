@@ -8,9 +8,10 @@ A netlink socket joined to the multicast groups, read without blocking. In the d
                  # Acquire -> initiate, SaDeleted -> book its final counters,
                  # EventsLost -> reconcile
 
-Final counters: a hard EXPIRE carries the state as it dies, and a DELSA notification
-(group XFRMNLGRP_SA, in COUNTER_GROUPS) carries the whole state as it was deleted, by
-us or by anyone: bytes, packets, replay and integrity counts of the last packet. So
+Final counters: a hard EXPIRE carries the state as the kernel removes it at its hard
+lifetime, and a DELSA notification (group XFRMNLGRP_SA, in COUNTER_GROUPS) carries the
+whole state as a DELSA request (ours or anyone's) deleted it: bytes, packets, replay and
+integrity counts of the last packet. So
 traffic between a state's last scrape and its deletion is not lost. The SA group also
 sends NEWSA/UPDSA for every install; they are skipped by type before any decoding.
 Note that XfrmManager.migrate() deletes and re-adds each state (same SPI, counters
