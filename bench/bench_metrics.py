@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from gateway.metrics import MetricsSnapshot, XdpCounter, make_registry, render_text  # noqa: E402
-from tests.observability_fakes import synthetic_ike_sas  # noqa: E402
+from tests.support.observability import synthetic_ike_sas  # noqa: E402
 
 
 class MovingSource:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.observability_fakes import FakeGateway, synthetic_ike_sas  # noqa: E402
+from tests.support.observability import FakeGateway, synthetic_ike_sas  # noqa: E402
 from ui.app import GatewayApp, tune_gc  # noqa: E402
 
 DEFAULT_GC = gc.get_threshold()
@@ -91,7 +91,7 @@ class Backend:
 
 async def serve(path: str, child_sas: int, ticks: int) -> None:
     """The server side of the socket benchmark (run in its own process)."""
-    from gateway.control import ControlServer
+    from gateway.control.server import ControlServer
 
     server = ControlServer(Backend(child_sas, ticks), path)
     await server.start()

@@ -10,7 +10,7 @@ redirect's own cost (the cpumap enqueue, the other CPU's kthread) happens after 
 program returns and is not in these numbers: BPF_PROG_TEST_RUN returns the verdict.
 
 Then --slots Child SA slots (default 100,000) are registered and their per-slot counters
-read in one bulk call (Dataplane.slot_counters_bulk), against one lookup per slot.
+read in one bulk call (AttachedPrograms.slot_counters_bulk), against one lookup per slot.
 
     .venv/bin/python bench/bench_xdp.py [--repeat 1000000] [--rounds 3] [--slots 100000]
 
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bpf import packets as pk  # noqa: E402
 from bpf.loader import (  # noqa: E402
     BASELINE_SOURCE,
-    Dataplane,
+    AttachedPrograms,
     IkeShield,
     Programs,
-    _bcc,
+    import_bcc,
     preallocated_bytes,
 )
 from bpf.spi import make_inbound_spi  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> int:
         print("bench_xdp needs root (BPF programs)", file=sys.stderr)
         return 1
 
-    bcc = _bcc()
+    bcc = import_bcc()
     base = bcc.BPF(src_file=str(BASELINE_SOURCE).encode())
     xdp_pass = base.load_func(b"xdp_pass", bcc.BPF.XDP).fd
     tc_ok = base.load_func(b"tc_ok", bcc.BPF.SCHED_CLS).fd
@@ -101,7 +101,7 @@ def main() -> int:
     here, steer_to = cpus[0], cpus[-1]
     os.sched_setaffinity(0, {here})
     shield = IkeShield(rate=10, burst=20, budget_rate=1000, budget_burst=100)
-    dp = Dataplane(
+    dp = AttachedPrograms(
         None,
         None,
         programs=progs,
@@ -241,7 +241,7 @@ def main() -> int:
     return 0
 
 
-def bulk_reads(dp: Dataplane, progs: Programs, n: int) -> None:
+def bulk_reads(dp: AttachedPrograms, progs: Programs, n: int) -> None:
     """Register n slots (one inbound SPI each), put traffic on some, then time one bulk
     read of all their counters against n single lookups (what a scrape costs)."""
     dp.clear()

@@ -1,7 +1,7 @@
 """Install 10,000 Child SAs (2 states + 3 policies each) with gateway.xfrm vs `ip -batch`.
 
 Needs kernel ESP. When the running kernel has none (our development machines), the
-script re-runs itself inside a virtme-ng VM (gateway.vm) and prints what it printed
+script re-runs itself inside a virtme-ng VM (gateway.lab.vm) and prints what it printed
 there. Both methods install the same objects (AES-GCM-128, tunnel mode, replay window
 1024, distinct /24 selectors) into a fresh namespace; printed numbers, no assertions.
 
@@ -166,7 +166,7 @@ def main() -> int:
     if args.here or probe.kernel_esp().ok:
         run(args.children, args.one_peer, not args.inexact)
         return 0
-    from gateway.vm import run_in_vm
+    from gateway.lab.vm import run_in_vm
 
     print("host kernel has no ESP: running the benchmark in a virtme-ng VM (TCG)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gw-bench-xfrm-") as tmp:

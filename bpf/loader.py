@@ -4,7 +4,7 @@ Two layers:
 
 - `Programs`: the compiled object (one bcc compile per start), the loaded program fds
   and typed access to every map. Nothing attached; tests run it with BPF_PROG_TEST_RUN.
-- `Dataplane`: a context manager that attaches `xdp_wan` (XDP) and `tc_wan_egress`
+- `AttachedPrograms`: a context manager that attaches `xdp_wan` (XDP) and `tc_wan_egress`
   (TC egress) to the WAN interface and `tc_lan_ingress` / `tc_lan_egress` (TC) to the
   LAN interface, and detaches all of it on exit, on exceptions and on SIGTERM/SIGHUP.
   The daemon drives it through its methods (see docs/bpf.md).
@@ -39,7 +39,6 @@ from bpf.links import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BPF_XDP, link_create
 from bpf.mtu import MIN_MTU_IPV4, MIN_MTU_IPV6
 from bpf.spi import slot_mask
 from bpf.syscall import BpfSyscallError, array_lookup_batch, array_update_batch
-from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,10 @@ AttachMethod = Literal["auto", "link", "netlink"]
 _MODE_NAMES = {XDP_FLAGS_DRV_MODE: "native", XDP_FLAGS_SKB_MODE: "generic"}
 
 
-class DataplaneError(GatewayError):
-    """The data plane cannot be set up or changed as asked (message is for the user)."""
+class BpfError(Exception):
+    """The programs cannot be set up or changed as asked. The message is meant for the
+    user as it is; the gateway's adapter (gateway/dataplane/xdp.py) turns it into a
+    GatewayError, so bpf/ imports nothing of the gateway."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -97,11 +98,12 @@ def possible_cpus() -> int:
     return len(get_possible_cpus())
 
 
-def _bcc() -> Any:
+def import_bcc() -> Any:
+    """bcc (Debian's python3-bpfcc), or a BpfError that says how to get it."""
     try:
         import bcc
     except ImportError as e:  # pragma: no cover - depends on the machine
-        raise DataplaneError(
+        raise BpfError(
             "bcc is not importable (Debian package python3-bpfcc; scripts/setup.sh links it)"
         ) from e
     return bcc
@@ -113,7 +115,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _setns(fd: int) -> None:
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise DataplaneError(f"setns: {os.strerror(err)}")
+        raise BpfError(f"setns: {os.strerror(err)}")
 
 
 @contextmanager
@@ -129,7 +131,7 @@ def in_netns(name: str | None) -> Iterator[None]:
     try:
         target = os.open(f"/run/netns/{name}", os.O_RDONLY)
     except OSError as e:
-        raise DataplaneError(f"network namespace {name!r}: {e.strerror}") from e
+        raise BpfError(f"network namespace {name!r}: {e.strerror}") from e
     orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         _setns(target)
@@ -146,7 +148,7 @@ def _ifindex(ifname: str) -> int:
     try:
         return socket.if_nametoindex(ifname)
     except OSError:
-        raise DataplaneError(f"interface {ifname!r} does not exist") from None
+        raise BpfError(f"interface {ifname!r} does not exist") from None
 
 
 def _ip_key(prefix: str) -> tuple[abi.ClampKey, bool]:
@@ -154,7 +156,7 @@ def _ip_key(prefix: str) -> tuple[abi.ClampKey, bool]:
     try:
         net = ipaddress.ip_network(prefix, strict=False)
     except ValueError as e:
-        raise DataplaneError(f"bad prefix {prefix!r}: {e}") from None
+        raise BpfError(f"bad prefix {prefix!r}: {e}") from None
     key = abi.ClampKey()
     if isinstance(net, ipaddress.IPv4Network):
         raw = ipaddress.IPv6Address("::ffff:" + str(net.network_address)).packed
@@ -242,13 +244,13 @@ class IkeShield:
 
     def __post_init__(self) -> None:
         if self.rate is None and self.budget_rate is None:
-            raise DataplaneError("the IKE_SA_INIT shield needs a per-source rate or a budget")
+            raise BpfError("the IKE_SA_INIT shield needs a per-source rate or a budget")
         for what, rate, burst in (
             ("per-source", self.rate, self.burst),
             ("budget", self.budget_rate, self.budget_burst),
         ):
             if rate is not None and (not rate > 0 or burst < 1):
-                raise DataplaneError(f"IKE_SA_INIT {what} limit needs rate > 0 and burst >= 1")
+                raise BpfError(f"IKE_SA_INIT {what} limit needs rate > 0 and burst >= 1")
 
     @property
     def cost_ns(self) -> int:
@@ -317,8 +319,8 @@ class Programs:
 
     def __init__(self, *, slot_bits: int = abi.SLOT_BITS_DEFAULT) -> None:
         if not 1 <= slot_bits <= abi.SLOT_BITS_MAX:
-            raise DataplaneError(f"slot_bits must be 1..{abi.SLOT_BITS_MAX}, not {slot_bits}")
-        bcc = _bcc()
+            raise BpfError(f"slot_bits must be 1..{abi.SLOT_BITS_MAX}, not {slot_bits}")
+        bcc = import_bcc()
         self.slot_bits = slot_bits
         self.ncpus = possible_cpus()
         self.sizes = {"slot_table": 1 << slot_bits, **map_sizes(slot_bits)}
@@ -328,7 +330,7 @@ class Programs:
         try:
             self.bpf = bcc.BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile errors
-            raise DataplaneError(f"compiling {SOURCE.name} failed: {e}") from e
+            raise BpfError(f"compiling {SOURCE.name} failed: {e}") from e
         self.fds: dict[str, int] = {}
         try:
             for name, kind in self.PROGRAM_TYPES.items():
@@ -336,7 +338,7 @@ class Programs:
                 self.fds[name] = fn.fd
         except Exception as e:  # bcc: verifier rejection is a bare Exception too
             self.bpf.cleanup()
-            raise DataplaneError(f"loading {SOURCE.name} failed: {e}") from e
+            raise BpfError(f"loading {SOURCE.name} failed: {e}") from e
         self._lib = bcc.libbcc.lib
         self._closed = False
 
@@ -353,8 +355,8 @@ class Programs:
             if err == errno.E2BIG:  # a hash/LPM map at max_entries
                 size = {"out_spi": "MAX_OUT_SPIS", "clamp_prefixes": "MAX_CLAMP_PREFIXES"}
                 limit = self.sizes.get(size.get(name, ""), 0) or "its"
-                raise DataplaneError(f"map {name} is full ({limit} entries)")
-            raise DataplaneError(f"map {name}: update failed: {os.strerror(err)}")
+                raise BpfError(f"map {name} is full ({limit} entries)")
+            raise BpfError(f"map {name}: update failed: {os.strerror(err)}")
 
     def delete(self, name: str, key: ctypes._CData) -> bool:
         return bool(self._lib.bpf_delete_elem(self.map_fd(name), ctypes.byref(key)) == 0)
@@ -397,7 +399,7 @@ class Programs:
         try:
             raw = array_lookup_batch(self.map_fd(name), count, 8 * stride)
         except BpfSyscallError as e:
-            raise DataplaneError(f"map {name}: batch read failed: {e.strerror}") from None
+            raise BpfError(f"map {name}: batch read failed: {e.strerror}") from None
         flat = memoryview(raw).cast("Q")
         columns = []
         for f in range(fields):
@@ -432,7 +434,7 @@ class Programs:
         try:
             array_update_batch(self.map_fd(name), 0, bytes(count * value_size), value_size)
         except BpfSyscallError as e:
-            raise DataplaneError(f"map {name}: batch write failed: {e.strerror}") from None
+            raise BpfError(f"map {name}: batch write failed: {e.strerror}") from None
 
     def reset_verdicts(self) -> None:
         self._zero("verdicts", abi.R_MAX * abi.VERDICT_ACTIONS, 8 * self.ncpus)
@@ -476,7 +478,7 @@ def _attach_xdp(bcc: Any, fn: Any, ifname: str, mode: XdpMode, method: AttachMet
                 fd = link_create(fn.fd, idx, BPF_XDP, m)
             except BpfSyscallError as e:
                 if e.errno == errno.EBUSY:
-                    raise DataplaneError(
+                    raise BpfError(
                         f"attaching XDP to {ifname} failed: another program is attached"
                     ) from None
                 errors.append(f"{_MODE_NAMES[m]} link: {e.strerror}")
@@ -491,7 +493,7 @@ def _attach_xdp(bcc: Any, fn: Any, ifname: str, mode: XdpMode, method: AttachMet
             else:
                 log.info("xdp_wan attached to %s (%s mode, netlink)", ifname, _MODE_NAMES[m])
                 return _Attachment("xdp", ifname, flags=m)
-    raise DataplaneError(f"attaching XDP to {ifname} failed: {'; '.join(errors)}")
+    raise BpfError(f"attaching XDP to {ifname} failed: {'; '.join(errors)}")
 
 
 def _detach_xdp(bcc: Any, att: _Attachment) -> None:
@@ -513,7 +515,7 @@ def _attach_tc(fd: int, name: str, ifname: str, parent: str, method: AttachMetho
         except BpfSyscallError as e:
             # Kernels before 6.6 have no tcx: EINVAL for the unknown attach type.
             if method == "link" or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise DataplaneError(f"attaching {name} to {ifname}: {e.strerror}") from None
+                raise BpfError(f"attaching {name} to {ifname}: {e.strerror}") from None
             log.info("no tcx links (%s): %s attached with a clsact filter", e.strerror, name)
     with IPRoute() as ipr:
         made = False
@@ -522,7 +524,7 @@ def _attach_tc(fd: int, name: str, ifname: str, parent: str, method: AttachMetho
             made = True
         except NetlinkError as e:
             if e.code != errno.EEXIST:
-                raise DataplaneError(f"adding clsact to {ifname}: {e}") from None
+                raise BpfError(f"adding clsact to {ifname}: {e}") from None
         try:
             ipr.tc(
                 "add-filter",
@@ -540,7 +542,7 @@ def _attach_tc(fd: int, name: str, ifname: str, parent: str, method: AttachMetho
             if made:
                 with suppress(NetlinkError):
                     ipr.tc("del", "clsact", idx)
-            raise DataplaneError(f"attaching {name} to {ifname}: {e}") from None
+            raise BpfError(f"attaching {name} to {ifname}: {e}") from None
     return _Attachment("tc", ifname, parent=parent, made_clsact=made)
 
 
@@ -553,7 +555,7 @@ def _detach_tc(att: _Attachment) -> None:
         return
     try:
         idx = _ifindex(att.ifname)
-    except DataplaneError:
+    except BpfError:
         return  # interface gone: its qdiscs and filters went with it
     with IPRoute() as ipr:
         if att.made_clsact:
@@ -569,7 +571,7 @@ def _detach_tc(att: _Attachment) -> None:
 # --------------------------------------------------------------------------- dataplane
 
 
-class Dataplane:
+class AttachedPrograms:
     """The gateway's data plane on one WAN and (optionally) one LAN interface.
 
     Use as a context manager; everything it attached is removed on exit, also when the
@@ -597,7 +599,7 @@ class Dataplane:
         hash_seed: int | None = None,
     ) -> None:
         if not isinstance(mss_clamp, bool) and not 536 <= mss_clamp <= 65495:
-            raise DataplaneError(f"MSS clamp {mss_clamp} is out of range 536..65495")
+            raise BpfError(f"MSS clamp {mss_clamp} is out of range 536..65495")
         self.wan_if = wan_if
         self.lan_if = lan_if
         self.mss_clamp = mss_clamp
@@ -625,7 +627,7 @@ class Dataplane:
 
     # lifecycle -----------------------------------------------------------------------
 
-    def __enter__(self) -> Dataplane:
+    def __enter__(self) -> AttachedPrograms:
         self.open()
         return self
 
@@ -639,7 +641,7 @@ class Dataplane:
 
     def open(self) -> None:
         if self.programs is not None:
-            raise DataplaneError("the data plane is already open")
+            raise BpfError("the data plane is already open")
         self.programs = self._given_programs or Programs(slot_bits=self._slot_bits)
         try:
             self._install_signal_handlers()
@@ -651,7 +653,7 @@ class Dataplane:
             raise
 
     def _attach_all(self) -> None:
-        bcc = _bcc()
+        bcc = import_bcc()
         progs = self._progs
         how = self.attach_method
         with in_netns(self.netns):
@@ -689,7 +691,7 @@ class Dataplane:
             try:
                 with in_netns(self.netns):
                     self._detach_all(errors)
-            except DataplaneError:
+            except BpfError:
                 # The namespace is gone, and its interfaces with it: only our link fds
                 # are left to close.
                 self._detach_all(errors, links_only=True)
@@ -699,12 +701,12 @@ class Dataplane:
             self.programs.close()
         self.programs = None
         if errors:
-            raise DataplaneError("detaching failed: " + "; ".join(errors))
+            raise BpfError("detaching failed: " + "; ".join(errors))
         if held:
             raise SystemExit(128 + held[0])
 
     def _detach_all(self, errors: list[str], *, links_only: bool = False) -> None:
-        bcc = _bcc() if any(a.link_fd is None for a in self._attached) else None
+        bcc = import_bcc() if any(a.link_fd is None for a in self._attached) else None
         while self._attached:
             att = self._attached.pop()
             if links_only and att.link_fd is None:
@@ -739,7 +741,7 @@ class Dataplane:
     @property
     def _progs(self) -> Programs:
         if self.programs is None:
-            raise DataplaneError("the data plane is not open")
+            raise BpfError("the data plane is not open")
         return self.programs
 
     # settings ------------------------------------------------------------------------
@@ -777,14 +779,14 @@ class Dataplane:
         progs = self._progs
         for cpu in self.steer_cpus:
             if not 0 <= cpu < progs.ncpus:
-                raise DataplaneError(f"CPU {cpu} does not exist (possible: 0..{progs.ncpus - 1})")
+                raise BpfError(f"CPU {cpu} does not exist (possible: 0..{progs.ncpus - 1})")
         for cpu in self.steer_cpus:
             if cpu not in self._cpumap:
                 # cpumap value: queue size (bpf_cpumap_val.qsize)
                 try:
                     progs.update("cpumap", ctypes.c_uint32(cpu), ctypes.c_uint32(2048))
-                except DataplaneError as e:
-                    raise DataplaneError(f"steering to CPU {cpu}: {e} (offline?)") from None
+                except BpfError as e:
+                    raise BpfError(f"steering to CPU {cpu}: {e} (offline?)") from None
                 self._cpumap.add(cpu)
         for cpu in self._cpumap - set(self.steer_cpus):
             progs.delete("cpumap", ctypes.c_uint32(cpu))
@@ -831,7 +833,7 @@ class Dataplane:
         """Pin a slot's ESP to `cpu` (one of the steering set) instead of the spread."""
         self._check_slot(slot)
         if cpu not in self.steer_cpus:
-            raise DataplaneError(f"CPU {cpu} is not in the steering set {list(self.steer_cpus)}")
+            raise BpfError(f"CPU {cpu} is not in the steering set {list(self.steer_cpus)}")
         self._entry(slot)
         self._cpu_of[slot] = cpu
         self._pinned.add(slot)
@@ -852,7 +854,7 @@ class Dataplane:
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot <= slot_mask(self._progs.slot_bits):
-            raise DataplaneError(f"slot {slot} is outside 0..{slot_mask(self._progs.slot_bits)}")
+            raise BpfError(f"slot {slot} is outside 0..{slot_mask(self._progs.slot_bits)}")
 
     def _write_slot(self, slot: int) -> None:
         """Write the slot's entry with the CPU the program must steer it to: STEER_NONE
@@ -879,7 +881,7 @@ class Dataplane:
         goes through the fallback hash map."""
         self._check_slot(slot)
         if not 256 <= spi <= 0xFFFFFFFF:
-            raise DataplaneError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
+            raise BpfError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
         entry = self._entry(slot)
         if spi & slot_mask(self._progs.slot_bits) == slot and spi not in tuple(entry.spi):
             for i in range(2):
@@ -903,7 +905,7 @@ class Dataplane:
         slot = spi & slot_mask(self._progs.slot_bits)
         entry = self._slots.get(slot)
         if entry is None or spi not in tuple(entry.spi):
-            raise DataplaneError(f"inbound SPI {spi:#010x} is not registered")
+            raise BpfError(f"inbound SPI {spi:#010x} is not registered")
         entry.spi[tuple(entry.spi).index(spi)] = 0
         self._write_slot(slot)
 
@@ -922,13 +924,13 @@ class Dataplane:
         """Count outbound ESP with `spi` (the peer's choice) in `slot`."""
         self._check_slot(slot)
         if not 256 <= spi <= 0xFFFFFFFF:
-            raise DataplaneError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
+            raise BpfError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
         self._progs.update("out_spi", ctypes.c_uint32(spi), ctypes.c_uint32(slot))
         self._out_spis[spi] = slot
 
     def remove_outbound_spi(self, spi: int) -> None:
         if self._out_spis.pop(spi, None) is None:
-            raise DataplaneError(f"outbound SPI {spi:#010x} is not registered")
+            raise BpfError(f"outbound SPI {spi:#010x} is not registered")
         self._progs.delete("out_spi", ctypes.c_uint32(spi))
 
     def release_slot(self, slot: int) -> None:
@@ -972,9 +974,9 @@ class Dataplane:
                 if had is None:
                     done.append(partial(self.remove_clamp_prefix, prefix))
             self.set_slot_offloaded(slot, offloaded)
-        except DataplaneError:
+        except BpfError:
             for undo in reversed(done):
-                with suppress(DataplaneError):
+                with suppress(BpfError):
                     undo()
             raise
 
@@ -988,7 +990,7 @@ class Dataplane:
     ) -> None:
         """A Child SA deleted for good: its SPIs and prefixes go, its slot is released
         (counters zeroed for the slot's next user)."""
-        with suppress(DataplaneError):
+        with suppress(BpfError):
             self.remove_child_sa_spis(spi_in=spi_in, spi_out=spi_out)
         for prefix in remote_ts:
             if self._prefixes.get(_normal_or_raw(prefix)) == slot:
@@ -1005,7 +1007,7 @@ class Dataplane:
         key, v6 = _ip_key(prefix)
         low = MIN_MTU_IPV6 if v6 else MIN_MTU_IPV4
         if not low <= mtu <= 65535:
-            raise DataplaneError(f"MTU {mtu} for {prefix} is out of range {low}..65535")
+            raise BpfError(f"MTU {mtu} for {prefix} is out of range {low}..65535")
         if not isinstance(self.mss_clamp, bool):
             mtu = min(mtu, self.mss_clamp + (60 if v6 else 40))
         value = abi.ClampValue(slot=slot, mtu=mtu)
@@ -1023,7 +1025,7 @@ class Dataplane:
     def remove_clamp_prefix(self, prefix: str) -> None:
         key, _ = _ip_key(prefix)
         if self._prefixes.pop(_normal(prefix), None) is None:
-            raise DataplaneError(f"clamp prefix {prefix} is not set")
+            raise BpfError(f"clamp prefix {prefix} is not set")
         self._progs.delete("clamp_prefixes", key)
 
     def clear(self) -> None:
@@ -1083,7 +1085,7 @@ def _cpu_set(cpus: Sequence[int]) -> tuple[int, ...]:
     """A steering CPU set: each CPU once, in the order given."""
     out = tuple(dict.fromkeys(int(c) for c in cpus))
     if len(out) > abi.MAX_STEER_CPUS:
-        raise DataplaneError(f"at most {abi.MAX_STEER_CPUS} CPUs can be steered to")
+        raise BpfError(f"at most {abi.MAX_STEER_CPUS} CPUs can be steered to")
     return out
 
 

@@ -28,7 +28,8 @@ class NetnsError(GatewayError):
     pass
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def host_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ip ARGS` in our own namespace (`ip netns add/list/del` and the like)."""
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if check and proc.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
@@ -72,7 +73,7 @@ class Netns:
         return proc
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _ip("-n", self.name, *args, check=check)
+        return host_ip("-n", self.name, *args, check=check)
 
     def popen(self, *args: str, **kwargs: object) -> subprocess.Popen[bytes]:
         """Start a background process in this namespace; stopped by close()."""
@@ -92,7 +93,7 @@ class Netns:
                 proc.wait(timeout)
 
     def pids(self) -> list[int]:
-        out = _ip("netns", "pids", self.name, check=False).stdout.split()
+        out = host_ip("netns", "pids", self.name, check=False).stdout.split()
         return [int(p) for p in out if p.isdigit()]
 
     def close(self) -> None:
@@ -111,13 +112,13 @@ class Netns:
         deadline = time.monotonic() + 5
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.05)
-        _ip("netns", "del", self.name, check=False)
+        host_ip("netns", "del", self.name, check=False)
         LIVE.discard(self.name)
 
 
 def create(prefix: str = "gwt") -> Netns:
     name = unique_name(prefix)
-    _ip("netns", "add", name)
+    host_ip("netns", "add", name)
     LIVE.add(name)
     ns = Netns(name)
     ns.ip("link", "set", "lo", "up")
@@ -136,12 +137,12 @@ def netns(prefix: str = "gwt") -> Iterator[Netns]:
 def veth(a: Netns, a_name: str, b: Netns, b_name: str, *, mtu: int | None = None) -> None:
     """Connect two namespaces with a veth pair and bring both ends up."""
     tmp = unique_name("vt")
-    _ip("link", "add", tmp, "type", "veth", "peer", "name", tmp + "p")
+    host_ip("link", "add", tmp, "type", "veth", "peer", "name", tmp + "p")
     try:
-        _ip("link", "set", tmp, "netns", a.name)
-        _ip("link", "set", tmp + "p", "netns", b.name)
+        host_ip("link", "set", tmp, "netns", a.name)
+        host_ip("link", "set", tmp + "p", "netns", b.name)
     except NetnsError:
-        _ip("link", "del", tmp, check=False)
+        host_ip("link", "del", tmp, check=False)
         raise
     a.ip("link", "set", tmp, "name", a_name)
     b.ip("link", "set", tmp + "p", "name", b_name)
@@ -152,5 +153,6 @@ def veth(a: Netns, a_name: str, b: Netns, b_name: str, *, mtu: int | None = None
 
 
 def list_ours(prefix: str) -> list[str]:
-    out = _ip("netns", "list", check=False).stdout
+    """The named network namespaces whose names start with `prefix` ("": all)."""
+    out = host_ip("netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]

@@ -110,7 +110,7 @@ class UdpTransport:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        if self.prebound:  # bound by the supervisor (gateway/workers.py): adopt them
+        if self.prebound:  # bound by the supervisor (gateway/workers/): adopt them
             for sock, nat_t in self.prebound:
                 sock.setblocking(False)
                 self._add(sock, nat_t)

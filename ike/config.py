@@ -1,36 +1,84 @@
 """Connection configuration for the engine (the daemon converts its TOML into these).
 
-Everything is a frozen dataclass; the PSK is hidden from repr. `compile_connection`
-validates a connection and precomputes what the engine needs (parsed proposals, IDs,
-traffic selectors); it raises LocalError with the connection and key that is wrong, so
-the daemon can report config errors before starting.
+The one definition of every engine default and vocabulary word: the named constants
+below are what the dataclass defaults refer to, and what gateway/config imports rather
+than writing them again. Everything is a frozen dataclass; the PSK is hidden from repr.
+`compile_connection` validates a connection and precomputes what the engine needs
+(parsed proposals, IDs, traffic selectors); it raises LocalError with the connection and
+key that is wrong, so the daemon can report config errors before starting.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, field
+from typing import Final
 
-from ike import redirect
-from ike.auth import (
-    LocalCredential,
-    TrustAnchors,
-    dn_from_text,
-    dn_to_text,
-    load_credential,
-    load_trust,
-    subject_identity,
-)
 from ike.constants import IdType, ProtocolId
 from ike.crypto import PRF
 from ike.errors import LocalError
 from ike.keys import psk_pad
+from ike.pki.names import dn_from_text, dn_to_text, subject_identity
+from ike.pki.x509 import LocalCredential, TrustAnchors, load_credential, load_trust
 from ike.proposals import ProposalSpec, parse_proposals
 from ike.ts import TrafficSelector, ts_from_text
 
-ANY_ID = ("", "%any")
-AUTH_METHODS = ("psk", "pubkey")
+# --------------------------------------------------------------------------- vocabulary
+# swanctl.conf's words for each choice; the first one is the default.
+
+AUTH_METHODS: Final = ("psk", "pubkey")  # local_auth / remote_auth
+MODES: Final = ("tunnel", "transport")  # ChildConfig.mode
+# what the caller should do with a Child SA whose peer is dead (DpdFailed.actions)
+DPD_ACTIONS: Final = ("clear", "restart", "trap")
+# IKE fragmentation (RFC 7383) per connection; swanctl's "force" (IKEv1 only) is the
+# gateway's to map to "yes"
+FRAGMENTATION_MODES: Final = ("yes", "accept", "no")
+# where a connection's `redirect_to` rule redirects new peers (RFC 5685)
+REDIRECT_PHASES: Final = ("init", "auth")
+ANY_ID: Final = ("", "%any")  # remote_id values that accept any peer identity
+DYNAMIC_TS: Final = "dynamic"  # a traffic selector that is the IKE SA's own address
+
+# --------------------------------------------------------------------------- defaults
+# strongSwan's defaults and meaning. Lifetimes: rekey at REKEY_TIME minus a random
+# 0..RAND_TIME; the hard end at LIFE_TIME (Child) or REKEY_TIME + OVER_TIME (IKE).
+
+CHILD_REKEY_TIME: Final = 3600.0
+CHILD_LIFE_TIME: Final = 3960.0
+CHILD_RAND_TIME: Final = 360.0
+IKE_REKEY_TIME: Final = 14400.0
+IKE_OVER_TIME: Final = 1440.0
+IKE_RAND_TIME: Final = 1440.0
+DPD_DELAY: Final = 0.0  # off
+IKE_PORT: Final = 500
+NAT_T_PORT: Final = 4500
+DEFAULT_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519",)
+DEFAULT_ESP_PROPOSALS: Final = ("aes256gcm16",)
+# charon's retransmission: timeout * base**n, given up after `tries` retransmissions
+RETRANSMIT_TIMEOUT: Final = 4.0
+RETRANSMIT_BASE: Final = 1.8
+RETRANSMIT_TRIES: Final = 5
+HALF_OPEN_TIMEOUT: Final = 30.0
+COOKIE_THRESHOLD: Final = 100
+COOKIE_SECRET_LIFETIME: Final = 300.0
+NONCE_SIZE: Final = 32
+FRAGMENT_SIZE: Final = 1280  # bytes of IP datagram
+KEEPALIVE_INTERVAL: Final = 20.0
+
+_FQDN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+
+
+def check_gateway(text: str) -> str:
+    """A gateway identity as configured (`redirect_to`, RFC 5685): an IPv4/IPv6 address
+    (returned in its canonical form) or an FQDN; LocalError otherwise."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _FQDN.match(text) or text.replace(".", "").isdigit():
+        raise LocalError(f"{text!r} is neither an IP address nor a host name")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +88,17 @@ class ChildConfig:
     name: str
     local_ts: tuple[str, ...] = ()
     remote_ts: tuple[str, ...] = ()
-    esp_proposals: tuple[str, ...] = ("aes256gcm16",)
-    mode: str = "tunnel"  # or "transport"
+    esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
+    mode: str = MODES[0]
     # Lifetimes (strongSwan's defaults and meaning): rekey `rekey_time` minus a random
     # 0..rand_time after installation; delete at `life_time` if rekeying did not succeed.
     # 0 disables the timer.
-    rekey_time: float = 3600.0
-    life_time: float = 3960.0
-    rand_time: float = 360.0
+    rekey_time: float = CHILD_REKEY_TIME
+    life_time: float = CHILD_LIFE_TIME
+    rand_time: float = CHILD_RAND_TIME
     # What the caller should do when the peer is found dead (swanctl's dpd_action):
     # "clear", "restart" or "trap"; the engine only reports it (DpdFailed.actions).
-    dpd_action: str = "clear"
-
-
-DPD_ACTIONS = ("clear", "restart", "trap")
+    dpd_action: str = DPD_ACTIONS[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +116,14 @@ class ConnectionConfig:
     local_id: str = ""
     remote_id: str = ""
     psk: bytes = field(default=b"", repr=False)
-    ike_proposals: tuple[str, ...] = ("aes256gcm16-prfsha384-x25519",)
+    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
     children: tuple[ChildConfig, ...] = ()
-    local_port: int = 500
-    remote_port: int = 500
+    local_port: int = IKE_PORT
+    remote_port: int = IKE_PORT
     # Authentication per direction (swanctl's local/remote `auth`): "psk" or "pubkey".
     # Certificates, keys and CRLs arrive as bytes (PEM or DER); ike/ never reads files.
-    local_auth: str = "psk"
-    remote_auth: str = "psk"
+    local_auth: str = AUTH_METHODS[0]
+    remote_auth: str = AUTH_METHODS[0]
     certs: tuple[bytes, ...] = ()  # ours first, then intermediates we send (local pubkey)
     private_key: bytes = field(default=b"", repr=False)  # unencrypted PEM or DER
     cacerts: tuple[bytes, ...] = ()  # trust anchors for the peer's certificate
@@ -87,9 +132,9 @@ class ConnectionConfig:
     rsa_pss: bool = True  # our RSA key signs with RSASSA-PSS (else PKCS#1 v1.5)
     # IKE SA lifetime: rekey at `rekey_time` minus a random 0..rand_time; deleted at
     # rekey_time + over_time if rekeying did not succeed (strongSwan's meaning). 0: never.
-    rekey_time: float = 14400.0
-    over_time: float = 1440.0
-    rand_time: float = 1440.0
+    rekey_time: float = IKE_REKEY_TIME
+    over_time: float = IKE_OVER_TIME
+    rand_time: float = IKE_RAND_TIME
     # MOBIKE (RFC 4555, ike/mobike.py): announce MOBIKE_SUPPORTED in IKE_AUTH; when both
     # sides do, IKE moves to the NAT-T port and the IKE SA can change its addresses.
     mobike: bool = False
@@ -97,7 +142,7 @@ class ConnectionConfig:
     # and fragment oversized messages, "accept" announce and reassemble the peer's but never
     # fragment ours, "no" do not announce. (swanctl's "force" is IKEv1 only: here "yes".)
     # EngineSettings.fragmentation=False turns it off for every connection.
-    fragmentation: str = "yes"
+    fragmentation: str = FRAGMENTATION_MODES[0]
     # RFC 4555 §3.9: our UPDATE_SA_ADDRESSES requests carry NO_NATS_ALLOWED
     mobike_no_nats: bool = False
     # IKEv2 redirect (RFC 5685, ike/redirect.py). As initiator: announce support and
@@ -106,32 +151,33 @@ class ConnectionConfig:
     # it, in IKE_AUTH (`redirect_on`). "": no redirect.
     follow_redirects: bool = True
     redirect_to: str = ""
-    redirect_on: str = "init"
+    redirect_on: str = REDIRECT_PHASES[0]
     # Dead Peer Detection (RFC 7296 §2.4): an empty INFORMATIONAL once nothing arrived
     # from the peer for this long (IKE messages, or ESP the InboundTraffic hook reports);
     # the peer is dead when the retransmissions fail. 0: off.
-    dpd_delay: float = 0.0
+    dpd_delay: float = DPD_DELAY
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     """Engine-wide knobs (defaults follow strongSwan's charon settings)."""
 
-    retransmit_timeout: float = 4.0
-    retransmit_base: float = 1.8
-    retransmit_tries: int = 5
-    half_open_timeout: float = 30.0
+    retransmit_timeout: float = RETRANSMIT_TIMEOUT
+    retransmit_base: float = RETRANSMIT_BASE
+    retransmit_tries: int = RETRANSMIT_TRIES
+    half_open_timeout: float = HALF_OPEN_TIMEOUT
     # Demand a COOKIE (RFC 7296 §2.6) once this many responder SAs are half-open.
-    cookie_threshold: int = 100
-    cookie_secret_lifetime: float = 300.0  # a new COOKIE secret this often (old one kept)
-    nat_t_port: int = 4500
-    nonce_size: int = 32
+    cookie_threshold: int = COOKIE_THRESHOLD
+    # a new COOKIE secret this often (the previous one still accepted)
+    cookie_secret_lifetime: float = COOKIE_SECRET_LIFETIME
+    nat_t_port: int = NAT_T_PORT
+    nonce_size: int = NONCE_SIZE
     # IKE fragmentation (RFC 7383): offered in IKE_SA_INIT; when both sides support it, an
     # encrypted message whose IP datagram would exceed fragment_size goes as SKF fragments
     fragmentation: bool = True
-    fragment_size: int = 1280  # bytes of IP datagram (strongSwan's default)
+    fragment_size: int = FRAGMENT_SIZE  # bytes of IP datagram (strongSwan's default)
     # NAT-T keepalives (RFC 3948 §2.3) every this many seconds while we are behind a NAT
-    keepalive_interval: float = 20.0
+    keepalive_interval: float = KEEPALIVE_INTERVAL
 
 
 # --------------------------------------------------------------------------- identities
@@ -194,7 +240,7 @@ class CompiledChild:
 
     @property
     def transport(self) -> bool:
-        return self.config.mode == "transport"
+        return self.config.mode == MODES[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,13 +323,13 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
     _check_lifetimes(f"connection {name!r}", conf.rekey_time, conf.over_time, conf.rand_time)
     if conf.dpd_delay < 0:
         raise LocalError(f"connection {name!r}: dpd_delay must not be negative")
-    if conf.redirect_on not in redirect.PHASES:
+    if conf.redirect_on not in REDIRECT_PHASES:
         raise LocalError(
             f"connection {name!r}: redirect_on: {conf.redirect_on!r} is not init or auth"
         )
     if conf.redirect_to:
         try:
-            redirect.check_gateway(conf.redirect_to)
+            check_gateway(conf.redirect_to)
         except LocalError as exc:
             raise LocalError(f"connection {name!r}: redirect_to: {exc}") from None
     children = []
@@ -293,7 +339,7 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         if not ch.name or ch.name in seen:
             raise LocalError(f"{where}: child names must be unique and non-empty")
         seen.add(ch.name)
-        if ch.mode not in ("tunnel", "transport"):
+        if ch.mode not in MODES:
             raise LocalError(f"{where}: mode: {ch.mode!r} is not tunnel or transport")
         if ch.dpd_action not in DPD_ACTIONS:
             raise LocalError(f"{where}: dpd_action: {ch.dpd_action!r} is not one of {DPD_ACTIONS}")
@@ -301,8 +347,8 @@ def compile_connection(conf: ConnectionConfig) -> CompiledConnection:
         _check_lifetimes(where, ch.rekey_time, over, ch.rand_time)
         try:
             esp = parse_proposals(ch.esp_proposals, ProtocolId.ESP)
-            lts = tuple(ts_from_text(t) for t in ch.local_ts if t != "dynamic")
-            rts = tuple(ts_from_text(t) for t in ch.remote_ts if t != "dynamic")
+            lts = tuple(ts_from_text(t) for t in ch.local_ts if t != DYNAMIC_TS)
+            rts = tuple(ts_from_text(t) for t in ch.remote_ts if t != DYNAMIC_TS)
         except LocalError as exc:
             raise LocalError(f"{where}: {exc}") from None
         children.append(CompiledChild(ch, lts, rts, esp))

@@ -1,4 +1,5 @@
-"""The IKEv2 engine: IKE SA and Child SA state machines (RFC 7296), sans-IO.
+"""The IKEv2 engine (RFC 7296), sans-IO: the public API, the datagram pipeline and the
+dispatch to the exchange modules, the SA tables and the one timer heap.
 
 Theory of operation
 -------------------
@@ -33,61 +34,55 @@ defaults 4 s and 1.8) and the SA gives up after ``retransmit_tries`` retransmiss
 Timers are one heap for the whole engine with lazy invalidation (an SA's entry is live
 only while it equals ``sa.timer_at``).
 
-SA states (``State``), with who moves them:
+The rooms around it, none of which imports the engine back: each is handed the engine as
+ike/host.py's ``SaHost`` or ``ExchangeHost``, whose members the engine implements itself
+(``send_request``, ``end_sa``, ``emit``, ...: for the modules of ike/, not for callers):
 
-    initiator:  INIT_SENT --IKE_SA_INIT resp--> AUTH_SENT --IKE_AUTH resp--> ESTABLISHED
-    responder:  (IKE_SA_INIT req) AUTH_WAIT --IKE_AUTH req--> ESTABLISHED
-    both:       ESTABLISHED --delete_ike_sa()--> DELETING --resp/give-up--> (gone)
-                ESTABLISHED --peer Delete(IKE)--> CLOSED (lingers to answer retransmits)
-                ESTABLISHED --rekeyed--> superseded (silent; deleted by the rekey
-                                         initiator, or expires after a linger)
+* ike/sa.py: the SA model (``IkeSa``, ``ChildSa``, their state enums and the tables of
+  allowed moves). Every IKE SA ends through ``end_sa`` with an ``EndReason``, from which
+  the events follow.
+* ike/window.py (request window, retransmission, fragments), ike/cookies.py (COOKIE and
+  the half-open SAs), ike/nat.py, ike/lifetimes.py (every deadline of an SA folds into one
+  heap entry, ``life_at``).
+* the exchanges: ike/sa_init.py, ike/ike_auth.py, ike/child_sa.py (Child SAs: in IKE_AUTH,
+  CREATE_CHILD_SA, Delete), ike/ike_rekey.py, and the extensions ike/mobike.py and
+  ike/redirect.py.
 
-The SA lifecycle (RFC 7296 §1.3, §2.8): CREATE_CHILD_SA is one row of
-``_REQUEST_HANDLERS`` that dispatches on its payloads (an IKE proposal: IKE SA rekey;
-REKEY_SA: Child SA rekey; else a new Child SA); our own requests carry their state in a
-closure (``_ChildRequest``, the IKE rekey's SPI/nonce/DH). A rekeyed IKE SA is a new
-``_IkeSa`` that takes over the handle (uid), the Child SAs and the queued requests
-(``_take_over``); the old one is ``superseded``: it answers the peer until deleted and
-emits nothing. A rekeyed Child SA stays (``rekeyed``) until its Delete completes.
-Collisions keep the peer's SA in ``collision`` until our own answer arrives and the
-lowest-nonce rule (§2.8.1/§2.8.2) picks the survivor. Lifetimes, retries and NAT-T
-keepalives and Dead Peer Detection (``dpd_at``: idle time since ``last_inbound``, checked
-lazily, so a message from the peer costs one assignment) of an SA and its Child SAs fold
-into one deadline (``life_at``) next to the
-retransmission and expiry deadlines, so every SA has one live heap entry.
+CREATE_CHILD_SA is one row of ``_REQUEST_HANDLERS`` that dispatches on its payloads (an
+IKE proposal: ike_rekey; else ike/child_sa.py, which tells a rekey by REKEY_SA); our own
+requests carry their state in a closure. What is due on an SA (``_lifetimes_due``:
+keepalive, hard lifetime, rekeys, retries, the responder's outbound switch, DPD) and
+what to do when a request is given up (``_give_up``) are decided here.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
-import hashlib
 import heapq
-import hmac
-import ipaddress
 import itertools
 import os
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
 
-from ike import auth as ike_auth
-from ike import codec, mobike, redirect
+from ike import (
+    child_sa,
+    codec,
+    ike_auth,
+    ike_rekey,
+    lifetimes,
+    mobike,
+    nat,
+    redirect,
+    sa_init,
+    window,
+)
 from ike.codec import (
-    Authentication,
     Delete,
-    Encrypted,
-    EncryptedFragment,
-    Identification,
     KeyExchange,
     Message,
     Nonce,
     Notify,
     Payload,
     SecurityAssociation,
-    TrafficSelectors,
 )
 from ike.config import (
     CompiledChild,
@@ -98,486 +93,53 @@ from ike.config import (
     format_identity,
 )
 from ike.constants import (
-    ERROR_NOTIFY_MAX,
     NON_ESP_MARKER,
     ExchangeType,
-    IdType,
     NotifyType,
-    PayloadType,
     ProtocolId,
-    name_of,
 )
-from ike.crypto import DH_GROUPS, DhPrivate, RandomSource
-from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored, SpiExhausted
+from ike.cookies import Cookies
+from ike.crypto import RandomSource
+from ike.errors import DecodeError, LocalError, ProtocolError, ResponseIgnored
 from ike.events import (
-    ChildSaDeleted,
-    ChildSaEstablished,
-    ChildSaFailed,
-    ChildSaOutboundSwitched,
-    ChildSaRekeyed,
     Datagram,
     DpdFailed,
     Endpoint,
     Event,
     IkeSaDeleted,
-    IkeSaEstablished,
     IkeSaFailed,
-    IkeSaRedirected,
-    IkeSaRekeyed,
 )
-from ike.keys import (
-    IkeSaKeys,
-    derive_child_sa_keys,
-    derive_ike_sa_keys,
-    skeyseed,
-    skeyseed_rekey,
+from ike.hooks import InboundSpiAllocator, InboundTraffic, RandomSpis
+from ike.payloads import first, first_notify
+from ike.sa import (
+    ZERO_SPI,
+    After,
+    ChildEndReason,
+    ChildState,
+    EndReason,
+    IkeSa,
+    PendingChild,
+    RekeyState,
+    State,
+    Succession,
 )
-from ike.proposals import EspSuite, IkeSuite, accept_esp, accept_ike, select_esp, select_ike
-from ike.sk import IntegrityError, SkCipher
-from ike.ts import TrafficSelector, covered, narrow, ts_for_address
+from ike.sk import IntegrityError
+from ike.stats import ChildSaInfo, EngineStats, IkeSaInfo
+from ike.ts import TrafficSelector, ip
+from ike.window import Request, ResponseHandler, Wire
 
-__all__ = ["IkeEngine", "EngineStats", "IkeSaInfo", "ChildSaInfo", "State"]
-
-ZERO_SPI = bytes(8)
-Addr = tuple[Endpoint, Endpoint]  # (local, remote)
-
-_CHILD_ERRORS = frozenset(
-    {
-        NotifyType.NO_PROPOSAL_CHOSEN,
-        NotifyType.TS_UNACCEPTABLE,
-        NotifyType.SINGLE_PAIR_REQUIRED,
-        NotifyType.INTERNAL_ADDRESS_FAILURE,
-        NotifyType.FAILED_CP_REQUIRED,
-        NotifyType.INVALID_SELECTORS,
-        NotifyType.NO_ADDITIONAL_SAS,
-    }
-)
-_MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD rounds per IKE SA
-# a superseded IKE SA (after a rekey) answers the peer's Delete this long, then goes
-_SUPERSEDED_LINGER = 60.0
-
-
-class State(enum.Enum):
-    INIT_SENT = enum.auto()
-    AUTH_SENT = enum.auto()
-    AUTH_WAIT = enum.auto()
-    ESTABLISHED = enum.auto()
-    DELETING = enum.auto()
-    CLOSED = enum.auto()
-
-    @property
-    def public(self) -> str:
-        """The control API's state name (list-sas)."""
-        return _PUBLIC_STATE[self]
-
-
-_PUBLIC_STATE = {
-    State.INIT_SENT: "CONNECTING",
-    State.AUTH_SENT: "CONNECTING",
-    State.AUTH_WAIT: "CONNECTING",
-    State.ESTABLISHED: "ESTABLISHED",
-    State.DELETING: "DELETING",
-    State.CLOSED: "DELETING",
-}
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counters for metrics (never contain secrets)."""
-
-    datagrams_received: int = 0
-    datagrams_sent: int = 0
-    malformed: int = 0
-    integrity_failures: int = 0
-    unknown_spi: int = 0
-    unexpected: int = 0
-    retransmits: int = 0
-    duplicates_answered: int = 0
-    keepalives: int = 0
-    keepalives_sent: int = 0
-    cookies_sent: int = 0
-    handshakes: int = 0
-    auth_failures: int = 0
-    dead_peers: int = 0
-    # MOBIKE (RFC 4555, ike/mobike.py)
-    mobike_updates_sent: int = 0
-    mobike_updates_received: int = 0
-    mobike_migrations: int = 0
-    mobike_malformed: int = 0
-    cookie2_mismatches: int = 0
-    dpd_probes: int = 0  # idle-time liveness checks sent (empty INFORMATIONAL)
-    # IKEv2 redirect (RFC 5685, ike/redirect.py)
-    redirects_sent: int = 0
-    redirects_followed: int = 0
-    redirects_ignored: int = 0  # bad nonce, unasked for, loop limit, FQDN gateway
-
-
-@dataclass(frozen=True, slots=True)
-class ChildSaInfo:
-    name: str
-    spi_in: int
-    spi_out: int
-    mode: str
-    encap: bool
-    proposal: str
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    installed_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class IkeSaInfo:
-    ike_sa: int
-    connection: str | None
-    state: str
-    initiator: bool
-    local: Endpoint
-    remote: Endpoint
-    local_id: str
-    remote_id: str
-    spi_i: bytes
-    spi_r: bytes
-    proposal: str | None
-    established_at: float | None
-    children: tuple[ChildSaInfo, ...]
-    mobike: bool = False
-    additional_addrs: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class _ChildSa:
-    config: CompiledChild
-    spi_in: int
-    spi_out: int
-    suite: EspSuite
-    transport: bool
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    installed_at: float
-    deleting: bool = False
-    rekey_at: float | None = None  # soft lifetime: start a rekey (jittered)
-    expire_at: float | None = None  # hard lifetime: delete
-    rekeying: bool = False  # our CREATE_CHILD_SA(REKEY_SA) for it is under way
-    rekeyed: bool = False  # superseded by a newer Child SA; waits for its Delete
-    # a peer's rekey of this SA we answered while ours was under way (§2.8.1):
-    # (its Ni, our Nr, the Child SA it made)
-    collision: tuple[bytes, bytes, _ChildSa] | None = None
-    # rekey responder: the older SA we still send on until the initiator's Delete of it
-    # arrives (or switch_at passes); then ChildSaOutboundSwitched
-    outbound_from: _ChildSa | None = None
-    switch_at: float | None = None
-
-
-class _PendingChild:
-    __slots__ = ("config", "spi_in", "tsi", "tsr")
-
-    def __init__(
-        self,
-        config: CompiledChild,
-        spi_in: int,
-        tsi: tuple[TrafficSelector, ...],
-        tsr: tuple[TrafficSelector, ...],
-    ) -> None:
-        self.config = config
-        self.spi_in = spi_in
-        self.tsi = tsi
-        self.tsr = tsr
-
-
-ResponseHandler = Callable[
-    ["IkeEngine", "_IkeSa", Message, tuple[Payload, ...], bytes, float], None
+__all__ = [
+    "IkeEngine",
+    "EngineStats",
+    "IkeSaInfo",
+    "ChildSaInfo",
+    "State",
+    "InboundSpiAllocator",
+    "InboundTraffic",
+    "RandomSpis",
 ]
 
-
-@dataclass(slots=True)
-class _CreateChildResponse:
-    """Our side of a peer's CREATE_CHILD_SA request for a Child SA (`_select_child`)."""
-
-    configs: tuple[CompiledChild, ...]
-    ke: KeyExchange | None
-    ni: bytes
-    nr: bytes
-    replaces: _ChildSa | None
-    made: _ChildSa | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _ChildRequest:
-    """Our CREATE_CHILD_SA request for a new Child SA or to rekey `old` (§1.3.1, §1.3.3)."""
-
-    config: CompiledChild
-    spi_in: int
-    tsi: tuple[TrafficSelector, ...]
-    tsr: tuple[TrafficSelector, ...]
-    ni: bytes
-    dh: DhPrivate | None
-    old: _ChildSa | None
-    retried: bool
-
-
-class _Fragments:
-    """SKF fragments of one message being reassembled (RFC 7383 §2.6)."""
-
-    __slots__ = ("message_id", "total", "first_payload", "parts")
-
-    def __init__(self, message_id: int, total: int) -> None:
-        self.message_id = message_id
-        self.total = total
-        self.first_payload = 0
-        self.parts: dict[int, bytes] = {}
-
-
-_MAX_FRAGMENTS = 64  # per message; more is an attack, not a certificate chain
-
-Wire = bytes | tuple[bytes, ...]  # one datagram, or a message's SKF fragments
-
-
-class _Request:
-    __slots__ = ("exchange", "message_id", "data", "on_response", "tries", "deadline")
-
-    def __init__(
-        self,
-        exchange: int,
-        message_id: int,
-        data: Wire,
-        on_response: ResponseHandler,
-        deadline: float,
-    ) -> None:
-        self.exchange = exchange
-        self.message_id = message_id
-        self.data = data
-        self.on_response = on_response
-        self.tries = 0
-        self.deadline = deadline
-
-
-class _IkeSa:
-    """One IKE SA. Mutable on purpose (lives for hours, changes on every exchange)."""
-
-    __slots__ = (
-        "uid",
-        "initiator",
-        "state",
-        "conn",
-        "candidates",
-        "spi_i",
-        "spi_r",
-        "local",
-        "remote",
-        "suite",
-        "dh",
-        "ni",
-        "nr",
-        "keys",
-        "sk",
-        "init_request",
-        "init_response",
-        "my_next_id",
-        "peer_next_id",
-        "outstanding",
-        "queue",
-        "last_response",
-        "nat",
-        "children",
-        "pending_child",
-        "cookie",
-        "init_retries",
-        "timer_at",
-        "expire_at",
-        "established_at",
-        "local_id",
-        "remote_id",
-        "half_open",
-        "peer_hints",
-        "frag",
-        "fragments",
-        "rekey_at",
-        "hard_at",
-        "life_at",
-        "rekeying",
-        "superseded",
-        "collision",
-        "child_requests",
-        "child_retries",
-        "behind_nat",
-        "keepalive_at",
-        "mobike",
-        "peer_addrs",
-        "mobike_update",
-        "last_inbound",
-        "dpd_at",
-        "esp_seen",
-        "redirect_peer",
-        "redirect_self",
-        "redirected",
-    )
-
-    def __init__(self, uid: int, initiator: bool, local: Endpoint, remote: Endpoint) -> None:
-        self.uid = uid
-        self.initiator = initiator
-        self.state = State.INIT_SENT if initiator else State.AUTH_WAIT
-        self.conn: CompiledConnection | None = None
-        self.candidates: tuple[CompiledConnection, ...] = ()
-        self.spi_i = ZERO_SPI
-        self.spi_r = ZERO_SPI
-        self.local = local
-        self.remote = remote
-        self.suite: IkeSuite | None = None
-        self.dh: DhPrivate | None = None
-        self.ni = b""
-        self.nr = b""
-        self.keys: IkeSaKeys | None = None
-        self.sk: SkCipher | None = None
-        self.init_request = b""
-        self.init_response = b""
-        self.my_next_id = 0
-        self.peer_next_id = 0
-        self.outstanding: _Request | None = None
-        self.queue: deque[tuple[int, list[Payload], ResponseHandler]] = deque()
-        # (message ID, exchange type, bytes) of our last response, for retransmitted requests
-        self.last_response: tuple[int, int, Wire] | None = None
-        self.nat = False
-        self.children: dict[int, _ChildSa] = {}
-        self.pending_child: _PendingChild | None = None
-        self.cookie = b""
-        self.init_retries = 0
-        self.timer_at: float | None = None
-        self.expire_at: float | None = None
-        self.established_at: float | None = None
-        self.local_id: tuple[int, bytes] = (0, b"")
-        self.remote_id: tuple[int, bytes] = (0, b"")
-        self.half_open = False  # a responder SA counted against cookie_threshold
-        # the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQs (pubkey authentication)
-        self.peer_hints: ike_auth.PeerHints | None = None
-        self.frag = False  # both sides announced IKEV2_FRAGMENTATION_SUPPORTED
-        self.fragments: _Fragments | None = None  # the peer's message being reassembled
-        # lifetimes (§2.8): rekey at rekey_at, delete at hard_at; life_at is the earliest
-        # lifetime event of the SA and its Child SAs (one heap entry per SA)
-        self.rekey_at: float | None = None
-        self.hard_at: float | None = None
-        self.life_at: float | None = None
-        # our IKE SA rekey under way: the response handler of its request
-        self.rekeying: ResponseHandler | None = None
-        self.superseded = False  # rekeyed: a newer IKE SA carries the handle; no events
-        # a peer's IKE rekey we answered while ours was under way: (its Ni, our Nr, SA)
-        self.collision: tuple[bytes, bytes, _IkeSa] | None = None
-        # our CREATE_CHILD_SA requests under way or queued (their SPIs are allocated)
-        self.child_requests: list[_ChildRequest] = []
-        # new Child SAs the peer answered TEMPORARY_FAILURE: (when to try again, config)
-        self.child_retries: list[tuple[float, CompiledChild]] = []
-        self.behind_nat = False  # our address is translated: we send NAT-T keepalives
-        self.keepalive_at: float | None = None
-        # MOBIKE (RFC 4555): in use, the peer's additional addresses, our update under way
-        self.mobike = False
-        self.peer_addrs: tuple[str, ...] = ()
-        self.mobike_update: mobike.Update | None = None
-        # Dead Peer Detection (§2.4): when a valid message last came from the peer, when
-        # to look at the idle time again, the ESP packet count seen then (InboundTraffic)
-        self.last_inbound = 0.0
-        self.dpd_at: float | None = None
-        self.esp_seen = 0
-        # redirect (RFC 5685): the peer announced support (we may redirect it); we did
-        # (we follow its REDIRECT); the gateway that redirected us and when each redirect
-        # of this chain of attempts happened (loop limit)
-        self.redirect_peer = False
-        self.redirect_self = False
-        self.redirected: tuple[str, tuple[float, ...]] | None = None
-
-    def __repr__(self) -> str:
-        return f"IkeSa({self.uid}, {self.state.public}, {self.spi_i.hex()}_{self.spi_r.hex()})"
-
-    @property
-    def our_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
-
-    @property
-    def name(self) -> str:
-        return self.conn.name if self.conn else ""
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Parsed addresses, cached: peers' address strings repeat for every message."""
-    return ipaddress.ip_address(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip_port(ep: Endpoint) -> bytes:
-    return _ip(ep[0]).packed + struct.pack("!H", ep[1])
-
-
-class InboundSpiAllocator(Protocol):
-    """Chooses the SPIs we receive ESP with (RFC 7296 §3.3.1: the recipient picks them).
-
-    The daemon may inject one that encodes a counter slot in the SPI (bpf/spi.py).
-    `allocate` returns a 32-bit SPI >= 256 not in use, or raises ike.errors.SpiExhausted;
-    `replaces` is the inbound SPI of the Child SA that the new one rekeys (None for a new
-    Child SA), so an allocator can keep per-Child state such as the XDP counter slot.
-    `release` is called exactly once for every allocated SPI when it is no longer used.
-    """
-
-    def allocate(self, replaces: int | None = None) -> int: ...
-
-    def release(self, spi: int) -> None: ...
-
-
-class InboundTraffic(Protocol):
-    """Tells the engine whether ESP arrived on our inbound Child SAs (the data plane's
-    counters): an IKE SA whose Child SAs receive traffic needs no liveness check.
-
-    `packets_in(ike_sa, spi_in)` is the packet count of the inbound SA with that SPI on
-    that IKE SA (handle): any count, only changes matter. Called only when a check is due.
-    """
-
-    def packets_in(self, ike_sa: int, spi_in: int) -> int: ...
-
-
-class RandomSpis:
-    """The default allocator: random SPIs, unique among the live ones."""
-
-    __slots__ = ("_random", "_used")
-
-    def __init__(self, random: RandomSource) -> None:
-        self._random = random
-        self._used: set[int] = set()
-
-    def allocate(self, replaces: int | None = None) -> int:
-        while True:
-            spi = int.from_bytes(self._random(4), "big")
-            if spi >= 256 and spi not in self._used:  # 1..255 are reserved (RFC 4303 §2.1)
-                self._used.add(spi)
-                return spi
-
-    def release(self, spi: int) -> None:
-        self._used.discard(spi)
-
-    def __len__(self) -> int:
-        return len(self._used)
-
-
-def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
-    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    return hashlib.sha1(spi_i + spi_r + _ip_port(ep)).digest()
-
-
-def _id_for_address(ip: str) -> tuple[int, bytes]:
-    a = _ip(ip)
-    return (IdType.ID_IPV4_ADDR if a.version == 4 else IdType.ID_IPV6_ADDR), a.packed
-
-
-def _notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if type(p) is Notify]
-
-
-def _first(payloads: Sequence[Payload], cls: type, kind: int | None = None) -> Payload | None:
-    for p in payloads:
-        if type(p) is cls and (kind is None or p.payload_type == kind):
-            return p
-    return None
-
-
-def _error_notify(payloads: Sequence[Payload]) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type <= ERROR_NOTIFY_MAX), None)
+Addr = tuple[Endpoint, Endpoint]  # (local, remote)
 
 
 class IkeEngine:
@@ -601,12 +163,11 @@ class IkeEngine:
         self._ike_spis: Callable[[], bytes] = ike_spis or (lambda: random(8))
         self._conns: dict[str, CompiledConnection] = {}
         self.set_connections(connections)
-        self._sas: dict[bytes, _IkeSa] = {}
-        self._by_uid: dict[int, _IkeSa] = {}
+        self._sas: dict[bytes, IkeSa] = {}
+        self._by_uid: dict[int, IkeSa] = {}
         # responder SAs by the initiator's SPI: spots retransmitted (or late duplicate)
         # IKE_SA_INIT requests, also after the SA is established
-        self._by_spi_i: dict[bytes, _IkeSa] = {}
-        self._half_open = 0
+        self._by_spi_i: dict[bytes, IkeSa] = {}
         self._spis: InboundSpiAllocator = spis if spis is not None else RandomSpis(random)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -615,20 +176,19 @@ class IkeEngine:
         self._timers: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
         self._uids = itertools.count(1)
-        # COOKIE secrets (§2.6): version byte -> secret; a new one every
-        # cookie_secret_lifetime, the previous one still accepted
-        self._cookie_version = 0
-        self._cookie_secrets: dict[int, bytes] = {0: random(32)}
-        self._cookie_secret_at: float | None = None
-        # a rekey responder whose old SA the initiator has not deleted by then sends on
-        # the new SA anyway: the initiator has our answer or has given up on it
-        s = self.settings
-        self._switch_wait = sum(
-            s.retransmit_timeout * s.retransmit_base**n for n in range(s.retransmit_tries + 1)
-        )
+        # COOKIE secrets and the half-open responder SAs (§2.6)
+        self._cookies: Cookies[IkeSa] = Cookies(self.settings, random)
         self.stats = EngineStats()
         # where the request being handled came from (MOBIKE takes its new path from it)
         self._rx_addr: Addr = (("", 0), ("", 0))
+        # the host interface (ike/host.py) that the modules of ike/ get: the engine itself
+        self.random = random
+        self.spis = self._spis
+        self.cookies = self._cookies
+        self.emit = self._events.append
+        self.after_response = self._after_response.append
+        self.find_sa = self._sas.get
+        self.new_uid = self._uids.__next__
 
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the connection table (reload). All-or-nothing: LocalError leaves the old
@@ -669,7 +229,7 @@ class IkeEngine:
         """Snapshots of every IKE SA (for list-sas); no keys."""
         out = []
         for sa in self._by_uid.values():
-            if sa.superseded:
+            if not sa.current:
                 continue  # an old IKE SA after a rekey, on its way out
             enc = sa.nat
             children = tuple(
@@ -735,32 +295,31 @@ class IkeEngine:
             )
         local = (str(conn.local_addrs[0]), conn.config.local_port)
         remote = (str(conn.remote_addrs[0]), conn.config.remote_port)
-        sa = self._start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts)
-        self._send_init(sa, now)
-        return sa.uid
+        return self.start_initiator(conn, ch, local, remote, now, packet_ts=packet_ts).uid
 
-    def _start_initiator(
+    def start_initiator(
         self,
         conn: CompiledConnection,
         ch: CompiledChild,
         local: Endpoint,
         remote: Endpoint,
         now: float,
-        redirected: tuple[str, tuple[float, ...]] | None = None,
+        *,
+        redirected_from: tuple[str, tuple[float, ...]] | None = None,
         packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None,
-    ) -> _IkeSa:
-        """A new initiator IKE SA, ready for its IKE_SA_INIT (`redirected`: where a
+    ) -> IkeSa:
+        """A new initiator IKE SA, its IKE_SA_INIT sent (`redirected_from`: where a
         gateway sent us from, ike/redirect.py; `packet_ts` as in initiate())."""
-        sa = _IkeSa(next(self._uids), True, local, remote)
+        sa = IkeSa(next(self._uids), True, local, remote)
         sa.conn = conn
-        sa.redirected = redirected
-        sa.spi_i = self._new_ike_spi()
-        self._sas[sa.spi_i] = sa
-        self._by_uid[sa.uid] = sa
+        sa.redirected_from = redirected_from
+        sa.spi_i = self.new_ike_spi()
+        self.add_sa(sa)
         first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-        sa.pending_child = _PendingChild(ch, 0, first_i, first_r)
+        sa.pending_child = PendingChild(ch, 0, first_i, first_r)
         sa.ni = self._random(self.settings.nonce_size)
         sa.dh = conn.ike[0].dh[0].generate(self._random)
+        sa_init.send_request(self, sa, now)
         return sa
 
     def redirect_ike_sa(self, ike_sa: int, gateway: str, now: float) -> None:
@@ -773,9 +332,9 @@ class IkeEngine:
         """INFORMATIONAL Delete(IKE); a not yet established SA is just dropped."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is State.ESTABLISHED:
-            self._send_ike_delete(sa, now)
+            self.send_ike_delete(sa, now)
         elif sa.state is not State.DELETING:
-            self._fail(sa, "cancelled", now)
+            self.end_sa(sa, EndReason.CANCELLED, now)
 
     def delete_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
         """INFORMATIONAL Delete(ESP, spi_in); ChildSaDeleted follows the peer's answer."""
@@ -783,17 +342,14 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        if child.deleting:
-            return
-        child.deleting = True
-        self._send_child_delete(sa, spi_in, now, IkeEngine._on_delete_child_response)
+        child_sa.delete(self, sa, child, now)
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
         """Empty INFORMATIONAL request (RFC 7296 §1.4); no answer -> IkeSaDeleted 'dead peer'."""
         sa = self._sa_by_uid(ike_sa)
         if sa.state is not State.ESTABLISHED:
             raise LocalError(f"IKE SA {ike_sa} is not established")
-        self._send_request(sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now)
+        self.send_request(sa, ExchangeType.INFORMATIONAL, [], window.ignore_response, now)
 
     def update_addresses(
         self, ike_sa: int, local: str | None, remote: str | None, now: float
@@ -804,7 +360,7 @@ class IkeEngine:
         IKE SA's initiator."""
         mobike.start_update(self, self._established_sa(ike_sa), local, remote, now)
 
-    def _sa_by_uid(self, uid: int) -> _IkeSa:
+    def _sa_by_uid(self, uid: int) -> IkeSa:
         sa = self._by_uid.get(uid)
         if sa is None:
             raise LocalError(f"unknown IKE SA {uid}")
@@ -829,7 +385,7 @@ class IkeEngine:
         local, remote = addr
         nat_t = self.settings.nat_t_port
         if local[1] == nat_t or remote[1] == nat_t:
-            if data == b"\xff":  # NAT-keepalive (RFC 3948 §2.3)
+            if data == nat.KEEPALIVE:  # RFC 3948 §2.3
                 self.stats.keepalives += 1
                 return
             if data[:4] != NON_ESP_MARKER:
@@ -854,10 +410,10 @@ class IkeEngine:
             self._handle_request(sa, hdr, data, addr, now)
 
     def _handle_response(
-        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+        self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
     ) -> None:
         req = sa.outstanding
-        if req is None or req.message_id != hdr.message_id or req.exchange != hdr.exchange_type:
+        if req is None or not window.answers(req, hdr):
             self.stats.unexpected += 1
             return
         msg = codec.decode_message(data, hdr)
@@ -866,7 +422,7 @@ class IkeEngine:
         else:
             if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
                 raise DecodeError("SPIs do not match the IKE SA")
-            unprotected = self._unprotect(sa, msg, data)
+            unprotected = window.unprotect(sa, msg, data)
             if unprotected is None:
                 return  # more fragments to come (RFC 7383)
             payloads = unprotected
@@ -883,24 +439,23 @@ class IkeEngine:
             return
         except ProtocolError as exc:
             if sa.state in (State.INIT_SENT, State.AUTH_SENT):
-                self._fail(sa, exc.notify.name, now, str(exc))
+                self.end_sa(sa, EndReason.REFUSED, now, notify=exc.notify.name, detail=str(exc))
             else:
                 self.stats.unexpected += 1
         if sa.outstanding is None and sa.queue and sa.state in (State.ESTABLISHED, State.DELETING):
             exchange, payloads2, handler = sa.queue.popleft()
-            self._send_request(sa, exchange, payloads2, handler, now)
+            self.send_request(sa, exchange, payloads2, handler, now)
 
     def _handle_request(
-        self, sa: _IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
+        self, sa: IkeSa, hdr: codec.Header, data: bytes, addr: Addr, now: float
     ) -> None:
         if (hdr.spi_i, hdr.spi_r) != (sa.spi_i, sa.spi_r):
             raise DecodeError("SPIs do not match the IKE SA")
-        cached = sa.last_response
-        if cached is not None and (hdr.message_id, hdr.exchange_type) == cached[:2]:
-            if data[16] == PayloadType.SKF and data[32:34] != b"\x00\x01":
-                return  # a fragmented request's retransmission is answered once: on fragment 1
-            self.stats.duplicates_answered += 1
-            self._emit(*addr, cached[2])  # to where the request came from (§2.11)
+        cached = window.cached_response(sa, hdr, data)
+        if cached is not None:
+            if cached:  # a fragmented request's retransmission is answered once
+                self.stats.duplicates_answered += 1
+                self.send_datagram(*addr, cached)  # to where the request came from (§2.11)
             return
         if hdr.message_id != sa.peer_next_id or sa.state is State.CLOSED:
             self.stats.unexpected += 1
@@ -908,7 +463,7 @@ class IkeEngine:
         msg = codec.decode_message(data, hdr)
         handler = _REQUEST_HANDLERS.get((sa.state, hdr.exchange_type))
         try:
-            payloads = self._unprotect(sa, msg, data)
+            payloads = window.unprotect(sa, msg, data)
         except DecodeError as exc:
             if exc.critical_payload is None:
                 raise
@@ -941,84 +496,18 @@ class IkeEngine:
                     error = exc
         if error is not None:
             response = [Notify(error.notify, error.data)]
-        out = self._protect(sa, hdr.exchange_type, hdr.message_id, response, is_response=True)
+        out = window.protect(
+            sa, self.settings, hdr.exchange_type, hdr.message_id, response, is_response=True
+        )
         sa.last_response = (hdr.message_id, hdr.exchange_type, out)
-        self._emit(*addr, out)  # to where the request came from (RFC 7296 §2.11)
+        self.send_datagram(*addr, out)  # to where the request came from (RFC 7296 §2.11)
         while self._after_response:  # what a handler left for after its answer
             self._after_response.popleft()()
         if sa.state is State.CLOSED:
             # linger to answer a retransmitted request whose response got lost
-            self._set_expiry(sa, now + self.settings.half_open_timeout)
+            self.set_expiry(sa, now + self.settings.half_open_timeout)
 
-    def _unprotect(self, sa: _IkeSa, msg: Message, data: bytes) -> tuple[Payload, ...] | None:
-        """The payloads of an SK message, or of the last SKF fragment that completes one
-        (None while fragments are missing)."""
-        sk = msg.payloads[-1] if msg.payloads else None
-        if type(sk) is EncryptedFragment and sa.sk is not None and sa.frag:
-            return self._reassemble(sa, msg, data, sk)
-        if type(sk) is not Encrypted or sa.sk is None:
-            raise DecodeError("message without an Encrypted payload")
-        return sa.sk.unprotect(data, sk)
-
-    def _reassemble(
-        self, sa: _IkeSa, msg: Message, data: bytes, skf: EncryptedFragment
-    ) -> tuple[Payload, ...] | None:
-        """RFC 7383 §2.6: each fragment is checked and decrypted on its own (a forged one
-        raises IntegrityError and is dropped); the inner payloads are decoded once all
-        fragments of the message are in."""
-        assert sa.sk is not None
-        if skf.total > _MAX_FRAGMENTS:
-            raise DecodeError(f"{skf.total} fragments")
-        chunk = sa.sk.unprotect_fragment(data, skf)
-        buf = sa.fragments
-        if buf is None or buf.message_id != msg.message_id or buf.total != skf.total:
-            buf = sa.fragments = _Fragments(msg.message_id, skf.total)
-        if skf.number == 1:
-            buf.first_payload = skf.first_payload
-        buf.parts[skf.number] = chunk
-        if len(buf.parts) < buf.total:
-            return None
-        sa.fragments = None
-        inner = b"".join(buf.parts[n] for n in range(1, buf.total + 1))
-        return codec.decode_payloads(buf.first_payload, inner)
-
-    def _protect(
-        self, sa: _IkeSa, exchange: int, mid: int, payloads: list[Payload], *, is_response: bool
-    ) -> Wire:
-        """The encrypted message, as SKF fragments when it is too big and the peer takes
-        them (RFC 7383 §2.5; fragment_size counts the IP and UDP headers and the marker)."""
-        sk, spi_i, spi_r, initiator = sa.sk, sa.spi_i, sa.spi_r, sa.initiator
-        assert sk is not None
-        data = sk.protect(
-            spi_i,
-            spi_r,
-            exchange,
-            is_initiator=initiator,
-            is_response=is_response,
-            message_id=mid,
-            payloads=payloads,
-        )
-        if not sa.frag or (sa.conn is not None and sa.conn.config.fragmentation == "accept"):
-            return data
-        limit = self.settings.fragment_size - (48 if ":" in sa.remote[0] else 28)
-        if self.settings.nat_t_port in (sa.local[1], sa.remote[1]):
-            limit -= len(NON_ESP_MARKER)
-        if len(data) <= limit:
-            return data
-        return tuple(
-            sk.protect_fragments(
-                spi_i,
-                spi_r,
-                exchange,
-                is_initiator=initiator,
-                is_response=is_response,
-                message_id=mid,
-                payloads=payloads,
-                max_size=limit,
-            )
-        )
-
-    def _update_path(self, sa: _IkeSa, addr: Addr) -> None:
+    def _update_path(self, sa: IkeSa, addr: Addr) -> None:
         """After an authenticated message: follow NAT mappings and the float to 4500 (§2.23).
         Not with MOBIKE: then only UPDATE_SA_ADDRESSES moves the IKE SA (RFC 4555 §3.8)."""
         if addr != (sa.local, sa.remote) and not sa.mobike:
@@ -1036,25 +525,22 @@ class IkeEngine:
             sa.timer_at = None
             req = sa.outstanding
             if req is not None and req.deadline <= now:
-                s = self.settings
-                if req.tries >= s.retransmit_tries:
+                if not window.retransmit(req, self.settings, now):
                     self._give_up(sa, now)
                     continue
-                req.tries += 1
-                req.deadline = now + s.retransmit_timeout * s.retransmit_base**req.tries
                 self.stats.retransmits += 1
-                self._emit(sa.local, sa.remote, req.data)
+                self.send_datagram(sa.local, sa.remote, req.data)
             if sa.expire_at is not None and sa.expire_at <= now:
-                if sa.state is State.CLOSED or sa.superseded:
-                    self._remove(sa)
+                if sa.state is State.CLOSED or not sa.current:
+                    self.end_sa(sa, EndReason.RETIRED, now)  # its linger is over
                 else:
-                    self._fail(sa, "half-open timeout", now)
+                    self.end_sa(sa, EndReason.HALF_OPEN_TIMEOUT, now)
                 continue
             if sa.life_at is not None and sa.life_at <= now:
                 self._lifetimes_due(sa, now)
             self._reschedule(sa)
 
-    def _reschedule(self, sa: _IkeSa) -> None:
+    def _reschedule(self, sa: IkeSa) -> None:
         at = sa.outstanding.deadline if sa.outstanding else None
         if sa.expire_at is not None and (at is None or sa.expire_at < at):
             at = sa.expire_at
@@ -1066,27 +552,28 @@ class IkeEngine:
         elif at is None:
             sa.timer_at = None
 
-    def _set_expiry(self, sa: _IkeSa, at: float | None) -> None:
+    def set_expiry(self, sa: IkeSa, at: float | None) -> None:
         sa.expire_at = at
         self._reschedule(sa)
 
-    def _give_up(self, sa: _IkeSa, now: float) -> None:
-        if sa.superseded:  # an old IKE SA whose Delete went unanswered
-            self._remove(sa)
+    def _give_up(self, sa: IkeSa, now: float) -> None:
+        if not sa.current:  # an old IKE SA whose Delete went unanswered
+            reason = EndReason.RETIRED
         elif sa.state is State.ESTABLISHED:
             self.stats.dead_peers += 1
-            self._close(sa, "dead peer", now, dead=True)
+            reason = EndReason.DEAD_PEER
         elif sa.state is State.DELETING:
-            self._close(sa, "deleted", now)
+            reason = EndReason.DELETED
         else:
-            self._fail(sa, "peer not responding", now)
+            reason = EndReason.PEER_NOT_RESPONDING
+        self.end_sa(sa, reason, now)
 
     # ------------------------------------------------------------------ sending
 
-    def _emit(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
+    def send_datagram(self, local: Endpoint, remote: Endpoint, data: Wire) -> None:
         if type(data) is tuple:  # SKF fragments of one message
             for fragment in data:
-                self._emit(local, remote, fragment)
+                self.send_datagram(local, remote, fragment)
             return
         assert isinstance(data, bytes)
         nat_t = self.settings.nat_t_port
@@ -1095,9 +582,9 @@ class IkeEngine:
         self.stats.datagrams_sent += 1
         self._out.append(Datagram(data, local, remote))
 
-    def _send_request(
+    def send_request(
         self,
-        sa: _IkeSa,
+        sa: IkeSa,
         exchange: int,
         payloads: list[Payload],
         on_response: ResponseHandler,
@@ -1108,169 +595,28 @@ class IkeEngine:
             return
         mid = sa.my_next_id
         sa.my_next_id += 1
-        data = self._protect(sa, exchange, mid, payloads, is_response=False)
-        sa.outstanding = _Request(
+        data = window.protect(sa, self.settings, exchange, mid, payloads, is_response=False)
+        sa.outstanding = Request(
             exchange, mid, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
-        self._emit(sa.local, sa.remote, data)
+        self.send_datagram(sa.local, sa.remote, data)
 
-    def _send_init(self, sa: _IkeSa, now: float) -> None:
-        assert sa.conn is not None and sa.dh is not None
-        payloads: list[Payload] = []
-        if sa.cookie:
-            payloads.append(Notify(NotifyType.COOKIE, sa.cookie))  # first payload (§2.6)
-        payloads += [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, b"") for i, s in enumerate(sa.conn.ike))
-            ),
-            KeyExchange(sa.dh.group.id, sa.dh.public),
-            Nonce(sa.ni),
-            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.local)),
-            Notify(
-                NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, ZERO_SPI, sa.remote)
-            ),
-        ]
-        payloads += ike_auth.init_payloads(ike_auth.uses_pubkey(sa.conn))
-        if self.settings.fragmentation and sa.conn.config.fragmentation != "no":
-            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        payloads += redirect.init_payloads(sa)
-        data = codec.encode_message(
-            Message(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, True, False, 0, tuple(payloads))
-        )
-        sa.init_request = data
+    def send_first(self, sa: IkeSa, data: bytes, on_response: ResponseHandler, now: float) -> None:
+        """Our unprotected IKE_SA_INIT request: message ID 0, retransmitted as any other."""
         sa.my_next_id = 1
-        sa.outstanding = _Request(
-            ExchangeType.IKE_SA_INIT,
-            0,
-            data,
-            IkeEngine._on_init_response,
-            now + self.settings.retransmit_timeout,
+        sa.outstanding = Request(
+            ExchangeType.IKE_SA_INIT, 0, data, on_response, now + self.settings.retransmit_timeout
         )
         self._reschedule(sa)
-        self._emit(sa.local, sa.remote, data)
+        self.send_datagram(sa.local, sa.remote, data)
 
-    def _send_init_error(
-        self, hdr: codec.Header, notify: Notify, local: Endpoint, remote: Endpoint
-    ) -> None:
-        """Stateless unprotected IKE_SA_INIT answer (COOKIE, INVALID_KE_PAYLOAD, errors)."""
-        data = codec.encode_message(
-            Message(hdr.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, False, True, 0, (notify,))
-        )
-        self._emit(local, remote, data)
+    def send_queued(self, sa: IkeSa, now: float) -> None:
+        if sa.outstanding is None and sa.queue:
+            exchange, payloads, handler = sa.queue.popleft()
+            self.send_request(sa, exchange, payloads, handler, now)
 
     # ------------------------------------------------------------------ SA bookkeeping
-
-    def _new_ike_spi(self) -> bytes:
-        while True:
-            spi = self._ike_spis()
-            if spi != ZERO_SPI and spi not in self._sas:
-                return spi
-
-    def _release_pending(self, sa: _IkeSa) -> None:
-        pending = sa.pending_child
-        if pending is not None and pending.spi_in:
-            self._spis.release(pending.spi_in)
-        sa.pending_child = None
-
-    def _remove(self, sa: _IkeSa) -> None:
-        if self._sas.get(sa.our_spi) is sa:
-            del self._sas[sa.our_spi]
-        self._by_uid.pop(sa.uid, None)
-        self._drop_half_open(sa)
-        if not sa.initiator and self._by_spi_i.get(sa.spi_i) is sa:
-            del self._by_spi_i[sa.spi_i]
-        for spi in sa.children:
-            self._spis.release(spi)
-        sa.children.clear()
-        for req in sa.child_requests:
-            self._spis.release(req.spi_in)
-        sa.child_requests.clear()
-        self._release_pending(sa)
-        sa.timer_at = None
-
-    def _drop_half_open(self, sa: _IkeSa) -> None:
-        if sa.half_open:
-            sa.half_open = False
-            self._half_open -= 1
-
-    def _fail(self, sa: _IkeSa, reason: str, now: float, detail: str = "") -> None:
-        """An IKE SA that never got established is gone."""
-        detail = "" if detail == reason else detail
-        self._events.append(
-            IkeSaFailed(sa.uid, sa.conn.name if sa.conn else None, sa.remote, reason, now, detail)
-        )
-        self._remove(sa)
-
-    def _close(
-        self, sa: _IkeSa, reason: str, now: float, *, linger: bool = False, dead: bool = False
-    ) -> None:
-        """An established IKE SA ends: its children first, then the SA. A superseded
-        (rekeyed) SA has no children and its handle lives on: it goes silently. `dead`:
-        the peer stopped answering; DpdFailed names each Child's dpd_action."""
-        actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
-        for child in sa.children.values():
-            child.outbound_from = child.switch_at = None  # everything goes: no switch
-        for child in list(sa.children.values()):
-            self._child_deleted(sa, child, reason, now)
-        if dead and not sa.superseded:
-            self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
-        if not sa.superseded:
-            self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, reason, now))
-        if linger:
-            sa.state = State.CLOSED
-            sa.outstanding = None
-            sa.queue.clear()
-        else:
-            self._remove(sa)
-
-    def _child_deleted(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
-        sa.children.pop(child.spi_in, None)
-        self._spis.release(child.spi_in)
-        child.outbound_from = child.switch_at = None
-        for successor in [c for c in sa.children.values() if c.outbound_from is child]:
-            # the old SA goes (normally the rekey initiator's Delete): send on the new one
-            self._switch_outbound(sa, successor, "old SA deleted", now)
-        self._events.append(
-            ChildSaDeleted(
-                sa.uid, sa.name, child.config.name, child.spi_in, child.spi_out, reason, now
-            )
-        )
-
-    # ------------------------------------------------------------------ IKE_SA_INIT
-
-    def _cookie_for(self, version: int, ni: bytes, remote: Endpoint, spi_i: bytes) -> bytes:
-        """<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (RFC 7296 §2.6)."""
-        ip = _ip(remote[0]).packed
-        mac = hmac.digest(self._cookie_secrets[version], ni + ip + spi_i, "sha256")[:16]
-        return bytes((version,)) + mac
-
-    def _rotate_cookie_secret(self, now: float) -> None:
-        if self._cookie_secret_at is None:
-            self._cookie_secret_at = now
-        elif now - self._cookie_secret_at >= self.settings.cookie_secret_lifetime:
-            self._cookie_secret_at = now
-            self._cookie_version = (self._cookie_version + 1) % 256
-            self._cookie_secrets = {
-                self._cookie_version: self._random(32),
-                (self._cookie_version - 1) % 256: self._cookie_secrets[
-                    (self._cookie_version - 1) % 256
-                ],
-            }
-
-    def _cookie_ok(self, cookie: bytes, ni: bytes, remote: Endpoint, spi_i: bytes) -> bool:
-        if len(cookie) != 17 or cookie[0] not in self._cookie_secrets:
-            return False
-        return hmac.compare_digest(cookie, self._cookie_for(cookie[0], ni, remote, spi_i))
-
-    def _candidates(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
-        lip, rip = _ip(local[0]), _ip(remote[0])
-        return tuple(
-            c
-            for c in self._conns.values()
-            if (not c.local_addrs or lip in c.local_addrs)
-            and (not c.remote_addrs or rip in c.remote_addrs)
-        )
 
     def _on_init_request(
         self, data: bytes, hdr: codec.Header, local: Endpoint, remote: Endpoint, now: float
@@ -1282,7 +628,7 @@ class IkeEngine:
             cached = old.last_response
             if old.state is State.AUTH_WAIT and old.init_request == data and cached is not None:
                 self.stats.duplicates_answered += 1
-                self._emit(local, remote, cached[2])
+                self.send_datagram(local, remote, cached[2])
             else:
                 self.stats.unexpected += 1
             return
@@ -1291,645 +637,129 @@ class IkeEngine:
         except DecodeError as exc:
             if exc.critical_payload is None:
                 raise
-            self._send_init_error(
+            sa_init.send_error(
+                self,
                 hdr,
                 Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes((exc.critical_payload,))),
                 local,
                 remote,
             )
             return
-        p = msg.payloads
-        sa_p, ke, nonce = _first(p, SecurityAssociation), _first(p, KeyExchange), _first(p, Nonce)
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(ke, KeyExchange)
-            and isinstance(nonce, Nonce)
-        ):
-            raise DecodeError("IKE_SA_INIT request without SA, KE or Nonce")
-        # COOKIE (§2.6): once too many SAs are half-open, demand proof of the return address
-        if self._half_open >= self.settings.cookie_threshold:
-            self._rotate_cookie_secret(now)
-            first = p[0]
-            if not (
-                type(first) is Notify
-                and first.type == NotifyType.COOKIE
-                and self._cookie_ok(first.data, nonce.data, remote, hdr.spi_i)
-            ):
-                self.stats.cookies_sent += 1
-                want = self._cookie_for(self._cookie_version, nonce.data, remote, hdr.spi_i)
-                self._send_init_error(hdr, Notify(NotifyType.COOKIE, want), local, remote)
-                return
-        candidates = self._candidates(local, remote)
-        redirect_ok = redirect.peer_supports(p)
-        rule = redirect.init_rule(candidates) if redirect_ok else None
-        if rule is not None:  # RFC 5685 §4.2: stateless HDR(SPIi, 0), N(REDIRECT, GW, Ni)
-            self.stats.redirects_sent += 1
-            self._send_init_error(hdr, redirect.init_notify(rule, nonce.data), local, remote)
-            gateway = rule.config.redirect_to
-            self._events.append(IkeSaRedirected(0, rule.name, False, "init", remote, gateway, now))
-            return
-        try:
-            answer, suite = select_ike(
-                [s for c in candidates for s in c.ike], sa_p.proposals, ke.group
-            )
-        except ProtocolError as exc:
-            self._send_init_error(hdr, Notify(exc.notify), local, remote)
-            return
-        if ke.group != suite.dh.id:
-            self._send_init_error(
-                hdr,
-                Notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh.id)),
-                local,
-                remote,
-            )
-            return
-        sa = _IkeSa(next(self._uids), False, local, remote)
-        dh = suite.dh.generate(self._random)
-        try:
-            g_ir = dh.exchange(ke.data)
-        except ProtocolError as exc:
-            self._send_init_error(hdr, Notify(exc.notify), local, remote)
-            return
-        if len(candidates) > 1:
-            candidates = tuple(c for c in candidates if _accepts(c, answer))
-        sa.candidates = candidates
-        sa.redirect_peer = redirect_ok
-        sa.spi_i = hdr.spi_i
-        sa.spi_r = self._new_ike_spi()
-        sa.suite, sa.dh, sa.ni = suite, dh, nonce.data
-        sa.nr = self._random(self.settings.nonce_size)
-        nat = self._detect_nat(sa, p)
-        sa.nat = bool(nat)
-        out: list[Payload] = [
-            SecurityAssociation((answer,)),
-            KeyExchange(suite.dh.id, dh.public),
-            Nonce(sa.nr),
-        ]
-        if nat is not None:  # the peer does NAT-T: answer with our hashes
-            out += [
-                Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
-                Notify(
-                    NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)
-                ),
-            ]
-        # RFC 7427 §4 and the CAs we trust (CERTREQ, §1.2) when a candidate uses certificates
-        sa.peer_hints = ike_auth.peer_hints(p)
-        if (
-            self.settings.fragmentation
-            and any(c.config.fragmentation != "no" for c in candidates)
-            and _first_notify(p, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
-        ):
-            sa.frag = True
-            out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        out += ike_auth.init_payloads(
-            any(ike_auth.uses_pubkey(c) for c in candidates),
-            [c.trust for c in candidates if c.trust is not None],
-        )
-        resp = codec.encode_message(
-            Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, False, True, 0, tuple(out))
-        )
-        sa.init_request, sa.init_response = data, resp
-        sa.last_response = (0, ExchangeType.IKE_SA_INIT, resp)
-        sa.peer_next_id = 1
-        self._derive_ike_keys(sa, g_ir)
-        self._sas[sa.spi_r] = sa
+        sa = sa_init.respond(self, msg, hdr, data, local, remote, now)
+        if sa is not None:
+            self.add_sa(sa)
+            self._by_spi_i[sa.spi_i] = sa
+
+    def add_sa(self, sa: IkeSa) -> None:
+        self._sas[sa.spi_i if sa.initiator else sa.spi_r] = sa  # our SPI
         self._by_uid[sa.uid] = sa
-        self._by_spi_i[sa.spi_i] = sa
-        sa.half_open = True
-        self._half_open += 1
-        self._set_expiry(sa, now + self.settings.half_open_timeout)
-        self._emit(local, remote, resp)
 
-    def _detect_nat(self, sa: _IkeSa, payloads: Sequence[Payload]) -> bool | None:
-        """True if either side is behind a NAT (§2.23), False if not, None if the peer sent
-        no NAT_DETECTION_* notifies. The peer's view comes from its hashes."""
-        src: list[bytes] = []
-        dst: list[bytes] = []
-        for p in payloads:
-            if type(p) is Notify:
-                if p.type == NotifyType.NAT_DETECTION_SOURCE_IP:
-                    src.append(p.data)
-                elif p.type == NotifyType.NAT_DETECTION_DESTINATION_IP:
-                    dst.append(p.data)
-        if not src or not dst:
-            return None
-        # the initiator's request carries SPIr = 0 in its hashes
-        spi_r = sa.spi_r if sa.initiator else ZERO_SPI
-        remote_ok = _nat_hash(sa.spi_i, spi_r, sa.remote) in src
-        local_ok = _nat_hash(sa.spi_i, spi_r, sa.local) in dst
-        sa.behind_nat = not local_ok  # RFC 3948 §4: the side behind the NAT keeps it open
-        return not (remote_ok and local_ok)
+    def swap_handles(self, old: IkeSa, new: IkeSa) -> None:
+        new.uid, old.uid = old.uid, new.uid
+        self._by_uid[new.uid] = new
+        self._by_uid[old.uid] = old
 
-    def _derive_ike_keys(self, sa: _IkeSa, g_ir: bytes) -> None:
-        assert sa.suite is not None
-        seed = skeyseed(sa.suite.prf, sa.ni, sa.nr, g_ir)
-        sa.keys = derive_ike_sa_keys(sa.suite, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r)
-        sa.sk = SkCipher(sa.suite, sa.keys, initiator=sa.initiator, random=self._random)
-        sa.dh = None  # the private value is no longer needed
+    def new_ike_spi(self) -> bytes:
+        while True:
+            spi = self._ike_spis()
+            if spi != ZERO_SPI and spi not in self._sas:
+                return spi
 
-    def _on_init_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+    def _release_pending(self, sa: IkeSa) -> None:
+        pending = sa.pending_child
+        if pending is not None and pending.spi_in:
+            self._spis.release(pending.spi_in)
+        sa.pending_child = None
+
+    def end_sa(
+        self,
+        sa: IkeSa,
+        reason: EndReason,
+        now: float,
+        *,
+        after: After = After.REMOVE,
+        detail: str = "",
+        notify: str = "",
+        conn: CompiledConnection | None = None,
     ) -> None:
-        assert sa.conn is not None
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None:
-            redirect.on_init_response(self, sa, moved, now)
-            return
-        cookie = _first_notify(payloads, NotifyType.COOKIE)
-        if cookie is not None:
-            if sa.init_retries >= _MAX_INIT_RETRIES or not 1 <= len(cookie.data) <= 64:
-                raise ProtocolError(NotifyType.COOKIE, "responder keeps demanding a cookie")
-            sa.init_retries += 1
-            sa.cookie = cookie.data
-            self._send_init(sa, now)
-            return
-        invalid_ke = _first_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
-        if invalid_ke is not None:
-            group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
-            ours = {g.id for s in sa.conn.ike for g in s.dh}
-            assert sa.dh is not None
-            if group not in ours or group == sa.dh.group.id or sa.init_retries >= _MAX_INIT_RETRIES:
-                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "no common DH group")
-            sa.init_retries += 1
-            sa.dh = DH_GROUPS[group].generate(self._random)
-            self._send_init(sa, now)
-            return
-        err = _error_notify(payloads)
-        if err is not None:
-            raise ProtocolError(
-                _notify_type(err.type), f"responder answered {name_of(NotifyType, err.type)}"
-            )
-        sa_p, ke, nonce = (
-            _first(payloads, SecurityAssociation),
-            _first(payloads, KeyExchange),
-            _first(payloads, Nonce),
+        """The one way an IKE SA ends (ike/sa.py): the events that `reason` calls for,
+        then what `after` leaves of it. `notify` names the NOTIFY of a REFUSED end;
+        `detail` says why in words (IkeSaFailed); `conn` is the connection a failure is
+        about when the SA has none yet (a responder that could not authenticate)."""
+        self._cookies.half_open.discard(sa)
+        established = sa.established_at is not None
+        silent = (
+            not sa.current
+            or sa.state is State.CLOSED  # it told its end already
+            or (reason is EndReason.REDIRECTED and not established)  # IkeSaRedirected did
         )
-        if (
-            not (
-                isinstance(sa_p, SecurityAssociation)
-                and isinstance(ke, KeyExchange)
-                and isinstance(nonce, Nonce)
-            )
-            or msg.spi_r == ZERO_SPI
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE_SA_INIT response incomplete")
-        suite = accept_ike(sa.conn.ike, sa_p)
-        assert sa.dh is not None
-        if ke.group != suite.dh.id or ke.group != sa.dh.group.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KE group differs from the proposal")
-        g_ir = sa.dh.exchange(ke.data)
-        # the responder SPI is now known: index the SA under our SPI only (unchanged)
-        sa.spi_r = msg.spi_r
-        sa.suite = suite
-        sa.nr = nonce.data
-        sa.init_response = data
-        sa.peer_hints = ike_auth.peer_hints(payloads)
-        sa.frag = (
-            self.settings.fragmentation
-            and sa.conn.config.fragmentation != "no"
-            and bool(_first_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        if not silent:
+            text = notify if reason is EndReason.REFUSED else reason.value
+            if not established:
+                name = conn.name if conn is not None else (sa.conn.name if sa.conn else None)
+                detail = "" if detail == text else detail
+                self._events.append(IkeSaFailed(sa.uid, name, sa.remote, text, now, detail))
+            else:
+                self._children_end(sa, text, now, dead=reason is EndReason.DEAD_PEER)
+                self._events.append(IkeSaDeleted(sa.uid, sa.name, sa.spi_i, sa.spi_r, text, now))
+        if after is After.REMOVE:
+            self._forget(sa)
+            return
+        sa.outstanding = None
+        sa.queue.clear()
+        if after is After.LINGER:  # answers retransmitted requests, then expires
+            sa.move(State.CLOSED)
+            return
+        # ABANDONED: no further events; our Delete goes to the peer, then it goes
+        sa.succeed(Succession.ABANDONED)
+        self._release_pending(sa)
+        sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
+        self.send_ike_delete(sa, now)
+
+    def _children_end(self, sa: IkeSa, reason: str, now: float, *, dead: bool) -> None:
+        """An established IKE SA ends: ChildSaDeleted for each of its Child SAs and, when
+        the peer stopped answering, DpdFailed naming each Child's dpd_action."""
+        actions = {c.config.name: c.config.config.dpd_action for c in sa.children.values()}
+        for child in sa.children.values():
+            child.outbound_from = child.switch_at = None  # everything goes: no switch
+        for child in list(sa.children.values()):
+            child_sa.deleted(self, sa, child, reason, now)
+        if dead:
+            self._events.append(DpdFailed(sa.uid, sa.name, sa.remote, tuple(actions.items()), now))
+
+    def _forget(self, sa: IkeSa) -> None:
+        """Out of every table, its SPIs released (end_sa's After.REMOVE)."""
+        if self._sas.get(sa.our_spi) is sa:
+            del self._sas[sa.our_spi]
+        self._by_uid.pop(sa.uid, None)
+        if not sa.initiator and self._by_spi_i.get(sa.spi_i) is sa:
+            del self._by_spi_i[sa.spi_i]
+        for spi in sa.children:
+            self._spis.release(spi)
+        sa.children.clear()
+        for req in sa.child_requests:
+            self._spis.release(req.spi_in)
+        sa.child_requests.clear()
+        self._release_pending(sa)
+        sa.timer_at = None
+
+    # ------------------------------------------------------------------ IKE_SA_INIT
+
+    def connections_for(self, local: Endpoint, remote: Endpoint) -> tuple[CompiledConnection, ...]:
+        lip, rip = ip(local[0]), ip(remote[0])
+        return tuple(
+            c
+            for c in self._conns.values()
+            if (not c.local_addrs or lip in c.local_addrs)
+            and (not c.remote_addrs or rip in c.remote_addrs)
         )
-        nat_d = self._detect_nat(sa, payloads)
-        sa.nat = bool(nat_d)
-        self._derive_ike_keys(sa, g_ir)
-        nat_t = self.settings.nat_t_port
-        # float to port 4500 (RFC 7296 §2.23, RFC 3948), also without a NAT when we offer
-        # MOBIKE to a peer that does NAT-T (RFC 4555 §3.3): a later move may meet one
-        if sa.nat or (nat_d is not None and sa.conn.config.mobike):
-            sa.local = (sa.local[0], nat_t)
-            sa.remote = (sa.remote[0], nat_t)
-        sa.state = State.AUTH_SENT
-        self._send_auth(sa, now)
 
     # ------------------------------------------------------------------ IKE_AUTH
-
-    def _send_auth(self, sa: _IkeSa, now: float) -> None:
-        conn = sa.conn
-        assert conn is not None and sa.keys is not None and sa.suite is not None
-        assert sa.pending_child is not None
-        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
-        idi = Identification(PayloadType.IDi, *sa.local_id)
-        # IDi, [CERT,] [CERTREQ,] [IDr,] AUTH (RFC 7296 §1.2)
-        payloads: list[Payload] = [idi, *ike_auth.cert_payloads(conn, sa.peer_hints, certreq=True)]
-        if conn.remote_id is not None:
-            payloads.append(Identification(PayloadType.IDr, *conn.remote_id))
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
-        payloads.append(ike_auth.make_auth(conn, sa.peer_hints, signed))
-        ch = sa.pending_child.config
-        try:
-            spi_in = self._spis.allocate()
-        except SpiExhausted:
-            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "no inbound SPI left") from None
-        # the triggering packet's selectors first, if any (§2.9)
-        tsi = sa.pending_child.tsi + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
-        tsr = sa.pending_child.tsr + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
-        sa.pending_child = _PendingChild(ch, spi_in, tsi, tsr)
-        if ch.transport:
-            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
-        payloads += mobike.auth_payloads(conn, sa.local)
-        spi = spi_in.to_bytes(4, "big")
-        payloads += [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, spi, with_dh=False) for i, s in enumerate(ch.esp))
-            ),
-            TrafficSelectors(PayloadType.TSi, tsi),
-            TrafficSelectors(PayloadType.TSr, tsr),
-        ]
-        self._send_request(sa, ExchangeType.IKE_AUTH, payloads, IkeEngine._on_auth_response, now)
-
-    def _on_auth_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> list[Payload]:
-        assert sa.suite is not None and sa.keys is not None
-        idi = _first(payloads, Identification, PayloadType.IDi)
-        idr = _first(payloads, Identification, PayloadType.IDr)
-        auth = _first(payloads, Authentication)
-        if not isinstance(idi, Identification) or not isinstance(auth, Authentication):
-            return self._auth_failed(sa, "IKE_AUTH without IDi or AUTH", now)
-        peer_id = (idi.id_type, idi.data)
-        # IDr is a hint (§2.5 / strongSwan): prefer a connection with that local ID,
-        # else any connection that accepts the peer's ID and AUTH method (PSK or signature).
-        by_idi = [
-            c
-            for c in sa.candidates
-            if (c.remote_id is None or ike_auth.same_identity(c.remote_id, peer_id))
-            and ike_auth.accepts_method(c, auth.method)
-        ]
-        conn = None
-        if isinstance(idr, Identification):
-            wanted = (idr.id_type, idr.data)
-            conn = next(
-                (c for c in by_idi if (c.local_id or _id_for_address(sa.local[0])) == wanted),
-                None,
-            )
-        if conn is None and by_idi:
-            conn = by_idi[0]
-        if conn is None:
-            return self._auth_failed(
-                sa, "no connection matches the peer's identity and AUTH method", now
-            )
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_request, sa.nr, sa.keys.sk_pi, idi.body)
-        try:
-            ike_auth.check_auth(conn, payloads, auth, peer_id, signed, now)
-        except ike_auth.AuthFailure as exc:
-            return self._auth_failed(sa, str(exc), now, conn)
-        sa.conn = conn
-        sa.remote_id = peer_id
-        sa.local_id = conn.local_id or _id_for_address(sa.local[0])
-        my_id = Identification(PayloadType.IDr, *sa.local_id)
-        # the peer's CERTREQs in this request tell which of our intermediates it lacks
-        hints = ike_auth.peer_hints(payloads, sa.peer_hints)
-        out: list[Payload] = [my_id, *ike_auth.cert_payloads(conn, hints, certreq=False)]
-        mine = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, my_id.body)
-        out.append(ike_auth.make_auth(conn, hints, mine))
-        moved = redirect.auth_notify(conn) if sa.redirect_peer else None
-        if moved is not None:
-            # RFC 5685 §6: the peer is authenticated; our IDr/AUTH and REDIRECT, no Child
-            # SA; the IKE SA waits for the peer's Delete (or expires), without events
-            self.stats.redirects_sent += 1
-            self._drop_half_open(sa)
-            sa.state = State.DELETING
-            sa.superseded = True
-            self._set_expiry(sa, now + self.settings.half_open_timeout)
-            gateway = conn.config.redirect_to
-            self._events.append(
-                IkeSaRedirected(sa.uid, conn.name, False, "auth", sa.remote, gateway, now)
-            )
-            return [*out, moved]
-        mobike.negotiate(self, sa, payloads)
-        if sa.mobike:
-            out += mobike.auth_payloads(conn, sa.local)
-        self._established(sa, now)
-        sa_p = _first(payloads, SecurityAssociation)
-        if isinstance(sa_p, SecurityAssociation):
-            out += self._respond_child(sa, conn, sa_p, payloads, now)
-        return out
-
-    def _auth_failed(
-        self, sa: _IkeSa, why: str, now: float, conn: CompiledConnection | None = None
-    ) -> list[Payload]:
-        self.stats.auth_failures += 1
-        self._events.append(
-            IkeSaFailed(
-                sa.uid, conn.name if conn else None, sa.remote, "AUTHENTICATION_FAILED", now, why
-            )
-        )
-        sa.state = State.CLOSED  # answered, then lingers for retransmits and goes
-        self._drop_half_open(sa)
-        raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, why)
-
-    def _established(self, sa: _IkeSa, now: float) -> None:
-        assert sa.conn is not None and sa.suite is not None
-        sa.state = State.ESTABLISHED
-        sa.established_at = now
-        # only IKE_AUTH needed these (RealMessage1/2, connection choice): free the memory
-        sa.init_request = sa.init_response = b""
-        sa.peer_hints = None
-        sa.candidates = ()
-        self._drop_half_open(sa)
-        self._set_expiry(sa, None)
-        self._start_ike_lifetime(sa, now)
-        self.stats.handshakes += 1
-        self._events.append(
-            IkeSaEstablished(
-                sa.uid,
-                sa.conn.name,
-                sa.initiator,
-                sa.spi_i,
-                sa.spi_r,
-                sa.local,
-                sa.remote,
-                format_identity(*sa.local_id),
-                format_identity(*sa.remote_id),
-                sa.suite.name,
-                sa.nat,
-                now,
-                sa.rekey_at,
-                sa.hard_at,
-                sa.mobike,
-                sa.peer_addrs,
-            )
-        )
-
-    def _respond_child(
-        self,
-        sa: _IkeSa,
-        conn: CompiledConnection,
-        sa_p: SecurityAssociation,
-        payloads: Sequence[Payload],
-        now: float,
-    ) -> list[Payload]:
-        """The Child part of our IKE_AUTH answer: its SA and TS payloads, or the NOTIFY
-        that refuses it (a ChildSaFailed event names the Child config we tried, if any)."""
-        tried: list[str] = []
-        try:
-            return self._select_child(sa, conn, sa_p, payloads, now, tried)
-        except ProtocolError as exc:
-            child = tried[0] if tried else ""
-            self._events.append(ChildSaFailed(sa.uid, conn.name, child, exc.notify.name, now))
-            return [Notify(exc.notify, exc.data)]
-
-    def _select_child(
-        self,
-        sa: _IkeSa,
-        conn: CompiledConnection,
-        sa_p: SecurityAssociation,
-        payloads: Sequence[Payload],
-        now: float,
-        tried: list[str],
-        create: _CreateChildResponse | None = None,
-    ) -> list[Payload]:
-        """Pick the Child config and ESP proposal, narrow the selectors, install. With
-        `create` (a CREATE_CHILD_SA request) only its configs are tried, a DH group in
-        the ESP proposal means PFS (a fresh KE, §1.3.1) and Nr/KEr join the answer."""
-        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
-        if not isinstance(tsi, TrafficSelectors) or not isinstance(tsr, TrafficSelectors):
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "no traffic selectors")
-        want_transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        local_addr = _ip(sa.local[0])
-        remote_addr = _ip(sa.remote[0])
-        ts_matched = False
-        for ch in create.configs if create else conn.children:
-            if ch.transport and not want_transport:
-                continue
-            ni = narrow(tsi.selectors, ch.remote_ts or (ts_for_address(remote_addr),))
-            nr = narrow(tsr.selectors, ch.local_ts or (ts_for_address(local_addr),))
-            if not ni or not nr:
-                continue
-            ts_matched = True
-            tried.append(ch.name)
-            try:
-                answer, suite, peer_spi = select_esp(
-                    ch.esp, sa_p.proposals, bytes(4), with_dh=create is not None
-                )
-            except ProtocolError:
-                continue
-            pfs: list[Payload] = []
-            exchange = None
-            if create is not None:
-                g_ir = b""
-                if suite.dh is not None:
-                    ke = create.ke
-                    if ke is None or ke.group != suite.dh.id:
-                        raise ProtocolError(
-                            NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id)
-                        )
-                    dh = suite.dh.generate(self._random)
-                    g_ir = dh.exchange(ke.data)
-                    pfs = [KeyExchange(suite.dh.id, dh.public)]
-                pfs.insert(0, Nonce(create.nr))
-                exchange = (False, create.ni, create.nr, g_ir)
-            replaces = create.replaces if create is not None else None
-            try:
-                spi_in = self._spis.allocate(replaces.spi_in if replaces is not None else None)
-            except SpiExhausted:
-                raise ProtocolError(NotifyType.NO_ADDITIONAL_SAS, "no inbound SPI left") from None
-            answer = replace(answer, spi=spi_in.to_bytes(4, "big"))
-            transport = want_transport and ch.transport
-            peer = int.from_bytes(peer_spi, "big")
-            child = _ChildSa(ch, spi_in, peer, suite, transport, nr, ni, now)
-            if create is not None:
-                create.made = child
-            self._install_child(sa, child, exchange, create.replaces if create else None)
-            out: list[Payload] = [Notify(NotifyType.USE_TRANSPORT_MODE)] if transport else []
-            return out + [
-                SecurityAssociation((answer,)),
-                *pfs,
-                TrafficSelectors(PayloadType.TSi, ni),
-                TrafficSelectors(PayloadType.TSr, nr),
-            ]
-        if not ts_matched:
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE)
-        raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN)
-
-    def _install_child(
-        self,
-        sa: _IkeSa,
-        child: _ChildSa,
-        exchange: tuple[bool, bytes, bytes, bytes] | None = None,
-        replaces: _ChildSa | None = None,
-    ) -> None:
-        """Record a new Child SA and emit its keys: ChildSaEstablished, or ChildSaRekeyed
-        when it `replaces` one. `exchange` = (we initiated, Ni, Nr, g^ir) of the
-        CREATE_CHILD_SA that made it (§2.17); None: the IKE_AUTH exchange."""
-        assert sa.suite is not None and sa.keys is not None and sa.conn is not None
-        suite, ch, transport = child.suite, child.config, child.transport
-        spi_in, spi_out, now = child.spi_in, child.spi_out, child.installed_at
-        initiator, ni, nr, g_ir = exchange or (sa.initiator, sa.ni, sa.nr, b"")
-        k = derive_child_sa_keys(sa.suite.prf, suite, sa.keys.sk_d, ni, nr, g_ir)
-        if initiator:
-            e_out, a_out, e_in, a_in = k.encr_i, k.integ_i, k.encr_r, k.integ_r
-        else:
-            e_out, a_out, e_in, a_in = k.encr_r, k.integ_r, k.encr_i, k.integ_i
-        sa.children[spi_in] = child
-        self._start_child_lifetime(sa, child, now)
-        encr, integ = suite.encr, suite.integ
-        self._emit_child(
-            sa,
-            child,
-            replaces,
-            initiator,  # of this exchange: the rekey initiator switches outbound at once
-            ChildSaEstablished(
-                ike_sa=sa.uid,
-                connection=sa.conn.name,
-                child=ch.name,
-                initiator=sa.initiator,
-                spi_in=spi_in,
-                spi_out=spi_out,
-                mode="transport" if transport else "tunnel",
-                local_addr=sa.local[0],
-                remote_addr=sa.remote[0],
-                encap=(sa.local[1], sa.remote[1]) if sa.nat else None,
-                local_ts=child.local_ts,
-                remote_ts=child.remote_ts,
-                proposal=suite.name,
-                encr_alg=encr.kernel_name,
-                icv_bits=encr.icv_size * 8,
-                integ_alg=integ.kernel_name if integ else None,
-                integ_trunc_bits=integ.icv_size * 8 if integ else 0,
-                esn=suite.esn,
-                encr_key_in=e_in,
-                encr_key_out=e_out,
-                integ_key_in=a_in,
-                integ_key_out=a_out,
-                time=now,
-                rekey_at=child.rekey_at,
-                expire_at=child.expire_at,
-            ),
-        )
-
-    def _emit_child(
-        self,
-        sa: _IkeSa,
-        child: _ChildSa,
-        replaces: _ChildSa | None,
-        outbound: bool,
-        e: ChildSaEstablished,
-    ) -> None:
-        """ChildSaEstablished, or ChildSaRekeyed when `child` replaces an SA. Only the
-        rekey initiator sends on the new SA at once (`outbound`); the responder installs
-        the new inbound SA and keeps sending on the old one until the initiator's Delete
-        of it arrives, because until the initiator has our answer it cannot decrypt the
-        new SA (RFC 7296 §2.8; strongSwan does the same): ChildSaOutboundSwitched."""
-        if replaces is None:
-            self._events.append(e)
-            return
-        if not outbound:
-            child.outbound_from = replaces.outbound_from or replaces
-            child.switch_at = e.time + self._switch_wait
-        replaces.outbound_from = replaces.switch_at = None  # superseded by `child`
-        self._update_life(sa)
-        self._events.append(
-            ChildSaRekeyed(
-                e.ike_sa,
-                e.connection,
-                e.child,
-                replaces.spi_in,
-                replaces.spi_out,
-                e,
-                e.time,
-                outbound,
-            )
-        )
-
-    def _switch_outbound(self, sa: _IkeSa, child: _ChildSa, reason: str, now: float) -> None:
-        """The rekey responder now sends on `child` (its old SA is being deleted, or the
-        initiator's Delete did not come within `_switch_wait`)."""
-        old = child.outbound_from
-        child.outbound_from = child.switch_at = None
-        if old is None:
-            return
-        self._events.append(
-            ChildSaOutboundSwitched(
-                sa.uid,
-                sa.name,
-                child.config.name,
-                child.spi_in,
-                child.spi_out,
-                old.spi_in,
-                old.spi_out,
-                reason,
-                now,
-            )
-        )
-
-    def _on_auth_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        conn = sa.conn
-        assert conn is not None and sa.suite is not None and sa.keys is not None
-        idr = _first(payloads, Identification, PayloadType.IDr)
-        auth = _first(payloads, Authentication)
-        if not isinstance(auth, Authentication) or not isinstance(idr, Identification):
-            err = _error_notify(payloads)
-            if err is not None and err.type == NotifyType.AUTHENTICATION_FAILED:
-                self.stats.auth_failures += 1
-            raise ProtocolError(
-                _notify_type(err.type) if err else NotifyType.INVALID_SYNTAX,
-                "IKE_AUTH response without IDr/AUTH",
-            )
-        peer_id = (idr.id_type, idr.data)
-        signed = ike_auth.SignedData(sa.suite.prf, sa.init_response, sa.ni, sa.keys.sk_pr, idr.body)
-        failure = ike_auth.responder_auth_failure(conn, payloads, auth, peer_id, signed, now)
-        if failure is not None:
-            # §2.21.2: tell the peer, then forget the SA
-            self.stats.auth_failures += 1
-            self._send_request(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                [Notify(NotifyType.AUTHENTICATION_FAILED)],
-                IkeEngine._on_ignored_response,
-                now,
-            )
-            raise ProtocolError(NotifyType.AUTHENTICATION_FAILED, failure)
-        sa.remote_id = peer_id
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None and redirect.on_auth_response(self, sa, moved, now):
-            return  # RFC 5685 §6: the gateway authenticated and sent us elsewhere
-        mobike.negotiate(self, sa, payloads)
-        self._established(sa, now)
-        pending = sa.pending_child
-        sa.pending_child = None
-        assert pending is not None
-        err = _error_notify(payloads)
-        if err is not None:
-            self._spis.release(pending.spi_in)
-            self._events.append(
-                ChildSaFailed(
-                    sa.uid, conn.name, pending.config.name, name_of(NotifyType, err.type), now
-                )
-            )
-            return
-        try:
-            self._accept_child(sa, pending, payloads, now)
-        except ProtocolError as exc:
-            self._spis.release(pending.spi_in)
-            self._events.append(
-                ChildSaFailed(sa.uid, conn.name, pending.config.name, exc.notify.name, now)
-            )
-            # the responder installed it: delete it there (§1.4.1)
-            self._send_request(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                [Delete(ProtocolId.ESP, 4, (pending.spi_in.to_bytes(4, "big"),))],
-                IkeEngine._on_ignored_response,
-                now,
-            )
-
-    def _accept_child(
-        self, sa: _IkeSa, pending: _PendingChild, payloads: Sequence[Payload], now: float
-    ) -> None:
-        suite, peer, tsi, tsr, transport = self._check_child_answer(
-            pending.config, pending.tsi, pending.tsr, payloads
-        )
-        child = _ChildSa(pending.config, pending.spi_in, peer, suite, transport, tsi, tsr, now)
-        self._install_child(sa, child)
 
     # ------------------------------------------------------------------ INFORMATIONAL
 
     def _on_informational_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         out: list[Payload] = mobike.on_informational(self, sa, payloads, self._rx_addr, now)
         deleted_spis: list[bytes] = []
@@ -1939,131 +769,62 @@ class IkeEngine:
                 if p.protocol == ProtocolId.IKE:
                     delete_ike = True
                 elif p.protocol == ProtocolId.ESP and p.spi_size == 4:
-                    for spi in p.spis:
-                        out_spi = int.from_bytes(spi, "big")
-                        child = next(
-                            (c for c in sa.children.values() if c.spi_out == out_spi), None
-                        )
-                        if child is not None:
-                            deleted_spis.append(child.spi_in.to_bytes(4, "big"))
-                            why = "rekeyed" if child.rekeyed else "deleted by peer"
-                            self._child_deleted(sa, child, why, now)
+                    deleted_spis += child_sa.on_peer_delete(self, sa, p.spis, now)
             elif type(p) is Notify and p.type == NotifyType.AUTHENTICATION_FAILED:
                 self.stats.auth_failures += 1
-                self._close(sa, "AUTHENTICATION_FAILED", now, linger=True)
+                self.end_sa(sa, EndReason.AUTHENTICATION_FAILED, now, after=After.LINGER)
                 return []
         if delete_ike:
             if sa.collision is not None:  # the peer won our IKE rekey collision (§2.8.2)
                 theirs, sa.collision = sa.collision[2], None
-                self._take_over(sa, theirs, now)
-            self._close(sa, "deleted by peer", now, linger=True)
+                sa.rekey_to(RekeyState.REKEYING)
+                ike_rekey.take_over(self, sa, theirs, now)
+            self.end_sa(sa, EndReason.DELETED_BY_PEER, now, after=After.LINGER)
             return []
-        moved = _first_notify(payloads, NotifyType.REDIRECT)
-        if moved is not None and sa.state is State.ESTABLISHED and not sa.superseded:
+        moved = first_notify(payloads, NotifyType.REDIRECT)
+        if moved is not None and sa.live:
             redirect.on_informational(self, sa, moved, now)  # RFC 5685 §5
         if deleted_spis:
             out.append(Delete(ProtocolId.ESP, 4, tuple(deleted_spis)))
         return out
 
     def _on_delete_ike_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> None:
-        self._close(sa, "deleted", now)
-
-    def _on_delete_child_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        # Whatever the peer answers, our request named the SA: it is gone on our side.
-        for child in [c for c in sa.children.values() if c.deleting]:
-            self._child_deleted(sa, child, "rekeyed" if child.rekeyed else "deleted", now)
-
-    def _on_liveness_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        return None
-
-    def _on_ignored_response(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
-    ) -> None:
-        return None
-
-    # ------------------------------------------------------------------ lifetimes (§2.8)
-
-    def _jittered(self, base: float, rand: float) -> float:
-        """`base` minus a random 0..rand (from the injected source): thousands of SAs set
-        up in the same second must not all rekey in the same second."""
-        if rand <= 0:
-            return base
-        return base - rand * int.from_bytes(self._random(2), "big") / 65536
+        self.end_sa(sa, EndReason.DELETED, now)
 
     def _retry_delay(self) -> float:
-        """After TEMPORARY_FAILURE (§2.25): try again in 10..20 s."""
-        return 20.0 - self._jittered(10.0, 10.0)
+        return lifetimes.retry_delay(self._random)
 
-    def _start_ike_lifetime(self, sa: _IkeSa, now: float) -> None:
-        assert sa.conn is not None
-        c = sa.conn.config
-        if c.rekey_time:
-            sa.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
-            sa.hard_at = now + c.rekey_time + c.over_time
-        else:
-            sa.rekey_at = sa.hard_at = None
-        interval = self.settings.keepalive_interval
-        sa.keepalive_at = now + interval if sa.behind_nat and interval > 0 else None
-        sa.last_inbound = now
-        sa.dpd_at = now + c.dpd_delay if c.dpd_delay > 0 else None
-        self._update_life(sa)
+    def _start_ike_lifetime(self, sa: IkeSa, now: float) -> None:
+        lifetimes.start_ike(sa, self.settings, self._random, now)
+        self.lifetimes_changed(sa)
 
-    def _start_child_lifetime(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
-        c = child.config.config
-        if c.rekey_time:
-            child.rekey_at = now + self._jittered(c.rekey_time, c.rand_time)
-        child.expire_at = now + c.life_time if c.life_time else None
-        self._update_life(sa)
-
-    def _update_life(self, sa: _IkeSa) -> None:
-        """life_at = the earliest rekey/expiry of the SA and its current Child SAs."""
-        at = sa.rekey_at
-        if sa.hard_at is not None and (at is None or sa.hard_at < at):
-            at = sa.hard_at
-        for t, _ in sa.child_retries:
-            if at is None or t < at:
-                at = t
-        if sa.keepalive_at is not None and (at is None or sa.keepalive_at < at):
-            at = sa.keepalive_at
-        if sa.dpd_at is not None and (at is None or sa.dpd_at < at):
-            at = sa.dpd_at
-        for c in sa.children.values():
-            if c.switch_at is not None and (at is None or c.switch_at < at):
-                at = c.switch_at
-            if c.rekeyed or c.deleting:
-                continue
-            for due in (c.rekey_at, c.expire_at):
-                if due is not None and (at is None or due < at):
-                    at = due
-        sa.life_at = at
+    def lifetimes_changed(self, sa: IkeSa) -> None:
+        """life_at = the earliest lifetime deadline of the SA and its Child SAs."""
+        sa.life_at = lifetimes.earliest(sa)
         self._reschedule(sa)
 
-    def _lifetimes_due(self, sa: _IkeSa, now: float) -> None:
-        if sa.state is not State.ESTABLISHED or sa.superseded:
+    def _lifetimes_due(self, sa: IkeSa, now: float) -> None:
+        if not sa.live:
             sa.life_at = None
             return
         if sa.keepalive_at is not None and sa.keepalive_at <= now:
             # NAT-T keepalive (RFC 3948 §2.3): one 0xFF byte, no non-ESP marker
             self.stats.keepalives_sent += 1
-            self._out.append(Datagram(b"\xff", sa.local, sa.remote))
+            self._out.append(Datagram(nat.KEEPALIVE, sa.local, sa.remote))
             sa.keepalive_at = now + self.settings.keepalive_interval
         if sa.hard_at is not None and sa.hard_at <= now:
             sa.rekey_at = sa.hard_at = sa.life_at = None
             if sa.outstanding is None:
                 self.delete_ike_sa(sa.uid, now)  # tell the peer; IkeSaDeleted follows
             else:  # stuck behind an unanswered request: the SA ends now
-                self._close(sa, "expired", now)
+                self.end_sa(sa, EndReason.EXPIRED, now)
             return
         if sa.rekey_at is not None and sa.rekey_at <= now:
             sa.rekey_at = None
-            if sa.rekeying is None:
-                self._start_ike_rekey(sa, None, now)
+            if sa.rekey is RekeyState.IDLE:
+                ike_rekey.start(self, sa, None, now)
         if sa.child_retries:
             due = [ch for t, ch in sa.child_retries if t <= now]
             sa.child_retries = [(t, ch) for t, ch in sa.child_retries if t > now]
@@ -2071,43 +832,32 @@ class IkeEngine:
                 self.create_child_sa(sa.uid, ch.name, now)
         for child in list(sa.children.values()):
             if child.switch_at is not None and child.switch_at <= now:
-                self._switch_outbound(sa, child, "timeout", now)
-            if child.rekeyed or child.deleting:
+                child_sa.switch_outbound(self, sa, child, "timeout", now)
+            if child.closing:
                 continue
             if child.expire_at is not None and child.expire_at <= now:
                 # the hard lifetime: gone now (the kernel drops it too), the peer is told
-                self._child_deleted(sa, child, "expired", now)
-                self._send_child_delete(sa, child.spi_in, now)
+                child_sa.deleted(self, sa, child, ChildEndReason.EXPIRED, now)
+                child_sa.send_delete(self, sa, child.spi_in, now)
             elif child.rekey_at is not None and child.rekey_at <= now:
                 child.rekey_at = None
                 if not child.rekeying:
-                    self._start_child_rekey(sa, child, now)
+                    child_sa.start_rekey(self, sa, child, now)
         if sa.dpd_at is not None and sa.dpd_at <= now:
             self._dpd_due(sa, now)
-        self._update_life(sa)
+        self.lifetimes_changed(sa)
 
-    def _dpd_due(self, sa: _IkeSa, now: float) -> None:
+    def _dpd_due(self, sa: IkeSa, now: float) -> None:
         """Dead Peer Detection (RFC 7296 §2.4, strongSwan's idle-time DPD): nothing from
         the peer for dpd_delay, neither an IKE message nor ESP on its Child SAs (asked
         of InboundTraffic only now, so traffic costs nothing per packet): send an empty
         INFORMATIONAL. Its retransmissions failing makes the peer dead (`_give_up`). An
         exchange already under way tests the peer the same way: no second check."""
-        assert sa.conn is not None
-        delay = sa.conn.config.dpd_delay
-        if self._traffic is not None and sa.children:
-            seen = sum(self._traffic.packets_in(sa.uid, spi) for spi in sa.children)
-            if seen != sa.esp_seen:
-                sa.esp_seen = seen
-                sa.last_inbound = now
-        if sa.last_inbound + delay > now:
-            sa.dpd_at = sa.last_inbound + delay
+        if not lifetimes.dpd_check_due(sa, self._traffic, now):
             return
-        sa.dpd_at = now + delay
         if sa.outstanding is None and not sa.queue:
             self.stats.dpd_probes += 1
-            self._send_request(
-                sa, ExchangeType.INFORMATIONAL, [], IkeEngine._on_liveness_response, now
-            )
+            self.send_request(sa, ExchangeType.INFORMATIONAL, [], window.ignore_response, now)
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
@@ -2124,11 +874,7 @@ class IkeEngine:
         `packet_ts` as in initiate()."""
         sa = self._established_sa(ike_sa)
         assert sa.conn is not None
-        ch = sa.conn.child(child)
-        first_i, first_r = ((packet_ts[0],), (packet_ts[1],)) if packet_ts else ((), ())
-        tsi = first_i + (ch.local_ts or (ts_for_address(_ip(sa.local[0])),))
-        tsr = first_r + (ch.remote_ts or (ts_for_address(_ip(sa.remote[0])),))
-        self._send_child_request(sa, ch, tsi, tsr, None, None, now)
+        child_sa.start_create(self, sa, sa.conn.child(child), packet_ts, now)
 
     def rekey_child_sa(self, ike_sa: int, spi_in: int, now: float) -> None:
         """Rekey the Child SA with inbound SPI `spi_in` now (§1.3.3), e.g. because a
@@ -2138,510 +884,45 @@ class IkeEngine:
         child = sa.children.get(spi_in)
         if child is None or child.rekeyed:
             raise LocalError(f"IKE SA {ike_sa} has no Child SA with inbound SPI {spi_in:08x}")
-        if not child.rekeying and not child.deleting:
-            self._start_child_rekey(sa, child, now)
+        if not child.rekeying and child.state is not ChildState.DELETING:
+            child_sa.start_rekey(self, sa, child, now)
 
     def rekey_ike_sa(self, ike_sa: int, now: float) -> None:
         """Rekey the IKE SA (§1.3.2): IkeSaRekeyed follows; the handle stays."""
         sa = self._established_sa(ike_sa)
-        if sa.rekeying is None:
-            self._start_ike_rekey(sa, None, now)
+        if sa.rekey is RekeyState.IDLE:
+            ike_rekey.start(self, sa, None, now)
 
-    def _established_sa(self, uid: int) -> _IkeSa:
+    def _established_sa(self, uid: int) -> IkeSa:
         sa = self._sa_by_uid(uid)
-        if sa.state is not State.ESTABLISHED or sa.superseded:
+        if not sa.live:
             raise LocalError(f"IKE SA {uid} is not established")
         return sa
 
-    def _start_child_rekey(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
-        child.rekeying = True
-        self._send_child_request(
-            sa, child.config, child.local_ts, child.remote_ts, child, None, now
-        )
-
-    def _send_child_request(
-        self,
-        sa: _IkeSa,
-        ch: CompiledChild,
-        tsi: tuple[TrafficSelector, ...],
-        tsr: tuple[TrafficSelector, ...],
-        old: _ChildSa | None,
-        group: int | None,
-        now: float,
-    ) -> None:
-        try:
-            spi_in = self._spis.allocate(old.spi_in if old is not None else None)
-        except SpiExhausted:
-            if old is not None:
-                old.rekeying = False
-                old.rekey_at = now + self._retry_delay()
-                self._update_life(sa)
-            self._events.append(ChildSaFailed(sa.uid, sa.name, ch.name, "no inbound SPI left", now))
-            return
-        groups = [g for spec in ch.esp for g in spec.dh]
-        dh_group = DH_GROUPS[group] if group is not None else (groups[0] if groups else None)
-        dh = dh_group.generate(self._random) if dh_group is not None else None
-        ni = self._random(self.settings.nonce_size)
-        req = _ChildRequest(ch, spi_in, tsi, tsr, ni, dh, old, group is not None)
-        sa.child_requests.append(req)
-        payloads: list[Payload] = []
-        if old is not None:
-            payloads.append(
-                Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, old.spi_in.to_bytes(4, "big"))
-            )
-        if ch.transport:
-            payloads.append(Notify(NotifyType.USE_TRANSPORT_MODE))
-        spi = spi_in.to_bytes(4, "big")
-        payloads += [
-            SecurityAssociation(tuple(s.to_proposal(i + 1, spi) for i, s in enumerate(ch.esp))),
-            Nonce(ni),
-        ]
-        if dh is not None:
-            payloads.append(KeyExchange(dh.group.id, dh.public))
-        payloads += [TrafficSelectors(PayloadType.TSi, tsi), TrafficSelectors(PayloadType.TSr, tsr)]
-
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
-            eng._on_child_response(req, s, p, n)
-
-        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _on_child_response(
-        self, req: _ChildRequest, sa: _IkeSa, payloads: tuple[Payload, ...], now: float
-    ) -> None:
-        if req not in sa.child_requests:
-            return  # the IKE SA released it meanwhile
-        sa.child_requests.remove(req)
-        old = req.old
-        live_old = old is not None and sa.children.get(old.spi_in) is old
-        err = _error_notify(payloads)
-        if err is not None:
-            self._spis.release(req.spi_in)
-            if err.type == NotifyType.INVALID_KE_PAYLOAD and not req.retried:
-                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
-                if group in {g.id for spec in req.config.esp for g in spec.dh}:
-                    self._send_child_request(sa, req.config, req.tsi, req.tsr, old, group, now)
-                    return
-            if old is None and err.type == NotifyType.TEMPORARY_FAILURE:
-                sa.child_retries.append((now + self._retry_delay(), req.config))  # §2.25
-                self._update_life(sa)
-                return
-            self._child_request_failed(sa, req, name_of(NotifyType, err.type), now)
-            if old is not None and live_old and not old.rekeyed:
-                if err.type == NotifyType.CHILD_SA_NOT_FOUND:  # the peer has no such SA
-                    self._child_deleted(sa, old, "CHILD_SA_NOT_FOUND", now)
-                elif err.type == NotifyType.TEMPORARY_FAILURE:
-                    old.rekey_at = now + self._retry_delay()
-                    self._update_life(sa)
-            return
-        try:
-            child, nr, g_ir = self._accept_created_child(req, sa, payloads, now)
-        except ProtocolError as exc:
-            self._spis.release(req.spi_in)
-            self._child_request_failed(sa, req, exc.notify.name, now)
-            self._send_child_delete(sa, req.spi_in, now)  # the responder made it (§1.4.1)
-            return
-        exchange = (True, req.ni, nr, g_ir)
-        if old is None:
-            self._install_child(sa, child, exchange)
-            return
-        old.rekeying = False
-        collision, old.collision = old.collision, None
-        if not live_old:  # deleted while we rekeyed it (a crossing Delete)
-            self._discard_child(sa, child, now)
-            return
-        if collision is None:
-            old.rekeyed = True
-            self._install_child(sa, child, exchange, old)
-            self._delete_rekeyed_child(sa, old, now)
-            return
-        # §2.8.1: both ends rekeyed `old`; the exchange with the lowest of the four
-        # nonces made the redundant SA, which its initiator deletes; the initiator of the
-        # other exchange deletes `old`
-        peer_ni, our_nr, theirs = collision
-        if min(req.ni, nr, peer_ni, our_nr) in (req.ni, nr):
-            self._discard_child(sa, child, now)
-        elif sa.children.get(theirs.spi_in) is theirs:
-            theirs.rekeyed = True
-            self._install_child(sa, child, exchange, theirs)
-            self._delete_rekeyed_child(sa, old, now)
-        else:  # the peer already deleted its redundant SA
-            self._install_child(sa, child, exchange)
-            self._delete_rekeyed_child(sa, old, now)
-
-    def _child_request_failed(
-        self, sa: _IkeSa, req: _ChildRequest, reason: str, now: float
-    ) -> None:
-        old = req.old
-        if old is not None:
-            old.rekeying = False
-            collision, old.collision = old.collision, None
-            if collision is not None or old.rekeyed:
-                return  # the peer's rekey of it stands: nothing failed
-        self._events.append(ChildSaFailed(sa.uid, sa.name, req.config.name, reason, now))
-
-    def _accept_created_child(
-        self, req: _ChildRequest, sa: _IkeSa, payloads: Sequence[Payload], now: float
-    ) -> tuple[_ChildSa, bytes, bytes]:
-        nonce = _first(payloads, Nonce)
-        if not isinstance(nonce, Nonce):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA answer without Nr")
-        suite, peer, tsi, tsr, transport = self._check_child_answer(
-            req.config, req.tsi, req.tsr, payloads, with_dh=True
-        )
-        g_ir = b""
-        if suite.dh is not None:
-            ke = _first(payloads, KeyExchange)
-            if (
-                req.dh is None
-                or not isinstance(ke, KeyExchange)
-                or ke.group != suite.dh.id
-                or req.dh.group.id != suite.dh.id
-            ):
-                raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match")
-            g_ir = req.dh.exchange(ke.data)
-        child = _ChildSa(req.config, req.spi_in, peer, suite, transport, tsi, tsr, now)
-        return child, nonce.data, g_ir
-
-    def _check_child_answer(
-        self,
-        config: CompiledChild,
-        want_tsi: tuple[TrafficSelector, ...],
-        want_tsr: tuple[TrafficSelector, ...],
-        payloads: Sequence[Payload],
-        *,
-        with_dh: bool = False,
-    ) -> tuple[EspSuite, int, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...], bool]:
-        """Initiator: the responder's Child answer must be a choice from our proposals,
-        inside our selectors and in our mode. Returns (suite, its SPI, TSi, TSr, transport)."""
-        sa_p = _first(payloads, SecurityAssociation)
-        tsi = _first(payloads, TrafficSelectors, PayloadType.TSi)
-        tsr = _first(payloads, TrafficSelectors, PayloadType.TSr)
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(tsi, TrafficSelectors)
-            and isinstance(tsr, TrafficSelectors)
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "Child SA answer incomplete")
-        suite, peer_spi = accept_esp(config.esp, sa_p, with_dh=with_dh)
-        if (
-            not tsi.selectors
-            or not tsr.selectors
-            or not all(covered(t, want_tsi) for t in tsi.selectors)
-            or not all(covered(t, want_tsr) for t in tsr.selectors)
-        ):
-            raise ProtocolError(NotifyType.TS_UNACCEPTABLE, "responder widened the selectors")
-        transport = _first_notify(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        if transport != config.transport:
-            raise ProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "mode differs from the request")
-        peer = int.from_bytes(peer_spi, "big")
-        return suite, peer, tsi.selectors, tsr.selectors, transport
-
-    def _delete_rekeyed_child(self, sa: _IkeSa, old: _ChildSa, now: float) -> None:
-        """The rekey initiator deletes the old SA (§1.3.3); ChildSaDeleted 'rekeyed'."""
-        old.rekeyed = old.deleting = True
-        self._update_life(sa)
-
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
-            if s.children.get(old.spi_in) is old:
-                eng._child_deleted(s, old, "rekeyed", n)
-
-        self._send_child_delete(sa, old.spi_in, now, on_response)
-
-    def _discard_child(self, sa: _IkeSa, child: _ChildSa, now: float) -> None:
-        """A Child SA we negotiated but never report (redundant after a collision, or its
-        old SA is gone): the peer deletes its side."""
-        self._spis.release(child.spi_in)
-        self._send_child_delete(sa, child.spi_in, now)
-
-    def _send_child_delete(
-        self,
-        sa: _IkeSa,
-        spi_in: int,
-        now: float,
-        on_response: ResponseHandler | None = None,
-    ) -> None:
-        """INFORMATIONAL Delete(ESP) naming our inbound SPI (§1.4.1)."""
-        self._send_request(
-            sa,
-            ExchangeType.INFORMATIONAL,
-            [Delete(ProtocolId.ESP, 4, (spi_in.to_bytes(4, "big"),))],
-            on_response or IkeEngine._on_ignored_response,
-            now,
-        )
-
     def _on_create_child_request(
-        self, sa: _IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
+        self, sa: IkeSa, msg: Message, payloads: tuple[Payload, ...], data: bytes, now: float
     ) -> list[Payload]:
         assert sa.conn is not None
-        if sa.superseded:
+        if not sa.current:
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "this IKE SA was rekeyed")
-        sa_p = _first(payloads, SecurityAssociation)
-        nonce = _first(payloads, Nonce)
-        ke_p = _first(payloads, KeyExchange)
+        sa_p = first(payloads, SecurityAssociation)
+        nonce = first(payloads, Nonce)
+        ke_p = first(payloads, KeyExchange)
         ke = ke_p if isinstance(ke_p, KeyExchange) else None
         if not isinstance(sa_p, SecurityAssociation) or not isinstance(nonce, Nonce):
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Ni")
         if sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
-            return self._respond_ike_rekey(sa, sa_p, nonce.data, ke, now)
-        if sa.rekeying is not None:  # Child SAs wait for the new IKE SA (§2.25)
+            return ike_rekey.respond(self, sa, sa_p, nonce.data, ke, now)
+        if sa.rekey is not RekeyState.IDLE:  # Child SAs wait for the new IKE SA (§2.25)
             raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA")
-        rekey = _first_notify(payloads, NotifyType.REKEY_SA)
-        old = None
-        if rekey is not None:
-            if rekey.protocol != ProtocolId.ESP or len(rekey.spi) != 4:
-                raise ProtocolError(NotifyType.INVALID_SYNTAX, "REKEY_SA without an ESP SPI")
-            spi = int.from_bytes(rekey.spi, "big")
-            old = next((c for c in sa.children.values() if c.spi_out == spi), None)
-            if old is None:
-                raise ProtocolError(NotifyType.CHILD_SA_NOT_FOUND)
-            if old.rekeyed or old.deleting:  # we are closing it (§2.25)
-                raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "Child SA is being closed")
-        nr = self._random(self.settings.nonce_size)
-        configs = (old.config,) if old is not None else sa.conn.children
-        create = _CreateChildResponse(configs, ke, nonce.data, nr, old)
-        tried: list[str] = []
-        try:
-            out = self._select_child(sa, sa.conn, sa_p, payloads, now, tried, create)
-        except ProtocolError as exc:
-            if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # else the peer retries
-                name = old.config.name if old else (tried[0] if tried else "")
-                self._events.append(ChildSaFailed(sa.uid, sa.name, name, exc.notify.name, now))
-            raise
-        if old is not None and create.made is not None:
-            if old.rekeying:  # we are rekeying it too: settled when our answer comes
-                old.collision = (nonce.data, nr, create.made)
-            old.rekeyed = True
-            self._update_life(sa)
-        return out
+        return child_sa.respond_create(self, sa, sa_p, nonce, ke, payloads, now)
 
     # ------------------------------------------------------------------ IKE SA rekey (§1.3.2)
 
-    def _start_ike_rekey(self, sa: _IkeSa, group: int | None, now: float) -> None:
-        assert sa.conn is not None and sa.suite is not None
-        spi_i = self._new_ike_spi()
-        ni = self._random(self.settings.nonce_size)
-        dh = (DH_GROUPS[group] if group is not None else sa.suite.dh).generate(self._random)
-        payloads: list[Payload] = [
-            SecurityAssociation(
-                tuple(s.to_proposal(i + 1, spi_i) for i, s in enumerate(sa.conn.ike))
-            ),
-            Nonce(ni),
-            KeyExchange(dh.group.id, dh.public),
-        ]
-
-        def on_response(
-            eng: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
-        ) -> None:
-            eng._on_ike_rekey_response(s, spi_i, ni, dh, p, n, group is not None)
-
-        sa.rekeying = on_response
-        self._send_request(sa, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _on_ike_rekey_response(
-        self,
-        sa: _IkeSa,
-        spi_i: bytes,
-        ni: bytes,
-        dh: DhPrivate,
-        payloads: tuple[Payload, ...],
-        now: float,
-        retried: bool,
-    ) -> None:
-        assert sa.conn is not None
-        sa.rekeying = None
-        collision, sa.collision = sa.collision, None
-        err = _error_notify(payloads)
-        new = None
-        if err is None:
-            try:
-                new = self._accept_ike_rekey(sa, spi_i, ni, dh, payloads, now)
-            except ProtocolError:
-                self.stats.unexpected += 1
-        if new is None:
-            if collision is not None and self._sas.get(collision[2].our_spi) is collision[2]:
-                self._take_over(sa, collision[2], now)  # the peer's rekey stands
-                return
-            if err is not None and err.type == NotifyType.INVALID_KE_PAYLOAD and not retried:
-                group = int.from_bytes(err.data[:2], "big") if len(err.data) >= 2 else 0
-                if group in {g.id for s in sa.conn.ike for g in s.dh}:
-                    self._start_ike_rekey(sa, group, now)
-                    return
-            if not sa.superseded and sa.state is State.ESTABLISHED:
-                sa.rekey_at = now + self._retry_delay()  # until the hard lifetime
-                self._update_life(sa)
-            return
-        if collision is None:
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-            return
-        # §2.8.2: the lowest of the four nonces marks the redundant IKE SA, which its
-        # initiator deletes; the other exchange's initiator deletes the old one
-        peer_ni, our_nr, theirs = collision
-        if self._sas.get(theirs.our_spi) is not theirs:  # gone: ours is the only one
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-        elif min(ni, new.nr, peer_ni, our_nr) in (ni, new.nr):
-            new.superseded = True
-            self._send_ike_delete(new, now)
-            self._take_over(sa, theirs, now)
-        else:
-            self._take_over(sa, new, now)
-            self._send_ike_delete(sa, now)
-
-    def _accept_ike_rekey(
-        self,
-        sa: _IkeSa,
-        spi_i: bytes,
-        ni: bytes,
-        dh: DhPrivate,
-        payloads: Sequence[Payload],
-        now: float,
-    ) -> _IkeSa:
-        assert sa.conn is not None
-        sa_p, ke, nonce = (
-            _first(payloads, SecurityAssociation),
-            _first(payloads, KeyExchange),
-            _first(payloads, Nonce),
-        )
-        if not (
-            isinstance(sa_p, SecurityAssociation)
-            and isinstance(ke, KeyExchange)
-            and isinstance(nonce, Nonce)
-        ):
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer incomplete")
-        suite = accept_ike(sa.conn.ike, sa_p)
-        spi_r = sa_p.proposals[0].spi
-        if len(spi_r) != 8 or spi_r == ZERO_SPI or spi_r in self._sas:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey answer without a new SPI")
-        if ke.group != suite.dh.id or ke.group != dh.group.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, "KEr group differs")
-        g_ir = dh.exchange(ke.data)
-        return self._rekeyed_sa(sa, True, spi_i, spi_r, suite, (ni, nonce.data, g_ir), now)
-
-    def _respond_ike_rekey(
-        self,
-        sa: _IkeSa,
-        sa_p: SecurityAssociation,
-        ni: bytes,
-        ke: KeyExchange | None,
-        now: float,
-    ) -> list[Payload]:
-        assert sa.conn is not None
-        ours = sa.outstanding
-        collision = ours is not None and sa.rekeying is not None and ours.on_response is sa.rekeying
-        if (ours is not None and not collision) or sa.collision is not None:
-            # finish what is under way first (§2.25)
-            raise ProtocolError(NotifyType.TEMPORARY_FAILURE, "an exchange is under way")
-        if ke is None:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without KEi")
-        answer, suite = select_ike(sa.conn.ike, sa_p.proposals, ke.group)
-        if ke.group != suite.dh.id:
-            raise ProtocolError(NotifyType.INVALID_KE_PAYLOAD, data=struct.pack("!H", suite.dh.id))
-        spi_i = next((p.spi for p in sa_p.proposals if p.number == answer.number), b"")
-        if len(spi_i) != 8 or spi_i == ZERO_SPI:
-            raise ProtocolError(NotifyType.INVALID_SYNTAX, "IKE rekey without a new SPI")
-        dh = suite.dh.generate(self._random)
-        g_ir = dh.exchange(ke.data)
-        spi_r = self._new_ike_spi()
-        nr = self._random(self.settings.nonce_size)
-        new = self._rekeyed_sa(sa, False, spi_i, spi_r, suite, (ni, nr, g_ir), now)
-        if collision:  # both ends rekey: settled when our answer comes (§2.8.2)
-            new.superseded = True
-            self._set_expiry(new, now + _SUPERSEDED_LINGER)
-            sa.collision = (ni, nr, new)
-        else:
-            self._take_over(sa, new, now)
-        return [
-            SecurityAssociation((replace(answer, spi=spi_r),)),
-            Nonce(nr),
-            KeyExchange(suite.dh.id, dh.public),
-        ]
-
-    def _rekeyed_sa(
-        self,
-        old: _IkeSa,
-        initiator: bool,
-        spi_i: bytes,
-        spi_r: bytes,
-        suite: IkeSuite,
-        exchange: tuple[bytes, bytes, bytes],
-        now: float,
-    ) -> _IkeSa:
-        """The new IKE SA of a rekey (§2.18): SKEYSEED = prf(SK_d (old), g^ir | Ni | Nr)
-        with the old SA's PRF; the rekey initiator is the new SA's original initiator."""
-        assert old.suite is not None and old.keys is not None
-        ni, nr, g_ir = exchange
-        new = _IkeSa(next(self._uids), initiator, old.local, old.remote)
-        new.conn = old.conn
-        new.spi_i, new.spi_r = spi_i, spi_r
-        new.suite, new.ni, new.nr = suite, ni, nr
-        seed = skeyseed_rekey(old.suite.prf, old.keys.sk_d, g_ir, ni, nr)
-        new.keys = derive_ike_sa_keys(suite, seed, ni, nr, spi_i, spi_r)
-        new.sk = SkCipher(suite, new.keys, initiator=initiator, random=self._random)
-        new.state = State.ESTABLISHED
-        new.established_at = now
-        new.nat, new.behind_nat = old.nat, old.behind_nat
-        new.redirect_peer, new.redirect_self = old.redirect_peer, old.redirect_self
-        new.mobike, new.peer_addrs = old.mobike, old.peer_addrs
-        new.local_id, new.remote_id = old.local_id, old.remote_id
-        self._sas[new.our_spi] = new
-        self._by_uid[new.uid] = new
-        return new
-
-    def _take_over(self, old: _IkeSa, new: _IkeSa, now: float) -> None:
-        """`new` replaces `old`: the handle, the Child SAs and queued requests move;
-        `old` is superseded and goes without events (deleted by one side, §1.3.2)."""
-        assert new.suite is not None
-        new.uid, old.uid = old.uid, new.uid
-        self._by_uid[new.uid] = new
-        self._by_uid[old.uid] = old
-        new.children, old.children = old.children, {}
-        new.queue, old.queue = old.queue, deque()
-        new.child_requests, old.child_requests = old.child_requests, []
-        new.child_retries, old.child_retries = old.child_retries, []
-        new.superseded, old.superseded = False, True
-        new.esp_seen = old.esp_seen  # the Child SAs (and their counters) move along
-        old.rekey_at = old.hard_at = old.life_at = None
-        new.expire_at = None
-        old.timer_at = new.timer_at = None  # heap entries follow the handle: push again
-        self._start_ike_lifetime(new, now)
-        self._set_expiry(old, now + _SUPERSEDED_LINGER)
-        self._events.append(
-            IkeSaRekeyed(
-                new.uid,
-                new.name,
-                old.spi_i,
-                old.spi_r,
-                new.spi_i,
-                new.spi_r,
-                new.suite.name,
-                now,
-                new.rekey_at,
-                new.hard_at,
-                initiator=new.initiator,
-            )
-        )
-        if new.outstanding is None and new.queue:
-            exchange, payloads, handler = new.queue.popleft()
-            self._send_request(new, exchange, payloads, handler, now)
-
-    def _abandon(self, sa: _IkeSa, now: float) -> None:
-        """Leave an IKE SA without (further) events: Delete it at the peer, then it goes
-        (a redirected one, ike/redirect.py)."""
-        sa.superseded = True
-        self._release_pending(sa)
-        sa.rekey_at = sa.hard_at = sa.dpd_at = sa.keepalive_at = sa.life_at = None
-        sa.queue.clear()
-        self._send_ike_delete(sa, now)
-
-    def _send_ike_delete(self, sa: _IkeSa, now: float) -> None:
+    def send_ike_delete(self, sa: IkeSa, now: float) -> None:
         """INFORMATIONAL Delete(IKE): IkeSaDeleted "deleted" follows (none if superseded)."""
-        sa.state = State.DELETING
-        self._send_request(
+        sa.move(State.DELETING)
+        self.send_request(
             sa,
             ExchangeType.INFORMATIONAL,
             [Delete(ProtocolId.IKE, 0, ())],
@@ -2651,33 +932,14 @@ class IkeEngine:
 
 
 RequestHandler = Callable[
-    [IkeEngine, _IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
+    [IkeEngine, IkeSa, Message, tuple[Payload, ...], bytes, float], list[Payload]
 ]
 
-# The responder side of the state machine as data: (SA state, exchange) -> handler.
+# The responder side of the state machine as data: (SA state, exchange) -> the handler
+# of the request, returning the answer's payloads (or raising ProtocolError).
 _REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
-    (State.AUTH_WAIT, ExchangeType.IKE_AUTH): IkeEngine._on_auth_request,
+    (State.AUTH_WAIT, ExchangeType.IKE_AUTH): ike_auth.on_request,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeEngine._on_informational_request,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeEngine._on_create_child_request,
 }
-
-
-def _first_notify(payloads: Sequence[Payload], ntype: int) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type == ntype), None)
-
-
-def _notify_type(value: int) -> NotifyType:
-    try:
-        return NotifyType(value)
-    except ValueError:
-        return NotifyType.INVALID_SYNTAX
-
-
-def _accepts(conn: CompiledConnection, answer: codec.Proposal) -> bool:
-    """Would this connection's IKE proposals have produced `answer`?"""
-    try:
-        accept_ike(conn.ike, SecurityAssociation((answer,)))
-    except ProtocolError:
-        return False
-    return True

@@ -5,6 +5,8 @@
 - ProtocolError: a well-formed message the peer should not have sent. Carries the NOTIFY
   type that the engine turns into a NOTIFY at exactly one place (the request boundary).
 - LocalError: our caller's misuse (unknown connection, bad proposal string...).
+- AuthFailure: the peer's AUTH, certificate or identity does not verify (ike/auth.py,
+  ike/pki/); the reason is for humans and never holds key material.
 - ResponseIgnored: a response handler found the (authenticated) answer unusable, e.g. a
   REDIRECT without our nonce (RFC 5685): the request stays outstanding (retransmitted).
 """
@@ -41,3 +43,7 @@ class SpiExhausted(Exception):
 
 class ResponseIgnored(Exception):
     """Raised by a response handler: treat the response as never received."""
+
+
+class AuthFailure(Exception):
+    """The peer's authentication does not verify; str() is the reason (no secrets)."""

@@ -1,6 +1,7 @@
 """MOBIKE (RFC 4555): an IKE SA and its Child SAs move to new addresses.
 
-The engine (ike/engine.py) keeps the hooks small; everything MOBIKE decides is here:
+The engine hands this module a small interface (ike/host.py's SaHost) and calls its
+hooks; everything MOBIKE decides is here:
 
 * IKE_AUTH (§3.3, §3.4): both roles add MOBIKE_SUPPORTED when the connection has
   `mobike` on, plus ADDITIONAL_IP4/6_ADDRESS for the connection's other concrete local
@@ -38,7 +39,6 @@ request is answered INVALID_SYNTAX (the message is authenticated, RFC 7296 §2.2
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import struct
@@ -54,10 +54,13 @@ from ike.events import (
     IkeSaMigrated,
     IkeSaMigrateFailed,
 )
+from ike.nat import detection_notifies, nat_state
+from ike.payloads import error_notify, first_notify, notifies
+from ike.sa import EndReason, IkeSa, MobikeUpdate, Mobility
 
 if TYPE_CHECKING:
     from ike.config import CompiledConnection
-    from ike.engine import IkeEngine, _IkeSa
+    from ike.host import SaHost
 
 COOKIE2_SIZE = 16  # we send 16 random octets; a peer's may be 8..64 (RFC 4555 §4.2.5)
 COOKIE2_MIN, COOKIE2_MAX = 8, 64
@@ -74,34 +77,14 @@ _MOBIKE_NOTIFIES = _NAT_DETECTION | {
 }
 
 
-class Update:
-    """Our UPDATE_SA_ADDRESSES under way: its COOKIE2 and the path it leaves."""
-
-    __slots__ = ("cookie2", "old_local", "old_remote")
-
-    def __init__(self, cookie2: bytes, old_local: Endpoint, old_remote: Endpoint) -> None:
-        self.cookie2 = cookie2
-        self.old_local = old_local
-        self.old_remote = old_remote
-
-
 # --------------------------------------------------------------------------- payloads
 
 
-def _nat_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
-    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    ip = ipaddress.ip_address(ep[0]).packed
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", ep[1])).digest()
-
-
-def nat_notifies(sa: _IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
+def nat_notifies(sa: IkeSa, path: tuple[Endpoint, Endpoint] | None = None) -> list[Payload]:
     """NAT_DETECTION_SOURCE_IP (our end) and _DESTINATION_IP (the peer's) of the path
     (default: the IKE SA's)."""
     local, remote = path or (sa.local, sa.remote)
-    return [
-        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(sa.spi_i, sa.spi_r, local)),
-        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(sa.spi_i, sa.spi_r, remote)),
-    ]
+    return detection_notifies(sa.spi_i, sa.spi_r, local, remote)
 
 
 def our_additional(conn: CompiledConnection, local: Endpoint) -> list[str]:
@@ -132,29 +115,19 @@ def auth_payloads(conn: CompiledConnection, local: Endpoint) -> list[Payload]:
     return [Notify(NotifyType.MOBIKE_SUPPORTED), *address_notifies(conn, local, say_none=False)]
 
 
-def _notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if type(p) is Notify]
-
-
-def _first(payloads: Sequence[Payload], ntype: int) -> Notify | None:
-    return next((n for n in _notifies(payloads) if n.type == ntype), None)
-
-
-def peer_additional(
-    eng: IkeEngine, sa: _IkeSa, payloads: Sequence[Payload]
-) -> tuple[str, ...] | None:
+def peer_additional(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> tuple[str, ...] | None:
     """The peer's address list from ADDITIONAL_* / NO_ADDITIONAL_ADDRESSES, None if the
     message says nothing about it. Malformed entries are skipped and counted."""
     seen = False
     addrs: list[str] = []
-    for n in _notifies(payloads):
+    for n in notifies(payloads):
         if n.type == NotifyType.NO_ADDITIONAL_ADDRESSES:
             seen = True
         elif n.type in (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6_ADDRESS):
             seen = True
             size = 4 if n.type == NotifyType.ADDITIONAL_IP4_ADDRESS else 16
             if len(n.data) != size:
-                eng.stats.mobike_malformed += 1
+                host.stats.mobike_malformed += 1
                 continue
             text = str(ipaddress.ip_address(n.data))
             if text != sa.remote[0] and text not in addrs and len(addrs) < MAX_ADDITIONAL:
@@ -162,24 +135,18 @@ def peer_additional(
     return tuple(addrs) if seen else None
 
 
-def negotiate(eng: IkeEngine, sa: _IkeSa, payloads: Sequence[Payload]) -> None:
+def negotiate(host: SaHost, sa: IkeSa, payloads: Sequence[Payload]) -> None:
     """After IKE_AUTH (either role): MOBIKE in use if both sides announced it."""
     assert sa.conn is not None
-    sa.mobike = sa.conn.config.mobike and _first(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
-    if sa.mobike:
-        sa.peer_addrs = peer_additional(eng, sa, payloads) or ()
+    if sa.conn.config.mobike and first_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None:
+        sa.mobility_to(Mobility.MOBIKE)
+        sa.peer_addrs = peer_additional(host, sa, payloads) or ()
 
 
-def _nat_state(sa: _IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
+def _nat_state(sa: IkeSa, payloads: Sequence[Payload]) -> tuple[bool, bool] | None:
     """(a NAT on the path, our address translated) from the peer's NAT_DETECTION hashes
     over the current path, or None when it sent none (§3.5, RFC 7296 §2.23)."""
-    src = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-    dst = [n.data for n in _notifies(payloads) if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not src or not dst:
-        return None
-    remote_ok = _nat_hash(sa.spi_i, sa.spi_r, sa.remote) in src
-    local_ok = _nat_hash(sa.spi_i, sa.spi_r, sa.local) in dst
-    return not (remote_ok and local_ok), not local_ok
+    return nat_state(sa.spi_i, sa.spi_r, sa.local, sa.remote, payloads)
 
 
 def _no_nats_data(src: Endpoint, dst: Endpoint) -> bytes:
@@ -195,7 +162,7 @@ def _no_nats_data(src: Endpoint, dst: Endpoint) -> bytes:
 
 
 def start_update(
-    eng: IkeEngine, sa: _IkeSa, local: str | None, remote: str | None, now: float
+    host: SaHost, sa: IkeSa, local: str | None, remote: str | None, now: float
 ) -> None:
     """Move the IKE SA to `local`/`remote` (None: keep) with UPDATE_SA_ADDRESSES (§3.5)."""
     assert sa.conn is not None
@@ -214,19 +181,20 @@ def start_update(
         raise LocalError(f"{new_local_ip} and {new_remote_ip} are not of one address family")
     if new_local_ip.is_unspecified or new_remote_ip.is_unspecified:
         raise LocalError("an IKE SA cannot move to an unspecified address")
-    nat_t = eng.settings.nat_t_port
+    nat_t = host.settings.nat_t_port
     new_local = (str(new_local_ip), sa.local[1])
     if str(new_remote_ip) == sa.remote[0]:
         new_remote = sa.remote
     else:
         new_remote = (str(new_remote_ip), nat_t if sa.local[1] == nat_t else sa.remote[1])
-    pending: Update | None = sa.mobike_update
+    pending = sa.mobike_update
     old_local, old_remote = (
         (pending.old_local, pending.old_remote) if pending else (sa.local, sa.remote)
     )
     sa.local, sa.remote = new_local, new_remote
-    update = Update(eng._random(COOKIE2_SIZE), old_local, old_remote)
+    update = MobikeUpdate(host.random(COOKIE2_SIZE), old_local, old_remote)
     sa.mobike_update = update
+    sa.mobility_to(Mobility.UPDATING)
     payloads: list[Payload] = [Notify(NotifyType.UPDATE_SA_ADDRESSES), *nat_notifies(sa)]
     if sa.conn.config.mobike_no_nats:
         payloads.append(Notify(NotifyType.NO_NATS_ALLOWED, _no_nats_data(sa.local, sa.remote)))
@@ -234,32 +202,33 @@ def start_update(
     payloads += address_notifies(sa.conn, sa.local, say_none=True)
 
     def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        h: SaHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
     ) -> None:
-        _on_update_response(e, s, update, p, n)
+        _on_update_response(h, s, update, p, n)
 
-    eng.stats.mobike_updates_sent += 1
-    eng._send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)
+    host.stats.mobike_updates_sent += 1
+    host.send_request(sa, ExchangeType.INFORMATIONAL, payloads, on_response, now)
 
 
 def _on_update_response(
-    eng: IkeEngine, sa: _IkeSa, update: Update, payloads: Sequence[Payload], now: float
+    host: SaHost, sa: IkeSa, update: MobikeUpdate, payloads: Sequence[Payload], now: float
 ) -> None:
-    cookie2 = _first(payloads, NotifyType.COOKIE2)
-    error = next((n for n in _notifies(payloads) if n.type < 16384), None)
+    cookie2 = first_notify(payloads, NotifyType.COOKIE2)
+    error = error_notify(payloads)
     if error is None and (cookie2 is None or not hmac.compare_digest(cookie2.data, update.cookie2)):
-        eng.stats.cookie2_mismatches += 1
+        host.stats.cookie2_mismatches += 1
         sa.queue.clear()
-        eng._close(sa, "COOKIE2 mismatch", now)  # §3.7: the IKE SA MUST be closed
+        host.end_sa(sa, EndReason.COOKIE2_MISMATCH, now)  # §3.7: the IKE SA MUST be closed
         return
     if sa.mobike_update is not update:
         return  # a newer update is under way; its answer settles the path
     sa.mobike_update = None
+    sa.mobility_to(Mobility.MOBIKE)
     assert sa.conn is not None
     if error is not None:
         tried_local, tried_remote = sa.local, sa.remote
         sa.local, sa.remote = update.old_local, update.old_remote
-        eng._events.append(
+        host.emit(
             IkeSaMigrateFailed(
                 sa.uid,
                 sa.name,
@@ -270,12 +239,12 @@ def _on_update_response(
             )
         )
         return
-    _migrated(eng, sa, update.old_local, update.old_remote, _nat_state(sa, payloads), now)
+    _migrated(host, sa, update.old_local, update.old_remote, _nat_state(sa, payloads), now)
 
 
 def _migrated(
-    eng: IkeEngine,
-    sa: _IkeSa,
+    host: SaHost,
+    sa: IkeSa,
     old_local: Endpoint,
     old_remote: Endpoint,
     nat: tuple[bool, bool] | None,
@@ -286,11 +255,11 @@ def _migrated(
         sa.nat, behind = nat
         if behind != sa.behind_nat:
             sa.behind_nat = behind
-            interval = eng.settings.keepalive_interval
+            interval = host.settings.keepalive_interval
             sa.keepalive_at = now + interval if behind and interval > 0 else None
-            eng._update_life(sa)
-    eng.stats.mobike_migrations += 1
-    eng._events.append(
+            host.lifetimes_changed(sa)
+    host.stats.mobike_migrations += 1
+    host.emit(
         IkeSaMigrated(
             sa.uid,
             sa.name,
@@ -311,49 +280,49 @@ def _migrated(
 
 
 def on_informational(
-    eng: IkeEngine,
-    sa: _IkeSa,
+    host: SaHost,
+    sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
     now: float,
 ) -> list[Payload]:
     """The MOBIKE part of a peer's INFORMATIONAL request: the payloads to answer with."""
-    wanted = {n.type for n in _notifies(payloads)}
+    wanted = {n.type for n in notifies(payloads)}
     if not wanted & _MOBIKE_NOTIFIES:
         return []
     if not sa.mobike:
         if wanted - _NAT_DETECTION:
-            eng.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
+            host.stats.unexpected += 1  # MOBIKE notifies without MOBIKE: ignored (§3.3)
         return []
     out: list[Payload] = []
     if NotifyType.UPDATE_SA_ADDRESSES in wanted:
-        out = _update_request(eng, sa, payloads, addr, now)
+        out = _update_request(host, sa, payloads, addr, now)
     elif wanted & _NAT_DETECTION:  # e.g. a liveness check of a peer behind a NAT (§3.8)
         out = nat_notifies(sa, addr)
-    addrs = peer_additional(eng, sa, payloads)
+    addrs = peer_additional(host, sa, payloads)
     if addrs is not None and addrs != sa.peer_addrs:
         sa.peer_addrs = addrs
-        eng._events.append(AdditionalAddressesUpdated(sa.uid, sa.name, addrs, now))
+        host.emit(AdditionalAddressesUpdated(sa.uid, sa.name, addrs, now))
     return out
 
 
 def _update_request(
-    eng: IkeEngine,
-    sa: _IkeSa,
+    host: SaHost,
+    sa: IkeSa,
     payloads: Sequence[Payload],
     addr: tuple[Endpoint, Endpoint],
     now: float,
 ) -> list[Payload]:
     assert sa.conn is not None
     local, remote = addr
-    cookie2 = _first(payloads, NotifyType.COOKIE2)
+    cookie2 = first_notify(payloads, NotifyType.COOKIE2)
     if cookie2 is not None and not COOKIE2_MIN <= len(cookie2.data) <= COOKIE2_MAX:
-        eng.stats.mobike_malformed += 1
+        host.stats.mobike_malformed += 1
         raise ProtocolError(NotifyType.INVALID_SYNTAX, "COOKIE2 of a bad length")
-    no_nats = _first(payloads, NotifyType.NO_NATS_ALLOWED)
+    no_nats = first_notify(payloads, NotifyType.NO_NATS_ALLOWED)
     if no_nats is not None:
         if len(no_nats.data) not in (12, 36):
-            eng.stats.mobike_malformed += 1
+            host.stats.mobike_malformed += 1
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "NO_NATS_ALLOWED of a bad length")
         if no_nats.data != _no_nats_data(remote, local):  # §3.9: a NAT rewrote the header
             raise ProtocolError(NotifyType.UNEXPECTED_NAT_DETECTED)
@@ -364,10 +333,10 @@ def _update_request(
         and remote[0] not in sa.peer_addrs
     ):
         raise ProtocolError(NotifyType.UNACCEPTABLE_ADDRESSES, f"{remote[0]} is not allowed")
-    eng.stats.mobike_updates_received += 1
+    host.stats.mobike_updates_received += 1
     old_local, old_remote = sa.local, sa.remote
     sa.local, sa.remote = local, remote
-    _migrated(eng, sa, old_local, old_remote, _nat_state(sa, payloads), now)
+    _migrated(host, sa, old_local, old_remote, _nat_state(sa, payloads), now)
     out = nat_notifies(sa)
     if cookie2 is not None:
         out.append(Notify(NotifyType.COOKIE2, cookie2.data))

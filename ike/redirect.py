@@ -1,6 +1,7 @@
 """IKEv2 redirect (RFC 5685): a gateway hands its peers to another gateway.
 
-The engine (ike/engine.py) keeps the hooks small; what redirect decides is here.
+The engine hands this module a small interface (ike/host.py's SaHost) and calls its
+hooks; what redirect decides is here.
 
 Notify data (§8.1, §8.2): GW Ident Type (1 IPv4, 2 IPv6, 3 FQDN), GW Ident Len, the
 gateway identity, then (REDIRECT in IKE_SA_INIT only) the initiator's nonce Ni.
@@ -34,34 +35,22 @@ gateway identity, then (REDIRECT in IKE_SA_INIT only) the initiator's nonce Ni.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import TYPE_CHECKING
 
 from ike.codec import Message, Notify, Payload
+from ike.config import check_gateway
 from ike.constants import ExchangeType, NotifyType
 from ike.errors import LocalError, ProtocolError, ResponseIgnored
 from ike.events import IkeSaRedirected
+from ike.sa import After, EndReason, IkeSa
 
 if TYPE_CHECKING:
     from ike.config import CompiledConnection
-    from ike.engine import IkeEngine, _IkeSa
+    from ike.host import SaHost
 
 GW_IPV4, GW_IPV6, GW_FQDN = 1, 2, 3  # RFC 5685 §8.1
 MAX_REDIRECTS = 5  # redirects followed within REDIRECT_LOOP_PERIOD (strongSwan's limit)
 REDIRECT_LOOP_PERIOD = 300.0
-PHASES = ("init", "auth")  # where a `redirect_to` rule redirects new peers
-_FQDN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
-
-
-def check_gateway(text: str) -> str:
-    """A gateway identity as configured: an IPv4/IPv6 address or an FQDN (LocalError)."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if not _FQDN.match(text) or text.replace(".", "").isdigit():
-        raise LocalError(f"{text!r} is neither an IP address nor a host name")
-    return text
 
 
 def encode_gateway(gateway: str, nonce: bytes = b"") -> bytes:
@@ -93,59 +82,61 @@ def decode_gateway(data: bytes) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------- initiator
 
 
-def init_payloads(sa: _IkeSa) -> list[Payload]:
+def init_payloads(sa: IkeSa) -> list[Payload]:
     """Our IKE_SA_INIT request's redirect notify (§4.1/§4.2), if we follow redirects."""
     assert sa.conn is not None
-    if sa.redirected is not None:
+    if sa.redirected_from is not None:
         sa.redirect_self = True
-        return [Notify(NotifyType.REDIRECTED_FROM, encode_gateway(sa.redirected[0]))]
+        return [Notify(NotifyType.REDIRECTED_FROM, encode_gateway(sa.redirected_from[0]))]
     if sa.conn.config.follow_redirects:
         sa.redirect_self = True
         return [Notify(NotifyType.REDIRECT_SUPPORTED)]
     return []
 
 
-def on_init_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> None:
+def on_init_response(host: SaHost, sa: IkeSa, notify: Notify, now: float) -> None:
     """A REDIRECT answering our IKE_SA_INIT: follow it if it carries our Ni (§4.2)."""
     try:
         gateway, nonce = decode_gateway(notify.data) if sa.redirect_self else ("", b"")
     except ProtocolError:  # unauthenticated: as harmless as a wrong nonce
         gateway, nonce = "", b""
     if not sa.redirect_self or not nonce or nonce != sa.ni:
-        eng.stats.redirects_ignored += 1
+        host.stats.redirects_ignored += 1
         raise ResponseIgnored("REDIRECT without our nonce (or unasked for)")
-    follow(eng, sa, gateway, "init", now)
+    follow(host, sa, gateway, "init", now)
 
 
-def on_auth_response(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> bool:
+def on_auth_response(host: SaHost, sa: IkeSa, notify: Notify, now: float) -> bool:
     """A REDIRECT in the (authenticated) IKE_AUTH response (§6): True when handled."""
     if not sa.redirect_self:
         return False
     gateway, rest = decode_gateway(notify.data)
     if rest:
         raise ProtocolError(NotifyType.INVALID_SYNTAX, "REDIRECT in IKE_AUTH with nonce data")
-    follow(eng, sa, gateway, "auth", now)
+    follow(host, sa, gateway, "auth", now)
     return True
 
 
-def on_informational(eng: IkeEngine, sa: _IkeSa, notify: Notify, now: float) -> None:
+def on_informational(host: SaHost, sa: IkeSa, notify: Notify, now: float) -> None:
     """A REDIRECT in an INFORMATIONAL request on an established IKE SA (§5): answered
     first, then followed (our Delete must not overtake the answer)."""
     if not sa.redirect_self:
-        eng.stats.redirects_ignored += 1
+        host.stats.redirects_ignored += 1
         return
     gateway, rest = decode_gateway(notify.data)
     if rest:
         raise ProtocolError(NotifyType.INVALID_SYNTAX, "REDIRECT in INFORMATIONAL with a nonce")
-    eng._after_response.append(lambda: follow(eng, sa, gateway, "established", now))
+    host.after_response(lambda: follow(host, sa, gateway, "established", now))
 
 
-def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> None:
+def follow(host: SaHost, sa: IkeSa, gateway: str, phase: str, now: float) -> None:
     """Leave this gateway for `gateway`: a new IKE SA there, this one abandoned."""
     conn = sa.conn
     assert conn is not None
     history = tuple(
-        t for t in (sa.redirected[1] if sa.redirected else ()) if now - t < REDIRECT_LOOP_PERIOD
+        t
+        for t in (sa.redirected_from[1] if sa.redirected_from else ())
+        if now - t < REDIRECT_LOOP_PERIOD
     )
     why = ""
     loop = len(history) >= MAX_REDIRECTS
@@ -159,41 +150,38 @@ def follow(eng: IkeEngine, sa: _IkeSa, gateway: str, phase: str, now: float) -> 
             else f"no local address of the family of gateway {gateway}"
         )
     if why:
-        eng.stats.redirects_ignored += 1
+        host.stats.redirects_ignored += 1
         if phase == "established":  # the SA stays with the current gateway
             return
-        if phase == "auth":
-            eng._abandon(sa, now)
-        eng._fail(sa, "REDIRECT_LOOP" if loop else "REDIRECT", now, why)
+        reason = EndReason.REDIRECT_LOOP if loop else EndReason.REDIRECT
+        # after IKE_AUTH the gateway holds an SA: Delete it there
+        host.end_sa(
+            sa, reason, now, detail=why, after=After.DELETE if phase == "auth" else After.REMOVE
+        )
         return
     assert local is not None
     child = sa.pending_child.config if sa.pending_child is not None else None
     if child is None:
         child = next((c.config for c in sa.children.values()), None) or conn.child(None)
     old_remote = sa.remote
-    if phase == "established":
-        eng._close(sa, "redirected", now, linger=True)
-        eng._abandon(sa, now)
-    elif phase == "auth":
-        eng._abandon(sa, now)
-    else:
-        eng._remove(sa)
-    new = eng._start_initiator(
+    # Child SAs and an established IKE SA end with events (a half-made one silently:
+    # IkeSaRedirected tells it); the old gateway is told unless it never made an SA
+    host.end_sa(
+        sa, EndReason.REDIRECTED, now, after=After.REMOVE if phase == "init" else After.DELETE
+    )
+    new = host.start_initiator(
         conn,
         child,
         (local, conn.config.local_port),
         (gateway, conn.config.remote_port),
         now,
-        redirected=(old_remote[0], (*history, now)),
+        redirected_from=(old_remote[0], (*history, now)),
     )
-    eng.stats.redirects_followed += 1
-    eng._events.append(
-        IkeSaRedirected(sa.uid, conn.name, True, phase, old_remote, gateway, now, new.uid)
-    )
-    eng._send_init(new, now)
+    host.stats.redirects_followed += 1
+    host.emit(IkeSaRedirected(sa.uid, conn.name, True, phase, old_remote, gateway, now, new.uid))
 
 
-def _local_for(conn: CompiledConnection, sa: _IkeSa, gateway: str) -> str | None:
+def _local_for(conn: CompiledConnection, sa: IkeSa, gateway: str) -> str | None:
     """Our address towards the new gateway: the current one if the family matches, else
     the connection's first local address of that family (None for an FQDN gateway)."""
     version = {GW_IPV4: 4, GW_IPV6: 6}.get(encode_gateway(gateway)[0])
@@ -234,7 +222,7 @@ def auth_notify(conn: CompiledConnection) -> Notify | None:
     return None
 
 
-def start(eng: IkeEngine, sa: _IkeSa, gateway: str, now: float) -> None:
+def start(host: SaHost, sa: IkeSa, gateway: str, now: float) -> None:
     """Send an established peer to `gateway` (§5); IkeSaRedirected once it answered."""
     if not sa.redirect_peer:
         raise LocalError(f"IKE SA {sa.uid}: the peer did not announce REDIRECT_SUPPORTED")
@@ -245,14 +233,12 @@ def start(eng: IkeEngine, sa: _IkeSa, gateway: str, now: float) -> None:
     old_remote = sa.remote
 
     def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        h: SaHost, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
     ) -> None:
-        e.stats.redirects_sent += 1
-        e._events.append(
-            IkeSaRedirected(s.uid, s.name, False, "established", old_remote, gateway, n)
-        )
+        h.stats.redirects_sent += 1
+        h.emit(IkeSaRedirected(s.uid, s.name, False, "established", old_remote, gateway, n))
 
-    eng._send_request(
+    host.send_request(
         sa,
         ExchangeType.INFORMATIONAL,
         [Notify(NotifyType.REDIRECT, encode_gateway(gateway))],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -17,9 +18,16 @@ __all__ = [
     "narrow",
     "covered",
     "to_cidrs",
+    "ip",
 ]
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "any": 0}
+
+
+@functools.lru_cache(maxsize=4096)
+def ip(text: str) -> IPAddress:
+    """A parsed address, cached: peers' address strings repeat for every message."""
+    return ipaddress.ip_address(text)
 
 
 def ts_for_address(addr: IPAddress) -> TrafficSelector:

@@ -1,4 +1,4 @@
-"""Shared fixtures and the layer rules.
+"""The layer rules; the shared fixtures are tests/support/fixtures.py (a plugin).
 
 Layers are folders: tests/unit (pure Python), tests/host (root + host kernel: netns, veth,
 XDP/TC), tests/kernel (kernel ESP; delegated to a virtme-ng VM when the host kernel has
@@ -9,14 +9,13 @@ none, see tests/vmplugin.py). Each folder's tests get the matching marker, so
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway import netns as netns_mod
 
-pytest_plugins = ["tests.vmplugin"]
+pytest_plugins = ["tests.vmplugin", "tests.support.fixtures"]
 
 TESTS = Path(__file__).parent
 LAYERS = ("unit", "host", "kernel")
@@ -81,35 +80,3 @@ def _netns_names() -> set[str]:
 
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-NetnsFactory = Callable[..., netns_mod.Netns]
-
-
-@pytest.fixture
-def make_netns() -> Iterator[NetnsFactory]:
-    """Create namespaces on demand; all of them are removed after the test, pass or fail."""
-    made: list[netns_mod.Netns] = []
-
-    def factory(prefix: str = "gwt") -> netns_mod.Netns:
-        ns = netns_mod.create(prefix)
-        made.append(ns)
-        return ns
-
-    try:
-        yield factory
-    finally:
-        for ns in reversed(made):
-            ns.close()
-
-
-@pytest.fixture
-def netns_pair(make_netns: NetnsFactory) -> tuple[netns_mod.Netns, netns_mod.Netns]:
-    """Two namespaces joined by veth: a/eth0 192.0.2.1/24 + 2001:db8::1/64 <-> b/eth0 .2/::2."""
-    a, b = make_netns("gwa"), make_netns("gwb")
-    netns_mod.veth(a, "eth0", b, "eth0")
-    a.ip("addr", "add", "192.0.2.1/24", "dev", "eth0")
-    b.ip("addr", "add", "192.0.2.2/24", "dev", "eth0")
-    a.ip("addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
-    b.ip("addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad")
-    return a, b

@@ -3,7 +3,7 @@
 Theory of operation. The host pytest session collects every test, tests/kernel included.
 If the session selects kernel-layer tests and the running kernel cannot install an ESP
 state (probed once in a throw-away namespace), this plugin takes over those items: at the
-first one it boots ONE virtme-ng VM (gateway.vm) that runs pytest on exactly those node
+first one it boots ONE virtme-ng VM (gateway.lab.vm) that runs pytest on exactly those node
 ids from the same checkout and venv, with this plugin in "report" mode writing every test
 report as a JSON line into a shared folder. Back on the host each kernel item's reports
 are replayed into the host session, so one pytest summary covers all layers and a failure
@@ -30,7 +30,7 @@ import pytest
 from _pytest.reports import TestReport
 
 from gateway import probe
-from gateway.vm import run_in_vm
+from gateway.lab.vm import run_in_vm
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_DIR = ROOT / "tests" / "kernel"

@@ -1,4 +1,4 @@
-"""`GatewaySource` over the daemon's control socket (gateway.control.ControlClient)."""
+"""`GatewaySource` over the daemon's control socket (gateway.control.client.ControlClient)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from gateway.control import ControlClient, ControlConnectionError, ControlError
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlConnectionError, ControlError
 from ui.source import Connector, GatewaySource, SourceDisconnected, SourceRefused
 
 T = TypeVar("T")

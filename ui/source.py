@@ -3,7 +3,7 @@
 The app only ever holds a `GatewaySource`; `connect` (a `Connector`) makes a fresh one,
 which is how the console survives a daemon restart: when a call raises
 `SourceDisconnected`, the app drops the source and calls the connector again later.
-`ui.control_source` adapts `gateway.control.ControlClient`; tests use an in-memory fake.
+`ui.control_source` adapts `gateway.control.client.ControlClient`; tests use an in-memory fake.
 """
 
 from __future__ import annotations

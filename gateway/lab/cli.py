@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from gateway import probe
-from gateway.lab.local import DEFAULT_DIR, Lab, LabError, LabOptions
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
+from gateway.lab import checks
+from gateway.lab.local import (
+    BUDGETS,
+    DEFAULT_DIR,
+    Lab,
+    LabError,
+    LabOptions,
+    describe_running,
+    lab_lock,
+    read_state,
+)
+from gateway.lab.pace import Pace, describe
+from gateway.lab.topology import EAST_HOST, GW_WEST_LAN
 from gateway.lab.vmmode import VmLab, run_agent
 
 
@@ -59,8 +74,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     down = lab_sub.add_parser("down", help="stop everything the lab started and remove it")
     down.set_defaults(func=cmd_down)
 
-    tui = lab_sub.add_parser("tui", help="open the console on gw-west")
+    tui = lab_sub.add_parser(
+        "tui", help="open the console on gw-west (quitting it offers to tear the lab down)"
+    )
     tui.set_defaults(func=cmd_tui)
+
+    check = lab_sub.add_parser(
+        "check",
+        help="check a gateway of the Vagrant lab (run on it by deploy/provision.sh)",
+        description="On a lab gateway: the daemon answers on its control socket; on gw-west "
+        "also the tunnel is up, pings from its LAN address cross it and the kernel counted "
+        "the ESP packets; Prometheus scrapes the gateway. Every wait scales with the "
+        "measured speed of the machine; a failure names the step.",
+    )
+    check.add_argument("role", choices=("gw-west", "gw-east"))
+    check.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(DEFAULT_CONTROL_SOCKET),
+        help=f"the daemon's control socket (default {DEFAULT_CONTROL_SOCKET})",
+    )
+    check.add_argument(
+        "--prometheus",
+        default="http://127.0.0.1:9090",
+        metavar="URL",
+        help="the Prometheus server scraping this gateway ('' skips that check)",
+    )
+    check.set_defaults(func=cmd_check)
 
     agent = lab_sub.add_parser("agent")  # internal: runs inside the lab VM
     agent.add_argument("--shared", required=True, type=Path)
@@ -81,29 +121,69 @@ def _opts(args: argparse.Namespace) -> LabOptions:
 
 
 def _current(opts: LabOptions) -> Lab | VmLab | None:
-    try:
-        state = json.loads((opts.directory / "state.json").read_text())
-    except FileNotFoundError:
+    state = read_state(opts.directory / "state.json")
+    if state is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise LabError(f"cannot read the lab state in {opts.directory}: {exc}") from None
     return VmLab(opts) if state.get("mode") == "vm" else Lab(opts)
 
 
-def _progress(line: str) -> None:
-    print(line, flush=True)
+class Progress:
+    """Prints the progress records of `up` and remembers how long each step took."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.took: list[str] = []
+
+    def __call__(self, record: dict[str, object]) -> None:
+        line = describe(record)
+        if line:
+            print(line, flush=True)
+        elapsed = record.get("elapsed")
+        if record.get("event") == "done" and isinstance(elapsed, int | float):
+            self.took.append(f"{record.get('step')} {elapsed:.0f} s")
+
+    def summary(self) -> str:
+        total = time.monotonic() - self.started
+        return f"lab: up after {total:.0f} s ({', '.join(self.took)})"
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    # SIGTERM/SIGHUP while bringing the lab up: unwind so `up` removes what it built
+    raise SystemExit(128 + signum)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     opts = _opts(args)
-    current = _current(opts)
-    if current is not None and not args.no_tui and sys.stdin.isatty():
-        _progress("lab: already up; opening its console")
-        return run_tui_then_offer_down(current)
-    if current is not None:
-        raise LabError(
-            "a lab is already up: `gateway lab status` shows it, `gateway lab down` removes it"
-        )
+    progress = Progress()
+    previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with lab_lock(opts.directory, "up"):
+            state = read_state(opts.directory / "state.json")
+            if state is not None:
+                # never touch a running lab: say what is there and how to reach it
+                raise LabError(describe_running(state))
+            lab = _choose(args, opts)
+            pace = Pace.measured(report=progress)
+            try:
+                status = lab.up(pace)
+            except (OSError, subprocess.SubprocessError) as exc:
+                # up() has already removed what it built
+                raise LabError(f"the lab could not be brought up: {exc}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_status(status)
+    _progress(progress.summary())
+    _progress(
+        "lab: up. `gateway lab status` shows it, `gateway lab tui` opens the console, "
+        "`gateway lab down` removes it."
+    )
+    if args.no_tui:
+        return 0
+    return run_tui_then_offer_down(lab, status)
+
+
+def _choose(args: argparse.Namespace, opts: LabOptions) -> Lab | VmLab:
     use_vm = args.vm
     if not args.vm and not args.no_vm:
         esp = probe.kernel_esp()
@@ -113,37 +193,36 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "lab: this kernel has no ESP, so the lab runs inside a virtme-ng VM "
                 "with Debian's kernel (it keeps running until `gateway lab down`)"
             )
-    lab: Lab | VmLab = VmLab(opts) if use_vm else Lab(opts)
-    try:
-        status = lab.up(progress=_progress)
-    except (OSError, subprocess.SubprocessError) as exc:
-        # up() has already removed what it built
-        raise LabError(f"the lab could not be brought up: {exc}") from None
-    print_status(status)
-    _progress(
-        "lab: up. `gateway lab status` shows it, `gateway lab tui` opens the console, "
-        "`gateway lab down` removes it."
-    )
-    if args.no_tui:
-        return 0
-    return run_tui_then_offer_down(lab)
+    return VmLab(opts) if use_vm else Lab(opts)
 
 
-def run_tui_then_offer_down(lab: Lab | VmLab) -> int:
-    _run_tui(lab)
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_tui_then_offer_down(lab: Lab | VmLab, status: dict[str, Any] | None = None) -> int:
+    """The console on gw-west; when it quits, offer to tear the lab down (on a terminal)."""
+    _run_tui(lab, status)
     if not sys.stdin.isatty():
         return 0
-    answer = input("Tear the lab down now? [Y/n] ").strip().lower()
+    try:
+        answer = input("Tear the lab down now? [Y/n] ").strip().lower()
+    except EOFError:
+        answer = "n"
     if answer in ("", "y", "yes"):
-        for line in lab.down():
+        with lab_lock(lab.opts.directory, "down"):
+            done = lab.down()
+        for line in done:
             _progress(f"lab: {line}")
+        _progress("lab: down")
     else:
-        _progress("lab: left running; `gateway lab down` removes it")
+        _progress(
+            "lab: left running; `gateway lab tui` opens the console, `gateway lab down` removes it"
+        )
     return 0
 
 
-def _run_tui(lab: Lab | VmLab) -> None:
-    from ui.app import GatewayApp
+def _run_tui(lab: Lab | VmLab, status: dict[str, Any] | None = None) -> None:
     from ui.control_source import socket_connector
 
     if isinstance(lab, VmLab):
@@ -153,7 +232,26 @@ def _run_tui(lab: Lab | VmLab) -> None:
 
         sock = control_socket(lab.opts)
         connector, label = socket_connector(sock), f"lab gw-west ({sock})"
-    GatewayApp(connector, label=label, interval=1.0).run()
+    if status is None:
+        try:
+            status = lab.status()
+        except LabError:
+            status = {}
+    lab_console(connector, label, list(status.get("events") or [])).run()
+
+
+def lab_console(connector: Any, label: str, history: list[str]) -> Any:
+    """The console (ui.app.GatewayApp) with gw-west's events so far at the top of its
+    event log: the control API pushes only events that happen after it subscribed."""
+    from ui.app import GatewayApp
+
+    class LabConsole(GatewayApp):
+        def on_mount(self) -> None:
+            # Textual runs GatewayApp.on_mount (polling, focus) after this one as well
+            for line in history:
+                self.event_log.write_line(line)
+
+    return LabConsole(connector, label=label, interval=1.0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -168,11 +266,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     opts = _opts(args)
-    lab = _current(opts)
-    if lab is None:
-        # Nothing recorded: still remove namespaces a crashed run may have left.
-        lab = Lab(opts)
-    done = lab.down()
+    with lab_lock(opts.directory, "down"):
+        lab = _current(opts)
+        if lab is None:
+            # Nothing recorded: still remove namespaces a crashed run may have left.
+            lab = Lab(opts)
+        done = lab.down()
     for line in done:
         _progress(f"lab: {line}")
     if not done:
@@ -184,7 +283,39 @@ def cmd_tui(args: argparse.Namespace) -> int:
     lab = _current(_opts(args))
     if lab is None:
         raise LabError("no lab is up: `gateway lab up` first")
-    _run_tui(lab)
+    return run_tui_then_offer_down(lab)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The namespace lab's checks, on one gateway of the Vagrant lab."""
+    progress = Progress()
+    pace = Pace.measured(report=progress)
+    sock: Path = args.socket
+    # The daemon may be compiling its XDP/TC programs with bcc first (the slowest start the
+    # lab knows); the wait ends as soon as it answers, so the larger budget costs nothing.
+    budget = BUDGETS["gw-west-xdp"]
+    with pace.step("daemon", f"{args.role}: waiting for the daemon on {sock}", budget) as d:
+        checks.wait_daemon(sock, d)
+    _progress(f"check: the daemon answers on {sock}")
+    if args.role == "gw-west":
+        with pace.step("tunnel", "gw-west: waiting for the tunnel", 4.0) as d:
+            sa, child = checks.wait_tunnel(sock, d)
+        _progress(f"check: tunnel up: {checks.describe(sa, child)}")
+        text = f"gw-west: pinging {EAST_HOST} from {GW_WEST_LAN} through the tunnel"
+        with pace.step("traffic", text, 3.0) as d:
+            checks.ping_through(checks.run_here, EAST_HOST, d, source=GW_WEST_LAN)
+            child = checks.esp_counted(sock, d)
+        _progress(
+            f"check: pings crossed the tunnel; the kernel counted {child.get('packets_out')} "
+            f"ESP packets out, {child.get('packets_in')} in"
+        )
+    if args.prometheus:
+        series = "ipsec_child_sa_packets_total" if args.role == "gw-west" else None
+        text = f"{args.role}: waiting for Prometheus ({args.prometheus}) to scrape the gateway"
+        with pace.step("prometheus", text, 6.0) as d:
+            found = checks.prometheus_scrapes(args.prometheus, d, series=series)
+        _progress(f"check: Prometheus scrapes the gateway: {found}")
+    _progress(f"check: {args.role} ok")
     return 0
 
 
@@ -220,6 +351,11 @@ def print_status(status: dict[str, Any]) -> None:
                 f"{c.get('bytes_in', 0)} B/{c.get('packets_in', 0)} pkts in, "
                 f"{c.get('bytes_out', 0)} B/{c.get('packets_out', 0)} pkts out"
             )
+    events = status.get("events") or []
+    if events:
+        print("  recent events on gw-west:")
+        for line in events[-8:]:
+            print(f"    {line}")
     if status.get("error"):
         print(f"  error: {status['error']}")
 

@@ -8,7 +8,8 @@ namespaces (which also ends anything else that was started inside them by the la
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -17,20 +18,41 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.control import ControlClient, ControlConnectionError, ControlError
+from gateway.control.protocol import ControlConnectionError, ControlError
 from gateway.errors import GatewayError
-from gateway.lab import topology
+from gateway.lab import checks, topology
+from gateway.lab.pace import Deadline, Pace
 from gateway.lab.topology import EAST_HOST, NODES, Topology
 from gateway.netns import Netns, NetnsError
 
 DEFAULT_DIR = Path(os.environ.get("GATEWAY_LAB_DIR", "/run/gateway-lab"))
 DEFAULT_PREFIX = os.environ.get("GATEWAY_LAB_PREFIX", "gwlab-")
 PEERS = ("gateway", "strongswan")
+
+# Each step's budget in reference seconds (gateway/lab/pace.py: seconds on an idle machine
+# of the development kind, multiplied by the slowness measured here). Measured in the lab
+# VM under software emulation, in reference seconds, idle (slowness ~25) and with a CPU
+# hog per core and other engineers' VMs running (slowness 38-107): namespaces 0.2-1.5, a
+# daemon's start 0.2-1.5, gw-west's start with the bcc compile of its XDP/TC programs
+# 2.5-6, the tunnel 0.1-0.5, the traffic check 0.1-0.2. The budgets allow four times the
+# worst of these.
+BUDGETS = {
+    "namespaces": 6.0,
+    "gw-east": 6.0,
+    "strongswan": 6.0,
+    "gw-west": 6.0,
+    "gw-west-xdp": 24.0,
+    "tunnel": 4.0,
+    "traffic": 3.0,
+}
+RECENT_EVENTS = 20
+_EVENT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)\S* \w+ event=(\S+)(.*)$")
 
 
 class LabError(GatewayError):
@@ -113,8 +135,8 @@ class Lab:
         conf.chmod(0o600)
         return self._spawn(node, node, [sys.executable, "-m", "gateway", "run", "-c", str(conf)])
 
-    def _start_strongswan(self, node: str) -> int:
-        from gateway.strongswan import NETLINK_PLUGINS, StrongSwan
+    def _start_strongswan(self, node: str, deadline: Deadline) -> int:
+        from gateway.lab.strongswan import NETLINK_PLUGINS, StrongSwan, StrongSwanError
 
         (self.opts.directory / node).mkdir(mode=0o700, exist_ok=True)
         sw = StrongSwan(
@@ -123,15 +145,21 @@ class Lab:
             workdir=self.opts.directory / node,
         )
         sw.write_config(config_text("gw-east.swanctl.conf"))
-        # Generous limits: inside the lab VM (software emulation) charon is slow to start.
-        sw.start(timeout=180)
-        sw.swanctl("--load-all", "--file", str(sw.dir / "swanctl.conf"), timeout=180)
+        try:
+            sw.start(timeout=deadline.remaining())
+            sw.swanctl(
+                "--load-all", "--file", str(sw.dir / "swanctl.conf"), timeout=deadline.remaining()
+            )
+        except (StrongSwanError, subprocess.SubprocessError) as exc:
+            raise deadline.fail(f"strongSwan did not start: {exc}", self.log_tail(node)) from None
         assert sw.proc is not None
         return sw.proc.pid  # keeps running after this command; `down` ends it by pid
 
     # ------------------------------------------------------------------ up
 
-    def up(self, progress: Any = print, timeout: float = 120.0) -> dict[str, Any]:
+    def up(self, pace: Pace) -> dict[str, Any]:
+        """Build the lab step by step, each against a deadline scaled to this machine's
+        measured speed (`pace`, which also receives the progress records)."""
         if self.opts.peer not in PEERS:
             raise LabError(f"unknown peer {self.opts.peer!r}: choose one of {', '.join(PEERS)}")
         if self.load_state() is not None or self.topo.existing():
@@ -147,90 +175,87 @@ class Lab:
         }
         self.save_state(state)
         try:
-            progress(f"lab: building namespaces {', '.join(self.topo.names())}")
-            self.topo.create()
-            progress(f"lab: starting gw-east ({self.opts.peer})")
-            if self.opts.peer == "strongswan":
-                state["pids"]["gw-east"] = self._start_strongswan("gw-east")
-            else:
-                state["pids"]["gw-east"] = self._start_gateway("gw-east")
-            self.save_state(state)
-            progress("lab: starting gw-west (gateway, initiator)")
-            state["pids"]["gw-west"] = self._start_gateway("gw-west")
-            self.save_state(state)
-            progress("lab: waiting for the tunnel")
-            self._wait_tunnel(state, timeout)
-            progress("lab: sending traffic west -> east through the tunnel")
-            self._check_traffic()
-            if self.opts.traffic:
-                self._start_traffic(state)
-            self.save_state(state)
+            self._up(state, pace)
         except BaseException:
             self.down(quiet=True)
             raise
         return self.status()
 
-    def _start_traffic(self, state: dict[str, Any]) -> None:
-        """iperf3 at 2 Mbit/s west -> east and a ping a second, for the console's rates."""
+    def _up(self, state: dict[str, Any], pace: Pace) -> None:
+        names = ", ".join(self.topo.names())
+        with pace.step("namespaces", f"building namespaces {names}", BUDGETS["namespaces"]):
+            self.topo.create()
+        east = "strongswan" if self.opts.peer == "strongswan" else "gw-east"
+        with pace.step("gw-east", f"starting gw-east ({self.opts.peer})", BUDGETS[east]) as d:
+            if self.opts.peer == "strongswan":
+                state["pids"]["gw-east"] = self._start_strongswan("gw-east", d)
+            else:
+                state["pids"]["gw-east"] = self._start_gateway("gw-east")
+                self.save_state(state)
+                self._wait_daemon("gw-east", state, d)
+            self.save_state(state)
+        west = "gw-west-xdp" if self.opts.xdp else "gw-west"
+        text = "starting gw-west (gateway, initiator" + (
+            "; bcc compiles its XDP/TC programs first)" if self.opts.xdp else ")"
+        )
+        with pace.step("gw-west", text, BUDGETS[west]) as d:
+            state["pids"]["gw-west"] = self._start_gateway("gw-west")
+            self.save_state(state)
+            self._wait_daemon("gw-west", state, d)
+        with pace.step("tunnel", "waiting for the tunnel", BUDGETS["tunnel"]) as d:
+            checks.wait_tunnel(
+                control_socket(self.opts),
+                d,
+                self._gone(state),
+                lambda: self.logs("gw-west", "gw-east"),
+            )
+        text = "sending traffic west -> east through the tunnel"
+        with pace.step("traffic", text, BUDGETS["traffic"]) as d:
+            west_ns = self.topo.ns("west")
+            checks.ping_through(
+                lambda argv, timeout: west_ns.run(*argv, check=False, timeout=timeout),
+                EAST_HOST,
+                d,
+            )
+            checks.esp_counted(control_socket(self.opts), d, logs=lambda: self.logs("gw-west"))
+            if self.opts.traffic:
+                self._start_traffic(state, d)
+            self.save_state(state)
+
+    def _wait_daemon(self, node: str, state: dict[str, Any], deadline: Deadline) -> None:
+        checks.wait_daemon(
+            control_socket(self.opts, node), deadline, self._gone(state), lambda: self.logs(node)
+        )
+
+    def _gone(self, state: dict[str, Any]) -> checks.Alive:
+        """A check of the lab's processes: which one exited, if any."""
+
+        def gone() -> str | None:
+            for node, pid in state["pids"].items():
+                if not alive(pid):
+                    return f"{node} (pid {pid}) exited"
+            return None
+
+        return gone
+
+    def _start_traffic(self, state: dict[str, Any], deadline: Deadline) -> None:
+        """iperf3 at 2 Mbit/s west -> east and a ping a second (gateway/lab/traffic.sh)."""
+        script = str(checks.traffic_script())
         state["pids"]["iperf3-server"] = self._spawn(
-            "east", "iperf3-server", ["iperf3", "-s", "-B", EAST_HOST]
+            "east", "iperf3-server", ["sh", script, "server", EAST_HOST]
         )
         east = self.topo.ns("east")
-        deadline = time.monotonic() + 30
         while ":5201" not in east.run("ss", "-ltnH", check=False).stdout:
-            if time.monotonic() > deadline:
-                raise LabError(
-                    "iperf3 server in east did not start listening:\n"
-                    + self.log_tail("iperf3-server")
+            if deadline.expired():
+                raise deadline.fail(
+                    "the iperf3 server in east did not start listening",
+                    self.logs("iperf3-server"),
                 )
             time.sleep(0.2)
-        # A client that reconnects if a test run ends or a connection breaks.
-        loop = f"while :; do iperf3 -c {EAST_HOST} -b 2M -t 86400 -i 0 -P 1; sleep 1; done"
-        state["pids"]["iperf3-client"] = self._spawn("west", "iperf3-client", ["sh", "-c", loop])
-        state["pids"]["ping"] = self._spawn("west", "ping", ["ping", "-i", "1", EAST_HOST])
-
-    def _wait_tunnel(self, state: dict[str, Any], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            for node, pid in state["pids"].items():
-                if not _alive(pid):
-                    raise LabError(
-                        f"{node} exited while the tunnel was coming up; its log:\n"
-                        + self.log_tail(node)
-                    )
-            try:
-                sas = asyncio.run(_list_sas(control_socket(self.opts)))
-            except (ControlConnectionError, ControlError, OSError) as exc:
-                last = str(exc)
-            else:
-                if any(
-                    sa.get("state") == "ESTABLISHED"
-                    and any(c.get("state") == "INSTALLED" for c in sa.get("children", []))
-                    for sa in sas
-                ):
-                    return
-                last = "no established IKE SA with an installed Child SA yet"
-            time.sleep(0.5)
-        raise LabError(
-            f"the tunnel did not come up within {timeout:.0f} s ({last}); gw-west's log:\n"
-            + self.log_tail("gw-west")
+        state["pids"]["iperf3-client"] = self._spawn(
+            "west", "iperf3-client", ["sh", script, "stream", EAST_HOST]
         )
-
-    def _check_traffic(self) -> None:
-        west = self.topo.ns("west")
-        proc = west.run(
-            "ping", "-c", "3", "-i", "0.3", "-W", "5", EAST_HOST, check=False, timeout=60
-        )
-        if proc.returncode != 0:
-            raise LabError(f"ping west -> east through the tunnel failed:\n{proc.stdout}")
-        sas = asyncio.run(_list_sas(control_socket(self.opts)))
-        out = sum(c.get("packets_out", 0) for sa in sas for c in sa.get("children", []))
-        if out < 3:
-            raise LabError(
-                f"ping passed but gw-west counted {out} ESP packets out: "
-                "traffic bypassed the tunnel"
-            )
+        state["pids"]["ping"] = self._spawn("west", "ping", ["sh", script, "ping", EAST_HOST])
 
     # ------------------------------------------------------------------ status / down
 
@@ -242,6 +267,28 @@ class Lab:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def logs(self, *names: str, lines: int = 30) -> str:
+        """The last lines of each named log, headed by its name (for failure messages)."""
+        return "\n".join(
+            f"--- {name} log (last {lines} lines) ---\n{self.log_tail(name, lines)}"
+            for name in names
+        )
+
+    def recent_events(self, limit: int = RECENT_EVENTS) -> list[str]:
+        """gw-west's latest events from its log, "HH:MM:SS type key=value ...", so the
+        console and `status` show what happened before they looked (the control API
+        pushes only new events)."""
+        try:
+            text = (self.opts.directory / "gw-west.log").read_text(errors="replace")
+        except OSError:
+            return []
+        events = []
+        for line in text.splitlines():
+            m = _EVENT_LINE.match(line)
+            if m:
+                events.append(f"{m.group(1)} {m.group(2)}{m.group(3)}")
+        return events[-limit:]
 
     def status(self) -> dict[str, Any]:
         state = self.load_state()
@@ -256,13 +303,13 @@ class Lab:
             }
             for n in NODES
         ]
-        procs = [{"name": k, "pid": v, "running": _alive(v)} for k, v in state["pids"].items()]
+        procs = [{"name": k, "pid": v, "running": alive(v)} for k, v in state["pids"].items()]
         sas: list[dict[str, Any]] = []
         error = None
         try:
-            sas = asyncio.run(_list_sas(control_socket(self.opts)))
-        except (ControlConnectionError, ControlError, OSError) as exc:
-            error = str(exc)
+            sas = checks.list_sas(control_socket(self.opts))
+        except (ControlConnectionError, ControlError, OSError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
         result = {
             "up": True,
             "mode": state["mode"],
@@ -272,6 +319,7 @@ class Lab:
             "processes": procs,
             "sas": sas,
             "control_socket": str(control_socket(self.opts)),
+            "events": self.recent_events(),
         }
         if error:
             result["error"] = f"gw-west control API: {error}"
@@ -293,6 +341,62 @@ class Lab:
         return done
 
 
+@contextlib.contextmanager
+def lab_lock(directory: Path, action: str) -> Iterator[None]:
+    """Hold the lab's lock while `up` or `down` changes it, so two commands never race.
+
+    The lock is a flock on `lock` inside the lab directory, which `down` removes while it
+    holds it; a lock taken on a file that was removed meanwhile is taken again. A second
+    command does not wait: it says who holds the lock and exits."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / "lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").split()
+            os.close(fd)
+            pid, what = (holder + ["?", "?"])[:2]
+            raise LabError(
+                f"`gateway lab {what}` (pid {pid}) is changing this lab right now "
+                f"({directory}); wait for it to finish, or stop it (Ctrl-C cleans up), "
+                "then try again"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {action}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def describe_running(state: dict[str, Any]) -> str:
+    """What a second `gateway lab up` tells about the lab that is already up."""
+    where = "in a VM" if state.get("mode") == "vm" else "in network namespaces"
+    since = time.strftime("%H:%M:%S", time.localtime(float(state.get("started") or 0)))
+    vm_pid = state.get("vm_pid")
+    if vm_pid is not None and not alive(int(vm_pid)):
+        return (
+            f"a lab was brought up at {since} ({where}) but its VM (pid {vm_pid}) is gone: "
+            "`gateway lab down` cleans up, then `gateway lab up` starts a new one"
+        )
+    return (
+        f"a lab is already up ({where} since {since}, gw-east runs {state.get('peer')}"
+        + (", gw-west behind NAT" if state.get("nat") else "")
+        + "): `gateway lab tui` opens its console, `gateway lab status` shows it, "
+        "`gateway lab down` removes it"
+    )
+
+
 def read_state(path: Path) -> dict[str, Any] | None:
     """The lab's state.json, or None when no lab is up."""
     try:
@@ -310,13 +414,7 @@ def remove_lab_directory(directory: Path) -> None:
         shutil.rmtree(directory)
 
 
-async def _list_sas(path: Path) -> list[dict[str, Any]]:
-    async with await ControlClient.connect(path, timeout=2.0) as client:
-        result: list[dict[str, Any]] = await client.list_sas()
-        return result
-
-
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -332,7 +430,7 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -340,7 +438,7 @@ def _stop_pid(pid: int, timeout: float = 8.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.1)
     try:

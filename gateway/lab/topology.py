@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib import resources
 
-from gateway.netns import Netns, NetnsError, _ip, veth
+from gateway.netns import Netns, NetnsError, host_ip, list_ours, veth
 
 # Node names in the order traffic crosses them.
 NODES = ("west", "gw-west", "wan", "gw-east", "east")
@@ -17,6 +17,8 @@ WEST_LAN = "10.1.0.0/24"
 EAST_LAN = "10.2.0.0/24"
 GW_WEST_WAN = "198.51.100.2"
 GW_EAST_WAN = "203.0.113.2"
+GW_WEST_LAN = "10.1.0.1"
+GW_EAST_LAN = "10.2.0.1"
 ROUTER_WEST = "198.51.100.1"
 ROUTER_EAST = "203.0.113.1"  # also gw-west's address as gw-east sees it behind the NAT
 
@@ -37,8 +39,7 @@ class Topology:
         return [self.prefix + n for n in NODES]
 
     def existing(self) -> list[str]:
-        out = _ip("netns", "list", check=False).stdout
-        present = {line.split()[0] for line in out.splitlines() if line.strip()}
+        present = set(list_ours(self.prefix))
         return [n for n in self.names() if n in present]
 
     def create(self) -> None:
@@ -55,7 +56,7 @@ class Topology:
 
     def _create(self) -> None:
         for node in NODES:
-            _ip("netns", "add", self.prefix + node)
+            host_ip("netns", "add", self.prefix + node)
             self.ns(node).ip("link", "set", "lo", "up")
         west, gww, wan, gwe, east = (self.ns(n) for n in NODES)
         veth(west, "eth0", gww, "lan0")
@@ -64,17 +65,17 @@ class Topology:
         veth(gwe, "lan0", east, "eth0")
 
         west.ip("addr", "add", f"{WEST_HOST}/24", "dev", "eth0")
-        west.ip("route", "add", "default", "via", "10.1.0.1")
-        gww.ip("addr", "add", "10.1.0.1/24", "dev", "lan0")
+        west.ip("route", "add", "default", "via", GW_WEST_LAN)
+        gww.ip("addr", "add", f"{GW_WEST_LAN}/24", "dev", "lan0")
         gww.ip("addr", "add", f"{GW_WEST_WAN}/24", "dev", "wan0")
         gww.ip("route", "add", "default", "via", ROUTER_WEST)
         wan.ip("addr", "add", f"{ROUTER_WEST}/24", "dev", "w0")
         wan.ip("addr", "add", f"{ROUTER_EAST}/24", "dev", "e0")
         gwe.ip("addr", "add", f"{GW_EAST_WAN}/24", "dev", "wan0")
         gwe.ip("route", "add", "default", "via", ROUTER_EAST)
-        gwe.ip("addr", "add", "10.2.0.1/24", "dev", "lan0")
+        gwe.ip("addr", "add", f"{GW_EAST_LAN}/24", "dev", "lan0")
         east.ip("addr", "add", f"{EAST_HOST}/24", "dev", "eth0")
-        east.ip("route", "add", "default", "via", "10.2.0.1")
+        east.ip("route", "add", "default", "via", GW_EAST_LAN)
         for ns in (gww, wan, gwe):
             ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         # The router's rules are the Vagrant lab's too (gateway/lab/nft/*.nft).

@@ -1,15 +1,31 @@
 """The lab inside a virtme-ng VM, for hosts whose kernel has no ESP.
 
 Host side (`VmLab`): boots the VM in the background with the lab agent as its command,
-waits until the agent reports the lab up (or failed), and keeps what later commands need
-in the host's lab directory (state.json: the VM's pid, two forwarded ports, a token).
-Guest side (`run_agent`): brings the namespace lab up with gateway.lab.local (the guest
-kernel has ESP), then serves two TCP ports on the VM's user-mode NIC that qemu forwards
-from the host's loopback only:
+follows the agent's progress until it reports the lab up (or failed), and keeps what later
+commands need in the host's lab directory (state.json: the VM's pid, two forwarded ports,
+a token, the VM's measured slowness). Guest side (`run_agent`): brings the namespace lab
+up with gateway.lab.local (the guest kernel has ESP), then serves two TCP ports on the
+VM's user-mode NIC that qemu forwards from the host's loopback only:
 
 - the lab port: one JSON request per connection, {"token", "cmd": "status" | "down"};
 - the control port: after a first line holding the token, a byte pipe to gw-west's
   control socket, so `gateway lab tui` on the host talks to the daemon in the VM.
+
+The protocol, without races on a slow or busy machine:
+
+1. The agent first times a fixed calibration step (gateway/lab/pace.py) and appends
+   `{"step": "calibrate", "factor": ...}` to progress.jsonl in the shared folder; every
+   step after it (network, namespaces, gw-east, gw-west, tunnel, traffic, listen) appends
+   a `start` record with its budget (reference seconds x the measured slowness), `done`
+   or `fail`, and `extend` when a re-measurement finds the VM slower than assumed.
+2. The host waits for the first record within a boot budget scaled by its own measured
+   slowness, then for each step within that step's budget plus a margin: a silent agent
+   fails the step it was in, with the agent's log and the VM console's last lines.
+3. The agent writes up.json (atomically) only once both ports LISTEN. Until then qemu
+   answers a connection to a forwarded port with a reset, which is why `up.json` before
+   listening lost the race on a loaded machine.
+4. The host's requests still retry a refused or reset connection, or an empty answer,
+   until a deadline scaled by the VM's slowness, and say what they wait for.
 
 The token (random, in the 0700 lab directory) keeps other local users off both ports, as
 the 0600 mode does for the daemon's unix socket. Unix sockets cannot cross the VM's 9p
@@ -40,12 +56,13 @@ from gateway.lab.local import (
     Lab,
     LabError,
     LabOptions,
-    _alive,
+    alive,
     control_socket,
     read_state,
     remove_lab_directory,
 )
-from gateway.vm import vm_kernel, vng_binary
+from gateway.lab.pace import Deadline, Pace, Report, StepFailed, measure_factor
+from gateway.lab.vm import vm_kernel, vng_binary
 
 GUEST_ADDR = "10.0.2.15"  # qemu user-mode networking's guest address
 GUEST_LAB_PORT = 7001
@@ -53,13 +70,31 @@ GUEST_CONTROL_PORT = 7002
 # Guest-local (tmpfs) and NOT the host's lab directory, which the guest also sees, mounted
 # at the same path, as its shared folder.
 GUEST_LAB_DIR = Path("/run/gateway-lab-guest")
-BOOT_TIMEOUT = float(os.environ.get("GATEWAY_LAB_VM_TIMEOUT", "1500"))
+
+# Budgets in reference seconds (gateway/lab/pace.py). The boot is scaled by the host's
+# slowness (the VM is not running yet): 20-40 s until the agent ran, measured here idle.
+BOOT_REFERENCE = 150.0
+# The rest by the VM's: one request once the agent listens, the lab's tear-down inside
+# the VM (the gateways send their Deletes), the power-off after it.
+ANSWER_REFERENCE = 2.0
+DOWN_REFERENCE = 8.0
+POWEROFF_REFERENCE = 3.0
+# The host's patience beyond a step's own budget: the agent enforces the budget and
+# reports the failure; the host steps in only when the agent itself went silent.
+STEP_MARGIN = 60.0
+# Assumed when no measurement is known (a state.json from an older version).
+DEFAULT_VM_FACTOR = 40.0
+RETRIED = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class VmLab:
@@ -71,9 +106,27 @@ class VmLab:
     def load_state(self) -> dict[str, Any] | None:
         return read_state(self.state_file)
 
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(self.state_file)
+
+    def vm_pace(self, state: dict[str, Any], report: Report | None = None) -> Pace:
+        """The VM's slowness as measured at boot; a re-measurement (when a deadline runs
+        out) times the host now and scales by the VM/host ratio seen at boot."""
+        factor = float(state.get("factor") or DEFAULT_VM_FACTOR)
+        ratio = factor / max(float(state.get("host_factor") or 1.0), 1.0)
+        pace = Pace(factor=factor, measure=lambda: max(measure_factor() * ratio, factor))
+        if report is not None:
+            pace.report = report
+        return pace
+
     # ------------------------------------------------------------------ up
 
-    def up(self, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    def up(self, pace: Pace) -> dict[str, Any]:
+        """Boot the VM and follow its agent until the lab is up; `pace` is the host's
+        (measured) and receives the progress records, the VM's marked `where: vm`."""
         if self.load_state() is not None:
             raise LabError("a lab is already up: run `gateway lab down` first")
         self.opts.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -82,23 +135,7 @@ class VmLab:
         lab_port, control_port = _free_port(), _free_port()
         (self.shared / "token").write_text(token)
         (self.shared / "token").chmod(0o600)
-        agent_args = ["--peer", self.opts.peer]
-        if self.opts.nat:
-            agent_args.append("--nat")
-        if not self.opts.xdp:
-            agent_args.append("--no-xdp")
-        if not self.opts.traffic:
-            agent_args.append("--no-traffic")
-        script = self.shared / "agent.sh"
-        script.write_text(
-            "#!/bin/sh\n"
-            "export PYTHONDONTWRITEBYTECODE=1\n"
-            f"cd {shlex.quote(str(Path.cwd()))}\n"
-            f"exec {shlex.quote(sys.executable)} -m gateway lab agent "
-            f"--shared {shlex.quote(str(self.shared))} {' '.join(agent_args)} "
-            f"> {shlex.quote(str(self.shared / 'agent.log'))} 2>&1\n"
-        )
-        script.chmod(0o700)
+        script = self._agent_script()
         fwd = (
             f"hostfwd=tcp:127.0.0.1:{lab_port}-{GUEST_ADDR}:{GUEST_LAB_PORT},"
             f"hostfwd=tcp:127.0.0.1:{control_port}-{GUEST_ADDR}:{GUEST_CONTROL_PORT}"
@@ -147,70 +184,163 @@ class VmLab:
             "lab_port": lab_port,
             "control_port": control_port,
             "token": token,
+            "host_factor": round(pace.factor, 2),
             "started": time.time(),
         }
-        self.state_file.write_text(json.dumps(state, indent=2))
-        self.state_file.chmod(0o600)
-        progress(
-            f"lab: booting a VM with {kernel.name} (pid {proc.pid}); under software "
-            "emulation this takes a few minutes"
-        )
+        self._save_state(state)
         try:
-            self._wait_up(proc, progress)
+            boot = pace.deadline("boot", BOOT_REFERENCE)
+            pace.report(
+                {
+                    "step": "boot",
+                    "event": "start",
+                    "text": f"booting a VM with {kernel.name} (pid {proc.pid}) under software "
+                    "emulation; waiting for its lab agent",
+                    "budget": round(boot.budget),
+                }
+            )
+            result = self._follow_agent(proc, boot, pace)
+            state["factor"] = result.get("factor", DEFAULT_VM_FACTOR)
+            self._save_state(state)
+            with self.vm_pace(state, pace.report).step(
+                "answer",
+                f"asking the lab agent in the VM (127.0.0.1:{lab_port}) for the lab's status",
+                ANSWER_REFERENCE,
+            ):
+                return self.status()
         except BaseException:
             self.down()
             raise
-        return self.status()
 
-    def _wait_up(self, proc: subprocess.Popen[bytes], progress: Callable[[str], None]) -> None:
-        result_file = self.shared / "up.json"
-        progress_file = self.shared / "progress.log"
-        shown = 0
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while time.monotonic() < deadline:
-            if progress_file.exists():
-                lines = progress_file.read_text(errors="replace").splitlines()
-                for line in lines[shown:]:
-                    progress(f"  vm: {line}")
-                shown = len(lines)
-            if result_file.exists():
-                result = json.loads(result_file.read_text())
+    def _agent_script(self) -> Path:
+        agent_args = ["--peer", self.opts.peer]
+        if self.opts.nat:
+            agent_args.append("--nat")
+        if not self.opts.xdp:
+            agent_args.append("--no-xdp")
+        if not self.opts.traffic:
+            agent_args.append("--no-traffic")
+        script = self.shared / "agent.sh"
+        script.write_text(
+            "#!/bin/sh\n"
+            "export PYTHONDONTWRITEBYTECODE=1\n"
+            f"cd {shlex.quote(str(Path.cwd()))}\n"
+            f"exec {shlex.quote(sys.executable)} -m gateway lab agent "
+            f"--shared {shlex.quote(str(self.shared))} {' '.join(agent_args)} "
+            f"> {shlex.quote(str(self.shared / 'agent.log'))} 2>&1\n"
+        )
+        script.chmod(0o700)
+        return script
+
+    def _follow_agent(
+        self, proc: subprocess.Popen[bytes], boot: Deadline, pace: Pace
+    ) -> dict[str, Any]:
+        """Relay the agent's progress records until up.json says up or failed.
+
+        Until the first record the boot deadline applies (it re-measures the host before
+        giving up); then each step's own budget plus STEP_MARGIN, restarted by each record.
+        """
+        records = self.shared / "progress.jsonl"
+        seen = 0
+        step, patience, since = "boot", 0.0, time.monotonic()
+        while True:
+            for record in _read_records(records)[seen:]:
+                if seen == 0:
+                    pace.report({"step": "boot", "event": "done", "elapsed": round(boot.elapsed())})
+                seen += 1
+                record["where"] = "vm"
+                pace.report(record)
+                step = str(record.get("step", step))
+                patience = float(record.get("budget") or 0.0) + STEP_MARGIN
+                since = time.monotonic()
+            result = _read_result(self.shared / "up.json")
+            if result is not None:
                 if result.get("ok"):
-                    return
-                raise LabError(f"the lab failed inside the VM: {result.get('error')}")
-            if proc.poll() is not None:
-                raise LabError(
-                    f"the VM exited ({proc.returncode}) before the lab came up; agent log:\n"
-                    + _tail(self.shared / "agent.log")
-                    + "\nconsole:\n"
-                    + _tail(self.shared / "console.log")
+                    return result
+                raise StepFailed(
+                    str(result.get("step") or step),
+                    f"(inside the VM) {result.get('error')}",
+                    str(result.get("logs") or "") or self.logs(),
                 )
-            time.sleep(1.0)
-        raise LabError(f"the lab did not come up in the VM within {BOOT_TIMEOUT:.0f} s")
+            if proc.poll() is not None:
+                raise StepFailed(
+                    step,
+                    f"the VM exited ({proc.returncode}) before the lab came up",
+                    self.logs(),
+                )
+            if seen == 0:
+                if boot.expired():
+                    raise boot.fail("the VM did not start the lab agent", self.logs())
+            elif time.monotonic() - since > patience:
+                raise StepFailed(
+                    step,
+                    f"the lab agent in the VM went silent for {patience:.0f} s",
+                    self.logs(),
+                )
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        return (
+            "--- lab agent log (last 40 lines) ---\n"
+            + _tail(self.shared / "agent.log")
+            + "\n--- VM console (last 40 lines) ---\n"
+            + _tail(self.shared / "console.log")
+        )
 
     # ------------------------------------------------------------------ commands
 
-    def request(self, cmd: str, timeout: float = 60.0) -> dict[str, Any]:
+    def request(
+        self,
+        cmd: str,
+        reference_seconds: float = ANSWER_REFERENCE,
+        progress: Callable[[str], None] = _stderr,
+    ) -> dict[str, Any]:
+        """One request to the agent. A refused or reset connection, or an empty answer
+        (qemu accepted on the host but nothing listens in the guest yet), is retried
+        until a deadline scaled by the VM's slowness; the first retry says so."""
         state = self.load_state()
         if state is None:
             raise LabError("no lab is up")
-        if not _alive(state["vm_pid"]):
-            raise LabError("the lab's VM is not running (run `gateway lab down` to clean up)")
-        try:
-            with socket.create_connection(("127.0.0.1", state["lab_port"]), timeout=timeout) as s:
-                s.sendall(json.dumps({"token": state["token"], "cmd": cmd}).encode() + b"\n")
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-        except OSError as exc:
-            raise LabError(f"cannot reach the lab agent in the VM: {exc}") from None
+        port = state["lab_port"]
+        deadline = self.vm_pace(state).deadline(f"agent {cmd}", reference_seconds)
+        told = False
+        while True:
+            if not alive(state["vm_pid"]):
+                raise LabError(
+                    "the lab's VM is not running (run `gateway lab down` to clean up); "
+                    + self.logs()
+                )
+            try:
+                data = _ask(port, {"token": state["token"], "cmd": cmd}, deadline.remaining())
+            except RETRIED as exc:
+                why = exc.strerror or type(exc).__name__
+            except TimeoutError:
+                raise LabError(
+                    f"the lab agent in the VM accepted {cmd!r} on 127.0.0.1:{port} but did "
+                    f"not answer within {deadline.budget:.0f} s\n" + self.logs()
+                ) from None
+            except OSError as exc:
+                raise LabError(f"cannot reach the lab agent in the VM: {exc}") from None
+            else:
+                if data:
+                    break
+                why = "the connection closed without an answer"
+            if deadline.expired():
+                raise LabError(
+                    f"the lab agent in the VM did not answer {cmd!r} on 127.0.0.1:{port} "
+                    f"within {deadline.budget:.0f} s (last: {why})\n" + self.logs()
+                )
+            if not told:
+                progress(
+                    f"lab: waiting for the lab agent in the VM to answer on 127.0.0.1:{port} "
+                    f"({why}); up to {deadline.remaining():.0f} s more"
+                )
+                told = True
+            time.sleep(0.5)
         try:
             reply: dict[str, Any] = json.loads(data)
         except ValueError:
-            raise LabError("the lab agent in the VM gave no answer") from None
+            raise LabError(f"the lab agent in the VM answered garbage: {data[:200]!r}") from None
         if not reply.get("ok"):
             raise LabError(f"lab agent: {reply.get('error')}")
         result: dict[str, Any] = reply["result"]
@@ -225,6 +355,7 @@ class VmLab:
         result["vm"] = {
             "pid": state["vm_pid"],
             "kernel": state["kernel"],
+            "slowness": state.get("factor"),
             "control": f"127.0.0.1:{state['control_port']} (token in {self.state_file})",
         }
         return result
@@ -234,17 +365,16 @@ class VmLab:
         done: list[str] = []
         if state is not None:
             pid = state["vm_pid"]
-            if _alive(pid):
+            serving = (_read_result(self.shared / "up.json") or {}).get("ok")
+            # an agent that never reported up (or failed) serves nothing: no request then
+            if alive(pid) and serving:
                 try:
-                    self.request("down", timeout=180)
+                    self.request("down", DOWN_REFERENCE)
                     done.append("lab torn down inside the VM")
                 except LabError as exc:
-                    done.append(
-                        f"could not tear down inside the VM ({exc}); agent log:\n"
-                        + _tail(self.shared / "agent.log")
-                    )
-                deadline = time.monotonic() + 60
-                while _alive(pid) and time.monotonic() < deadline:
+                    done.append(f"could not tear down inside the VM ({exc})")
+                poweroff = self.vm_pace(state).deadline("poweroff", POWEROFF_REFERENCE)
+                while alive(pid) and not poweroff.expired():
                     time.sleep(0.5)
             # vng, virtme-run and qemu share the session we started vng in: end the group.
             if _stop_group(pid):
@@ -256,7 +386,7 @@ class VmLab:
 
     def connector(self) -> Any:
         """A TUI connector reaching gw-west's control API through the VM's control port."""
-        from gateway.control import ControlClient
+        from gateway.control.client import ControlClient
         from ui.control_source import ControlSource
 
         state = self.load_state()
@@ -273,10 +403,52 @@ class VmLab:
         return connect
 
 
+def _ask(port: int, request: dict[str, Any], timeout: float) -> bytes:
+    """Send one request line, read one reply line ("" if the peer closed first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=max(timeout, 1.0)) as s:
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The agent's progress records; a line still being written is left for next time."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = {"event": "note", "text": line.strip()}
+        records.append(record if isinstance(record, dict) else {"event": "note"})
+    return records
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        result = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None  # not yet (the agent writes it atomically, but be forgiving)
+    return result if isinstance(result, dict) else {"ok": False, "error": repr(result)}
+
+
 def _stop_group(pgid: int, timeout: float = 10.0) -> bool:
     """End the process group `pgid` (the VM's: vng started in its own session by us)."""
 
     def members() -> bool:
+        # vng is our child when `up` itself cleans up: reap it, or it lingers as a zombie
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -306,28 +478,62 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def run_agent(shared: Path, opts: LabOptions) -> int:
-    """Inside the VM: bring the lab up, report to the host, serve until `down`."""
+    """Inside the VM: measure, bring the lab up, listen, report up, serve until `down`."""
     opts = replace(opts, directory=GUEST_LAB_DIR)
     token = (shared / "token").read_text().strip()
-    progress_file = shared / "progress.log"
+    records = shared / "progress.jsonl"
 
-    def progress(line: str) -> None:
-        with open(progress_file, "a") as f:
-            f.write(line + "\n")
+    def report(record: dict[str, object]) -> None:
+        with open(records, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
-    _setup_nic()
+    pace = Pace.measured(report=report)
+    print(f"agent: slowness {pace.factor:.1f} at {time.time():.1f}", flush=True)
     lab = Lab(opts)
     try:
-        # Under software emulation bcc's compile of the XDP/TC programs alone can take a
-        # few minutes before gw-west even starts IKE.
-        lab.up(progress=progress, timeout=900 if opts.xdp else 300)
-    except Exception as exc:  # report any failure to the host, then power off
-        (shared / "up.json").write_text(json.dumps({"ok": False, "error": str(exc)}))
+        with pace.step("network", "bringing up the VM's NIC for the lab ports", 2.0):
+            _setup_nic()
+        lab.up(pace)
+    except StepFailed as exc:  # the host shows it; then the VM powers off
+        _fail(shared, exc)
         return 1
-    (shared / "up.json").write_text(json.dumps({"ok": True}))
-    asyncio.run(_serve(lab, token, opts))
+    except Exception as exc:  # noqa: BLE001 - anything else the host must see, named
+        _fail(shared, StepFailed("agent", f"{type(exc).__name__}: {exc}"))
+        return 1
+
+    pace.report(
+        {
+            "step": "listen",
+            "event": "start",
+            "text": "opening the lab's ports to the host",
+            "budget": round(pace.budget(2.0)),
+        }
+    )
+
+    def listening() -> None:
+        pace.report({"step": "listen", "event": "done"})
+        _write_result(shared, {"ok": True, "factor": round(pace.factor, 2)})
+
+    try:
+        asyncio.run(_serve(lab, token, opts, listening))
+    except StepFailed as exc:
+        _fail(shared, exc)
+        lab.down(quiet=True)
+        return 1
     print(f"agent: exiting at {time.time():.1f}", flush=True)
     return 0
+
+
+def _fail(shared: Path, exc: StepFailed) -> None:
+    print(f"agent: {exc}", flush=True)
+    _write_result(shared, {"ok": False, "step": exc.step, "error": exc.reason, "logs": exc.logs})
+
+
+def _write_result(shared: Path, result: dict[str, Any]) -> None:
+    """up.json, atomically: the host never reads half of it."""
+    tmp = shared / "up.json.tmp"
+    tmp.write_text(json.dumps(result))
+    tmp.replace(shared / "up.json")
 
 
 def _setup_nic() -> None:
@@ -339,12 +545,13 @@ def _setup_nic() -> None:
     raise LabError("the VM has no network interface for the lab ports")
 
 
-async def _serve(lab: Lab, token: str, opts: LabOptions) -> None:
+async def _serve(lab: Lab, token: str, opts: LabOptions, listening: Callable[[], None]) -> None:
+    """Serve the lab and control ports; call `listening` once both accept connections."""
     stop = asyncio.Event()
 
     async def lab_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
+            line = await asyncio.wait_for(reader.readline(), 30)
             req = json.loads(line)
             if not isinstance(req, dict) or not secrets.compare_digest(
                 str(req.get("token", "")), token
@@ -371,7 +578,7 @@ async def _serve(lab: Lab, token: str, opts: LabOptions) -> None:
 
     async def control_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            first = await asyncio.wait_for(reader.readline(), 10)
+            first = await asyncio.wait_for(reader.readline(), 30)
         except (TimeoutError, ValueError):
             writer.close()
             return
@@ -393,8 +600,12 @@ async def _serve(lab: Lab, token: str, opts: LabOptions) -> None:
 
         await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
 
-    s1 = await asyncio.start_server(lab_request, GUEST_ADDR, GUEST_LAB_PORT)
-    s2 = await asyncio.start_server(control_pipe, GUEST_ADDR, GUEST_CONTROL_PORT)
+    try:
+        s1 = await asyncio.start_server(lab_request, GUEST_ADDR, GUEST_LAB_PORT)
+        s2 = await asyncio.start_server(control_pipe, GUEST_ADDR, GUEST_CONTROL_PORT)
+    except OSError as exc:
+        raise StepFailed("listen", f"cannot listen on {GUEST_ADDR}: {exc}") from None
+    listening()  # only now: a request from the host can no longer meet a closed port
     await stop.wait()
     await asyncio.sleep(0.2)  # let the `down` reply reach the host
     s1.close()

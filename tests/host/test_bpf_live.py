@@ -3,7 +3,7 @@
     L (LAN host) eth0 10.9.1.2 ── lan0 10.9.1.1  G (gateway)  wan0 192.0.2.1 ── eth0 192.0.2.2 R
 
 The programs are attached in G: xdp_wan + tc_wan_egress on wan0, tc_lan_ingress on lan0.
-Attachments are removed by the Dataplane context manager (checked by several tests) and
+Attachments are removed by the AttachedPrograms context manager (checked by several tests) and
 in any case by the namespaces' removal in the fixture's teardown.
 """
 
@@ -28,9 +28,9 @@ import pytest
 from bpf import packets as pk
 from bpf.links import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
 from bpf.loader import (
+    AttachedPrograms,
     AttachMethod,
-    Dataplane,
-    DataplaneError,
+    BpfError,
     IkeShield,
     Programs,
     in_netns,
@@ -125,10 +125,10 @@ def programs() -> Iterator[Programs]:
 
 
 @pytest.fixture
-def dataplane(topo: Topology, programs: Programs) -> Iterator[Dataplane]:
+def dataplane(topo: Topology, programs: Programs) -> Iterator[AttachedPrograms]:
     programs.reset_verdicts()
     programs.reset_ike_buckets()
-    with Dataplane(
+    with AttachedPrograms(
         "wan0",
         "lan0",
         netns=topo.gw.name,
@@ -152,7 +152,7 @@ def dataplane(topo: Topology, programs: Programs) -> Iterator[Dataplane]:
     assert_clean(topo)
 
 
-def rows_of(dp: Dataplane) -> dict[tuple[str, str, str], int]:
+def rows_of(dp: AttachedPrograms) -> dict[tuple[str, str, str], int]:
     return {(v.interface, v.action, v.reason): v.packets for v in dp.verdicts()}
 
 
@@ -211,7 +211,7 @@ def tcp_exchange(topo: Topology, payload: bytes) -> tuple[int, int, bytes]:
 
 @pytest.mark.parametrize("offload", [True, False], ids=["csum-offload", "full-csum"])
 def test_tcp_through_the_lan_program_gets_the_clamped_mss(
-    topo: Topology, dataplane: Dataplane, offload: bool
+    topo: Topology, dataplane: AttachedPrograms, offload: bool
 ) -> None:
     if not offload:
         # Full checksums on the wire, and R checks them in software: a wrong checksum
@@ -233,7 +233,7 @@ def test_tcp_through_the_lan_program_gets_the_clamped_mss(
     assert c.clear_to_tunnel_packets > 1 and c.clear_from_tunnel_packets > 1
 
 
-def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -> None:
+def test_counters_match_the_packets_sent(topo: Topology, dataplane: AttachedPrograms) -> None:
     dataplane.add_inbound_spi(SLOT, SPI)
     dataplane.add_outbound_spi(SLOT, OUT_SPI)
     dataplane.set_clamp_prefix("192.0.2.2/32", SLOT, 1400)
@@ -273,7 +273,9 @@ def test_counters_match_the_packets_sent(topo: Topology, dataplane: Dataplane) -
     assert rows[("lan0", "pass", "tunnel")] == 9
 
 
-def test_ike_sa_init_flood_is_cut_before_the_socket(topo: Topology, dataplane: Dataplane) -> None:
+def test_ike_sa_init_flood_is_cut_before_the_socket(
+    topo: Topology, dataplane: AttachedPrograms
+) -> None:
     with in_netns(topo.gw.name):
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with in_netns(topo.remote.name):
@@ -301,7 +303,7 @@ def test_everything_detached_when_the_body_raises(
     topo: Topology, programs: Programs, method: AttachMethod
 ) -> None:
     with pytest.raises(RuntimeError, match="boom"):
-        with Dataplane("wan0", "lan0", netns=topo.gw.name, programs=programs, attach=method):
+        with AttachedPrograms("wan0", "lan0", netns=topo.gw.name, programs=programs, attach=method):
             lan = attachments(topo.gw, "lan0")
             if method == "link":
                 assert lan == CLEAN | {"tcx": 2}
@@ -323,12 +325,12 @@ def test_everything_detached_when_the_body_raises(
 def test_an_existing_xdp_program_is_never_replaced(
     topo: Topology, programs: Programs, first_method: AttachMethod, second_method: AttachMethod
 ) -> None:
-    with Dataplane(
+    with AttachedPrograms(
         "wan0", None, netns=topo.gw.name, xdp_mode="native", attach=first_method, programs=programs
     ) as first:
         before = attachments(topo.gw, "wan0")
-        with pytest.raises(DataplaneError, match="attaching XDP to wan0"):
-            with Dataplane(
+        with pytest.raises(BpfError, match="attaching XDP to wan0"):
+            with AttachedPrograms(
                 "wan0", None, netns=topo.gw.name, programs=programs, attach=second_method
             ):
                 pass
@@ -340,11 +342,11 @@ def test_an_existing_xdp_program_is_never_replaced(
 def test_missing_interface_is_a_clear_error_and_leaves_nothing(
     topo: Topology, programs: Programs
 ) -> None:
-    with pytest.raises(DataplaneError, match="'nope0' does not exist"):
-        Dataplane("wan0", "nope0", netns=topo.gw.name, programs=programs).open()
+    with pytest.raises(BpfError, match="'nope0' does not exist"):
+        AttachedPrograms("wan0", "nope0", netns=topo.gw.name, programs=programs).open()
     assert_clean(topo)
-    with pytest.raises(DataplaneError, match="namespace"):
-        Dataplane("wan0", netns="no-such-netns-here", programs=programs).open()
+    with pytest.raises(BpfError, match="namespace"):
+        AttachedPrograms("wan0", netns="no-such-netns-here", programs=programs).open()
 
 
 @needs_tcx
@@ -367,8 +369,8 @@ def start_attached(topo: Topology, method: AttachMethod = "auto") -> subprocess.
     """A separate Python process that attaches everything in G and waits."""
     script = (
         "import sys, time\n"
-        "from bpf.loader import Dataplane\n"
-        f"with Dataplane('wan0', 'lan0', netns={topo.gw.name!r}, attach={method!r}):\n"
+        "from bpf.loader import AttachedPrograms\n"
+        f"with AttachedPrograms('wan0', 'lan0', netns={topo.gw.name!r}, attach={method!r}):\n"
         "    print('ready', flush=True)\n"
         "    time.sleep(60)\n"
     )
@@ -425,7 +427,9 @@ def ip_in_unknown_protos(ns: netns_mod.Netns) -> int:
 
 def test_steered_esp_reaches_the_stack_on_another_cpu(topo: Topology, programs: Programs) -> None:
     programs.reset_verdicts()
-    with Dataplane("wan0", None, netns=topo.gw.name, steer_cpus=[0, 1], programs=programs) as dp:
+    with AttachedPrograms(
+        "wan0", None, netns=topo.gw.name, steer_cpus=[0, 1], programs=programs
+    ) as dp:
         try:
             dp.add_inbound_spi(SLOT, SPI)
             before = ip_in_unknown_protos(topo.gw)
@@ -456,18 +460,18 @@ def _wait(cond: Callable[[], bool], timeout: float = 5) -> None:
 
 def test_close_after_the_namespace_is_gone(topo: Topology, programs: Programs) -> None:
     """Teardown order must not matter: links are closed, nothing raises."""
-    dp = Dataplane("wan0", "lan0", netns=topo.gw.name, programs=programs)
+    dp = AttachedPrograms("wan0", "lan0", netns=topo.gw.name, programs=programs)
     dp.open()
     assert len(dp.attachments()) == 4
     topo.gw.close()  # the fixture's own close later is a no-op
     dp.close()
     assert dp.attachments() == []
-    with pytest.raises(DataplaneError, match="not open"):
+    with pytest.raises(BpfError, match="not open"):
         dp.slot_counters(0)
 
 
 def test_open_twice_is_refused(topo: Topology, programs: Programs) -> None:
-    with Dataplane(None, "lan0", netns=topo.gw.name, programs=programs) as dp:
-        with pytest.raises(DataplaneError, match="already open"):
+    with AttachedPrograms(None, "lan0", netns=topo.gw.name, programs=programs) as dp:
+        with pytest.raises(BpfError, match="already open"):
             dp.open()
     assert_clean(topo)

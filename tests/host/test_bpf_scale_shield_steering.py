@@ -24,13 +24,13 @@ from bpf import packets as pk
 from bpf.abi import Reason, XdpAction
 from bpf.loader import (
     TC_INGRESS,
-    Dataplane,
-    DataplaneError,
+    AttachedPrograms,
+    BpfError,
     IkeShield,
     Programs,
     SlotCounters,
     _attach_tc,
-    _bcc,
+    import_bcc,
     _detach_tc,
     in_netns,
     preallocated_bytes,
@@ -57,10 +57,10 @@ def programs() -> Iterator[Programs]:
         progs.close()
 
 
-def open_dp(programs: Programs, **kwargs: object) -> Dataplane:
+def open_dp(programs: Programs, **kwargs: object) -> AttachedPrograms:
     programs.reset_verdicts()
     programs.reset_ike_buckets()
-    dp = Dataplane(None, None, programs=programs, hash_seed=SEED, **kwargs)  # type: ignore[arg-type]
+    dp = AttachedPrograms(None, None, programs=programs, hash_seed=SEED, **kwargs)  # type: ignore[arg-type]
     dp.open()
     return dp
 
@@ -159,9 +159,9 @@ def test_global_budget_holds_across_cpus(programs: Programs) -> None:
 
 
 def test_shield_arguments_are_checked() -> None:
-    with pytest.raises(DataplaneError, match="per-source rate or a budget"):
+    with pytest.raises(BpfError, match="per-source rate or a budget"):
         IkeShield(rate=None)
-    with pytest.raises(DataplaneError, match="budget limit needs rate > 0"):
+    with pytest.raises(BpfError, match="budget limit needs rate > 0"):
         IkeShield(rate=1, burst=1, budget_rate=0, budget_burst=1)
 
 
@@ -202,7 +202,7 @@ def test_steering_spreads_slots_pins_and_counts_per_cpu(programs: Programs) -> N
         # pin one slot; then a new set spreads again, keeping pins that are still in it
         dp.set_slot_cpu(3, 1)
         assert dp.slot_cpu(3) == 1
-        with pytest.raises(DataplaneError, match="not in the steering set"):
+        with pytest.raises(BpfError, match="not in the steering set"):
             dp.set_slot_cpu(3, 5)
         dp.update_settings(steer_cpus=[0])
         assert {dp.slot_cpu(s) for s in spis} == {0}
@@ -211,7 +211,7 @@ def test_steering_spreads_slots_pins_and_counts_per_cpu(programs: Programs) -> N
         # off: ESP passes on the CPU it arrived on
         dp.update_settings(steer_cpus=())
         assert run(programs, pk.esp4(spis[1])) == PASS and dp.slot_cpu(1) is None
-        with pytest.raises(DataplaneError, match="does not exist"):
+        with pytest.raises(BpfError, match="does not exist"):
             dp.update_settings(steer_cpus=[programs.ncpus + 3])
         dp.release_slot(4)
         assert dp.slot_cpu(4) is None
@@ -261,7 +261,7 @@ def test_slot_space_of_2_to_the_20() -> None:
     try:
         assert progs.sizes["slot_table"] == 1 << 20
         assert progs.sizes["MAX_OUT_SPIS"] == 1 << 21
-        dp = Dataplane(None, None, programs=progs, slot_bits=20)
+        dp = AttachedPrograms(None, None, programs=progs, slot_bits=20)
         dp.open()
         try:
             top = (1 << 20) - 1
@@ -275,14 +275,14 @@ def test_slot_space_of_2_to_the_20() -> None:
             table = dp.slot_counters_bulk()  # reads all 2^20 slots up to the top one
             elapsed = time.perf_counter() - started
             assert len(table) == 1 << 20 and table[top].esp_in_packets == 1 and elapsed < 30
-            with pytest.raises(DataplaneError, match="outside"):
+            with pytest.raises(BpfError, match="outside"):
                 dp.add_inbound_spi(1 << 20, 0x1234_5678)
         finally:
             dp.clear()
             dp.close()
     finally:
         progs.close()
-    with pytest.raises(DataplaneError, match="slot_bits must be 1..20"):
+    with pytest.raises(BpfError, match="slot_bits must be 1..20"):
         Programs(slot_bits=21)
     # 2^20 slots x 64 bytes x CPUs: the figure docs/bpf.md gives for memory planning
     assert preallocated_bytes(20, 4) > 256 << 20
@@ -305,7 +305,7 @@ def test_limits_are_clear_errors() -> None:
         keys = (ctypes.c_uint32 * limit)(*range(0x10000, 0x10000 + limit))
         values = (ctypes.c_uint32 * limit)()
         update_batch(programs.map_fd("out_spi"), keys, values, limit)
-        with pytest.raises(DataplaneError, match=f"map out_spi is full \\({limit} entries\\)"):
+        with pytest.raises(BpfError, match=f"map out_spi is full \\({limit} entries\\)"):
             dp.add_outbound_spi(1, 0xFFFF_FFF0)
     finally:
         dp.close()
@@ -328,7 +328,7 @@ def test_steered_esp_is_processed_on_its_slots_cpu(
     netns_mod.veth(gw, "wan0", remote, "eth0")
     gw.ip("addr", "add", "192.0.2.1/24", "dev", "wan0")
     remote.ip("addr", "add", "192.0.2.2/24", "dev", "eth0")
-    bcc = _bcc()
+    bcc = import_bcc()
     probe = bcc.BPF(src_file=str(PROBE).encode())
     fn = probe.load_func(b"tc_esp_cpu", bcc.BPF.SCHED_CLS)
     programs.reset_verdicts()
@@ -336,7 +336,7 @@ def test_steered_esp_is_processed_on_its_slots_cpu(
         attached = _attach_tc(fn.fd, "tc_esp_cpu", "wan0", TC_INGRESS, "auto")
     a, b = cpus[0], cpus[1]
     try:
-        with Dataplane("wan0", None, netns=gw.name, steer_cpus=[a, b], programs=programs) as dp:
+        with AttachedPrograms("wan0", None, netns=gw.name, steer_cpus=[a, b], programs=programs) as dp:
             try:
                 spi_a, spi_b = make_inbound_spi(10), make_inbound_spi(11)
                 dp.add_inbound_spi(10, spi_a)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bpf import abi
 from bpf import packets as pk
 from bpf.abi import Reason, TcAction, XdpAction
-from bpf.loader import Dataplane, DataplaneError, IkeShield, Programs, SlotCounters
+from bpf.loader import AttachedPrograms, BpfError, IkeShield, Programs, SlotCounters
 from bpf.spi import make_inbound_spi
 from bpf.testrun import TestRunError, prog_test_run
 
@@ -41,17 +41,17 @@ def programs() -> Iterator[Programs]:
 HASH_SEED = 0x5EED  # per-source IKE buckets: none of this file's sources share one
 
 
-def make_dp(programs: Programs, **kwargs: object) -> Dataplane:
+def make_dp(programs: Programs, **kwargs: object) -> AttachedPrograms:
     programs.reset_verdicts()
     programs.reset_ike_buckets()
     kwargs.setdefault("hash_seed", HASH_SEED)
-    dp = Dataplane(None, None, programs=programs, **kwargs)  # type: ignore[arg-type]
+    dp = AttachedPrograms(None, None, programs=programs, **kwargs)  # type: ignore[arg-type]
     dp.open()
     return dp
 
 
 @pytest.fixture
-def dp(programs: Programs) -> Iterator[Dataplane]:
+def dp(programs: Programs) -> Iterator[AttachedPrograms]:
     d = make_dp(programs)
     try:
         yield d
@@ -83,19 +83,19 @@ def tc(programs: Programs, prog: str, frame: bytes, reason: Reason, action: XdpA
 # --------------------------------------------------------------------------- WAN: L2/L3
 
 
-def test_non_ip_passes(programs: Programs, dp: Dataplane) -> None:
+def test_non_ip_passes(programs: Programs, dp: AttachedPrograms) -> None:
     from scapy.layers.l2 import ARP
 
     arp = bytes(pk.ETH.copy() / ARP(psrc="192.0.2.1", pdst="192.0.2.2"))
     xdp(programs, arp, Reason.WAN_NON_IP, PASS)
 
 
-def test_truncated_vlan_tag_is_dropped(programs: Programs, dp: Dataplane) -> None:
+def test_truncated_vlan_tag_is_dropped(programs: Programs, dp: AttachedPrograms) -> None:
     frame = pk.esp4(SPI)
     xdp(programs, frame[:12] + b"\x81\x00" + b"\x00", Reason.WAN_MALFORMED_L2, DROP)
 
 
-def test_three_vlan_tags_are_not_parsed(programs: Programs, dp: Dataplane) -> None:
+def test_three_vlan_tags_are_not_parsed(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     xdp(programs, pk.frame(pk.ip4(b"", proto=50), vlans=3), Reason.WAN_OTHER, PASS)
 
@@ -110,24 +110,24 @@ def test_three_vlan_tags_are_not_parsed(programs: Programs, dp: Dataplane) -> No
         pytest.param(lambda f: f[:16] + struct.pack("!H", 12) + f[18:], id="tot-len-below-ihl"),
     ],
 )
-def test_malformed_ipv4_is_dropped(programs: Programs, dp: Dataplane, mangle) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_ipv4_is_dropped(programs: Programs, dp: AttachedPrograms, mangle) -> None:  # type: ignore[no-untyped-def]
     dp.add_inbound_spi(SLOT, SPI)
     xdp(programs, mangle(pk.esp4(SPI)), Reason.WAN_MALFORMED_IP, DROP)
     assert dp.slot_counters(SLOT) == SlotCounters()
 
 
-def test_truncated_ipv6_header_is_dropped(programs: Programs, dp: Dataplane) -> None:
+def test_truncated_ipv6_header_is_dropped(programs: Programs, dp: AttachedPrograms) -> None:
     xdp(programs, pk.esp6(SPI)[: 14 + 30], Reason.WAN_MALFORMED_IP, DROP)
 
 
-def test_ipv4_non_first_fragment_passes_uncounted(programs: Programs, dp: Dataplane) -> None:
+def test_ipv4_non_first_fragment_passes_uncounted(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     frame = pk.frame(pk.ip4(pk.esp_payload(SPI), proto=50, frag=100))
     xdp(programs, frame, Reason.WAN_FRAGMENT, PASS)
     assert dp.slot_counters(SLOT).esp_in_packets == 0
 
 
-def test_ipv4_first_fragment_esp_is_counted(programs: Programs, dp: Dataplane) -> None:
+def test_ipv4_first_fragment_esp_is_counted(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     frame = pk.frame(pk.ip4(pk.esp_payload(SPI), proto=50, flags="MF"))
     xdp(programs, frame, Reason.WAN_ESP, PASS)
@@ -142,14 +142,14 @@ def test_ipv4_first_fragment_esp_is_counted(programs: Programs, dp: Dataplane) -
         pytest.param(pk.frame(pk.ip6(pk.UDP(dport=4501) / b"x")), id="udp6-4501"),
     ],
 )
-def test_other_traffic_passes(programs: Programs, dp: Dataplane, frame: bytes) -> None:
+def test_other_traffic_passes(programs: Programs, dp: AttachedPrograms, frame: bytes) -> None:
     xdp(programs, frame, Reason.WAN_OTHER, PASS)
 
 
 # --------------------------------------------------------------------------- WAN: ESP
 
 
-def test_esp_known_spi_is_counted_in_its_slot(programs: Programs, dp: Dataplane) -> None:
+def test_esp_known_spi_is_counted_in_its_slot(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     frame = pk.esp4(SPI, size=1400)
     xdp(programs, frame, Reason.WAN_ESP, PASS)
@@ -158,14 +158,14 @@ def test_esp_known_spi_is_counted_in_its_slot(programs: Programs, dp: Dataplane)
 
 
 @pytest.mark.parametrize("vlans", [0, 1, 2])
-def test_esp_behind_vlan_tags(programs: Programs, dp: Dataplane, vlans: int) -> None:
+def test_esp_behind_vlan_tags(programs: Programs, dp: AttachedPrograms, vlans: int) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     frame = pk.frame(pk.ip4(pk.esp_payload(SPI), proto=50), vlans=vlans)
     xdp(programs, frame, Reason.WAN_ESP, PASS)
     assert dp.slot_counters(SLOT).esp_in_bytes == len(frame) - 14 - 4 * vlans
 
 
-def test_esp_after_ipv4_options(programs: Programs, dp: Dataplane) -> None:
+def test_esp_after_ipv4_options(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     # 12 bytes of options: ihl = 8 (NOP padding around a Router Alert, RFC 2113).
     opts = b"\x94\x04\x00\x00" + b"\x01" * 8
@@ -175,7 +175,7 @@ def test_esp_after_ipv4_options(programs: Programs, dp: Dataplane) -> None:
     assert dp.slot_counters(SLOT).esp_in_bytes == len(frame) - 14
 
 
-def test_esp_over_ipv6_with_extension_headers(programs: Programs, dp: Dataplane) -> None:
+def test_esp_over_ipv6_with_extension_headers(programs: Programs, dp: AttachedPrograms) -> None:
     from scapy.layers.inet6 import (
         IPv6ExtHdrDestOpt,
         IPv6ExtHdrFragment,
@@ -199,7 +199,7 @@ def test_esp_over_ipv6_with_extension_headers(programs: Programs, dp: Dataplane)
     assert dp.slot_counters(SLOT).esp_in_packets == 2
 
 
-def test_ipv6_extension_header_chains(programs: Programs, dp: Dataplane) -> None:
+def test_ipv6_extension_header_chains(programs: Programs, dp: AttachedPrograms) -> None:
     from scapy.layers.inet6 import IPv6ExtHdrDestOpt
 
     dp.add_inbound_spi(SLOT, SPI)
@@ -212,12 +212,14 @@ def test_ipv6_extension_header_chains(programs: Programs, dp: Dataplane) -> None
     xdp(programs, cut, Reason.WAN_MALFORMED_IP, DROP)
 
 
-def test_truncated_esp_header_is_dropped(programs: Programs, dp: Dataplane) -> None:
+def test_truncated_esp_header_is_dropped(programs: Programs, dp: AttachedPrograms) -> None:
     frame = pk.frame(pk.ip4(pk.Raw(struct.pack("!I", SPI)), proto=50))
     xdp(programs, frame, Reason.WAN_ESP_MALFORMED, DROP)
 
 
-def test_unknown_spi_passes_or_drops_as_configured(programs: Programs, dp: Dataplane) -> None:
+def test_unknown_spi_passes_or_drops_as_configured(
+    programs: Programs, dp: AttachedPrograms
+) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     other_high = (0x4321 << 16) | SLOT  # right slot, wrong SPI
     xdp(programs, pk.esp4(other_high), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
@@ -228,7 +230,7 @@ def test_unknown_spi_passes_or_drops_as_configured(programs: Programs, dp: Datap
     assert dp.slot_counters(SLOT).esp_in_packets == 1
 
 
-def test_rekey_keeps_both_spis_in_one_slot(programs: Programs, dp: Dataplane) -> None:
+def test_rekey_keeps_both_spis_in_one_slot(programs: Programs, dp: AttachedPrograms) -> None:
     old = make_inbound_spi(SLOT)
     new = make_inbound_spi(SLOT, avoid=[old])
     dp.add_inbound_spi(SLOT, old)
@@ -238,11 +240,11 @@ def test_rekey_keeps_both_spis_in_one_slot(programs: Programs, dp: Dataplane) ->
     dp.remove_inbound_spi(old)
     xdp(programs, pk.esp4(old), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
     assert dp.slot_counters(SLOT).esp_in_packets == 2
-    with pytest.raises(DataplaneError):
+    with pytest.raises(BpfError):
         dp.remove_inbound_spi(old)
 
 
-def test_foreign_spi_uses_the_fallback_map(programs: Programs, dp: Dataplane) -> None:
+def test_foreign_spi_uses_the_fallback_map(programs: Programs, dp: AttachedPrograms) -> None:
     foreign = 0xC0FFEE01  # low bits name slot 0xEE01, not ours: goes to the hash map
     assert not programs.get_config().flags & abi.CFG_IN_FALLBACK  # hash skipped while empty
     dp.add_inbound_spi(SLOT, foreign)
@@ -256,19 +258,19 @@ def test_foreign_spi_uses_the_fallback_map(programs: Programs, dp: Dataplane) ->
     xdp(programs, pk.esp4(foreign), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
 
 
-def test_bad_spi_and_slot_arguments_are_refused(dp: Dataplane) -> None:
-    with pytest.raises(DataplaneError, match="reserved"):
+def test_bad_spi_and_slot_arguments_are_refused(dp: AttachedPrograms) -> None:
+    with pytest.raises(BpfError, match="reserved"):
         dp.add_inbound_spi(SLOT, 200)
-    with pytest.raises(DataplaneError, match="slot"):
+    with pytest.raises(BpfError, match="slot"):
         dp.add_inbound_spi(1 << 16, SPI)
-    with pytest.raises(DataplaneError, match="not registered"):
+    with pytest.raises(BpfError, match="not registered"):
         dp.remove_outbound_spi(SPI)
 
 
 # --------------------------------------------------------------------------- WAN: UDP 4500/500
 
 
-def test_esp_in_udp(programs: Programs, dp: Dataplane) -> None:
+def test_esp_in_udp(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     frame = pk.natt4(SPI, sport=31337)
     xdp(programs, frame, Reason.WAN_ESP, PASS)
@@ -276,7 +278,7 @@ def test_esp_in_udp(programs: Programs, dp: Dataplane) -> None:
     xdp(programs, pk.natt4(SPI + (1 << 16)), Reason.WAN_ESP_UNKNOWN_SPI, PASS)
 
 
-def test_natt_keepalive_and_short_payloads(programs: Programs, dp: Dataplane) -> None:
+def test_natt_keepalive_and_short_payloads(programs: Programs, dp: AttachedPrograms) -> None:
     udp = pk.UDP(sport=4500, dport=4500)
     xdp(programs, pk.frame(pk.ip4(udp / b"\xff")), Reason.WAN_NATT_KEEPALIVE, PASS)
     xdp(programs, pk.frame(pk.ip4(udp / b"\x00")), Reason.WAN_ESP_MALFORMED, DROP)
@@ -284,7 +286,7 @@ def test_natt_keepalive_and_short_payloads(programs: Programs, dp: Dataplane) ->
     xdp(programs, pk.frame(pk.ip4(udp / b"\x01\x02\x03\x04\x05")), Reason.WAN_ESP_MALFORMED, DROP)
 
 
-def test_malformed_udp_header(programs: Programs, dp: Dataplane) -> None:
+def test_malformed_udp_header(programs: Programs, dp: AttachedPrograms) -> None:
     frame = pk.natt4(SPI)
     # UDP length field larger than the IP payload.
     bad_len = frame[: 14 + 20 + 4] + struct.pack("!H", 1000) + frame[14 + 20 + 6 :]
@@ -296,7 +298,7 @@ def test_malformed_udp_header(programs: Programs, dp: Dataplane) -> None:
     xdp(programs, cut, Reason.WAN_MALFORMED_IP, DROP)
 
 
-def test_ike_on_500_and_behind_the_non_esp_marker(programs: Programs, dp: Dataplane) -> None:
+def test_ike_on_500_and_behind_the_non_esp_marker(programs: Programs, dp: AttachedPrograms) -> None:
     init = pk.ike_header(pk.IKE_SA_INIT, body=b"\x00" * 40)
     xdp(programs, pk.ike4(init), Reason.WAN_IKE, PASS)
     xdp(programs, pk.ike4(init, port=4500), Reason.WAN_IKE, PASS)
@@ -380,7 +382,7 @@ def test_steering_redirects_known_esp_but_never_offloaded(
         nic.close()
 
 
-def test_steering_is_off_by_default(programs: Programs, dp: Dataplane) -> None:
+def test_steering_is_off_by_default(programs: Programs, dp: AttachedPrograms) -> None:
     dp.add_inbound_spi(SLOT, SPI)
     xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, PASS)
 
@@ -388,7 +390,7 @@ def test_steering_is_off_by_default(programs: Programs, dp: Dataplane) -> None:
 # --------------------------------------------------------------------------- WAN egress (TC)
 
 
-def test_outbound_esp_counted_per_slot(programs: Programs, dp: Dataplane) -> None:
+def test_outbound_esp_counted_per_slot(programs: Programs, dp: AttachedPrograms) -> None:
     out_spi = 0xA1B2C3D4  # chosen by the peer: any value
     dp.add_outbound_spi(SLOT, out_spi)
     frame = pk.esp4(out_spi, size=500)
@@ -415,7 +417,7 @@ LAN = "tc_lan_ingress"
 
 
 @pytest.fixture
-def lan(dp: Dataplane) -> Dataplane:
+def lan(dp: AttachedPrograms) -> AttachedPrograms:
     dp.set_clamp_prefix("203.0.113.0/24", SLOT, 1400)  # IPv4 MSS 1360
     dp.set_clamp_prefix("2001:db8:2::/48", SLOT, 1400)  # IPv6 MSS 1340
     return dp
@@ -433,7 +435,7 @@ def clamp(
     return out
 
 
-def test_syn_and_syn_ack_clamped_ipv4(programs: Programs, lan: Dataplane) -> None:
+def test_syn_and_syn_ack_clamped_ipv4(programs: Programs, lan: AttachedPrograms) -> None:
     frame = pk.syn(mss=1460)
     assert pk.tcp_checksum_ok(frame)
     out = clamp(programs, frame, 1360, Reason.LAN_MSS_CLAMPED)
@@ -445,7 +447,7 @@ def test_syn_and_syn_ack_clamped_ipv4(programs: Programs, lan: Dataplane) -> Non
     clamp(programs, pk.syn(mss=65535), 1360, Reason.LAN_MSS_CLAMPED)
 
 
-def test_syn_clamped_ipv6_and_behind_headers(programs: Programs, lan: Dataplane) -> None:
+def test_syn_clamped_ipv6_and_behind_headers(programs: Programs, lan: AttachedPrograms) -> None:
     from scapy.layers.inet6 import IPv6ExtHdrDestOpt
 
     clamp(programs, pk.syn(mss=1440, v6=True), 1340, Reason.LAN_MSS_CLAMPED)
@@ -459,7 +461,9 @@ def test_syn_clamped_ipv6_and_behind_headers(programs: Programs, lan: Dataplane)
     clamp(programs, pk.frame(pk.ip4(tcp4, options=ip_opts)), 1360, Reason.LAN_MSS_CLAMPED)
 
 
-def test_mss_never_raised_and_missing_mss_left_alone(programs: Programs, lan: Dataplane) -> None:
+def test_mss_never_raised_and_missing_mss_left_alone(
+    programs: Programs, lan: AttachedPrograms
+) -> None:
     clamp(programs, pk.syn(mss=1360), 1360, Reason.LAN_MSS_UNCHANGED)
     clamp(programs, pk.syn(mss=536), 536, Reason.LAN_MSS_UNCHANGED)
     clamp(programs, pk.syn(mss=None), None, Reason.LAN_MSS_UNCHANGED)
@@ -469,7 +473,7 @@ def test_mss_never_raised_and_missing_mss_left_alone(programs: Programs, lan: Da
     clamp(programs, after_eol, None, Reason.LAN_MSS_UNCHANGED)
 
 
-def test_mss_found_anywhere_in_the_options(programs: Programs, lan: Dataplane) -> None:
+def test_mss_found_anywhere_in_the_options(programs: Programs, lan: AttachedPrograms) -> None:
     linux_like = [
         ("MSS", 1460),
         ("SAckOK", b""),
@@ -498,7 +502,9 @@ def raw_options(options: bytes) -> bytes:
     return pk.frame(pk.ip4(tcp))
 
 
-def test_odd_offset_and_malformed_options_left_alone(programs: Programs, lan: Dataplane) -> None:
+def test_odd_offset_and_malformed_options_left_alone(
+    programs: Programs, lan: AttachedPrograms
+) -> None:
     odd = pk.syn(options=[("NOP", None), ("MSS", 1460)])
     clamp(programs, odd, 1460, Reason.LAN_MSS_ODD_OFFSET)
     for options in (
@@ -512,7 +518,7 @@ def test_odd_offset_and_malformed_options_left_alone(programs: Programs, lan: Da
         assert tc(programs, LAN, frame, Reason.LAN_MSS_MALFORMED, PASS) == frame
 
 
-def test_lan_counts_per_slot_and_longest_prefix(programs: Programs, lan: Dataplane) -> None:
+def test_lan_counts_per_slot_and_longest_prefix(programs: Programs, lan: AttachedPrograms) -> None:
     lan.set_clamp_prefix("203.0.113.128/25", 9, 1300)
     udp = pk.frame(pk.ip4(pk.UDP(sport=1, dport=2) / b"hello", dst="203.0.113.5"))
     tc(programs, LAN, udp, Reason.LAN_TUNNEL, PASS)
@@ -528,7 +534,9 @@ def test_lan_counts_per_slot_and_longest_prefix(programs: Programs, lan: Datapla
     clamp(programs, pk.syn(dst="203.0.113.200"), 1360, Reason.LAN_MSS_CLAMPED)
 
 
-def test_lan_egress_clamps_what_comes_out_of_the_tunnel(programs: Programs, lan: Dataplane) -> None:
+def test_lan_egress_clamps_what_comes_out_of_the_tunnel(
+    programs: Programs, lan: AttachedPrograms
+) -> None:
     """Traffic from a tunnel prefix to the LAN: looked up by source, counted separately."""
     out = "tc_lan_egress"
     syn_ack = pk.syn(flags="SA", src="203.0.113.9", dst="10.0.0.2")
@@ -552,7 +560,7 @@ def test_lan_egress_clamps_what_comes_out_of_the_tunnel(programs: Programs, lan:
     assert lan.mss_clamped() == {}  # no LAN interface attached in this fixture
 
 
-def test_lan_malformed_and_non_ip(programs: Programs, lan: Dataplane) -> None:
+def test_lan_malformed_and_non_ip(programs: Programs, lan: AttachedPrograms) -> None:
     frame = pk.syn()
     tc(programs, LAN, frame[: 14 + 20 + 10], Reason.LAN_MALFORMED, DROP)  # IP length too big
     # Truncated TCP header that the IP header agrees with.
@@ -592,12 +600,12 @@ def test_fixed_mss_cap_applies_below_the_mtu(programs: Programs) -> None:
         dp.close()
 
 
-def test_prefix_arguments_are_checked(lan: Dataplane) -> None:
-    with pytest.raises(DataplaneError, match="bad prefix"):
+def test_prefix_arguments_are_checked(lan: AttachedPrograms) -> None:
+    with pytest.raises(BpfError, match="bad prefix"):
         lan.set_clamp_prefix("203.0.113.0/33", SLOT, 1400)
-    with pytest.raises(DataplaneError, match="out of range 1280"):
+    with pytest.raises(BpfError, match="out of range 1280"):
         lan.set_clamp_prefix("2001:db8::/32", SLOT, 1200)
-    with pytest.raises(DataplaneError, match="not set"):
+    with pytest.raises(BpfError, match="not set"):
         lan.remove_clamp_prefix("10.0.0.0/8")
 
 
@@ -623,7 +631,7 @@ def test_prefix_arguments_are_checked(lan: Dataplane) -> None:
     flips=st.lists(st.tuples(st.integers(0, 199), st.integers(0, 255)), max_size=4),
 )
 def test_every_packet_ends_in_exactly_one_reason(
-    programs: Programs, lan: Dataplane, base: bytes, cut: int, flips: list[tuple[int, int]]
+    programs: Programs, lan: AttachedPrograms, base: bytes, cut: int, flips: list[tuple[int, int]]
 ) -> None:
     """Fuzz: truncated and bit-flipped frames get a verdict, counted exactly once."""
     lan.add_inbound_spi(SLOT, SPI)
@@ -652,7 +660,7 @@ def test_every_packet_ends_in_exactly_one_reason(
 # --------------------------------------------------------------------------- Child SA API
 
 
-def test_child_sa_install_rekey_and_delete(programs: Programs, dp: Dataplane) -> None:
+def test_child_sa_install_rekey_and_delete(programs: Programs, dp: AttachedPrograms) -> None:
     old_in = make_inbound_spi(SLOT)
     dp.install_child_sa(
         SLOT, spi_in=old_in, spi_out=0x11110001, remote_ts=["203.0.113.0/24"], mtu=1400
@@ -678,9 +686,9 @@ def test_child_sa_install_rekey_and_delete(programs: Programs, dp: Dataplane) ->
     assert dp.slot_counters(SLOT) == SlotCounters()
 
 
-def test_child_sa_install_is_all_or_nothing(programs: Programs, dp: Dataplane) -> None:
+def test_child_sa_install_is_all_or_nothing(programs: Programs, dp: AttachedPrograms) -> None:
     spi_in = make_inbound_spi(SLOT)
-    with pytest.raises(DataplaneError, match="bad prefix"):
+    with pytest.raises(BpfError, match="bad prefix"):
         dp.install_child_sa(
             SLOT,
             spi_in=spi_in,
@@ -693,7 +701,9 @@ def test_child_sa_install_is_all_or_nothing(programs: Programs, dp: Dataplane) -
     tc(programs, LAN, pk.syn(), Reason.LAN_NO_TUNNEL, PASS)
 
 
-def test_first_fragment_of_a_large_ike_message_passes(programs: Programs, dp: Dataplane) -> None:
+def test_first_fragment_of_a_large_ike_message_passes(
+    programs: Programs, dp: AttachedPrograms
+) -> None:
     """IKE_AUTH with certificates is often fragmented: the first fragment carries the
     whole datagram's UDP length, which must not count as malformed."""
     from scapy.layers.inet import fragment
@@ -713,7 +723,9 @@ def test_first_fragment_of_a_large_ike_message_passes(programs: Programs, dp: Da
     xdp(programs, pk.frame(whole6), Reason.WAN_MALFORMED_IP, DROP)
 
 
-def test_excluded_prefix_is_carved_out_of_a_wider_tunnel(programs: Programs, dp: Dataplane) -> None:
+def test_excluded_prefix_is_carved_out_of_a_wider_tunnel(
+    programs: Programs, dp: AttachedPrograms
+) -> None:
     """A 0.0.0.0/0 selector must not swallow the gateway's own LAN (XFRM bypass style)."""
     dp.set_clamp_prefix("0.0.0.0/0", SLOT, 1400)
     dp.exclude_prefix("10.0.0.0/24")

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import PSK, Gateway, ctl, gateway_config, wait_for
+from tests.support.daemon import PSK, Gateway, ctl, gateway_config, wait_for
 
 
 def config(sock: Path, me: str, peer: str, start: bool) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.netns import veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import Gateway, ctl_json, gateway_config, wait_for
+from tests.support.daemon import Gateway, ctl_json, gateway_config, wait_for
+from tests.support.fixtures import NetnsFactory
 
 NFT_MASQUERADE = """
 table ip nat {

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import PSK, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.support.daemon import PSK, Gateway, ctl, ctl_json, gateway_config, wait_for
 
 V4 = {"local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"]}
 V6 = {"local_ts": ["2001:db8:1::/64"], "remote_ts": ["2001:db8:2::/64"]}

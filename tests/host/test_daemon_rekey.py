@@ -5,13 +5,17 @@ handle kept, and the rekey counters and events reported."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.support.daemon import (
+    Gateway,
+    ctl,
+    ctl_json,
+    gateway_config,
+    recorded_events,
+    wait_for,
+)
 
 
 def config(sock: Path, me: str, peer: str, start: bool, child_rekey: str = "1h") -> str:
@@ -63,39 +67,32 @@ def test_rekey_on_demand_and_by_lifetime(netns_pair: tuple[Netns, Netns], tmp_pa
     west = Gateway.start(
         a, tmp_path, "west", config(tmp_path / "w.sock", "192.0.2.1", "192.0.2.2", True)
     )
-    events = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "ctl", "--socket", str(west.socket), "events", "--json"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        ws, _ = paired(west, east)
-        before = ws["children"][0]["spi_in"]
+    with recorded_events(west.socket) as events:  # subscribed before the first rekey
+        try:
+            ws, _ = paired(west, east)
+            before = ws["children"][0]["spi_in"]
 
-        # Child rekey on demand
-        out = ctl(west.socket, "rekey", "peer.net").stdout
-        assert "1 Child SA(s) rekeyed" in out
-        ws, es = paired(west, east, not_spi=before)
-        assert ws["ike_sa"] == 1 and ws["spi_i"] == es["spi_i"]
+            # Child rekey on demand
+            out = ctl(west.socket, "rekey", "peer.net").stdout
+            assert "1 Child SA(s) rekeyed" in out
+            ws, es = paired(west, east, not_spi=before)
+            assert ws["ike_sa"] == 1 and ws["spi_i"] == es["spi_i"]
 
-        # IKE rekey on demand: new IKE SPIs, the Child SA stays
-        child_spi = ws["children"][0]["spi_in"]
-        ctl(west.socket, "rekey", "peer")
-        ws2, es2 = paired(west, east)
-        assert ws2["spi_i"] != ws["spi_i"] and ws2["spi_i"] == es2["spi_i"]
-        assert ws2["children"][0]["spi_in"] == child_spi
+            # IKE rekey on demand: new IKE SPIs, the Child SA stays
+            child_spi = ws["children"][0]["spi_in"]
+            ctl(west.socket, "rekey", "peer")
+            ws2, es2 = paired(west, east)
+            assert ws2["spi_i"] != ws["spi_i"] and ws2["spi_i"] == es2["spi_i"]
+            assert ws2["children"][0]["spi_in"] == child_spi
 
-        stats = ctl_json(west.socket, "stats")
-        assert stats["rekeys"] >= 1 and stats["handshakes"] == 1
-        bad = ctl(west.socket, "rekey", "nowhere", check=False)
-        assert bad.returncode == 1 and "unknown-connection" in bad.stderr
-    finally:
-        west.stop()
-        east.stop()
-        events.terminate()
-        out = events.communicate(timeout=10)[0]
-    types = [json.loads(line)["type"] for line in out.splitlines()]
+            stats = ctl_json(west.socket, "stats")
+            assert stats["rekeys"] >= 1 and stats["handshakes"] == 1
+            bad = ctl(west.socket, "rekey", "nowhere", check=False)
+            assert bad.returncode == 1 and "unknown-connection" in bad.stderr
+        finally:
+            west.stop()
+            east.stop()
+    types = [e["type"] for e in events]
     assert "child-rekeyed" in types and "ike-rekeyed" in types
 
 

@@ -13,15 +13,18 @@ import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, gateway_config, wait_for
-from tests.support.strongswan import StrongSwan
-from tests.support.swanctl_peer import peer_swanctl
-
-OURS, THEIRS = "192.0.2.1", "192.0.2.2"
-PSK = "interop-daemon-psk-0123456789"
-IKE, ESP = "aes256gcm16-prfsha384-x25519", "aes256gcm16"
-
-SWANCTL = peer_swanctl(THEIRS, OURS, IKE, ESP, PSK)
+from tests.support.daemon import REPO, Gateway, ctl, gateway_config, wait_for
+from tests.support.strongswan import (
+    OURS,
+    SWAN_CONF,
+    SWAN_ESP,
+    SWAN_IKE,
+    SWAN_PSK,
+    THEIRS,
+    assert_same_view,
+    charon,
+    swan_sa,
+)
 
 
 def our_config(sock: Path) -> str:
@@ -38,9 +41,9 @@ def our_config(sock: Path) -> str:
                 "remote_id": "gw-east",
                 "local_ts": ["10.1.0.0/16"],
                 "remote_ts": ["10.2.0.0/16"],
-                "ike": [IKE],
-                "esp": [ESP],
-                "psk": PSK,
+                "ike": [SWAN_IKE],
+                "esp": [SWAN_ESP],
+                "psk": SWAN_PSK,
                 "start_action": "start",
                 "dpd_delay": "1s",
             },
@@ -48,37 +51,9 @@ def our_config(sock: Path) -> str:
     )
 
 
-def swan_sa(sw: StrongSwan) -> dict[str, object] | None:
-    sas = sw.list_sas()
-    if len(sas) == 1 and sas[0]["state"] == "ESTABLISHED":
-        children = list(sas[0]["child-sas"].values())  # type: ignore[attr-defined]
-        if children and children[0]["state"] == "INSTALLED":
-            return sas[0]
-    return None
-
-
-def assert_same_view(ours: dict, theirs: dict) -> None:  # type: ignore[type-arg]
-    assert (ours["spi_i"], ours["spi_r"]) == (theirs["initiator-spi"], theirs["responder-spi"])
-    (child,) = ours["children"]
-    (swan_child,) = theirs["child-sas"].values()
-    assert child["state"] == "INSTALLED" and swan_child["state"] == "INSTALLED"
-    assert (int(swan_child["spi-in"], 16), int(swan_child["spi-out"], 16)) == (
-        int(child["spi_out"], 16),
-        int(child["spi_in"], 16),
-    )
-    assert swan_child["encr-alg"] == "AES_GCM_16" and swan_child["encr-keysize"] == "256"
-    assert child["esp_proposal"] == ESP
-    assert swan_child["local-ts"] == child["remote_ts"] == ["10.2.0.0/16"]
-    assert swan_child["remote-ts"] == child["local_ts"] == ["10.1.0.0/16"]
-    assert (ours["local_id"], ours["remote_id"]) == ("gw-west", "gw-east")
-
-
 def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     a, b = netns_pair
-    # kernel-libipsec needs a local address inside its local_ts (PLATFORM.md)
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")
-    with StrongSwan(b) as sw:
-        sw.start(SWANCTL)
+    with charon(b, SWAN_CONF) as sw:
         gw = Gateway.start(a, tmp_path, "west", our_config(tmp_path / "west.sock"))
         events = subprocess.Popen(
             [
@@ -129,9 +104,7 @@ def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) 
             sent = probes()
             wait_for("an idle-time DPD check", lambda: probes() >= sent + 2, timeout=10)
             gw.installed("swan")
-            assert sw.proc is not None
-            sw.proc.kill()  # SIGKILL: no goodbye (SIGTERM would make charon send a Delete)
-            sw.proc.wait(10)
+            sw.kill()  # SIGKILL: no goodbye (SIGTERM would make charon send a Delete)
             wait_for("dead peer removed", lambda: gw.sas() == [], timeout=30)
             stats = json.loads(ctl(gw.socket, "stats", "--json").stdout)
             assert stats["dpd_failures"] == 1
@@ -143,4 +116,4 @@ def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) 
         # (the stream may start after the first SA came up: it raced our start_action)
         assert types.count("ike-established") >= 2 and types.count("child-established") >= 2
         assert types[-3:] == ["child-deleted", "dpd-failed", "ike-deleted"]
-        assert PSK not in gw.log_text()
+        assert SWAN_PSK not in gw.log_text()

@@ -35,12 +35,11 @@ from typing import Any
 from bench.bench_daemon import ESP, IKE, PSK, TARGET, our_config
 from bpf.reuseport import owner_of_spi
 from gateway.netns import Netns
-from gateway.workers import WorkerIkeSpis, connection_owner
+from gateway.workers.partition import WorkerIkeSpis, connection_owner
 from ike import events as ev
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
-from tests.daemon_helpers import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
-from tests.host.test_prometheus_daemon import ns_get
+from tests.support.daemon import REPO, Gateway, ctl, ctl_json, gateway_config, ns_get, wait_for
 from tests.support.ike_udp import UdpDriver
 
 DRIVER, DRIVER6, TARGET6 = "192.0.2.2", "2001:db8::2", "2001:db8::1"
@@ -331,18 +330,17 @@ def test_two_workers_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: P
     action runs in the connection's owner only, IKE rekeys from both sides and a Child
     rekey keep the SA with its owner and agree with charon, terminate from either side,
     SIGTERM deletes the SA with charon."""
-    from tests.host.test_daemon_strongswan import (
+    from tests.support.strongswan import (
         OURS,
-        SWANCTL,
+        SWAN_CONF,
+        SWAN_PSK,
         THEIRS,
         assert_same_view,
+        charon,
         swan_sa,
     )
-    from tests.host.test_daemon_strongswan import PSK as SWAN_PSK
-    from tests.support.strongswan import StrongSwan
 
     a, b = netns_pair
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")  # kernel-libipsec: see PLATFORM.md
     config = gateway_config(
         socket=tmp_path / "w.sock",
         listen=[OURS],
@@ -364,8 +362,7 @@ def test_two_workers_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: P
         ],
     )
     owner = connection_owner("swan", 2)
-    with StrongSwan(b) as sw:
-        sw.start(SWANCTL)
+    with charon(b, SWAN_CONF) as sw:
         gw = Gateway.start(a, tmp_path, "west", config)
         try:
             # 1. start_action = start, in the owner only: exactly one IKE SA

@@ -23,8 +23,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns, veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import REPO, Gateway, api, ctl, ctl_json, gateway_config, wait_for
+from tests.support.daemon import REPO, Gateway, api, ctl, ctl_json, gateway_config, wait_for
+from tests.support.fixtures import NetnsFactory
 
 METRICS = "127.0.0.1:9811"
 GET = (
@@ -219,14 +219,14 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
     """Kernels without tcx links (Debian's 6.1 in the VM) get the TC programs as clsact
     filters through pyroute2, which refuses to run on a thread with a running asyncio
     loop; the adapter attaches and detaches off the loop. Forced to netlink here."""
-    from bpf.loader import Dataplane, in_netns
-    from gateway.config import XdpConfig
-    from gateway.xdp import XdpAdapter
+    from bpf.loader import AttachedPrograms, in_netns
+    from gateway.config.schema import XdpConfig
+    from gateway.dataplane.xdp import XdpAdapter
 
     a, _ = netns_pair
 
-    def netlink_loader(config: XdpConfig) -> Dataplane:
-        return Dataplane(config.wan_interface, config.lan_interface, attach="netlink")
+    def netlink_loader(config: XdpConfig) -> AttachedPrograms:
+        return AttachedPrograms(config.wan_interface, config.lan_interface, attach="netlink")
 
     adapter = XdpAdapter(XdpConfig("eth0"), loader=netlink_loader, link_mtu=lambda _: 1500)
     try:
@@ -244,12 +244,12 @@ async def test_netlink_attach_from_the_daemons_event_loop(netns_pair: tuple[Netn
 def test_two_workers_share_the_programs(
     netns_pair: tuple[Netns, Netns], make_netns: NetnsFactory, tmp_path: Path
 ) -> None:
-    """`workers = 2` with `[gateway.xdp]` (gateway/xdpshare.py): the supervisor attaches
+    """`workers = 2` with `[gateway.xdp]` (gateway/workers/xdpshare.py): the supervisor attaches
     once; a connection owned by each worker (crc32: alpha -> 0, beta -> 1) gets a slot and
     an inbound SPI of that worker's share (slot mod 2 = SPI mod 2 = worker) and its own
     per-slot counters move; stats.xdp is read once; a SIGKILLed worker's slot leaves the
     maps and its successor takes a slot of the same share; SIGTERM detaches."""
-    from gateway.workers import connection_owner
+    from gateway.workers.partition import connection_owner
 
     assert [connection_owner(n, 2) for n in ("alpha", "beta")] == [0, 1]
     a, b = netns_pair

@@ -10,11 +10,9 @@ sends back opens with our inbound keys: the keys are right in both directions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from gateway.decode import describe
+from gateway.cli.decode import describe
 from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
 from ike.engine import IkeEngine
@@ -27,9 +25,8 @@ from ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
-from tests.support import esp as esp_packet
-from tests.support.ike_udp import UdpDriver
-from tests.support.strongswan import StrongSwan
+from tests.support.ike_udp import UdpDriver, of_type, settled
+from tests.support.strongswan import StrongSwan, ping_through_tunnel
 
 PSK = "interop-test-psk-0123456789"
 OURS, THEIRS = "192.0.2.1", "192.0.2.2"
@@ -100,49 +97,10 @@ def our_engine(
     return IkeEngine([conn], settings)
 
 
-@pytest.fixture
-def lab(netns_pair: tuple[Netns, Netns]) -> Iterator[tuple[Netns, StrongSwan]]:
-    a, b = netns_pair
-    # kernel-libipsec routes the tunnel via ipsec0 and needs a local address inside its
-    # local_ts, else it answers TS_UNACCEPTABLE ("error installing route")
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")
-    sw = StrongSwan(b)
-    try:
-        yield a, sw
-    finally:
-        sw.close()
-
-
-def _of(events: list[Event], cls: type) -> list:  # type: ignore[type-arg]
-    return [e for e in events if isinstance(e, cls)]
-
-
-def _settled(events: list[Event]) -> bool:
-    return any(isinstance(e, (ChildSaEstablished, ChildSaFailed, IkeSaFailed)) for e in events)
-
-
 def _outcome(events: list[Event], logs: str) -> tuple[IkeSaEstablished, ChildSaEstablished]:
-    ests, children = _of(events, IkeSaEstablished), _of(events, ChildSaEstablished)
+    ests, children = of_type(events, IkeSaEstablished), of_type(events, ChildSaEstablished)
     assert len(ests) == 1 and len(children) == 1, (events, logs[-4000:])
     return ests[0], children[0]
-
-
-def ping_through_tunnel(drv: UdpDriver, child: ChildSaEstablished, sw: StrongSwan) -> None:
-    """ESP sealed with our outbound keys reaches strongSwan's libipsec, which decrypts it,
-    answers the ping and encrypts the reply with its keys, which our inbound keys open."""
-    assert child.encap is not None  # kernel-libipsec forces UDP encapsulation
-    request = esp_packet.icmp_echo("10.1.0.1", "10.2.0.1", 0x4242, 1, b"engine-derived keys")
-    drv.socks[child.encap[0]].sendto(
-        esp_packet.seal(child, 1, request), (child.remote_addr, child.encap[1])
-    )
-    assert drv.run_until(lambda evs: bool(drv.esp_received), 5), sw.logs()[-3000:]
-    seq, reply = esp_packet.open_(child, drv.esp_received[0][0])
-    assert seq == 1
-    assert reply[9] == 1 and reply[12:16] == bytes([10, 2, 0, 1])  # ICMP from 10.2.0.1
-    assert reply[16:20] == bytes([10, 1, 0, 1]) and reply[20] == 0  # echo reply to us
-    assert reply.endswith(b"engine-derived keys")
-    c = next(iter(sw.list_sas()[0]["child-sas"].values()))
-    assert int(c["packets-in"]) == 1 and int(c["packets-out"]) == 1
 
 
 def check_strongswan_view(
@@ -166,32 +124,36 @@ def check_strongswan_view(
 
 
 @pytest.mark.parametrize("ike,esp", SUITES)
-def test_engine_initiates_to_strongswan(lab: tuple[Netns, StrongSwan], ike: str, esp: str) -> None:
-    a, sw = lab
+def test_engine_initiates_to_strongswan(
+    swan_lab: tuple[Netns, StrongSwan], ike: str, esp: str
+) -> None:
+    a, sw = swan_lab
     sw.start(swanctl_conf(ike, esp, initiator=False))
     engine = our_engine(ike, esp)
     with UdpDriver(engine, a.name, OURS) as drv:
         uid = engine.initiate("swan", None, drv.now())
-        drv.run_until(_settled, 20)
+        drv.run_until(settled, 20)
         ike_est, child = _outcome(drv.events, sw.logs())
         check_strongswan_view(sw, child, "eng", esp, ike_est)
         ping_through_tunnel(drv, child, sw)
         # delete from our side: strongSwan answers and forgets the SA
         engine.delete_ike_sa(uid, drv.now())
-        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
-        assert _of(drv.events, IkeSaDeleted)[0].reason == "deleted"
+        assert drv.run_until(lambda evs: bool(of_type(evs, IkeSaDeleted)), 10)
+        assert of_type(drv.events, IkeSaDeleted)[0].reason == "deleted"
     assert sw.list_sas() == []
 
 
 @pytest.mark.parametrize("ike,esp", SUITES)
-def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str, esp: str) -> None:
-    a, sw = lab
+def test_strongswan_initiates_to_engine(
+    swan_lab: tuple[Netns, StrongSwan], ike: str, esp: str
+) -> None:
+    a, sw = swan_lab
     sw.start(swanctl_conf(ike, esp, initiator=True))
     engine = our_engine(ike, esp)
     with UdpDriver(engine, a.name, OURS) as drv:
         proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "20")
         try:
-            drv.run_until(_settled, 25)
+            drv.run_until(settled, 25)
             drv.run_until(lambda evs: proc.poll() is not None, 10)
         finally:
             if proc.poll() is None:
@@ -212,10 +174,10 @@ def test_strongswan_initiates_to_engine(lab: tuple[Netns, StrongSwan], ike: str,
         # strongSwan deletes: our engine reports the Child, then the IKE SA, as deleted by peer
         term = sw.swanctl_popen("--terminate", "--ike", "eng", "--timeout", "10")
         try:
-            assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 15)
+            assert drv.run_until(lambda evs: bool(of_type(evs, IkeSaDeleted)), 15)
         finally:
             term.communicate(timeout=15)
-        assert _of(drv.events, IkeSaDeleted)[0].reason == "deleted by peer"
+        assert of_type(drv.events, IkeSaDeleted)[0].reason == "deleted by peer"
     assert sw.list_sas() == []
 
 
@@ -233,39 +195,39 @@ GCM_X = "aes256gcm16-prfsha384-x25519"
     ids=["wrong-psk", "no-proposal"],
 )
 def test_engine_initiator_failures(
-    lab: tuple[Netns, StrongSwan], ours: str, theirs: str, reason: str
+    swan_lab: tuple[Netns, StrongSwan], ours: str, theirs: str, reason: str
 ) -> None:
-    a, sw = lab
+    a, sw = swan_lab
     psk = "not-the-same-psk" if reason == "AUTHENTICATION_FAILED" else PSK
     sw.start(swanctl_conf(theirs, "aes256gcm16", initiator=False, psk=psk))
     engine = our_engine(ours, "aes256gcm16")
     with UdpDriver(engine, a.name, OURS) as drv:
         engine.initiate("swan", None, drv.now())
-        assert drv.run_until(_settled, 15)
-    assert [e.reason for e in _of(drv.events, IkeSaFailed)] == [reason], drv.events
+        assert drv.run_until(settled, 15)
+    assert [e.reason for e in of_type(drv.events, IkeSaFailed)] == [reason], drv.events
     assert sw.list_sas() == []
 
 
-def test_invalid_ke_retry_both_ways(lab: tuple[Netns, StrongSwan]) -> None:
+def test_invalid_ke_retry_both_ways(swan_lab: tuple[Netns, StrongSwan]) -> None:
     """Each side first offers a group the other does not take, then agrees on ecp256."""
-    a, sw = lab
+    a, sw = swan_lab
     sw.start(swanctl_conf("aes256gcm16-prfsha384-x448-ecp256", "aes256gcm16", initiator=True))
     # our initiator leads with x25519, strongSwan only takes x448/ecp256: INVALID_KE -> ecp256
     engine = our_engine("aes256gcm16-prfsha384-x25519-ecp256", "aes256gcm16")
     with UdpDriver(engine, a.name, OURS) as drv:
         uid = engine.initiate("swan", None, drv.now())
-        drv.run_until(_settled, 15)
+        drv.run_until(settled, 15)
         ike_est, child = _outcome(drv.events, sw.logs())
         assert ike_est.proposal == "aes256gcm16-prfsha384-ecp256"
         assert sw.list_sas()[0]["dh-group"] == "ECP_256"
         engine.delete_ike_sa(uid, drv.now())
-        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
+        assert drv.run_until(lambda evs: bool(of_type(evs, IkeSaDeleted)), 10)
     # strongSwan leads with x448 (its first group), our responder takes only ecp256
     engine = our_engine("aes256gcm16-prfsha384-ecp256", "aes256gcm16")
     with UdpDriver(engine, a.name, OURS) as drv:
         proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
         try:
-            drv.run_until(_settled, 20)
+            drv.run_until(settled, 20)
             drv.run_until(lambda evs: proc.poll() is not None, 10)
         finally:
             if proc.poll() is None:
@@ -276,23 +238,23 @@ def test_invalid_ke_retry_both_ways(lab: tuple[Netns, StrongSwan]) -> None:
         assert "N(INVAL_KE)" in sw.logs() and "it requested ECP_256" in sw.logs()
 
 
-def test_responder_wrong_psk_and_cookie(lab: tuple[Netns, StrongSwan]) -> None:
+def test_responder_wrong_psk_and_cookie(swan_lab: tuple[Netns, StrongSwan]) -> None:
     """strongSwan with the wrong PSK gets AUTHENTICATION_FAILED from us; with the right
     one it passes our COOKIE challenge (cookie_threshold 0: every request needs one)."""
-    a, sw = lab
+    a, sw = swan_lab
     sw.start(swanctl_conf(GCM_X, "aes256gcm16", initiator=True, psk="not-the-same-psk"))
     engine = our_engine(GCM_X, "aes256gcm16", settings=EngineSettings(cookie_threshold=0))
     with UdpDriver(engine, a.name, OURS) as drv:
         proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "10")
         try:
-            drv.run_until(_settled, 15)
+            drv.run_until(settled, 15)
             drv.run_until(lambda evs: proc.poll() is not None, 10)
         finally:
             if proc.poll() is None:
                 proc.kill()
             out = proc.communicate()[0]
         assert proc.returncode != 0
-        assert [e.reason for e in _of(drv.events, IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
+        assert [e.reason for e in of_type(drv.events, IkeSaFailed)] == ["AUTHENTICATION_FAILED"]
         assert "AUTHENTICATION_FAILED" in out + sw.logs()
         assert engine.stats.cookies_sent >= 1
         sw.write_config(swanctl_conf(GCM_X, "aes256gcm16", initiator=True))
@@ -300,7 +262,7 @@ def test_responder_wrong_psk_and_cookie(lab: tuple[Netns, StrongSwan]) -> None:
         drv.events.clear()
         proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "10")
         try:
-            drv.run_until(_settled, 15)
+            drv.run_until(settled, 15)
             drv.run_until(lambda evs: proc.poll() is not None, 10)
         finally:
             if proc.poll() is None:
@@ -311,35 +273,35 @@ def test_responder_wrong_psk_and_cookie(lab: tuple[Netns, StrongSwan]) -> None:
         assert engine.stats.cookies_sent >= 2
 
 
-def test_ts_unacceptable_keeps_ike_sa_and_liveness(lab: tuple[Netns, StrongSwan]) -> None:
-    a, sw = lab
+def test_ts_unacceptable_keeps_ike_sa_and_liveness(swan_lab: tuple[Netns, StrongSwan]) -> None:
+    a, sw = swan_lab
     sw.start(swanctl_conf(GCM_X, "aes256gcm16", initiator=False))
     fast = EngineSettings(retransmit_timeout=0.3, retransmit_tries=2)
     engine = our_engine(GCM_X, "aes256gcm16", remote_ts=("10.9.0.0/16",), settings=fast)
     with UdpDriver(engine, a.name, OURS) as drv:
         uid = engine.initiate("swan", None, drv.now())
-        drv.run_until(_settled, 15)
-        assert [e.reason for e in _of(drv.events, ChildSaFailed)] == ["TS_UNACCEPTABLE"]
-        [ike_est] = _of(drv.events, IkeSaEstablished)
+        drv.run_until(settled, 15)
+        assert [e.reason for e in of_type(drv.events, ChildSaFailed)] == ["TS_UNACCEPTABLE"]
+        [ike_est] = of_type(drv.events, IkeSaEstablished)
         sas = sw.list_sas()
         assert sas[0]["state"] == "ESTABLISHED" and not sas[0].get("child-sas")
         # liveness: strongSwan answers an empty INFORMATIONAL
         sent = engine.stats.datagrams_sent
         engine.check_liveness(uid, drv.now())
         drv.run_until(lambda evs: engine.stats.datagrams_received >= 3, 5)
-        assert engine.stats.datagrams_sent == sent + 1 and not _of(drv.events, IkeSaDeleted)
+        assert engine.stats.datagrams_sent == sent + 1 and not of_type(drv.events, IkeSaDeleted)
         # kill strongSwan (no Delete sent): the next liveness check ends in "dead peer"
         sw.kill()
         engine.check_liveness(uid, drv.now())
-        assert drv.run_until(lambda evs: bool(_of(evs, IkeSaDeleted)), 10)
-        assert _of(drv.events, IkeSaDeleted)[0].reason == "dead peer"
-        assert not _of(drv.events, ChildSaDeleted)
+        assert drv.run_until(lambda evs: bool(of_type(evs, IkeSaDeleted)), 10)
+        assert of_type(drv.events, IkeSaDeleted)[0].reason == "dead peer"
+        assert not of_type(drv.events, ChildSaDeleted)
         assert ike_est.ike_sa == uid
 
 
-def test_ipv6_outer_and_inner(lab: tuple[Netns, StrongSwan]) -> None:
+def test_ipv6_outer_and_inner(swan_lab: tuple[Netns, StrongSwan]) -> None:
     """IKE over IPv6 with IPv6 selectors, strongSwan initiating; ESP works both ways."""
-    a, sw = lab
+    a, sw = swan_lab
     sw.ns.ip("addr", "add", "2001:db8:2::1/128", "dev", "lo")
     conf = (
         swanctl_conf(GCM_X, "aes256gcm16", initiator=True)
@@ -368,7 +330,7 @@ def test_ipv6_outer_and_inner(lab: tuple[Netns, StrongSwan]) -> None:
     with UdpDriver(engine, a.name, "2001:db8::1") as drv:
         proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
         try:
-            drv.run_until(_settled, 20)
+            drv.run_until(settled, 20)
             drv.run_until(lambda evs: proc.poll() is not None, 10)
         finally:
             if proc.poll() is None:
@@ -383,22 +345,24 @@ def test_ipv6_outer_and_inner(lab: tuple[Netns, StrongSwan]) -> None:
 
 
 @pytest.mark.parametrize("ours_initiate", [True, False], ids=["we-initiate", "they-initiate"])
-def test_strongswan_default_proposals(lab: tuple[Netns, StrongSwan], ours_initiate: bool) -> None:
+def test_strongswan_default_proposals(
+    swan_lab: tuple[Netns, StrongSwan], ours_initiate: bool
+) -> None:
     """strongSwan's `default` proposals (many algorithms, groups we do not implement) meet
     our one-suite configuration."""
-    a, sw = lab
+    a, sw = swan_lab
     conf = swanctl_conf("default", "default", initiator=not ours_initiate)
     sw.start(conf)
     engine = our_engine(GCM_X, "aes256gcm16")
     with UdpDriver(engine, a.name, OURS) as drv:
         if ours_initiate:
             engine.initiate("swan", None, drv.now())
-            drv.run_until(_settled, 15)
+            drv.run_until(settled, 15)
             out = ""
         else:
             proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "15")
             try:
-                drv.run_until(_settled, 20)
+                drv.run_until(settled, 20)
                 drv.run_until(lambda evs: proc.poll() is not None, 10)
             finally:
                 if proc.poll() is None:

@@ -24,11 +24,9 @@ from gateway.netns import Netns
 from ike.config import ChildConfig, ConnectionConfig
 from ike.engine import IkeEngine
 from ike.events import ChildSaEstablished, Datagram, IkeSaEstablished, IkeSaFailed
-from tests.host import test_ike_strongswan as psk_tests
-from tests.host.test_ike_strongswan import _of, _settled, ping_through_tunnel
-from tests.support.ike_udp import UdpDriver
+from tests.support.ike_udp import UdpDriver, of_type, settled
 from tests.support.pki import Issued, make_ca, make_leaf
-from tests.support.strongswan import StrongSwan
+from tests.support.strongswan import StrongSwan, ping_through_tunnel
 
 OURS, THEIRS = "192.0.2.1", "192.0.2.2"
 OUR_ID, THEIR_ID = "west.example", "east.example"
@@ -133,7 +131,7 @@ def our_engine(
 
 
 def check_established(drv: UdpDriver, sw: StrongSwan, *, initiator: bool) -> ChildSaEstablished:
-    ests, children = _of(drv.events, IkeSaEstablished), _of(drv.events, ChildSaEstablished)
+    ests, children = of_type(drv.events, IkeSaEstablished), of_type(drv.events, ChildSaEstablished)
     assert len(ests) == 1 and len(children) == 1, (drv.events, sw.logs()[-4000:])
     est: IkeSaEstablished = ests[0]
     assert est.initiator is initiator
@@ -148,15 +146,14 @@ def check_established(drv: UdpDriver, sw: StrongSwan, *, initiator: bool) -> Chi
 
 
 KINDS = ["p256", "rsa"]
-lab = psk_tests.lab  # the same fixture: namespaces a/b, charon in b (kernel-libipsec)
 
 
 @pytest.mark.parametrize("initiator", [True, False], ids=["we-initiate", "strongswan-initiates"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_certificate_authentication(
-    lab: tuple[Netns, StrongSwan], kind: str, initiator: bool
+    swan_lab: tuple[Netns, StrongSwan], kind: str, initiator: bool
 ) -> None:
-    a, sw = lab
+    a, sw = swan_lab
     pki = Pki(kind)
     install_creds(sw, pki.theirs, (pki.root, pki.inter))
     sw.start(swanctl_conf())
@@ -164,11 +161,11 @@ def test_certificate_authentication(
     with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
         if initiator:
             engine.initiate("swan", None, drv.now())
-            drv.run_until(_settled, 20)
+            drv.run_until(settled, 20)
         else:
             proc = sw.swanctl_popen("--initiate", "--child", "net", "--timeout", "20")
             try:
-                drv.run_until(_settled, 25)
+                drv.run_until(settled, 25)
                 drv.run_until(lambda evs: proc.poll() is not None, 10)
             finally:
                 if proc.poll() is None:
@@ -180,11 +177,11 @@ def test_certificate_authentication(
 
 
 def test_untrusted_strongswan_certificate_fails_with_a_reason(
-    lab: tuple[Netns, StrongSwan],
+    swan_lab: tuple[Netns, StrongSwan],
 ) -> None:
     """strongSwan's certificate comes from a CA we do not trust: our initiator refuses it
     (AUTHENTICATION_FAILED, detail names the problem) and tells strongSwan."""
-    a, sw = lab
+    a, sw = swan_lab
     pki = Pki("p256")
     stranger = Pki("p256")
     install_creds(sw, stranger.theirs, (pki.root, pki.inter, stranger.root, stranger.inter))
@@ -192,8 +189,8 @@ def test_untrusted_strongswan_certificate_fails_with_a_reason(
     engine = our_engine(pki)
     with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
         engine.initiate("swan", None, drv.now())
-        assert drv.run_until(_settled, 20)
-    (fail,) = _of(drv.events, IkeSaFailed)
+        assert drv.run_until(settled, 20)
+    (fail,) = of_type(drv.events, IkeSaFailed)
     assert fail.reason == "AUTHENTICATION_FAILED"
     assert "not a trusted CA" in fail.detail or "does not verify" in fail.detail, fail
     deadline = time.monotonic() + 5
@@ -202,10 +199,10 @@ def test_untrusted_strongswan_certificate_fails_with_a_reason(
     assert sw.list_sas() == []
 
 
-def test_distinguished_name_identities(lab: tuple[Netns, StrongSwan]) -> None:
+def test_distinguished_name_identities(swan_lab: tuple[Netns, StrongSwan]) -> None:
     """Neither side sets an ID: both use their certificate's subject DN (strongSwan's
     default and ours) and each expects the other's DN, written in strongSwan's syntax."""
-    a, sw = lab
+    a, sw = swan_lab
     pki = Pki("p256")
     ours = "C=CH, O=gateway tests, CN=west.example"
     theirs = "C=CH, O=gateway tests, CN=east.example"
@@ -214,8 +211,8 @@ def test_distinguished_name_identities(lab: tuple[Netns, StrongSwan]) -> None:
     engine = our_engine(pki, local_id="", remote_id=theirs)
     with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
         engine.initiate("swan", None, drv.now())
-        drv.run_until(_settled, 20)
-        (est,) = _of(drv.events, IkeSaEstablished)
+        drv.run_until(settled, 20)
+        (est,) = of_type(drv.events, IkeSaEstablished)
         assert (est.local_id, est.remote_id) == (ours, theirs)
         (sa,) = sw.list_sas()
         # (strongSwan accepted us only as `ours`: its remote id; the --raw parser splits
@@ -230,18 +227,18 @@ def _is_skf(data: bytes) -> bool:
     return len(data) > 28 and data[16] == 53
 
 
-def test_fragmented_ike_auth_with_a_big_chain(lab: tuple[Netns, StrongSwan]) -> None:
+def test_fragmented_ike_auth_with_a_big_chain(swan_lab: tuple[Netns, StrongSwan]) -> None:
     """RSA certificates with 60 subjectAltNames each: IKE_AUTH exceeds 1280 bytes both
     ways, so both sides fragment (RFC 7383, strongSwan's default `fragmentation = yes`
     and fragment_size 1280) and reassemble the other's fragments."""
-    a, sw = lab
+    a, sw = swan_lab
     pki = Pki("rsa", sans=60)
     install_creds(sw, pki.theirs, (pki.root, pki.inter))
     sw.start(swanctl_conf())
     engine = our_engine(pki)
     with UdpDriver(engine, a.name, OURS, clock=time.time) as drv:
         engine.initiate("swan", None, drv.now())
-        drv.run_until(_settled, 20)
+        drv.run_until(settled, 20)
         child = check_established(drv, sw, initiator=True)
         ping_through_tunnel(drv, child, sw)
     ours = [d.data for d in engine.sent if _is_skf(d.data)]

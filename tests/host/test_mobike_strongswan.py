@@ -11,15 +11,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns
-from tests.daemon_helpers import REPO, Gateway, ctl, gateway_config, wait_for
-from tests.support.strongswan import StrongSwan
+from tests.support.daemon import Gateway, ctl, gateway_config, recorded_events, wait_for
+from tests.support.strongswan import StrongSwan, charon
 from tests.support.swanctl_peer import peer_swanctl
 
 OURS, OURS2 = "192.0.2.1", "192.0.2.11"
@@ -89,60 +86,56 @@ def rekey_over_new_path(gw: Gateway, sw: StrongSwan, old_spi: str) -> None:
 
 def test_mobike_with_strongswan_both_ways(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     a, b = netns_pair
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")  # kernel-libipsec: an address in local_ts
-    with StrongSwan(b) as sw:
-        sw.start(SWANCTL)
+    with charon(b, SWANCTL) as sw:
         gw = Gateway.start(a, tmp_path, "west", our_config(tmp_path / "west.sock"))
-        events = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "ctl", "--socket", str(gw.socket), "events"]
-            + ["--json"],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
         try:
-            # 1. strongSwan initiates and moves; we follow
-            sw.initiate("net")
-            (ours,) = gw.installed("swan")
-            assert ours["mobike"] is True and ours["initiator"] is False
-            assert (ours["remote_addr"], ours["remote_port"]) == (THEIRS, 4500)
-            move(b, THEIRS, THEIRS2)
-
-            def followed() -> dict[str, Any] | None:
-                sas = gw.sas()
-                return sas[0] if sas and sas[0]["remote_addr"] == THEIRS2 else None
-
-            wait_for("our SA on strongSwan's new address", followed, timeout=30)
-            (ours,) = gw.installed("swan")  # (charon also rekeys its Child after a move)
-            # strongSwan announced its other address (IPv6) in IKE_AUTH or its update
-            assert "2001:db8::2" in ours["additional_addrs"]
-            wait_for("strongSwan on its new address", lambda: swan_host(sw, "local") == THEIRS2)
-            rekey_over_new_path(gw, sw, ours["children"][0]["spi_in"])
-            sw.terminate_ike("gw")
-            wait_for("our SA gone", lambda: gw.sas() == [])
-
-            # 2. we initiate (to strongSwan's new address) and move
-            ctl(gw.socket, "initiate", "swan")
-            (ours,) = gw.installed("swan")
-            assert ours["mobike"] is True and ours["local_addr"] == OURS
-            move(a, OURS, OURS2)
-
-            wait_for("strongSwan on our new address", lambda: swan_host(sw, "remote") == OURS2)
-            (ours,) = gw.installed("swan")
-            assert ours["local_addr"] == OURS2
-            rekey_over_new_path(gw, sw, ours["children"][0]["spi_in"])
+            with recorded_events(gw.socket) as events:
+                run_both_ways(a, b, gw, sw)
         except AssertionError:
             print(sw.logs()[-6000:])
             print(gw.log_text()[-4000:])
             raise
         finally:
             gw.stop()
-            events.terminate()
-            out = events.communicate(timeout=10)[0]
-        migrated = [e for e in map(json.loads, out.splitlines()) if e["type"] == "ike-migrated"]
+        migrated = [e for e in events if e["type"] == "ike-migrated"]
         assert [(e["local_addr"], e["remote_addr"]) for e in migrated] == [
             (OURS, THEIRS2),
             (OURS2, THEIRS2),
         ]
         assert "event=mobike-roam" in gw.log_text()
         assert PSK not in gw.log_text()
+
+
+def run_both_ways(a: Netns, b: Netns, gw: Gateway, sw: StrongSwan) -> None:
+    """strongSwan moves and we follow; then we move (our address replaced) and it follows;
+    a Child rekey over each new path."""
+    # 1. strongSwan initiates and moves; we follow
+    sw.initiate("net")
+    (ours,) = gw.installed("swan")
+    assert ours["mobike"] is True and ours["initiator"] is False
+    assert (ours["remote_addr"], ours["remote_port"]) == (THEIRS, 4500)
+    move(b, THEIRS, THEIRS2)
+
+    def followed() -> dict[str, Any] | None:
+        sas = gw.sas()
+        return sas[0] if sas and sas[0]["remote_addr"] == THEIRS2 else None
+
+    wait_for("our SA on strongSwan's new address", followed, timeout=30)
+    (ours,) = gw.installed("swan")  # (charon also rekeys its Child after a move)
+    # strongSwan announced its other address (IPv6) in IKE_AUTH or its update
+    assert "2001:db8::2" in ours["additional_addrs"]
+    wait_for("strongSwan on its new address", lambda: swan_host(sw, "local") == THEIRS2)
+    rekey_over_new_path(gw, sw, ours["children"][0]["spi_in"])
+    sw.terminate_ike("gw")
+    wait_for("our SA gone", lambda: gw.sas() == [])
+
+    # 2. we initiate (to strongSwan's new address) and move
+    ctl(gw.socket, "initiate", "swan")
+    (ours,) = gw.installed("swan")
+    assert ours["mobike"] is True and ours["local_addr"] == OURS
+    move(a, OURS, OURS2)
+
+    wait_for("strongSwan on our new address", lambda: swan_host(sw, "remote") == OURS2)
+    (ours,) = gw.installed("swan")
+    assert ours["local_addr"] == OURS2
+    rekey_over_new_path(gw, sw, ours["children"][0]["spi_in"])

@@ -27,7 +27,7 @@ from gateway.metrics import (
     XdpCounter,
     start_exporter,
 )
-from tests.observability_fakes import ike_sa, synthetic_ike_sas
+from tests.support.observability import ike_sa, synthetic_ike_sas
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

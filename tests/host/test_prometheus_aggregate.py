@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, wait_for
-from tests.observability_pair import start_pair, west_config
+from tests.support.daemon import Gateway, wait_for
+from tests.support.pair import start_pair, west_config
 
 METRICS = "127.0.0.1:9811"
 GET = (

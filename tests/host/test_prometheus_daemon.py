@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,13 @@ from typing import Any
 import pytest
 
 from gateway.netns import Netns
-from tests.daemon_helpers import wait_for
-from tests.observability_pair import start_pair
+from tests.support.daemon import ns_get, wait_for
+from tests.support.pair import start_pair
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 METRICS = "127.0.0.1:9810"
 PROM_WEB = "127.0.0.1:9090"
-
-GET = (
-    "import sys, urllib.request\n"
-    "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=5).read())\n"
-)
-
-
-def ns_get(ns: Netns, url: str) -> str:
-    """GET from inside the namespace (its loopback is not the host's)."""
-    proc = ns.run(sys.executable, "-c", GET, url, check=False, timeout=30)
-    return proc.stdout if proc.returncode == 0 else ""
 
 
 def query(ns: Netns, promql: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """`ipsec_xdp_packets_total` from the real XDP program: the data plane (bpf.loader) is
 attached in a namespace, ESP frames for a known and an unknown SPI arrive over veth, and
-the exporter, fed by `Dataplane.verdicts()`, reports exactly those packets."""
+the exporter, fed by `AttachedPrograms.verdicts()`, reports exactly those packets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bpf import packets as pk
-from bpf.loader import Dataplane, in_netns
+from bpf.loader import AttachedPrograms, in_netns
 from gateway.metrics import MetricsSnapshot, start_exporter
 from gateway.netns import Netns
 
@@ -24,7 +24,7 @@ SPI = (0x7A7A << 16) | SLOT
 
 
 class DataplaneSource:
-    def __init__(self, dp: Dataplane) -> None:
+    def __init__(self, dp: AttachedPrograms) -> None:
         self.dp = dp
 
     def metrics_snapshot(self) -> MetricsSnapshot:
@@ -63,7 +63,7 @@ def scrape(url: str) -> dict[tuple[str, str, str], float]:
 
 def test_xdp_verdicts_reach_prometheus(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     gw, remote = netns_pair
-    with Dataplane("eth0", None, netns=gw.name, drop_unknown_spi=True) as dp:
+    with AttachedPrograms("eth0", None, netns=gw.name, drop_unknown_spi=True) as dp:
         dp.add_inbound_spi(SLOT, SPI)
         known = pk.esp4(SPI, size=200, src="192.0.2.2", dst="192.0.2.1")
         unknown = pk.esp4(SPI + (1 << 16), size=200, src="192.0.2.2", dst="192.0.2.1")

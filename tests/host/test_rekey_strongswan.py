@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, ctl, ctl_json, gateway_config, wait_for
-from tests.support.strongswan import StrongSwan
+from tests.support.daemon import Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.support.strongswan import StrongSwan, charon
 from tests.support.swanctl_peer import peer_swanctl
 
 OURS, THEIRS = "192.0.2.1", "192.0.2.2"
@@ -68,9 +68,7 @@ def agreed(gw: Gateway, sw: StrongSwan) -> tuple[dict[str, Any], dict[str, Any]]
 
 def test_rekeys_with_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     a, b = netns_pair
-    b.ip("addr", "add", "10.2.0.1/32", "dev", "lo")  # kernel-libipsec wants one (PLATFORM.md)
-    with StrongSwan(b) as sw:
-        sw.start(SWANCTL)
+    with charon(b, SWANCTL) as sw:
         gw = Gateway.start(a, tmp_path, "west", our_config(tmp_path / "west.sock"))
         try:
             gw.installed("swan")

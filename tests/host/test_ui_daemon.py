@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway
-from tests.observability_pair import start_pair, west_config
+from tests.support.daemon import Gateway
+from tests.support.pair import start_pair, west_config
 from ui.app import GatewayApp
 from ui.control_source import socket_connector
 

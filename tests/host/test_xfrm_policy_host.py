@@ -25,7 +25,7 @@ from gateway.xfrm import (
 )
 from gateway.xfrm.bypass import enable_esp_in_udp
 from gateway.xfrm.channel import in_netns
-from tests.kernel.xfrm_helpers import (
+from tests.support.xfrm import (
     V4_TRANSPORT,
     V6_TUNNEL,
     add_foreign_policy,

@@ -20,38 +20,11 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from gateway.netns import Netns
-from tests.daemon_helpers import (
-    REPO,
-    Gateway,
-    ctl,
-    ctl_json,
-    gateway_config,
-    socket_dir,
-    wait_for,
-)
-
-WEST, EAST = "192.0.2.1", "192.0.2.2"
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    with socket_dir() as path:
-        yield path
-
-
-def protected_nets(a: Netns, b: Netns) -> None:
-    """10.1.x.1 behind a (on its lo), 10.2.x.1 behind b, routed over the veth."""
-    for x in ("0", "1"):
-        a.ip("addr", "add", f"10.1.{x}.1/32", "dev", "lo")
-        b.ip("addr", "add", f"10.2.{x}.1/32", "dev", "lo")
-        a.ip("route", "add", f"10.2.{x}.0/24", "via", EAST)
-        b.ip("route", "add", f"10.1.{x}.0/24", "via", WEST)
+from tests.support.daemon import REPO, Gateway, ctl, ctl_json, gateway_config, wait_for
+from tests.support.kernel import EAST, WEST, ping, policies, protected_nets, states
 
 
 def config(
@@ -86,18 +59,6 @@ def config(
         },
     ]
     return gateway_config(socket=sock, listen=[me], dataplane="xfrm", conns=conns[: 1 + lim])
-
-
-def states(ns: Netns) -> list[str]:
-    return re.findall(r"spi (0x[0-9a-f]+)", ns.run("ip", "xfrm", "state").stdout)
-
-
-def policies(ns: Netns) -> int:
-    return len(re.findall(r"^src ", ns.run("ip", "xfrm", "policy").stdout, re.M))
-
-
-def ping(ns: Netns, src: str, dst: str, count: int = 3) -> None:
-    ns.run("ping", "-c", str(count), "-W", "5", "-I", src, dst, timeout=120)
 
 
 def test_two_daemons_pass_traffic_through_kernel_esp(

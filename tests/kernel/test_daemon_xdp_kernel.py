@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns, veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import Gateway, ctl, ctl_json, gateway_config, socket_dir, wait_for
+from tests.support.daemon import Gateway, ctl, ctl_json, gateway_config, socket_dir, wait_for
+from tests.support.fixtures import NetnsFactory
 
 WEST, EAST = "192.0.2.1", "192.0.2.2"
 

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.netns import Netns, veth
-from tests.conftest import NetnsFactory
-from tests.daemon_helpers import PSK, Gateway, api, socket_dir, wait_for
+from tests.support.daemon import PSK, Gateway, api, socket_dir, wait_for
+from tests.support.fixtures import NetnsFactory
 from tests.support.pki import Issued, make_ca, make_leaf
 from tests.support.strongswan import NETLINK_PLUGINS, StrongSwan
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.topology import NODES
-from gateway.netns import _ip
+from gateway.netns import list_ours
 from tests.support.lab import run_lab as lab
 
 
 def namespaces() -> set[str]:
-    out = _ip("netns", "list", check=False).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    return set(list_ours(""))
 
 
 @pytest.mark.parametrize(

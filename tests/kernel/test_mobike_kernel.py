@@ -12,22 +12,13 @@ daemon vs our daemon with the `xfrm` data plane. One test, doing a lot:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, ctl, gateway_config, socket_dir, wait_for
+from tests.support.daemon import Gateway, ctl, gateway_config, wait_for
 
 WEST, WEST2, WEST3, EAST = "192.0.2.1", "192.0.2.11", "192.0.2.21", "192.0.2.2"
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    with socket_dir() as path:
-        yield path
 
 
 def config(sock: Path, me: str, peer: str, start: bool) -> str:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.netns import Netns
-from tests.daemon_helpers import Gateway, gateway_config, socket_dir, wait_for
+from tests.support.daemon import Gateway, gateway_config, wait_for
 
 WEST, EAST = "192.0.2.1", "192.0.2.2"
 METRICS = "127.0.0.1:9810"
@@ -23,12 +21,6 @@ GET = (
     "import sys, urllib.request\n"
     "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=10).read())\n"
 )
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    with socket_dir() as path:
-        yield path
 
 
 def config(sock: Path, me: str, peer: str, mine: str, theirs: str, metrics: str) -> str:

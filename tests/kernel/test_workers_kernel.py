@@ -19,16 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.netns import Netns
-from gateway.workers import connection_owner, reqid_range
-from tests.daemon_helpers import Gateway, api, gateway_config, wait_for
-from tests.kernel.test_daemon_kernel import (  # noqa: F401 (run_dir: a fixture)
-    EAST,
-    WEST,
-    ping,
-    policies,
-    protected_nets,
-    run_dir,
-)
+from gateway.workers.partition import connection_owner, reqid_range
+from tests.support.daemon import Gateway, api, gateway_config, wait_for
+from tests.support.kernel import EAST, WEST, ping, policies, protected_nets
 
 # crc32("alpha") % 2 == 0, crc32("beta") % 2 == 1: one connection per worker
 CONNECTIONS = {"alpha": "0", "beta": "1"}
@@ -85,7 +78,7 @@ def test_workers_partition_the_kernel(
     protected_nets(a, b)
     # Both daemons start side by side (east first: west's start actions find it
     # listening, or retransmit). West's workers are forked from a pre-imported zygote
-    # (gateway/zygote.py): no interpreter start per worker under the emulation.
+    # (gateway/workers/zygote.py): no interpreter start per worker under the emulation.
     east = Gateway.launch(
         b, tmp_path, "east", config(run_dir / "e.sock", EAST, WEST, "10.2", "10.1", 1)
     )

@@ -25,7 +25,7 @@ from gateway.xfrm import (
 )
 from gateway.xfrm.manager import InstalledChildSa
 from gateway.xfrm.spec import EspTransform, Mode
-from tests.kernel.xfrm_helpers import (
+from tests.support.xfrm import (
     CBC_SHA256,
     GCM,
     V4_TRANSPORT,

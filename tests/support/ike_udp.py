@@ -11,11 +11,12 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pyroute2.netns import popns, pushns
 
 from ike.engine import IkeEngine
-from ike.events import Event
+from ike.events import ChildSaEstablished, ChildSaFailed, Event, IkeSaFailed
 
 
 class UdpDriver:
@@ -106,3 +107,13 @@ class UdpDriver:
             t = self.engine.next_timer()
             if t is not None and t <= self.clock():
                 self.engine.handle_timer(self.clock())
+
+
+def of_type(events: Sequence[Event], cls: type) -> list[Any]:
+    """The events of one type, in order."""
+    return [e for e in events if isinstance(e, cls)]
+
+
+def settled(events: Sequence[Event]) -> bool:
+    """A handshake has an outcome: a Child SA, or a failure."""
+    return any(isinstance(e, ChildSaEstablished | ChildSaFailed | IkeSaFailed) for e in events)

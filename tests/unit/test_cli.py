@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from gateway import __version__, cli, probe
+from gateway import __version__, probe
+from gateway.cli import entry as cli
 from gateway.cli import main
 
 

@@ -1,4 +1,4 @@
-"""gateway/config.py: the contract config parses as written; every bad input is reported
+"""gateway/config/: the contract config parses as written; every bad input is reported
 with its key path and line, all at once; secrets never leak into errors or reprs."""
 
 from __future__ import annotations
@@ -13,16 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import cli
-from gateway.config import (
-    ConfigError,
-    Secret,
-    key_lines,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_listen,
-    parse_size,
-)
+from gateway.config.reader import ConfigError, key_lines, load_config, parse_config
+from gateway.config.schema import Secret
+from gateway.config.values import parse_duration, parse_listen, parse_size
 
 # The minimal config of issue 5's contract, verbatim.
 CONTRACT = """\
@@ -268,7 +261,7 @@ def test_gateway_section_errors(snippet: str, path: str, message: str | None) ->
 
 
 def test_xdp_with_workers() -> None:
-    """Workers share one set of XDP/TC programs (gateway/xdpshare.py): accepted."""
+    """Workers share one set of XDP/TC programs (gateway/workers/xdpshare.py): accepted."""
     config = parse_config('[gateway]\nworkers = 2\n[gateway.xdp]\nwan_interface = "eth0"\n')
     assert config.gateway.workers == 2 and config.gateway.xdp is not None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
+from gateway.cli import entry as cli
 
 
 def test_run_with_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

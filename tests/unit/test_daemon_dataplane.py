@@ -1,4 +1,4 @@
-"""gateway/dataplane.py: a negotiated Child SA (engine event) becomes the XFRM backend's
+"""gateway/dataplane/xfrm.py: a negotiated Child SA (engine event) becomes the XFRM backend's
 ChildSaSpec with the right algorithms, keys per direction, selectors, encapsulation,
 limits and offload; what cannot be expressed is a DataplaneError; keys never show in
 reprs. The `none` data plane records without installing."""
@@ -9,8 +9,10 @@ import ipaddress
 
 import pytest
 
-from gateway.config import parse_config
-from gateway.dataplane import DataplaneError, NoneDataplane, child_sa_spec
+from gateway.config.reader import parse_config
+from gateway.dataplane.base import DataplaneError
+from gateway.dataplane.none import NoneDataplane
+from gateway.dataplane.xfrm import child_sa_spec
 from gateway.xfrm import TrafficSelector
 from ike import events as ev
 from ike.ts import ts_from_text

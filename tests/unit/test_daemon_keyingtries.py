@@ -1,6 +1,6 @@
-"""keyingtries in gateway/daemon.py: a failed initiation of ours is retried after a
+"""keyingtries (gateway/daemon/retries.py): a failed initiation of ours is retried after a
 jittered backoff until the connection's keyingtries are used (0: forever); success,
-`terminate`, a reload and shutdown stop the retries. FakeEngine (test_daemon_wiring.py)
+`terminate`, a reload and shutdown stop the retries. FakeEngine (tests/support/fake_engine.py)
 fails connections named `bad*` with AUTHENTICATION_FAILED; the backoff is shortened."""
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
-from gateway.control import ControlClient, ControlError
-from gateway.daemon import RETRY_JITTER, Daemon, _Try, engine_connection
+from gateway.config.engine import engine_connection
+from gateway.config.reader import parse_config
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlError
+from gateway.daemon import Daemon
+from gateway.daemon.records import Attempt
+from gateway.daemon.retries import RETRY_JITTER
 from ike import events as ev
-from tests.unit.test_daemon_wiring import SECRET, FakeEngine, RecordingDataplane
+from tests.support.daemon import PSK as SECRET
+from tests.support.fake_engine import FakeEngine, RecordingDataplane
 
 SHORT = (0.01, 0.04)  # the backoff in these tests: 10 ms doubling to 40 ms
 SLACK = 0.5  # a busy machine may take this long from scheduling a retry to looking at it
@@ -75,7 +80,7 @@ async def start(
     engine = FlakyEngine([engine_connection(c) for c in cfg.connections])
     engine.failures = failures
     daemon = Daemon(cfg, dataplane=RecordingDataplane(), engine=engine)
-    daemon.retry_delays = delays
+    daemon.retries.delays = delays
     daemon.transport.send = lambda data, local, remote: True  # type: ignore[method-assign]
     await daemon.start()
     client = await ControlClient.connect(sock)
@@ -85,7 +90,7 @@ async def start(
 async def stop(gw: Gw) -> None:
     await gw.client.close()
     await gw.daemon.shutdown()
-    assert gw.daemon._retries == {} and gw.daemon._tries == {}  # nothing leaked
+    assert gw.daemon.retries.pending == {} and gw.daemon.retries.in_flight == {}  # nothing leaked
 
 
 async def until(events: AsyncIterator[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -109,7 +114,7 @@ async def test_keyingtries_3_makes_exactly_3_attempts(tmp_path: Path) -> None:
         assert [e["ike_sa"] for e in retries] == [2, 3]
         assert gw.engine.calls.count(("initiate", "bad", "net")) == 3
         await asyncio.sleep(10 * SHORT[1])  # far beyond the next backoff: no 4th attempt
-        assert gw.initiations() == 3 and gw.daemon._retries == {}
+        assert gw.initiations() == 3 and gw.daemon.retries.pending == {}
         assert (await gw.client.stats())["auth_failures"] == 3
     finally:
         await stop(gw)
@@ -136,7 +141,11 @@ async def test_success_stops_the_retries(tmp_path: Path) -> None:
             "child-established",
         ]
         await asyncio.sleep(10 * SHORT[1])
-        assert gw.initiations() == 3 and gw.daemon._retries == {} and gw.daemon._tries == {}
+        assert (
+            gw.initiations() == 3
+            and gw.daemon.retries.pending == {}
+            and gw.daemon.retries.in_flight == {}
+        )
         (sa,) = await gw.client.list_sas()
         assert sa["state"] == "ESTABLISHED" and sa["children"][0]["name"] == "net"
     finally:
@@ -147,23 +156,23 @@ async def test_backoff_is_jittered_and_terminate_cancels_it(tmp_path: Path) -> N
     gw, events = await start(tmp_path, "bad", 0, delays=(1.0, 60.0))  # the defaults
     try:
         await until(events, "ike-failed")
-        handle = gw.daemon._retries["bad"]
+        handle = gw.daemon.retries.pending["bad"]
         delay = handle.when() - asyncio.get_running_loop().time()
         assert 1.0 - RETRY_JITTER - SLACK <= delay <= 1.0
         result = await gw.client.terminate("bad")
         assert result["message"] == "terminate bad: pending initiation retry cancelled"
-        assert handle.cancelled() and gw.daemon._retries == {}
+        assert handle.cancelled() and gw.daemon.retries.pending == {}
         with pytest.raises(ControlError, match="has no IKE SA"):
             await gw.client.terminate("bad")  # nothing pending any more
         # a control initiate reports its own first attempt; retries go on behind it
-        gw.daemon.retry_delays = SHORT
+        gw.daemon.retries.delays = SHORT
         with pytest.raises(ControlError, match="initiate bad: AUTHENTICATION_FAILED"):
             await gw.client.initiate("bad", timeout=5)
         retry = (await until(events, "ike-retry"))[-1]
         assert retry["attempt"] == 2
         # terminate while an attempt is in flight: its failure is not retried
         await gw.client.terminate("bad")
-        assert gw.daemon._tries == {} and gw.daemon._retries == {}
+        assert gw.daemon.retries.in_flight == {} and gw.daemon.retries.pending == {}
         before = gw.initiations()
         await asyncio.sleep(10 * SHORT[1])
         assert gw.initiations() == before
@@ -177,15 +186,15 @@ async def test_delays_double_up_to_the_cap(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         for attempt, full in ((2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0)):
             await until(events, "ike-failed")
-            handle = gw.daemon._retries["bad"]
+            handle = gw.daemon.retries.pending["bad"]
             delay = handle.when() - loop.time()
             assert full * (1 - RETRY_JITTER) - SLACK <= delay <= full, attempt
             handle.cancel()  # fire it now instead of waiting
-            gw.daemon._retries.pop("bad")
+            gw.daemon.retries.pending.pop("bad")
             conn = gw.daemon.config.connection("bad")
             assert conn is not None
 
-            gw.daemon._retry(conn, _Try("bad", "net", attempt))
+            gw.daemon.retries.retry(conn, Attempt("bad", "net", attempt))
     finally:
         await stop(gw)
 
@@ -194,9 +203,9 @@ async def test_reload_removing_the_connection_cancels_its_retry(tmp_path: Path) 
     gw, events = await start(tmp_path, "bad", 0, delays=(1.0, 60.0))
     try:
         await until(events, "ike-failed")
-        handle = gw.daemon._retries["bad"]
+        handle = gw.daemon.retries.pending["bad"]
         new = parse_config(config(tmp_path / "c.sock", "east", 1))
         assert gw.daemon.apply_config(new)["removed"] == ["bad"]
-        assert handle.cancelled() and "bad" not in gw.daemon._retries
+        assert handle.cancelled() and "bad" not in gw.daemon.retries.pending
     finally:
         await stop(gw)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, parse_config
-from gateway.daemon import check_engine_config, engine_connection
+from gateway.config.engine import check_engine_config, engine_connection
+from gateway.config.reader import ConfigError, parse_config
 from gateway.errors import GatewayError
 from ike.config import compile_connection
 from ike.constants import IdType

@@ -14,49 +14,14 @@ from typing import Any
 
 import pytest
 
-from gateway import daemon as daemon_module
-from gateway.config import parse_config
-from gateway.control import ControlClient, ControlError
+from gateway.config.reader import parse_config
+from gateway.control.client import ControlClient
+from gateway.control.protocol import ControlError
 from gateway.daemon import Daemon
-from gateway.dataplane import Installed, NoneDataplane
-from tests.daemon_helpers import link_in_memory
-
-SECRET = "lab-secret-123456"
-
-
-def config_text(
-    socket: Path,
-    local: str,
-    remote: str,
-    start: str,
-    *,
-    psk: str = SECRET,
-    dataplane: str = "none",
-    child_extra: str = "",
-) -> str:
-    return f"""
-[gateway]
-listen = ["127.0.0.1"]
-port = 0
-port_nat_t = 0
-control_socket = "{socket}"
-metrics_listen = "off"
-dataplane = "{dataplane}"
-
-[connections.east]
-local_addrs = ["{local}"]
-remote_addrs = ["{remote}"]
-local = {{ auth = "psk", id = "{local}" }}
-remote = {{ auth = "psk", id = "{remote}" }}
-psk = "{psk}"
-
-[connections.east.children.net]
-local_ts = ["10.{local[-1]}.0.0/24"]
-remote_ts = ["10.{remote[-1]}.0.0/24"]
-esp_proposals = ["aes256gcm16-x25519"]
-start_action = "{start}"
-{child_extra}
-"""
+from gateway.daemon import core as daemon_core
+from gateway.dataplane.base import Installed
+from gateway.dataplane.none import NoneDataplane
+from tests.support.inmemory import config_text, link_in_memory
 
 
 class RecordingDataplane(NoneDataplane):
@@ -98,7 +63,7 @@ class Pair:
 
 @pytest.fixture
 async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
-    monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
+    monkeypatch.setattr(daemon_core, "REKEY_GRACE", 0.05)
     daemons: dict[str, Daemon] = {}
     dps: dict[str, RecordingDataplane] = {}
     for name, local, remote, start in (
@@ -166,7 +131,7 @@ async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair)
     ]
     assert set(pair.dp_west.installed) == {int(new_in, 16)}
     assert set(pair.dp_east.installed) == {int(new_out, 16)}
-    assert not pair.west._retiring and not pair.east._retiring
+    assert not pair.west.children.retiring_spis() and not pair.east.children.retiring_spis()
     stats = await pair.client.stats()
     assert stats["rekeys"] == 1 and stats["child_sas"] == 1
 
@@ -199,7 +164,7 @@ async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
 
 async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:
     old_in, _ = await child_spis(pair.client)
-    pair.west._on_expire(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
+    pair.west.expiry.expired(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
     await wait_for("a new inbound SPI", lambda: pair.west.totals.rekeys == 1)
     new_in, _ = await child_spis(pair.client)
     assert new_in != old_in
@@ -220,7 +185,7 @@ async def test_list_sas_shows_the_engines_lifetimes(pair: Pair) -> None:
     (sa,) = await pair.client.list_sas()
     (child,) = sa["children"]
     # defaults: IKE rekey 4 h minus up to 24 min, hard at 4 h 24 min; Child 1 h minus up
-    # to 6 min, hard at 66 min (gateway/config.py, docs/config.md)
+    # to 6 min, hard at 66 min (gateway/config/schema.py, docs/config.md)
     assert 14400 - 1440 <= sa["rekey_at"] - sa["established_at"] <= 14400
     assert sa["expire_at"] - sa["established_at"] == pytest.approx(15840)
     assert 3600 - 360 <= child["rekey_at"] - child["installed_at"] <= 3600
@@ -248,12 +213,17 @@ async def test_simultaneous_rekeys_leave_one_installed_pair(pair: Pair, what: st
             d.engine.rekey_child_sa(record.ike_sa, record.children[0].spi_in, d.clock())
         else:
             d.engine.rekey_ike_sa(record.ike_sa, d.clock())
-    pair.west._pump()
-    pair.east._pump()
+    pair.west.pump()
+    pair.east.pump()
 
     def settled() -> bool:
         w, e = pair.dp_west.installed, pair.dp_east.installed
-        if len(w) != 1 or len(e) != 1 or pair.west._retiring or pair.east._retiring:
+        if (
+            len(w) != 1
+            or len(e) != 1
+            or pair.west.children.retiring_spis()
+            or pair.east.children.retiring_spis()
+        ):
             return False
         (wi,) = w.values()
         (ei,) = e.values()

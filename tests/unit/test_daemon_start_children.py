@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import daemon as daemon_module
-from gateway.config import parse_config
+from gateway.config.reader import parse_config
 from gateway.daemon import Daemon
-from tests.daemon_helpers import link_in_memory
-from tests.unit.test_daemon_rekey import config_text as rekey_config
-from tests.unit.test_daemon_trap import children, until
+from gateway.daemon import core as daemon_core
+from tests.support.inmemory import children, link_in_memory, until
+from tests.support.inmemory import config_text as rekey_config
 
 SECOND = """
 [connections.east.children.web]
@@ -37,7 +36,7 @@ def config_text(socket: Path, local: str, remote: str, start: str, close: str) -
 
 @pytest.fixture
 async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
-    monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
+    monkeypatch.setattr(daemon_core, "REKEY_GRACE", 0.05)
     made: list[Daemon] = []
 
     async def make(close: str = "none") -> tuple[Daemon, Daemon]:

@@ -8,7 +8,6 @@ remove traps, and `none` is refused by the config check."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from gateway import daemon as daemon_module
-from gateway.config import ConfigError, parse_config
-from gateway.ctl import format_conns
+from gateway.cli.ctl import format_conns
+from gateway.config.reader import ConfigError, parse_config
 from gateway.daemon import Daemon
-from gateway.dataplane import DataplaneError, NoneDataplane
-from gateway.trap import TrapKey, TrapSpec
+from gateway.daemon import core as daemon_core
+from gateway.dataplane.base import DataplaneError, TrapKey, TrapSpec
+from gateway.dataplane.none import NoneDataplane
 from ike.engine import IkeEngine
-from tests.daemon_helpers import link_in_memory
-from tests.unit.test_daemon_rekey import SECRET
-from tests.unit.test_daemon_rekey import config_text as rekey_config
-from ui.model import _idle_state
+from tests.support.daemon import PSK as SECRET
+from tests.support.inmemory import children, link_in_memory, until
+from tests.support.inmemory import config_text as rekey_config
+from ui.model import SaModel
 
 KEY = ("east", "net")
 
@@ -93,7 +92,7 @@ Make = Callable[..., Awaitable[Pair]]
 
 @pytest.fixture
 async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
-    monkeypatch.setattr(daemon_module, "REKEY_GRACE", 0.05)
+    monkeypatch.setattr(daemon_core, "REKEY_GRACE", 0.05)
     made: list[Daemon] = []
 
     async def make(**west_kw: Any) -> Pair:
@@ -126,18 +125,6 @@ async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         await d.shutdown()
 
 
-async def until(what: str, cond: Callable[[], Any]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def children(d: Daemon) -> list[dict[str, Any]]:
-    return [c for sa in d.list_sas() if sa["state"] == "ESTABLISHED" for c in sa["children"]]
-
-
 async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_trap(
     make_pair: Make,
 ) -> None:
@@ -152,9 +139,11 @@ async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_tr
     )
     assert p.trap()["state"] == "TRAPPED" and not p.west.list_sas()
     assert "start_action trap, trap TRAPPED" in format_conns(p.west.list_conns())
-    assert _idle_state(p.west.list_conns()[0]) == "trapped"  # the console's row state
+    console = SaModel()  # the console's row of the connection
+    console.update(p.west.list_sas(), p.west.list_conns(), 0.0)
+    assert console.rows[("conn", "east", "")].state == "trapped"
     for i in range(20):  # several flows and retries before the SA is there
-        p.west._on_acquire(p.reqid, f"10.1.0.{5 + i % 3}", "10.2.0.7")
+        p.west.traps.acquired(p.reqid, f"10.1.0.{5 + i % 3}", "10.2.0.7")
     await until("installed", lambda: children(p.west) and children(p.east))
     assert len(p.initiates) == 1
     conn, child, _, packet_ts = p.initiates[0]
@@ -171,7 +160,7 @@ async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_tr
     await p.west.terminate("east", timeout=5)
     assert p.trap()["state"] == "TRAPPED" and KEY in p.dp.traps
     assert p.dp.trap_calls == [("install", KEY)]
-    p.west._on_acquire(p.reqid, "10.1.0.9", "10.2.0.1")
+    p.west.traps.acquired(p.reqid, "10.1.0.9", "10.2.0.1")
     await until("installed again", lambda: children(p.west))
     assert len(p.initiates) == 2 and p.trap()["state"] == "INSTALLED"
 
@@ -181,7 +170,7 @@ async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_tr
     assert p.trap()["state"] == "TRAPPED" and [s["state"] for s in p.west.list_sas()] == [
         "ESTABLISHED"
     ]
-    p.west._on_acquire(p.reqid, "10.1.0.9", "10.2.0.1")
+    p.west.traps.acquired(p.reqid, "10.1.0.9", "10.2.0.1")
     await until("child over the IKE SA", lambda: children(p.west))
     assert len(p.initiates) == 2 and len(p.west.list_sas()) == 1
 
@@ -192,12 +181,12 @@ async def test_acquire_storm_brings_the_child_up_once_and_terminate_keeps_the_tr
 
 async def test_failed_initiation_backs_off(make_pair: Make) -> None:
     p = await make_pair(start="trap", psk="a-different-secret-123")
-    p.west._on_acquire(p.reqid, "10.1.0.5", "10.2.0.7")
+    p.west.traps.acquired(p.reqid, "10.1.0.5", "10.2.0.7")
     await until("backoff", lambda: p.trap()["state"] == "BACKOFF")
     trap = p.trap()
     assert trap["failures"] == 1 and trap["retry_at"] > p.west.clock()
     for _ in range(5):
-        p.west._on_acquire(p.reqid, "10.1.0.5", "10.2.0.7")
+        p.west.traps.acquired(p.reqid, "10.1.0.5", "10.2.0.7")
     assert len(p.initiates) == 1 and p.trap()["coalesced"] == 5
     assert p.west.totals.auth_failures == 1
 
@@ -206,7 +195,7 @@ async def test_reload_removes_the_trap_of_a_removed_connection(
     make_pair: Make, tmp_path: Path
 ) -> None:
     p = await make_pair(start="trap")
-    p.west._on_acquire(p.reqid, "10.1.0.5", "10.2.0.7")
+    p.west.traps.acquired(p.reqid, "10.1.0.5", "10.2.0.7")
     await until("installed", lambda: children(p.west))
     text = (tmp_path / "west.toml").read_text()
     (tmp_path / "west.toml").write_text(text.split("[connections.east]")[0])
@@ -214,7 +203,7 @@ async def test_reload_removes_the_trap_of_a_removed_connection(
     assert result["removed"] == ["east"]
     # the trap shares the SA's out policies: it goes once the SA is gone
     await until("trap removed", lambda: ("remove", KEY) in p.dp.trap_calls)
-    assert not p.west.list_sas() and not p.dp.traps and not p.west.traps.all()
+    assert not p.west.list_sas() and not p.dp.traps and not p.west.traps.table.all()
 
 
 async def test_close_action_trap_after_the_peer_closes(make_pair: Make) -> None:
@@ -226,7 +215,7 @@ async def test_close_action_trap_after_the_peer_closes(make_pair: Make) -> None:
     await p.east.terminate("east", timeout=5)  # the peer closes the IKE SA
     await until("trap armed", lambda: KEY in p.dp.traps)
     assert p.trap()["state"] == "TRAPPED"
-    p.west._on_acquire(p.reqid, "10.1.0.5", "10.2.0.7")
+    p.west.traps.acquired(p.reqid, "10.1.0.5", "10.2.0.7")
     await until("back", lambda: children(p.west))
 
 
@@ -239,12 +228,12 @@ async def test_dpd_action_trap_after_a_dead_peer(make_pair: Make) -> None:
     (sa,) = p.west.list_sas()
     assert isinstance(p.west.engine, IkeEngine)  # the real engine: force a liveness check
     p.west.engine.check_liveness(sa["ike_sa"], p.west.clock())
-    p.west._pump()
+    p.west.pump()
     await until("dead peer, trap armed", lambda: KEY in p.dp.traps)
     assert not p.west.list_sas() and p.west.totals.dpd_failures == 1
     assert p.trap()["state"] == "TRAPPED"
     p.west.transport.send, p.east.transport.send = sends  # type: ignore[method-assign]
-    p.west._on_acquire(p.reqid, "10.1.0.5", "10.2.0.7")
+    p.west.traps.acquired(p.reqid, "10.1.0.5", "10.2.0.7")
     await until("back", lambda: children(p.west))
     assert p.trap()["state"] == "INSTALLED"
 

@@ -23,7 +23,7 @@ from gateway.metrics import (
     render_text,
     start_exporter,
 )
-from tests.observability_fakes import child_sa, ike_sa, synthetic_ike_sas
+from tests.support.observability import child_sa, ike_sa, synthetic_ike_sas
 
 
 class FakeSource:

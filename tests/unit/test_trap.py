@@ -1,4 +1,4 @@
-"""The trap state machine (gateway/trap.py) with a fake clock: one initiation per Child
+"""The trap state machine (gateway/daemon/trap_table.py) with a fake clock: one initiation per Child
 however many ACQUIREs arrive, backoff doubling after failures in a row and starting over
 after a success, back to TRAPPED when the last Child SA goes."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.trap import (
+from gateway.daemon.trap_table import (
     BACKOFF,
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -14,9 +14,9 @@ from gateway.trap import (
     CONNECTING,
     INSTALLED,
     TRAPPED,
-    TrapSpec,
     TrapTable,
 )
+from gateway.dataplane.base import TrapSpec
 
 SPEC = TrapSpec(
     "east", "net", "192.0.2.1", "192.0.2.2", ("10.1.0.0/24",), ("10.2.0.0/24",), "tunnel"

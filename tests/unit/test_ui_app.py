@@ -18,7 +18,7 @@ from textual.command import CommandList
 from textual.pilot import Pilot
 from textual.widgets import Sparkline, Static
 
-from tests.observability_fakes import FakeGateway, synthetic_ike_sas
+from tests.support.observability import FakeGateway, synthetic_ike_sas
 from ui.app import ConfirmScreen, GatewayApp, HelpScreen
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

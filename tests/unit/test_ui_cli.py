@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway.tui import socket_path
+from gateway.cli import entry as cli
+from gateway.cli.tui import socket_path
 
 
 def test_tui_subcommand_is_registered_with_its_options() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.control import ControlError, ControlServer
-from tests.observability_fakes import synthetic_ike_sas
+from gateway.control.protocol import ControlError
+from gateway.control.server import ControlServer
+from tests.support.observability import synthetic_ike_sas
 from ui.control_source import socket_connector
 from ui.source import SourceDisconnected, SourceRefused
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.observability_fakes import child_sa, ike_sa, synthetic_ike_sas
+from tests.support.observability import child_sa, ike_sa, synthetic_ike_sas
 from ui.model import SaModel, cell, duration, format_event, human, human_bytes, redact
 
 NOW = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Workers (gateway/workers.py) and their socket steering (bpf/reuseport.py), without a
+"""Workers (gateway/workers/) and their socket steering (bpf/reuseport.py), without a
 kernel: the SPI encodings and partitions, the classic BPF program run by an interpreter
 against the Python decision on sample and random IKE headers, and the supervisor's merges.
 The kernel's steering itself is tested in tests/host/test_daemon_workers.py."""
@@ -24,19 +24,15 @@ from bpf.reuseport import (
     select_worker,
     steering_program,
 )
-from gateway import control
-from gateway.control import UNKNOWN_SA, ControlClient, ControlError, ControlServer
-from gateway.workers import (
-    PartitionedSpis,
-    WorkerIkeSpis,
-    connection_owner,
-    merge_action,
-    merge_stats,
-    reqid_range,
-)
+from gateway.control import protocol as control
+from gateway.control.client import ControlClient
+from gateway.control.protocol import UNKNOWN_SA, ControlError
+from gateway.control.server import ControlServer
+from gateway.workers.merge import merge_action, merge_stats
+from gateway.workers.partition import PartitionedSpis, WorkerIkeSpis, connection_owner, reqid_range
 from gateway.xfrm.manager import OwnedRange
 from ike.engine import IkeEngine
-from tests.unit.test_control import FakeState
+from tests.support.control import FakeState
 
 INIT, RESP = reuseport.FLAG_INITIATOR, reuseport.FLAG_RESPONSE
 IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 34, 35, 37
@@ -311,9 +307,9 @@ def test_merge_stats_merges_the_handshake_histograms() -> None:
 async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> None:
     """The supervisor's exporter snapshot carries the workers' merged histogram (the
     exporter calls metrics_snapshot from its own thread)."""
-    from gateway.config import parse_config
+    from gateway.config.reader import parse_config
     from gateway.metrics import DurationHistogram
-    from gateway.workers import Supervisor, SupervisorOptions
+    from gateway.workers.supervisor import Supervisor, SupervisorOptions
 
     h = DurationHistogram()
     for s in (0.01, 0.3, 2.0):
@@ -322,7 +318,7 @@ async def test_supervisor_metrics_show_the_merged_histogram(tmp_path: Any) -> No
     row = {"bounds": list(snap.bounds), "counts": list(snap.counts), "sum": snap.total}
     config = parse_config(f'[gateway]\ncontrol_socket = "{tmp_path}/c.sock"\nworkers = 2\n')
     sup = Supervisor(config, SupervisorOptions("gw.toml"), zygote=None)  # type: ignore[arg-type]
-    sup._loop = asyncio.get_running_loop()
+    sup.loop = asyncio.get_running_loop()
 
     async def list_sas() -> list[dict[str, Any]]:
         return []

@@ -1,4 +1,4 @@
-"""gateway/xdpshare.py: `[gateway.xdp]` with workers. Two workers' XdpAdapters (each with
+"""gateway/workers/xdpshare.py: `[gateway.xdp]` with workers. Two workers' XdpAdapters (each with
 its share of slots and SPIs, bpf/spi.py) talk to the supervisor's XdpShare over real
 socketpairs (the RemoteLoader blocks in its worker thread while the supervisor's loop
 answers), against a recording stand-in for the bcc loader. Checks: the shares never
@@ -16,13 +16,13 @@ import socket
 
 import pytest
 
-from bpf.loader import DataplaneError
+from bpf.loader import BpfError
 from bpf.spi import SlotAllocator, SpiError, make_inbound_spi, slot_of_spi
-from gateway.config import XdpConfig
-from gateway.xdp import SlotSpis, XdpAdapter
-from gateway.xdpshare import RemoteLoader, XdpShare
+from gateway.config.schema import XdpConfig
+from gateway.dataplane.xdp import SlotSpis, XdpAdapter
+from gateway.workers.xdpshare import RemoteLoader, XdpShare
 from ike.ts import ts_from_text
-from tests.unit.test_gateway_xdp import FakeLoader, child
+from tests.support.xdp import FakeLoader, child
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 5, 64])
@@ -102,7 +102,7 @@ async def test_two_workers_share_one_loader() -> None:
 
     # a slot outside the worker's share is refused (never touches the loader)
     assert w0.loader is not None
-    with pytest.raises(DataplaneError, match="not worker 0's"):
+    with pytest.raises(BpfError, match="not worker 0's"):
         await asyncio.to_thread(
             w0.loader.install_child_sa, 3, spi_in=0x103, spi_out=0x200, remote_ts=[], mtu=1400
         )

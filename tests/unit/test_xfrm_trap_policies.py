@@ -10,8 +10,8 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from gateway.dataplane import trap_sa_spec
-from gateway.trap import TrapSpec
+from gateway.dataplane.base import TrapSpec
+from gateway.dataplane.xfrm import trap_sa_spec
 from gateway.xfrm import XfrmManager
 from gateway.xfrm import netlink as nl
 

@@ -1,4 +1,4 @@
-"""The worker zygote (gateway/zygote.py) with a stand-in worker: requests fork workers
+"""The worker zygote (gateway/workers/zygote.py) with a stand-in worker: requests fork workers
 that get exactly the descriptors sent, exits are reported with their status, signals go
 through the pidfd, the configuration frame crosses a socketpair, and the zygote exits
 when the supervisor's end closes. (The real workers: tests/host/test_daemon_workers.py.)"""
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.zygote import WorkerRequest, read_blob, send_blob, start_zygote
+from gateway.workers.zygote import WorkerRequest, read_blob, send_blob, start_zygote
 
 
 def stand_in(request: WorkerRequest, fds: list[int]) -> int:
@@ -28,7 +28,7 @@ def stand_in(request: WorkerRequest, fds: list[int]) -> int:
 
 
 async def test_zygote_forks_reports_and_signals() -> None:
-    zygote = start_zygote(stand_in)
+    zygote = start_zygote(lambda: stand_in)
     zygote.attach()
     try:
         ours, theirs = socket.socketpair()
@@ -62,7 +62,7 @@ async def test_zygote_forks_reports_and_signals() -> None:
 
 
 async def test_worker_process_dies_with_the_zygote_gone() -> None:
-    zygote = start_zygote(stand_in)
+    zygote = start_zygote(lambda: stand_in)
     zygote.attach()
     ours, theirs = socket.socketpair()
     try:

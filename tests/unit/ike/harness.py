@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ike.config import ChildConfig, ConnectionConfig, EngineSettings
-from ike.engine import IkeEngine
+from ike.engine import IkeEngine, RandomSpis
 from ike.events import Datagram, Endpoint, Event
+from ike.sa import IkeSa
 
 A_IP, B_IP, NAT_IP = "192.0.2.1", "192.0.2.2", "198.51.100.7"
 PSK = b"correct horse battery staple"
@@ -54,6 +55,22 @@ def pair_confs(**kw: object) -> tuple[ConnectionConfig, ConnectionConfig]:
 Filter = Callable[[int, Datagram], int]  # (index, datagram) -> copies to deliver (0 = drop)
 
 
+class SeededRandom:
+    """The engines' injected random source: seeded, and able to record what it hands
+    out in `size`-byte pieces (the nonces) into `taken` while that is a list."""
+
+    def __init__(self, seed: int, size: int = 32) -> None:
+        self._random = random.Random(seed)
+        self.size = size
+        self.taken: list[bytes] | None = None
+
+    def __call__(self, n: int) -> bytes:
+        out = self._random.randbytes(n)
+        if self.taken is not None and n == self.size:
+            self.taken.append(out)
+        return out
+
+
 @dataclass
 class Net:
     a: IkeEngine
@@ -62,6 +79,8 @@ class Net:
     nat: bool = False  # a sits behind a NAT that maps its address/port to NAT_IP
     log: list[tuple[str, Datagram]] = field(default_factory=list)
     events: dict[str, list[Event]] = field(default_factory=lambda: {"a": [], "b": []})
+    randoms: dict[str, SeededRandom] = field(default_factory=dict)
+    spis: dict[str, RandomSpis] = field(default_factory=dict)  # the injected allocators
 
     @classmethod
     def make(
@@ -71,12 +90,16 @@ class Net:
         a_settings: EngineSettings | None = None,
         b_settings: EngineSettings | None = None,
         seed: int = 1,
+        a_spis: RandomSpis | None = None,
+        b_spis: RandomSpis | None = None,
         **kw: object,
     ) -> Net:
-        ra, rb = random.Random(seed), random.Random(seed + 1000)
-        a = IkeEngine([a_conf], a_settings, random=ra.randbytes)
-        b = IkeEngine([b_conf], b_settings, random=rb.randbytes)
-        return cls(a, b, **kw)  # type: ignore[arg-type]
+        ra, rb = SeededRandom(seed), SeededRandom(seed + 1000)
+        sa = a_spis if a_spis is not None else RandomSpis(ra)
+        sb = b_spis if b_spis is not None else RandomSpis(rb)
+        a = IkeEngine([a_conf], a_settings, random=ra, spis=sa)
+        b = IkeEngine([b_conf], b_settings, random=rb, spis=sb)
+        return cls(a, b, randoms={"a": ra, "b": rb}, spis={"a": sa, "b": sb}, **kw)  # type: ignore[arg-type]
 
     def _nat_out(self, ep: Endpoint) -> Endpoint:
         return (NAT_IP, ep[1] + 10000) if self.nat and ep[0] == A_IP else ep
@@ -131,3 +154,44 @@ class Net:
 
     def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]
         return [e for e in self.events[side] if isinstance(e, cls)]
+
+
+# --------------------------------------------------------------------------- inside looks
+# The engine's API shows the current IKE SAs only (ike_sas()). Tests that forge authentic
+# messages with an SA's keys, send a request of their own on an SA (the engine's host
+# interface, ike/host.py, takes the IkeSa), count lingering SAs or check the engine's
+# tables for leaks look inside through these helpers, and only here.
+
+
+def all_sas(eng: IkeEngine) -> list[IkeSa]:
+    """Every IKE SA the engine holds, also the rekeyed, redundant and lingering ones."""
+    return list(eng._by_uid.values())  # noqa: SLF001
+
+
+def sa_of(eng: IkeEngine, handle: int | None = None) -> IkeSa:
+    """The IKE SA with this handle, or the engine's one current IKE SA."""
+    if handle is not None:
+        return eng._by_uid[handle]  # noqa: SLF001
+    [sa] = [s for s in all_sas(eng) if s.current]
+    return sa
+
+
+def any_sa(eng: IkeEngine) -> IkeSa:
+    """The engine's first IKE SA, established or not (a handshake under way)."""
+    return all_sas(eng)[0]
+
+
+def sa_table(eng: IkeEngine) -> dict[bytes, IkeSa]:
+    """The engine's IKE SAs by our SPI (every SA there is also in all_sas: no leaks)."""
+    return dict(eng._sas)  # noqa: SLF001
+
+
+def leftovers(eng: IkeEngine, spis: RandomSpis) -> list[str]:
+    """What the engine still holds: SAs, entries of its SA tables, inbound SPIs, timers."""
+    out = [f"IKE SA {sa!r}" for sa in all_sas(eng)]
+    out += [f"table entry {spi.hex()}" for spi in eng._sas]  # noqa: SLF001
+    out += [f"IKE_SA_INIT entry {spi.hex()}" for spi in eng._by_spi_i]  # noqa: SLF001
+    out += [f"inbound SPI {spi:08x}" for spi in spis._used]  # noqa: SLF001
+    if eng.next_timer() is not None:
+        out.append(f"a timer at {eng.next_timer()}")
+    return out

@@ -1,4 +1,4 @@
-"""Certificate authentication (ike/auth.py): RFC 7427 encodings, signatures of every key
+"""Certificate authentication (ike/auth.py, ike/pki/): RFC 7427 encodings, signatures of every key
 type, X.509 path validation, ID matching, CERTREQ, CRLs, and two in-memory engines doing
 IKE_AUTH with certificates (a CA, an intermediate and leaves made by the test)."""
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ike import auth, codec
-from ike.auth import AuthFailure, HashAlgorithm, PeerHints
+from ike.auth import AuthFailure, PeerHints
 from ike.codec import Authentication, Certificate, CertificateRequest, Notify, Payload
 from ike.config import (
     CompiledConnection,
@@ -27,6 +27,9 @@ from ike.crypto import PRF
 from ike.engine import IkeEngine
 from ike.errors import LocalError
 from ike.events import ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
+from ike.pki import der as pki_der
+from ike.pki import names, signatures, x509
+from ike.pki.signatures import HashAlgorithm
 from tests.support.pki import NOW, UTC, Issued, make_ca, make_crl, make_leaf
 from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
 
@@ -103,16 +106,16 @@ def failures(net: Net, side: str) -> list[IkeSaFailed]:
 def test_algorithm_identifiers_match_rfc_7427_appendix_a() -> None:
     # RFC 7427 Appendix A.1.2 sha256WithRSAEncryption, A.3.1 ecdsa-with-sha256,
     # A.4.3 RSASSA-PSS with SHA-256 (MGF1-SHA-256, salt 32); RFC 8420 §2 id-Ed25519
-    assert auth.algorithm_identifier("rsa-pkcs1", 2) == bytes.fromhex(
+    assert signatures.algorithm_identifier("rsa-pkcs1", 2) == bytes.fromhex(
         "300d06092a864886f70d01010b0500"
     )
-    assert auth.algorithm_identifier("ecdsa", 2) == bytes.fromhex("300a06082a8648ce3d040302")
-    assert auth.algorithm_identifier("ecdsa", 3) == bytes.fromhex("300a06082a8648ce3d040303")
-    assert auth.algorithm_identifier("rsa-pss", 2) == bytes.fromhex(
+    assert signatures.algorithm_identifier("ecdsa", 2) == bytes.fromhex("300a06082a8648ce3d040302")
+    assert signatures.algorithm_identifier("ecdsa", 3) == bytes.fromhex("300a06082a8648ce3d040303")
+    assert signatures.algorithm_identifier("rsa-pss", 2) == bytes.fromhex(
         "304106092a864886f70d01010a3034a00f300d06096086480165030402010500"
         "a11c301a06092a864886f70d010108300d06096086480165030402010500a203020120"
     )
-    assert auth.algorithm_identifier("ed25519") == bytes.fromhex("300506032b6570")
+    assert signatures.algorithm_identifier("ed25519") == bytes.fromhex("300506032b6570")
 
 
 @pytest.mark.parametrize(
@@ -135,59 +138,59 @@ def test_sign_and_verify_each_key_type(
     pki: Pki, kind: str, peer: tuple[int, ...], method: int, algid: tuple[str, int] | None
 ) -> None:
     leaf = pki.leaf("a", kind)
-    cred = auth.load_credential((leaf.pem,), leaf.key_pem, rsa_pss=kind != "rsa-pkcs1")
+    cred = x509.load_credential((leaf.pem,), leaf.key_pem, rsa_pss=kind != "rsa-pkcs1")
     octets = b"RealMessage1" + b"Nr" + b"prf(SK_pi, IDi')"
-    a = auth.sign(cred, octets, frozenset(peer))
+    a = signatures.sign(cred.key, octets, frozenset(peer), rsa_pss=cred.rsa_pss)
     assert a.method == method
     if algid is not None:
         n = a.data[0]
-        assert a.data[1 : 1 + n] == auth.algorithm_identifier(*algid)
+        assert a.data[1 : 1 + n] == signatures.algorithm_identifier(*algid)
     key = leaf.cert.public_key()
-    auth.verify_signature(a, key, octets)  # type: ignore[arg-type]
+    signatures.verify_signature(a, key, octets)  # type: ignore[arg-type]
     with pytest.raises(AuthFailure, match="does not verify"):
-        auth.verify_signature(a, key, octets + b"x")  # type: ignore[arg-type]
+        signatures.verify_signature(a, key, octets + b"x")  # type: ignore[arg-type]
     bad = bytearray(a.data)
     bad[-3] ^= 1
     with pytest.raises(AuthFailure):
-        auth.verify_signature(Authentication(a.method, bytes(bad)), key, octets)  # type: ignore[arg-type]
+        signatures.verify_signature(Authentication(a.method, bytes(bad)), key, octets)  # type: ignore[arg-type]
 
 
 def test_p521_classic_method_11(pki: Pki) -> None:
     leaf = make_leaf(pki.inter, "c.example", "p521", dns=("c.example",))
-    cred = auth.load_credential((leaf.pem,), leaf.key_pem)
-    a = auth.sign(cred, b"octets", frozenset())
+    cred = x509.load_credential((leaf.pem,), leaf.key_pem)
+    a = signatures.sign(cred.key, b"octets", frozenset(), rsa_pss=cred.rsa_pss)
     assert a.method == 11 and len(a.data) == 132
-    auth.verify_signature(a, leaf.cert.public_key(), b"octets")  # type: ignore[arg-type]
+    signatures.verify_signature(a, leaf.cert.public_key(), b"octets")  # type: ignore[arg-type]
 
 
 def test_verify_rejects_key_type_and_malformed_algid(pki: Pki) -> None:
     rsa_leaf, ec_leaf = pki.leaf("a", "rsa-pss"), pki.leaf("a", "p256")
-    cred = auth.load_credential((rsa_leaf.pem,), rsa_leaf.key_pem)
-    a = auth.sign(cred, b"m", frozenset(ALL))
+    cred = x509.load_credential((rsa_leaf.pem,), rsa_leaf.key_pem)
+    a = signatures.sign(cred.key, b"m", frozenset(ALL), rsa_pss=cred.rsa_pss)
     with pytest.raises(AuthFailure, match="not ECDSA|not RSA"):
-        auth.verify_signature(a, ec_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
+        signatures.verify_signature(a, ec_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
     for data in (b"", b"\x05\x30", b"\x02\x30\x00", bytes([10]) + bytes(10)):
         with pytest.raises(AuthFailure):
-            auth.verify_signature(
+            signatures.verify_signature(
                 Authentication(AuthMethod.DIGITAL_SIGNATURE, data),
                 rsa_leaf.cert.public_key(),  # type: ignore[arg-type]
                 b"m",
             )
     with pytest.raises(AuthFailure, match="method 3"):
-        auth.verify_signature(Authentication(3, b"x"), rsa_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
+        signatures.verify_signature(Authentication(3, b"x"), rsa_leaf.cert.public_key(), b"m")  # type: ignore[arg-type]
 
 
 def test_peer_hints_and_certreq(pki: Pki) -> None:
-    trust = auth.load_trust((pki.root.pem, pki.inter.pem))
+    trust = x509.load_trust((pki.root.pem, pki.inter.pem))
     payloads = auth.init_payloads(True, [trust])
     certreq, notify = payloads
     assert isinstance(certreq, CertificateRequest) and certreq.encoding == 4
-    assert certreq.data == auth.spki_sha1(pki.root.cert) + auth.spki_sha1(pki.inter.cert)
+    assert certreq.data == x509.spki_sha1(pki.root.cert) + x509.spki_sha1(pki.inter.cert)
     assert isinstance(notify, Notify) and notify.type == NotifyType.SIGNATURE_HASH_ALGORITHMS
     assert notify.data == bytes.fromhex("0002000300040005")
     hints = auth.peer_hints(payloads)
     assert hints.hash_algorithms == frozenset(ALL)
-    assert hints.ca_hashes == {auth.spki_sha1(pki.root.cert), auth.spki_sha1(pki.inter.cert)}
+    assert hints.ca_hashes == {x509.spki_sha1(pki.root.cert), x509.spki_sha1(pki.inter.cert)}
     assert auth.init_payloads(False) == []
 
 
@@ -198,7 +201,7 @@ def test_cert_payloads_stop_at_a_ca_the_peer_requested(pki: Pki) -> None:
     full = auth.cert_payloads(conn, PeerHints(), certreq=True)
     assert [type(p) for p in full] == [Certificate, Certificate, CertificateRequest]
     assert full[0].data == leaf.der and full[1].data == pki.inter.der  # type: ignore[union-attr]
-    hints = PeerHints(ca_hashes=frozenset({auth.spki_sha1(pki.inter.cert)}))
+    hints = PeerHints(ca_hashes=frozenset({x509.spki_sha1(pki.inter.cert)}))
     short = auth.cert_payloads(conn, hints, certreq=False)
     assert [p.data for p in short] == [leaf.der]  # type: ignore[union-attr]
 
@@ -207,38 +210,38 @@ def test_cert_payloads_stop_at_a_ca_the_peer_requested(pki: Pki) -> None:
 
 
 def test_chain_validation(pki: Pki) -> None:
-    trust = auth.load_trust((pki.root.pem,))
+    trust = x509.load_trust((pki.root.pem,))
     leaf = pki.leaf("b", "p256")
-    path = auth.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
+    path = x509.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
     assert path == [leaf.cert, pki.inter.cert, pki.root.cert]
     with pytest.raises(AuthFailure, match="not a trusted CA"):
-        auth.validate_chain(trust, leaf.cert, [], NOW)  # the intermediate is missing
+        x509.validate_chain(trust, leaf.cert, [], NOW)  # the intermediate is missing
     with pytest.raises(AuthFailure, match="expired"):
-        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_950_000_000.0)
+        x509.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_950_000_000.0)
     with pytest.raises(AuthFailure, match="not valid before"):
-        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_700_000_000.0)
+        x509.validate_chain(trust, leaf.cert, [pki.inter.cert], 1_700_000_000.0)
     with pytest.raises(AuthFailure, match="not a trusted CA"):
-        auth.validate_chain(
-            auth.load_trust((pki.other_root.pem,)), leaf.cert, [pki.inter.cert], NOW
+        x509.validate_chain(
+            x509.load_trust((pki.other_root.pem,)), leaf.cert, [pki.inter.cert], NOW
         )
 
 
 def test_issuer_must_be_a_ca_with_key_cert_sign(pki: Pki) -> None:
-    trust = auth.load_trust((pki.root.pem,))
+    trust = x509.load_trust((pki.root.pem,))
     not_ca = make_ca("Not A CA", "p256", issuer=pki.root, ca=False)
     leaf = make_leaf(not_ca, "x.example", dns=("x.example",))
     with pytest.raises(AuthFailure, match="not a CA"):
-        auth.validate_chain(trust, leaf.cert, [not_ca.cert], NOW)
+        x509.validate_chain(trust, leaf.cert, [not_ca.cert], NOW)
     # pathLenConstraint 0 on the root: no intermediate below it
     root0 = make_ca("Root pathlen 0", "p256", path_length=0)
     inter = make_ca("Inter", "p256", issuer=root0)
     leaf2 = make_leaf(inter, "y.example", dns=("y.example",))
     with pytest.raises(AuthFailure, match="path length"):
-        auth.validate_chain(auth.load_trust((root0.pem,)), leaf2.cert, [inter.cert], NOW)
+        x509.validate_chain(x509.load_trust((root0.pem,)), leaf2.cert, [inter.cert], NOW)
     # an end entity whose keyUsage does not allow signatures
     enc_only = make_leaf(pki.inter, "z.example", digital_signature=False)
     with pytest.raises(AuthFailure, match="may not sign"):
-        auth.validate_chain(trust, enc_only.cert, [pki.inter.cert], NOW)
+        x509.validate_chain(trust, enc_only.cert, [pki.inter.cert], NOW)
     # an expired intermediate
     old = make_ca(
         "Old Inter",
@@ -248,63 +251,63 @@ def test_issuer_must_be_a_ca_with_key_cert_sign(pki: Pki) -> None:
     )
     leaf3 = make_leaf(old, "w.example")
     with pytest.raises(AuthFailure, match="Old Inter.*expired"):
-        auth.validate_chain(trust, leaf3.cert, [old.cert], NOW)
+        x509.validate_chain(trust, leaf3.cert, [old.cert], NOW)
 
 
 def test_forged_certificate_signature(pki: Pki) -> None:
     """A leaf naming our intermediate as issuer but signed by another key."""
     impostor = make_ca("Test Intermediate CA", "p256", issuer=pki.other_root)  # same name
     leaf = make_leaf(impostor, "evil.example", dns=("b.example",))
-    trust = auth.load_trust((pki.root.pem,))
+    trust = x509.load_trust((pki.root.pem,))
     with pytest.raises(AuthFailure, match="does not verify with its issuer"):
-        auth.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
+        x509.validate_chain(trust, leaf.cert, [pki.inter.cert], NOW)
 
 
 def test_crl_revocation(pki: Pki) -> None:
     victim = make_leaf(pki.inter, "revoked.example", dns=("revoked.example",))
     good = pki.leaf("b", "p256")
     crl = make_crl(pki.inter, (victim,))
-    trust = auth.load_trust((pki.root.pem,), crls=(crl,))
-    auth.validate_chain(trust, good.cert, [pki.inter.cert], NOW)
+    trust = x509.load_trust((pki.root.pem,), crls=(crl,))
+    x509.validate_chain(trust, good.cert, [pki.inter.cert], NOW)
     with pytest.raises(AuthFailure, match="revoked"):
-        auth.validate_chain(trust, victim.cert, [pki.inter.cert], NOW)
+        x509.validate_chain(trust, victim.cert, [pki.inter.cert], NOW)
     # the root revokes the intermediate: everything below it fails
     root_crl = make_crl(pki.root, (pki.inter,))
-    trust2 = auth.load_trust((pki.root.pem,), crls=(root_crl,))
+    trust2 = x509.load_trust((pki.root.pem,), crls=(root_crl,))
     with pytest.raises(AuthFailure, match="Intermediate.*revoked"):
-        auth.validate_chain(trust2, good.cert, [pki.inter.cert], NOW)
+        x509.validate_chain(trust2, good.cert, [pki.inter.cert], NOW)
     # a CRL not signed by the issuer in the path is ignored
     forged = make_crl(pki.inter, (good,), signer=pki.other_root)
-    auth.validate_chain(
-        auth.load_trust((pki.root.pem,), crls=(forged,)), good.cert, [pki.inter.cert], NOW
+    x509.validate_chain(
+        x509.load_trust((pki.root.pem,), crls=(forged,)), good.cert, [pki.inter.cert], NOW
     )
 
 
 def test_pinned_peer_certificate(pki: Pki) -> None:
     leaf = pki.leaf("b", "p256")
-    trust = auth.load_trust((), peer_certs=(leaf.pem,))
-    assert auth.validate_chain(trust, leaf.cert, [], NOW) == [leaf.cert]
+    trust = x509.load_trust((), peer_certs=(leaf.pem,))
+    assert x509.validate_chain(trust, leaf.cert, [], NOW) == [leaf.cert]
     with pytest.raises(AuthFailure, match="not one of the trusted peer certs"):
-        auth.validate_chain(trust, pki.leaf("a", "p256").cert, [], NOW)
+        x509.validate_chain(trust, pki.leaf("a", "p256").cert, [], NOW)
 
 
 def test_id_matching(pki: Pki) -> None:
     cert = pki.leaf("b", "p256").cert
-    assert auth.id_in_certificate(*parse_identity("@b.example"), cert)
-    assert auth.id_in_certificate(*parse_identity("@B.Example"), cert)
-    assert auth.id_in_certificate(*parse_identity("gw@b.example"), cert)
-    assert auth.id_in_certificate(*parse_identity(B_IP), cert)
-    assert auth.id_in_certificate(IdType.ID_DER_ASN1_DN, cert.subject.public_bytes(), cert)
-    assert not auth.id_in_certificate(*parse_identity("@a.example"), cert)
-    assert not auth.id_in_certificate(*parse_identity(A_IP), cert)
-    assert not auth.id_in_certificate(*parse_identity("gw@a.example"), cert)
-    assert not auth.id_in_certificate(IdType.ID_IPV6_ADDR, ipaddress.ip_address("::1").packed, cert)
-    assert not auth.id_in_certificate(*parse_identity("@#0102"), cert)
+    assert x509.id_in_certificate(*parse_identity("@b.example"), cert)
+    assert x509.id_in_certificate(*parse_identity("@B.Example"), cert)
+    assert x509.id_in_certificate(*parse_identity("gw@b.example"), cert)
+    assert x509.id_in_certificate(*parse_identity(B_IP), cert)
+    assert x509.id_in_certificate(IdType.ID_DER_ASN1_DN, cert.subject.public_bytes(), cert)
+    assert not x509.id_in_certificate(*parse_identity("@a.example"), cert)
+    assert not x509.id_in_certificate(*parse_identity(A_IP), cert)
+    assert not x509.id_in_certificate(*parse_identity("gw@a.example"), cert)
+    assert not x509.id_in_certificate(IdType.ID_IPV6_ADDR, ipaddress.ip_address("::1").packed, cert)
+    assert not x509.id_in_certificate(*parse_identity("@#0102"), cert)
     # DNs in strongSwan's syntax (most significant first), compared by attribute
-    assert auth.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=b.example"), cert)
-    assert auth.id_in_certificate(*parse_identity("C=ch,O=Gateway Tests,CN=B.example"), cert)
-    assert not auth.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=a.example"), cert)
-    assert not auth.id_in_certificate(*parse_identity("CN=b.example, O=gateway tests, C=CH"), cert)
+    assert x509.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=b.example"), cert)
+    assert x509.id_in_certificate(*parse_identity("C=ch,O=Gateway Tests,CN=B.example"), cert)
+    assert not x509.id_in_certificate(*parse_identity("C=CH, O=gateway tests, CN=a.example"), cert)
+    assert not x509.id_in_certificate(*parse_identity("CN=b.example, O=gateway tests, C=CH"), cert)
 
 
 def test_dn_identities() -> None:
@@ -313,7 +316,7 @@ def test_dn_identities() -> None:
     assert format_identity(*dn) == "C=CH, O=Example\\, Inc., CN=gw"
     assert parse_identity(format_identity(*dn)) == dn
     # the same name with PrintableString instead of UTF8String values is the same ID
-    der = auth._der  # noqa: SLF001 (building a differently encoded DER Name by hand)
+    der = pki_der.der  # building a differently encoded DER Name by hand
 
     def rdn(oid: str, tag: int, value: bytes) -> bytes:
         atv = der(0x06, bytes.fromhex(oid)) + der(tag, value)
@@ -326,9 +329,9 @@ def test_dn_identities() -> None:
         + rdn("550403", 0x13, b"gw"),
     )
     assert printable != dn[1]
-    assert auth.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable))
-    assert not auth.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable[:-1] + b"x"))
-    assert not auth.same_identity(dn, (IdType.ID_FQDN, b"gw"))
+    assert names.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable))
+    assert not names.same_identity(dn, (IdType.ID_DER_ASN1_DN, printable[:-1] + b"x"))
+    assert not names.same_identity(dn, (IdType.ID_FQDN, b"gw"))
     for bad in ("CN=", "XYZ=1", "C=CH,,CN=x"):
         with pytest.raises(LocalError, match="identity"):
             parse_identity(bad)
@@ -429,7 +432,7 @@ def test_responder_picks_the_connection_by_auth_method(pki: Pki) -> None:
     """b has a PSK and a pubkey connection for the same peer: a's signature picks the second."""
     net = pubkey_pair(pki, "p256")
     _, psk_b = pair_confs()
-    b_pub = net.b._conns["b2a"].config
+    b_pub = pubkey_conf(pair_confs(b_local_id="@b.example")[1], pki.leaf("b", "p256"), pki)
     net.b.set_connections([dataclasses.replace(psk_b, name="psk"), b_pub])
     run(net)
     (est,) = net.of("b", IkeSaEstablished)
@@ -449,7 +452,9 @@ def test_responder_picks_the_connection_by_auth_method(pki: Pki) -> None:
         ("psk-vs-pubkey", "b", "no connection matches"),
     ],
 )
-def test_auth_failures(pki: Pki, case: str, side: str, detail: str) -> None:
+def test_auth_failures(
+    pki: Pki, case: str, side: str, detail: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kw: dict[str, object] = {}
     past = datetime.datetime(2025, 1, 1, tzinfo=UTC)
     since = datetime.datetime(2020, 1, 1, tzinfo=UTC)
@@ -477,11 +482,14 @@ def test_auth_failures(pki: Pki, case: str, side: str, detail: str) -> None:
     net = pubkey_pair(pki, "p256", None, **kw)
     if case == "bad-signature":
         # a signs with a key that is not its certificate's (a forger holding the cert)
-        conn = net.a._conns["a2b"]
+        real_sign, a_key = auth.sign, pki.leaf("a", "p256").key
         wrong = pki.leaf("b", "p256").key
-        assert conn.credential is not None
-        cred = dataclasses.replace(conn.credential, key=wrong)
-        net.a._conns["a2b"] = dataclasses.replace(conn, credential=cred)
+
+        def forged(key, octets, peer, **kw):  # type: ignore[no-untyped-def]
+            same = key.private_numbers() == a_key.private_numbers()  # type: ignore[union-attr]
+            return real_sign(wrong if same else key, octets, peer, **kw)
+
+        monkeypatch.setattr(auth, "sign", forged)
     run(net)
     net.advance(60)
     (fail,) = failures(net, side)
@@ -516,8 +524,8 @@ def test_classic_methods_towards_a_peer_without_rfc_7427(
     methods: list[int] = []
     real_sign = auth.sign
 
-    def spy(cred, octets, peer):  # type: ignore[no-untyped-def]
-        a = real_sign(cred, octets, peer)
+    def spy(key, octets, peer, **kw):  # type: ignore[no-untyped-def]
+        a = real_sign(key, octets, peer, **kw)
         methods.append(a.method)
         return a
 
@@ -566,10 +574,10 @@ def peer_auth(pki: Pki) -> PeerAuth:
     a, b = pair_confs()
     conn = compile_connection(pubkey_conf(b, pki.leaf("b", "p256"), pki))
     leaf = pki.leaf("a", "p256")
-    cred = auth.load_credential((leaf.pem,), leaf.key_pem)
+    cred = x509.load_credential((leaf.pem,), leaf.key_pem)
     signed = auth.SignedData(PRF[next(iter(PRF))], b"RealMessage1", b"Nr", b"k" * 32, b"id")
     certs = [Certificate(4, leaf.der), Certificate(4, pki.inter.der)]
-    return conn, certs, auth.sign(cred, signed.octets(), frozenset(ALL)), signed
+    return conn, certs, signatures.sign(cred.key, signed.octets(), frozenset(ALL)), signed
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gateway.cli import main
-from tests.unit.ike.harness import Net, pair_confs
+from tests.unit.ike.harness import Net, any_sa, pair_confs
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def capture() -> tuple[list[bytes], bytes]:
     net = Net.make(*pair_confs())
     net.a.initiate("a2b", None, net.now)
     net.pump()
-    sa = next(iter(net.a._by_uid.values()))
+    sa = any_sa(net.a)
     assert sa.keys is not None
     return [d.data for _, d in net.log], sa.keys.sk_ei
 
@@ -82,7 +82,7 @@ def test_describe_handles_whatever_decodes() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from gateway.decode import describe, render
+    from gateway.cli.decode import describe, render
     from gateway.errors import CommandError
     from tests.unit.ike.test_codec import VALID
 

@@ -17,7 +17,7 @@ from ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
-from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
+from tests.unit.ike.harness import A_IP, B_IP, Net, all_sas, any_sa, pair_confs, sa_of
 
 IKE_SUITES = [
     "aes256gcm16-prfsha384-x25519",
@@ -419,7 +419,7 @@ def test_unsupported_critical_payload_is_answered() -> None:
     net = Net.make(*pair_confs())
     start(net)
     established(net)
-    sa = next(iter(net.a._by_uid.values()))  # test reaches in to forge an authentic request
+    sa = any_sa(net.a)  # the test forges an authentic request with a's keys
     assert sa.sk is not None
     data = sa.sk.protect(
         sa.spi_i,
@@ -444,7 +444,7 @@ def test_create_child_sa_without_payloads_is_invalid_syntax() -> None:
 
     net = Net.make(*pair_confs())
     start(net)
-    sa = next(iter(net.a._by_uid.values()))
+    sa = any_sa(net.a)
     assert sa.sk is not None
     data = sa.sk.protect(
         sa.spi_i,
@@ -467,7 +467,7 @@ def test_secrets_stay_out_of_reprs() -> None:
     net = Net.make(a, b)
     start(net)
     ca, _ = established(net)
-    text = repr(net.events["a"]) + repr(net.a.ike_sas()) + repr(net.a._by_uid)
+    text = repr(net.events["a"]) + repr(net.a.ike_sas()) + repr(all_sas(net.a))
     for secret in (ca.encr_key_in, ca.encr_key_out):
         assert secret.hex() not in text and repr(secret) not in text
 
@@ -695,7 +695,7 @@ def test_packet_selectors_go_first_and_the_responder_drops_covered_ones() -> Non
         net = Net.make(a, b)
         handle = net.a.initiate("a2b", None, net.now, packet_ts=(host, peer))
         net.pump(limit=2)  # IKE_SA_INIT: IKE_AUTH is queued with the selectors
-        sa = net.a._by_uid[handle]
+        sa = sa_of(net.a, handle)
         assert sa.pending_child is not None
         assert sa.pending_child.tsi == (host, ts_from_text("10.1.0.0/16"))
         assert sa.pending_child.tsr == (peer, ts_from_text("10.2.0.0/16"))

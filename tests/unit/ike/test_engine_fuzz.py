@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ike import codec
 from ike.constants import PayloadType
-from tests.unit.ike.harness import A_IP, B_IP, Net, pair_confs
+from tests.unit.ike.harness import A_IP, B_IP, Net, any_sa, pair_confs
 
 
 def _captured() -> tuple[list[bytes], Net]:
@@ -153,8 +153,7 @@ def test_authentic_nonsense_never_raises(payloads, exchange, established) -> Non
     net = _half_open()
     if established:
         net.advance(5)  # the retransmitted IKE_AUTH goes through
-    sa_a = next(iter(net.a._by_uid.values()))
-    sa_b = next(iter(net.b._by_uid.values()))
+    sa_a, sa_b = any_sa(net.a), any_sa(net.b)
     assert sa_a.sk is not None and sa_b.sk is not None
     # as a request from a to b (next expected message ID, so it is processed)
     req = sa_a.sk.protect(

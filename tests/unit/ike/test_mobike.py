@@ -14,7 +14,7 @@ from ike import mobike
 from ike.codec import Message, Notify, Payload
 from ike.config import ConnectionConfig, EngineSettings
 from ike.constants import ExchangeType, NotifyType
-from ike.engine import IkeEngine, RandomSpis, _IkeSa
+from ike.engine import IkeEngine
 from ike.errors import LocalError
 from ike.events import (
     AdditionalAddressesUpdated,
@@ -26,7 +26,16 @@ from ike.events import (
     IkeSaMigrated,
     IkeSaMigrateFailed,
 )
-from tests.unit.ike.harness import A_IP, B_IP, NAT_IP, Net, pair_confs
+from ike.sa import IkeSa
+from tests.unit.ike.harness import (
+    A_IP,
+    B_IP,
+    NAT_IP,
+    Net,
+    leftovers,
+    pair_confs,
+    sa_of,
+)
 
 A2 = "192.0.2.11"  # the initiator's second address
 A6 = "2001:db8::1"
@@ -55,11 +64,6 @@ def make(
     return net
 
 
-def sa_of(eng: IkeEngine) -> _IkeSa:
-    [sa] = [s for s in eng._by_uid.values() if not s.superseded]
-    return sa
-
-
 def uid(eng: IkeEngine) -> int:
     return sa_of(eng).uid
 
@@ -76,11 +80,7 @@ def assert_clean(net: Net) -> None:
     net.pump()
     net.advance(100)
     for side in ("a", "b"):
-        eng: IkeEngine = getattr(net, side)
-        assert not eng._by_uid and not eng._sas and not eng._by_spi_i, side
-        spis = eng._spis
-        assert isinstance(spis, RandomSpis) and len(spis) == 0, side
-        assert eng.next_timer() is None, side
+        assert leftovers(getattr(net, side), net.spis[side]) == [], side
 
 
 def from_a(net: Net) -> list[Datagram]:
@@ -213,7 +213,7 @@ def test_loss_of_the_reply_on_the_new_path_is_answered_from_the_cache() -> None:
 
 def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None:
     net = make(a_kw={"local_addrs": (A_IP, A2)})
-    real = mobike._update_request
+    real = mobike.on_informational  # b's MOBIKE answer, through its public hook
 
     def wrong_cookie(*args: object) -> list[Payload]:
         out = real(*args)  # type: ignore[arg-type]
@@ -224,7 +224,7 @@ def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> 
             for p in out
         ]
 
-    monkeypatch.setattr(mobike, "_update_request", wrong_cookie)
+    monkeypatch.setattr(mobike, "on_informational", wrong_cookie)
     net.a.check_liveness(uid(net.a), net.now)  # queued behind the update: dropped with it
     net.a.update_addresses(uid(net.a), A2, None, net.now)
     net.pump()
@@ -233,8 +233,7 @@ def test_cookie2_mismatch_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> 
     [gone] = net.of("a", IkeSaDeleted)  # RFC 4555 §3.7: the IKE SA MUST be closed
     assert gone.reason == "COOKIE2 mismatch"
     assert [c.reason for c in net.of("a", ChildSaDeleted)] == ["COOKIE2 mismatch"]
-    assert not net.a._by_uid and not net.a._sas and len(net.a._spis) == 0  # type: ignore[arg-type]
-    assert net.a.next_timer() is None and net.a.datagrams_to_send() == []
+    assert leftovers(net.a, net.spis["a"]) == [] and net.a.datagrams_to_send() == []
 
 
 def test_nat_detection_in_any_informational_is_answered() -> None:
@@ -323,11 +322,11 @@ def _send_informational(net: Net, payloads: list[Payload]) -> list[Payload]:
     answers: list[Payload] = []
 
     def on_response(
-        e: IkeEngine, s: _IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
+        h: IkeEngine, s: IkeSa, m: Message, p: tuple[Payload, ...], d: bytes, n: float
     ) -> None:
         answers.extend(p)
 
-    net.a._send_request(sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)
+    net.a.send_request(sa_of(net.a), ExchangeType.INFORMATIONAL, payloads, on_response, net.now)
     net.pump()
     return answers
 

@@ -26,7 +26,7 @@ from ike.events import (
     IkeSaFailed,
     IkeSaRedirected,
 )
-from tests.unit.ike.harness import conn
+from tests.unit.ike.harness import all_sas, conn, sa_of
 
 CLIENT, GW1, GW2 = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 
@@ -46,8 +46,11 @@ class Net:
 
     def __init__(self, confs: dict[str, ConnectionConfig]) -> None:
         self.now = 1000.0
+        self.spis = {ip: RandomSpis(random.Random(i).randbytes) for i, ip in enumerate(confs)}
         self.engines = {
-            ip: IkeEngine([c], EngineSettings(), random=random.Random(i).randbytes)
+            ip: IkeEngine(
+                [c], EngineSettings(), random=random.Random(i).randbytes, spis=self.spis[ip]
+            )
             for i, (ip, c) in enumerate(confs.items())
         }
         self.events: dict[str, list[Event]] = {ip: [] for ip in confs}
@@ -121,9 +124,8 @@ def settled(net: Net, gw: str) -> IkeSaEstablished:
     [info] = net[CLIENT].ike_sas()
     assert info.remote[0] == gw and info.state == "ESTABLISHED" and len(info.children) == 1
     for ip, eng in net.engines.items():
-        assert len(eng._by_uid) == (1 if ip in (CLIENT, gw) else 0), (ip, eng._by_uid)
-        spis = eng._spis
-        assert isinstance(spis, RandomSpis) and len(spis) == (1 if ip in (CLIENT, gw) else 0)
+        assert len(all_sas(eng)) == (1 if ip in (CLIENT, gw) else 0), (ip, all_sas(eng))
+        assert len(net.spis[ip]) == (1 if ip in (CLIENT, gw) else 0)
     est = net.of(CLIENT, IkeSaEstablished)[-1]
     assert est.remote[0] == gw and est.ike_sa == info.ike_sa
     return est
@@ -288,7 +290,7 @@ def test_redirect_loop_limit() -> None:
     assert failed.reason == "REDIRECT_LOOP" and "5 redirects within 300 s" in failed.detail
     assert failed.ike_sa == moves[-1].new_ike_sa
     net.advance(100)
-    assert all(not e._by_uid for e in net.engines.values())
+    assert all(not all_sas(e) for e in net.engines.values())
     assert len(net.sent_to(GW1, ExchangeType.IKE_SA_INIT)) == 3
 
 
@@ -347,13 +349,13 @@ def test_malformed_redirect_in_an_informational_is_answered_and_changes_nothing(
     net[CLIENT].initiate("vpn", None, net.now)
     net.pump()
     gw = net[GW1]
-    sa = gw._by_uid[gw.ike_sas()[0].ike_sa]
+    sa = sa_of(gw, gw.ike_sas()[0].ike_sa)
     answers: list[tuple[object, ...]] = []
-    gw._send_request(
+    gw.send_request(
         sa,
         ExchangeType.INFORMATIONAL,
         [Notify(NotifyType.REDIRECT, b"\x09\x01x")],
-        lambda e, s, m, p, d, n: answers.append(p),
+        lambda h, s, m, p, d, n: answers.append(p),
         net.now,
     )
     net.pump()

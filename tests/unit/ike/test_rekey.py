@@ -21,7 +21,17 @@ from ike.events import (
     IkeSaDeleted,
     IkeSaRekeyed,
 )
-from tests.unit.ike.harness import A_IP, B_IP, Filter, Net, pair_confs
+from tests.unit.ike.harness import (
+    A_IP,
+    B_IP,
+    Filter,
+    Net,
+    all_sas,
+    leftovers,
+    pair_confs,
+    sa_of,
+    sa_table,
+)
 
 
 def _no_timers(conf: ConnectionConfig) -> ConnectionConfig:
@@ -62,12 +72,7 @@ def current(net: Net, side: str) -> dict[int, ChildSaEstablished]:
 
 
 def engine_children(eng: IkeEngine) -> dict[int, int]:
-    return {
-        c.spi_in: c.spi_out
-        for sa in eng._by_uid.values()
-        if not sa.superseded
-        for c in sa.children.values()
-    }
+    return {c.spi_in: c.spi_out for sa in all_sas(eng) if sa.current for c in sa.children.values()}
 
 
 def assert_settled(net: Net, children: int = 1) -> None:
@@ -76,9 +81,8 @@ def assert_settled(net: Net, children: int = 1) -> None:
     net.advance(200)  # past retransmissions and the lingering of superseded SAs
     for side in "ab":
         eng: IkeEngine = getattr(net, side)
-        assert len(eng._by_uid) == 1 and len(eng._sas) == 1, (side, eng._by_uid)
-        spis = eng._spis
-        assert isinstance(spis, RandomSpis)
+        assert len(all_sas(eng)) == 1 and len(sa_table(eng)) == 1, (side, all_sas(eng))
+        spis = net.spis[side]
         assert len(spis) == children and set(engine_children(eng)) == spis._used, side
         assert {k: (v.spi_in, v.spi_out) for k, v in current(net, side).items()} == {
             k: (k, v) for k, v in engine_children(eng).items()
@@ -431,7 +435,7 @@ def test_jitter_spreads_rekeys() -> None:
         pa.initiate("a2b", None, net.now)
         net.pump()
     for info in eng.ike_sas():
-        sa = eng._by_uid[info.ike_sa]
+        sa = sa_of(eng, info.ike_sa)
         for c in sa.children.values():
             assert c.rekey_at is not None
             times.append(c.rekey_at - c.installed_at)
@@ -465,11 +469,10 @@ def test_child_hard_expiry_when_rekey_fails() -> None:
         assert d.reason == "expired" and d.time - t0 == pytest.approx(120)
         assert not net.of(side, IkeSaDeleted)
         assert getattr(net, side).ike_sas()[0].children == ()
-        assert len(getattr(net, side)._spis) == 1  # the rekey attempt still retransmitting
+        assert len(net.spis[side]) == 1  # the rekey attempt still retransmitting
     net.advance(300, drop_create)  # it gives up: the peer is dead, nothing is left
     for side in "ab":
-        eng = getattr(net, side)
-        assert not eng._by_uid and not eng._sas and len(eng._spis) == 0
+        assert leftovers(getattr(net, side), net.spis[side]) == [], side
 
 
 # --------------------------------------------------------------------------- collisions
@@ -583,19 +586,10 @@ def test_lowest_nonce_decides_child_rekey_collision() -> None:
         old = only_child(net, "a")
         sent: dict[str, list[bytes]] = {"a": [], "b": []}  # Ni and Nr of each exchange
         for side in "ab":
-            eng = getattr(net, side)
-            real = eng._random
-
-            def spy(n: int, real=real, nonces=sent[side]) -> bytes:  # type: ignore[no-untyped-def]
-                out = real(n)
-                if n == 32:  # the nonce size
-                    nonces.append(out)
-                return out
-
-            eng._random = spy
+            net.randoms[side].taken = sent[side]  # what each side draws in nonce sizes
         act(net, "a", "rekey_child")
         act(net, "b", "rekey_child")
-        x_spi = net.a._by_uid[uid(net, "a")].child_requests[0].spi_in  # a's new inbound SPI
+        x_spi = sa_of(net.a, uid(net, "a")).child_requests[0].spi_in  # a's new inbound SPI
         net.pump()
         # a's exchange: a's first nonce (Ni) and b's second (Nr); b's: the reverse
         x, y = (sent["a"][0], sent["b"][1]), (sent["b"][0], sent["a"][1])
@@ -618,8 +612,7 @@ def test_ike_rekey_crossing_ike_delete() -> None:
     net.pump()
     net.advance(200)
     for side in "ab":
-        eng = getattr(net, side)
-        assert not eng._by_uid and not eng._sas and len(eng._spis) == 0
+        assert leftovers(getattr(net, side), net.spis[side]) == [], side
         [d] = net.of(side, IkeSaDeleted)
         assert len(net.of(side, ChildSaDeleted)) == 1
 
@@ -673,8 +666,8 @@ def test_authenticated_garbage_create_child_sa_never_raises() -> None:
 
     rng = random.Random(7)
     net = make(esp=("aes256gcm16-x25519",))
-    a_sa = net.a._by_uid[uid(net, "a")]
-    b_sa = net.b._by_uid[uid(net, "b")]
+    a_sa = sa_of(net.a, uid(net, "a"))
+    b_sa = sa_of(net.b, uid(net, "b"))
     child_b = only_child(net, "b")
     ts = (ts_from_text("10.1.0.0/16"),)
 
@@ -744,9 +737,9 @@ def test_authenticated_garbage_create_child_sa_never_raises() -> None:
     assert answered >= 200
     # whatever b made of it, its bookkeeping holds: every allocated SPI belongs to a Child
     # SA or to a request of its own under way, and the IKE SA is up
-    held = {c.spi_in for sa in net.b._by_uid.values() for c in sa.children.values()}
-    held |= {r.spi_in for sa in net.b._by_uid.values() for r in sa.child_requests}
-    spis = net.b._spis
+    held = {c.spi_in for sa in all_sas(net.b) for c in sa.children.values()}
+    held |= {r.spi_in for sa in all_sas(net.b) for r in sa.child_requests}
+    spis = net.spis["b"]
     assert isinstance(spis, RandomSpis) and spis._used == held
     assert net.b.ike_sas()[0].state == "ESTABLISHED"
 
@@ -775,9 +768,9 @@ def test_rekey_tells_the_allocator_which_spi_it_replaces(case: str) -> None:
     import random
 
     a, b = pair_confs()
-    net = Net.make(_no_timers(a), _no_timers(b))
-    net.a._spis = spis_a = SlotSpis(random.Random(5).randbytes)
-    net.b._spis = spis_b = SlotSpis(random.Random(6).randbytes)
+    spis_a = SlotSpis(random.Random(5).randbytes)
+    spis_b = SlotSpis(random.Random(6).randbytes)
+    net = Net.make(_no_timers(a), _no_timers(b), a_spis=spis_a, b_spis=spis_b)
     net.a.initiate("a2b", None, net.now)
     net.pump()
     assert list(spis_a.replaces.values()) == [None] and list(spis_b.replaces.values()) == [None]

@@ -1,0 +1,228 @@
+"""The configuration's model: every `[section]` and key as frozen dataclasses, with each
+key's default and each vocabulary (the words a key accepts) defined once, here.
+
+    [gateway]                      GatewaySettings: listen, control socket, metrics, data plane
+    [gateway.xdp]                  XdpConfig: XDP interfaces and MSS clamping
+    [connections.NAME]             ConnectionSection: one IKE SA template
+    [connections.NAME.children.C]  ChildSection: one Child SA template
+
+docs/config.md documents every key. The reader (gateway/config/reader.py) fills these in;
+the engine's own config classes (ike/config.py, same swanctl words) are made from them by
+gateway/config/engine.py. Secrets are wrapped in `Secret`, whose repr never shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from gateway.control.protocol import DEFAULT_CONTROL_SOCKET
+from ike.config import (
+    AUTH_METHODS as AUTH_METHODS,
+)
+from ike.config import (
+    CHILD_LIFE_TIME,
+    CHILD_RAND_TIME,
+    CHILD_REKEY_TIME,
+    DPD_DELAY,
+    DYNAMIC_TS,
+    IKE_OVER_TIME,
+    IKE_PORT,
+    IKE_RAND_TIME,
+    IKE_REKEY_TIME,
+    NAT_T_PORT,
+    RETRANSMIT_BASE,
+    RETRANSMIT_TIMEOUT,
+    RETRANSMIT_TRIES,
+)
+from ike.config import (
+    DPD_ACTIONS as DPD_ACTIONS,
+)
+from ike.config import FRAGMENTATION_MODES as ENGINE_FRAGMENTATION_MODES
+from ike.config import (
+    MODES as MODES,
+)
+from ike.config import (
+    REDIRECT_PHASES as REDIRECT_PHASES,
+)
+
+# Defaults and vocabularies the IKE engine defines too are imported from ike/config.py
+# above: here and nowhere else in the gateway.
+
+# --------------------------------------------------------------------------- the gateway's
+
+DEFAULT_METRICS_PORT: Final = 9810
+DATAPLANES: Final = ("xfrm", "none")
+START_ACTIONS: Final = ("none", "start", "trap")
+CLOSE_ACTIONS: Final = ("none", "trap", "start")
+OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
+FRAGMENTATION_MODES: Final = (*ENGINE_FRAGMENTATION_MODES, "force")  # + swanctl's "force"
+ANY_ADDR: Final = "%any"
+MIN_PSK_LENGTH: Final = 16
+# What the keyword "default" (or no setting) stands for in our TOML: the suites every peer
+# here must speak (not ike.config's defaults, the engine API's single suite).
+STANDARD_IKE_PROPOSALS: Final = ("aes256gcm16-prfsha384-x25519", "aes128-sha256-ecp256")
+STANDARD_ESP_PROPOSALS: Final = ("aes256gcm16", "aes128-sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret value (PSK). Compared by value (so reload sees a changed PSK), never shown."""
+
+    value: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class XdpConfig:
+    """`[gateway.xdp]`: the XDP/TC programs' interfaces and MSS clamping."""
+
+    wan_interface: str | None = None
+    lan_interface: str | None = None
+    # True (the default): clamp TCP MSS to what the tunnel MTU allows (derived from the
+    # negotiated suite, docs/bpf.md); an int: clamp to that MSS; None (`false`): no clamping.
+    mss_clamp: int | bool | None = True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """`[gateway]`: listen addresses, control socket, metrics, data plane, workers."""
+
+    listen: tuple[str, ...] = ("0.0.0.0", "::")
+    port: int = IKE_PORT
+    port_nat_t: int = NAT_T_PORT
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", DEFAULT_METRICS_PORT)
+    # "child": traffic series per connection+child; "connection": summed per connection
+    # (fewer series for very large deployments, docs/metrics.md)
+    metrics_aggregate: str = "child"
+    dataplane: str = "xfrm"
+    workers: int = 1
+    log_level: str = "info"
+    xdp: XdpConfig | None = None
+    # strongswan.conf charon.retransmit_*: timeout * base**n, give up after `tries`
+    retransmit_timeout: float = RETRANSMIT_TIMEOUT
+    retransmit_base: float = RETRANSMIT_BASE
+    retransmit_tries: int = RETRANSMIT_TRIES
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """swanctl.conf `local`/`remote` sections (one round; IKEv2 has no second round here)."""
+
+    auth: str = "psk"
+    id: str | None = None
+    certs: tuple[str, ...] = ()  # certificate files (PEM/DER)
+    cacerts: tuple[str, ...] = ()  # trust anchors for the peer's certificate (remote)
+    key: str | None = None  # private key file (local, pubkey auth)
+    crls: tuple[str, ...] = ()  # CRL files checked along the peer's chain (remote)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSection:
+    """`[connections.NAME.children.C]`: one Child SA template (swanctl.conf `children.C`)."""
+
+    name: str
+    local_ts: tuple[str, ...] = (DYNAMIC_TS,)
+    remote_ts: tuple[str, ...] = (DYNAMIC_TS,)
+    esp_proposals: tuple[str, ...] = STANDARD_ESP_PROPOSALS
+    mode: str = "tunnel"
+    start_action: str = "none"
+    dpd_action: str = "clear"
+    close_action: str = "none"
+    rekey_time: float = CHILD_REKEY_TIME
+    life_time: float = CHILD_LIFE_TIME
+    rand_time: float = CHILD_RAND_TIME
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    offload: str = "no"
+    replay_window: int | None = None  # None: the data plane's default
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSection:
+    """`[connections.NAME]`: one IKE SA template (swanctl.conf `connections.NAME`)."""
+
+    name: str
+    local_addrs: tuple[str, ...] = (ANY_ADDR,)
+    remote_addrs: tuple[str, ...] = (ANY_ADDR,)
+    local_port: int = IKE_PORT
+    remote_port: int = IKE_PORT
+    local: AuthConfig = AuthConfig()
+    remote: AuthConfig = AuthConfig()
+    psk: Secret | None = None
+    ike_proposals: tuple[str, ...] = STANDARD_IKE_PROPOSALS
+    dpd_delay: float = DPD_DELAY
+    dpd_timeout: float = 0.0
+    rekey_time: float = IKE_REKEY_TIME
+    reauth_time: float = 0.0
+    over_time: float = IKE_OVER_TIME
+    rand_time: float = IKE_RAND_TIME
+    mobike: bool = True
+    # IKEv2 redirect (RFC 5685): follow a gateway's REDIRECT (as initiator); send every
+    # new peer to `redirect_to` (as responder), in IKE_SA_INIT or IKE_AUTH (`redirect_on`)
+    follow_redirects: bool = True
+    redirect_to: str | None = None
+    redirect_on: str = "init"
+    fragmentation: str = "yes"
+    encap: bool = False
+    keyingtries: int = 1
+    children: tuple[ChildSection, ...] = ()
+
+    def child(self, name: str) -> ChildSection | None:
+        return next((c for c in self.children if c.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """A whole configuration file, as read and checked."""
+
+    gateway: GatewaySettings
+    connections: tuple[ConnectionSection, ...]
+    source: str = "<string>"
+
+    def connection(self, name: str) -> ConnectionSection | None:
+        return next((c for c in self.connections if c.name == name), None)
+
+
+TRAP_NEEDS_KERNEL = (
+    'trap needs trap policies in the kernel; dataplane = "none" installs nothing '
+    '(use dataplane = "xfrm", or start_action "start"/"none")'
+)
+
+
+TRAP_NEEDS_ONE_WORKER = (
+    "trap with workers > 1 is not supported: the kernel holds one trap policy per "
+    "selector, and a Child SA the peer initiates may land on a worker that does not own "
+    "it (use workers = 1)"
+)
+
+
+def trap_actions(
+    connections: Iterable[ConnectionSection],
+) -> Iterator[tuple[ConnectionSection, ChildSection, str]]:
+    """(connection, child, key) of every start/dpd/close action set to "trap"."""
+    for conn in connections:
+        for child in conn.children:
+            for key in ("start_action", "dpd_action", "close_action"):
+                if getattr(child, key) == "trap":
+                    yield conn, child, key
+
+
+def concrete(addr: str) -> bool:
+    """A config address that names one address (not %any, not a subnet, not a wildcard)."""
+    return addr != ANY_ADDR and "/" not in addr and addr not in ("0.0.0.0", "::")
+
+
+def iter_children(config: GatewayConfig) -> Iterator[tuple[ConnectionSection, ChildSection]]:
+    """Every (connection, child) of a configuration, in file order."""
+    for conn in config.connections:
+        for child in conn.children:
+            yield conn, child

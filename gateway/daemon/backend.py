@@ -1,0 +1,240 @@
+"""The daemon's answers to the control API's questions and its configuration changes:
+list-conns, list-sas, stats, reload/apply_config, and the metrics snapshot the
+Prometheus exporter scrapes (docs/daemon.md, docs/metrics.md).
+
+A Child SA's list-sas row and `stats` are the records' fields plus what each feature
+manager adds (its `child_row` and `stats` hooks), so a new feature shows itself without
+this module knowing it. The commands that act and wait (initiate, terminate, rekey,
+redirect, migrate) are the features' own (gateway/daemon/actions.py, roaming.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway import __version__
+from gateway.config.engine import engine_connection
+from gateway.config.schema import ConnectionSection, GatewayConfig
+from gateway.control.protocol import ControlError
+from gateway.daemon.engine import engine_stats
+from gateway.daemon.feature import Host
+from gateway.daemon.records import ChildRecord, IkeRecord
+from gateway.daemon.report import LogAs, Published, spi
+from gateway.errors import GatewayError
+
+
+def list_conns(d: Host) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": c.name,
+            "local_addrs": list(c.local_addrs),
+            "remote_addrs": list(c.remote_addrs),
+            "local_id": c.local.id,
+            "remote_id": c.remote.id,
+            "local_auth": c.local.auth,
+            "remote_auth": c.remote.auth,
+            "ike_proposals": list(c.ike_proposals),
+            "start_action": _conn_start_action(c),
+            "dpd_delay": c.dpd_delay,
+            "follow_redirects": c.follow_redirects,
+            "redirect_to": c.redirect_to,
+            "redirect_on": c.redirect_on,
+            "rekey_time": c.rekey_time,
+            "children": [
+                {
+                    "name": ch.name,
+                    "local_ts": list(ch.local_ts),
+                    "remote_ts": list(ch.remote_ts),
+                    "esp_proposals": list(ch.esp_proposals),
+                    "mode": ch.mode,
+                    "start_action": ch.start_action,
+                    "rekey_time": ch.rekey_time,
+                    "life_time": ch.life_time,
+                    "trap": d.traps.trap_dict((c.name, ch.name)),
+                }
+                for ch in c.children
+            ],
+        }
+        for c in d.config.connections
+    ]
+
+
+def sa_row(d: Host, r: IkeRecord) -> dict[str, Any]:
+    """One IKE SA of list-sas, with its Child SAs."""
+    return {
+        "connection": r.connection,
+        "ike_sa": r.ike_sa,
+        "state": r.state,
+        "initiator": r.initiator,
+        "local_addr": r.local[0] if r.local else None,
+        "local_port": r.local[1] if r.local else None,
+        "remote_addr": r.remote[0] if r.remote else None,
+        "remote_port": r.remote[1] if r.remote else None,
+        "local_id": r.local_id,
+        "remote_id": r.remote_id,
+        "spi_i": r.spi_i.hex(),
+        "spi_r": r.spi_r.hex(),
+        "ike_proposal": r.proposal,
+        "established_at": r.established_at,
+        "rekey_at": r.rekey_at,
+        "expire_at": r.expire_at,
+        "mobike": r.mobike,
+        "additional_addrs": list(r.additional_addrs),
+        "children": [child_row(d, c) for c in r.children],
+    }
+
+
+def child_row(d: Host, c: ChildRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": c.name,
+        "state": c.state,
+        "spi_in": spi(c.spi_in),
+        "spi_out": spi(c.spi_out),
+        "mode": c.mode,
+        "encap": c.encap,
+        "esp_proposal": c.esp_proposal,
+        "local_ts": c.local_ts,
+        "remote_ts": c.remote_ts,
+        "installed_at": c.installed_at,
+        "rekey_at": c.rekey_at,
+        "expire_at": c.expire_at,
+    }
+    for feature in d.features:  # offload and counters (data plane), xdp (XDP slots), ...
+        row.update(feature.child_row(c))
+    return row
+
+
+def list_sas(d: Host) -> list[dict[str, Any]]:
+    return [sa_row(d, r) for r in d.sas.values()]
+
+
+def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    sas = list_sas(d) if sas is None else sas
+    by_state: dict[str, int] = {}
+    for sa in sas:
+        by_state[sa["state"]] = by_state.get(sa["state"], 0) + 1
+    children = [c for sa in sas for c in sa["children"]]
+    t = d.totals
+    out: dict[str, Any] = {
+        "uptime": d.clock() - d.started_at,
+        "version": __version__,
+        "ike_sas": by_state,
+        "child_sas": len(children),
+        "bytes_in": t.bytes_in + sum(c["bytes_in"] for c in children),
+        "bytes_out": t.bytes_out + sum(c["bytes_out"] for c in children),
+        "packets_in": t.packets_in + sum(c["packets_in"] for c in children),
+        "packets_out": t.packets_out + sum(c["packets_out"] for c in children),
+        "xdp": [],
+        "handshakes": t.handshakes,
+        "auth_failures": t.auth_failures,
+        "dpd_failures": t.dpd_failures,
+        "rekeys": t.rekeys,
+        "redirects": t.redirects,
+        "install_failures": t.install_failures,
+        "engine_errors": t.engine_errors,
+        "transport": d.transport.counters.as_dict(),
+        "engine": engine_stats(d.engine),
+        "control": {
+            "requests": d.control.requests,
+            "bad_requests": d.control.bad_requests,
+        },
+    }
+    for feature in d.features:  # dataplane + xfrm_errors, xdp, traps, handshake_durations
+        out.update(feature.stats())
+    return out
+
+
+def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
+    """Apply a new configuration: only added, removed and changed connections move."""
+    old_by_name = {c.name: c for c in d.config.connections}
+    new_by_name = {c.name: c for c in new.connections}
+    added = [n for n in new_by_name if n not in old_by_name]
+    removed = [n for n in old_by_name if n not in new_by_name]
+    changed = [n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n]]
+    unchanged = [n for n in new_by_name if n in old_by_name and n not in changed]
+    restart_needed = new.gateway != d.config.gateway
+    # Tear down SAs of removed and changed connections (telling the peers).
+    for record in list(d.sas.values()):
+        if record.connection in removed or record.connection in changed:
+            with contextlib.suppress(ControlError):
+                d.engine_call(d.engine.delete_ike_sa, record.ike_sa)
+            record.state = "DELETING"
+    for name in removed + changed:
+        d.retries.cancel(name)  # a changed one starts anew below
+    d.pump()
+    d.engine.set_connections([engine_connection(c) for c in new.connections])
+    d.config = GatewayConfig(d.config.gateway, new.connections, new.source)
+    d.traps.forget(removed + changed)
+    d.traps.sync()  # those of removed/changed connections once their SAs are gone
+    for name in added + changed:
+        d.actions.start_actions(new_by_name[name])
+    d.pump()
+    result = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+    d.report(
+        "config-reloaded",
+        added=_names(added),
+        removed=_names(removed),
+        changed=_names(changed),
+        unchanged=LogAs(str(len(unchanged)), unchanged),
+        restart_needed=Published(restart_needed),
+    )
+    if restart_needed:
+        d.report(
+            "config-gateway-changed", logging.WARNING, detail="[gateway] changes need a restart"
+        )
+    return result | {"restart_needed": restart_needed}
+
+
+def _names(names: list[str]) -> LogAs:
+    return LogAs(",".join(names) or "-", names)
+
+
+def metrics_snapshot(d: Host) -> Any:
+    """Called from the exporter's thread: build the snapshot on the loop's thread."""
+    from gateway import metrics
+
+    loop = d.loop
+    if loop is None or loop.is_closed():
+        raise GatewayError("the daemon is not running")
+
+    def build() -> Any:
+        sas = list_sas(d)
+        t = d.totals
+        histogram = d.tally.histogram
+        return metrics.MetricsSnapshot(
+            ike_sas=sas,
+            xdp=[metrics.XdpCounter(**row) for row in (d.xdp.verdict_rows() if d.xdp else [])],
+            mss_clamped=d.xdp.mss_clamped() if d.xdp is not None else {},
+            xfrm_errors=d.dataplane.errors(),
+            handshake_durations=histogram.snapshot()
+            if histogram is not None
+            else metrics.empty_histogram(),
+            rekeys=t.rekeys,
+            ike_rekeys=t.ike_rekeys,
+            dpd_failures=t.dpd_failures,
+            auth_failures=t.auth_failures,
+            start_time=d.started_at,
+        )
+
+    future = asyncio.run_coroutine_threadsafe(_call(build), loop)
+    try:
+        return future.result(timeout=5)
+    except TimeoutError:
+        future.cancel()
+        raise GatewayError("the daemon did not answer the scrape in time") from None
+
+
+async def _call(func: Callable[[], Any]) -> Any:
+    return func()
+
+
+def _conn_start_action(conn: ConnectionSection) -> str:
+    actions = {c.start_action for c in conn.children}
+    for action in ("start", "trap"):
+        if action in actions:
+            return action
+    return "none"

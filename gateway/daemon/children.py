@@ -1,0 +1,323 @@
+"""Child SAs into the data plane (gateway/dataplane/): the feature manager that installs,
+rekeys, moves and removes them, and records each one in the SA table once installed.
+
+    ChildSaEstablished       install; recorded as a ChildRecord (refused: ChildSaFailed
+                             stands in, the peer is told with a Delete)
+    ChildSaRekeyed           make-before-break (docs/daemon.md): the new SAs in, the
+                             policies moved, the outbound SA in use out, the old inbound
+                             SA kept until its Delete + REKEY_GRACE. As the rekey's
+                             responder (`outbound` False) only the new inbound SA: we keep
+                             sending on the old one until ChildSaOutboundSwitched.
+    ChildSaOutboundSwitched  the responder's second step (RFC 7296 §2.8)
+    IkeSaMigrated            MOBIKE: every Child SA to the new outer addresses
+    ChildSaDeleted           removed (an old SA after its rekey: REKEY_GRACE later)
+    IkeSaDeleted             whatever it still had, removed
+
+Counters of SAs that leave the table are banked in the daemon's Totals, so gateway-wide
+totals never go backwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.control.protocol import ControlError
+from gateway.daemon.feature import EventContext, Feature, Host
+from gateway.daemon.records import ChildRecord, IkeRecord
+from gateway.daemon.report import Logged, Published, endpoint, spi, yes_no
+from gateway.dataplane.base import Counters, DataplaneError, Installed
+from ike import events as ev
+from ike.ts import to_cidrs
+
+if TYPE_CHECKING:
+    from gateway.config.schema import ChildSection
+
+REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (in flight)
+
+
+class ChildSas(Feature):
+    """The data plane's side of every Child SA, and its record in the SA table."""
+
+    def __init__(self, daemon: Host) -> None:
+        self.d = daemon
+        self.dataplane = daemon.dataplane
+        # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
+        # holds of it); removed REKEY_GRACE after their Delete
+        self._retiring: dict[int, tuple[int, Installed]] = {}
+
+    # ------------------------------------------------------------------ engine events
+
+    def on_event(self, event: Any, ctx: EventContext) -> ev.Event | None:
+        match event:
+            case ev.ChildSaEstablished():
+                return self._established(event)
+            case ev.ChildSaRekeyed():
+                return self._rekeyed(event, ctx)
+            case ev.ChildSaOutboundSwitched() if ctx.sa is not None:
+                child = ctx.sa.child(event.spi_in)
+                if child is not None:
+                    self.switch_outbound(ctx.sa, child, event.reason)
+            case ev.IkeSaMigrated():
+                self._migrated(event, ctx)
+            case ev.ChildSaDeleted():
+                self._deleted(event, ctx)
+            case ev.IkeSaDeleted():
+                for old, (ike_sa, _) in list(self._retiring.items()):
+                    if ike_sa == event.ike_sa:
+                        self.retire(old)
+                for child in ctx.children:  # normally gone already with ChildSaDeleted
+                    assert ctx.sa is not None
+                    self.remove(ctx.sa, child)
+        return None
+
+    def retiring_spis(self) -> list[int]:
+        """The old inbound SAs kept after their rekey (by inbound SPI)."""
+        return list(self._retiring)
+
+    def retiring(self, spi_in: int) -> bool:
+        """An old inbound SA kept after its rekey (its ChildSaDeleted is no Child's end)."""
+        return spi_in in self._retiring
+
+    def _config(self, connection: str, child: str) -> ChildSection | None:
+        conn = self.d.config.connection(connection)
+        return conn.child(child) if conn else None
+
+    def _established(self, e: ev.ChildSaEstablished) -> ev.ChildSaFailed | None:
+        record = self.d.sas.ensure(e.ike_sa, e.connection, e.initiator)
+        try:
+            installed = self.dataplane.install(e, self._config(e.connection, e.child))
+        except DataplaneError as exc:
+            self._failed("child-install-failed", e.connection, e.child, e.spi_in, exc)
+            # An SA we cannot install must not stay negotiated: tell the peer.
+            with contextlib.suppress(ControlError):
+                self.d.engine_call(self.d.engine.delete_child_sa, e.ike_sa, e.spi_in)
+            return ev.ChildSaFailed(
+                e.ike_sa, e.connection, e.child, f"install failed: {exc}", e.time
+            )
+        record.children.append(
+            ChildRecord(
+                name=e.child,
+                state="INSTALLED",
+                spi_in=e.spi_in,
+                spi_out=e.spi_out,
+                mode=e.mode,
+                encap=e.encap is not None,
+                esp_proposal=e.proposal,
+                local_ts=[c for ts in e.local_ts for c in to_cidrs(ts)],
+                remote_ts=[c for ts in e.remote_ts for c in to_cidrs(ts)],
+                installed_at=e.time or self.d.clock(),
+                rekey_at=e.rekey_at,
+                expire_at=e.expire_at,
+                installed=installed,
+            )
+        )
+        return None
+
+    def _rekeyed(self, e: ev.ChildSaRekeyed, ctx: EventContext) -> ev.Event | None:
+        new = e.new
+        child = ctx.sa.child(e.old_spi_in) if ctx.sa is not None else None
+        if ctx.sa is None or child is None or child.installed is None:
+            # nothing to replace (after a collision): the new SA is a Child SA of its own
+            return self._established(new) or new
+        config = self._config(e.connection, e.child)
+        old = child.installed
+        in_use = child.sending or old  # whose outbound SA we send on
+        gone = self.dataplane.counters(old)
+        sending = self.dataplane.counters(in_use) if e.outbound else Counters()
+        try:
+            if e.outbound:
+                installed = self.dataplane.replace(in_use, new, config, keep_old_inbound=True)
+            else:
+                installed = self.dataplane.replace(
+                    old, new, config, keep_old_inbound=True, switch_outbound=False
+                )
+        except DataplaneError as exc:
+            self._failed("child-rekey-install-failed", e.connection, e.child, new.spi_in, exc)
+            with contextlib.suppress(ControlError):  # the old SA stays in use
+                self.d.engine_call(self.d.engine.delete_child_sa, e.ike_sa, new.spi_in)
+            reason = f"install failed: {exc}"
+            return ev.ChildSaFailed(e.ike_sa, e.connection, e.child, reason, e.time)
+        # counters of SAs that leave the record: the old inbound SA's now, the outbound
+        # SA in use when we stop sending on it
+        self.bank(Counters(gone.bytes_in, gone.packets_in, sending.bytes_out, sending.packets_out))
+        self._retiring[e.old_spi_in] = (e.ike_sa, old)
+        child.sending = None if e.outbound else in_use
+        child.spi_in, child.spi_out = new.spi_in, new.spi_out
+        child.esp_proposal = new.proposal
+        child.installed = installed
+        child.installed_at = new.time or self.d.clock()
+        child.rekey_at, child.expire_at = new.rekey_at, new.expire_at
+        return None
+
+    def switch_outbound(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
+        """Send on the Child's newest SA (a rekey we answered, or before a move)."""
+        if child.sending is None or child.installed is None:
+            return  # switched already, its install failed, or the Child is gone
+        old_spi_out = child.sending.spi_out
+        counters = self.dataplane.counters(child.sending)
+        try:
+            child.installed = self.dataplane.switch_outbound(child.sending, child.installed)
+        except DataplaneError as exc:  # the old outbound SA stays in use
+            self._failed("child-switch-failed", record.connection, child.name, child.spi_in, exc)
+            return
+        child.sending = None
+        self.bank(Counters(0, 0, counters.bytes_out, counters.packets_out))
+        self.d.report(
+            "child-outbound-switched",
+            connection=record.connection,
+            child=child.name,
+            ike_sa=record.ike_sa,
+            spi_out=spi(child.spi_out),
+            old_spi_out=spi(old_spi_out),
+            reason=repr(reason),
+        )
+
+    def _migrated(self, e: ev.IkeSaMigrated, ctx: EventContext) -> None:
+        failures = 0
+        wanted = dict(e.children)
+        for child in ctx.children:
+            if child.spi_in not in wanted or child.installed is None:
+                continue
+            # a rekey we answered still sending on the old SA: the peer moving (or
+            # answering our move) normally has our answer: send on the new SA first
+            assert ctx.sa is not None
+            self.switch_outbound(ctx.sa, child, "migrating")
+            try:
+                child.installed = self.dataplane.migrate(
+                    child.installed, e.local[0], e.remote[0], e.encap
+                )
+            except DataplaneError as exc:
+                failures += 1
+                self.d.report(
+                    "child-migrate-failed",
+                    logging.ERROR,
+                    connection=e.connection,
+                    child=child.name,
+                    spi_in=Logged(spi(child.spi_in)),
+                    error=Logged(exc),
+                    message=Published(f"migrate failed: {exc}"),
+                )
+                continue
+            child.encap = e.encap is not None
+        self.d.report(
+            "ike-migrated",
+            connection=e.connection,
+            ike_sa=e.ike_sa,
+            local=Logged(endpoint(e.local)),
+            remote=Logged(endpoint(e.remote)),
+            old_local=Logged(endpoint(e.old_local)),
+            old_remote=Logged(endpoint(e.old_remote)),
+            nat=Logged(yes_no(e.nat_detected)),
+            children=Logged(len(e.children)),
+            failed=Logged(failures),
+            local_addr=Published(e.local[0]),
+            remote_addr=Published(e.remote[0]),
+            old_local_addr=Published(e.old_local[0]),
+            old_remote_addr=Published(e.old_remote[0]),
+            encap=Published(e.encap is not None),
+        )
+
+    def _deleted(self, e: ev.ChildSaDeleted, ctx: EventContext) -> None:
+        if e.spi_in in self._retiring:  # an old SA after its rekey: its Delete is done
+            self.d.later(self.d.rekey_grace, self.retire, e.spi_in)
+            return
+        if ctx.sa is not None:
+            for child in list(ctx.sa.children):
+                if child.spi_in == e.spi_in:
+                    self.remove(ctx.sa, child)
+
+    def _failed(
+        self, event: str, connection: str, child: str, spi_in: int, exc: DataplaneError
+    ) -> None:
+        """The data plane refused a Child SA (install, rekey or switch): count, log, tell."""
+        self.d.totals.install_failures += 1
+        self.d.report(
+            event,
+            logging.ERROR,
+            connection=connection,
+            child=child,
+            spi_in=Logged(spi(spi_in)),
+            error=Logged(exc),
+            message=Published(f"install failed: {exc}"),
+        )
+
+    # ------------------------------------------------------------------ removal
+
+    def retire(self, spi_in: int) -> None:
+        """Remove an old inbound SA kept after a rekey."""
+        entry = self._retiring.pop(spi_in, None)
+        if entry is None:
+            return
+        try:
+            self.dataplane.retire(entry[1])
+        except DataplaneError as exc:
+            self.d.report("child-retire-failed", logging.ERROR, spi_in=spi(spi_in), error=exc)
+
+    def remove(self, record: IkeRecord, child: ChildRecord) -> None:
+        """The Child SA out of the data plane and the SA table (its counters banked)."""
+        if child in record.children:
+            record.children.remove(child)
+        if child.installed is None:
+            return
+        self.bank(self.counters(child))
+        try:
+            if child.sending is not None:  # a rekey responder still sending on it
+                self.dataplane.remove(child.sending)
+                child.sending = None
+            self.dataplane.remove(child.installed)
+        except DataplaneError as exc:
+            self.d.report(
+                "child-remove-failed",
+                logging.ERROR,
+                connection=record.connection,
+                child=child.name,
+                spi_in=spi(child.spi_in),
+                error=exc,
+            )
+        child.installed = None
+
+    def stop(self) -> None:
+        for record in list(self.d.sas.values()):
+            for child in list(record.children):
+                self.remove(record, child)
+        for old in list(self._retiring):
+            self.retire(old)
+
+    # ------------------------------------------------------------------ counters
+
+    def bank(self, counters: Counters) -> None:
+        """Counters of SAs that are gone, so gateway-wide totals never go backwards."""
+        t = self.d.totals
+        t.bytes_in += counters.bytes_in
+        t.bytes_out += counters.bytes_out
+        t.packets_in += counters.packets_in
+        t.packets_out += counters.packets_out
+
+    def counters(self, c: ChildRecord) -> Counters:
+        """A Child's counters: inbound of its newest SA, outbound of the one in use."""
+        if c.installed is None:
+            return Counters()
+        counters = self.dataplane.counters(c.installed)
+        if c.sending is None:
+            return counters
+        out = self.dataplane.counters(c.sending)
+        return Counters(counters.bytes_in, counters.packets_in, out.bytes_out, out.packets_out)
+
+    def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
+        counters = self.counters(child) if child.installed else Counters()
+        return {
+            "offload": child.installed.offload if child.installed else "none",
+            "bytes_in": counters.bytes_in,
+            "bytes_out": counters.bytes_out,
+            "packets_in": counters.packets_in,
+            "packets_out": counters.packets_out,
+        }
+
+    def packets_in(self, record: IkeRecord, child: ChildRecord) -> int:
+        return self.dataplane.counters(child.installed).packets_in if child.installed else 0
+
+    def stats(self) -> Mapping[str, Any]:
+        return {"dataplane": self.dataplane.name, "xfrm_errors": self.dataplane.errors()}

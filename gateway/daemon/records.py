@@ -1,0 +1,126 @@
+"""The daemon's model: the SA table (what list-sas shows, one `IkeRecord` per IKE SA with
+its `ChildRecord`s), the gateway-wide `Totals`, and the `Attempt`s of our initiations.
+
+The records are the one model every feature manager reads. Who writes what:
+
+    IkeRecord     created by `SaTable.ensure` (an initiation, or the first event of an SA
+                  the peer started); its IKE fields by gateway/daemon/ike_sas.py
+    ChildRecord   created and removed by the data plane's feature (gateway/daemon/
+                  children.py: a Child SA is recorded once it is installed), its
+                  `xdp_slot` by gateway/daemon/xdpslots.py
+    Totals        counted by the feature whose event it is (gateway/daemon/tally.py for
+                  the engine's events, children.py for traffic of SAs that are gone)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.dataplane.base import Installed
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    name: str
+    state: str
+    spi_in: int
+    spi_out: int
+    mode: str
+    encap: bool
+    esp_proposal: str
+    local_ts: list[str]
+    remote_ts: list[str]
+    installed_at: float
+    rekey_at: float | None = None
+    expire_at: float | None = None
+    installed: Installed | None = None
+    xdp_slot: int | None = None  # the BPF programs' counter/clamp slot ([gateway.xdp])
+    # rekey responder: the older SA whose outbound SA is still in use until the engine's
+    # ChildSaOutboundSwitched (`installed` then has its inbound SA only)
+    sending: Installed | None = None
+
+
+@dataclass(slots=True)
+class IkeRecord:
+    ike_sa: int
+    connection: str
+    state: str
+    initiator: bool
+    started_at: float
+    local: tuple[str, int] | None = None
+    remote: tuple[str, int] | None = None
+    local_id: str | None = None
+    remote_id: str | None = None
+    spi_i: bytes = b""
+    spi_r: bytes = b""
+    proposal: str | None = None
+    established_at: float | None = None
+    rekey_at: float | None = None
+    expire_at: float | None = None
+    children: list[ChildRecord] = field(default_factory=list)
+    mobike: bool = False  # RFC 4555 negotiated
+    additional_addrs: tuple[str, ...] = ()  # the peer's other addresses (MOBIKE)
+    moving_to: str | None = None  # our UPDATE_SA_ADDRESSES to this local address is under way
+
+    def child(self, spi_in: int) -> ChildRecord | None:
+        """The Child SA whose current inbound SPI is `spi_in`."""
+        return next((c for c in self.children if c.spi_in == spi_in), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One initiation of ours that keyingtries covers (start_action, `ctl initiate`,
+    dpd_action restart, close_action start): attempt 1 is the first."""
+
+    connection: str
+    child: str | None
+    attempt: int
+    more: tuple[str, ...] = ()  # Children to request over the IKE SA once it is up
+
+
+@dataclass(slots=True)
+class Totals:
+    handshakes: int = 0
+    auth_failures: int = 0
+    dpd_failures: int = 0
+    rekeys: int = 0
+    redirects: int = 0  # IKEv2 redirects followed (initiator) and sent (responder)
+    ike_rekeys: int = 0
+    install_failures: int = 0
+    engine_errors: int = 0  # exceptions out of the engine on network input (a bug)
+    # counters of SAs that are gone, so gateway-wide totals never go backwards
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+class SaTable(dict[int, IkeRecord]):
+    """ike_sa handle -> IkeRecord, in the order the SAs appeared."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def ensure(self, ike_sa: int, connection: str, initiator: bool) -> IkeRecord:
+        """The record of `ike_sa`, made (CONNECTING) if it has none yet."""
+        record = self.get(ike_sa)
+        if record is None:
+            record = IkeRecord(ike_sa, connection, "CONNECTING", initiator, self.clock())
+            self[ike_sa] = record
+        return record
+
+    def of(self, connection: str) -> list[IkeRecord]:
+        return [r for r in self.values() if r.connection == connection]
+
+    def children(self) -> Iterator[tuple[IkeRecord, ChildRecord]]:
+        for record in self.values():
+            for child in record.children:
+                yield record, child
+
+    def has_child(self, connection: str, child: str) -> bool:
+        """Some IKE SA of `connection` carries a Child SA of Child config `child`."""
+        return any(r.connection == connection and c.name == child for r, c in self.children())

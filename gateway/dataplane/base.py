@@ -1,0 +1,127 @@
+"""The data plane's contract: what the daemon asks of wherever Child SAs are installed.
+
+`Dataplane` is the Protocol the daemon talks to (implementations: `xfrm.XfrmDataplane`,
+the kernel; `none.NoneDataplane`, nothing installed); `Installed` is a Child SA as a data
+plane holds it, `Counters` its traffic, `TrapSpec` the trap policies of a Child config,
+and `DataplaneError` the one error a data plane raises (a GatewayError: its message is
+for the user). Keys reach the data plane inside `ChildSaEstablished` and go no further
+than the kernel message; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.config.schema import ChildSection
+    from ike.events import ChildSaEstablished
+
+ExpireHandler = Callable[[int, bool], None]  # (SPI of the expired state, hard?)
+# (reqid of the trap, the packet's source and destination address or None)
+AcquireHandler = Callable[[int, str | None, str | None], None]
+TrapKey = tuple[str, str]  # (connection, child)
+
+
+@dataclass(frozen=True, slots=True)
+class TrapSpec:
+    """What the data plane needs to install a trap: outer addresses (the tunnel
+    template), the configured selectors (CIDR strings) and the mode."""
+
+    connection: str
+    child: str
+    local: str
+    remote: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    mode: str
+
+    @property
+    def key(self) -> TrapKey:
+        return (self.connection, self.child)
+
+
+class DataplaneError(GatewayError):
+    """Installing or removing an SA failed; the message names the operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    bytes_in: int = 0
+    packets_in: int = 0
+    bytes_out: int = 0
+    packets_out: int = 0
+
+
+@dataclass(slots=True)
+class Installed:
+    """A Child SA as the data plane holds it. `handle` is the implementation's own."""
+
+    spi_in: int
+    spi_out: int
+    offload: str = "none"  # "none" | "crypto" | "packet"
+    handle: Any = field(default=None, repr=False)
+
+
+class Dataplane(Protocol):
+    """Where the daemon puts the Child SAs the IKE engine negotiated."""
+
+    name: str
+
+    def start(self) -> None:
+        """Prepare (e.g. remove our leftovers of a crashed run)."""
+
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed: ...
+
+    def replace(
+        self,
+        old: Installed,
+        child: ChildSaEstablished,
+        config: ChildSection | None,
+        *,
+        keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
+    ) -> Installed:
+        """Rekey, make-before-break: the new SAs, the policies moved to them, the old
+        outbound SA removed; the old inbound one too unless `keep_old_inbound` (then
+        `retire(old)` removes it later). `switch_outbound=False` (the rekey responder):
+        only the new inbound SA, `old` keeps sending until `switch_outbound()`."""
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        """Send on `new` (from replace(switch_outbound=False)) instead of `old`: its
+        outbound SA in, the policies moved to it, the outbound SA of `old` removed."""
+
+    def retire(self, old: Installed) -> None:
+        """Remove the old inbound SA that replace(keep_old_inbound=True) kept."""
+
+    def migrate(
+        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
+    ) -> Installed:
+        """MOBIKE (RFC 4555): the same SAs (SPIs, keys, sequence numbers, counters) at new
+        outer addresses and encapsulation (`encap` = (local port, remote port) or None);
+        the policies follow. On failure the SAs stay as they were."""
+
+    def remove(self, installed: Installed) -> None: ...
+
+    def counters(self, installed: Installed) -> Counters: ...
+
+    def errors(self) -> dict[str, int]:
+        """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""
+
+    def install_trap(self, trap: TrapSpec) -> int:
+        """Trap policies for a Child config (out policies, no state): matching traffic
+        raises an ACQUIRE. Returns the trap's reqid; Child SAs of that Child config are
+        then installed under it and share its out policies (it stays underneath)."""
+
+    def remove_trap(self, key: TrapKey) -> None: ...
+
+    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
+        """Report kernel lifetime expiries of our SAs, on_expire(spi, hard), and ACQUIREs
+        of our traps, on_acquire(reqid, src, dst). From the running event loop; a data
+        plane without a kernel never calls them."""
+
+    def close(self) -> None:
+        """Release resources; SAs must have been removed by the daemon before."""

@@ -1,0 +1,331 @@
+"""`dataplane = "xfrm"` (the default): Child SAs in the kernel through gateway/xfrm.
+
+`XfrmDataplane` installs each Child SA (two states + policies, all or nothing), replaces
+it make-before-break on rekey (the rekey responder in two steps: new inbound SA first,
+outbound switched later), moves it on MOBIKE, removes it on delete, reads its counters,
+installs trap policies, reports kernel EXPIRE/ACQUIRE events, and at start removes
+leftovers of a previous run (objects in our reqid range only). `child_sa_spec` and
+`trap_sa_spec` are the pure translations of an engine event / a trap into the XFRM
+backend's ChildSaSpec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gateway.dataplane.base import (
+    AcquireHandler,
+    Counters,
+    DataplaneError,
+    ExpireHandler,
+    Installed,
+    TrapKey,
+    TrapSpec,
+)
+
+if TYPE_CHECKING:
+    from gateway.config.schema import ChildSection
+    from gateway.xfrm.manager import OwnedRange
+    from ike.events import ChildSaEstablished
+
+log = logging.getLogger("gateway.dataplane")
+
+
+class XfrmDataplane:
+    """The kernel data plane (gateway/xfrm): one ChildSaSpec per negotiated Child SA."""
+
+    name = "xfrm"
+
+    def __init__(
+        self,
+        *,
+        offload_dev: str | None = None,
+        netns: str | None = None,
+        owned: OwnedRange | None = None,
+    ) -> None:
+        from gateway.xfrm import XfrmError, XfrmManager
+        from gateway.xfrm.manager import OwnedRange
+
+        self._error_type = XfrmError
+        try:
+            # `owned`: the reqids this process may use and reconcile (a worker's share)
+            self.manager = XfrmManager(netns=netns, owned=owned or OwnedRange())
+        except (XfrmError, OSError) as exc:
+            raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
+        self.offload_dev = offload_dev
+        self._watcher: asyncio.Task[None] | None = None
+        self._traps: dict[TrapKey, Any] = {}  # key -> the trap's ChildSaSpec
+
+    def start(self) -> None:
+        try:
+            report = self.manager.flush()
+        except self._error_type as exc:
+            raise DataplaneError(f"removing leftovers of a previous run: {exc}") from None
+        if report.removed_states or report.removed_policies:
+            log.info(
+                "event=xfrm-leftovers-removed states=%d policies=%d",
+                report.removed_states,
+                report.removed_policies,
+            )
+
+    def install(self, child: ChildSaEstablished, config: ChildSection | None) -> Installed:
+        trap = self._traps.get((child.connection, child.child))
+        # under its trap's reqid: the kernel's larval state of the ACQUIRE goes, and the
+        # trap's out policies are shared (they stay when the SA goes)
+        reqid = trap.reqid if trap is not None else self.manager.allocate_reqid()
+        spec = child_sa_spec(child, config, reqid, self.offload_dev)
+        try:
+            result = self.manager.install(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def replace(
+        self,
+        old: Installed,
+        child: ChildSaEstablished,
+        config: ChildSection | None,
+        *,
+        keep_old_inbound: bool = False,
+        switch_outbound: bool = True,
+    ) -> Installed:
+        spec = child_sa_spec(child, config, old.handle.spec.reqid, self.offload_dev)
+        try:
+            result = self.manager.replace(
+                old.handle, spec, keep_old_inbound=keep_old_inbound, outbound=switch_outbound
+            )
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(child.spi_in, child.spi_out, result.offload, result)
+
+    def switch_outbound(self, old: Installed, new: Installed) -> Installed:
+        try:
+            result = self.manager.switch_outbound(old.handle, new.handle)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(new.spi_in, new.spi_out, result.offload, result)
+
+    def retire(self, old: Installed) -> None:
+        try:
+            self.manager.delete_state(old.handle.spec, inbound=True)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+
+    def migrate(
+        self, installed: Installed, local: str, remote: str, encap: tuple[int, int] | None
+    ) -> Installed:
+        from gateway.xfrm import UdpEncap
+
+        try:
+            result = self.manager.migrate(
+                installed.handle,
+                ipaddress.ip_address(local),
+                ipaddress.ip_address(remote),
+                UdpEncap(*encap) if encap else None,
+            )
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        return Installed(installed.spi_in, installed.spi_out, installed.offload, result)
+
+    def remove(self, installed: Installed) -> None:
+        try:
+            self.manager.delete(installed.handle)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+
+    def counters(self, installed: Installed) -> Counters:
+        """Each direction read on its own: one may be missing (gone after a hard expiry,
+        or not yet installed at a rekey responder); it then counts 0."""
+        spec = installed.handle.spec
+        found: list[Any] = []
+        for inbound in (True, False):
+            try:
+                found.append(self.manager.read_state(spec, inbound=inbound))
+            except self._error_type:
+                found.append(None)
+        sa_in, sa_out = found
+        return Counters(
+            sa_in.cur_bytes if sa_in else 0,
+            sa_in.cur_packets if sa_in else 0,
+            sa_out.cur_bytes if sa_out else 0,
+            sa_out.cur_packets if sa_out else 0,
+        )
+
+    def errors(self) -> dict[str, int]:
+        return self.manager.xfrm_stat()
+
+    def install_trap(self, trap: TrapSpec) -> int:
+        reqid = self.manager.allocate_reqid()
+        spec = trap_sa_spec(trap, reqid)
+        try:
+            self.manager.install_trap(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+        self._traps[trap.key] = spec
+        return reqid
+
+    def remove_trap(self, key: TrapKey) -> None:
+        spec = self._traps.pop(key, None)
+        if spec is None:
+            return
+        try:
+            self.manager.remove_trap(spec)
+        except self._error_type as exc:
+            raise DataplaneError(str(exc)) from None
+
+    def watch(self, on_expire: ExpireHandler, on_acquire: AcquireHandler | None = None) -> None:
+        from gateway.xfrm import Acquire, EventsLost, SaExpired, XfrmEventReader
+
+        reader = XfrmEventReader(self.manager.netns)
+        owned = self.manager.owned
+
+        def dispatch(event: Any) -> None:
+            if isinstance(event, SaExpired) and event.sa.reqid in owned:
+                on_expire(event.sa.spi, event.hard)
+            elif isinstance(event, Acquire) and event.reqid in owned:
+                if on_acquire is not None:
+                    sel = event.selector
+                    src = str(sel.src.network_address) if sel.src else None
+                    dst = str(sel.dst.network_address) if sel.dst else None
+                    on_acquire(event.reqid, src, dst)
+            elif isinstance(event, EventsLost):
+                log.warning("event=xfrm-events-lost detail=netlink socket overflowed")
+
+        async def pump() -> None:
+            try:
+                async for event in reader:
+                    try:
+                        dispatch(event)
+                    except Exception as exc:  # a handler's bug must not end the watch
+                        log.error(
+                            "event=xfrm-event-handler-failed event_type=%s error=%s: %s",
+                            type(event).__name__,
+                            type(exc).__name__,
+                            exc,
+                        )
+            except OSError as exc:
+                log.error("event=xfrm-events-failed error=%s", exc.strerror or exc)
+            finally:
+                reader.close()
+
+        self._watcher = asyncio.get_running_loop().create_task(pump())
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        self.manager.close()
+
+
+def child_sa_spec(
+    child: ChildSaEstablished, config: ChildSection | None, reqid: int, offload_dev: str | None
+) -> Any:
+    """The XFRM backend's ChildSaSpec for a negotiated Child SA (a pure function).
+
+    Byte/packet limits come from the child's config (0: none); time limits are the
+    engine's business, the kernel only gets `life_time` as a hard safety net. Offload is
+    requested only when an offload device is known ([gateway.xdp] wan_interface)."""
+    from gateway.xfrm import (
+        DEFAULT_REPLAY_WINDOW,
+        ChildSaSpec,
+        EspTransform,
+        Lifetime,
+        SaKeys,
+        TrafficSelector,
+        UdpEncap,
+    )
+    from gateway.xfrm.netlink import XFRM_INF
+
+    if child.integ_alg is None:
+        esp = EspTransform(aead=child.encr_alg, icv_bits=child.icv_bits)
+    else:
+        esp = EspTransform(
+            crypt=child.encr_alg, integ=child.integ_alg, trunc_bits=child.integ_trunc_bits
+        )
+    lifetime = Lifetime()
+    replay_window = DEFAULT_REPLAY_WINDOW
+    offload = "no"
+    if config is not None:
+        lifetime = Lifetime(
+            soft_bytes=config.rekey_bytes or XFRM_INF,
+            hard_bytes=config.life_bytes or XFRM_INF,
+            soft_packets=config.rekey_packets or XFRM_INF,
+            hard_packets=config.life_packets or XFRM_INF,
+            # time: the engine rekeys; the kernel's hard limit is the safety net
+            hard_seconds=int(config.life_time) if config.life_time else 0,
+        )
+        if config.replay_window is not None:
+            replay_window = config.replay_window
+        offload = config.offload if offload_dev else "no"
+    try:
+        return ChildSaSpec(
+            local=ipaddress.ip_address(child.local_addr),
+            remote=ipaddress.ip_address(child.remote_addr),
+            spi_in=child.spi_in,
+            spi_out=child.spi_out,
+            reqid=reqid,
+            esp=esp,
+            keys_in=SaKeys(child.encr_key_in, child.integ_key_in),
+            keys_out=SaKeys(child.encr_key_out, child.integ_key_out),
+            local_ts=_all_selectors(child.local_ts, TrafficSelector),
+            remote_ts=_all_selectors(child.remote_ts, TrafficSelector),
+            mode="transport" if child.mode == "transport" else "tunnel",
+            encap=UdpEncap(*child.encap) if child.encap else None,
+            lifetime=lifetime,
+            esn=child.esn,
+            offload=offload,  # type: ignore[arg-type]
+            offload_dev=offload_dev if offload != "no" else None,
+            replay_window=replay_window,
+        )
+    except ValueError as exc:
+        raise DataplaneError(f"Child SA {child.connection}.{child.child}: {exc}") from None
+
+
+def trap_sa_spec(trap: TrapSpec, reqid: int) -> Any:
+    """The ChildSaSpec whose out policies are the trap (a pure function). Only the
+    policy parts matter (addresses, reqid, selectors, mode); SPIs, keys and algorithm are
+    placeholders that never reach the kernel."""
+    from gateway.xfrm import ChildSaSpec, EspTransform, SaKeys, TrafficSelector
+    from ike.ts import ts_from_text
+
+    local, remote = ipaddress.ip_address(trap.local), ipaddress.ip_address(trap.remote)
+
+    def selectors(texts: tuple[str, ...], outer: Any) -> tuple[Any, ...]:
+        parsed = [ts_from_text(str(outer) if t == "dynamic" else t) for t in texts]
+        return _all_selectors(parsed, TrafficSelector)
+
+    try:
+        return ChildSaSpec(
+            local=local,
+            remote=remote,
+            spi_in=256,
+            spi_out=256,
+            reqid=reqid,
+            esp=EspTransform(aead="rfc4106(gcm(aes))"),
+            keys_in=SaKeys(b""),
+            keys_out=SaKeys(b""),
+            local_ts=selectors(trap.local_ts, local),
+            remote_ts=selectors(trap.remote_ts, remote),
+            mode="transport" if trap.mode == "transport" else "tunnel",
+        )
+    except ValueError as exc:
+        raise DataplaneError(f"trap {trap.connection}.{trap.child}: {exc}") from None
+
+
+def _all_selectors(selectors: Any, make: Any) -> tuple[Any, ...]:
+    return tuple(sel for ts in selectors for sel in _selectors(ts, make))
+
+
+def _selectors(ts: Any, make: Any) -> list[Any]:
+    """An IKE traffic selector (address range, protocol, port range) as XFRM selectors."""
+    nets = ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)
+    if (ts.start_port, ts.end_port) == (0, 65535):
+        port = None
+    elif ts.start_port == ts.end_port:
+        port = ts.start_port
+    else:
+        raise ValueError(f"port range {ts.start_port}-{ts.end_port} cannot be an XFRM selector")
+    return [make(net, ts.ip_protocol, port) for net in nets]

@@ -1,0 +1,98 @@
+"""A recording stand-in for the bcc loader (bpf.loader.AttachedPrograms) and engine events
+for it, for the unit tests of the XDP adapter (gateway/dataplane/xdp.py) and its share
+across workers (gateway/workers/xdpshare.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from bpf.loader import BpfError, SlotCounters
+from ike import events as ev
+from ike.ts import ts_from_text
+
+
+class FakeLoader:
+    def __init__(self, fail_install: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_install = fail_install
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        self.opened = False
+        self.calls.append(("close",))
+
+    def attachments(self) -> list[tuple[str, str, str]]:
+        return [("xdp", "lo", "link")]
+
+    def install_child_sa(
+        self,
+        slot: int,
+        *,
+        spi_in: int,
+        spi_out: int,
+        remote_ts: Sequence[str],
+        mtu: int,
+        offloaded: bool = False,
+    ) -> None:
+        if self.fail_install:
+            raise BpfError("map slot_table: update failed: No space left on device")
+        self.calls.append(("install", slot, spi_in, spi_out, tuple(remote_ts), mtu, offloaded))
+
+    def remove_child_sa_spis(self, *, spi_in: int, spi_out: int) -> None:
+        self.calls.append(("remove_spis", spi_in, spi_out))
+
+    def remove_child_sa(
+        self, slot: int, *, spi_in: int, spi_out: int, remote_ts: Sequence[str]
+    ) -> None:
+        self.calls.append(("remove", slot, spi_in, spi_out, tuple(remote_ts)))
+
+    def exclude_prefix(self, prefix: str) -> None:
+        self.calls.append(("exclude", prefix))
+
+    def remove_clamp_prefix(self, prefix: str) -> None:
+        self.calls.append(("unexclude", prefix))
+
+    def slot_counters(self, slot: int) -> SlotCounters:
+        return SlotCounters(esp_in_packets=slot + 1)
+
+    def verdicts(self) -> list[Any]:
+        from bpf.loader import XdpVerdict
+
+        return [XdpVerdict("lo", "pass", "ike", 4)]
+
+    def mss_clamped(self) -> dict[str, int]:
+        return {"lan0": 2}
+
+
+def child(spi_in: int, spi_out: int, **kw: Any) -> ev.ChildSaEstablished:
+    e = ev.ChildSaEstablished(
+        1,
+        "east",
+        "net",
+        True,
+        spi_in,
+        spi_out,
+        "tunnel",
+        "192.0.2.1",
+        "192.0.2.2",
+        None,
+        (ts_from_text("10.1.0.0/24"),),
+        (ts_from_text("10.2.0.0/24"),),
+        "aes256gcm16",
+        "rfc4106(gcm(aes))",
+        128,
+        None,
+        0,
+        False,
+        b"k" * 36,
+        b"K" * 36,
+        b"",
+        b"",
+        0.0,
+    )
+    return dataclasses.replace(e, **kw)
