@@ -20,13 +20,13 @@ from gateway.xfrm.manager import (
     OwnedRange,
     ReconcileReport,
     XfrmManager,
+    probe_offload,
 )
 from gateway.xfrm.model import PolicyInfo, SaInfo
 from gateway.xfrm.offload import (
     OffloadCapabilities,
     OffloadProbe,
     offload_capabilities,
-    probe_offload,
     route_device,
 )
 from gateway.xfrm.scan import SaCounters

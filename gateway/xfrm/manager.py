@@ -27,20 +27,29 @@ import dataclasses
 import errno
 import ipaddress
 import platform
+import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from gateway.xfrm import netlink as nl
 from gateway.xfrm import wire
 from gateway.xfrm.channel import NLM_F_REQUEST, XfrmChannel, in_netns
 from gateway.xfrm.errors import XfrmError
 from gateway.xfrm.model import PolicyInfo, SaInfo
-from gateway.xfrm.offload import packet_offload_kernel, route_device
+from gateway.xfrm.offload import OffloadProbe, packet_offload_kernel, route_device
 from gateway.xfrm.scan import SaCounters, scan_counters, scan_policy, scan_state
-from gateway.xfrm.spec import ChildSaSpec, IPAddress, OffloadResult, TrafficSelector, UdpEncap
+from gateway.xfrm.spec import (
+    ChildSaSpec,
+    EspTransform,
+    IPAddress,
+    OffloadResult,
+    SaKeys,
+    TrafficSelector,
+    UdpEncap,
+)
 
 NLM_F_CREATE = 0x400
 NLM_F_EXCL = 0x200
@@ -1066,3 +1075,34 @@ def parse_xfrm_stat(text: str) -> dict[str, int]:
 
 def ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
+
+
+def probe_offload(
+    ifname: str, mode: Literal["crypto", "packet"], netns: str | None = None
+) -> OffloadProbe:
+    """Ask the kernel for `mode` offload of a throw-away outbound SA on `ifname` and read
+    back what it did. The SA (AES-GCM-128 with a random key, 192.0.2.1 -> 192.0.2.2,
+    TEST-NET-1, a reqid of our owned range, no policy refers to it) is deleted again at
+    once. Needs kernel ESP: XfrmError otherwise."""
+    with XfrmManager(netns=netns) as mgr:
+        spec = ChildSaSpec(
+            local=ipaddress.ip_address("192.0.2.1"),
+            remote=ipaddress.ip_address("192.0.2.2"),
+            spi_in=0x100 + secrets.randbelow(0xFFFF0000),
+            spi_out=0x100 + secrets.randbelow(0xFFFF0000),
+            reqid=mgr.allocate_reqid(),
+            esp=EspTransform(aead="rfc4106(gcm(aes))", icv_bits=128),
+            keys_in=SaKeys(secrets.token_bytes(20)),
+            keys_out=SaKeys(secrets.token_bytes(20)),
+            mode="transport",
+            replay_window=32,
+            offload=mode,
+            offload_dev=ifname,
+        )
+        try:
+            result = mgr.add_offloaded_state(spec, inbound=False)
+        except XfrmError as exc:
+            return OffloadProbe(ifname, mode, "none", exc.reason)
+        finally:
+            mgr.delete_state(spec, inbound=False)
+    return OffloadProbe(ifname, mode, result.offload, result.reason)

@@ -30,8 +30,8 @@ from bpf.loader import (
     Programs,
     SlotCounters,
     _attach_tc,
-    import_bcc,
     _detach_tc,
+    import_bcc,
     in_netns,
     preallocated_bytes,
     source_bucket,
@@ -336,7 +336,9 @@ def test_steered_esp_is_processed_on_its_slots_cpu(
         attached = _attach_tc(fn.fd, "tc_esp_cpu", "wan0", TC_INGRESS, "auto")
     a, b = cpus[0], cpus[1]
     try:
-        with AttachedPrograms("wan0", None, netns=gw.name, steer_cpus=[a, b], programs=programs) as dp:
+        with AttachedPrograms(
+            "wan0", None, netns=gw.name, steer_cpus=[a, b], programs=programs
+        ) as dp:
             try:
                 spi_a, spi_b = make_inbound_spi(10), make_inbound_spi(11)
                 dp.add_inbound_spi(10, spi_a)

@@ -43,7 +43,7 @@ from gateway.xfrm import (
 )
 from gateway.xfrm.channel import in_netns
 from gateway.xfrm.manager import InstalledChildSa
-from tests.kernel.xfrm_helpers import V4_TRANSPORT, V4_TUNNEL, Plan, setup_inner, spec_pair
+from tests.support.xfrm import V4_TRANSPORT, V4_TUNNEL, Plan, setup_inner, spec_pair
 from tests.support import netdevsim
 
 MARK = 0x64  # the offloaded SA's output mark: policy-routed through nsim0

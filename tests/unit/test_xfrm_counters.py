@@ -14,7 +14,7 @@ from gateway.xfrm import netlink as nl
 from gateway.xfrm.events import XfrmEventReader
 from gateway.xfrm.manager import _DUMP_ESP_ONLY
 from gateway.xfrm.scan import SaCounters, scan_counters
-from tests.kernel.xfrm_helpers import V4_TUNNEL, spec_pair
+from tests.support.xfrm import V4_TUNNEL, spec_pair
 
 ADDR_A = ipaddress.ip_address("192.0.2.1").packed.ljust(16, b"\0")
 ADDR_B = ipaddress.ip_address("192.0.2.2").packed.ljust(16, b"\0")

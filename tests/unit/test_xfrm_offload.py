@@ -24,7 +24,7 @@ from gateway.xfrm import netlink as nl
 from gateway.xfrm.channel import Failure
 from gateway.xfrm.offload import OffloadCapabilities, parse_ethtool_features, route_device
 from gateway.xfrm.scan import field_offsets
-from tests.kernel.xfrm_helpers import V4_TUNNEL, spec_pair
+from tests.support.xfrm import V4_TUNNEL, spec_pair
 
 SA = field_offsets(nl.USERSA_INFO)
 SA_SIZE = nl.layout_size(nl.USERSA_INFO)
