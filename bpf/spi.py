@@ -134,6 +134,12 @@ class SlotAllocator:
     def free(self) -> int:
         return self.capacity - len(self._used)
 
+    @property
+    def end(self) -> int:
+        """One past the highest slot handed out so far (freed slots are reused first,
+        so slots stay dense: a bulk read of 0 .. end-1 covers every slot in use)."""
+        return 0 if self._next is None else min(self._next, slot_mask(self.slot_bits) + 1)
+
     def release(self, slot: int) -> None:
         if slot not in self._used:
             raise SpiError(f"slot {slot} is not allocated")

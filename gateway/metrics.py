@@ -10,10 +10,11 @@ metric families; `start_exporter(source)` serves them over HTTP and returns a cl
 handle. Nothing is cached between scrapes except what counter semantics require:
 
 * Child SA counters are labelled by connection, child and direction, never by SPI
-  (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the SAs of that
-  connection+child. When an SA disappears (rekeyed, deleted) its last seen counts move
-  into a per connection+child base, so the exported counter never goes backwards.
-  Traffic between the last scrape and the deletion is the only thing not counted.
+  (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the live Child
+  SAs of that connection+child (each one's counters run over its whole life, rekeys
+  included) plus what its Child SAs that are gone counted (`child_sas_gone`, which the
+  daemon keeps from each SA's final counts, gateway/daemon/traffic.py): the exported
+  counter never goes backwards and nothing counted before a deletion is lost.
 * SPIs, algorithms, offload and mode go into the `ipsec_child_sa_info` series (value 1).
 
 Every series name, type and label set is documented in docs/metrics.md; tests check the
@@ -51,13 +52,23 @@ from gateway.errors import GatewayError
 
 PREFIX = "ipsec_"
 DEFAULT_LISTEN = "127.0.0.1:9810"
+SCRAPE_TIMEOUT = 10.0  # s a snapshot may take (Prometheus' default scrape_timeout)
 
 IKE_SA_STATES: tuple[str, ...] = ("CONNECTING", "ESTABLISHED", "REKEYING", "DELETING")
 CHILD_SA_STATES: tuple[str, ...] = ("INSTALLED", "REKEYING", "DELETING")
 # Label names of the per-SA families in sorted order: the order the text format writes
 # them in, so rows are built in that order and written without reordering.
 INFO_LABELS = ("child", "connection", "esp_proposal", "mode", "offload", "spi_in", "spi_out")
-TRAFFIC_LABELS = ("child", "connection", "direction")
+# a Child SA's counters in list-sas (and gateway.dataplane.base.Counters' order)
+COUNTER_KEYS: tuple[str, ...] = (
+    "bytes_in",
+    "packets_in",
+    "bytes_out",
+    "packets_out",
+    "replay_errors",
+    "replay_window_errors",
+    "integrity_failures",
+)
 
 # IKE_SA_INIT + IKE_AUTH over a WAN: tens of ms to a few seconds (EAP, retransmits).
 HANDSHAKE_BUCKETS: tuple[float, ...] = (
@@ -162,12 +173,23 @@ class MetricsSnapshot:
 
     `ike_sas` uses the control API's list-sas shape (see the team brief): dicts with
     connection, state, children[{name, state, spi_in, spi_out, mode, esp_proposal,
-    offload, bytes_in, bytes_out, packets_in, packets_out}, ...]. Other keys are ignored.
+    offload, bytes_in, bytes_out, packets_in, packets_out, replay_errors,
+    replay_window_errors, integrity_failures}, ...], each Child's counters over its whole
+    life. Other keys are ignored.
     """
 
     ike_sas: Sequence[Mapping[str, Any]] = ()
-    xdp: Sequence[VerdictCounter] = ()  # e.g. Dataplane.verdicts()
-    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # Dataplane.mss_clamped()
+    # every configured Child: (connection, child, start_action)
+    configured: Sequence[tuple[str, str, str]] = ()
+    # (connection, child) -> what its Child SAs that are gone counted (COUNTER_KEYS order)
+    child_sas_gone: Mapping[tuple[str, str], Sequence[int]] = field(default_factory=dict)
+    # (connection, child) -> installs/rekeys/moves where offload "auto" got less
+    offload_fallbacks: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    xdp: Sequence[VerdictCounter] = ()  # e.g. AttachedPrograms.verdicts()
+    xdp_steered: Mapping[int, int] = field(default_factory=dict)  # CPU -> ESP redirected
+    # XDP Child SA slots: "used", "capacity", "exhausted" (Child SAs refused for want of one)
+    xdp_slots: Mapping[str, int] = field(default_factory=dict)
+    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # AttachedPrograms.mss_clamped()
     xfrm_errors: Mapping[str, int] = field(default_factory=dict)  # xfrm_stat name -> count
     handshake_durations: HistogramCounts = field(default_factory=empty_histogram)
     rekeys: int = 0  # Child SA rekeys completed
@@ -177,6 +199,50 @@ class MetricsSnapshot:
     start_time: float | None = None  # unix time the daemon started
 
 
+def snapshot_from(
+    sas: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+    *,
+    start_time: float | None,
+    configured: Sequence[tuple[str, str, str]] = (),
+) -> MetricsSnapshot:
+    """A snapshot from the control API's list-sas and stats answers (the daemon's own, or
+    the workers' merged by their supervisor: one way for both) and the configured
+    Children (connection, child, start_action)."""
+
+    def pair(name: str) -> tuple[str, str]:
+        connection, _, child = name.partition(".")
+        return connection, child
+
+    durations = stats.get("handshake_durations")
+    return MetricsSnapshot(
+        ike_sas=sas,
+        configured=configured,
+        child_sas_gone={
+            pair(name): [_count(row.get(k)) for k in COUNTER_KEYS]
+            for name, row in (stats.get("retired") or {}).items()
+        },
+        offload_fallbacks={
+            pair(name): _count(n) for name, n in (stats.get("offload_fallbacks") or {}).items()
+        },
+        xdp=[XdpCounter(**row) for row in stats.get("xdp") or ()],
+        xdp_steered={int(cpu): _count(n) for cpu, n in (stats.get("xdp_steered") or {}).items()},
+        xdp_slots=stats.get("xdp_slots") or {},
+        mss_clamped=stats.get("mss_clamped") or {},
+        xfrm_errors=stats.get("xfrm_errors") or {},
+        handshake_durations=HistogramCounts(
+            tuple(durations["bounds"]), tuple(durations["counts"]), durations["sum"]
+        )
+        if durations is not None
+        else empty_histogram(),
+        rekeys=stats.get("rekeys", 0),
+        ike_rekeys=stats.get("ike_rekeys", 0),
+        dpd_failures=stats.get("dpd_failures", 0),
+        auth_failures=stats.get("auth_failures", 0),
+        start_time=start_time,
+    )
+
+
 class MetricsSource(Protocol):
     """What the exporter reads. Called from the HTTP server's thread at every scrape:
     return a snapshot that is safe to read while the daemon keeps running (a copy, or
@@ -184,14 +250,6 @@ class MetricsSource(Protocol):
     when the data cannot be read; the scrape then reports `ipsec_source_up 0`."""
 
     def metrics_snapshot(self) -> MetricsSnapshot: ...
-
-
-@dataclass(slots=True)
-class _Totals:
-    bytes_in: int = 0
-    bytes_out: int = 0
-    packets_in: int = 0
-    packets_out: int = 0
 
 
 class GatewayCollector(Collector):
@@ -206,10 +264,6 @@ class GatewayCollector(Collector):
         self._source = source
         self._aggregate = aggregate_per_connection
         self._lock = threading.Lock()
-        # (connection, child, spi_in, spi_out) -> last counts of a live SA
-        self._live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
-        # (connection, child) -> counts of SAs that are gone (rekeyed or deleted)
-        self._retired: dict[tuple[str, str], _Totals] = {}
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not scrape the source (the daemon may not be up yet).
@@ -233,10 +287,11 @@ class GatewayCollector(Collector):
             )
         ike_states = dict.fromkeys(IKE_SA_STATES, 0)
         child_states = dict.fromkeys(CHILD_SA_STATES, 0)
-        per_child: dict[tuple[str, str], _Totals] = {}
+        per_child: dict[tuple[str, str], list[int]] = {}
+        up: dict[tuple[str, str], int] = {}  # Child SAs up per (connection, child)
         info_rows: list[tuple[tuple[str, ...], int]] = []
-        live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
         add_info = info_rows.append
+        keys = COUNTER_KEYS
         for ike in snap.ike_sas:
             if not isinstance(ike, Mapping):
                 continue
@@ -249,22 +304,14 @@ class GatewayCollector(Collector):
                 name = str(child.get("name", ""))
                 cstate = str(child.get("state", "UNKNOWN"))
                 child_states[cstate] = child_states.get(cstate, 0) + 1
-                spi_in, spi_out = str(child.get("spi_in", "")), str(child.get("spi_out", ""))
-                counts = (
-                    _count(child.get("bytes_in")),
-                    _count(child.get("bytes_out")),
-                    _count(child.get("packets_in")),
-                    _count(child.get("packets_out")),
-                )
-                live[(conn, name, spi_in, spi_out)] = counts
                 key = (conn, name)
+                if cstate in ("INSTALLED", "REKEYING") and state in ("ESTABLISHED", "REKEYING"):
+                    up[key] = up.get(key, 0) + 1
                 t = per_child.get(key)
                 if t is None:
-                    t = per_child[key] = _Totals()
-                t.bytes_in += counts[0]
-                t.bytes_out += counts[1]
-                t.packets_in += counts[2]
-                t.packets_out += counts[3]
+                    t = per_child[key] = [0] * len(keys)
+                for i, k in enumerate(keys):
+                    t[i] += _count(child.get(k))
                 if not self._aggregate:
                     add_info(  # label values in INFO_LABELS (sorted) order
                         (
@@ -274,16 +321,31 @@ class GatewayCollector(Collector):
                                 str(child.get("esp_proposal", "")),
                                 str(child.get("mode", "")),
                                 str(child.get("offload", "none")),
-                                spi_in,
-                                spi_out,
+                                str(child.get("spi_in", "")),
+                                str(child.get("spi_out", "")),
                             ),
                             1,
                         )
                     )
-        self._retire(live)
+        for key, gone in snap.child_sas_gone.items():
+            t = per_child.get(key)
+            if t is None:
+                t = per_child[key] = [0] * len(keys)
+            for i, n in enumerate(gone[: len(keys)]):
+                t[i] += _count(n)
         yield _labelled_gauge("ike_sas", "IKE SAs by state", "state", ike_states)
         yield _labelled_gauge("child_sas", "Child SAs by state", "state", child_states)
-        yield from self._traffic(per_child)
+        yield RowsFamily(
+            PREFIX + "configured_child_sas",
+            "Child SAs up (installed or rekeying) per configured Child, 0 when it has none",
+            "gauge",
+            ("child", "connection", "start_action"),
+            [
+                ((child, conn, action), up.get((conn, child), 0))
+                for conn, child, action in snap.configured
+            ],
+        )
+        yield from self._per_child(per_child, snap.offload_fallbacks)
         if not self._aggregate:
             yield RowsFamily(
                 PREFIX + "child_sa_info",
@@ -305,7 +367,7 @@ class GatewayCollector(Collector):
         )
         xdp = CounterMetricFamily(
             PREFIX + "xdp_packets",
-            "Packets seen by the XDP program, by verdict (action) and reason",
+            "Packets seen by the XDP/TC programs, by verdict (action) and reason",
             labels=("interface", "action", "reason"),
         )
         verdicts: dict[tuple[str, str, str], int] = {}
@@ -315,6 +377,26 @@ class GatewayCollector(Collector):
         for labels, n in sorted(verdicts.items()):
             xdp.add_metric(list(labels), n)
         yield xdp
+        steered = CounterMetricFamily(
+            PREFIX + "xdp_steered_packets",
+            "ESP packets the XDP program redirected to a CPU of the steering set",
+            labels=("cpu",),
+        )
+        for cpu, n in sorted(snap.xdp_steered.items()):
+            steered.add_metric([str(cpu)], _count(n))
+        yield steered
+        if snap.xdp_slots:
+            yield _labelled_gauge(
+                "xdp_slots",
+                "XDP Child SA counter slots in use and in all ([gateway.xdp] max_child_sas)",
+                "state",
+                {s: _count(snap.xdp_slots.get(s)) for s in ("used", "capacity")},
+            )
+            yield _counter(
+                "xdp_slot_exhausted_total",
+                "Child SAs refused (TEMPORARY_FAILURE) because every XDP slot was in use",
+                _count(snap.xdp_slots.get("exhausted")),
+            )
         mss = CounterMetricFamily(
             PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped", labels=("interface",)
         )
@@ -330,58 +412,74 @@ class GatewayCollector(Collector):
             xfrm.add_metric([name], _count(n))
         yield xfrm
 
-    def _retire(self, live: dict[tuple[str, str, str, str], tuple[int, int, int, int]]) -> None:
-        """Move the last counts of SAs that vanished since the last scrape into the base."""
-        for key, counts in self._live.items():
-            if key not in live:
-                base = self._retired.get(key[:2])
-                if base is None:
-                    base = self._retired[key[:2]] = _Totals()
-                base.bytes_in += counts[0]
-                base.bytes_out += counts[1]
-                base.packets_in += counts[2]
-                base.packets_out += counts[3]
-        self._live = live
-
-    def _traffic(self, per_child: dict[tuple[str, str], _Totals]) -> Iterator[Metric]:
-        retired = self._retired
+    def _per_child(
+        self, per_child: dict[tuple[str, str], list[int]], fallbacks: Mapping[tuple[str, str], int]
+    ) -> Iterator[Metric]:
+        """Traffic, replay/integrity errors and offload fallbacks per connection+child
+        (or per connection when aggregated)."""
         if self._aggregate:
-            labels: tuple[str, ...] = ("connection", "direction")
-            name_b, name_p = "connection_bytes", "connection_packets"
-            merged: dict[tuple[str, ...], _Totals] = {}
-            for (conn, _child), ct in _merged_items(per_child, retired):
+            labels: tuple[str, ...] = ("connection",)
+            prefix, what = "connection_", "connection"
+            merged: dict[tuple[str, ...], list[int]] = {}
+            for (conn, _child), t in per_child.items():
                 m = merged.get((conn,))
-                merged[(conn,)] = ct if m is None else _sum(m, ct)
-            rows: Iterable[tuple[tuple[str, ...], _Totals]] = merged.items()
-            what = "connection"
+                if m is None:
+                    merged[(conn,)] = list(t)
+                else:
+                    for i, n in enumerate(t):
+                        m[i] += n
+            rows: Iterable[tuple[tuple[str, ...], list[int]]] = merged.items()
+            fallback_rows: dict[tuple[str, ...], int] = {}
+            for (conn, _child), n in fallbacks.items():
+                fallback_rows[(conn,)] = fallback_rows.get((conn,), 0) + _count(n)
         else:
-            labels = TRAFFIC_LABELS
-            name_b, name_p = "child_sa_bytes", "child_sa_packets"
-            rows = (((child, conn), t) for (conn, child), t in _merged_items(per_child, retired))
-            what = "connection and child, summed over its SAs (survives rekeys)"
+            labels = ("child", "connection")
+            prefix, what = "child_sa_", "connection and child (over its Child SAs' lives)"
+            rows = (((child, conn), t) for (conn, child), t in per_child.items())
+            fallback_rows = {(child, conn): _count(n) for (conn, child), n in fallbacks.items()}
         byte_rows: list[tuple[tuple[str, ...], int]] = []
         packet_rows: list[tuple[tuple[str, ...], int]] = []
+        replay_rows: list[tuple[tuple[str, ...], int]] = []
+        integrity_rows: list[tuple[tuple[str, ...], int]] = []
         add_b, add_p = byte_rows.append, packet_rows.append
         for key, t in rows:
-            add_b(((*key, "in"), t.bytes_in))
-            add_b(((*key, "out"), t.bytes_out))
-            add_p(((*key, "in"), t.packets_in))
-            add_p(((*key, "out"), t.packets_out))
+            add_b(((*key, "in"), t[0]))
+            add_b(((*key, "out"), t[2]))
+            add_p(((*key, "in"), t[1]))
+            add_p(((*key, "out"), t[3]))
+            replay_rows.append(((*key, "replay"), t[4]))
+            replay_rows.append(((*key, "window"), t[5]))
+            integrity_rows.append((key, t[6]))
+        direction = (*labels, "direction")
         yield RowsFamily(
-            PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels, byte_rows
+            PREFIX + prefix + "bytes", f"ESP bytes by {what}", "counter", direction, byte_rows
         )
-        yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels, packet_rows)
-
-
-def _merged_items(
-    live: dict[tuple[str, str], _Totals], retired: dict[tuple[str, str], _Totals]
-) -> Iterator[tuple[tuple[str, str], _Totals]]:
-    """(connection, child) -> live + retired totals: live ones in order, then retired-only."""
-    for key, t in live.items():
-        yield key, _sum(t, retired.get(key))
-    for key, t in retired.items():
-        if key not in live:
-            yield key, t
+        yield RowsFamily(
+            PREFIX + prefix + "packets", f"ESP packets by {what}", "counter", direction, packet_rows
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "replay_errors",
+            f"Inbound ESP dropped by the anti-replay check by {what}: kind replay "
+            "(already seen) or window (too old)",
+            "counter",
+            (*labels, "kind"),
+            replay_rows,
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "integrity_failures",
+            f"Inbound ESP whose integrity check (ICV) failed by {what}",
+            "counter",
+            labels,
+            integrity_rows,
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "offload_fallbacks",
+            'Child SA installs, rekeys and moves where offload "auto" got less than asked '
+            f"(running in software) by {what}",
+            "counter",
+            labels,
+            sorted(fallback_rows.items()),
+        )
 
 
 class RowsFamily(Metric):
@@ -449,19 +547,6 @@ def _escape_value(v: str) -> str:
     if "\\" in v or "\n" in v or '"' in v:
         return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return v
-
-
-def _sum(a: _Totals | None, b: _Totals | None) -> _Totals:
-    if a is None:
-        return b or _Totals()
-    if b is None:
-        return a
-    return _Totals(
-        a.bytes_in + b.bytes_in,
-        a.bytes_out + b.bytes_out,
-        a.packets_in + b.packets_in,
-        a.packets_out + b.packets_out,
-    )
 
 
 def _count(value: object) -> int:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from gateway import __version__
 from gateway.config.engine import engine_connection
-from gateway.config.schema import ConnectionSection, GatewayConfig
+from gateway.config.reload import gateway_changes
+from gateway.config.schema import ConnectionSection, GatewayConfig, configured_children
 from gateway.control.protocol import ControlError
 from gateway.daemon.engine import engine_stats
 from gateway.daemon.feature import Host
@@ -119,15 +120,16 @@ def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         by_state[sa["state"]] = by_state.get(sa["state"], 0) + 1
     children = [c for sa in sas for c in sa["children"]]
     t = d.totals
+    gone = d.traffic.gone_total()  # Child SAs that are gone: totals never go backwards
     out: dict[str, Any] = {
         "uptime": d.clock() - d.started_at,
         "version": __version__,
         "ike_sas": by_state,
         "child_sas": len(children),
-        "bytes_in": t.bytes_in + sum(c["bytes_in"] for c in children),
-        "bytes_out": t.bytes_out + sum(c["bytes_out"] for c in children),
-        "packets_in": t.packets_in + sum(c["packets_in"] for c in children),
-        "packets_out": t.packets_out + sum(c["packets_out"] for c in children),
+        "bytes_in": gone.bytes_in + sum(c["bytes_in"] for c in children),
+        "bytes_out": gone.bytes_out + sum(c["bytes_out"] for c in children),
+        "packets_in": gone.packets_in + sum(c["packets_in"] for c in children),
+        "packets_out": gone.packets_out + sum(c["packets_out"] for c in children),
         "xdp": [],
         "handshakes": t.handshakes,
         "auth_failures": t.auth_failures,
@@ -156,7 +158,7 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
     removed = [n for n in old_by_name if n not in new_by_name]
     changed = [n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n]]
     unchanged = [n for n in new_by_name if n in old_by_name and n not in changed]
-    restart_needed = new.gateway != d.config.gateway
+    restart_needed, xdp_changed = gateway_changes(d.config.gateway, new.gateway)
     # Tear down SAs of removed and changed connections (telling the peers).
     for record in list(d.sas.values()):
         if record.connection in removed or record.connection in changed:
@@ -167,7 +169,14 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
         d.retries.cancel(name)  # a changed one starts anew below
     d.pump()
     d.engine.set_connections([engine_connection(c) for c in new.connections])
-    d.config = GatewayConfig(d.config.gateway, new.connections, new.source)
+    gateway = d.config.gateway
+    if xdp_changed and d.xdp is not None and new.gateway.xdp is not None:
+        try:  # steering, unknown-SPI drop and the shield change in place
+            d.xdp.update_settings(new.gateway.xdp)
+            gateway = dataclasses.replace(gateway, xdp=new.gateway.xdp)
+        except GatewayError as exc:
+            d.report("xdp-settings-failed", logging.ERROR, error=exc)
+    d.config = GatewayConfig(gateway, new.connections, new.source)
     d.traps.forget(removed + changed)
     d.traps.sync()  # those of removed/changed connections once their SAs are gone
     for name in added + changed:
@@ -194,42 +203,30 @@ def _names(names: list[str]) -> LogAs:
 
 
 def metrics_snapshot(d: Host) -> Any:
-    """Called from the exporter's thread: build the snapshot on the loop's thread."""
+    """Called from the exporter's thread: the counters read (off the loop, at most one
+    at a time, reused within counters_interval), then the snapshot built on the loop."""
     from gateway import metrics
 
     loop = d.loop
     if loop is None or loop.is_closed():
         raise GatewayError("the daemon is not running")
 
-    def build() -> Any:
+    async def build() -> Any:
+        await d.traffic.refresh()
         sas = list_sas(d)
-        t = d.totals
-        histogram = d.tally.histogram
-        return metrics.MetricsSnapshot(
-            ike_sas=sas,
-            xdp=[metrics.XdpCounter(**row) for row in (d.xdp.verdict_rows() if d.xdp else [])],
-            mss_clamped=d.xdp.mss_clamped() if d.xdp is not None else {},
-            xfrm_errors=d.dataplane.errors(),
-            handshake_durations=histogram.snapshot()
-            if histogram is not None
-            else metrics.empty_histogram(),
-            rekeys=t.rekeys,
-            ike_rekeys=t.ike_rekeys,
-            dpd_failures=t.dpd_failures,
-            auth_failures=t.auth_failures,
+        return metrics.snapshot_from(
+            sas,
+            stats(d, sas),
             start_time=d.started_at,
+            configured=configured_children(d.config),
         )
 
-    future = asyncio.run_coroutine_threadsafe(_call(build), loop)
+    future = asyncio.run_coroutine_threadsafe(build(), loop)
     try:
-        return future.result(timeout=5)
+        return future.result(timeout=metrics.SCRAPE_TIMEOUT)
     except TimeoutError:
         future.cancel()
         raise GatewayError("the daemon did not answer the scrape in time") from None
-
-
-async def _call(func: Callable[[], Any]) -> Any:
-    return func()
 
 
 def _conn_start_action(conn: ConnectionSection) -> str:

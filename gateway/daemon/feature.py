@@ -15,7 +15,8 @@ stop. Every hook has a default that does nothing, so a feature writes only what 
 
 A feature sees the daemon as a `Host` (below): the services of the core (report,
 engine calls, the pump, timers, waiters) and the small public interface of each other
-feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`),
+feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`,
+`TrafficApi`),
 so no feature imports the core or another feature's class.
 
 A new feature (route-based tunnels, updown hooks, address pools, offload, per-SA
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from gateway.control.server import ControlServer
     from gateway.daemon.engine import Engine
     from gateway.daemon.records import Attempt, ChildRecord, IkeRecord, SaTable, Totals
-    from gateway.dataplane.base import Dataplane, TrapKey
+    from gateway.dataplane.base import Counters, Dataplane, TrapKey
     from gateway.dataplane.xdp import XdpAdapter
     from gateway.transport import UdpTransport
     from ike.events import Event
@@ -121,6 +122,26 @@ class TallyApi(Protocol):
     def histogram(self) -> Any: ...
 
 
+class TrafficApi(Protocol):
+    """gateway/daemon/traffic.py: per-SA counters, and what SAs that go counted."""
+
+    async def refresh(self) -> None: ...
+
+    def recorded(self, child: ChildRecord) -> None: ...
+
+    def child(self, c: ChildRecord) -> Counters: ...
+
+    def sa_gone(self, connection: str, child: ChildRecord, counters: Counters) -> None: ...
+
+    def child_ended(self, connection: str, child: ChildRecord) -> None: ...
+
+    def slot_released(self, connection: str, child: str, counters: Any) -> None: ...
+
+    def gone_total(self) -> Counters: ...
+
+    def slot_row(self, c: ChildRecord) -> dict[str, int] | None: ...
+
+
 class Host(Protocol):
     """What the feature managers use of the daemon (gateway/daemon/core.py's Daemon)."""
 
@@ -164,6 +185,8 @@ class Host(Protocol):
     def actions(self) -> ActionApi: ...
     @property
     def tally(self) -> TallyApi: ...
+    @property
+    def traffic(self) -> TrafficApi: ...
 
     def report(self, event: str, level: int = ..., /, **fields: Any) -> None:
         """Log and publish (gateway/daemon/report.py)."""

@@ -43,8 +43,8 @@ from gateway.xfrm import (
 )
 from gateway.xfrm.channel import in_netns
 from gateway.xfrm.manager import InstalledChildSa
-from tests.support.xfrm import V4_TRANSPORT, V4_TUNNEL, Plan, setup_inner, spec_pair
 from tests.support import netdevsim
+from tests.support.xfrm import V4_TRANSPORT, V4_TUNNEL, Plan, setup_inner, spec_pair
 
 MARK = 0x64  # the offloaded SA's output mark: policy-routed through nsim0
 SIDE = Plan("192.0.2.1", "192.0.2.2", "10.1.1.1", "10.2.1.1", "10.1.1.0/24", "10.2.1.0/24")

@@ -18,6 +18,7 @@ class FakeLoader:
         self.calls: list[tuple[Any, ...]] = []
         self.fail_install = fail_install
         self.opened = False
+        self.settings: dict[str, Any] = {}
 
     def open(self) -> None:
         self.opened = True
@@ -59,6 +60,24 @@ class FakeLoader:
 
     def slot_counters(self, slot: int) -> SlotCounters:
         return SlotCounters(esp_in_packets=slot + 1)
+
+    def slot_counters_bulk(self, upto: int | None = None) -> Any:
+        from bpf.loader import SLOT_FIELDS, SlotTable
+
+        n = upto or 0
+        return SlotTable(
+            [[slot + 1 if f == "esp_in_packets" else 0 for slot in range(n)] for f in SLOT_FIELDS]
+        )
+
+    def slot_cpu(self, slot: int) -> int | None:
+        return self.settings.get("cpu_of", {}).get(slot)
+
+    def steered(self) -> dict[int, int]:
+        return {1: 7}
+
+    def update_settings(self, **settings: Any) -> None:
+        self.calls.append(("settings", tuple(sorted(settings))))
+        self.settings.update(settings)
 
     def verdicts(self) -> list[Any]:
         from bpf.loader import XdpVerdict
