@@ -13,8 +13,10 @@ handle. Nothing is cached between scrapes except what counter semantics require:
   (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the live Child
   SAs of that connection+child (each one's counters run over its whole life, rekeys
   included) plus what its Child SAs that are gone counted (`child_sas_gone`, which the
-  daemon keeps from each SA's final counts, gateway/daemon/traffic.py): the exported
-  counter never goes backwards and nothing counted before a deletion is lost.
+  daemon keeps from each SA's final counts, gateway/daemon/traffic.py): nothing counted
+  before a deletion is lost. The collector also never exports a value below one it
+  exported before for the same series (a Child SA ending while a scrape is being built
+  may be missing from that one scrape; a restarted worker starts from zero).
 * SPIs, algorithms, offload and mode go into the `ipsec_child_sa_info` series (value 1).
 
 Every series name, type and label set is documented in docs/metrics.md; tests check the
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
@@ -171,14 +173,18 @@ def empty_histogram(bounds: Sequence[float] = HANDSHAKE_BUCKETS) -> HistogramCou
 class MetricsSnapshot:
     """Everything one scrape exports, read in one go so the numbers agree with each other.
 
-    `ike_sas` uses the control API's list-sas shape (see the team brief): dicts with
-    connection, state, children[{name, state, spi_in, spi_out, mode, esp_proposal,
-    offload, bytes_in, bytes_out, packets_in, packets_out, replay_errors,
-    replay_window_errors, integrity_failures}, ...], each Child's counters over its whole
-    life. Other keys are ignored.
+    The SAs come either as `ike_states` (IKE SAs by state) + `child_rows` (what the
+    daemon builds for a scrape, off its event loop) or as `ike_sas` in the control API's
+    list-sas shape (the workers' supervisor, tests): dicts with connection, state,
+    children[{name, state, spi_in, spi_out, mode, esp_proposal, offload, bytes_in,
+    bytes_out, packets_in, packets_out, replay_errors, replay_window_errors,
+    integrity_failures}, ...], each Child's counters over its whole life. Other keys are
+    ignored.
     """
 
     ike_sas: Sequence[Mapping[str, Any]] = ()
+    ike_states: Mapping[str, int] | None = None
+    child_rows: Sequence[ChildRow] | None = None
     # every configured Child: (connection, child, start_action)
     configured: Sequence[tuple[str, str, str]] = ()
     # (connection, child) -> what its Child SAs that are gone counted (COUNTER_KEYS order)
@@ -198,6 +204,12 @@ class MetricsSnapshot:
     auth_failures: int = 0
     start_time: float | None = None  # unix time the daemon started
 
+    def rows(self) -> tuple[Mapping[str, int], Sequence[ChildRow]]:
+        """(IKE SAs by state, Child SA rows), whichever way they were given."""
+        if self.child_rows is not None:
+            return self.ike_states or {}, self.child_rows
+        return rows_from_list_sas(self.ike_sas)
+
 
 def snapshot_from(
     sas: Sequence[Mapping[str, Any]],
@@ -205,10 +217,12 @@ def snapshot_from(
     *,
     start_time: float | None,
     configured: Sequence[tuple[str, str, str]] = (),
+    rows: tuple[Mapping[str, int], Sequence[ChildRow]] | None = None,
 ) -> MetricsSnapshot:
     """A snapshot from the control API's list-sas and stats answers (the daemon's own, or
     the workers' merged by their supervisor: one way for both) and the configured
-    Children (connection, child, start_action)."""
+    Children (connection, child, start_action); `rows` (IKE SAs by state, Child SA rows)
+    instead of list-sas' `sas` where the caller has them."""
 
     def pair(name: str) -> tuple[str, str]:
         connection, _, child = name.partition(".")
@@ -217,6 +231,8 @@ def snapshot_from(
     durations = stats.get("handshake_durations")
     return MetricsSnapshot(
         ike_sas=sas,
+        ike_states=rows[0] if rows is not None else None,
+        child_rows=rows[1] if rows is not None else None,
         configured=configured,
         child_sas_gone={
             pair(name): [_count(row.get(k)) for k in COUNTER_KEYS]
@@ -243,6 +259,59 @@ def snapshot_from(
     )
 
 
+UP_STATES = frozenset(("INSTALLED", "REKEYING"))  # a Child SA that carries traffic
+IKE_UP_STATES = frozenset(("ESTABLISHED", "REKEYING"))
+
+
+class ChildRow(NamedTuple):
+    """One Child SA as a scrape needs it; `counters` in COUNTER_KEYS order, over the
+    Child's whole life."""
+
+    connection: str
+    child: str
+    state: str
+    ike_state: str
+    esp_proposal: str
+    mode: str
+    offload: str
+    spi_in: str
+    spi_out: str
+    counters: tuple[int, ...]
+
+
+def rows_from_list_sas(
+    ike_sas: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, int], list[ChildRow]]:
+    """(IKE SAs by state, one ChildRow per Child SA) from list-sas' shape; malformed
+    entries are skipped, malformed counters count 0."""
+    states: dict[str, int] = {}
+    rows: list[ChildRow] = []
+    for ike in ike_sas:
+        if not isinstance(ike, Mapping):
+            continue
+        state = str(ike.get("state", "UNKNOWN"))
+        states[state] = states.get(state, 0) + 1
+        conn = str(ike.get("connection", ""))
+        for child in ike.get("children") or ():
+            if not isinstance(child, Mapping):
+                continue
+            rows.append(
+                ChildRow(
+                    conn,
+                    str(child.get("name", "")),
+                    str(child.get("state", "UNKNOWN")),
+                    state,
+                    str(child.get("esp_proposal", "")),
+                    str(child.get("mode", "")),
+                    str(child.get("offload", "none")),
+                    str(child.get("spi_in", "")),
+                    str(child.get("spi_out", "")),
+                    tuple(_count(child.get(k)) for k in COUNTER_KEYS),
+                )
+            )
+    return states, rows
+
+
 class MetricsSource(Protocol):
     """What the exporter reads. Called from the HTTP server's thread at every scrape:
     return a snapshot that is safe to read while the daemon keeps running (a copy, or
@@ -264,6 +333,8 @@ class GatewayCollector(Collector):
         self._source = source
         self._aggregate = aggregate_per_connection
         self._lock = threading.Lock()
+        # (connection, child) -> the counts last exported: a series never goes backwards
+        self._exported: dict[tuple[str, str], list[int]] = {}
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not scrape the source (the daemon may not be up yet).
@@ -292,47 +363,38 @@ class GatewayCollector(Collector):
         info_rows: list[tuple[tuple[str, ...], int]] = []
         add_info = info_rows.append
         keys = COUNTER_KEYS
-        for ike in snap.ike_sas:
-            if not isinstance(ike, Mapping):
-                continue
-            state = str(ike.get("state", "UNKNOWN"))
-            ike_states[state] = ike_states.get(state, 0) + 1
-            conn = str(ike.get("connection", ""))
-            for child in ike.get("children") or ():
-                if not isinstance(child, Mapping):
-                    continue
-                name = str(child.get("name", ""))
-                cstate = str(child.get("state", "UNKNOWN"))
-                child_states[cstate] = child_states.get(cstate, 0) + 1
-                key = (conn, name)
-                if cstate in ("INSTALLED", "REKEYING") and state in ("ESTABLISHED", "REKEYING"):
-                    up[key] = up.get(key, 0) + 1
-                t = per_child.get(key)
-                if t is None:
-                    t = per_child[key] = [0] * len(keys)
-                for i, k in enumerate(keys):
-                    t[i] += _count(child.get(k))
-                if not self._aggregate:
-                    add_info(  # label values in INFO_LABELS (sorted) order
-                        (
-                            (
-                                name,
-                                conn,
-                                str(child.get("esp_proposal", "")),
-                                str(child.get("mode", "")),
-                                str(child.get("offload", "none")),
-                                str(child.get("spi_in", "")),
-                                str(child.get("spi_out", "")),
-                            ),
-                            1,
-                        )
-                    )
+        given_states, rows = snap.rows()
+        for state, n in given_states.items():
+            ike_states[state] = ike_states.get(state, 0) + n
+        aggregate = self._aggregate
+        for row in rows:
+            conn, name, cstate = row[0], row[1], row[2]
+            child_states[cstate] = child_states.get(cstate, 0) + 1
+            key = (conn, name)
+            if cstate in UP_STATES and row[3] in IKE_UP_STATES:
+                up[key] = up.get(key, 0) + 1
+            t = per_child.get(key)
+            if t is None:
+                per_child[key] = list(row[9])
+            else:
+                counts = row[9]
+                t[0] += counts[0]
+                t[1] += counts[1]
+                t[2] += counts[2]
+                t[3] += counts[3]
+                t[4] += counts[4]
+                t[5] += counts[5]
+                t[6] += counts[6]
+            if not aggregate:
+                # label values in INFO_LABELS (sorted) order
+                add_info(((name, conn, row[4], row[5], row[6], row[7], row[8]), 1))
         for key, gone in snap.child_sas_gone.items():
             t = per_child.get(key)
             if t is None:
                 t = per_child[key] = [0] * len(keys)
             for i, n in enumerate(gone[: len(keys)]):
                 t[i] += _count(n)
+        self._never_backwards(per_child)
         yield _labelled_gauge("ike_sas", "IKE SAs by state", "state", ike_states)
         yield _labelled_gauge("child_sas", "Child SAs by state", "state", child_states)
         yield RowsFamily(
@@ -411,6 +473,21 @@ class GatewayCollector(Collector):
         for name, n in sorted(snap.xfrm_errors.items()):
             xfrm.add_metric([name], _count(n))
         yield xfrm
+
+    def _never_backwards(self, per_child: dict[tuple[str, str], list[int]]) -> None:
+        """No counter below what was exported before (a Child SA that ended while a
+        scrape was being built, a worker restarted), and no series that vanishes."""
+        exported = self._exported
+        for key, last in exported.items():
+            t = per_child.get(key)
+            if t is None:
+                per_child[key] = list(last)
+            else:
+                for i, n in enumerate(last):
+                    if t[i] < n:
+                        t[i] = n
+        for key, t in per_child.items():
+            exported[key] = list(t)
 
     def _per_child(
         self, per_child: dict[tuple[str, str], list[int]], fallbacks: Mapping[tuple[str, str], int]
@@ -526,10 +603,14 @@ class RowsFamily(Metric):
             + "} %s\n"
         )
         rows = self.rows
-        distinct: set[str] = set()
-        for values, _ in rows:
-            distinct.update(values)
-        escape = {v: _escape_value(v) for v in distinct if "\\" in v or "\n" in v or '"' in v}
+        escape: dict[str, str] = {}
+        # one scan of all values at C speed; the per-value map only when one needs it
+        blob = "\x00".join(["\x00".join(values) for values, _ in rows])
+        if "\\" in blob or "\n" in blob or '"' in blob:
+            distinct: set[str] = set()
+            for values, _ in rows:
+                distinct.update(values)
+            escape = {v: _escape_value(v) for v in distinct if v != _escape_value(v)}
         in_order = order == list(range(len(labelnames)))
         go_float = _go_float
         out: list[str] = []

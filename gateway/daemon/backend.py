@@ -119,7 +119,6 @@ def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     for sa in sas:
         by_state[sa["state"]] = by_state.get(sa["state"], 0) + 1
     children = [c for sa in sas for c in sa["children"]]
-    t = d.totals
     gone = d.traffic.gone_total()  # Child SAs that are gone: totals never go backwards
     out: dict[str, Any] = {
         "uptime": d.clock() - d.started_at,
@@ -130,6 +129,14 @@ def stats(d: Host, sas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         "bytes_out": gone.bytes_out + sum(c["bytes_out"] for c in children),
         "packets_in": gone.packets_in + sum(c["packets_in"] for c in children),
         "packets_out": gone.packets_out + sum(c["packets_out"] for c in children),
+    }
+    return out | common_stats(d)
+
+
+def common_stats(d: Host) -> dict[str, Any]:
+    """`stats` but what is counted over the SA table (IKE/Child SAs, traffic totals)."""
+    t = d.totals
+    out: dict[str, Any] = {
         "xdp": [],
         "handshakes": t.handshakes,
         "auth_failures": t.auth_failures,
@@ -203,30 +210,66 @@ def _names(names: list[str]) -> LogAs:
 
 
 def metrics_snapshot(d: Host) -> Any:
-    """Called from the exporter's thread: the counters read (off the loop, at most one
-    at a time, reused within counters_interval), then the snapshot built on the loop."""
+    """Called from the exporter's thread. On the event loop: the counters read (itself
+    off the loop, at most one at a time, reused within counters_interval), then only a
+    list of the IKE SA records and the gateway-wide stats; the rows of 100,000 Child SAs
+    are built here, in the exporter's thread, so IKE keeps being served meanwhile. That
+    is safe: record fields are replaced, never changed in place, and the counter tables
+    are swapped whole. A Child SA that ends meanwhile may miss from this one scrape
+    (its totals are not in the `retired` read before); the exporter never lets a series
+    go backwards, so the next scrape has it again (gateway/metrics.py)."""
     from gateway import metrics
 
     loop = d.loop
     if loop is None or loop.is_closed():
         raise GatewayError("the daemon is not running")
 
-    async def build() -> Any:
+    async def capture() -> tuple[list[IkeRecord], dict[str, Any]]:
         await d.traffic.refresh()
-        sas = list_sas(d)
-        return metrics.snapshot_from(
-            sas,
-            stats(d, sas),
-            start_time=d.started_at,
-            configured=configured_children(d.config),
-        )
+        return list(d.sas.values()), common_stats(d)  # (its `retired` first, then rows)
 
-    future = asyncio.run_coroutine_threadsafe(build(), loop)
+    future = asyncio.run_coroutine_threadsafe(capture(), loop)
     try:
-        return future.result(timeout=metrics.SCRAPE_TIMEOUT)
+        records, common = future.result(timeout=metrics.SCRAPE_TIMEOUT)
     except TimeoutError:
         future.cancel()
         raise GatewayError("the daemon did not answer the scrape in time") from None
+    return metrics.snapshot_from(
+        (),
+        common,
+        start_time=d.started_at,
+        configured=configured_children(d.config),
+        rows=child_rows(d, records),
+    )
+
+
+def child_rows(d: Host, records: list[IkeRecord]) -> tuple[dict[str, int], list[Any]]:
+    """(IKE SAs by state, a metrics.ChildRow per Child SA) of the IKE SA records."""
+    from gateway.metrics import ChildRow
+
+    states: dict[str, int] = {}
+    rows = []
+    child = d.traffic.child
+    for record in records:
+        connection, state = record.connection, record.state
+        states[state] = states.get(state, 0) + 1
+        for c in tuple(record.children):
+            installed = c.installed
+            rows.append(
+                ChildRow(
+                    connection,
+                    c.name,
+                    c.state,
+                    state,
+                    c.esp_proposal,
+                    c.mode,
+                    installed.offload if installed is not None else "none",
+                    spi(c.spi_in),
+                    spi(c.spi_out),
+                    child(c),
+                )
+            )
+    return states, rows
 
 
 def _conn_start_action(conn: ConnectionSection) -> str:

@@ -62,26 +62,29 @@ class Traffic(Feature):
 
     async def refresh(self) -> None:
         """Fresh tables for what follows: the current read if one runs, the last one if
-        it is younger than counters_interval, else a new read (off the event loop)."""
-        if self._running is not None:
-            await asyncio.shield(self._running)
-            return
-        if time.monotonic() - self._read_at < self.d.config.gateway.counters_interval:
-            return
-        loop = asyncio.get_running_loop()
-        self._running = loop.create_future()
-        try:
-            await self._read(loop)
-        finally:
-            self._running.set_result(None)
-            self._running = None
+        it is younger than counters_interval, else a new read (off the event loop). The
+        read is a task of its own: a caller that gives up (a scrape timing out) does not
+        end it, so there is never a second one beside it."""
+        running = self._running
+        if running is None:
+            if time.monotonic() - self._read_at < self.d.config.gateway.counters_interval:
+                return
+            running = self._running = asyncio.ensure_future(self._read())
+            running.add_done_callback(self._read_done)
+        await asyncio.shield(running)
 
-    async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _read_done(self, task: asyncio.Future[None]) -> None:
+        self._running = None
+        if not task.cancelled():
+            task.exception()  # (_read reports its own failures; nothing else raises)
+
+    async def _read(self) -> None:
         self._started += 1
         epoch = self._started
         xdp = self.d.xdp
         upto = xdp.spis.end if xdp is not None and xdp.attached else 0
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
         try:
             table, slots = await loop.run_in_executor(None, self._read_tables, upto)
         except GatewayError as exc:  # keep the last tables; the next scrape tries again
@@ -211,7 +214,7 @@ class Traffic(Feature):
     # ------------------------------------------------------------------ hooks
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
-        return self.child(child)._asdict()
+        return dict(zip(Counters._fields, self.child(child), strict=True))
 
     def stats(self) -> Mapping[str, Any]:
         """`retired`: per "connection.child", what its Child SAs that are gone counted;

@@ -19,7 +19,7 @@ from gateway.daemon import Daemon, backend
 from gateway.daemon import core as daemon_core
 from gateway.dataplane.base import Counters, Installed
 from gateway.dataplane.none import NoneDataplane
-from gateway.metrics import snapshot_from
+from gateway.metrics import rows_from_list_sas, snapshot_from
 from tests.support.inmemory import Pair, started_pair, until
 
 
@@ -192,3 +192,20 @@ async def test_one_read_serves_an_interval(pair: Pair[CountingDataplane]) -> Non
     await pair.client.list_sas()
     await pair.client.stats()
     assert pair.dp_west.reads - before <= 1  # one read in flight, then reused
+
+
+async def test_scrape_rows_built_off_the_loop_match_list_sas(
+    pair: Pair[CountingDataplane],
+) -> None:
+    """The daemon's scrape takes only the records on its loop and builds the Child rows
+    in the exporter's thread: the same rows and states as from list-sas."""
+    row = await child_row(pair.client)
+    a_in, a_out = spis(row)
+    pair.dp_west.bump(True, a_in, 7, replay=2)
+    pair.dp_west.bump(False, a_out, 5)
+    snap = await asyncio.to_thread(backend.metrics_snapshot, pair.west)
+    states, rows = snap.rows()
+    assert (states, rows) == rows_from_list_sas(await pair.client.list_sas())
+    (only,) = rows
+    assert (only.connection, only.child, only.state) == ("east", "net", "INSTALLED")
+    assert only.counters[:5] == (700, 7, 500, 5, 2)

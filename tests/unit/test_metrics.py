@@ -202,8 +202,14 @@ def test_series_are_live_child_sas_plus_the_gone() -> None:
     assert value(reg, "ipsec_child_sa_packets_total", **key) == 112
     assert value(reg, "ipsec_child_sa_integrity_failures_total", connection="c", child="net") == 4
     # no Child SA left: the series stays with what they counted; no info series
+    gone = {("c", "net"): [111_800, 112, 55_600, 55, 2, 1, 4]}
     source.snap = MetricsSnapshot(ike_sas=[], child_sas_gone=gone)
-    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 110_500
+    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_800
+    # a snapshot that misses a Child SA (it ended while the scrape was built): the
+    # series does not go backwards, and does not vanish
+    source.snap = MetricsSnapshot(ike_sas=[])
+    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_800
+    assert value(reg, "ipsec_child_sa_packets_total", **key) == 112
     info = [k for k in samples(reg) if k[0] == "ipsec_child_sa_info"]
     assert info == []  # info only for SAs that exist
 
