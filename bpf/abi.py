@@ -10,11 +10,14 @@ import ctypes
 import enum
 
 SLOT_BITS_DEFAULT = 16
+SLOT_BITS_MAX = 20  # 1,048,576 Child SA slots; 12 random SPI bits stay (bpf/spi.py)
 VERDICT_ACTIONS = 8
 MAX_STEER_CPUS = 64
 
 SLOT_F_OFFLOADED = 1
 SLOT_NONE = 0xFFFFFFFF
+STEER_NONE = 0xFFFFFFFF
+IKE_BUCKETS = 65536
 
 CFG_DROP_UNKNOWN_SPI = 1
 CFG_IKE_RATE_LIMIT = 2
@@ -22,6 +25,7 @@ CFG_STEER = 4
 CFG_NIC_DECRYPTS = 8
 CFG_MSS_CLAMP = 16
 CFG_IN_FALLBACK = 32
+CFG_IKE_BUDGET = 64
 
 
 class Reason(enum.IntEnum):
@@ -56,6 +60,7 @@ class Reason(enum.IntEnum):
     LAN_OUT_MSS_MALFORMED = 27
     LAN_OUT_MSS_ODD_OFFSET = 28
     LAN_OUT_MALFORMED = 29
+    WAN_IKE_OVER_BUDGET = 30
 
     @property
     def side(self) -> str:
@@ -70,7 +75,7 @@ class Reason(enum.IntEnum):
         return (self.name if prefix == "OUT" else rest).lower()
 
 
-R_MAX = 30
+R_MAX = 31
 LAN_OUT = Reason.LAN_OUT_NO_TUNNEL - Reason.LAN_NO_TUNNEL
 
 
@@ -109,7 +114,11 @@ class SlotStats(ctypes.Structure):
 
 
 class SlotEntry(ctypes.Structure):
-    _fields_ = [("spi", ctypes.c_uint32 * 2), ("flags", ctypes.c_uint32)]
+    _fields_ = [
+        ("spi", ctypes.c_uint32 * 2),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+    ]
 
 
 class ClampKey(ctypes.Structure):
@@ -120,20 +129,23 @@ class ClampValue(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("mtu", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
-class SrcKey(ctypes.Structure):
-    _fields_ = [("addr", ctypes.c_uint8 * 16)]
-
-
 class IkeBucket(ctypes.Structure):
     _fields_ = [("credit_ns", ctypes.c_uint64), ("last_ns", ctypes.c_uint64)]
+
+
+class IkeBudget(ctypes.Structure):
+    _fields_ = [("credit_ns", ctypes.c_int64), ("last_ns", ctypes.c_uint64)]
 
 
 class DpConfig(ctypes.Structure):
     _fields_ = [
         ("flags", ctypes.c_uint32),
-        ("steer_count", ctypes.c_uint32),
+        ("hash_seed", ctypes.c_uint32),
         ("ike_cost_ns", ctypes.c_uint64),
         ("ike_burst_ns", ctypes.c_uint64),
+        ("budget_cost_ns", ctypes.c_uint64),
+        ("budget_burst_ns", ctypes.c_uint64),
+        ("jiffy_ns", ctypes.c_uint64),
     ]
 
 
@@ -142,7 +154,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "slot_entry": SlotEntry,
     "clamp_key": ClampKey,
     "clamp_value": ClampValue,
-    "src_key": SrcKey,
     "ike_bucket": IkeBucket,
+    "ike_budget": IkeBudget,
     "dp_config": DpConfig,
 }

@@ -1,8 +1,8 @@
 /* Data-plane programs of the gateway, compiled once per start by bpf/loader.py (bcc).
  *
  *   xdp_wan         XDP, WAN ingress: parse, count ESP per Child SA slot, drop unknown
- *                   SPIs (optional), IKE_SA_INIT per-source token bucket, cpumap steering
- *                   (optional).
+ *                   SPIs (optional), IKE_SA_INIT shield: a token bucket per source and
+ *                   a global budget (optional), cpumap steering per slot (optional).
  *   tc_wan_egress   TC clsact egress on the WAN: count outbound ESP per slot.
  *   tc_lan_ingress  TC clsact ingress on the LAN: count cleartext per slot (destination
  *                   prefix -> slot through an LPM trie) and clamp the MSS of SYN/SYN-ACK.
@@ -43,14 +43,17 @@
 
 BPF_ARRAY(config, struct dp_config, 1);
 BPF_ARRAY(slot_table, struct slot_entry, MAX_SLOTS);
-BPF_HASH(in_spi_fallback, u32, u32, MAX_IN_SPI_FALLBACK);
-BPF_HASH(out_spi, u32, u32, MAX_OUT_SPIS);
+/* Hash maps without preallocation: with 2^20 slots a preallocated out_spi would take
+ * ~100 MiB before the first SA; entries are allocated when the loader adds them. */
+BPF_F_TABLE("hash", u32, u32, in_spi_fallback, MAX_IN_SPI_FALLBACK, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u32, u32, out_spi, MAX_OUT_SPIS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(slot_stats, struct slot_stats, MAX_SLOTS);
 BPF_PERCPU_ARRAY(verdicts, u64, R_MAX * VERDICT_ACTIONS);
 BPF_LPM_TRIE(clamp_prefixes, struct clamp_key, struct clamp_value, MAX_CLAMP_PREFIXES);
-BPF_TABLE("lru_hash", struct src_key, struct ike_bucket, ike_buckets, IKE_SOURCES);
-BPF_ARRAY(steer_cpus, u32, MAX_STEER_CPUS);
+BPF_ARRAY(ike_buckets, struct ike_bucket, IKE_BUCKETS);
+BPF_ARRAY(ike_budget, struct ike_budget, 1);
 BPF_CPUMAP(cpumap, CPUMAP_SIZE);
+BPF_PERCPU_ARRAY(steered, u64, CPUMAP_SIZE); /* ESP redirected, by target CPU */
 
 enum parse_result {
     P_OK = 0,
@@ -234,34 +237,33 @@ static __always_inline int parse_l3(struct pkt *p)
 
 /* The slot of an inbound SPI: the SPI's low SLOT_BITS name the slot, which must list
  * this SPI (no hash lookup on the fast path). SPIs the daemon could not choose go
- * through the fallback hash. Returns 1 and sets slot/flags when we own the SPI. */
-static __always_inline int inbound_slot(struct dp_config *cfg, u32 spi, u32 *slot, u32 *flags)
+ * through the fallback hash. Returns the slot's entry (NULL: not ours) and its index. */
+static __always_inline struct slot_entry *inbound_slot(struct dp_config *cfg, u32 spi,
+                                                       u32 *slot)
 {
     u32 s = spi & SLOT_MASK;
     struct slot_entry *e = slot_table.lookup(&s);
     if (e && spi != 0 && (e->spi[0] == spi || e->spi[1] == spi)) {
         *slot = s;
-        *flags = e->flags;
-        return 1;
+        return e;
     }
     /* Skip the hash when it is empty: unknown-SPI floods then cost one array lookup. */
     if (!(cfg->flags & CFG_IN_FALLBACK))
-        return 0;
+        return NULL;
     u32 *fs = in_spi_fallback.lookup(&spi);
     if (!fs)
-        return 0;
+        return NULL;
     s = *fs & SLOT_MASK;
     *slot = s;
-    e = slot_table.lookup(&s);
-    *flags = e ? e->flags : 0;
-    return 1;
+    return slot_table.lookup(&s);
 }
 
 static __always_inline int wan_esp(struct xdp_md *ctx, struct dp_config *cfg, struct pkt *p,
                                    u32 spi)
 {
-    u32 slot = 0, flags = 0;
-    if (!inbound_slot(cfg, spi, &slot, &flags)) {
+    u32 slot = 0;
+    struct slot_entry *e = inbound_slot(cfg, spi, &slot);
+    if (!e) {
         if (cfg->flags & CFG_DROP_UNKNOWN_SPI)
             return verdict(R_WAN_ESP_UNKNOWN_SPI, XDP_DROP);
         return verdict(R_WAN_ESP_UNKNOWN_SPI, XDP_PASS);
@@ -271,75 +273,110 @@ static __always_inline int wan_esp(struct xdp_md *ctx, struct dp_config *cfg, st
         st->esp_in_packets += 1;
         st->esp_in_bytes += p->ip_len;
     }
-    /* Steering: never for SAs the NIC decrypts (the offload metadata would not survive
-     * the cpumap hop), nor at all when the NIC has ESP offload switched on. */
-    if ((cfg->flags & (CFG_STEER | CFG_NIC_DECRYPTS)) == CFG_STEER &&
-        !(flags & SLOT_F_OFFLOADED) && cfg->steer_count) {
-        u32 n = cfg->steer_count;
-        if (n > MAX_STEER_CPUS)
-            n = MAX_STEER_CPUS;
-        u32 idx = (u32)(((u64)(spi * 2654435761u) * n) >> 32);
-        u32 *cpu = steer_cpus.lookup(&idx);
-        if (cpu) {
-            int act = cpumap.redirect_map(*cpu, XDP_PASS);
-            return verdict(R_WAN_ESP, act);
+    /* Steering to the slot's CPU. The loader leaves cpu at STEER_NONE when steering is
+     * off, for SAs the NIC decrypts (the offload metadata would not survive the cpumap
+     * hop) and for all when the NIC has ESP offload on: one compare here. */
+    u32 cpu = e->cpu;
+    /* Already on its CPU (RSS put it there): the stack takes it here, no cpumap hop. An
+     * SA's packets arrive on one RX queue, so they all take the same way (no reorder). */
+    if (cpu < CPUMAP_SIZE && cpu != bpf_get_smp_processor_id()) {
+        int act = cpumap.redirect_map(cpu, XDP_PASS);
+        if (act == XDP_REDIRECT) {
+            u64 *n = steered.lookup(&cpu);
+            if (n)
+                *n += 1;
         }
+        return verdict(R_WAN_ESP, act);
     }
     return verdict(R_WAN_ESP, XDP_PASS);
 }
 
-static __always_inline void source_key(struct pkt *p, struct src_key *key)
+/* The per-source bucket of a packet: a keyed multiplicative hash of the IPv4 address
+ * (or the IPv6 /64), so an attacker cannot aim at a chosen bucket. */
+static __always_inline u32 source_bucket(struct dp_config *cfg, struct pkt *p)
 {
     void *l3 = pkt_at(p, p->l3_off);
-    __builtin_memset(key, 0, sizeof(*key));
+    u32 h = cfg->hash_seed;
     if (!l3)
-        return;
+        return 0;
     if (p->is_v6) {
         struct ipv6hdr *ip6 = l3;
-        if ((void *)(ip6 + 1) <= p->data_end)
-            __builtin_memcpy(key->addr, &ip6->saddr, 8); /* per /64 */
+        if ((void *)(ip6 + 1) > p->data_end)
+            return 0;
+        h = (h ^ ip6->saddr.in6_u.u6_addr32[0]) * 0x9e3779b1u;
+        h = (h ^ ip6->saddr.in6_u.u6_addr32[1]) * 0x85ebca6bu;
     } else {
         struct iphdr *ip = l3;
-        if ((void *)(ip + 1) <= p->data_end) {
-            key->addr[10] = 0xff;
-            key->addr[11] = 0xff;
-            __builtin_memcpy(&key->addr[12], &ip->saddr, 4);
-        }
+        if ((void *)(ip + 1) > p->data_end)
+            return 0;
+        h = (h ^ ip->saddr) * 0x9e3779b1u;
     }
+    h ^= h >> 16;
+    return h & (IKE_BUCKETS - 1);
 }
 
-/* RFC 7296 3.1 header. Rate-limit IKE_SA_INIT requests (responder SPI zero, not a
- * response) per source with a token bucket; everything else IKE passes. */
+/* Per source: credit accrues with time up to the burst; a request costs cost_ns.
+ * Returns 1 to admit. Plain stores: two CPUs on one bucket may both pass (approximate). */
+static __always_inline int source_admits(struct dp_config *cfg, struct pkt *p, u64 now)
+{
+    u32 idx = source_bucket(cfg, p);
+    struct ike_bucket *b = ike_buckets.lookup(&idx);
+    if (!b)
+        return 1;
+    u64 credit = b->credit_ns + (now - b->last_ns);
+    if (credit > cfg->ike_burst_ns || now < b->last_ns || b->last_ns == 0) /* 0: fresh */
+        credit = cfg->ike_burst_ns;
+    b->last_ns = now;
+    if (credit < cfg->ike_cost_ns) {
+        b->credit_ns = credit;
+        return 0;
+    }
+    b->credit_ns = credit - cfg->ike_cost_ns;
+    return 1;
+}
+
+/* Global: one bucket for all sources, updated atomically (dataplane.h). */
+static __always_inline int budget_admits(struct dp_config *cfg, u64 now)
+{
+    u32 zero = 0;
+    struct ike_budget *b = ike_budget.lookup(&zero);
+    if (!b)
+        return 1;
+    u64 last = b->last_ns;
+    if (now > last && __sync_val_compare_and_swap(&b->last_ns, last, now) == last) {
+        s64 add = last ? (s64)(now - last) : (s64)cfg->budget_burst_ns; /* 0: fresh, full */
+        s64 credit = __sync_fetch_and_add(&b->credit_ns, add) + add;
+        if (credit > (s64)cfg->budget_burst_ns)
+            b->credit_ns = cfg->budget_burst_ns; /* full: the only plain store */
+    }
+    s64 cost = cfg->budget_cost_ns;
+    if (__sync_fetch_and_add(&b->credit_ns, -cost) < cost) {
+        __sync_fetch_and_add(&b->credit_ns, cost);
+        return 0;
+    }
+    return 1;
+}
+
+/* RFC 7296 3.1 header. IKE_SA_INIT requests (responder SPI zero, not a response) go
+ * through the shield when it is on: their source's bucket, then the global budget.
+ * Everything else IKE passes. The clock is jiffies (bpf_jiffies64() is inlined by the
+ * verifier into one load; bpf_ktime_get_coarse_ns() cost ~20 ns per packet, more than
+ * the rest of the shield): 1-10 ms of resolution, far below any sensible IKE_SA_INIT
+ * interval; the loader keeps every burst at least two jiffies of credit. */
 static __always_inline int wan_ike(struct dp_config *cfg, struct pkt *p, void *ike_start)
 {
     struct ike_header *ike = ike_start;
     if ((void *)(ike + 1) > p->data_end)
         return verdict(R_WAN_IKE_MALFORMED, XDP_DROP);
-    if (!(cfg->flags & CFG_IKE_RATE_LIMIT) || ike->exchange_type != IKE_SA_INIT ||
-        (ike->flags & IKE_FLAG_RESPONSE) || *(u64 *)ike->spi_r != 0)
+    if (!(cfg->flags & (CFG_IKE_RATE_LIMIT | CFG_IKE_BUDGET)) ||
+        ike->exchange_type != IKE_SA_INIT || (ike->flags & IKE_FLAG_RESPONSE) ||
+        *(u64 *)ike->spi_r != 0)
         return verdict(R_WAN_IKE, XDP_PASS);
-
-    struct src_key key;
-    source_key(p, &key);
-    u64 now = bpf_ktime_get_ns();
-    struct ike_bucket *b = ike_buckets.lookup(&key);
-    if (!b) {
-        struct ike_bucket fresh = {};
-        fresh.credit_ns = cfg->ike_burst_ns > cfg->ike_cost_ns
-                              ? cfg->ike_burst_ns - cfg->ike_cost_ns : 0;
-        fresh.last_ns = now;
-        ike_buckets.update(&key, &fresh);
-        return verdict(R_WAN_IKE, XDP_PASS);
-    }
-    u64 credit = b->credit_ns + (now - b->last_ns);
-    if (credit > cfg->ike_burst_ns)
-        credit = cfg->ike_burst_ns;
-    b->last_ns = now;
-    if (credit < cfg->ike_cost_ns) {
-        b->credit_ns = credit;
+    u64 now = bpf_jiffies64() * cfg->jiffy_ns;
+    if ((cfg->flags & CFG_IKE_RATE_LIMIT) && !source_admits(cfg, p, now))
         return verdict(R_WAN_IKE_RATE_LIMITED, XDP_DROP);
-    }
-    b->credit_ns = credit - cfg->ike_cost_ns;
+    if ((cfg->flags & CFG_IKE_BUDGET) && !budget_admits(cfg, now))
+        return verdict(R_WAN_IKE_OVER_BUDGET, XDP_DROP);
     return verdict(R_WAN_IKE, XDP_PASS);
 }
 

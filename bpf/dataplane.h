@@ -6,7 +6,8 @@
 #ifndef GATEWAY_DATAPLANE_H
 #define GATEWAY_DATAPLANE_H
 
-/* Sizes can be overridden with -D by the loader. */
+/* Sizes can be overridden with -D by the loader (bpf/loader.py map_sizes() derives
+ * them from the slot bits: outbound SPIs and clamp prefixes grow with the slots). */
 #ifndef SLOT_BITS
 #define SLOT_BITS 16
 #endif
@@ -14,18 +15,17 @@
 #define SLOT_MASK (MAX_SLOTS - 1u)
 
 #ifndef MAX_OUT_SPIS
-#define MAX_OUT_SPIS 65536
+#define MAX_OUT_SPIS 131072
 #endif
 #ifndef MAX_IN_SPI_FALLBACK
 #define MAX_IN_SPI_FALLBACK 16384
 #endif
 #ifndef MAX_CLAMP_PREFIXES
-#define MAX_CLAMP_PREFIXES 16384
+#define MAX_CLAMP_PREFIXES 131072
 #endif
-#ifndef IKE_SOURCES
-#define IKE_SOURCES 65536
-#endif
+#define IKE_BUCKETS 65536 /* per-source IKE_SA_INIT buckets, indexed by a keyed hash */
 #define MAX_STEER_CPUS 64
+#define STEER_NONE 0xffffffffu /* slot_entry.cpu: not steered */
 
 /* What each program decided, one code per packet (the packet's final reason). The
  * verdict map is indexed by reason * VERDICT_ACTIONS + action (XDP action numbers;
@@ -65,7 +65,9 @@ enum dp_reason {
     R_LAN_OUT_MSS_MALFORMED = 27,
     R_LAN_OUT_MSS_ODD_OFFSET = 28,
     R_LAN_OUT_MALFORMED = 29,
-    R_MAX = 30,
+    /* WAN ingress (XDP), continued */
+    R_WAN_IKE_OVER_BUDGET = 30, /* IKE_SA_INIT request over the global budget: drop */
+    R_MAX = 31,
 };
 
 #define LAN_OUT (R_LAN_OUT_NO_TUNNEL - R_LAN_NO_TUNNEL)
@@ -90,10 +92,14 @@ struct slot_stats {
 #define SLOT_F_OFFLOADED 1u /* the NIC decrypts this SA: never steer (metadata would be lost) */
 
 /* Inbound SPIs of a slot: during a rekey the old and the new Child SA share the slot,
- * so two SPIs (host byte order; 0 = unused). Each one's low SLOT_BITS equal the slot. */
+ * so two SPIs (host byte order; 0 = unused). Each one's low SLOT_BITS equal the slot.
+ * `cpu`: where steering sends the slot's ESP (the loader spreads slots over the steering
+ * CPU set, least loaded first, or pins one); STEER_NONE: not steered. Per slot, not per
+ * SPI, so the old and the new SA of a rekey are decrypted on the same CPU. */
 struct slot_entry {
     __u32 spi[2];
     __u32 flags;
+    __u32 cpu;
 };
 
 /* LPM key for the MSS clamp: IPv4 is stored as ::ffff:a.b.c.d with prefixlen + 96. */
@@ -110,16 +116,22 @@ struct clamp_value {
     __u16 pad;
 };
 
-/* IKE_SA_INIT flood shield key: IPv4 as ::ffff:a.b.c.d, IPv6 by its /64 prefix. */
-struct src_key {
-    __u8 addr[16];
-};
-
-/* Token bucket in nanoseconds of credit: every request costs ike_cost_ns, credit
- * accrues with time and is capped at ike_burst_ns. Updates race between CPUs on the
- * same source; the bucket is approximate by design (cheap, no locks). */
+/* IKE_SA_INIT shield, per source: a token bucket in nanoseconds of credit (every
+ * request costs ike_cost_ns, credit accrues with time, capped at ike_burst_ns), in an
+ * array indexed by a keyed hash of the source (IPv4 address, IPv6 /64): no hash-map
+ * lookup and nothing a spoofed flood can evict. Sources that collide share a bucket;
+ * updates from two CPUs on one bucket race: approximate by design (cheap, no locks). */
 struct ike_bucket {
     __u64 credit_ns;
+    __u64 last_ns;
+};
+
+/* IKE_SA_INIT shield, global: one bucket for every source together, so a flood from
+ * random (spoofed) sources is bounded too. Updated with atomic operations: the refill
+ * is claimed by compare-and-swap of last_ns, charges are fetch-and-add (a refused
+ * charge is given back), so concurrent CPUs cannot pass more than the budget. */
+struct ike_budget {
+    __s64 credit_ns;
     __u64 last_ns;
 };
 
@@ -130,11 +142,16 @@ struct ike_bucket {
 #define CFG_MSS_CLAMP 16u
 #define CFG_IN_FALLBACK 32u /* in_spi_fallback has entries: look SPIs up there too */
 
+#define CFG_IKE_BUDGET 64   /* the global IKE_SA_INIT budget is on */
+
 struct dp_config {
     __u32 flags;
-    __u32 steer_count;  /* entries used in steer_cpus */
-    __u64 ike_cost_ns;
-    __u64 ike_burst_ns;
+    __u32 hash_seed;       /* key of the per-source bucket hash (random per start) */
+    __u64 ike_cost_ns;     /* per source: ns of credit one IKE_SA_INIT costs */
+    __u64 ike_burst_ns;    /* per source: credit cap */
+    __u64 budget_cost_ns;  /* global budget: the same */
+    __u64 budget_burst_ns;
+    __u64 jiffy_ns;        /* ns per jiffy (1e9 / CONFIG_HZ): the shield's clock */
 };
 
 #endif

@@ -19,7 +19,9 @@ import ctypes
 import errno
 import ipaddress
 import logging
+import operator
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -36,7 +38,7 @@ from bpf.abi import Reason, XdpAction
 from bpf.links import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BPF_XDP, link_create
 from bpf.mtu import MIN_MTU_IPV4, MIN_MTU_IPV6
 from bpf.spi import slot_mask
-from bpf.syscall import BpfSyscallError
+from bpf.syscall import BpfSyscallError, array_lookup_batch, array_update_batch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,29 @@ class BpfError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def kernel_hz(release: str | None = None) -> int:
+    """CONFIG_HZ of the running kernel (the IKE_SA_INIT shield counts time in jiffies),
+    from /proc/config.gz or /boot/config-<release>; 250 (Debian's) when neither says."""
+    import gzip
+    import platform
+    import re
+
+    release = release or platform.release()
+    for path, opener in (
+        ("/proc/config.gz", gzip.open),
+        (f"/boot/config-{release}", open),
+    ):
+        try:
+            with opener(path, "rt") as f:  # type: ignore[operator]
+                m = re.search(r"^CONFIG_HZ=(\d+)$", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            return int(m.group(1))
+    log.warning("CONFIG_HZ not found in /proc/config.gz or /boot: assuming 250")
+    return 250
 
 
 def possible_cpus() -> int:
@@ -159,6 +184,33 @@ class SlotCounters:
     clear_from_tunnel_bytes: int = 0
 
 
+SLOT_FIELDS = tuple(f[0] for f in abi.SlotStats._fields_)  # = SlotCounters' fields
+
+
+class SlotTable:
+    """Per-slot counters of slots 0 .. len-1 summed over CPUs, kept column-wise (one
+    list per field, indexed by slot) as one bulk read produced them: a scrape reads
+    `column("esp_in_bytes")[slot]` without a Python object per slot."""
+
+    __slots__ = ("_columns",)
+
+    def __init__(self, columns: list[list[int]]) -> None:
+        self._columns = columns
+
+    def __len__(self) -> int:
+        return len(self._columns[0]) if self._columns else 0
+
+    def column(self, field: str) -> list[int]:
+        return self._columns[SLOT_FIELDS.index(field)]
+
+    def row(self, slot: int) -> tuple[int, ...]:
+        """One slot's counters in SLOT_FIELDS order (IndexError beyond the read)."""
+        return tuple(c[slot] for c in self._columns)
+
+    def __getitem__(self, slot: int) -> SlotCounters:
+        return SlotCounters(*self.row(slot))
+
+
 @dataclass(frozen=True, slots=True)
 class VerdictCount:
     """Packets a program ended with `reason` and `action`, summed over CPUs."""
@@ -180,19 +232,76 @@ class XdpVerdict:
 
 @dataclass(frozen=True, slots=True)
 class IkeShield:
-    """IKE_SA_INIT per-source token bucket: `rate` requests/s sustained, `burst` at once.
-    IPv4 sources count per address, IPv6 per /64."""
+    """IKE_SA_INIT shield. Per source (IPv4 address, IPv6 /64): a token bucket of `rate`
+    requests/s sustained and `burst` at once. Global (every source together, so a flood
+    from random spoofed sources is bounded too): `budget_rate`/`budget_burst`, None =
+    no global budget. Either part may be off: rate=None for a budget only."""
 
-    rate: float
-    burst: int
+    rate: float | None
+    burst: int = 1
+    budget_rate: float | None = None
+    budget_burst: int = 1
 
     def __post_init__(self) -> None:
-        if not self.rate > 0 or self.burst < 1:
-            raise BpfError("IKE_SA_INIT limit needs rate > 0 and burst >= 1")
+        if self.rate is None and self.budget_rate is None:
+            raise BpfError("the IKE_SA_INIT shield needs a per-source rate or a budget")
+        for what, rate, burst in (
+            ("per-source", self.rate, self.burst),
+            ("budget", self.budget_rate, self.budget_burst),
+        ):
+            if rate is not None and (not rate > 0 or burst < 1):
+                raise BpfError(f"IKE_SA_INIT {what} limit needs rate > 0 and burst >= 1")
 
     @property
     def cost_ns(self) -> int:
-        return max(1, round(1e9 / self.rate))
+        """ns of per-source credit one request costs (0: no per-source limit)."""
+        return _cost_ns(self.rate)
+
+    @property
+    def budget_cost_ns(self) -> int:
+        return _cost_ns(self.budget_rate)
+
+
+def _cost_ns(rate: float | None) -> int:
+    return 0 if rate is None else max(1, round(1e9 / rate))
+
+
+def source_bucket(addr: str, seed: int) -> int:
+    """The IKE_SA_INIT bucket of a source address, exactly as dataplane.c computes it
+    (source_bucket()): IPv4 by address, IPv6 by its /64."""
+    packed = ipaddress.ip_address(addr).packed
+    h = seed & 0xFFFFFFFF
+    if len(packed) == 4:
+        h = ((h ^ int.from_bytes(packed, "little")) * 0x9E3779B1) & 0xFFFFFFFF
+    else:
+        h = ((h ^ int.from_bytes(packed[:4], "little")) * 0x9E3779B1) & 0xFFFFFFFF
+        h = ((h ^ int.from_bytes(packed[4:8], "little")) * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h & (abi.IKE_BUCKETS - 1)
+
+
+def map_sizes(slot_bits: int) -> dict[str, int]:
+    """Entries of the maps that grow with the slot space (-D values of dataplane.h):
+    outbound SPIs and clamp prefixes, two per slot (a rekey overlaps old and new SPI;
+    a Child may have several remote selectors). Hash and LPM maps are not preallocated."""
+    slots = 1 << slot_bits
+    return {
+        "MAX_OUT_SPIS": max(1 << 17, 2 * slots),
+        "MAX_CLAMP_PREFIXES": max(1 << 17, 2 * slots),
+        "MAX_IN_SPI_FALLBACK": 16384,
+    }
+
+
+def preallocated_bytes(slot_bits: int, ncpus: int) -> int:
+    """Kernel memory the maps take from the start (arrays are preallocated): the
+    per-CPU slot counters dominate, 64 bytes per slot per possible CPU. Hash/LPM maps
+    come on top as they fill (roughly 100 bytes per outbound SPI or prefix)."""
+    slots = 1 << slot_bits
+    slot_stats = ctypes.sizeof(abi.SlotStats) * slots * ncpus
+    slot_table = ctypes.sizeof(abi.SlotEntry) * slots
+    buckets = ctypes.sizeof(abi.IkeBucket) * abi.IKE_BUCKETS
+    verdicts = 8 * abi.R_MAX * abi.VERDICT_ACTIONS * ncpus
+    return slot_stats + slot_table + buckets + verdicts
 
 
 # --------------------------------------------------------------------------- programs
@@ -209,12 +318,15 @@ class Programs:
     }
 
     def __init__(self, *, slot_bits: int = abi.SLOT_BITS_DEFAULT) -> None:
-        if not 1 <= slot_bits <= 20:
-            raise BpfError(f"slot_bits must be 1..20, not {slot_bits}")
+        if not 1 <= slot_bits <= abi.SLOT_BITS_MAX:
+            raise BpfError(f"slot_bits must be 1..{abi.SLOT_BITS_MAX}, not {slot_bits}")
         bcc = import_bcc()
         self.slot_bits = slot_bits
         self.ncpus = possible_cpus()
+        self.sizes = {"slot_table": 1 << slot_bits, **map_sizes(slot_bits)}
+        self.jiffy_ns = 1_000_000_000 // kernel_hz()
         cflags = [f"-I{BPF_DIR}", f"-DSLOT_BITS={slot_bits}", f"-DCPUMAP_SIZE={self.ncpus}"]
+        cflags += [f"-D{name}={value}" for name, value in map_sizes(slot_bits).items()]
         try:
             self.bpf = bcc.BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile errors
@@ -240,6 +352,10 @@ class Programs:
         if rc < 0:
             # libbpf returns -errno; bcc's library does not share ctypes' errno copy.
             err = -rc if rc < -1 else (ctypes.get_errno() or errno.EIO)
+            if err == errno.E2BIG:  # a hash/LPM map at max_entries
+                size = {"out_spi": "MAX_OUT_SPIS", "clamp_prefixes": "MAX_CLAMP_PREFIXES"}
+                limit = self.sizes.get(size.get(name, ""), 0) or "its"
+                raise BpfError(f"map {name} is full ({limit} entries)")
             raise BpfError(f"map {name}: update failed: {os.strerror(err)}")
 
     def delete(self, name: str, key: ctypes._CData) -> bool:
@@ -276,25 +392,58 @@ class Programs:
         zero = (abi.SlotStats * self.ncpus)()
         self.update("slot_stats", ctypes.c_uint32(slot), zero)
 
+    def _percpu_sums(self, name: str, count: int, fields: int) -> list[list[int]]:
+        """Keys 0..count-1 of a per-CPU array of `fields` u64 each, read in ONE bpf(2)
+        call and summed over CPUs: one list per field, indexed by key."""
+        stride = fields * self.ncpus
+        try:
+            raw = array_lookup_batch(self.map_fd(name), count, 8 * stride)
+        except BpfSyscallError as e:
+            raise BpfError(f"map {name}: batch read failed: {e.strerror}") from None
+        flat = memoryview(raw).cast("Q")
+        columns = []
+        for f in range(fields):
+            total = flat[f::stride].tolist()
+            for cpu in range(1, self.ncpus):
+                total = list(map(operator.add, total, flat[cpu * fields + f :: stride].tolist()))
+            columns.append(total)
+        return columns
+
+    def slot_table(self, count: int) -> SlotTable:
+        """Counters of slots 0..count-1 summed over CPUs; one bpf(2) call for all."""
+        count = min(count, 1 << self.slot_bits)
+        return SlotTable(self._percpu_sums("slot_stats", count, len(SLOT_FIELDS)))
+
     def verdict_counts(self) -> list[VerdictCount]:
-        """Every non-zero (reason, action) counter."""
+        """Every non-zero (reason, action) counter, from one read of the verdict map."""
+        (totals,) = self._percpu_sums("verdicts", abi.R_MAX * abi.VERDICT_ACTIONS, 1)
         out = []
-        for reason in Reason:
-            for action in XdpAction:
-                idx = reason * abi.VERDICT_ACTIONS + action
-                n = sum(self.percpu("verdicts", ctypes.c_uint32(idx), ctypes.c_uint64))
-                if n:
-                    out.append(VerdictCount(reason, action, n))
+        actions = set(XdpAction)
+        for idx, n in enumerate(totals):
+            reason, action = divmod(idx, abi.VERDICT_ACTIONS)
+            if n and reason in Reason._value2member_map_ and action in actions:
+                out.append(VerdictCount(Reason(reason), XdpAction(action), n))
         return out
 
+    def steered_counts(self) -> dict[int, int]:
+        """ESP packets redirected to each CPU by steering (non-zero ones)."""
+        (totals,) = self._percpu_sums("steered", self.ncpus, 1)
+        return {cpu: n for cpu, n in enumerate(totals) if n}
+
+    def _zero(self, name: str, count: int, value_size: int) -> None:
+        try:
+            array_update_batch(self.map_fd(name), 0, bytes(count * value_size), value_size)
+        except BpfSyscallError as e:
+            raise BpfError(f"map {name}: batch write failed: {e.strerror}") from None
+
     def reset_verdicts(self) -> None:
-        zero = (ctypes.c_uint64 * self.ncpus)()
-        for idx in range(abi.R_MAX * abi.VERDICT_ACTIONS):
-            self.update("verdicts", ctypes.c_uint32(idx), zero)
+        self._zero("verdicts", abi.R_MAX * abi.VERDICT_ACTIONS, 8 * self.ncpus)
+        self._zero("steered", self.ncpus, 8 * self.ncpus)
 
     def reset_ike_buckets(self) -> None:
-        """Forget every source's IKE_SA_INIT token bucket."""
-        self.bpf[b"ike_buckets"].clear()
+        """Forget every source's IKE_SA_INIT token bucket and the global budget's state."""
+        self._zero("ike_buckets", abi.IKE_BUCKETS, ctypes.sizeof(abi.IkeBucket))
+        self._zero("ike_budget", 1, ctypes.sizeof(abi.IkeBudget))
 
     def close(self) -> None:
         if not self._closed:
@@ -447,17 +596,16 @@ class AttachedPrograms:
         attach: AttachMethod = "auto",
         slot_bits: int = abi.SLOT_BITS_DEFAULT,
         programs: Programs | None = None,
+        hash_seed: int | None = None,
     ) -> None:
         if not isinstance(mss_clamp, bool) and not 536 <= mss_clamp <= 65495:
             raise BpfError(f"MSS clamp {mss_clamp} is out of range 536..65495")
-        if len(steer_cpus) > abi.MAX_STEER_CPUS:
-            raise BpfError(f"at most {abi.MAX_STEER_CPUS} CPUs can be steered to")
         self.wan_if = wan_if
         self.lan_if = lan_if
         self.mss_clamp = mss_clamp
         self.drop_unknown_spi = drop_unknown_spi
         self.ike_shield = ike_shield
-        self.steer_cpus = tuple(steer_cpus)
+        self.steer_cpus = _cpu_set(steer_cpus)
         self.nic_decrypts = nic_decrypts
         self.netns = netns
         self.xdp_mode = xdp_mode
@@ -471,6 +619,11 @@ class AttachedPrograms:
         self._out_spis: dict[int, int] = {}
         self._prefixes: dict[str, int] = {}
         self._old_handlers: dict[int, Any] = {}
+        # key of the per-source IKE bucket hash: random, so nobody can aim at a bucket
+        self._hash_seed = secrets.randbits(32) if hash_seed is None else hash_seed & 0xFFFFFFFF
+        self._cpu_of: dict[int, int] = {}  # slot -> steering CPU
+        self._pinned: set[int] = set()  # slots whose CPU was chosen by set_slot_cpu()
+        self._cpumap: set[int] = set()  # CPUs with a cpumap entry
 
     # lifecycle -----------------------------------------------------------------------
 
@@ -595,15 +748,23 @@ class AttachedPrograms:
 
     def _write_config(self) -> None:
         cfg = abi.DpConfig()
+        cfg.hash_seed = self._hash_seed
+        cfg.jiffy_ns = jiffy = self._progs.jiffy_ns
         if self.drop_unknown_spi:
             cfg.flags |= abi.CFG_DROP_UNKNOWN_SPI
-        if self.ike_shield is not None:
+        shield = self.ike_shield
+        # Credit accrues once per jiffy: a cap below two jiffies' worth would cut the
+        # rate itself (a 10,000/s budget at HZ=250 earns 40 requests per tick).
+        if shield is not None and shield.rate is not None:
             cfg.flags |= abi.CFG_IKE_RATE_LIMIT
-            cfg.ike_cost_ns = self.ike_shield.cost_ns
-            cfg.ike_burst_ns = self.ike_shield.cost_ns * self.ike_shield.burst
+            cfg.ike_cost_ns = shield.cost_ns
+            cfg.ike_burst_ns = max(shield.cost_ns * shield.burst, 2 * jiffy)
+        if shield is not None and shield.budget_rate is not None:
+            cfg.flags |= abi.CFG_IKE_BUDGET
+            cfg.budget_cost_ns = shield.budget_cost_ns
+            cfg.budget_burst_ns = max(shield.budget_cost_ns * shield.budget_burst, 2 * jiffy)
         if self.steer_cpus:
             cfg.flags |= abi.CFG_STEER
-            cfg.steer_count = len(self.steer_cpus)
         if self.nic_decrypts:
             cfg.flags |= abi.CFG_NIC_DECRYPTS
         if self.mss_clamp is not False:
@@ -613,27 +774,81 @@ class AttachedPrograms:
         self._progs.set_config(cfg)
 
     def _write_steering(self) -> None:
+        """cpumap entries for the steering CPUs (the kernel starts a kthread per CPU),
+        none for the others; then every slot's CPU spread over the set again."""
         progs = self._progs
-        for i, cpu in enumerate(self.steer_cpus):
+        for cpu in self.steer_cpus:
             if not 0 <= cpu < progs.ncpus:
                 raise BpfError(f"CPU {cpu} does not exist (possible: 0..{progs.ncpus - 1})")
-            # cpumap value: queue size (bpf_cpumap_val.qsize); the kernel starts a kthread.
-            progs.update("cpumap", ctypes.c_uint32(cpu), ctypes.c_uint32(2048))
-            progs.update("steer_cpus", ctypes.c_uint32(i), ctypes.c_uint32(cpu))
+        for cpu in self.steer_cpus:
+            if cpu not in self._cpumap:
+                # cpumap value: queue size (bpf_cpumap_val.qsize)
+                try:
+                    progs.update("cpumap", ctypes.c_uint32(cpu), ctypes.c_uint32(2048))
+                except BpfError as e:
+                    raise BpfError(f"steering to CPU {cpu}: {e} (offline?)") from None
+                self._cpumap.add(cpu)
+        for cpu in self._cpumap - set(self.steer_cpus):
+            progs.delete("cpumap", ctypes.c_uint32(cpu))
+            self._cpumap.discard(cpu)
+        keep = {s: c for s, c in self._cpu_of.items() if s in self._pinned and c in self.steer_cpus}
+        self._pinned &= set(keep)
+        self._cpu_of = keep
+        for slot in self._slots:
+            if slot not in keep:
+                self._assign_cpu(slot)
+            self._write_slot(slot)
+
+    def _assign_cpu(self, slot: int) -> None:
+        """Give a slot the steering set's least loaded CPU (fewest slots; the first of
+        those on a tie); nothing while steering is off."""
+        if not self.steer_cpus:
+            return
+        load = dict.fromkeys(self.steer_cpus, 0)
+        for cpu in self._cpu_of.values():
+            if cpu in load:
+                load[cpu] += 1
+        self._cpu_of[slot] = min(self.steer_cpus, key=load.__getitem__)
 
     def update_settings(
         self,
         *,
         drop_unknown_spi: bool | None = None,
         ike_shield: IkeShield | None | Literal[False] = False,
+        steer_cpus: Sequence[int] | None = None,
     ) -> None:
         """Change settings at run time (config reload). ike_shield=None switches it off;
-        leaving it False keeps the current one."""
+        leaving it False keeps the current one. steer_cpus: the new CPU set (() = off),
+        slots are spread over it again (pinned slots keep a CPU still in the set)."""
         if drop_unknown_spi is not None:
             self.drop_unknown_spi = drop_unknown_spi
         if ike_shield is not False:
             self.ike_shield = ike_shield
+        if steer_cpus is not None:
+            self.steer_cpus = _cpu_set(steer_cpus)
+            self._write_steering()
         self._write_config()
+
+    def set_slot_cpu(self, slot: int, cpu: int) -> None:
+        """Pin a slot's ESP to `cpu` (one of the steering set) instead of the spread."""
+        self._check_slot(slot)
+        if cpu not in self.steer_cpus:
+            raise BpfError(f"CPU {cpu} is not in the steering set {list(self.steer_cpus)}")
+        self._entry(slot)
+        self._cpu_of[slot] = cpu
+        self._pinned.add(slot)
+        self._write_slot(slot)
+
+    def slot_cpu(self, slot: int) -> int | None:
+        """The CPU a slot's ESP is steered to (None: not steered: steering off, the slot
+        is offloaded, or the NIC decrypts)."""
+        entry = self._slots.get(slot)
+        cpu = None if entry is None else entry.cpu
+        return None if cpu is None or cpu == abi.STEER_NONE else cpu
+
+    def steered(self) -> dict[int, int]:
+        """ESP packets redirected per target CPU (ipsec_xdp_steered_packets_total{cpu})."""
+        return self._progs.steered_counts()
 
     # Child SA slots --------------------------------------------------------------------
 
@@ -642,7 +857,23 @@ class AttachedPrograms:
             raise BpfError(f"slot {slot} is outside 0..{slot_mask(self._progs.slot_bits)}")
 
     def _write_slot(self, slot: int) -> None:
-        self._progs.update("slot_table", ctypes.c_uint32(slot), self._slots[slot])
+        """Write the slot's entry with the CPU the program must steer it to: STEER_NONE
+        unless steering is on, the slot is not offloaded and the NIC does not decrypt
+        (the program then only compares cpu against the cpumap size)."""
+        entry = self._slots[slot]
+        cpu = self._cpu_of.get(slot)
+        steer = cpu is not None and not self.nic_decrypts
+        steer = steer and not entry.flags & abi.SLOT_F_OFFLOADED
+        entry.cpu = cpu if steer and cpu is not None else abi.STEER_NONE
+        self._progs.update("slot_table", ctypes.c_uint32(slot), entry)
+
+    def _entry(self, slot: int) -> abi.SlotEntry:
+        """The slot's entry, made (with its steering CPU) on first use."""
+        entry = self._slots.get(slot)
+        if entry is None:
+            entry = self._slots[slot] = abi.SlotEntry(cpu=abi.STEER_NONE)
+            self._assign_cpu(slot)
+        return entry
 
     def add_inbound_spi(self, slot: int, spi: int) -> None:
         """Count ESP with inbound `spi` in `slot`. SPIs made by bpf.spi.make_inbound_spi()
@@ -651,7 +882,7 @@ class AttachedPrograms:
         self._check_slot(slot)
         if not 256 <= spi <= 0xFFFFFFFF:
             raise BpfError(f"SPI {spi:#x} is reserved or not 32-bit (RFC 4303 §2.1)")
-        entry = self._slots.setdefault(slot, abi.SlotEntry())
+        entry = self._entry(slot)
         if spi & slot_mask(self._progs.slot_bits) == slot and spi not in tuple(entry.spi):
             for i in range(2):
                 if entry.spi[i] == 0:
@@ -681,7 +912,7 @@ class AttachedPrograms:
     def set_slot_offloaded(self, slot: int, offloaded: bool) -> None:
         """Mark a slot whose SAs the NIC decrypts: its packets are never steered."""
         self._check_slot(slot)
-        entry = self._slots.setdefault(slot, abi.SlotEntry())
+        entry = self._entry(slot)
         entry.flags = (
             (entry.flags | abi.SLOT_F_OFFLOADED)
             if offloaded
@@ -709,7 +940,9 @@ class AttachedPrograms:
             if s == slot:
                 self.remove_inbound_spi(spi)
         self._slots.pop(slot, None)
-        self._progs.update("slot_table", ctypes.c_uint32(slot), abi.SlotEntry())
+        self._cpu_of.pop(slot, None)
+        self._pinned.discard(slot)
+        self._progs.update("slot_table", ctypes.c_uint32(slot), abi.SlotEntry(cpu=abi.STEER_NONE))
         self._progs.reset_slot_counters(slot)
 
     # Child SAs as the daemon sees them --------------------------------------------------
@@ -797,9 +1030,7 @@ class AttachedPrograms:
 
     def clear(self) -> None:
         """Remove every SPI, slot and prefix this object registered; zero their counters."""
-        slots = set(self._slots) | set(self._fallback_in.values())
-        slots |= set(self._out_spis.values()) | set(self._prefixes.values())
-        slots.discard(abi.SLOT_NONE)
+        slots = self.slots_in_use()
         for spi in list(self._out_spis):
             self.remove_outbound_spi(spi)
         for prefix in list(self._prefixes):
@@ -812,6 +1043,25 @@ class AttachedPrograms:
     def slot_counters(self, slot: int) -> SlotCounters:
         self._check_slot(slot)
         return self._progs.slot_counters(slot)
+
+    def slots_in_use(self) -> set[int]:
+        """Every slot this object registered an SPI, prefix or flag in."""
+        slots = set(self._slots) | set(self._fallback_in.values())
+        slots |= set(self._out_spis.values()) | set(self._prefixes.values())
+        slots.discard(abi.SLOT_NONE)
+        return slots
+
+    def slot_counters_bulk(self, upto: int | None = None) -> SlotTable:
+        """Counters of every slot up to the highest in use (or slots 0 .. upto-1) from
+        ONE read of the per-CPU slot map, column-wise (SlotTable; `table[slot]` gives a
+        SlotCounters). For a scrape: 100,000 slots cost one bpf(2) call and summing in
+        C-level list operations, no Python object per slot (docs/benchmarks/xdp.md)."""
+        if upto is None:
+            used = self.slots_in_use()
+            upto = max(used) + 1 if used else 0
+        if upto:
+            self._check_slot(upto - 1)
+        return self._progs.slot_table(upto)
 
     def verdicts(self) -> list[XdpVerdict]:
         """Non-zero rows for ipsec_xdp_packets_total{interface,action,reason}."""
@@ -829,6 +1079,14 @@ class AttachedPrograms:
         clamped = (Reason.LAN_MSS_CLAMPED, Reason.LAN_OUT_MSS_CLAMPED)
         n = sum(vc.packets for vc in self._progs.verdict_counts() if vc.reason in clamped)
         return {self.lan_if: n}
+
+
+def _cpu_set(cpus: Sequence[int]) -> tuple[int, ...]:
+    """A steering CPU set: each CPU once, in the order given."""
+    out = tuple(dict.fromkeys(int(c) for c in cpus))
+    if len(out) > abi.MAX_STEER_CPUS:
+        raise BpfError(f"at most {abi.MAX_STEER_CPUS} CPUs can be steered to")
+    return out
 
 
 def _normal(prefix: str) -> str:

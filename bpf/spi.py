@@ -25,13 +25,27 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from bpf.abi import SLOT_BITS_DEFAULT
+from bpf.abi import SLOT_BITS_DEFAULT, SLOT_BITS_MAX
 
 RandomSource = Callable[[int], bytes]
 
 
 class SpiError(ValueError):
     """A slot or SPI outside the layout."""
+
+
+class SlotsExhausted(SpiError):
+    """Every slot of the allocator's share is in use: one more Child SA does not fit.
+    `capacity` is the share's size; the daemon turns this into its metric and, at
+    configuration time, compares expected Child SAs against `capacity`."""
+
+    def __init__(self, capacity: int, slot_bits: int) -> None:
+        self.capacity = capacity
+        self.slot_bits = slot_bits
+        super().__init__(
+            f"all {capacity} slots of this share are in use "
+            f"(slot_bits={slot_bits}: raise it, up to {SLOT_BITS_MAX}, for more Child SAs)"
+        )
 
 
 def slot_mask(slot_bits: int = SLOT_BITS_DEFAULT) -> int:
@@ -106,9 +120,25 @@ class SlotAllocator:
             slot = self._next
             self._next += self.stride
         else:
-            raise SpiError(f"all {len(self._used)} slots of this share are in use")
+            raise SlotsExhausted(self.capacity, self.slot_bits)
         self._used.add(slot)
         return slot
+
+    @property
+    def capacity(self) -> int:
+        """Slots in this share: first, first + stride, ... up to 2**slot_bits - 1."""
+        top = slot_mask(self.slot_bits)
+        return 0 if self.first > top else (top - self.first) // self.stride + 1
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self._used)
+
+    @property
+    def end(self) -> int:
+        """One past the highest slot handed out so far (freed slots are reused first,
+        so slots stay dense: a bulk read of 0 .. end-1 covers every slot in use)."""
+        return 0 if self._next is None else min(self._next, slot_mask(self.slot_bits) + 1)
 
     def release(self, slot: int) -> None:
         if slot not in self._used:

@@ -188,10 +188,15 @@ start_gateway() {
 }
 
 start_prometheus() {
-    # Prometheus on the gateway scrapes the gateway's exporter (localhost only).
+    # Prometheus on the gateway scrapes the gateway's exporter (localhost only) and
+    # evaluates the project's alerting rules (deploy/prometheus/ipsec-alerts.yml).
+    install -m 0644 "$SRC/deploy/prometheus/ipsec-alerts.yml" /etc/prometheus/ipsec-alerts.yml
     cat > /etc/prometheus/prometheus.yml <<PROM
 global:
   scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files:
+  - /etc/prometheus/ipsec-alerts.yml
 scrape_configs:
   - job_name: gateway
     static_configs:

@@ -10,10 +10,13 @@ metric families; `start_exporter(source)` serves them over HTTP and returns a cl
 handle. Nothing is cached between scrapes except what counter semantics require:
 
 * Child SA counters are labelled by connection, child and direction, never by SPI
-  (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the SAs of that
-  connection+child. When an SA disappears (rekeyed, deleted) its last seen counts move
-  into a per connection+child base, so the exported counter never goes backwards.
-  Traffic between the last scrape and the deletion is the only thing not counted.
+  (SPIs churn at every rekey, RFC 7296 §2.8). The series is the sum over the live Child
+  SAs of that connection+child (each one's counters run over its whole life, rekeys
+  included) plus what its Child SAs that are gone counted (`child_sas_gone`, which the
+  daemon keeps from each SA's final counts, gateway/daemon/traffic.py): nothing counted
+  before a deletion is lost. The collector also never exports a value below one it
+  exported before for the same series (a Child SA ending while a scrape is being built
+  may be missing from that one scrape; a restarted worker starts from zero).
 * SPIs, algorithms, offload and mode go into the `ipsec_child_sa_info` series (value 1).
 
 Every series name, type and label set is documented in docs/metrics.md; tests check the
@@ -31,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
@@ -51,13 +54,23 @@ from gateway.errors import GatewayError
 
 PREFIX = "ipsec_"
 DEFAULT_LISTEN = "127.0.0.1:9810"
+SCRAPE_TIMEOUT = 10.0  # s a snapshot may take (Prometheus' default scrape_timeout)
 
 IKE_SA_STATES: tuple[str, ...] = ("CONNECTING", "ESTABLISHED", "REKEYING", "DELETING")
 CHILD_SA_STATES: tuple[str, ...] = ("INSTALLED", "REKEYING", "DELETING")
 # Label names of the per-SA families in sorted order: the order the text format writes
 # them in, so rows are built in that order and written without reordering.
 INFO_LABELS = ("child", "connection", "esp_proposal", "mode", "offload", "spi_in", "spi_out")
-TRAFFIC_LABELS = ("child", "connection", "direction")
+# a Child SA's counters in list-sas (and gateway.dataplane.base.Counters' order)
+COUNTER_KEYS: tuple[str, ...] = (
+    "bytes_in",
+    "packets_in",
+    "bytes_out",
+    "packets_out",
+    "replay_errors",
+    "replay_window_errors",
+    "integrity_failures",
+)
 
 # IKE_SA_INIT + IKE_AUTH over a WAN: tens of ms to a few seconds (EAP, retransmits).
 HANDSHAKE_BUCKETS: tuple[float, ...] = (
@@ -160,14 +173,29 @@ def empty_histogram(bounds: Sequence[float] = HANDSHAKE_BUCKETS) -> HistogramCou
 class MetricsSnapshot:
     """Everything one scrape exports, read in one go so the numbers agree with each other.
 
-    `ike_sas` uses the control API's list-sas shape (see the team brief): dicts with
-    connection, state, children[{name, state, spi_in, spi_out, mode, esp_proposal,
-    offload, bytes_in, bytes_out, packets_in, packets_out}, ...]. Other keys are ignored.
+    The SAs come either as `ike_states` (IKE SAs by state) + `child_rows` (what the
+    daemon builds for a scrape, off its event loop) or as `ike_sas` in the control API's
+    list-sas shape (the workers' supervisor, tests): dicts with connection, state,
+    children[{name, state, spi_in, spi_out, mode, esp_proposal, offload, bytes_in,
+    bytes_out, packets_in, packets_out, replay_errors, replay_window_errors,
+    integrity_failures}, ...], each Child's counters over its whole life. Other keys are
+    ignored.
     """
 
     ike_sas: Sequence[Mapping[str, Any]] = ()
-    xdp: Sequence[VerdictCounter] = ()  # e.g. Dataplane.verdicts()
-    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # Dataplane.mss_clamped()
+    ike_states: Mapping[str, int] | None = None
+    child_rows: Sequence[ChildRow] | None = None
+    # every configured Child: (connection, child, start_action)
+    configured: Sequence[tuple[str, str, str]] = ()
+    # (connection, child) -> what its Child SAs that are gone counted (COUNTER_KEYS order)
+    child_sas_gone: Mapping[tuple[str, str], Sequence[int]] = field(default_factory=dict)
+    # (connection, child) -> installs/rekeys/moves where offload "auto" got less
+    offload_fallbacks: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    xdp: Sequence[VerdictCounter] = ()  # e.g. AttachedPrograms.verdicts()
+    xdp_steered: Mapping[int, int] = field(default_factory=dict)  # CPU -> ESP redirected
+    # XDP Child SA slots: "used", "capacity", "exhausted" (Child SAs refused for want of one)
+    xdp_slots: Mapping[str, int] = field(default_factory=dict)
+    mss_clamped: Mapping[str, int] = field(default_factory=dict)  # AttachedPrograms.mss_clamped()
     xfrm_errors: Mapping[str, int] = field(default_factory=dict)  # xfrm_stat name -> count
     handshake_durations: HistogramCounts = field(default_factory=empty_histogram)
     rekeys: int = 0  # Child SA rekeys completed
@@ -183,6 +211,117 @@ class MetricsSnapshot:
     tunnels: Sequence[Mapping[str, Any]] = ()
     hooks: Mapping[str, int] = field(default_factory=dict)  # HookCounters (stats `hooks`)
 
+    def rows(self) -> tuple[Mapping[str, int], Sequence[ChildRow]]:
+        """(IKE SAs by state, Child SA rows), whichever way they were given."""
+        if self.child_rows is not None:
+            return self.ike_states or {}, self.child_rows
+        return rows_from_list_sas(self.ike_sas)
+
+
+def snapshot_from(
+    sas: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+    *,
+    start_time: float | None,
+    configured: Sequence[tuple[str, str, str]] = (),
+    rows: tuple[Mapping[str, int], Sequence[ChildRow]] | None = None,
+) -> MetricsSnapshot:
+    """A snapshot from the control API's list-sas and stats answers (the daemon's own, or
+    the workers' merged by their supervisor: one way for both) and the configured
+    Children (connection, child, start_action); `rows` (IKE SAs by state, Child SA rows)
+    instead of list-sas' `sas` where the caller has them."""
+
+    def pair(name: str) -> tuple[str, str]:
+        connection, _, child = name.partition(".")
+        return connection, child
+
+    durations = stats.get("handshake_durations")
+    return MetricsSnapshot(
+        ike_sas=sas,
+        ike_states=rows[0] if rows is not None else None,
+        child_rows=rows[1] if rows is not None else None,
+        configured=configured,
+        child_sas_gone={
+            pair(name): [_count(row.get(k)) for k in COUNTER_KEYS]
+            for name, row in (stats.get("retired") or {}).items()
+        },
+        offload_fallbacks={
+            pair(name): _count(n) for name, n in (stats.get("offload_fallbacks") or {}).items()
+        },
+        xdp=[XdpCounter(**row) for row in stats.get("xdp") or ()],
+        xdp_steered={int(cpu): _count(n) for cpu, n in (stats.get("xdp_steered") or {}).items()},
+        xdp_slots=stats.get("xdp_slots") or {},
+        mss_clamped=stats.get("mss_clamped") or {},
+        xfrm_errors=stats.get("xfrm_errors") or {},
+        handshake_durations=HistogramCounts(
+            tuple(durations["bounds"]), tuple(durations["counts"]), durations["sum"]
+        )
+        if durations is not None
+        else empty_histogram(),
+        rekeys=stats.get("rekeys", 0),
+        ike_rekeys=stats.get("ike_rekeys", 0),
+        dpd_failures=stats.get("dpd_failures", 0),
+        auth_failures=stats.get("auth_failures", 0),
+        reauths=stats.get("reauths", 0),
+        pools=stats.get("pools") or {},
+        tunnels=stats.get("tunnels") or (),
+        hooks=stats.get("hooks") or {},
+        start_time=start_time,
+    )
+
+
+UP_STATES = frozenset(("INSTALLED", "REKEYING"))  # a Child SA that carries traffic
+IKE_UP_STATES = frozenset(("ESTABLISHED", "REKEYING"))
+
+
+class ChildRow(NamedTuple):
+    """One Child SA as a scrape needs it; `counters` in COUNTER_KEYS order, over the
+    Child's whole life."""
+
+    connection: str
+    child: str
+    state: str
+    ike_state: str
+    esp_proposal: str
+    mode: str
+    offload: str
+    spi_in: str
+    spi_out: str
+    counters: tuple[int, ...]
+
+
+def rows_from_list_sas(
+    ike_sas: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, int], list[ChildRow]]:
+    """(IKE SAs by state, one ChildRow per Child SA) from list-sas' shape; malformed
+    entries are skipped, malformed counters count 0."""
+    states: dict[str, int] = {}
+    rows: list[ChildRow] = []
+    for ike in ike_sas:
+        if not isinstance(ike, Mapping):
+            continue
+        state = str(ike.get("state", "UNKNOWN"))
+        states[state] = states.get(state, 0) + 1
+        conn = str(ike.get("connection", ""))
+        for child in ike.get("children") or ():
+            if not isinstance(child, Mapping):
+                continue
+            rows.append(
+                ChildRow(
+                    conn,
+                    str(child.get("name", "")),
+                    str(child.get("state", "UNKNOWN")),
+                    state,
+                    str(child.get("esp_proposal", "")),
+                    str(child.get("mode", "")),
+                    str(child.get("offload", "none")),
+                    str(child.get("spi_in", "")),
+                    str(child.get("spi_out", "")),
+                    tuple(_count(child.get(k)) for k in COUNTER_KEYS),
+                )
+            )
+    return states, rows
+
 
 class MetricsSource(Protocol):
     """What the exporter reads. Called from the HTTP server's thread at every scrape:
@@ -191,14 +330,6 @@ class MetricsSource(Protocol):
     when the data cannot be read; the scrape then reports `ipsec_source_up 0`."""
 
     def metrics_snapshot(self) -> MetricsSnapshot: ...
-
-
-@dataclass(slots=True)
-class _Totals:
-    bytes_in: int = 0
-    bytes_out: int = 0
-    packets_in: int = 0
-    packets_out: int = 0
 
 
 class GatewayCollector(Collector):
@@ -213,10 +344,8 @@ class GatewayCollector(Collector):
         self._source = source
         self._aggregate = aggregate_per_connection
         self._lock = threading.Lock()
-        # (connection, child, spi_in, spi_out) -> last counts of a live SA
-        self._live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
-        # (connection, child) -> counts of SAs that are gone (rekeyed or deleted)
-        self._retired: dict[tuple[str, str], _Totals] = {}
+        # (connection, child) -> the counts last exported: a series never goes backwards
+        self._exported: dict[tuple[str, str], list[int]] = {}
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not scrape the source (the daemon may not be up yet).
@@ -240,57 +369,56 @@ class GatewayCollector(Collector):
             )
         ike_states = dict.fromkeys(IKE_SA_STATES, 0)
         child_states = dict.fromkeys(CHILD_SA_STATES, 0)
-        per_child: dict[tuple[str, str], _Totals] = {}
+        per_child: dict[tuple[str, str], list[int]] = {}
+        up: dict[tuple[str, str], int] = {}  # Child SAs up per (connection, child)
         info_rows: list[tuple[tuple[str, ...], int]] = []
-        live: dict[tuple[str, str, str, str], tuple[int, int, int, int]] = {}
         add_info = info_rows.append
-        for ike in snap.ike_sas:
-            if not isinstance(ike, Mapping):
-                continue
-            state = str(ike.get("state", "UNKNOWN"))
-            ike_states[state] = ike_states.get(state, 0) + 1
-            conn = str(ike.get("connection", ""))
-            for child in ike.get("children") or ():
-                if not isinstance(child, Mapping):
-                    continue
-                name = str(child.get("name", ""))
-                cstate = str(child.get("state", "UNKNOWN"))
-                child_states[cstate] = child_states.get(cstate, 0) + 1
-                spi_in, spi_out = str(child.get("spi_in", "")), str(child.get("spi_out", ""))
-                counts = (
-                    _count(child.get("bytes_in")),
-                    _count(child.get("bytes_out")),
-                    _count(child.get("packets_in")),
-                    _count(child.get("packets_out")),
-                )
-                live[(conn, name, spi_in, spi_out)] = counts
-                key = (conn, name)
-                t = per_child.get(key)
-                if t is None:
-                    t = per_child[key] = _Totals()
-                t.bytes_in += counts[0]
-                t.bytes_out += counts[1]
-                t.packets_in += counts[2]
-                t.packets_out += counts[3]
-                if not self._aggregate:
-                    add_info(  # label values in INFO_LABELS (sorted) order
-                        (
-                            (
-                                name,
-                                conn,
-                                str(child.get("esp_proposal", "")),
-                                str(child.get("mode", "")),
-                                str(child.get("offload", "none")),
-                                spi_in,
-                                spi_out,
-                            ),
-                            1,
-                        )
-                    )
-        self._retire(live)
+        keys = COUNTER_KEYS
+        given_states, rows = snap.rows()
+        for state, n in given_states.items():
+            ike_states[state] = ike_states.get(state, 0) + n
+        aggregate = self._aggregate
+        for row in rows:
+            conn, name, cstate = row[0], row[1], row[2]
+            child_states[cstate] = child_states.get(cstate, 0) + 1
+            key = (conn, name)
+            if cstate in UP_STATES and row[3] in IKE_UP_STATES:
+                up[key] = up.get(key, 0) + 1
+            t = per_child.get(key)
+            if t is None:
+                per_child[key] = list(row[9])
+            else:
+                counts = row[9]
+                t[0] += counts[0]
+                t[1] += counts[1]
+                t[2] += counts[2]
+                t[3] += counts[3]
+                t[4] += counts[4]
+                t[5] += counts[5]
+                t[6] += counts[6]
+            if not aggregate:
+                # label values in INFO_LABELS (sorted) order
+                add_info(((name, conn, row[4], row[5], row[6], row[7], row[8]), 1))
+        for key, gone in snap.child_sas_gone.items():
+            t = per_child.get(key)
+            if t is None:
+                t = per_child[key] = [0] * len(keys)
+            for i, n in enumerate(gone[: len(keys)]):
+                t[i] += _count(n)
+        self._never_backwards(per_child)
         yield _labelled_gauge("ike_sas", "IKE SAs by state", "state", ike_states)
         yield _labelled_gauge("child_sas", "Child SAs by state", "state", child_states)
-        yield from self._traffic(per_child)
+        yield RowsFamily(
+            PREFIX + "configured_child_sas",
+            "Child SAs up (installed or rekeying) per configured Child, 0 when it has none",
+            "gauge",
+            ("child", "connection", "start_action"),
+            [
+                ((child, conn, action), up.get((conn, child), 0))
+                for conn, child, action in snap.configured
+            ],
+        )
+        yield from self._per_child(per_child, snap.offload_fallbacks)
         if not self._aggregate:
             yield RowsFamily(
                 PREFIX + "child_sa_info",
@@ -327,7 +455,7 @@ class GatewayCollector(Collector):
         yield pools
         xdp = CounterMetricFamily(
             PREFIX + "xdp_packets",
-            "Packets seen by the XDP program, by verdict (action) and reason",
+            "Packets seen by the XDP/TC programs, by verdict (action) and reason",
             labels=("interface", "action", "reason"),
         )
         verdicts: dict[tuple[str, str, str], int] = {}
@@ -337,6 +465,26 @@ class GatewayCollector(Collector):
         for labels, n in sorted(verdicts.items()):
             xdp.add_metric(list(labels), n)
         yield xdp
+        steered = CounterMetricFamily(
+            PREFIX + "xdp_steered_packets",
+            "ESP packets the XDP program redirected to a CPU of the steering set",
+            labels=("cpu",),
+        )
+        for cpu, n in sorted(snap.xdp_steered.items()):
+            steered.add_metric([str(cpu)], _count(n))
+        yield steered
+        if snap.xdp_slots:
+            yield _labelled_gauge(
+                "xdp_slots",
+                "XDP Child SA counter slots in use and in all ([gateway.xdp] max_child_sas)",
+                "state",
+                {s: _count(snap.xdp_slots.get(s)) for s in ("used", "capacity")},
+            )
+            yield _counter(
+                "xdp_slot_exhausted_total",
+                "Child SAs refused (TEMPORARY_FAILURE) because every XDP slot was in use",
+                _count(snap.xdp_slots.get("exhausted")),
+            )
         mss = CounterMetricFamily(
             PREFIX + "mss_clamped", "TCP SYNs whose MSS was clamped", labels=("interface",)
         )
@@ -354,47 +502,89 @@ class GatewayCollector(Collector):
             xfrm.add_metric([name], _count(n))
         yield xfrm
 
-    def _retire(self, live: dict[tuple[str, str, str, str], tuple[int, int, int, int]]) -> None:
-        """Move the last counts of SAs that vanished since the last scrape into the base."""
-        for key, counts in self._live.items():
-            if key not in live:
-                base = self._retired.get(key[:2])
-                if base is None:
-                    base = self._retired[key[:2]] = _Totals()
-                base.bytes_in += counts[0]
-                base.bytes_out += counts[1]
-                base.packets_in += counts[2]
-                base.packets_out += counts[3]
-        self._live = live
+    def _never_backwards(self, per_child: dict[tuple[str, str], list[int]]) -> None:
+        """No counter below what was exported before (a Child SA that ended while a
+        scrape was being built, a worker restarted), and no series that vanishes."""
+        exported = self._exported
+        for key, last in exported.items():
+            t = per_child.get(key)
+            if t is None:
+                per_child[key] = list(last)
+            else:
+                for i, n in enumerate(last):
+                    if t[i] < n:
+                        t[i] = n
+        for key, t in per_child.items():
+            exported[key] = list(t)
 
-    def _traffic(self, per_child: dict[tuple[str, str], _Totals]) -> Iterator[Metric]:
-        retired = self._retired
+    def _per_child(
+        self, per_child: dict[tuple[str, str], list[int]], fallbacks: Mapping[tuple[str, str], int]
+    ) -> Iterator[Metric]:
+        """Traffic, replay/integrity errors and offload fallbacks per connection+child
+        (or per connection when aggregated)."""
         if self._aggregate:
-            labels: tuple[str, ...] = ("connection", "direction")
-            name_b, name_p = "connection_bytes", "connection_packets"
-            merged: dict[tuple[str, ...], _Totals] = {}
-            for (conn, _child), ct in _merged_items(per_child, retired):
+            labels: tuple[str, ...] = ("connection",)
+            prefix, what = "connection_", "connection"
+            merged: dict[tuple[str, ...], list[int]] = {}
+            for (conn, _child), t in per_child.items():
                 m = merged.get((conn,))
-                merged[(conn,)] = ct if m is None else _sum(m, ct)
-            rows: Iterable[tuple[tuple[str, ...], _Totals]] = merged.items()
-            what = "connection"
+                if m is None:
+                    merged[(conn,)] = list(t)
+                else:
+                    for i, n in enumerate(t):
+                        m[i] += n
+            rows: Iterable[tuple[tuple[str, ...], list[int]]] = merged.items()
+            fallback_rows: dict[tuple[str, ...], int] = {}
+            for (conn, _child), n in fallbacks.items():
+                fallback_rows[(conn,)] = fallback_rows.get((conn,), 0) + _count(n)
         else:
-            labels = TRAFFIC_LABELS
-            name_b, name_p = "child_sa_bytes", "child_sa_packets"
-            rows = (((child, conn), t) for (conn, child), t in _merged_items(per_child, retired))
-            what = "connection and child, summed over its SAs (survives rekeys)"
+            labels = ("child", "connection")
+            prefix, what = "child_sa_", "connection and child (over its Child SAs' lives)"
+            rows = (((child, conn), t) for (conn, child), t in per_child.items())
+            fallback_rows = {(child, conn): _count(n) for (conn, child), n in fallbacks.items()}
         byte_rows: list[tuple[tuple[str, ...], int]] = []
         packet_rows: list[tuple[tuple[str, ...], int]] = []
+        replay_rows: list[tuple[tuple[str, ...], int]] = []
+        integrity_rows: list[tuple[tuple[str, ...], int]] = []
         add_b, add_p = byte_rows.append, packet_rows.append
         for key, t in rows:
-            add_b(((*key, "in"), t.bytes_in))
-            add_b(((*key, "out"), t.bytes_out))
-            add_p(((*key, "in"), t.packets_in))
-            add_p(((*key, "out"), t.packets_out))
+            add_b(((*key, "in"), t[0]))
+            add_b(((*key, "out"), t[2]))
+            add_p(((*key, "in"), t[1]))
+            add_p(((*key, "out"), t[3]))
+            replay_rows.append(((*key, "replay"), t[4]))
+            replay_rows.append(((*key, "window"), t[5]))
+            integrity_rows.append((key, t[6]))
+        direction = (*labels, "direction")
         yield RowsFamily(
-            PREFIX + name_b, f"ESP payload bytes by {what}", "counter", labels, byte_rows
+            PREFIX + prefix + "bytes", f"ESP bytes by {what}", "counter", direction, byte_rows
         )
-        yield RowsFamily(PREFIX + name_p, f"ESP packets by {what}", "counter", labels, packet_rows)
+        yield RowsFamily(
+            PREFIX + prefix + "packets", f"ESP packets by {what}", "counter", direction, packet_rows
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "replay_errors",
+            f"Inbound ESP dropped by the anti-replay check by {what}: kind replay "
+            "(already seen) or window (too old)",
+            "counter",
+            (*labels, "kind"),
+            replay_rows,
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "integrity_failures",
+            f"Inbound ESP whose integrity check (ICV) failed by {what}",
+            "counter",
+            labels,
+            integrity_rows,
+        )
+        yield RowsFamily(
+            PREFIX + prefix + "offload_fallbacks",
+            'Child SA installs, rekeys and moves where offload "auto" got less than asked '
+            f"(running in software) by {what}",
+            "counter",
+            labels,
+            sorted(fallback_rows.items()),
+        )
 
 
 HOOK_RESULTS = ("ok", "failed", "timeout", "error")
@@ -460,17 +650,6 @@ def _hooks(counters: Mapping[str, int]) -> Iterator[Metric]:
     yield _gauge("hooks_queued", "updown runs waiting to start", _count(counters.get("queued")))
 
 
-def _merged_items(
-    live: dict[tuple[str, str], _Totals], retired: dict[tuple[str, str], _Totals]
-) -> Iterator[tuple[tuple[str, str], _Totals]]:
-    """(connection, child) -> live + retired totals: live ones in order, then retired-only."""
-    for key, t in live.items():
-        yield key, _sum(t, retired.get(key))
-    for key, t in retired.items():
-        if key not in live:
-            yield key, t
-
-
 class RowsFamily(Metric):
     """A counter or gauge family held as rows of (label values, value).
 
@@ -515,10 +694,14 @@ class RowsFamily(Metric):
             + "} %s\n"
         )
         rows = self.rows
-        distinct: set[str] = set()
-        for values, _ in rows:
-            distinct.update(values)
-        escape = {v: _escape_value(v) for v in distinct if "\\" in v or "\n" in v or '"' in v}
+        escape: dict[str, str] = {}
+        # one scan of all values at C speed; the per-value map only when one needs it
+        blob = "\x00".join(["\x00".join(values) for values, _ in rows])
+        if "\\" in blob or "\n" in blob or '"' in blob:
+            distinct: set[str] = set()
+            for values, _ in rows:
+                distinct.update(values)
+            escape = {v: _escape_value(v) for v in distinct if v != _escape_value(v)}
         in_order = order == list(range(len(labelnames)))
         go_float = _go_float
         out: list[str] = []
@@ -536,19 +719,6 @@ def _escape_value(v: str) -> str:
     if "\\" in v or "\n" in v or '"' in v:
         return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return v
-
-
-def _sum(a: _Totals | None, b: _Totals | None) -> _Totals:
-    if a is None:
-        return b or _Totals()
-    if b is None:
-        return a
-    return _Totals(
-        a.bytes_in + b.bytes_in,
-        a.bytes_out + b.bytes_out,
-        a.packets_in + b.packets_in,
-        a.packets_out + b.packets_out,
-    )
 
 
 def _count(value: object) -> int:

@@ -97,6 +97,39 @@ quiet_freeradius_service() {
     fi
 }
 
+# netdevsim: a simulated NIC whose devices accept ESP crypto offload and count offloaded
+# packets in debugfs. Debian's kernel does not ship it, so it is built out of tree from
+# linux-source-6.1 against the headers of the VM kernel (the newest /boot/vmlinuz-*-amd64,
+# the one gateway/vm.py boots), into .work/netdevsim/<release>/ of the checkout. The
+# kernel test layer loads it inside the VM (tests/support/netdevsim.py).
+build_netdevsim() {
+    local image rel hdr tarball out ko tmp
+    image=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -n 1)
+    [ -n "$image" ] || return 0  # check_vm_kernel reports it
+    rel=${image#/boot/vmlinuz-}
+    hdr="/usr/src/linux-headers-$rel"
+    tarball=$(find /usr/src -maxdepth 1 -name 'linux-source-*.tar.xz' | sort -V | tail -n 1)
+    out="$ROOT/.work/netdevsim/$rel"
+    ko="$out/netdevsim.ko"
+    if [ -f "$ko" ] && [ "$ko" -nt "$tarball" ] && [ "$ko" -nt "$hdr/Module.symvers" ]; then
+        return
+    fi
+    if [ ! -d "$hdr" ] || [ -z "$tarball" ]; then
+        log "cannot build netdevsim: need $hdr and /usr/src/linux-source-*.tar.xz"
+        exit 1
+    fi
+    log "building netdevsim for $rel from $(basename "$tarball")"
+    mkdir -p "$ROOT/.work"
+    tmp=$(mktemp -d "$ROOT/.work/netdevsim-build.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: the trap must remove this build's folder
+    trap "rm -rf '$tmp'" RETURN
+    tar -xJf "$tarball" -C "$tmp" --strip-components=1 --wildcards '*/drivers/net/netdevsim/*'
+    make -s -C "$hdr" M="$tmp/drivers/net/netdevsim" CONFIG_NETDEVSIM=m modules >&2
+    mkdir -p "$out"
+    cp "$tmp/drivers/net/netdevsim/netdevsim.ko" "$ko.tmp"
+    mv "$ko.tmp" "$ko"
+}
+
 check_vm_kernel() {
     if ! ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1; then
         log "no Debian kernel in /boot (linux-image-amd64 missing?)"
@@ -109,4 +142,5 @@ quiet_freeradius_service
 link_kernel_headers
 make_venv
 check_vm_kernel
+build_netdevsim
 log "ready: $VENV"

@@ -136,7 +136,7 @@ class HelpScreen(ModalScreen[None]):
 class GatewayApp(App[None]):
     TITLE = "gateway console"
     CSS = """
-    #summary { height: 3; padding: 0 1; background: $primary-background; }
+    #summary { height: 4; padding: 0 1; background: $primary-background; }
     #summary.disconnected { background: $error 60%; }
     #main { height: 1fr; }
     SaTable { width: 3fr; }
@@ -407,26 +407,16 @@ class GatewayApp(App[None]):
             f"   out {human(self._rates[1], 'b/s')} "
             f"({human_bytes(_int(s.get('bytes_out')))})"
         )
-        drops: dict[str, int] = {}
-        for c in s.get("xdp") or ():
-            if isinstance(c, Mapping) and c.get("action") == "drop":
-                reason = str(c.get("reason", "?"))
-                drops[reason] = drops.get(reason, 0) + _int(c.get("packets"))
-        drop_text = (
-            f"{sum(drops.values())} ("
-            + ", ".join(f"{r} {n}" for r, n in sorted(drops.items()))
-            + ")"
-            if drops
-            else "0"
-        )
         xfrm = _mapping(s.get("xfrm_errors"))
+        fallbacks = sum(_int(n) for n in _mapping(s.get("offload_fallbacks")).values())
         line3 = (
-            f"XDP drops {drop_text}   XFRM errors {sum(_int(v) for v in xfrm.values())}"
+            f"XFRM errors {sum(_int(v) for v in xfrm.values())}"
             f"   handshakes {_int(s.get('handshakes'))}   rekeys {_int(s.get('rekeys'))}"
             f"   auth failures {_int(s.get('auth_failures'))}"
             f"   DPD failures {_int(s.get('dpd_failures'))}"
+            + (f"   offload fallbacks {fallbacks}" if fallbacks else "")
         )
-        return Text.assemble(head, "\n", line2, "\n", line3)
+        return Text.assemble(head, "\n", line2, "\n", xdp_text(s), "\n", line3)
 
     def on_sa_table_highlighted(self, message: SaTable.Highlighted) -> None:
         self.update_detail(message.row)
@@ -636,6 +626,51 @@ def _when(at: float | None, now: float) -> str:
     return f"in {duration(at - now)}" if at >= now else f"{duration(now - at)} ago"
 
 
+def offload_text(child: Mapping[str, Any]) -> str:
+    """What the kernel does ("crypto on nsim0"), and why less than asked."""
+    text = str(child.get("offload", "none"))
+    if child.get("offload_dev") and text != "none":
+        text += f" on {child['offload_dev']}"
+    if child.get("offload_reason"):
+        text += f" (asked on {child.get('offload_dev') or '?'}: {child['offload_reason']})"
+    return text
+
+
+def xdp_text(stats: Mapping[str, Any]) -> str:
+    """The XDP programs' verdicts (each action with its reasons), the ESP steered per
+    CPU and the slot space, as `stats` has them."""
+    by_action: dict[str, dict[str, int]] = {}
+    for c in stats.get("xdp") or ():
+        if isinstance(c, Mapping):
+            reasons = by_action.setdefault(str(c.get("action", "?")), {})
+            reason = str(c.get("reason", "?"))
+            reasons[reason] = reasons.get(reason, 0) + _int(c.get("packets"))
+    parts = []
+    for action in (
+        "pass",
+        "redirect",
+        "drop",
+        *sorted(set(by_action) - {"pass", "redirect", "drop"}),
+    ):
+        reasons = by_action.get(action, {})
+        total = sum(reasons.values())
+        shown = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+        parts.append(f"{action} {total}" + (f" ({shown})" if reasons else ""))
+    steered = _mapping(stats.get("xdp_steered"))
+    if steered:
+        parts.append(
+            "steered " + ", ".join(f"cpu{c} {_int(n)}" for c, n in sorted(steered.items()))
+        )
+    slots = _mapping(stats.get("xdp_slots"))
+    if slots:
+        exhausted = _int(slots.get("exhausted"))
+        parts.append(
+            f"slots {_int(slots.get('used'))}/{_int(slots.get('capacity'))}"
+            + (f" ({exhausted} Child SAs refused: full)" if exhausted else "")
+        )
+    return "XDP " + "   ".join(parts)
+
+
 def detail_text(row: Row | None, now: float) -> Text:
     """The detail pane: everything the gateway told about the SA, except key material."""
     if row is None:
@@ -660,7 +695,7 @@ def detail_text(row: Row | None, now: float) -> Text:
         fields |= {
             "ESP": row.esp_proposal,
             "mode": row.mode + (" +UDP encap" if row.encap else ""),
-            "offload": row.offload,
+            "offload": offload_text(row.last),
             "SPI in/out": f"{row.spi_in} / {row.spi_out}",
             "local TS": ", ".join(row.local_ts),
             "remote TS": ", ".join(row.remote_ts),
@@ -671,7 +706,15 @@ def detail_text(row: Row | None, now: float) -> Text:
             "out": f"{human(row.bps_out, 'b/s')} {human(row.pps_out, 'p/s')}",
             "total in": f"{human_bytes(row.bytes_in)} {row.packets_in} packets",
             "total out": f"{human_bytes(row.bytes_out)} {row.packets_out} packets",
+            "dropped": (
+                f"replay {_int(row.last.get('replay_errors'))}, "
+                f"too old {_int(row.last.get('replay_window_errors'))}, "
+                f"integrity {_int(row.last.get('integrity_failures'))}"
+            ),
         }
+        cpu = row.last.get("cpu")
+        if cpu is not None:
+            fields["ESP on CPU"] = str(cpu)
     elif row.kind == "ikesa":
         fields |= {
             "Child SAs": str(row.children),

@@ -72,6 +72,7 @@ class Row:
         "history_out",
         "search",
         "seen",
+        "last",
     )
 
     def __init__(self, key: RowKey, kind: str, connection: str, child: str) -> None:
@@ -99,6 +100,7 @@ class Row:
         self.history_out: deque[float] = deque(maxlen=HISTORY)
         self.search = ""
         self.seen = 0
+        self.last: Mapping[str, Any] = {}  # the SA as the last poll showed it (detail pane)
         self.ike_rekey_at: float | None = None
         self.children = 0
 
@@ -235,6 +237,7 @@ class SaModel:
                     ).lower()
                     self._reshaped = True
                 row.seen = gen
+                row.last = child
                 v = g("state", "")
                 row.state = v if v.__class__ is str else str(v)
                 row.ike_state = ike_state

@@ -23,7 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="append",
         default=[],
         metavar="IF",
-        help="also check native XDP and ESP offload of this interface (repeatable)",
+        help="also check native XDP and ESP offload of this interface (repeatable): "
+        "the `offload` modes it supports",
+    )
+    p.add_argument(
+        "--offload-trial",
+        action="store_true",
+        help="with -i: also ask the kernel for crypto and packet offload of a throw-away "
+        "SA on each interface (installed and removed in this network namespace at once)",
     )
     p.add_argument("--no-compile", action="store_true", help="skip the bcc compile test")
     p.add_argument("--json", action="store_true", help="print the checks as a JSON array")
@@ -31,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = probe.run_all(args.interface, compile_bpf=not args.no_compile)
+    checks = probe.run_all(
+        args.interface, compile_bpf=not args.no_compile, offload_trial=args.offload_trial
+    )
     if args.json:
         print(json.dumps([c.as_dict() for c in checks], indent=2))
     else:

@@ -27,6 +27,7 @@ from gateway.config.schema import (
     DYNAMIC_TS,
     EAP_METHODS,
     FRAGMENTATION_MODES,
+    MAX_CHILD_SAS_LIMIT,
     MIN_PSK_LENGTH,
     MODES,
     MUTUAL_EAP_METHODS,
@@ -265,17 +266,11 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
     retransmit_tries = table.integer("retransmit_tries", defaults.retransmit_tries, 0, 30)
     eap_secrets = table.get("eap_secrets", None, lambda v: _secret_file(ctx, v, "EAP secrets"))
     radius = _read_radius(ctx, table)
-    xdp = None
     xdp_table = table.table("xdp")
-    if xdp_table is not None:
-        xdp = XdpConfig(
-            wan_interface=xdp_table.get("wan_interface", None, _ifname),
-            lan_interface=xdp_table.get("lan_interface", None, _ifname),
-            mss_clamp=xdp_table.get("mss_clamp", XdpConfig().mss_clamp, _mss),
-        )
-        if not {"wan_interface", "lan_interface"} & xdp_table.data.keys():
-            table.error("xdp", "needs wan_interface and/or lan_interface")
-        xdp_table.finish()
+    xdp = _read_xdp(xdp_table) if xdp_table is not None else None
+    counters_interval = table.duration("counters_interval", defaults.counters_interval)
+    if "counters_interval" in table.data and not 0 <= counters_interval <= 3600:
+        table.error("counters_interval", "must be 0 (read at every scrape) up to 1h")
     hooks = defaults.hooks
     hooks_table = table.table("hooks")
     if hooks_table is not None:
@@ -302,6 +297,7 @@ def _read_gateway(ctx: _Context, root: _Table) -> GatewaySettings:
         log_level=log_level,
         xdp=xdp,
         hooks=hooks,
+        counters_interval=counters_interval,
         retransmit_timeout=retransmit_timeout,
         retransmit_base=retransmit_base,
         retransmit_tries=retransmit_tries,
@@ -429,6 +425,65 @@ def _read_pools(ctx: _Context, root: _Table) -> tuple[PoolSection, ...]:
     return tuple(out)
 
 
+def _read_xdp(t: _Table) -> XdpConfig:
+    d = XdpConfig()
+    if not {"wan_interface", "lan_interface"} & t.data.keys():
+        t.ctx.error(t.path, "needs wan_interface and/or lan_interface")
+    rate = t.get("ike_init_rate", d.ike_init_rate, _rate)
+    budget = t.get("ike_init_budget", d.ike_init_budget, _rate)
+    burst = t.integer("ike_init_burst", d.ike_init_burst, 1, 1 << 20)
+    budget_burst = t.integer("ike_init_budget_burst", d.ike_init_budget_burst, 1, 1 << 24)
+    for burst_key, rate_key, value in (
+        ("ike_init_burst", "ike_init_rate", rate),
+        ("ike_init_budget_burst", "ike_init_budget", budget),
+    ):
+        if burst_key in t.data and value is None:
+            t.error(burst_key, f"needs {rate_key}")
+    xdp = XdpConfig(
+        wan_interface=t.get("wan_interface", d.wan_interface, _ifname),
+        lan_interface=t.get("lan_interface", d.lan_interface, _ifname),
+        mss_clamp=t.get("mss_clamp", d.mss_clamp, _mss),
+        steer_cpus=t.get("steer_cpus", d.steer_cpus, _cpu_set),
+        drop_unknown_spi=t.boolean("drop_unknown_spi", d.drop_unknown_spi),
+        ike_init_rate=rate,
+        ike_init_burst=burst,
+        ike_init_budget=budget,
+        ike_init_budget_burst=budget_burst,
+        max_child_sas=t.integer("max_child_sas", d.max_child_sas, 2, MAX_CHILD_SAS_LIMIT),
+    )
+    if (rate is not None or budget is not None) and xdp.wan_interface is None:
+        key = "ike_init_rate" if rate is not None else "ike_init_budget"
+        t.error(key, "the IKE_SA_INIT shield runs on the WAN side: needs wan_interface")
+    for key in ("steer_cpus", "drop_unknown_spi"):
+        if key in t.data and xdp.wan_interface is None:
+            t.error(key, "works on ESP arriving on the WAN side: needs wan_interface")
+    t.finish()
+    return xdp
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected requests per second (a number), got {type_name(value)}")
+    if not 0 < value <= 10_000_000:
+        raise ValueError(f"{value} is out of range (0, 10000000]")
+    return float(value)
+
+
+def _cpu_set(value: Any) -> tuple[int, ...] | str:
+    if value == "all":
+        return "all"
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'expected a list of CPU numbers or "all", got {value!r}')
+    cpus: list[int] = []
+    for cpu in value:
+        if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < 4096:
+            raise ValueError(f"{cpu!r} is not a CPU number (0-4095)")
+        if cpu in cpus:
+            raise ValueError(f"CPU {cpu} is listed twice")
+        cpus.append(cpu)
+    return tuple(cpus)
+
+
 def _retransmit_base(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {type_name(value)}")
@@ -456,6 +511,22 @@ def _ifname(value: Any) -> str:
     if not 0 < len(value) < 16 or "/" in value or value.strip() != value:
         raise ValueError(f"{value!r} is not a valid interface name")
     return value
+
+
+def _mark(value: Any) -> int:
+    """A mark: an integer or a string ("0x64", "100"), 1..0xffffffff (no mask: the
+    whole mark is set)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value, 0)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a mark (an integer, e.g. 0x64)") from None
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError(f"expected a mark (an integer, e.g. 0x64), got {type_name(value)}")
+    if not 0 < number <= 0xFFFFFFFF:
+        raise ValueError(f"{value!r} is out of range 1..0xffffffff")
+    return number
 
 
 def _mss(value: Any) -> int | bool | None:
@@ -573,7 +644,9 @@ def _check_psk(conn: _Table, key: str, value: bytes) -> Secret | None:
     return Secret(value)
 
 
-def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str) -> ChildSection:
+def _read_child(
+    ctx: _Context, conn: _Table, name: str, data: Any, defaults: ChildSection
+) -> ChildSection:
     path = conn.path + ("children", name)
     if not isinstance(data, dict):
         ctx.error(path, f"expected a table, got {type_name(data)}")
@@ -618,7 +691,9 @@ def _read_child(ctx: _Context, conn: _Table, name: str, data: Any, offload: str)
         life_bytes=life_bytes,
         rekey_packets=rekey_packets,
         life_packets=life_packets,
-        offload=table.string("offload", offload, OFFLOAD_MODES),
+        offload=table.string("offload", defaults.offload, OFFLOAD_MODES),
+        offload_interface=table.get("offload_interface", defaults.offload_interface, _ifname),
+        set_mark_out=table.get("set_mark_out", d.set_mark_out, _mark),
         replay_window=table.integer("replay_window", d.replay_window, 0, 1 << 20),
         **_read_route_based(ctx, table, d),
     )
@@ -822,7 +897,11 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
     conn.seen.add("jitter")
     if rekey_time and {"rand_time", "jitter"} & data.keys() and rand_time >= rekey_time:
         conn.error("rand_time", f"must be shorter than rekey_time ({rekey_time:g}s)")
-    offload = conn.string("offload", ChildSection(name="").offload, OFFLOAD_MODES)
+    child_defaults = ChildSection(  # the connection's defaults for its children
+        name="",
+        offload=conn.string("offload", ChildSection(name="").offload, OFFLOAD_MODES),
+        offload_interface=conn.get("offload_interface", None, _ifname),
+    )
     children_raw = conn.raw("children")
     children: list[ChildSection] = []
     if children_raw is not _MISSING:
@@ -830,7 +909,7 @@ def _read_connection(ctx: _Context, name: str, data: Any) -> ConnectionSection:
             conn.error("children", f"expected a table, got {type_name(children_raw)}")
         else:
             children = [
-                _read_child(ctx, conn, child_name, child_data, offload)
+                _read_child(ctx, conn, child_name, child_data, child_defaults)
                 for child_name, child_data in children_raw.items()
             ]
     connection = ConnectionSection(

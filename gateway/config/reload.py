@@ -2,17 +2,18 @@
 
 Shared by the daemon and the workers' supervisor: a file with errors is logged,
 published as an `error` event and refused with a ControlError, and the running
-configuration stays.
+configuration stays. `gateway_changes` says what of `[gateway]` a reload can apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Protocol
 
 from gateway.config.engine import check_engine_config
 from gateway.config.reader import ConfigError, load_config
-from gateway.config.schema import GatewayConfig
+from gateway.config.schema import GatewayConfig, GatewaySettings
 from gateway.control.protocol import FAILED, ControlError
 from gateway.errors import GatewayError
 
@@ -41,3 +42,19 @@ def load_for_reload(path: str, control: Publisher) -> GatewayConfig:
         control.publish("error", message=f"reload refused: {exc}")
         raise ControlError(FAILED, f"reload refused, configuration unchanged: {exc}") from None
     return new
+
+
+def gateway_changes(old: GatewaySettings, new: GatewaySettings) -> tuple[bool, bool]:
+    """(a restart is needed, [gateway.xdp] settings a reload applies in place changed):
+    steering, unknown-SPI drop and the IKE_SA_INIT shield apply at once; any other
+    [gateway] change needs a restart."""
+    old_xdp, new_xdp = old.xdp, new.xdp
+    in_place = (
+        old_xdp is not None
+        and new_xdp is not None
+        and old_xdp != new_xdp
+        and old_xdp.attach_keys == new_xdp.attach_keys
+    )
+    if in_place:
+        old = dataclasses.replace(old, xdp=new_xdp)
+    return old != new, in_place

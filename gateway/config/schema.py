@@ -2,7 +2,8 @@
 key's default and each vocabulary (the words a key accepts) defined once, here.
 
     [gateway]                      GatewaySettings: listen, control socket, metrics, data plane
-    [gateway.xdp]                  XdpConfig: XDP interfaces and MSS clamping
+    [gateway.xdp]                  XdpConfig: XDP interfaces, MSS clamping, ESP steering,
+                                   early drop, the IKE_SA_INIT shield, the slot space
     [gateway.hooks]                HooksConfig: how updown programs run
     [gateway.radius]               RadiusConfig: the RADIUS servers of eap-radius
     [pools.NAME]                   PoolSection: a virtual-IP address pool
@@ -87,6 +88,10 @@ DATAPLANES: Final = ("xfrm", "none")
 START_ACTIONS: Final = ("none", "start", "trap")
 CLOSE_ACTIONS: Final = ("none", "trap", "start")
 OFFLOAD_MODES: Final = ("no", "auto", "crypto", "packet")
+# The XDP programs' Child SA slot space: 2**slot_bits slots, slot_bits 1..20 (bpf/abi.py)
+MAX_CHILD_SAS_LIMIT: Final = 1 << 20
+DEFAULT_MAX_CHILD_SAS: Final = 1 << 16
+DEFAULT_COUNTERS_INTERVAL: Final = 1.0  # s: one counter read serves the scrapes/polls within
 FRAGMENTATION_MODES: Final = (*ENGINE_FRAGMENTATION_MODES, "force")  # + swanctl's "force"
 ANY_ADDR: Final = "%any"
 ANY_NETS: Final = ("0.0.0.0/0", "::/0")  # selectors that leave the choice to routing
@@ -111,13 +116,42 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class XdpConfig:
-    """`[gateway.xdp]`: the XDP/TC programs' interfaces and MSS clamping."""
+    """`[gateway.xdp]`: the XDP/TC programs' interfaces, MSS clamping, ESP steering,
+    unknown-SPI drop, the IKE_SA_INIT shield and the slot space (docs/bpf.md)."""
 
     wan_interface: str | None = None
     lan_interface: str | None = None
     # True (the default): clamp TCP MSS to what the tunnel MTU allows (derived from the
     # negotiated suite, docs/bpf.md); an int: clamp to that MSS; None (`false`): no clamping.
     mss_clamp: int | bool | None = True
+    # ESP steering: each Child SA's ESP is processed on one CPU of this set (cpumap);
+    # () = off, "all" = every CPU the daemon may run on
+    steer_cpus: tuple[int, ...] | str = ()
+    drop_unknown_spi: bool = False  # drop ESP whose SPI is none of ours at XDP
+    # IKE_SA_INIT shield: per source (IPv4 address, IPv6 /64) `ike_init_rate` requests/s
+    # with bursts of `ike_init_burst`; all sources together `ike_init_budget`/s with
+    # bursts of `ike_init_budget_burst`. None = that part off.
+    ike_init_rate: float | None = None
+    ike_init_burst: int | None = None  # None: the rate's one second worth (at least 1)
+    ike_init_budget: float | None = None
+    ike_init_budget_burst: int | None = None
+    max_child_sas: int = DEFAULT_MAX_CHILD_SAS  # slots: rounded up to a power of two
+
+    @property
+    def slot_bits(self) -> int:
+        """The programs' slot bits for `max_child_sas` (1..20)."""
+        return max(1, (self.max_child_sas - 1).bit_length())
+
+    @property
+    def attach_keys(self) -> XdpConfig:
+        """Only the keys that take effect when the programs are attached (a restart):
+        the ones a reload changes in place (steering, drop, shield) at their defaults."""
+        return XdpConfig(
+            self.wan_interface,
+            self.lan_interface,
+            self.mss_clamp,
+            max_child_sas=self.max_child_sas,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +213,9 @@ class GatewaySettings:
     log_level: str = "info"
     xdp: XdpConfig | None = None
     hooks: HooksConfig = HooksConfig()
+    # per-SA counters: one read (XFRM dump / XDP slot table) serves every scrape and
+    # console poll within this many seconds; at most one read runs at a time
+    counters_interval: float = DEFAULT_COUNTERS_INTERVAL
     # strongswan.conf charon.retransmit_*: timeout * base**n, give up after `tries`
     retransmit_timeout: float = RETRANSMIT_TIMEOUT
     retransmit_base: float = RETRANSMIT_BASE
@@ -223,6 +260,11 @@ class ChildSection:
     rekey_packets: int = 0
     life_packets: int = 0
     offload: str = "no"
+    # the device offload is asked on; None: the one the route to the peer uses
+    offload_interface: str | None = None
+    # strongSwan's set_mark_out: the mark the outbound SA puts on its ESP packets
+    # (XFRMA_SET_MARK), e.g. for a policy route through an offload device; None: none
+    set_mark_out: int | None = None
     replay_window: int | None = None  # None: the data plane's default
     # Route-based (docs/routing.md): the if_id of this Child's inbound SA and in/fwd
     # policies and of its outbound SA and out policy (swanctl's if_id_in / if_id_out)...
@@ -366,3 +408,11 @@ def iter_children(config: GatewayConfig) -> Iterator[tuple[ConnectionSection, Ch
     for conn in config.connections:
         for child in conn.children:
             yield conn, child
+
+
+def configured_children(config: GatewayConfig) -> tuple[tuple[str, str, str], ...]:
+    """(connection, child, start_action) of every configured Child (the metrics'
+    ipsec_configured_child_sas)."""
+    return tuple(
+        (conn.name, child.name, child.start_action) for conn, child in iter_children(config)
+    )

@@ -43,7 +43,10 @@ log = logging.getLogger("gateway.control")
 
 class ControlBackend(Protocol):
     """What the server serves. Raise ControlError for refusals the user should see.
-    list-conns, list-sas and stats may also be answered asynchronously."""
+    list-conns, list-sas and stats may also be answered asynchronously. A backend that
+    reads its per-SA counters in the background may also define `async
+    fresh_counters()`: awaited before list-sas and stats (the daemon's one counter read
+    per interval, gateway/daemon/traffic.py)."""
 
     def list_conns(self) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
 
@@ -283,6 +286,9 @@ class ControlServer:
         if req.cmd == "list-sas" and "since" in req.args:
             sync["list-sas"] = partial(b.sa_changes, req.args["since"])
         if req.cmd in sync:
+            fresh = getattr(b, "fresh_counters", None) if req.cmd != "list-conns" else None
+            if fresh is not None:
+                await fresh()
             result = sync[req.cmd]()
             # a backend may answer these asynchronously (the workers' supervisor asks them)
             return await result if inspect.isawaitable(result) else result

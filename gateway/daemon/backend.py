@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from gateway import __version__
 from gateway.config.engine import engine_connection
-from gateway.config.schema import ConnectionSection, GatewayConfig
+from gateway.config.reload import gateway_changes
+from gateway.config.schema import ConnectionSection, GatewayConfig, configured_children
 from gateway.control.protocol import ControlError
 from gateway.daemon.engine import engine_stats
 from gateway.daemon.feature import Host
@@ -142,7 +144,7 @@ def sa_changes(d: Host, since: Mapping[str, Any] | None) -> dict[str, Any]:
         changed, removed = table.changes(int(since["version"]))
     rows = [sa_row(d, r) for r in changed]
     fresh = {r.ike_sa for r in changed}
-    counters = d.children.counters
+    counters = d.traffic.child
     moved = []
     for record in table.values():
         if record.ike_sa in fresh:
@@ -175,7 +177,7 @@ def stats(d: Host) -> dict[str, Any]:
     by_state: dict[str, int] = {}
     children = 0
     b_in, b_out, p_in, p_out = 0, 0, 0, 0
-    counters = d.children.counters
+    counters = d.traffic.child
     for record in d.sas.values():
         by_state[record.state] = by_state.get(record.state, 0) + 1
         for child in record.children:
@@ -185,16 +187,24 @@ def stats(d: Host) -> dict[str, Any]:
             b_out += c.bytes_out
             p_in += c.packets_in
             p_out += c.packets_out
-    t = d.totals
+    gone = d.traffic.gone_total()  # Child SAs that are gone: totals never go backwards
     out: dict[str, Any] = {
         "uptime": d.clock() - d.started_at,
         "version": __version__,
         "ike_sas": by_state,
         "child_sas": children,
-        "bytes_in": t.bytes_in + b_in,
-        "bytes_out": t.bytes_out + b_out,
-        "packets_in": t.packets_in + p_in,
-        "packets_out": t.packets_out + p_out,
+        "bytes_in": gone.bytes_in + b_in,
+        "bytes_out": gone.bytes_out + b_out,
+        "packets_in": gone.packets_in + p_in,
+        "packets_out": gone.packets_out + p_out,
+    }
+    return out | common_stats(d)
+
+
+def common_stats(d: Host) -> dict[str, Any]:
+    """`stats` but what is counted over the SA table (IKE/Child SAs, traffic totals)."""
+    t = d.totals
+    out: dict[str, Any] = {
         "xdp": [],
         "handshakes": t.handshakes,
         "auth_failures": t.auth_failures,
@@ -224,7 +234,7 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
     removed = [n for n in old_by_name if n not in new_by_name]
     changed = [n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n]]
     unchanged = [n for n in new_by_name if n in old_by_name and n not in changed]
-    restart_needed = new.gateway != d.config.gateway
+    restart_needed, xdp_changed = gateway_changes(d.config.gateway, new.gateway)
     # Tear down SAs of removed and changed connections (telling the peers).
     for record in list(d.sas.values()):
         if record.connection in removed or record.connection in changed:
@@ -236,7 +246,14 @@ def apply_config(d: Host, new: GatewayConfig) -> dict[str, Any]:
         d.retries.cancel(name)  # a changed one starts anew below
     d.pump()
     d.engine.set_connections([engine_connection(c) for c in new.connections])
-    d.config = GatewayConfig(d.config.gateway, new.connections, new.source, new.pools)
+    gateway = d.config.gateway
+    if xdp_changed and d.xdp is not None and new.gateway.xdp is not None:
+        try:  # steering, unknown-SPI drop and the shield change in place
+            d.xdp.update_settings(new.gateway.xdp)
+            gateway = dataclasses.replace(gateway, xdp=new.gateway.xdp)
+        except GatewayError as exc:
+            d.report("xdp-settings-failed", logging.ERROR, error=exc)
+    d.config = GatewayConfig(gateway, new.connections, new.source, new.pools)
     for feature in d.features:  # the EAP users file read again, the pools replaced
         feature.reloaded(d.config)
     d.traps.forget(removed + changed)
@@ -265,58 +282,66 @@ def _names(names: list[str]) -> LogAs:
 
 
 def metrics_snapshot(d: Host) -> Any:
-    """Called from the exporter's thread: build the snapshot on the loop's thread."""
+    """Called from the exporter's thread. On the event loop: the counters read (itself
+    off the loop, at most one at a time, reused within counters_interval), then only a
+    list of the IKE SA records and the gateway-wide stats; the rows of 100,000 Child SAs
+    are built here, in the exporter's thread, so IKE keeps being served meanwhile. That
+    is safe: record fields are replaced, never changed in place, and the counter tables
+    are swapped whole. A Child SA that ends meanwhile may miss from this one scrape
+    (its totals are not in the `retired` read before); the exporter never lets a series
+    go backwards, so the next scrape has it again (gateway/metrics.py)."""
     from gateway import metrics
 
     loop = d.loop
     if loop is None or loop.is_closed():
         raise GatewayError("the daemon is not running")
 
-    def build() -> Any:
-        sas = list_sas(d)
-        t = d.totals
-        histogram = d.tally.histogram
-        shown: dict[str, Any] = {}
-        for feature in d.features:  # route-based tunnels' interfaces, updown runs
-            shown.update(feature.stats())
-        return metrics.MetricsSnapshot(
-            tunnels=shown.get("tunnels", ()),
-            hooks=shown.get("hooks", {}),
-            ike_sas=sas,
-            xdp=[metrics.XdpCounter(**row) for row in (d.xdp.verdict_rows() if d.xdp else [])],
-            mss_clamped=d.xdp.mss_clamped() if d.xdp is not None else {},
-            xfrm_errors=d.dataplane.errors(),
-            handshake_durations=histogram.snapshot()
-            if histogram is not None
-            else metrics.empty_histogram(),
-            rekeys=t.rekeys,
-            ike_rekeys=t.ike_rekeys,
-            dpd_failures=t.dpd_failures,
-            auth_failures=t.auth_failures,
-            reauths=t.reauths,
-            pools=_pools(d),
-            start_time=d.started_at,
-        )
+    async def capture() -> tuple[list[IkeRecord], dict[str, Any]]:
+        await d.traffic.refresh()
+        return list(d.sas.values()), common_stats(d)  # (its `retired` first, then rows)
 
-    future = asyncio.run_coroutine_threadsafe(_call(build), loop)
+    future = asyncio.run_coroutine_threadsafe(capture(), loop)
     try:
-        return future.result(timeout=5)
+        records, common = future.result(timeout=metrics.SCRAPE_TIMEOUT)
     except TimeoutError:
         future.cancel()
         raise GatewayError("the daemon did not answer the scrape in time") from None
+    return metrics.snapshot_from(
+        (),
+        common,
+        start_time=d.started_at,
+        configured=configured_children(d.config),
+        rows=child_rows(d, records),
+    )
 
 
-def _pools(d: Host) -> dict[str, dict[str, int]]:
-    """Addresses per pool and state, as the features' stats say (gateway/daemon/vips.py)."""
-    for feature in d.features:
-        pools = feature.stats().get("pools")
-        if pools is not None:
-            return dict(pools)
-    return {}
+def child_rows(d: Host, records: list[IkeRecord]) -> tuple[dict[str, int], list[Any]]:
+    """(IKE SAs by state, a metrics.ChildRow per Child SA) of the IKE SA records."""
+    from gateway.metrics import ChildRow
 
-
-async def _call(func: Callable[[], Any]) -> Any:
-    return func()
+    states: dict[str, int] = {}
+    rows = []
+    child = d.traffic.child
+    for record in records:
+        connection, state = record.connection, record.state
+        states[state] = states.get(state, 0) + 1
+        for c in tuple(record.children):
+            installed = c.installed
+            rows.append(
+                ChildRow(
+                    connection,
+                    c.name,
+                    c.state,
+                    state,
+                    c.esp_proposal,
+                    c.mode,
+                    installed.offload if installed is not None else "none",
+                    spi(c.spi_in),
+                    spi(c.spi_out),
+                    child(c),
+                )
+            )
+    return states, rows
 
 
 def _conn_start_action(conn: ConnectionSection) -> str:

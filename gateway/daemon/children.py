@@ -28,8 +28,14 @@ kernel sees the same order of effects as one install per event. on_event then ta
 each child's result; a result nobody took (its event never reached us) is removed at
 the next round.
 
-Counters of SAs that leave the table are banked in the daemon's Totals, so gateway-wide
-totals never go backwards.
+Every SA that goes (the outbound SA a rekey replaces, an old inbound SA after its grace,
+all of a Child that ends) has its counters read just before, for gateway/daemon/
+traffic.py: the Child's counters carry on over rekeys and nothing it counted is lost.
+
+Offload: what the kernel did is read back into each Installed; `offload = "auto"` that
+got less (no offload on the device, ESN, UDP encapsulation ...) is logged once per Child
+(`child-offload-fallback`, with the device and the reason) and counted per install,
+rekey and move (`offload_fallbacks`, ipsec_child_sa_offload_fallbacks_total).
 """
 
 from __future__ import annotations
@@ -38,13 +44,13 @@ import contextlib
 import errno
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from gateway.control.protocol import ControlError
 from gateway.daemon.feature import EventContext, Feature, Host
 from gateway.daemon.records import ChildRecord, IkeRecord
 from gateway.daemon.report import Logged, Published, endpoint, spi, yes_no
-from gateway.dataplane.base import Counters, DataplaneError, Installed
+from gateway.dataplane.base import ZERO, DataplaneError, Installed
 from ike import events as ev
 from ike.ts import to_cidrs
 
@@ -56,15 +62,24 @@ REKEY_GRACE: Final = 2.0  # an old inbound SA stays this long after its Delete (
 BATCH_NEUTRAL: Final = (ev.ChildSaEstablished, ev.IkeSaEstablished)
 
 
+class Retiring(NamedTuple):
+    """An old inbound SA kept after a rekey, until its Delete + REKEY_GRACE."""
+
+    ike_sa: int
+    sa: Installed
+    child: ChildRecord
+    connection: str
+
+
 class ChildSas(Feature):
     """The data plane's side of every Child SA, and its record in the SA table."""
 
     def __init__(self, daemon: Host) -> None:
         self.d = daemon
         self.dataplane = daemon.dataplane
-        # old inbound SAs kept after a rekey: old spi_in -> (ike_sa, what the data plane
-        # holds of it); removed REKEY_GRACE after their Delete
-        self._retiring: dict[int, tuple[int, Installed]] = {}
+        # old inbound SAs kept after a rekey, by old spi_in; removed REKEY_GRACE after
+        # their Delete
+        self._retiring: dict[int, Retiring] = {}
         # installs done by prepare(): id(event) -> (the event, its result)
         self._prepared: dict[int, tuple[ev.ChildSaEstablished, Installed | DataplaneError]] = {}
         self.batches = 0  # install_many calls (stats: `install_batches`)
@@ -109,8 +124,8 @@ class ChildSas(Feature):
             case ev.ChildSaDeleted():
                 self._deleted(event, ctx)
             case ev.IkeSaDeleted():
-                for old, (ike_sa, _) in list(self._retiring.items()):
-                    if ike_sa == event.ike_sa:
+                for old, entry in list(self._retiring.items()):
+                    if entry.ike_sa == event.ike_sa:
                         self.retire(old)
                 for child in ctx.children:  # normally gone already with ChildSaDeleted
                     assert ctx.sa is not None
@@ -150,7 +165,10 @@ class ChildSas(Feature):
             return ev.ChildSaFailed(
                 e.ike_sa, e.connection, e.child, f"install failed: {exc}", e.time
             )
-        record.children.append(self._record(e, installed))
+        child = self._record(e, installed)
+        self.d.traffic.recorded(child)
+        record.children.append(child)
+        self._offload_result(e.connection, child, installed, None)
         return None
 
     def _replace_duplicate(self, record: IkeRecord, e: ev.ChildSaEstablished) -> bool:
@@ -207,6 +225,8 @@ class ChildSas(Feature):
         if old_record is None or old is None or old.installed is None:
             return False
         in_use = old.sending or old.installed  # whose outbound SA we send on
+        # the outbound SA in use goes when we (the initiator) switch: what it counted
+        sending = self.dataplane.counters(in_use, inbound=False) if e.initiator else ZERO
         try:
             installed = self.dataplane.replace(
                 in_use if e.initiator else old.installed,
@@ -218,14 +238,19 @@ class ChildSas(Feature):
         except DataplaneError as exc:
             self._failed("child-reauth-install-failed", e.connection, e.child, e.spi_in, exc)
             return False
-        gone = self.dataplane.counters(old.installed)
-        sending = self.dataplane.counters(in_use) if e.initiator else Counters()
-        self.bank(Counters(gone.bytes_in, gone.packets_in, sending.bytes_out, sending.packets_out))
-        # the old inbound SA until the old Child SA's ChildSaDeleted (+ grace): kept
-        # under the new IKE SA, so the old IKE SA's end does not cut the grace short
-        self._retiring[old.spi_in] = (e.ike_sa, old.installed)
+        child = self._record(e, installed, None if e.initiator else in_use)
+        child.carried = old.carried  # the Child's counts carry on over its reauthentication
+        self.d.traffic.recorded(child)
         old_record.children.remove(old)
-        record.children.append(self._record(e, installed, None if e.initiator else in_use))
+        record.children.append(child)
+        if e.initiator:
+            self.d.traffic.sa_gone(e.connection, child, sending)
+        # the old inbound SA (it counts for the new Child) until the old Child SA's
+        # ChildSaDeleted (+ grace): kept under the new IKE SA, so the old IKE SA's end does
+        # not cut the grace short
+        self._retiring[old.spi_in] = Retiring(e.ike_sa, old.installed, child, e.connection)
+        child.retiring.append(old.installed)
+        self._offload_result(e.connection, child, installed, old.installed)
         return True
 
     def _record(
@@ -257,8 +282,8 @@ class ChildSas(Feature):
         config = self._config(e.connection, e.child)
         old = child.installed
         in_use = child.sending or old  # whose outbound SA we send on
-        gone = self.dataplane.counters(old)
-        sending = self.dataplane.counters(in_use) if e.outbound else Counters()
+        # the outbound SA in use goes with a rekey we start: what it counted, just before
+        sending = self.dataplane.counters(in_use, inbound=False) if e.outbound else ZERO
         try:
             if e.outbound:
                 installed = self.dataplane.replace(in_use, new, config, keep_old_inbound=True)
@@ -272,16 +297,18 @@ class ChildSas(Feature):
                 self.d.engine_call(self.d.engine.delete_child_sa, e.ike_sa, new.spi_in)
             reason = f"install failed: {exc}"
             return ev.ChildSaFailed(e.ike_sa, e.connection, e.child, reason, e.time)
-        # counters of SAs that leave the record: the old inbound SA's now, the outbound
-        # SA in use when we stop sending on it
-        self.bank(Counters(gone.bytes_in, gone.packets_in, sending.bytes_out, sending.packets_out))
-        self._retiring[e.old_spi_in] = (e.ike_sa, old)
+        if e.outbound:
+            self.d.traffic.sa_gone(e.connection, child, sending)
+        # the old inbound SA stays (and counts) until its Delete + REKEY_GRACE
+        self._retiring[e.old_spi_in] = Retiring(e.ike_sa, old, child, e.connection)
+        child.retiring.append(old)
         child.sending = None if e.outbound else in_use
         child.spi_in, child.spi_out = new.spi_in, new.spi_out
         child.esp_proposal = new.proposal
         child.installed = installed
         child.installed_at = new.time or self.d.clock()
         child.rekey_at, child.expire_at = new.rekey_at, new.expire_at
+        self._offload_result(e.connection, child, installed, old)
         return None
 
     def switch_outbound(self, record: IkeRecord, child: ChildRecord, reason: str) -> None:
@@ -289,14 +316,15 @@ class ChildSas(Feature):
         if child.sending is None or child.installed is None:
             return  # switched already, its install failed, or the Child is gone
         old_spi_out = child.sending.spi_out
-        counters = self.dataplane.counters(child.sending)
+        counters = self.dataplane.counters(child.sending, inbound=False)
         try:
             child.installed = self.dataplane.switch_outbound(child.sending, child.installed)
         except DataplaneError as exc:  # the old outbound SA stays in use
             self._failed("child-switch-failed", record.connection, child.name, child.spi_in, exc)
             return
         child.sending = None
-        self.bank(Counters(0, 0, counters.bytes_out, counters.packets_out))
+        self.d.traffic.sa_gone(record.connection, child, counters)
+        self._offload_result(record.connection, child, child.installed, None)
         self.d.report(
             "child-outbound-switched",
             connection=record.connection,
@@ -317,6 +345,7 @@ class ChildSas(Feature):
             # answering our move) normally has our answer: send on the new SA first
             assert ctx.sa is not None
             self.switch_outbound(ctx.sa, child, "migrating")
+            before = child.installed
             try:
                 child.installed = self.dataplane.migrate(
                     child.installed, e.local[0], e.remote[0], e.encap
@@ -334,6 +363,7 @@ class ChildSas(Feature):
                 )
                 continue
             child.encap = e.encap is not None
+            self._offload_result(e.connection, child, child.installed, before)
         self.d.report(
             "ike-migrated",
             connection=e.connection,
@@ -376,25 +406,61 @@ class ChildSas(Feature):
             message=Published(f"install failed: {exc}"),
         )
 
+    def _offload_result(
+        self, connection: str, child: ChildRecord, now: Installed, before: Installed | None
+    ) -> None:
+        """`auto` got less than asked from the kernel: counted every time (install,
+        rekey, move); logged when the Child's SAs were offloaded before or it is new."""
+        if not now.offload_reason or now.offload != "none":
+            return  # got what was asked (or offload was not asked)
+        key = f"{connection}.{child.name}"
+        fallbacks = self.d.totals.offload_fallbacks
+        fallbacks[key] = fallbacks.get(key, 0) + 1
+        if before is not None and before.offload == "none":
+            return  # in software already: said when it began
+        self.d.report(
+            "child-offload-fallback",
+            logging.WARNING,
+            connection=connection,
+            child=child.name,
+            spi_in=spi(now.spi_in),
+            device=now.offload_dev or "-",
+            reason=repr(now.offload_reason),
+        )
+
     # ------------------------------------------------------------------ removal
 
     def retire(self, spi_in: int) -> None:
-        """Remove an old inbound SA kept after a rekey."""
+        """Remove an old inbound SA kept after a rekey (its counts stay with its Child)."""
         entry = self._retiring.pop(spi_in, None)
         if entry is None:
             return
+        old, child = entry.sa, entry.child
+        if old in child.retiring:
+            child.retiring.remove(old)
+        self.d.traffic.sa_gone(
+            entry.connection, child, self.dataplane.counters(old, outbound=False)
+        )
         try:
-            self.dataplane.retire(entry[1])
+            self.dataplane.retire(old)
         except DataplaneError as exc:
             self.d.report("child-retire-failed", logging.ERROR, spi_in=spi(spi_in), error=exc)
 
     def remove(self, record: IkeRecord, child: ChildRecord) -> None:
-        """The Child SA out of the data plane and the SA table (its counters banked)."""
+        """The Child SA out of the data plane and the SA table; what its SAs counted
+        (read just before they go) goes to its (connection, child) totals."""
         if child in record.children:
             record.children.remove(child)
         if child.installed is None:
             return
-        self.bank(self.counters(child))
+        for old, entry in list(self._retiring.items()):  # in its grace: goes with its Child
+            if entry.child is child:
+                self.retire(old)
+        traffic = self.d.traffic
+        final = self.dataplane.counters(child.installed, outbound=child.sending is None)
+        if child.sending is not None:
+            final = final.plus(self.dataplane.counters(child.sending, inbound=False))
+        traffic.sa_gone(record.connection, child, final)
         try:
             if child.sending is not None:  # a rekey responder still sending on it
                 self.dataplane.remove(child.sending)
@@ -410,6 +476,7 @@ class ChildSas(Feature):
                 error=exc,
             )
         child.installed = None
+        traffic.child_ended(record.connection, child)
 
     def stop(self) -> None:
         for record in list(self.d.sas.values()):
@@ -418,42 +485,27 @@ class ChildSas(Feature):
         for old in list(self._retiring):
             self.retire(old)
 
-    # ------------------------------------------------------------------ counters
-
-    def bank(self, counters: Counters) -> None:
-        """Counters of SAs that are gone, so gateway-wide totals never go backwards."""
-        t = self.d.totals
-        t.bytes_in += counters.bytes_in
-        t.bytes_out += counters.bytes_out
-        t.packets_in += counters.packets_in
-        t.packets_out += counters.packets_out
-
-    def counters(self, c: ChildRecord) -> Counters:
-        """A Child's counters: inbound of its newest SA, outbound of the one in use."""
-        if c.installed is None:
-            return Counters()
-        counters = self.dataplane.counters(c.installed)
-        if c.sending is None:
-            return counters
-        out = self.dataplane.counters(c.sending)
-        return Counters(counters.bytes_in, counters.packets_in, out.bytes_out, out.packets_out)
+    # ------------------------------------------------------------------ rows
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
-        counters = self.counters(child) if child.installed else Counters()
+        installed = child.installed
+        if installed is None:
+            return {"offload": "none", "offload_dev": None, "offload_reason": ""}
         return {
-            "offload": child.installed.offload if child.installed else "none",
-            "bytes_in": counters.bytes_in,
-            "bytes_out": counters.bytes_out,
-            "packets_in": counters.packets_in,
-            "packets_out": counters.packets_out,
+            "offload": installed.offload,
+            "offload_dev": installed.offload_dev,
+            "offload_reason": installed.offload_reason,
         }
 
     def packets_in(self, record: IkeRecord, child: ChildRecord) -> int:
-        return self.dataplane.counters(child.installed).packets_in if child.installed else 0
+        if child.installed is None:
+            return 0
+        return self.dataplane.counters(child.installed, outbound=False).packets_in
 
     def stats(self) -> Mapping[str, Any]:
         return {
             "dataplane": self.dataplane.name,
             "xfrm_errors": self.dataplane.errors(),
             "install_batches": self.batches,
+            "offload_fallbacks": dict(self.d.totals.offload_fallbacks),
         }

@@ -16,6 +16,7 @@ order `Daemon.__init__` registers them in, then to the control requests waiting 
 
     children   the Child SAs in the data plane and in the SA table (children.py)
     xdp        their slots in the XDP/TC programs, with [gateway.xdp] (xdpslots.py)
+    traffic    their counters: one read per interval, what SAs that go counted (traffic.py)
     ike_sas    the IKE SAs in the SA table (ike_sas.py; the records: records.py)
     vips       the virtual-IP pools, the engine's AddressAssigner (vips.py)
     eap_users  the EAP users file, the engine's EapSecrets (eapusers.py)
@@ -73,6 +74,7 @@ from gateway.daemon.report import Reporter, endpoint
 from gateway.daemon.retries import Retries
 from gateway.daemon.roaming import Roaming
 from gateway.daemon.tally import Tally
+from gateway.daemon.traffic import Traffic
 from gateway.daemon.traps import Traps
 from gateway.daemon.tunnels import KernelFactory, Tunnels, kernel_tunnels
 from gateway.daemon.updown import Updown
@@ -174,6 +176,7 @@ class Daemon:
         self._exporter: Any = None
         self._background: set[asyncio.Task[Any]] = set()
         # the feature managers, in the order they see each engine event
+        self.traffic = Traffic(self)
         self.children = ChildSas(self)
         self.xdp_slots = XdpSlots(self, self.xdp) if self.xdp is not None else None
         self.ike_sas = IkeSas(self.sas)
@@ -192,6 +195,7 @@ class Daemon:
             for f in (
                 self.children,
                 self.xdp_slots,
+                self.traffic,
                 self.ike_sas,
                 self.vips,  # after ike_sas: a released address is gone from the SA's row
                 self.eap_users,
@@ -450,6 +454,11 @@ class Daemon:
 
     def sa_changes(self, since: dict[str, Any] | None) -> dict[str, Any]:
         return backend.sa_changes(self, since)
+
+    async def fresh_counters(self) -> None:
+        """The control API's list-sas and stats: counters of a read at most
+        counters_interval old (a new read runs off the loop: gateway/daemon/traffic.py)."""
+        await self.traffic.refresh()
 
     def stats(self) -> dict[str, Any]:
         return backend.stats(self)

@@ -17,7 +17,7 @@ does nothing, so a feature writes only what it uses.
 A feature sees the daemon as a `Host` (below): the services of the core (report,
 engine calls, the pump, timers, waiters) and the small public interface of each other
 feature it works with (`ChildSaApi`, `TrapApi`, `RetryApi`, `ActionApi`, `TallyApi`,
-`TunnelApi`),
+`TunnelApi`, `TrafficApi`),
 so no feature imports the core or another feature's class.
 
 A new feature (route-based tunnels, updown hooks, offload, per-SA counters,
@@ -100,11 +100,6 @@ class ChildSaApi(Protocol):
         """An old inbound SA kept after its rekey (its ChildSaDeleted is no Child's end)."""
         ...
 
-    def counters(self, c: ChildRecord) -> Counters:
-        """A Child's data-plane counters: inbound of its newest SA, outbound of the one
-        in use."""
-        ...
-
 
 class TrapApi(Protocol):
     def sync(self) -> None: ...
@@ -147,6 +142,26 @@ class TunnelApi(Protocol):
 class TallyApi(Protocol):
     @property
     def histogram(self) -> Any: ...
+
+
+class TrafficApi(Protocol):
+    """gateway/daemon/traffic.py: per-SA counters, and what SAs that go counted."""
+
+    async def refresh(self) -> None: ...
+
+    def recorded(self, child: ChildRecord) -> None: ...
+
+    def child(self, c: ChildRecord) -> Counters: ...
+
+    def sa_gone(self, connection: str, child: ChildRecord, counters: Counters) -> None: ...
+
+    def child_ended(self, connection: str, child: ChildRecord) -> None: ...
+
+    def slot_released(self, connection: str, child: str, counters: Any) -> None: ...
+
+    def gone_total(self) -> Counters: ...
+
+    def slot_row(self, c: ChildRecord) -> dict[str, int] | None: ...
 
 
 class Host(Protocol):
@@ -194,6 +209,8 @@ class Host(Protocol):
     def tally(self) -> TallyApi: ...
     @property
     def tunnels(self) -> TunnelApi: ...
+    @property
+    def traffic(self) -> TrafficApi: ...
 
     def report(self, event: str, level: int = ..., /, **fields: Any) -> None:
         """Log and publish (gateway/daemon/report.py)."""

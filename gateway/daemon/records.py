@@ -9,7 +9,8 @@ The records are the one model every feature manager reads. Who writes what:
                   children.py: a Child SA is recorded once it is installed), its
                   `xdp_slot` by gateway/daemon/xdpslots.py
     Totals        counted by the feature whose event it is (gateway/daemon/tally.py for
-                  the engine's events, children.py for traffic of SAs that are gone)
+                  the engine's events, children.py for install failures and offload
+                  fallbacks); traffic of Child SAs that are gone: gateway/daemon/traffic.py
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from gateway.dataplane.base import Installed
+from gateway.dataplane.base import Counters, Installed
 
 
 @dataclass(slots=True)
@@ -42,6 +42,13 @@ class ChildRecord:
     # rekey responder: the older SA whose outbound SA is still in use until the engine's
     # ChildSaOutboundSwitched (`installed` then has its inbound SA only)
     sending: Installed | None = None
+    # old inbound SAs kept after a rekey until their Delete + REKEY_GRACE (children.py)
+    retiring: list[Installed] = field(default_factory=list)
+    # what the Child's SAs that are gone counted (read as each one went: traffic.py)
+    carried: Counters = field(default_factory=Counters)
+    # counter reads started before this Child was recorded: their tables may hold a
+    # slot's previous user, so its counters come from later reads only (traffic.py)
+    counter_epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -96,11 +103,9 @@ class Totals:
     ike_rekeys: int = 0
     install_failures: int = 0
     engine_errors: int = 0  # exceptions out of the engine on network input (a bug)
-    # counters of SAs that are gone, so gateway-wide totals never go backwards
-    bytes_in: int = 0
-    bytes_out: int = 0
-    packets_in: int = 0
-    packets_out: int = 0
+    # installs/rekeys/moves where offload = "auto" got less from the kernel, per
+    # "connection.child"
+    offload_fallbacks: dict[str, int] = field(default_factory=dict)
 
 
 class SaTable(dict[int, IkeRecord]):

@@ -6,11 +6,15 @@ programs (gateway/dataplane/xdp.py) and takes it back.
     ChildSaRekeyed      the new SPIs join the Child's slot (its counters carry on); the
                         old SPIs leave it with the old inbound SA, REKEY_GRACE after its
                         Delete
-    ChildSaDeleted      the SPIs (with the Child's last SA: the slot) go
-    IkeSaDeleted        whatever the IKE SA still had, gone
+    ChildSaDeleted      an old SA's SPIs go; the Child's current SA: the Child ends,
+                        every SPI of its slot goes with the slot, whose final counts
+                        go to gateway/daemon/traffic.py
+    IkeSaDeleted        whatever the IKE SA still had, gone (final counts kept too)
 
-list-sas shows each Child SA's slot and the programs' counters for it (`xdp`), `stats`
-the programs' verdict counters, and DPD counts the ESP packets they saw arrive.
+list-sas shows each Child SA's slot and the programs' counters for it (`xdp`) and the
+CPU its ESP is steered to (`cpu`); `stats` the programs' verdict counters (`xdp`), the
+ESP steered per CPU (`xdp_steered`) and the slot space (`xdp_slots`); DPD counts the
+ESP packets they saw arrive.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from gateway.daemon.records import ChildRecord, IkeRecord
 from ike import events as ev
 
 if TYPE_CHECKING:
-    from gateway.dataplane.xdp import XdpAdapter
+    from gateway.dataplane.xdp import SlotFinal, XdpAdapter
 
 
 class XdpSlots(Feature):
@@ -55,16 +59,23 @@ class XdpSlots(Feature):
                     self._old[event.old_spi_in] = event.ike_sa
             case ev.ChildSaDeleted():
                 if self._old.pop(event.spi_in, None) is not None:
-                    self.d.later(self.d.rekey_grace, self.adapter.child_deleted, event.spi_in)
-                else:
-                    self.adapter.child_deleted(event.spi_in)
+                    self.d.later(self.d.rekey_grace, self._deleted, event.spi_in)
+                else:  # the Child ends: its slot (with any old SPI in its grace) goes
+                    self._released(self.adapter.child_ended(event.spi_in))
             case ev.IkeSaDeleted():
                 for old, ike_sa in list(self._old.items()):
                     if ike_sa == event.ike_sa:
                         del self._old[old]
-                        self.adapter.child_deleted(old)
                 for child in ctx.children:
-                    self.adapter.child_deleted(child.spi_in)
+                    self._released(self.adapter.child_ended(child.spi_in))
+
+    def _deleted(self, spi_in: int) -> None:
+        """An old SA's grace is over: its SPIs leave the slot (the Child lives on)."""
+        self._released(self.adapter.child_deleted(spi_in))
+
+    def _released(self, final: SlotFinal | None) -> None:
+        if final is not None:
+            self.d.traffic.slot_released(final.connection, final.child, final.counters)
 
     def _lan_prefixes(self, connection: str, child: str) -> tuple[str, ...] | None:
         """A route-based Child's routes stand for its selectors (which may be 0.0.0.0/0)."""
@@ -82,11 +93,19 @@ class XdpSlots(Feature):
             self.adapter.child_deleted(spi_in)
 
     def child_row(self, child: ChildRecord) -> Mapping[str, Any]:
-        # the XDP/TC programs' per-slot counters (docs/bpf.md)
-        return {"xdp": self.adapter.child_counters(child.spi_in)}
+        # the XDP/TC programs' per-slot counters (docs/bpf.md) and the steering CPU
+        return {
+            "xdp": self.d.traffic.slot_row(child),  # from the last counter read
+            "cpu": self.adapter.slot_cpu(child.spi_in),
+        }
 
     def stats(self) -> Mapping[str, Any]:
-        return {"xdp": self.adapter.verdict_rows()}
+        return {
+            "xdp": self.adapter.verdict_rows(),
+            "xdp_steered": {str(cpu): n for cpu, n in self.adapter.steered().items()},
+            "xdp_slots": self.adapter.slot_usage(),
+            "mss_clamped": self.adapter.mss_clamped(),
+        }
 
     def packets_in(self, record: IkeRecord, child: ChildRecord) -> int:
         xdp = self.adapter.child_counters(child.spi_in)

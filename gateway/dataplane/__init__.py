@@ -20,11 +20,9 @@ if TYPE_CHECKING:
     from gateway.xfrm.manager import OwnedRange
 
 
-def make_dataplane(
-    kind: str, *, offload_dev: str | None = None, owned: OwnedRange | None = None
-) -> Dataplane:
+def make_dataplane(kind: str, *, owned: OwnedRange | None = None) -> Dataplane:
     if kind == "none":
         return NoneDataplane()
     if kind == "xfrm":
-        return XfrmDataplane(offload_dev=offload_dev, owned=owned)
+        return XfrmDataplane(owned=owned)
     raise DataplaneError(f"unknown data plane {kind!r}")

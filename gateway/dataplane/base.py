@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from gateway.errors import GatewayError
 
@@ -56,22 +56,62 @@ class DataplaneError(GatewayError):
         self.errno = errno
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
+class Counters(NamedTuple):
+    """Traffic and error counters of one SA, a Child SA or a (connection, child); the
+    errors are the inbound states' drops (`ip -s xfrm state`: replay-window, replay,
+    failed). A tuple: a scrape of 100,000 Child SAs makes several per Child."""
+
     bytes_in: int = 0
     packets_in: int = 0
     bytes_out: int = 0
     packets_out: int = 0
+    replay_errors: int = 0  # replayed (already seen) packets dropped
+    replay_window_errors: int = 0  # packets too old for the replay window dropped
+    integrity_failures: int = 0  # packets whose ICV check failed dropped
+
+    def plus(self, o: Counters) -> Counters:
+        """Field by field sum (`+` stays the tuple's concatenation)."""
+        return Counters(
+            self[0] + o[0],
+            self[1] + o[1],
+            self[2] + o[2],
+            self[3] + o[3],
+            self[4] + o[4],
+            self[5] + o[5],
+            self[6] + o[6],
+        )
+
+    def beyond(self, o: Counters) -> Counters:
+        """What `self` counted beyond `o` (never below 0 per field)."""
+        return Counters(*(max(0, a - b) for a, b in zip(self, o, strict=True)))
+
+    def traffic(self) -> Counters:
+        """Only the traffic fields (errors 0)."""
+        return Counters(self[0], self[1], self[2], self[3])
+
+    def errors(self) -> Counters:
+        """Only the error fields (traffic 0)."""
+        return Counters(0, 0, 0, 0, self[4], self[5], self[6])
+
+    def as_dict(self) -> dict[str, int]:
+        return self._asdict()
+
+
+ZERO: Final = Counters()
 
 
 @dataclass(slots=True)
 class Installed:
-    """A Child SA as the data plane holds it. `handle` is the implementation's own."""
+    """A Child SA as the data plane holds it. `handle` is the implementation's own.
+    `offload` is what the kernel really does (read back), `offload_dev` the device it
+    was asked on and `offload_reason` why it got less than asked ("" when it did not)."""
 
     spi_in: int
     spi_out: int
     offload: str = "none"  # "none" | "crypto" | "packet"
     handle: Any = field(default=None, repr=False)
+    offload_dev: str | None = None
+    offload_reason: str = ""
 
 
 class Dataplane(Protocol):
@@ -121,7 +161,20 @@ class Dataplane(Protocol):
 
     def remove(self, installed: Installed) -> None: ...
 
-    def counters(self, installed: Installed) -> Counters: ...
+    def counters(
+        self, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
+        """Read now (for an SA about to go): its inbound and/or outbound state."""
+
+    def read_counters(self) -> Any:
+        """Every SA's counters in ONE read (XFRM: one GETSA dump): a table for
+        counters_in(). Safe to call from another thread (the daemon runs it off its event
+        loop), one call at a time; nothing else here is."""
+
+    def counters_in(
+        self, table: Any, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
+        """An SA's counters looked up in a read_counters() table (missing: 0)."""
 
     def errors(self) -> dict[str, int]:
         """Kernel error counters (xfrm_stat), empty when there is no kernel data plane."""

@@ -9,7 +9,7 @@ kernel ESP.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.dataplane.base import (
     AcquireHandler,
@@ -77,7 +77,17 @@ class NoneDataplane:
     def remove(self, installed: Installed) -> None:
         self.installed.pop(installed.spi_in, None)
 
-    def counters(self, installed: Installed) -> Counters:
+    def counters(
+        self, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
+        return Counters()
+
+    def read_counters(self) -> Any:
+        return {}
+
+    def counters_in(
+        self, table: Any, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
         return Counters()
 
     def errors(self) -> dict[str, int]:

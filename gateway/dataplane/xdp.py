@@ -32,6 +32,18 @@ the loader then counts it through its fallback hash map (correct, one lookup slo
 
 The tunnel MTU for the clamp comes from bpf/mtu.py: the WAN interface's MTU minus the
 real overhead of the negotiated ESP suite, outer IP version and UDP encapsulation.
+
+Settings from `[gateway.xdp]` (docs/config.md): ESP steering to a CPU set, unknown-SPI
+drop and the IKE_SA_INIT shield go to the loader at attach and again on a reload
+(`update_settings`); `max_child_sas` sets the slot space (2**slot_bits slots, up to
+2**20). When every slot is taken a new Child SA cannot be counted: the engine answers
+its peer TEMPORARY_FAILURE (RFC 7296 §2.9), and that is logged (`xdp-slots-exhausted`,
+once per run of refusals) and counted (`exhausted`, ipsec_xdp_slot_exhausted_total).
+
+Counters: a Child SA's slot counts its ESP from its first SA to its last, rekeys
+included. `slot_table()` reads every slot in one bpf(2) call (the daemon calls it off
+its event loop, gateway/daemon/traffic.py); `child_ended()` reads a Child's slot one
+last time before it is released, so nothing it counted is lost.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -96,6 +109,23 @@ class XdpLoader(Protocol):
 
     def slot_counters(self, slot: int) -> Any: ...
 
+    def slot_counters_bulk(self, upto: int | None = None) -> Any:
+        """bpf.loader.SlotTable of slots 0 .. upto-1 in one read. Called from a thread
+        of its own (never two at once): it must not touch what the other methods
+        change."""
+
+    def slot_cpu(self, slot: int) -> int | None: ...
+
+    def steered(self) -> dict[int, int]: ...
+
+    def update_settings(
+        self,
+        *,
+        drop_unknown_spi: bool | None = None,
+        ike_shield: Any = False,
+        steer_cpus: Sequence[int] | None = None,
+    ) -> None: ...
+
     def verdicts(self) -> Sequence[Any]: ...
 
     def mss_clamped(self) -> dict[str, int]: ...
@@ -109,7 +139,58 @@ def bcc_loader(config: XdpConfig) -> XdpLoader:
     from bpf.loader import AttachedPrograms
 
     clamp: bool | int = False if config.mss_clamp is None else config.mss_clamp
-    return AttachedPrograms(config.wan_interface, config.lan_interface, mss_clamp=clamp)
+    return AttachedPrograms(
+        config.wan_interface,
+        config.lan_interface,
+        mss_clamp=clamp,
+        slot_bits=config.slot_bits,
+        nic_decrypts=nic_decrypts(config.wan_interface),
+        **runtime_settings(config),
+    )
+
+
+def runtime_settings(config: XdpConfig) -> dict[str, Any]:
+    """The loader settings a reload can change in place: unknown-SPI drop, the
+    IKE_SA_INIT shield (bpf.loader.IkeShield, None: off) and the steering CPU set."""
+    from bpf.loader import IkeShield
+
+    shield = None
+    if config.ike_init_rate is not None or config.ike_init_budget is not None:
+        shield = IkeShield(
+            rate=config.ike_init_rate,
+            burst=config.ike_init_burst or _one_second(config.ike_init_rate),
+            budget_rate=config.ike_init_budget,
+            budget_burst=config.ike_init_budget_burst or _one_second(config.ike_init_budget),
+        )
+    return {
+        "drop_unknown_spi": config.drop_unknown_spi,
+        "ike_shield": shield,
+        "steer_cpus": steer_cpu_set(config.steer_cpus),
+    }
+
+
+def steer_cpu_set(cpus: tuple[int, ...] | str) -> tuple[int, ...]:
+    """The steering CPU set: "all" = every CPU this process may run on."""
+    if isinstance(cpus, str):  # "all" (the reader accepts no other word)
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return cpus
+
+
+def nic_decrypts(wan: str | None) -> bool:
+    """The WAN NIC decrypts ESP itself (esp-hw-offload on): its ESP is never steered
+    (steering would only move already decrypted packets)."""
+    if wan is None:
+        return False
+    from gateway.xfrm.offload import offload_capabilities
+
+    try:
+        return offload_capabilities(wan).crypto_enabled
+    except GatewayError:  # no ethtool, or it cannot tell: assume not
+        return False
+
+
+def _one_second(rate: float | None) -> int:
+    return max(1, math.ceil(rate or 1))
 
 
 # --------------------------------------------------------------------------- SPIs
@@ -119,7 +200,16 @@ class SlotSpis:
     """The engine's inbound SPI allocator (ike.engine.InboundSpiAllocator) for XDP:
     every SPI carries a counter slot in its low bits (bpf/spi.py)."""
 
-    __slots__ = ("_slots", "_holds", "_by_slot", "_random", "slot_bits", "share")
+    __slots__ = (
+        "_slots",
+        "_holds",
+        "_by_slot",
+        "_random",
+        "slot_bits",
+        "share",
+        "exhausted",
+        "_refusing",
+    )
 
     def __init__(
         self,
@@ -130,15 +220,19 @@ class SlotSpis:
         """`share` = (worker index, workers): slots and SPIs equal to the index modulo
         the number of workers (bpf/spi.py), so workers sharing the programs never
         collide."""
-        from bpf.abi import SLOT_BITS_DEFAULT
+        from bpf.abi import SLOT_BITS_DEFAULT, SLOT_BITS_MAX
         from bpf.spi import SlotAllocator
 
         self.slot_bits = SLOT_BITS_DEFAULT if slot_bits is None else slot_bits
+        if not 1 <= self.slot_bits <= SLOT_BITS_MAX:
+            raise XdpError(f"slot bits {self.slot_bits} out of range 1..{SLOT_BITS_MAX}")
         self.share = share
         self._slots = SlotAllocator(self.slot_bits, first=share[0], stride=share[1])
         self._holds: dict[int, int] = {}  # slot -> live SPIs + registered Child SA
         self._by_slot: dict[int, set[int]] = {}  # slot -> live SPIs made in it
         self._random = random
+        self.exhausted = 0  # Child SAs refused because every slot was taken
+        self._refusing = False  # refusing since the last slot was handed out
 
     def allocate(self, replaces: int | None = None) -> int:
         from bpf.spi import make_inbound_spi
@@ -182,9 +276,28 @@ class SlotSpis:
         try:
             slot = self._slots.allocate()
         except SpiError:
+            self.exhausted += 1
+            if not self._refusing:  # one line per run of refusals, not one per peer
+                self._refusing = True
+                log.warning(
+                    "event=xdp-slots-exhausted capacity=%d detail=new Child SAs get "
+                    "TEMPORARY_FAILURE until one goes (raise [gateway.xdp] max_child_sas)",
+                    self.capacity,
+                )
             raise SpiExhausted(f"all {len(self._slots)} XDP counter slots are in use") from None
+        self._refusing = False
         self._holds[slot] = 1
         return slot
+
+    @property
+    def capacity(self) -> int:
+        """Slots of this share (a worker's: every `workers`-th slot)."""
+        return self._slots.capacity
+
+    @property
+    def end(self) -> int:
+        """One past the highest slot handed out so far (a bulk read covers 0 .. end-1)."""
+        return self._slots.end
 
     def hold(self, slot: int) -> None:
         self._holds[slot] += 1
@@ -224,6 +337,15 @@ class XdpChild:
     slot: int
 
 
+@dataclass(frozen=True, slots=True)
+class SlotFinal:
+    """What a Child SA's slot counted over its whole life, read just before release."""
+
+    connection: str
+    child: str
+    counters: Any  # bpf.loader.SlotCounters
+
+
 class XdpAdapter:
     """The XDP/TC programs driven by the daemon's engine events."""
 
@@ -236,7 +358,8 @@ class XdpAdapter:
         link_mtu: Callable[[str], int] | None = None,
     ) -> None:
         self.config = config
-        self.spis = spis if spis is not None else SlotSpis()  # (an empty one is falsy)
+        # (an empty one is falsy)
+        self.spis = spis if spis is not None else SlotSpis(config.slot_bits)
         self._make_loader = loader
         self._link_mtu = link_mtu or interface_mtu
         self._dp: XdpLoader | None = None
@@ -279,12 +402,17 @@ class XdpAdapter:
             raise XdpError(str(exc)) from None
         self._dp = dp
         log.info(
-            "event=xdp-attached wan=%s lan=%s mss_clamp=%s wan_mtu=%d attachments=%s",
+            "event=xdp-attached wan=%s lan=%s mss_clamp=%s wan_mtu=%d attachments=%s "
+            "steer_cpus=%s drop_unknown_spi=%s shield=%s slots=%d",
             self.config.wan_interface or "-",
             self.config.lan_interface or "-",
             "off" if self.config.mss_clamp is None else self.config.mss_clamp,
             self.wan_mtu,
             ",".join(f"{kind}:{ifname}:{how}" for kind, ifname, how in dp.attachments()),
+            ",".join(map(str, steer_cpu_set(self.config.steer_cpus))) or "off",
+            "yes" if self.config.drop_unknown_spi else "no",
+            _shield_text(self.config),
+            self.spis.capacity,
         )
 
     def close(self) -> None:
@@ -369,18 +497,21 @@ class XdpAdapter:
             return None
         return XdpChild(child.slot)
 
-    def child_deleted(self, spi_in: int) -> None:
-        """One SA gone: its SPIs go; with the Child's last SA, its prefixes and slot."""
+    def child_deleted(self, spi_in: int) -> SlotFinal | None:
+        """One SA gone: its SPIs go; with the Child's last SA, its prefixes and slot
+        (then the slot's final counters are returned)."""
         from bpf.loader import BpfError
 
         child = self._by_spi.pop(spi_in, None)
         if child is None or self._dp is None:
-            return
+            return None
         spi_out = child.spis.pop(spi_in)
+        final = None
         try:
             if child.spis:
                 self._dp.remove_child_sa_spis(spi_in=spi_in, spi_out=spi_out)
-                return
+                return None
+            final = SlotFinal(child.connection, child.child, self._dp.slot_counters(child.slot))
             self._dp.remove_child_sa(
                 child.slot, spi_in=spi_in, spi_out=spi_out, remote_ts=child.remote
             )
@@ -394,6 +525,18 @@ class XdpAdapter:
             )
         if not child.spis:
             self.spis.drop(child.slot)
+        return final
+
+    def child_ended(self, spi_in: int) -> SlotFinal | None:
+        """The Child SA of `spi_in` is gone for good: every SPI it still has in its slot
+        (an old SA in its rekey grace too) goes with the slot; its final counters."""
+        child = self._by_spi.get(spi_in)
+        if child is None:
+            return None
+        final = None
+        for spi in list(child.spis):
+            final = self.child_deleted(spi) or final
+        return final
 
     # counters --------------------------------------------------------------------------
 
@@ -413,6 +556,59 @@ class XdpAdapter:
         if child is None or self._dp is None:
             return None
         return {"slot": child.slot, **dataclasses.asdict(self._dp.slot_counters(child.slot))}
+
+    def slot_cpu(self, spi_in: int) -> int | None:
+        """The CPU the Child SA's ESP is steered to (None: not steered)."""
+        child = self._by_spi.get(spi_in)
+        if child is None or self._dp is None:
+            return None
+        return self._dp.slot_cpu(child.slot)
+
+    def slot_table(self, upto: int) -> Any:
+        """Every slot's counters up to `upto` (bpf.loader.SlotTable) in one read. Runs in
+        a thread off the event loop: touches nothing but the loader's map read."""
+        dp = self._dp
+        if dp is None or upto <= 0:
+            return None
+        from bpf.loader import BpfError
+
+        try:
+            return dp.slot_counters_bulk(upto)
+        except BpfError as exc:
+            raise XdpError(f"reading the XDP slot counters: {exc}") from None
+
+    def steered(self) -> dict[int, int]:
+        """ESP packets redirected per CPU (ipsec_xdp_steered_packets_total{cpu})."""
+        return self._dp.steered() if self._dp is not None else {}
+
+    def slot_usage(self) -> dict[str, int]:
+        """`stats.xdp_slots`: slots in use, this process's capacity, Child SAs refused
+        for want of a slot."""
+        return {
+            "used": len(self.spis),
+            "capacity": self.spis.capacity,
+            "exhausted": self.spis.exhausted,
+        }
+
+    def update_settings(self, config: XdpConfig) -> None:
+        """A reload: steering, unknown-SPI drop and the shield take effect at once (the
+        interfaces, MSS clamp and slot space need a restart)."""
+        from bpf.loader import BpfError
+
+        if self._dp is None:
+            self.config = config
+            return
+        try:
+            self._dp.update_settings(**runtime_settings(config))
+        except BpfError as exc:
+            raise XdpError(f"[gateway.xdp]: {exc}") from None
+        self.config = config
+        log.info(
+            "event=xdp-settings-changed steer_cpus=%s drop_unknown_spi=%s shield=%s",
+            ",".join(map(str, steer_cpu_set(config.steer_cpus))) or "off",
+            "yes" if config.drop_unknown_spi else "no",
+            _shield_text(config),
+        )
 
     def verdict_rows(self) -> list[dict[str, Any]]:
         """`stats.xdp` rows and ipsec_xdp_packets_total{interface,action,reason}."""
@@ -551,6 +747,18 @@ def _held_signals(step: Callable[[], None], undo: Callable[[], None]) -> None:
     if held:
         undo()
         raise SystemExit(128 + held[0])
+
+
+def _shield_text(config: XdpConfig) -> str:
+    """The IKE_SA_INIT shield as a log value: per-source rate/burst and the budget."""
+    parts = []
+    if config.ike_init_rate is not None:
+        burst = config.ike_init_burst or _one_second(config.ike_init_rate)
+        parts.append(f"{config.ike_init_rate:g}/s:{burst}")
+    if config.ike_init_budget is not None:
+        burst = config.ike_init_budget_burst or _one_second(config.ike_init_budget)
+        parts.append(f"budget:{config.ike_init_budget:g}/s:{burst}")
+    return ",".join(parts) or "off"
 
 
 def _prefixes(selectors: Sequence[Any]) -> tuple[str, ...]:

@@ -7,6 +7,18 @@ installs trap policies, reports kernel EXPIRE/ACQUIRE events, and at start remov
 leftovers of a previous run (objects in our reqid range only). `child_sa_spec` and
 `trap_sa_spec` are the pure translations of an engine event / a trap into the XFRM
 backend's ChildSaSpec.
+
+Offload (docs/xfrm.md "Offload"): each Child config's `offload` is asked on every install,
+rekey and migration, on its `offload_interface` or else the device the route to the peer
+uses (with the Child's `set_mark_out`); what the kernel did is read back into
+`Installed.offload` (`offload_reason` says why `auto` got less). A refused `crypto` or
+`packet` is a DataplaneError naming the device and the kernel's reason.
+
+Counters: `read_counters()` is ONE GETSA dump of every state (on a netlink socket of its
+own, so the daemon runs it in a thread off its event loop) and `counters_in()` looks a
+Child's states up in it; `counters()` reads one Child now (two GETSA, for an SA about to
+go). A state the kernel removed at its hard lifetime keeps its final counts from the
+EXPIRE message until the daemon removes the Child, so no read loses them.
 """
 
 from __future__ import annotations
@@ -40,13 +52,7 @@ class XfrmDataplane:
 
     name = "xfrm"
 
-    def __init__(
-        self,
-        *,
-        offload_dev: str | None = None,
-        netns: str | None = None,
-        owned: OwnedRange | None = None,
-    ) -> None:
+    def __init__(self, *, netns: str | None = None, owned: OwnedRange | None = None) -> None:
         from gateway.xfrm import XfrmError, XfrmManager
         from gateway.xfrm.manager import OwnedRange
 
@@ -56,9 +62,11 @@ class XfrmDataplane:
             self.manager = XfrmManager(netns=netns, owned=owned or OwnedRange())
         except (XfrmError, OSError) as exc:
             raise DataplaneError(f"cannot open the XFRM netlink socket: {exc}") from None
-        self.offload_dev = offload_dev
         self._watcher: asyncio.Task[None] | None = None
         self._traps: dict[TrapKey, Any] = {}  # key -> the trap's ChildSaSpec
+        # (daddr, SPI) -> final SaCounters of a state the kernel removed (hard expiry)
+        self._finals: dict[tuple[bytes, int], Any] = {}
+        self._reader: Any = None  # XfrmManager of read_counters() (its thread only)
 
     def start(self) -> None:
         try:
@@ -77,12 +85,12 @@ class XfrmDataplane:
         # under its trap's reqid: the kernel's larval state of the ACQUIRE goes, and the
         # trap's out policies are shared (they stay when the SA goes)
         reqid = trap.reqid if trap is not None else self.manager.allocate_reqid()
-        spec = child_sa_spec(child, config, reqid, self.offload_dev)
+        spec = child_sa_spec(child, config, reqid)
         try:
             result = self.manager.install(spec)
         except self._error_type as exc:
             raise DataplaneError(str(exc), exc.errno) from None
-        return Installed(child.spi_in, child.spi_out, result.offload, result)
+        return _installed(result)
 
     def install_many(
         self, children: Sequence[tuple[ChildSaEstablished, ChildSection | None]]
@@ -97,7 +105,7 @@ class XfrmDataplane:
             trap = self._traps.get((child.connection, child.child))
             reqid = trap.reqid if trap is not None else self.manager.allocate_reqid()
             try:
-                spec = child_sa_spec(child, config, reqid, self.offload_dev)
+                spec = child_sa_spec(child, config, reqid)
             except DataplaneError as exc:
                 results[i] = exc
                 continue
@@ -118,7 +126,7 @@ class XfrmDataplane:
                 results[i] = (
                     DataplaneError(str(result), result.errno)
                     if isinstance(result, self._error_type)
-                    else Installed(child.spi_in, child.spi_out, result.offload, result)
+                    else _installed(result)
                 )
         return [r for r in results if r is not None]
 
@@ -131,21 +139,21 @@ class XfrmDataplane:
         keep_old_inbound: bool = False,
         switch_outbound: bool = True,
     ) -> Installed:
-        spec = child_sa_spec(child, config, old.handle.spec.reqid, self.offload_dev)
+        spec = child_sa_spec(child, config, old.handle.spec.reqid)
         try:
             result = self.manager.replace(
                 old.handle, spec, keep_old_inbound=keep_old_inbound, outbound=switch_outbound
             )
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
-        return Installed(child.spi_in, child.spi_out, result.offload, result)
+        return _installed(result)
 
     def switch_outbound(self, old: Installed, new: Installed) -> Installed:
         try:
             result = self.manager.switch_outbound(old.handle, new.handle)
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
-        return Installed(new.spi_in, new.spi_out, result.offload, result)
+        return _installed(result)
 
     def retire(self, old: Installed) -> None:
         try:
@@ -167,31 +175,61 @@ class XfrmDataplane:
             )
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
-        return Installed(installed.spi_in, installed.spi_out, installed.offload, result)
+        return _installed(result)
 
     def remove(self, installed: Installed) -> None:
+        spec = installed.handle.spec
+        self._finals.pop((spec.local_packed, spec.spi_in), None)
+        self._finals.pop((spec.remote_packed, spec.spi_out), None)
         try:
             self.manager.delete(installed.handle)
         except self._error_type as exc:
             raise DataplaneError(str(exc)) from None
 
-    def counters(self, installed: Installed) -> Counters:
-        """Each direction read on its own: one may be missing (gone after a hard expiry,
-        or not yet installed at a rekey responder); it then counts 0."""
+    def counters(
+        self, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
+        """Read now, each direction on its own: one may be missing (not yet installed at
+        a rekey responder: 0; removed at its hard lifetime: its final counts)."""
         spec = installed.handle.spec
         found: list[Any] = []
-        for inbound in (True, False):
-            try:
-                found.append(self.manager.read_state(spec, inbound=inbound))
-            except self._error_type:
-                found.append(None)
-        sa_in, sa_out = found
-        return Counters(
-            sa_in.cur_bytes if sa_in else 0,
-            sa_in.cur_packets if sa_in else 0,
-            sa_out.cur_bytes if sa_out else 0,
-            sa_out.cur_packets if sa_out else 0,
-        )
+        for wanted, is_in, key in (
+            (inbound, True, (spec.local_packed, spec.spi_in)),
+            (outbound, False, (spec.remote_packed, spec.spi_out)),
+        ):
+            sa = None
+            if wanted:
+                try:
+                    sa = self.manager.read_state(spec, inbound=is_in).counters
+                except self._error_type:
+                    sa = self._finals.get(key)
+            found.append(sa)
+        return _counters(*found)
+
+    def read_counters(self) -> Any:
+        """Every state's counters in one GETSA dump, keyed (daddr, SPI). On a netlink
+        socket of its own: the daemon calls it from a thread (never two at once)."""
+        from gateway.xfrm import XfrmManager
+
+        try:
+            if self._reader is None:
+                self._reader = XfrmManager(netns=self.manager.netns, owned=self.manager.owned)
+            return self._reader.dump_counters()
+        except (self._error_type, OSError) as exc:
+            raise DataplaneError(f"reading the SA counters: {exc}") from None
+
+    def counters_in(
+        self, table: Any, installed: Installed, *, inbound: bool = True, outbound: bool = True
+    ) -> Counters:
+        """An SA's counters from a read_counters() table (what it lacks counts 0, or its
+        final counts when the kernel removed it at its hard lifetime)."""
+        spec = installed.handle.spec
+        finals = self._finals
+        key_in = (spec.local_packed, spec.spi_in)
+        key_out = (spec.remote_packed, spec.spi_out)
+        sa_in = (table.get(key_in) or finals.get(key_in)) if inbound else None
+        sa_out = (table.get(key_out) or finals.get(key_out)) if outbound else None
+        return _counters(sa_in, sa_out)
 
     def errors(self) -> dict[str, int]:
         return self.manager.xfrm_stat()
@@ -223,6 +261,9 @@ class XfrmDataplane:
 
         def dispatch(event: Any) -> None:
             if isinstance(event, SaExpired) and event.sa.reqid in owned:
+                if event.hard:  # the kernel removed it: keep what it counted
+                    sa = event.sa.counters
+                    self._finals[(sa.daddr, sa.spi)] = sa
                 on_expire(event.sa.spi, event.hard)
             elif isinstance(event, Acquire) and event.reqid in owned:
                 if on_acquire is not None:
@@ -256,17 +297,45 @@ class XfrmDataplane:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self.manager.close()
 
 
-def child_sa_spec(
-    child: ChildSaEstablished, config: ChildSection | None, reqid: int, offload_dev: str | None
-) -> Any:
+def _installed(result: Any) -> Installed:
+    """What the daemon keeps of an InstalledChildSa (offload as the kernel reports it)."""
+    spec = result.spec
+    return Installed(
+        spec.spi_in,
+        spec.spi_out,
+        result.offload,
+        result,
+        offload_dev=result.offload_dev,
+        offload_reason=result.offload_reason,
+    )
+
+
+def _counters(sa_in: Any, sa_out: Any) -> Counters:
+    """Counters of an SA from its inbound and outbound state's SaCounters (or None)."""
+    return Counters(
+        sa_in.bytes if sa_in else 0,
+        sa_in.packets if sa_in else 0,
+        sa_out.bytes if sa_out else 0,
+        sa_out.packets if sa_out else 0,
+        sa_in.replay if sa_in else 0,
+        sa_in.replay_window if sa_in else 0,
+        sa_in.integrity_failed if sa_in else 0,
+    )
+
+
+def child_sa_spec(child: ChildSaEstablished, config: ChildSection | None, reqid: int) -> Any:
     """The XFRM backend's ChildSaSpec for a negotiated Child SA (a pure function).
 
     Byte/packet limits come from the child's config (0: none); time limits are the
-    engine's business, the kernel only gets `life_time` as a hard safety net. Offload is
-    requested only when an offload device is known ([gateway.xdp] wan_interface)."""
+    engine's business, the kernel only gets `life_time` as a hard safety net. Offload as
+    the Child config asks, on its `offload_interface` (None: the route's device, found
+    by the XFRM backend with the `set_mark_out` mark)."""
     from gateway.xfrm import (
         DEFAULT_REPLAY_WINDOW,
         ChildSaSpec,
@@ -286,7 +355,7 @@ def child_sa_spec(
         )
     lifetime = Lifetime()
     replay_window = DEFAULT_REPLAY_WINDOW
-    offload = "no"
+    offload, offload_dev, set_mark = "no", None, None
     if_id_in = if_id_out = None
     if config is not None:
         if_id_in, if_id_out = config.if_id_in, config.if_id_out
@@ -300,7 +369,8 @@ def child_sa_spec(
         )
         if config.replay_window is not None:
             replay_window = config.replay_window
-        offload = config.offload if offload_dev else "no"
+        offload, offload_dev = config.offload, config.offload_interface
+        set_mark = config.set_mark_out
     try:
         return ChildSaSpec(
             local=ipaddress.ip_address(child.local_addr),
@@ -319,6 +389,7 @@ def child_sa_spec(
             esn=child.esn,
             offload=offload,  # type: ignore[arg-type]
             offload_dev=offload_dev if offload != "no" else None,
+            set_mark=set_mark,
             replay_window=replay_window,
             if_id=if_id_in,
             if_id_out=_distinct(if_id_in, if_id_out),
@@ -343,7 +414,7 @@ def installed_spec(
     handle = installed.handle if installed is not None else None
     if isinstance(handle, InstalledChildSa):
         return handle.spec
-    return child_sa_spec(child, config, 0, None)
+    return child_sa_spec(child, config, 0)
 
 
 def trap_sa_spec(trap: TrapSpec, reqid: int) -> Any:

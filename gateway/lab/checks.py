@@ -197,6 +197,28 @@ def prometheus_scrapes(
     return result
 
 
+def prometheus_rules(url: str, deadline: Deadline, group: str = "ipsec-gateway") -> int:
+    """Until Prometheus at `url` has loaded the gateway's alerting rules (deploy/
+    prometheus/ipsec-alerts.yml) and evaluated each without error: their number."""
+
+    def loaded() -> int | None:
+        full = f"{url.rstrip('/')}/api/v1/rules"
+        with urllib.request.urlopen(full, timeout=10) as reply:  # noqa: S310 - our URL
+            groups = json.loads(reply.read())["data"]["groups"]
+        rules = [r for g in groups if g["name"] == group for r in g["rules"]]
+        evaluated = [r for r in rules if r.get("lastEvaluation", "").startswith("2")]
+        if not rules or len(evaluated) < len(rules):
+            return None
+        broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
+        if broken:
+            raise deadline.fail("alerting rules fail to evaluate", "; ".join(broken))
+        return len(rules)
+
+    what = f"the alerting rules of group {group!r} loaded by Prometheus at {url}"
+    result: int = _poll(deadline, what, loaded, _running, _no_logs, interval=1.0)
+    return result
+
+
 def describe(sa: dict[str, Any], child: dict[str, Any]) -> str:
     return (
         f"{sa.get('connection')} {sa.get('state')} {sa.get('local_addr')} <-> "
@@ -213,6 +235,7 @@ __all__ = [
     "esp_counted",
     "established",
     "ping_through",
+    "prometheus_rules",
     "prometheus_scrapes",
     "wait_daemon",
     "wait_tunnel",

@@ -389,7 +389,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         text = f"{args.role}: waiting for Prometheus ({args.prometheus}) to scrape the gateway"
         with pace.step("prometheus", text, 6.0) as d:
             found = checks.prometheus_scrapes(args.prometheus, d, series=series)
+            rules = checks.prometheus_rules(args.prometheus, d)
         _progress(f"check: Prometheus scrapes the gateway: {found}")
+        _progress(f"check: Prometheus evaluates the {rules} alerting rules of ipsec-alerts.yml")
     _progress(f"check: {args.role} ok")
     return 0
 

@@ -30,11 +30,11 @@ _SUMMED: Final = (
 
 def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Gateway-wide stats from the workers' (sums; xfrm_errors are the kernel's, the
-    same in every worker: the largest reading)."""
+    same in every worker: the largest reading; the interface-wide XDP counters are the
+    supervisor's own)."""
     out: dict[str, Any] = {key: sum(int(r.get(key, 0)) for r in rows) for key in _SUMMED}
-    out["ike_sas"] = _sum_dicts(r.get("ike_sas", {}) for r in rows)
-    out["transport"] = _sum_dicts(r.get("transport", {}) for r in rows)
-    out["engine"] = _sum_dicts(r.get("engine", {}) for r in rows)
+    for key in ("ike_sas", "transport", "engine", "offload_fallbacks", "xdp_slots"):
+        out[key] = _sum_dicts(r.get(key, {}) for r in rows)
     # each worker hands out its share of every pool: the shares add up to the pools
     pools: dict[str, dict[str, int]] = {}
     for r in rows:
@@ -42,6 +42,17 @@ def merge_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             pools[name] = _sum_dicts((pools.get(name, {}), states))
     out["pools"] = pools
     out["eap_users"] = max((int(r.get("eap_users", 0)) for r in rows), default=0)
+    # "connection.child" -> counters of its Child SAs that are gone, summed over workers
+    retired: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for name, counters in r.get("retired", {}).items():
+            retired[name] = _sum_dicts((retired.get(name, {}), counters))
+    out["retired"] = retired
+    reads = [r["counter_reads"] for r in rows if "counter_reads" in r]
+    out["counter_reads"] = {
+        "reads": sum(int(c["reads"]) for c in reads),
+        "seconds": sum(float(c["seconds"]) for c in reads),
+    }
     errors: dict[str, int] = {}
     for r in rows:
         for name, value in r.get("xfrm_errors", {}).items():

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import pickle
 import signal
@@ -55,8 +56,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gateway import __version__
-from gateway.config.reload import load_for_reload
-from gateway.config.schema import GatewayConfig
+from gateway.config.reload import gateway_changes, load_for_reload
+from gateway.config.schema import GatewayConfig, configured_children
 from gateway.control.client import ControlClient
 from gateway.control.protocol import (
     FAILED,
@@ -143,7 +144,7 @@ class Supervisor:
             if self.config.gateway.xdp is not None:  # before the workers: they use it
                 adapter = XdpAdapter(self.config.gateway.xdp)
                 adapter.open()  # all or nothing; detached in shutdown()
-                self.xdp = XdpShare(adapter, self.count)
+                self.xdp = XdpShare(adapter, self.count, self.config.gateway.counters_interval)
             self._prepare_tunnels()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stopping.set)
@@ -482,6 +483,9 @@ class Supervisor:
         merged = merge_stats(rows)
         if self.xdp is not None:  # interface-wide counters: read once, here
             merged["xdp"] = self.xdp.adapter.verdict_rows()
+            steered = self.xdp.adapter.steered()
+            merged["xdp_steered"] = {str(cpu): n for cpu, n in steered.items()}
+            merged["mss_clamped"] = self.xdp.adapter.mss_clamped()
         merged["uptime"] = time.time() - self.started_at
         merged["version"] = __version__
         merged["dataplane"] = self._dataplane_name()
@@ -541,8 +545,16 @@ class Supervisor:
         if not replies:
             raise ControlError(FAILED, "no worker is running")
         result = dict(replies[0][1])
-        result["restart_needed"] = new.gateway != self.config.gateway
-        self.config = GatewayConfig(self.config.gateway, new.connections, new.source, new.pools)
+        restart_needed, xdp_changed = gateway_changes(self.config.gateway, new.gateway)
+        result["restart_needed"] = restart_needed
+        gateway = self.config.gateway
+        if xdp_changed and self.xdp is not None and new.gateway.xdp is not None:
+            try:  # the programs are the supervisor's: it applies steering, drop, shield
+                self.xdp.adapter.update_settings(new.gateway.xdp)
+                gateway = dataclasses.replace(gateway, xdp=new.gateway.xdp)
+            except GatewayError as exc:
+                log.error("event=xdp-settings-failed error=%s", exc)
+        self.config = GatewayConfig(gateway, new.connections, new.source, new.pools)
         log.info(
             "event=config-reloaded added=%s removed=%s changed=%s unchanged=%d",
             ",".join(result.get("added", [])) or "-",
@@ -568,32 +580,16 @@ class Supervisor:
         async def build() -> Any:
             sas = await self.list_sas()
             stats = await self.stats()
-            durations = stats.get("handshake_durations")
-            xdp = self.xdp.adapter if self.xdp is not None else None
-            return metrics.MetricsSnapshot(
-                tunnels=stats.get("tunnels", ()),
-                hooks=stats.get("hooks", {}),
-                ike_sas=sas,
-                xdp=[metrics.XdpCounter(**row) for row in stats["xdp"]],
-                mss_clamped=xdp.mss_clamped() if xdp is not None else {},
-                xfrm_errors=stats["xfrm_errors"],
-                handshake_durations=metrics.HistogramCounts(
-                    tuple(durations["bounds"]), tuple(durations["counts"]), durations["sum"]
-                )
-                if durations is not None
-                else metrics.empty_histogram(),
-                rekeys=stats["rekeys"],
-                ike_rekeys=stats.get("ike_rekeys", 0),
-                dpd_failures=stats["dpd_failures"],
-                auth_failures=stats["auth_failures"],
-                reauths=stats.get("reauths", 0),
-                pools=stats.get("pools", {}),
+            return metrics.snapshot_from(
+                sas,
+                stats,
                 start_time=self.started_at,
+                configured=configured_children(self.config),
             )
 
         future = asyncio.run_coroutine_threadsafe(build(), loop)
         try:
-            return future.result(timeout=5)
+            return future.result(timeout=metrics.SCRAPE_TIMEOUT)
         except TimeoutError:
             future.cancel()
             raise GatewayError("the daemon did not answer the scrape in time") from None

@@ -77,7 +77,9 @@ async def worker_main(
     if gw.xdp is not None and xdp_link is not None:  # the supervisor's programs
         link = xdp_link
         xdp = XdpAdapter(
-            gw.xdp, loader=lambda _config: RemoteLoader(link), spis=SlotSpis(share=(index, count))
+            gw.xdp,
+            loader=lambda _config: RemoteLoader(link),
+            spis=SlotSpis(gw.xdp.slot_bits, share=(index, count)),
         )
     daemon = Daemon(
         config,

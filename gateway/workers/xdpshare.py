@@ -17,6 +17,11 @@ update over a socketpair of its own to the supervisor (one JSON line each way,
 blocking: a Child SA install waits for its map updates as it waits for its XFRM
 netlink ack; the supervisor answers from its event loop, which the worker never holds).
 
+Counters: a worker's counter read (gateway/daemon/traffic.py) asks for its slots'
+counters in one request (`slot_counters_bulk`); the supervisor reads the whole slot
+table once per counters_interval (one bpf(2) call, shared by every worker's request in
+that time) and answers with the worker's share and the steering CPU of its slots.
+
 The supervisor's `XdpShare` applies the calls to the loader and keeps a ledger per
 worker: the slots (SPIs, remote prefixes) and excluded prefixes each one installed. It
 refuses a slot outside the worker's share, counts excluded prefixes over all workers
@@ -32,7 +37,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import socket
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -42,6 +50,7 @@ from gateway.dataplane.xdp import XdpAdapter
 log = logging.getLogger("gateway.workers")
 
 MAX_LINE: Final = 1 << 20
+MAX_BULK_LINE: Final = 1 << 28  # a bulk counter answer: 8 columns of up to 2**20 slots
 
 
 # --------------------------------------------------------------------------- worker side
@@ -56,17 +65,20 @@ class RemoteLoader:
         self._sock = sock
         self._file: Any = None
         self._attachments: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()  # the counter read runs in a thread of its own
+        self._cpus: dict[int, int] = {}  # slot -> steering CPU, as of the last bulk read
 
     def _call(self, op: str, **args: Any) -> Any:
         from bpf.loader import BpfError
 
-        if self._file is None:
-            raise BpfError("the XDP link to the supervisor is closed")
-        try:
-            self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
-            line = self._file.readline(MAX_LINE)
-        except OSError as exc:
-            raise BpfError(f"XDP link to the supervisor: {exc.strerror or exc}") from None
+        with self._lock:
+            if self._file is None:
+                raise BpfError("the XDP link to the supervisor is closed")
+            try:
+                self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+                line = self._file.readline(MAX_BULK_LINE)
+            except OSError as exc:
+                raise BpfError(f"XDP link to the supervisor: {exc.strerror or exc}") from None
         if not line:
             raise BpfError("the supervisor closed the XDP link")
         reply = json.loads(line)
@@ -131,6 +143,30 @@ class RemoteLoader:
 
         return SlotCounters(**self._call("slot_counters", slot=slot))
 
+    def slot_counters_bulk(self, upto: int | None = None) -> Any:
+        """Our slots' counters below `upto` (the other workers' slots read 0), from the
+        supervisor's one read of the whole table."""
+        from bpf.loader import SlotTable
+
+        reply = self._call("slot_counters_bulk", upto=upto or 0)
+        first, stride, count = reply["first"], reply["stride"], reply["count"]
+        columns = []
+        for values in reply["columns"]:
+            column = [0] * count
+            column[first::stride] = values
+            columns.append(column)
+        self._cpus = {int(slot): cpu for slot, cpu in reply["cpus"].items()}
+        return SlotTable(columns)
+
+    def slot_cpu(self, slot: int) -> int | None:
+        return self._cpus.get(slot)
+
+    def steered(self) -> dict[int, int]:
+        return {}  # interface-wide: read once, by the supervisor
+
+    def update_settings(self, **settings: Any) -> None:
+        """The supervisor applies [gateway.xdp] changes to the programs on its reload."""
+
     def verdicts(self) -> Sequence[Any]:
         return []  # interface-wide: read once, by the supervisor
 
@@ -160,12 +196,15 @@ class XdpShare:
     """The supervisor's side: the one XdpAdapter (attached programs) and the workers'
     map updates applied to its loader."""
 
-    def __init__(self, adapter: XdpAdapter, workers: int) -> None:
+    def __init__(self, adapter: XdpAdapter, workers: int, interval: float = 1.0) -> None:
         self.adapter = adapter
         self.workers = workers
+        self.interval = interval  # [gateway] counters_interval: one table serves that long
         self._ledgers: dict[int, _Ledger] = {}
         self._excluded: dict[str, int] = {}  # prefix -> holders over all workers
         self._links: dict[int, asyncio.Task[None]] = {}
+        self._table: Any = None  # the last slot table read, and when
+        self._table_at = -math.inf
 
     @property
     def loader(self) -> Any:
@@ -248,6 +287,8 @@ class XdpShare:
             return [list(a) for a in dp.attachments()]
         if op == "slot_counters":
             return dataclasses.asdict(dp.slot_counters(int(args["slot"])))
+        if op == "slot_counters_bulk":
+            return self._bulk(ledger, int(args["upto"]))
         if op == "install_child_sa":
             slot = self._own(ledger, args["slot"])
             remote = tuple(str(p) for p in args["remote_ts"])
@@ -292,6 +333,31 @@ class XdpShare:
             self._unexclude(ledger, prefix)
             return None
         raise ValueError(f"unknown operation {op!r}")
+
+    def _bulk(self, ledger: _Ledger, upto: int) -> dict[str, Any]:
+        """A worker's share of the slot table (read at most once per interval for all
+        workers) and the steering CPU of each of its slots."""
+        from bpf.loader import SLOT_FIELDS
+
+        dp = self.loader
+        now = time.monotonic()
+        table = self._table
+        if table is None or len(table) < upto or now - self._table_at >= self.interval:
+            table = self._table = dp.slot_counters_bulk(max(upto, 1))
+            self._table_at = now
+        count = min(upto, len(table))
+        cpus = {}
+        for slot in ledger.slots:
+            cpu = dp.slot_cpu(slot)
+            if cpu is not None:
+                cpus[str(slot)] = cpu
+        return {
+            "first": ledger.index,
+            "stride": self.workers,
+            "count": count,
+            "columns": [table.column(f)[ledger.index : count : self.workers] for f in SLOT_FIELDS],
+            "cpus": cpus,
+        }
 
     def _unexclude(self, ledger: _Ledger, prefix: str) -> None:
         ledger.excluded[prefix] -= 1

@@ -2,10 +2,12 @@
 
 from gateway.xfrm.errors import XfrmError
 from gateway.xfrm.events import (
+    COUNTER_GROUPS,
     Acquire,
     EventsLost,
     Migrate,
     PolicyExpired,
+    SaDeleted,
     SaExpired,
     XfrmEvent,
     XfrmEventReader,
@@ -13,12 +15,21 @@ from gateway.xfrm.events import (
 from gateway.xfrm.manager import (
     ChildSaCounters,
     InstalledChildSa,
+    OffloadAttempt,
+    OffloadOutcome,
     OwnedRange,
     ReconcileReport,
     XfrmManager,
+    probe_offload,
 )
 from gateway.xfrm.model import PolicyInfo, SaInfo
-from gateway.xfrm.offload import OffloadCapabilities, offload_capabilities
+from gateway.xfrm.offload import (
+    OffloadCapabilities,
+    OffloadProbe,
+    offload_capabilities,
+    route_device,
+)
+from gateway.xfrm.scan import SaCounters
 from gateway.xfrm.spec import (
     DEFAULT_REPLAY_WINDOW,
     ChildSaSpec,
@@ -32,6 +43,7 @@ from gateway.xfrm.spec import (
 )
 
 __all__ = [
+    "COUNTER_GROUPS",
     "Acquire",
     "ChildSaCounters",
     "ChildSaSpec",
@@ -42,11 +54,16 @@ __all__ = [
     "Lifetime",
     "Mark",
     "Migrate",
+    "OffloadAttempt",
     "OffloadCapabilities",
+    "OffloadOutcome",
+    "OffloadProbe",
     "OwnedRange",
     "PolicyExpired",
     "PolicyInfo",
     "ReconcileReport",
+    "SaCounters",
+    "SaDeleted",
     "SaExpired",
     "SaInfo",
     "SaKeys",
@@ -57,5 +74,7 @@ __all__ = [
     "XfrmEventReader",
     "XfrmManager",
     "offload_capabilities",
+    "probe_offload",
     "replay_window_for",
+    "route_device",
 ]

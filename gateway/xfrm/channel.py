@@ -18,10 +18,10 @@ import ctypes
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from gateway.xfrm.errors import KernelError, XfrmError
 from gateway.xfrm.netlink import MSG_NAMES, NETLINK_XFRM, MarshalXfrm
@@ -42,6 +42,7 @@ SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 CLONE_NEWNET = 0x40000000
 
+T = TypeVar("T")
 HEADER = struct.Struct("=IHHII")
 CHUNK_BYTES = 128 * 1024  # per sendmsg(); well below the send buffer
 RECV_BYTES = 1 << 20
@@ -264,38 +265,47 @@ class NetlinkChannel:
             reply = next(iter(self.marshal.parse(data[offset : offset + length])))
         return reply
 
-    def dump(self, msg_type: int, payload: bytes = b"") -> list[Any]:
+    def _dump(
+        self, msg_type: int, payload: bytes, reply_type: int | None
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """(data, offset, length) of each `reply_type` message (None: every message) of
+        the dump `msg_type` asks for, left in the receive buffer."""
         seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, payload)
-        out: list[Any] = []
         for mtype, flags, data, offset, length in self._replies(seq):
             if mtype == NLMSG_DONE:
-                break
+                return
             if mtype == NLMSG_ERROR:
                 err, reason = parse_error(data, offset, length, flags)
                 if err:
                     raise self.ERROR(f"dump {self.describe(msg_type)}", err, reason)
-                break
+                return
+            if reply_type is None or mtype == reply_type:
+                yield data, offset, length
+
+    def dump(self, msg_type: int, payload: bytes = b"") -> list[Any]:
+        """Every message of a dump, decoded by the pyroute2 classes."""
+        out: list[Any] = []
+        for data, offset, length in self._dump(msg_type, payload, None):
             out.extend(self.marshal.parse(data[offset : offset + length]))
         return out
 
-    def describe(self, msg_type: int) -> str:
-        return describe(msg_type)
+    def dump_scan(
+        self,
+        msg_type: int,
+        reply_type: int,
+        scan: Callable[[bytes, int], T],
+        payload: bytes = b"",
+    ) -> list[T]:
+        """scan(data, offset of the payload) of every `reply_type` message of a dump,
+        without copying the messages out of the receive buffer."""
+        return [scan(d, o + 16) for d, o, _ in self._dump(msg_type, payload, reply_type)]
 
     def dump_raw(self, msg_type: int, reply_type: int) -> list[bytes]:
         """Payloads (after the netlink header) of a dump's `reply_type` messages, undecoded."""
-        seq = self._send(msg_type, NLM_F_REQUEST | NLM_F_DUMP, b"")
-        out: list[bytes] = []
-        for mtype, flags, data, offset, length in self._replies(seq):
-            if mtype == NLMSG_DONE:
-                break
-            if mtype == NLMSG_ERROR:
-                err, reason = parse_error(data, offset, length, flags)
-                if err:
-                    raise self.ERROR(f"dump {self.describe(msg_type)}", err, reason)
-                break
-            if mtype == reply_type:
-                out.append(data[offset + 16 : offset + length])
-        return out
+        return [d[o + 16 : o + n] for d, o, n in self._dump(msg_type, b"", reply_type)]
+
+    def describe(self, msg_type: int) -> str:
+        return describe(msg_type)
 
 
 class XfrmChannel(NetlinkChannel):

@@ -1,11 +1,21 @@
-"""Kernel XFRM events for the daemon: EXPIRE, ACQUIRE, POLEXPIRE, MIGRATE.
+"""Kernel XFRM events for the daemon: EXPIRE, ACQUIRE, POLEXPIRE, MIGRATE, DELSA.
 
 A netlink socket joined to the multicast groups, read without blocking. In the daemon:
 
-    async with XfrmEventReader() as events:
+    async with XfrmEventReader(groups=COUNTER_GROUPS) as events:
         async for event in events:
             ...  # SaExpired(hard=False) -> rekey, SaExpired(hard=True) -> delete,
-                 # Acquire -> initiate, EventsLost -> reconcile
+                 # Acquire -> initiate, SaDeleted -> book its final counters,
+                 # EventsLost -> reconcile
+
+Final counters: a hard EXPIRE carries the state as the kernel removes it at its hard
+lifetime, and a DELSA notification (group XFRMNLGRP_SA, in COUNTER_GROUPS) carries the
+whole state as a DELSA request (ours or anyone's) deleted it: bytes, packets, replay and
+integrity counts of the last packet. So
+traffic between a state's last scrape and its deletion is not lost. The SA group also
+sends NEWSA/UPDSA for every install; they are skipped by type before any decoding.
+Note that XfrmManager.migrate() deletes and re-adds each state (same SPI, counters
+carried over): a SaDeleted followed by the state living on under the same SPI.
 
 Outside asyncio (tests, tools) `read_available()` drains what is queued.
 """
@@ -15,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +40,15 @@ class SaExpired:
 
     sa: SaInfo
     hard: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SaDeleted:
+    """A state was deleted (XFRM_MSG_DELSA): `sa` is the state as it was at that moment,
+    with its final cur_bytes/cur_packets, replay_errors, replay_window_errors and
+    integrity_failed."""
+
+    sa: SaInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +82,32 @@ class EventsLost:
     """The socket overflowed (ENOBUFS): some events are gone, resynchronise."""
 
 
-XfrmEvent = SaExpired | Acquire | PolicyExpired | Migrate | EventsLost
+XfrmEvent = SaExpired | SaDeleted | Acquire | PolicyExpired | Migrate | EventsLost
 
 DEFAULT_GROUPS = (nl.XFRMNLGRP_ACQUIRE, nl.XFRMNLGRP_EXPIRE, nl.XFRMNLGRP_MIGRATE)
+COUNTER_GROUPS = (*DEFAULT_GROUPS, nl.XFRMNLGRP_SA)  # + DELSA with the final counters
+EVENT_TYPES = frozenset(
+    {
+        nl.XFRM_MSG_EXPIRE,
+        nl.XFRM_MSG_ACQUIRE,
+        nl.XFRM_MSG_POLEXPIRE,
+        nl.XFRM_MSG_MIGRATE,
+        nl.XFRM_MSG_DELSA,
+    }
+)
+_HEADER = struct.Struct("=IHHII")
 
 
 def decode_event(msg: Any) -> XfrmEvent | None:
     mtype = msg["header"]["type"]
     if mtype == nl.XFRM_MSG_EXPIRE:
         return SaExpired(SaInfo.from_msg(msg, "state_"), bool(msg["hard"]))
+    if mtype == nl.XFRM_MSG_DELSA:
+        state = msg.get_attr("XFRMA_SA")
+        if state is None:  # a DELSA request, not the kernel's notification
+            return None
+        attrs = [a for a in msg.get("attrs") or [] if a[0] != "XFRMA_SA"]
+        return SaDeleted(SaInfo.from_msg(state, attrs=attrs))
     if mtype == nl.XFRM_MSG_ACQUIRE:
         fam = msg["policy_sel_family"] or msg["sel_family"]
         tmpl = msg.get_attr("XFRMA_TMPL")
@@ -107,11 +144,20 @@ class XfrmEventReader:
         self.sock.close()
 
     def _decode(self, data: bytes) -> list[XfrmEvent]:
+        """Events of one datagram. Messages of other types (the SA group's NEWSA/UPDSA
+        for every install) are skipped by their header, never decoded."""
         out = []
-        for msg in self.marshal.parse(data):
-            event = decode_event(msg)
-            if event is not None:
-                out.append(event)
+        offset, n = 0, len(data)
+        while offset + 16 <= n:
+            length, mtype, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+            if length < 16:
+                break
+            if mtype in EVENT_TYPES:
+                for msg in self.marshal.parse(data[offset : offset + length]):
+                    event = decode_event(msg)
+                    if event is not None:
+                        out.append(event)
+            offset += (length + 3) & ~3
         return out
 
     def read_available(self) -> list[XfrmEvent]:
@@ -161,6 +207,8 @@ class XfrmEventReader:
 __all__ = [
     "XfrmEventReader",
     "SaExpired",
+    "SaDeleted",
+    "COUNTER_GROUPS",
     "Acquire",
     "PolicyExpired",
     "Migrate",

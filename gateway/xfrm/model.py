@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.xfrm import netlink as nl
+from gateway.xfrm.scan import SaCounters
 from gateway.xfrm.spec import IPAddress, IPNetwork, OffloadResult
 
 AF_INET = 2
@@ -90,8 +91,9 @@ class SaInfo:
     cur_bytes: int = 0
     cur_packets: int = 0
     add_time: int = 0
-    replay_errors: int = 0
+    replay_errors: int = 0  # stats.replay: replayed packets dropped
     integrity_failed: int = 0
+    replay_window_errors: int = 0  # stats.replay_window: too old for the window
     soft_byte_limit: int = nl.XFRM_INF
     hard_byte_limit: int = nl.XFRM_INF
     soft_packet_limit: int = nl.XFRM_INF
@@ -104,11 +106,27 @@ class SaInfo:
     encr_key: bytes = field(default=b"", repr=False)
     integ_key: bytes = field(default=b"", repr=False)
 
+    @property
+    def counters(self) -> SaCounters:
+        """The same numbers as a dump's scan.scan_counters() row."""
+        return SaCounters(
+            addr_bytes(self.dst),
+            self.spi,
+            self.reqid,
+            self.cur_bytes,
+            self.cur_packets,
+            self.replay_window_errors,
+            self.replay_errors,
+            self.integrity_failed,
+        )
+
     @classmethod
-    def from_msg(cls, m: Any, p: str = "") -> SaInfo:
+    def from_msg(cls, m: Any, p: str = "", attrs: Any = None) -> SaInfo:
+        """From a decoded usersa_info (`p`: field prefix); `attrs`: the attributes when
+        they are not m's own (a DELSA carries the state in XFRMA_SA, the rest beside)."""
         fam = m[p + "family"]
         kw: dict[str, Any] = {}
-        attrs = m.get("attrs") or []
+        attrs = (m.get("attrs") if attrs is None else attrs) or []
         for name, value in ((a[0], a[1]) for a in attrs):
             if name == "XFRMA_ALG_AEAD":
                 kw["aead"] = _name(value["alg_name"])
@@ -159,6 +177,7 @@ class SaInfo:
             add_time=m[p + "curlft_add_time"],
             replay_errors=m[p + "stats_replay"],
             integrity_failed=m[p + "stats_integrity_failed"],
+            replay_window_errors=m[p + "stats_replay_window"],
             soft_byte_limit=m[p + "lft_soft_byte_limit"],
             hard_byte_limit=m[p + "lft_hard_byte_limit"],
             soft_packet_limit=m[p + "lft_soft_packet_limit"],

@@ -7,8 +7,10 @@ Offsets come from the same field lists as the pyroute2 classes (gateway.xfrm.net
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.xfrm import netlink as nl
 
@@ -84,3 +86,33 @@ def scan_policy(payload: bytes) -> PolicyRef:
         elif t in (XFRMA_MARK, XFRMA_IF_ID):
             keys += raw
     return PolicyRef(index, payload[_POL["dir"]], frozenset(reqids), keys)
+
+
+class SaCounters(NamedTuple):
+    """One state's counters as the kernel keeps them (`ip -s xfrm state`): lifetime
+    bytes/packets and `struct xfrm_stats`. A tuple, not a dataclass: a scrape of
+    100,000 Child SAs makes 200,000 of them."""
+
+    daddr: bytes  # xfrm_address_t (IPv4 in the first 4 bytes): with spi, the state's key
+    spi: int
+    reqid: int
+    bytes: int
+    packets: int
+    replay_window: int  # dropped: too old for the replay window
+    replay: int  # dropped: replayed (already seen)
+    integrity_failed: int  # dropped: ICV check failed
+
+
+_COUNTERS = struct.Struct("=16sI84xQQ16xIII4xI")  # from id_daddr through reqid
+_COUNTERS_AT = _SA["id_daddr"]
+assert _SA["reqid"] + 4 - _COUNTERS_AT == _COUNTERS.size
+_ntohl = socket.ntohl
+
+
+def scan_counters(data: bytes, offset: int) -> SaCounters:
+    """The counters of a usersa_info starting at `offset` (a NEWSA dump message's
+    payload, an EXPIRE's state, a DELSA's XFRMA_SA attribute). One unpack."""
+    daddr, spi, nbytes, packets, window, replay, integrity, reqid = _COUNTERS.unpack_from(
+        data, offset + _COUNTERS_AT
+    )
+    return SaCounters(daddr, _ntohl(spi), reqid, nbytes, packets, window, replay, integrity)

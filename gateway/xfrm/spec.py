@@ -147,7 +147,7 @@ class ChildSaSpec:
     replay_window: int = DEFAULT_REPLAY_WINDOW
     esn: bool = False
     offload: OffloadMode = "no"
-    offload_dev: str | None = None
+    offload_dev: str | None = None  # None: the device the route to `remote` uses
     mark: Mark | None = None
     set_mark: int | None = None
     # route-based (XFRM interfaces, docs/routing.md): the if_id of the inbound state and
@@ -174,8 +174,8 @@ class ChildSaSpec:
             raise ValueError(f"replay window must be 0..{REPLAY_WINDOW_MAX}")
         if self.esn and self.replay_window == 0:
             raise ValueError("ESN needs a replay window > 0")
-        if self.offload != "no" and not self.offload_dev:
-            raise ValueError(f"offload {self.offload!r} needs offload_dev")
+        if self.offload not in ("no", "auto", "crypto", "packet"):
+            raise ValueError(f"unknown offload mode {self.offload!r}")
         if self.mode not in ("tunnel", "transport"):
             raise ValueError(f"unknown mode {self.mode!r}")
         if self.mode == "tunnel" and not (self.local_ts and self.remote_ts):

@@ -10,6 +10,7 @@ in any case by the namespaces' removal in the fixture's teardown.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -411,6 +412,12 @@ def send_to_wan(topo: Topology, frames: list[bytes]) -> None:
             raw.send(dst + frame[6:])
 
 
+def send_pinned(topo: Topology, frames: list[bytes], cpu: int) -> None:
+    """send_to_wan() from this thread pinned to `cpu` (where XDP then runs)."""
+    os.sched_setaffinity(0, {cpu})
+    send_to_wan(topo, frames)
+
+
 def ip_in_unknown_protos(ns: netns_mod.Netns) -> int:
     """Ip InUnknownProtos of /proc/net/snmp inside `ns` (ESP reaching a kernel without ESP)."""
     lines = [ln.split() for ln in ns.run("cat", "/proc/net/snmp").stdout.splitlines()]
@@ -427,7 +434,12 @@ def test_steered_esp_reaches_the_stack_on_another_cpu(topo: Topology, programs: 
             dp.add_inbound_spi(SLOT, SPI)
             before = ip_in_unknown_protos(topo.gw)
             frame = pk.esp4(SPI, size=300, src="192.0.2.2", dst="192.0.2.1")
-            send_to_wan(topo, [frame] * 20)
+            # sent from the other CPU than the slot's: ESP arriving on its own CPU is
+            # not redirected (no hop needed)
+            other = 1 - (dp.slot_cpu(SLOT) or 0)
+            sender = threading.Thread(target=send_pinned, args=(topo, [frame] * 20, other))
+            sender.start()
+            sender.join()
             _wait(lambda: ip_in_unknown_protos(topo.gw) - before >= 20)
             # All 20 went through the cpumap into G's stack (which has no ESP: "unknown").
             assert ip_in_unknown_protos(topo.gw) - before == 20

@@ -8,6 +8,7 @@ counters. Clamped SYNs are checked with scapy's own checksum computation.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -37,9 +38,13 @@ def programs() -> Iterator[Programs]:
         progs.close()
 
 
+HASH_SEED = 0x5EED  # per-source IKE buckets: none of this file's sources share one
+
+
 def make_dp(programs: Programs, **kwargs: object) -> AttachedPrograms:
     programs.reset_verdicts()
     programs.reset_ike_buckets()
+    kwargs.setdefault("hash_seed", HASH_SEED)
     dp = AttachedPrograms(None, None, programs=programs, **kwargs)  # type: ignore[arg-type]
     dp.open()
     return dp
@@ -337,8 +342,21 @@ def test_ike_sa_init_token_bucket(programs: Programs) -> None:
 # --------------------------------------------------------------------------- WAN: steering
 
 
-def test_steering_redirects_known_esp_but_never_offloaded(programs: Programs) -> None:
-    dp = make_dp(programs, steer_cpus=[0])
+@pytest.fixture
+def on_cpu0() -> Iterator[None]:
+    """Run the test on CPU 0 (the steering tests steer to CPU 1: another CPU)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_steering_redirects_known_esp_but_never_offloaded(
+    programs: Programs, on_cpu0: None
+) -> None:
+    dp = make_dp(programs, steer_cpus=[1])
     try:
         dp.add_inbound_spi(SLOT, SPI)
         xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, REDIRECT)
@@ -347,11 +365,15 @@ def test_steering_redirects_known_esp_but_never_offloaded(programs: Programs) ->
         xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, PASS)
         dp.set_slot_offloaded(SLOT, False)
         xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, REDIRECT)
-        assert dp.slot_counters(SLOT).esp_in_packets == 3
+        # a slot whose CPU is the one the packet arrived on: no hop, the stack takes it here
+        dp.update_settings(steer_cpus=[0, 1])
+        dp.set_slot_cpu(SLOT, 0)
+        xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, PASS)
+        assert dp.slot_counters(SLOT).esp_in_packets == 4
     finally:
         dp.clear()
         dp.close()
-    nic = make_dp(programs, steer_cpus=[0], nic_decrypts=True)
+    nic = make_dp(programs, steer_cpus=[1], nic_decrypts=True)
     try:
         nic.add_inbound_spi(SLOT, SPI)
         xdp(programs, pk.esp4(SPI), Reason.WAN_ESP, PASS)

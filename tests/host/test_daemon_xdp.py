@@ -8,7 +8,9 @@ the IKE exchange is counted in `stats.xdp` (gateway ctl stats --json) and in
 `ipsec_xdp_packets_total` scraped from the daemon; our inbound SPI carries the Child's
 slot; LAN packets into the Child's remote selector are counted as `tunnel` and a TCP SYN
 towards it has its MSS clamped (`ipsec_mss_clamped_total{interface="lan0"}`); after
-SIGTERM nothing is attached. A Child rekey (`gateway ctl rekey`) makes the new inbound SPI
+SIGTERM nothing is attached. Steering, unknown-SPI drop, the IKE_SA_INIT shield and the
+2^20-slot space reach the programs (the attach line, list-sas `cpu`, `stats.xdp_slots`).
+A Child rekey (`gateway ctl rekey`) makes the new inbound SPI
 in the Child's slot. Bad interface names and a start that fails after attaching
 leave nothing attached and say why in one line."""
 
@@ -27,6 +29,7 @@ from tests.support.daemon import REPO, Gateway, api, ctl, ctl_json, gateway_conf
 from tests.support.fixtures import NetnsFactory
 
 METRICS = "127.0.0.1:9811"
+MASK = (1 << 20) - 1  # max_child_sas = 1048576: 20 slot bits in our inbound SPIs
 GET = (
     "import sys, urllib.request\n"
     "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=5).read())\n"
@@ -111,7 +114,9 @@ def test_daemon_attaches_counts_and_detaches(
             listen=["192.0.2.1"],
             conns=[conn("192.0.2.1", "192.0.2.2", True)],
             metrics=METRICS,
-            extra='\n[gateway.xdp]\nwan_interface = "eth0"\nlan_interface = "lan0"',
+            extra='\n[gateway.xdp]\nwan_interface = "eth0"\nlan_interface = "lan0"\n'
+            'steer_cpus = "all"\ndrop_unknown_spi = true\nike_init_rate = 50\n'
+            "ike_init_budget = 500\nmax_child_sas = 1048576",
         ),
     )
     (sa,) = west.installed("peer")
@@ -120,10 +125,17 @@ def test_daemon_attaches_counts_and_detaches(
     log = west.log_text()
     assert "event=xdp-attached wan=eth0 lan=lan0 mss_clamp=True wan_mtu=1500" in log
     assert "xdp:eth0:link" in log and "tc:lan0:link" in log
-    # Our inbound SPI came from the adapter's allocator: its low 16 bits are the slot
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert (
+        f"steer_cpus={cpus} drop_unknown_spi=yes shield=50/s:50,budget:500/s:500 slots=1048576"
+    ) in log
+    # Our inbound SPI came from the adapter's allocator: its low 20 bits are the slot
     (child,) = sa["children"]
     spi_in = int(child["spi_in"], 16)
-    assert f"event=xdp-child-installed connection=peer child=net slot={spi_in & 0xFFFF} " in log
+    assert f"event=xdp-child-installed connection=peer child=net slot={spi_in & MASK} " in log
+    assert child["cpu"] in os.sched_getaffinity(0)  # steered to one CPU of the set
+    slots = api(west.socket, "stats")["xdp_slots"]
+    assert slots == {"used": 1, "capacity": 1 << 20, "exhausted": 0}
     assert "mtu=1446" in log  # AES-GCM-16, IPv4, 1500: docs/bpf.md
 
     # IKE counted by XDP on eth0: in `gateway ctl stats --json` and in the metrics
@@ -142,10 +154,11 @@ def test_daemon_attaches_counts_and_detaches(
     assert rows(west.socket, "lan0", "mss_clamped") >= 1
     # ...and per slot: list-sas shows the Child's slot and its counters
     (child,) = west.installed("peer")[0]["children"]
-    assert child["xdp"]["slot"] == spi_in & 0xFFFF
+    assert child["xdp"]["slot"] == spi_in & MASK
     assert child["xdp"]["clear_to_tunnel_packets"] >= 4  # 3 pings + the SYN
     metrics = scrape(a)
     assert metrics[("ipsec_mss_clamped_total", (("interface", "lan0"),))] >= 1
+    assert metrics[("ipsec_xdp_slots", (("state", "capacity"),))] == 1 << 20
     assert "event=xdp-install-failed" not in west.log_text()
 
     # A Child SA rekey keeps the slot: the new inbound SPI is made in it (the engine names
@@ -155,7 +168,7 @@ def test_daemon_attaches_counts_and_detaches(
         ctl(rekeying.socket, "rekey", "peer.net")
         (child,) = west.installed("peer")[0]["children"]
         new_in = int(child["spi_in"], 16)
-        assert new_in != spi_in and new_in & 0xFFFF == spi_in & 0xFFFF == child["xdp"]["slot"]
+        assert new_in != spi_in and new_in & MASK == spi_in & MASK == child["xdp"]["slot"]
         assert child["xdp"]["clear_to_tunnel_packets"] >= 4
         spi_in = new_in
 

@@ -88,6 +88,7 @@ def test_doctor_reports_native_xdp_on_veth(netns_pair: tuple[Netns, Netns]) -> N
     assert checks["xdp-native[eth0]"]["status"] == "ok"
     assert "redirect" in checks["xdp-native[eth0]"]["detail"]
     assert checks["esp-offload[eth0]"]["status"] == "info"  # veth has no IPsec offload
+    assert checks["esp-offload[eth0]"]["detail"].startswith("offload modes: no, auto;")
 
 
 def test_doctor_names_a_missing_interface(netns_pair: tuple[Netns, Netns]) -> None:

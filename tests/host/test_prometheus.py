@@ -1,6 +1,8 @@
 """The exporter against the real Prometheus tools (Debian package `prometheus`):
-`promtool check metrics` on a scrape, and a Prometheus server scraping the exporter
-whose HTTP API must then answer queries for every contract series.
+`promtool check metrics` on a scrape, the shipped alerting rules through `promtool check
+rules` and their unit tests (`promtool test rules`), and a Prometheus server scraping the
+exporter, with the rules loaded, whose HTTP API must then answer queries for every
+contract series and evaluate every rule without error.
 
 The server listens on 127.0.0.1 only, keeps its data in a temp dir and is ended by pid."""
 
@@ -31,6 +33,8 @@ from tests.support.observability import ike_sa, synthetic_ike_sas
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "ipsec-alerts.yml"
+RULE_TESTS = RULES.with_name("ipsec-alerts.test.yml")
 
 
 class TickingSource:
@@ -102,6 +106,24 @@ def test_promtool_check_metrics_is_clean(exporter: Exporter, aggregated_exporter
     assert b"ipsec_connection_bytes_total" in body
 
 
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run scripts/setup.sh")
+def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
+    """deploy/prometheus/ipsec-alerts.yml: tunnel down, configured Child SA missing,
+    auth/DPD failures rising, XDP drops rising, replay/integrity errors, slots exhausted,
+    offload fallbacks; each one fires in ipsec-alerts.test.yml where it should."""
+    assert PROMTOOL is not None
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert b"SUCCESS: 10 rules found" in checked.stdout
+    tested = subprocess.run(
+        [PROMTOOL, "test", "rules", str(RULE_TESTS)], capture_output=True, timeout=60, check=False
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert b"SUCCESS" in tested.stdout
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path, exporter: Exporter) -> Iterator[str]:
     assert PROMETHEUS is not None, "prometheus missing: run scripts/setup.sh"
@@ -109,6 +131,7 @@ def prometheus(tmp_path: Path, exporter: Exporter) -> Iterator[str]:
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {RULES}\n"
         "scrape_configs:\n  - job_name: ipsec\n    static_configs:\n"
         f"      - targets: ['{host}:{port}']\n"
     )
@@ -221,3 +244,13 @@ def test_prometheus_scrapes_every_contract_series(prometheus: str) -> None:
         "child='net-0',direction='in'}[5s]) > 0",
     )
     assert float(rate[0]["value"][1]) > 0
+    # the shipped alerting rules are loaded and every one evaluates without error
+    deadline = time.monotonic() + 30
+    while True:
+        groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+        rules = [r for g in groups if g["name"] == "ipsec-gateway" for r in g["rules"]]
+        if len(rules) == 10 and all(r.get("lastEvaluation", "").startswith("2") for r in rules):
+            break
+        assert time.monotonic() < deadline, groups
+        time.sleep(0.5)
+    assert {r["health"] for r in rules} == {"ok"}, [r for r in rules if r["health"] != "ok"]

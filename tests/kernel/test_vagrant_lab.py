@@ -214,6 +214,8 @@ def test_provision_sh_builds_the_lab_of_make_lab(vagrant_lab: dict[str, Node]) -
     gw_east, gw_west = nodes["gw-east"].output[0], nodes["gw-west"].output[0]
     assert "check: the daemon answers on /run/gateway/control.sock" in gw_east, gw_east
     assert "check: Prometheus scrapes the gateway: up{job='gateway'} = 1" in gw_east, gw_east
+    for out in (gw_east, gw_west):  # the project's alerting rules, loaded and evaluated
+        assert "check: Prometheus evaluates the 10 alerting rules of ipsec-alerts.yml" in out
     assert "starting the gateway without XDP" in gw_east, gw_east
     assert "XDP on eth2 (WAN) and eth1 (LAN)" in gw_west, gw_west
     assert "check: tunnel up: east ESTABLISHED 198.51.100.2 <-> 203.0.113.2" in gw_west

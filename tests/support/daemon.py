@@ -39,7 +39,9 @@ def gateway_config(
 ) -> str:
     """A TOML config; each conn: name, local, remote, local_id, remote_id, local_ts,
     remote_ts and optionally start_action, child, ike, esp, dpd_delay, mode, psk,
-    dpd_action, conn_extra and child_extra (more TOML lines for the connection / child)."""
+    dpd_action, conn_extra and child_extra (more TOML lines for the connection / child);
+    or, for several Children, `children`: a list of dicts with the Child's keys (child,
+    local_ts, remote_ts, esp, mode, start_action, dpd_action, child_extra)."""
     lines = [
         "[gateway]",
         f"listen = {json.dumps(listen)}",
@@ -61,16 +63,19 @@ def gateway_config(
             f'psk = "{c.get("psk", PSK)}"',
             f'dpd_delay = "{c.get("dpd_delay", "0s")}"',
             c.get("conn_extra", ""),
-            "",
-            f"[connections.{name}.children.{c.get('child', 'net')}]",
-            f"local_ts = {json.dumps(c['local_ts'])}",
-            f"remote_ts = {json.dumps(c['remote_ts'])}",
-            f"esp_proposals = {json.dumps(c.get('esp', ['aes256gcm16']))}",
-            f'mode = "{c.get("mode", "tunnel")}"',
-            f'start_action = "{c.get("start_action", "none")}"',
-            f'dpd_action = "{c.get("dpd_action", "clear")}"',
-            c.get("child_extra", ""),
         ]
+        for k in c.get("children", [c]):
+            lines += [
+                "",
+                f"[connections.{name}.children.{k.get('child', 'net')}]",
+                f"local_ts = {json.dumps(k['local_ts'])}",
+                f"remote_ts = {json.dumps(k['remote_ts'])}",
+                f"esp_proposals = {json.dumps(k.get('esp', ['aes256gcm16']))}",
+                f'mode = "{k.get("mode", "tunnel")}"',
+                f'start_action = "{k.get("start_action", "none")}"',
+                f'dpd_action = "{k.get("dpd_action", "clear")}"',
+                k.get("child_extra", ""),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -246,6 +251,39 @@ def ns_get(ns: Netns, url: str) -> str:
     """GET from inside the namespace (its loopback is not the host's)."""
     proc = ns.run(sys.executable, "-c", GET, url, check=False, timeout=30)
     return proc.stdout if proc.returncode == 0 else ""
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_in(ns: Netns, url: str, timeout: float = 60) -> Samples:
+    """/metrics from inside the namespace without starting a process (a socket made in
+    the namespace stays there): (series name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.xfrm.channel import in_netns
+
+    with in_netns(ns.name):
+        conn = socket_mod.create_connection(_host_port(url), timeout=timeout)
+    with conn:
+        path = url.split("/", 3)[3] if url.count("/") >= 3 else ""
+        conn.sendall(f"GET /{path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(1 << 16):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200") and not head.startswith(b"HTTP/1.1 200"):
+        raise AssertionError(f"GET {url}: {head[:200]!r}")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.split("/")[2].rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @contextmanager

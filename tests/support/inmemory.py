@@ -5,14 +5,18 @@ the daemon does between two gateways (rekeys, traps, start/close actions)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tests.support.daemon import PSK
 
 if TYPE_CHECKING:
+    from gateway.control.client import ControlClient
     from gateway.daemon import Daemon
+    from gateway.dataplane.base import Dataplane
 
 
 def config_text(
@@ -50,6 +54,52 @@ esp_proposals = ["aes256gcm16-x25519"]
 start_action = "{start}"
 {child_extra}
 """
+
+
+D = TypeVar("D", bound="Dataplane")
+
+
+@dataclasses.dataclass
+class Pair(Generic[D]):
+    """Two daemons joined in memory and west's control client."""
+
+    west: Daemon
+    east: Daemon
+    dp_west: D
+    dp_east: D
+    client: ControlClient  # west's control socket
+
+
+@contextlib.asynccontextmanager
+async def started_pair(
+    tmp_path: Path, dp_west: D, dp_east: D, gateway_extra: str = ""
+) -> AsyncIterator[Pair[D]]:
+    """West (127.0.0.1, start_action "start") and east (127.0.0.2, responder) over the
+    given data planes, joined in memory and started (east first), with a control client
+    on west; all closed after. `gateway_extra`: more `[gateway]` keys for both."""
+    from gateway.config.reader import parse_config
+    from gateway.control.client import ControlClient
+    from gateway.daemon import Daemon
+
+    daemons = []
+    for name, local, remote, start, dp in (
+        ("west", "127.0.0.1", "127.0.0.2", "start", dp_west),
+        ("east", "127.0.0.2", "127.0.0.1", "none", dp_east),
+    ):
+        text = config_text(tmp_path / f"{name}.sock", local, remote, start)
+        text = text.replace("[gateway]\n", f"[gateway]\n{gateway_extra}\n", 1)
+        daemons.append(Daemon(parse_config(text, f"{name}.toml"), dataplane=dp))
+    west, east = daemons
+    link_in_memory(west, east)
+    await east.start()
+    await west.start()
+    client = await ControlClient.connect(tmp_path / "west.sock")
+    try:
+        yield Pair(west, east, dp_west, dp_east, client)
+    finally:
+        await client.close()
+        await west.shutdown()
+        await east.shutdown()
 
 
 def link_in_memory(a: Daemon, b: Daemon) -> None:

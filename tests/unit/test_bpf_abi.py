@@ -16,6 +16,7 @@ C_TYPES = {
     "__u16": ctypes.c_uint16,
     "__u32": ctypes.c_uint32,
     "__u64": ctypes.c_uint64,
+    "__s64": ctypes.c_int64,
 }
 
 
@@ -24,7 +25,7 @@ def header_structs() -> dict[str, list[tuple[str, str, int]]]:
     out = {}
     for name, body in re.findall(r"struct (\w+) \{(.*?)\};", HEADER, re.S):
         fields = []
-        for ctype, field, count in re.findall(r"(__u\d+) (\w+)(?:\[(\d+)\])?;", body):
+        for ctype, field, count in re.findall(r"(__[us]\d+) (\w+)(?:\[(\d+)\])?;", body):
             fields.append((field, ctype, int(count or 0)))
         out[name] = fields
     return out
@@ -76,7 +77,10 @@ def test_constants_match() -> None:
         "CFG_NIC_DECRYPTS",
         "CFG_MSS_CLAMP",
         "CFG_IN_FALLBACK",
+        "CFG_IKE_BUDGET",
         "SLOT_NONE",
+        "STEER_NONE",
+        "IKE_BUCKETS",
     ):
         assert d[name] == getattr(abi, name), name
     assert d["SLOT_BITS"] == abi.SLOT_BITS_DEFAULT

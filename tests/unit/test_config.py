@@ -287,6 +287,74 @@ def test_xdp_section() -> None:
     assert paths_of('[gateway]\nxdp = "eth0"\n') == ["gateway.xdp"]
 
 
+def test_xdp_steering_drop_shield_and_slot_space() -> None:
+    xdp = parse_config('[gateway.xdp]\nwan_interface = "eth0"\n').gateway.xdp
+    assert xdp is not None
+    assert (xdp.steer_cpus, xdp.drop_unknown_spi, xdp.ike_init_rate, xdp.ike_init_budget) == (
+        (),
+        False,
+        None,
+        None,
+    )
+    assert (xdp.max_child_sas, xdp.slot_bits) == (65536, 16)
+    text = (
+        '[gateway.xdp]\nwan_interface = "eth0"\nsteer_cpus = [1, 0]\ndrop_unknown_spi = true\n'
+        "ike_init_rate = 20\nike_init_burst = 40\nike_init_budget = 500\n"
+        "ike_init_budget_burst = 1000\nmax_child_sas = 1048576\n"
+    )
+    xdp = parse_config(text).gateway.xdp
+    assert xdp is not None
+    assert (xdp.steer_cpus, xdp.drop_unknown_spi) == ((1, 0), True)
+    assert (xdp.ike_init_rate, xdp.ike_init_burst) == (20.0, 40)
+    assert (xdp.ike_init_budget, xdp.ike_init_budget_burst) == (500.0, 1000)
+    assert (xdp.max_child_sas, xdp.slot_bits) == (1 << 20, 20)
+    xdp = parse_config('[gateway.xdp]\nwan_interface = "e"\nmax_child_sas = 100000\n').gateway.xdp
+    assert xdp is not None and xdp.slot_bits == 17  # rounded up to a power of two
+    all_cpus = parse_config('[gateway.xdp]\nwan_interface = "e"\nsteer_cpus = "all"\n')
+    assert all_cpus.gateway.xdp is not None and all_cpus.gateway.xdp.steer_cpus == "all"
+
+    # reload: steering, drop and shield change in place; interfaces and slots do not
+    def attach_keys(text: str) -> object:
+        config = parse_config(text).gateway.xdp
+        assert config is not None
+        return config.attach_keys
+
+    live = text.replace("[1, 0]", "[0]").replace("= 20", "= 5").replace("true", "false")
+    assert attach_keys(live) == attach_keys(text)
+    assert attach_keys(text.replace("1048576", "100000")) != attach_keys(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "words"),
+    [
+        ("max_child_sas = 1048577", "gateway.xdp.max_child_sas", "out of range 2..1048576"),
+        ("steer_cpus = [1, 1]", "gateway.xdp.steer_cpus", "listed twice"),
+        ('steer_cpus = "some"', "gateway.xdp.steer_cpus", '"all"'),
+        ("steer_cpus = []", "gateway.xdp.steer_cpus", '"all"'),
+        ("ike_init_rate = 0", "gateway.xdp.ike_init_rate", "out of range"),
+        ("ike_init_burst = 5", "gateway.xdp.ike_init_burst", "needs ike_init_rate"),
+        ("ike_init_budget_burst = 5", "gateway.xdp.ike_init_budget_burst", "needs ike_init_budget"),
+        ("drop_unknown_spi = 1", "gateway.xdp.drop_unknown_spi", "true/false"),
+        ('counters_intrval = "1s"', "gateway.xdp.counters_intrval", "unknown key"),
+    ],
+)
+def test_xdp_key_errors(body: str, path: str, words: str) -> None:
+    ((where, _line, message),) = errors_of(f'[gateway.xdp]\nwan_interface = "eth0"\n{body}\n')
+    assert where == path and words in message, message
+
+
+def test_xdp_wan_side_keys_need_a_wan_interface() -> None:
+    text = '[gateway.xdp]\nlan_interface = "eth1"\nike_init_budget = 100\ndrop_unknown_spi = true\n'
+    assert paths_of(text) == ["gateway.xdp.ike_init_budget", "gateway.xdp.drop_unknown_spi"]
+
+
+def test_counters_interval() -> None:
+    assert parse_config("").gateway.counters_interval == 1.0
+    assert parse_config('[gateway]\ncounters_interval = "5s"\n').gateway.counters_interval == 5
+    assert parse_config("[gateway]\ncounters_interval = 0\n").gateway.counters_interval == 0
+    assert paths_of('[gateway]\ncounters_interval = "2h"\n') == ["gateway.counters_interval"]
+
+
 def test_xdp_mss_clamp_is_true_by_default_and_false_turns_it_off() -> None:
     # issue 6 contract: `mss_clamp = true` (the default) derives the MSS from the tunnel MTU
     base = '[gateway.xdp]\nwan_interface = "eth1"\nlan_interface = "eth2"\n'
@@ -394,6 +462,25 @@ def test_child_inherits_connection_offload_and_accepts_good_values() -> None:
         1024,
     )
     assert k.life_bytes == int((1 << 30) * 1.1)
+
+
+def test_offload_interface_and_set_mark_out() -> None:
+    """offload_interface: a connection default the children inherit; set_mark_out: per
+    child, an integer or a string in any base."""
+    c = parse_config(
+        conn('offload = "crypto"\noffload_interface = "nsim0"\n', 'set_mark_out = "0x64"\n')
+    ).connections[0]
+    k = c.children[0]
+    assert (k.offload, k.offload_interface, k.set_mark_out) == ("crypto", "nsim0", 0x64)
+    k = parse_config(conn("", 'offload_interface = "eth1"\nset_mark_out = 7\n'))
+    child = k.connections[0].children[0]
+    assert (child.offload, child.offload_interface, child.set_mark_out) == ("no", "eth1", 7)
+    assert (
+        parse_config(conn("", 'mode = "tunnel"\n')).connections[0].children[0].set_mark_out is None
+    )
+    for bad in ('set_mark_out = "0x64/0xff"', "set_mark_out = 0", "set_mark_out = true"):
+        assert paths_of(conn("", bad + "\n")) == ["connections.c.children.k.set_mark_out"]
+    assert paths_of(conn('offload_interface = "a/b"\n')) == ["connections.c.offload_interface"]
 
 
 def test_default_jitter_follows_life_time() -> None:

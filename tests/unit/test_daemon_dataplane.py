@@ -5,6 +5,7 @@ reprs. The `none` data plane records without installing."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -62,7 +63,7 @@ CHILD = (
 
 
 def test_aead_child() -> None:
-    spec = child_sa_spec(event(), None, 0x4E470001, None)
+    spec = child_sa_spec(event(), None, 0x4E470001)
     assert (spec.local, spec.remote) == (
         ipaddress.ip_address("192.0.2.1"),
         ipaddress.ip_address("192.0.2.2"),
@@ -91,7 +92,6 @@ def test_cbc_hmac_nat_transport_child() -> None:
         ),
         None,
         0x4E470002,
-        None,
     )
     assert (spec.esp.crypt, spec.esp.integ, spec.esp.trunc_bits) == (
         "cbc(aes)",
@@ -105,7 +105,7 @@ def test_cbc_hmac_nat_transport_child() -> None:
 
 
 def test_address_range_selector_is_split_into_networks() -> None:
-    spec = child_sa_spec(event(local_ts=(ts_from_text("10.0.0.1-10.0.0.6"),)), None, 1, None)
+    spec = child_sa_spec(event(local_ts=(ts_from_text("10.0.0.1-10.0.0.6"),)), None, 1)
     assert [str(ts.net) for ts in spec.local_ts] == [
         "10.0.0.1/32",
         "10.0.0.2/31",
@@ -116,23 +116,27 @@ def test_address_range_selector_is_split_into_networks() -> None:
 
 def test_what_xfrm_cannot_express_is_a_dataplane_error() -> None:
     with pytest.raises(DataplaneError, match="port range 1000-2000"):
-        child_sa_spec(event(remote_ts=(ts_from_text("10.2.0.0/24[udp/1000-2000]"),)), None, 1, None)
+        child_sa_spec(event(remote_ts=(ts_from_text("10.2.0.0/24[udp/1000-2000]"),)), None, 1)
     with pytest.raises(DataplaneError, match="east.net"):
-        child_sa_spec(event(spi_in=5), None, 1, None)  # SPIs 1..255 are reserved
+        child_sa_spec(event(spi_in=5), None, 1)  # SPIs 1..255 are reserved
 
 
 def test_config_limits_and_offload() -> None:
     from gateway.xfrm.netlink import XFRM_INF
 
-    spec = child_sa_spec(event(), CHILD, 1, None)
+    spec = child_sa_spec(event(), CHILD, 1)
     lt = spec.lifetime
     assert (lt.soft_bytes, lt.hard_bytes) == (1 << 30, int((1 << 30) * 1.1))
     assert (lt.soft_packets, lt.hard_packets) == (XFRM_INF, 1000000)
     assert (lt.soft_seconds, lt.hard_seconds) == (0, 7200)
     assert spec.replay_window == 256
-    assert spec.offload == "no"  # no device to offload to
-    spec = child_sa_spec(event(), CHILD, 1, "eth0")
-    assert (spec.offload, spec.offload_dev) == ("auto", "eth0")
+    # offload asked everywhere: no device named = the route's (found by the XFRM backend)
+    assert (spec.offload, spec.offload_dev, spec.set_mark) == ("auto", None, None)
+    child = dataclasses.replace(CHILD, offload_interface="nsim0", set_mark_out=0x64)
+    spec = child_sa_spec(event(), child, 1)
+    assert (spec.offload, spec.offload_dev, spec.set_mark) == ("auto", "nsim0", 0x64)
+    spec = child_sa_spec(event(), dataclasses.replace(child, offload="no"), 1)
+    assert (spec.offload, spec.offload_dev, spec.set_mark) == ("no", None, 0x64)
 
 
 def test_none_dataplane_records_only() -> None:
@@ -155,10 +159,10 @@ def test_route_based_child_spec_carries_its_if_ids() -> None:
     from gateway.dataplane.xfrm import trap_sa_spec
 
     same = dataclasses.replace(CHILD, if_id_in=7, if_id_out=7)
-    spec = child_sa_spec(event(), same, 1, None)
+    spec = child_sa_spec(event(), same, 1)
     assert (spec.if_id, spec.if_id_out) == (7, None)
     split = dataclasses.replace(CHILD, if_id_in=7, if_id_out=9)
-    spec = child_sa_spec(event(), split, 1, None)
+    spec = child_sa_spec(event(), split, 1)
     assert (spec.direction_if_id(True), spec.direction_if_id(False)) == (7, 9)
     trap = TrapSpec(
         "c", "net", "192.0.2.1", "192.0.2.2", ("0.0.0.0/0",), ("0.0.0.0/0",), "tunnel", 7, 9

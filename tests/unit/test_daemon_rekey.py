@@ -7,55 +7,26 @@ after the Delete) and the events. The same against strongSwan: tests/host."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config.reader import parse_config
 from gateway.control.client import ControlClient
 from gateway.control.protocol import ControlError
-from gateway.daemon import Daemon
 from gateway.daemon import core as daemon_core
 from tests.support.fake_engine import RecordingDataplane
-from tests.support.inmemory import config_text, link_in_memory
-
-
-@dataclasses.dataclass
-class Pair:
-    west: Daemon
-    east: Daemon
-    dp_west: RecordingDataplane
-    dp_east: RecordingDataplane
-    client: ControlClient
+from tests.support.inmemory import Pair, started_pair
 
 
 @pytest.fixture
-async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Pair]:
+async def pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Pair[RecordingDataplane]]:
     monkeypatch.setattr(daemon_core, "REKEY_GRACE", 0.05)
-    daemons: dict[str, Daemon] = {}
-    dps: dict[str, RecordingDataplane] = {}
-    for name, local, remote, start in (
-        ("west", "127.0.0.1", "127.0.0.2", "start"),
-        ("east", "127.0.0.2", "127.0.0.1", "none"),
-    ):
-        text = config_text(tmp_path / f"{name}.sock", local, remote, start)
-        dps[name] = RecordingDataplane()
-        daemons[name] = Daemon(parse_config(text, f"{name}.toml"), dataplane=dps[name])
-    west, east = daemons["west"], daemons["east"]
-
-    link_in_memory(west, east)
-    await east.start()
-    await west.start()
-    client = await ControlClient.connect(tmp_path / "west.sock")
-    try:
-        yield Pair(west, east, dps["west"], dps["east"], client)
-    finally:
-        await client.close()
-        await west.shutdown()
-        await east.shutdown()
+    async with started_pair(tmp_path, RecordingDataplane(), RecordingDataplane()) as pair:
+        yield pair
 
 
 async def child_spis(client: ControlClient) -> tuple[str, str]:
@@ -76,7 +47,9 @@ async def wait_for(what: str, cond: Any) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair) -> None:
+async def test_child_rekey_from_the_control_api_is_make_before_break(
+    pair: Pair[RecordingDataplane],
+) -> None:
     old_in, old_out = await child_spis(pair.client)
     events = await pair.client.subscribe()
     result = await pair.client.rekey("east.net", timeout=5)
@@ -107,7 +80,7 @@ async def test_child_rekey_from_the_control_api_is_make_before_break(pair: Pair)
     assert stats["rekeys"] == 1 and stats["child_sas"] == 1
 
 
-async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
+async def test_ike_rekey_keeps_the_child(pair: Pair[RecordingDataplane]) -> None:
     spis = await child_spis(pair.client)
     (before,) = await pair.client.list_sas()
     await pair.client.rekey("east", timeout=5)
@@ -133,7 +106,7 @@ async def test_ike_rekey_keeps_the_child(pair: Pair) -> None:
     assert (west_sa["initiator"], east_sa["initiator"]) == (False, True)
 
 
-async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:
+async def test_soft_expiry_rekeys_the_child(pair: Pair[RecordingDataplane]) -> None:
     old_in, _ = await child_spis(pair.client)
     pair.west.expiry.expired(int(old_in, 16), hard=False)  # as the kernel's soft byte limit
     await wait_for("a new inbound SPI", lambda: pair.west.totals.rekeys == 1)
@@ -141,7 +114,7 @@ async def test_soft_expiry_rekeys_the_child(pair: Pair) -> None:
     assert new_in != old_in
 
 
-async def test_rekey_errors(pair: Pair) -> None:
+async def test_rekey_errors(pair: Pair[RecordingDataplane]) -> None:
     await child_spis(pair.client)
     with pytest.raises(ControlError) as info:
         await pair.client.rekey("nowhere")
@@ -151,7 +124,7 @@ async def test_rekey_errors(pair: Pair) -> None:
     assert info.value.code in ("unknown-connection", "unknown-sa")
 
 
-async def test_list_sas_shows_the_engines_lifetimes(pair: Pair) -> None:
+async def test_list_sas_shows_the_engines_lifetimes(pair: Pair[RecordingDataplane]) -> None:
     await child_spis(pair.client)
     (sa,) = await pair.client.list_sas()
     (child,) = sa["children"]

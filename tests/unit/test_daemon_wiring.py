@@ -411,7 +411,7 @@ async def test_dpd_reads_inbound_packets_from_the_data_plane(tmp_path: Path) -> 
     daemon, _, dataplane, _ = await start_daemon(tmp_path)
     try:
         seen = {0xC0000001: 7}
-        dataplane.counters = lambda installed: Counters(packets_in=seen[installed.spi_in])  # type: ignore[method-assign]
+        dataplane.counters = lambda installed, **_: Counters(packets_in=seen[installed.spi_in])  # type: ignore[method-assign]
         traffic = InboundTraffic(daemon.sas, daemon.features)
         assert traffic.packets_in(1, 0xC0000001) == 7
         seen[0xC0000001] = 9

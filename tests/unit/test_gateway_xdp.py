@@ -7,6 +7,7 @@ daemon are tested in tests/host/test_daemon_xdp.py."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from bpf.spi import slot_of_spi
 from gateway.config.schema import XdpConfig
-from gateway.dataplane.xdp import SlotSpis, XdpAdapter
+from gateway.dataplane.xdp import SlotSpis, XdpAdapter, runtime_settings
 from gateway.errors import GatewayError
 from ike.errors import SpiExhausted
 from ike.ts import ts_from_text
@@ -43,11 +44,55 @@ def test_spis_carry_their_slot_and_a_rekey_keeps_it() -> None:
     assert len(spis) == 1
 
 
-def test_spis_exhausted_is_the_engine_error() -> None:
+def test_spis_exhausted_is_the_engine_error_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past the slot space the engine refuses the Child SA (TEMPORARY_FAILURE), never
+    silently: one log line per run of refusals, and a counter for the metrics."""
     spis = SlotSpis(slot_bits=1, random=random.Random(3).randbytes)
-    spis.allocate(), spis.allocate()
+    first, _ = spis.allocate(), spis.allocate()
+    assert (spis.capacity, spis.end) == (2, 2)
+    for _ in range(3):
+        with pytest.raises(SpiExhausted):
+            spis.allocate()
+    lines = [r.getMessage() for r in caplog.records if "xdp-slots-exhausted" in r.getMessage()]
+    assert len(lines) == 1 and "capacity=2" in lines[0] and "max_child_sas" in lines[0]
+    assert spis.exhausted == 3
+    spis.release(first)
+    spis.allocate()  # a slot came back: the next refusal is logged again
     with pytest.raises(SpiExhausted):
         spis.allocate()
+    assert spis.exhausted == 4
+    assert sum("xdp-slots-exhausted" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_slot_bits_follow_max_child_sas_and_settings_reach_the_loader() -> None:
+    """[gateway.xdp] keys become the loader's settings: the slot space, steering (a CPU
+    set or "all"), unknown-SPI drop and the shield (burst defaults: one second's worth)."""
+    from bpf.loader import IkeShield
+
+    cfg = XdpConfig(
+        wan_interface="lo",
+        max_child_sas=1 << 20,
+        steer_cpus="all",
+        drop_unknown_spi=True,
+        ike_init_rate=2.5,
+        ike_init_budget=100,
+    )
+    assert XdpAdapter(cfg, loader=lambda c: FakeLoader()).spis.slot_bits == 20
+    settings = runtime_settings(cfg)
+    assert settings["drop_unknown_spi"] is True
+    assert settings["steer_cpus"] == tuple(sorted(os.sched_getaffinity(0)))
+    assert settings["ike_shield"] == IkeShield(rate=2.5, burst=3, budget_rate=100, budget_burst=100)
+    assert runtime_settings(XdpConfig(wan_interface="lo"))["ike_shield"] is None
+    only_budget = runtime_settings(XdpConfig(wan_interface="lo", ike_init_budget=5))
+    assert only_budget["ike_shield"] == IkeShield(rate=None, budget_rate=5, budget_burst=5)
+    loader = FakeLoader()
+    a = adapter(loader)
+    a.update_settings(XdpConfig(wan_interface="lo", steer_cpus=(0,), drop_unknown_spi=True))
+    assert loader.settings["steer_cpus"] == (0,) and loader.settings["drop_unknown_spi"]
+    assert a.steered() == {1: 7}
+    assert a.slot_usage() == {"used": 0, "capacity": 16, "exhausted": 0}
 
 
 def test_established_rekeyed_deleted() -> None:
@@ -70,8 +115,10 @@ def test_established_rekeyed_deleted() -> None:
     counters = a.child_counters(new_in)
     assert counters is not None and counters["slot"] == placed.slot
     assert counters["esp_in_packets"] == placed.slot + 1 and counters["clear_to_tunnel_bytes"] == 0
-    a.child_deleted(new_in)  # the last one: slot and prefixes go
+    final = a.child_deleted(new_in)  # the last one: slot and prefixes go, final counts
     assert loader.calls[-1] == ("remove", placed.slot, new_in, 0x2000, ("10.2.0.0/24",))
+    assert final is not None and (final.connection, final.child) == ("east", "net")
+    assert final.counters.esp_in_packets == placed.slot + 1
     a.spis.release(spi_in)
     a.spis.release(new_in)
     assert len(a.spis) == 0
@@ -149,6 +196,27 @@ def test_route_based_childs_lan_prefixes_are_its_routes() -> None:
     assert not [c for c in loader.calls if c[0] == "exclude"]
     a.child_rekeyed(s1, child(a.spis.allocate(), 0x3000, **wide), offloaded=False)
     assert [c for c in loader.calls if c[0] == "install"][-1][4] == ("10.2.0.0/24",)
+
+
+def test_child_ended_takes_an_old_sa_in_its_grace_along() -> None:
+    """The Child SA ends while its rekeyed-away SA waits for its grace: both SPIs and
+    the slot go now, with the slot's final counts; the grace's later call is a no-op."""
+    loader = FakeLoader()
+    a = adapter(loader)
+    old = a.spis.allocate()
+    placed = a.child_established(child(old, 0x1000), offloaded=False)
+    assert placed is not None
+    new = a.spis.allocate(replaces=old)
+    a.child_rekeyed(old, child(new, 0x2000), offloaded=False)
+    table = a.slot_table(a.spis.end)
+    assert table.column("esp_in_packets")[placed.slot] == placed.slot + 1
+    final = a.child_ended(new)
+    assert final is not None and final.counters.esp_in_packets == placed.slot + 1
+    assert [c[0] for c in loader.calls[-2:]] == ["remove_spis", "remove"]
+    assert a.child_deleted(old) is None and a.known_spis() == []
+    a.spis.release(old)
+    a.spis.release(new)
+    assert len(a.spis) == 0
 
 
 def test_install_failure_is_logged_and_gives_the_slot_back(

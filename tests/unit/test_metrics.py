@@ -21,6 +21,7 @@ from gateway.metrics import (
     make_registry,
     parse_listen,
     render_text,
+    snapshot_from,
     start_exporter,
 )
 from tests.support.observability import child_sa, ike_sa, synthetic_ike_sas
@@ -173,25 +174,109 @@ def test_duration_histogram_rejects_nonsense() -> None:
     assert hist.snapshot().counts == (0, 1, 1)
 
 
-def test_counters_survive_rekey_and_delete() -> None:
-    old = child_sa("net", 1, tick=100)  # bytes_in 110_000
-    new = child_sa("net", 2, tick=1)  # rekeyed: new SPIs, counters restart (1200 bytes)
+def test_series_are_live_child_sas_plus_the_gone() -> None:
+    """A Child SA's counters run over its life (rekeys included: the daemon sums its SAs);
+    a Child SA that is gone is in child_sas_gone (its final counts, kept by the daemon):
+    the series is their sum, so it never goes backwards and keeps what was counted."""
+    old = child_sa("net", 1, tick=100)  # bytes_in 110_000, packets_in 110
+    old |= {"replay_errors": 2, "replay_window_errors": 1, "integrity_failures": 4}
     source = FakeSource(MetricsSnapshot(ike_sas=[ike_sa("c", 1, [old])]))
     reg = make_registry(source)
     key = {"connection": "c", "child": "net", "direction": "in"}
     assert value(reg, "ipsec_child_sa_bytes_total", **key) == 110_000
-    # during the rekey both SAs exist: the sum
-    source.snap = MetricsSnapshot(ike_sas=[ike_sa("c", 1, [old, new])])
-    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_200
-    # the old SA is deleted: its last counts stay in the series
-    source.snap = MetricsSnapshot(ike_sas=[ike_sa("c", 1, [new])])
-    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_200
-    assert value(reg, "ipsec_child_sa_packets_total", **key) == 110 + 1
-    # the whole IKE SA goes away: the counter still does not go backwards
+    assert (
+        value(reg, "ipsec_child_sa_replay_errors_total", connection="c", child="net", kind="replay")
+        == 2
+    )
+    assert (
+        value(reg, "ipsec_child_sa_replay_errors_total", connection="c", child="net", kind="window")
+        == 1
+    )
+    assert value(reg, "ipsec_child_sa_integrity_failures_total", connection="c", child="net") == 4
+    # the Child SA goes (its last 500 bytes and 1 packet counted before it went); a new
+    # one of the same Child config is up
+    new = child_sa("net", 2, tick=1)  # 1200 bytes, 1 packet
+    gone = {("c", "net"): [110_500, 111, 55_000, 55, 2, 1, 4]}
+    source.snap = MetricsSnapshot(ike_sas=[ike_sa("c", 1, [new])], child_sas_gone=gone)
+    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_700
+    assert value(reg, "ipsec_child_sa_packets_total", **key) == 112
+    assert value(reg, "ipsec_child_sa_integrity_failures_total", connection="c", child="net") == 4
+    # no Child SA left: the series stays with what they counted; no info series
+    gone = {("c", "net"): [111_800, 112, 55_600, 55, 2, 1, 4]}
+    source.snap = MetricsSnapshot(ike_sas=[], child_sas_gone=gone)
+    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_800
+    # a snapshot that misses a Child SA (it ended while the scrape was built): the
+    # series does not go backwards, and does not vanish
     source.snap = MetricsSnapshot(ike_sas=[])
-    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_200
+    assert value(reg, "ipsec_child_sa_bytes_total", **key) == 111_800
+    assert value(reg, "ipsec_child_sa_packets_total", **key) == 112
     info = [k for k in samples(reg) if k[0] == "ipsec_child_sa_info"]
     assert info == []  # info only for SAs that exist
+
+
+def test_xdp_steering_slots_and_offload_fallbacks() -> None:
+    snap = MetricsSnapshot(
+        xdp=[
+            XdpCounter("eth0", "redirect", "esp", 9),
+            XdpCounter("eth0", "drop", "ike_over_budget", 4),
+        ],
+        xdp_steered={1: 9},
+        xdp_slots={"used": 3, "capacity": 65536, "exhausted": 2},
+        offload_fallbacks={("c", "net"): 2},
+    )
+    reg = make_registry(FakeSource(snap))
+    assert (
+        value(reg, "ipsec_xdp_packets_total", interface="eth0", action="redirect", reason="esp")
+        == 9
+    )
+    assert value(reg, "ipsec_xdp_steered_packets_total", cpu="1") == 9
+    assert value(reg, "ipsec_xdp_slots", state="used") == 3
+    assert value(reg, "ipsec_xdp_slots", state="capacity") == 65536
+    assert value(reg, "ipsec_xdp_slot_exhausted_total") == 2
+    assert value(reg, "ipsec_child_sa_offload_fallbacks_total", connection="c", child="net") == 2
+    agg = make_registry(FakeSource(snap), aggregate_per_connection=True)
+    assert value(agg, "ipsec_connection_offload_fallbacks_total", connection="c") == 2
+    # without XDP no slot series at all
+    assert "ipsec_xdp_slots" not in types(make_registry(FakeSource(MetricsSnapshot())))
+
+
+def test_configured_child_sas_says_which_configured_child_is_up() -> None:
+    """Every configured Child has a series, 0 when none of its Child SAs is up: what the
+    alerting rules (deploy/prometheus/) watch."""
+    up = child_sa("net", 1)
+    deleting = child_sa("voip", 2, state="DELETING")
+    snap = MetricsSnapshot(
+        ike_sas=[ike_sa("c", 1, [up, deleting])],
+        configured=[("c", "net", "start"), ("c", "voip", "start"), ("rw", "any", "none")],
+    )
+    reg = make_registry(FakeSource(snap))
+    got = {
+        dict(labels)["child"]: v
+        for (name, labels), v in samples(reg).items()
+        if name == "ipsec_configured_child_sas"
+    }
+    assert got == {"net": 1, "voip": 0, "any": 0}
+    assert (
+        value(reg, "ipsec_configured_child_sas", connection="rw", child="any", start_action="none")
+        == 0
+    )
+
+
+def test_snapshot_from_list_sas_and_stats() -> None:
+    """The daemon and the workers' supervisor build the snapshot the same way."""
+    stats = {
+        "retired": {"c.net": {"bytes_in": 5, "packets_in": 1, "integrity_failures": 2}},
+        "offload_fallbacks": {"c.net": 1},
+        "xdp": [{"interface": "eth0", "action": "pass", "reason": "esp", "packets": 3}],
+        "xdp_steered": {"0": 3},
+        "xdp_slots": {"used": 1, "capacity": 2, "exhausted": 0},
+        "mss_clamped": {"eth1": 1},
+        "rekeys": 4,
+    }
+    snap = snapshot_from([], stats, start_time=1.0)
+    assert snap.child_sas_gone == {("c", "net"): [5, 1, 0, 0, 0, 0, 2]}
+    assert (snap.offload_fallbacks, snap.xdp_steered) == ({("c", "net"): 1}, {0: 3})
+    assert (snap.rekeys, snap.start_time, snap.mss_clamped) == (4, 1.0, {"eth1": 1})
 
 
 def test_aggregate_per_connection() -> None:

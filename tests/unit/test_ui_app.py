@@ -147,7 +147,11 @@ async def test_main_screen_snapshot_and_header_totals() -> None:
     async with console() as (app, gw, pilot):
         text = screen_text(app)
         assert "● connected fake.sock  gateway 0.1.0  up 1h02m" in text
-        assert "XDP drops 7 (bad-spi 7)" in text and "XFRM errors 2" in text
+        assert (
+            "XDP pass 99 (esp 99)   redirect 40 (esp 40)   drop 9 (esp_unknown_spi 7, "
+            "ike_rate_limited 2)   steered cpu1 40   slots 6/65536" in text
+        )
+        assert "XFRM errors 2" in text
         assert "Child SAs 6" in text
         assert len(app.model.view) == 7  # 6 Child SAs + the idle connection
         assert app.table.selected is not None and app.table.selected.name == "conn-0.net-0"

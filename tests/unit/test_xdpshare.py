@@ -99,6 +99,14 @@ async def test_two_workers_share_one_loader() -> None:
     counters = await asyncio.to_thread(w.child_counters, spi_in)
     assert counters is not None and counters["slot"] == slot
     assert counters["esp_in_packets"] == slot + 1
+    # a worker's counter read: its share of the supervisor's one table read (the other
+    # worker's slots read 0), and the steering CPU of its slots
+    loader.settings["cpu_of"] = {slot: 1}
+    table = await asyncio.to_thread(w.slot_table, w.spis.end)
+    column = table.column("esp_in_packets")
+    assert [column[s] for _, _, s in placed if s % 2 == 1] == [s + 1 for _, _, s in placed if s % 2]
+    assert all(column[s] == 0 for _, _, s in placed if s % 2 == 0)
+    assert w.slot_cpu(spi_in) == 1
 
     # a slot outside the worker's share is refused (never touches the loader)
     assert w0.loader is not None
