@@ -113,7 +113,8 @@ def test_daemon_and_strongswan(netns_pair: tuple[Netns, Netns], tmp_path: Path) 
             events.terminate()
             out = events.communicate(timeout=10)[0]
         types = [json.loads(line)["type"] for line in out.splitlines()]
-        # (the stream may start after the first SA came up: it raced our start_action)
-        assert types.count("ike-established") >= 2 and types.count("child-established") >= 2
+        # (the stream, a process of its own, may start late on a busy machine: after the
+        # first SAs came up; the last one, whose end DPD found, is always in it)
+        assert types.count("ike-established") >= 1 and types.count("child-established") >= 1
         assert types[-3:] == ["child-deleted", "dpd-failed", "ike-deleted"]
         assert SWAN_PSK not in gw.log_text()

@@ -158,6 +158,8 @@ async def test_updown_runs_with_the_documented_environment(
         down = read_env(down_file)
         assert (down["PLUTO_VERB"], down["GW_REASON"]) == ("down-client", "delete")
 
+        # the down program wrote its file; it is counted once it has exited
+        await until("down counted", lambda: west.stats()["hooks"]["ok"] >= 3)
         hooks = west.stats()["hooks"]
         assert (hooks["ok"], hooks["failed"], hooks["timeout"]) == (3, 1, 1)
         assert hooks["running"] == hooks["queued"] == 0
