@@ -66,6 +66,23 @@ def inner_address(i: int) -> str:
     return f"10.{16 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/32"
 
 
+def peer_connection(i: int, local: str, target: str) -> Any:
+    """The generator's peer i (an initiator's ConnectionConfig toward `target`): its own
+    identity and inner /32, so no two Child SAs' selectors collide in the kernel."""
+    from ike.config import ChildConfig, ConnectionConfig
+
+    return ConnectionConfig(
+        name=f"c{i}",
+        local_addrs=(local,),
+        remote_addrs=(target,),
+        local_id=f"lg-{i}.example",
+        remote_id="",
+        psk=PSK.encode(),
+        ike_proposals=(IKE,),
+        children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
+    )
+
+
 # --------------------------------------------------------------------------- load generator
 
 
@@ -73,22 +90,13 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
     """One slice: initiators on --ips toward --target, one connection (inner address,
     identity) per handshake, numbered from --first; counts established Child SAs."""
     from gateway.transport import UdpTransport
-    from ike.config import ChildConfig, ConnectionConfig, EngineSettings
+    from ike.config import EngineSettings
     from ike.engine import IkeEngine
     from ike.events import ChildSaEstablished, ChildSaFailed, IkeSaFailed
 
     ips = args.ips.split(",")
     conns = [
-        ConnectionConfig(
-            name=f"c{i}",
-            local_addrs=(ips[i % len(ips)],),
-            remote_addrs=(args.target,),
-            local_id=f"lg-{i}.example",
-            remote_id="",
-            psk=PSK.encode(),
-            ike_proposals=(IKE,),
-            children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
-        )
+        peer_connection(i, ips[i % len(ips)], args.target)
         for i in range(args.first, args.first + args.budget)
     ]
     engine = IkeEngine(
