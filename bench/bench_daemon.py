@@ -66,6 +66,23 @@ def inner_address(i: int) -> str:
     return f"10.{16 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/32"
 
 
+def peer_connection(i: int, local: str, target: str) -> Any:
+    """The generator's peer i (an initiator's ConnectionConfig toward `target`): its own
+    identity and inner /32, so no two Child SAs' selectors collide in the kernel."""
+    from ike.config import ChildConfig, ConnectionConfig
+
+    return ConnectionConfig(
+        name=f"c{i}",
+        local_addrs=(local,),
+        remote_addrs=(target,),
+        local_id=f"lg-{i}.example",
+        remote_id="",
+        psk=PSK.encode(),
+        ike_proposals=(IKE,),
+        children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
+    )
+
+
 # --------------------------------------------------------------------------- load generator
 
 
@@ -73,25 +90,18 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
     """One slice: initiators on --ips toward --target, one connection (inner address,
     identity) per handshake, numbered from --first; counts established Child SAs."""
     from gateway.transport import UdpTransport
-    from ike.config import ChildConfig, ConnectionConfig, EngineSettings
+    from ike.config import EngineSettings
     from ike.engine import IkeEngine
     from ike.events import ChildSaEstablished, ChildSaFailed, IkeSaFailed
 
     ips = args.ips.split(",")
     conns = [
-        ConnectionConfig(
-            name=f"c{i}",
-            local_addrs=(ips[i % len(ips)],),
-            remote_addrs=(args.target,),
-            local_id=f"lg-{i}.example",
-            remote_id="",
-            psk=PSK.encode(),
-            ike_proposals=(IKE,),
-            children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
-        )
+        peer_connection(i, ips[i % len(ips)], args.target)
         for i in range(args.first, args.first + args.budget)
     ]
-    engine = IkeEngine(conns, EngineSettings(retransmit_timeout=4.0, retransmit_tries=3))
+    engine = IkeEngine(
+        conns, EngineSettings(retransmit_timeout=args.retransmit, retransmit_tries=3)
+    )
     loop = asyncio.get_running_loop()
     state = {"open": 0, "done": 0, "failed": 0, "measured": 0, "next": 0}
     latencies: list[float] = []
@@ -315,6 +325,7 @@ def slice_(
         "--target", target, "--first", str(first), "--budget", str(args.budget),
         "--seconds", str(args.seconds), "--warmup", str(args.warmup),
         "--inflight", str(args.inflight), "--tail", str(args.tail),
+        "--retransmit", str(args.retransmit),
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -445,14 +456,16 @@ def burst_responder(args: argparse.Namespace) -> None:
     into a fresh namespace. Prints one JSON line."""
     from gateway.config.reader import parse_config
     from gateway.daemon import Daemon
+    from gateway.dataplane.none import NoneDataplane
     from gateway.dataplane.xfrm import XfrmDataplane
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_xfrm import count_objects, ip_batch_lines
 
     work = Path(args.work)
-    config = parse_config(our_config(work / "b.sock", dataplane="xfrm"), str(work / "b.toml"), work)
-    dataplane = XfrmDataplane()
+    text = our_config(work / "b.sock", dataplane=args.burst_dataplane)
+    config = parse_config(text, str(work / "b.toml"), work)
+    dataplane: Any = XfrmDataplane() if args.burst_dataplane == "xfrm" else NoneDataplane()
     spent = [0.0]
     installed: list[Any] = []
     calls = {"install": 0, "install_many": 0}
@@ -468,8 +481,10 @@ def burst_responder(args: argparse.Namespace) -> None:
                 spent[0] += time.perf_counter() - t0
             calls[name] += 1
             for r in result if isinstance(result, list) else [result]:
-                if hasattr(r, "handle"):
+                if getattr(r, "handle", None) is not None:
                     installed.append(r.handle.spec)
+                elif hasattr(r, "spi_in"):
+                    installed.append(r)  # `none`: nothing to replay with ip -batch
             return result
 
         return call
@@ -482,7 +497,8 @@ def burst_responder(args: argparse.Namespace) -> None:
         await daemon.start()
         (work / "ready").write_text("1")
         deadline = time.monotonic() + args.seconds
-        while len(installed) < args.burst and time.monotonic() < deadline:
+        stop = work / "stop"  # the generator is done (the parent says so)
+        while len(installed) < args.burst and time.monotonic() < deadline and not stop.exists():
             await asyncio.sleep(0.05)
         await asyncio.sleep(1)
         stats = daemon.stats()
@@ -496,8 +512,9 @@ def burst_responder(args: argparse.Namespace) -> None:
     result |= {"children": n, "seconds": spent[0], "calls": calls}
     from gateway import netns
 
+    specs = [x for x in installed if hasattr(x, "keys_in")]
     with netns.netns("gwburst") as ns, tempfile.NamedTemporaryFile("w", suffix=".b") as f:
-        f.write(ip_batch_lines(installed))
+        f.write(ip_batch_lines(specs))
         f.flush()
         t0 = time.perf_counter()
         proc = subprocess.run(["ip", "-n", ns.name, "-batch", f.name], capture_output=True)
@@ -525,6 +542,8 @@ def burst(args: argparse.Namespace) -> None:
             str(args.burst),
             "--seconds",
             str(args.burst_seconds),
+            "--burst-dataplane",
+            args.burst_dataplane,
             stdout=subprocess.PIPE,
             cwd=str(REPO),
         )
@@ -535,7 +554,9 @@ def burst(args: argparse.Namespace) -> None:
         gen = argparse.Namespace(**vars(args))
         gen.inflight, gen.budget, gen.warmup = args.burst, args.burst, 0.0
         gen.seconds, gen.tail = 0.5, args.burst_seconds
+        gen.retransmit = 60.0  # TCG: the responder needs long for 1,000 at once
         res = slice_(lg, "ours", 0, gen, ips)
+        (work / "stop").write_text("1")
         out, _ = responder.communicate(timeout=args.burst_seconds + 600)
         r = json.loads(out.decode().strip().splitlines()[-1])
     finally:
@@ -568,7 +589,8 @@ def in_vm(args: argparse.Namespace) -> int:
     from gateway.lab.vm import run_in_vm
 
     if probe.kernel_esp().ok:
-        compare(args)
+        if not args.only_burst:
+            compare(args)
         if args.burst:
             burst(args)
         return 0
@@ -597,8 +619,11 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--burst", type=int, default=None, help="peers at once (VM; default 1000)")
     p.add_argument("--burst-seconds", type=float, default=None)
+    p.add_argument("--burst-dataplane", default="xfrm", help=argparse.SUPPRESS)
+    p.add_argument("--only-burst", action="store_true", help="the burst alone")
     p.add_argument("--budget", type=int, default=None, help="connections per slice")
     p.add_argument("--tail", type=float, default=10.0, help="s to finish what is in flight")
+    p.add_argument("--retransmit", type=float, default=4.0, help="generator's first RTO, s")
     p.add_argument("--vm-timeout", type=float, default=5400)
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--burst-responder", action="store_true", help=argparse.SUPPRESS)
@@ -625,7 +650,10 @@ def main() -> int:
         return 0
     if args.vm:
         return in_vm(args)
-    compare(args)
+    if not args.only_burst:
+        compare(args)
+    if args.burst:
+        burst(args)
     return 0
 
 

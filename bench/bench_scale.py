@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_daemon import ESP, IKE, INNER_NET, OURS_IP, PSK, inner_address  # noqa: E402
+from bench_daemon import ESP, IKE, INNER_NET, OURS_IP, PSK, peer_connection  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -84,26 +84,14 @@ async def generator(args: argparse.Namespace) -> None:
     """In the lg namespace: set up N, report, then a trickle of new handshakes until
     told to stop (stdin closes), answering the daemon's rekeys all along."""
     from gateway.transport import UdpTransport
-    from ike.config import ChildConfig, ConnectionConfig, EngineSettings
+    from ike.config import EngineSettings
     from ike.engine import IkeEngine
     from ike.events import ChildSaEstablished, ChildSaFailed, IkeSaFailed
 
     ips = args.ips.split(",")
     total = args.n + args.trickle_max
     t_build = time.monotonic()
-    conns = [
-        ConnectionConfig(
-            name=f"c{i}",
-            local_addrs=(ips[i % len(ips)],),
-            remote_addrs=(OURS_IP,),
-            local_id=f"lg-{i}.example",
-            remote_id="",
-            psk=PSK.encode(),
-            ike_proposals=(IKE,),
-            children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
-        )
-        for i in range(total)
-    ]
+    conns = [peer_connection(i, ips[i % len(ips)], OURS_IP) for i in range(total)]
     engine = IkeEngine(conns, EngineSettings(retransmit_timeout=8.0, retransmit_tries=4))
     emit({"phase": "built", "seconds": time.monotonic() - t_build})
     loop = asyncio.get_running_loop()

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench.bench_daemon import ESP, IKE, PSK, inner_address, our_config
+from bench.bench_daemon import inner_address, our_config, peer_connection
 from gateway.netns import Netns
-from ike.config import ChildConfig, ConnectionConfig, EngineSettings
+from ike.config import EngineSettings
 from ike.engine import IkeEngine
 from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaFailed
 from tests.support.daemon import Gateway, api
@@ -30,19 +30,7 @@ CLASH = 5  # this peer's outbound policy is in the kernel before it connects
 
 
 def peers() -> IkeEngine:
-    conns = [
-        ConnectionConfig(
-            name=f"c{i}",
-            local_addrs=(EAST,),
-            remote_addrs=(WEST,),
-            local_id=f"lg-{i}.example",
-            remote_id="",
-            psk=PSK.encode(),
-            ike_proposals=(IKE,),
-            children=(ChildConfig("net", (inner_address(i),), ("10.1.0.0/16",), (ESP,)),),
-        )
-        for i in range(PEERS)
-    ]
+    conns = [peer_connection(i, EAST, WEST) for i in range(PEERS)]
     return IkeEngine(conns, EngineSettings(retransmit_timeout=30.0, retransmit_tries=3))
 
 
