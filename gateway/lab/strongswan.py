@@ -115,7 +115,8 @@ class StrongSwan:
                 raise StrongSwanError(f"charon's vici socket did not appear: {self.logs()[-2000:]}")
             time.sleep(0.05)
         if swanctl_conf is not None:
-            self.load()
+            # charon answers slowly on a loaded (or emulated) machine: the start's budget
+            self.load(timeout=max(30.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -179,8 +180,8 @@ class StrongSwan:
             text=True,
         )
 
-    def load(self) -> None:
-        self.swanctl("--load-all", "--file", str(self.dir / "swanctl.conf"))
+    def load(self, timeout: float = 30) -> None:
+        self.swanctl("--load-all", "--file", str(self.dir / "swanctl.conf"), timeout=timeout)
 
     def initiate(self, child: str, ike: str | None = None, timeout: int = 20) -> str:
         args = ["--initiate", "--child", child, "--timeout", str(timeout)]
