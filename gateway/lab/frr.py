@@ -176,7 +176,7 @@ class Frr:
 
     # -- vtysh ------------------------------------------------------------------------------
 
-    def vtysh_run(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    def vtysh_run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.ns.run(
             VTYSH,
             "--vty_socket",

@@ -164,6 +164,13 @@ def runs(out: Path, conn: str, event: str) -> list[dict[str, str]]:
     return found
 
 
+def both_families(out: Path, conn: str, event: str) -> list[dict[str, str]]:
+    """The runs of one event once there is one per selector pair: 0.0.0.0/0 and ::/0 make
+    two pairs of the same family (as strongSwan runs updown), [] until both ran."""
+    found = runs(out, conn, event)
+    return found if len(found) == 2 else []
+
+
 def test_route_based_interop_with_strongswan(make_netns: NetnsFactory, tmp_path: Path) -> None:
     gw, sw_ns, host = make_netns("gwrg"), make_netns("gwrs"), make_netns("gwrh")
     netns_mod.veth(gw, "wan0", sw_ns, "wan0", mtu=1400)
@@ -288,7 +295,7 @@ def _check(
     timings["traffic"] = time.monotonic() - started
 
     # updown: up for both, with interface, MTU and table
-    up4 = wait_for("v4 up run", lambda: runs(out, "v4", "up"))
+    up4 = wait_for("v4 up runs", lambda: both_families(out, "v4", "up"))
     env = {k: v for r in up4 for k, v in r.items()}
     assert (env["PLUTO_INTERFACE"], env["PLUTO_IF_ID_IN"], env["GW_MTU"]) == (
         "ipsec-v4",
@@ -335,8 +342,9 @@ def _check(
     sw.swanctl("--terminate", "--child", "net", "--ike", "v6", timeout=120)
     wait_for("v6 routes withdrawn", lambda: not our_routes(gw))
     assert "UP" not in links(gw)["ipsec-v6"]["flags"]
-    (down,) = wait_for("v6 down run", lambda: runs(out, "v6", "down"))
-    assert down["GW_REASON"] == "delete"
+    downs = wait_for("v6 down runs", lambda: both_families(out, "v6", "down"))
+    assert {d["PLUTO_VERB"] for d in downs} == {"down-client", "down-client-v6"}
+    assert {d["GW_REASON"] for d in downs} == {"delete"}
 
     # what the operator sees: stats (merged over the workers) and Prometheus
     tunnels = {t["interface"]: t for t in api(sock, "stats")["tunnels"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 from gateway.netns import Netns
@@ -25,6 +26,7 @@ class Capture:
                 *(("-Q", "out") if out_only else ()),
                 "-nn",
                 "-U",
+                "--immediate-mode",  # no packets held back in the capture ring
                 "-s",
                 "128",
                 "-Z",
@@ -44,7 +46,18 @@ class Capture:
         )
         assert self.proc.poll() is None, self.err.read_text()
 
-    def stop(self) -> list[str]:
+    def stop(self, settle: float = 1.0) -> list[str]:
+        """Stop once the capture file has not grown for `settle` seconds (at most 30 s):
+        on a slow machine tcpdump writes the last packets a while after they were sent,
+        and what it has not written when it is stopped is lost."""
+        size, since, deadline = -1, time.monotonic(), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = self.path.stat().st_size if self.path.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= settle:
+                break
+            time.sleep(0.1)
         self.ns.stop(self.proc)
         return subprocess.run(
             ["tcpdump", "-Z", "root", "-r", str(self.path), "-nn"],
