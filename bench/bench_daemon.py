@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -53,8 +54,11 @@ def inner_address(source: str) -> str:
     return "10.9.0." + source.rsplit(".", 1)[1] + "/32"
 
 
-async def generate(ips: list[str], seconds: float, warmup: float, inflight: int) -> dict[str, Any]:
-    """One load generator process: initiators on `ips`, counting established Child SAs."""
+async def generate(
+    ips: list[str], seconds: float, warmup: float, inflight: int, total: int | None = None
+) -> dict[str, Any]:
+    """One load generator process: initiators on `ips`, counting established Child SAs
+    (with `total`: until that many handshakes ended, bench/bench_scrape.py)."""
     from gateway.transport import UdpTransport
     from ike.config import ChildConfig, ConnectionConfig, EngineSettings
     from ike.engine import IkeEngine
@@ -83,9 +87,14 @@ async def generate(ips: list[str], seconds: float, warmup: float, inflight: int)
     end = measure_from + seconds
     timer: list[asyncio.TimerHandle | None] = [None]
 
+    finished = asyncio.Event()
+
+    def more() -> bool:
+        return total is None or state["next"] < total
+
     def pump() -> None:
         now = time.monotonic()
-        while state["open"] < inflight and now < end:
+        while state["open"] < inflight and now < end and more():
             name = conns[state["next"] % len(conns)].name
             state["next"] += 1
             engine.initiate(name, None, now)
@@ -101,7 +110,9 @@ async def generate(ips: list[str], seconds: float, warmup: float, inflight: int)
             elif isinstance(event, IkeSaFailed | ChildSaFailed):
                 state["open"] -= 1
                 state["failed"] += 1
-        if state["open"] < inflight and now < end:
+        if total is not None and state["done"] + state["failed"] >= total:
+            finished.set()
+        if state["open"] < inflight and now < end and more():
             loop.call_soon(pump)
         if timer[0] is not None:
             timer[0].cancel()
@@ -121,7 +132,8 @@ async def generate(ips: list[str], seconds: float, warmup: float, inflight: int)
     transport.start(loop)
     cpu0 = time.process_time()
     pump()
-    await asyncio.sleep(end - time.monotonic())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(finished.wait(), end - time.monotonic())
     transport.close()
     return {
         "measured": state["measured"],
