@@ -17,7 +17,8 @@ RFC 3948 §2.2):
 - otherwise the owner's SPI is SPIr when the Initiator flag is set (the peer initiated,
   we are the responder and chose SPIr), else SPIi (we initiated); the worker index is
   `owner_of_spi(spi, workers)`. An IKE_SA_INIT response with SPIr zero (COOKIE,
-  INVALID_KE_PAYLOAD) has the Initiator flag clear: it goes to the SPIi owner, which is us.
+  INVALID_KE_PAYLOAD) has the Initiator flag clear: it goes to the SPIi owner, which is us;
+  so does any response with SPIr zero, also a malformed one with the Initiator flag set.
 
 Why classic BPF and not an eBPF sk_reuseport program with a REUSEPORT_SOCKARRAY: the
 supervisor binds every worker's sockets itself, in worker order, and keeps them open for
@@ -78,7 +79,9 @@ def select_worker(payload: bytes, *, nat_t: bool, workers: int, live: Sequence[i
     if nat_t and payload[:4] != bytes(4):
         return None
     spi_i, spi_r, flags = payload[o : o + 8], payload[o + 8 : o + 16], payload[o + 19]
-    if spi_r == bytes(8) and not flags & FLAG_RESPONSE:
+    if spi_r == bytes(8):
+        if flags & FLAG_RESPONSE:  # SPIr zero names no owner: SPIi's (as the program)
+            return owner_of_spi(spi_i, workers)
         if not live:
             return None
         return live[int.from_bytes(spi_i[:4], "big") % len(live)]

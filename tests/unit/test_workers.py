@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bpf import reuseport
@@ -217,6 +217,14 @@ def test_new_ike_sas_only_for_live_workers() -> None:
     nat_t=st.booleans(),
     zero_spi_r=st.booleans(),
     seed=st.integers(0, 2**16),
+)
+# a response with SPIr zero and the Initiator flag set: the owner of SPIi (found by this test)
+@example(
+    payload=bytes(7) + b"\x01" + bytes(11) + b"\x38" + bytes(8),
+    workers=2,
+    nat_t=False,
+    zero_spi_r=False,
+    seed=0,
 )
 def test_program_matches_the_model(
     payload: bytes, workers: int, nat_t: bool, zero_spi_r: bool, seed: int
