@@ -12,10 +12,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway import netns as netns_mod
 
 pytest_plugins = ["tests.vmplugin", "tests.support.fixtures"]
+
+# Property tests check behaviour, not speed (speed is for bench/): no per-example deadline,
+# which fails examples at random on a shared, loaded machine (200 ms by default).
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
 
 TESTS = Path(__file__).parent
 LAYERS = ("unit", "host", "kernel")
