@@ -111,7 +111,7 @@ class VmDelegate:
                 "test(s) in a virtme-ng VM (one boot)",
                 bold=True,
             )
-        timeout = float(os.environ.get("GATEWAY_VM_TIMEOUT", "2700"))
+        timeout = float(os.environ.get("GATEWAY_VM_TIMEOUT", "4500"))
         started = time.monotonic()
         # A SIGTERM to this session must not leave the VM running: turn it into an
         # exception, on which run_in_vm ends the VM's whole process group.
