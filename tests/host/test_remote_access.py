@@ -78,17 +78,31 @@ def write(path: Path, data: bytes) -> str:
     return str(path)
 
 
-def mschap_connection(name: str, gateway_id: str) -> str:
-    """A road-warrior connection: EAP-MSCHAPv2 clients, addresses from pool rw."""
+def mschap_connection(
+    name: str, gateway_id: str, pools: str = '["rw"]', local_ts: str = '["10.1.0.0/16"]'
+) -> str:
+    """A road-warrior connection: EAP-MSCHAPv2 clients, addresses from `pools`."""
     return f"""
 [connections.{name}]
 local_addrs = ["{GW}"]
-pools = ["rw"]
+pools = {pools}
 psk = "{PSK}"
 local = {{ auth = "psk", id = "{gateway_id}" }}
 remote = {{ auth = "eap-mschapv2" }}
 [connections.{name}.children.net]
-local_ts = ["10.1.0.0/16"]
+local_ts = {local_ts}
+"""
+
+
+def gateway_section(sock: Path, users: Path) -> str:
+    """[gateway]: our daemon on GW without a data plane, /metrics on METRICS, `users`."""
+    return f"""
+[gateway]
+listen = ["{GW}"]
+control_socket = "{sock}"
+metrics_listen = "{METRICS}"
+dataplane = "none"
+eap_secrets = "{users}"
 """
 
 
@@ -99,13 +113,7 @@ def gateway_toml(tmp: Path, sock: Path, pki: Pki, *, radius: bool = False) -> st
     cert, key = write(tmp / "gw.pem", pki.gw.pem), write(tmp / "gw.key", pki.gw.key_pem)
     ca = write(tmp / "ca.pem", pki.ca.pem)
     secret = write(tmp / "radius.secret", RADIUS_SECRET.encode())
-    text = f"""
-[gateway]
-listen = ["{GW}"]
-control_socket = "{sock}"
-metrics_listen = "{METRICS}"
-dataplane = "none"
-eap_secrets = "{users}"
+    text = f"""{gateway_section(sock, users)}
 [gateway.radius.servers.local]
 address = "127.0.0.1"
 secret_file = "{secret}"
@@ -156,8 +164,12 @@ def road_warriors(pki: Pki) -> str:
         name="carol",
     )
     bob = RoadWarrior(GW, PSK_ID, "bob", password=WRONG_PW, gateway_psk=PSK, name="bob")
-    # one swanctl.conf: the three connections, the three secrets sections merged
-    confs = [c.swanctl() for c in (alice, carol, bob)]
+    return one_swanctl_conf(alice, carol, bob)
+
+
+def one_swanctl_conf(*clients: RoadWarrior) -> str:
+    """One swanctl.conf: the clients' connections, their secrets sections merged."""
+    confs = [c.swanctl() for c in clients]
     conns = "".join(c.split("secrets {")[0].strip()[len("connections {") : -1] for c in confs)
     secrets = "".join(c.split("secrets {")[1].rsplit("}", 1)[0] for c in confs)
     return f"connections {{{conns}}}\nsecrets {{{secrets}}}\n"
@@ -192,8 +204,8 @@ def metric(gw_ns: Netns, series: str) -> float:
     raise AssertionError(f"no {series}:\n{body[-2000:]}")
 
 
-def pool_metric(gw_ns: Netns, state: str) -> float:
-    return metric(gw_ns, f'ipsec_pool_addresses{{pool="rw",state="{state}"}}')
+def pool_metric(gw_ns: Netns, state: str, pool: str = "rw") -> float:
+    return metric(gw_ns, f'ipsec_pool_addresses{{pool="{pool}",state="{state}"}}')
 
 
 def check_refused_bob(gw_ns: Netns, gw: Gateway, sw: StrongSwan, before: int) -> None:
