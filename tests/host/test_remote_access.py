@@ -3,7 +3,8 @@ strongSwan clients (charon with eap-identity, eap-mschapv2, eap-tls, resolve; ke
 libipsec) authenticating with EAP-MSCHAPv2 from our users file and EAP-TLS against our
 CA, and through FreeRADIUS (EAP-MSCHAPv2 and EAP-TLS at the server); each gets a virtual
 IP from our pool (or RADIUS's Framed-IP-Address) and the DNS servers; list-sas, stats and
-/metrics show the leases; a delete releases them; a wrong password is refused with
+/metrics show the leases; a delete releases them; IPv6 virtual IPs too (`vips = ::`, and
+both families at once from two pools); a wrong password is refused with
 AUTHENTICATION_FAILED, counted, and logged without the password. Then 100 of our own
 EAP clients at once against a gateway of two workers: 100 distinct addresses.
 
@@ -13,6 +14,7 @@ ESP itself is the VM's (tests/kernel/test_remote_access_kernel.py): the host ker
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from gateway.netns import Netns
-from tests.support.daemon import Gateway, api, ns_get, wait_for
+from tests.support.daemon import Gateway, api, ctl, ns_get, wait_for
 from tests.support.freeradius import Config, TlsFiles, freeradius
 from tests.support.pki import make_ca, make_leaf
 from tests.support.strongswan import (
@@ -306,6 +308,120 @@ def test_eap_radius_through_freeradius(lab: tuple[Netns, Netns, Path], pki: Pki)
         finally:
             sw.close()
             gw.stop()
+
+
+POOL6 = ipaddress.ip_network("fd00:3::/124")
+
+
+def ipv6_gateway_toml(tmp: Path, sock: Path) -> str:
+    """One EAP-MSCHAPv2 connection with an IPv4 pool and an IPv6 pool (its own DNS server),
+    and a subnet of each family behind the gateway."""
+    users = users_file(tmp / "users.toml", {"alice": ALICE_PW, "bob": BOB_PW})
+    return f"""{gateway_section(sock, users)}
+[pools.rw]
+addrs = "10.3.0.0/28"
+dns = ["10.3.0.53"]
+[pools.rw6]
+addrs = "{POOL6}"
+dns = ["fd00:3::53"]
+{mschap_connection("mschap", PSK_ID, '["rw", "rw6"]', '["10.1.0.0/16", "fd00:1::/64"]')}"""
+
+
+def their_selectors(sw: StrongSwan, name: str) -> tuple[list[str], list[str]]:
+    """strongSwan's view of the one Child SA of IKE SA `name`: (local_ts, remote_ts)."""
+    (child,) = [c for sa in sw.list_sas() if sa["name"] == name for c in sa["child-sas"].values()]
+    return child["local-ts"], child["remote-ts"]
+
+
+def test_strongswan_ipv6_virtual_ips(lab: tuple[Netns, Netns, Path]) -> None:
+    """alice asks for an IPv6 address only (`vips = ::`), bob for one of each family
+    (`vips = 0.0.0.0, ::`): each gets it from the pool of its family, the Child SA's
+    selectors are narrowed to it, the IPv6 DNS server arrives, a delete releases it."""
+    gw_ns, client_ns, tmp = lab
+    sock = tmp / "gw.sock"
+    gw = Gateway.start(gw_ns, tmp, "gw", ipv6_gateway_toml(tmp, sock))
+    alice = RoadWarrior(
+        GW,
+        PSK_ID,
+        "alice",
+        password=ALICE_PW,
+        gateway_psk=PSK,
+        name="alice",
+        vips="::",
+        remote_ts="fd00:1::/64",
+    )
+    bob = RoadWarrior(
+        GW,
+        PSK_ID,
+        "bob",
+        password=BOB_PW,
+        gateway_psk=PSK,
+        name="bob",
+        vips="0.0.0.0, ::",
+        remote_ts="10.1.0.0/16, fd00:1::/64",
+    )
+    sw = StrongSwan(client_ns, plugins=SWAN_PLUGINS)
+    sw.start(one_swanctl_conf(alice, bob))
+    try:
+        sw.initiate("net", "alice")
+        ours_alice = ours(gw, "alice")
+        assert ours_alice, (gw.sas(), gw.log_text()[-3000:])
+        (vip6,) = ours_alice["virtual_ips"]
+        assert ipaddress.ip_address(vip6) in POOL6
+        assert vips_of(sw, "alice") == [vip6], sw.list_sas()
+        # the Child SA's selectors: that address on both sides, the IPv6 subnet behind us
+        child = ours_alice["children"][0]
+        assert child["remote_ts"] == [f"{vip6}/128"] and child["local_ts"] == ["fd00:1::/64"]
+        assert their_selectors(sw, "alice") == ([f"{vip6}/128"], ["fd00:1::/64"])
+        assert f"virtual_ips={vip6} dns=fd00:3::53" in gw.log_text()
+        # the IPv6 DNS server arrived (strongSwan's resolve plugin wrote it)
+        resolv = wait_for(
+            "resolv.conf", lambda: sw.resolv_conf.exists() and sw.resolv_conf.read_text()
+        )
+        assert "nameserver fd00:3::53" in resolv, resolv
+        assert "10.3.0.53" not in resolv  # asked for IPv6 only: no IPv4 server
+        assert stats(gw)["pools"]["rw6"]["online"] == 1
+        assert stats(gw)["pools"]["rw"]["online"] == 0
+        assert pool_metric(gw_ns, "online", "rw6") == 1
+
+        # both families at once
+        sw.initiate("net", "bob")
+        ours_bob = ours(gw, "bob")
+        assert ours_bob, (gw.sas(), gw.log_text()[-3000:])
+        bob4, bob6 = ours_bob["virtual_ips"]
+        assert ipaddress.ip_address(bob4) in ipaddress.ip_network("10.3.0.0/28")
+        assert ipaddress.ip_address(bob6) in POOL6 and bob6 != vip6
+        assert sorted(vips_of(sw, "bob")) == sorted([bob4, bob6]), sw.list_sas()
+        selectors = [f"{bob4}/32", f"{bob6}/128"]
+        assert ours_bob["children"][0]["remote_ts"] == selectors
+        assert their_selectors(sw, "bob") == (selectors, ["10.1.0.0/16", "fd00:1::/64"])
+        wait_for("the IPv4 DNS server too", lambda: "10.3.0.53" in sw.resolv_conf.read_text())
+        assert stats(gw)["pools"]["rw6"]["online"] == 2
+        assert stats(gw)["pools"]["rw"]["online"] == 1
+        assert pool_metric(gw_ns, "online", "rw6") == 2
+        assert pool_metric(gw_ns, "online", "rw") == 1
+        # as `gateway ctl` shows them
+        assert f"EAP: 'bob' [{bob4}, {bob6}]" in ctl(sock, "list-sas").stdout
+        assert "pool rw6: 2 online, 0 offline, 13 free" in ctl(sock, "stats").stdout
+
+        # a delete releases alice's IPv6 lease (kept for her: offline); bob's stay
+        sw.terminate_ike("alice")
+        wait_for("alice's lease released", lambda: stats(gw)["pools"]["rw6"]["online"] == 1)
+        assert stats(gw)["pools"]["rw6"]["offline"] == 1
+        assert pool_metric(gw_ns, "offline", "rw6") == 1
+        assert f"pool=rw6 address={vip6}" in gw.log_text()
+        sw.terminate_ike("bob")
+        wait_for("bob's leases released", lambda: stats(gw)["pools"]["rw6"]["online"] == 0)
+        assert stats(gw)["pools"]["rw6"] == {"online": 0, "offline": 2, "free": 13}
+        assert stats(gw)["pools"]["rw"] == {"online": 0, "offline": 1, "free": 13}
+        # alice comes back: the same IPv6 address
+        sw.initiate("net", "alice")
+        again = wait_for("alice again", lambda: ours(gw, "alice"))
+        assert again["virtual_ips"] == [vip6]
+        print(f"alice {vip6}, bob {bob4} {bob6}")
+    finally:
+        sw.close()
+        gw.stop()
 
 
 def many_clients_toml(sock: Path, users: Path, count: int) -> str:
