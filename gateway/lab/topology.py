@@ -85,17 +85,9 @@ class Topology:
             self._create_failover()
             return
         west, gww, wan, gwe, east = (self.ns(n) for n in NODES)
-        veth(west, "eth0", gww, "lan0")
-        veth(gww, "wan0", wan, "w0")
+        self._west_side(west, gww, wan)
         veth(wan, "e0", gwe, "wan0")
         veth(gwe, "lan0", east, "eth0")
-
-        west.ip("addr", "add", f"{WEST_HOST}/24", "dev", "eth0")
-        west.ip("route", "add", "default", "via", GW_WEST_LAN)
-        gww.ip("addr", "add", f"{GW_WEST_LAN}/24", "dev", "lan0")
-        gww.ip("addr", "add", f"{GW_WEST_WAN}/24", "dev", "wan0")
-        gww.ip("route", "add", "default", "via", ROUTER_WEST)
-        wan.ip("addr", "add", f"{ROUTER_WEST}/24", "dev", "w0")
         wan.ip("addr", "add", f"{ROUTER_EAST}/24", "dev", "e0")
         gwe.ip("addr", "add", f"{GW_EAST_WAN}/24", "dev", "wan0")
         gwe.ip("route", "add", "default", "via", ROUTER_EAST)
@@ -112,20 +104,25 @@ class Topology:
             nat = router_rules("router-nat.nft").replace("WAN_EAST_IF", "e0")
             wan.run("nft", "-f", "-", input=nat)
 
-    def _create_failover(self) -> None:
-        west, gww, wan, pri, bak, east = (self.ns(n) for n in FAILOVER_NODES)
+    @staticmethod
+    def _west_side(west: Netns, gww: Netns, wan: Netns) -> None:
+        """The side both topologies share: the west host, gw-west, the router's west leg."""
         veth(west, "eth0", gww, "lan0")
         veth(gww, "wan0", wan, "w0")
-        veth(wan, "e0", pri, "wan0")
-        veth(wan, "b0", bak, "wan0")
-        veth(pri, "lan0", east, "to-pri")
-        veth(bak, "lan0", east, "to-bak")
         west.ip("addr", "add", f"{WEST_HOST}/24", "dev", "eth0")
         west.ip("route", "add", "default", "via", GW_WEST_LAN)
         gww.ip("addr", "add", f"{GW_WEST_LAN}/24", "dev", "lan0")
         gww.ip("addr", "add", f"{GW_WEST_WAN}/24", "dev", "wan0")
         gww.ip("route", "add", "default", "via", ROUTER_WEST)
         wan.ip("addr", "add", f"{ROUTER_WEST}/24", "dev", "w0")
+
+    def _create_failover(self) -> None:
+        west, gww, wan, pri, bak, east = (self.ns(n) for n in FAILOVER_NODES)
+        self._west_side(west, gww, wan)
+        veth(wan, "e0", pri, "wan0")
+        veth(wan, "b0", bak, "wan0")
+        veth(pri, "lan0", east, "to-pri")
+        veth(bak, "lan0", east, "to-bak")
         wan.ip("addr", "add", f"{ROUTER_EAST}/25", "dev", "e0")
         wan.ip("addr", "add", f"{ROUTER_BACKUP}/25", "dev", "b0")
         for ns, wan_addr, router, lan in (
